@@ -1,0 +1,217 @@
+//! Command-line types. Kept apart from the library: the library never sees clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Stand up the Atlas observability stack (Caddy, Grafana, Prometheus, Loki, \
+Alertmanager, step-ca, node-exporter, Mosquitto, optional cloudflared) on an Incus host, \
+from one declarative config file, online or fully offline.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atlas-install",
+    version = crate::version_string(),
+    about = ABOUT,
+    long_about = None,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Config file (atlas.toml). Without it: ./atlas.toml if present, else the embedded defaults.
+    #[arg(long, short = 'c', global = true, env = "ATLAS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Unix socket of the Incus daemon (default: discovered from INCUS_SOCKET, INCUS_DIR,
+    /// /run/incus/unix.socket, /var/lib/incus/unix.socket).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub incus_socket: Option<PathBuf>,
+
+    /// Incus project that holds the Atlas instances, profiles, volumes and images.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub project: Option<String>,
+
+    /// How to show progress: bars on a terminal (auto), timestamped lines (plain) or nothing.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Machine-readable output on stdout (progress and messages go to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Answer yes to confirmation prompts (needed when stdin is not a terminal).
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Plain,
+    None,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install or converge the whole stack on this Incus host (idempotent: a second run changes nothing).
+    Install(InstallArgs),
+    /// Show what `install` would change, without changing anything.
+    Plan(PlanArgs),
+    /// Show what is installed and whether each service is healthy.
+    Status,
+    /// Remove everything atlas-install created. Volumes are kept unless --delete-volumes.
+    Destroy(DestroyArgs),
+    /// Upgrade an installed stack to the version this binary (or a bundle) carries.
+    Upgrade(UpgradeArgs),
+    /// Return the stack to the previously installed version.
+    Rollback,
+    /// Write every service's rendered configuration files to a directory, for review.
+    Render(RenderArgs),
+    /// Create, show and check the config file (atlas.toml).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Build, convert, import and lock OCI images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Create, verify and inspect offline bundles (one file with the binary and every image).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Snapshot, list, export and restore the data volumes.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Install from an offline bundle file instead of registries.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Map docker.io, ghcr.io and quay.io references onto this registry mirror.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub registry_mirror: Option<String>,
+    /// Use this images.lock instead of the embedded one.
+    #[arg(long, value_name = "FILE")]
+    pub images_lock: Option<PathBuf>,
+    /// Go on even when the host is below the minimum CPU, memory or disk.
+    #[arg(long)]
+    pub ignore_preflight: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Also delete the data volumes and their snapshots (irreversible).
+    #[arg(long)]
+    pub delete_volumes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Upgrade from an offline bundle file.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Rotate generated secrets through each service's own mechanism.
+    #[arg(long)]
+    pub rotate_secrets: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Output directory; files land at DIR/<instance>/<path in container>.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write a commented default config file.
+    Init {
+        /// Where to write it.
+        #[arg(long, short = 'o', value_name = "FILE", default_value = "atlas.toml")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the effective config (defaults, file, ATLAS_* env and flags merged), secrets redacted.
+    Show,
+    /// Check the config; exits non-zero with the file position or field path of each problem.
+    Validate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the Atlas image of one service (or all) from its recipe in images/.
+    Build {
+        /// Service name (caddy, grafana, ...); all enabled services when omitted.
+        service: Option<String>,
+    },
+    /// Convert an OCI image (docker://, oci:, oci-archive:) into an Incus unified tarball.
+    Convert {
+        source: String,
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Convert an OCI image and import it straight into Incus, streamed.
+    Import {
+        source: String,
+        /// Image alias in Incus.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// Resolve every recipe's upstream tag to a digest and write images.lock (needs the registries).
+    Lock {
+        #[arg(long, short = 'o', value_name = "FILE", default_value = "images.lock")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Create an offline bundle: this binary, every base and Atlas image, the lock and a default config.
+    Create {
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check a bundle's every member against its manifest, offline.
+    Verify { file: PathBuf },
+    /// List a bundle's images, digests, sizes and versions.
+    Inspect { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Snapshot every Atlas data volume now.
+    Snapshot,
+    /// List the snapshots of every Atlas data volume.
+    List,
+    /// Export every data volume as a tarball (from a snapshot, so services keep running).
+    Export {
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Restore data volumes from an export directory.
+    Restore {
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
+}

@@ -1,0 +1,28 @@
+//! The `atlas-install` binary: a thin edge over the library. Parses the command line,
+//! installs the process-wide TLS provider, draws progress, and turns errors into messages
+//! and exit codes.
+
+mod cli;
+mod commands;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn version_string() -> &'static str {
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ATLAS_GIT_COMMIT"), ")")
+}
+
+fn main() -> ExitCode {
+    // One TLS stack and one crypto provider for the whole process (reqwest, oci-client, Incus).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            ui::print_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
