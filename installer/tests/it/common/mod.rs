@@ -1,0 +1,56 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The `atlas-install` binary under test, with a clean environment for ATLAS_* variables.
+pub fn atlas() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_atlas-install"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ATLAS_") && k != "ATLAS_TEST_REQUIRE_ALL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("failed to spawn atlas-install")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Whether a missing external dependency must fail the test (CI) or only skip it (a laptop).
+pub fn require_all() -> bool {
+    std::env::var_os("ATLAS_TEST_REQUIRE_ALL").is_some_and(|v| v == "1")
+}
+
+/// Returns false (and says why) when `tool` is not on PATH; panics instead under CI.
+pub fn have_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(!require_all(), "{tool} is required (ATLAS_TEST_REQUIRE_ALL=1); run tests/setup-host.sh");
+        eprintln!("skipping: {tool} not installed (run tests/setup-host.sh)");
+    }
+    found
+}
+
+/// Whether a path exists; panics under CI when it does not.
+pub fn have_path(path: &Path, what: &str) -> bool {
+    let ok = path.exists();
+    if !ok {
+        assert!(!require_all(), "{what} ({}) is required (ATLAS_TEST_REQUIRE_ALL=1)", path.display());
+        eprintln!("skipping: {what} not found at {}", path.display());
+    }
+    ok
+}

@@ -1,0 +1,10 @@
+//! One integration test binary, a module per command or subsystem (uv's layout).
+//!
+//! Tests that need a real incusd, registry or service binary find them on the host; under
+//! `ATLAS_TEST_REQUIRE_ALL=1` (set by .ci/run) a missing one is a failure, not a skip.
+
+mod common;
+mod cli;
+mod config;
+mod render;
+mod incus;

@@ -1,0 +1,1 @@
+// Tests for the render module land here.
