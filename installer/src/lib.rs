@@ -6,6 +6,8 @@
 //! Progress is reported through [`progress::Progress`]; the binary draws it.
 
 pub mod config;
+pub mod incus;
+pub mod render;
 
 pub use atlas_image::progress;
 

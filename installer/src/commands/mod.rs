@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, GlobalArgs};
 
 mod completions;
 
@@ -33,4 +33,12 @@ fn not_yet(command: &str, issue: u32) -> Result<ExitCode> {
         "atlas-install {command}: not available in this build yet (its engine is tracked in issue #{issue}). Nothing was changed."
     );
     Ok(ExitCode::FAILURE)
+}
+
+/// The effective config for a command: defaults < file < ATLAS_* env < flags.
+/// (Layering and validation land with the config loader; until then: embedded defaults.)
+#[allow(dead_code)]
+pub fn load_config(global: &GlobalArgs) -> Result<atlas_install::config::Config> {
+    let _ = global;
+    Ok(atlas_install::config::Config::builtin())
 }
