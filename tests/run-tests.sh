@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command (README): prepares a fresh Debian 12 host (packages, incusd, local
+# registry), runs every test of the workspace against the real daemons and tools, then
+# builds the static release binary and checks it. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/setup-host.sh
+bash tests/start-services.sh
+# A missing tool or daemon fails the tests instead of skipping them.
+export ATLAS_TEST_REQUIRE_ALL=1
+cargo test --workspace --locked
+bash tests/build-static.sh >/dev/null
