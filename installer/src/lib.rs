@@ -6,6 +6,7 @@
 //! Progress is reported through [`progress::Progress`]; the binary draws it.
 
 pub mod config;
+pub mod engine;
 pub mod incus;
 pub mod render;
 

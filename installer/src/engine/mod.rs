@@ -1,0 +1,5 @@
+//! The install engine: desired state from the config, a plan against what Incus holds, and
+//! the fixed, idempotent sequence that applies it.
+
+pub mod plan;
+pub mod resource;
