@@ -159,6 +159,7 @@ impl Config {
                     login_requests: 10,
                     login_window: "1m".to_string(),
                 },
+                cloudflare_api_token_file: None,
             },
             grafana: GrafanaConfig { admin_user: "admin".to_string(), plugins: Vec::new() },
             prometheus: PrometheusConfig {
