@@ -38,7 +38,6 @@ fn not_yet(command: &str, issue: u32) -> Result<ExitCode> {
 
 /// The effective config for a command: defaults < file < ATLAS_* env < flags. Every problem
 /// is reported at once; warnings (e.g. a token file others can read) go to stderr.
-#[allow(dead_code)]
 pub fn load_config(global: &GlobalArgs) -> Result<atlas_install::config::Config> {
     let loaded = atlas_install::config::load(&load_options(global)?)?;
     print_warnings(&loaded.warnings);

@@ -24,6 +24,7 @@ pub struct KindDefaults {
 impl ServiceKind {
     pub fn defaults(self) -> KindDefaults {
         use NetworkRole::*;
+        #[allow(clippy::type_complexity)] // one row of the seed's table, read as a row
         let (cpu, memory, volume, snapshots, nics, host_octet, port): (
             u32,
             &str,

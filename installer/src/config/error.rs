@@ -11,9 +11,17 @@ use serde::Serialize;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Location {
     /// 1-based line and column in the config file.
-    File { file: String, line: usize, column: usize },
-    Env { variable: String },
-    Flag { flag: String },
+    File {
+        file: String,
+        line: usize,
+        column: usize,
+    },
+    Env {
+        variable: String,
+    },
+    Flag {
+        flag: String,
+    },
 }
 
 impl fmt::Display for Location {
@@ -38,7 +46,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { path: path.into(), location: None, message: message.into(), help: None }
+        Diagnostic {
+            path: path.into(),
+            location: None,
+            message: message.into(),
+            help: None,
+        }
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Diagnostic {
@@ -77,12 +90,18 @@ pub enum ConfigError {
     },
     /// Every problem found, not just the first.
     #[error("{}", render_invalid(origin, diagnostics))]
-    Invalid { origin: String, diagnostics: Vec<Diagnostic> },
+    Invalid {
+        origin: String,
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
 fn render_invalid(origin: &str, diagnostics: &[Diagnostic]) -> String {
     let n = diagnostics.len();
-    let mut s = format!("{origin}: {n} problem{} in the configuration", if n == 1 { "" } else { "s" });
+    let mut s = format!(
+        "{origin}: {n} problem{} in the configuration",
+        if n == 1 { "" } else { "s" }
+    );
     for d in diagnostics {
         s.push_str("\n  ");
         s.push_str(&d.to_string().replace('\n', "\n  "));

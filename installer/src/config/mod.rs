@@ -52,6 +52,8 @@ pub struct Loaded {
     pub config: Config,
     /// The file that was read; `None` when only defaults (and env/flags) apply.
     pub file: Option<PathBuf>,
+    /// The file as the operator named it (`atlas.toml`), or `embedded defaults`.
+    pub source_name: String,
     /// Not errors, but worth telling the operator (e.g. a token file others can read).
     pub warnings: Vec<String>,
 }
@@ -64,14 +66,26 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     };
     let text = match &file {
         Some(path) => Some(
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?,
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?,
         ),
         None => None,
     };
     let display = file.as_ref().map(|p| display_name(p, &opts.cwd));
-    let base = file.as_ref().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| opts.cwd.clone());
+    let base = file
+        .as_ref()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| opts.cwd.clone());
     let (config, warnings) = from_layers(display.as_deref(), text.as_deref(), &base, opts)?;
-    Ok(Loaded { config, file, warnings })
+    let source_name = display.unwrap_or_else(|| "embedded defaults".to_string());
+    Ok(Loaded {
+        config,
+        file,
+        source_name,
+        warnings,
+    })
 }
 
 /// The file name as the operator would recognise it in `FILE:LINE:COL`.
@@ -87,7 +101,10 @@ fn from_layers(
     opts: &LoadOptions,
 ) -> Result<(Config, Vec<String>), ConfigError> {
     let origin = file.unwrap_or("embedded defaults").to_string();
-    let invalid = |diagnostics| ConfigError::Invalid { origin: origin.clone(), diagnostics };
+    let invalid = |diagnostics| ConfigError::Invalid {
+        origin: origin.clone(),
+        diagnostics,
+    };
     let mut diags = Vec::new();
     let mut src = match (file, text) {
         (Some(f), Some(t)) => source::Source::parse(f, t).map_err(|d| invalid(vec![d]))?,
@@ -98,14 +115,19 @@ fn from_layers(
         src.apply_flag(&["incus", "project"], p.clone(), "--project", &mut diags);
     }
     if let Some(s) = &opts.incus_socket {
-        src.apply_flag(&["incus", "socket"], s.clone(), "--incus-socket", &mut diags);
+        src.apply_flag(
+            &["incus", "socket"],
+            s.clone(),
+            "--incus-socket",
+            &mut diags,
+        );
     }
     src.take_inline_secrets(&mut diags);
     let raw = src.deserialize(&mut diags);
     let mut warnings = Vec::new();
     let secrets = secrets::resolve(&opts.env, &raw, base, &mut diags, &mut warnings);
     let config = resolve::resolve(raw, secrets, &mut diags);
-    diags.extend(validate::validate(&config));
+    diags.extend(validate::validate_with(&config, &|p| src.is_set(p)));
     if diags.is_empty() {
         return Ok((config, warnings));
     }
@@ -114,13 +136,21 @@ fn from_layers(
             d.location = src.locate(&d.path, false);
         }
     }
+    // In file order, so the operator can work down the file; env and flags after.
+    diags.sort_by_key(|d| match &d.location {
+        Some(Location::File { line, column, .. }) => (0, *line, *column),
+        Some(Location::Env { .. }) => (1, 0, 0),
+        Some(Location::Flag { .. }) => (2, 0, 0),
+        None => (3, 0, 0),
+    });
     diags.dedup_by(|a, b| a.path == b.path && a.message == b.message);
     Err(invalid(diags))
 }
 
 /// The configuration in file form (loadable again), secrets shown only as present or not.
 pub fn to_toml(c: &Config) -> String {
-    let body = toml::to_string_pretty(&raw::RawConfig::from_model(c)).expect("the file schema serializes");
+    let body =
+        toml::to_string_pretty(&raw::RawConfig::from_model(c)).expect("the file schema serializes");
     let s = redacted(&c.secrets);
     format!(
         "# Effective configuration (defaults < file < ATLAS_* environment < flags).\n\
@@ -131,7 +161,8 @@ pub fn to_toml(c: &Config) -> String {
 
 /// The same as JSON, with a `secrets` object of `<redacted>` / `<unset>` markers.
 pub fn to_json(c: &Config) -> serde_json::Value {
-    let mut v = serde_json::to_value(raw::RawConfig::from_model(c)).expect("the file schema serializes");
+    let mut v =
+        serde_json::to_value(raw::RawConfig::from_model(c)).expect("the file schema serializes");
     v["secrets"] = redacted(&c.secrets);
     v
 }

@@ -3,8 +3,8 @@
 //! `from_model` turns the model back into this schema so `config show` prints a file that
 //! loads to the same configuration.
 
-use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::model::*;
 
@@ -355,10 +355,22 @@ pub(crate) struct RawWeb {
 
 impl RawInstance {
     pub fn from_model(m: &Instance) -> Self {
-        let addresses: BTreeMap<_, _> =
-            m.nics.iter().filter_map(|n| n.ipv4.map(|a| (n.network.as_str().to_string(), a.to_string()))).collect();
-        let ipv6: BTreeMap<_, _> =
-            m.nics.iter().filter_map(|n| n.ipv6.map(|a| (n.network.as_str().to_string(), a.to_string()))).collect();
+        let addresses: BTreeMap<_, _> = m
+            .nics
+            .iter()
+            .filter_map(|n| {
+                n.ipv4
+                    .map(|a| (n.network.as_str().to_string(), a.to_string()))
+            })
+            .collect();
+        let ipv6: BTreeMap<_, _> = m
+            .nics
+            .iter()
+            .filter_map(|n| {
+                n.ipv6
+                    .map(|a| (n.network.as_str().to_string(), a.to_string()))
+            })
+            .collect();
         RawInstance {
             service: Some(m.service),
             enabled: Some(m.enabled),
@@ -376,7 +388,10 @@ impl RawInstance {
                     size: Some(v.size.clone()),
                     path: Some(v.path.clone()),
                 },
-                None => RawVolume { enabled: Some(false), ..RawVolume::default() },
+                None => RawVolume {
+                    enabled: Some(false),
+                    ..RawVolume::default()
+                },
             }),
             snapshots: m.volume.as_ref().map(|v| RawSnapshots {
                 enabled: Some(v.snapshots.enabled),
@@ -387,7 +402,9 @@ impl RawInstance {
             web: m.web.as_ref().map(|w| RawWeb {
                 enabled: Some(true),
                 domain: Some(w.domain.clone()),
-                allowed_ip_range: Some(w.allowed_ip_range.iter().map(ToString::to_string).collect()),
+                allowed_ip_range: Some(
+                    w.allowed_ip_range.iter().map(ToString::to_string).collect(),
+                ),
                 login_paths: Some(w.login_paths.clone()),
             }),
         }
@@ -411,7 +428,12 @@ impl RawConfig {
             integrations: Some(RawIntegrations::from_model(&c.integrations)),
             images: Some(RawImages::from_model(&c.images)),
             networks: Some(RawNetworks::from_model(&c.networks)),
-            instances: Some(c.instances.iter().map(|(n, i)| (n.clone(), RawInstance::from_model(i))).collect()),
+            instances: Some(
+                c.instances
+                    .iter()
+                    .map(|(n, i)| (n.clone(), RawInstance::from_model(i)))
+                    .collect(),
+            ),
         }
     }
 }

@@ -52,7 +52,12 @@ pub(crate) fn resolve(mut raw: RawConfig, secrets: Secrets, diags: &mut Vec<Diag
             }
         }
     }
-    c.instances = resolve_instances(raw.instances.take().unwrap_or_default(), &c.networks, &secrets, diags);
+    c.instances = resolve_instances(
+        raw.instances.take().unwrap_or_default(),
+        &c.networks,
+        &secrets,
+        diags,
+    );
     c.secrets = secrets;
     c
 }
@@ -68,7 +73,12 @@ fn network_mut(n: &mut Networks, role: NetworkRole) -> Option<&mut Network> {
     }
 }
 
-fn apply_network(role: NetworkRole, rn: RawNetwork, net: &mut Network, diags: &mut Vec<Diagnostic>) {
+fn apply_network(
+    role: NetworkRole,
+    rn: RawNetwork,
+    net: &mut Network,
+    diags: &mut Vec<Diagnostic>,
+) {
     let path = format!("networks.{}", role.as_str());
     if let Some(v) = rn.name {
         net.name = v;
@@ -92,7 +102,8 @@ fn apply_network(role: NetworkRole, rn: RawNetwork, net: &mut Network, diags: &m
             match parse_net(&text, "fd00:10:50::1/64") {
                 Ok(n) => net.ipv6 = Some(n),
                 Err(e) => diags.push(
-                    Diagnostic::new(format!("{path}.ipv6"), e).help("leave it empty (\"\") for no IPv6"),
+                    Diagnostic::new(format!("{path}.ipv6"), e)
+                        .help("leave it empty (\"\") for no IPv6"),
                 ),
             }
         }
@@ -115,8 +126,10 @@ fn resolve_instances(
     secrets: &Secrets,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Instance> {
-    let builtin: BTreeMap<String, ServiceKind> =
-        ServiceKind::ALL.iter().map(|k| (format!("{}01", k.as_str()), *k)).collect();
+    let builtin: BTreeMap<String, ServiceKind> = ServiceKind::ALL
+        .iter()
+        .map(|k| (format!("{}01", k.as_str()), *k))
+        .collect();
     let mut out = BTreeMap::new();
     for (name, kind) in &builtin {
         let mut inst = default_instance(*kind, name, networks, 0);
@@ -132,12 +145,19 @@ fn resolve_instances(
         let kind = match (builtin.get(&name), ri.service) {
             (Some(b), Some(k)) if *b != k => {
                 diags.push(
-                    Diagnostic::new(format!("{path}.service"), format!(
-                        "`{name}` is the built-in {} instance and cannot be a {}",
-                        b.as_str(),
+                    Diagnostic::new(
+                        format!("{path}.service"),
+                        format!(
+                            "`{name}` is the built-in {} instance and cannot be a {}",
+                            b.as_str(),
+                            k.as_str()
+                        ),
+                    )
+                    .help(format!(
+                        "give the {} instance another name, e.g. {}02",
+                        k.as_str(),
                         k.as_str()
-                    ))
-                    .help(format!("give the {} instance another name, e.g. {}02", k.as_str(), k.as_str())),
+                    )),
                 );
                 continue;
             }
@@ -146,19 +166,31 @@ fn resolve_instances(
             (None, None) => {
                 let kinds: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.as_str()).collect();
                 diags.push(
-                    Diagnostic::new(format!("{path}.service"), format!("new instance `{name}` needs a `service`"))
-                        .help(format!("add service = \"...\" with one of: {}", kinds.join(", "))),
+                    Diagnostic::new(
+                        format!("{path}.service"),
+                        format!("new instance `{name}` needs a `service`"),
+                    )
+                    .help(format!(
+                        "add service = \"...\" with one of: {}",
+                        kinds.join(", ")
+                    )),
                 );
                 continue;
             }
         };
         let is_new = !builtin.contains_key(&name);
-        let mut inst = out.remove(&name).unwrap_or_else(|| default_instance(kind, &name, networks, 0));
+        let mut inst = out
+            .remove(&name)
+            .unwrap_or_else(|| default_instance(kind, &name, networks, 0));
         if is_new {
             // Placeholder addresses until a free slot is chosen below.
             inst.nics.iter_mut().for_each(|n| n.ipv4 = None);
         }
-        let explicit_v4 = ri.addresses.as_ref().map(|a| a.keys().cloned().collect::<BTreeSet<_>>()).unwrap_or_default();
+        let explicit_v4 = ri
+            .addresses
+            .as_ref()
+            .map(|a| a.keys().cloned().collect::<BTreeSet<_>>())
+            .unwrap_or_default();
         overlay_instance(&path, &name, ri, &mut inst, diags);
         if is_new {
             pending_new.push((name.clone(), explicit_v4));
@@ -176,10 +208,14 @@ fn assign_free_addresses(
     pending: Vec<(String, BTreeSet<String>)>,
     networks: &Networks,
 ) {
-    let mut used: BTreeSet<Ipv4Addr> =
-        instances.values().flat_map(|i| i.nics.iter().filter_map(|n| n.ipv4)).collect();
+    let mut used: BTreeSet<Ipv4Addr> = instances
+        .values()
+        .flat_map(|i| i.nics.iter().filter_map(|n| n.ipv4))
+        .collect();
     for (name, explicit) in pending {
-        let Some(inst) = instances.get_mut(&name) else { continue };
+        let Some(inst) = instances.get_mut(&name) else {
+            continue;
+        };
         let octet = u32::from(inst.service.defaults().host_octet);
         for step in 1..=24u32 {
             let candidate: Vec<Option<Ipv4Addr>> = inst
@@ -190,7 +226,8 @@ fn assign_free_addresses(
                         return nic.ipv4;
                     }
                     let net = networks.get(nic.network)?.ipv4;
-                    let addr = Ipv4Addr::from(u32::from(net.network()).saturating_add(octet + 10 * step));
+                    let addr =
+                        Ipv4Addr::from(u32::from(net.network()).saturating_add(octet + 10 * step));
                     Some(addr)
                 })
                 .collect();
@@ -214,7 +251,13 @@ fn assign_free_addresses(
     }
 }
 
-fn overlay_instance(path: &str, name: &str, ri: RawInstance, inst: &mut Instance, diags: &mut Vec<Diagnostic>) {
+fn overlay_instance(
+    path: &str,
+    name: &str,
+    ri: RawInstance,
+    inst: &mut Instance,
+    diags: &mut Vec<Diagnostic>,
+) {
     if let Some(v) = ri.enabled {
         inst.enabled = v;
     }
@@ -241,7 +284,10 @@ fn overlay_instance(path: &str, name: &str, ri: RawInstance, inst: &mut Instance
         if let Some(nic) = nic_for(&p, &role, inst, diags) {
             match text.parse::<Ipv4Addr>() {
                 Ok(a) => nic.ipv4 = Some(a),
-                Err(_) => diags.push(Diagnostic::new(p, format!("`{text}` is not an IPv4 address (like 10.50.0.21)"))),
+                Err(_) => diags.push(Diagnostic::new(
+                    p,
+                    format!("`{text}` is not an IPv4 address (like 10.50.0.21)"),
+                )),
             }
         }
     }
@@ -250,7 +296,10 @@ fn overlay_instance(path: &str, name: &str, ri: RawInstance, inst: &mut Instance
         if let Some(nic) = nic_for(&p, &role, inst, diags) {
             match text.parse::<Ipv6Addr>() {
                 Ok(a) => nic.ipv6 = Some(a),
-                Err(_) => diags.push(Diagnostic::new(p, format!("`{text}` is not an IPv6 address (like fd00:10:50::21)"))),
+                Err(_) => diags.push(Diagnostic::new(
+                    p,
+                    format!("`{text}` is not an IPv6 address (like fd00:10:50::21)"),
+                )),
             }
         }
     }
@@ -266,48 +315,71 @@ fn overlay_instance(path: &str, name: &str, ri: RawInstance, inst: &mut Instance
 }
 
 pub(crate) fn cpu_range(path: &str, v: i64) -> Diagnostic {
-    Diagnostic::new(path, format!("{v} CPUs is outside 1-64")).help("set cpu to a whole number of cores from 1 to 64")
+    Diagnostic::new(path, format!("{v} CPUs is outside 1-64"))
+        .help("set cpu to a whole number of cores from 1 to 64")
 }
 
-fn nic_for<'a>(path: &str, role: &str, inst: &'a mut Instance, diags: &mut Vec<Diagnostic>) -> Option<&'a mut Nic> {
+fn nic_for<'a>(
+    path: &str,
+    role: &str,
+    inst: &'a mut Instance,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<&'a mut Nic> {
     let joins: Vec<&str> = inst.nics.iter().map(|n| n.network.as_str()).collect();
     let found = inst.nics.iter().position(|n| n.network.as_str() == role);
     if found.is_none() {
         diags.push(
-            Diagnostic::new(path, format!("{} instances have no NIC on `{role}`", inst.service.as_str()))
-                .help(format!("give addresses only for the networks it joins: {}", joins.join(", "))),
+            Diagnostic::new(
+                path,
+                format!(
+                    "{} instances have no NIC on `{role}`",
+                    inst.service.as_str()
+                ),
+            )
+            .help(format!(
+                "give addresses only for the networks it joins: {}",
+                joins.join(", ")
+            )),
         );
     }
     found.map(|i| &mut inst.nics[i])
 }
 
-fn overlay_volume(path: &str, name: &str, rv: RawVolume, inst: &mut Instance, diags: &mut Vec<Diagnostic>) {
+fn overlay_volume(
+    path: &str,
+    name: &str,
+    rv: RawVolume,
+    inst: &mut Instance,
+    diags: &mut Vec<Diagnostic>,
+) {
     if rv.enabled == Some(false) {
         inst.volume = None;
         return;
     }
     let vol = match inst.volume.take() {
         Some(v) => Some(v),
-        None => match (rv.size.clone(), rv.path.clone()) {
-            (Some(size), Some(mount)) => Some(Volume {
-                name: format!("{name}-data"),
-                size,
-                path: mount,
-                snapshots: Snapshots {
-                    enabled: false,
-                    schedule: "@daily".into(),
-                    expiry: "7d".into(),
-                    pattern: super::SNAPSHOT_PATTERN.into(),
-                },
-            }),
-            _ => {
-                diags.push(
+        None => {
+            match (rv.size.clone(), rv.path.clone()) {
+                (Some(size), Some(mount)) => Some(Volume {
+                    name: format!("{name}-data"),
+                    size,
+                    path: mount,
+                    snapshots: Snapshots {
+                        enabled: false,
+                        schedule: "@daily".into(),
+                        expiry: "7d".into(),
+                        pattern: super::SNAPSHOT_PATTERN.into(),
+                    },
+                }),
+                _ => {
+                    diags.push(
                     Diagnostic::new(path, format!("{} has no default data volume", inst.service.as_str()))
                         .help("set both size and path to add one, e.g. size = \"1GB\", path = \"/data\""),
                 );
-                None
+                    None
+                }
             }
-        },
+        }
     };
     inst.volume = vol.map(|mut v| {
         if let Some(n) = rv.name {
@@ -323,12 +395,20 @@ fn overlay_volume(path: &str, name: &str, rv: RawVolume, inst: &mut Instance, di
     });
 }
 
-fn overlay_snapshots(path: &str, rs: RawSnapshots, inst: &mut Instance, diags: &mut Vec<Diagnostic>) {
+fn overlay_snapshots(
+    path: &str,
+    rs: RawSnapshots,
+    inst: &mut Instance,
+    diags: &mut Vec<Diagnostic>,
+) {
     let Some(vol) = inst.volume.as_mut() else {
         if rs.enabled == Some(true) {
             diags.push(
-                Diagnostic::new(format!("{path}.enabled"), "snapshots need a data volume and this instance has none")
-                    .help("remove the snapshots section or enable the volume"),
+                Diagnostic::new(
+                    format!("{path}.enabled"),
+                    "snapshots need a data volume and this instance has none",
+                )
+                .help("remove the snapshots section or enable the volume"),
             );
         }
         return;
@@ -350,7 +430,10 @@ fn overlay_snapshots(path: &str, rs: RawSnapshots, inst: &mut Instance, diags: &
 
 /// Kinds with an HTTP UI worth publishing through Caddy.
 pub(crate) fn has_web_ui(kind: ServiceKind) -> bool {
-    matches!(kind, ServiceKind::Grafana | ServiceKind::Prometheus | ServiceKind::Alertmanager)
+    matches!(
+        kind,
+        ServiceKind::Grafana | ServiceKind::Prometheus | ServiceKind::Alertmanager
+    )
 }
 
 fn overlay_web(path: &str, rw: RawWeb, inst: &mut Instance, diags: &mut Vec<Diagnostic>) {
@@ -410,10 +493,14 @@ fn parse_range(r: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(ip) = r.parse::<IpAddr>() {
         return Ok(ipnet::IpNet::from(ip));
     }
-    let net: ipnet::IpNet =
-        r.parse().map_err(|_| format!("`{r}` is not an address or CIDR range (like 203.0.113.0/24)"))?;
+    let net: ipnet::IpNet = r
+        .parse()
+        .map_err(|_| format!("`{r}` is not an address or CIDR range (like 203.0.113.0/24)"))?;
     if net.addr() != net.network() {
-        return Err(format!("`{r}` has host bits set: the range is {}", net.trunc()));
+        return Err(format!(
+            "`{r}` has host bits set: the range is {}",
+            net.trunc()
+        ));
     }
     Ok(net)
 }

@@ -19,15 +19,26 @@ pub(crate) fn resolve(
     diags: &mut Vec<Diagnostic>,
     warnings: &mut Vec<String>,
 ) -> Secrets {
-    let from_env = |name: &str| env.iter().find(|(k, v)| k == name && !v.trim().is_empty()).map(|(_, v)| v.trim().to_string());
-    let api_file = raw.caddy.as_ref().and_then(|c| c.cloudflare_api_token_file.clone());
+    let from_env = |name: &str| {
+        env.iter()
+            .find(|(k, v)| k == name && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let api_file = raw
+        .caddy
+        .as_ref()
+        .and_then(|c| c.cloudflare_api_token_file.clone());
     let tunnel_file = raw.cloudflared.as_ref().and_then(|c| c.token_file.clone());
     Secrets {
         cloudflare_api_token: from_env(CLOUDFLARE_API_TOKEN_ENV).or_else(|| {
-            api_file.and_then(|f| read_token("caddy.cloudflare_api_token_file", &f, base, diags, warnings))
+            api_file.and_then(|f| {
+                read_token("caddy.cloudflare_api_token_file", &f, base, diags, warnings)
+            })
         }),
-        cloudflared_token: from_env(CLOUDFLARED_TOKEN_ENV)
-            .or_else(|| tunnel_file.and_then(|f| read_token("cloudflared.token_file", &f, base, diags, warnings))),
+        cloudflared_token: from_env(CLOUDFLARED_TOKEN_ENV).or_else(|| {
+            tunnel_file
+                .and_then(|f| read_token("cloudflared.token_file", &f, base, diags, warnings))
+        }),
     }
 }
 
@@ -38,13 +49,20 @@ fn read_token(
     diags: &mut Vec<Diagnostic>,
     warnings: &mut Vec<String>,
 ) -> Option<String> {
-    let path: PathBuf = if Path::new(file).is_absolute() { PathBuf::from(file) } else { base.join(file) };
+    let path: PathBuf = if Path::new(file).is_absolute() {
+        PathBuf::from(file)
+    } else {
+        base.join(file)
+    };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
             diags.push(
-                Diagnostic::new(key, format!("cannot read token file {}: {e}", path.display()))
-                    .help("create it with the token as its only content (mode 0600), or unset the key"),
+                Diagnostic::new(
+                    key,
+                    format!("cannot read token file {}: {e}", path.display()),
+                )
+                .help("create it with the token as its only content (mode 0600), or unset the key"),
             );
             return None;
         }
@@ -52,7 +70,10 @@ fn read_token(
     warn_if_readable(key, &path, warnings);
     let token = text.trim();
     if token.is_empty() {
-        diags.push(Diagnostic::new(key, format!("token file {} is empty", path.display())).help("write the token into it"));
+        diags.push(
+            Diagnostic::new(key, format!("token file {} is empty", path.display()))
+                .help("write the token into it"),
+        );
         return None;
     }
     Some(token.to_string())

@@ -25,10 +25,22 @@ const RESERVED_ENV_PREFIX: &str = "ATLAS_TEST_";
 
 /// Keys that would hold a secret inline; refused, with the way to pass it instead.
 const INLINE_SECRETS: [(&str, &str); 4] = [
-    ("caddy.cloudflare_api_token", "set ATLAS_CLOUDFLARE_API_TOKEN or put the token in a file (mode 0600) named by caddy.cloudflare_api_token_file"),
-    ("cloudflared.token", "set ATLAS_CLOUDFLARED_TOKEN or put the token in a file (mode 0600) named by cloudflared.token_file"),
-    ("cloudflared.tunnel_token", "set ATLAS_CLOUDFLARED_TOKEN or put the token in a file (mode 0600) named by cloudflared.token_file"),
-    ("caddy.cloudflare_token", "set ATLAS_CLOUDFLARE_API_TOKEN or put the token in a file (mode 0600) named by caddy.cloudflare_api_token_file"),
+    (
+        "caddy.cloudflare_api_token",
+        "set ATLAS_CLOUDFLARE_API_TOKEN or put the token in a file (mode 0600) named by caddy.cloudflare_api_token_file",
+    ),
+    (
+        "cloudflared.token",
+        "set ATLAS_CLOUDFLARED_TOKEN or put the token in a file (mode 0600) named by cloudflared.token_file",
+    ),
+    (
+        "cloudflared.tunnel_token",
+        "set ATLAS_CLOUDFLARED_TOKEN or put the token in a file (mode 0600) named by cloudflared.token_file",
+    ),
+    (
+        "caddy.cloudflare_token",
+        "set ATLAS_CLOUDFLARE_API_TOKEN or put the token in a file (mode 0600) named by caddy.cloudflare_api_token_file",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +106,10 @@ impl Source {
                 path: String::new(),
                 location,
                 message: format!("TOML syntax error: {}", e.message().trim_end()),
-                help: Some("fix the syntax at that position (strings need quotes, tables are [section])".into()),
+                help: Some(
+                    "fix the syntax at that position (strings need quotes, tables are [section])"
+                        .into(),
+                ),
             }
         })?;
         let mut spans = HashMap::new();
@@ -105,18 +120,28 @@ impl Source {
             message: format!("TOML syntax error: {}", e.message().trim_end()),
             help: None,
         })?;
-        Ok(Source { file: Some(file.to_string()), text: text.to_string(), spans, table, overrides: BTreeMap::new() })
+        Ok(Source {
+            file: Some(file.to_string()),
+            text: text.to_string(),
+            spans,
+            table,
+            overrides: BTreeMap::new(),
+        })
     }
 
     /// Lays `ATLAS_*` variables over the file. `ATLAS_A__B__C=v` sets `a.b.c`; `v` is read as
     /// a TOML value when it is one (numbers, booleans, arrays), else as a string.
     pub fn apply_env(&mut self, vars: &[(String, String)], diags: &mut Vec<Diagnostic>) {
         for (var, value) in vars {
-            let Some(rest) = var.strip_prefix("ATLAS_") else { continue };
+            let Some(rest) = var.strip_prefix("ATLAS_") else {
+                continue;
+            };
             if RESERVED_ENV.contains(&var.as_str()) || var.starts_with(RESERVED_ENV_PREFIX) {
                 continue;
             }
-            let location = Location::Env { variable: var.clone() };
+            let location = Location::Env {
+                variable: var.clone(),
+            };
             let Some(segs) = self.env_path(rest) else {
                 diags.push(Diagnostic {
                     path: String::new(),
@@ -126,14 +151,33 @@ impl Source {
                 });
                 continue;
             };
-            self.set(&segs, env_value(value), Override { location, raw: value.clone() }, diags);
+            self.set(
+                &segs,
+                env_value(value),
+                Override {
+                    location,
+                    raw: value.clone(),
+                },
+                diags,
+            );
         }
     }
 
     /// A flag's value, the top layer.
-    pub fn apply_flag(&mut self, path: &[&str], value: String, flag: &str, diags: &mut Vec<Diagnostic>) {
+    pub fn apply_flag(
+        &mut self,
+        path: &[&str],
+        value: String,
+        flag: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         let segs: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        let ov = Override { location: Location::Flag { flag: flag.to_string() }, raw: value.clone() };
+        let ov = Override {
+            location: Location::Flag {
+                flag: flag.to_string(),
+            },
+            raw: value.clone(),
+        };
         self.set(&segs, toml::Value::String(value), ov, diags);
     }
 
@@ -161,7 +205,12 @@ impl Source {
     fn instance_name(&self, seg: &str) -> String {
         let norm = |s: &str| s.to_ascii_uppercase().replace('-', "_");
         let builtin = super::Config::builtin();
-        let file_names = self.table.get("instances").and_then(|v| v.as_table()).into_iter().flat_map(|t| t.keys());
+        let file_names = self
+            .table
+            .get("instances")
+            .and_then(|v| v.as_table())
+            .into_iter()
+            .flat_map(|t| t.keys());
         builtin
             .instances
             .keys()
@@ -171,18 +220,29 @@ impl Source {
             .unwrap_or_else(|| seg.to_ascii_lowercase())
     }
 
-    fn set(&mut self, segs: &[String], value: toml::Value, ov: Override, diags: &mut Vec<Diagnostic>) {
+    fn set(
+        &mut self,
+        segs: &[String],
+        value: toml::Value,
+        ov: Override,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         let path = segs.join(".");
         let mut table = &mut self.table;
         for (i, seg) in segs[..segs.len() - 1].iter().enumerate() {
-            let entry = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(t) => table = t,
                 _ => {
                     diags.push(Diagnostic {
                         path: path.clone(),
                         location: Some(ov.location.clone()),
-                        message: format!("`{}` is a single value, not a section", segs[..=i].join(".")),
+                        message: format!(
+                            "`{}` is a single value, not a section",
+                            segs[..=i].join(".")
+                        ),
                         help: Some("drop the extra key parts from the name".into()),
                     });
                     return;
@@ -202,7 +262,11 @@ impl Source {
                 return Some(ov.location.clone());
             }
             if let Some(s) = self.spans.get(p) {
-                let range = if key { s.key.clone().or(s.value.clone()) } else { s.value.clone().or(s.key.clone()) };
+                let range = if key {
+                    s.key.clone().or(s.value.clone())
+                } else {
+                    s.value.clone().or(s.key.clone())
+                };
                 if let (Some(r), Some(file)) = (range, &self.file) {
                     return Some(file_location(file, &self.text, r.start));
                 }
@@ -211,11 +275,20 @@ impl Source {
         }
     }
 
+    /// Whether the operator set exactly this key (in the file, env or a flag).
+    pub fn is_set(&self, path: &str) -> bool {
+        self.overrides.contains_key(path) || self.spans.contains_key(path)
+    }
+
     /// Refuses secrets written inline, without ever repeating their value.
     pub fn take_inline_secrets(&mut self, diags: &mut Vec<Diagnostic>) {
         for (path, how) in INLINE_SECRETS {
             let (section, key) = path.split_once('.').expect("static paths have a section");
-            let removed = self.table.get_mut(section).and_then(|v| v.as_table_mut()).and_then(|t| t.remove(key));
+            let removed = self
+                .table
+                .get_mut(section)
+                .and_then(|v| v.as_table_mut())
+                .and_then(|t| t.remove(key));
             if removed.is_some() {
                 diags.push(Diagnostic {
                     path: path.to_string(),
@@ -261,7 +334,9 @@ impl Source {
 
     /// An env value read as a number or boolean where the key wants text: use the text.
     fn env_text_retry(&mut self, segs: &[Seg], path: &str) -> bool {
-        let Some(ov) = self.overrides.get(path) else { return false };
+        let Some(ov) = self.overrides.get(path) else {
+            return false;
+        };
         if !matches!(ov.location, Location::Env { .. }) {
             return false;
         }
@@ -295,7 +370,12 @@ impl Source {
                 help: Some(help),
             };
         }
-        Diagnostic { path: path.to_string(), location: self.locate(path, false), message: message.to_string(), help: None }
+        Diagnostic {
+            path: path.to_string(),
+            location: self.locate(path, false),
+            message: message.to_string(),
+            help: None,
+        }
     }
 }
 
@@ -324,9 +404,15 @@ fn value_at<'a>(table: &'a mut toml::Table, segs: &[Seg]) -> Option<&'a mut toml
 /// Drops the entry at `segs` (a whole array when an element is bad). False when nothing
 /// could be removed.
 fn remove_at(table: &mut toml::Table, segs: &[Seg]) -> bool {
-    let keep = segs.iter().rposition(|s| matches!(s, Seg::Key(_))).map(|i| i + 1).unwrap_or(0);
+    let keep = segs
+        .iter()
+        .rposition(|s| matches!(s, Seg::Key(_)))
+        .map(|i| i + 1)
+        .unwrap_or(0);
     let segs = &segs[..keep];
-    let Some((Seg::Key(last), parent)) = segs.split_last() else { return false };
+    let Some((Seg::Key(last), parent)) = segs.split_last() else {
+        return false;
+    };
     if parent.is_empty() {
         return table.remove(last).is_some();
     }
@@ -356,14 +442,26 @@ fn index_item(item: &toml_edit::Item, path: &[Seg], out: &mut HashMap<String, Sp
             for (i, v) in a.iter().enumerate() {
                 let mut p = path.to_vec();
                 p.push(Seg::Index(i));
-                out.insert(render_path(&p), Spans { key: None, value: v.span() });
+                out.insert(
+                    render_path(&p),
+                    Spans {
+                        key: None,
+                        value: v.span(),
+                    },
+                );
             }
         }
         toml_edit::Item::ArrayOfTables(a) => {
             for (i, t) in a.iter().enumerate() {
                 let mut p = path.to_vec();
                 p.push(Seg::Index(i));
-                out.insert(render_path(&p), Spans { key: None, value: t.span() });
+                out.insert(
+                    render_path(&p),
+                    Spans {
+                        key: None,
+                        value: t.span(),
+                    },
+                );
                 for (k, _) in t.iter() {
                     if let Some((key, v)) = t.get_key_value(k) {
                         index_entry(key, v, &p, out);
@@ -375,16 +473,36 @@ fn index_item(item: &toml_edit::Item, path: &[Seg], out: &mut HashMap<String, Sp
     }
 }
 
-fn index_entry(key: &toml_edit::Key, v: &toml_edit::Item, path: &[Seg], out: &mut HashMap<String, Spans>) {
+fn index_entry(
+    key: &toml_edit::Key,
+    v: &toml_edit::Item,
+    path: &[Seg],
+    out: &mut HashMap<String, Spans>,
+) {
     let mut p = path.to_vec();
     p.push(Seg::Key(key.get().to_string()));
-    out.insert(render_path(&p), Spans { key: key.span(), value: v.span() });
+    out.insert(
+        render_path(&p),
+        Spans {
+            key: key.span(),
+            value: v.span(),
+        },
+    );
     index_item(v, &p, out);
 }
 
 fn file_location(file: &str, text: &str, offset: usize) -> Location {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-    Location::File { file: file.to_string(), line, column }
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    Location::File {
+        file: file.to_string(),
+        line,
+        column,
+    }
 }
