@@ -245,8 +245,13 @@ pub fn incus_label(s: &str) -> Result<(), String> {
     if s.len() > 63 {
         return Err(format!("`{s}` is longer than 63 characters"));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-        return Err(format!("`{s}` contains `{c}`; use letters, digits, `-` and `_`"));
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "`{s}` contains `{c}`; use letters, digits, `-` and `_`"
+        ));
     }
     if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(format!("`{s}` must start with a letter or digit"));

@@ -149,8 +149,18 @@ fn from_layers(
 
 /// The configuration in file form (loadable again), secrets shown only as present or not.
 pub fn to_toml(c: &Config) -> String {
-    let body =
-        toml::to_string_pretty(&raw::RawConfig::from_model(c)).expect("the file schema serializes");
+    let body = {
+        let mut file = raw::RawConfig::from_model(c);
+        // Written out, `enabled` would pin cloudflared on or off; left out, the token decides,
+        // which is what produced this value in the first place.
+        let token = c.secrets.cloudflared_token.is_some();
+        for inst in file.instances.iter_mut().flat_map(|m| m.values_mut()) {
+            if inst.service == Some(ServiceKind::Cloudflared) && inst.enabled == Some(token) {
+                inst.enabled = None;
+            }
+        }
+        toml::to_string_pretty(&file).expect("the file schema serializes")
+    };
     let s = redacted(&c.secrets);
     format!(
         "# Effective configuration (defaults < file < ATLAS_* environment < flags).\n\

@@ -290,10 +290,17 @@ impl Source {
                 .and_then(|v| v.as_table_mut())
                 .and_then(|t| t.remove(key));
             if removed.is_some() {
+                let location = self.locate(path, true);
+                let message = match location {
+                    Some(Location::Env { .. }) => "a secret cannot be set as a config key",
+                    _ => {
+                        "secrets are not accepted in the config file (it gets copied, shown and committed)"
+                    }
+                };
                 diags.push(Diagnostic {
                     path: path.to_string(),
-                    location: self.locate(path, true),
-                    message: "secrets are not accepted in the config file (it gets copied, shown and committed)".into(),
+                    location,
+                    message: message.into(),
                     help: Some(how.to_string()),
                 });
             }

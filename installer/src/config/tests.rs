@@ -80,6 +80,19 @@ fn show_output_loads_back_to_the_same_config() {
 }
 
 #[test]
+fn shown_file_leaves_cloudflared_to_the_token() {
+    let shown = to_toml(&load_str("", &[]).unwrap());
+    let with_token = [("ATLAS_CLOUDFLARED_TOKEN", "t")];
+    assert!(load_str(&shown, &with_token).unwrap().instances["cloudflared01"].enabled);
+    let errs = errors("", &[("ATLAS_CADDY__CLOUDFLARE_API_TOKEN", "zz-secret")]);
+    has(
+        &errs,
+        "ATLAS_CADDY__CLOUDFLARE_API_TOKEN (environment): caddy.cloudflare_api_token: a secret cannot be set as a config key",
+    );
+    assert!(errs.iter().all(|e| !e.contains("zz-secret")));
+}
+
+#[test]
 fn syntax_error_has_line_and_column() {
     let errs = errors("[incus]\nproject = \"atlas\"\nstorage_pool = local\n", &[]);
     assert_eq!(errs.len(), 1, "{errs:?}");
