@@ -499,7 +499,8 @@ fn index_entry(
 }
 
 fn file_location(file: &str, text: &str, offset: usize) -> Location {
-    let before = &text[..offset.min(text.len())];
+    // Spans start on token boundaries; `get` keeps a surprise from becoming a panic.
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before
         .rsplit('\n')

@@ -271,6 +271,25 @@ fn new_instance_needs_a_service_and_a_valid_name() {
 }
 
 #[test]
+fn a_full_network_is_reported_not_papered_over() {
+    let mut text = String::from("[networks.management]\nipv4 = \"10.50.0.1/27\"\n");
+    for n in 2..5 {
+        text.push_str(&format!("[instances.loki0{n}]\nservice = \"loki\"\n"));
+    }
+    let errs = errors(&text, &[]);
+    // .13 is loki01, .23 loki02; .33 and up are outside a /27.
+    has(
+        &errs,
+        "instances.loki03.addresses.management: no free address left for it on networks.management",
+    );
+    has(
+        &errs,
+        "instances.loki04.addresses.management: no free address left",
+    );
+    assert!(errs.iter().all(|e| !e.contains("loki02")), "{errs:?}");
+}
+
+#[test]
 fn builtin_addresses_follow_a_renumbered_network() {
     let c = load_str("[networks.management]\nipv4 = \"192.168.50.1/24\"\n", &[]).unwrap();
     assert_eq!(

@@ -330,6 +330,14 @@ fn nics(c: &Config, p: &str, i: &Instance, d: &mut Vec<Diagnostic>) {
             continue;
         };
         let role = nic.network.as_str();
+        if nic.ipv4.is_none() {
+            push(
+                d,
+                format!("{p}.addresses.{role}"),
+                format!("no free address left for it on networks.{role}"),
+                format!("set one inside {}, or widen the network", net.ipv4.trunc()),
+            );
+        }
         if let Some(a) = nic.ipv4 {
             let path = format!("{p}.addresses.{role}");
             let fix = format!("pick a free host address inside {}", net.ipv4.trunc());
