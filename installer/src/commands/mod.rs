@@ -2,11 +2,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, GlobalArgs};
 
 mod completions;
+mod config;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -19,7 +20,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Upgrade(_) => not_yet("upgrade", 7),
         Command::Rollback => not_yet("rollback", 7),
         Command::Render(_) => not_yet("render", 2),
-        Command::Config(_) => not_yet("config", 2),
+        Command::Config(cmd) => config::run(cmd, &global),
         Command::Image(_) => not_yet("image", 3),
         Command::Bundle(_) => not_yet("bundle", 6),
         Command::Backup(_) => not_yet("backup", 7),
@@ -35,10 +36,34 @@ fn not_yet(command: &str, issue: u32) -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// The effective config for a command: defaults < file < ATLAS_* env < flags.
-/// (Layering and validation land with the config loader; until then: embedded defaults.)
-#[allow(dead_code)]
+/// The effective config for a command: defaults < file < ATLAS_* env < flags. Every problem
+/// is reported at once; warnings (e.g. a token file others can read) go to stderr.
 pub fn load_config(global: &GlobalArgs) -> Result<atlas_install::config::Config> {
-    let _ = global;
-    Ok(atlas_install::config::Config::builtin())
+    let loaded = atlas_install::config::load(&load_options(global)?)?;
+    print_warnings(&loaded.warnings);
+    Ok(loaded.config)
+}
+
+pub fn load_options(global: &GlobalArgs) -> Result<atlas_install::config::LoadOptions> {
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        let Some(k) = k.to_str().filter(|k| k.starts_with("ATLAS_")) else { continue };
+        let Some(v) = v.to_str() else {
+            anyhow::bail!("environment variable {k} is not valid UTF-8");
+        };
+        env.push((k.to_string(), v.to_string()));
+    }
+    Ok(atlas_install::config::LoadOptions {
+        file: global.config.clone(),
+        cwd: std::env::current_dir().context("cannot determine the working directory")?,
+        env,
+        project: global.project.clone(),
+        incus_socket: global.incus_socket.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+pub fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
 }

@@ -24,6 +24,7 @@ pub struct KindDefaults {
 impl ServiceKind {
     pub fn defaults(self) -> KindDefaults {
         use NetworkRole::*;
+        #[allow(clippy::type_complexity)] // one row of the seed's table, read as a row
         let (cpu, memory, volume, snapshots, nics, host_octet, port): (
             u32,
             &str,
@@ -159,6 +160,7 @@ impl Config {
                     login_requests: 10,
                     login_window: "1m".to_string(),
                 },
+                cloudflare_api_token_file: None,
             },
             grafana: GrafanaConfig { admin_user: "admin".to_string(), plugins: Vec::new() },
             prometheus: PrometheusConfig {

@@ -313,6 +313,10 @@ pub struct CaddyConfig {
     /// `auto`: Cloudflare DNS-01 when a token is set, else `tls_fallback`.
     pub tls_fallback: TlsIssuer,
     pub rate_limit: RateLimit,
+    /// File holding the Cloudflare API token for DNS-01 (the token itself never goes in
+    /// the config; `ATLAS_CLOUDFLARE_API_TOKEN` overrides the file).
+    #[serde(default)]
+    pub cloudflare_api_token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
