@@ -22,5 +22,7 @@ fn every_command_has_help() {
 fn completions_are_generated() {
     let o = run(atlas().args(["completions", "bash"]));
     assert!(o.status.success());
-    assert!(stdout(&o).contains("_atlas-install"), "no bash completion function");
+    let out = stdout(&o);
+    assert!(out.contains("complete -F") && out.contains("atlas-install"), "no bash completion: {out}");
+    assert!(out.contains("install") && out.contains("--incus-socket"), "completion lacks commands/flags");
 }

@@ -1,0 +1,176 @@
+//! Desired state: every Incus object the config asks for, as [`Resource`]s with the exact
+//! bodies atlas would create them with. Pure: no Incus, no clock, no randomness.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::render::{ProfileSpec, RenderedSet};
+
+use super::resource::{Resource, ResourceKind};
+
+/// Inputs beyond the config: what render produced and which image each instance runs.
+pub struct DesiredInputs<'a> {
+    pub config: &'a Config,
+    pub rendered: &'a RenderedSet,
+    pub profiles: &'a [ProfileSpec],
+    /// Image alias (in the Atlas project) per instance name.
+    pub images: &'a BTreeMap<String, ImageChoice>,
+    /// Extra files per instance the engine pushes besides rendered ones (network file for
+    /// our PID 1, certificates), as (path, sha256 hex of contents).
+    pub extra_files: &'a BTreeMap<String, Vec<(String, String)>>,
+    pub version: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageChoice {
+    pub alias: String,
+    /// Fingerprint the alias points to; part of the instance's hash so a new image replaces it.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    #[error("no image is known for instance {0}: build or import its image first (atlas-install image build)")]
+    MissingImage(String),
+}
+
+/// Everything that should exist, in step order.
+pub fn desired(inputs: &DesiredInputs<'_>) -> Result<Vec<Resource>, DesiredError> {
+    let cfg = inputs.config;
+    let v = inputs.version;
+    let mut out = vec![project(cfg, v)];
+    out.extend(networks(cfg, v));
+    out.extend(inputs.profiles.iter().map(|p| profile(p, v)));
+    out.extend(volumes(cfg, v));
+    for (name, _) in cfg.enabled_instances() {
+        out.push(instance(inputs, name)?);
+    }
+    Ok(out)
+}
+
+fn project(cfg: &Config, v: &str) -> Resource {
+    let body = json!({
+        "name": cfg.incus.project,
+        "description": "Atlas observability stack (managed by atlas-install)",
+        "config": {
+            "features.images": "true",
+            "features.profiles": "true",
+            "features.storage.volumes": "true",
+            "features.storage.buckets": "true",
+            "features.networks": "false",
+        },
+    });
+    Resource::new(ResourceKind::Project, &cfg.incus.project, None, body, v)
+}
+
+fn networks(cfg: &Config, v: &str) -> Vec<Resource> {
+    cfg.networks
+        .iter()
+        .map(|(role, n)| {
+            let body = json!({
+                "name": n.name,
+                "type": "bridge",
+                "description": format!("Atlas {} network (managed by atlas-install)", role.as_str()),
+                "config": {
+                    "ipv4.address": n.ipv4.to_string(),
+                    "ipv4.nat": n.ipv4_nat.to_string(),
+                    "ipv6.address": n.ipv6.map(|a| a.to_string()).unwrap_or_else(|| "none".to_string()),
+                    "ipv6.nat": (n.ipv6.is_some() && n.ipv6_nat).to_string(),
+                    // dnsmasq answers `<instance>.incus` names on every Atlas bridge.
+                    "dns.domain": "incus",
+                },
+            });
+            Resource::new(ResourceKind::Network, &n.name, None, body, v)
+        })
+        .collect()
+}
+
+fn profile(p: &ProfileSpec, v: &str) -> Resource {
+    let body = json!({
+        "name": p.name,
+        "description": p.description,
+        "config": p.config,
+        "devices": p.devices,
+    });
+    Resource::new(ResourceKind::Profile, &p.name, None, body, v)
+}
+
+fn volumes(cfg: &Config, v: &str) -> Vec<Resource> {
+    let pool = cfg.incus.storage_pool.as_str();
+    cfg.enabled_instances()
+        .into_iter()
+        .filter_map(|(name, inst)| inst.volume.as_ref().map(|vol| (name, vol)))
+        .map(|(name, vol)| {
+            let mut config = serde_json::Map::new();
+            config.insert("size".into(), Value::String(vol.size.text.clone()));
+            if vol.snapshots.enabled {
+                config.insert("snapshots.schedule".into(), Value::String(vol.snapshots.schedule.clone()));
+                config.insert("snapshots.expiry".into(), Value::String(vol.snapshots.expiry.clone()));
+                config.insert("snapshots.pattern".into(), Value::String(vol.snapshots.pattern.clone()));
+            }
+            let body = json!({
+                "name": vol.name,
+                "type": "custom",
+                "content_type": "filesystem",
+                "description": format!("Data of {name} (managed by atlas-install)"),
+                "config": config,
+            });
+            Resource::new(ResourceKind::Volume, &vol.name, Some(pool), body, v)
+        })
+        .collect()
+}
+
+fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredError> {
+    let cfg = inputs.config;
+    let inst = &cfg.instances[name];
+    let image = inputs.images.get(name).ok_or_else(|| DesiredError::MissingImage(name.to_string()))?;
+    let rendered = inputs.rendered.instances.get(name);
+    let mut config = serde_json::Map::new();
+    let mut secret_keys = Vec::new();
+    if let Some(r) = rendered {
+        for (k, val) in &r.environment {
+            let key = format!("environment.{k}");
+            if r.secret_env.contains(k) {
+                secret_keys.push(key.clone());
+            }
+            config.insert(key, Value::String(val.clone()));
+        }
+    }
+    let body = json!({
+        "name": name,
+        "type": "container",
+        "description": format!("Atlas {} (managed by atlas-install)", inst.service.as_str()),
+        "source": {"type": "image", "alias": image.alias},
+        "profiles": ["default", inst.profile],
+        "config": config,
+        "devices": crate::render::instance_devices(cfg, name),
+    });
+    // Files and the image are not part of the body, but a change to either must reach the
+    // container: they go into its hash.
+    let mut extra = BTreeMap::new();
+    extra.insert("image".to_string(), image.fingerprint.clone());
+    if let Some(r) = rendered {
+        for f in &r.files {
+            extra.insert(format!("file:{}", f.path), file_hash(&f.contents, f.mode, f.uid, f.gid));
+        }
+        if let Some(cmd) = &r.command {
+            extra.insert("command".to_string(), cmd.join("\u{0}"));
+        }
+    }
+    for (path, hash) in inputs.extra_files.get(name).into_iter().flatten() {
+        extra.insert(format!("file:{path}"), hash.clone());
+    }
+    Ok(Resource::new(ResourceKind::Instance, name, None, body, inputs.version)
+        .with_extra(extra)
+        .with_secret_keys(secret_keys))
+}
+
+fn file_hash(contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
+    let mut h = Sha256::new();
+    h.update(contents);
+    h.update(format!("\0{mode:o}:{uid}:{gid}"));
+    hex::encode(h.finalize())
+}
