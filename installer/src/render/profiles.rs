@@ -7,14 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{Config, Instance, NetworkRole, ServiceKind};
 
 use super::{templates, RenderError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileSpec {
     pub name: String,
     pub description: String,
@@ -136,8 +136,6 @@ fn profile_context(
         "nics": nics(config, inst, exclusive),
         "volume": inst.volume.as_ref().filter(|_| exclusive).map(|v| json!({"name": v.name, "path": v.path})),
     });
-    // Proxy devices forward in NAT mode to the instance's own address on the network that
-    // carries outside traffic (production), so the profile must not be shared.
     let proxied = match kind {
         ServiceKind::Caddy => Some(json!({
             "listen_address": config.caddy.listen_address,
@@ -153,19 +151,17 @@ fn profile_context(
         _ => None,
     };
     if let Some(extra) = proxied {
-        let index = inst.nics.iter().position(|n| n.network == NetworkRole::Production);
-        let address = index.and_then(|i| inst.nics[i].ipv4).filter(|_| exclusive);
-        let Some(address) = address else {
-            return Err(RenderError::MissingAddress {
-                instance: first.to_string(),
-                network: "production".to_string(),
-                index: index.unwrap_or(0),
-                why: "its host ports are forwarded there (and its profile cannot be shared)".to_string(),
+        // A host port can be forwarded to one instance only.
+        if let [_, second, ..] = users {
+            return Err(RenderError::ProfileConflict {
+                profile: profile.to_string(),
+                first: first.to_string(),
+                second: second.to_string(),
+                field: "host ports (only one instance can own them)".to_string(),
             });
-        };
+        }
         if let (Some(m), Value::Object(e)) = (ctx.as_object_mut(), extra) {
             m.extend(e);
-            m.insert("connect_address".to_string(), json!(address.to_string()));
         }
     }
     Ok(ctx)

@@ -334,30 +334,41 @@ fn amtool_accepts_every_variant() {
     }
 }
 
-/// Debian's caddy has neither the ratelimit nor the Cloudflare DNS plugin. Blocks that need them
-/// are cut out (balanced braces) so the rest is validated for real; [`caddy_fails_only_on_plugins`]
-/// checks the plugin parts are the only thing that stock Caddy rejects.
-fn without_plugin_blocks(caddyfile: &str) -> String {
-    let mut out = Vec::new();
-    let mut skipping = 0i32;
+/// Caddyfile blocks Debian's caddy 2.6 cannot load: the ratelimit and Cloudflare DNS plugins,
+/// and the `proxy_protocol` listener wrapper (built into Caddy since 2.7, which the image ships).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Unloadable {
+    RateLimit,
+    CloudflareDns,
+    ProxyProtocol,
+}
+
+const ALL_UNLOADABLE: [Unloadable; 3] = [Unloadable::RateLimit, Unloadable::CloudflareDns, Unloadable::ProxyProtocol];
+
+/// Cuts the given blocks out (balanced braces) so the rest can be validated for real;
+/// [`caddy_fails_only_on_plugins`] checks each of them is what stock Caddy rejects.
+fn without_blocks(caddyfile: &str, cut: &[Unloadable]) -> String {
     let lines: Vec<&str> = caddyfile.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    for (i, line) in lines.iter().enumerate() {
         let t = line.trim();
-        let starts_plugin = t == "rate_limit {" || (t == "tls {" && lines.get(i + 1).is_some_and(|n| n.trim().starts_with("dns ")));
-        if skipping == 0 && starts_plugin {
-            skipping = 1;
-            i += 1;
+        if depth > 0 {
+            depth += t.matches('{').count() as i32 - t.matches('}').count() as i32;
             continue;
         }
-        if skipping > 0 {
-            skipping += t.matches('{').count() as i32 - t.matches('}').count() as i32;
-            i += 1;
+        let kind = match t {
+            "rate_limit {" => Some(Unloadable::RateLimit),
+            // The wrapper list exists only for proxy_protocol (`tls` alone is the default).
+            "listener_wrappers {" => Some(Unloadable::ProxyProtocol),
+            "tls {" if lines.get(i + 1).is_some_and(|n| n.trim().starts_with("dns cloudflare")) => Some(Unloadable::CloudflareDns),
+            _ => None,
+        };
+        if kind.is_some_and(|k| cut.contains(&k)) {
+            depth = 1;
             continue;
         }
-        out.push(line);
-        i += 1;
+        out.push(*line);
     }
     out.join("\n") + "\n"
 }
@@ -382,10 +393,11 @@ fn caddy_validates_every_variant_it_can_load() {
         let tree = container_tree(inst);
         let path = tree.path().join("etc/caddy/Caddyfile");
         let original = std::fs::read_to_string(&path).unwrap();
-        let stock = without_plugin_blocks(&original);
-        let needs_plugins = stock != original;
-        // Only these two variants may use plugins, and they must be the only difference.
-        assert_eq!(needs_plugins, name != "stepca-webhook", "variant {name}");
+        // `caddy fmt` would change nothing: the template's layout is Caddy's own.
+        let fmt = Command::new("caddy").arg("fmt").arg(&path).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&fmt.stdout), original, "variant {name}: Caddyfile is not in `caddy fmt` form");
+        let stock = without_blocks(&original, &ALL_UNLOADABLE);
+        assert!(!stock.contains("rate_limit") && !stock.contains("proxy_protocol") && !stock.contains("cloudflare"));
         std::fs::write(&path, &stock).unwrap();
         let home = tempfile::tempdir().unwrap();
         let env = caddy_env(home.path());
@@ -405,27 +417,30 @@ fn caddy_fails_only_on_plugins() {
     if !have_tool("caddy") {
         return;
     }
-    let cases = [("default", "unrecognized directive: rate_limit"), ("cloudflared", "cloudflare")];
-    for (variant, plugin) in cases {
-        let config = variants().into_iter().find(|(n, _)| *n == variant).unwrap().1;
-        let set = rendered(&config);
-        let caddyfile = &set.instances["caddy01"].files[0];
-        let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "Caddyfile", &caddyfile.contents);
-        let out = Command::new("caddy").args(["adapt", "--adapter", "caddyfile", "--config"]).arg(&p).envs(caddy_env(dir.path())).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "stock caddy should not know the plugins");
-        assert!(err.contains(plugin), "variant {variant}: failure is not the plugin: {err}");
-    }
-    // The Cloudflare variant with rate limiting off fails on the DNS module alone.
-    let mut config = variants().into_iter().find(|(n, _)| *n == "cloudflared").unwrap().1;
-    config.caddy.rate_limit.enabled = false;
+    let config = variants().into_iter().find(|(n, _)| *n == "cloudflared").unwrap().1;
     let set = rendered(&config);
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "Caddyfile", &set.instances["caddy01"].files[0].contents);
-    let out = Command::new("caddy").args(["adapt", "--adapter", "caddyfile", "--config"]).arg(&p).envs(caddy_env(dir.path())).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("dns.providers.cloudflare"), "{err}");
+    let original = String::from_utf8_lossy(&set.instances["caddy01"].files[0].contents).into_owned();
+    let cases = [
+        (Unloadable::RateLimit, "unrecognized directive: rate_limit"),
+        (Unloadable::CloudflareDns, "dns.providers.cloudflare"),
+        (Unloadable::ProxyProtocol, "caddy.listeners.proxy_protocol"),
+    ];
+    for (keep, message) in cases {
+        // Everything else cut: stock caddy must fail on this block, and only on it.
+        let others: Vec<Unloadable> = ALL_UNLOADABLE.into_iter().filter(|u| *u != keep).collect();
+        let text = without_blocks(&original, &others);
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "Caddyfile", text.as_bytes());
+        let out = Command::new("caddy")
+            .args(["adapt", "--adapter", "caddyfile", "--config"])
+            .arg(&p)
+            .envs(caddy_env(dir.path()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{keep:?}: stock caddy should not load it");
+        assert!(err.contains(message), "{keep:?}: failure is not the plugin: {err}");
+    }
 }
 
 #[test]
@@ -629,7 +644,8 @@ fn profiles_carry_the_seed_resource_table() {
     assert_eq!(caddy.devices["eth1"]["network"], "management");
     assert_eq!(caddy.devices["eth2"]["network"], "incusbr0");
     assert_eq!(caddy.devices["https"]["listen"], "tcp:0.0.0.0:443");
-    assert_eq!(caddy.devices["https"]["connect"], "tcp:10.40.0.10:443");
+    assert_eq!(caddy.devices["https"]["connect"], "tcp:127.0.0.1:443");
+    assert_eq!(caddy.devices["https"]["proxy_protocol"], "true");
     let m = by["mosquitto"];
     assert_eq!(m.devices["mqtt"]["listen"], "tcp:0.0.0.0:1883");
     assert!(!m.devices.contains_key("mqtts"), "no TLS listener by default");
@@ -693,4 +709,124 @@ fn render_command_writes_container_paths_and_keeps_secrets_private() {
     let out = run(atlas().args(["render", "--out"]).arg(dir.path()));
     assert!(out.status.success());
     assert_eq!(std::fs::metadata(&passwd).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+/// Incus objects this test created, removed in reverse order even when the test fails.
+struct IncusScratch {
+    project: String,
+    networks: Vec<String>,
+    volumes: Vec<String>,
+    profiles: Vec<String>,
+}
+
+impl Drop for IncusScratch {
+    fn drop(&mut self) {
+        let p = ["--project", self.project.as_str()];
+        for name in &self.profiles {
+            let _ = Command::new("incus").args(["profile", "delete", name]).args(p).output();
+        }
+        for v in &self.volumes {
+            let _ = Command::new("incus").args(["storage", "volume", "delete", "default", v]).args(p).output();
+        }
+        let _ = Command::new("incus").args(["project", "delete", &self.project]).output();
+        for n in &self.networks {
+            let _ = Command::new("incus").args(["network", "delete", n]).output();
+        }
+    }
+}
+
+fn incus(args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
+    let mut child = Command::new("incus")
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(data).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Every profile `render::profiles` produces is accepted by the real incusd: keys, proxy devices
+/// in NAT mode, host mounts, NIC addresses checked against real bridges, data volumes.
+/// Runs in its own project with its own bridges (10.23x.y.0/24), all deleted afterwards.
+#[test]
+fn incus_accepts_every_rendered_profile() {
+    if !have_tool("incus") || !have_path(Path::new("/var/lib/incus/unix.socket"), "the incusd socket (tests/start-services.sh)") {
+        return;
+    }
+    let id = std::process::id() % 200;
+    let tag = format!("tr{id}");
+    let mut scratch = IncusScratch { project: format!("t-render-{id}"), networks: vec![], volumes: vec![], profiles: vec![] };
+    // Cloudflared on too, so all nine profiles are checked; TLS on for the MQTTS proxy device.
+    let mut config = variants().into_iter().find(|(n, _)| *n == "cloudflared").unwrap().1;
+    config.mosquitto.tls = true;
+    config.incus.storage_pool = "default".into();
+    for (k, (role, net)) in [
+        ("p", &mut config.networks.production),
+        ("m", &mut config.networks.management),
+        ("d", &mut config.networks.development),
+        ("t", &mut config.networks.testing),
+        ("s", &mut config.networks.staging),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (s, n))| (i, (s, n)))
+    {
+        net.name = format!("{tag}{role}");
+        net.ipv4 = format!("10.23{k}.{id}.1/24").parse().unwrap();
+    }
+    config.incus.external_network = format!("{tag}e");
+    for net in [&config.networks.production, &config.networks.management] {
+        let (ok, out) = incus(
+            &["network", "create", &net.name, &format!("ipv4.address={}", net.ipv4), "ipv4.nat=false", "ipv6.address=none"],
+            None,
+        );
+        assert!(ok, "creating bridge {}: {out}", net.name);
+        scratch.networks.push(net.name.clone());
+    }
+    let ext = config.incus.external_network.clone();
+    let (ok, out) = incus(&["network", "create", &ext, &format!("ipv4.address=10.238.{id}.1/24"), "ipv4.nat=false", "ipv6.address=none"], None);
+    assert!(ok, "creating bridge {ext}: {out}");
+    scratch.networks.push(ext);
+    // Instances get their addresses from the new bridges, as the config loader would derive them.
+    let names: Vec<(String, ServiceKind, bool)> = config.instances.iter().map(|(n, i)| (n.clone(), i.service, i.enabled)).collect();
+    for (name, kind, enabled) in names {
+        let mut inst = default_instance(kind, &name, &config.networks, 0);
+        inst.enabled = enabled;
+        config.instances.insert(name, inst);
+    }
+    let (ok, out) = incus(&["project", "create", &scratch.project], None);
+    assert!(ok, "{out}");
+    let project = scratch.project.clone();
+    let p = ["--project", project.as_str()];
+    for inst in config.instances.values().filter(|i| i.enabled) {
+        if let Some(v) = &inst.volume {
+            let (ok, out) = incus(&[&["storage", "volume", "create", "default", &v.name][..], &p].concat(), None);
+            assert!(ok, "{out}");
+            scratch.volumes.push(v.name.clone());
+        }
+    }
+    let profiles = render::profiles(&config).unwrap();
+    assert_eq!(profiles.len(), 9, "one profile per service kind");
+    for spec in &profiles {
+        let (ok, out) = incus(&[&["profile", "create", &spec.name][..], &p].concat(), None);
+        assert!(ok, "{out}");
+        scratch.profiles.push(spec.name.clone());
+        // JSON is YAML: `incus profile edit` reads it from stdin.
+        let body = serde_json::to_vec(&serde_json::json!({
+            "description": spec.description, "config": spec.config, "devices": spec.devices,
+        }))
+        .unwrap();
+        let (ok, out) = incus(&[&["profile", "edit", &spec.name][..], &p].concat(), Some(&body));
+        assert!(ok, "incus refused profile {}: {out}\n{spec:#?}", spec.name);
+        let (_, shown) = incus(&[&["profile", "show", &spec.name][..], &p].concat(), None);
+        let shown: serde_yaml_ng::Value = serde_yaml_ng::from_str(&shown).unwrap();
+        assert_eq!(shown["config"]["limits.memory"].as_str(), Some(spec.config["limits.memory"].as_str()));
+        assert_eq!(shown["devices"].as_mapping().unwrap().len(), spec.devices.len(), "{}", spec.name);
+    }
 }
