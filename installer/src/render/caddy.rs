@@ -29,6 +29,14 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             TlsIssuer::StepCa => "step-ca",
         }
     };
+    if issuer == "step-ca" && c.instances_of(ServiceKind::StepCa).is_empty() {
+        return Err(RenderError::MissingService {
+            instance: ctx.name.to_string(),
+            service: "step-ca".to_string(),
+            why: "caddy.tls_fallback = \"step-ca\" gets certificates from it".to_string(),
+            fix: "enable step-ca01, set caddy.tls_fallback = \"internal\", or provide a Cloudflare API token".to_string(),
+        });
+    }
 
     let mut sites = Vec::new();
     let mut upstream_tls = false;

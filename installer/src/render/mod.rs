@@ -168,6 +168,8 @@ pub enum RenderError {
     MissingSecret { instance: String, what: String, fix: String },
     #[error("{instance} needs a fixed IPv4 address on its {network} network ({why}); set instances.{instance}.nics[{index}].ipv4 in atlas.toml")]
     MissingAddress { instance: String, network: String, index: usize, why: String },
+    #[error("{instance} needs an enabled {service} instance ({why}); {fix}")]
+    MissingService { instance: String, service: String, why: String, fix: String },
     #[error(
         "profile `{profile}` is shared by {first} and {second}, which differ in {field}; give one of them its own `profile` name in atlas.toml"
     )]
@@ -232,3 +234,6 @@ pub fn hostname(instance: &str) -> String {
 pub(crate) fn targets(config: &Config, kind: ServiceKind, port: u16) -> Vec<String> {
     config.instances_of(kind).into_iter().map(|(n, _)| format!("{}:{port}", hostname(n))).collect()
 }
+
+#[cfg(test)]
+mod tests;

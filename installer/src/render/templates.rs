@@ -53,12 +53,16 @@ pub fn environment() -> Environment<'static> {
 
 /// A string as a double-quoted scalar. JSON escaping is valid in YAML and TOML alike, so one
 /// filter keeps every value (domains, URLs, paths) from breaking the file around it.
-fn quote(v: Value) -> String {
+fn quote(v: Value) -> Result<String, minijinja::Error> {
+    // Strict mode does not stop an undefined value at a filter's door: do it here.
+    if v.is_undefined() || v.is_none() {
+        return Err(minijinja::Error::new(minijinja::ErrorKind::UndefinedError, "quoting a missing value"));
+    }
     let s = match v.as_str() {
         Some(s) => s.to_string(),
         None => v.to_string(),
     };
-    serde_json::to_string(&s).unwrap_or_default()
+    Ok(serde_json::to_string(&s).unwrap_or_default())
 }
 
 pub fn render(env: &Environment<'static>, name: &str, ctx: serde_json::Value) -> Result<String, RenderError> {
@@ -104,6 +108,6 @@ mod tests {
 
     #[test]
     fn quoting_survives_hostile_strings() {
-        assert_eq!(quote(Value::from("a\"b\n")), r#""a\"b\n""#);
+        assert_eq!(quote(Value::from("a\"b\n")).unwrap(), r#""a\"b\n""#);
     }
 }
