@@ -9,7 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use atlas_install::render::{Credentials, MqttCredential, RenderedSet};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -21,7 +21,8 @@ pub fn run(global: &GlobalArgs, args: &RenderArgs) -> Result<ExitCode> {
     // The installer keeps the generated secrets in Incus; until there is an installed stack
     // to read them from, `render` shows the files with freshly generated ones.
     let creds = fresh_credentials(&config.mosquitto.users);
-    let set = atlas_install::render::render(&config, &creds).context("rendering the service configuration")?;
+    let set = atlas_install::render::render(&config, &creds)
+        .context("rendering the service configuration")?;
     write_set(&set, &args.out)?;
     let files: usize = set.instances.values().map(|i| i.files.len()).sum();
     eprintln!(
@@ -34,15 +35,31 @@ pub fn run(global: &GlobalArgs, args: &RenderArgs) -> Result<ExitCode> {
 
 fn fresh_credentials(users: &[String]) -> Credentials {
     let mut rng = rand::rng();
-    let mut password = || (&mut rng).sample_iter(Alphanumeric).take(32).map(char::from).collect::<String>();
+    let mut password = || {
+        (&mut rng)
+            .sample_iter(Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect::<String>()
+    };
     let grafana_admin_password = password();
     let step_ca_password = password();
     let mut mosquitto = BTreeMap::new();
     for u in users {
         let pw = password();
-        mosquitto.insert(u.clone(), MqttCredential { password: pw, salt: rand::rng().random() });
+        mosquitto.insert(
+            u.clone(),
+            MqttCredential {
+                password: pw,
+                salt: rand::rng().random(),
+            },
+        );
     }
-    Credentials { grafana_admin_password, step_ca_password, mosquitto }
+    Credentials {
+        grafana_admin_password,
+        step_ca_password,
+        mosquitto,
+    }
 }
 
 /// Writes every file under `out/<instance>/`, plus `out/<instance>.service.toml` with the
@@ -65,10 +82,22 @@ fn write_set(set: &RenderedSet, out: &Path) -> Result<()> {
         }
         toml.push_str("\n[environment]\n");
         for (k, v) in &inst.environment {
-            let v = if inst.secret_env.contains(k) { "<secret, not written>" } else { v.as_str() };
-            toml.push_str(&format!("{} = {}\n", serde_json::to_string(k)?, serde_json::to_string(v)?));
+            let v = if inst.secret_env.contains(k) {
+                "<secret, not written>"
+            } else {
+                v.as_str()
+            };
+            toml.push_str(&format!(
+                "{} = {}\n",
+                serde_json::to_string(k)?,
+                serde_json::to_string(v)?
+            ));
         }
-        write_file(&out.join(format!("{name}.service.toml")), toml.as_bytes(), 0o644)?;
+        write_file(
+            &out.join(format!("{name}.service.toml")),
+            toml.as_bytes(),
+            0o644,
+        )?;
     }
     Ok(())
 }
@@ -92,7 +121,9 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
     // An existing file keeps its old mode on open: set it explicitly.
-    f.set_permissions(fs::Permissions::from_mode(mode)).with_context(|| format!("setting the mode of {}", path.display()))?;
-    f.write_all(contents).with_context(|| format!("writing {}", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    f.write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -29,7 +29,11 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     } else {
         RenderedFile::config(CONFIG, text)
     };
-    let data = ctx.inst.volume.as_ref().map_or("/alertmanager", |v| v.path.as_str());
+    let data = ctx
+        .inst
+        .volume
+        .as_ref()
+        .map_or("/alertmanager", |v| v.path.as_str());
     Ok(RenderedInstance {
         files: vec![file],
         command: Some(vec![

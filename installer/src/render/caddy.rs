@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::config::{NetworkRole, ServiceKind, TlsIssuer};
 
 use super::paths::{expect_root, step_ca_root};
-use super::{hostname, Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, hostname};
 
 pub const CADDYFILE: &str = "/etc/caddy/Caddyfile";
 /// ACME directory of the internal step-ca (its `acme` provisioner).
@@ -14,13 +14,21 @@ pub const STEP_CA_ACME_DIRECTORY: &str = "https://step-ca01.incus:9000/acme/acme
 pub const CF_TOKEN_ENV: &str = "CF_API_TOKEN";
 
 /// With no `allowed_ip_range` the domain is local-only: loopback and private ranges.
-const LOCAL_ONLY: &[&str] = &["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
+const LOCAL_ONLY: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+];
 
 pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let c = ctx.config;
     let mut out = RenderedInstance::default();
     let issuer = if let Some(token) = &c.secrets.cloudflare_api_token {
-        out.environment.insert(CF_TOKEN_ENV.to_string(), token.clone());
+        out.environment
+            .insert(CF_TOKEN_ENV.to_string(), token.clone());
         out.secret_env.insert(CF_TOKEN_ENV.to_string());
         "cloudflare"
     } else {
@@ -69,7 +77,12 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         .filter_map(|n| n.ipv4.map(|a| a.to_string()))
         .collect();
     if metrics_bind.is_empty() {
-        let index = ctx.inst.nics.iter().position(|n| n.network == NetworkRole::Management).unwrap_or(0);
+        let index = ctx
+            .inst
+            .nics
+            .iter()
+            .position(|n| n.network == NetworkRole::Management)
+            .unwrap_or(0);
         return Err(RenderError::MissingAddress {
             instance: ctx.name.to_string(),
             network: "management".to_string(),

@@ -19,11 +19,25 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let (uid, gid) = service_user(ServiceKind::Cloudflared);
     let metrics = format!("0.0.0.0:{}", ctx.config.cloudflared.metrics_port);
     Ok(RenderedInstance {
-        files: vec![RenderedFile::secret(TOKEN_FILE, token.trim().as_bytes(), uid, gid)],
+        files: vec![RenderedFile::secret(
+            TOKEN_FILE,
+            token.trim().as_bytes(),
+            uid,
+            gid,
+        )],
         command: Some(
-            ["cloudflared", "--no-autoupdate", "tunnel", "--metrics", &metrics, "run", "--token-file", TOKEN_FILE]
-                .map(String::from)
-                .to_vec(),
+            [
+                "cloudflared",
+                "--no-autoupdate",
+                "tunnel",
+                "--metrics",
+                &metrics,
+                "run",
+                "--token-file",
+                TOKEN_FILE,
+            ]
+            .map(String::from)
+            .to_vec(),
         ),
         ..Default::default()
     })

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::config::ServiceKind;
 
 use super::paths::{expect_root, expect_service_cert, service_cert, step_ca_root};
-use super::{hostname, Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, hostname};
 
 pub const DATASOURCES: &str = "/etc/grafana/provisioning/datasources/atlas.yaml";
 
@@ -18,7 +18,10 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         env.insert(k.to_string(), v.to_string());
     };
     set("GF_SECURITY_ADMIN_USER", &c.grafana.admin_user);
-    set("GF_SECURITY_ADMIN_PASSWORD", &ctx.creds.grafana_admin_password);
+    set(
+        "GF_SECURITY_ADMIN_PASSWORD",
+        &ctx.creds.grafana_admin_password,
+    );
     // Air-gapped hosts: no telemetry, no update checks, no plugin downloads at start.
     set("GF_ANALYTICS_REPORTING_ENABLED", "false");
     set("GF_ANALYTICS_CHECK_FOR_UPDATES", "false");
@@ -37,13 +40,18 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         set("GF_SERVER_PROTOCOL", "https");
         set("GF_SERVER_CERT_FILE", &cert);
         set("GF_SERVER_CERT_KEY", &key);
-        out.expected_files.extend(expect_service_cert(ServiceKind::Grafana));
+        out.expected_files
+            .extend(expect_service_cert(ServiceKind::Grafana));
     }
-    out.secret_env.insert("GF_SECURITY_ADMIN_PASSWORD".to_string());
+    out.secret_env
+        .insert("GF_SECURITY_ADMIN_PASSWORD".to_string());
 
     let mut datasources = Vec::new();
     let mut needs_root = false;
-    for (kind, label, port) in [(ServiceKind::Prometheus, "Prometheus", 9090), (ServiceKind::Loki, "Loki", 3100)] {
+    for (kind, label, port) in [
+        (ServiceKind::Prometheus, "Prometheus", 9090),
+        (ServiceKind::Loki, "Loki", 3100),
+    ] {
         for (i, (name, inst)) in c.instances_of(kind).into_iter().enumerate() {
             needs_root |= inst.tls;
             datasources.push(json!({
@@ -57,7 +65,10 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             }));
         }
     }
-    let text = ctx.template("grafana/datasources.yaml.j2", json!({"instance": ctx.name, "datasources": datasources}))?;
+    let text = ctx.template(
+        "grafana/datasources.yaml.j2",
+        json!({"instance": ctx.name, "datasources": datasources}),
+    )?;
     out.files.push(RenderedFile::config(DATASOURCES, text));
     if needs_root {
         out.expected_files.push(expect_root(ServiceKind::Grafana));

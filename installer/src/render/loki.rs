@@ -16,7 +16,8 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let mut out = RenderedInstance::default();
     let tls = ctx.inst.tls.then(|| {
         let (cert, key) = service_cert(ServiceKind::Loki);
-        out.expected_files.extend(expect_service_cert(ServiceKind::Loki));
+        out.expected_files
+            .extend(expect_service_cert(ServiceKind::Loki));
         json!({"cert_file": cert, "key_file": key})
     });
     let text = ctx.template(
@@ -29,6 +30,9 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         }),
     )?;
     out.files.push(RenderedFile::config(CONFIG, text));
-    out.command = Some(vec!["/usr/bin/loki".to_string(), format!("-config.file={CONFIG}")]);
+    out.command = Some(vec![
+        "/usr/bin/loki".to_string(),
+        format!("-config.file={CONFIG}"),
+    ]);
     Ok(out)
 }

@@ -23,9 +23,9 @@ mod prometheus;
 mod step_ca;
 mod templates;
 
-pub use passwd::{mosquitto_password_line, pbkdf2_hmac_sha512, MOSQUITTO_PBKDF2_ITERATIONS};
+pub use passwd::{MOSQUITTO_PBKDF2_ITERATIONS, mosquitto_password_line, pbkdf2_hmac_sha512};
 pub use paths::*;
-pub use profiles::{instance_devices, profiles, ProfileSpec};
+pub use profiles::{ProfileSpec, instance_devices, profiles};
 
 /// Secrets the installer generated for this deployment. Never printed (`Debug` redacts them).
 #[derive(Clone, PartialEq, Eq)]
@@ -50,7 +50,10 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("grafana_admin_password", &"<redacted>")
             .field("step_ca_password", &"<redacted>")
-            .field("mosquitto_users", &self.mosquitto.keys().collect::<Vec<_>>())
+            .field(
+                "mosquitto_users",
+                &self.mosquitto.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -82,7 +85,16 @@ impl std::fmt::Debug for RenderedInstance {
         let env: BTreeMap<&str, &str> = self
             .environment
             .iter()
-            .map(|(k, v)| (k.as_str(), if self.secret_env.contains(k) { "<redacted>" } else { v.as_str() }))
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if self.secret_env.contains(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
             .collect();
         f.debug_struct("RenderedInstance")
             .field("service", &self.service)
@@ -122,12 +134,31 @@ impl std::fmt::Debug for RenderedFile {
 impl RenderedFile {
     /// A configuration file without secrets, owned by root and readable by the service user.
     pub(crate) fn config(path: &str, contents: impl Into<Vec<u8>>) -> RenderedFile {
-        RenderedFile { path: path.to_string(), contents: contents.into(), mode: 0o644, uid: 0, gid: 0, secret: false }
+        RenderedFile {
+            path: path.to_string(),
+            contents: contents.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            secret: false,
+        }
     }
 
     /// A file holding a secret: readable only by the service's own user.
-    pub(crate) fn secret(path: &str, contents: impl Into<Vec<u8>>, uid: u32, gid: u32) -> RenderedFile {
-        RenderedFile { path: path.to_string(), contents: contents.into(), mode: 0o600, uid, gid, secret: true }
+    pub(crate) fn secret(
+        path: &str,
+        contents: impl Into<Vec<u8>>,
+        uid: u32,
+        gid: u32,
+    ) -> RenderedFile {
+        RenderedFile {
+            path: path.to_string(),
+            contents: contents.into(),
+            mode: 0o600,
+            uid,
+            gid,
+            secret: true,
+        }
     }
 }
 
@@ -165,15 +196,36 @@ pub enum RenderError {
         source: minijinja::Error,
     },
     #[error("{instance} needs {what}: {fix}")]
-    MissingSecret { instance: String, what: String, fix: String },
-    #[error("{instance} needs a fixed IPv4 address on its {network} network ({why}); set instances.{instance}.nics[{index}].ipv4 in atlas.toml")]
-    MissingAddress { instance: String, network: String, index: usize, why: String },
+    MissingSecret {
+        instance: String,
+        what: String,
+        fix: String,
+    },
+    #[error(
+        "{instance} needs a fixed IPv4 address on its {network} network ({why}); set instances.{instance}.nics[{index}].ipv4 in atlas.toml"
+    )]
+    MissingAddress {
+        instance: String,
+        network: String,
+        index: usize,
+        why: String,
+    },
     #[error("{instance} needs an enabled {service} instance ({why}); {fix}")]
-    MissingService { instance: String, service: String, why: String, fix: String },
+    MissingService {
+        instance: String,
+        service: String,
+        why: String,
+        fix: String,
+    },
     #[error(
         "profile `{profile}` is shared by {first} and {second}, which differ in {field}; give one of them its own `profile` name in atlas.toml"
     )]
-    ProfileConflict { profile: String, first: String, second: String, field: String },
+    ProfileConflict {
+        profile: String,
+        first: String,
+        second: String,
+        field: String,
+    },
     #[error("internal error: profile template for {kind} produced invalid TOML: {source}")]
     ProfileToml {
         kind: String,
@@ -187,7 +239,13 @@ pub fn render(config: &Config, creds: &Credentials) -> Result<RenderedSet, Rende
     let env = templates::environment();
     let mut set = RenderedSet::default();
     for (name, inst) in config.enabled_instances() {
-        let ctx = Ctx { config, creds, env: &env, name, inst };
+        let ctx = Ctx {
+            config,
+            creds,
+            env: &env,
+            name,
+            inst,
+        };
         let mut out = match inst.service {
             ServiceKind::Caddy => caddy::render(&ctx)?,
             ServiceKind::Grafana => grafana::render(&ctx)?,
@@ -232,7 +290,11 @@ pub fn hostname(instance: &str) -> String {
 
 /// `<instance>.incus:<port>` of every enabled instance of a kind.
 pub(crate) fn targets(config: &Config, kind: ServiceKind, port: u16) -> Vec<String> {
-    config.instances_of(kind).into_iter().map(|(n, _)| format!("{}:{port}", hostname(n))).collect()
+    config
+        .instances_of(kind)
+        .into_iter()
+        .map(|(n, _)| format!("{}:{port}", hostname(n)))
+        .collect()
 }
 
 #[cfg(test)]

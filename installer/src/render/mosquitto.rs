@@ -28,11 +28,16 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     }
     let tls = m.tls.then(|| {
         let (cert, key) = service_cert(ServiceKind::Mosquitto);
-        out.expected_files.extend(expect_service_cert(ServiceKind::Mosquitto));
+        out.expected_files
+            .extend(expect_service_cert(ServiceKind::Mosquitto));
         out.expected_files.push(expect_root(ServiceKind::Mosquitto));
         json!({"ca_file": step_ca_root(ServiceKind::Mosquitto), "cert_file": cert, "key_file": key})
     });
-    let data = ctx.inst.volume.as_ref().map_or("/mosquitto/data", |v| v.path.as_str());
+    let data = ctx
+        .inst
+        .volume
+        .as_ref()
+        .map_or("/mosquitto/data", |v| v.path.as_str());
     let text = ctx.template(
         "mosquitto/mosquitto.conf.j2",
         json!({
@@ -46,6 +51,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     )?;
     let (uid, gid) = service_user(ServiceKind::Mosquitto);
     out.files.push(RenderedFile::config(CONFIG, text));
-    out.files.push(RenderedFile::secret(PASSWORD_FILE, lines, uid, gid));
+    out.files
+        .push(RenderedFile::secret(PASSWORD_FILE, lines, uid, gid));
     Ok(out)
 }

@@ -6,9 +6,14 @@ use super::{Ctx, RenderError, RenderedInstance};
 pub(super) fn render(_ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     Ok(RenderedInstance {
         command: Some(
-            ["/bin/node_exporter", "--path.rootfs=/host", "--path.procfs=/host/proc", "--path.sysfs=/host/sys"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "/bin/node_exporter",
+                "--path.rootfs=/host",
+                "--path.procfs=/host/proc",
+                "--path.sysfs=/host/sys",
+            ]
+            .map(String::from)
+            .to_vec(),
         ),
         ..Default::default()
     })

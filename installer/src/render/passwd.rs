@@ -45,7 +45,11 @@ pub fn pbkdf2_hmac_sha512(password: &[u8], salt: &[u8], iterations: u32) -> [u8;
 /// One line of a Mosquitto password file (without the newline).
 pub fn mosquitto_password_line(user: &str, password: &str, salt: &[u8; 12]) -> String {
     let hash = pbkdf2_hmac_sha512(password.as_bytes(), salt, MOSQUITTO_PBKDF2_ITERATIONS);
-    format!("{user}:$7${MOSQUITTO_PBKDF2_ITERATIONS}${}${}", STANDARD.encode(salt), STANDARD.encode(hash))
+    format!(
+        "{user}:$7${MOSQUITTO_PBKDF2_ITERATIONS}${}${}",
+        STANDARD.encode(salt),
+        STANDARD.encode(hash)
+    )
 }
 
 #[cfg(test)]
@@ -78,7 +82,10 @@ mod tests {
     #[test]
     fn long_keys_are_hashed_first() {
         let long = [7u8; 200];
-        assert_eq!(hmac_sha512(&long, &[b"x"]), hmac_sha512(&Sha512::digest(long), &[b"x"]));
+        assert_eq!(
+            hmac_sha512(&long, &[b"x"]),
+            hmac_sha512(&Sha512::digest(long), &[b"x"])
+        );
     }
 
     #[test]

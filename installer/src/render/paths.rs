@@ -10,7 +10,9 @@ pub fn service_user(kind: ServiceKind) -> (u32, u32) {
     match kind {
         ServiceKind::Caddy => (0, 0),
         ServiceKind::Grafana => (472, 0),
-        ServiceKind::Prometheus | ServiceKind::Alertmanager | ServiceKind::NodeExporter => (65534, 65534),
+        ServiceKind::Prometheus | ServiceKind::Alertmanager | ServiceKind::NodeExporter => {
+            (65534, 65534)
+        }
         ServiceKind::Loki => (10001, 10001),
         ServiceKind::StepCa => (1000, 1000),
         // The broker starts as root and drops to the `mosquitto` user (1883).
@@ -57,7 +59,13 @@ pub const INCUS_SERVER_CERT: &str = "/etc/prometheus/incus/server.crt";
 pub const INCUS_TLS_SERVER_NAME: &str = "127.0.0.1";
 
 pub(crate) fn expect_root(kind: ServiceKind) -> ExpectedFile {
-    ExpectedFile { path: step_ca_root(kind), source: FileSource::StepCaRoot, mode: 0o644, uid: 0, gid: 0 }
+    ExpectedFile {
+        path: step_ca_root(kind),
+        source: FileSource::StepCaRoot,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    }
 }
 
 /// The certificate is public; the key is readable by the service user only.
@@ -65,7 +73,19 @@ pub(crate) fn expect_service_cert(kind: ServiceKind) -> [ExpectedFile; 2] {
     let (cert, key) = service_cert(kind);
     let (uid, gid) = service_user(kind);
     [
-        ExpectedFile { path: cert, source: FileSource::ServiceCertificate, mode: 0o644, uid: 0, gid: 0 },
-        ExpectedFile { path: key, source: FileSource::ServiceKey, mode: 0o600, uid, gid },
+        ExpectedFile {
+            path: cert,
+            source: FileSource::ServiceCertificate,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        ExpectedFile {
+            path: key,
+            source: FileSource::ServiceKey,
+            mode: 0o600,
+            uid,
+            gid,
+        },
     ]
 }

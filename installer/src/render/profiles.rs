@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::config::{Config, Instance, NetworkRole, ServiceKind};
 
-use super::{templates, RenderError};
+use super::{RenderError, templates};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileSpec {
@@ -27,7 +27,10 @@ pub fn profiles(config: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
     let env = templates::environment();
     let mut by_profile: BTreeMap<&str, Vec<(&str, &Instance)>> = BTreeMap::new();
     for (name, inst) in config.enabled_instances() {
-        by_profile.entry(inst.profile.as_str()).or_default().push((name, inst));
+        by_profile
+            .entry(inst.profile.as_str())
+            .or_default()
+            .push((name, inst));
     }
     let mut out = Vec::new();
     for (profile, users) in by_profile {
@@ -37,7 +40,13 @@ pub fn profiles(config: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
                 (o.service != inst.service, "service kind"),
                 (o.cpu != inst.cpu, "cpu"),
                 (o.memory != inst.memory, "memory"),
-                (o.nics.iter().map(|n| n.network).ne(inst.nics.iter().map(|n| n.network)), "networks"),
+                (
+                    o.nics
+                        .iter()
+                        .map(|n| n.network)
+                        .ne(inst.nics.iter().map(|n| n.network)),
+                    "networks",
+                ),
             ];
             if let Some((_, field)) = differs.iter().find(|(d, _)| *d) {
                 return Err(RenderError::ProfileConflict {
@@ -55,7 +64,10 @@ pub fn profiles(config: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
         let template = format!("profiles/{}.toml.j2", kind.as_str());
         let text = templates::render(&env, &template, ctx)?;
         let spec: ProfileSpec =
-            toml::from_str(&text).map_err(|source| RenderError::ProfileToml { kind: kind.as_str().to_string(), source })?;
+            toml::from_str(&text).map_err(|source| RenderError::ProfileToml {
+                kind: kind.as_str().to_string(),
+                source,
+            })?;
         out.push(spec);
     }
     Ok(out)
@@ -64,9 +76,18 @@ pub fn profiles(config: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
 /// Devices an instance needs on itself because its profile is shared: its NICs with their
 /// addresses and its data volume (they override the profile's devices of the same name).
 /// Empty when the instance has its profile to itself.
-pub fn instance_devices(config: &Config, instance: &str) -> BTreeMap<String, BTreeMap<String, String>> {
-    let Some(inst) = config.instances.get(instance) else { return BTreeMap::new() };
-    let sharing = config.enabled_instances().iter().filter(|(_, i)| i.profile == inst.profile).count();
+pub fn instance_devices(
+    config: &Config,
+    instance: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let Some(inst) = config.instances.get(instance) else {
+        return BTreeMap::new();
+    };
+    let sharing = config
+        .enabled_instances()
+        .iter()
+        .filter(|(_, i)| i.profile == inst.profile)
+        .count();
     if sharing <= 1 {
         return BTreeMap::new();
     }
@@ -74,8 +95,14 @@ pub fn instance_devices(config: &Config, instance: &str) -> BTreeMap<String, BTr
     for nic in nics(config, inst, true) {
         let mut d = BTreeMap::from([
             ("type".to_string(), "nic".to_string()),
-            ("name".to_string(), nic["device"].as_str().unwrap_or_default().to_string()),
-            ("network".to_string(), nic["network"].as_str().unwrap_or_default().to_string()),
+            (
+                "name".to_string(),
+                nic["device"].as_str().unwrap_or_default().to_string(),
+            ),
+            (
+                "network".to_string(),
+                nic["network"].as_str().unwrap_or_default().to_string(),
+            ),
         ]);
         for key in ["ipv4", "ipv6"] {
             if let Some(a) = nic[key].as_str() {
@@ -105,9 +132,16 @@ fn nics(config: &Config, inst: &Instance, with_addresses: bool) -> Vec<Value> {
         .map(|(i, nic)| {
             let network = match nic.network {
                 NetworkRole::External => config.incus.external_network.clone(),
-                role => config.networks.get(role).map(|n| n.name.clone()).unwrap_or_default(),
+                role => config
+                    .networks
+                    .get(role)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
             };
-            let has_v6 = config.networks.get(nic.network).is_some_and(|n| n.ipv6.is_some());
+            let has_v6 = config
+                .networks
+                .get(nic.network)
+                .is_some_and(|n| n.ipv6.is_some());
             json!({
                 "device": format!("eth{i}"),
                 "network": network,

@@ -18,12 +18,20 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let env = &mut out.environment;
     env.insert("DOCKER_STEPCA_INIT_NAME".into(), s.ca_name.clone());
     env.insert("DOCKER_STEPCA_INIT_DNS_NAMES".into(), s.dns_names.join(","));
-    env.insert("DOCKER_STEPCA_INIT_PASSWORD_FILE".into(), PASSWORD_FILE.into());
+    env.insert(
+        "DOCKER_STEPCA_INIT_PASSWORD_FILE".into(),
+        PASSWORD_FILE.into(),
+    );
     env.insert("DOCKER_STEPCA_INIT_ADDRESS".into(), ":9000".into());
     if s.acme {
         env.insert("DOCKER_STEPCA_INIT_ACME".into(), "true".into());
     }
     // No trailing newline: step reads the whole file as the password.
-    out.files.push(RenderedFile::secret(PASSWORD_FILE, ctx.creds.step_ca_password.as_bytes(), uid, gid));
+    out.files.push(RenderedFile::secret(
+        PASSWORD_FILE,
+        ctx.creds.step_ca_password.as_bytes(),
+        uid,
+        gid,
+    ));
     Ok(out)
 }

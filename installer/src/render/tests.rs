@@ -10,7 +10,13 @@ fn creds() -> Credentials {
     Credentials {
         grafana_admin_password: "gpw-secret".into(),
         step_ca_password: "spw-secret".into(),
-        mosquitto: BTreeMap::from([("atlas".to_string(), MqttCredential { password: "mpw-secret".into(), salt: [3; 12] })]),
+        mosquitto: BTreeMap::from([(
+            "atlas".to_string(),
+            MqttCredential {
+                password: "mpw-secret".into(),
+                salt: [3; 12],
+            },
+        )]),
     }
 }
 
@@ -26,7 +32,13 @@ fn salt_and_password_change_the_password_file() {
     let c = Config::builtin();
     let file = |cr: &Credentials| {
         let set = render(&c, cr).unwrap();
-        set.instances["mosquitto01"].files.iter().find(|f| f.path == mosquitto::PASSWORD_FILE).unwrap().contents.clone()
+        set.instances["mosquitto01"]
+            .files
+            .iter()
+            .find(|f| f.path == mosquitto::PASSWORD_FILE)
+            .unwrap()
+            .contents
+            .clone()
     };
     let base = file(&creds());
     let mut other_salt = creds();
@@ -35,7 +47,10 @@ fn salt_and_password_change_the_password_file() {
     other_pw.mosquitto.get_mut("atlas").unwrap().password = "other".into();
     assert_ne!(base, file(&other_salt));
     assert_ne!(base, file(&other_pw));
-    assert!(!String::from_utf8_lossy(&base).contains("mpw-secret"), "only the hash is stored");
+    assert!(
+        !String::from_utf8_lossy(&base).contains("mpw-secret"),
+        "only the hash is stored"
+    );
 }
 
 #[test]
@@ -48,14 +63,27 @@ fn debug_output_never_shows_secrets() {
         assert!(!shown.contains(secret), "{secret} leaked into Debug output");
     }
     assert!(set.instances["caddy01"].secret_env.contains("CF_API_TOKEN"));
-    assert!(set.instances["grafana01"].secret_env.contains("GF_SECURITY_ADMIN_PASSWORD"));
+    assert!(
+        set.instances["grafana01"]
+            .secret_env
+            .contains("GF_SECURITY_ADMIN_PASSWORD")
+    );
 }
 
 #[test]
 fn files_with_secrets_are_private_to_the_service_user() {
     let set = render(&Config::builtin(), &creds()).unwrap();
-    let secrets: Vec<&RenderedFile> = set.instances.values().flat_map(|i| &i.files).filter(|f| f.secret).collect();
-    assert_eq!(secrets.len(), 2, "step-ca password and the Mosquitto password file");
+    let secrets: Vec<&RenderedFile> = set
+        .instances
+        .values()
+        .flat_map(|i| &i.files)
+        .filter(|f| f.secret)
+        .collect();
+    assert_eq!(
+        secrets.len(),
+        2,
+        "step-ca password and the Mosquitto password file"
+    );
     for f in secrets {
         assert_eq!(f.mode, 0o600, "{}", f.path);
         assert_ne!(f.uid, 0, "{} must belong to the service user", f.path);
@@ -68,9 +96,16 @@ fn files_with_secrets_are_private_to_the_service_user() {
 #[test]
 fn instance_environment_overrides_ours() {
     let mut c = Config::builtin();
-    c.instances.get_mut("grafana01").unwrap().environment.insert("GF_ANALYTICS_REPORTING_ENABLED".into(), "true".into());
+    c.instances
+        .get_mut("grafana01")
+        .unwrap()
+        .environment
+        .insert("GF_ANALYTICS_REPORTING_ENABLED".into(), "true".into());
     let set = render(&c, &creds()).unwrap();
-    assert_eq!(set.instances["grafana01"].environment["GF_ANALYTICS_REPORTING_ENABLED"], "true");
+    assert_eq!(
+        set.instances["grafana01"].environment["GF_ANALYTICS_REPORTING_ENABLED"],
+        "true"
+    );
 }
 
 #[test]
@@ -85,8 +120,15 @@ fn cloudflared_without_token_names_the_fix() {
     let mut c = Config::builtin();
     c.instances.get_mut("cloudflared01").unwrap().enabled = true;
     let err = render(&c, &creds()).unwrap_err().to_string();
-    assert!(err.starts_with("cloudflared01 needs a Cloudflare tunnel token"), "{err}");
-    assert!(err.contains("cloudflared.token_file") && err.contains("instances.cloudflared01.enabled = false"), "{err}");
+    assert!(
+        err.starts_with("cloudflared01 needs a Cloudflare tunnel token"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cloudflared.token_file")
+            && err.contains("instances.cloudflared01.enabled = false"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -94,7 +136,10 @@ fn missing_mqtt_credential_is_an_error() {
     let mut c = Config::builtin();
     c.mosquitto.users.push("sensors".into());
     let err = render(&c, &creds()).unwrap_err().to_string();
-    assert!(err.contains("mosquitto01") && err.contains("`sensors`"), "{err}");
+    assert!(
+        err.contains("mosquitto01") && err.contains("`sensors`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -117,14 +162,18 @@ fn step_ca_issuer_needs_step_ca() {
     c.caddy.tls_fallback = TlsIssuer::StepCa;
     c.instances.get_mut("step-ca01").unwrap().enabled = false;
     let err = render(&c, &creds()).unwrap_err().to_string();
-    assert!(err.starts_with("caddy01 needs an enabled step-ca instance"), "{err}");
+    assert!(
+        err.starts_with("caddy01 needs an enabled step-ca instance"),
+        "{err}"
+    );
     assert!(err.contains("caddy.tls_fallback = \"internal\""), "{err}");
 }
 
 #[test]
 fn shared_profiles_must_agree_on_limits() {
     let mut c = Config::builtin();
-    let mut g2 = crate::config::default_instance(ServiceKind::Grafana, "grafana02", &c.networks, 10);
+    let mut g2 =
+        crate::config::default_instance(ServiceKind::Grafana, "grafana02", &c.networks, 10);
     g2.cpu = 4;
     c.instances.insert("grafana02".into(), g2);
     let err = profiles(&c).unwrap_err().to_string();
@@ -145,10 +194,14 @@ fn shared_profiles_must_agree_on_limits() {
 #[test]
 fn host_ports_cannot_be_shared() {
     let mut c = Config::builtin();
-    let m2 = crate::config::default_instance(ServiceKind::Mosquitto, "mosquitto02", &c.networks, 10);
+    let m2 =
+        crate::config::default_instance(ServiceKind::Mosquitto, "mosquitto02", &c.networks, 10);
     c.instances.insert("mosquitto02".into(), m2);
     let err = profiles(&c).unwrap_err().to_string();
-    assert!(err.contains("mosquitto01 and mosquitto02") && err.contains("host ports"), "{err}");
+    assert!(
+        err.contains("mosquitto01 and mosquitto02") && err.contains("host ports"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -159,8 +212,14 @@ fn retention_goes_to_flags_and_config() {
     c.loki.retention_period = "168h".into();
     let set = render(&c, &creds()).unwrap();
     let cmd = set.instances["prometheus01"].command.clone().unwrap();
-    assert!(cmd.contains(&"--storage.tsdb.retention.time=7d".to_string()), "{cmd:?}");
-    assert!(cmd.contains(&"--storage.tsdb.retention.size=90GB".to_string()), "{cmd:?}");
+    assert!(
+        cmd.contains(&"--storage.tsdb.retention.time=7d".to_string()),
+        "{cmd:?}"
+    );
+    assert!(
+        cmd.contains(&"--storage.tsdb.retention.size=90GB".to_string()),
+        "{cmd:?}"
+    );
     let loki = String::from_utf8_lossy(&set.instances["loki01"].files[0].contents).into_owned();
     assert!(loki.contains("  retention_period: 168h\n"), "{loki}");
 }

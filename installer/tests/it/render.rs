@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atlas_install::config::{default_instance, Config, ServiceKind, TlsIssuer};
-use atlas_install::render::{self, Credentials, ExpectedFile, FileSource, MqttCredential, RenderedInstance, RenderedSet};
+use atlas_install::config::{Config, ServiceKind, TlsIssuer, default_instance};
+use atlas_install::render::{
+    self, Credentials, ExpectedFile, FileSource, MqttCredential, RenderedInstance, RenderedSet,
+};
 
 use crate::common::{atlas, have_path, have_tool, run, stderr, stdout};
 
@@ -26,7 +28,13 @@ fn creds() -> Credentials {
     Credentials {
         grafana_admin_password: GRAFANA_PW.into(),
         step_ca_password: STEP_CA_PW.into(),
-        mosquitto: BTreeMap::from([("atlas".to_string(), MqttCredential { password: MQTT_PW.into(), salt: *b"0123456789ab" })]),
+        mosquitto: BTreeMap::from([(
+            "atlas".to_string(),
+            MqttCredential {
+                password: MQTT_PW.into(),
+                salt: *b"0123456789ab",
+            },
+        )]),
     }
 }
 
@@ -47,9 +55,18 @@ fn variants() -> Vec<(&'static str, Config)> {
     cf.secrets.cloudflared_token = Some(TUNNEL_TOKEN.into());
     cf.secrets.cloudflare_api_token = Some(CF_API_TOKEN.into());
     cf.caddy.acme_email = Some("ops@example.org".into());
-    let g = cf.instances.get_mut("grafana01").unwrap().web.as_mut().unwrap();
+    let g = cf
+        .instances
+        .get_mut("grafana01")
+        .unwrap()
+        .web
+        .as_mut()
+        .unwrap();
     g.domain = "grafana.example.org".into();
-    g.allowed_ip_range = vec!["192.168.68.0/22".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+    g.allowed_ip_range = vec![
+        "192.168.68.0/22".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
     v.push(("cloudflared", cf));
 
     let mut v6 = Config::builtin();
@@ -66,7 +83,16 @@ fn variants() -> Vec<(&'static str, Config)> {
         for nic in &mut inst.nics {
             if let (Some(a), Some(n)) = (nic.ipv4, v6.networks.get(nic.network)) {
                 let prefix = n.ipv6.unwrap().network().segments();
-                nic.ipv6 = Some(Ipv6Addr::new(prefix[0], prefix[1], prefix[2], 0, 0, 0, 0, u16::from(a.octets()[3])));
+                nic.ipv6 = Some(Ipv6Addr::new(
+                    prefix[0],
+                    prefix[1],
+                    prefix[2],
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from(a.octets()[3]),
+                ));
             }
         }
     }
@@ -96,11 +122,18 @@ fn dump(set: &RenderedSet) -> String {
             s.push_str(&format!("command: {cmd:?}\n"));
         }
         for (k, v) in &inst.environment {
-            let secret = if inst.secret_env.contains(k) { " (secret)" } else { "" };
+            let secret = if inst.secret_env.contains(k) {
+                " (secret)"
+            } else {
+                ""
+            };
             s.push_str(&format!("env {k}={v}{secret}\n"));
         }
         for e in &inst.expected_files {
-            s.push_str(&format!("expects {} ({:?}, {:o} {}:{})\n", e.path, e.source, e.mode, e.uid, e.gid));
+            s.push_str(&format!(
+                "expects {} ({:?}, {:o} {}:{})\n",
+                e.path, e.source, e.mode, e.uid, e.gid
+            ));
         }
         for f in &inst.files {
             s.push_str(&format!(
@@ -137,7 +170,10 @@ fn render_snapshots() {
                 devices.insert(n.clone(), d);
             }
         }
-        insta::assert_snapshot!(format!("profiles_{name}"), format!("{profiles:#?}\ninstance devices: {devices:#?}"));
+        insta::assert_snapshot!(
+            format!("profiles_{name}"),
+            format!("{profiles:#?}\ninstance devices: {devices:#?}")
+        );
     }
 }
 
@@ -153,7 +189,9 @@ fn write_expected(root: &Path, expected: &[ExpectedFile]) {
     let pair = rcgen::generate_simple_self_signed(vec!["atlas.test".to_string()]).unwrap();
     for e in expected {
         let pem = match e.source {
-            FileSource::ServiceKey | FileSource::IncusMetricsKey => pair.signing_key.serialize_pem(),
+            FileSource::ServiceKey | FileSource::IncusMetricsKey => {
+                pair.signing_key.serialize_pem()
+            }
             _ => pair.cert.pem(),
         };
         write(root, &e.path, pem.as_bytes());
@@ -181,23 +219,44 @@ fn container_tree(inst: &RenderedInstance) -> tempfile::TempDir {
 /// Runs `cmd` in a private mount namespace where `container_dir` (e.g. /etc/prometheus) is the
 /// rendered tree, so the tool resolves every absolute path exactly as in the container. The
 /// host's own directory is untouched (the bind mount exists only in that namespace).
-fn in_container_paths(tree: &Path, container_dir: &str, cmd: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+fn in_container_paths(
+    tree: &Path,
+    container_dir: &str,
+    cmd: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String) {
     let script = r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#;
     let src = tree.join(container_dir.trim_start_matches('/'));
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
         .arg(&src)
         .arg(container_dir)
         .args(cmd)
         .envs(env.iter().copied())
         .output()
         .expect("unshare");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 fn have_mount_namespace(dir: &str) -> bool {
-    have_tool("unshare") && have_path(Path::new(dir), "a mount point for the container path (from the Debian package)")
+    have_tool("unshare")
+        && have_path(
+            Path::new(dir),
+            "a mount point for the container path (from the Debian package)",
+        )
 }
 
 #[test]
@@ -212,19 +271,35 @@ fn promtool_accepts_config_and_rules_of_every_variant() {
         let (ok, out) = in_container_paths(
             tree.path(),
             "/etc/prometheus",
-            &["promtool", "check", "config", "/etc/prometheus/prometheus.yml"],
+            &[
+                "promtool",
+                "check",
+                "config",
+                "/etc/prometheus/prometheus.yml",
+            ],
             &[],
         );
         assert!(ok, "variant {name}: promtool check config failed:\n{out}");
         // The rule_files glob resolved to our file and all ten alerts loaded.
-        assert!(out.contains("SUCCESS: 10 rules found"), "variant {name}:\n{out}");
+        assert!(
+            out.contains("SUCCESS: 10 rules found"),
+            "variant {name}:\n{out}"
+        );
         let (ok, out) = in_container_paths(
             tree.path(),
             "/etc/prometheus",
-            &["promtool", "check", "rules", "/etc/prometheus/rules/atlas-alerts.yml"],
+            &[
+                "promtool",
+                "check",
+                "rules",
+                "/etc/prometheus/rules/atlas-alerts.yml",
+            ],
             &[],
         );
-        assert!(ok && out.contains("SUCCESS: 10 rules found"), "variant {name}: {out}");
+        assert!(
+            ok && out.contains("SUCCESS: 10 rules found"),
+            "variant {name}: {out}"
+        );
     }
 }
 
@@ -237,26 +312,53 @@ fn promtool_notices_a_missing_certificate() {
     let set = rendered(&Config::builtin());
     let tree = container_tree(&set.instances["prometheus01"]);
     std::fs::remove_file(tree.path().join("etc/prometheus/incus/metrics.key")).unwrap();
-    let (ok, out) =
-        in_container_paths(tree.path(), "/etc/prometheus", &["promtool", "check", "config", "/etc/prometheus/prometheus.yml"], &[]);
-    assert!(!ok, "promtool accepted a config whose key file is missing:\n{out}");
+    let (ok, out) = in_container_paths(
+        tree.path(),
+        "/etc/prometheus",
+        &[
+            "promtool",
+            "check",
+            "config",
+            "/etc/prometheus/prometheus.yml",
+        ],
+        &[],
+    );
+    assert!(
+        !ok,
+        "promtool accepted a config whose key file is missing:\n{out}"
+    );
     assert!(out.contains("metrics.key"), "{out}");
 }
 
 #[test]
 fn alert_rules_are_the_ten_of_the_seed() {
     let set = rendered(&Config::builtin());
-    let file = set.instances["prometheus01"].files.iter().find(|f| f.path.ends_with("atlas-alerts.yml")).unwrap();
+    let file = set.instances["prometheus01"]
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("atlas-alerts.yml"))
+        .unwrap();
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&file.contents).unwrap();
     let mut got = BTreeMap::new();
     for g in doc["groups"].as_sequence().unwrap() {
         for r in g["rules"].as_sequence().unwrap() {
             let ann = &r["annotations"];
-            assert!(ann["summary"].as_str().is_some_and(|s| !s.is_empty()), "{r:?}");
-            assert!(ann["description"].as_str().is_some_and(|s| s.contains("$value")), "description without the current value: {r:?}");
+            assert!(
+                ann["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{r:?}"
+            );
+            assert!(
+                ann["description"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("$value")),
+                "description without the current value: {r:?}"
+            );
             got.insert(
                 r["alert"].as_str().unwrap().to_string(),
-                (r["labels"]["severity"].as_str().unwrap().to_string(), r["for"].as_str().unwrap_or("").to_string()),
+                (
+                    r["labels"]["severity"].as_str().unwrap().to_string(),
+                    r["for"].as_str().unwrap_or("").to_string(),
+                ),
             );
         }
     }
@@ -282,7 +384,11 @@ fn alert_rules_are_the_ten_of_the_seed() {
 fn prometheus_scrapes_every_service_of_the_seed() {
     for (name, config) in variants() {
         let set = rendered(&config);
-        let file = &set.instances["prometheus01"].files.iter().find(|f| f.path == "/etc/prometheus/prometheus.yml").unwrap();
+        let file = &set.instances["prometheus01"]
+            .files
+            .iter()
+            .find(|f| f.path == "/etc/prometheus/prometheus.yml")
+            .unwrap();
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&file.contents).unwrap();
         assert_eq!(doc["global"]["scrape_interval"].as_str(), Some("15s"));
         let jobs: BTreeMap<String, &serde_yaml_ng::Value> = doc["scrape_configs"]
@@ -291,20 +397,41 @@ fn prometheus_scrapes_every_service_of_the_seed() {
             .iter()
             .map(|j| (j["job_name"].as_str().unwrap().to_string(), j))
             .collect();
-        let mut want = vec!["alertmanager", "caddy", "grafana", "incus", "loki", "node-exporter", "prometheus", "step-ca"];
+        let mut want = vec![
+            "alertmanager",
+            "caddy",
+            "grafana",
+            "incus",
+            "loki",
+            "node-exporter",
+            "prometheus",
+            "step-ca",
+        ];
         if name == "cloudflared" {
             want.push("cloudflared");
             want.sort();
         }
-        assert_eq!(jobs.keys().map(String::as_str).collect::<Vec<_>>(), want, "variant {name}");
+        assert_eq!(
+            jobs.keys().map(String::as_str).collect::<Vec<_>>(),
+            want,
+            "variant {name}"
+        );
         let incus = jobs["incus"];
         assert_eq!(incus["metrics_path"].as_str(), Some("/1.0/metrics"));
-        assert_eq!(incus["static_configs"][0]["targets"][0].as_str(), Some("10.50.0.1:8443"));
-        assert_eq!(incus["tls_config"]["cert_file"].as_str(), Some(render::INCUS_METRICS_CERT));
+        assert_eq!(
+            incus["static_configs"][0]["targets"][0].as_str(),
+            Some("10.50.0.1:8443")
+        );
+        assert_eq!(
+            incus["tls_config"]["cert_file"].as_str(),
+            Some(render::INCUS_METRICS_CERT)
+        );
         let am = &doc["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0];
         assert_eq!(am.as_str(), Some("alertmanager01.incus:9093"));
         if name == "grafana02" {
-            let t = jobs["grafana"]["static_configs"][0]["targets"].as_sequence().unwrap();
+            let t = jobs["grafana"]["static_configs"][0]["targets"]
+                .as_sequence()
+                .unwrap();
             assert_eq!(t.len(), 2, "both Grafanas are scraped");
         }
         if name == "tls" {
@@ -327,10 +454,24 @@ fn amtool_accepts_every_variant() {
             .arg(tree.path().join("etc/alertmanager/alertmanager.yml"))
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.status.success(), "variant {name}: {text}");
-        let receivers = if name == "stepca-webhook" { "1 receivers" } else { "1 receivers" };
-        assert!(text.contains(receivers), "{text}");
+        assert!(text.contains("1 receivers"), "{text}");
+        let y = yaml_of(
+            &set.instances["alertmanager01"],
+            "/etc/alertmanager/alertmanager.yml",
+        );
+        let webhook = &y["receivers"][0]["webhook_configs"][0]["url"];
+        assert_eq!(
+            webhook.as_str().is_some(),
+            name == "stepca-webhook",
+            "variant {name}"
+        );
+        assert_eq!(y["route"]["receiver"], y["receivers"][0]["name"]);
     }
 }
 
@@ -343,7 +484,11 @@ enum Unloadable {
     ProxyProtocol,
 }
 
-const ALL_UNLOADABLE: [Unloadable; 3] = [Unloadable::RateLimit, Unloadable::CloudflareDns, Unloadable::ProxyProtocol];
+const ALL_UNLOADABLE: [Unloadable; 3] = [
+    Unloadable::RateLimit,
+    Unloadable::CloudflareDns,
+    Unloadable::ProxyProtocol,
+];
 
 /// Cuts the given blocks out (balanced braces) so the rest can be validated for real;
 /// [`caddy_fails_only_on_plugins`] checks each of them is what stock Caddy rejects.
@@ -361,7 +506,13 @@ fn without_blocks(caddyfile: &str, cut: &[Unloadable]) -> String {
             "rate_limit {" => Some(Unloadable::RateLimit),
             // The wrapper list exists only for proxy_protocol (`tls` alone is the default).
             "listener_wrappers {" => Some(Unloadable::ProxyProtocol),
-            "tls {" if lines.get(i + 1).is_some_and(|n| n.trim().starts_with("dns cloudflare")) => Some(Unloadable::CloudflareDns),
+            "tls {"
+                if lines
+                    .get(i + 1)
+                    .is_some_and(|n| n.trim().starts_with("dns cloudflare")) =>
+            {
+                Some(Unloadable::CloudflareDns)
+            }
             _ => None,
         };
         if kind.is_some_and(|k| cut.contains(&k)) {
@@ -394,10 +545,22 @@ fn caddy_validates_every_variant_it_can_load() {
         let path = tree.path().join("etc/caddy/Caddyfile");
         let original = std::fs::read_to_string(&path).unwrap();
         // `caddy fmt` would change nothing: the template's layout is Caddy's own.
-        let fmt = Command::new("caddy").arg("fmt").arg(&path).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&fmt.stdout), original, "variant {name}: Caddyfile is not in `caddy fmt` form");
+        let fmt = Command::new("caddy")
+            .arg("fmt")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&fmt.stdout),
+            original,
+            "variant {name}: Caddyfile is not in `caddy fmt` form"
+        );
         let stock = without_blocks(&original, &ALL_UNLOADABLE);
-        assert!(!stock.contains("rate_limit") && !stock.contains("proxy_protocol") && !stock.contains("cloudflare"));
+        assert!(
+            !stock.contains("rate_limit")
+                && !stock.contains("proxy_protocol")
+                && !stock.contains("cloudflare")
+        );
         std::fs::write(&path, &stock).unwrap();
         let home = tempfile::tempdir().unwrap();
         let env = caddy_env(home.path());
@@ -405,10 +568,20 @@ fn caddy_validates_every_variant_it_can_load() {
         let (ok, out) = in_container_paths(
             tree.path(),
             "/etc/caddy",
-            &["caddy", "validate", "--adapter", "caddyfile", "--config", "/etc/caddy/Caddyfile"],
+            &[
+                "caddy",
+                "validate",
+                "--adapter",
+                "caddyfile",
+                "--config",
+                "/etc/caddy/Caddyfile",
+            ],
             &env,
         );
-        assert!(ok && out.contains("Valid configuration"), "variant {name}: caddy validate failed:\n{out}\n---\n{stock}");
+        assert!(
+            ok && out.contains("Valid configuration"),
+            "variant {name}: caddy validate failed:\n{out}\n---\n{stock}"
+        );
     }
 }
 
@@ -417,9 +590,14 @@ fn caddy_fails_only_on_plugins() {
     if !have_tool("caddy") {
         return;
     }
-    let config = variants().into_iter().find(|(n, _)| *n == "cloudflared").unwrap().1;
+    let config = variants()
+        .into_iter()
+        .find(|(n, _)| *n == "cloudflared")
+        .unwrap()
+        .1;
     let set = rendered(&config);
-    let original = String::from_utf8_lossy(&set.instances["caddy01"].files[0].contents).into_owned();
+    let original =
+        String::from_utf8_lossy(&set.instances["caddy01"].files[0].contents).into_owned();
     let cases = [
         (Unloadable::RateLimit, "unrecognized directive: rate_limit"),
         (Unloadable::CloudflareDns, "dns.providers.cloudflare"),
@@ -438,22 +616,41 @@ fn caddy_fails_only_on_plugins() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{keep:?}: stock caddy should not load it");
-        assert!(err.contains(message), "{keep:?}: failure is not the plugin: {err}");
+        assert!(
+            !out.status.success(),
+            "{keep:?}: stock caddy should not load it"
+        );
+        assert!(
+            err.contains(message),
+            "{keep:?}: failure is not the plugin: {err}"
+        );
     }
 }
 
 #[test]
 fn caddyfile_keeps_secrets_out_and_guards_every_site() {
-    let config = variants().into_iter().find(|(n, _)| *n == "cloudflared").unwrap().1;
+    let config = variants()
+        .into_iter()
+        .find(|(n, _)| *n == "cloudflared")
+        .unwrap()
+        .1;
     let set = rendered(&config);
     let caddy = &set.instances["caddy01"];
     let text = String::from_utf8_lossy(&caddy.files[0].contents).into_owned();
-    assert!(!text.contains(CF_API_TOKEN), "the token must not be in the Caddyfile");
+    assert!(
+        !text.contains(CF_API_TOKEN),
+        "the token must not be in the Caddyfile"
+    );
     assert!(text.contains("dns cloudflare {env.CF_API_TOKEN}"));
-    assert_eq!(caddy.environment.get("CF_API_TOKEN").map(String::as_str), Some(CF_API_TOKEN));
+    assert_eq!(
+        caddy.environment.get("CF_API_TOKEN").map(String::as_str),
+        Some(CF_API_TOKEN)
+    );
     assert!(caddy.secret_env.contains("CF_API_TOKEN"));
-    assert!(text.contains("@denied not remote_ip 192.168.68.0/22 2001:db8::/32"), "{text}");
+    assert!(
+        text.contains("@denied not remote_ip 192.168.68.0/22 2001:db8::/32"),
+        "{text}"
+    );
     assert!(text.contains("respond @denied \"Forbidden\" 403"));
     assert!(text.contains("zone grafana01_login"));
     assert!(text.contains("events 10\n"), "login limit of the seed");
@@ -461,14 +658,20 @@ fn caddyfile_keeps_secrets_out_and_guards_every_site() {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn uid_gid_of(user: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&user)).then(|| (f[2].parse().ok(), f[3].parse().ok())).and_then(|(u, g)| Some((u?, g?)))
+        (f.first() == Some(&user))
+            .then(|| (f[2].parse().ok(), f[3].parse().ok()))
+            .and_then(|(u, g)| Some((u?, g?)))
     })
 }
 
@@ -482,11 +685,29 @@ impl Drop for Broker {
 
 fn mqtt(tool: &str, port: u16, user: &str, password: &str, extra: &[&str]) -> (bool, String) {
     let out = Command::new(tool)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", password, "-i", &format!("atlas-test-{tool}")])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            user,
+            "-P",
+            password,
+            "-i",
+            &format!("atlas-test-{tool}"),
+        ])
         .args(extra)
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -504,41 +725,114 @@ fn mosquitto_runs_the_rendered_config_and_checks_passwords() {
     // The rendered config, with only the port, the bind address and the paths moved to the test.
     let port = free_port();
     let conf = std::fs::read_to_string(&conf_path).unwrap();
-    assert!(conf.contains("\nlistener 1883\n") && conf.contains("allow_anonymous false"), "{conf}");
+    assert!(
+        conf.contains("\nlistener 1883\n") && conf.contains("allow_anonymous false"),
+        "{conf}"
+    );
     let conf = conf
-        .replace("\nlistener 1883\n", &format!("\nlistener {port} 127.0.0.1\n"))
-        .replace("password_file /mosquitto/config/passwd", &format!("password_file {}", passwd.display()))
-        .replace("persistence_location /mosquitto/data/", &format!("persistence_location {}/", data.display()));
+        .replace(
+            "\nlistener 1883\n",
+            &format!("\nlistener {port} 127.0.0.1\n"),
+        )
+        .replace(
+            "password_file /mosquitto/config/passwd",
+            &format!("password_file {}", passwd.display()),
+        )
+        .replace(
+            "persistence_location /mosquitto/data/",
+            &format!("persistence_location {}/", data.display()),
+        );
     std::fs::write(&conf_path, conf).unwrap();
     // As in the container: the broker drops root for its own user, which owns the 0600 file.
     std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
     if let Some((uid, gid)) = uid_gid_of("mosquitto") {
-        for p in [&passwd, &data, &tree.path().to_path_buf(), &tree.path().join("mosquitto"), &tree.path().join("mosquitto/config")] {
+        for p in [
+            &passwd,
+            &data,
+            &tree.path().to_path_buf(),
+            &tree.path().join("mosquitto"),
+            &tree.path().join("mosquitto/config"),
+        ] {
             std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
         }
     }
-    let mut child = Command::new("mosquitto").arg("-c").arg(&conf_path).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             let mut log = String::new();
-            child.stdout.take().unwrap().read_to_string(&mut log).unwrap();
-            child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .unwrap();
             panic!("mosquitto exited ({status}) with the rendered config:\n{log}");
         }
-        assert!(Instant::now() < deadline, "mosquitto did not listen on 127.0.0.1:{port}");
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on 127.0.0.1:{port}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let _broker = Broker(child);
 
-    let (ok, out) = mqtt("mosquitto_pub", port, "atlas", MQTT_PW, &["-t", "atlas/test", "-m", "hello", "-r", "-q", "1"]);
+    let (ok, out) = mqtt(
+        "mosquitto_pub",
+        port,
+        "atlas",
+        MQTT_PW,
+        &["-t", "atlas/test", "-m", "hello", "-r", "-q", "1"],
+    );
     assert!(ok, "the generated credentials were refused: {out}");
-    let (ok, out) = mqtt("mosquitto_sub", port, "atlas", MQTT_PW, &["-t", "atlas/test", "-C", "1", "-W", "5"]);
-    assert!(ok && out.trim() == "hello", "retained message not delivered: {out}");
-    let (ok, out) = mqtt("mosquitto_pub", port, "atlas", "wrong-password", &["-t", "atlas/test", "-m", "x"]);
+    let (ok, out) = mqtt(
+        "mosquitto_sub",
+        port,
+        "atlas",
+        MQTT_PW,
+        &["-t", "atlas/test", "-C", "1", "-W", "5"],
+    );
+    assert!(
+        ok && out.trim() == "hello",
+        "retained message not delivered: {out}"
+    );
+    let (ok, out) = mqtt(
+        "mosquitto_pub",
+        port,
+        "atlas",
+        "wrong-password",
+        &["-t", "atlas/test", "-m", "x"],
+    );
     assert!(!ok, "a wrong password was accepted: {out}");
-    assert!(out.to_lowercase().contains("not authorised") || out.to_lowercase().contains("refused"), "{out}");
-    let out = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "t", "-m", "x"]).output().unwrap();
+    assert!(
+        out.to_lowercase().contains("not authorised") || out.to_lowercase().contains("refused"),
+        "{out}"
+    );
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "anonymous client accepted");
 }
 
@@ -547,14 +841,33 @@ fn mosquitto_tls_listener_and_file_ownership() {
     let config = variants().into_iter().find(|(n, _)| *n == "tls").unwrap().1;
     let set = rendered(&config);
     let inst = &set.instances["mosquitto01"];
-    let conf = String::from_utf8_lossy(&inst.files.iter().find(|f| f.path.ends_with("mosquitto.conf")).unwrap().contents).into_owned();
+    let conf = String::from_utf8_lossy(
+        &inst
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("mosquitto.conf"))
+            .unwrap()
+            .contents,
+    )
+    .into_owned();
     assert!(conf.contains("listener 8883\ncafile /mosquitto/config/step-ca/root_ca.crt\ncertfile /mosquitto/config/tls/tls.crt\nkeyfile /mosquitto/config/tls/tls.key"), "{conf}");
-    let pw = inst.files.iter().find(|f| f.path == "/mosquitto/config/passwd").unwrap();
-    assert_eq!((pw.mode, pw.uid, pw.gid, pw.secret), (0o600, 1883, 1883, true));
+    let pw = inst
+        .files
+        .iter()
+        .find(|f| f.path == "/mosquitto/config/passwd")
+        .unwrap();
+    assert_eq!(
+        (pw.mode, pw.uid, pw.gid, pw.secret),
+        (0o600, 1883, 1883, true)
+    );
 }
 
 fn yaml_of(inst: &RenderedInstance, path: &str) -> serde_yaml_ng::Value {
-    let f = inst.files.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("{path} not rendered"));
+    let f = inst
+        .files
+        .iter()
+        .find(|f| f.path == path)
+        .unwrap_or_else(|| panic!("{path} not rendered"));
     serde_yaml_ng::from_slice(&f.contents).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -572,13 +885,25 @@ fn loki_config_has_retention_and_compactor() {
         assert_eq!(c["retention_enabled"].as_bool(), Some(true));
         assert_eq!(c["delete_request_store"].as_str(), Some("filesystem"));
         assert_eq!(c["retention_delete_delay"].as_str(), Some("2h"));
-        assert!(c["working_directory"].as_str().unwrap().starts_with("/loki/"));
-        assert_eq!(y["limits_config"]["retention_period"].as_str(), Some("720h"));
+        assert!(
+            c["working_directory"]
+                .as_str()
+                .unwrap()
+                .starts_with("/loki/")
+        );
+        assert_eq!(
+            y["limits_config"]["retention_period"].as_str(),
+            Some("720h")
+        );
         assert_eq!(y["analytics"]["reporting_enabled"].as_bool(), Some(false));
         assert_eq!(y["common"]["path_prefix"].as_str(), Some("/loki"));
         assert_eq!(y["server"]["http_listen_port"].as_u64(), Some(3100));
         let tls = &y["server"]["http_tls_config"];
-        assert_eq!(tls["cert_file"].as_str().is_some(), name == "tls", "variant {name}");
+        assert_eq!(
+            tls["cert_file"].as_str().is_some(),
+            name == "tls",
+            "variant {name}"
+        );
     }
 }
 
@@ -586,7 +911,11 @@ fn loki_config_has_retention_and_compactor() {
 fn grafana_datasources_and_phone_home_off() {
     for (name, config) in variants() {
         let set = rendered(&config);
-        for (gname, g) in set.instances.iter().filter(|(_, i)| i.service == Some(ServiceKind::Grafana)) {
+        for (gname, g) in set
+            .instances
+            .iter()
+            .filter(|(_, i)| i.service == Some(ServiceKind::Grafana))
+        {
             let y = yaml_of(g, "/etc/grafana/provisioning/datasources/atlas.yaml");
             assert_eq!(y["apiVersion"].as_u64(), Some(1));
             let ds = y["datasources"].as_sequence().unwrap();
@@ -594,15 +923,28 @@ fn grafana_datasources_and_phone_home_off() {
             let scheme = if name == "tls" { "https" } else { "http" };
             assert_eq!(ds[0]["type"].as_str(), Some("prometheus"));
             assert_eq!(ds[0]["isDefault"].as_bool(), Some(true));
-            assert_eq!(ds[0]["url"].as_str(), Some(format!("{scheme}://prometheus01.incus:9090").as_str()));
+            assert_eq!(
+                ds[0]["url"].as_str(),
+                Some(format!("{scheme}://prometheus01.incus:9090").as_str())
+            );
             assert_eq!(ds[1]["type"].as_str(), Some("loki"));
             assert_eq!(ds[1]["isDefault"].as_bool(), Some(false));
-            assert_eq!(ds[1]["url"].as_str(), Some(format!("{scheme}://loki01.incus:3100").as_str()));
+            assert_eq!(
+                ds[1]["url"].as_str(),
+                Some(format!("{scheme}://loki01.incus:3100").as_str())
+            );
             if name == "tls" {
-                assert_eq!(ds[0]["secureJsonData"]["tlsCACert"].as_str(), Some("$__file{/etc/grafana/step-ca/root_ca.crt}"));
+                assert_eq!(
+                    ds[0]["secureJsonData"]["tlsCACert"].as_str(),
+                    Some("$__file{/etc/grafana/step-ca/root_ca.crt}")
+                );
                 assert_eq!(g.environment["GF_SERVER_PROTOCOL"], "https");
             }
-            for k in ["GF_ANALYTICS_REPORTING_ENABLED", "GF_ANALYTICS_CHECK_FOR_UPDATES", "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES"] {
+            for k in [
+                "GF_ANALYTICS_REPORTING_ENABLED",
+                "GF_ANALYTICS_CHECK_FOR_UPDATES",
+                "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES",
+            ] {
                 assert_eq!(g.environment[k], "false", "{k}");
             }
             assert_eq!(g.environment["GF_SECURITY_ADMIN_PASSWORD"], GRAFANA_PW);
@@ -615,11 +957,21 @@ fn grafana_datasources_and_phone_home_off() {
 fn profiles_carry_the_seed_resource_table() {
     let config = Config::builtin();
     let profiles = render::profiles(&config).unwrap();
-    let by: BTreeMap<&str, &render::ProfileSpec> = profiles.iter().map(|p| (p.name.as_str(), p)).collect();
+    let by: BTreeMap<&str, &render::ProfileSpec> =
+        profiles.iter().map(|p| (p.name.as_str(), p)).collect();
     // cloudflared is disabled by default, so it has no profile.
     assert_eq!(
         by.keys().copied().collect::<Vec<_>>(),
-        ["alertmanager", "caddy", "grafana", "loki", "mosquitto", "node-exporter", "prometheus", "step-ca"]
+        [
+            "alertmanager",
+            "caddy",
+            "grafana",
+            "loki",
+            "mosquitto",
+            "node-exporter",
+            "prometheus",
+            "step-ca"
+        ]
     );
     let table = [
         ("caddy", "2", "1GB"),
@@ -648,21 +1000,37 @@ fn profiles_carry_the_seed_resource_table() {
     assert_eq!(caddy.devices["https"]["proxy_protocol"], "true");
     let m = by["mosquitto"];
     assert_eq!(m.devices["mqtt"]["listen"], "tcp:0.0.0.0:1883");
-    assert!(!m.devices.contains_key("mqtts"), "no TLS listener by default");
+    assert!(
+        !m.devices.contains_key("mqtts"),
+        "no TLS listener by default"
+    );
     assert_eq!(by["grafana"].devices["data"]["source"], "grafana01-data");
     assert_eq!(by["grafana"].devices["data"]["path"], "/var/lib/grafana");
-    assert_eq!(by["prometheus"].devices["eth0"]["ipv4.address"], "10.50.0.12");
+    assert_eq!(
+        by["prometheus"].devices["eth0"]["ipv4.address"],
+        "10.50.0.12"
+    );
     let ne = by["node-exporter"];
     assert_eq!(ne.devices["host-root"]["source"], "/");
     assert_eq!(ne.devices["host-root"]["path"], "/host");
     assert_eq!(ne.devices["host-root"]["readonly"], "true");
-    let total_cpu: u32 = profiles.iter().map(|p| p.config["limits.cpu"].parse::<u32>().unwrap()).sum();
-    assert_eq!(total_cpu, 12, "the seed's 13 cores minus the disabled cloudflared");
+    let total_cpu: u32 = profiles
+        .iter()
+        .map(|p| p.config["limits.cpu"].parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(
+        total_cpu, 12,
+        "the seed's 13 cores minus the disabled cloudflared"
+    );
 }
 
 #[test]
 fn shared_profile_moves_addresses_and_volume_to_the_instances() {
-    let config = variants().into_iter().find(|(n, _)| *n == "grafana02").unwrap().1;
+    let config = variants()
+        .into_iter()
+        .find(|(n, _)| *n == "grafana02")
+        .unwrap()
+        .1;
     let profiles = render::profiles(&config).unwrap();
     let g = profiles.iter().find(|p| p.name == "grafana").unwrap();
     assert!(!g.devices.contains_key("data"));
@@ -675,8 +1043,12 @@ fn shared_profile_moves_addresses_and_volume_to_the_instances() {
     assert!(render::instance_devices(&config, "prometheus01").is_empty());
     // Both sites are proxied.
     let set = rendered(&config);
-    let caddyfile = String::from_utf8_lossy(&set.instances["caddy01"].files[0].contents).into_owned();
-    assert!(caddyfile.contains("grafana-dev.atlas.localhost {") && caddyfile.contains("reverse_proxy grafana02.incus:3000"));
+    let caddyfile =
+        String::from_utf8_lossy(&set.instances["caddy01"].files[0].contents).into_owned();
+    assert!(
+        caddyfile.contains("grafana-dev.atlas.localhost {")
+            && caddyfile.contains("reverse_proxy grafana02.incus:3000")
+    );
     assert!(caddyfile.contains("zone grafana02_login"));
 }
 
@@ -685,30 +1057,45 @@ fn render_command_writes_container_paths_and_keeps_secrets_private() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(atlas().args(["render", "--out"]).arg(dir.path()));
     assert!(out.status.success(), "{}", stderr(&out));
-    let prom = dir.path().join("prometheus01/etc/prometheus/prometheus.yml");
+    let prom = dir
+        .path()
+        .join("prometheus01/etc/prometheus/prometheus.yml");
     assert!(prom.is_file(), "missing {}", prom.display());
     assert!(dir.path().join("caddy01/etc/caddy/Caddyfile").is_file());
-    assert!(dir.path().join("loki01/etc/loki/local-config.yaml").is_file());
+    assert!(
+        dir.path()
+            .join("loki01/etc/loki/local-config.yaml")
+            .is_file()
+    );
     let step_pw = dir.path().join("step-ca01/etc/step-ca/password");
     let passwd = dir.path().join("mosquitto01/mosquitto/config/passwd");
     for secret in [&step_pw, &passwd] {
         let mode = std::fs::metadata(secret).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", secret.display());
     }
-    assert_eq!(std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     // The step-ca password is a generated secret: nowhere in the output or the other files.
     let pw = std::fs::read_to_string(&step_pw).unwrap();
     assert!(pw.len() >= 32);
     let printed = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!printed.contains(&pw));
     let grafana = std::fs::read_to_string(dir.path().join("grafana01.service.toml")).unwrap();
-    assert!(grafana.contains("\"GF_SECURITY_ADMIN_PASSWORD\" = \"<secret, not written>\""), "{grafana}");
+    assert!(
+        grafana.contains("\"GF_SECURITY_ADMIN_PASSWORD\" = \"<secret, not written>\""),
+        "{grafana}"
+    );
     assert!(grafana.contains("\"GF_ANALYTICS_REPORTING_ENABLED\" = \"false\""));
     // A second run over the same directory still leaves the secrets private.
     std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(atlas().args(["render", "--out"]).arg(dir.path()));
     assert!(out.status.success());
-    assert_eq!(std::fs::metadata(&passwd).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&passwd).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 /// Incus objects this test created, removed in reverse order even when the test fails.
@@ -723,14 +1110,24 @@ impl Drop for IncusScratch {
     fn drop(&mut self) {
         let p = ["--project", self.project.as_str()];
         for name in &self.profiles {
-            let _ = Command::new("incus").args(["profile", "delete", name]).args(p).output();
+            let _ = Command::new("incus")
+                .args(["profile", "delete", name])
+                .args(p)
+                .output();
         }
         for v in &self.volumes {
-            let _ = Command::new("incus").args(["storage", "volume", "delete", "default", v]).args(p).output();
+            let _ = Command::new("incus")
+                .args(["storage", "volume", "delete", "default", v])
+                .args(p)
+                .output();
         }
-        let _ = Command::new("incus").args(["project", "delete", &self.project]).output();
+        let _ = Command::new("incus")
+            .args(["project", "delete", &self.project])
+            .output();
         for n in &self.networks {
-            let _ = Command::new("incus").args(["network", "delete", n]).output();
+            let _ = Command::new("incus")
+                .args(["network", "delete", n])
+                .output();
         }
     }
 }
@@ -738,7 +1135,11 @@ impl Drop for IncusScratch {
 fn incus(args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
     let mut child = Command::new("incus")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -748,7 +1149,14 @@ fn incus(args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
         child.stdin.take().unwrap().write_all(data).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// Every profile `render::profiles` produces is accepted by the real incusd: keys, proxy devices
@@ -756,14 +1164,28 @@ fn incus(args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
 /// Runs in its own project with its own bridges (10.23x.y.0/24), all deleted afterwards.
 #[test]
 fn incus_accepts_every_rendered_profile() {
-    if !have_tool("incus") || !have_path(Path::new("/var/lib/incus/unix.socket"), "the incusd socket (tests/start-services.sh)") {
+    if !have_tool("incus")
+        || !have_path(
+            Path::new("/var/lib/incus/unix.socket"),
+            "the incusd socket (tests/start-services.sh)",
+        )
+    {
         return;
     }
     let id = std::process::id() % 200;
     let tag = format!("tr{id}");
-    let mut scratch = IncusScratch { project: format!("t-render-{id}"), networks: vec![], volumes: vec![], profiles: vec![] };
+    let mut scratch = IncusScratch {
+        project: format!("t-render-{id}"),
+        networks: vec![],
+        volumes: vec![],
+        profiles: vec![],
+    };
     // Cloudflared on too, so all nine profiles are checked; TLS on for the MQTTS proxy device.
-    let mut config = variants().into_iter().find(|(n, _)| *n == "cloudflared").unwrap().1;
+    let mut config = variants()
+        .into_iter()
+        .find(|(n, _)| *n == "cloudflared")
+        .unwrap()
+        .1;
     config.mosquitto.tls = true;
     config.incus.storage_pool = "default".into();
     for (k, (role, net)) in [
@@ -775,29 +1197,68 @@ fn incus_accepts_every_rendered_profile() {
     ]
     .into_iter()
     .enumerate()
-    .map(|(i, (s, n))| (i, (s, n)))
     {
         net.name = format!("{tag}{role}");
         net.ipv4 = format!("10.23{k}.{id}.1/24").parse().unwrap();
+        net.ipv6 = Some(format!("fd00:23{k}:{id}::1/64").parse().unwrap());
     }
     config.incus.external_network = format!("{tag}e");
     for net in [&config.networks.production, &config.networks.management] {
+        // Static IPv6 reservations need stateful DHCPv6 on the bridge (Incus refuses them otherwise).
         let (ok, out) = incus(
-            &["network", "create", &net.name, &format!("ipv4.address={}", net.ipv4), "ipv4.nat=false", "ipv6.address=none"],
+            &[
+                "network",
+                "create",
+                &net.name,
+                &format!("ipv4.address={}", net.ipv4),
+                "ipv4.nat=false",
+                &format!("ipv6.address={}", net.ipv6.unwrap()),
+                "ipv6.nat=false",
+                "ipv6.dhcp.stateful=true",
+            ],
             None,
         );
         assert!(ok, "creating bridge {}: {out}", net.name);
         scratch.networks.push(net.name.clone());
     }
     let ext = config.incus.external_network.clone();
-    let (ok, out) = incus(&["network", "create", &ext, &format!("ipv4.address=10.238.{id}.1/24"), "ipv4.nat=false", "ipv6.address=none"], None);
+    let (ok, out) = incus(
+        &[
+            "network",
+            "create",
+            &ext,
+            &format!("ipv4.address=10.238.{id}.1/24"),
+            "ipv4.nat=false",
+            "ipv6.address=none",
+        ],
+        None,
+    );
     assert!(ok, "creating bridge {ext}: {out}");
     scratch.networks.push(ext);
     // Instances get their addresses from the new bridges, as the config loader would derive them.
-    let names: Vec<(String, ServiceKind, bool)> = config.instances.iter().map(|(n, i)| (n.clone(), i.service, i.enabled)).collect();
+    let names: Vec<(String, ServiceKind, bool)> = config
+        .instances
+        .iter()
+        .map(|(n, i)| (n.clone(), i.service, i.enabled))
+        .collect();
     for (name, kind, enabled) in names {
         let mut inst = default_instance(kind, &name, &config.networks, 0);
         inst.enabled = enabled;
+        for nic in &mut inst.nics {
+            if let (Some(a), Some(n)) = (nic.ipv4, config.networks.get(nic.network)) {
+                let p = n.ipv6.unwrap().network().segments();
+                nic.ipv6 = Some(Ipv6Addr::new(
+                    p[0],
+                    p[1],
+                    p[2],
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from(a.octets()[3]),
+                ));
+            }
+        }
         config.instances.insert(name, inst);
     }
     let (ok, out) = incus(&["project", "create", &scratch.project], None);
@@ -806,7 +1267,10 @@ fn incus_accepts_every_rendered_profile() {
     let p = ["--project", project.as_str()];
     for inst in config.instances.values().filter(|i| i.enabled) {
         if let Some(v) = &inst.volume {
-            let (ok, out) = incus(&[&["storage", "volume", "create", "default", &v.name][..], &p].concat(), None);
+            let (ok, out) = incus(
+                &[&["storage", "volume", "create", "default", &v.name][..], &p].concat(),
+                None,
+            );
             assert!(ok, "{out}");
             scratch.volumes.push(v.name.clone());
         }
@@ -822,11 +1286,27 @@ fn incus_accepts_every_rendered_profile() {
             "description": spec.description, "config": spec.config, "devices": spec.devices,
         }))
         .unwrap();
-        let (ok, out) = incus(&[&["profile", "edit", &spec.name][..], &p].concat(), Some(&body));
+        let (ok, out) = incus(
+            &[&["profile", "edit", &spec.name][..], &p].concat(),
+            Some(&body),
+        );
         assert!(ok, "incus refused profile {}: {out}\n{spec:#?}", spec.name);
         let (_, shown) = incus(&[&["profile", "show", &spec.name][..], &p].concat(), None);
         let shown: serde_yaml_ng::Value = serde_yaml_ng::from_str(&shown).unwrap();
-        assert_eq!(shown["config"]["limits.memory"].as_str(), Some(spec.config["limits.memory"].as_str()));
-        assert_eq!(shown["devices"].as_mapping().unwrap().len(), spec.devices.len(), "{}", spec.name);
+        assert_eq!(
+            shown["config"]["limits.memory"].as_str(),
+            Some(spec.config["limits.memory"].as_str())
+        );
+        assert_eq!(
+            shown["devices"].as_mapping().unwrap().len(),
+            spec.devices.len(),
+            "{}",
+            spec.name
+        );
     }
+    let prom = profiles.iter().find(|p| p.name == "prometheus").unwrap();
+    assert!(
+        prom.devices["eth0"].contains_key("ipv6.address"),
+        "the IPv6 reservation was exercised"
+    );
 }
