@@ -678,6 +678,17 @@ fn uid_gid_of(user: &str) -> Option<(u32, u32)> {
 struct Broker(std::process::Child);
 impl Drop for Broker {
     fn drop(&mut self) {
+        // SIGTERM, as Incus' stop does through our PID 1: Mosquitto saves its state on it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -710,51 +721,79 @@ fn mqtt(tool: &str, port: u16, user: &str, password: &str, extra: &[&str]) -> (b
     )
 }
 
-#[test]
-fn mosquitto_runs_the_rendered_config_and_checks_passwords() {
-    if !have_tool("mosquitto") || !have_tool("mosquitto_pub") || !have_tool("mosquitto_sub") {
-        return;
-    }
-    let set = rendered(&Config::builtin());
+/// A broker running the rendered mosquitto.conf, changed only where the test host differs from
+/// the container: listeners on free loopback ports, and every `/mosquitto/...` path moved into
+/// a temp dir holding the rendered files (and, with TLS, a real CA and server certificate).
+struct RunningBroker {
+    _broker: Broker,
+    tree: tempfile::TempDir,
+    mqtt: u16,
+    mqtts: Option<u16>,
+}
+
+fn start_broker(set: &RenderedSet) -> RunningBroker {
     let inst = &set.instances["mosquitto01"];
     let tree = container_tree(inst);
-    let conf_path = tree.path().join("mosquitto/config/mosquitto.conf");
-    let passwd = tree.path().join("mosquitto/config/passwd");
-    let data = tree.path().join("mosquitto/data");
-    std::fs::create_dir_all(&data).unwrap();
-    // The rendered config, with only the port, the bind address and the paths moved to the test.
-    let port = free_port();
+    let root = tree.path();
+    let conf_path = root.join("mosquitto/config/mosquitto.conf");
+    std::fs::create_dir_all(root.join("mosquitto/data")).unwrap();
     let conf = std::fs::read_to_string(&conf_path).unwrap();
     assert!(
         conf.contains("\nlistener 1883\n") && conf.contains("allow_anonymous false"),
         "{conf}"
     );
-    let conf = conf
+    let mqtt = free_port();
+    let mut conf = conf
         .replace(
             "\nlistener 1883\n",
+            &format!("\nlistener {mqtt} 127.0.0.1\n"),
+        )
+        .replace(" /mosquitto/", &format!(" {}/mosquitto/", root.display()));
+    let mut mqtts = None;
+    if conf.contains("\nlistener 8883\n") {
+        let port = free_port();
+        conf = conf.replace(
+            "\nlistener 8883\n",
             &format!("\nlistener {port} 127.0.0.1\n"),
-        )
-        .replace(
-            "password_file /mosquitto/config/passwd",
-            &format!("password_file {}", passwd.display()),
-        )
-        .replace(
-            "persistence_location /mosquitto/data/",
-            &format!("persistence_location {}/", data.display()),
         );
+        mqtts = Some(port);
+        // A real chain: the step-ca root stand-in signs the broker's certificate.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name = rcgen::DistinguishedName::new();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Atlas test root");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.distinguished_name = rcgen::DistinguishedName::new();
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, "mosquitto01.incus");
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        write(
+            root,
+            "/mosquitto/config/step-ca/root_ca.crt",
+            ca.pem().as_bytes(),
+        );
+        write(root, "/mosquitto/config/tls/tls.crt", cert.pem().as_bytes());
+        write(
+            root,
+            "/mosquitto/config/tls/tls.key",
+            key.serialize_pem().as_bytes(),
+        );
+    }
     std::fs::write(&conf_path, conf).unwrap();
-    // As in the container: the broker drops root for its own user, which owns the 0600 file.
-    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // As in the container: the broker drops root for its own user, which owns the 0600 files.
+    std::fs::set_permissions(
+        root.join("mosquitto/config/passwd"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     if let Some((uid, gid)) = uid_gid_of("mosquitto") {
-        for p in [
-            &passwd,
-            &data,
-            &tree.path().to_path_buf(),
-            &tree.path().join("mosquitto"),
-            &tree.path().join("mosquitto/config"),
-        ] {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-        }
+        chown_tree(root, uid, gid);
     }
     let mut child = Command::new("mosquitto")
         .arg("-c")
@@ -764,31 +803,55 @@ fn mosquitto_runs_the_rendered_config_and_checks_passwords() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut log = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut log)
-                .unwrap();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut log)
-                .unwrap();
-            panic!("mosquitto exited ({status}) with the rendered config:\n{log}");
+    for port in [Some(mqtt), mqtts].into_iter().flatten() {
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut log = String::new();
+                child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut log)
+                    .unwrap();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut log)
+                    .unwrap();
+                panic!("mosquitto exited ({status}) with the rendered config:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on 127.0.0.1:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto did not listen on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
-    let _broker = Broker(child);
+    RunningBroker {
+        _broker: Broker(child),
+        tree,
+        mqtt,
+        mqtts,
+    }
+}
 
+fn chown_tree(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+#[test]
+fn mosquitto_runs_the_rendered_config_and_checks_passwords() {
+    if !have_tool("mosquitto") || !have_tool("mosquitto_pub") || !have_tool("mosquitto_sub") {
+        return;
+    }
+    let b = start_broker(&rendered(&Config::builtin()));
+    let port = b.mqtt;
     let (ok, out) = mqtt(
         "mosquitto_pub",
         port,
@@ -834,6 +897,53 @@ fn mosquitto_runs_the_rendered_config_and_checks_passwords() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "anonymous client accepted");
+    // Persistence goes where the rendered config says (the data volume in the container).
+    drop(b._broker);
+    assert!(
+        b.tree.path().join("mosquitto/data/mosquitto.db").is_file(),
+        "no persistence file written"
+    );
+}
+
+#[test]
+fn mosquitto_serves_mqtts_with_the_rendered_tls_listener() {
+    if !have_tool("mosquitto") || !have_tool("mosquitto_pub") {
+        return;
+    }
+    let config = variants().into_iter().find(|(n, _)| *n == "tls").unwrap().1;
+    let b = start_broker(&rendered(&config));
+    let port = b
+        .mqtts
+        .expect("the TLS variant has an 8883 listener")
+        .to_string();
+    let ca = b.tree.path().join("mosquitto/config/step-ca/root_ca.crt");
+    let pubx = |pw: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "localhost", "-p", &port, "--cafile"])
+            .arg(&ca)
+            .args(["-u", "atlas", "-P", pw, "-t", "atlas/tls", "-m", "x"])
+            .output()
+            .unwrap()
+    };
+    let ok = pubx(MQTT_PW);
+    assert!(
+        ok.status.success(),
+        "MQTTS publish failed: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !pubx("wrong-password").status.success(),
+        "a wrong password was accepted over TLS"
+    );
+    // And plain MQTT on the same broker still works.
+    let (ok, out) = mqtt(
+        "mosquitto_pub",
+        b.mqtt,
+        "atlas",
+        MQTT_PW,
+        &["-t", "atlas/plain", "-m", "x"],
+    );
+    assert!(ok, "{out}");
 }
 
 #[test]
