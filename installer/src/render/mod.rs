@@ -106,6 +106,43 @@ impl std::fmt::Debug for RenderedInstance {
     }
 }
 
+impl RenderedInstance {
+    /// SHA-256 (hex) over everything the instance gets: files with their owner and mode, the
+    /// environment and the command. Equal digests mean nothing to push or restart.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Every field is length-prefixed, so no two different sets can hash alike by
+        // shifting bytes between neighbouring fields.
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        for f in &self.files {
+            field(f.path.as_bytes());
+            field(
+                &[
+                    f.mode.to_le_bytes(),
+                    f.uid.to_le_bytes(),
+                    f.gid.to_le_bytes(),
+                ]
+                .concat(),
+            );
+            field(&f.contents);
+        }
+        field(b"env");
+        for (k, v) in &self.environment {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
+        field(b"command");
+        for a in self.command.iter().flatten() {
+            field(a.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
 /// One file inside a container.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RenderedFile {

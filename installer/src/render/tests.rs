@@ -223,3 +223,31 @@ fn retention_goes_to_flags_and_config() {
     let loki = String::from_utf8_lossy(&set.instances["loki01"].files[0].contents).into_owned();
     assert!(loki.contains("  retention_period: 168h\n"), "{loki}");
 }
+
+#[test]
+fn digest_is_stable_and_sees_every_change() {
+    let c = Config::builtin();
+    let a = render(&c, &creds()).unwrap();
+    let b = render(&c, &creds()).unwrap();
+    for (name, inst) in &a.instances {
+        assert_eq!(inst.digest(), b.instances[name].digest(), "{name}");
+        assert_eq!(inst.digest().len(), 64);
+    }
+    let base = a.instances["prometheus01"].clone();
+    let mut content = base.clone();
+    content.files[0].contents.push(b' ');
+    let mut mode = base.clone();
+    mode.files[0].mode = 0o600;
+    let mut env = base.clone();
+    env.environment.insert("X".into(), "1".into());
+    let mut cmd = base.clone();
+    cmd.command.as_mut().unwrap().push("--x".into());
+    for (what, changed) in [
+        ("content", content),
+        ("mode", mode),
+        ("env", env),
+        ("command", cmd),
+    ] {
+        assert_ne!(base.digest(), changed.digest(), "{what} change not seen");
+    }
+}
