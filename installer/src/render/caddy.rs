@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::config::{NetworkRole, ServiceKind, TlsIssuer};
 
 use super::paths::{expect_root, step_ca_root};
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance, hostname};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, check, hostname};
 
 pub const CADDYFILE: &str = "/etc/caddy/Caddyfile";
 /// ACME directory of the internal step-ca (its `acme` provisioner).
@@ -46,10 +46,20 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         });
     }
 
+    let rl = &c.caddy.rate_limit;
+    check::word("caddy.rate_limit.window", &rl.window)?;
+    check::word("caddy.rate_limit.login_window", &rl.login_window)?;
+    if let Some(email) = &c.caddy.acme_email {
+        check::word("caddy.acme_email", email)?;
+    }
     let mut sites = Vec::new();
     let mut upstream_tls = false;
     for (name, inst) in c.enabled_instances() {
         let Some(web) = &inst.web else { continue };
+        check::word(&format!("instances.{name}.web.domain"), &web.domain)?;
+        for p in &web.login_paths {
+            check::word(&format!("instances.{name}.web.login_paths"), p)?;
+        }
         let scheme = if inst.tls { "https://" } else { "" };
         upstream_tls |= inst.tls;
         let allowed: Vec<String> = if web.allowed_ip_range.is_empty() {
@@ -91,7 +101,6 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         });
     }
 
-    let rl = &c.caddy.rate_limit;
     let text = ctx.template(
         "caddy/Caddyfile.j2",
         json!({

@@ -11,6 +11,7 @@ use crate::config::{Config, Instance, ServiceKind};
 
 mod alertmanager;
 mod caddy;
+mod check;
 mod cloudflared;
 mod grafana;
 mod loki;
@@ -247,6 +248,12 @@ pub enum RenderError {
         index: usize,
         why: String,
     },
+    #[error("{field} = \"{value}\" cannot be used: {why}")]
+    UnsafeValue {
+        field: String,
+        value: String,
+        why: String,
+    },
     #[error("{instance} needs an enabled {service} instance ({why}); {fix}")]
     MissingService {
         instance: String,
@@ -276,6 +283,7 @@ pub fn render(config: &Config, creds: &Credentials) -> Result<RenderedSet, Rende
     let env = templates::environment();
     let mut set = RenderedSet::default();
     for (name, inst) in config.enabled_instances() {
+        check::instance_name(name)?;
         let ctx = Ctx {
             config,
             creds,

@@ -6,7 +6,7 @@ use crate::config::ServiceKind;
 
 use super::passwd::mosquitto_password_line;
 use super::paths::{expect_root, expect_service_cert, service_cert, service_user, step_ca_root};
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, check};
 
 pub const CONFIG: &str = "/mosquitto/config/mosquitto.conf";
 pub const PASSWORD_FILE: &str = "/mosquitto/config/passwd";
@@ -16,6 +16,15 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let mut out = RenderedInstance::default();
     let mut lines = String::new();
     for user in &m.users {
+        // `user:hash` lines: a colon would split the name.
+        check::word("mosquitto.users", user)?;
+        if user.contains(':') {
+            return Err(RenderError::UnsafeValue {
+                field: "mosquitto.users".to_string(),
+                value: user.clone(),
+                why: "Mosquitto user names cannot contain `:`".to_string(),
+            });
+        }
         let Some(cred) = ctx.creds.mosquitto.get(user) else {
             return Err(RenderError::MissingSecret {
                 instance: ctx.name.to_string(),

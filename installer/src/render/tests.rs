@@ -221,7 +221,7 @@ fn retention_goes_to_flags_and_config() {
         "{cmd:?}"
     );
     let loki = String::from_utf8_lossy(&set.instances["loki01"].files[0].contents).into_owned();
-    assert!(loki.contains("  retention_period: 168h\n"), "{loki}");
+    assert!(loki.contains("  retention_period: \"168h\"\n"), "{loki}");
 }
 
 #[test]
@@ -250,4 +250,52 @@ fn digest_is_stable_and_sees_every_change() {
     ] {
         assert_ne!(base.digest(), changed.digest(), "{what} change not seen");
     }
+}
+
+#[test]
+fn values_that_would_break_a_caddyfile_are_refused() {
+    let mut c = Config::builtin();
+    c.instances
+        .get_mut("grafana01")
+        .unwrap()
+        .web
+        .as_mut()
+        .unwrap()
+        .login_paths
+        .push("/log in".into());
+    let err = render(&c, &creds()).unwrap_err().to_string();
+    assert!(
+        err.starts_with("instances.grafana01.web.login_paths = \"/log in\" cannot be used"),
+        "{err}"
+    );
+    let mut c = Config::builtin();
+    c.instances
+        .get_mut("grafana01")
+        .unwrap()
+        .web
+        .as_mut()
+        .unwrap()
+        .domain = "grafana.example.org {".into();
+    assert!(
+        render(&c, &creds())
+            .unwrap_err()
+            .to_string()
+            .starts_with("instances.grafana01.web.domain")
+    );
+}
+
+#[test]
+fn mqtt_user_names_cannot_split_the_password_file() {
+    let mut c = Config::builtin();
+    c.mosquitto.users = vec!["a:b".into()];
+    let mut cr = creds();
+    cr.mosquitto.insert(
+        "a:b".into(),
+        MqttCredential {
+            password: "x".into(),
+            salt: [0; 12],
+        },
+    );
+    let err = render(&c, &cr).unwrap_err().to_string();
+    assert!(err.contains("cannot contain `:`"), "{err}");
 }
