@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use crate::config::{Instance, NetworkRole, ServiceKind};
 
 use super::paths::*;
+use super::step_ca::STEP_CA_METRICS_PORT;
 use super::templates::ALERT_RULES;
 use super::{
     Ctx, ExpectedFile, FileSource, RenderError, RenderedFile, RenderedInstance, hostname, targets,
@@ -46,16 +47,11 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     if !caddy.is_empty() {
         jobs.push(job("caddy", false, "/metrics", caddy, None));
     }
-    // step-ca serves HTTPS only, with a certificate from its own root.
-    let step_ca = targets(c, ServiceKind::StepCa, 9000);
+    // step-ca's API port (9000) answers /health with JSON, which Prometheus cannot parse; its
+    // Prometheus metrics come from a separate plain-HTTP listener (`metricsAddress` in ca.json).
+    let step_ca = targets(c, ServiceKind::StepCa, STEP_CA_METRICS_PORT);
     if !step_ca.is_empty() {
-        jobs.push(job(
-            "step-ca",
-            true,
-            "/metrics",
-            step_ca,
-            Some(json!({"ca_file": root})),
-        ));
+        jobs.push(job("step-ca", false, "/metrics", step_ca, None));
     }
     for (kind, port) in [
         (ServiceKind::NodeExporter, 9100),
@@ -126,9 +122,13 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     )?;
     out.files.push(RenderedFile::config(CONFIG, text));
     out.files.push(RenderedFile::config(RULES, ALERT_RULES));
-    // Every Atlas installation scrapes step-ca, so the root is always needed.
-    out.expected_files
-        .push(expect_root(ServiceKind::Prometheus));
+    let trusts_step_ca = jobs
+        .iter()
+        .any(|j| j["tls"]["ca_file"].as_str() == Some(root.as_str()));
+    if trusts_step_ca {
+        out.expected_files
+            .push(expect_root(ServiceKind::Prometheus));
+    }
 
     let data = ctx
         .inst

@@ -11,6 +11,11 @@ use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
 /// `$STEPPATH/secrets/password` during initialisation.
 pub const PASSWORD_FILE: &str = "/etc/step-ca/password";
 
+/// Port of step-ca's Prometheus listener. The first-start initialisation does not write it:
+/// `"metricsAddress": ":9290"` must be added to `$STEPPATH/config/ca.json` (by the step-ca
+/// recipe or the installer after initialisation), on a step-ca recent enough to have it.
+pub const STEP_CA_METRICS_PORT: u16 = 9290;
+
 pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let s = &ctx.config.step_ca;
     let (uid, gid) = service_user(ServiceKind::StepCa);

@@ -416,6 +416,12 @@ fn prometheus_scrapes_every_service_of_the_seed() {
             want,
             "variant {name}"
         );
+        let step_ca = jobs["step-ca"];
+        assert_eq!(
+            step_ca["static_configs"][0]["targets"][0].as_str(),
+            Some(format!("step-ca01.incus:{}", render::STEP_CA_METRICS_PORT).as_str()),
+            "step-ca's metrics listener, not the JSON health endpoint"
+        );
         let incus = jobs["incus"];
         assert_eq!(incus["metrics_path"].as_str(), Some("/1.0/metrics"));
         assert_eq!(
