@@ -14,6 +14,7 @@ mod caddy;
 mod check;
 mod cloudflared;
 mod grafana;
+mod hosts;
 mod loki;
 mod mosquitto;
 mod node_exporter;
@@ -24,6 +25,7 @@ mod prometheus;
 mod step_ca;
 mod templates;
 
+pub use hosts::{HostEntry, hosts_for};
 pub use passwd::{MOSQUITTO_PBKDF2_ITERATIONS, mosquitto_password_line, pbkdf2_hmac_sha512};
 pub use paths::*;
 pub use profiles::{ProfileSpec, instance_devices, profiles};
