@@ -62,9 +62,22 @@ fn fresh_credentials(users: &[String]) -> Credentials {
     }
 }
 
+/// Marks a directory as `render` output; it lists what the previous run wrote.
+const MARKER: &str = ".atlas-render";
+
 /// Writes every file under `out/<instance>/`, plus `out/<instance>.service.toml` with the
-/// environment (secret values left out) and the command line.
+/// environment (secret values left out) and the command line. A directory from an earlier
+/// run is replaced, so instances that are gone leave nothing stale behind; any other non-empty
+/// directory is refused untouched.
 fn write_set(set: &RenderedSet, out: &Path) -> Result<()> {
+    clear_previous(out)?;
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let names: Vec<&str> = set.instances.keys().map(String::as_str).collect();
+    write_file(
+        &out.join(MARKER),
+        format!("{}\n", names.join("\n")).as_bytes(),
+        0o644,
+    )?;
     for (name, inst) in &set.instances {
         let root = out.join(name);
         for f in &inst.files {
@@ -98,6 +111,42 @@ fn write_set(set: &RenderedSet, out: &Path) -> Result<()> {
             toml.as_bytes(),
             0o644,
         )?;
+    }
+    Ok(())
+}
+
+fn clear_previous(out: &Path) -> Result<()> {
+    let Ok(mut entries) = fs::read_dir(out) else {
+        return Ok(());
+    };
+    let marker = out.join(MARKER);
+    if !marker.is_file() {
+        if entries.next().is_some() {
+            bail!(
+                "{} is not empty and was not written by `atlas-install render`; choose an empty or new directory (nothing was changed)",
+                out.display()
+            );
+        }
+        return Ok(());
+    }
+    let previous =
+        fs::read_to_string(&marker).with_context(|| format!("reading {}", marker.display()))?;
+    for name in previous.lines().filter(|l| !l.is_empty()) {
+        // Only plain instance names: a tampered marker must not point outside the directory.
+        if name.contains('/') || name.starts_with('.') {
+            bail!(
+                "{} lists `{name}`, which is not an instance name; remove the directory yourself",
+                marker.display()
+            );
+        }
+        let dir = out.join(name);
+        if dir.is_dir() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        let service = out.join(format!("{name}.service.toml"));
+        if service.is_file() {
+            fs::remove_file(&service).with_context(|| format!("removing {}", service.display()))?;
+        }
     }
     Ok(())
 }

@@ -1426,3 +1426,47 @@ fn incus_accepts_every_rendered_profile() {
         "the IPv6 reservation was exercised"
     );
 }
+
+#[test]
+fn render_command_refuses_a_foreign_directory_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let out = run(atlas().args(["render", "--out"]).arg(dir.path()));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not empty and was not written by `atlas-install render`"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["notes.txt"], "the directory was changed");
+}
+
+#[test]
+fn render_command_replaces_its_own_previous_output() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        run(atlas().args(["render", "--out"]).arg(dir.path()))
+            .status
+            .success()
+    );
+    // A stale instance from an earlier run (listed in the marker) disappears on the next one.
+    std::fs::create_dir_all(dir.path().join("old01/etc")).unwrap();
+    std::fs::write(dir.path().join("old01.service.toml"), "").unwrap();
+    let marker = dir.path().join(".atlas-render");
+    let listed = std::fs::read_to_string(&marker).unwrap();
+    assert!(listed.lines().any(|l| l == "prometheus01"), "{listed}");
+    std::fs::write(&marker, format!("{listed}old01\n")).unwrap();
+    let out = run(atlas().args(["render", "--out"]).arg(dir.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dir.path().join("old01").exists() && !dir.path().join("old01.service.toml").exists());
+    assert!(
+        dir.path()
+            .join("prometheus01/etc/prometheus/prometheus.yml")
+            .is_file()
+    );
+}
