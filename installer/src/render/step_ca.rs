@@ -7,13 +7,15 @@ use super::paths::service_user;
 use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
 
 /// Outside `/home/step` on purpose: that is the data volume, which a file pushed into the
-/// stopped container's root filesystem would sit underneath. The entrypoint copies it into
-/// `$STEPPATH/secrets/password` during initialisation.
+/// stopped container's root filesystem would sit underneath. The entrypoint (0.28 and later)
+/// copies it into `$STEPPATH/secrets/password` during initialisation; note that it also prints
+/// the provisioner password (the same value) once to the container's log.
 pub const PASSWORD_FILE: &str = "/etc/step-ca/password";
 
-/// Port of step-ca's Prometheus listener. The first-start initialisation does not write it:
-/// `"metricsAddress": ":9290"` must be added to `$STEPPATH/config/ca.json` (by the step-ca
-/// recipe or the installer after initialisation), on a step-ca recent enough to have it.
+/// Port of step-ca's Prometheus listener (plain HTTP, `metricsAddress` in ca.json, step-ca
+/// 0.25.3 and later). The first-start initialisation has no variable for it:
+/// `"metricsAddress": ":9290"` must be added to `$STEPPATH/config/ca.json` after
+/// initialisation (by the step-ca recipe or the installer), then step-ca restarted.
 pub const STEP_CA_METRICS_PORT: u16 = 9290;
 
 pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
