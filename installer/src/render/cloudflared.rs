@@ -1,5 +1,6 @@
 //! cloudflared: the tunnel token as a file (never on the command line, where `ps` shows it),
-//! metrics pinned to a known port for Prometheus.
+//! metrics pinned to a known port for Prometheus. `tunnel run --token-file` exists from
+//! cloudflared 2025.4.0; `--metrics` is a flag of `tunnel`, so it goes before `run`.
 
 use crate::config::ServiceKind;
 
