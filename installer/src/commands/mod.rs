@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command, GlobalArgs};
 
 mod completions;
 mod config;
+mod render;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -19,7 +20,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Destroy(_) => not_yet("destroy", 4),
         Command::Upgrade(_) => not_yet("upgrade", 7),
         Command::Rollback => not_yet("rollback", 7),
-        Command::Render(_) => not_yet("render", 2),
+        Command::Render(args) => render::run(&global, &args),
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Image(_) => not_yet("image", 3),
         Command::Bundle(_) => not_yet("bundle", 6),
