@@ -83,6 +83,12 @@ fn networks(cfg: &Config, v: &str) -> Vec<Resource> {
                     "dns.domain": "incus",
                 },
             });
+            let mut body = body;
+            if n.ipv6.is_some() {
+                // Incus refuses a NIC's static `ipv6.address` unless the bridge hands out
+                // stateful DHCPv6 addresses.
+                body["config"]["ipv6.dhcp.stateful"] = json!("true");
+            }
             Resource::new(ResourceKind::Network, &n.name, None, body, v)
         })
         .collect()
