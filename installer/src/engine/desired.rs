@@ -180,3 +180,75 @@ fn file_hash(contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
     h.update(format!("\0{mode:o}:{uid}:{gid}"));
     hex::encode(h.finalize())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{Credentials, MqttCredential};
+
+    fn creds(pw: &str) -> Credentials {
+        Credentials {
+            grafana_admin_password: pw.into(),
+            step_ca_password: "s".into(),
+            mosquitto: BTreeMap::from([("atlas".to_string(), MqttCredential { password: "m".into(), salt: [1; 12] })]),
+        }
+    }
+
+    fn build(cfg: &Config, creds: &Credentials, fp: &str) -> Vec<Resource> {
+        let rendered = crate::render::render(cfg, creds).unwrap();
+        let profiles = crate::render::profiles(cfg).unwrap();
+        let images = cfg
+            .enabled_instances()
+            .into_iter()
+            .map(|(n, i)| (n.to_string(), ImageChoice { alias: format!("atlas/{}", i.service.as_str()), fingerprint: fp.into() }))
+            .collect();
+        let inputs = DesiredInputs {
+            config: cfg,
+            rendered: &rendered,
+            profiles: &profiles,
+            images: &images,
+            extra_files: &BTreeMap::new(),
+            version: "0.1.0",
+        };
+        desired(&inputs).unwrap()
+    }
+
+    #[test]
+    fn builtin_config_gives_the_seed_objects_in_step_order() {
+        let cfg = Config::builtin();
+        let all = build(&cfg, &creds("pw"), "f1");
+        let count = |k| all.iter().filter(|r| r.kind == k).count();
+        assert_eq!(count(ResourceKind::Project), 1);
+        assert_eq!(count(ResourceKind::Network), 5);
+        assert_eq!(count(ResourceKind::Volume), 6, "six data volumes in the seed");
+        assert_eq!(count(ResourceKind::Instance), 8, "cloudflared is off without a token");
+        let kinds: Vec<_> = all.iter().map(|r| r.kind).collect();
+        let mut sorted = kinds.clone();
+        sorted.sort();
+        assert_eq!(kinds, sorted, "resources come in step order");
+    }
+
+    #[test]
+    fn inputs_that_matter_change_only_the_affected_instance() {
+        let cfg = Config::builtin();
+        let a = build(&cfg, &creds("pw"), "f1");
+        let b = build(&cfg, &creds("other"), "f1");
+        let c = build(&cfg, &creds("pw"), "f2");
+        let changed = |x: &[Resource], y: &[Resource]| -> Vec<String> {
+            x.iter().zip(y).filter(|(p, q)| p.hash != q.hash).map(|(p, _)| p.name.clone()).collect()
+        };
+        assert_eq!(changed(&a, &b), vec!["grafana01".to_string()], "a new admin password touches Grafana only");
+        assert_eq!(changed(&a, &c).len(), 8, "a new image fingerprint touches every instance");
+        assert!(changed(&a, &build(&cfg, &creds("pw"), "f1")).is_empty(), "same inputs, same hashes");
+    }
+
+    #[test]
+    fn secret_environment_is_marked_and_redacted() {
+        let cfg = Config::builtin();
+        let all = build(&cfg, &creds("hunter2-secret"), "f1");
+        let grafana = all.iter().find(|r| r.name == "grafana01").unwrap();
+        assert!(grafana.secret_keys.iter().any(|k| k.starts_with("environment.")));
+        let shown = format!("{:?}", grafana.redacted_config());
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+    }
+}
