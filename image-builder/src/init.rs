@@ -29,7 +29,8 @@
 //!   A program name without `/` is looked up in the `PATH` of `env` (default
 //!   `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`).
 //! - `env`: `KEY=VALUE` strings, each key once; the service gets exactly these, nothing added
-//!   (add `HOME` yourself if the image relies on the runtime setting it).
+//!   (add `HOME` yourself if the image relies on the runtime setting it). The order is not
+//!   kept (std sorts the environment by key); keys are unique, so nothing depends on it.
 //! - `working_dir`: absolute, must exist in the image; default `/`.
 //! - `user`: `uid`, `uid:gid`, `name` or `name:group`, resolved at start from the image's
 //!   `/etc/passwd` and `/etc/group` (names must exist there; a bare numeric uid need not and

@@ -108,6 +108,9 @@ fn run() -> Result<u8, Fatal> {
 
     if let Some(network) = &network {
         net::setup(network).map_err(|e| fatal(format!("network setup failed: {e}")))?;
+        for iface in &network.interfaces {
+            eprintln!("atlas-init: {}", net::describe(iface));
+        }
         write_network_files(&opts.root, network)?;
     }
     service::run(prepared, &signals, svc.stop_grace_period)

@@ -65,6 +65,30 @@ pub fn setup(spec: &NetworkSpec) -> Result<(), NetError> {
     Ok(())
 }
 
+/// One console-log line per configured interface, e.g.
+/// `eth0 up: 10.50.0.12/24 via 10.50.0.1, fd00:50::c/64`.
+pub fn describe(iface: &InterfaceSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(net) = iface.ipv4 {
+        parts.push(
+            iface
+                .gateway4
+                .map_or_else(|| net.to_string(), |gw| format!("{net} via {gw}")),
+        );
+    }
+    if let Some(net) = iface.ipv6 {
+        parts.push(
+            iface
+                .gateway6
+                .map_or_else(|| net.to_string(), |gw| format!("{net} via {gw}")),
+        );
+    }
+    if parts.is_empty() {
+        parts.push("no addresses".into());
+    }
+    format!("{} up: {}", iface.name, parts.join(", "))
+}
+
 fn err(interface: &str, step: impl Into<String>, source: io::Error) -> NetError {
     NetError {
         interface: interface.to_string(),

@@ -127,6 +127,12 @@ pub fn run(p: Prepared, signals: &SignalSet, grace_secs: u32) -> Result<u8, Fata
     })?;
     // Reaping is done with waitpid(-1) below (orphans too), so the Child handle is not used.
     let pid = child.id() as i32;
+    eprintln!(
+        "atlas-init: started {} as pid {pid} (uid {}, gid {})",
+        p.program.display(),
+        p.creds.uid,
+        p.creds.gid
+    );
     let code = supervise(pid, signals, Duration::from_secs(grace_secs.into()));
     eprintln!("atlas-init: service exited with status {code}");
     Ok(code)
