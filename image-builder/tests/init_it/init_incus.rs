@@ -101,68 +101,74 @@ fn network_spec() -> NetworkSpec {
 /// An uncompressed Incus unified image: metadata.yaml + rootfs/ with busybox, atlas-init at
 /// /sbin/init and service.json. Everything root-owned; Incus shifts ids for the container.
 fn write_image(path: &Path) {
-    let mut tar = tar::Builder::new(fs::File::create(path).unwrap());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let mut file = |name: &str, mode: u32, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(now);
-        tar.append_data(&mut h, name, data).unwrap();
-    };
     let metadata = format!(
         "architecture: x86_64\ncreation_date: {now}\nproperties:\n  description: atlas-init test image (busybox httpd)\n  os: busybox\n  release: test\n"
     );
-    file("metadata.yaml", 0o644, metadata.as_bytes());
-    file("rootfs/bin/busybox", 0o755, &fs::read(BUSYBOX).unwrap());
-    file(
-        &format!("rootfs/{INIT_PATH}"),
-        INIT_MODE,
-        atlas_image::init::binary(),
-    );
-    file(
-        &format!("rootfs/{SERVICE_CONFIG_PATH}"),
-        0o644,
-        service_spec().to_json().unwrap().as_bytes(),
-    );
-    file(
-        "rootfs/etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/www:/bin/false\n",
-    );
-    file(
-        "rootfs/etc/group",
-        0o644,
-        b"root:x:0:\nwww:x:33:\nweb:x:1500:www\n",
-    );
-    file("rootfs/www/index.html", 0o644, b"hello from atlas-init\n");
-    drop(file);
-    for (dir, mode) in [
+    let files: Vec<(String, u32, Vec<u8>)> = vec![
+        ("metadata.yaml".into(), 0o644, metadata.into_bytes()),
+        (
+            "rootfs/bin/busybox".into(),
+            0o755,
+            fs::read(BUSYBOX).unwrap(),
+        ),
+        (
+            format!("rootfs/{INIT_PATH}"),
+            INIT_MODE,
+            atlas_image::init::binary().to_vec(),
+        ),
+        (
+            format!("rootfs/{SERVICE_CONFIG_PATH}"),
+            0o644,
+            service_spec().to_json().unwrap().into_bytes(),
+        ),
+        (
+            "rootfs/etc/passwd".into(),
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/www:/bin/false\n".to_vec(),
+        ),
+        (
+            "rootfs/etc/group".into(),
+            0o644,
+            b"root:x:0:\nwww:x:33:\nweb:x:1500:www\n".to_vec(),
+        ),
+        (
+            "rootfs/www/index.html".into(),
+            0o644,
+            b"hello from atlas-init\n".to_vec(),
+        ),
+    ];
+    let dirs = [
         ("rootfs/dev", 0o755),
         ("rootfs/proc", 0o555),
         ("rootfs/sys", 0o555),
         ("rootfs/run", 0o755),
         ("rootfs/root", 0o700),
         ("rootfs/tmp", 0o1777),
-    ] {
+    ];
+    let header = |kind: tar::EntryType, mode: u32, size: usize| {
         let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_size(0);
+        h.set_entry_type(kind);
+        h.set_size(size as u64);
         h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(now);
-        tar.append_data(&mut h, dir, std::io::empty()).unwrap();
+        h
+    };
+    let mut tar = tar::Builder::new(fs::File::create(path).unwrap());
+    for (name, mode, data) in &files {
+        let mut h = header(tar::EntryType::Regular, *mode, data.len());
+        tar.append_data(&mut h, name, data.as_slice()).unwrap();
     }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    h.set_mtime(now);
+    for (name, mode) in dirs {
+        let mut h = header(tar::EntryType::Directory, mode, 0);
+        tar.append_data(&mut h, name, std::io::empty()).unwrap();
+    }
+    let mut h = header(tar::EntryType::Symlink, 0o777, 0);
     tar.append_link(&mut h, "rootfs/bin/sh", "busybox").unwrap();
     tar.into_inner().unwrap().flush().unwrap();
 }
