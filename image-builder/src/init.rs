@@ -6,7 +6,8 @@
 //! push` and the files API work on stopped instances). atlas-init refuses to start, with a
 //! message in the console log (`incus console NAME --show-log`), if either file is missing or
 //! invalid. Images converted from arbitrary OCI images should carry
-//! `NetworkSpec::default()` (only `lo`) so they boot without the installer.
+//! `NetworkSpec::default()` (only `lo`) so they boot without the installer. [`rootfs_files()`]
+//! returns the entries to add to an image's rootfs.
 //!
 //! The types, the validation and the JSON reader/writer are the same source files atlas-init
 //! is built from (`image-builder/init/src/{spec,json}.rs`), so what we write is exactly what it
@@ -73,6 +74,8 @@
 //! status (128 + signal when it was killed); 1 for a config or network problem, 127/126 when
 //! the program is missing or cannot be executed.
 
+use std::borrow::Cow;
+
 #[path = "../init/src/json.rs"]
 pub mod json;
 #[path = "../init/src/spec.rs"]
@@ -100,9 +103,84 @@ pub fn binary() -> &'static [u8] {
     BINARY
 }
 
+/// One file atlas-init needs in a rootfs, as a tar entry (root-owned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsFile {
+    /// Relative, like every entry of the flattened rootfs (`sbin/init`).
+    pub path: &'static str,
+    pub mode: u32,
+    pub contents: Cow<'static, [u8]>,
+}
+
+/// The files that make an image boot with atlas-init: the binary, the service description
+/// and, when given, a network file (`NetworkSpec::default()` for images converted without the
+/// installer, which pushes the real one before the first start). Parent directories (`sbin`,
+/// `etc/atlas`) are the caller's to create. Fails on a spec atlas-init would refuse.
+pub fn rootfs_files(
+    service: &ServiceSpec,
+    network: Option<&NetworkSpec>,
+) -> Result<Vec<RootfsFile>, SpecError> {
+    let mut files = vec![
+        RootfsFile {
+            path: INIT_PATH,
+            mode: INIT_MODE,
+            contents: Cow::Borrowed(binary()),
+        },
+        RootfsFile {
+            path: SERVICE_CONFIG_PATH,
+            mode: 0o644,
+            contents: Cow::Owned(service.to_json()?.into_bytes()),
+        },
+    ];
+    if let Some(network) = network {
+        files.push(RootfsFile {
+            path: NETWORK_CONFIG_PATH,
+            mode: 0o644,
+            contents: Cow::Owned(network.to_json()?.into_bytes()),
+        });
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_rootfs_files_are_what_atlas_init_reads() {
+        let svc = ServiceSpec {
+            entrypoint: vec!["/bin/loki".into()],
+            cmd: vec!["-config.file=/etc/loki/local-config.yaml".into()],
+            env: vec![],
+            working_dir: None,
+            user: Some("10001:10001".into()),
+            stop_grace_period: 30,
+        };
+        let files = rootfs_files(&svc, Some(&NetworkSpec::default())).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "sbin/init",
+                "etc/atlas/service.json",
+                "etc/atlas/network.json"
+            ]
+        );
+        assert_eq!(files[0].mode, 0o755);
+        assert_eq!(files[0].contents.as_ref(), binary());
+        let read_back =
+            ServiceSpec::from_json(std::str::from_utf8(&files[1].contents).unwrap()).unwrap();
+        assert_eq!(read_back, svc);
+        assert_eq!(rootfs_files(&svc, None).unwrap().len(), 2);
+        let mut bad = svc.clone();
+        bad.working_dir = Some("relative".into());
+        assert!(
+            rootfs_files(&bad, None)
+                .unwrap_err()
+                .to_string()
+                .contains("working_dir")
+        );
+    }
 
     fn u16_at(b: &[u8], off: usize) -> u16 {
         u16::from_le_bytes(b[off..off + 2].try_into().unwrap())

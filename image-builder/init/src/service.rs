@@ -47,17 +47,6 @@ pub fn prepare(svc: &ServiceSpec, root: &Path) -> Result<Prepared, Fatal> {
     let creds = user::resolve(svc.user.as_deref(), passwd.as_deref(), group.as_deref())
         .map_err(|e| fatal(format!("service.json user: {e}")))?;
     let argv: Vec<String> = svc.argv().into_iter().map(String::from).collect();
-    let program =
-        find_program(&argv[0], svc.env_var("PATH").unwrap_or(DEFAULT_PATH)).ok_or_else(|| {
-            Fatal {
-                code: EXIT_NOT_FOUND,
-                message: format!(
-                    "cannot start the service: \"{}\" is not an executable file (PATH={})",
-                    argv[0],
-                    svc.env_var("PATH").unwrap_or(DEFAULT_PATH)
-                ),
-            }
-        })?;
     let cwd = PathBuf::from(svc.working_dir.as_deref().unwrap_or("/"));
     if !cwd.is_dir() {
         return Err(fatal(format!(
@@ -65,6 +54,15 @@ pub fn prepare(svc: &ServiceSpec, root: &Path) -> Result<Prepared, Fatal> {
             cwd.display()
         )));
     }
+    let path_var = svc.env_var("PATH").unwrap_or(DEFAULT_PATH);
+    let program = find_program(&argv[0], path_var, &cwd).ok_or_else(|| Fatal {
+        code: EXIT_NOT_FOUND,
+        message: format!(
+            "cannot start the service: \"{}\" is not an executable file (PATH={path_var}, working_dir {})",
+            argv[0],
+            cwd.display()
+        ),
+    })?;
     let env = svc
         .env
         .iter()
@@ -88,15 +86,16 @@ fn read_optional(path: &Path) -> Result<Option<String>, Fatal> {
     }
 }
 
-/// execvp's rule: a name with a slash is used as is, otherwise the first executable file of
+/// execvp's rule: a name with a slash is a path (relative ones from the service's working
+/// dir, where the service itself would resolve them), otherwise the first executable file of
 /// that name in PATH (the service's PATH, not ours).
-fn find_program(name: &str, path: &str) -> Option<PathBuf> {
+fn find_program(name: &str, path: &str, cwd: &Path) -> Option<PathBuf> {
     let executable = |p: &Path| {
         p.metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if name.contains('/') {
-        let p = PathBuf::from(name);
+        let p = cwd.join(name);
         return executable(&p).then_some(p);
     }
     path.split(':')
@@ -213,11 +212,20 @@ mod tests {
         std::fs::set_permissions(dir.join("b/tool"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
         let path = format!("{}:{}", dir.join("a").display(), dir.join("b").display());
-        assert_eq!(find_program("tool", &path), Some(dir.join("b/tool")));
-        assert_eq!(find_program("missing", &path), None);
+        let root = Path::new("/");
+        assert_eq!(find_program("tool", &path, root), Some(dir.join("b/tool")));
+        assert_eq!(find_program("missing", &path, root), None);
         assert_eq!(
-            find_program(dir.join("a/tool").to_str().unwrap(), "/bin"),
+            find_program(dir.join("a/tool").to_str().unwrap(), "/bin", root),
             None
+        );
+        assert_eq!(
+            find_program("./b/tool", "/nowhere", &dir),
+            Some(dir.join("./b/tool"))
+        );
+        assert_eq!(
+            find_program(dir.join("b/tool").to_str().unwrap(), "", Path::new("/tmp")),
+            Some(dir.join("b/tool"))
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

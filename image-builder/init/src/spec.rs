@@ -79,6 +79,20 @@ impl ServiceSpec {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 
+    /// Sets `key` the way a later `ENV` line or a recipe override does: replaces the value in
+    /// place if the key exists, appends otherwise (keys stay unique, as validation requires).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        let entry = format!("{key}={value}");
+        match self
+            .env
+            .iter_mut()
+            .find(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key))
+        {
+            Some(kv) => *kv = entry,
+            None => self.env.push(entry),
+        }
+    }
+
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
         let root = json::parse(text).map_err(SpecError::Syntax)?;
         let obj = Obj::new(&root, "")?;
@@ -816,6 +830,15 @@ mod tests {
         assert_eq!(s.env_var("PATH"), Some("/usr/bin:/bin"));
         assert_eq!(s.env_var("WITH_EQ"), Some("a=b"));
         assert_eq!(s.env_var("PAT"), None);
+    }
+
+    #[test]
+    fn set_env_replaces_in_place_or_appends() {
+        let mut s = service();
+        s.set_env("PATH", "/opt/bin");
+        s.set_env("NEW", "x=y");
+        assert_eq!(s.env, ["PATH=/opt/bin", "EMPTY=", "WITH_EQ=a=b", "NEW=x=y"]);
+        s.validate().unwrap();
     }
 
     #[test]

@@ -424,7 +424,7 @@ fn init_process_refuses_bad_config_and_changes_nothing() {
                 )
             },
             127,
-            "\"no-such-program\" is not an executable file (PATH=/bin)",
+            "\"no-such-program\" is not an executable file (PATH=/bin, working_dir",
         ),
     ];
     for (name, setup, want_code, want_msg) in cases {
