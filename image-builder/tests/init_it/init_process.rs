@@ -96,11 +96,24 @@ impl Scenario {
                 c
             }
         };
+        cmd.arg(&self.bin).arg("--root").arg(self.root());
+        self.spawn(cmd)
+    }
+
+    /// Like `start(None)`, with the root prefix's etc/ bind-mounted read-only in the new
+    /// mount namespace (the shell that does it execs atlas-init, which keeps PID 1).
+    fn start_with_read_only_etc(&self) -> Running {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--net", "sh", "-c"])
+            .arg(r#"mount --bind -o ro "$1/etc" "$1/etc" && exec "$0" --root "$1""#)
+            .arg(&self.bin)
+            .arg(self.root());
+        self.spawn(cmd)
+    }
+
+    fn spawn(&self, mut cmd: Command) -> Running {
         let stderr = self.dir.path().join("init.stderr");
-        cmd.arg(&self.bin)
-            .arg("--root")
-            .arg(self.root())
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(fs::File::create(self.dir.path().join("init.stdout")).unwrap())
             .stderr(fs::File::create(&stderr).unwrap());
         Running {
@@ -647,4 +660,68 @@ fn init_process_configures_lo_eth0_routes_and_resolver_files() {
         128 + 15,
         "httpd dies of the forwarded SIGTERM\n{stderr}"
     );
+}
+
+#[test]
+fn init_process_passes_sighup_through_unchanged() {
+    if !prerequisites("init_process_passes_sighup_through_unchanged", TOOLS, true) {
+        return;
+    }
+    let s = Scenario::new();
+    s.service(&s.sh(concat!(
+        "trap 'echo HUP >> got' HUP; trap 'echo TERM >> got; exit 0' TERM; touch ready; ",
+        "while :; do sleep 0.05; done"
+    )));
+    let mut run = s.start(None);
+    let init = run.init_pid();
+    wait_for_file(&s.out().join("ready"));
+    send_signal(init, "HUP");
+    wait_until("the service to see SIGHUP", Duration::from_secs(5), || {
+        fs::read_to_string(s.out().join("got")).is_ok_and(|g| g.contains("HUP"))
+    });
+    send_signal(init, "TERM");
+    let (code, stderr) = run.finish(Duration::from_secs(10));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        s.read_out("got"),
+        "HUP\nTERM\n",
+        "SIGHUP must reach the service as SIGHUP, and not stop it"
+    );
+}
+
+#[test]
+fn init_process_leaves_resolver_files_alone_on_a_read_only_rootfs() {
+    if !prerequisites(
+        "init_process_leaves_resolver_files_alone_on_a_read_only_rootfs",
+        &["unshare", "sh", "mount"],
+        true,
+    ) {
+        return;
+    }
+    let s = Scenario::new();
+    s.write("etc/resolv.conf", "nameserver 192.0.2.53\n");
+    s.network(&NetworkSpec {
+        dns: vec!["10.233.0.1".parse().unwrap()],
+        ..NetworkSpec::default()
+    });
+    s.service(&s.sh("touch started"));
+    let (code, stderr) = s.start_with_read_only_etc().finish(Duration::from_secs(10));
+    assert_eq!(code, 0, "a read-only rootfs is not an error\n{stderr}");
+    assert!(
+        s.out().join("started").exists(),
+        "the service did not run\n{stderr}"
+    );
+    assert!(
+        stderr.contains("etc/resolv.conf: read-only filesystem, left as it is"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("etc/hosts: read-only filesystem, left as it is"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(s.root().join("etc/resolv.conf")).unwrap(),
+        "nameserver 192.0.2.53\n"
+    );
+    assert!(!s.root().join("etc/hosts").exists());
 }
