@@ -1,6 +1,6 @@
-//! Builds atlas-init (our PID 1, crate `image-builder/init`) as a static musl binary so the
-//! library can embed it (`atlas_image::init::binary()`), whatever target the library itself is
-//! built for.
+//! Builds atlas-init (our PID 1, crate `image-builder/init`) as a static musl binary for the
+//! target architecture (x86_64 or aarch64) so the library can embed it
+//! (`atlas_image::init::binary()`), whether the library itself is built for gnu or musl.
 //!
 //! A nested `cargo build` is used because a build script cannot depend on a binary of another
 //! crate. It gets its own target directory inside OUT_DIR: the outer cargo holds the lock on
@@ -14,8 +14,6 @@
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const INIT_TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=ATLAS_INIT_BIN");
@@ -57,22 +55,35 @@ fn nested_build(manifest_dir: &Path, out_dir: &Path) -> PathBuf {
         println!("cargo:rerun-if-changed={}", input.display());
     }
 
+    // atlas-init runs in containers on the machine the installer runs on, so it follows the
+    // architecture the library is built for.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let init_target = match arch.as_str() {
+        "x86_64" | "aarch64" => format!("{arch}-unknown-linux-musl"),
+        other => fail(&format!(
+            "atlas-init has no musl target for architecture {other:?}; set ATLAS_INIT_BIN to a static atlas-init"
+        )),
+    };
     let target_dir = out_dir.join("atlas-init-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
         .arg("--locked")
-        .args(["--target", INIT_TARGET])
+        .args(["--target", &init_target])
         .arg("--manifest-path")
         .arg(init_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(workspace);
     // These describe the outer build and would leak into the nested one: the outer target's
-    // rustflags, clippy's rustc wrapper (under `cargo clippy`), the outer target dir.
+    // rustflags, clippy's rustc wrapper (under `cargo clippy`), the outer target dir. The
+    // developer's RUSTFLAGS go too: a `-C target-cpu=native` in the PID 1 of images that are
+    // pushed to registries would make them crash on other machines.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
         "RUSTC_WORKSPACE_WRAPPER",
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET",
@@ -85,13 +96,13 @@ fn nested_build(manifest_dir: &Path, out_dir: &Path) -> PathBuf {
         .unwrap_or_else(|e| fail(&format!("cannot run cargo to build atlas-init: {e}")));
     if !status.success() {
         fail(&format!(
-            "building atlas-init for {INIT_TARGET} failed ({status}); see the cargo output above. \
-             If the target is missing: `rustup target add {INIT_TARGET}` (and install musl-tools), \
+            "building atlas-init for {init_target} failed ({status}); see the cargo output above. \
+             If the target is missing: `rustup target add {init_target}` (and install musl-tools), \
              or set ATLAS_INIT_BIN to a prebuilt atlas-init"
         ));
     }
     target_dir
-        .join(INIT_TARGET)
+        .join(&init_target)
         .join("release")
         .join("atlas-init")
 }

@@ -97,8 +97,8 @@ pub const NETWORK_CONFIG_PATH: &str = "etc/atlas/network.json";
 
 static BINARY: &[u8] = include_bytes!(env!("ATLAS_INIT_BIN_PATH"));
 
-/// The atlas-init executable (static, x86_64 musl) built by this crate's build script, or the
-/// file named by `ATLAS_INIT_BIN` at build time.
+/// The atlas-init executable (static musl, same architecture as this build) built by this
+/// crate's build script, or the file named by `ATLAS_INIT_BIN` at build time.
 pub fn binary() -> &'static [u8] {
     BINARY
 }
@@ -195,9 +195,9 @@ mod tests {
     }
 
     /// The binary must run in images without a libc or a dynamic loader (distroless, busybox):
-    /// an x86_64 ELF executable without a PT_INTERP program header.
+    /// an ELF executable for our architecture without a PT_INTERP program header.
     #[test]
-    fn init_binary_is_a_static_x86_64_executable() {
+    fn init_binary_is_a_static_executable_for_this_architecture() {
         let b = binary();
         assert!(
             b.len() > 64,
@@ -208,7 +208,16 @@ mod tests {
         assert_eq!(b[4], 2, "not 64-bit");
         assert_eq!(b[5], 1, "not little-endian");
         assert!(matches!(u16_at(b, 16), 2 | 3), "not an executable (e_type)");
-        assert_eq!(u16_at(b, 18), 0x3e, "not x86_64 (e_machine)");
+        let machine = if cfg!(target_arch = "aarch64") {
+            0xb7
+        } else {
+            0x3e
+        };
+        assert_eq!(
+            u16_at(b, 18),
+            machine,
+            "not built for this architecture (e_machine)"
+        );
         let (phoff, phentsize, phnum) = (
             u64_at(b, 32),
             usize::from(u16_at(b, 54)),
