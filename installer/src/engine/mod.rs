@@ -4,3 +4,4 @@
 pub mod plan;
 pub mod resource;
 pub mod desired;
+pub mod netfile;
