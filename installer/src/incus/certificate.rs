@@ -12,21 +12,21 @@ use super::error::IncusError;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Certificate {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub name: String,
     /// `client`, `metrics`, ...
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub fingerprint: String,
     /// PEM.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub certificate: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub restricted: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub projects: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

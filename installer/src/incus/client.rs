@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH};
 use reqwest::{Method, Url};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{IncusError, classify, looks_like_duplicate};
@@ -166,17 +166,17 @@ impl Req {
 }
 
 /// The JSON envelope of every answer.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(crate) struct Envelope {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
     pub(crate) kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub(crate) error_code: u16,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub(crate) error: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub(crate) operation: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub(crate) metadata: Value,
 }
 
@@ -557,6 +557,15 @@ pub(crate) fn decode_envelope(
             message: format!("not an Incus JSON answer: {e}"),
         }),
     }
+}
+
+/// Go encodes empty lists and maps as `null`; read those as the empty value.
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(

@@ -11,26 +11,26 @@ use super::error::IncusError;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterMember {
     pub server_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub url: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub database: bool,
     /// `Online`, `Offline`, `Evacuated`, ...
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub message: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub roles: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub failure_domain: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub groups: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

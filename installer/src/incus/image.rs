@@ -12,20 +12,20 @@ use super::error::IncusError;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub fingerprint: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub aliases: Vec<ImageAliasRef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub properties: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub size: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub public: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub auto_update: bool,
     /// `container` or `virtual-machine`.
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
     pub kind: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -34,19 +34,19 @@ pub struct Image {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageAliasRef {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageAlias {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
     /// Fingerprint the alias points at.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub target: String,
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
     pub kind: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

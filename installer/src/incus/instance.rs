@@ -14,32 +14,53 @@ use super::profile::Devices;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub devices: Devices,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub profiles: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub ephemeral: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub stateful: bool,
     /// `Running`, `Stopped`, ...
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub status: String,
-    #[serde(rename = "type", default, skip_serializing)]
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub kind: String,
     /// Cluster member the instance is on.
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub location: String,
     /// Config with the profiles applied.
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub expanded_config: BTreeMap<String, String>,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub expanded_devices: Devices,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -135,11 +156,11 @@ impl StateAction {
 /// `GET /1.0/instances/<n>/state`: runtime state, addresses.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct InstanceState {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub pid: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub network: Option<BTreeMap<String, NetworkState>>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -147,23 +168,23 @@ pub struct InstanceState {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct NetworkState {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub addresses: Vec<Address>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub state: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub hwaddr: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Address {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub family: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub address: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub netmask: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub scope: String,
 }
 

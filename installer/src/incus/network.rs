@@ -14,21 +14,37 @@ use super::error::IncusError;
 pub struct Network {
     pub name: String,
     /// `bridge`, `macvlan`, ... (`physical` etc. for host interfaces).
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
     /// False for host interfaces Incus merely sees.
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub managed: bool,
     /// `Created`, `Pending` (cluster: defined on some members only), `Errored`, ...
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub status: String,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub used_by: Vec<String>,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub locations: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -86,5 +102,20 @@ impl Client {
     pub async fn delete_network(&self, name: &str) -> Result<(), IncusError> {
         let req = Req::new(Method::DELETE, "/1.0/networks", &[name]).scope(Scope::DefaultProject);
         self.write(req).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_nulls_decode_as_empty() {
+        let n: Network = serde_json::from_value(serde_json::json!({
+            "name": "lo", "type": "loopback", "managed": false, "config": null,
+            "locations": null, "used_by": null, "status": ""
+        }))
+        .expect("decode");
+        assert!(n.locations.is_empty() && n.config.is_empty() && !n.managed);
     }
 }

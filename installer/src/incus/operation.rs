@@ -15,23 +15,23 @@ pub const STATUS_CANCELLED: u16 = 401;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub class: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub status_code: u16,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub err: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub metadata: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub resources: Option<BTreeMap<String, Vec<String>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub location: String,
 }
 

@@ -15,13 +15,17 @@ pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub devices: Devices,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub used_by: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

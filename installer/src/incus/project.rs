@@ -12,11 +12,15 @@ use super::error::IncusError;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Project {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub used_by: Vec<String>,
     /// Fields this client does not know, kept so an update sends them back unchanged.
     #[serde(flatten)]

@@ -11,16 +11,16 @@ use super::error::IncusError;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Server {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub api_extensions: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub api_version: String,
     /// "trusted" when our credentials are accepted.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub auth: String,
     #[serde(default, deserialize_with = "string_map")]
     pub config: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub environment: Environment,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -28,33 +28,33 @@ pub struct Server {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub server_version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub server_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub server_clustered: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub kernel: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub kernel_version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub kernel_architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub architectures: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub firewall: String,
     /// Storage drivers of the pools in use, comma separated (`dir`, `zfs | btrfs`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub storage: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub storage_supported_drivers: Vec<StorageDriver>,
     /// PEM of the server certificate.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub certificate: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub certificate_fingerprint: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub addresses: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -62,11 +62,26 @@ pub struct Environment {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StorageDriver {
-    #[serde(rename = "Name", alias = "name", default)]
+    #[serde(
+        rename = "Name",
+        alias = "name",
+        default,
+        deserialize_with = "super::client::nullable"
+    )]
     pub name: String,
-    #[serde(rename = "Version", alias = "version", default)]
+    #[serde(
+        rename = "Version",
+        alias = "version",
+        default,
+        deserialize_with = "super::client::nullable"
+    )]
     pub version: String,
-    #[serde(rename = "Remote", alias = "remote", default)]
+    #[serde(
+        rename = "Remote",
+        alias = "remote",
+        default,
+        deserialize_with = "super::client::nullable"
+    )]
     pub remote: bool,
 }
 
@@ -144,29 +159,11 @@ impl Client {
         self.write(req).await.map(|_| ())
     }
 
-    /// `GET /1.0/metrics`: Prometheus text of the whole server (or one project when this
-    /// client has one).
+    /// `GET /1.0/metrics` (of this client's project when it has one): Prometheus text.
+    /// [seen] 6.0.4 sometimes answers a bare "# EOF" while it refreshes its metrics cache.
     pub async fn metrics(&self) -> Result<String, IncusError> {
-        let (resp, method, path) = self
-            .send_raw(Req::get("/1.0/metrics", &[]).scope(Scope::Project))
-            .await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| IncusError::Transport {
-            endpoint: self.endpoint(),
-            method: method.clone(),
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        if status >= 400 {
-            let env = super::client::decode_envelope(status, &bytes, &method, &path)?;
-            return Err(super::error::classify(
-                status,
-                env.error_code,
-                env.error,
-                &method,
-                &path,
-            ));
-        }
+        let req = Req::get("/1.0/metrics", &[]).scope(Scope::Project);
+        let bytes = self.get_raw(req).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

@@ -13,17 +13,29 @@ use super::error::IncusError;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoragePool {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub driver: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub status: String,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub locations: Vec<String>,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub used_by: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -32,17 +44,17 @@ pub struct StoragePool {
 /// `GET /1.0/storage-pools/<pool>/resources`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolResources {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub space: Usage,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub inodes: Usage,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub used: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub total: u64,
 }
 
@@ -59,16 +71,29 @@ pub struct StorageVolume {
     /// `filesystem` or `block`.
     #[serde(default = "filesystem")]
     pub content_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
     /// `size`, `snapshots.schedule`, `snapshots.expiry`, `snapshots.pattern`, `user.*`, ...
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(rename = "type", default, skip_serializing)]
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub kind: String,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub location: String,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub used_by: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -97,13 +122,13 @@ impl StorageVolume {
 pub struct VolumeSnapshot {
     /// The snapshot's own name (`snap0`), without the volume prefix.
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub created_at: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub expires_at: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -112,13 +137,21 @@ pub struct VolumeSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StorageBucket {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub s3_url: String,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
     pub location: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -127,13 +160,21 @@ pub struct StorageBucket {
 /// The admin key Incus returns when it creates a bucket. Holds a secret: Debug redacts it.
 #[derive(Clone, Default, PartialEq, Deserialize)]
 pub struct BucketKey {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::client::nullable")]
     pub role: String,
-    #[serde(rename = "access-key", default)]
+    #[serde(
+        rename = "access-key",
+        default,
+        deserialize_with = "super::client::nullable"
+    )]
     pub access_key: String,
-    #[serde(rename = "secret-key", default)]
+    #[serde(
+        rename = "secret-key",
+        default,
+        deserialize_with = "super::client::nullable"
+    )]
     pub secret_key: String,
 }
 
