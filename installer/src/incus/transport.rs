@@ -305,6 +305,18 @@ pub(crate) fn map_send_error(
 ) -> IncusError {
     let io = io_error_in(e);
     let chain = error_chain(e);
+    // rustls failures surface as connect errors carrying an InvalidData io::Error; they are
+    // about trust, not reachability, so check them first.
+    let tls_failure = io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        || chain.contains("not the pinned")
+        || chain.to_ascii_lowercase().contains("certificate");
+    if tls_failure {
+        return IncusError::Tls(format!(
+            "{method} {path} to {endpoint}: {chain}. Check `incus.remote.server_fingerprint` \
+             (`incus info` on the server shows certificate_fingerprint) and that the server \
+             trusts the client certificate"
+        ));
+    }
     if let Some(io) = io {
         use std::io::ErrorKind::*;
         if matches!(
@@ -318,9 +330,6 @@ pub(crate) fn map_send_error(
                 hint: unreachable_hint(endpoint, io.kind()),
             };
         }
-    }
-    if chain.contains("fingerprint") || chain.to_ascii_lowercase().contains("certificate") {
-        return IncusError::Tls(format!("{method} {path} to {endpoint}: {chain}"));
     }
     if e.is_connect() || e.is_timeout() {
         return IncusError::Unreachable {

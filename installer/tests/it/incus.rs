@@ -820,3 +820,172 @@ async fn unreachable_socket_says_what_was_tried_and_how_to_fix() {
     assert!(matches!(e, IncusError::Unreachable { .. }), "{e}");
     assert_eq!(c.writes(), 1, "only the attempted POST counts");
 }
+
+/// A local TLS endpoint (rustls, loopback) standing in for a remote Incus: proves the pinned
+/// verifier, the client certificate and reqwest's preconfigured rustls work end to end.
+/// Returns the address and a handle yielding the client certificate each connection showed.
+fn tls_endpoint(
+    server_cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    connections: usize,
+) -> (
+    std::net::SocketAddr,
+    std::thread::JoinHandle<Vec<Option<Vec<u8>>>>,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::io::{Read, Write};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+        .with_single_cert(
+            vec![CertificateDer::from(server_cert.cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                server_cert.signing_key.serialize_der(),
+            )),
+        )
+        .expect("server config");
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..connections {
+            let Ok((tcp, _)) = listener.accept() else {
+                break;
+            };
+            let conn = rustls::ServerConnection::new(config.clone()).expect("conn");
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut ok = true;
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let peer = tls
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec());
+            seen.push(peer);
+            if ok {
+                let body = r#"{"type":"sync","status":"Success","status_code":200,"metadata":{"auth":"trusted","api_extensions":["server_logging"],"environment":{"server_version":"7.0"}}}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes());
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+        seen
+    });
+    (addr, handle)
+}
+
+/// Asks for a client certificate and accepts any that proves possession of its key, like
+/// Incus does before it looks the fingerprint up in its trust store.
+#[derive(Debug)]
+struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[tokio::test]
+async fn remote_https_pins_the_server_and_presents_the_client_cert() {
+    use atlas_install::incus::{RemoteSpec, cert_fingerprint};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = rcgen::generate_simple_self_signed(vec!["incus.test".into(), "127.0.0.1".into()])
+        .expect("cert");
+    let impostor = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let client_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+    let client_cert = rcgen::CertificateParams::new(vec!["atlas".to_string()])
+        .expect("params")
+        .self_signed(&client_key)
+        .expect("client cert");
+
+    let (addr, handle) = tls_endpoint(&server, 2);
+    let spec = RemoteSpec {
+        url: format!("https://{addr}"),
+        client_cert_pem: client_cert.pem(),
+        client_key_pem: client_key.serialize_pem(),
+        server_fingerprint: cert_fingerprint(server.cert.der()),
+    };
+    let c = Client::remote(&spec).expect("remote client");
+    let s = c.server().await.expect("GET /1.0 over pinned HTTPS").value;
+    assert!(s.supports_server_logging() && s.auth == "trusted");
+
+    let wrong = RemoteSpec {
+        server_fingerprint: cert_fingerprint(impostor.cert.der()),
+        ..spec.clone()
+    };
+    let e = Client::remote(&wrong)
+        .expect("client")
+        .server()
+        .await
+        .expect_err("pin mismatch must fail");
+    assert!(matches!(e, IncusError::Tls(_)), "{e:?}");
+    assert!(e.to_string().contains("not the pinned"), "{e}");
+
+    let seen = handle.join().expect("server thread");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].as_deref(),
+        Some(client_cert.der().as_ref()),
+        "server saw our client certificate"
+    );
+
+    let plain = RemoteSpec {
+        url: format!("http://{addr}"),
+        ..spec
+    };
+    assert!(matches!(Client::remote(&plain), Err(IncusError::Tls(m)) if m.contains("https://")));
+}
