@@ -463,7 +463,7 @@ impl Client {
                 }
                 WaitAnswer::Running => continue,
                 WaitAnswer::Failed { message } => {
-                    return Err(op_error(id, "", "failed", message, method, path));
+                    return Err(op_error(id, "", false, message, method, path));
                 }
                 WaitAnswer::Error {
                     status,
@@ -488,11 +488,11 @@ fn op_result(op: Operation, method: &str, path: &str) -> Result<Operation, Incus
     if op.is_success() {
         return Ok(op);
     }
-    let status = op.status.to_lowercase();
+    let cancelled = op.status_code == super::operation::STATUS_CANCELLED;
     Err(op_error(
         &op.id,
         &op.description,
-        &status,
+        cancelled,
         op.err.clone(),
         method,
         path,
@@ -502,7 +502,7 @@ fn op_result(op: Operation, method: &str, path: &str) -> Result<Operation, Incus
 fn op_error(
     id: &str,
     description: &str,
-    status: &str,
+    cancelled: bool,
     message: String,
     method: &str,
     path: &str,
@@ -517,10 +517,10 @@ fn op_error(
     IncusError::Operation {
         id: id.to_string(),
         description: description.to_string(),
-        status: status.to_string(),
         message,
         method: method.to_string(),
         path: path.to_string(),
+        cancelled,
     }
 }
 
@@ -643,14 +643,10 @@ mod tests {
 
     #[test]
     fn plain_text_error_bodies_still_give_typed_errors() {
-        let e = decode_envelope(502, b"Bad Gateway", "GET", "/1.0")
-            .err()
-            .expect("error");
+        let e = decode_envelope(502, b"Bad Gateway", "GET", "/1.0").expect_err("error");
         assert!(matches!(e, IncusError::Api { status: 502, .. }), "{e}");
         assert!(e.to_string().contains("Bad Gateway"));
-        let e = decode_envelope(200, b"<html>", "GET", "/1.0")
-            .err()
-            .expect("error");
+        let e = decode_envelope(200, b"<html>", "GET", "/1.0").expect_err("error");
         assert!(matches!(e, IncusError::Decode { .. }));
     }
 
@@ -659,7 +655,7 @@ mod tests {
         let e = op_error(
             "id",
             "Creating instance",
-            "failure",
+            false,
             "Instance \"c1\" already exists".into(),
             "POST",
             "/1.0/instances",
@@ -668,11 +664,17 @@ mod tests {
         let e = op_error(
             "id",
             "Starting instance",
-            "failure",
+            false,
             "boom".into(),
             "PUT",
             "/1.0/instances/c1/state",
         );
         assert!(matches!(e, IncusError::Operation { .. }));
+        assert!(
+            e.to_string().contains("(Starting instance) failed: boom"),
+            "{e}"
+        );
+        let e = op_error("id", "Stopping instance", true, "".into(), "PUT", "/x");
+        assert!(e.to_string().contains("was cancelled"), "{e}");
     }
 }

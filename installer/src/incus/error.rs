@@ -61,14 +61,17 @@ pub enum IncusError {
     },
 
     /// A background operation ended in failure or was cancelled.
-    #[error("{method} {path}: operation {id} ({description}) {status}: {message}")]
+    #[error(
+        "{method} {path}: operation {id} ({description}) {}: {message}",
+        if *cancelled { "was cancelled" } else { "failed" }
+    )]
     Operation {
         id: String,
         description: String,
-        status: String,
         message: String,
         method: String,
         path: String,
+        cancelled: bool,
     },
 
     /// An operation did not finish in time.
