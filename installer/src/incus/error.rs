@@ -166,7 +166,7 @@ pub(crate) fn classify(
 ) -> IncusError {
     let (method, path) = (method.to_string(), path.to_string());
     let effective = if code != 0 { code } else { status };
-    if effective == 404 {
+    if effective == 404 && !is_scope_missing(&message) {
         return IncusError::NotFound {
             method,
             path,
@@ -194,6 +194,12 @@ pub(crate) fn classify(
         method,
         path,
     }
+}
+
+/// A 404 about the project or the `?target=` member, not about the object: "not found" there
+/// must not read as "absent, create it".
+fn is_scope_missing(message: &str) -> bool {
+    message.contains("Failed loading project") || message.contains("Cluster member not found")
 }
 
 /// Profiles answer a duplicate with 500 "already exists", projects with a database UNIQUE
@@ -251,6 +257,29 @@ mod tests {
         assert!(matches!(e, IncusError::PreconditionFailed { .. }));
         assert!(e.to_string().contains("read it again"), "{e}");
         assert_eq!(e.status(), Some(412));
+    }
+
+    #[test]
+    fn missing_project_or_member_is_not_an_absent_object() {
+        let msg = "Failed loading project \"t-x\": Project not found";
+        let e = classify(404, 404, msg.into(), "GET", "/1.0/profiles/p?project=t-x");
+        assert!(!e.is_not_found() && e.status() == Some(404), "{e}");
+        let e = classify(
+            404,
+            404,
+            "Cluster member not found".into(),
+            "GET",
+            "/1.0?target=m9",
+        );
+        assert!(!e.is_not_found(), "{e}");
+        let e = classify(
+            404,
+            404,
+            "Project not found".into(),
+            "GET",
+            "/1.0/projects/t-x",
+        );
+        assert!(e.is_not_found(), "the project itself can be absent");
     }
 
     #[test]

@@ -179,6 +179,26 @@ async fn server_info_capabilities_and_no_writes_for_reads() {
     if !s.is_clustered() {
         assert!(c.cluster_members().await.expect("members").is_empty());
     }
+    // `?target=` reaches the server; an unknown member is an error, never "object absent".
+    let e = c
+        .on_target(Some("t-incus-no-member"))
+        .server()
+        .await
+        .expect_err("unknown member");
+    assert!(
+        !e.is_not_found() && e.to_string().contains("Cluster member not found"),
+        "{e}"
+    );
+    let e = c
+        .in_project("t-incus-no-project")
+        .get_profile("default")
+        .await
+        .expect_err("no project");
+    assert!(
+        !e.is_not_found(),
+        "a missing project must not read as a missing profile: {e}"
+    );
+
     let pool = c.get_storage_pool(POOL).await.expect("default pool").value;
     assert_eq!(pool.driver, "dir");
     let res = c.storage_pool_resources(POOL).await.expect("resources");
@@ -390,6 +410,13 @@ async fn network_etag_update_and_stale_etag() {
     c.update_network(&n, Some(&etag))
         .await
         .expect("update with etag");
+
+    // Server PATCH with a stale ETag: refused, nothing changes (empty patch: harmless anyway).
+    let e = c
+        .patch_server_config(&BTreeMap::new(), Some("\"0000\""))
+        .await
+        .expect_err("stale server etag");
+    assert!(matches!(e, IncusError::PreconditionFailed { .. }), "{e}");
 
     let writes = c.writes();
     let mut stale = got.value.clone();
