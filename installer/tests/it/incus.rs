@@ -1016,3 +1016,55 @@ async fn remote_https_pins_the_server_and_presents_the_client_cert() {
     };
     assert!(matches!(Client::remote(&plain), Err(IncusError::Tls(m)) if m.contains("https://")));
 }
+
+#[tokio::test]
+async fn client_from_config_uses_socket_project_and_remote_pem_files() {
+    use atlas_install::config::{Config, IncusRemote};
+    let c = client_or_skip!();
+    let mut cfg = Config::builtin().incus;
+    cfg.socket = SOCKET.to_string();
+    cfg.project = "t-incus-cfg".to_string();
+    let from_cfg = Client::from_config(&cfg).expect("from config");
+    assert_eq!(from_cfg.project(), "t-incus-cfg");
+    assert!(from_cfg.endpoint().contains(SOCKET));
+    let remote = from_cfg.server().await.expect("server").value;
+    assert_eq!(
+        remote.environment.server_name,
+        c.server()
+            .await
+            .expect("server")
+            .value
+            .environment
+            .server_name
+    );
+
+    // Remote: cert/key may be files; a missing file names the key to fix and sends nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["atlas".to_string()])
+        .expect("p")
+        .self_signed(&key)
+        .expect("c");
+    std::fs::write(dir.path().join("client.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("client.key"), key.serialize_pem()).expect("write");
+    cfg.remote = Some(IncusRemote {
+        url: "https://127.0.0.1:1".into(),
+        client_cert: dir.path().join("client.crt").display().to_string(),
+        client_key: dir.path().join("client.key").display().to_string(),
+        server_fingerprint: "ab".repeat(32),
+    });
+    let r = Client::from_config(&cfg).expect("remote from files");
+    assert_eq!(r.endpoint(), "https://127.0.0.1:1");
+    let e = r.server().await.expect_err("nothing listens on port 1");
+    assert!(matches!(e, IncusError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains("core.https_address"), "{e}");
+
+    if let Some(remote) = cfg.remote.as_mut() {
+        remote.client_key = dir.path().join("missing.key").display().to_string();
+    }
+    let e = Client::from_config(&cfg).expect_err("missing key file");
+    assert!(
+        e.to_string().contains("incus.remote.client_key") && e.to_string().contains("missing.key"),
+        "{e}"
+    );
+}
