@@ -377,6 +377,42 @@ impl Client {
         })
     }
 
+    /// Escape hatch for endpoints without a typed call (network forwards, cluster groups,
+    /// warnings...). `path` is the API path ("/1.0/cluster/groups"); each segment is
+    /// percent-encoded; `project_scoped` adds `?project=`, and `?target=` is added when this
+    /// view has one.
+    pub async fn get_path<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        project_scoped: bool,
+    ) -> Result<Etagged<T>, IncusError> {
+        let mut req = Req::get(path, &[]).targeted();
+        if project_scoped {
+            req = req.scope(Scope::Project);
+        }
+        self.get_tagged(req).await
+    }
+
+    /// Escape hatch for writes: sends `body` as JSON (with `If-Match` when `etag` is given),
+    /// waits for a background operation, and returns the metadata. Counted in [`Client::writes`].
+    pub async fn send_path(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        project_scoped: bool,
+        etag: Option<&str>,
+    ) -> Result<Value, IncusError> {
+        let mut req = Req::new(method, path, &[]).targeted().if_match(etag)?;
+        if project_scoped {
+            req = req.scope(Scope::Project);
+        }
+        if let Some(body) = body {
+            req = req.json(body)?;
+        }
+        self.write(req).await
+    }
+
     /// GET and decode the metadata.
     pub(crate) async fn get_value<T: DeserializeOwned>(&self, req: Req) -> Result<T, IncusError> {
         Ok(self.get_tagged(req).await?.value)

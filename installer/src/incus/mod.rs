@@ -7,6 +7,26 @@
 //! - Async operations are waited for inside the calls; their failure is an error.
 //! - [`Client::writes`] counts every non-GET request: a converged re-run must leave it at 0.
 //! - Decide behaviour from [`Server::has`] (`api_extensions`), never from the version.
+//!
+//! The engine's converge step for one object, e.g. a profile:
+//!
+//! ```no_run
+//! # async fn f(client: &atlas_install::incus::Client, want: atlas_install::incus::Profile)
+//! #     -> Result<(), atlas_install::incus::IncusError> {
+//! use atlas_install::incus::{OptionalExt, owner};
+//! match client.get_profile(&want.name).await.optional()? {
+//!     None => client.create_profile(&want).await?,
+//!     Some(have) if !owner::is_owned(&have.value.config) => { /* foreign: report, touch nothing */ }
+//!     Some(have) if have.value.config != want.config || have.value.devices != want.devices => {
+//!         let mut next = have.value.clone(); // keeps fields we do not model
+//!         next.config = want.config.clone();
+//!         next.devices = want.devices.clone();
+//!         client.update_profile(&next, have.etag.as_deref()).await?
+//!     }
+//!     Some(_) => {} // converged: no request sent, `writes()` unchanged
+//! }
+//! # Ok(()) }
+//! ```
 
 mod certificate;
 mod client;
