@@ -71,8 +71,9 @@ fn form_encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Strin
 }
 
 impl Client {
-    /// `POST /1.0/images` with the unified tarball (or a split metadata/rootfs multipart is not
-    /// supported here) as a streamed body. Returns the fingerprint Incus computed.
+    /// `POST /1.0/images` with a unified tarball (`metadata.yaml` + `rootfs/`) streamed as the
+    /// body; waits for the import and returns the fingerprint Incus computed. The same bytes
+    /// twice answer [`IncusError::AlreadyExists`].
     pub async fn import_image(
         &self,
         body: reqwest::Body,

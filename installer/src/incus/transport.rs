@@ -395,11 +395,15 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
-    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| {
-            pairs
+            owned
                 .iter()
-                .find(|(n, _)| *n == k)
+                .find(|(n, _)| n == k)
                 .map(|(_, v)| OsString::from(v))
         }
     }
@@ -425,20 +429,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("unix.socket");
         std::fs::write(&sock, b"").expect("write");
-        let d = dir.path().to_str().expect("utf8").to_string();
-        let leaked: &'static str = Box::leak(d.into_boxed_str());
-        let pairs: &'static [(&'static str, &'static str)] = Box::leak(
-            vec![
-                ("INCUS_SOCKET", "/nonexistent/x.socket"),
-                ("INCUS_DIR", leaked),
-            ]
-            .into_boxed_slice(),
-        );
-        assert_eq!(discover_socket(None, env_of(pairs)).expect("found"), sock);
+        let d = dir.path().to_str().expect("utf8");
+        let pairs = [("INCUS_SOCKET", "/nonexistent/x.socket"), ("INCUS_DIR", d)];
+        assert_eq!(discover_socket(None, env_of(&pairs)).expect("found"), sock);
 
         let missing = Path::new("/nonexistent/atlas/unix.socket");
         let e =
-            discover_socket(Some(missing), env_of(pairs)).expect_err("explicit path is exclusive");
+            discover_socket(Some(missing), env_of(&pairs)).expect_err("explicit path is exclusive");
         let msg = e.to_string();
         assert!(
             msg.contains("/nonexistent/atlas/unix.socket") && msg.contains("incusd running"),
