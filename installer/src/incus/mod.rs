@@ -1,1 +1,85 @@
 //! Typed client for the Incus REST API (unix socket or HTTPS with a pinned server).
+//!
+//! - [`Client`]: connect with [`Client::unix`], [`Client::remote`] or [`Client::from_config`];
+//!   scope with [`Client::in_project`] / [`Client::on_target`].
+//! - Reads return [`Etagged`] values; updates take the ETag back (`If-Match`), so a concurrent
+//!   change is [`IncusError::PreconditionFailed`] instead of lost.
+//! - Async operations are waited for inside the calls; their failure is an error.
+//! - [`Client::writes`] counts every non-GET request: a converged re-run must leave it at 0.
+//! - Decide behaviour from [`Server::has`] (`api_extensions`), never from the version.
+//!
+//! The engine's converge step for one object, e.g. a profile:
+//!
+//! ```no_run
+//! # async fn f(client: &atlas_install::incus::Client, want: atlas_install::incus::Profile)
+//! #     -> Result<(), atlas_install::incus::IncusError> {
+//! use atlas_install::incus::{OptionalExt, owner};
+//! match client.get_profile(&want.name).await.optional()? {
+//!     None => client.create_profile(&want).await?,
+//!     Some(have) if !owner::is_owned(&have.value.config) => { /* foreign: report, touch nothing */ }
+//!     Some(have) if have.value.config != want.config || have.value.devices != want.devices => {
+//!         let mut next = have.value.clone(); // keeps fields we do not model
+//!         next.config = want.config.clone();
+//!         next.devices = want.devices.clone();
+//!         client.update_profile(&next, have.etag.as_deref()).await?
+//!     }
+//!     Some(_) => {} // converged: no request sent, `writes()` unchanged
+//! }
+//! # Ok(()) }
+//! ```
+
+mod certificate;
+mod client;
+mod cluster;
+mod error;
+mod exec;
+mod files;
+mod image;
+mod instance;
+mod network;
+mod operation;
+mod profile;
+mod project;
+mod server;
+mod storage;
+mod transport;
+
+pub use certificate::Certificate;
+pub use client::{Client, Etagged, RequestLog};
+pub use cluster::ClusterMember;
+pub use error::{IncusError, OptionalExt};
+pub use exec::ExecOutput;
+pub use files::FileMeta;
+pub use image::{Image, ImageAlias, ImageAliasRef, ImageImport};
+pub use instance::{
+    Address, Instance, InstanceCreate, InstanceSource, InstanceState, NetworkState, StateAction,
+};
+pub use network::Network;
+pub use operation::Operation;
+pub use profile::{Devices, Profile};
+pub use project::Project;
+pub use server::{Environment, Server, StorageDriver};
+pub use storage::{
+    BucketKey, PoolResources, StorageBucket, StoragePool, StorageVolume, Usage, VolumeSnapshot,
+};
+pub use transport::{
+    PinnedServer, RemoteSpec, cert_fingerprint, discover_socket, parse_fingerprint,
+    socket_candidates, tls_config,
+};
+
+/// Keys atlas puts on every object it owns; anything without them is foreign and left alone.
+pub mod owner {
+    /// `"true"` on every object atlas created.
+    pub const MANAGED: &str = "user.atlas.managed";
+    /// atlas-install version that last wrote the object.
+    pub const VERSION: &str = "user.atlas.version";
+    /// Hash of the desired state the object was written from.
+    pub const HASH: &str = "user.atlas.hash";
+
+    use std::collections::BTreeMap;
+
+    /// Whether a config map carries the managed marker.
+    pub fn is_owned(config: &BTreeMap<String, String>) -> bool {
+        config.get(MANAGED).is_some_and(|v| v == "true")
+    }
+}

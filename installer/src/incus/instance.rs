@@ -1,0 +1,259 @@
+//! Instances (`/1.0/instances`), project-scoped: create from an image, read, update, state
+//! changes, delete. Files and exec live in `files.rs` and `exec.rs`.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::client::{Client, Etagged, Req, Scope};
+use super::error::IncusError;
+use super::profile::Devices;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub description: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub architecture: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub config: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub devices: Devices,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub profiles: Vec<String>,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub ephemeral: bool,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub stateful: bool,
+    /// `Running`, `Stopped`, ...
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
+    pub status: String,
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
+    pub kind: String,
+    /// Cluster member the instance is on.
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
+    pub location: String,
+    /// Config with the profiles applied.
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
+    pub expanded_config: BTreeMap<String, String>,
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
+    pub expanded_devices: Devices,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl Instance {
+    pub fn is_running(&self) -> bool {
+        self.status == "Running"
+    }
+}
+
+/// Where a new instance's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceSource {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+impl InstanceSource {
+    pub fn alias(alias: &str) -> InstanceSource {
+        InstanceSource {
+            kind: "image".into(),
+            alias: Some(alias.to_string()),
+            fingerprint: None,
+        }
+    }
+    pub fn fingerprint(fp: &str) -> InstanceSource {
+        InstanceSource {
+            kind: "image".into(),
+            alias: None,
+            fingerprint: Some(fp.to_string()),
+        }
+    }
+}
+
+/// `POST /1.0/instances` body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceCreate {
+    pub name: String,
+    /// `container` (the only kind these hosts run).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: InstanceSource,
+    pub profiles: Vec<String>,
+    pub config: BTreeMap<String, String>,
+    pub devices: Devices,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Start right after creating; we push files first, so usually false.
+    pub start: bool,
+}
+
+impl InstanceCreate {
+    pub fn container(name: &str, source: InstanceSource) -> InstanceCreate {
+        InstanceCreate {
+            name: name.to_string(),
+            kind: "container".into(),
+            source,
+            profiles: vec!["default".into()],
+            config: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            description: String::new(),
+            start: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateAction {
+    Start,
+    Stop,
+    Restart,
+    Freeze,
+    Unfreeze,
+}
+
+impl StateAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            StateAction::Start => "start",
+            StateAction::Stop => "stop",
+            StateAction::Restart => "restart",
+            StateAction::Freeze => "freeze",
+            StateAction::Unfreeze => "unfreeze",
+        }
+    }
+}
+
+/// `GET /1.0/instances/<n>/state`: runtime state, addresses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct InstanceState {
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub status: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub pid: i64,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub network: Option<BTreeMap<String, NetworkState>>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NetworkState {
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub addresses: Vec<Address>,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub state: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub hwaddr: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Address {
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub family: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub address: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub netmask: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub scope: String,
+}
+
+const INSTANCES: &str = "/1.0/instances";
+
+impl Client {
+    pub async fn instances(&self) -> Result<Vec<Instance>, IncusError> {
+        self.get_value(
+            Req::get(INSTANCES, &[])
+                .scope(Scope::Project)
+                .query("recursion", "1"),
+        )
+        .await
+    }
+
+    pub async fn get_instance(&self, name: &str) -> Result<Etagged<Instance>, IncusError> {
+        self.get_tagged(Req::get(INSTANCES, &[name]).scope(Scope::Project))
+            .await
+    }
+
+    /// Creates (and waits for) an instance; placed on the member or `@group` of
+    /// [`Client::on_target`]. A duplicate name is [`IncusError::AlreadyExists`].
+    pub async fn create_instance(&self, create: &InstanceCreate) -> Result<(), IncusError> {
+        let req = Req::new(Method::POST, INSTANCES, &[])
+            .scope(Scope::Project)
+            .targeted()
+            .json(create)?;
+        self.write(req).await.map(|_| ())
+    }
+
+    /// PUT: replaces config, devices, profiles, description (a running instance applies
+    /// what it can live).
+    pub async fn update_instance(
+        &self,
+        instance: &Instance,
+        etag: Option<&str>,
+    ) -> Result<(), IncusError> {
+        let req = Req::new(Method::PUT, INSTANCES, &[&instance.name])
+            .scope(Scope::Project)
+            .json(instance)?
+            .if_match(etag)?;
+        self.write(req).await.map(|_| ())
+    }
+
+    /// Deletes a stopped instance.
+    pub async fn delete_instance(&self, name: &str) -> Result<(), IncusError> {
+        self.write(Req::new(Method::DELETE, INSTANCES, &[name]).scope(Scope::Project))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn instance_state(&self, name: &str) -> Result<InstanceState, IncusError> {
+        self.get_value(Req::get(INSTANCES, &[name, "state"]).scope(Scope::Project))
+            .await
+    }
+
+    /// Start/stop/restart and wait. `timeout_s` bounds a clean stop; `force` kills after it.
+    pub async fn set_instance_state(
+        &self,
+        name: &str,
+        action: StateAction,
+        timeout_s: u32,
+        force: bool,
+    ) -> Result<(), IncusError> {
+        let body =
+            serde_json::json!({ "action": action.as_str(), "timeout": timeout_s, "force": force });
+        let req = Req::new(Method::PUT, INSTANCES, &[name, "state"])
+            .scope(Scope::Project)
+            .json(&body)?;
+        self.write(req).await.map(|_| ())
+    }
+}

@@ -1,0 +1,71 @@
+//! Projects (`/1.0/projects`). Server-wide: never take `?project=`.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::client::{Client, Etagged, Req};
+use super::error::IncusError;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub description: String,
+    #[serde(default, deserialize_with = "super::client::nullable")]
+    pub config: BTreeMap<String, String>,
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "super::client::nullable"
+    )]
+    pub used_by: Vec<String>,
+    /// Fields this client does not know, kept so an update sends them back unchanged.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl Project {
+    pub fn new(name: &str) -> Project {
+        Project {
+            name: name.to_string(),
+            ..Project::default()
+        }
+    }
+}
+
+impl Client {
+    pub async fn projects(&self) -> Result<Vec<Project>, IncusError> {
+        self.get_value(Req::get("/1.0/projects", &[]).query("recursion", "1"))
+            .await
+    }
+
+    pub async fn get_project(&self, name: &str) -> Result<Etagged<Project>, IncusError> {
+        self.get_tagged(Req::get("/1.0/projects", &[name])).await
+    }
+
+    /// A duplicate answers [`IncusError::AlreadyExists`].
+    pub async fn create_project(&self, project: &Project) -> Result<(), IncusError> {
+        let req = Req::new(Method::POST, "/1.0/projects", &[]).json(project)?;
+        self.write(req).await.map(|_| ())
+    }
+
+    pub async fn update_project(
+        &self,
+        project: &Project,
+        etag: Option<&str>,
+    ) -> Result<(), IncusError> {
+        let req = Req::new(Method::PUT, "/1.0/projects", &[&project.name])
+            .json(project)?
+            .if_match(etag)?;
+        self.write(req).await.map(|_| ())
+    }
+
+    pub async fn delete_project(&self, name: &str) -> Result<(), IncusError> {
+        self.write(Req::new(Method::DELETE, "/1.0/projects", &[name]))
+            .await
+            .map(|_| ())
+    }
+}
