@@ -5,3 +5,6 @@ pub mod plan;
 pub mod resource;
 pub mod desired;
 pub mod netfile;
+pub mod health;
+pub mod secrets;
+pub mod wiring;
