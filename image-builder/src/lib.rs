@@ -4,3 +4,14 @@
 //! produce byte streams that the installer hands to Incus.
 
 pub mod progress;
+
+pub mod archive;
+pub mod auth;
+pub mod cache;
+pub mod digest;
+pub mod manifest;
+pub mod oci_layout;
+pub mod platform;
+pub mod reference;
+pub mod registry;
+pub mod source;

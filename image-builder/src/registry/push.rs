@@ -1,0 +1,162 @@
+//! Pushing an image: blobs streamed from wherever the image lives (cache, layout, archive),
+//! skipped when the registry already has them (HEAD), then the manifest bytes unchanged, so
+//! the pushed digest is the digest we computed.
+
+use futures_util::TryStreamExt;
+use oci_client::errors::OciDistributionError;
+use reqwest::header::HeaderValue;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{RegistryError, Session, Target};
+use crate::auth::AuthSource;
+use crate::digest::Digest;
+use crate::manifest::Descriptor;
+use crate::oci_layout::BlobStore;
+use crate::progress::Progress;
+use crate::reference::ImageRef;
+use crate::source::PulledImage;
+
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    pub insecure_registries: Vec<String>,
+    pub auth: AuthSource,
+}
+
+/// Pushes `image` to `dest` (its tag, or its digest when no tag is given). Returns the
+/// manifest digest, which is the image's own: the manifest bytes are pushed unchanged.
+pub async fn push_image(
+    image: &PulledImage,
+    dest: &ImageRef,
+    opts: &PushOptions,
+    progress: &dyn Progress,
+) -> Result<Digest, RegistryError> {
+    push_manifest_and_blobs(
+        image.blob_store(),
+        &image.blobs(),
+        &image.manifest_bytes,
+        &image.manifest_media_type,
+        dest,
+        opts,
+        progress,
+    )
+    .await
+}
+
+/// The general form: any manifest whose blobs are in `store`.
+pub async fn push_manifest_and_blobs(
+    store: &BlobStore,
+    blobs: &[Descriptor],
+    manifest_bytes: &[u8],
+    media_type: &str,
+    dest: &ImageRef,
+    opts: &PushOptions,
+    progress: &dyn Progress,
+) -> Result<Digest, RegistryError> {
+    let session = Session::new(dest, &opts.insecure_registries, &opts.auth)?;
+    let digest = Digest::of_bytes(manifest_bytes);
+    if let Some(pinned) = &dest.digest {
+        if *pinned != digest {
+            return Err(RegistryError::PinnedDigest {
+                reference: dest.to_string(),
+                expected: pinned.clone(),
+                actual: digest,
+            });
+        }
+    }
+    let oci_ref = dest.to_oci();
+    session
+        .client
+        .auth(&oci_ref, &session.auth, oci_client::RegistryOperation::Push)
+        .await
+        .map_err(|e| {
+            session.error(
+                e,
+                &dest.repository,
+                Target::Manifest(&dest.tag_or_digest()),
+                "push",
+            )
+        })?;
+    for blob in blobs {
+        push_blob(&session, store, &oci_ref, dest, blob, progress).await?;
+    }
+    let content_type = HeaderValue::from_str(media_type).map_err(|e| RegistryError::Protocol {
+        registry: session.registry.clone(),
+        what: "manifest push".to_owned(),
+        detail: format!("media type {media_type:?} is not a valid header value: {e}"),
+    })?;
+    session
+        .client
+        .push_manifest_raw(&oci_ref, manifest_bytes.to_vec(), content_type)
+        .await
+        .map_err(|e| {
+            session.error(
+                e,
+                &dest.repository,
+                Target::Manifest(&dest.tag_or_digest()),
+                "push",
+            )
+        })?;
+    Ok(digest)
+}
+
+async fn push_blob(
+    session: &Session,
+    store: &BlobStore,
+    oci_ref: &oci_client::Reference,
+    dest: &ImageRef,
+    blob: &Descriptor,
+    progress: &dyn Progress,
+) -> Result<(), RegistryError> {
+    let digest = blob.digest.to_string();
+    let task = progress.task(
+        &format!("push {}", crate::source::local::short(&digest)),
+        Some(blob.size),
+    );
+    let err = |e| session.error(e, &dest.repository, Target::Blob(&blob.digest), "push");
+    if session
+        .client
+        .blob_exists(oci_ref, &digest)
+        .await
+        .map_err(err)?
+    {
+        task.finish("exists");
+        return Ok(());
+    }
+    let loc = store
+        .locate(&blob.digest)
+        .ok_or_else(|| RegistryError::Io {
+            what: format!("push of blob {digest}"),
+            path: store.location().into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the blob is not in the image's store",
+            ),
+        })?;
+    let io_err = |source| RegistryError::Io {
+        what: format!("push of blob {digest}"),
+        path: loc.path.clone(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(&loc.path).await.map_err(io_err)?;
+    file.seek(std::io::SeekFrom::Start(loc.offset))
+        .await
+        .map_err(io_err)?;
+    // The registry verifies the digest of what it receives; the store's length is what we send.
+    let stream = ReaderStream::with_capacity(file.take(loc.len), 256 * 1024)
+        .map_err(OciDistributionError::IoError);
+    let result = session
+        .client
+        .push_blob_stream(oci_ref, stream, &digest, Some(loc.len))
+        .await;
+    match result {
+        Ok(_) => {
+            task.finish("pushed");
+            Ok(())
+        }
+        Err(e) => {
+            task.fail("failed");
+            Err(err(e))
+        }
+    }
+}
