@@ -369,6 +369,25 @@ impl OciLayoutWriter {
         Ok(desc)
     }
 
+    /// Copies a pulled image (blobs streamed, manifest bytes unchanged) under `ref_name`.
+    /// Returns the manifest descriptor as listed in index.json.
+    pub fn add_image(
+        &mut self,
+        image: &crate::source::PulledImage,
+        ref_name: Option<&str>,
+    ) -> Result<Descriptor, crate::source::PullError> {
+        for blob in image.blobs() {
+            let mut reader = image.open_blob(&blob.digest, blob.size)?;
+            self.add_blob(&blob.digest, blob.size, &mut reader)?;
+        }
+        Ok(self.add_manifest(
+            &image.manifest_bytes,
+            &image.manifest_media_type,
+            ref_name,
+            None,
+        )?)
+    }
+
     /// Writes index.json (atomically). Call after the last `add_*`.
     pub fn finish(self) -> Result<(), LayoutError> {
         let bytes = serde_json::to_vec(&self.index).map_err(|source| LayoutError::Index {
