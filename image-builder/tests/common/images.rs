@@ -88,10 +88,22 @@ pub fn build_image(
     tag: Option<&str>,
     big: usize,
 ) -> BuiltImage {
+    build_image_with(w, seed, platform, tag, big, &[Comp::Gzip, Comp::Zstd])
+}
+
+/// Like [`build_image`] with one layer per entry of `comps` (umoci 0.4 reads no zstd).
+pub fn build_image_with(
+    w: &mut OciLayoutWriter,
+    seed: &str,
+    platform: &Platform,
+    tag: Option<&str>,
+    big: usize,
+    comps: &[Comp],
+) -> BuiltImage {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     let mut descs = Vec::new();
-    for (n, comp) in [Comp::Gzip, Comp::Zstd].into_iter().enumerate() {
+    for (n, &comp) in comps.iter().enumerate() {
         let raw = tar_layer(seed, n, big);
         diff_ids.push(Digest::of_bytes(&raw).to_string());
         let blob = compress(&raw, comp);
