@@ -2,6 +2,7 @@
 //! installer's `tests/it/common`: tool checks that fail under ATLAS_TEST_REQUIRE_ALL=1).
 #![allow(dead_code)]
 
+pub mod auth_registry;
 pub mod images;
 pub mod proxy;
 
