@@ -118,7 +118,7 @@ pub enum Reservation {
     /// The blob is complete in the cache.
     Present(PathBuf),
     /// The caller holds the write lock and must fill this partial file.
-    Write(PartialBlob),
+    Write(Box<PartialBlob>),
 }
 
 impl BlobCache {
@@ -231,7 +231,13 @@ impl BlobCache {
                 .truncate(false)
                 .open(&partial_path)
                 .map_err(io_err("create", &partial_path))?;
-            file.lock().map_err(io_err("lock", &partial_path))?;
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+                CacheError::Io {
+                    action: "lock",
+                    path: partial_path.clone(),
+                    source: e.into(),
+                }
+            })?;
             // Another process may have renamed or removed the file we opened while we waited
             // for its lock: only the file still under the partial name is ours to write.
             let ours = file.metadata().map_err(io_err("stat", &partial_path))?;
@@ -253,7 +259,7 @@ impl BlobCache {
                 resumed: false,
             };
             partial.prime()?;
-            return Ok(Reservation::Write(partial));
+            return Ok(Reservation::Write(Box::new(partial)));
         }
     }
 
@@ -511,6 +517,35 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, CacheError::TooLong { .. }), "{err}");
         assert!(!c.partial_path(&digest).exists());
+    }
+
+    #[test]
+    fn a_second_writer_waits_for_the_first_and_finds_the_blob() {
+        let (_d, c) = cache();
+        let data = vec![7u8; 100_000];
+        let digest = Digest::of_bytes(&data);
+        let Reservation::Write(mut first) = c.reserve(&digest, 100_000, "a").unwrap() else {
+            panic!("present")
+        };
+        let (c2, d2) = (c.clone(), digest.clone());
+        let second = std::thread::spawn(move || {
+            matches!(
+                c2.reserve(&d2, 100_000, "b").unwrap(),
+                Reservation::Present(_)
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !second.is_finished(),
+            "the second writer did not wait for the lock"
+        );
+        first.write(&data).unwrap();
+        first.commit().unwrap();
+        assert!(
+            second.join().unwrap(),
+            "the second writer did not see the finished blob"
+        );
+        assert_eq!(fs::read(c.blob_path(&digest)).unwrap(), data);
     }
 
     #[test]

@@ -222,6 +222,17 @@ async fn interrupted_pull_resumes_with_a_range_request_or_restarts() {
         "observer does not see the prefix twice"
     );
 
+    // A partial file that is already complete (the run died before the rename): verified
+    // and moved into place without any request.
+    let cache = BlobCache::open(&root).unwrap();
+    truncate(&cache, bytes.len());
+    proxy.clear();
+    pull_ref(&reference, &cache, &opts()).await.unwrap();
+    assert!(proxy.blob_gets().is_empty(), "{:?}", proxy.blob_gets());
+    let s = cache.stats();
+    assert_eq!((s.fetched, s.resumed, s.bytes_fetched), (1, 1, 0));
+    assert!(cache.contains(&digest, size));
+
     // A partial file with wrong content: the resumed blob fails verification over the
     // whole file and nothing stays; the next pull starts clean and succeeds.
     proxy.faults.lock().unwrap().ignore_range = false;

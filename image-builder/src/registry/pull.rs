@@ -208,52 +208,54 @@ async fn fetch_blob(
     };
     let digest_str = digest.to_string();
     let blob_err = |e| session.error(e, &reference.repository, Target::Blob(&digest), "pull");
-    let mut body = if partial.offset() > 0 {
-        match session
-            .client
-            .pull_blob_stream_partial(oci_ref, digest_str.as_str(), partial.offset(), None)
-            .await
-        {
-            Ok(BlobResponse::Partial(s)) => {
-                if let Some(sink) = sink.as_mut() {
-                    partial.replay_prefix(sink)?;
-                }
-                task.advance(partial.offset());
-                s
-            }
-            // The registry ignored the Range header: start over.
-            Ok(BlobResponse::Full(s)) => {
-                partial.restart()?;
-                s
-            }
-            Err(e) => return Err(blob_err(e).into()),
-        }
-    } else {
-        session
-            .client
-            .pull_blob_stream(oci_ref, digest_str.as_str())
-            .await
-            .map_err(blob_err)?
-    };
     let resumed = partial.offset() > 0;
-    let mut stream_error = None;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(bytes) => {
-                partial.write(&bytes)?;
-                if let Some(sink) = sink.as_mut() {
-                    sink.write_all(&bytes)
-                        .map_err(|source| observer_error(source_name, &digest, source))?;
-                }
-                cache.stats_handle().bytes(bytes.len() as u64);
-                task.advance(bytes.len() as u64);
-            }
-            Err(e) => {
-                stream_error = Some(e);
-                break;
-            }
+    let stream_error = if partial.offset() == partial.expected_size() {
+        // Every byte arrived before the last run stopped (it died before the rename): a
+        // Range request would be answered 416, so only the verification is left to do.
+        if let Some(sink) = sink.as_mut() {
+            partial.replay_prefix(sink)?;
         }
-    }
+        None
+    } else {
+        let body = if resumed {
+            match session
+                .client
+                .pull_blob_stream_partial(oci_ref, digest_str.as_str(), partial.offset(), None)
+                .await
+            {
+                Ok(BlobResponse::Partial(s)) => {
+                    if let Some(sink) = sink.as_mut() {
+                        partial.replay_prefix(sink)?;
+                    }
+                    task.advance(partial.offset());
+                    s
+                }
+                // The registry ignored the Range header: start over.
+                Ok(BlobResponse::Full(s)) => {
+                    partial.restart()?;
+                    s
+                }
+                Err(e) => return Err(blob_err(e).into()),
+            }
+        } else {
+            session
+                .client
+                .pull_blob_stream(oci_ref, digest_str.as_str())
+                .await
+                .map_err(blob_err)?
+        };
+        stream_into(
+            body,
+            &mut partial,
+            sink.as_mut(),
+            cache,
+            &*task,
+            source_name,
+            &digest,
+        )
+        .await?
+    };
+    let resumed = resumed && partial.resumed();
     // oci-client's own verifier reports a digest mismatch as a stream error after the last
     // byte; with every byte in hand our commit gives the precise error (and removes the file).
     if let Some(e) = stream_error {
@@ -282,6 +284,34 @@ async fn fetch_blob(
             Err(e.into())
         }
     }
+}
+
+/// Copies a response body into the partial file (and the observer). Returns the stream's
+/// error, if it ended with one, for the caller to judge.
+async fn stream_into(
+    mut body: oci_client::client::SizedStream,
+    partial: &mut crate::cache::PartialBlob,
+    mut sink: Option<&mut Box<dyn Write + Send>>,
+    cache: &BlobCache,
+    task: &dyn crate::progress::ProgressTask,
+    source_name: &str,
+    digest: &Digest,
+) -> Result<Option<io::Error>, PullError> {
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                partial.write(&bytes)?;
+                if let Some(sink) = sink.as_mut() {
+                    sink.write_all(&bytes)
+                        .map_err(|source| observer_error(source_name, digest, source))?;
+                }
+                cache.stats_handle().bytes(bytes.len() as u64);
+                task.advance(bytes.len() as u64);
+            }
+            Err(e) => return Ok(Some(e)),
+        }
+    }
+    Ok(None)
 }
 
 fn observer_error(source_name: &str, digest: &Digest, source: io::Error) -> PullError {

@@ -109,10 +109,11 @@ async fn push_blob(
     progress: &dyn Progress,
 ) -> Result<(), RegistryError> {
     let digest = blob.digest.to_string();
-    let task = progress.task(
-        &format!("push {}", crate::source::local::short(&digest)),
-        Some(blob.size),
-    );
+    let task: std::sync::Arc<dyn crate::progress::ProgressTask> =
+        std::sync::Arc::from(progress.task(
+            &format!("push {}", crate::source::local::short(&digest)),
+            Some(blob.size),
+        ));
     let err = |e| session.error(e, &dest.repository, Target::Blob(&blob.digest), "push");
     if session
         .client
@@ -143,7 +144,9 @@ async fn push_blob(
         .await
         .map_err(io_err)?;
     // The registry verifies the digest of what it receives; the store's length is what we send.
+    let advance = task.clone();
     let stream = ReaderStream::with_capacity(file.take(loc.len), 256 * 1024)
+        .inspect_ok(move |chunk| advance.advance(chunk.len() as u64))
         .map_err(OciDistributionError::IoError);
     let result = session
         .client
