@@ -168,14 +168,29 @@ async fn push_from_the_cache_to_another_repository() {
     )
     .await
     .unwrap();
-    let dest = ImageRef::parse(&format!("{REGISTRY}/{to}:copied")).unwrap();
-    let d = push_image(&img, &dest, &push_opts(AuthSource::Anonymous), &NoProgress)
-        .await
-        .unwrap();
+    // Through the proxy, with the source repository offered for cross-repository mounts:
+    // every blob is mounted, none uploaded.
+    let proxy = Proxy::start(REGISTRY).await;
+    let dest = ImageRef::parse(&format!("{}/{to}:copied", proxy.addr)).unwrap();
+    let mut opts = push_opts(AuthSource::Anonymous);
+    opts.mount_from = vec![ImageRef::parse(&format!("{}/{from}:v1", proxy.addr)).unwrap()];
+    let d = push_image(&img, &dest, &opts, &NoProgress).await.unwrap();
     assert_eq!(d, built.manifest_digest);
     assert_eq!(
         skopeo_digest(&format!("{REGISTRY}/{to}:copied")),
         built.manifest_digest.to_string()
+    );
+    let seen = proxy.seen.lock().unwrap().clone();
+    let mounts = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.contains("mount=") && s.status == 201)
+        .count();
+    assert_eq!(mounts, 3, "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/")),
+        "uploaded: {seen:?}"
     );
 
     // A destination pinned to another digest is refused before anything is sent.

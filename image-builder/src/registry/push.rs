@@ -21,6 +21,10 @@ use crate::source::PulledImage;
 pub struct PushOptions {
     pub insecure_registries: Vec<String>,
     pub auth: AuthSource,
+    /// Repositories that may already hold some of the blobs (e.g. the base image's). On the
+    /// destination's registry a missing blob is first mounted from them (no upload), falling
+    /// back to an upload when the registry declines.
+    pub mount_from: Vec<ImageRef>,
 }
 
 /// Pushes `image` to `dest` (its tag, or its digest when no tag is given). Returns the
@@ -32,7 +36,7 @@ pub async fn push_image(
     progress: &dyn Progress,
 ) -> Result<Digest, RegistryError> {
     push_manifest_and_blobs(
-        image.blob_store(),
+        &[image.blob_store()],
         &image.blobs(),
         &image.manifest_bytes,
         &image.manifest_media_type,
@@ -43,9 +47,10 @@ pub async fn push_image(
     .await
 }
 
-/// The general form: any manifest whose blobs are in `store`.
+/// The general form: any manifest whose blobs are in one of `stores` (e.g. a base image's
+/// layout and the cache holding the layers built on top of it).
 pub async fn push_manifest_and_blobs(
-    store: &BlobStore,
+    stores: &[&BlobStore],
     blobs: &[Descriptor],
     manifest_bytes: &[u8],
     media_type: &str,
@@ -78,7 +83,7 @@ pub async fn push_manifest_and_blobs(
             )
         })?;
     for blob in blobs {
-        push_blob(&session, store, &oci_ref, dest, blob, progress).await?;
+        push_blob(&session, stores, &oci_ref, dest, blob, opts, progress).await?;
     }
     let content_type = HeaderValue::from_str(media_type).map_err(|e| RegistryError::Protocol {
         registry: session.registry.clone(),
@@ -102,10 +107,11 @@ pub async fn push_manifest_and_blobs(
 
 async fn push_blob(
     session: &Session,
-    store: &BlobStore,
+    stores: &[&BlobStore],
     oci_ref: &oci_client::Reference,
     dest: &ImageRef,
     blob: &Descriptor,
+    opts: &PushOptions,
     progress: &dyn Progress,
 ) -> Result<(), RegistryError> {
     let digest = blob.digest.to_string();
@@ -124,14 +130,35 @@ async fn push_blob(
         task.finish("exists");
         return Ok(());
     }
-    let loc = store
-        .locate(&blob.digest)
+    let mount_sources = opts
+        .mount_from
+        .iter()
+        .filter(|f| f.registry == dest.registry && f.repository != dest.repository);
+    for from in mount_sources {
+        if session
+            .client
+            .mount_blob(oci_ref, &from.to_oci(), &digest)
+            .await
+            .is_ok()
+        {
+            task.finish("mounted");
+            return Ok(());
+        }
+    }
+    let loc = stores
+        .iter()
+        .find_map(|s| s.locate(&blob.digest))
         .ok_or_else(|| RegistryError::Io {
             what: format!("push of blob {digest}"),
-            path: store.location().into(),
+            path: stores
+                .iter()
+                .map(|s| s.location())
+                .collect::<Vec<_>>()
+                .join(", ")
+                .into(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "the blob is not in the image's store",
+                "the blob is in none of the image's stores",
             ),
         })?;
     let io_err = |source| RegistryError::Io {
