@@ -24,6 +24,9 @@ pub const DOCKER_LAYER_FOREIGN_GZIP: &str =
 /// The annotation naming an image inside an OCI layout's index.json.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
+/// Manifests and configs are read into memory; anything larger is not a real one.
+pub const MAX_DOCUMENT_SIZE: u64 = 16 << 20;
+
 /// Every manifest media type we ask registries for.
 pub const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
     OCI_MANIFEST,
@@ -52,6 +55,10 @@ pub enum ManifestError {
          re-push the image with a current tool (skopeo copy converts it)"
     )]
     Schema1 { what: String },
+    #[error(
+        "{what} declares {size} bytes; manifests and configs above {max} bytes are refused as hostile"
+    )]
+    TooLarge { what: String, size: u64, max: u64 },
     #[error(
         "{what} has layer {digest} with media type {media_type:?}; supported are tar, tar+gzip and tar+zstd layers"
     )]

@@ -130,8 +130,7 @@ impl BlobStore {
         size: u64,
         what: &str,
     ) -> Result<Vec<u8>, LayoutError> {
-        const MAX_DOCUMENT: u64 = 16 << 20;
-        if size > MAX_DOCUMENT {
+        if size > crate::manifest::MAX_DOCUMENT_SIZE {
             return Err(LayoutError::NotALayout {
                 location: self.location(),
                 reason: format!(

@@ -49,6 +49,14 @@ pub(crate) async fn pull(
     let resolved = reference.with_digest(digest.clone());
     let oci_ref = resolved.to_oci();
 
+    if manifest.config.size > crate::manifest::MAX_DOCUMENT_SIZE {
+        return Err(crate::manifest::ManifestError::TooLarge {
+            what: format!("config {} of {source_name}", manifest.config.digest),
+            size: manifest.config.size,
+            max: crate::manifest::MAX_DOCUMENT_SIZE,
+        }
+        .into());
+    }
     fetch_blob(
         &session,
         &oci_ref,
