@@ -280,6 +280,25 @@ async fn corrupted_blob_is_refused_and_leaves_the_cache_clean() {
     assert!(!cache.blob_path(&bad).exists(), "corrupt blob kept");
     assert!(!cache.partial_path(&bad).exists(), "corrupt partial kept");
 
+    // A manifest pulled by digest whose bytes do not match the pin: refused, nothing cached.
+    let before: Vec<_> = std::fs::read_dir(cache.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    proxy.faults.lock().unwrap().corrupt_blob = Some(built.manifest_digest.to_string());
+    let pinned = format!("{}/{repo}@{}", proxy.addr, built.manifest_digest);
+    let err = pull_ref(&pinned, &cache, &opts()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&built.manifest_digest.to_string()) && msg.contains("pinned"),
+        "{msg}"
+    );
+    let after: Vec<_> = std::fs::read_dir(cache.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after);
+
     proxy.faults.lock().unwrap().corrupt_blob = None;
     let img = pull_ref(&reference, &cache, &opts()).await.unwrap();
     assert_eq!(img.manifest_digest, built.manifest_digest);

@@ -329,3 +329,17 @@ fn observer_error(source_name: &str, digest: &Digest, source: io::Error) -> Pull
         source,
     }
 }
+
+/// The digest of what `reference`'s tag points to now (the index for multi-platform images),
+/// computed from the manifest bytes the registry serves.
+pub async fn resolve_digest(reference: &ImageRef, opts: &PullOptions) -> Result<Digest, PullError> {
+    let session = Session::new(reference, &opts.insecure_registries, &opts.auth)?;
+    let (bytes, digest) = fetch_manifest(&session, reference, &reference.tag_or_digest()).await?;
+    // Parsing refuses what is not an image (schema 1, artifacts) before it gets locked.
+    Manifest::parse(
+        &bytes,
+        None,
+        &format!("manifest {digest} of docker://{reference}"),
+    )?;
+    Ok(digest)
+}

@@ -18,7 +18,7 @@ pub struct Seen {
 
 #[derive(Default)]
 pub struct Faults {
-    /// Flip a byte in GET responses for this blob digest ("sha256:...").
+    /// Flip a byte in GET responses for this blob or manifest digest ("sha256:...").
     pub corrupt_blob: Option<String>,
     /// Drop Range headers, like a registry that cannot serve partial content.
     pub ignore_range: bool,
@@ -150,7 +150,9 @@ async fn serve(
         let resp_headers = resp.headers().clone();
         let mut data = resp.bytes().await.map_err(std::io::Error::other)?.to_vec();
         if method == "GET"
-            && corrupt.is_some_and(|d| path.ends_with(&format!("/blobs/{d}")))
+            && corrupt.is_some_and(|d| {
+                path.ends_with(&format!("/blobs/{d}")) || path.ends_with(&format!("/manifests/{d}"))
+            })
             && !data.is_empty()
         {
             let last = data.len() - 1;
