@@ -277,3 +277,85 @@ async fn basic_auth_from_an_auth_file() {
     ]);
     assert_eq!(Digest::of_bytes(raw.as_bytes()), built.manifest_digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_anonymous_pull_and_authenticated_push() {
+    init_tls();
+    if !have_tool("skopeo") {
+        return;
+    }
+    let Some(reg) = common::auth_registry::start_token("bob", "builder").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let built = single_image_layout(&layout, "token", "v1", 10_000);
+    let repo = unique_repo("token");
+    let reference = format!("{}/{repo}:v1", reg.addr);
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "bob:builder",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{reference}"),
+    ]);
+    reg.token_requests.lock().unwrap().clear();
+    let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
+
+    // Anonymous pull: the registry's 401 challenge sends us to the token service, which
+    // hands out a pull-only token without credentials.
+    let img = pull_src(
+        &format!("docker://{reference}"),
+        &cache,
+        AuthSource::Anonymous,
+    )
+    .await
+    .unwrap();
+    assert_eq!(img.manifest_digest, built.manifest_digest);
+    let requests = reg.token_requests.lock().unwrap().clone();
+    assert!(
+        requests.contains(&(format!("repository:{repo}:pull"), false)),
+        "{requests:?}"
+    );
+
+    // Anonymous push: the token grants no push, the registry refuses, the error says how to log in.
+    let dest = ImageRef::parse(&format!("{}/{repo}-pushed:v1", reg.addr)).unwrap();
+    let err = push_image(&img, &dest, &push_opts(AuthSource::Anonymous), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("registry {} refused push", reg.addr)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no credentials"), "{err}");
+
+    // With credentials from an auth file the token service grants push.
+    let auth = tmp.path().join("auth.json");
+    let b = base64::engine::general_purpose::STANDARD.encode("bob:builder");
+    std::fs::write(
+        &auth,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{b}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let d = push_image(&img, &dest, &push_opts(AuthSource::File(auth)), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(d, built.manifest_digest);
+    let requests = reg.token_requests.lock().unwrap().clone();
+    assert!(
+        requests.contains(&(format!("repository:{repo}-pushed:pull,push"), true)),
+        "{requests:?}"
+    );
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        "bob:builder",
+        &format!("docker://{dest}"),
+    ]);
+    assert_eq!(Digest::of_bytes(raw.as_bytes()), built.manifest_digest);
+}
