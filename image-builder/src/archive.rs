@@ -74,7 +74,8 @@ impl ArchiveIndex {
         };
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
-        for entry in archive.entries().map_err(not_tar)? {
+        // Seeking past member data keeps opening a multi-GB archive cheap.
+        for entry in archive.entries_with_seek().map_err(not_tar)? {
             let entry = entry.map_err(not_tar)?;
             if !entry.header().entry_type().is_file() {
                 continue;

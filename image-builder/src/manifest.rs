@@ -81,6 +81,10 @@ pub struct Descriptor {
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// Fields we do not model (artifactType, data...), kept so a layout's index.json
+    /// survives being rewritten.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 impl Descriptor {
@@ -92,6 +96,7 @@ impl Descriptor {
             urls: None,
             annotations: None,
             platform: None,
+            extra: BTreeMap::new(),
         }
     }
 
@@ -128,6 +133,8 @@ pub struct ImageIndex {
     pub manifests: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// A manifest document as fetched: either one image or an index of them.
@@ -331,17 +338,28 @@ impl ImageConfig {
     }
 
     pub fn platform(&self) -> Platform {
-        Platform {
-            os: self.os.clone(),
-            architecture: self.architecture.clone(),
-            variant: self.variant.clone(),
-        }
+        Platform::new(&self.os, &self.architecture, self.variant.as_deref())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_index_fields_survive_a_rewrite() {
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let raw = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1,
+            "artifactType":"application/x-sig","platform":{{"os":"windows","architecture":"amd64","os.version":"10.0"}}}}],
+            "subject":{{"x":1}}}}"#
+        );
+        let index: ImageIndex = serde_json::from_str(&raw).unwrap();
+        let back = serde_json::to_value(&index).unwrap();
+        assert_eq!(back["subject"]["x"], 1);
+        assert_eq!(back["manifests"][0]["artifactType"], "application/x-sig");
+        assert_eq!(back["manifests"][0]["platform"]["os.version"], "10.0");
+    }
 
     #[test]
     fn parses_docker_config_with_nulls() {

@@ -303,6 +303,7 @@ impl OciLayoutWriter {
                 media_type: Some(OCI_INDEX.to_owned()),
                 manifests: Vec::new(),
                 annotations: None,
+                extra: Default::default(),
             },
             Err(source) => {
                 return Err(LayoutError::Io {

@@ -23,6 +23,9 @@ pub struct Platform {
     pub architecture: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// `os.version`, `os.features`, `features`: not used for matching, kept for rewriting.
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl Platform {
@@ -31,6 +34,7 @@ impl Platform {
             os: os.to_owned(),
             architecture: architecture.to_owned(),
             variant: variant.map(str::to_owned),
+            extra: Default::default(),
         }
     }
 

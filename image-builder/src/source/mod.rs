@@ -172,7 +172,9 @@ impl FromStr for Source {
 /// Called once per layer; the returned sink gets the whole compressed blob in order, exactly
 /// once, whether it comes from the network, a resumed partial file, the cache or a layout.
 /// Dropping the sink marks the end; a failed pull drops it early, so the caller must also
-/// look at the pull's result. Sinks run on the pulling task: hand heavy work to a thread.
+/// look at the pull's result. Layers download concurrently, so the sinks of different layers
+/// are fed interleaved (each in its own byte order). Sinks run on the pulling task: hand
+/// heavy work (decompression, indexing) to a thread through a channel.
 pub trait LayerObserver: Send + Sync {
     fn layer(&self, index: usize, layer: &Layer) -> Option<Box<dyn Write + Send>>;
 }
