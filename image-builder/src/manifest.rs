@@ -140,7 +140,7 @@ pub struct ImageIndex {
 /// A manifest document as fetched: either one image or an index of them.
 #[derive(Clone, Debug)]
 pub enum Manifest {
-    Image(ImageManifest),
+    Image(Box<ImageManifest>),
     Index(ImageIndex),
 }
 
@@ -196,7 +196,7 @@ impl Manifest {
                         });
                     }
                 }
-                Ok(Self::Image(m))
+                Ok(Self::Image(Box::new(m)))
             }
             OCI_INDEX | DOCKER_MANIFEST_LIST => {
                 Ok(Self::Index(serde_json::from_slice(bytes).map_err(json)?))

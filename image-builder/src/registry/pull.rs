@@ -28,7 +28,7 @@ pub(crate) async fn pull(
     let (bytes, digest) = fetch_manifest(&session, reference, &reference.tag_or_digest()).await?;
     let what = format!("manifest {digest} of {source_name}");
     let (manifest, bytes, digest, index_digest) = match Manifest::parse(&bytes, None, &what)? {
-        Manifest::Image(m) => (m, bytes, digest, None),
+        Manifest::Image(m) => (*m, bytes, digest, None),
         Manifest::Index(index) => {
             let chosen = select_platform(&index, &opts.platform, &source_name)?.clone();
             let pinned = reference.with_digest(chosen.digest.clone());
@@ -36,11 +36,11 @@ pub(crate) async fn pull(
                 fetch_manifest(&session, &pinned, &chosen.digest.to_string()).await?;
             let what = format!("manifest {child_digest} of {source_name}");
             match Manifest::parse(&child, Some(&chosen.media_type), &what)? {
-                Manifest::Image(m) => (m, child, child_digest, Some(digest)),
+                Manifest::Image(m) => (*m, child, child_digest, Some(digest)),
                 Manifest::Index(_) => {
                     return Err(PullError::NestedIndex {
                         source_name,
-                        wanted: opts.platform.clone(),
+                        wanted: opts.platform.to_string(),
                     });
                 }
             }

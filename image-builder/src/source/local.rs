@@ -24,12 +24,12 @@ pub(super) fn pull_layout(
         let what = format!("manifest {} of {source_name}", desc.digest);
         let bytes = store.read_verified(&desc.digest, desc.size, "manifest")?;
         match Manifest::parse(&bytes, Some(&desc.media_type), &what)? {
-            Manifest::Image(m) => break (m, bytes),
+            Manifest::Image(m) => break (*m, bytes),
             Manifest::Index(index) => {
                 if index_digest.is_some() {
                     return Err(PullError::NestedIndex {
                         source_name,
-                        wanted: opts.platform.clone(),
+                        wanted: opts.platform.to_string(),
                     });
                 }
                 index_digest = Some(desc.digest.clone());

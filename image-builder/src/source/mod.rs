@@ -328,16 +328,13 @@ pub enum PullError {
     )]
     Platform {
         source_name: String,
-        wanted: Platform,
+        wanted: String,
         available: String,
     },
     #[error(
         "{source_name}: the index entry for {wanted} points to another index; nested indexes are not supported"
     )]
-    NestedIndex {
-        source_name: String,
-        wanted: Platform,
-    },
+    NestedIndex { source_name: String, wanted: String },
     #[error("{source_name}: layer {index} does not exist, the image has {count} layers")]
     NoSuchLayer {
         source_name: String,
@@ -368,7 +365,7 @@ pub fn select_platform<'a>(
         if d.is_index() {
             return Err(PullError::NestedIndex {
                 source_name: source_name.to_owned(),
-                wanted: want.clone(),
+                wanted: want.to_string(),
             });
         }
         return Ok(d);
@@ -382,7 +379,7 @@ pub fn select_platform<'a>(
         .collect();
     Err(PullError::Platform {
         source_name: source_name.to_owned(),
-        wanted: want.clone(),
+        wanted: want.to_string(),
         available: if available.is_empty() {
             "no platforms".to_owned()
         } else {
