@@ -379,3 +379,36 @@ async fn registry_errors_say_what_and_where() {
         .collect();
     assert!(entries.is_empty(), "failed pulls wrote to the cache");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_into_one_cache_download_each_blob_once() {
+    init_tls();
+    if !have_skopeo_and_registry() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let built = single_image_layout(&layout, "pull-concurrent", "v1", 400_000);
+    let repo = unique_repo("pull-concurrent");
+    skopeo_push(&layout, "v1", &format!("{REGISTRY}/{repo}:v1"), false);
+    let reference = format!("{REGISTRY}/{repo}:v1");
+    // Two handles on one directory, like two processes: the partial-file lock serialises
+    // each blob, the loser of the race finds it finished.
+    let a = BlobCache::open(tmp.path().join("cache")).unwrap();
+    let b = BlobCache::open(tmp.path().join("cache")).unwrap();
+    let spawn = |cache: BlobCache| {
+        let reference = reference.clone();
+        tokio::spawn(async move { pull_ref(&reference, &cache, &opts()).await })
+    };
+    let (ta, tb) = (spawn(a.clone()), spawn(b.clone()));
+    let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
+    assert_eq!(ra.unwrap().manifest_digest, built.manifest_digest);
+    assert_eq!(rb.unwrap().manifest_digest, built.manifest_digest);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.fetched + sb.fetched, 3, "{sa:?} {sb:?}");
+    assert_eq!(sa.hits + sb.hits, 3, "{sa:?} {sb:?}");
+    for (d, _, bytes) in &built.layers {
+        assert_eq!(&std::fs::read(a.blob_path(d)).unwrap(), bytes);
+        assert!(!a.partial_path(d).exists());
+    }
+}

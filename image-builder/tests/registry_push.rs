@@ -359,3 +359,34 @@ async fn bearer_tokens_anonymous_pull_and_authenticated_push() {
     ]);
     assert_eq!(Digest::of_bytes(raw.as_bytes()), built.manifest_digest);
 }
+
+/// Callers spawn pulls and pushes on a multi-threaded runtime: their futures must be Send.
+#[test]
+fn pull_push_and_lock_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(tmp.path()).unwrap();
+    let src = Source::parse("docker://127.0.0.1:5000/x/y:1").unwrap();
+    let opts = pull_opts(AuthSource::Anonymous);
+    assert_send(&pull(&src, &cache, &opts, &NoProgress));
+    let refs = [ImageRef::parse("127.0.0.1:5000/x/y:1").unwrap()];
+    assert_send(&atlas_image::lock::lock_references(&refs, None, &opts));
+    let layout = tmp.path().join("l");
+    single_image_layout(&layout, "send", "v1", 10);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let img = rt
+        .block_on(pull_src(
+            &format!("oci:{}:v1", layout.display()),
+            &cache,
+            AuthSource::Anonymous,
+        ))
+        .unwrap();
+    assert_send(&push_image(
+        &img,
+        &refs[0],
+        &push_opts(AuthSource::Anonymous),
+        &NoProgress,
+    ));
+}

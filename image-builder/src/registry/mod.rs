@@ -308,6 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn sessions_use_https_except_for_loopback_and_listed() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let scheme = |r: &str, insecure: &[String]| {
+            let r = ImageRef::parse(r).unwrap();
+            Session::new(&r, insecure, &AuthSource::Anonymous)
+                .unwrap()
+                .scheme
+        };
+        assert_eq!(scheme("127.0.0.1:5000/a:1", &[]), "http");
+        assert_eq!(scheme("localhost:5000/a:1", &[]), "http");
+        assert_eq!(scheme("alpine:3", &[]), "https");
+        assert_eq!(scheme("registry.corp:5000/a:1", &[]), "https");
+        assert_eq!(
+            scheme("registry.corp:5000/a:1", &["registry.corp:5000".to_owned()]),
+            "http"
+        );
+    }
+
+    #[test]
     fn plain_http_only_for_loopback_and_listed() {
         assert!(plain_http_allowed("127.0.0.1:5000", &[]));
         assert!(plain_http_allowed("127.3.4.5", &[]));

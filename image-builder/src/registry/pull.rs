@@ -71,7 +71,13 @@ pub(crate) async fn pull(
     let config_bytes = cache.read_small(&manifest.config.digest)?;
 
     let observer = opts.observer.as_deref();
-    stream::iter(manifest.layers.iter().enumerate())
+    // The futures are built before they are streamed: a closure inside `.map()` on the
+    // stream makes the whole pull future fail rustc's higher-ranked Send check, and callers
+    // must be able to `tokio::spawn` a pull. It also hands every sink out up front.
+    let downloads: Vec<_> = manifest
+        .layers
+        .iter()
+        .enumerate()
         .map(|(i, d)| {
             let sink = observer.and_then(|o: &dyn LayerObserver| o.layer(i, &layer_of(d)));
             fetch_blob(
@@ -85,6 +91,8 @@ pub(crate) async fn pull(
                 progress,
             )
         })
+        .collect();
+    stream::iter(downloads)
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<()>>()
         .await?;
