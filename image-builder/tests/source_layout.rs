@@ -286,3 +286,52 @@ async fn written_layout_is_read_by_skopeo_and_umoci() {
     let hello = std::fs::read_to_string(bundle.join("rootfs/layer1/hello.txt")).unwrap();
     assert_eq!(hello, "hello from write layer 1\n");
 }
+
+#[derive(Default)]
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl atlas_image::progress::Progress for Warnings {
+    fn task(
+        &self,
+        _label: &str,
+        _total: Option<u64>,
+    ) -> Box<dyn atlas_image::progress::ProgressTask> {
+        Box::new(NoProgress)
+    }
+    fn info(&self, _message: &str) {}
+    fn warn(&self, message: &str) {
+        self.0.lock().unwrap().push(message.to_owned());
+    }
+}
+
+#[tokio::test]
+async fn a_single_image_for_another_platform_is_pulled_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("layout");
+    let mut w = OciLayoutWriter::create(&dir).unwrap();
+    let built = build_image(
+        &mut w,
+        "arm-only",
+        &Platform::linux_arm64(),
+        Some("v1"),
+        100,
+    );
+    w.finish().unwrap();
+    let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
+    let src = Source::parse(&format!("oci:{}:v1", dir.display())).unwrap();
+    let warnings = Warnings::default();
+    let img = pull(&src, &cache, &opts(), &warnings).await.unwrap();
+    assert_eq!(img.manifest_digest, built.manifest_digest);
+    let w = warnings.0.lock().unwrap().clone();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("built for linux/arm64/v8, not linux/amd64"),
+        "{w:?}"
+    );
+
+    let mut arm = opts();
+    arm.platform = Platform::linux_arm64();
+    let quiet = Warnings::default();
+    pull(&src, &cache, &arm, &quiet).await.unwrap();
+    assert!(quiet.0.lock().unwrap().is_empty());
+}

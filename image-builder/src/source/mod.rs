@@ -396,17 +396,27 @@ pub async fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PulledImage, PullError> {
-    match source {
-        Source::Registry(r) => crate::registry::pull(r, cache, opts, progress).await,
+    let image = match source {
+        Source::Registry(r) => crate::registry::pull(r, cache, opts, progress).await?,
         Source::OciLayout { path, tag } => {
             let layout = crate::oci_layout::OciLayout::open_dir(path)?;
-            local::pull_layout(source, &layout, tag.as_deref(), opts, progress)
+            local::pull_layout(source, &layout, tag.as_deref(), opts, progress)?
         }
         Source::OciArchive { path, tag } => {
             let layout = crate::oci_layout::OciLayout::open_archive(path)?;
-            local::pull_layout(source, &layout, tag.as_deref(), opts, progress)
+            local::pull_layout(source, &layout, tag.as_deref(), opts, progress)?
         }
+    };
+    // A single-platform image is taken as named (the operator pointed at it), but a
+    // mismatch is worth a warning: it will not run on this platform.
+    let built_for = &image.platform;
+    if !built_for.os.is_empty() && !opts.platform.accepts(built_for) {
+        progress.warn(&format!(
+            "{} is built for {built_for}, not {}: it will not run here",
+            image.source, opts.platform
+        ));
     }
+    Ok(image)
 }
 
 /// Assembles the pulled image once manifest and config are known.
