@@ -209,14 +209,14 @@ impl Recipe {
         paths.iter().map(|p| Self::load(p)).collect()
     }
 
-    /// The base reference, parsed (validated at load).
-    pub fn base_ref(&self) -> ImageRef {
-        ImageRef::parse(&self.base.image).unwrap_or_else(|_| unreachable_ref())
+    /// The base reference, parsed (always succeeds for a recipe from [`Recipe::parse`]).
+    pub fn base_ref(&self) -> Result<ImageRef, crate::reference::ReferenceError> {
+        ImageRef::parse(&self.base.image)
     }
 
     /// Every upstream image this recipe needs: the base, then each copy source.
     pub fn upstream_refs(&self) -> Vec<ImageRef> {
-        let mut out = vec![self.base_ref()];
+        let mut out: Vec<ImageRef> = self.base_ref().into_iter().collect();
         for c in &self.copies {
             if let Ok(r) = ImageRef::parse(&c.image) {
                 if !out.contains(&r) {
@@ -241,10 +241,10 @@ impl Recipe {
                 ));
             }
         }
-        check_image("base.image", &self.base.image).map_err(|r| bad("base.image", r))?;
+        check_image(&self.base.image).map_err(|r| bad("base.image", r))?;
         for (i, c) in self.copies.iter().enumerate() {
             let f = |s: &str| format!("copy[{i}].{s}");
-            check_image(&f("image"), &c.image).map_err(|r| bad(&f("image"), r))?;
+            check_image(&c.image).map_err(|r| bad(&f("image"), r))?;
             check_abs(&c.from).map_err(|r| bad(&f("from"), r))?;
             check_abs(&c.to).map_err(|r| bad(&f("to"), r))?;
         }
@@ -334,16 +334,7 @@ impl Recipe {
     }
 }
 
-fn unreachable_ref() -> ImageRef {
-    ImageRef {
-        registry: String::new(),
-        repository: String::new(),
-        tag: None,
-        digest: None,
-    }
-}
-
-fn check_image(_field: &str, s: &str) -> Result<(), String> {
+fn check_image(s: &str) -> Result<(), String> {
     let r = ImageRef::parse(s).map_err(|e| e.to_string())?;
     let tag_written = s
         .split('@')
@@ -422,7 +413,10 @@ http = { port = 9090, path = "/-/ready" }
     #[test]
     fn minimal_recipe() {
         let r = parse(OK).unwrap();
-        assert_eq!(r.base_ref().to_string(), "docker.io/prom/prometheus:v3.5.0");
+        assert_eq!(
+            r.base_ref().unwrap().to_string(),
+            "docker.io/prom/prometheus:v3.5.0"
+        );
         assert_eq!(r.health.interval, "10s");
         assert_eq!(parse_duration("500ms"), Some(500));
         assert_eq!(parse_duration("10"), None);

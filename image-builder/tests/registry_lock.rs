@@ -38,7 +38,11 @@ fn every_seed_service_has_a_valid_recipe() {
         ]
     );
     for r in &recipes {
-        assert!(r.base_ref().tag.is_some(), "{}: base without tag", r.name);
+        assert!(
+            r.base_ref().unwrap().tag.is_some(),
+            "{}: base without tag",
+            r.name
+        );
         assert!(!r.config.ports.is_empty(), "{}: no ports", r.name);
     }
     let caddy = recipes.iter().find(|r| r.name == "caddy").unwrap();
