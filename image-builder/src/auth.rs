@@ -70,20 +70,20 @@ struct AuthEntry {
 }
 
 impl AuthSource {
-    fn path(&self) -> Option<PathBuf> {
+    /// The auth file this source reads, if any.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.path_with(|k| std::env::var_os(k))
+    }
+
+    fn path_with(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+        let var = |k: &str| env(k).filter(|v| !v.is_empty());
         match self {
             AuthSource::File(p) => Some(p.clone()),
             AuthSource::Anonymous => None,
-            AuthSource::Environment => {
-                if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|p| !p.is_empty()) {
-                    return Some(PathBuf::from(p));
-                }
-                if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|p| !p.is_empty()) {
-                    return Some(PathBuf::from(d).join("config.json"));
-                }
-                std::env::var_os("HOME")
-                    .map(|h| PathBuf::from(h).join(".docker").join("config.json"))
-            }
+            AuthSource::Environment => var("REGISTRY_AUTH_FILE")
+                .map(PathBuf::from)
+                .or_else(|| var("DOCKER_CONFIG").map(|d| PathBuf::from(d).join("config.json")))
+                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))),
         }
     }
 
@@ -170,6 +170,55 @@ mod tests {
                 .is_some()
         );
         assert!(lookup(&text, Path::new("f"), "quay.io").unwrap().is_none());
+    }
+
+    fn env<'a>(
+        pairs: &'a [(&'a str, &'a str)],
+    ) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn environment_precedence() {
+        let src = AuthSource::Environment;
+        let all = [
+            ("REGISTRY_AUTH_FILE", "/run/auth.json"),
+            ("DOCKER_CONFIG", "/d"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            src.path_with(env(&all)),
+            Some(PathBuf::from("/run/auth.json"))
+        );
+        let no_raf = [
+            ("REGISTRY_AUTH_FILE", ""),
+            ("DOCKER_CONFIG", "/d"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            src.path_with(env(&no_raf)),
+            Some(PathBuf::from("/d/config.json"))
+        );
+        let home = [("HOME", "/home/u")];
+        assert_eq!(
+            src.path_with(env(&home)),
+            Some(PathBuf::from("/home/u/.docker/config.json"))
+        );
+        assert_eq!(AuthSource::Anonymous.path_with(env(&all)), None);
+        // A missing default file is anonymous access, a missing named file an error.
+        let err = AuthSource::File("/nonexistent/auth.json".into())
+            .credentials_for("h")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read registry auth file /nonexistent/auth.json"),
+            "{err}"
+        );
     }
 
     #[test]
