@@ -172,6 +172,35 @@ async fn interrupted_pull_resumes_with_a_range_request_or_restarts() {
         std::fs::write(cache.partial_path(&digest), &bytes[..keep]).unwrap();
     };
 
+    // A download cut off halfway: the error says what was kept, the next pull resumes it.
+    let cache = BlobCache::open(&root).unwrap();
+    std::fs::remove_file(cache.blob_path(&digest)).unwrap();
+    proxy.faults.lock().unwrap().cut_blob = Some(digest.to_string());
+    let err = pull_ref(&reference, &cache, &opts()).await.unwrap_err();
+    let kept = std::fs::metadata(cache.partial_path(&digest))
+        .unwrap()
+        .len();
+    assert!(kept > 0 && kept < size, "kept {kept} of {size}");
+    assert!(
+        err.to_string()
+            .contains(&format!("kept {kept} bytes to resume")),
+        "{err}"
+    );
+    assert!(!cache.blob_path(&digest).exists());
+    proxy.faults.lock().unwrap().cut_blob = None;
+    proxy.clear();
+    let cache = BlobCache::open(&root).unwrap();
+    pull_ref(&reference, &cache, &opts()).await.unwrap();
+    let gets = proxy.blob_gets();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(
+        gets[0].range.as_deref(),
+        Some(format!("bytes={kept}-").as_str())
+    );
+    assert_eq!(std::fs::read(cache.blob_path(&digest)).unwrap(), bytes);
+    let s = cache.stats();
+    assert_eq!((s.resumed, s.bytes_fetched), (1, size - kept));
+
     // A partial file as an interrupted pull leaves it: the next pull asks only for the rest.
     let cache = BlobCache::open(&root).unwrap();
     let keep = bytes.len() / 2;

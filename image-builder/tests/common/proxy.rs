@@ -22,6 +22,8 @@ pub struct Faults {
     pub corrupt_blob: Option<String>,
     /// Drop Range headers, like a registry that cannot serve partial content.
     pub ignore_range: bool,
+    /// Send only the first half of GET responses for this blob digest, then hang up.
+    pub cut_blob: Option<String>,
 }
 
 pub struct Proxy {
@@ -125,9 +127,9 @@ async fn serve(
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("range"))
             .map(|(_, v)| v.clone());
-        let (ignore_range, corrupt) = {
+        let (ignore_range, corrupt, cut) = {
             let f = faults.lock().unwrap();
-            (f.ignore_range, f.corrupt_blob.clone())
+            (f.ignore_range, f.corrupt_blob.clone(), f.cut_blob.clone())
         };
         let mut req = client.request(method.parse().unwrap(), format!("http://{upstream}{path}"));
         for (k, v) in &headers {
@@ -185,6 +187,11 @@ async fn serve(
         }
         head.push_str("\r\n");
         w.write_all(head.as_bytes()).await?;
+        if method == "GET" && cut.is_some_and(|d| path.ends_with(&format!("/blobs/{d}"))) {
+            w.write_all(&data[..data.len() / 2]).await?;
+            w.flush().await?;
+            return Ok(());
+        }
         if method != "HEAD" {
             w.write_all(&data).await?;
         }
