@@ -441,3 +441,57 @@ async fn concurrent_pulls_into_one_cache_download_each_blob_once() {
         assert!(!a.partial_path(d).exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_listed_twice_is_downloaded_once_and_observed_twice() {
+    init_tls();
+    if !have_skopeo_and_registry() {
+        return;
+    }
+    use atlas_image::manifest::{self, Descriptor};
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut w = atlas_image::oci_layout::OciLayoutWriter::create(&layout).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(&mut gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    b.append_data(&mut h, format!("dup-{}", std::process::id()), &b"hello"[..])
+        .unwrap();
+    b.finish().unwrap();
+    drop(b);
+    let layer = gz.finish().unwrap();
+    let ld = w.add_bytes(&layer).unwrap();
+    let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cd = w.add_bytes(config).unwrap();
+    let l = Descriptor::new(manifest::OCI_LAYER_GZIP, ld.clone(), layer.len() as u64);
+    let m = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+        "config": Descriptor::new(manifest::OCI_CONFIG, cd, config.len() as u64),
+        "layers": [l.clone(), l],
+    }))
+    .unwrap();
+    w.add_manifest(&m, manifest::OCI_MANIFEST, Some("v1"), None)
+        .unwrap();
+    w.finish().unwrap();
+    let repo = unique_repo("pull-dup");
+    skopeo_push(&layout, "v1", &format!("{REGISTRY}/{repo}:v1"), false);
+
+    let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
+    let captured = Captured::default();
+    let mut o = opts();
+    o.observer = Some(captured.observer(2));
+    let img = pull_ref(&format!("{REGISTRY}/{repo}:v1"), &cache, &o)
+        .await
+        .unwrap();
+    assert_eq!(img.layers.len(), 2);
+    let s = cache.stats();
+    assert_eq!(
+        (s.fetched, s.hits),
+        (2, 1),
+        "config + layer fetched once, the repeat hit: {s:?}"
+    );
+    assert_eq!(captured.0.lock().unwrap()[0], layer);
+    assert_eq!(captured.0.lock().unwrap()[1], layer);
+}
