@@ -23,6 +23,25 @@ use serde::Deserialize;
 
 use crate::reference::ImageRef;
 
+/// The recipes shipped in the binary: `(service, TOML)`.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "alertmanager",
+        include_str!("../../images/alertmanager.toml"),
+    ),
+    ("caddy", include_str!("../../images/caddy.toml")),
+    ("cloudflared", include_str!("../../images/cloudflared.toml")),
+    ("grafana", include_str!("../../images/grafana.toml")),
+    ("loki", include_str!("../../images/loki.toml")),
+    ("mosquitto", include_str!("../../images/mosquitto.toml")),
+    (
+        "node-exporter",
+        include_str!("../../images/node-exporter.toml"),
+    ),
+    ("prometheus", include_str!("../../images/prometheus.toml")),
+    ("step-ca", include_str!("../../images/step-ca.toml")),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("cannot read recipe {path}: {source}")]
@@ -192,6 +211,26 @@ impl Recipe {
         })?;
         recipe.validate(path)?;
         Ok(recipe)
+    }
+
+    /// The embedded recipes, sorted by name.
+    pub fn embedded() -> Result<Vec<Self>, RecipeError> {
+        EMBEDDED
+            .iter()
+            .map(|(name, text)| {
+                Self::parse(text, &Path::new("images").join(format!("{name}.toml")))
+            })
+            .collect()
+    }
+
+    /// The embedded recipe for `service`.
+    pub fn embedded_for(service: &str) -> Option<Result<Self, RecipeError>> {
+        EMBEDDED
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(name, text)| {
+                Self::parse(text, &Path::new("images").join(format!("{name}.toml")))
+            })
     }
 
     /// Every recipe in `dir` (`*.toml`), sorted by name.

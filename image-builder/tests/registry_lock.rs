@@ -59,6 +59,10 @@ fn every_seed_service_has_a_valid_recipe() {
             .plugins
             .is_some()
     );
+    // What the binary embeds is exactly what is in images/.
+    assert_eq!(Recipe::embedded().unwrap(), recipes);
+    assert!(Recipe::embedded_for("loki").unwrap().is_ok());
+    assert!(Recipe::embedded_for("nginx").is_none());
     // The embedded lock parses (it is empty until `image lock` runs against registries).
     ImagesLock::embedded().unwrap();
 }
