@@ -125,6 +125,16 @@ impl ImageRef {
         }
     }
 
+    /// `repository:tag`, or `repository@digest` when a digest is pinned: what the registry
+    /// is asked for, as shown in messages.
+    pub fn requested(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => format!("{}@{d}", self.repository),
+            (None, Some(t)) => format!("{}:{t}", self.repository),
+            (None, None) => format!("{}:latest", self.repository),
+        }
+    }
+
     /// The reference oci-client understands. When a digest is pinned it is the only thing
     /// sent, so the registry cannot substitute another manifest for the tag.
     pub fn to_oci(&self) -> oci_client::Reference {

@@ -388,6 +388,15 @@ async fn registry_errors_say_what_and_where() {
             .unwrap(),
         format!("registry {REGISTRY} answered 404 for manifest {repo}:nope")
     );
+    let zero = format!("sha256:{}", "0".repeat(64));
+    let err = pull_ref(&format!("{REGISTRY}/{repo}@{zero}"), &cache, &opts())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("for manifest {repo}@{zero}: no such image")),
+        "{err}"
+    );
     // Nothing listens on port 1 of loopback.
     let err = pull_ref("127.0.0.1:1/x/y:1", &cache, &opts())
         .await

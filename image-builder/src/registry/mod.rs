@@ -23,13 +23,9 @@ pub use push::{PushOptions, push_image, push_manifest_and_blobs};
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error(
-        "registry {registry} answered 404 for manifest {repository}:{reference}: no such image or tag; check the name (skopeo inspect docker://{registry}/{repository}:{reference})"
+        "registry {registry} answered 404 for manifest {name}: no such image or tag; check the name (skopeo inspect docker://{registry}/{name})"
     )]
-    ManifestNotFound {
-        registry: String,
-        repository: String,
-        reference: String,
-    },
+    ManifestNotFound { registry: String, name: String },
     #[error(
         "registry {registry} answered 404 for blob {digest} of {repository}: the registry lost a blob its manifest references; re-push the image"
     )]
@@ -164,8 +160,7 @@ impl Session {
         let not_found = || match &what {
             Target::Manifest(r) => RegistryError::ManifestNotFound {
                 registry: registry.clone(),
-                repository: repository.clone(),
-                reference: (*r).to_owned(),
+                name: (*r).to_owned(),
             },
             Target::Blob(d) => RegistryError::BlobNotFound {
                 registry: registry.clone(),

@@ -25,15 +25,14 @@ pub(crate) async fn pull(
 ) -> Result<PulledImage, PullError> {
     let session = Session::new(reference, &opts.insecure_registries, &opts.auth)?;
     let source_name = format!("docker://{reference}");
-    let (bytes, digest) = fetch_manifest(&session, reference, &reference.tag_or_digest()).await?;
+    let (bytes, digest) = fetch_manifest(&session, reference).await?;
     let what = format!("manifest {digest} of {source_name}");
     let (manifest, bytes, digest, index_digest) = match Manifest::parse(&bytes, None, &what)? {
         Manifest::Image(m) => (*m, bytes, digest, None),
         Manifest::Index(index) => {
             let chosen = select_platform(&index, &opts.platform, &source_name)?.clone();
             let pinned = reference.with_digest(chosen.digest.clone());
-            let (child, child_digest) =
-                fetch_manifest(&session, &pinned, &chosen.digest.to_string()).await?;
+            let (child, child_digest) = fetch_manifest(&session, &pinned).await?;
             let what = format!("manifest {child_digest} of {source_name}");
             match Manifest::parse(&child, Some(&chosen.media_type), &what)? {
                 Manifest::Image(m) => (*m, child, child_digest, Some(digest)),
@@ -131,9 +130,10 @@ fn layer_of(d: &Descriptor) -> Layer {
 async fn fetch_manifest(
     session: &Session,
     reference: &ImageRef,
-    shown: &str,
 ) -> Result<(Vec<u8>, Digest), PullError> {
     let oci_ref = reference.to_oci();
+    let shown = reference.requested();
+    let shown = shown.as_str();
     let result = session
         .client
         .pull_manifest_raw(&oci_ref, &session.auth, ACCEPTED_MANIFEST_TYPES)
@@ -342,7 +342,7 @@ fn observer_error(source_name: &str, digest: &Digest, source: io::Error) -> Pull
 /// computed from the manifest bytes the registry serves.
 pub async fn resolve_digest(reference: &ImageRef, opts: &PullOptions) -> Result<Digest, PullError> {
     let session = Session::new(reference, &opts.insecure_registries, &opts.auth)?;
-    let (bytes, digest) = fetch_manifest(&session, reference, &reference.tag_or_digest()).await?;
+    let (bytes, digest) = fetch_manifest(&session, reference).await?;
     // Parsing refuses what is not an image (schema 1, artifacts) before it gets locked.
     Manifest::parse(
         &bytes,

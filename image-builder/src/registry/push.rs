@@ -78,7 +78,7 @@ pub async fn push_manifest_and_blobs(
             session.error(
                 e,
                 &dest.repository,
-                Target::Manifest(&dest.tag_or_digest()),
+                Target::Manifest(&dest.requested()),
                 "push",
             )
         })?;
@@ -98,7 +98,7 @@ pub async fn push_manifest_and_blobs(
             session.error(
                 e,
                 &dest.repository,
-                Target::Manifest(&dest.tag_or_digest()),
+                Target::Manifest(&dest.requested()),
                 "push",
             )
         })?;

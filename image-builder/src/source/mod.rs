@@ -37,7 +37,7 @@ pub enum SourceError {
     )]
     NoTransport { input: String },
     #[error(
-        "image source {input:?}: unknown transport {transport:?}; supported: docker://, oci:, oci-archive:"
+        "image source {input:?}: unknown transport {transport:?}; supported: docker://, oci:, oci-archive: (for a registry image write docker://{input})"
     )]
     UnknownTransport { input: String, transport: String },
     #[error("image source {input:?}: the docker transport is written docker://REF (two slashes)")]
