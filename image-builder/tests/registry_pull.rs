@@ -310,7 +310,7 @@ async fn corrupted_blob_is_refused_and_leaves_the_cache_clean() {
     assert!(!cache.partial_path(&bad).exists(), "corrupt partial kept");
 
     // A manifest pulled by digest whose bytes do not match the pin: refused, nothing cached.
-    let before: Vec<_> = std::fs::read_dir(cache.root().join("blobs/sha256"))
+    let mut before: Vec<_> = std::fs::read_dir(cache.root().join("blobs/sha256"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -322,10 +322,12 @@ async fn corrupted_blob_is_refused_and_leaves_the_cache_clean() {
         msg.contains(&built.manifest_digest.to_string()) && msg.contains("pinned"),
         "{msg}"
     );
-    let after: Vec<_> = std::fs::read_dir(cache.root().join("blobs/sha256"))
+    let mut after: Vec<_> = std::fs::read_dir(cache.root().join("blobs/sha256"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
+    before.sort();
+    after.sort();
     assert_eq!(before, after);
 
     proxy.faults.lock().unwrap().corrupt_blob = None;

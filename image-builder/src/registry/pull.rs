@@ -3,7 +3,9 @@
 
 use std::io::{self, Write};
 
-use futures_util::{StreamExt, TryStreamExt, stream};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
 use oci_client::client::BlobResponse;
 
 use super::{RegistryError, Session, Target};
@@ -11,7 +13,7 @@ use crate::cache::{BlobCache, Reservation};
 use crate::digest::Digest;
 use crate::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor, Manifest, OCI_MANIFEST};
 use crate::oci_layout::BlobStore;
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressTask};
 use crate::reference::ImageRef;
 use crate::source::{
     Layer, LayerObserver, PullError, PullOptions, PulledImage, assemble, select_platform,
@@ -64,37 +66,22 @@ pub(crate) async fn pull(
         cache,
         &source_name,
         None,
-        progress,
+        blob_task(progress, &resolved, &manifest.config),
     )
     .await?;
     let config_bytes = cache.read_small(&manifest.config.digest)?;
 
-    let observer = opts.observer.as_deref();
-    // The futures are built before they are streamed: a closure inside `.map()` on the
-    // stream makes the whole pull future fail rustc's higher-ranked Send check, and callers
-    // must be able to `tokio::spawn` a pull. It also hands every sink out up front.
-    let downloads: Vec<_> = manifest
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let sink = observer.and_then(|o: &dyn LayerObserver| o.layer(i, &layer_of(d)));
-            fetch_blob(
-                &session,
-                &oci_ref,
-                &resolved,
-                d,
-                cache,
-                &source_name,
-                sink,
-                progress,
-            )
-        })
-        .collect();
-    stream::iter(downloads)
-        .buffer_unordered(opts.concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+    download_layers(
+        Arc::new(session),
+        &oci_ref,
+        &resolved,
+        &manifest.layers,
+        cache,
+        &source_name,
+        opts,
+        progress,
+    )
+    .await?;
 
     let media_type = manifest
         .media_type
@@ -112,6 +99,82 @@ pub(crate) async fn pull(
         BlobStore::Dir(cache.root().to_owned()),
         true,
     )
+}
+
+/// Downloads the layers as separate tasks, at most `opts.concurrency` at once, so hashing,
+/// writing and the observers' sinks of different layers run on different cores. The first
+/// error wins: the other downloads are aborted and awaited (their partial files stay for the
+/// next pull to resume) before it is returned.
+#[allow(clippy::too_many_arguments)]
+async fn download_layers(
+    session: Arc<Session>,
+    oci_ref: &oci_client::Reference,
+    resolved: &ImageRef,
+    layers: &[Descriptor],
+    cache: &BlobCache,
+    source_name: &str,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<(), PullError> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, d) in layers.iter().enumerate() {
+        let sink = opts
+            .observer
+            .as_deref()
+            .and_then(|o: &dyn LayerObserver| o.layer(i, &layer_of(d)));
+        let task = blob_task(progress, resolved, d);
+        let (session, oci_ref, resolved, d) = (
+            session.clone(),
+            oci_ref.clone(),
+            resolved.clone(),
+            d.clone(),
+        );
+        let (cache, source_name, limit) = (cache.clone(), source_name.to_owned(), limit.clone());
+        set.spawn(async move {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _permit = limit.acquire_owned().await.ok();
+            fetch_blob(
+                &session,
+                &oci_ref,
+                &resolved,
+                &d,
+                &cache,
+                &source_name,
+                sink,
+                task,
+            )
+            .await
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        let result = joined
+            .map_err(|e| PullError::Io {
+                path: cache.root().to_owned(),
+                source: io::Error::other(e),
+            })
+            .and_then(|r| r);
+        if let Err(e) = result {
+            // Nothing of this pull may still run once it has returned.
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn blob_task(
+    progress: &dyn Progress,
+    reference: &ImageRef,
+    d: &Descriptor,
+) -> Box<dyn ProgressTask> {
+    let label = format!(
+        "{} {}",
+        reference.repository,
+        crate::source::local::short(&d.digest.to_string())
+    );
+    progress.task(&label, Some(d.size))
 }
 
 fn layer_of(d: &Descriptor) -> Layer {
@@ -183,15 +246,9 @@ async fn fetch_blob(
     cache: &BlobCache,
     source_name: &str,
     mut sink: Option<Box<dyn Write + Send>>,
-    progress: &dyn Progress,
+    task: Box<dyn ProgressTask>,
 ) -> Result<(), PullError> {
     let digest = desc.digest.clone();
-    let label = format!(
-        "{} {}",
-        reference.repository,
-        crate::source::local::short(&digest.to_string())
-    );
-    let task = progress.task(&label, Some(desc.size));
     let reservation = {
         let (c, d, size, name) = (
             cache.clone(),
@@ -309,7 +366,7 @@ async fn stream_into(
     partial: &mut crate::cache::PartialBlob,
     mut sink: Option<&mut Box<dyn Write + Send>>,
     cache: &BlobCache,
-    task: &dyn crate::progress::ProgressTask,
+    task: &dyn ProgressTask,
     source_name: &str,
     digest: &Digest,
 ) -> Result<Option<io::Error>, PullError> {
