@@ -5,3 +5,16 @@
 
 pub mod init;
 pub mod progress;
+
+pub mod archive;
+pub mod auth;
+pub mod cache;
+pub mod digest;
+pub mod lock;
+pub mod manifest;
+pub mod oci_layout;
+pub mod platform;
+pub mod recipe;
+pub mod reference;
+pub mod registry;
+pub mod source;
