@@ -3,4 +3,5 @@
 //! OCI layout, registry push). Nothing here knows about terminals or about Incus' API: sinks
 //! produce byte streams that the installer hands to Incus.
 
+pub mod layer;
 pub mod progress;

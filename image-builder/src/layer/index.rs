@@ -1,0 +1,352 @@
+//! Per-layer index: every member's header (never its data), computed in one streaming pass.
+//!
+//! The index is what the merge works on, so flattening never needs two layers open at once
+//! and never holds file bytes. It is cheap to build while the blob downloads ([`Indexer`]) and
+//! serializable so a cache can keep it next to the blob.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc;
+use std::thread;
+
+use serde::{Deserialize, Serialize};
+
+use super::compress::{Compression, decompress};
+use super::error::{LayerError, show};
+use super::path::{base, join, normalize, parent};
+use super::tar_read::{Kind, RawEntry, TarFault, TarReader};
+
+/// Most members we accept in one layer; a bound on index memory (~150 bytes each).
+pub const MAX_ENTRIES: usize = 4_000_000;
+
+/// What a member means for the merged tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A real member (file, dir, link, node).
+    Node(Kind),
+    /// `.wh.<name>`: hides `path` from lower layers. `path` is the hidden path.
+    Whiteout,
+    /// `.wh..wh..opq`: hides the lower layers' children of `path`.
+    Opaque,
+    /// Other `.wh..wh.*` members (aufs bookkeeping): carry no meaning for the tree.
+    Ignored,
+}
+
+/// One member of a layer, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Normalized path (`a/b`; empty for the root). For whiteouts, the path they hide.
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    /// Symlink target exactly as stored, or the normalized hard-link target.
+    pub link: Vec<u8>,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    /// Data size; only regular files carry data in the output.
+    pub size: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The headers of one layer, bottom-to-top order is the caller's business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerIndex {
+    pub digest: String,
+    pub compression: Compression,
+    pub entries: Vec<IndexEntry>,
+}
+
+/// Error context for one layer.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub digest: &'a str,
+    pub compression: Compression,
+}
+
+impl Ctx<'_> {
+    pub fn fault(&self, entry: String, fault: TarFault) -> LayerError {
+        let digest = self.digest.to_string();
+        match fault {
+            TarFault::Io(source) => LayerError::Read {
+                digest,
+                entry,
+                compression: self.compression.name(),
+                source,
+            },
+            TarFault::Truncated(detail) => LayerError::Truncated {
+                digest,
+                entry,
+                detail,
+            },
+            TarFault::Malformed(detail) => LayerError::Malformed {
+                digest,
+                entry,
+                detail,
+            },
+            TarFault::TooLarge { what, size, limit } => LayerError::TooLarge {
+                digest,
+                entry,
+                what,
+                size,
+                limit,
+            },
+            TarFault::Unsupported(detail) => LayerError::Unsupported {
+                digest,
+                entry,
+                detail,
+            },
+        }
+    }
+
+    pub fn unsafe_path(&self, entry: &[u8], detail: String) -> LayerError {
+        LayerError::UnsafePath {
+            digest: self.digest.to_string(),
+            entry: show(entry),
+            detail,
+        }
+    }
+}
+
+/// Label for an entry in messages: the last member read, or where the stream broke.
+pub(crate) fn after(last: Option<&[u8]>) -> String {
+    match last {
+        Some(p) => format!("after {}", show(p)),
+        None => "at the first header".to_string(),
+    }
+}
+
+impl LayerIndex {
+    /// Indexes a layer blob (compressed or not) from any reader.
+    pub fn from_blob<R: Read + Send>(
+        digest: &str,
+        media_type: Option<&str>,
+        blob: R,
+    ) -> Result<LayerIndex, LayerError> {
+        let (compression, tar) = decompress(blob, media_type).map_err(|detail| {
+            LayerError::Compression {
+                digest: digest.to_string(),
+                detail,
+            }
+        })?;
+        Self::from_tar(digest, compression, tar)
+    }
+
+    /// Indexes an already uncompressed tar stream. `compression` only labels errors.
+    pub fn from_tar<R: Read>(
+        digest: &str,
+        compression: Compression,
+        tar: R,
+    ) -> Result<LayerIndex, LayerError> {
+        let ctx = Ctx {
+            digest,
+            compression,
+        };
+        let mut reader = TarReader::new(tar);
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        loop {
+            let last = entries.last().map(|e| e.path.as_slice());
+            let raw = match reader.next_entry() {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(f) => return Err(ctx.fault(after(last), f)),
+            };
+            if entries.len() >= MAX_ENTRIES {
+                return Err(LayerError::TooLarge {
+                    digest: digest.to_string(),
+                    entry: show(&raw.path),
+                    what: "member count",
+                    size: entries.len() as u64 + 1,
+                    limit: MAX_ENTRIES as u64,
+                });
+            }
+            entries.push(classify(&ctx, raw)?);
+        }
+        let last = entries.last().map(|e| e.path.as_slice());
+        reader.drain().map_err(|f| ctx.fault(after(last), f))?;
+        Ok(LayerIndex {
+            digest: digest.to_string(),
+            compression,
+            entries,
+        })
+    }
+}
+
+/// Maps a raw member to its meaning, normalizing and checking its paths.
+pub(crate) fn classify(ctx: &Ctx, raw: RawEntry) -> Result<IndexEntry, LayerError> {
+    let path = normalize(&raw.path).map_err(|d| ctx.unsafe_path(&raw.path, d))?;
+    let name = base(&path);
+    let (kind, path, link) = if let Some(hidden) = name.strip_prefix(b".wh.") {
+        let dir = parent(&path).to_vec();
+        if hidden == b".wh..opq" {
+            (EntryKind::Opaque, dir, Vec::new())
+        } else if hidden.starts_with(b".wh.") {
+            (EntryKind::Ignored, path, Vec::new())
+        } else if hidden.is_empty() {
+            return Err(ctx.unsafe_path(&raw.path, "whiteout without a name".into()));
+        } else {
+            (EntryKind::Whiteout, join(&dir, hidden), Vec::new())
+        }
+    } else {
+        let kind = node_kind(&raw).map_err(|detail| LayerError::Unsupported {
+            digest: ctx.digest.to_string(),
+            entry: show(&raw.path),
+            detail,
+        })?;
+        let link = match kind {
+            Kind::Hardlink => {
+                let target = normalize(&raw.link).map_err(|d| LayerError::BadHardlink {
+                    digest: ctx.digest.to_string(),
+                    entry: show(&raw.path),
+                    target: String::from_utf8_lossy(&raw.link).into_owned(),
+                    detail: format!("the target {d}"),
+                })?;
+                if target.is_empty() {
+                    return Err(LayerError::BadHardlink {
+                        digest: ctx.digest.to_string(),
+                        entry: show(&raw.path),
+                        target: String::from_utf8_lossy(&raw.link).into_owned(),
+                        detail: "the target is the root directory".into(),
+                    });
+                }
+                target
+            }
+            Kind::Symlink => {
+                if raw.link.contains(&0) || raw.link.is_empty() {
+                    return Err(ctx.unsafe_path(&raw.path, "symlink target is empty or has NUL".into()));
+                }
+                raw.link
+            }
+            _ => Vec::new(),
+        };
+        if path.is_empty() && kind != Kind::Dir {
+            return Err(ctx.unsafe_path(&raw.path, "the root can only be a directory".into()));
+        }
+        (EntryKind::Node(kind), path, link)
+    };
+    let data = kind == EntryKind::Node(Kind::File);
+    Ok(IndexEntry {
+        path,
+        kind,
+        link,
+        mode: raw.mode,
+        uid: raw.uid,
+        gid: raw.gid,
+        mtime: raw.mtime,
+        size: if data { raw.size } else { 0 },
+        dev_major: raw.dev_major,
+        dev_minor: raw.dev_minor,
+        xattrs: raw.xattrs,
+    })
+}
+
+fn node_kind(raw: &RawEntry) -> Result<Kind, String> {
+    Ok(match raw.typeflag {
+        // Pre-POSIX archives mark directories only by a trailing slash.
+        b'0' | b'\0' | b'7' if raw.path.ends_with(b"/") => Kind::Dir,
+        b'0' | b'\0' | b'7' => Kind::File,
+        b'1' => Kind::Hardlink,
+        b'2' => Kind::Symlink,
+        b'3' => Kind::Char,
+        b'4' => Kind::Block,
+        b'5' => Kind::Dir,
+        b'6' => Kind::Fifo,
+        other => {
+            return Err(format!(
+                "tar type {:?} is not a file, directory, link, device or fifo",
+                char::from(other)
+            ));
+        }
+    })
+}
+
+/// Indexes a blob while it is being written somewhere else (a download tee).
+///
+/// Bytes given to [`Write::write`] are handed to a thread that decompresses and indexes them,
+/// so indexing costs no extra read of the blob and runs on another core. `write` blocks only
+/// when the indexer is 64 chunks behind. If the layer turns out malformed the indexer stops
+/// consuming and `write` keeps accepting (and discarding) bytes so the download itself is not
+/// disturbed; [`Indexer::finish`] reports the error.
+pub struct Indexer {
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<thread::JoinHandle<Result<LayerIndex, LayerError>>>,
+}
+
+impl Indexer {
+    pub fn new(digest: &str, media_type: Option<&str>) -> Indexer {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(64);
+        let digest = digest.to_string();
+        let media_type = media_type.map(str::to_string);
+        let worker = thread::spawn(move || {
+            let reader = ChannelReader {
+                rx,
+                buf: Vec::new(),
+                pos: 0,
+            };
+            LayerIndex::from_blob(&digest, media_type.as_deref(), reader)
+        });
+        Indexer {
+            tx: Some(tx),
+            worker: Some(worker),
+        }
+    }
+
+    /// Ends the input and returns the index (or why the layer is refused).
+    pub fn finish(mut self) -> Result<LayerIndex, LayerError> {
+        drop(self.tx.take());
+        let worker = self.worker.take().expect("finish is called once");
+        worker.join().unwrap_or_else(|_| {
+            Err(LayerError::Output(io::Error::other("the indexing thread panicked")))
+        })
+    }
+}
+
+impl Write for Indexer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(tx) = &self.tx
+            && tx.send(buf.to_vec()).is_err()
+        {
+            // The worker stopped early (malformed layer); finish() returns its error.
+            self.tx = None;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,263 @@
+//! The merge: replays every layer's index, bottom to top, on an in-memory tree of paths and
+//! decides which member wins each path. Only headers are involved; the result is a [`Plan`]
+//! that the emitter follows while streaming the layers once more.
+//!
+//! Semantics follow the OCI image spec's "applying changesets" plus what extraction does:
+//! - a layer's whiteouts and opaque markers apply to the lower layers only, so they are
+//!   applied before the layer's own members, whatever their order in the stream;
+//! - a member replaces whatever was at its path; a non-directory replacing a directory removes
+//!   the directory's subtree; a directory over a directory only updates its metadata;
+//! - a hard link shares the inode of its target at the time it is read, so later replacing or
+//!   deleting the target path does not change the link's content;
+//! - missing parents are created as 0755 root-owned directories; a parent that is a symlink or
+//!   a file is refused.
+
+use std::collections::BTreeMap;
+
+use super::error::{LayerError, show};
+use super::index::{EntryKind, IndexEntry, LayerIndex};
+use super::path::ancestors;
+use super::tar_read::Kind;
+
+/// A member: (layer position, member ordinal in that layer).
+pub(crate) type Ref = (u32, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeKind {
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    kind: NodeKind,
+    /// The member that owns this path's metadata (`None`: a synthesized parent directory).
+    entry: Option<Ref>,
+    /// For non-directories, the member that owns the content (differs from `entry` for hard links).
+    inode: Ref,
+}
+
+/// What the merged image looks like and which member supplies each output entry.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The topmost explicit root directory member, if any layer had one.
+    pub(crate) root: Option<Ref>,
+    /// Directories, symlinks, devices and fifos in path order (parents before children).
+    /// `None` marks a synthesized directory.
+    pub(crate) nodes: Vec<(Vec<u8>, Option<Ref>)>,
+    /// Per layer: (member ordinal, output path) of regular files to copy, in stream order.
+    pub(crate) files: Vec<Vec<(u32, Vec<u8>)>>,
+    /// Hard links (path, target path) in path order; every target is emitted before them.
+    pub(crate) links: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Plan {
+    /// Number of entries the flattened stream will hold (root included).
+    pub fn entry_count(&self) -> usize {
+        1 + self.nodes.len() + self.files.iter().map(Vec::len).sum::<usize>() + self.links.len()
+    }
+
+    /// Merges layer indexes, given bottom to top.
+    pub fn merge(indexes: &[LayerIndex]) -> Result<Plan, LayerError> {
+        let mut tree = Tree::default();
+        for (pos, index) in indexes.iter().enumerate() {
+            tree.apply(pos as u32, index)?;
+        }
+        Ok(tree.into_plan(indexes))
+    }
+}
+
+#[derive(Default)]
+struct Tree {
+    root: Option<Ref>,
+    paths: BTreeMap<Vec<u8>, Node>,
+}
+
+impl Tree {
+    fn apply(&mut self, pos: u32, index: &LayerIndex) -> Result<(), LayerError> {
+        let err = Errs {
+            digest: &index.digest,
+        };
+        for e in &index.entries {
+            match e.kind {
+                EntryKind::Whiteout => {
+                    if self.deletable_parent(e, &err)? {
+                        self.remove(&e.path);
+                    }
+                }
+                EntryKind::Opaque => {
+                    if e.path.is_empty() {
+                        self.paths.clear();
+                    } else if self.deletable_parent(e, &err)?
+                        && self.paths.get(&e.path).map(|n| n.kind) == Some(NodeKind::Dir)
+                    {
+                        self.remove_children(&e.path);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (ord, e) in index.entries.iter().enumerate() {
+            let here = (pos, ord as u32);
+            let EntryKind::Node(kind) = e.kind else {
+                continue;
+            };
+            if e.path.is_empty() {
+                self.root = Some(here);
+                continue;
+            }
+            self.make_parents(e, &err)?;
+            match kind {
+                Kind::Dir => match self.paths.get_mut(&e.path) {
+                    Some(n) if n.kind == NodeKind::Dir => n.entry = Some(here),
+                    _ => self.put(&e.path, NodeKind::Dir, here, here),
+                },
+                Kind::Hardlink => {
+                    let target = match self.paths.get(&e.link) {
+                        None => return Err(err.link(e, "the target does not exist in this or a lower layer")),
+                        Some(t) if t.kind == NodeKind::Dir => {
+                            return Err(err.link(e, "the target is a directory"));
+                        }
+                        Some(t) => *t,
+                    };
+                    if e.link != e.path {
+                        self.put(&e.path, target.kind, here, target.inode);
+                    }
+                }
+                Kind::Symlink => self.put(&e.path, NodeKind::Symlink, here, here),
+                _ => self.put(&e.path, NodeKind::Other, here, here),
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, path: &[u8], kind: NodeKind, entry: Ref, inode: Ref) {
+        if self.paths.get(path).map(|n| n.kind) == Some(NodeKind::Dir) {
+            self.remove_children(path);
+        }
+        self.paths.insert(
+            path.to_vec(),
+            Node {
+                kind,
+                entry: Some(entry),
+                inode,
+            },
+        );
+    }
+
+    fn remove(&mut self, path: &[u8]) {
+        if self.paths.remove(path).is_some() {
+            self.remove_children(path);
+        }
+    }
+
+    fn remove_children(&mut self, dir: &[u8]) {
+        let mut lo = dir.to_vec();
+        lo.push(b'/');
+        let mut hi = dir.to_vec();
+        hi.push(b'/' + 1);
+        let doomed: Vec<Vec<u8>> = self.paths.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        for k in doomed {
+            self.paths.remove(&k);
+        }
+    }
+
+    /// Creates missing parent directories; refuses a parent that is a symlink or a file.
+    fn make_parents(&mut self, e: &IndexEntry, err: &Errs) -> Result<(), LayerError> {
+        for dir in ancestors(&e.path) {
+            match self.paths.get(dir) {
+                None => {
+                    self.paths.insert(
+                        dir.to_vec(),
+                        Node {
+                            kind: NodeKind::Dir,
+                            entry: None,
+                            inode: (u32::MAX, 0),
+                        },
+                    );
+                }
+                Some(n) => err.parent_ok(e, dir, n.kind)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a whiteout's parents are all directories (missing ones make it a no-op).
+    fn deletable_parent(&self, e: &IndexEntry, err: &Errs) -> Result<bool, LayerError> {
+        for dir in ancestors(&e.path) {
+            match self.paths.get(dir) {
+                None => return Ok(false),
+                Some(n) => err.parent_ok(e, dir, n.kind)?,
+            }
+        }
+        Ok(true)
+    }
+
+    fn into_plan(self, indexes: &[LayerIndex]) -> Plan {
+        let mut plan = Plan {
+            root: self.root,
+            files: vec![Vec::new(); indexes.len()],
+            ..Plan::default()
+        };
+        // Group surviving paths by inode; the first path in sorted order carries the content
+        // and the others become hard links to it, which keeps the output deterministic.
+        let mut primary: BTreeMap<Ref, Vec<u8>> = BTreeMap::new();
+        for (path, node) in self.paths {
+            match node.kind {
+                NodeKind::Dir => plan.nodes.push((path, node.entry)),
+                _ => match primary.get(&node.inode) {
+                    Some(first) => plan.links.push((path, first.clone())),
+                    None => {
+                        let (layer, ord) = node.inode;
+                        let member = &indexes[layer as usize].entries[ord as usize];
+                        if member.kind == EntryKind::Node(Kind::File) {
+                            plan.files[layer as usize].push((ord, path.clone()));
+                        } else {
+                            plan.nodes.push((path.clone(), Some(node.inode)));
+                        }
+                        primary.insert(node.inode, path);
+                    }
+                },
+            }
+        }
+        for files in &mut plan.files {
+            files.sort_unstable_by_key(|(ord, _)| *ord);
+        }
+        plan
+    }
+}
+
+struct Errs<'a> {
+    digest: &'a str,
+}
+
+impl Errs<'_> {
+    fn link(&self, e: &IndexEntry, detail: &str) -> LayerError {
+        LayerError::BadHardlink {
+            digest: self.digest.to_string(),
+            entry: show(&e.path),
+            target: String::from_utf8_lossy(&e.link).into_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn parent_ok(&self, e: &IndexEntry, dir: &[u8], kind: NodeKind) -> Result<(), LayerError> {
+        let parent = String::from_utf8_lossy(dir).into_owned();
+        let entry = show(&e.path);
+        let digest = self.digest.to_string();
+        match kind {
+            NodeKind::Dir => Ok(()),
+            NodeKind::Symlink => Err(LayerError::ThroughSymlink {
+                digest,
+                entry,
+                parent,
+            }),
+            NodeKind::Other => Err(LayerError::ParentNotDir {
+                digest,
+                entry,
+                parent,
+            }),
+        }
+    }
+}
