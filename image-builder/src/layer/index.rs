@@ -69,6 +69,7 @@ impl Ctx<'_> {
     pub fn fault(&self, entry: String, fault: TarFault) -> LayerError {
         let digest = self.digest.to_string();
         match fault {
+            TarFault::In(path, inner) => self.fault(show(&path), *inner),
             TarFault::Io(source) => LayerError::Read {
                 digest,
                 entry,

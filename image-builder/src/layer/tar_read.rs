@@ -59,6 +59,17 @@ pub(crate) enum TarFault {
         limit: u64,
     },
     Unsupported(String),
+    /// A fault inside a member whose path is known.
+    In(Vec<u8>, Box<TarFault>),
+}
+
+impl TarFault {
+    fn within(self, path: &[u8]) -> TarFault {
+        match self {
+            TarFault::In(..) => self,
+            other => TarFault::In(path.to_vec(), Box::new(other)),
+        }
+    }
 }
 
 pub(crate) struct TarReader<R> {
@@ -69,6 +80,8 @@ pub(crate) struct TarReader<R> {
     /// Padding after the current entry's data.
     padding: u64,
     ended: bool,
+    /// Path of the member whose data is being read, for messages.
+    current: Vec<u8>,
 }
 
 impl<R: Read> TarReader<R> {
@@ -79,12 +92,14 @@ impl<R: Read> TarReader<R> {
             remaining: 0,
             padding: 0,
             ended: false,
+            current: Vec::new(),
         }
     }
 
     /// The next member, or `None` at the end-of-archive marker (or a clean EOF between members).
     pub fn next_entry(&mut self) -> Result<Option<RawEntry>, TarFault> {
-        self.skip_rest()?;
+        let current = std::mem::take(&mut self.current);
+        self.skip_rest().map_err(|f| f.within(&current))?;
         if self.ended {
             return Ok(None);
         }
@@ -117,27 +132,31 @@ impl<R: Read> TarReader<R> {
                 }
                 _ => {
                     ext.apply(&mut entry);
-                    if entry.typeflag == b'S' || ext.sparse {
-                        return Err(TarFault::Unsupported(format!(
-                            "sparse file {:?}: sparse members are not supported; rebuild the layer without --sparse",
-                            String::from_utf8_lossy(&entry.path)
-                        )));
-                    }
-                    let carries_data = matches!(entry.typeflag, b'0' | b'\0' | b'7');
-                    if carries_data && entry.size > MAX_ENTRY_SIZE {
-                        return Err(TarFault::TooLarge {
-                            what: "file size",
-                            size: entry.size,
-                            limit: MAX_ENTRY_SIZE,
-                        });
-                    }
-                    // Only regular files own data; other members may declare a size (GNU tar
-                    // does for hard links in some modes) which we skip but never emit.
+                    Self::member_checks(&entry, ext.sparse).map_err(|f| f.within(&entry.path))?;
                     self.start_data(entry.size)?;
+                    self.current = entry.path.clone();
                     return Ok(Some(entry));
                 }
             }
         }
+    }
+
+    fn member_checks(entry: &RawEntry, sparse: bool) -> Result<(), TarFault> {
+        if entry.typeflag == b'S' || sparse {
+            return Err(TarFault::Unsupported(
+                "sparse members are not supported; rebuild the layer without --sparse".into(),
+            ));
+        }
+        // Members other than files may declare a size too (skipped, never emitted), so the
+        // cap applies to every member.
+        if entry.size > MAX_ENTRY_SIZE {
+            return Err(TarFault::TooLarge {
+                what: "file size",
+                size: entry.size,
+                limit: MAX_ENTRY_SIZE,
+            });
+        }
+        Ok(())
     }
 
     /// Reads data of the current member; `Ok(0)` once all of it is consumed.
@@ -329,6 +348,14 @@ fn unsigned(raw: &[u8], name: &str) -> Result<u64, TarFault> {
     u64::try_from(v).map_err(|_| TarFault::Malformed(format!("{name} field {v} is out of range")))
 }
 
+fn device_field(block: &[u8; BLOCK], at: usize, name: &str) -> Result<u32, TarFault> {
+    if !matches!(block[156], b'3' | b'4') {
+        return Ok(0);
+    }
+    let v = unsigned(&block[at..at + 8], name)?;
+    u32::try_from(v).map_err(|_| TarFault::Malformed(format!("{name} {v} is out of range")))
+}
+
 fn parse_header(block: &[u8; BLOCK]) -> Result<RawEntry, TarFault> {
     let stored = unsigned(&block[148..156], "checksum")?;
     let mut unsigned_sum: u64 = 0;
@@ -365,8 +392,10 @@ fn parse_header(block: &[u8; BLOCK]) -> Result<RawEntry, TarFault> {
         gid: unsigned(&block[116..124], "gid")?,
         size: unsigned(&block[124..136], "size")?,
         mtime: i64::try_from(number(&block[136..148], "mtime")?).unwrap_or(0),
-        dev_major: u32::try_from(unsigned(&block[329..337], "devmajor")?).unwrap_or(0),
-        dev_minor: u32::try_from(unsigned(&block[337..345], "devminor")?).unwrap_or(0),
+        // Only device members give these fields a meaning; GNU and old writers leave junk in
+        // them for everything else.
+        dev_major: device_field(block, 329, "devmajor")?,
+        dev_minor: device_field(block, 337, "devminor")?,
         xattrs: Vec::new(),
         offset: 0,
     })

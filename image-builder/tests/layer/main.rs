@@ -1,0 +1,7 @@
+//! Layer flattening and deterministic layers: one test binary, a module per concern.
+
+mod common;
+mod deterministic;
+mod hostile;
+mod semantics;
+mod umoci;
