@@ -11,6 +11,7 @@ use super::compress::decompress;
 use super::error::{LayerError, show};
 use super::index::{Ctx, EntryKind, IndexEntry, LayerIndex, after, classify};
 use super::merge::Plan;
+use super::path::{ancestors, normalize};
 use super::tar_read::{Kind, TarReader};
 use super::tar_write::{OutHeader, TarWriter};
 use super::{FlattenOptions, FlattenStats, Layer};
@@ -28,6 +29,7 @@ impl Plan {
         let prefix = prefix_of(opts);
         let mut w = TarWriter::new(out);
         let mut stats = FlattenStats::default();
+        write_leading(&mut w, opts, &prefix, &mut stats)?;
         let root_path = if prefix.is_empty() { b"./".to_vec() } else { prefix.clone() };
         let root = self.root.map(|(l, o)| &indexes[l as usize].entries[o as usize]);
         put_meta(&mut w, &root_path, root, &mut stats)?;
@@ -60,6 +62,51 @@ impl Plan {
         w.finish().map_err(LayerError::Output)?;
         Ok(stats)
     }
+}
+
+fn write_leading<W: Write>(
+    w: &mut TarWriter<W>,
+    opts: &FlattenOptions,
+    prefix: &[u8],
+    stats: &mut FlattenStats,
+) -> Result<(), LayerError> {
+    let mut dirs: Vec<Vec<u8>> = Vec::new();
+    for (name, data) in &opts.leading_files {
+        let path = normalize(name.as_bytes()).map_err(|d| LayerError::Builder {
+            path: name.clone(),
+            detail: d,
+        })?;
+        let under_prefix = !prefix.is_empty() && (path.starts_with(prefix) || path == prefix[..prefix.len() - 1]);
+        if path.is_empty() || under_prefix || prefix.is_empty() {
+            return Err(LayerError::Builder {
+                path: name.clone(),
+                detail: "leading files need a prefix for the image tree and must lie outside it".into(),
+            });
+        }
+        for dir in ancestors(&path) {
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_vec());
+                put_meta(w, &out_path(b"", dir, true), None, stats)?;
+            }
+        }
+        let h = OutHeader {
+            path: &path,
+            typeflag: b'0',
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: data.len() as u64,
+            link: b"",
+            device: None,
+            xattrs: &[],
+        };
+        w.header(&h).map_err(LayerError::Output)?;
+        w.data(data).map_err(LayerError::Output)?;
+        w.pad(data.len() as u64).map_err(LayerError::Output)?;
+        stats.entries += 1;
+    }
+    Ok(())
 }
 
 fn prefix_of(opts: &FlattenOptions) -> Vec<u8> {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use super::error::{LayerError, show};
 use super::index::{EntryKind, IndexEntry, LayerIndex};
-use super::path::ancestors;
+use super::path::{ancestors, normalize};
 use super::tar_read::Kind;
 
 /// A member: (layer position, member ordinal in that layer).
@@ -79,13 +79,10 @@ impl Tree {
         let err = Errs {
             digest: &index.digest,
         };
+        validate(index)?;
         for e in &index.entries {
             match e.kind {
-                EntryKind::Whiteout => {
-                    if self.deletable_parent(e, &err)? {
-                        self.remove(&e.path);
-                    }
-                }
+                EntryKind::Whiteout if self.deletable_parent(e, &err)? => self.remove(&e.path),
                 EntryKind::Opaque => {
                     if e.path.is_empty() {
                         self.paths.clear();
@@ -226,6 +223,39 @@ impl Tree {
         }
         plan
     }
+}
+
+/// An index may come from a cache: check it obeys the rules `classify` enforces, because the
+/// emitter writes directory, symlink and node headers from the index alone.
+fn validate(index: &LayerIndex) -> Result<(), LayerError> {
+    for e in &index.entries {
+        let bad = |detail: &str| LayerError::IndexMismatch {
+            digest: index.digest.clone(),
+            entry: show(&e.path),
+            detail: format!("cached index entry is invalid: {detail}"),
+        };
+        if normalize(&e.path).as_deref() != Ok(&e.path[..]) {
+            return Err(bad("path is not normalized"));
+        }
+        match e.kind {
+            EntryKind::Node(Kind::Hardlink) => {
+                if e.link.is_empty() || normalize(&e.link).as_deref() != Ok(&e.link[..]) {
+                    return Err(bad("hard-link target is not normalized"));
+                }
+            }
+            EntryKind::Node(Kind::Symlink) if e.link.is_empty() || e.link.contains(&0) => {
+                return Err(bad("symlink target is empty or has NUL"));
+            }
+            EntryKind::Node(k) if e.path.is_empty() && k != Kind::Dir => {
+                return Err(bad("the root is not a directory"));
+            }
+            _ => {}
+        }
+        if e.size > super::tar_read::MAX_ENTRY_SIZE || e.mode > 0o7777 {
+            return Err(bad("size or mode out of range"));
+        }
+    }
+    Ok(())
 }
 
 struct Errs<'a> {

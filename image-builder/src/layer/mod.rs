@@ -134,6 +134,10 @@ pub struct FlattenOptions {
     pub prefix: Option<String>,
     /// Threads for indexing layers in parallel; 0 means one per available core.
     pub threads: usize,
+    /// Files written before the image tree, outside the prefix: `metadata.yaml` and templates
+    /// of an Incus unified tarball. Root-owned, 0644, mtime 0; missing parents become 0755
+    /// directories.
+    pub leading_files: Vec<(String, Vec<u8>)>,
 }
 
 /// What was written.

@@ -244,10 +244,12 @@ fn prefix_puts_everything_under_rootfs() {
     let opts = FlattenOptions {
         prefix: Some("rootfs".into()),
         threads: 0,
+        leading_files: vec![("metadata.yaml".into(), b"architecture: x86_64\n".to_vec()), ("templates/hosts.tpl".into(), b"h".to_vec())],
     };
     let f = try_flat_opts(vec![l.tar()], &opts).unwrap();
-    assert_eq!(f.order[0], "rootfs");
-    assert!(f.order.iter().all(|p| p == "rootfs" || p.starts_with("rootfs/")), "{:?}", f.order);
+    assert_eq!(f.order[..4], ["metadata.yaml", "templates", "templates/hosts.tpl", "rootfs"]);
+    assert_eq!(f.get("metadata.yaml").data, b"architecture: x86_64\n");
+    assert!(f.order[3..].iter().all(|p| p == "rootfs" || p.starts_with("rootfs/")), "{:?}", f.order);
     assert_eq!(f.get("rootfs/bin/b").link.as_deref(), Some("rootfs/bin/a"));
 }
 

@@ -181,7 +181,10 @@ fn image_layers(root: bool) -> Vec<L> {
         .dir_owned("home/user", 0o700, 1000, 1000)
         .file_owned("home/user/.profile", 0o644, 1000, 1000, b"export X=1")
         .dir("tmp", 0o1777)
-        .with_xattrs("etc/noted", &[("user.note", b"kept")], b"noted");
+        .with_xattrs("etc/noted", &[("user.note", b"kept")], b"noted")
+        .file("srv/implied/deep", 0o644, b"parents omitted by the layer")
+        .dir("long", 0o755)
+        .file(&format!("long/{}", "n".repeat(140)), 0o644, b"long name");
     let l1 = if root {
         l1.dir("dev", 0o755).node("dev/null", tar::EntryType::Char, 1, 3).node("fifo", tar::EntryType::Fifo, 0, 0)
     } else {
@@ -207,7 +210,10 @@ fn image_layers(root: bool) -> Vec<L> {
         .whiteout("etc/passwd")
         .dir("bin", 0o755)
         .hardlink("bin/cat", "bin/busybox")
-        .symlink("opt/app2", "../opt/app");
+        .symlink("opt/app2", "../opt/app")
+        .dir("abs", 0o711)
+        .file("abs/now-a-dir", 0o644, b"symlink replaced by a directory")
+        .hardlink(&format!("long/{}", "m".repeat(130)), &format!("long/{}", "n".repeat(140)));
     vec![l1, l2, l3]
 }
 
