@@ -102,8 +102,14 @@ mod tests {
             ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Gzip)),
             ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Zstd)),
             ("application/vnd.oci.image.layer.v1.tar", Some(None)),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Gzip)),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Some(Gzip)),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Gzip),
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Some(Gzip),
+            ),
             ("application/octet-stream", Option::None),
         ];
         for (mt, want) in cases {
@@ -113,7 +119,10 @@ mod tests {
 
     #[test]
     fn declared_gzip_without_magic_is_refused() {
-        let err = match decompress(&b"not gzip at all"[..], Some("application/vnd.oci.image.layer.v1.tar+gzip")) {
+        let err = match decompress(
+            &b"not gzip at all"[..],
+            Some("application/vnd.oci.image.layer.v1.tar+gzip"),
+        ) {
             Err(e) => e,
             Ok(_) => panic!("accepted"),
         };

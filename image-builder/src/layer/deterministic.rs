@@ -67,7 +67,12 @@ impl LayerBuilder {
     }
 
     /// A root-owned regular file.
-    pub fn file(&mut self, path: &str, mode: u32, bytes: impl Into<Vec<u8>>) -> Result<&mut Self, LayerError> {
+    pub fn file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<&mut Self, LayerError> {
         self.file_owned(path, mode, 0, 0, bytes)
     }
 
@@ -87,19 +92,35 @@ impl LayerBuilder {
         self.dir_owned(path, mode, 0, 0)
     }
 
-    pub fn dir_owned(&mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Result<&mut Self, LayerError> {
+    pub fn dir_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> Result<&mut Self, LayerError> {
         self.add(path, Item::Dir, mode, uid, gid)
     }
 
     /// A root-owned symlink; the target is stored as given.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self, LayerError> {
         if target.is_empty() || target.contains('\0') {
-            return Err(builder_err(path, "a symlink target must be non-empty and without NUL"));
+            return Err(builder_err(
+                path,
+                "a symlink target must be non-empty and without NUL",
+            ));
         }
         self.add(path, Item::Symlink(target.as_bytes().to_vec()), 0o777, 0, 0)
     }
 
-    fn add(&mut self, path: &str, item: Item, mode: u32, uid: u64, gid: u64) -> Result<&mut Self, LayerError> {
+    fn add(
+        &mut self,
+        path: &str,
+        item: Item,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> Result<&mut Self, LayerError> {
         let norm = normalize(path.as_bytes()).map_err(|d| builder_err(path, &d))?;
         if norm.is_empty() {
             return Err(builder_err(path, "the root itself cannot be an entry"));
@@ -108,7 +129,10 @@ impl LayerBuilder {
             return Err(builder_err(path, "mode has bits outside 0o7777"));
         }
         if self.entries.contains_key(&norm) {
-            return Err(builder_err(path, "added twice; a layer holds each path once"));
+            return Err(builder_err(
+                path,
+                "added twice; a layer holds each path once",
+            ));
         }
         for dir in ancestors(&norm) {
             if let Some(e) = self.entries.get(dir)
@@ -126,7 +150,15 @@ impl LayerBuilder {
                 return Err(builder_err(path, "it has children but is not a directory"));
             }
         }
-        self.entries.insert(norm, Entry { item, mode, uid, gid });
+        self.entries.insert(
+            norm,
+            Entry {
+                item,
+                mode,
+                uid,
+                gid,
+            },
+        );
         Ok(self)
     }
 

@@ -30,16 +30,34 @@ impl Plan {
         let mut w = TarWriter::new(out);
         let mut stats = FlattenStats::default();
         write_leading(&mut w, opts, &prefix, &mut stats)?;
-        let root_path = if prefix.is_empty() { b"./".to_vec() } else { prefix.clone() };
-        let root = self.root.map(|(l, o)| &indexes[l as usize].entries[o as usize]);
+        let root_path = if prefix.is_empty() {
+            b"./".to_vec()
+        } else {
+            prefix.clone()
+        };
+        let root = self
+            .root
+            .map(|(l, o)| &indexes[l as usize].entries[o as usize]);
         put_meta(&mut w, &root_path, root, &mut stats)?;
         for (path, member) in &self.nodes {
             let member = member.map(|(l, o)| &indexes[l as usize].entries[o as usize]);
-            put_meta(&mut w, &out_path(&prefix, path, member.is_none_or(is_dir)), member, &mut stats)?;
+            put_meta(
+                &mut w,
+                &out_path(&prefix, path, member.is_none_or(is_dir)),
+                member,
+                &mut stats,
+            )?;
         }
         for (pos, files) in self.files.iter().enumerate() {
             if !files.is_empty() {
-                copy_files(&mut w, &layers[pos], &indexes[pos], files, &prefix, &mut stats)?;
+                copy_files(
+                    &mut w,
+                    &layers[pos],
+                    &indexes[pos],
+                    files,
+                    &prefix,
+                    &mut stats,
+                )?;
             }
         }
         for (path, target) in &self.links {
@@ -76,11 +94,13 @@ fn write_leading<W: Write>(
             path: name.clone(),
             detail: d,
         })?;
-        let under_prefix = !prefix.is_empty() && (path.starts_with(prefix) || path == prefix[..prefix.len() - 1]);
+        let under_prefix =
+            !prefix.is_empty() && (path.starts_with(prefix) || path == prefix[..prefix.len() - 1]);
         if path.is_empty() || under_prefix || prefix.is_empty() {
             return Err(LayerError::Builder {
                 path: name.clone(),
-                detail: "leading files need a prefix for the image tree and must lie outside it".into(),
+                detail: "leading files need a prefix for the image tree and must lie outside it"
+                    .into(),
             });
         }
         for dir in ancestors(&path) {

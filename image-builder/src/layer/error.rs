@@ -39,7 +39,9 @@ pub enum LayerError {
         entry: String,
         detail: String,
     },
-    #[error("layer {digest}: entry {entry}: {what} of {size} bytes exceeds the limit of {limit} bytes")]
+    #[error(
+        "layer {digest}: entry {entry}: {what} of {size} bytes exceeds the limit of {limit} bytes"
+    )]
     TooLarge {
         digest: String,
         entry: String,
@@ -72,7 +74,9 @@ pub enum LayerError {
         entry: String,
         parent: String,
     },
-    #[error("layer {digest}: entry {entry}: parent {parent:?} is not a directory in the merged tree")]
+    #[error(
+        "layer {digest}: entry {entry}: parent {parent:?} is not a directory in the merged tree"
+    )]
     ParentNotDir {
         digest: String,
         entry: String,
@@ -95,7 +99,9 @@ pub enum LayerError {
     },
     #[error("layer {digest}: {detail}")]
     Compression { digest: String, detail: String },
-    #[error("{count} layers were given but {indexes} indexes; index every layer once, bottom to top")]
+    #[error(
+        "{count} layers were given but {indexes} indexes; index every layer once, bottom to top"
+    )]
     IndexCount { count: usize, indexes: usize },
     #[error("writing the flattened tar stream failed: {0}")]
     Output(#[source] io::Error),

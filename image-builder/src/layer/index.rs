@@ -125,12 +125,11 @@ impl LayerIndex {
         media_type: Option<&str>,
         blob: R,
     ) -> Result<LayerIndex, LayerError> {
-        let (compression, tar) = decompress(blob, media_type).map_err(|detail| {
-            LayerError::Compression {
+        let (compression, tar) =
+            decompress(blob, media_type).map_err(|detail| LayerError::Compression {
                 digest: digest.to_string(),
                 detail,
-            }
-        })?;
+            })?;
         Self::from_tar(digest, compression, tar)
     }
 
@@ -184,8 +183,8 @@ pub(crate) fn classify(ctx: &Ctx, raw: RawEntry) -> Result<IndexEntry, LayerErro
             (EntryKind::Opaque, dir, Vec::new())
         } else if hidden.starts_with(b".wh.") {
             (EntryKind::Ignored, path, Vec::new())
-        } else if hidden.is_empty() {
-            return Err(ctx.unsafe_path(&raw.path, "whiteout without a name".into()));
+        } else if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(ctx.unsafe_path(&raw.path, "whiteout of an empty, `.` or `..` name".into()));
         } else {
             (EntryKind::Whiteout, join(&dir, hidden), Vec::new())
         }
@@ -215,7 +214,9 @@ pub(crate) fn classify(ctx: &Ctx, raw: RawEntry) -> Result<IndexEntry, LayerErro
             }
             Kind::Symlink => {
                 if raw.link.contains(&0) || raw.link.is_empty() {
-                    return Err(ctx.unsafe_path(&raw.path, "symlink target is empty or has NUL".into()));
+                    return Err(
+                        ctx.unsafe_path(&raw.path, "symlink target is empty or has NUL".into())
+                    );
                 }
                 raw.link
             }
@@ -298,7 +299,9 @@ impl Indexer {
         drop(self.tx.take());
         let worker = self.worker.take().expect("finish is called once");
         worker.join().unwrap_or_else(|_| {
-            Err(LayerError::Output(io::Error::other("the indexing thread panicked")))
+            Err(LayerError::Output(io::Error::other(
+                "the indexing thread panicked",
+            )))
         })
     }
 }

@@ -112,7 +112,11 @@ impl Tree {
                 },
                 Kind::Hardlink => {
                     let target = match self.paths.get(&e.link) {
-                        None => return Err(err.link(e, "the target does not exist in this or a lower layer")),
+                        None => {
+                            return Err(
+                                err.link(e, "the target does not exist in this or a lower layer")
+                            );
+                        }
                         Some(t) if t.kind == NodeKind::Dir => {
                             return Err(err.link(e, "the target is a directory"));
                         }
@@ -238,10 +242,10 @@ fn validate(index: &LayerIndex) -> Result<(), LayerError> {
             return Err(bad("path is not normalized"));
         }
         match e.kind {
-            EntryKind::Node(Kind::Hardlink) => {
-                if e.link.is_empty() || normalize(&e.link).as_deref() != Ok(&e.link[..]) {
-                    return Err(bad("hard-link target is not normalized"));
-                }
+            EntryKind::Node(Kind::Hardlink)
+                if e.link.is_empty() || normalize(&e.link).as_deref() != Ok(&e.link[..]) =>
+            {
+                return Err(bad("hard-link target is not normalized"));
             }
             EntryKind::Node(Kind::Symlink) if e.link.is_empty() || e.link.contains(&0) => {
                 return Err(bad("symlink target is empty or has NUL"));

@@ -96,7 +96,11 @@ impl Layer {
     }
 
     /// A layer blob stored in a file (the blob cache).
-    pub fn from_file(digest: impl Into<String>, media_type: Option<String>, path: PathBuf) -> Layer {
+    pub fn from_file(
+        digest: impl Into<String>,
+        media_type: Option<String>,
+        path: PathBuf,
+    ) -> Layer {
         Layer::new(digest, media_type, move || {
             Ok(Box::new(File::open(&path)?) as Box<dyn Read + Send>)
         })

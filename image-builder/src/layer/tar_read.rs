@@ -164,7 +164,9 @@ impl<R: Read> TarReader<R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = read_retry(&mut self.inner, &mut buf[..want])?;
         if n == 0 {
             return Err(TarFault::Truncated(format!(
@@ -219,7 +221,9 @@ impl<R: Read> TarReader<R> {
             let pad = self.padding as usize;
             let n = read_full(&mut self.inner, &mut buf[..pad])?;
             if n < pad {
-                return Err(TarFault::Truncated("padding after the last member's data".into()));
+                return Err(TarFault::Truncated(
+                    "padding after the last member's data".into(),
+                ));
             }
             self.offset += pad as u64;
             self.padding = 0;
@@ -429,9 +433,9 @@ impl Extensions {
                 .ok_or_else(|| TarFault::Malformed("PAX record length is invalid".into()))?;
             let record = &body[space + 1..len];
             body = &body[len..];
-            let record = record
-                .strip_suffix(b"\n")
-                .ok_or_else(|| TarFault::Malformed("PAX record does not end in a newline".into()))?;
+            let record = record.strip_suffix(b"\n").ok_or_else(|| {
+                TarFault::Malformed("PAX record does not end in a newline".into())
+            })?;
             let eq = record
                 .iter()
                 .position(|b| *b == b'=')

@@ -87,7 +87,10 @@ impl<W: Write> TarWriter<W> {
         put_octal(&mut b[108..116], h.uid.min(MAX_ID));
         put_octal(&mut b[116..124], h.gid.min(MAX_ID));
         put_octal(&mut b[124..136], h.size.min(MAX_SIZE));
-        put_octal(&mut b[136..148], u64::try_from(h.mtime).unwrap_or(0).min(MAX_SIZE));
+        put_octal(
+            &mut b[136..148],
+            u64::try_from(h.mtime).unwrap_or(0).min(MAX_SIZE),
+        );
         b[156] = h.typeflag;
         put_bytes(&mut b[157..257], h.link);
         b[257..263].copy_from_slice(b"ustar\0");

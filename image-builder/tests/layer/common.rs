@@ -141,7 +141,14 @@ impl L {
     }
 
     /// Appends a raw member: any name bytes, type, link, and a size that may lie.
-    pub fn raw(mut self, name: &[u8], kind: tar::EntryType, link: &[u8], size: u64, data: &[u8]) -> L {
+    pub fn raw(
+        mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        link: &[u8],
+        size: u64,
+        data: &[u8],
+    ) -> L {
         let mut h = header(kind, 0o644, size);
         raw_names(&mut h, name, link);
         let mut bytes = h.as_bytes().to_vec();
@@ -258,7 +265,10 @@ pub fn parse(bytes: Vec<u8>) -> Flat {
             .link_name_bytes()
             .map(|l| String::from_utf8(l.into_owned()).unwrap());
         let dev = match kind {
-            'c' | 'b' => Some((h.device_major().unwrap().unwrap(), h.device_minor().unwrap().unwrap())),
+            'c' | 'b' => Some((
+                h.device_major().unwrap().unwrap(),
+                h.device_minor().unwrap().unwrap(),
+            )),
             _ => None,
         };
         let mut data = Vec::new();
@@ -275,7 +285,10 @@ pub fn parse(bytes: Vec<u8>) -> Flat {
             xattrs,
             uname: h.username_bytes().unwrap_or_default().to_vec(),
         };
-        assert!(map.insert(path.clone(), out).is_none(), "duplicate output path {path}");
+        assert!(
+            map.insert(path.clone(), out).is_none(),
+            "duplicate output path {path}"
+        );
         order.push(path);
     }
     Flat { map, order, bytes }

@@ -15,13 +15,23 @@ fn refused(blobs: Vec<Vec<u8>>, bad: usize, needles: &[&str]) -> LayerError {
     for n in needles {
         assert!(msg.contains(n), "{n:?} not in: {msg}");
     }
-    assert!(out.is_empty(), "output written before the refusal ({} bytes)", out.len());
+    assert!(
+        out.is_empty(),
+        "output written before the refusal ({} bytes)",
+        out.len()
+    );
     err
 }
 
 #[test]
 fn dotdot_path_is_refused() {
-    let l = layer().file("ok", 0o644, b"").raw(b"../../etc/passwd", tar::EntryType::Regular, b"", 4, b"root");
+    let l = layer().file("ok", 0o644, b"").raw(
+        b"../../etc/passwd",
+        tar::EntryType::Regular,
+        b"",
+        4,
+        b"root",
+    );
     let e = refused(vec![l.tar()], 0, &["../../etc/passwd", ".."]);
     assert!(matches!(e, LayerError::UnsafePath { .. }));
     let l = layer().raw(b"a/b/../../../x", tar::EntryType::Directory, b"", 0, b"");
@@ -31,7 +41,8 @@ fn dotdot_path_is_refused() {
 #[test]
 fn dotdot_in_pax_path_is_refused() {
     let mut b = tar::Builder::new(Vec::new());
-    b.append_pax_extensions([("path", &b"x/../../escape"[..])]).unwrap();
+    b.append_pax_extensions([("path", &b"x/../../escape"[..])])
+        .unwrap();
     let mut h = tar::Header::new_ustar();
     h.set_path("innocent").unwrap();
     h.set_size(0);
@@ -47,10 +58,18 @@ fn hard_link_escaping_or_dangling_is_refused() {
     assert!(matches!(e, LayerError::BadHardlink { .. }));
     let l1 = layer().file("a", 0o644, b"");
     let l2 = layer().hardlink("dangling", "no/such/file");
-    refused(vec![l1.tar(), l2.tar()], 1, &["dangling", "no/such/file", "does not exist"]);
+    refused(
+        vec![l1.tar(), l2.tar()],
+        1,
+        &["dangling", "no/such/file", "does not exist"],
+    );
     // the target is hidden by this layer's whiteout before the link is read
     let l2 = layer().whiteout("a").hardlink("late", "a");
-    refused(vec![layer().file("a", 0o644, b"").tar(), l2.tar()], 1, &["late", "does not exist"]);
+    refused(
+        vec![layer().file("a", 0o644, b"").tar(), l2.tar()],
+        1,
+        &["late", "does not exist"],
+    );
     let l = layer().dir("d", 0o755).hardlink("dirlink", "d");
     refused(vec![l.tar()], 0, &["dirlink", "directory"]);
     // a link to a member that comes later in the same stream does not exist yet
@@ -62,10 +81,17 @@ fn hard_link_escaping_or_dangling_is_refused() {
 fn member_below_a_symlink_is_refused() {
     let l1 = layer().symlink("etc", "/host/etc");
     let l2 = layer().file("etc/passwd", 0o644, b"pwned");
-    let e = refused(vec![l1.tar(), l2.tar()], 1, &["etc/passwd", "\"etc\"", "symlink"]);
+    let e = refused(
+        vec![l1.tar(), l2.tar()],
+        1,
+        &["etc/passwd", "\"etc\"", "symlink"],
+    );
     assert!(matches!(e, LayerError::ThroughSymlink { .. }));
     // same layer, and through a relative symlink deeper down
-    let l = layer().dir("a", 0o755).symlink("a/b", "../..").file("a/b/c/d", 0o644, b"");
+    let l = layer()
+        .dir("a", 0o755)
+        .symlink("a/b", "../..")
+        .file("a/b/c/d", 0o644, b"");
     refused(vec![l.tar()], 0, &["a/b/c/d", "\"a/b\""]);
     // a whiteout that would delete through a symlink as well
     let l1 = layer().symlink("lnk", "/");
@@ -105,9 +131,20 @@ fn header_size_smaller_than_data_is_caught_by_the_next_header() {
 
 #[test]
 fn tar_truncated_mid_entry_and_mid_header() {
-    let full = layer().file("a", 0o644, &[1u8; 5000]).file("b", 0o644, b"b").tar();
-    refused(vec![full[..512 + 2000].to_vec()], 0, &["\"a\"", "ends early"]);
-    refused(vec![full[..512 + 5120 + 100].to_vec()], 0, &["after \"a\"", "ends early"]);
+    let full = layer()
+        .file("a", 0o644, &[1u8; 5000])
+        .file("b", 0o644, b"b")
+        .tar();
+    refused(
+        vec![full[..512 + 2000].to_vec()],
+        0,
+        &["\"a\"", "ends early"],
+    );
+    refused(
+        vec![full[..512 + 5120 + 100].to_vec()],
+        0,
+        &["after \"a\"", "ends early"],
+    );
 }
 
 #[test]
@@ -149,8 +186,13 @@ fn declared_gzip_that_is_not_gzip() {
         Some("application/vnd.oci.image.layer.v1.tar+gzip".into()),
         layer().file("a", 0o644, b"").tar(),
     )];
-    let err = flatten(&layers, &mut Vec::new(), &FlattenOptions::default()).unwrap_err().to_string();
-    assert!(err.contains(&digest(0)) && err.contains("declares gzip"), "{err}");
+    let err = flatten(&layers, &mut Vec::new(), &FlattenOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&digest(0)) && err.contains("declares gzip"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -189,6 +231,39 @@ fn garbage_is_not_a_layer() {
 #[test]
 fn error_in_an_upper_layer_names_that_layer() {
     let good = layer().file("a", 0o644, b"").tar();
-    let bad = layer().raw(b"../x", tar::EntryType::Regular, b"", 0, b"").tar();
+    let bad = layer()
+        .raw(b"../x", tar::EntryType::Regular, b"", 0, b"")
+        .tar();
     refused(vec![good.clone(), good, bad], 2, &["../x"]);
+}
+
+#[test]
+fn whiteout_of_dot_or_dotdot_is_refused() {
+    let l = layer().file("a/.wh...", 0o644, b"");
+    refused(
+        vec![layer().file("a/x", 0o644, b"").tar(), l.tar()],
+        1,
+        &["a/.wh...", "whiteout"],
+    );
+}
+
+#[test]
+fn tampered_cached_index_is_refused() {
+    let blob = layer().file("etc/passwd", 0o644, b"x").tar();
+    let mut index = atlas_image::layer::LayerIndex::from_blob(&digest(0), None, &blob[..]).unwrap();
+    index.entries[0].path = b"../../etc/passwd".to_vec();
+    let mut out = Vec::new();
+    let err = atlas_image::layer::flatten_indexed(
+        &layers_of(vec![blob]),
+        &[index],
+        &mut out,
+        &FlattenOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&digest(0)) && err.contains("not normalized"),
+        "{err}"
+    );
+    assert!(out.is_empty());
 }

@@ -3,5 +3,6 @@
 mod common;
 mod deterministic;
 mod hostile;
+mod memory;
 mod semantics;
 mod umoci;

@@ -28,26 +28,45 @@ fn metadata_is_kept_and_names_dropped() {
     assert_eq!(data.data, b"hello");
     assert_eq!(data.mtime, 1_700_000_000);
     // ids beyond the 7 octal digits of ustar travel in PAX records
-    assert_eq!((f.get("big-ids").uid, f.get("big-ids").gid), (3_000_000, 4_000_000));
+    assert_eq!(
+        (f.get("big-ids").uid, f.get("big-ids").gid),
+        (3_000_000, 4_000_000)
+    );
     // parents the layer omitted are synthesized root-owned 0755 with mtime 0
     let home = f.get("home");
-    assert_eq!((home.kind, home.mode, home.uid, home.mtime), ('d', 0o755, 0, 0));
-    assert!(f.map.values().all(|o| o.uname.is_empty()), "user names must be dropped");
+    assert_eq!(
+        (home.kind, home.mode, home.uid, home.mtime),
+        ('d', 0o755, 0, 0)
+    );
+    assert!(
+        f.map.values().all(|o| o.uname.is_empty()),
+        "user names must be dropped"
+    );
 }
 
 #[test]
 fn order_is_parents_first_and_deterministic() {
-    let l1 = layer().file("z/late", 0o644, b"1").file("a/b/c", 0o644, b"2").symlink("a/link", "b");
+    let l1 = layer()
+        .file("z/late", 0o644, b"1")
+        .file("a/b/c", 0o644, b"2")
+        .symlink("a/link", "b");
     let l2 = layer().file("a/b/d", 0o644, b"3").dir("m", 0o700);
     let one = flat(vec![l1.tar(), l2.tar()]);
-    let l1 = layer().file("z/late", 0o644, b"1").file("a/b/c", 0o644, b"2").symlink("a/link", "b");
+    let l1 = layer()
+        .file("z/late", 0o644, b"1")
+        .file("a/b/c", 0o644, b"2")
+        .symlink("a/link", "b");
     let l2 = layer().file("a/b/d", 0o644, b"3").dir("m", 0o700);
     let two = flat(vec![l1.tar(), l2.tar()]);
     assert_eq!(one.bytes, two.bytes, "same input must give the same bytes");
     assert_eq!(one.order[0], ".");
     for (i, p) in one.order.iter().enumerate() {
         if let Some((parent, _)) = p.rsplit_once('/') {
-            let pi = one.order.iter().position(|q| q == parent).expect("parent present");
+            let pi = one
+                .order
+                .iter()
+                .position(|q| q == parent)
+                .expect("parent present");
             assert!(pi < i, "{parent} after {p}");
         }
     }
@@ -73,13 +92,24 @@ fn whiteouts_hide_lower_files_and_subtrees_only() {
     assert!(!f.has("var/cache") && !f.has("var/cache/a") && !f.has("var/cache/sub/b"));
     assert!(f.has("var"));
     assert_eq!(f.get("etc/new").data, b"n");
-    assert!(!f.order.iter().any(|p| p.contains(".wh.")), "whiteout markers leaked: {:?}", f.order);
+    assert!(
+        !f.order.iter().any(|p| p.contains(".wh.")),
+        "whiteout markers leaked: {:?}",
+        f.order
+    );
 }
 
 #[test]
 fn opaque_dir_hides_lower_children_keeps_own() {
-    let l1 = layer().dir("opt", 0o755).file("opt/old1", 0o644, b"1").file("opt/d/old2", 0o644, b"2").file("other", 0o644, b"o");
-    let l2 = layer().dir("opt", 0o700).opaque("opt").file("opt/new", 0o644, b"n");
+    let l1 = layer()
+        .dir("opt", 0o755)
+        .file("opt/old1", 0o644, b"1")
+        .file("opt/d/old2", 0o644, b"2")
+        .file("other", 0o644, b"o");
+    let l2 = layer()
+        .dir("opt", 0o700)
+        .opaque("opt")
+        .file("opt/new", 0o644, b"n");
     let f = flat(vec![l1.tar(), l2.tar()]);
     assert!(!f.has("opt/old1") && !f.has("opt/d") && !f.has("opt/d/old2"));
     assert_eq!(f.get("opt/new").data, b"n");
@@ -117,20 +147,30 @@ fn symlinks_kept_verbatim() {
         .symlink("lib64", "usr/lib64")
         .symlink("bin/sh", "/bin/busybox")
         .symlink("etc/up", "../../../outside")
-        .symlink(&format!("long/{}", "l".repeat(150)), &format!("/{}", "t".repeat(200)));
+        .symlink(
+            &format!("long/{}", "l".repeat(150)),
+            &format!("/{}", "t".repeat(200)),
+        );
     let f = flat(vec![l.tar()]);
     assert_eq!(f.get("lib64").link.as_deref(), Some("usr/lib64"));
     assert_eq!(f.get("bin/sh").link.as_deref(), Some("/bin/busybox"));
     // a symlink may point anywhere: it is data, and nothing is extracted through it
     assert_eq!(f.get("etc/up").link.as_deref(), Some("../../../outside"));
     let long = f.get(&format!("long/{}", "l".repeat(150)));
-    assert_eq!(long.link.as_deref(), Some(format!("/{}", "t".repeat(200)).as_str()));
+    assert_eq!(
+        long.link.as_deref(),
+        Some(format!("/{}", "t".repeat(200)).as_str())
+    );
 }
 
 #[test]
 fn hard_links_within_and_across_layers() {
-    let l1 = layer().file("bin/busybox", 0o755, b"BB").hardlink("bin/ls", "bin/busybox");
-    let l2 = layer().hardlink("bin/cat", "bin/busybox").hardlink("bin/dd", "./bin/ls");
+    let l1 = layer()
+        .file("bin/busybox", 0o755, b"BB")
+        .hardlink("bin/ls", "bin/busybox");
+    let l2 = layer()
+        .hardlink("bin/cat", "bin/busybox")
+        .hardlink("bin/dd", "./bin/ls");
     let f = flat(vec![l1.tar(), l2.tar()]);
     assert_eq!(f.get("bin/busybox").kind, 'f');
     assert_eq!(f.get("bin/busybox").data, b"BB");
@@ -142,12 +182,20 @@ fn hard_links_within_and_across_layers() {
 
 #[test]
 fn hard_link_keeps_content_when_target_is_replaced_or_deleted() {
-    let l1 = layer().file("orig", 0o640, b"ORIGINAL").file("other", 0o644, b"O");
-    let l2 = layer().hardlink("z-link", "orig").hardlink("y-link", "other");
+    let l1 = layer()
+        .file("orig", 0o640, b"ORIGINAL")
+        .file("other", 0o644, b"O");
+    let l2 = layer()
+        .hardlink("z-link", "orig")
+        .hardlink("y-link", "other");
     let l3 = layer().file("orig", 0o644, b"REPLACED").whiteout("other");
     let f = flat(vec![l1.tar(), l2.tar(), l3.tar()]);
     assert_eq!(f.get("orig").data, b"REPLACED");
-    assert_eq!(f.get("z-link").kind, 'f', "the surviving path carries the inode's data");
+    assert_eq!(
+        f.get("z-link").kind,
+        'f',
+        "the surviving path carries the inode's data"
+    );
     assert_eq!(f.get("z-link").data, b"ORIGINAL");
     assert_eq!(f.get("z-link").mode, 0o640);
     assert!(!f.has("other"));
@@ -157,7 +205,10 @@ fn hard_link_keeps_content_when_target_is_replaced_or_deleted() {
 #[test]
 fn hard_link_group_primary_is_first_path_and_rest_link() {
     // The original path sorts after its link: the link becomes the primary.
-    let l1 = layer().file("z", 0o644, b"Z").hardlink("a", "z").hardlink("m", "z");
+    let l1 = layer()
+        .file("z", 0o644, b"Z")
+        .hardlink("a", "z")
+        .hardlink("m", "z");
     let f = flat(vec![l1.tar()]);
     assert_eq!(f.get("a").kind, 'f');
     assert_eq!(f.get("a").data, b"Z");
@@ -187,7 +238,10 @@ fn devices_and_fifos() {
 fn xattrs_travel_as_pax() {
     let l = layer().with_xattrs(
         "usr/bin/ping",
-        &[("security.capability", b"\x01\x00\x00\x02\x00\x20"), ("user.note", b"hi")],
+        &[
+            ("security.capability", b"\x01\x00\x00\x02\x00\x20"),
+            ("user.note", b"hi"),
+        ],
         b"PING",
     );
     let f = flat(vec![l.tar()]);
@@ -198,7 +252,10 @@ fn xattrs_travel_as_pax() {
     assert_eq!(
         x,
         vec![
-            ("security.capability".to_string(), b"\x01\x00\x00\x02\x00\x20".to_vec()),
+            (
+                "security.capability".to_string(),
+                b"\x01\x00\x00\x02\x00\x20".to_vec()
+            ),
             ("user.note".to_string(), b"hi".to_vec())
         ]
     );
@@ -222,40 +279,74 @@ fn gzip_zstd_and_plain_by_magic_and_media_type() {
         (mk().tar(), None),
         (mk().gz(), None),
         (mk().zst(), None),
-        (mk().gz(), Some("application/vnd.oci.image.layer.v1.tar+gzip")),
-        (mk().zst(), Some("application/vnd.oci.image.layer.v1.tar+zstd")),
+        (
+            mk().gz(),
+            Some("application/vnd.oci.image.layer.v1.tar+gzip"),
+        ),
+        (
+            mk().zst(),
+            Some("application/vnd.oci.image.layer.v1.tar+zstd"),
+        ),
         // Docker labels uncompressed layers tar.gzip at times: the magic wins.
         (mk().tar(), Some("application/vnd.oci.image.layer.v1.tar")),
-        (mk().zst(), Some("application/vnd.docker.image.rootfs.diff.tar.gzip")),
+        (
+            mk().zst(),
+            Some("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        ),
     ];
     for (i, (blob, mt)) in cases.into_iter().enumerate() {
         let layers = vec![Layer::from_bytes(digest(i), mt.map(String::from), blob)];
         let mut out = Vec::new();
-        flatten(&layers, &mut out, &FlattenOptions::default()).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        flatten(&layers, &mut out, &FlattenOptions::default())
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
         assert_eq!(parse(out).get("f").data, b"same", "case {i}");
     }
-    let idx = Layer::from_bytes(digest(0), None, mk().zst()).index().unwrap();
+    let idx = Layer::from_bytes(digest(0), None, mk().zst())
+        .index()
+        .unwrap();
     assert_eq!(idx.compression, Compression::Zstd);
 }
 
 #[test]
 fn prefix_puts_everything_under_rootfs() {
-    let l = layer().file("etc/hosts", 0o644, b"h").file("bin/a", 0o755, b"a").hardlink("bin/b", "bin/a");
+    let l = layer()
+        .file("etc/hosts", 0o644, b"h")
+        .file("bin/a", 0o755, b"a")
+        .hardlink("bin/b", "bin/a");
     let opts = FlattenOptions {
         prefix: Some("rootfs".into()),
         threads: 0,
-        leading_files: vec![("metadata.yaml".into(), b"architecture: x86_64\n".to_vec()), ("templates/hosts.tpl".into(), b"h".to_vec())],
+        leading_files: vec![
+            ("metadata.yaml".into(), b"architecture: x86_64\n".to_vec()),
+            ("templates/hosts.tpl".into(), b"h".to_vec()),
+        ],
     };
     let f = try_flat_opts(vec![l.tar()], &opts).unwrap();
-    assert_eq!(f.order[..4], ["metadata.yaml", "templates", "templates/hosts.tpl", "rootfs"]);
+    assert_eq!(
+        f.order[..4],
+        [
+            "metadata.yaml",
+            "templates",
+            "templates/hosts.tpl",
+            "rootfs"
+        ]
+    );
     assert_eq!(f.get("metadata.yaml").data, b"architecture: x86_64\n");
-    assert!(f.order[3..].iter().all(|p| p == "rootfs" || p.starts_with("rootfs/")), "{:?}", f.order);
+    assert!(
+        f.order[3..]
+            .iter()
+            .all(|p| p == "rootfs" || p.starts_with("rootfs/")),
+        "{:?}",
+        f.order
+    );
     assert_eq!(f.get("rootfs/bin/b").link.as_deref(), Some("rootfs/bin/a"));
 }
 
 #[test]
 fn absolute_and_dot_paths_are_normalized() {
-    let l = layer().raw(b"/etc/abs", tar::EntryType::Regular, b"", 1, b"A").raw(b"./etc/./dot", tar::EntryType::Regular, b"", 1, b"D");
+    let l = layer()
+        .raw(b"/etc/abs", tar::EntryType::Regular, b"", 1, b"A")
+        .raw(b"./etc/./dot", tar::EntryType::Regular, b"", 1, b"D");
     let f = flat(vec![l.tar()]);
     assert_eq!(f.get("etc/abs").data, b"A");
     assert_eq!(f.get("etc/dot").data, b"D");
@@ -273,9 +364,15 @@ fn root_entry_metadata_is_taken_from_the_top_layer() {
 
 #[test]
 fn indexer_tee_matches_direct_index_and_flatten_indexed_works() {
-    let blob = layer().file("a", 0o644, &vec![7u8; 300_000]).hardlink("b", "a").gz();
+    let blob = layer()
+        .file("a", 0o644, &vec![7u8; 300_000])
+        .hardlink("b", "a")
+        .gz();
     let direct = LayerIndex::from_blob(&digest(0), None, &blob[..]).unwrap();
-    let mut tee = Indexer::new(&digest(0), Some("application/vnd.oci.image.layer.v1.tar+gzip"));
+    let mut tee = Indexer::new(
+        &digest(0),
+        Some("application/vnd.oci.image.layer.v1.tar+gzip"),
+    );
     for chunk in blob.chunks(1000) {
         tee.write_all(chunk).unwrap();
     }
@@ -317,7 +414,9 @@ fn parallel_indexing_reports_the_lowest_failing_layer() {
 
 #[test]
 fn file_contents_stream_intact_across_big_layers() {
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let l1 = layer().file("big", 0o644, &big).file("small", 0o644, b"s");
     let l2 = layer().file("big2", 0o644, &big[..1_000_001]);
     let f = flat(vec![l1.zst(), l2.gz()]);

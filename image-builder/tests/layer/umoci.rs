@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 use crate::common::*;
 
 fn have_tool(name: &str) -> bool {
-    let found = Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found && std::env::var("ATLAS_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
         panic!("{name} is required (ATLAS_TEST_REQUIRE_ALL=1) but not installed");
     }
@@ -29,7 +32,9 @@ fn sha(b: &[u8]) -> String {
 }
 
 fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// Writes an OCI image layout with the given gzip layers; returns (layout dir, layer digests).
@@ -123,7 +128,10 @@ fn walk(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<BTreeSet<String>>) {
             if kind == 'd' {
                 stack.push(p.clone());
             } else {
-                inodes.entry((m.dev(), m.ino())).or_default().insert(rel.clone());
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .insert(rel.clone());
             }
             let note = Command::new("getfattr")
                 .args(["-h", "--only-values", "-n", "user.note"])
@@ -141,7 +149,8 @@ fn walk(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<BTreeSet<String>>) {
                     gid: m.gid(),
                     size: if kind == 'f' { m.size() } else { 0 },
                     content: (kind == 'f').then(|| sha(&fs::read(&p).unwrap())),
-                    target: (kind == 'l').then(|| fs::read_link(&p).unwrap().to_string_lossy().into_owned()),
+                    target: (kind == 'l')
+                        .then(|| fs::read_link(&p).unwrap().to_string_lossy().into_owned()),
                     mtime: (kind != 'd').then(|| m.mtime()),
                     rdev: m.rdev(),
                     xattr_user_note: note,
@@ -186,7 +195,9 @@ fn image_layers(root: bool) -> Vec<L> {
         .dir("long", 0o755)
         .file(&format!("long/{}", "n".repeat(140)), 0o644, b"long name");
     let l1 = if root {
-        l1.dir("dev", 0o755).node("dev/null", tar::EntryType::Char, 1, 3).node("fifo", tar::EntryType::Fifo, 0, 0)
+        l1.dir("dev", 0o755)
+            .node("dev/null", tar::EntryType::Char, 1, 3)
+            .node("fifo", tar::EntryType::Fifo, 0, 0)
     } else {
         l1
     };
@@ -213,7 +224,10 @@ fn image_layers(root: bool) -> Vec<L> {
         .symlink("opt/app2", "../opt/app")
         .dir("abs", 0o711)
         .file("abs/now-a-dir", 0o644, b"symlink replaced by a directory")
-        .hardlink(&format!("long/{}", "m".repeat(130)), &format!("long/{}", "n".repeat(140)));
+        .hardlink(
+            &format!("long/{}", "m".repeat(130)),
+            &format!("long/{}", "n".repeat(140)),
+        );
     vec![l1, l2, l3]
 }
 
@@ -248,7 +262,11 @@ fn flattened_tree_matches_umoci_unpack() {
         .arg(&bundle)
         .output()
         .unwrap();
-    assert!(out.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let ours = tmp.path().join("ours");
     fs::create_dir(&ours).unwrap();
@@ -258,21 +276,39 @@ fn flattened_tree_matches_umoci_unpack() {
             Layer::from_file(
                 d.clone(),
                 Some("application/vnd.oci.image.layer.v1.tar+gzip".into()),
-                layout.join("blobs/sha256").join(d.trim_start_matches("sha256:")),
+                layout
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
             )
         })
         .collect();
     let tar_path = tmp.path().join("flat.tar");
     let file = fs::File::create(&tar_path).unwrap();
-    flatten(&input, std::io::BufWriter::new(file), &FlattenOptions::default()).unwrap();
+    flatten(
+        &input,
+        std::io::BufWriter::new(file),
+        &FlattenOptions::default(),
+    )
+    .unwrap();
     let out = Command::new("tar")
-        .args(["-x", "--numeric-owner", "-p", "--xattrs", "--xattrs-include=*", "-f"])
+        .args([
+            "-x",
+            "--numeric-owner",
+            "-p",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-f",
+        ])
         .arg(&tar_path)
         .arg("-C")
         .arg(&ours)
         .output()
         .unwrap();
-    assert!(out.status.success(), "tar -x: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tar -x: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let (theirs_nodes, theirs_links) = walk(&bundle.join("rootfs"));
     let (our_nodes, our_links) = walk(&ours);
@@ -280,7 +316,10 @@ fn flattened_tree_matches_umoci_unpack() {
     let our_paths: Vec<&String> = our_nodes.keys().collect();
     assert_eq!(our_paths, theirs_paths, "different path sets");
     for (p, theirs) in &theirs_nodes {
-        assert_eq!(&our_nodes[p], theirs, "{p} differs (left: ours, right: umoci)");
+        assert_eq!(
+            &our_nodes[p], theirs,
+            "{p} differs (left: ours, right: umoci)"
+        );
     }
     assert_eq!(our_links, theirs_links, "hard-link groups differ");
     eprintln!(
@@ -289,9 +328,19 @@ fn flattened_tree_matches_umoci_unpack() {
         our_links.len()
     );
     // the test must exercise what it claims
-    assert!(our_links.iter().any(|g| g.contains("bin/sh") && g.contains("bin/ls")));
-    assert_eq!(our_nodes["etc/passwd-link"].size, 26, "link keeps deleted target's content");
+    assert!(
+        our_links
+            .iter()
+            .any(|g| g.contains("bin/sh") && g.contains("bin/ls"))
+    );
+    assert_eq!(
+        our_nodes["etc/passwd-link"].size, 26,
+        "link keeps deleted target's content"
+    );
     assert!(!our_nodes.contains_key("etc/shadow") && !our_nodes.contains_key("var/lib"));
     assert_eq!(our_nodes["opt/app"].kind, 'f');
-    assert_eq!(our_nodes["etc/noted"].xattr_user_note.as_deref(), Some("kept"));
+    assert_eq!(
+        our_nodes["etc/noted"].xattr_user_note.as_deref(),
+        Some("kept")
+    );
 }
