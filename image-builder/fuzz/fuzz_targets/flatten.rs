@@ -3,11 +3,12 @@
 //! every hard-link target emitted before it.
 #![no_main]
 
-use std::collections::HashSet;
-use std::io::Read;
-
 use atlas_image::layer::{FlattenOptions, Layer, flatten};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "check.rs"]
+mod check;
+use check::check;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, rest)) = data.split_first() else {
@@ -31,7 +32,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut out = Vec::new();
     match flatten(&layers, &mut out, &opts) {
-        Ok(_) => check(&out),
+        Ok(_) => {
+            check(&out);
+            let mut again = Vec::new();
+            flatten(&layers, &mut again, &opts).expect("second run of the same input fails");
+            assert_eq!(out, again, "flattening is not deterministic");
+        }
         Err(e) => {
             let msg = e.to_string();
             assert!(msg.contains("sha256:fuzz"), "error does not name the layer: {msg}");
@@ -39,41 +45,3 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn check(out: &[u8]) {
-    let mut archive = tar::Archive::new(out);
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut dirs: HashSet<Vec<u8>> = HashSet::new();
-    dirs.insert(Vec::new());
-    for entry in archive.entries().expect("output is a tar") {
-        let mut entry = entry.expect("output entry parses");
-        let raw = entry.path_bytes().into_owned();
-        assert!(!raw.starts_with(b"/"), "absolute path {raw:?}");
-        let parts: Vec<&[u8]> = raw
-            .split(|b| *b == b'/')
-            .filter(|p| !p.is_empty() && *p != b".")
-            .collect();
-        assert!(!parts.iter().any(|p| *p == b".."), "dotdot in {raw:?}");
-        let norm = parts.join(&b'/');
-        assert!(seen.insert(norm.clone()), "duplicate {raw:?}");
-        if !norm.is_empty() {
-            let parent = match norm.iter().rposition(|b| *b == b'/') {
-                Some(i) => norm[..i].to_vec(),
-                None => Vec::new(),
-            };
-            assert!(dirs.contains(&parent), "parent of {raw:?} not emitted before it");
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            dirs.insert(norm);
-        } else if kind.is_hard_link() {
-            let target = entry.link_name_bytes().expect("link target").into_owned();
-            let t: Vec<&[u8]> = target
-                .split(|b| *b == b'/')
-                .filter(|p| !p.is_empty() && *p != b".")
-                .collect();
-            assert!(seen.contains(&t.join(&b'/')), "hard link target {target:?} not emitted before");
-        }
-        let mut sink = Vec::new();
-        entry.read_to_end(&mut sink).expect("entry data readable");
-    }
-}

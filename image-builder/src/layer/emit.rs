@@ -215,7 +215,7 @@ fn copy_files<W: Write>(
     prefix: &[u8],
     stats: &mut FlattenStats,
 ) -> Result<(), LayerError> {
-    let blob = layer.open_blob()?;
+    let blob = layer.open()?;
     let (compression, tar) = decompress(blob, layer.media_type.as_deref()).map_err(|detail| {
         LayerError::Compression {
             digest: layer.digest.clone(),

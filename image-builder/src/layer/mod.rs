@@ -118,7 +118,8 @@ impl Layer {
         })
     }
 
-    pub(crate) fn open_blob(&self) -> Result<Box<dyn Read + Send>, LayerError> {
+    /// Opens the raw (still compressed) blob.
+    pub fn open(&self) -> Result<Box<dyn Read + Send>, LayerError> {
         (self.open)().map_err(|source| LayerError::Open {
             digest: self.digest.clone(),
             source,
@@ -127,7 +128,7 @@ impl Layer {
 
     /// Indexes this layer (reads the whole blob once).
     pub fn index(&self) -> Result<LayerIndex, LayerError> {
-        LayerIndex::from_blob(&self.digest, self.media_type.as_deref(), self.open_blob()?)
+        LayerIndex::from_blob(&self.digest, self.media_type.as_deref(), self.open()?)
     }
 }
 
