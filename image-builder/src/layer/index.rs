@@ -15,8 +15,11 @@ use super::error::{LayerError, show};
 use super::path::{base, join, normalize, parent};
 use super::tar_read::{Kind, RawEntry, TarFault, TarReader};
 
-/// Most members we accept in one layer; a bound on index memory (~150 bytes each).
-pub const MAX_ENTRIES: usize = 4_000_000;
+/// Most members we accept in one layer; a bound on index memory (~130 bytes each).
+pub const MAX_ENTRIES: usize = 1_000_000;
+/// Most path, link target and xattr bytes one layer's index may hold. A hostile layer could
+/// otherwise attach a megabyte of xattrs to every member; real layers use a few megabytes.
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 /// What a member means for the merged tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +51,13 @@ pub struct IndexEntry {
     pub dev_major: u32,
     pub dev_minor: u32,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl IndexEntry {
+    fn heap_bytes(&self) -> u64 {
+        let x: usize = self.xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        (self.path.len() + self.link.len() + x) as u64
+    }
 }
 
 /// The headers of one layer, bottom-to-top order is the caller's business.
@@ -145,6 +155,7 @@ impl LayerIndex {
         };
         let mut reader = TarReader::new(tar);
         let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut held: u64 = 0;
         loop {
             let last = entries.last().map(|e| e.path.as_slice());
             let raw = match reader.next_entry() {
@@ -161,7 +172,18 @@ impl LayerIndex {
                     limit: MAX_ENTRIES as u64,
                 });
             }
-            entries.push(classify(&ctx, raw)?);
+            let entry = classify(&ctx, raw)?;
+            held += entry.heap_bytes();
+            if held > MAX_INDEX_BYTES {
+                return Err(LayerError::TooLarge {
+                    digest: digest.to_string(),
+                    entry: show(&entry.path),
+                    what: "index metadata (paths, link targets, xattrs)",
+                    size: held,
+                    limit: MAX_INDEX_BYTES,
+                });
+            }
+            entries.push(entry);
         }
         let last = entries.last().map(|e| e.path.as_slice());
         reader.drain().map_err(|f| ctx.fault(after(last), f))?;

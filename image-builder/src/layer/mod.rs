@@ -34,7 +34,12 @@
 //! - truncated tar, truncated or corrupt gzip/zstd (the stream is read to its end so checksums
 //!   are verified), header checksum mismatches (a size that lies lands the reader in data),
 //!   files over [`MAX_ENTRY_SIZE`], extension headers over [`MAX_EXTENSION`], paths over
-//!   [`MAX_PATH`], more than [`MAX_ENTRIES`] members, sparse files, unknown member types.
+//!   [`MAX_PATH`], more than [`MAX_ENTRIES`] members or [`MAX_INDEX_BYTES`] of header data in
+//!   one layer, sparse files, unknown member types.
+//!
+//! On error, whatever was already written to the sink must be discarded. Every check on the
+//! layers' headers happens before the first byte is written; only a blob that changes between
+//! the passes (or an output error) can fail mid-stream.
 
 mod compress;
 pub mod deterministic;
@@ -55,7 +60,7 @@ use std::thread;
 
 pub use compress::{Compression, decompress};
 pub use error::LayerError;
-pub use index::{EntryKind, IndexEntry, Indexer, LayerIndex, MAX_ENTRIES};
+pub use index::{EntryKind, IndexEntry, Indexer, LayerIndex, MAX_ENTRIES, MAX_INDEX_BYTES};
 pub use merge::Plan;
 pub use path::MAX_PATH;
 pub use tar_read::{Kind, MAX_ENTRY_SIZE, MAX_EXTENSION};

@@ -10,7 +10,8 @@ use std::io::{self, Read, Write};
 use super::path::MAX_PATH;
 
 pub(crate) const BLOCK: usize = 512;
-/// Cap on one PAX or GNU long-name header body; real ones are a few hundred bytes.
+/// Cap on the PAX and GNU long-name headers of one member together; real ones are a few
+/// hundred bytes.
 pub const MAX_EXTENSION: u64 = 1 << 20;
 /// Cap on one regular file; larger sizes in a header are taken as a lie, not as a file.
 pub const MAX_ENTRY_SIZE: u64 = 64 << 30;
@@ -119,6 +120,16 @@ impl<R: Read> TarReader<R> {
             entry.offset = offset;
             match entry.typeflag {
                 b'x' | b'g' | b'L' | b'K' => {
+                    // The cap is on all extension headers of one member together, so a chain
+                    // of them cannot accumulate unbounded xattrs.
+                    ext.bytes = ext.bytes.saturating_add(entry.size);
+                    if ext.bytes > MAX_EXTENSION {
+                        return Err(TarFault::TooLarge {
+                            what: "extension header",
+                            size: ext.bytes,
+                            limit: MAX_EXTENSION,
+                        });
+                    }
                     let body = self.read_extension(entry.size)?;
                     match entry.typeflag {
                         b'x' => ext.pax(&body)?,
@@ -409,6 +420,7 @@ fn parse_header(block: &[u8; BLOCK]) -> Result<RawEntry, TarFault> {
 #[derive(Default)]
 struct Extensions {
     any: bool,
+    bytes: u64,
     path: Option<Vec<u8>>,
     link: Option<Vec<u8>>,
     size: Option<u64>,

@@ -267,3 +267,31 @@ fn tampered_cached_index_is_refused() {
     );
     assert!(out.is_empty());
 }
+
+#[test]
+fn chained_extension_headers_cannot_accumulate() {
+    // 3 PAX headers of 400 KiB xattrs each, for one member: over the 1 MiB cap together
+    let big = vec![b'v'; 400 << 10];
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..3 {
+        let key = format!("SCHILY.xattr.user.k{i}");
+        b.append_pax_extensions([(key.as_str(), &big[..])]).unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_path("victim").unwrap();
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, &[][..]).unwrap();
+    refused(vec![b.into_inner().unwrap()], 0, &["extension header"]);
+}
+
+#[test]
+fn index_metadata_budget_is_enforced() {
+    // 200 members with 500 KiB of xattrs each: 100 MB of header data in one layer
+    let big = vec![b'v'; 500 << 10];
+    let mut l = layer();
+    for i in 0..200 {
+        l = l.with_xattrs(&format!("f{i}"), &[("user.big", &big[..])], b"");
+    }
+    refused(vec![l.tar()], 0, &["index metadata"]);
+}
