@@ -291,7 +291,8 @@ fn node_kind(raw: &RawEntry) -> Result<Kind, String> {
 /// so indexing costs no extra read of the blob and runs on another core. `write` blocks only
 /// when the indexer is 64 chunks behind. If the layer turns out malformed the indexer stops
 /// consuming and `write` keeps accepting (and discarding) bytes so the download itself is not
-/// disturbed; [`Indexer::finish`] reports the error.
+/// disturbed; [`Indexer::finish`] reports the error. `write` may block briefly, so call it
+/// from blocking code (a `spawn_blocking` task or the thread that writes the blob cache).
 pub struct Indexer {
     tx: Option<mpsc::SyncSender<Vec<u8>>>,
     worker: Option<thread::JoinHandle<Result<LayerIndex, LayerError>>>,

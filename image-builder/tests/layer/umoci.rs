@@ -233,7 +233,7 @@ fn image_layers(root: bool) -> Vec<L> {
 
 #[test]
 fn flattened_tree_matches_umoci_unpack() {
-    if !have_tool("umoci") || !have_tool("tar") {
+    if !have_tool("umoci") || !have_tool("tar") || !have_tool("getfattr") {
         return;
     }
     let root = is_root();
