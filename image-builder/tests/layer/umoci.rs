@@ -344,3 +344,163 @@ fn flattened_tree_matches_umoci_unpack() {
         Some("kept")
     );
 }
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Layers of `tag` in an OCI layout, bottom to top, as cache-backed [`Layer`]s.
+fn layout_layers(layout: &Path, tag: &str) -> Vec<Layer> {
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .expect("tag in index.json");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().unwrap().to_string();
+            Layer::from_file(
+                d.clone(),
+                l["mediaType"].as_str().map(String::from),
+                blob(&d),
+            )
+        })
+        .collect()
+}
+
+/// Layers written by umoci itself (its own whiteouts and hard-link encoding), flattened by us
+/// and unpacked by umoci, give the same tree.
+#[test]
+fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
+    if !have_tool("umoci") || !have_tool("tar") || !have_tool("getfattr") {
+        return;
+    }
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let l = |tag: &str| format!("{}:{tag}", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &l("t")]));
+
+    // first generation: a small tree
+    let b1 = tmp.path().join("b1");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &l("t")])
+        .arg(&b1));
+    let r = b1.join("rootfs");
+    fs::create_dir_all(r.join("etc/conf.d")).unwrap();
+    fs::create_dir_all(r.join("opt/app/lib")).unwrap();
+    fs::create_dir_all(r.join("usr/bin")).unwrap();
+    fs::write(r.join("etc/conf.d/a"), "a").unwrap();
+    fs::write(r.join("etc/conf.d/b"), "b").unwrap();
+    fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    fs::write(r.join("etc/motd"), "hello").unwrap();
+    fs::write(r.join("opt/app/lib/x.so"), "x").unwrap();
+    fs::write(r.join("usr/bin/busybox"), "bb").unwrap();
+    fs::set_permissions(
+        r.join("usr/bin/busybox"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    fs::hard_link(r.join("usr/bin/busybox"), r.join("usr/bin/sh")).unwrap();
+    symlink("busybox", r.join("usr/bin/ls")).unwrap();
+    symlink("/etc/passwd", r.join("passwd-abs")).unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &l("t")])
+        .arg(&b1));
+
+    // second generation: deletions, dir -> file, file -> dir, a new hard link to an old file
+    let b2 = tmp.path().join("b2");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &l("t")])
+        .arg(&b2));
+    let r = b2.join("rootfs");
+    fs::remove_file(r.join("etc/conf.d/a")).unwrap();
+    fs::remove_dir_all(r.join("opt/app")).unwrap();
+    fs::write(r.join("opt/app"), "now a file").unwrap();
+    fs::remove_file(r.join("etc/motd")).unwrap();
+    fs::create_dir(r.join("etc/motd")).unwrap();
+    fs::write(r.join("etc/motd/inside"), "i").unwrap();
+    fs::hard_link(r.join("usr/bin/busybox"), r.join("usr/bin/cat")).unwrap();
+    fs::write(r.join("usr/bin/busybox.new"), "v2").unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &l("t2")])
+        .arg(&b2));
+
+    let theirs = tmp.path().join("theirs");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &l("t2")])
+        .arg(&theirs));
+    let layers = layout_layers(&layout, "t2");
+    assert!(layers.len() >= 2, "expected two generations of layers");
+    let top = layers.last().unwrap().index().unwrap();
+    assert!(
+        top.entries
+            .iter()
+            .any(|e| e.kind == atlas_image::layer::EntryKind::Whiteout),
+        "umoci's top layer should carry whiteouts: {:?}",
+        top.entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path))
+            .collect::<Vec<_>>()
+    );
+    let tar_path = tmp.path().join("flat.tar");
+    let file = fs::File::create(&tar_path).unwrap();
+    flatten(
+        &layers,
+        std::io::BufWriter::new(file),
+        &FlattenOptions::default(),
+    )
+    .unwrap();
+    let ours = tmp.path().join("ours");
+    fs::create_dir(&ours).unwrap();
+    run(Command::new("tar")
+        .args([
+            "-x",
+            "--numeric-owner",
+            "-p",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-f",
+        ])
+        .arg(&tar_path)
+        .arg("-C")
+        .arg(&ours));
+    let (their_nodes, their_links) = walk(&theirs.join("rootfs"));
+    let (our_nodes, our_links) = walk(&ours);
+    assert_eq!(
+        our_nodes.keys().collect::<Vec<_>>(),
+        their_nodes.keys().collect::<Vec<_>>(),
+        "different path sets"
+    );
+    for (p, n) in &their_nodes {
+        assert_eq!(&our_nodes[p], n, "{p} differs (left: ours, right: umoci)");
+    }
+    assert_eq!(our_links, their_links);
+    assert!(!our_nodes.contains_key("etc/conf.d/a") && !our_nodes.contains_key("opt/app/lib"));
+    assert_eq!(our_nodes["etc/motd"].kind, 'd');
+    assert!(
+        our_links.iter().any(|g| g.len() == 3),
+        "busybox, sh and cat share an inode"
+    );
+}
