@@ -9,20 +9,19 @@ use std::thread;
 
 use super::compress::decompress;
 use super::error::{LayerError, show};
-use super::index::{Ctx, EntryKind, IndexEntry, LayerIndex, after, classify};
+use super::index::{Ctx, EntryKind, EntryRef, LayerIndex, after, classify};
 use super::merge::Plan;
 use super::path::{ancestors, normalize};
 use super::tar_read::{Kind, TarReader};
 use super::tar_write::{OutHeader, TarWriter};
 use super::{FlattenOptions, FlattenStats, Layer};
 
-impl Plan {
-    /// Streams the flattened image into `out`. `layers` and `indexes` are bottom to top and
-    /// must be the ones the plan was merged from.
+impl Plan<'_> {
+    /// Streams the flattened image into `out`. `layers` are bottom to top, the ones whose
+    /// indexes the plan was merged from.
     pub fn write<W: Write>(
         &self,
         layers: &[Layer],
-        indexes: &[LayerIndex],
         out: W,
         opts: &FlattenOptions,
     ) -> Result<FlattenStats, LayerError> {
@@ -35,29 +34,17 @@ impl Plan {
         } else {
             prefix.clone()
         };
-        let root = self
-            .root
-            .map(|(l, o)| &indexes[l as usize].entries[o as usize]);
+        let root = self.root.map(|r| self.member(r));
         put_meta(&mut w, &root_path, root, &mut stats)?;
         for (path, member) in &self.nodes {
-            let member = member.map(|(l, o)| &indexes[l as usize].entries[o as usize]);
-            put_meta(
-                &mut w,
-                &out_path(&prefix, path, member.is_none_or(is_dir)),
-                member,
-                &mut stats,
-            )?;
+            let member = member.map(|r| self.member(r));
+            let dir = member.is_none_or(|m| is_dir(&m));
+            put_meta(&mut w, &out_path(&prefix, path, dir), member, &mut stats)?;
         }
         for (pos, files) in self.files.iter().enumerate() {
             if !files.is_empty() {
-                copy_files(
-                    &mut w,
-                    &layers[pos],
-                    &indexes[pos],
-                    files,
-                    &prefix,
-                    &mut stats,
-                )?;
+                let index = &self.indexes[pos];
+                copy_files(&mut w, &layers[pos], index, files, &prefix, &mut stats)?;
             }
         }
         for (path, target) in &self.links {
@@ -138,7 +125,7 @@ fn prefix_of(opts: &FlattenOptions) -> Vec<u8> {
     }
 }
 
-fn is_dir(e: &IndexEntry) -> bool {
+fn is_dir(e: &EntryRef) -> bool {
     e.kind == EntryKind::Node(Kind::Dir)
 }
 
@@ -156,7 +143,7 @@ fn out_path(prefix: &[u8], path: &[u8], dir: bool) -> Vec<u8> {
 fn put_meta<W: Write>(
     w: &mut TarWriter<W>,
     path: &[u8],
-    member: Option<&IndexEntry>,
+    member: Option<EntryRef>,
     stats: &mut FlattenStats,
 ) -> Result<(), LayerError> {
     let h = match member {
@@ -172,21 +159,21 @@ fn put_meta<W: Write>(
             device: None,
             xattrs: &[],
         },
-        Some(e) => header_for(e, path),
+        Some(e) => header_for(&e, path),
     };
     w.header(&h).map_err(LayerError::Output)?;
     stats.entries += 1;
     Ok(())
 }
 
-fn header_for<'a>(e: &'a IndexEntry, path: &'a [u8]) -> OutHeader<'a> {
+fn header_for<'a>(e: &EntryRef<'a>, path: &'a [u8]) -> OutHeader<'a> {
     let EntryKind::Node(kind) = e.kind else {
         unreachable!("only real members reach the output")
     };
     let (typeflag, link, device): (u8, &[u8], _) = match kind {
         Kind::File => (b'0', b"", None),
         Kind::Dir => (b'5', b"", None),
-        Kind::Symlink => (b'2', &e.link, None),
+        Kind::Symlink => (b'2', e.link, None),
         Kind::Char => (b'3', b"", Some((e.dev_major, e.dev_minor))),
         Kind::Block => (b'4', b"", Some((e.dev_major, e.dev_minor))),
         Kind::Fifo => (b'6', b"", None),
@@ -202,7 +189,7 @@ fn header_for<'a>(e: &'a IndexEntry, path: &'a [u8]) -> OutHeader<'a> {
         size: e.size,
         link,
         device,
-        xattrs: &e.xattrs,
+        xattrs: e.xattrs,
     }
 }
 
@@ -211,7 +198,7 @@ fn copy_files<W: Write>(
     w: &mut TarWriter<W>,
     layer: &Layer,
     index: &LayerIndex,
-    wanted: &[(u32, Vec<u8>)],
+    wanted: &[(u32, &[u8])],
     prefix: &[u8],
     stats: &mut FlattenStats,
 ) -> Result<(), LayerError> {
@@ -233,12 +220,14 @@ fn copy_files<W: Write>(
         let mut ordinal: u32 = 0;
         let mut last: Option<Vec<u8>> = None;
         for (want, path) in wanted {
-            let expected = &index.entries[*want as usize];
+            let expected = index
+                .get(*want as usize)
+                .expect("plan references are in range");
             loop {
                 let raw = match reader.next_entry() {
                     Ok(Some(raw)) => raw,
                     Ok(None) => {
-                        return Err(mismatch(&ctx, expected, "the blob has fewer members"));
+                        return Err(mismatch(&ctx, &expected, "the blob has fewer members"));
                     }
                     Err(f) => return Err(ctx.fault(after(last.as_deref()), f)),
                 };
@@ -247,32 +236,33 @@ fn copy_files<W: Write>(
                 let member = classify(&ctx, raw)?;
                 if here == *want {
                     if member.path != expected.path || member.size != expected.size {
-                        return Err(mismatch(&ctx, expected, "path or size differ"));
+                        return Err(mismatch(&ctx, &expected, "path or size differ"));
                     }
                     break;
                 }
                 last = Some(member.path);
             }
-            w.header(&header_for(expected, &out_path(prefix, path, false)))
+            let name = out_path(prefix, path, false);
+            w.header(&header_for(&expected, &name))
                 .map_err(LayerError::Output)?;
             let mut sink = SinkCounter { w };
             reader
                 .copy_data(&mut sink)
-                .map_err(|f| ctx.fault(show(&expected.path), f))?
+                .map_err(|f| ctx.fault(show(expected.path), f))?
                 .map_err(LayerError::Output)?;
             w.pad(expected.size).map_err(LayerError::Output)?;
             stats.entries += 1;
             stats.file_bytes += expected.size;
-            last = Some(expected.path.clone());
+            last = Some(expected.path.to_vec());
         }
         Ok(())
     })
 }
 
-fn mismatch(ctx: &Ctx, expected: &IndexEntry, detail: &str) -> LayerError {
+fn mismatch(ctx: &Ctx, expected: &EntryRef, detail: &str) -> LayerError {
     LayerError::IndexMismatch {
         digest: ctx.digest.to_string(),
-        entry: show(&expected.path),
+        entry: show(expected.path),
         detail: detail.to_string(),
     }
 }

@@ -34,38 +34,168 @@ pub enum EntryKind {
     Ignored,
 }
 
-/// One member of a layer, in stream order.
+/// Where a byte string lives in [`LayerIndex::names`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+/// One member of a layer, in stream order, packed small (56 bytes): an index of a layer with
+/// hundreds of thousands of files must fit, with the merge, in the memory budget of issue 8.
+/// Read it through [`LayerIndex::get`] / [`LayerIndex::iter`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
+    pub path: Span,
+    pub link: Span,
+    /// Position in [`LayerIndex::xattrs`], or `u32::MAX` for none.
+    pub xattrs: u32,
+    pub kind: EntryKind,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub size: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+}
+
+/// A member with its strings resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
     /// Normalized path (`a/b`; empty for the root). For whiteouts, the path they hide.
-    pub path: Vec<u8>,
+    pub path: &'a [u8],
     pub kind: EntryKind,
     /// Symlink target exactly as stored, or the normalized hard-link target.
+    pub link: &'a [u8],
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    /// Data size; only regular files carry data.
+    pub size: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
+}
+
+/// A member as classified from its header, before it is packed into an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
     pub link: Vec<u8>,
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
     pub mtime: i64,
-    /// Data size; only regular files carry data in the output.
     pub size: u64,
     pub dev_major: u32,
     pub dev_minor: u32,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl IndexEntry {
+impl Member {
     fn heap_bytes(&self) -> u64 {
         let x: usize = self.xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
         (self.path.len() + self.link.len() + x) as u64
     }
 }
 
-/// The headers of one layer, bottom-to-top order is the caller's business.
+/// The headers of one layer: entries in stream order, their strings in one arena.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerIndex {
     pub digest: String,
     pub compression: Compression,
+    /// Paths and link targets of all entries, back to back.
+    pub names: Vec<u8>,
+    /// Extended attributes of the entries that have any.
+    pub xattrs: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
     pub entries: Vec<IndexEntry>,
+}
+
+impl LayerIndex {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entry `i` with its strings. Spans outside the arena (a corrupt cached index) read as
+    /// empty; [`crate::layer::Plan::merge`] validates an index before trusting it.
+    pub fn get(&self, i: usize) -> Option<EntryRef<'_>> {
+        let e = self.entries.get(i)?;
+        Some(EntryRef {
+            path: self.span(e.path),
+            kind: e.kind,
+            link: self.span(e.link),
+            mode: u32::from(e.mode),
+            uid: u64::from(e.uid),
+            gid: u64::from(e.gid),
+            mtime: e.mtime,
+            size: e.size,
+            dev_major: e.dev_major,
+            dev_minor: e.dev_minor,
+            xattrs: self
+                .xattrs
+                .get(e.xattrs as usize)
+                .map_or(&[], Vec::as_slice),
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> {
+        (0..self.entries.len()).filter_map(|i| self.get(i))
+    }
+
+    pub(crate) fn span_ok(&self, s: Span) -> bool {
+        (s.start as usize)
+            .checked_add(s.len as usize)
+            .is_some_and(|end| end <= self.names.len())
+    }
+
+    fn span(&self, s: Span) -> &[u8] {
+        let start = s.start as usize;
+        self.names
+            .get(start..start.saturating_add(s.len as usize))
+            .unwrap_or(b"")
+    }
+
+    fn intern(&mut self, bytes: &[u8]) -> Span {
+        let span = Span {
+            start: self.names.len() as u32,
+            len: bytes.len() as u32,
+        };
+        self.names.extend_from_slice(bytes);
+        span
+    }
+
+    /// Packs a member; the caller has bounded the arena (see [`MAX_INDEX_BYTES`]) and the
+    /// ids (32-bit) and mode (12 bits).
+    fn push(&mut self, m: Member) {
+        let path = self.intern(&m.path);
+        let link = self.intern(&m.link);
+        let xattrs = if m.xattrs.is_empty() {
+            u32::MAX
+        } else {
+            self.xattrs.push(m.xattrs);
+            (self.xattrs.len() - 1) as u32
+        };
+        self.entries.push(IndexEntry {
+            path,
+            link,
+            xattrs,
+            kind: m.kind,
+            mode: m.mode as u16,
+            uid: m.uid as u32,
+            gid: m.gid as u32,
+            mtime: m.mtime,
+            size: m.size,
+            dev_major: m.dev_major,
+            dev_minor: m.dev_minor,
+        });
+    }
 }
 
 /// Error context for one layer.
@@ -154,49 +284,55 @@ impl LayerIndex {
             compression,
         };
         let mut reader = TarReader::new(tar);
-        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut index = LayerIndex {
+            digest: digest.to_string(),
+            compression,
+            names: Vec::new(),
+            xattrs: Vec::new(),
+            entries: Vec::new(),
+        };
         let mut held: u64 = 0;
+        let mut last: Option<Vec<u8>> = None;
         loop {
-            let last = entries.last().map(|e| e.path.as_slice());
             let raw = match reader.next_entry() {
                 Ok(Some(raw)) => raw,
                 Ok(None) => break,
-                Err(f) => return Err(ctx.fault(after(last), f)),
+                Err(f) => return Err(ctx.fault(after(last.as_deref()), f)),
             };
-            if entries.len() >= MAX_ENTRIES {
+            if index.entries.len() >= MAX_ENTRIES {
                 return Err(LayerError::TooLarge {
                     digest: digest.to_string(),
                     entry: show(&raw.path),
                     what: "member count",
-                    size: entries.len() as u64 + 1,
+                    size: index.entries.len() as u64 + 1,
                     limit: MAX_ENTRIES as u64,
                 });
             }
-            let entry = classify(&ctx, raw)?;
-            held += entry.heap_bytes();
+            let member = classify(&ctx, raw)?;
+            held += member.heap_bytes();
             if held > MAX_INDEX_BYTES {
                 return Err(LayerError::TooLarge {
                     digest: digest.to_string(),
-                    entry: show(&entry.path),
+                    entry: show(&member.path),
                     what: "index metadata (paths, link targets, xattrs)",
                     size: held,
                     limit: MAX_INDEX_BYTES,
                 });
             }
-            entries.push(entry);
+            last = Some(member.path.clone());
+            index.push(member);
         }
-        let last = entries.last().map(|e| e.path.as_slice());
-        reader.drain().map_err(|f| ctx.fault(after(last), f))?;
-        Ok(LayerIndex {
-            digest: digest.to_string(),
-            compression,
-            entries,
-        })
+        reader
+            .drain()
+            .map_err(|f| ctx.fault(after(last.as_deref()), f))?;
+        index.names.shrink_to_fit();
+        index.entries.shrink_to_fit();
+        Ok(index)
     }
 }
 
 /// Maps a raw member to its meaning, normalizing and checking its paths.
-pub(crate) fn classify(ctx: &Ctx, raw: RawEntry) -> Result<IndexEntry, LayerError> {
+pub(crate) fn classify(ctx: &Ctx, raw: RawEntry) -> Result<Member, LayerError> {
     let path = normalize(&raw.path).map_err(|d| ctx.unsafe_path(&raw.path, d))?;
     let name = base(&path);
     let (kind, path, link) = if let Some(hidden) = name.strip_prefix(b".wh.") {
@@ -250,7 +386,17 @@ pub(crate) fn classify(ctx: &Ctx, raw: RawEntry) -> Result<IndexEntry, LayerErro
         (EntryKind::Node(kind), path, link)
     };
     let data = kind == EntryKind::Node(Kind::File);
-    Ok(IndexEntry {
+    // Linux ids are 32-bit; a larger one cannot be extracted faithfully.
+    for (what, v) in [("uid", raw.uid), ("gid", raw.gid)] {
+        if u32::try_from(v).is_err() {
+            return Err(LayerError::Malformed {
+                digest: ctx.digest.to_string(),
+                entry: show(&path),
+                detail: format!("{what} {v} does not fit in 32 bits"),
+            });
+        }
+    }
+    Ok(Member {
         path,
         kind,
         link,

@@ -12,10 +12,11 @@
 //! - missing parents are created as 0755 root-owned directories; a parent that is a symlink or
 //!   a file is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use super::error::{LayerError, show};
-use super::index::{EntryKind, IndexEntry, LayerIndex};
+use super::index::{EntryKind, EntryRef, LayerIndex};
 use super::path::{ancestors, normalize};
 use super::tar_read::Kind;
 
@@ -38,64 +39,73 @@ struct Node {
     inode: Ref,
 }
 
-/// What the merged image looks like and which member supplies each output entry.
-#[derive(Debug, Default)]
-pub struct Plan {
+/// What the merged image looks like and which member supplies each output entry. Paths are
+/// borrowed from the indexes' arenas, so the plan costs little beyond them.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub(crate) indexes: &'a [LayerIndex],
     /// The topmost explicit root directory member, if any layer had one.
     pub(crate) root: Option<Ref>,
     /// Directories, symlinks, devices and fifos in path order (parents before children).
     /// `None` marks a synthesized directory.
-    pub(crate) nodes: Vec<(Vec<u8>, Option<Ref>)>,
+    pub(crate) nodes: Vec<(&'a [u8], Option<Ref>)>,
     /// Per layer: (member ordinal, output path) of regular files to copy, in stream order.
-    pub(crate) files: Vec<Vec<(u32, Vec<u8>)>>,
+    pub(crate) files: Vec<Vec<(u32, &'a [u8])>>,
     /// Hard links (path, target path) in path order; every target is emitted before them.
-    pub(crate) links: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) links: Vec<(&'a [u8], &'a [u8])>,
 }
 
-impl Plan {
+impl<'a> Plan<'a> {
     /// Number of entries the flattened stream will hold (root included).
     pub fn entry_count(&self) -> usize {
         1 + self.nodes.len() + self.files.iter().map(Vec::len).sum::<usize>() + self.links.len()
     }
 
     /// Merges layer indexes, given bottom to top.
-    pub fn merge(indexes: &[LayerIndex]) -> Result<Plan, LayerError> {
+    pub fn merge(indexes: &'a [LayerIndex]) -> Result<Plan<'a>, LayerError> {
         let mut tree = Tree::default();
         for (pos, index) in indexes.iter().enumerate() {
+            validate(index)?;
             tree.apply(pos as u32, index)?;
         }
         Ok(tree.into_plan(indexes))
     }
+
+    /// The member a reference points at (the plan only holds references it validated).
+    pub(crate) fn member(&self, (layer, ord): Ref) -> EntryRef<'a> {
+        self.indexes[layer as usize]
+            .get(ord as usize)
+            .expect("plan references are in range")
+    }
 }
 
 #[derive(Default)]
-struct Tree {
+struct Tree<'a> {
     root: Option<Ref>,
-    paths: BTreeMap<Vec<u8>, Node>,
+    paths: BTreeMap<&'a [u8], Node>,
 }
 
-impl Tree {
-    fn apply(&mut self, pos: u32, index: &LayerIndex) -> Result<(), LayerError> {
+impl<'a> Tree<'a> {
+    fn apply(&mut self, pos: u32, index: &'a LayerIndex) -> Result<(), LayerError> {
         let err = Errs {
             digest: &index.digest,
         };
-        validate(index)?;
-        for e in &index.entries {
+        for e in index.iter() {
             match e.kind {
-                EntryKind::Whiteout if self.deletable_parent(e, &err)? => self.remove(&e.path),
+                EntryKind::Whiteout if self.deletable_parent(&e, &err)? => self.remove(e.path),
                 EntryKind::Opaque => {
                     if e.path.is_empty() {
                         self.paths.clear();
-                    } else if self.deletable_parent(e, &err)?
-                        && self.paths.get(&e.path).map(|n| n.kind) == Some(NodeKind::Dir)
+                    } else if self.deletable_parent(&e, &err)?
+                        && self.paths.get(e.path).map(|n| n.kind) == Some(NodeKind::Dir)
                     {
-                        self.remove_children(&e.path);
+                        self.remove_children(e.path);
                     }
                 }
                 _ => {}
             }
         }
-        for (ord, e) in index.entries.iter().enumerate() {
+        for (ord, e) in index.iter().enumerate() {
             let here = (pos, ord as u32);
             let EntryKind::Node(kind) = e.kind else {
                 continue;
@@ -104,41 +114,41 @@ impl Tree {
                 self.root = Some(here);
                 continue;
             }
-            self.make_parents(e, &err)?;
+            self.make_parents(&e, &err)?;
             match kind {
-                Kind::Dir => match self.paths.get_mut(&e.path) {
+                Kind::Dir => match self.paths.get_mut(e.path) {
                     Some(n) if n.kind == NodeKind::Dir => n.entry = Some(here),
-                    _ => self.put(&e.path, NodeKind::Dir, here, here),
+                    _ => self.put(e.path, NodeKind::Dir, here, here),
                 },
                 Kind::Hardlink => {
-                    let target = match self.paths.get(&e.link) {
+                    let target = match self.paths.get(e.link) {
                         None => {
                             return Err(
-                                err.link(e, "the target does not exist in this or a lower layer")
+                                err.link(&e, "the target does not exist in this or a lower layer")
                             );
                         }
                         Some(t) if t.kind == NodeKind::Dir => {
-                            return Err(err.link(e, "the target is a directory"));
+                            return Err(err.link(&e, "the target is a directory"));
                         }
                         Some(t) => *t,
                     };
                     if e.link != e.path {
-                        self.put(&e.path, target.kind, here, target.inode);
+                        self.put(e.path, target.kind, here, target.inode);
                     }
                 }
-                Kind::Symlink => self.put(&e.path, NodeKind::Symlink, here, here),
-                _ => self.put(&e.path, NodeKind::Other, here, here),
+                Kind::Symlink => self.put(e.path, NodeKind::Symlink, here, here),
+                _ => self.put(e.path, NodeKind::Other, here, here),
             }
         }
         Ok(())
     }
 
-    fn put(&mut self, path: &[u8], kind: NodeKind, entry: Ref, inode: Ref) {
+    fn put(&mut self, path: &'a [u8], kind: NodeKind, entry: Ref, inode: Ref) {
         if self.paths.get(path).map(|n| n.kind) == Some(NodeKind::Dir) {
             self.remove_children(path);
         }
         self.paths.insert(
-            path.to_vec(),
+            path,
             Node {
                 kind,
                 entry: Some(entry),
@@ -158,19 +168,24 @@ impl Tree {
         lo.push(b'/');
         let mut hi = dir.to_vec();
         hi.push(b'/' + 1);
-        let doomed: Vec<Vec<u8>> = self.paths.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        let range = (Bound::Included(&lo[..]), Bound::Excluded(&hi[..]));
+        let doomed: Vec<&'a [u8]> = self
+            .paths
+            .range::<[u8], _>(range)
+            .map(|(k, _)| *k)
+            .collect();
         for k in doomed {
-            self.paths.remove(&k);
+            self.paths.remove(k);
         }
     }
 
     /// Creates missing parent directories; refuses a parent that is a symlink or a file.
-    fn make_parents(&mut self, e: &IndexEntry, err: &Errs) -> Result<(), LayerError> {
-        for dir in ancestors(&e.path) {
+    fn make_parents(&mut self, e: &EntryRef<'a>, err: &Errs) -> Result<(), LayerError> {
+        for dir in ancestors(e.path) {
             match self.paths.get(dir) {
                 None => {
                     self.paths.insert(
-                        dir.to_vec(),
+                        dir,
                         Node {
                             kind: NodeKind::Dir,
                             entry: None,
@@ -185,8 +200,8 @@ impl Tree {
     }
 
     /// Whether a whiteout's parents are all directories (missing ones make it a no-op).
-    fn deletable_parent(&self, e: &IndexEntry, err: &Errs) -> Result<bool, LayerError> {
-        for dir in ancestors(&e.path) {
+    fn deletable_parent(&self, e: &EntryRef, err: &Errs) -> Result<bool, LayerError> {
+        for dir in ancestors(e.path) {
             match self.paths.get(dir) {
                 None => return Ok(false),
                 Some(n) => err.parent_ok(e, dir, n.kind)?,
@@ -195,29 +210,40 @@ impl Tree {
         Ok(true)
     }
 
-    fn into_plan(self, indexes: &[LayerIndex]) -> Plan {
+    fn into_plan(self, indexes: &'a [LayerIndex]) -> Plan<'a> {
         let mut plan = Plan {
+            indexes,
             root: self.root,
+            nodes: Vec::new(),
             files: vec![Vec::new(); indexes.len()],
-            ..Plan::default()
+            links: Vec::new(),
         };
         // Group surviving paths by inode; the first path in sorted order carries the content
         // and the others become hard links to it, which keeps the output deterministic.
-        let mut primary: BTreeMap<Ref, Vec<u8>> = BTreeMap::new();
+        let linked: BTreeSet<Ref> = self
+            .paths
+            .values()
+            .filter(|n| n.kind != NodeKind::Dir && n.entry != Some(n.inode))
+            .map(|n| n.inode)
+            .collect();
+        let mut primary: BTreeMap<Ref, &'a [u8]> = BTreeMap::new();
         for (path, node) in self.paths {
+            let shared = linked.contains(&node.inode);
             match node.kind {
                 NodeKind::Dir => plan.nodes.push((path, node.entry)),
-                _ => match primary.get(&node.inode) {
-                    Some(first) => plan.links.push((path, first.clone())),
+                _ => match primary.get(&node.inode).filter(|_| shared) {
+                    Some(first) => plan.links.push((path, first)),
                     None => {
                         let (layer, ord) = node.inode;
-                        let member = &indexes[layer as usize].entries[ord as usize];
-                        if member.kind == EntryKind::Node(Kind::File) {
-                            plan.files[layer as usize].push((ord, path.clone()));
+                        let kind = indexes[layer as usize].entries[ord as usize].kind;
+                        if kind == EntryKind::Node(Kind::File) {
+                            plan.files[layer as usize].push((ord, path));
                         } else {
-                            plan.nodes.push((path.clone(), Some(node.inode)));
+                            plan.nodes.push((path, Some(node.inode)));
                         }
-                        primary.insert(node.inode, path);
+                        if shared {
+                            primary.insert(node.inode, path);
+                        }
                     }
                 },
             }
@@ -232,18 +258,26 @@ impl Tree {
 /// An index may come from a cache: check it obeys the rules `classify` enforces, because the
 /// emitter writes directory, symlink and node headers from the index alone.
 fn validate(index: &LayerIndex) -> Result<(), LayerError> {
-    for e in &index.entries {
-        let bad = |detail: &str| LayerError::IndexMismatch {
+    for (i, raw) in index.entries.iter().enumerate() {
+        let bad = |entry: String, detail: &str| LayerError::IndexMismatch {
             digest: index.digest.clone(),
-            entry: show(&e.path),
+            entry,
             detail: format!("cached index entry is invalid: {detail}"),
         };
-        if normalize(&e.path).as_deref() != Ok(&e.path[..]) {
+        if !index.span_ok(raw.path) || !index.span_ok(raw.link) {
+            return Err(bad(format!("#{i}"), "string outside the name arena"));
+        }
+        if raw.xattrs != u32::MAX && raw.xattrs as usize >= index.xattrs.len() {
+            return Err(bad(format!("#{i}"), "xattr set out of range"));
+        }
+        let e = index.get(i).expect("in range");
+        let bad = |detail: &str| bad(show(e.path), detail);
+        if normalize(e.path).as_deref() != Ok(e.path) {
             return Err(bad("path is not normalized"));
         }
         match e.kind {
             EntryKind::Node(Kind::Hardlink)
-                if e.link.is_empty() || normalize(&e.link).as_deref() != Ok(&e.link[..]) =>
+                if e.link.is_empty() || normalize(e.link).as_deref() != Ok(e.link) =>
             {
                 return Err(bad("hard-link target is not normalized"));
             }
@@ -267,18 +301,18 @@ struct Errs<'a> {
 }
 
 impl Errs<'_> {
-    fn link(&self, e: &IndexEntry, detail: &str) -> LayerError {
+    fn link(&self, e: &EntryRef, detail: &str) -> LayerError {
         LayerError::BadHardlink {
             digest: self.digest.to_string(),
-            entry: show(&e.path),
-            target: String::from_utf8_lossy(&e.link).into_owned(),
+            entry: show(e.path),
+            target: String::from_utf8_lossy(e.link).into_owned(),
             detail: detail.to_string(),
         }
     }
 
-    fn parent_ok(&self, e: &IndexEntry, dir: &[u8], kind: NodeKind) -> Result<(), LayerError> {
+    fn parent_ok(&self, e: &EntryRef, dir: &[u8], kind: NodeKind) -> Result<(), LayerError> {
         let parent = String::from_utf8_lossy(dir).into_owned();
-        let entry = show(&e.path);
+        let entry = show(e.path);
         let digest = self.digest.to_string();
         match kind {
             NodeKind::Dir => Ok(()),

@@ -60,7 +60,9 @@ use std::thread;
 
 pub use compress::{Compression, decompress};
 pub use error::LayerError;
-pub use index::{EntryKind, IndexEntry, Indexer, LayerIndex, MAX_ENTRIES, MAX_INDEX_BYTES};
+pub use index::{
+    EntryKind, EntryRef, IndexEntry, Indexer, LayerIndex, MAX_ENTRIES, MAX_INDEX_BYTES, Span,
+};
 pub use merge::Plan;
 pub use path::MAX_PATH;
 pub use tar_read::{Kind, MAX_ENTRY_SIZE, MAX_EXTENSION};
@@ -242,5 +244,5 @@ pub fn flatten_indexed<W: Write>(
         }
     }
     let plan = Plan::merge(indexes)?;
-    plan.write(layers, indexes, out, opts)
+    plan.write(layers, out, opts)
 }

@@ -1,6 +1,7 @@
 //! Peak memory of flattening a large image (issue 8: under 100 MB for GB-sized images).
 //! Ignored by default (it writes ~1 GB of layers to a temp dir); run with
-//! `cargo test -p atlas-image-builder --release --test layer memory -- --ignored --nocapture`.
+//! `cargo test -p atlas-image-builder --test layer memory -- --ignored --nocapture --test-threads=1`
+//! (one at a time: peak RSS is per process).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -118,5 +119,57 @@ fn peak_rss_stays_under_100_mb_for_a_1_gb_image() {
         "the image is not GB-sized: {}",
         stats.file_bytes
     );
+    assert!(peak < 100 * 1024, "peak RSS {peak} kB exceeds 100 MB");
+}
+
+/// Many small files: the index and the merge tree, not file data, dominate memory here.
+#[test]
+#[ignore = "builds a 300k-file layer; run explicitly"]
+fn peak_rss_for_300k_files_across_two_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for (n, (seed, range)) in [(1u64, 0..200_000usize), (2, 100_000..300_000)]
+        .into_iter()
+        .enumerate()
+    {
+        let path = tmp.path().join(format!("l{n}"));
+        let file = BufWriter::new(File::create(&path).unwrap());
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ));
+        for i in range {
+            let mut h = tar::Header::new_ustar();
+            // realistic path lengths: ~60 bytes, 1000 files per directory
+            h.set_path(format!(
+                "usr/lib/python3.11/site-packages/pkg{}/module_{i}.py",
+                i / 1000
+            ))
+            .unwrap();
+            h.set_size(16);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, Noise(seed + i as u64).take(16)).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap().flush().unwrap();
+        paths.push(path);
+    }
+    let layers: Vec<Layer> = paths
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Layer::from_file(format!("sha256:many-{i}"), None, p))
+        .collect();
+    fs::write("/proc/self/clear_refs", "5").unwrap();
+    let start = Instant::now();
+    let mut out = Count(0);
+    let stats = flatten(&layers, &mut out, &FlattenOptions::default()).unwrap();
+    let peak = peak_rss_kb();
+    eprintln!(
+        "flattened {} entries in {:.2}s; peak RSS {} MiB",
+        stats.entries,
+        start.elapsed().as_secs_f64(),
+        peak / 1024
+    );
+    assert!(stats.entries > 300_000);
     assert!(peak < 100 * 1024, "peak RSS {peak} kB exceeds 100 MB");
 }

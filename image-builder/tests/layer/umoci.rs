@@ -455,13 +455,11 @@ fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
     assert!(layers.len() >= 2, "expected two generations of layers");
     let top = layers.last().unwrap().index().unwrap();
     assert!(
-        top.entries
-            .iter()
+        top.iter()
             .any(|e| e.kind == atlas_image::layer::EntryKind::Whiteout),
         "umoci's top layer should carry whiteouts: {:?}",
-        top.entries
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.path))
+        top.iter()
+            .map(|e| String::from_utf8_lossy(e.path))
             .collect::<Vec<_>>()
     );
     let tar_path = tmp.path().join("flat.tar");
