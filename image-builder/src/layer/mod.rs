@@ -12,7 +12,9 @@
 //! 3. **Write** ([`Plan::write`]): one tar stream into any `Write`, reading each layer blob
 //!    once more and copying only the winning files' bytes. Memory holds headers, never data.
 //!
-//! [`flatten`] does all three.
+//! [`flatten`] does all three; [`flatten_indexed`] the last two, with indexes from the tee or a
+//! cache. [`FlattenOptions::leading_files`] puts `metadata.yaml` (and templates) in front of a
+//! `rootfs/`-prefixed tree for an Incus unified tarball.
 //!
 //! # Output stream
 //! - Paths are relative (`usr/bin/x`, or `rootfs/usr/bin/x` with a prefix), never absolute,
@@ -35,7 +37,14 @@
 //!   are verified), header checksum mismatches (a size that lies lands the reader in data),
 //!   files over [`MAX_ENTRY_SIZE`], extension headers over [`MAX_EXTENSION`], paths over
 //!   [`MAX_PATH`], more than [`MAX_ENTRIES`] members or [`MAX_INDEX_BYTES`] of header data in
-//!   one layer, sparse files, unknown member types.
+//!   one layer, uids/gids above 32 bits, whiteouts of `.` or `..`, sparse files, unknown
+//!   member types. aufs bookkeeping members (`.wh..wh.*` other than the opaque marker) are
+//!   dropped silently.
+//!
+//! # Memory
+//! Peak RSS measured by the ignored tests in `tests/layer/memory.rs`: 18 MiB for a 1 GiB image
+//! of two layers, 76 MiB for 300k files across two layers (indexes dominate: ~56 bytes per
+//! member plus its path, once).
 //!
 //! On error, whatever was already written to the sink must be discarded. Every check on the
 //! layers' headers happens before the first byte is written; only a blob that changes between
