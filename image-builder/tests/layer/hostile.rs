@@ -301,3 +301,40 @@ fn index_metadata_budget_is_enforced() {
     }
     refused(vec![l.tar()], 0, &["index metadata"]);
 }
+
+#[test]
+fn missing_blob_and_mismatched_indexes_are_named() {
+    let gone = atlas_image::layer::Layer::from_file(
+        digest(7),
+        None,
+        std::path::PathBuf::from("/nonexistent/blob"),
+    );
+    let err = flatten(&[gone], &mut Vec::new(), &FlattenOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&digest(7)) && err.contains("cannot open"),
+        "{err}"
+    );
+
+    let layers = layers_of(vec![layer().file("a", 0o644, b"").tar(), layer().tar()]);
+    let idx0 = layers[0].index().unwrap();
+    let idx1 = layers[1].index().unwrap();
+    let mut out = Vec::new();
+    let opts = FlattenOptions::default();
+    let err = atlas_image::layer::flatten_indexed(&layers, &[idx0.clone()], &mut out, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("2 layers") && err.contains("1 indexes"),
+        "{err}"
+    );
+    let err = atlas_image::layer::flatten_indexed(&layers, &[idx1, idx0], &mut out, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&digest(0)) && err.contains(&digest(1)),
+        "{err}"
+    );
+    assert!(out.is_empty());
+}
