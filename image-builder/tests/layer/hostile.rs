@@ -322,9 +322,10 @@ fn missing_blob_and_mismatched_indexes_are_named() {
     let idx1 = layers[1].index().unwrap();
     let mut out = Vec::new();
     let opts = FlattenOptions::default();
-    let err = atlas_image::layer::flatten_indexed(&layers, &[idx0.clone()], &mut out, &opts)
-        .unwrap_err()
-        .to_string();
+    let err =
+        atlas_image::layer::flatten_indexed(&layers, std::slice::from_ref(&idx0), &mut out, &opts)
+            .unwrap_err()
+            .to_string();
     assert!(
         err.contains("2 layers") && err.contains("1 indexes"),
         "{err}"
