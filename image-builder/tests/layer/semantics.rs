@@ -423,3 +423,33 @@ fn file_contents_stream_intact_across_big_layers() {
     assert_eq!(f.get("big").data, big);
     assert_eq!(f.get("big2").data, &big[..1_000_001]);
 }
+
+#[test]
+fn each_blob_is_read_once_per_pass_and_shadowed_layers_not_at_all() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let counted = |i: usize, blob: Vec<u8>, opens: Arc<AtomicUsize>| {
+        let blob: Arc<[u8]> = blob.into();
+        Layer::new(digest(i), None, move || {
+            opens.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(std::io::Cursor::new(Arc::clone(&blob))) as Box<dyn std::io::Read + Send>)
+        })
+    };
+    let opens: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    // layer 0's only file is replaced by layer 1: its data is never needed
+    let layers = vec![
+        counted(0, layer().file("f", 0o644, b"old").gz(), opens[0].clone()),
+        counted(1, layer().file("f", 0o644, b"new").gz(), opens[1].clone()),
+    ];
+    let indexes = index_layers(&layers, 2).unwrap();
+    assert_eq!(opens[0].load(Ordering::SeqCst), 1);
+    let mut out = Vec::new();
+    flatten_indexed(&layers, &indexes, &mut out, &FlattenOptions::default()).unwrap();
+    assert_eq!(
+        opens[0].load(Ordering::SeqCst),
+        1,
+        "shadowed layer reopened"
+    );
+    assert_eq!(opens[1].load(Ordering::SeqCst), 2);
+    assert_eq!(parse(out).get("f").data, b"new");
+}
