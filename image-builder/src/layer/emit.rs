@@ -25,6 +25,7 @@ impl Plan<'_> {
         out: W,
         opts: &FlattenOptions,
     ) -> Result<FlattenStats, LayerError> {
+        super::check_pairing(layers, self.indexes)?;
         let prefix = prefix_of(opts);
         let mut w = TarWriter::new(out);
         let mut stats = FlattenStats::default();
@@ -76,6 +77,7 @@ fn write_leading<W: Write>(
     stats: &mut FlattenStats,
 ) -> Result<(), LayerError> {
     let mut dirs: Vec<Vec<u8>> = Vec::new();
+    let mut names: Vec<Vec<u8>> = Vec::new();
     for (name, data) in &opts.leading_files {
         let path = normalize(name.as_bytes()).map_err(|d| LayerError::Builder {
             path: name.clone(),
@@ -83,6 +85,13 @@ fn write_leading<W: Write>(
         })?;
         let under_prefix =
             !prefix.is_empty() && (path.starts_with(prefix) || path == prefix[..prefix.len() - 1]);
+        if names.contains(&path) || dirs.contains(&path) {
+            return Err(LayerError::Builder {
+                path: name.clone(),
+                detail: "given twice, or also used as a directory".into(),
+            });
+        }
+        names.push(path.clone());
         if path.is_empty() || under_prefix || prefix.is_empty() {
             return Err(LayerError::Builder {
                 path: name.clone(),

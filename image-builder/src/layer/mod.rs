@@ -237,6 +237,13 @@ pub fn flatten_indexed<W: Write>(
     out: W,
     opts: &FlattenOptions,
 ) -> Result<FlattenStats, LayerError> {
+    check_pairing(layers, indexes)?;
+    let plan = Plan::merge(indexes)?;
+    plan.write(layers, out, opts)
+}
+
+/// Layers and indexes must correspond one to one, in the same order.
+fn check_pairing(layers: &[Layer], indexes: &[LayerIndex]) -> Result<(), LayerError> {
     if layers.len() != indexes.len() {
         return Err(LayerError::IndexCount {
             count: layers.len(),
@@ -252,6 +259,5 @@ pub fn flatten_indexed<W: Write>(
             });
         }
     }
-    let plan = Plan::merge(indexes)?;
-    plan.write(layers, out, opts)
+    Ok(())
 }
