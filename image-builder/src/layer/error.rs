@@ -100,6 +100,10 @@ pub enum LayerError {
     #[error("layer {digest}: {detail}")]
     Compression { digest: String, detail: String },
     #[error(
+        "cached index for layer {digest} is unreadable ({detail}); delete it and index the blob again"
+    )]
+    CorruptIndex { digest: String, detail: String },
+    #[error(
         "{count} layers were given but {indexes} indexes; index every layer once, bottom to top"
     )]
     IndexCount { count: usize, indexes: usize },

@@ -13,7 +13,8 @@
 //!    once more and copying only the winning files' bytes. Memory holds headers, never data.
 //!
 //! [`flatten`] does all three; [`flatten_indexed`] the last two, with indexes from the tee or a
-//! cache. [`FlattenOptions::leading_files`] puts `metadata.yaml` (and templates) in front of a
+//! cache ([`LayerIndex::to_bytes`] / [`LayerIndex::from_bytes`] is the cache format).
+//! [`FlattenOptions::leading_files`] puts `metadata.yaml` (and templates) in front of a
 //! `rootfs/`-prefixed tree for an Incus unified tarball.
 //!
 //! # Output stream
@@ -50,6 +51,7 @@
 //! layers' headers happens before the first byte is written; only a blob that changes between
 //! the passes (or an output error) can fail mid-stream.
 
+mod codec;
 mod compress;
 pub mod deterministic;
 mod emit;

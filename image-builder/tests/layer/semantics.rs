@@ -453,3 +453,36 @@ fn each_blob_is_read_once_per_pass_and_shadowed_layers_not_at_all() {
     assert_eq!(opens[1].load(Ordering::SeqCst), 2);
     assert_eq!(parse(out).get("f").data, b"new");
 }
+
+#[test]
+fn index_binary_form_round_trips_and_refuses_damage() {
+    let blob = layer()
+        .file("a", 0o4755, b"data")
+        .hardlink("b", "a")
+        .symlink("c", "/x")
+        .whiteout("gone")
+        .with_xattrs("x", &[("user.k", b"v")], b"")
+        .node("dev/null", tar::EntryType::Char, 1, 3)
+        .zst();
+    let index = LayerIndex::from_blob(&digest(0), None, &blob[..]).unwrap();
+    let bytes = index.to_bytes();
+    assert_eq!(LayerIndex::from_bytes(&digest(0), &bytes).unwrap(), index);
+    let wrong = LayerIndex::from_bytes(&digest(1), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        wrong.contains(&digest(1)) && wrong.contains(&digest(0)),
+        "{wrong}"
+    );
+    // every truncation is an error, never a panic
+    for cut in 0..bytes.len() {
+        let err = LayerIndex::from_bytes(&digest(0), &bytes[..cut])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unreadable"), "{err}");
+    }
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let _ = LayerIndex::from_bytes(&digest(0), &flipped); // may decode; the merge validates it
+}
