@@ -4,6 +4,7 @@
 //! produce byte streams that the installer hands to Incus.
 
 pub mod init;
+pub mod layer;
 pub mod progress;
 
 pub mod archive;

@@ -1,0 +1,266 @@
+//! Reproducible layers: the same files give the same bytes and the same digests, whatever
+//! order they were added in, whenever and wherever the layer is built.
+//!
+//! Entries are sorted by path (parents first), every mtime is one fixed value, owners are
+//! `0:0` unless given, user/group names and device fields are empty, missing parents are added
+//! as `0755` root-owned directories, and the gzip wrapper has no file name and mtime 0 with a
+//! fixed compression level. The gzip bytes are stable for a given zlib-rs version (pinned by
+//! Cargo.lock); the uncompressed digest (diff_id) does not depend on it at all.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use sha2::{Digest, Sha256};
+
+use super::error::LayerError;
+use super::path::{ancestors, normalize};
+use super::tar_write::{OutHeader, TarWriter};
+
+/// The mtime of every entry unless [`LayerBuilder::with_mtime`] says otherwise: the epoch,
+/// like `SOURCE_DATE_EPOCH=0`.
+pub const DEFAULT_MTIME: i64 = 0;
+/// Fixed gzip level: changing it changes every Atlas layer digest.
+pub const GZIP_LEVEL: u32 = 6;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    File(Vec<u8>),
+    Dir,
+    Symlink(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    item: Item,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+}
+
+/// Collects files, directories and symlinks, then writes them as a reproducible tar.
+#[derive(Debug, Clone, Default)]
+pub struct LayerBuilder {
+    entries: BTreeMap<Vec<u8>, Entry>,
+    mtime: i64,
+}
+
+/// A built layer: the tar, its digest (the image config's diff_id), and the gzip blob with
+/// its digest (the manifest's layer descriptor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltLayer {
+    pub tar: Vec<u8>,
+    pub diff_id: String,
+    pub gzip: Vec<u8>,
+    pub digest: String,
+}
+
+impl LayerBuilder {
+    pub fn new() -> LayerBuilder {
+        LayerBuilder::with_mtime(DEFAULT_MTIME)
+    }
+
+    pub fn with_mtime(mtime: i64) -> LayerBuilder {
+        LayerBuilder {
+            entries: BTreeMap::new(),
+            mtime,
+        }
+    }
+
+    /// A root-owned regular file.
+    pub fn file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<&mut Self, LayerError> {
+        self.file_owned(path, mode, 0, 0, bytes)
+    }
+
+    pub fn file_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<&mut Self, LayerError> {
+        self.add(path, Item::File(bytes.into()), mode, uid, gid)
+    }
+
+    /// A root-owned directory.
+    pub fn dir(&mut self, path: &str, mode: u32) -> Result<&mut Self, LayerError> {
+        self.dir_owned(path, mode, 0, 0)
+    }
+
+    pub fn dir_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> Result<&mut Self, LayerError> {
+        self.add(path, Item::Dir, mode, uid, gid)
+    }
+
+    /// A root-owned symlink; the target is stored as given.
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self, LayerError> {
+        if target.is_empty() || target.contains('\0') {
+            return Err(builder_err(
+                path,
+                "a symlink target must be non-empty and without NUL",
+            ));
+        }
+        self.add(path, Item::Symlink(target.as_bytes().to_vec()), 0o777, 0, 0)
+    }
+
+    fn add(
+        &mut self,
+        path: &str,
+        item: Item,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> Result<&mut Self, LayerError> {
+        let norm = normalize(path.as_bytes()).map_err(|d| builder_err(path, &d))?;
+        if norm.is_empty() {
+            return Err(builder_err(path, "the root itself cannot be an entry"));
+        }
+        if mode > 0o7777 {
+            return Err(builder_err(path, "mode has bits outside 0o7777"));
+        }
+        if self.entries.contains_key(&norm) {
+            return Err(builder_err(
+                path,
+                "added twice; a layer holds each path once",
+            ));
+        }
+        for dir in ancestors(&norm) {
+            if let Some(e) = self.entries.get(dir)
+                && e.item != Item::Dir
+            {
+                return Err(builder_err(path, "a parent was added as a file or symlink"));
+            }
+        }
+        if item != Item::Dir {
+            let mut lo = norm.clone();
+            lo.push(b'/');
+            let mut hi = norm.clone();
+            hi.push(b'/' + 1);
+            if self.entries.range(lo..hi).next().is_some() {
+                return Err(builder_err(path, "it has children but is not a directory"));
+            }
+        }
+        self.entries.insert(
+            norm,
+            Entry {
+                item,
+                mode,
+                uid,
+                gid,
+            },
+        );
+        Ok(self)
+    }
+
+    /// Writes the uncompressed tar to `out` and returns its digest (`sha256:<hex>`).
+    pub fn write_tar<W: Write>(&self, out: W) -> Result<String, LayerError> {
+        let mut hashed = HashWriter {
+            inner: out,
+            hash: Sha256::new(),
+        };
+        self.write_into(&mut hashed).map_err(LayerError::Output)?;
+        Ok(format!("sha256:{}", hex::encode(hashed.hash.finalize())))
+    }
+
+    /// Builds the tar and its deterministic gzip form in memory (Atlas layers are small).
+    pub fn build(&self) -> Result<BuiltLayer, LayerError> {
+        let mut tar = Vec::new();
+        let diff_id = self.write_tar(&mut tar)?;
+        let gzip = gzip(&tar).map_err(LayerError::Output)?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&gzip)));
+        Ok(BuiltLayer {
+            tar,
+            diff_id,
+            gzip,
+            digest,
+        })
+    }
+
+    fn write_into<W: Write>(&self, out: W) -> io::Result<()> {
+        let mut all: BTreeMap<&[u8], Option<&Entry>> = BTreeMap::new();
+        for (path, e) in &self.entries {
+            for dir in ancestors(path) {
+                all.entry(dir).or_insert(None);
+            }
+            all.insert(path, Some(e));
+        }
+        let mut w = TarWriter::new(out);
+        for (path, e) in all {
+            let implied = Entry {
+                item: Item::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            };
+            let e = e.unwrap_or(&implied);
+            let (typeflag, link, data): (u8, &[u8], &[u8]) = match &e.item {
+                Item::File(bytes) => (b'0', b"", bytes),
+                Item::Dir => (b'5', b"", b""),
+                Item::Symlink(target) => (b'2', target, b""),
+            };
+            let mut name = path.to_vec();
+            if e.item == Item::Dir {
+                name.push(b'/');
+            }
+            w.header(&OutHeader {
+                path: &name,
+                typeflag,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: self.mtime,
+                size: data.len() as u64,
+                link,
+                device: None,
+                xattrs: &[],
+            })?;
+            w.data(data)?;
+            w.pad(data.len() as u64)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+}
+
+/// Gzip with a fixed header (no name, mtime 0, OS "unknown") and a fixed level.
+pub fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(Vec::new(), flate2::Compression::new(GZIP_LEVEL));
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+fn builder_err(path: &str, detail: &str) -> LayerError {
+    LayerError::Builder {
+        path: path.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+struct HashWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

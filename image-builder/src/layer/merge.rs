@@ -1,0 +1,331 @@
+//! The merge: replays every layer's index, bottom to top, on an in-memory tree of paths and
+//! decides which member wins each path. Only headers are involved; the result is a [`Plan`]
+//! that the emitter follows while streaming the layers once more.
+//!
+//! Semantics follow the OCI image spec's "applying changesets" plus what extraction does:
+//! - a layer's whiteouts and opaque markers apply to the lower layers only, so they are
+//!   applied before the layer's own members, whatever their order in the stream;
+//! - a member replaces whatever was at its path; a non-directory replacing a directory removes
+//!   the directory's subtree; a directory over a directory only updates its metadata;
+//! - a hard link shares the inode of its target at the time it is read, so later replacing or
+//!   deleting the target path does not change the link's content;
+//! - missing parents are created as 0755 root-owned directories; a parent that is a symlink or
+//!   a file is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use super::error::{LayerError, show};
+use super::index::{EntryKind, EntryRef, LayerIndex};
+use super::path::{ancestors, normalize};
+use super::tar_read::Kind;
+
+/// A member: (layer position, member ordinal in that layer).
+pub(crate) type Ref = (u32, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeKind {
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    kind: NodeKind,
+    /// The member that owns this path's metadata (`None`: a synthesized parent directory).
+    entry: Option<Ref>,
+    /// For non-directories, the member that owns the content (differs from `entry` for hard links).
+    inode: Ref,
+}
+
+/// What the merged image looks like and which member supplies each output entry. Paths are
+/// borrowed from the indexes' arenas, so the plan costs little beyond them.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub(crate) indexes: &'a [LayerIndex],
+    /// The topmost explicit root directory member, if any layer had one.
+    pub(crate) root: Option<Ref>,
+    /// Directories, symlinks, devices and fifos in path order (parents before children).
+    /// `None` marks a synthesized directory.
+    pub(crate) nodes: Vec<(&'a [u8], Option<Ref>)>,
+    /// Per layer: (member ordinal, output path) of regular files to copy, in stream order.
+    pub(crate) files: Vec<Vec<(u32, &'a [u8])>>,
+    /// Hard links (path, target path) in path order; every target is emitted before them.
+    pub(crate) links: Vec<(&'a [u8], &'a [u8])>,
+}
+
+impl<'a> Plan<'a> {
+    /// Number of entries the flattened stream will hold (root included).
+    pub fn entry_count(&self) -> usize {
+        1 + self.nodes.len() + self.files.iter().map(Vec::len).sum::<usize>() + self.links.len()
+    }
+
+    /// Merges layer indexes, given bottom to top.
+    pub fn merge(indexes: &'a [LayerIndex]) -> Result<Plan<'a>, LayerError> {
+        let mut tree = Tree::default();
+        for (pos, index) in indexes.iter().enumerate() {
+            validate(index)?;
+            tree.apply(pos as u32, index)?;
+        }
+        Ok(tree.into_plan(indexes))
+    }
+
+    /// The member a reference points at (the plan only holds references it validated).
+    pub(crate) fn member(&self, (layer, ord): Ref) -> EntryRef<'a> {
+        self.indexes[layer as usize]
+            .get(ord as usize)
+            .expect("plan references are in range")
+    }
+}
+
+#[derive(Default)]
+struct Tree<'a> {
+    root: Option<Ref>,
+    paths: BTreeMap<&'a [u8], Node>,
+}
+
+impl<'a> Tree<'a> {
+    fn apply(&mut self, pos: u32, index: &'a LayerIndex) -> Result<(), LayerError> {
+        let err = Errs {
+            digest: &index.digest,
+        };
+        for e in index.iter() {
+            match e.kind {
+                EntryKind::Whiteout if self.deletable_parent(&e, &err)? => self.remove(e.path),
+                EntryKind::Opaque => {
+                    if e.path.is_empty() {
+                        self.paths.clear();
+                    } else if self.deletable_parent(&e, &err)?
+                        && self.paths.get(e.path).map(|n| n.kind) == Some(NodeKind::Dir)
+                    {
+                        self.remove_children(e.path);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (ord, e) in index.iter().enumerate() {
+            let here = (pos, ord as u32);
+            let EntryKind::Node(kind) = e.kind else {
+                continue;
+            };
+            if e.path.is_empty() {
+                self.root = Some(here);
+                continue;
+            }
+            self.make_parents(&e, &err)?;
+            match kind {
+                Kind::Dir => match self.paths.get_mut(e.path) {
+                    Some(n) if n.kind == NodeKind::Dir => n.entry = Some(here),
+                    _ => self.put(e.path, NodeKind::Dir, here, here),
+                },
+                Kind::Hardlink => {
+                    let target = match self.paths.get(e.link) {
+                        None => {
+                            return Err(
+                                err.link(&e, "the target does not exist in this or a lower layer")
+                            );
+                        }
+                        Some(t) if t.kind == NodeKind::Dir => {
+                            return Err(err.link(&e, "the target is a directory"));
+                        }
+                        Some(t) => *t,
+                    };
+                    if e.link != e.path {
+                        self.put(e.path, target.kind, here, target.inode);
+                    }
+                }
+                Kind::Symlink => self.put(e.path, NodeKind::Symlink, here, here),
+                _ => self.put(e.path, NodeKind::Other, here, here),
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, path: &'a [u8], kind: NodeKind, entry: Ref, inode: Ref) {
+        if self.paths.get(path).map(|n| n.kind) == Some(NodeKind::Dir) {
+            self.remove_children(path);
+        }
+        self.paths.insert(
+            path,
+            Node {
+                kind,
+                entry: Some(entry),
+                inode,
+            },
+        );
+    }
+
+    fn remove(&mut self, path: &[u8]) {
+        if self.paths.remove(path).is_some() {
+            self.remove_children(path);
+        }
+    }
+
+    fn remove_children(&mut self, dir: &[u8]) {
+        let mut lo = dir.to_vec();
+        lo.push(b'/');
+        let mut hi = dir.to_vec();
+        hi.push(b'/' + 1);
+        let range = (Bound::Included(&lo[..]), Bound::Excluded(&hi[..]));
+        let doomed: Vec<&'a [u8]> = self
+            .paths
+            .range::<[u8], _>(range)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in doomed {
+            self.paths.remove(k);
+        }
+    }
+
+    /// Creates missing parent directories; refuses a parent that is a symlink or a file.
+    fn make_parents(&mut self, e: &EntryRef<'a>, err: &Errs) -> Result<(), LayerError> {
+        for dir in ancestors(e.path) {
+            match self.paths.get(dir) {
+                None => {
+                    self.paths.insert(
+                        dir,
+                        Node {
+                            kind: NodeKind::Dir,
+                            entry: None,
+                            inode: (u32::MAX, 0),
+                        },
+                    );
+                }
+                Some(n) => err.parent_ok(e, dir, n.kind)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a whiteout's parents are all directories (missing ones make it a no-op).
+    fn deletable_parent(&self, e: &EntryRef, err: &Errs) -> Result<bool, LayerError> {
+        for dir in ancestors(e.path) {
+            match self.paths.get(dir) {
+                None => return Ok(false),
+                Some(n) => err.parent_ok(e, dir, n.kind)?,
+            }
+        }
+        Ok(true)
+    }
+
+    fn into_plan(self, indexes: &'a [LayerIndex]) -> Plan<'a> {
+        let mut plan = Plan {
+            indexes,
+            root: self.root,
+            nodes: Vec::new(),
+            files: vec![Vec::new(); indexes.len()],
+            links: Vec::new(),
+        };
+        // Group surviving paths by inode; the first path in sorted order carries the content
+        // and the others become hard links to it, which keeps the output deterministic.
+        let linked: BTreeSet<Ref> = self
+            .paths
+            .values()
+            .filter(|n| n.kind != NodeKind::Dir && n.entry != Some(n.inode))
+            .map(|n| n.inode)
+            .collect();
+        let mut primary: BTreeMap<Ref, &'a [u8]> = BTreeMap::new();
+        for (path, node) in self.paths {
+            let shared = linked.contains(&node.inode);
+            match node.kind {
+                NodeKind::Dir => plan.nodes.push((path, node.entry)),
+                _ => match primary.get(&node.inode).filter(|_| shared) {
+                    Some(first) => plan.links.push((path, first)),
+                    None => {
+                        let (layer, ord) = node.inode;
+                        let kind = indexes[layer as usize].entries[ord as usize].kind;
+                        if kind == EntryKind::Node(Kind::File) {
+                            plan.files[layer as usize].push((ord, path));
+                        } else {
+                            plan.nodes.push((path, Some(node.inode)));
+                        }
+                        if shared {
+                            primary.insert(node.inode, path);
+                        }
+                    }
+                },
+            }
+        }
+        for files in &mut plan.files {
+            files.sort_unstable_by_key(|(ord, _)| *ord);
+        }
+        plan
+    }
+}
+
+/// An index may come from a cache: check it obeys the rules `classify` enforces, because the
+/// emitter writes directory, symlink and node headers from the index alone.
+fn validate(index: &LayerIndex) -> Result<(), LayerError> {
+    for (i, raw) in index.entries.iter().enumerate() {
+        let bad = |entry: String, detail: &str| LayerError::IndexMismatch {
+            digest: index.digest.clone(),
+            entry,
+            detail: format!("cached index entry is invalid: {detail}"),
+        };
+        if !index.span_ok(raw.path) || !index.span_ok(raw.link) {
+            return Err(bad(format!("#{i}"), "string outside the name arena"));
+        }
+        if raw.xattrs != u32::MAX && raw.xattrs as usize >= index.xattrs.len() {
+            return Err(bad(format!("#{i}"), "xattr set out of range"));
+        }
+        let e = index.get(i).expect("in range");
+        let bad = |detail: &str| bad(show(e.path), detail);
+        if normalize(e.path).as_deref() != Ok(e.path) {
+            return Err(bad("path is not normalized"));
+        }
+        match e.kind {
+            EntryKind::Node(Kind::Hardlink)
+                if e.link.is_empty() || normalize(e.link).as_deref() != Ok(e.link) =>
+            {
+                return Err(bad("hard-link target is not normalized"));
+            }
+            EntryKind::Node(Kind::Symlink) if e.link.is_empty() || e.link.contains(&0) => {
+                return Err(bad("symlink target is empty or has NUL"));
+            }
+            EntryKind::Node(k) if e.path.is_empty() && k != Kind::Dir => {
+                return Err(bad("the root is not a directory"));
+            }
+            _ => {}
+        }
+        if e.size > super::tar_read::MAX_ENTRY_SIZE || e.mode > 0o7777 {
+            return Err(bad("size or mode out of range"));
+        }
+    }
+    Ok(())
+}
+
+struct Errs<'a> {
+    digest: &'a str,
+}
+
+impl Errs<'_> {
+    fn link(&self, e: &EntryRef, detail: &str) -> LayerError {
+        LayerError::BadHardlink {
+            digest: self.digest.to_string(),
+            entry: show(e.path),
+            target: String::from_utf8_lossy(e.link).into_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn parent_ok(&self, e: &EntryRef, dir: &[u8], kind: NodeKind) -> Result<(), LayerError> {
+        let parent = String::from_utf8_lossy(dir).into_owned();
+        let entry = show(e.path);
+        let digest = self.digest.to_string();
+        match kind {
+            NodeKind::Dir => Ok(()),
+            NodeKind::Symlink => Err(LayerError::ThroughSymlink {
+                digest,
+                entry,
+                parent,
+            }),
+            NodeKind::Other => Err(LayerError::ParentNotDir {
+                digest,
+                entry,
+                parent,
+            }),
+        }
+    }
+}
