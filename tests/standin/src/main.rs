@@ -1,0 +1,133 @@
+//! atlas-standin: a test fixture standing in for Grafana, Loki, step-ca and cloudflared where
+//! no real binary is available. It answers their health and metrics endpoints on their ports
+//! and says in every answer that it is a stand-in. The role comes from argv[0] (the binary is
+//! installed under the upstream program paths) or `--role`.
+
+mod args;
+mod http;
+mod roles;
+mod tls;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use args::{Listen, Plan, Role, Settings};
+use http::{Handler, Transport};
+use roles::State;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let env = std::env::vars().collect();
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let settings = match args::plan(&argv, &env, &read) {
+        Ok(Plan::Print(line)) => {
+            let _ = writeln!(std::io::stdout(), "{line}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Plan::Serve(s)) => s,
+        Err(e) => {
+            eprintln!("atlas-standin: {}", e.0);
+            return ExitCode::from(2);
+        }
+    };
+    match run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("atlas-standin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(s: Settings) -> Result<(), String> {
+    exit_on_stop_signals()?;
+    let state = Arc::new(State::new(s.role, s.token_present));
+    let main_transport = match (s.role, &s.main.tls) {
+        (Role::StepCa, _) => {
+            let dir = s.step_path.as_deref().unwrap_or(Path::new("/home/step"));
+            Transport::Tls(tls::step_ca(dir, &step_ca_names())?)
+        }
+        (_, Some((cert, key))) => Transport::Tls(tls::from_pem_files(cert, key)?),
+        (_, None) => Transport::Plain,
+    };
+    let main = bind(&s.main)?;
+    if let Some(m) = &s.metrics {
+        let listener = bind(m)?;
+        let st = state.clone();
+        let h: Handler = Arc::new(move |r| roles::handle_metrics_port(&st, r));
+        std::thread::spawn(move || http::serve(listener, Transport::Plain, h));
+    }
+    eprintln!(
+        "atlas-standin: stand-in for {} (not the real product) listening on {}{}",
+        s.role.name(),
+        s.main.addr,
+        s.metrics
+            .as_ref()
+            .map(|m| format!(", metrics on {}", m.addr))
+            .unwrap_or_default()
+    );
+    let h: Handler = Arc::new(move |r| roles::handle(&state, r));
+    http::serve(main, main_transport, h);
+    Ok(())
+}
+
+fn bind(l: &Listen) -> Result<TcpListener, String> {
+    TcpListener::bind(&l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))
+}
+
+/// The names step-ca's certificate is for: those the upstream entrypoint would initialise
+/// with, plus loopback so local health probes verify.
+fn step_ca_names() -> Vec<String> {
+    let mut names: Vec<String> = std::env::var("DOCKER_STEPCA_INIT_DNS_NAMES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    for n in ["localhost", "127.0.0.1"] {
+        if !names.iter().any(|x| x == n) {
+            names.push(n.to_string());
+        }
+    }
+    names
+}
+
+/// SIGTERM (forwarded by our PID 1), SIGINT and SIGPWR (Incus' halt signal, should we ever
+/// run as PID 1 ourselves) end the process with status 0 at once: there is nothing to flush.
+fn exit_on_stop_signals() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("signal runtime: {e}"))?;
+    // Registered before serving starts, so no early SIGTERM is lost.
+    let mut sigs = {
+        let _guard = rt.enter();
+        [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::from_raw(30),
+        ]
+        .into_iter()
+        .map(signal)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot handle signals: {e}"))?
+    };
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let [a, b, c] = &mut sigs[..] else { return };
+            tokio::select! {
+                _ = a.recv() => {}
+                _ = b.recv() => {}
+                _ = c.recv() => {}
+            }
+        });
+        eprintln!("atlas-standin: stop signal, exiting");
+        std::process::exit(0);
+    });
+    Ok(())
+}
