@@ -231,7 +231,7 @@ pub fn serve(listener: TcpListener, transport: Transport, handler: Handler) {
         std::thread::spawn(move || {
             if let Err(e) = serve_one(tcp, &transport, &handler) {
                 // Scanners and health probes hang up early; that is not worth more than a line.
-                eprintln!("atlas-standin: connection: {e}");
+                let _ = writeln!(io::stderr(), "atlas-standin: connection: {e}");
             }
         });
     }

@@ -54,24 +54,28 @@ fn run(s: Settings) -> Result<(), String> {
         (_, None) => Transport::Plain,
     };
     let main = bind(&s.main)?;
+    let mut metrics_note = String::new();
     if let Some(m) = &s.metrics {
         let listener = bind(m)?;
+        metrics_note = format!(", metrics on {}", bound(&listener));
         let st = state.clone();
         let h: Handler = Arc::new(move |r| roles::handle_metrics_port(&st, r));
         std::thread::spawn(move || http::serve(listener, Transport::Plain, h));
     }
+    // The bound address (not the requested one), so tests can ask for port 0.
     eprintln!(
-        "atlas-standin: stand-in for {} (not the real product) listening on {}{}",
+        "atlas-standin: stand-in for {} (not the real product) listening on {}{metrics_note}",
         s.role.name(),
-        s.main.addr,
-        s.metrics
-            .as_ref()
-            .map(|m| format!(", metrics on {}", m.addr))
-            .unwrap_or_default()
+        bound(&main),
     );
     let h: Handler = Arc::new(move |r| roles::handle(&state, r));
     http::serve(main, main_transport, h);
     Ok(())
+}
+
+fn bound(l: &TcpListener) -> String {
+    l.local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string())
 }
 
 fn bind(l: &Listen) -> Result<TcpListener, String> {
@@ -126,7 +130,9 @@ fn exit_on_stop_signals() -> Result<(), String> {
                 _ = c.recv() => {}
             }
         });
-        eprintln!("atlas-standin: stop signal, exiting");
+        // Not eprintln!: it panics when stderr is gone (a closed pipe), and a panic here
+        // would leave the process running after SIGTERM.
+        let _ = writeln!(std::io::stderr(), "atlas-standin: stop signal, exiting");
         std::process::exit(0);
     });
     Ok(())
