@@ -48,7 +48,9 @@ fn run(s: Settings) -> Result<(), String> {
     let main_transport = match (s.role, &s.main.tls) {
         (Role::StepCa, _) => {
             let dir = s.step_path.as_deref().unwrap_or(Path::new("/home/step"));
-            Transport::Tls(tls::step_ca(dir, &step_ca_names())?)
+            let (cfg, root_pem) = tls::step_ca(dir, &step_ca_names())?;
+            let _ = state.root_pem.set(root_pem);
+            Transport::Tls(cfg)
         }
         (_, Some((cert, key))) => Transport::Tls(tls::from_pem_files(cert, key)?),
         (_, None) => Transport::Plain,

@@ -1,8 +1,8 @@
 //! What each stand-in answers. Every body says it is a stand-in; none claims to be the product.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_json::json;
@@ -16,6 +16,8 @@ const KEEP_STREAMS: usize = 256;
 pub struct State {
     pub role: Role,
     pub token_present: bool,
+    /// step-ca: the root certificate, once the CA exists.
+    pub root_pem: OnceLock<String>,
     started: Instant,
     requests: AtomicU64,
     loki: Mutex<LokiState>,
@@ -35,6 +37,7 @@ impl State {
         State {
             role,
             token_present,
+            root_pem: OnceLock::new(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             loki: Mutex::new(LokiState::default()),
@@ -89,6 +92,10 @@ pub fn handle(state: &State, req: &Request) -> Response {
             Response::json(200, &json!({"status": "success", "data": values}))
         }
         (Role::StepCa, "/health") if get => Response::json(200, &json!({"status": "ok"})),
+        (Role::StepCa, "/roots.pem") if get => match state.root_pem.get() {
+            Some(pem) => Response::new(200, "application/x-pem-file", pem.clone()),
+            None => Response::text(503, "atlas stand-in for step-ca: no root yet\n"),
+        },
         _ => not_found(state),
     }
 }
@@ -310,6 +317,13 @@ mod tests {
         let r = handle(&s, &req("GET", "/health"));
         assert_eq!((r.status, json_body(&r)), (200, json!({"status":"ok"})));
         assert_eq!(handle(&s, &req("GET", "/metrics")).status, 404);
+        assert_eq!(handle(&s, &req("GET", "/roots.pem")).status, 503);
+        s.root_pem
+            .set("-----BEGIN CERTIFICATE-----\nx\n".into())
+            .unwrap();
+        assert!(
+            body(&handle(&s, &req("GET", "/roots.pem"))).starts_with("-----BEGIN CERTIFICATE-----")
+        );
         let r = handle_metrics_port(&s, &req("GET", "/metrics"));
         assert!(body(&r).contains("role=\"step-ca\""));
         assert_eq!(handle_metrics_port(&s, &req("GET", "/health")).status, 404);

@@ -57,7 +57,8 @@ fn root_params() -> Result<CertificateParams, String> {
 }
 
 /// Loads the CA under `step_path`, creating it on first start, and signs a leaf for `names`.
-pub fn step_ca(step_path: &Path, names: &[String]) -> Result<Arc<ServerConfig>, String> {
+/// Returns the server config and the root certificate as PEM (served at `/roots.pem`).
+pub fn step_ca(step_path: &Path, names: &[String]) -> Result<(Arc<ServerConfig>, String), String> {
     let (cert_path, key_path) = (step_path.join(ROOT_CERT), step_path.join(ROOT_KEY));
     let params = root_params()?;
     let (root_der, root_key) = if cert_path.exists() && key_path.exists() {
@@ -85,7 +86,12 @@ pub fn step_ca(step_path: &Path, names: &[String]) -> Result<Arc<ServerConfig>, 
         .signed_by(&leaf_key, &issuer)
         .map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    server_config(vec![leaf.der().clone(), root_der], key)
+    let root_pem =
+        fs::read_to_string(&cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    Ok((
+        server_config(vec![leaf.der().clone(), root_der], key)?,
+        root_pem,
+    ))
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
@@ -146,9 +152,11 @@ mod tests {
     fn step_ca_root_is_created_once_and_verifies_the_leaf() {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let cfg = step_ca(dir.path(), &names).unwrap();
+        let (cfg, pem) = step_ca(dir.path(), &names).unwrap();
         let root = dir.path().join(ROOT_CERT);
         let first = fs::read(&root).unwrap();
+        assert_eq!(pem.as_bytes(), first);
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
         let key_mode = fs::metadata(dir.path().join(ROOT_KEY))
             .unwrap()
             .permissions();
@@ -159,8 +167,9 @@ mod tests {
         assert!(get_health(cfg, &root).ends_with("{\"status\":\"ok\"}"));
 
         // Second start: same root on disk, and a new leaf still chains to it.
-        let cfg = step_ca(dir.path(), &names).unwrap();
+        let (cfg, pem) = step_ca(dir.path(), &names).unwrap();
         assert_eq!(fs::read(&root).unwrap(), first);
+        assert_eq!(pem.as_bytes(), first);
         assert!(get_health(cfg, &root).starts_with("HTTP/1.1 200 OK"));
     }
 
