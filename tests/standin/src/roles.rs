@@ -1,0 +1,354 @@
+//! What each stand-in answers. Every body says it is a stand-in; none claims to be the product.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::args::Role;
+use crate::http::{Request, Response};
+
+/// Label sets of the most recent pushed streams kept for `GET /loki/api/v1/labels`.
+const KEEP_STREAMS: usize = 256;
+
+pub struct State {
+    pub role: Role,
+    pub token_present: bool,
+    /// step-ca: the root certificate, once the CA exists.
+    pub root_pem: OnceLock<String>,
+    started: Instant,
+    requests: AtomicU64,
+    loki: Mutex<LokiState>,
+}
+
+#[derive(Default)]
+struct LokiState {
+    pushes: u64,
+    entries: u64,
+    bytes: u64,
+    unparsed: u64,
+    streams: VecDeque<BTreeMap<String, String>>,
+}
+
+impl State {
+    pub fn new(role: Role, token_present: bool) -> Self {
+        State {
+            role,
+            token_present,
+            root_pem: OnceLock::new(),
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            loki: Mutex::new(LokiState::default()),
+        }
+    }
+
+    fn loki(&self) -> std::sync::MutexGuard<'_, LokiState> {
+        // A panicked handler thread must not take the counters down with it.
+        self.loki.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The main port of a role.
+pub fn handle(state: &State, req: &Request) -> Response {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let get = req.method == "GET" || req.method == "HEAD";
+    match (state.role, req.path.as_str()) {
+        (Role::StepCa, "/metrics") => not_found(state),
+        (_, "/metrics") if get => metrics(state),
+        (Role::Grafana, "/api/health") if get => Response::json(
+            200,
+            &json!({"database": "ok", "version": "standin", "commit": "atlas-standin",
+                    "standin": "atlas stand-in for Grafana, not Grafana"}),
+        ),
+        (Role::Grafana, "/" | "/login") if get => Response::new(
+            200,
+            "text/html; charset=utf-8",
+            "<!doctype html><html><head><title>Atlas stand-in for Grafana</title></head>\
+             <body><h1>Atlas stand-in for Grafana</h1><p>This test fixture is not Grafana.</p></body></html>\n",
+        ),
+        (Role::Loki | Role::Cloudflared, "/ready") if get => Response::text(200, "ready\n"),
+        (Role::Loki, "/loki/api/v1/push") if req.method == "POST" => loki_push(state, req),
+        (Role::Loki, "/loki/api/v1/labels") if get => {
+            let names: BTreeSet<String> = state
+                .loki()
+                .streams
+                .iter()
+                .flat_map(|s| s.keys().cloned())
+                .collect();
+            Response::json(200, &json!({"status": "success", "data": names}))
+        }
+        (Role::Loki, p)
+            if get && p.starts_with("/loki/api/v1/label/") && p.ends_with("/values") =>
+        {
+            let name = &p["/loki/api/v1/label/".len()..p.len() - "/values".len()];
+            let values: BTreeSet<String> = state
+                .loki()
+                .streams
+                .iter()
+                .filter_map(|s| s.get(name).cloned())
+                .collect();
+            Response::json(200, &json!({"status": "success", "data": values}))
+        }
+        (Role::StepCa, "/health") if get => Response::json(200, &json!({"status": "ok"})),
+        (Role::StepCa, "/roots.pem") if get => match state.root_pem.get() {
+            Some(pem) => Response::new(200, "application/x-pem-file", pem.clone()),
+            None => Response::text(503, "atlas stand-in for step-ca: no root yet\n"),
+        },
+        _ => not_found(state),
+    }
+}
+
+/// step-ca's separate plain-HTTP metrics listener.
+pub fn handle_metrics_port(state: &State, req: &Request) -> Response {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    match req.path.as_str() {
+        "/metrics" if req.method == "GET" || req.method == "HEAD" => metrics(state),
+        _ => not_found(state),
+    }
+}
+
+fn not_found(state: &State) -> Response {
+    Response::text(
+        404,
+        format!(
+            "atlas stand-in for {}: no such endpoint\n",
+            state.role.name()
+        ),
+    )
+}
+
+/// Loki's JSON push format: `{"streams":[{"stream":{labels},"values":[[ts,line],...]}]}`.
+/// Protobuf (snappy) pushes are counted but not decoded: nothing here needs their contents.
+fn loki_push(state: &State, req: &Request) -> Response {
+    let is_json = req
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json"));
+    let mut l = state.loki();
+    l.pushes += 1;
+    l.bytes += req.body.len() as u64;
+    if !is_json {
+        l.unparsed += 1;
+        return Response::empty(204);
+    }
+    let body: serde_json::Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Response::text(
+                400,
+                format!("atlas stand-in for loki: bad push body: {e}\n"),
+            );
+        }
+    };
+    let Some(streams) = body["streams"].as_array() else {
+        return Response::text(
+            400,
+            "atlas stand-in for loki: push body has no \"streams\" array\n",
+        );
+    };
+    for s in streams {
+        let labels: BTreeMap<String, String> = s["stream"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        l.entries += s["values"].as_array().map_or(0, |v| v.len() as u64);
+        if l.streams.len() == KEEP_STREAMS {
+            l.streams.pop_front();
+        }
+        l.streams.push_back(labels);
+    }
+    Response::empty(204)
+}
+
+fn metrics(state: &State) -> Response {
+    let role = state.role.name();
+    let mut m = format!(
+        "# HELP standin_info Atlas stand-in for {role} (a test fixture, not the real product).\n\
+         # TYPE standin_info gauge\n\
+         standin_info{{role=\"{role}\",version=\"standin\"}} 1\n\
+         # HELP standin_http_requests_total HTTP requests answered.\n\
+         # TYPE standin_http_requests_total counter\n\
+         standin_http_requests_total {}\n\
+         # HELP standin_uptime_seconds Seconds since start.\n\
+         # TYPE standin_uptime_seconds gauge\n\
+         standin_uptime_seconds {:.3}\n",
+        state.requests.load(Ordering::Relaxed),
+        state.started.elapsed().as_secs_f64()
+    );
+    match state.role {
+        Role::Loki => {
+            let l = state.loki();
+            for (name, help, v) in [
+                ("standin_loki_push_total", "Push requests received.", l.pushes),
+                ("standin_loki_push_entries_total", "Log entries in JSON pushes.", l.entries),
+                ("standin_loki_push_bytes_total", "Bytes of push bodies.", l.bytes),
+                ("standin_loki_push_unparsed_total", "Pushes not in JSON (counted, not decoded).", l.unparsed),
+            ] {
+                m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+            }
+        }
+        Role::Cloudflared => m.push_str(&format!(
+            "# HELP standin_cloudflared_token_present Whether a tunnel token was given (its value is never used).\n\
+             # TYPE standin_cloudflared_token_present gauge\nstandin_cloudflared_token_present {}\n",
+            u8::from(state.token_present)
+        )),
+        Role::Grafana | Role::StepCa => {}
+    }
+    Response::new(200, "text/plain; version=0.0.4; charset=utf-8", m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn push(body: &str, content_type: &str) -> Request {
+        Request {
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body: body.as_bytes().to_vec(),
+            ..req("POST", "/loki/api/v1/push")
+        }
+    }
+
+    fn body(r: &Response) -> String {
+        String::from_utf8(r.body.clone()).unwrap()
+    }
+
+    fn json_body(r: &Response) -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn grafana_health_login_and_metrics() {
+        let s = State::new(Role::Grafana, false);
+        let r = handle(&s, &req("GET", "/api/health"));
+        assert_eq!(r.status, 200);
+        let j = json_body(&r);
+        assert_eq!(
+            (j["database"].as_str(), j["version"].as_str()),
+            (Some("ok"), Some("standin"))
+        );
+        for p in ["/", "/login"] {
+            let r = handle(&s, &req("GET", p));
+            assert_eq!(r.status, 200);
+            assert!(body(&r).contains("Atlas stand-in for Grafana"));
+        }
+        let r = handle(&s, &req("GET", "/metrics"));
+        assert!(body(&r).contains("standin_info{role=\"grafana\",version=\"standin\"} 1"));
+        // /api/health, /, /login and this request.
+        assert!(
+            body(&r).contains("standin_http_requests_total 4\n"),
+            "{}",
+            body(&r)
+        );
+        assert_eq!(handle(&s, &req("GET", "/ready")).status, 404);
+        assert_eq!(handle(&s, &req("POST", "/api/health")).status, 404);
+    }
+
+    #[test]
+    fn loki_counts_pushes_and_keeps_label_sets() {
+        let s = State::new(Role::Loki, false);
+        assert_eq!(handle(&s, &req("GET", "/ready")).status, 200);
+        let r = handle(
+            &s,
+            &push(
+                r#"{"streams":[{"stream":{"app":"incus","type":"lifecycle"},"values":[["1","a"],["2","b"]]},
+                               {"stream":{"app":"incus","instance":"host1"},"values":[["3","c"]]}]}"#,
+                "application/json",
+            ),
+        );
+        assert_eq!(r.status, 204);
+        assert_eq!(
+            handle(&s, &push("\x00snappy", "application/x-protobuf")).status,
+            204
+        );
+        let bad = handle(&s, &push("{not json", "application/json"));
+        assert_eq!(bad.status, 400);
+        assert!(body(&bad).contains("bad push body"));
+        assert_eq!(
+            handle(&s, &push(r#"{"x":1}"#, "application/json")).status,
+            400
+        );
+
+        let m = body(&handle(&s, &req("GET", "/metrics")));
+        assert!(m.contains("standin_loki_push_total 4\n"), "{m}");
+        assert!(m.contains("standin_loki_push_entries_total 3\n"), "{m}");
+        assert!(m.contains("standin_loki_push_unparsed_total 1\n"), "{m}");
+
+        let labels = json_body(&handle(&s, &req("GET", "/loki/api/v1/labels")));
+        assert_eq!(
+            labels,
+            json!({"status":"success","data":["app","instance","type"]})
+        );
+        let values = json_body(&handle(&s, &req("GET", "/loki/api/v1/label/type/values")));
+        assert_eq!(values["data"], json!(["lifecycle"]));
+    }
+
+    #[test]
+    fn loki_keeps_only_recent_streams() {
+        let s = State::new(Role::Loki, false);
+        for i in 0..KEEP_STREAMS + 5 {
+            let b = format!(r#"{{"streams":[{{"stream":{{"n":"{i}"}},"values":[]}}]}}"#);
+            assert_eq!(handle(&s, &push(&b, "application/json")).status, 204);
+        }
+        let values = json_body(&handle(&s, &req("GET", "/loki/api/v1/label/n/values")));
+        let values = values["data"].as_array().unwrap();
+        assert_eq!(values.len(), KEEP_STREAMS);
+        assert!(!values.contains(&json!("0")) && values.contains(&json!(KEEP_STREAMS.to_string())));
+    }
+
+    #[test]
+    fn step_ca_health_on_main_port_metrics_on_its_own() {
+        let s = State::new(Role::StepCa, false);
+        let r = handle(&s, &req("GET", "/health"));
+        assert_eq!((r.status, json_body(&r)), (200, json!({"status":"ok"})));
+        assert_eq!(handle(&s, &req("GET", "/metrics")).status, 404);
+        assert_eq!(handle(&s, &req("GET", "/roots.pem")).status, 503);
+        s.root_pem
+            .set("-----BEGIN CERTIFICATE-----\nx\n".into())
+            .unwrap();
+        assert!(
+            body(&handle(&s, &req("GET", "/roots.pem"))).starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        let r = handle_metrics_port(&s, &req("GET", "/metrics"));
+        assert!(body(&r).contains("role=\"step-ca\""));
+        assert_eq!(handle_metrics_port(&s, &req("GET", "/health")).status, 404);
+    }
+
+    #[test]
+    fn cloudflared_ready_and_token_gauge() {
+        let s = State::new(Role::Cloudflared, true);
+        assert_eq!(body(&handle(&s, &req("GET", "/ready"))), "ready\n");
+        assert!(
+            body(&handle(&s, &req("GET", "/metrics")))
+                .contains("standin_cloudflared_token_present 1\n")
+        );
+        let s = State::new(Role::Cloudflared, false);
+        assert!(
+            body(&handle(&s, &req("GET", "/metrics")))
+                .contains("standin_cloudflared_token_present 0\n")
+        );
+    }
+
+    #[test]
+    fn unknown_paths_name_the_stand_in() {
+        let s = State::new(Role::Loki, false);
+        let r = handle(&s, &req("GET", "/nope"));
+        assert_eq!(r.status, 404);
+        assert!(body(&r).contains("atlas stand-in for loki"));
+    }
+}
