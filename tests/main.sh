@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup-host.sh
 bash tests/start-services.sh
+bash tests/fixtures/build-images.sh
 bin=$(bash tests/build-static.sh | tail -n1)
 out=${ATLAS_RENDER_OUT:-./atlas-render}
 "$bin" config validate

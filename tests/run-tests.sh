@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup-host.sh
 bash tests/start-services.sh
+# Stand-in upstream images (real Debian binaries, or named stand-ins) in the local registry,
+# each started once in an isolated namespace to prove it serves.
+bash tests/fixtures/build-images.sh
+bash tests/fixtures/check-images.sh
 # A missing tool or daemon fails the tests instead of skipping them.
 export ATLAS_TEST_REQUIRE_ALL=1
 cargo test --workspace --locked
