@@ -25,7 +25,10 @@ pub fn check(out: &[u8]) {
                 Some(i) => norm[..i].to_vec(),
                 None => Vec::new(),
             };
-            assert!(dirs.contains(&parent), "parent of {raw:?} not emitted before it");
+            assert!(
+                dirs.contains(&parent),
+                "parent of {raw:?} not emitted before it"
+            );
         }
         let kind = entry.header().entry_type();
         if kind.is_dir() {
@@ -36,7 +39,10 @@ pub fn check(out: &[u8]) {
                 .split(|b| *b == b'/')
                 .filter(|p| !p.is_empty() && *p != b".")
                 .collect();
-            assert!(seen.contains(&t.join(&b'/')), "hard link target {target:?} not emitted before");
+            assert!(
+                seen.contains(&t.join(&b'/')),
+                "hard link target {target:?} not emitted before"
+            );
         }
         let mut sink = Vec::new();
         entry.read_to_end(&mut sink).expect("entry data readable");

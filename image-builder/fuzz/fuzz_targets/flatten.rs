@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
             Layer::from_bytes("sha256:fuzz1", None, rest[cut..].to_vec()),
         ]
     };
-    let prefix = if ctl & 0x80 != 0 { Some("rootfs".to_string()) } else { None };
+    let prefix = if ctl & 0x80 != 0 {
+        Some("rootfs".to_string())
+    } else {
+        None
+    };
     let opts = FlattenOptions {
         prefix,
         threads: 1,
@@ -40,8 +44,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains("sha256:fuzz"), "error does not name the layer: {msg}");
+            assert!(
+                msg.contains("sha256:fuzz"),
+                "error does not name the layer: {msg}"
+            );
         }
     }
 });
-

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(index) = LayerIndex::from_bytes("sha256:cached", data) else {
         return;
     };
-    assert_eq!(LayerIndex::from_bytes("sha256:cached", &index.to_bytes()).ok(), Some(index.clone()));
+    assert_eq!(
+        LayerIndex::from_bytes("sha256:cached", &index.to_bytes()).ok(),
+        Some(index.clone())
+    );
     let layer = Layer::from_bytes("sha256:cached", None, Vec::new());
     let mut out = Vec::new();
     if let Err(e) = flatten_indexed(&[layer], &[index], &mut out, &FlattenOptions::default()) {

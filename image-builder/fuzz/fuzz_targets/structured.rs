@@ -14,7 +14,18 @@ use libfuzzer_sys::fuzz_target;
 mod check;
 
 const NAMES: &[&str] = &[
-    "a", "b", "c", ".wh.a", ".wh.b", ".wh..wh..opq", ".wh..wh.plnk", "..", ".", "", "/", "\u{e9}",
+    "a",
+    "b",
+    "c",
+    ".wh.a",
+    ".wh.b",
+    ".wh..wh..opq",
+    ".wh..wh.plnk",
+    "..",
+    ".",
+    "",
+    "/",
+    "\u{e9}",
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -36,7 +47,11 @@ struct Input {
 }
 
 fn path(idx: &[u8]) -> String {
-    let parts: Vec<&str> = idx.iter().take(4).map(|i| NAMES[*i as usize % NAMES.len()]).collect();
+    let parts: Vec<&str> = idx
+        .iter()
+        .take(4)
+        .map(|i| NAMES[*i as usize % NAMES.len()])
+        .collect();
     parts.join("/")
 }
 
@@ -53,9 +68,17 @@ fn build(members: &[Member]) -> Vec<u8> {
             5 => tar::EntryType::Fifo,
             _ => tar::EntryType::Char,
         };
-        let data = vec![m.data; if kind == tar::EntryType::Regular { m.data as usize % 7 } else { 0 }];
+        let data = vec![
+            m.data;
+            if kind == tar::EntryType::Regular {
+                m.data as usize % 7
+            } else {
+                0
+            }
+        ];
         if m.xattr {
-            b.append_pax_extensions([("SCHILY.xattr.user.x", &[m.data][..])]).unwrap();
+            b.append_pax_extensions([("SCHILY.xattr.user.x", &[m.data][..])])
+                .unwrap();
         }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
@@ -88,7 +111,11 @@ fuzz_target!(|input: Input| {
         .enumerate()
         .map(|(i, members)| {
             let tar = build(members);
-            let blob = if input.gzip_mask & (1 << i) != 0 { gz(&tar) } else { tar };
+            let blob = if input.gzip_mask & (1 << i) != 0 {
+                gz(&tar)
+            } else {
+                tar
+            };
             Layer::from_bytes(format!("sha256:layer{i}"), None, blob)
         })
         .collect();
@@ -107,7 +134,10 @@ fuzz_target!(|input: Input| {
         }
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains("sha256:layer"), "error does not name the layer: {msg}");
+            assert!(
+                msg.contains("sha256:layer"),
+                "error does not name the layer: {msg}"
+            );
         }
     }
     if let Some(first) = layers.first() {
