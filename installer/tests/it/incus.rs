@@ -768,7 +768,7 @@ async fn image_import_instance_files_exec_and_certificates() {
         assert_eq!(out.exit_code, 3);
         assert_eq!(out.stdout, content);
         assert_eq!(out.stderr_str(), "err\n");
-        pc.set_instance_state("t-incus-c1", StateAction::Stop, 5, true)
+        pc.set_instance_state("t-incus-c1", StateAction::Stop, 60, true)
             .await
             .expect("stop");
         assert_eq!(
