@@ -126,7 +126,7 @@ async fn cleanup(
         for i in c.instances().await.unwrap_or_default() {
             if i.is_running() {
                 let _ = c
-                    .set_instance_state(&i.name, StateAction::Stop, 5, true)
+                    .set_instance_state(&i.name, StateAction::Stop, 60, true)
                     .await;
             }
             let _ = c.delete_instance(&i.name).await;
