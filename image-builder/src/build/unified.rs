@@ -1,0 +1,216 @@
+//! The Incus unified tarball: `metadata.yaml`, then the flattened image under `rootfs/`,
+//! streamed in one pass over the blobs into any `Write` (a file, stdout, the body of
+//! `POST /1.0/images`). Nothing is staged on disk.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use super::{AtlasImage, BuildError, layer_input};
+use crate::layer::{FlattenOptions, FlattenStats, Layer, LayerIndex, Plan, index_layers};
+use crate::source::PulledImage;
+
+/// What goes into `metadata.yaml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncusMetadata {
+    /// Incus' architecture name (`x86_64`, `aarch64`).
+    pub architecture: String,
+    /// Unix seconds; taken from the base config's `created` so the tarball (and with it the
+    /// Incus fingerprint) is the same on every conversion.
+    pub creation_date: i64,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl IncusMetadata {
+    pub fn for_image(image: &AtlasImage) -> IncusMetadata {
+        let created = serde_json::from_slice::<serde_json::Value>(&image.base.config_bytes)
+            .ok()
+            .and_then(|v| v.get("created")?.as_str().and_then(parse_rfc3339))
+            .unwrap_or(0);
+        IncusMetadata {
+            architecture: incus_architecture(&image.base.platform.architecture),
+            creation_date: created,
+            properties: image.incus_properties(),
+        }
+    }
+
+    /// The YAML text. Every string is double-quoted with JSON escapes, which is valid YAML.
+    pub fn to_yaml(&self) -> String {
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+        let mut out = format!(
+            "architecture: {}\ncreation_date: {}\nproperties:\n",
+            q(&self.architecture),
+            self.creation_date
+        );
+        for (k, v) in &self.properties {
+            out.push_str(&format!("  {}: {}\n", q(k), q(v)));
+        }
+        out
+    }
+}
+
+/// OCI architecture names to the kernel names Incus uses.
+pub fn incus_architecture(oci: &str) -> String {
+    match oci {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "386" => "i686",
+        "arm" => "armv7l",
+        "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+    .to_owned()
+}
+
+/// `2024-05-01T12:34:56.789Z` / `...+02:00` to Unix seconds (fractions dropped).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+            let oh: i64 = rest[1..3].parse().ok()?;
+            let om: i64 = rest[4..6].parse().ok()?;
+            let sign = if &rest[..1] == "-" { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    // Days from civil (proleptic Gregorian), as in Howard Hinnant's date algorithms.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+/// The image's layers, bottom to top, as flattener inputs (base blobs read from where the
+/// pull left them, verified; then the Atlas layer from memory).
+pub fn flatten_inputs(image: &AtlasImage) -> Vec<Layer> {
+    let base = Arc::new(image.base.clone());
+    let mut out: Vec<Layer> = base_layers(&base);
+    if let Some(l) = &image.layer {
+        out.push(layer_input(l));
+    }
+    out
+}
+
+fn base_layers(base: &Arc<PulledImage>) -> Vec<Layer> {
+    (0..base.layers.len())
+        .map(|i| {
+            let img = Arc::clone(base);
+            let l = &base.layers[i];
+            Layer::new(
+                l.digest.to_string(),
+                Some(l.media_type.clone()),
+                move || img.open_layer(i).map_err(io::Error::other),
+            )
+        })
+        .collect()
+}
+
+/// A unified tarball whose every layer was read and checked (indexed and merged) but of
+/// which nothing was written yet: once this exists, only a blob that changes under us or
+/// the output can still fail. Callers that must not start a side effect (an Incus import)
+/// on bad input prepare first.
+pub struct PreparedUnified {
+    layers: Vec<Layer>,
+    indexes: Vec<LayerIndex>,
+    opts: FlattenOptions,
+}
+
+impl PreparedUnified {
+    /// Indexes every layer (in parallel, `threads` 0 = one per core) and merges the stack.
+    pub fn new(image: &AtlasImage, threads: usize) -> Result<PreparedUnified, BuildError> {
+        let what = format!("converting {}", image.base.source);
+        let layers = flatten_inputs(image);
+        let indexes = index_layers(&layers, threads).map_err(|source| BuildError::Flatten {
+            what: what.clone(),
+            source,
+        })?;
+        Plan::merge(&indexes).map_err(|source| BuildError::Flatten { what, source })?;
+        let meta = IncusMetadata::for_image(image);
+        Ok(PreparedUnified {
+            layers,
+            indexes,
+            opts: FlattenOptions {
+                prefix: Some("rootfs".to_owned()),
+                threads,
+                leading_files: vec![("metadata.yaml".to_owned(), meta.to_yaml().into_bytes())],
+            },
+        })
+    }
+
+    /// Streams the tarball into `out`.
+    pub fn write<W: Write>(&self, out: W) -> Result<FlattenStats, BuildError> {
+        let plan = Plan::merge(&self.indexes).map_err(|source| BuildError::Flatten {
+            what: "writing the unified tarball".to_owned(),
+            source,
+        })?;
+        plan.write(&self.layers, out, &self.opts)
+            .map_err(|source| BuildError::Flatten {
+                what: "writing the unified tarball".to_owned(),
+                source,
+            })
+    }
+}
+
+/// Prepares and writes the unified tarball of `image` into `out` in one call.
+pub fn write_unified<W: Write>(
+    image: &AtlasImage,
+    out: W,
+    threads: usize,
+) -> Result<FlattenStats, BuildError> {
+    PreparedUnified::new(image, threads)?.write(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:00:01.123456789Z"),
+            Some(1_709_208_001)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T14:00:01+02:00"),
+            Some(1_709_208_001)
+        );
+        assert_eq!(parse_rfc3339("2024-02-29"), None);
+        assert_eq!(parse_rfc3339("2024-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn metadata_yaml_is_quoted() {
+        let m = IncusMetadata {
+            architecture: "x86_64".into(),
+            creation_date: 5,
+            properties: BTreeMap::from([("description".into(), "a: \"b\"\n".into())]),
+        };
+        assert_eq!(
+            m.to_yaml(),
+            "architecture: \"x86_64\"\ncreation_date: 5\nproperties:\n  \"description\": \"a: \\\"b\\\"\\n\"\n"
+        );
+    }
+}
