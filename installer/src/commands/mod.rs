@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command, GlobalArgs};
 
 mod completions;
 mod config;
+mod image;
 mod render;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -22,7 +23,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback => not_yet("rollback", 7),
         Command::Render(args) => render::run(&global, &args),
         Command::Config(cmd) => config::run(cmd, &global),
-        Command::Image(_) => not_yet("image", 3),
+        Command::Image(cmd) => image::run(cmd, &global),
         Command::Bundle(_) => not_yet("bundle", 6),
         Command::Backup(_) => not_yet("backup", 7),
     }
@@ -48,7 +49,9 @@ pub fn load_config(global: &GlobalArgs) -> Result<atlas_install::config::Config>
 pub fn load_options(global: &GlobalArgs) -> Result<atlas_install::config::LoadOptions> {
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
-        let Some(k) = k.to_str().filter(|k| k.starts_with("ATLAS_")) else { continue };
+        let Some(k) = k.to_str().filter(|k| k.starts_with("ATLAS_")) else {
+            continue;
+        };
         let Some(v) = v.to_str() else {
             anyhow::bail!("environment variable {k} is not valid UTF-8");
         };
@@ -59,7 +62,10 @@ pub fn load_options(global: &GlobalArgs) -> Result<atlas_install::config::LoadOp
         cwd: std::env::current_dir().context("cannot determine the working directory")?,
         env,
         project: global.project.clone(),
-        incus_socket: global.incus_socket.as_ref().map(|p| p.display().to_string()),
+        incus_socket: global
+            .incus_socket
+            .as_ref()
+            .map(|p| p.display().to_string()),
     })
 }
 
