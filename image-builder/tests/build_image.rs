@@ -196,6 +196,17 @@ async fn build_is_reproducible_and_unified_tarball_is_complete() {
     assert!(passed.layer.is_none());
     let meta = IncusMetadata::for_image(&passed);
     assert_eq!(meta.creation_date, 0);
+    let keep = |m: IncusMetadata| {
+        m.properties
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("atlas.") || k == "os")
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        keep(meta),
+        keep(IncusMetadata::for_image(&a)),
+        "a passed-through image keeps service, base digest and recipe hash"
+    );
 }
 
 #[tokio::test]

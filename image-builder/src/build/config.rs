@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{ATLAS_LABEL, AtlasSpec, BASE_DIGEST_LABEL, BASE_NAME_LABEL};
+use super::{
+    ATLAS_LABEL, AtlasSpec, BASE_DIGEST_LABEL, BASE_NAME_LABEL, RECIPE_HASH_LABEL, SERVICE_LABEL,
+};
 use crate::init::{ServiceSpec, SpecError};
 use crate::manifest::{
     DOCKER_LAYER_FOREIGN_GZIP, DOCKER_LAYER_GZIP, Descriptor, OCI_LAYER_GZIP, OCI_MANIFEST,
@@ -117,8 +119,9 @@ pub(super) fn image_config(
         labels.insert(BASE_NAME_LABEL.to_owned(), r.to_string());
     }
     if let Some(h) = &spec.recipe_hash {
-        labels.insert("io.atlas.recipe.hash".to_owned(), h.clone());
+        labels.insert(RECIPE_HASH_LABEL.to_owned(), h.clone());
     }
+    labels.insert(SERVICE_LABEL.to_owned(), spec.name.clone());
     let mut ports: BTreeMap<String, Value> = base.config.config.exposed_ports.clone();
     for p in &spec.runtime.ports {
         ports.insert(p.clone(), json!({}));

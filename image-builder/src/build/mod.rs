@@ -49,6 +49,10 @@ pub use unified::{
 
 /// Label (and config marker) set on every Atlas image; [`is_atlas_image`] looks for it.
 pub const ATLAS_LABEL: &str = "io.atlas.image";
+/// Label naming the service of an Atlas image.
+pub const SERVICE_LABEL: &str = "io.atlas.service";
+/// Label holding the recipe hash of an Atlas image built from a recipe.
+pub const RECIPE_HASH_LABEL: &str = "io.atlas.recipe.hash";
 /// Label naming the base image's manifest digest (OCI annotation key).
 pub const BASE_DIGEST_LABEL: &str = "org.opencontainers.image.base.digest";
 /// Label naming the base image (OCI annotation key).
@@ -237,7 +241,6 @@ impl AtlasImage {
             self.spec.description.clone()
         };
         p.insert("description".to_owned(), description);
-        p.insert("os".to_owned(), self.spec.name.clone());
         let release = self
             .base
             .reference
@@ -245,11 +248,24 @@ impl AtlasImage {
             .and_then(|r| r.tag.clone())
             .unwrap_or_else(|| self.base.manifest_digest.hex()[..12].to_owned());
         p.insert("release".to_owned(), release);
-        p.insert("atlas.service".to_owned(), self.spec.name.clone());
-        p.insert(
-            "atlas.base.digest".to_owned(),
-            self.base.manifest_digest.to_string(),
-        );
+        // A passed-through Atlas image names its own base and recipe in its labels.
+        let labels = &self.base.config.config.labels;
+        let passed = self.layer.is_none();
+        let service = labels
+            .get(SERVICE_LABEL)
+            .filter(|_| passed)
+            .unwrap_or(&self.spec.name);
+        p.insert("os".to_owned(), service.clone());
+        p.insert("atlas.service".to_owned(), service.clone());
+        let base_digest = labels
+            .get(BASE_DIGEST_LABEL)
+            .filter(|_| passed)
+            .cloned()
+            .unwrap_or_else(|| self.base.manifest_digest.to_string());
+        p.insert("atlas.base.digest".to_owned(), base_digest);
+        if let Some(h) = labels.get(RECIPE_HASH_LABEL).filter(|_| passed) {
+            p.insert("atlas.recipe.hash".to_owned(), h.clone());
+        }
         p.insert(
             "atlas.image.digest".to_owned(),
             self.manifest_digest.to_string(),

@@ -225,6 +225,8 @@ fn image_build_convert_import_launch_restart() {
         return;
     }
     let pid = std::process::id();
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let project = format!("t-img-{pid}");
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
@@ -260,6 +262,7 @@ fn image_build_convert_import_launch_restart() {
     let other = build(&recipe, &t.join("cache-b"), &[]);
     assert_eq!(json_of(&other)["images"][0]["digest"], d1.as_str(), "another cache, same digest");
 
+    phase("builds done");
     // The OCI output, read by umoci.
     let bundle = t.join("bundle");
     let o = Command::new("umoci")
@@ -274,6 +277,7 @@ fn image_build_convert_import_launch_restart() {
     assert!(svc.contains("\"user\": \"nobody\"") && svc.contains("httpd"), "{svc}");
     assert!(!bundle.join("rootfs/junk/old.txt").exists(), "whiteout applied");
 
+    phase("umoci done");
     // convert: a file GNU tar lists.
     let tarball = t.join("web.tar");
     let src = format!("oci:{}:web", t.join("oci").display());
@@ -295,11 +299,13 @@ fn image_build_convert_import_launch_restart() {
     let guard = Guard { project: project.clone(), bridge: true };
     incus_ok(&["project", "create", &project]);
 
+    phase("convert done");
     // The file is accepted by `incus image import`; then removed for our own import.
     incus_ok(&["image", "import", "--project", &project, tarball.to_str().unwrap()]);
     assert!(stdout(&incus(&["image", "list", "--project", &project, "-c", "F", "-f", "csv"])).contains(&fingerprint));
     incus_ok(&["image", "delete", "--project", &project, &fingerprint]);
 
+    phase("incus image import done");
     // Bad input: a layer whose bytes do not match its digest; nothing imported.
     let bad = t.join("bad");
     copy_dir(&t.join("base"), &bad);
@@ -322,6 +328,7 @@ fn image_build_convert_import_launch_restart() {
     assert!(stderr(&o).contains(&layer), "the error names the layer {layer}: {}", stderr(&o));
     assert_eq!(image_count(&project), before, "nothing imported");
 
+    phase("bad input done");
     // Our streaming import: same bytes as the file (same fingerprint), alias created.
     let import = |alias: &str| {
         run(atlas()
@@ -343,6 +350,7 @@ fn image_build_convert_import_launch_restart() {
     let props = incus_ok(&["image", "get-property", "--project", &project, "web", "atlas.service"]);
     assert_eq!(props.trim(), "web");
 
+    phase("imports done");
     // Launch on our own bridge with a static address, reached through a proxy device.
     let net = free_subnet();
     incus_ok(&[
@@ -376,6 +384,7 @@ fn image_build_convert_import_launch_restart() {
     let ps = incus_ok(&["exec", "--project", &project, c, "--", "/bin/cat", "/proc/1/cmdline"]);
     assert!(ps.starts_with("/sbin/init"), "PID 1 is atlas-init: {ps:?}");
 
+    phase("serving");
     let started = Instant::now();
     incus_ok(&["restart", "--project", &project, c]);
     let restart = started.elapsed();
@@ -383,7 +392,9 @@ fn image_build_convert_import_launch_restart() {
     assert!(restart < Duration::from_secs(5), "restart took {restart:?}; console: {}", log());
     let (code, _) = wait_for_200(port, Duration::from_secs(30));
     assert_eq!(code, "200", "answers again after restart");
+    phase("answers after restart");
     drop(guard);
+    phase("cleaned up");
     assert!(!stdout(&incus(&["project", "list", "-f", "csv"])).contains(&project), "cleaned up");
 }
 
