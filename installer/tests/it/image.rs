@@ -295,6 +295,16 @@ fn image_build_convert_import_launch_restart() {
     }
     assert!(!names.contains("rootfs/junk/old.txt") && !names.contains(".wh."), "{names}");
     let fingerprint = sha256_file(&tarball);
+    // `--out -` streams to stdout; the docker:// transport from the registry.
+    let o = run(atlas()
+        .args(["--progress", "none", "image", "convert", &format!("docker://{base_ref}"), "--out", "-"])
+        .arg("--cache-dir")
+        .arg(t.join("cache-a")));
+    assert!(o.status.success(), "convert to stdout: {}", stderr(&o));
+    let piped = t.join("piped.tar");
+    std::fs::write(&piped, &o.stdout).unwrap();
+    let names = stdout(&Command::new("tar").arg("-tf").arg(&piped).output().unwrap());
+    assert!(names.lines().any(|l| l == "rootfs/sbin/init") && names.lines().any(|l| l == "rootfs/bin/sh"), "{names}");
 
     let guard = Guard { project: project.clone(), bridge: true };
     incus_ok(&["project", "create", &project]);
@@ -408,5 +418,71 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(e.path(), dest).unwrap();
         }
+    }
+}
+
+/// A recipe on an upstream name, served by the fixture registry as a mirror: the first pull
+/// pins the digest (and says so with the upstream name), a lock file is honoured, a lock
+/// with another digest fails; `image lock` against the mirror either resolves every recipe
+/// or names the reference it could not resolve and writes nothing.
+#[test]
+fn image_build_through_mirror_pins_and_honours_the_lock() {
+    if !ready() {
+        return;
+    }
+    let upstream = "docker.io/prom/prometheus:v2.42.0";
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{REGISTRY}/prom/prometheus:v2.42.0")])
+        .output()
+        .unwrap();
+    if !raw.status.success() {
+        assert!(!require_all(), "fixture prom/prometheus:v2.42.0 missing: run tests/start-services.sh");
+        eprintln!("skipping: fixture prom/prometheus:v2.42.0 not in the registry");
+        return;
+    }
+    let want = format!("sha256:{}", hex::encode(Sha256::digest(&raw.stdout)));
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = t.join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("prom.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name = \"prom\"\n[base]\nimage = \"{upstream}\"\n[config]\nentrypoint = [\"/bin/prometheus\"]\n\
+             user = \"65534:65534\"\n[health]\nhttp = {{ port = 9090, path = \"/-/ready\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mirror = ["--registry-mirror", REGISTRY];
+    let first = build(&recipe, &t.join("cache"), &mirror);
+    let d = json_of(&first)["images"][0]["digest"].as_str().unwrap().to_owned();
+    assert!(
+        stderr(&first).contains(&format!("not in images.lock: pinned {upstream} to {want} on first pull")),
+        "{}",
+        stderr(&first)
+    );
+    let lock = t.join("images.lock");
+    std::fs::write(&lock, format!("version = 1\n[images]\n\"{upstream}\" = \"{want}\"\n")).unwrap();
+    let locked = build(&recipe, &t.join("cache2"), &[&mirror[..], &["--images-lock", lock.to_str().unwrap()]].concat());
+    assert_eq!(json_of(&locked)["images"][0]["digest"], d.as_str());
+    assert!(!stderr(&locked).contains("pinned"), "{}", stderr(&locked));
+    assert!(!t.join("cache2/pins.toml").exists(), "a locked base is not pinned");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(&lock, format!("version = 1\n[images]\n\"{upstream}\" = \"{wrong}\"\n")).unwrap();
+    let bad = build(&recipe, &t.join("cache3"), &[&mirror[..], &["--images-lock", lock.to_str().unwrap()]].concat());
+    assert!(!bad.status.success(), "a lock digest the registry does not have must fail");
+    assert!(stderr(&bad).contains(&wrong[..20]), "{}", stderr(&bad));
+
+    let out = t.join("resolved.lock");
+    let o = run(atlas().args(["--progress", "none", "image", "lock", "--registry-mirror", REGISTRY, "--out"]).arg(&out));
+    if o.status.success() {
+        let text = std::fs::read_to_string(&out).unwrap();
+        for r in atlas_image::recipe::Recipe::embedded().unwrap() {
+            assert!(text.contains(&r.base_ref().unwrap().to_string()), "{} missing: {text}", r.name);
+        }
+    } else {
+        assert!(stderr(&o).contains(REGISTRY) && stderr(&o).contains("registry"), "{}", stderr(&o));
+        assert!(!out.exists(), "a failed lock writes nothing");
     }
 }
