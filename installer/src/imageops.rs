@@ -31,12 +31,12 @@ pub const PIPE_CHUNKS: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageOpsError {
     #[error(transparent)]
-    Build(#[from] BuildError),
+    Build(Box<BuildError>),
     #[error("importing {image} into Incus: {source}")]
     Incus {
         image: String,
         #[source]
-        source: IncusError,
+        source: Box<IncusError>,
     },
     #[error(
         "importing {image}: the upload stopped: {reason}. Nothing was imported; run the import again"
@@ -46,10 +46,16 @@ pub enum ImageOpsError {
     Alias {
         alias: String,
         #[source]
-        source: IncusError,
+        source: Box<IncusError>,
     },
     #[error("pin state {path}: {reason}")]
     Pins { path: PathBuf, reason: String },
+}
+
+impl From<BuildError> for ImageOpsError {
+    fn from(e: BuildError) -> Self {
+        ImageOpsError::Build(Box::new(e))
+    }
 }
 
 /// What an import did.
@@ -158,12 +164,16 @@ pub async fn import(
     let name = image.base.source.clone();
     let prepared = {
         let image = image.clone();
-        tokio::task::spawn_blocking(move || PreparedUnified::new(&image, 0).map(Arc::new))
-            .await
-            .map_err(|e| ImageOpsError::Stream {
-                image: name.clone(),
-                reason: e.to_string(),
-            })??
+        tokio::task::spawn_blocking(move || {
+            PreparedUnified::new(&image, 0)
+                .map(Arc::new)
+                .map_err(ImageOpsError::from)
+        })
+        .await
+        .map_err(|e| ImageOpsError::Stream {
+            image: name.clone(),
+            reason: e.to_string(),
+        })??
     };
     let task: Arc<dyn ProgressTask> = Arc::from(progress.task(&format!("import {name}"), None));
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIPE_CHUNKS);
@@ -238,7 +248,7 @@ pub async fn import(
             task.fail("import failed");
             return Err(ImageOpsError::Incus {
                 image: name,
-                source,
+                source: Box::new(source),
             });
         }
     };
@@ -287,7 +297,7 @@ pub async fn ensure_alias(
 ) -> Result<AliasChange, ImageOpsError> {
     let err = |source| ImageOpsError::Alias {
         alias: alias.to_owned(),
-        source,
+        source: Box::new(source),
     };
     match client
         .get_image_alias(alias)

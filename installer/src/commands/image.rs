@@ -21,6 +21,13 @@ use serde_json::json;
 
 use crate::cli::{GlobalArgs, ImageBuildArgs, ImageCommand, RegistryArgs};
 
+/// A line of the command's result on stdout (a closed pipe is an error, not a panic).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")?
+    };
+}
+
 pub fn run(cmd: ImageCommand, global: &GlobalArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,7 +147,7 @@ async fn convert(
         "base_digest": image.base.manifest_digest.to_string(),
     });
     if global.json && !to_stdout {
-        println!("{summary}");
+        say!("{summary}");
     } else {
         eprintln!(
             "Wrote {} ({} bytes, {} entries): Incus unified tarball of {}",
@@ -159,6 +166,18 @@ fn write_file_atomically<T>(
     out: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> Result<T>,
 ) -> Result<T> {
+    // A device or pipe (/dev/null, a FIFO) is written in place: it cannot be renamed onto.
+    if fs::metadata(out).is_ok_and(|m| !m.is_file()) {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .with_context(|| format!("cannot open {}", out.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let v = write(&mut w)?;
+        w.flush()
+            .with_context(|| format!("writing {}", out.display()))?;
+        return Ok(v);
+    }
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
@@ -204,7 +223,7 @@ async fn import_built(
             .iter()
             .map(|(a, c)| json!({"name": a, "change": c.as_str()}))
             .collect();
-        println!(
+        say!(
             "{}",
             json!({
                 "fingerprint": fp,
@@ -217,7 +236,7 @@ async fn import_built(
             })
         );
     } else {
-        println!("{fp}");
+        say!("{fp}");
         let what = if outcome.created {
             format!(
                 "imported into project {} ({} bytes streamed)",
@@ -386,6 +405,7 @@ async fn build_cmd(
         if let Some(dir) = &args.oci {
             tokio::task::block_in_place(|| {
                 build::write_oci_layout(&image, dir, Some(&recipe.name))
+                    .map_err(anyhow::Error::from)
             })
             .with_context(|| format!("writing {} into {}", recipe.name, dir.display()))?;
             entry["oci"] = json!(format!("{}:{}", dir.display(), recipe.name));
@@ -413,12 +433,12 @@ async fn build_cmd(
             entry["fingerprint"] = json!(out.fingerprint);
         }
         if !global.json {
-            println!("{} {}", recipe.name, image.manifest_digest);
+            say!("{} {}", recipe.name, image.manifest_digest);
         }
         results.push(entry);
     }
     if global.json {
-        println!("{}", json!({ "images": results }));
+        say!("{}", json!({ "images": results }));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -442,7 +462,10 @@ async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<Exi
     }
     let lock = lock_references(&refs, reg.registry_mirror.as_deref(), &pull_options(reg))
         .await
-        .context("resolving the recipes' upstream tags (is the registry or --registry-mirror reachable?)")?;
+        .with_context(|| match &reg.registry_mirror {
+            Some(m) => format!("resolving the recipes' upstream tags through the mirror {m}"),
+            None => "resolving the recipes' upstream tags at their registries (offline? pass --registry-mirror HOST)".to_owned(),
+        })?;
     write_file_atomically(out, |f| {
         f.write_all(lock.to_toml().as_bytes())?;
         Ok(())
@@ -452,7 +475,7 @@ async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<Exi
             .iter()
             .map(|(k, d)| (k.to_owned(), json!(d.to_string())))
             .collect();
-        println!("{}", json!({ "out": out, "images": images }));
+        say!("{}", json!({ "out": out, "images": images }));
     } else {
         eprintln!("Wrote {} with {} images", out.display(), lock.len());
     }
