@@ -195,7 +195,11 @@ async fn build_is_reproducible_and_unified_tarball_is_complete() {
     assert_eq!(passed.manifest_digest, a.manifest_digest);
     assert!(passed.layer.is_none());
     let meta = IncusMetadata::for_image(&passed);
-    assert_eq!(meta.creation_date, 0);
+    assert_eq!(
+        meta.creation_date,
+        build::NO_CREATION_DATE,
+        "no `created`: fixed, never 0"
+    );
     let keep = |m: IncusMetadata| {
         m.properties
             .into_iter()

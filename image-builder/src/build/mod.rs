@@ -43,8 +43,8 @@ use crate::source::PulledImage;
 pub use config::{merge_env, service_spec};
 pub use publish::{push, write_oci_layout};
 pub use unified::{
-    IncusMetadata, PreparedUnified, flatten_inputs, incus_architecture, parse_rfc3339,
-    write_unified,
+    IncusMetadata, NO_CREATION_DATE, PreparedUnified, flatten_inputs, incus_architecture,
+    parse_rfc3339, write_unified,
 };
 
 /// Label (and config marker) set on every Atlas image; [`is_atlas_image`] looks for it.
@@ -60,18 +60,12 @@ pub const BASE_NAME_LABEL: &str = "org.opencontainers.image.base.name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{what}: {source}")]
-    Spec {
-        what: String,
-        #[source]
-        source: SpecError,
-    },
-    #[error("building the Atlas layer of {what}: {source}")]
-    Layer {
-        what: String,
-        #[source]
-        source: LayerError,
-    },
+    // The inner errors are part of the message (not `source`), so a printed chain does not
+    // repeat them.
+    #[error("{what}: {error}")]
+    Spec { what: String, error: SpecError },
+    #[error("building the Atlas layer of {what}: {error}")]
+    Layer { what: String, error: LayerError },
     #[error("{what}: the base image config is not a JSON object: {detail}")]
     BaseConfig { what: String, detail: String },
     #[error(
@@ -90,12 +84,8 @@ pub enum BuildError {
         src: String,
         detail: String,
     },
-    #[error("{what}: {source}")]
-    Flatten {
-        what: String,
-        #[source]
-        source: LayerError,
-    },
+    #[error("{what}: {error}")]
+    Flatten { what: String, error: LayerError },
     #[error(transparent)]
     Pull(#[from] crate::source::PullError),
     #[error(transparent)]
@@ -299,9 +289,15 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
             layers: base.manifest.layers.clone(),
         });
     }
-    let service = service_spec(&base.config.config, spec).map_err(|source| BuildError::Spec {
-        what: format!("the service of {what}"),
-        source,
+    let service = service_spec(&base.config.config, spec).map_err(|error| BuildError::Spec {
+        what: match &spec.recipe_hash {
+            Some(_) => format!("the service of recipe {what}"),
+            None => format!(
+                "{what} cannot run as a service (its config is used as is; to give it a command, \
+                 write a recipe with config.entrypoint/cmd and run `image build --recipe`)"
+            ),
+        },
+        error,
     })?;
     let layer = atlas_layer(&service, &spec.files, &what)?;
     let config_bytes =
@@ -353,15 +349,15 @@ pub fn atlas_layer(
     files: &[ExtraFile],
     what: &str,
 ) -> Result<BuiltLayer, BuildError> {
-    let layer_err = |source| BuildError::Layer {
+    let layer_err = |error| BuildError::Layer {
         what: what.to_owned(),
-        source,
+        error,
     };
     let init_files =
-        crate::init::rootfs_files(service, Some(&NetworkSpec::default())).map_err(|source| {
+        crate::init::rootfs_files(service, Some(&NetworkSpec::default())).map_err(|error| {
             BuildError::Spec {
                 what: what.to_owned(),
-                source,
+                error,
             }
         })?;
     let mut b = LayerBuilder::new();

@@ -10,13 +10,17 @@ use super::{AtlasImage, BuildError, layer_input};
 use crate::layer::{FlattenOptions, FlattenStats, Layer, LayerIndex, Plan, index_layers};
 use crate::source::PulledImage;
 
+/// `creation_date` of images whose config has no `created`: fixed (reproducible), and not 0,
+/// which Incus refuses as "Missing creation date".
+pub const NO_CREATION_DATE: i64 = 1;
+
 /// What goes into `metadata.yaml`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IncusMetadata {
     /// Incus' architecture name (`x86_64`, `aarch64`).
     pub architecture: String,
-    /// Unix seconds; taken from the base config's `created` so the tarball (and with it the
-    /// Incus fingerprint) is the same on every conversion.
+    /// Unix seconds; taken from the base config's `created` (else [`NO_CREATION_DATE`]) so
+    /// the tarball, and with it the Incus fingerprint, is the same on every conversion.
     pub creation_date: i64,
     pub properties: BTreeMap<String, String>,
 }
@@ -26,7 +30,8 @@ impl IncusMetadata {
         let created = serde_json::from_slice::<serde_json::Value>(&image.base.config_bytes)
             .ok()
             .and_then(|v| v.get("created")?.as_str().and_then(parse_rfc3339))
-            .unwrap_or(0);
+            .filter(|t| *t > 0)
+            .unwrap_or(NO_CREATION_DATE);
         IncusMetadata {
             architecture: incus_architecture(&image.base.platform.architecture),
             creation_date: created,
@@ -142,11 +147,11 @@ impl PreparedUnified {
     pub fn new(image: &AtlasImage, threads: usize) -> Result<PreparedUnified, BuildError> {
         let what = format!("converting {}", image.base.source);
         let layers = flatten_inputs(image);
-        let indexes = index_layers(&layers, threads).map_err(|source| BuildError::Flatten {
+        let indexes = index_layers(&layers, threads).map_err(|error| BuildError::Flatten {
             what: what.clone(),
-            source,
+            error,
         })?;
-        Plan::merge(&indexes).map_err(|source| BuildError::Flatten { what, source })?;
+        Plan::merge(&indexes).map_err(|error| BuildError::Flatten { what, error })?;
         let meta = IncusMetadata::for_image(image);
         Ok(PreparedUnified {
             layers,
@@ -161,14 +166,14 @@ impl PreparedUnified {
 
     /// Streams the tarball into `out`.
     pub fn write<W: Write>(&self, out: W) -> Result<FlattenStats, BuildError> {
-        let plan = Plan::merge(&self.indexes).map_err(|source| BuildError::Flatten {
+        let plan = Plan::merge(&self.indexes).map_err(|error| BuildError::Flatten {
             what: "writing the unified tarball".to_owned(),
-            source,
+            error,
         })?;
         plan.write(&self.layers, out, &self.opts)
-            .map_err(|source| BuildError::Flatten {
+            .map_err(|error| BuildError::Flatten {
                 what: "writing the unified tarball".to_owned(),
-                source,
+                error,
             })
     }
 }
