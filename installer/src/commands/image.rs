@@ -203,19 +203,29 @@ fn write_file_atomically<T>(
     }
 }
 
-fn incus_client(global: &GlobalArgs) -> Result<atlas_install::incus::Client> {
+/// The Incus client of the config, checked to answer and to have the project.
+async fn connect(global: &GlobalArgs) -> Result<atlas_install::incus::Client> {
     let config = super::load_config(global)?;
-    Ok(atlas_install::incus::Client::from_config(&config.incus)?)
+    let client = atlas_install::incus::Client::from_config(&config.incus)?;
+    client.server().await.context("connecting to Incus")?;
+    let project = client.project().to_owned();
+    client
+        .get_project(&project)
+        .await
+        .with_context(|| {
+            format!("Incus project {project:?}: create it (`incus project create {project}`) or pass --project NAME")
+        })?;
+    Ok(client)
 }
 
 async fn import_built(
+    client: &atlas_install::incus::Client,
     image: &AtlasImage,
     aliases: &[String],
     global: &GlobalArgs,
     progress: &dyn Progress,
 ) -> Result<imageops::ImportOutcome> {
-    let client = incus_client(global)?;
-    let outcome = imageops::import(&client, image, aliases, progress).await?;
+    let outcome = imageops::import(client, image, aliases, progress).await?;
     let fp = &outcome.fingerprint;
     if global.json {
         let aliases: Vec<_> = outcome
@@ -262,12 +272,9 @@ async fn import(
     progress: Arc<dyn Progress>,
 ) -> Result<ExitCode> {
     // Reach Incus first: a wrong socket or project should fail before a long pull.
-    incus_client(global)?
-        .server()
-        .await
-        .context("connecting to Incus")?;
+    let client = connect(global).await?;
     let image = converted(source, reg, progress.as_ref()).await?;
-    import_built(&image, aliases, global, progress.as_ref()).await?;
+    import_built(&client, &image, aliases, global, progress.as_ref()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -390,9 +397,66 @@ async fn build_cmd(
     let list = recipes(args)?;
     let several = list.len() > 1;
     let mut results = Vec::new();
+    let client = match args.import {
+        true => Some(connect(global).await?),
+        false => None,
+    };
+    let mut failed = Vec::new();
     for (recipe, root) in &list {
-        let base = pull_base(recipe, &lock, &mut pins, &cache, reg, progress.as_ref()).await?;
-        let files = build::recipe_files(recipe, &read_asset(root.as_deref()))?;
+        let step = BuildStep {
+            args,
+            lock: &lock,
+            cache: &cache,
+            client: client.as_ref(),
+            several,
+            global,
+            progress: progress.as_ref(),
+        };
+        match step.run(recipe, root.as_deref(), &mut pins).await {
+            Ok(entry) => results.push(entry),
+            // With several services, one failure does not stop the others.
+            Err(e) if several => {
+                eprintln!("error: {}: {e:#}", recipe.name);
+                failed.push(recipe.name.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if global.json {
+        say!("{}", json!({ "images": results, "failed": failed }));
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} images failed to build: {} (see the errors above)",
+            failed.len(),
+            list.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything one recipe's build needs besides the recipe.
+struct BuildStep<'a> {
+    args: &'a ImageBuildArgs,
+    lock: &'a ImagesLock,
+    cache: &'a BlobCache,
+    client: Option<&'a atlas_install::incus::Client>,
+    several: bool,
+    global: &'a GlobalArgs,
+    progress: &'a dyn Progress,
+}
+
+impl BuildStep<'_> {
+    async fn run(
+        &self,
+        recipe: &Recipe,
+        root: Option<&Path>,
+        pins: &mut Pins,
+    ) -> Result<serde_json::Value> {
+        let (args, reg, progress) = (self.args, &self.args.registry, self.progress);
+        let base = pull_base(recipe, self.lock, pins, self.cache, reg, progress).await?;
+        let files = build::recipe_files(recipe, &read_asset(root))?;
         let spec = AtlasSpec::from_recipe(recipe, files)?;
         let image =
             build::build(&base, &spec).with_context(|| format!("building {}", recipe.name))?;
@@ -411,36 +475,34 @@ async fn build_cmd(
             entry["oci"] = json!(format!("{}:{}", dir.display(), recipe.name));
         }
         if let Some(push) = &args.push {
-            let dest = push_target(push, recipe, several)?;
+            let dest = push_target(push, recipe, self.several)?;
             let opts = PushOptions {
                 insecure_registries: reg.insecure_registry.clone(),
                 ..PushOptions::default()
             };
-            let d = build::push(&image, &cache, &dest, &opts, progress.as_ref())
+            let d = build::push(&image, self.cache, &dest, &opts, progress)
                 .await
                 .with_context(|| format!("pushing {} to {dest}", recipe.name))?;
             entry["pushed"] = json!(format!("{dest}@{d}"));
         }
-        if args.import {
+        if let Some(client) = self.client {
             let alias = format!("atlas/{}", recipe.name);
+            let quiet = quiet(self.global);
             let out = import_built(
+                client,
                 &image,
                 std::slice::from_ref(&alias),
-                &quiet(global),
-                progress.as_ref(),
+                &quiet,
+                progress,
             )
             .await?;
             entry["fingerprint"] = json!(out.fingerprint);
         }
-        if !global.json {
+        if !self.global.json {
             say!("{} {}", recipe.name, image.manifest_digest);
         }
-        results.push(entry);
+        Ok(entry)
     }
-    if global.json {
-        say!("{}", json!({ "images": results }));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The global args with --json off, so a nested import does not print its own JSON.
