@@ -324,3 +324,44 @@ async fn build_refuses_a_layer_whose_digest_is_wrong() {
     );
     assert!(msg.contains("corrupt") || msg.contains("digest"), "{msg}");
 }
+
+#[tokio::test]
+async fn build_indexes_taken_while_pulling_give_the_same_tarball() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("base");
+    base_layout(&layout, "build-tee");
+    let observer = build::IndexingObserver::new();
+    let opts = PullOptions {
+        observer: Some(observer.clone()),
+        ..opts()
+    };
+    let cache = BlobCache::open(tmp.path().join("c")).unwrap();
+    let src = Source::parse(&format!("oci:{}:1", layout.display())).unwrap();
+    let base = pull(&src, &cache, &opts, &NoProgress).await.unwrap();
+    let indexes = observer.take();
+    assert_eq!(indexes.len(), 2);
+    assert!(
+        indexes.iter().all(Option::is_some),
+        "every layer indexed during the pull"
+    );
+    let image = build::build(&base, &spec()).unwrap();
+    let mut teed = Vec::new();
+    build::PreparedUnified::with_indexes(&image, indexes, 0)
+        .unwrap()
+        .write(&mut teed)
+        .unwrap();
+    let mut plain = Vec::new();
+    build::write_unified(&image, &mut plain, 0).unwrap();
+    assert_eq!(teed, plain);
+    // Indexes for other layers are ignored, not trusted.
+    let wrong = vec![Some(
+        atlas_image::layer::LayerIndex::from_blob("sha256:0", None, &b""[..])
+            .unwrap_or_else(|_| panic!("empty tar indexes")),
+    )];
+    let mut again = Vec::new();
+    build::PreparedUnified::with_indexes(&image, wrong, 0)
+        .unwrap()
+        .write(&mut again)
+        .unwrap();
+    assert_eq!(again, plain);
+}

@@ -43,8 +43,8 @@ use crate::source::PulledImage;
 pub use config::{merge_env, service_spec};
 pub use publish::{push, write_oci_layout};
 pub use unified::{
-    IncusMetadata, NO_CREATION_DATE, PreparedUnified, flatten_inputs, incus_architecture,
-    parse_rfc3339, write_unified,
+    IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, flatten_inputs,
+    incus_architecture, parse_rfc3339, write_unified,
 };
 
 /// Label (and config marker) set on every Atlas image; [`is_atlas_image`] looks for it.

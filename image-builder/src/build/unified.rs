@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{AtlasImage, BuildError, layer_input};
-use crate::layer::{FlattenOptions, FlattenStats, Layer, LayerIndex, Plan, index_layers};
-use crate::source::PulledImage;
+use crate::layer::{
+    FlattenOptions, FlattenStats, Indexer, Layer, LayerError, LayerIndex, Plan, index_layers,
+};
+use crate::source::{LayerObserver, PulledImage};
 
 /// `creation_date` of images whose config has no `created`: fixed (reproducible), and not 0,
 /// which Incus refuses as "Missing creation date".
@@ -145,12 +147,48 @@ pub struct PreparedUnified {
 impl PreparedUnified {
     /// Indexes every layer (in parallel, `threads` 0 = one per core) and merges the stack.
     pub fn new(image: &AtlasImage, threads: usize) -> Result<PreparedUnified, BuildError> {
+        PreparedUnified::with_indexes(image, Vec::new(), threads)
+    }
+
+    /// Like [`PreparedUnified::new`], reusing base layer indexes computed while pulling
+    /// ([`IndexingObserver`]); the layers without one (and the Atlas layer) are indexed here.
+    pub fn with_indexes(
+        image: &AtlasImage,
+        known: Vec<Option<LayerIndex>>,
+        threads: usize,
+    ) -> Result<PreparedUnified, BuildError> {
         let what = format!("converting {}", image.base.source);
         let layers = flatten_inputs(image);
-        let indexes = index_layers(&layers, threads).map_err(|error| BuildError::Flatten {
-            what: what.clone(),
-            error,
-        })?;
+        let mut slots: Vec<Option<LayerIndex>> = known;
+        slots.resize_with(layers.len(), || None);
+        for (slot, layer) in slots.iter_mut().zip(&layers) {
+            if slot.as_ref().is_some_and(|i| i.digest != layer.digest) {
+                *slot = None;
+            }
+        }
+        let missing: Vec<Layer> = layers
+            .iter()
+            .zip(&slots)
+            .filter(|(_, s)| s.is_none())
+            .map(|(l, _)| l.clone())
+            .collect();
+        let mut fresh = index_layers(&missing, threads)
+            .map_err(|error| BuildError::Flatten {
+                what: what.clone(),
+                error,
+            })?
+            .into_iter();
+        let indexes: Vec<LayerIndex> = slots
+            .into_iter()
+            .map(|s| s.or_else(|| fresh.next()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| BuildError::Flatten {
+                what: what.clone(),
+                error: LayerError::IndexCount {
+                    count: layers.len(),
+                    indexes: 0,
+                },
+            })?;
         Plan::merge(&indexes).map_err(|error| BuildError::Flatten { what, error })?;
         let meta = IncusMetadata::for_image(image);
         Ok(PreparedUnified {
@@ -175,6 +213,72 @@ impl PreparedUnified {
                 what: "writing the unified tarball".to_owned(),
                 error,
             })
+    }
+}
+
+/// A [`LayerObserver`] that indexes every layer while the pull reads it (download, cache or
+/// layout verification), so the flattener does not read the layers an extra time. Give it
+/// to [`crate::source::PullOptions::observer`], then [`IndexingObserver::take`] the indexes.
+#[derive(Default)]
+pub struct IndexingObserver {
+    slots: Arc<Mutex<Vec<Option<LayerIndex>>>>,
+}
+
+impl IndexingObserver {
+    pub fn new() -> Arc<IndexingObserver> {
+        Arc::new(IndexingObserver::default())
+    }
+
+    /// The indexes by layer position; `None` where a layer was not seen or its index
+    /// failed (the flattener then indexes it again and reports the error properly).
+    pub fn take(&self) -> Vec<Option<LayerIndex>> {
+        std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl LayerObserver for IndexingObserver {
+    fn layer(&self, index: usize, layer: &crate::source::Layer) -> Option<Box<dyn Write + Send>> {
+        Some(Box::new(IndexSink {
+            indexer: Some(Indexer::new(
+                &layer.digest.to_string(),
+                Some(&layer.media_type),
+            )),
+            position: index,
+            slots: Arc::clone(&self.slots),
+        }))
+    }
+}
+
+/// Feeds one layer's bytes to an [`Indexer`]; the index is stored when the pull drops it.
+struct IndexSink {
+    indexer: Option<Indexer>,
+    position: usize,
+    slots: Arc<Mutex<Vec<Option<LayerIndex>>>>,
+}
+
+impl Write for IndexSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.indexer {
+            Some(i) => i.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for IndexSink {
+    fn drop(&mut self) {
+        let Some(indexer) = self.indexer.take() else {
+            return;
+        };
+        let index = indexer.finish().ok();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() <= self.position {
+            slots.resize_with(self.position + 1, || None);
+        }
+        slots[self.position] = index;
     }
 }
 
