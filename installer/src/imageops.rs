@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use atlas_image::build::{AtlasImage, BuildError, PreparedUnified};
 use atlas_image::digest::Digest;
+use atlas_image::layer::LayerIndex;
 use atlas_image::lock::ImagesLock;
 use atlas_image::progress::{Progress, ProgressTask};
 use atlas_image::reference::ImageRef;
@@ -153,11 +154,12 @@ impl Write for ChannelWriter {
 }
 
 /// Streams the unified tarball of `image` into Incus (`client`'s project) and points
-/// `aliases` at it. A re-import of the same image finds the same fingerprint and is not an
+/// `aliases` at it. `indexes` are base layer indexes taken during the pull (may be empty). A re-import of the same image finds the same fingerprint and is not an
 /// error; aliases are created or moved only when needed.
 pub async fn import(
     client: &Client,
     image: &AtlasImage,
+    indexes: Vec<Option<LayerIndex>>,
     aliases: &[String],
     progress: &dyn Progress,
 ) -> Result<ImportOutcome, ImageOpsError> {
@@ -165,7 +167,7 @@ pub async fn import(
     let prepared = {
         let image = image.clone();
         tokio::task::spawn_blocking(move || {
-            PreparedUnified::new(&image, 0)
+            PreparedUnified::with_indexes(&image, indexes, 0)
                 .map(Arc::new)
                 .map_err(ImageOpsError::from)
         })

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use atlas_image::build::{self, AtlasImage, AtlasSpec};
+use atlas_image::build::{self, AtlasImage, AtlasSpec, IndexingObserver, PreparedUnified};
 use atlas_image::cache::BlobCache;
+use atlas_image::layer::LayerIndex;
 use atlas_image::lock::{ImagesLock, lock_references};
 use atlas_image::progress::Progress;
 use atlas_image::recipe::Recipe;
@@ -94,28 +95,40 @@ fn source_name(source: &Source) -> String {
     raw.replace(['/', ':'], "-")
 }
 
+/// Base layer indexes taken while pulling (empty when not asked for).
+type Indexes = Vec<Option<LayerIndex>>;
+
+/// Pulls `source`; with `index`, every layer is also indexed as the pull reads it, so the
+/// flattener does not read it again for that.
 async fn pull_source(
     source: &Source,
     cache: &BlobCache,
     reg: &RegistryArgs,
+    index: bool,
     progress: &dyn Progress,
-) -> Result<PulledImage> {
-    pull(source, cache, &pull_options(reg), progress)
+) -> Result<(PulledImage, Indexes)> {
+    let mut opts = pull_options(reg);
+    let observer = index.then(IndexingObserver::new);
+    if let Some(o) = &observer {
+        opts.observer = Some(o.clone());
+    }
+    let image = pull(source, cache, &opts, progress)
         .await
-        .with_context(|| format!("pulling {source}"))
+        .with_context(|| format!("pulling {source}"))?;
+    Ok((image, observer.map(|o| o.take()).unwrap_or_default()))
 }
 
 async fn converted(
     source: &str,
     reg: &RegistryArgs,
     progress: &dyn Progress,
-) -> Result<AtlasImage> {
+) -> Result<(AtlasImage, Indexes)> {
     let src = parse_source(source, reg)?;
     let cache = cache(reg)?;
-    let base = pull_source(&src, &cache, reg, progress).await?;
+    let (base, indexes) = pull_source(&src, &cache, reg, true, progress).await?;
     let image = build::build(&base, &AtlasSpec::convert(&source_name(&src)))
         .with_context(|| format!("converting {src}"))?;
-    Ok(image)
+    Ok((image, indexes))
 }
 
 async fn convert(
@@ -125,17 +138,19 @@ async fn convert(
     global: &GlobalArgs,
     progress: Arc<dyn Progress>,
 ) -> Result<ExitCode> {
-    let image = converted(source, reg, progress.as_ref()).await?;
+    let (image, indexes) = converted(source, reg, progress.as_ref()).await?;
     let to_stdout = out == Path::new("-");
     let task = progress.task(&format!("write {}", out.display()), None);
     let stats = tokio::task::block_in_place(|| -> Result<_> {
+        // Every layer is checked before the output is opened: bad input leaves no file.
+        let prepared = PreparedUnified::with_indexes(&image, indexes, 0)?;
         if to_stdout {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            let stats = build::write_unified(&image, &mut w, 0)?;
+            let stats = prepared.write(&mut w)?;
             w.flush().context("writing to stdout")?;
             return Ok(stats);
         }
-        write_file_atomically(out, |f| Ok(build::write_unified(&image, f, 0)?))
+        write_file_atomically(out, |f| Ok(prepared.write(f)?))
     })?;
     task.finish(&format!("{} bytes", stats.tar_bytes));
     let summary = json!({
@@ -221,11 +236,12 @@ async fn connect(global: &GlobalArgs) -> Result<atlas_install::incus::Client> {
 async fn import_built(
     client: &atlas_install::incus::Client,
     image: &AtlasImage,
+    indexes: Indexes,
     aliases: &[String],
     global: &GlobalArgs,
     progress: &dyn Progress,
 ) -> Result<imageops::ImportOutcome> {
-    let outcome = imageops::import(client, image, aliases, progress).await?;
+    let outcome = imageops::import(client, image, indexes, aliases, progress).await?;
     let fp = &outcome.fingerprint;
     if global.json {
         let aliases: Vec<_> = outcome
@@ -273,8 +289,8 @@ async fn import(
 ) -> Result<ExitCode> {
     // Reach Incus first: a wrong socket or project should fail before a long pull.
     let client = connect(global).await?;
-    let image = converted(source, reg, progress.as_ref()).await?;
-    import_built(&client, &image, aliases, global, progress.as_ref()).await?;
+    let (image, indexes) = converted(source, reg, progress.as_ref()).await?;
+    import_built(&client, &image, indexes, aliases, global, progress.as_ref()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -330,8 +346,9 @@ async fn pull_base(
     pins: &mut Pins,
     cache: &BlobCache,
     reg: &RegistryArgs,
+    index: bool,
     progress: &dyn Progress,
-) -> Result<PulledImage> {
+) -> Result<(PulledImage, Indexes)> {
     let base = recipe
         .base_ref()
         .with_context(|| format!("recipe {}: base.image", recipe.name))?;
@@ -350,7 +367,8 @@ async fn pull_base(
         Some(m) => map_to_mirror(&wanted, m),
         None => wanted.clone(),
     };
-    let image = pull_source(&Source::Registry(target), cache, reg, progress).await?;
+    let (image, indexes) =
+        pull_source(&Source::Registry(target), cache, reg, index, progress).await?;
     if known.is_none() {
         let digest = image
             .index_digest
@@ -364,7 +382,7 @@ async fn pull_base(
         progress.warn(&msg);
         eprintln!("warning: {msg}");
     }
-    Ok(image)
+    Ok((image, indexes))
 }
 
 fn push_target(push: &str, recipe: &Recipe, several: bool) -> Result<ImageRef> {
@@ -455,7 +473,9 @@ impl BuildStep<'_> {
         pins: &mut Pins,
     ) -> Result<serde_json::Value> {
         let (args, reg, progress) = (self.args, &self.args.registry, self.progress);
-        let base = pull_base(recipe, self.lock, pins, self.cache, reg, progress).await?;
+        let index = self.client.is_some();
+        let (base, indexes) =
+            pull_base(recipe, self.lock, pins, self.cache, reg, index, progress).await?;
         let files = build::recipe_files(recipe, &read_asset(root))?;
         let spec = AtlasSpec::from_recipe(recipe, files)?;
         let image =
@@ -491,6 +511,7 @@ impl BuildStep<'_> {
             let out = import_built(
                 client,
                 &image,
+                indexes,
                 std::slice::from_ref(&alias),
                 &quiet,
                 progress,
