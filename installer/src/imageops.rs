@@ -387,3 +387,56 @@ impl Pins {
 pub fn properties_json(props: &BTreeMap<String, String>) -> serde_json::Value {
     serde_json::to_value(props).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_writer_chunks_hashes_and_reports_a_closed_pipe() {
+        let (tx, mut rx) = mpsc::channel(PIPE_CHUNKS);
+        let data: Vec<u8> = (0..(CHUNK * 2 + 123)).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut w = ChannelWriter::new(tx, None);
+            w.write_all(&sent).unwrap();
+            w.finish().unwrap()
+        });
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            let chunk = chunk.unwrap();
+            sizes.push(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        let (hash, n) = writer.join().unwrap();
+        assert_eq!(got, data);
+        assert_eq!(sizes, [CHUNK, CHUNK, 123]);
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(hash, hex::encode(Sha256::digest(&data)));
+
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut w = ChannelWriter::new(tx, None);
+        let e = w.write_all(&vec![0u8; CHUNK]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn pins_are_written_0644_and_read_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = Pins::file_in(&dir.path().join("cache"));
+        let r = ImageRef::parse("docker.io/prom/prometheus:v2.42.0").unwrap();
+        let d = Digest::of_bytes(b"manifest");
+        let mut pins = Pins::load(&path).unwrap();
+        assert!(pins.get(&r).is_none());
+        pins.record(&r, d.clone()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(Pins::load(&path).unwrap().get(&r), Some(&d));
+        std::fs::write(&path, "version = 9\n").unwrap();
+        let e = Pins::load(&path).err().unwrap().to_string();
+        assert!(e.contains("delete it"), "{e}");
+    }
+}
