@@ -442,11 +442,21 @@ fn image_build_convert_import_launch_restart() {
     // A project that does not exist: said before any pull, with the fix.
     let o = run(atlas()
         .args(["--progress", "none", "--incus-socket", SOCKET])
-        .args(["--project", &format!("t-img-none-{pid}"), "image", "import", &src])
+        .args([
+            "--project",
+            &format!("t-img-none-{pid}"),
+            "image",
+            "import",
+            &src,
+        ])
         .arg("--cache-dir")
         .arg(t.join("cache-a")));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("incus project create"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("incus project create"),
+        "{}",
+        stderr(&o)
+    );
 
     // Bad input: a layer whose bytes do not match its digest; nothing imported.
     let bad = t.join("bad");
