@@ -9,6 +9,7 @@ pub mod progress;
 
 pub mod archive;
 pub mod auth;
+pub mod build;
 pub mod cache;
 pub mod digest;
 pub mod lock;

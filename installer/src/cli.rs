@@ -161,28 +161,71 @@ pub enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Build the Atlas image of one service (or all) from its recipe in images/.
-    Build {
-        /// Service name (caddy, grafana, ...); all enabled services when omitted.
-        service: Option<String>,
-    },
+    Build(ImageBuildArgs),
     /// Convert an OCI image (docker://, oci:, oci-archive:) into an Incus unified tarball.
     Convert {
         source: String,
+        /// Output file; `-` writes to stdout.
         #[arg(long, short = 'o', value_name = "FILE")]
         out: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
-    /// Convert an OCI image and import it straight into Incus, streamed.
+    /// Convert an OCI image and import it straight into Incus, streamed (no file on disk).
     Import {
         source: String,
-        /// Image alias in Incus.
+        /// Image alias in Incus (repeatable); created, or moved to this image.
         #[arg(long)]
-        alias: Option<String>,
+        alias: Vec<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Resolve every recipe's upstream tag to a digest and write images.lock (needs the registries).
     Lock {
         #[arg(long, short = 'o', value_name = "FILE", default_value = "images.lock")]
         out: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
+}
+
+/// Where images come from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Map docker.io, ghcr.io and quay.io references onto this registry mirror.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub registry_mirror: Option<String>,
+    /// Speak plain HTTP to this registry (loopback registries always are). Repeatable.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// Blob cache and pin state (default /var/cache/atlas-install for root).
+    #[arg(long, env = "ATLAS_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ImageBuildArgs {
+    /// Service name (caddy, grafana, ...); every embedded recipe when omitted.
+    pub service: Option<String>,
+    /// Build from this recipe file instead of the embedded one (its [[file]] sources are
+    /// read relative to the directory above the recipe's, the repository root).
+    #[arg(long, value_name = "FILE", conflicts_with = "service")]
+    pub recipe: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Use this images.lock instead of the embedded one.
+    #[arg(long, value_name = "FILE")]
+    pub images_lock: Option<PathBuf>,
+    /// Also write the image into this OCI image layout directory (tagged with the service name).
+    #[arg(long, value_name = "DIR")]
+    pub oci: Option<PathBuf>,
+    /// Push to this reference (docker://HOST/REPO:TAG); with several services, a prefix
+    /// (docker://HOST/PATH) under which each goes as <service>:<base tag>.
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    /// Import into Incus (streamed), aliased atlas/<service>.
+    #[arg(long)]
+    pub import: bool,
 }
 
 #[derive(Debug, Subcommand)]

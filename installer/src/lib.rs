@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod imageops;
 pub mod incus;
 pub mod render;
 

@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command, GlobalArgs};
 
 mod completions;
 mod config;
+mod image;
 mod render;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -22,7 +23,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback => not_yet("rollback", 7),
         Command::Render(args) => render::run(&global, &args),
         Command::Config(cmd) => config::run(cmd, &global),
-        Command::Image(_) => not_yet("image", 3),
+        Command::Image(cmd) => image::run(cmd, &global),
         Command::Bundle(_) => not_yet("bundle", 6),
         Command::Backup(_) => not_yet("backup", 7),
     }

@@ -1,0 +1,388 @@
+//! Atlas images: a pulled base image plus one deterministic Atlas layer holding our PID 1,
+//! the service description it reads and a default network file, and the image config
+//! rewritten to start `/sbin/init`.
+//!
+//! ```text
+//! base layers (unchanged, by digest) + Atlas layer:
+//!   sbin/init                  atlas-init (static)
+//!   etc/atlas/service.json     recipe entrypoint/cmd/user/workdir/env over the base config
+//!   etc/atlas/network.json     NetworkSpec::default(): only `lo`, so the image boots alone
+//!   <recipe files>
+//! ```
+//!
+//! [`build`] makes the [`AtlasImage`] (layer, config and manifest bytes, all in memory: they
+//! are small). Sinks: [`write_unified`] streams an Incus unified tarball (`metadata.yaml` +
+//! `rootfs/`) into any `Write` in one pass over the blobs (no rootfs on disk, no temporary
+//! tarball); [`write_oci_layout`] writes an OCI image layout; [`push`] sends it to a
+//! registry, base blobs mounted or skipped when already there.
+//!
+//! Reproducible: the same base (by digest) and the same [`AtlasSpec`] give the same layer,
+//! config and manifest bytes, hence the same digests, on any machine and from any cache. No
+//! clock is read: times come from the base config (`created`) or are 0.
+//!
+//! Converting a plain OCI image ([`AtlasSpec::convert`]) is a build without a recipe: the
+//! service runs the image's own entrypoint and cmd. An image that already is an Atlas image
+//! ([`is_atlas_image`]) is passed through without a second layer.
+
+mod config;
+mod publish;
+mod unified;
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::init::{NetworkSpec, ServiceSpec, SpecError};
+use crate::layer::LayerError;
+use crate::layer::deterministic::{BuiltLayer, LayerBuilder};
+use crate::manifest::{Descriptor, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
+use crate::recipe::{Recipe, RuntimeSpec};
+use crate::source::PulledImage;
+
+pub use config::{merge_env, service_spec};
+pub use publish::{push, write_oci_layout};
+pub use unified::{
+    IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, flatten_inputs,
+    incus_architecture, parse_rfc3339, write_unified,
+};
+
+/// Label (and config marker) set on every Atlas image; [`is_atlas_image`] looks for it.
+pub const ATLAS_LABEL: &str = "io.atlas.image";
+/// Label naming the service of an Atlas image.
+pub const SERVICE_LABEL: &str = "io.atlas.service";
+/// Label holding the recipe hash of an Atlas image built from a recipe.
+pub const RECIPE_HASH_LABEL: &str = "io.atlas.recipe.hash";
+/// Label naming the base image's manifest digest (OCI annotation key).
+pub const BASE_DIGEST_LABEL: &str = "org.opencontainers.image.base.digest";
+/// Label naming the base image (OCI annotation key).
+pub const BASE_NAME_LABEL: &str = "org.opencontainers.image.base.name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    // The inner errors are part of the message (not `source`), so a printed chain does not
+    // repeat them.
+    #[error("{what}: {error}")]
+    Spec { what: String, error: SpecError },
+    #[error("building the Atlas layer of {what}: {error}")]
+    Layer { what: String, error: LayerError },
+    #[error("{what}: the base image config is not a JSON object: {detail}")]
+    BaseConfig { what: String, detail: String },
+    #[error(
+        "recipe {recipe}: [[copy]] from other images is not supported by this build yet \
+         (copy[{index}] from {image}); remove it or build the binary into the base image"
+    )]
+    CopyUnsupported {
+        recipe: String,
+        index: usize,
+        image: String,
+    },
+    #[error("recipe {recipe}: file[{index}] {src}: {detail}")]
+    Asset {
+        recipe: String,
+        index: usize,
+        src: String,
+        detail: String,
+    },
+    #[error("{what}: {error}")]
+    Flatten { what: String, error: LayerError },
+    #[error(transparent)]
+    Pull(#[from] crate::source::PullError),
+    #[error(transparent)]
+    Layout(#[from] crate::oci_layout::LayoutError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+/// A file added to the Atlas layer (from the recipe's `[[file]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraFile {
+    /// Absolute path in the image.
+    pub dest: String,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub contents: Vec<u8>,
+}
+
+/// What to lay over the base image: a recipe, or nothing (a plain conversion).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AtlasSpec {
+    /// Service name (`prometheus`), or the image's name for a conversion.
+    pub name: String,
+    pub description: String,
+    pub runtime: RuntimeSpec,
+    pub files: Vec<ExtraFile>,
+    /// Hash of the recipe (`sha256:...`); `None` for a plain conversion.
+    pub recipe_hash: Option<String>,
+    /// Seconds from SIGTERM to SIGKILL for the service.
+    pub stop_grace_period: u32,
+}
+
+impl AtlasSpec {
+    /// From a recipe. `files` are the recipe's `[[file]]` contents, read by the caller
+    /// (the library does not know where `assets/` lives); see [`recipe_files`].
+    pub fn from_recipe(recipe: &Recipe, files: Vec<ExtraFile>) -> Result<AtlasSpec, BuildError> {
+        if let Some((index, c)) = recipe.copies.iter().enumerate().next() {
+            return Err(BuildError::CopyUnsupported {
+                recipe: recipe.name.clone(),
+                index,
+                image: c.image.clone(),
+            });
+        }
+        Ok(AtlasSpec {
+            name: recipe.name.clone(),
+            description: recipe.description.clone(),
+            runtime: recipe.config.clone(),
+            files,
+            recipe_hash: Some(recipe_hash(recipe)),
+            stop_grace_period: crate::init::DEFAULT_STOP_GRACE_PERIOD,
+        })
+    }
+
+    /// A plain conversion: the image's own config, nothing added but init and its files.
+    pub fn convert(name: &str) -> AtlasSpec {
+        AtlasSpec {
+            name: name.to_owned(),
+            stop_grace_period: crate::init::DEFAULT_STOP_GRACE_PERIOD,
+            ..AtlasSpec::default()
+        }
+    }
+}
+
+/// Reads a recipe's `[[file]]` entries through `read` (given the `src`, e.g.
+/// `assets/x/y.conf`), with their modes and owners parsed.
+pub fn recipe_files(
+    recipe: &Recipe,
+    read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<Vec<ExtraFile>, BuildError> {
+    let mut out = Vec::new();
+    for (index, f) in recipe.files.iter().enumerate() {
+        let bad = |detail: String| BuildError::Asset {
+            recipe: recipe.name.clone(),
+            index,
+            src: f.src.clone(),
+            detail,
+        };
+        let mode = u32::from_str_radix(&f.mode, 8).map_err(|e| bad(e.to_string()))?;
+        let (uid, gid) = f
+            .owner
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+            .ok_or_else(|| bad(format!("owner {:?} is not uid:gid", f.owner)))?;
+        out.push(ExtraFile {
+            dest: f.dest.clone(),
+            mode,
+            uid,
+            gid,
+            contents: read(&f.src).map_err(bad)?,
+        });
+    }
+    Ok(out)
+}
+
+/// `sha256:` of the parsed recipe (its canonical debug form): what `atlas.recipe.hash` says.
+pub fn recipe_hash(recipe: &Recipe) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(format!("{recipe:?}").as_bytes()))
+    )
+}
+
+/// A built Atlas image: the base's blobs plus the Atlas layer, config and manifest.
+#[derive(Clone, Debug)]
+pub struct AtlasImage {
+    pub base: PulledImage,
+    pub spec: AtlasSpec,
+    /// `None` when the base already is an Atlas image (passed through).
+    pub layer: Option<BuiltLayer>,
+    pub service: Option<ServiceSpec>,
+    pub config_bytes: Vec<u8>,
+    pub config_digest: Digest,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_digest: Digest,
+    pub layers: Vec<Descriptor>,
+}
+
+impl AtlasImage {
+    pub fn config_descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            OCI_CONFIG,
+            self.config_digest.clone(),
+            self.config_bytes.len() as u64,
+        )
+    }
+
+    /// Config first, then every layer (base ones, then the Atlas one).
+    pub fn blobs(&self) -> Vec<Descriptor> {
+        let mut out = vec![self.config_descriptor()];
+        out.extend(self.layers.iter().cloned());
+        out
+    }
+
+    /// The properties Incus gets (`image.<key>` on instances). Never `type` (it means OCI).
+    pub fn incus_properties(&self) -> BTreeMap<String, String> {
+        let mut p = BTreeMap::new();
+        let description = if self.spec.description.is_empty() {
+            format!("Atlas image of {}", self.base.source)
+        } else {
+            self.spec.description.clone()
+        };
+        p.insert("description".to_owned(), description);
+        let release = self
+            .base
+            .reference
+            .as_ref()
+            .and_then(|r| r.tag.clone())
+            .unwrap_or_else(|| self.base.manifest_digest.hex()[..12].to_owned());
+        p.insert("release".to_owned(), release);
+        // A passed-through Atlas image names its own base and recipe in its labels.
+        let labels = &self.base.config.config.labels;
+        let passed = self.layer.is_none();
+        let service = labels
+            .get(SERVICE_LABEL)
+            .filter(|_| passed)
+            .unwrap_or(&self.spec.name);
+        p.insert("os".to_owned(), service.clone());
+        p.insert("atlas.service".to_owned(), service.clone());
+        let base_digest = labels
+            .get(BASE_DIGEST_LABEL)
+            .filter(|_| passed)
+            .cloned()
+            .unwrap_or_else(|| self.base.manifest_digest.to_string());
+        p.insert("atlas.base.digest".to_owned(), base_digest);
+        if let Some(h) = labels.get(RECIPE_HASH_LABEL).filter(|_| passed) {
+            p.insert("atlas.recipe.hash".to_owned(), h.clone());
+        }
+        p.insert(
+            "atlas.image.digest".to_owned(),
+            self.manifest_digest.to_string(),
+        );
+        if let Some(h) = &self.spec.recipe_hash {
+            p.insert("atlas.recipe.hash".to_owned(), h.clone());
+        }
+        p
+    }
+}
+
+/// Whether `image` already carries atlas-init (built by us): its config says so.
+pub fn is_atlas_image(image: &PulledImage) -> bool {
+    image.config.config.labels.contains_key(ATLAS_LABEL)
+        && image.config.config.entrypoint == ["/sbin/init"]
+}
+
+/// Builds the Atlas image of `spec` over `base`. Pure: reads no clock and no file.
+pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildError> {
+    let what = format!("{} (from {})", spec.name, base.source);
+    if is_atlas_image(base) {
+        return Ok(AtlasImage {
+            base: base.clone(),
+            spec: spec.clone(),
+            layer: None,
+            service: None,
+            config_bytes: base.config_bytes.clone(),
+            config_digest: base.config_descriptor.digest.clone(),
+            manifest_bytes: base.manifest_bytes.clone(),
+            manifest_digest: base.manifest_digest.clone(),
+            layers: base.manifest.layers.clone(),
+        });
+    }
+    let service = service_spec(&base.config.config, spec).map_err(|error| BuildError::Spec {
+        what: match &spec.recipe_hash {
+            Some(_) => format!("the service of recipe {what}"),
+            None => format!(
+                "{what} cannot run as a service (its config is used as is; to give it a command, \
+                 write a recipe with config.entrypoint/cmd and run `image build --recipe`)"
+            ),
+        },
+        error,
+    })?;
+    let layer = atlas_layer(&service, &spec.files, &what)?;
+    let config_bytes =
+        config::image_config(base, spec, &service, &layer.diff_id).map_err(|detail| {
+            BuildError::BaseConfig {
+                what: what.clone(),
+                detail,
+            }
+        })?;
+    let config_digest = Digest::of_bytes(&config_bytes);
+    let mut layers: Vec<Descriptor> = base
+        .manifest
+        .layers
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d.media_type = config::oci_layer_type(&d.media_type);
+            d
+        })
+        .collect();
+    let layer_digest = Digest::parse(&layer.digest).map_err(|e| BuildError::BaseConfig {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    layers.push(Descriptor::new(
+        OCI_LAYER_GZIP,
+        layer_digest,
+        layer.gzip.len() as u64,
+    ));
+    let config_descriptor =
+        Descriptor::new(OCI_CONFIG, config_digest.clone(), config_bytes.len() as u64);
+    let manifest_bytes = config::manifest(&config_descriptor, &layers, base);
+    Ok(AtlasImage {
+        base: base.clone(),
+        spec: spec.clone(),
+        layer: Some(layer),
+        service: Some(service),
+        config_bytes,
+        config_digest,
+        manifest_digest: Digest::of_bytes(&manifest_bytes),
+        manifest_bytes,
+        layers,
+    })
+}
+
+/// The Atlas layer: init, service.json, the default network.json and the extra files.
+pub fn atlas_layer(
+    service: &ServiceSpec,
+    files: &[ExtraFile],
+    what: &str,
+) -> Result<BuiltLayer, BuildError> {
+    let layer_err = |error| BuildError::Layer {
+        what: what.to_owned(),
+        error,
+    };
+    let init_files =
+        crate::init::rootfs_files(service, Some(&NetworkSpec::default())).map_err(|error| {
+            BuildError::Spec {
+                what: what.to_owned(),
+                error,
+            }
+        })?;
+    let mut b = LayerBuilder::new();
+    b.dir("sbin", 0o755).map_err(layer_err)?;
+    b.dir("etc", 0o755).map_err(layer_err)?;
+    b.dir("etc/atlas", 0o755).map_err(layer_err)?;
+    for f in init_files {
+        b.file(f.path, f.mode, f.contents.into_owned())
+            .map_err(layer_err)?;
+    }
+    for f in files {
+        b.file_owned(&f.dest, f.mode, f.uid, f.gid, f.contents.clone())
+            .map_err(layer_err)?;
+    }
+    b.build().map_err(layer_err)
+}
+
+/// The Atlas layer as a flattener input.
+pub(crate) fn layer_input(layer: &BuiltLayer) -> crate::layer::Layer {
+    crate::layer::Layer::from_bytes(
+        layer.digest.clone(),
+        Some(OCI_LAYER_GZIP.to_owned()),
+        layer.gzip.clone(),
+    )
+}
+
+/// The media type of a manifest this module writes.
+pub const MANIFEST_MEDIA_TYPE: &str = OCI_MANIFEST;

@@ -1,0 +1,566 @@
+//! `atlas-install image build|convert|import|lock`: the image pipeline on the command line.
+//! Results go to stdout (`--json` for machines), progress and notes to stderr.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use atlas_image::build::{self, AtlasImage, AtlasSpec, IndexingObserver, PreparedUnified};
+use atlas_image::cache::BlobCache;
+use atlas_image::layer::LayerIndex;
+use atlas_image::lock::{ImagesLock, lock_references};
+use atlas_image::progress::Progress;
+use atlas_image::recipe::Recipe;
+use atlas_image::reference::ImageRef;
+use atlas_image::registry::{PushOptions, map_to_mirror};
+use atlas_image::source::{PullOptions, PulledImage, Source, pull};
+use atlas_install::imageops::{self, Pins};
+use serde_json::json;
+
+use crate::cli::{GlobalArgs, ImageBuildArgs, ImageCommand, RegistryArgs};
+
+/// A line of the command's result on stdout (a closed pipe is an error, not a panic).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")?
+    };
+}
+
+pub fn run(cmd: ImageCommand, global: &GlobalArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let progress = crate::ui::progress(global.progress);
+    rt.block_on(async {
+        match cmd {
+            ImageCommand::Convert {
+                source,
+                out,
+                registry,
+            } => convert(&source, &out, &registry, global, progress).await,
+            ImageCommand::Import {
+                source,
+                alias,
+                registry,
+            } => import(&source, &alias, &registry, global, progress).await,
+            ImageCommand::Build(args) => build_cmd(&args, global, progress).await,
+            ImageCommand::Lock { out, registry } => lock(&out, &registry, global).await,
+        }
+    })
+}
+
+fn cache(reg: &RegistryArgs) -> Result<BlobCache> {
+    let dir = reg.cache_dir.clone().unwrap_or_else(BlobCache::default_dir);
+    BlobCache::open(&dir).with_context(|| {
+        format!(
+            "cannot use the image cache {}; pass --cache-dir DIR (or ATLAS_CACHE_DIR) with a writable directory",
+            dir.display()
+        )
+    })
+}
+
+fn pull_options(reg: &RegistryArgs) -> PullOptions {
+    PullOptions {
+        insecure_registries: reg.insecure_registry.clone(),
+        ..PullOptions::default()
+    }
+}
+
+fn parse_source(source: &str, reg: &RegistryArgs) -> Result<Source> {
+    let parsed = Source::parse(source)?;
+    Ok(match (parsed, &reg.registry_mirror) {
+        (Source::Registry(r), Some(m)) => Source::Registry(map_to_mirror(&r, m)),
+        (s, _) => s,
+    })
+}
+
+/// A short name for a converted image: the repository's last part or the layout's directory.
+fn source_name(source: &Source) -> String {
+    let raw = match source {
+        Source::Registry(r) => r
+            .repository
+            .rsplit('/')
+            .next()
+            .unwrap_or("image")
+            .to_owned(),
+        Source::OciLayout { path, tag } | Source::OciArchive { path, tag } => tag
+            .clone()
+            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "image".to_owned()),
+    };
+    raw.replace(['/', ':'], "-")
+}
+
+/// Base layer indexes taken while pulling (empty when not asked for).
+type Indexes = Vec<Option<LayerIndex>>;
+
+/// Pulls `source`; with `index`, every layer is also indexed as the pull reads it, so the
+/// flattener does not read it again for that.
+async fn pull_source(
+    source: &Source,
+    cache: &BlobCache,
+    reg: &RegistryArgs,
+    index: bool,
+    progress: &dyn Progress,
+) -> Result<(PulledImage, Indexes)> {
+    let mut opts = pull_options(reg);
+    let observer = index.then(IndexingObserver::new);
+    if let Some(o) = &observer {
+        opts.observer = Some(o.clone());
+    }
+    let image = pull(source, cache, &opts, progress)
+        .await
+        .with_context(|| format!("pulling {source}"))?;
+    Ok((image, observer.map(|o| o.take()).unwrap_or_default()))
+}
+
+async fn converted(
+    source: &str,
+    reg: &RegistryArgs,
+    progress: &dyn Progress,
+) -> Result<(AtlasImage, Indexes)> {
+    let src = parse_source(source, reg)?;
+    let cache = cache(reg)?;
+    let (base, indexes) = pull_source(&src, &cache, reg, true, progress).await?;
+    let image = build::build(&base, &AtlasSpec::convert(&source_name(&src)))
+        .with_context(|| format!("converting {src}"))?;
+    Ok((image, indexes))
+}
+
+async fn convert(
+    source: &str,
+    out: &Path,
+    reg: &RegistryArgs,
+    global: &GlobalArgs,
+    progress: Arc<dyn Progress>,
+) -> Result<ExitCode> {
+    let (image, indexes) = converted(source, reg, progress.as_ref()).await?;
+    let to_stdout = out == Path::new("-");
+    let task = progress.task(&format!("write {}", out.display()), None);
+    let stats = tokio::task::block_in_place(|| -> Result<_> {
+        // Every layer is checked before the output is opened: bad input leaves no file.
+        let prepared = PreparedUnified::with_indexes(&image, indexes, 0)?;
+        if to_stdout {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            let stats = prepared.write(&mut w)?;
+            w.flush().context("writing to stdout")?;
+            return Ok(stats);
+        }
+        write_file_atomically(out, |f| Ok(prepared.write(f)?))
+    })?;
+    task.finish(&format!("{} bytes", stats.tar_bytes));
+    let summary = json!({
+        "source": image.base.source,
+        "out": out,
+        "bytes": stats.tar_bytes,
+        "entries": stats.entries,
+        "image_digest": image.manifest_digest.to_string(),
+        "base_digest": image.base.manifest_digest.to_string(),
+    });
+    if global.json && !to_stdout {
+        say!("{summary}");
+    } else {
+        eprintln!(
+            "Wrote {} ({} bytes, {} entries): Incus unified tarball of {}",
+            out.display(),
+            stats.tar_bytes,
+            stats.entries,
+            image.base.source
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `out` through `OUT.partial`, renamed on success and removed on failure, so a
+/// failed conversion leaves nothing that looks like a result.
+fn write_file_atomically<T>(
+    out: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> Result<T>,
+) -> Result<T> {
+    // A device or pipe (/dev/null, a FIFO) is written in place: it cannot be renamed onto.
+    if fs::metadata(out).is_ok_and(|m| !m.is_file()) {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .with_context(|| format!("cannot open {}", out.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let v = write(&mut w)?;
+        w.flush()
+            .with_context(|| format!("writing {}", out.display()))?;
+        return Ok(v);
+    }
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let f = fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let result = write(&mut w).and_then(|v| {
+        w.flush()
+            .with_context(|| format!("writing {}", partial.display()))?;
+        Ok(v)
+    });
+    match result {
+        Ok(v) => {
+            fs::rename(&partial, out).with_context(|| {
+                format!("cannot rename {} to {}", partial.display(), out.display())
+            })?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+/// The Incus client of the config, checked to answer and to have the project.
+async fn connect(global: &GlobalArgs) -> Result<atlas_install::incus::Client> {
+    let config = super::load_config(global)?;
+    let client = atlas_install::incus::Client::from_config(&config.incus)?;
+    client.server().await.context("connecting to Incus")?;
+    let project = client.project().to_owned();
+    client
+        .get_project(&project)
+        .await
+        .with_context(|| {
+            format!("Incus project {project:?}: create it (`incus project create {project}`) or pass --project NAME")
+        })?;
+    Ok(client)
+}
+
+async fn import_built(
+    client: &atlas_install::incus::Client,
+    image: &AtlasImage,
+    indexes: Indexes,
+    aliases: &[String],
+    global: &GlobalArgs,
+    progress: &dyn Progress,
+) -> Result<imageops::ImportOutcome> {
+    let outcome = imageops::import(client, image, indexes, aliases, progress).await?;
+    let fp = &outcome.fingerprint;
+    if global.json {
+        let aliases: Vec<_> = outcome
+            .aliases
+            .iter()
+            .map(|(a, c)| json!({"name": a, "change": c.as_str()}))
+            .collect();
+        say!(
+            "{}",
+            json!({
+                "fingerprint": fp,
+                "created": outcome.created,
+                "project": client.project(),
+                "bytes": outcome.tar_bytes,
+                "aliases": aliases,
+                "image_digest": image.manifest_digest.to_string(),
+                "properties": imageops::properties_json(&image.incus_properties()),
+            })
+        );
+    } else {
+        say!("{fp}");
+        let what = if outcome.created {
+            format!(
+                "imported into project {} ({} bytes streamed)",
+                client.project(),
+                outcome.tar_bytes
+            )
+        } else {
+            format!("already in project {}; reused", client.project())
+        };
+        eprintln!("Image {fp} {what}");
+        for (a, c) in &outcome.aliases {
+            eprintln!("Alias {a}: {}", c.as_str());
+        }
+    }
+    Ok(outcome)
+}
+
+async fn import(
+    source: &str,
+    aliases: &[String],
+    reg: &RegistryArgs,
+    global: &GlobalArgs,
+    progress: Arc<dyn Progress>,
+) -> Result<ExitCode> {
+    // Reach Incus first: a wrong socket or project should fail before a long pull.
+    let client = connect(global).await?;
+    let (image, indexes) = converted(source, reg, progress.as_ref()).await?;
+    import_built(&client, &image, indexes, aliases, global, progress.as_ref()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The recipes to build: one file, one embedded service, or every embedded one.
+fn recipes(args: &ImageBuildArgs) -> Result<Vec<(Recipe, Option<PathBuf>)>> {
+    if let Some(path) = &args.recipe {
+        let r = Recipe::load(path)?;
+        let root = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent()?.parent().map(Path::to_path_buf));
+        return Ok(vec![(r, root)]);
+    }
+    match &args.service {
+        Some(s) => match Recipe::embedded_for(s) {
+            Some(r) => Ok(vec![(r?, None)]),
+            None => {
+                let known: Vec<&str> = atlas_image::recipe::EMBEDDED
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                bail!(
+                    "no recipe for service {s:?}; known: {} (or pass --recipe FILE)",
+                    known.join(", ")
+                )
+            }
+        },
+        None => Ok(Recipe::embedded()?.into_iter().map(|r| (r, None)).collect()),
+    }
+}
+
+fn read_asset(root: Option<&Path>) -> impl Fn(&str) -> Result<Vec<u8>, String> + '_ {
+    move |src: &str| {
+        let base = match root {
+            Some(r) => r.to_path_buf(),
+            None => std::env::current_dir().map_err(|e| e.to_string())?,
+        };
+        let path = base.join(src);
+        fs::read(&path).map_err(|e| {
+            format!(
+                "cannot read {}: {e} (run from the repository root or pass --recipe FILE)",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Pulls a recipe's base: by the locked (or pinned) digest, else by tag, pinning what the
+/// registry served and saying so.
+async fn pull_base(
+    recipe: &Recipe,
+    lock: &ImagesLock,
+    pins: &mut Pins,
+    cache: &BlobCache,
+    reg: &RegistryArgs,
+    index: bool,
+    progress: &dyn Progress,
+) -> Result<(PulledImage, Indexes)> {
+    let base = recipe
+        .base_ref()
+        .with_context(|| format!("recipe {}: base.image", recipe.name))?;
+    let known = base
+        .digest
+        .clone()
+        .or_else(|| lock.digest_for(&base).cloned())
+        .or_else(|| pins.get(&base).cloned());
+    let wanted = match &known {
+        Some(d) => lock
+            .pin(&base)
+            .unwrap_or_else(|_| base.with_digest(d.clone())),
+        None => base.clone(),
+    };
+    let target = match &reg.registry_mirror {
+        Some(m) => map_to_mirror(&wanted, m),
+        None => wanted.clone(),
+    };
+    let (image, indexes) =
+        pull_source(&Source::Registry(target), cache, reg, index, progress).await?;
+    if known.is_none() {
+        let digest = image
+            .index_digest
+            .clone()
+            .unwrap_or_else(|| image.manifest_digest.clone());
+        pins.record(&base, digest.clone())?;
+        let msg = format!(
+            "not in images.lock: pinned {base} to {digest} on first pull (recorded in {}; later builds use this digest)",
+            pins.path().display()
+        );
+        progress.warn(&msg);
+        eprintln!("warning: {msg}");
+    }
+    Ok((image, indexes))
+}
+
+fn push_target(push: &str, recipe: &Recipe, several: bool) -> Result<ImageRef> {
+    let raw = push.strip_prefix("docker://").unwrap_or(push);
+    let full = if several {
+        let tag = recipe
+            .base_ref()
+            .ok()
+            .and_then(|r| r.tag)
+            .unwrap_or_else(|| "latest".to_owned());
+        format!("{}/{}:{tag}", raw.trim_end_matches('/'), recipe.name)
+    } else {
+        raw.to_owned()
+    };
+    ImageRef::parse(&full).with_context(|| format!("--push {push}: not an image reference"))
+}
+
+async fn build_cmd(
+    args: &ImageBuildArgs,
+    global: &GlobalArgs,
+    progress: Arc<dyn Progress>,
+) -> Result<ExitCode> {
+    let reg = &args.registry;
+    let cache = cache(reg)?;
+    let lock = match &args.images_lock {
+        Some(p) => ImagesLock::load(p)?,
+        None => ImagesLock::embedded()?,
+    };
+    let mut pins = Pins::load(&Pins::file_in(cache.root()))?;
+    let list = recipes(args)?;
+    let several = list.len() > 1;
+    let mut results = Vec::new();
+    let client = match args.import {
+        true => Some(connect(global).await?),
+        false => None,
+    };
+    let mut failed = Vec::new();
+    for (recipe, root) in &list {
+        let step = BuildStep {
+            args,
+            lock: &lock,
+            cache: &cache,
+            client: client.as_ref(),
+            several,
+            global,
+            progress: progress.as_ref(),
+        };
+        match step.run(recipe, root.as_deref(), &mut pins).await {
+            Ok(entry) => results.push(entry),
+            // With several services, one failure does not stop the others.
+            Err(e) if several => {
+                eprintln!("error: {}: {e:#}", recipe.name);
+                failed.push(recipe.name.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if global.json {
+        say!("{}", json!({ "images": results, "failed": failed }));
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} images failed to build: {} (see the errors above)",
+            failed.len(),
+            list.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything one recipe's build needs besides the recipe.
+struct BuildStep<'a> {
+    args: &'a ImageBuildArgs,
+    lock: &'a ImagesLock,
+    cache: &'a BlobCache,
+    client: Option<&'a atlas_install::incus::Client>,
+    several: bool,
+    global: &'a GlobalArgs,
+    progress: &'a dyn Progress,
+}
+
+impl BuildStep<'_> {
+    async fn run(
+        &self,
+        recipe: &Recipe,
+        root: Option<&Path>,
+        pins: &mut Pins,
+    ) -> Result<serde_json::Value> {
+        let (args, reg, progress) = (self.args, &self.args.registry, self.progress);
+        let index = self.client.is_some();
+        let (base, indexes) =
+            pull_base(recipe, self.lock, pins, self.cache, reg, index, progress).await?;
+        let files = build::recipe_files(recipe, &read_asset(root))?;
+        let spec = AtlasSpec::from_recipe(recipe, files)?;
+        let image =
+            build::build(&base, &spec).with_context(|| format!("building {}", recipe.name))?;
+        let mut entry = json!({
+            "service": recipe.name,
+            "digest": image.manifest_digest.to_string(),
+            "base": image.base.reference.as_ref().map(ToString::to_string),
+            "base_digest": image.base.manifest_digest.to_string(),
+        });
+        if let Some(dir) = &args.oci {
+            tokio::task::block_in_place(|| {
+                build::write_oci_layout(&image, dir, Some(&recipe.name))
+                    .map_err(anyhow::Error::from)
+            })
+            .with_context(|| format!("writing {} into {}", recipe.name, dir.display()))?;
+            entry["oci"] = json!(format!("{}:{}", dir.display(), recipe.name));
+        }
+        if let Some(push) = &args.push {
+            let dest = push_target(push, recipe, self.several)?;
+            let opts = PushOptions {
+                insecure_registries: reg.insecure_registry.clone(),
+                ..PushOptions::default()
+            };
+            let d = build::push(&image, self.cache, &dest, &opts, progress)
+                .await
+                .with_context(|| format!("pushing {} to {dest}", recipe.name))?;
+            entry["pushed"] = json!(format!("{dest}@{d}"));
+        }
+        if let Some(client) = self.client {
+            let alias = format!("atlas/{}", recipe.name);
+            let quiet = quiet(self.global);
+            let out = import_built(
+                client,
+                &image,
+                indexes,
+                std::slice::from_ref(&alias),
+                &quiet,
+                progress,
+            )
+            .await?;
+            entry["fingerprint"] = json!(out.fingerprint);
+        }
+        if !self.global.json {
+            say!("{} {}", recipe.name, image.manifest_digest);
+        }
+        Ok(entry)
+    }
+}
+
+/// The global args with --json off, so a nested import does not print its own JSON.
+fn quiet(global: &GlobalArgs) -> GlobalArgs {
+    GlobalArgs {
+        json: false,
+        ..global.clone()
+    }
+}
+
+async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<ExitCode> {
+    let mut refs: Vec<ImageRef> = Vec::new();
+    for r in Recipe::embedded()? {
+        for u in r.upstream_refs() {
+            if !refs.contains(&u) {
+                refs.push(u);
+            }
+        }
+    }
+    let lock = lock_references(&refs, reg.registry_mirror.as_deref(), &pull_options(reg))
+        .await
+        .with_context(|| match &reg.registry_mirror {
+            Some(m) => format!("resolving the recipes' upstream tags through the mirror {m}"),
+            None => "resolving the recipes' upstream tags at their registries (offline? pass --registry-mirror HOST)".to_owned(),
+        })?;
+    write_file_atomically(out, |f| {
+        f.write_all(lock.to_toml().as_bytes())?;
+        Ok(())
+    })?;
+    if global.json {
+        let images: serde_json::Map<_, _> = lock
+            .iter()
+            .map(|(k, d)| (k.to_owned(), json!(d.to_string())))
+            .collect();
+        say!("{}", json!({ "out": out, "images": images }));
+    } else {
+        eprintln!("Wrote {} with {} images", out.display(), lock.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

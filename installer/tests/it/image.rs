@@ -1,0 +1,790 @@
+//! `atlas-install image build|convert|import` end to end: a small busybox base image made
+//! here, pushed to the local registry (127.0.0.1:5000), built into an Atlas image with a test
+//! recipe, converted, imported into the real incusd (project `t-img-<pid>`), started with
+//! atlas-init on our own bridge `t-img-br`, answering through a proxy device, restarted in
+//! under 5 s. A guard removes everything (through the incus CLI: a fresh client).
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use atlas_image::layer::deterministic::LayerBuilder;
+use atlas_image::manifest::{self, Descriptor};
+use atlas_image::oci_layout::OciLayoutWriter;
+use sha2::{Digest as _, Sha256};
+
+use crate::common::{atlas, have_path, have_tool, require_all, run, stderr, stdout};
+
+const SOCKET: &str = "/var/lib/incus/unix.socket";
+const REGISTRY: &str = "127.0.0.1:5000";
+const BRIDGE: &str = "t-img-br";
+const PAGE: &str = "hello from an atlas image\n";
+
+fn incus(args: &[&str]) -> Output {
+    Command::new("incus")
+        .args(args)
+        .output()
+        .expect("run incus")
+}
+
+fn incus_ok(args: &[&str]) -> String {
+    let o = incus(args);
+    assert!(o.status.success(), "incus {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Removes what the test made, in dependency order, also on panic. Uses the incus CLI, so
+/// nothing of the (possibly panicked) test's state is reused.
+struct Guard {
+    project: String,
+    bridge: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let p = self.project.as_str();
+        let list = incus(&["list", "--project", p, "-c", "n", "-f", "csv"]);
+        for name in stdout(&list).lines().filter(|l| !l.is_empty()) {
+            let _ = incus(&["delete", "--force", "--project", p, name]);
+        }
+        let imgs = incus(&["image", "list", "--project", p, "-c", "F", "-f", "csv"]);
+        for fp in stdout(&imgs).lines().filter(|l| !l.is_empty()) {
+            let _ = incus(&["image", "delete", "--project", p, fp]);
+        }
+        let _ = incus(&["project", "delete", p]);
+        if self.bridge {
+            let _ = incus(&["network", "delete", BRIDGE]);
+        }
+    }
+}
+
+fn ready() -> bool {
+    let tools = ["incus", "skopeo", "umoci", "tar", "curl"]
+        .iter()
+        .all(|t| have_tool(t));
+    if !tools || !have_path(Path::new(SOCKET), "the Incus socket") {
+        return false;
+    }
+    let up = Command::new("incus")
+        .args(["info"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let reg = Command::new("curl")
+        .args(["-sf", &format!("http://{REGISTRY}/v2/")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !(up && reg) {
+        assert!(
+            !require_all(),
+            "incusd and the registry on {REGISTRY} are required (ATLAS_TEST_REQUIRE_ALL=1): run tests/start-services.sh"
+        );
+        eprintln!("skipping: incusd or the registry is down (run tests/start-services.sh)");
+        return false;
+    }
+    true
+}
+
+/// A two-layer OCI image: static busybox, a passwd with nobody, a web root; the second layer
+/// whites out a file of the first and adds another.
+fn base_layout(dir: &Path) {
+    let busybox = std::fs::read("/usr/bin/busybox").expect("a static busybox at /usr/bin/busybox");
+    let mut l1 = LayerBuilder::new();
+    l1.file("bin/busybox", 0o755, busybox).unwrap();
+    for applet in ["sh", "ls", "cat", "ip"] {
+        l1.symlink(&format!("bin/{applet}"), "busybox").unwrap();
+    }
+    l1.file(
+        "etc/passwd",
+        0o644,
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    l1.file("etc/group", 0o644, "root:x:0:\nnogroup:x:65534:\n")
+        .unwrap();
+    l1.dir("tmp", 0o1777).unwrap();
+    l1.dir("root", 0o700).unwrap();
+    l1.file("www/index.html", 0o644, PAGE).unwrap();
+    l1.file("junk/old.txt", 0o644, "deleted in layer 2")
+        .unwrap();
+    let mut l2 = LayerBuilder::new();
+    l2.file("junk/.wh.old.txt", 0o644, "").unwrap();
+    l2.file("www/extra.txt", 0o644, "layer 2\n").unwrap();
+    let (l1, l2) = (l1.build().unwrap(), l2.build().unwrap());
+
+    let mut w = OciLayoutWriter::create(dir).unwrap();
+    let mut descs = Vec::new();
+    for l in [&l1, &l2] {
+        let d = w.add_bytes(&l.gzip).unwrap();
+        descs.push(Descriptor::new(
+            manifest::OCI_LAYER_GZIP,
+            d,
+            l.gzip.len() as u64,
+        ));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [l1.diff_id, l2.diff_id]},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let cd = w.add_bytes(&config).unwrap();
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+        "config": Descriptor::new(manifest::OCI_CONFIG, cd, config.len() as u64),
+        "layers": descs,
+    });
+    w.add_manifest(
+        &serde_json::to_vec(&m).unwrap(),
+        manifest::OCI_MANIFEST,
+        Some("1"),
+        None,
+    )
+    .unwrap();
+    w.finish().unwrap();
+}
+
+fn recipe(root: &Path, base: &str) -> PathBuf {
+    let dir = root.join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("web.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "web"
+description = "atlas test web server"
+[base]
+image = "{base}"
+[config]
+cmd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+user = "nobody"
+ports = ["8080/tcp"]
+[health]
+http = {{ port = 8080, path = "/" }}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn sha256_file(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "atlas-install failed: {}", stderr(o));
+    serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+fn build(recipe: &Path, cache: &Path, extra: &[&str]) -> Output {
+    run(atlas()
+        .args(["--progress", "none", "--json", "image", "build", "--recipe"])
+        .arg(recipe)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra))
+}
+
+/// A /24 in 10.240-249.x that no host route or address uses yet.
+fn free_subnet() -> String {
+    let routes = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-4", "route"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned()
+        + &String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-4", "addr"])
+                .output()
+                .unwrap()
+                .stdout,
+        );
+    let pid = std::process::id();
+    for i in 0..250u32 {
+        let (a, b) = (240 + (pid + i) % 10, (pid / 10 + i) % 250 + 1);
+        let net = format!("10.{a}.{b}.");
+        if !routes.contains(&net) {
+            return format!("10.{a}.{b}");
+        }
+    }
+    panic!("no free 10.24x.y.0/24");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl(port: u16) -> (String, String) {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "2",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&o);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_owned(), body.to_owned())
+}
+
+fn wait_for_200(port: u16, within: Duration) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        let r = curl(port);
+        if r.0 == "200" || start.elapsed() > within {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn image_count(project: &str) -> usize {
+    stdout(&incus(&[
+        "image",
+        "list",
+        "--project",
+        project,
+        "-c",
+        "F",
+        "-f",
+        "csv",
+    ]))
+    .lines()
+    .filter(|l| !l.is_empty())
+    .count()
+}
+
+#[test]
+fn image_build_convert_import_launch_restart() {
+    if !ready() {
+        return;
+    }
+    let pid = std::process::id();
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    let project = format!("t-img-{pid}");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+
+    // Base image: written here, pushed by skopeo.
+    base_layout(&t.join("base"));
+    let base_ref = format!("{REGISTRY}/t-img-{pid}/base:1");
+    let o = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", t.join("base").display()))
+        .arg(format!("docker://{base_ref}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    let recipe = recipe(t, &base_ref);
+
+    // Build twice with one cache (the second uses the pin), once with another: one digest.
+    let started = Instant::now();
+    let first = build(
+        &recipe,
+        &t.join("cache-a"),
+        &["--oci", t.join("oci").to_str().unwrap()],
+    );
+    let d1 = json_of(&first)["images"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eprintln!("first build: {:?}", started.elapsed());
+    assert!(
+        stderr(&first).contains(&format!("not in images.lock: pinned {base_ref} to sha256:")),
+        "first pull of an unlocked base must say it pinned: {}",
+        stderr(&first)
+    );
+    let pins = t.join("cache-a/pins.toml");
+    assert_eq!(
+        std::fs::metadata(&pins).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(std::fs::read_to_string(&pins).unwrap().contains(&base_ref));
+    let second = build(&recipe, &t.join("cache-a"), &[]);
+    assert_eq!(json_of(&second)["images"][0]["digest"], d1.as_str());
+    assert!(!stderr(&second).contains("pinned"), "{}", stderr(&second));
+    let other = build(&recipe, &t.join("cache-b"), &[]);
+    assert_eq!(
+        json_of(&other)["images"][0]["digest"],
+        d1.as_str(),
+        "another cache, same digest"
+    );
+
+    phase("builds done");
+    // The OCI output, read by umoci.
+    let bundle = t.join("bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:web", t.join("oci").display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "umoci unpack: {}", stderr(&o));
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/sbin/init")).unwrap(),
+        atlas_image::init::binary()
+    );
+    let svc = std::fs::read_to_string(bundle.join("rootfs/etc/atlas/service.json")).unwrap();
+    assert!(
+        svc.contains("\"user\": \"nobody\"") && svc.contains("httpd"),
+        "{svc}"
+    );
+    assert!(
+        !bundle.join("rootfs/junk/old.txt").exists(),
+        "whiteout applied"
+    );
+
+    phase("umoci done");
+    // convert: a file GNU tar lists.
+    let tarball = t.join("web.tar");
+    let src = format!("oci:{}:web", t.join("oci").display());
+    let o = run(atlas()
+        .args(["--progress", "none", "image", "convert", &src, "--out"])
+        .arg(&tarball)
+        .arg("--cache-dir")
+        .arg(t.join("cache-a")));
+    assert!(o.status.success(), "convert: {}", stderr(&o));
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    let names = stdout(&list);
+    assert!(names.lines().next() == Some("metadata.yaml"), "{names}");
+    for want in [
+        "rootfs/sbin/init",
+        "rootfs/etc/atlas/service.json",
+        "rootfs/www/index.html",
+    ] {
+        assert!(
+            names.lines().any(|l| l == want),
+            "{want} missing from {names}"
+        );
+    }
+    assert!(
+        !names.contains("rootfs/junk/old.txt") && !names.contains(".wh."),
+        "{names}"
+    );
+    let fingerprint = sha256_file(&tarball);
+    // `--out -` streams to stdout; the docker:// transport from the registry.
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "image",
+            "convert",
+            &format!("docker://{base_ref}"),
+            "--out",
+            "-",
+        ])
+        .arg("--cache-dir")
+        .arg(t.join("cache-a")));
+    assert!(o.status.success(), "convert to stdout: {}", stderr(&o));
+    let piped = t.join("piped.tar");
+    std::fs::write(&piped, &o.stdout).unwrap();
+    let names = stdout(&Command::new("tar").arg("-tf").arg(&piped).output().unwrap());
+    assert!(
+        names.lines().any(|l| l == "rootfs/sbin/init")
+            && names.lines().any(|l| l == "rootfs/bin/sh"),
+        "{names}"
+    );
+
+    let guard = Guard {
+        project: project.clone(),
+        bridge: true,
+    };
+    incus_ok(&["project", "create", &project]);
+
+    phase("convert done");
+    // The file is accepted by `incus image import`; then removed for our own import.
+    incus_ok(&[
+        "image",
+        "import",
+        "--project",
+        &project,
+        tarball.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout(&incus(&[
+            "image",
+            "list",
+            "--project",
+            &project,
+            "-c",
+            "F",
+            "-f",
+            "csv"
+        ]))
+        .contains(&fingerprint)
+    );
+    incus_ok(&["image", "delete", "--project", &project, &fingerprint]);
+
+    phase("incus image import done");
+    // A project that does not exist: said before any pull, with the fix.
+    let o = run(atlas()
+        .args(["--progress", "none", "--incus-socket", SOCKET])
+        .args([
+            "--project",
+            &format!("t-img-none-{pid}"),
+            "image",
+            "import",
+            &src,
+        ])
+        .arg("--cache-dir")
+        .arg(t.join("cache-a")));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("incus project create"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Bad input: a layer whose bytes do not match its digest; nothing imported.
+    let bad = t.join("bad");
+    copy_dir(&t.join("base"), &bad);
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bad.join("index.json")).unwrap()).unwrap();
+    let mdig = idx["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bad.join("blobs/sha256").join(&mdig)).unwrap())
+            .unwrap();
+    let layer = m["layers"][1]["digest"].as_str().unwrap().to_owned();
+    let lpath = bad
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&lpath).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    std::fs::write(&lpath, bytes).unwrap();
+    let before = image_count(&project);
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "--incus-socket",
+            SOCKET,
+            "--project",
+            &project,
+            "image",
+            "import",
+        ])
+        .arg(format!("oci:{}:1", bad.display()))
+        .args(["--alias", "bad", "--cache-dir"])
+        .arg(t.join("cache-a")));
+    assert!(!o.status.success(), "a corrupt layer must fail the import");
+    assert!(
+        stderr(&o).contains(&layer),
+        "the error names the layer {layer}: {}",
+        stderr(&o)
+    );
+    assert_eq!(image_count(&project), before, "nothing imported");
+
+    phase("bad input done");
+    // Our streaming import: same bytes as the file (same fingerprint), alias created.
+    let import = |alias: &str| {
+        run(atlas()
+            .args([
+                "--progress",
+                "none",
+                "--json",
+                "--incus-socket",
+                SOCKET,
+                "--project",
+                &project,
+            ])
+            .args(["image", "import", &src, "--alias", alias, "--cache-dir"])
+            .arg(t.join("cache-a")))
+    };
+    let started = Instant::now();
+    let v = json_of(&import("web"));
+    eprintln!("streamed import: {:?}", started.elapsed());
+    assert_eq!(v["fingerprint"], fingerprint.as_str());
+    assert_eq!(v["created"], true);
+    assert_eq!(v["aliases"][0]["change"], "created");
+    let again = json_of(&import("web"));
+    assert_eq!(
+        again["fingerprint"],
+        fingerprint.as_str(),
+        "re-import reuses the image"
+    );
+    assert_eq!(again["created"], false);
+    assert_eq!(again["aliases"][0]["change"], "unchanged");
+    assert_eq!(image_count(&project), 1);
+    let props = incus_ok(&[
+        "image",
+        "get-property",
+        "--project",
+        &project,
+        "web",
+        "atlas.service",
+    ]);
+    assert_eq!(props.trim(), "web");
+
+    phase("imports done");
+    // Launch on our own bridge with a static address, reached through a proxy device.
+    let net = free_subnet();
+    incus_ok(&[
+        "network",
+        "create",
+        BRIDGE,
+        &format!("ipv4.address={net}.1/24"),
+        "ipv4.nat=false",
+        "ipv4.dhcp=false",
+        "ipv6.address=none",
+    ]);
+    let c = "t-img-c1";
+    incus_ok(&[
+        "init",
+        "web",
+        c,
+        "--project",
+        &project,
+        "--storage",
+        "default",
+        "--network",
+        BRIDGE,
+    ]);
+    let netfile = format!(
+        "{{\"version\":1,\"interfaces\":[{{\"name\":\"eth0\",\"ipv4\":\"{net}.10/24\",\"gateway4\":\"{net}.1\"}}]}}"
+    );
+    let mut push = Command::new("incus")
+        .args([
+            "file",
+            "push",
+            "--project",
+            &project,
+            "-",
+            &format!("{c}/etc/atlas/network.json"),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    push.stdin
+        .take()
+        .unwrap()
+        .write_all(netfile.as_bytes())
+        .unwrap();
+    assert!(
+        push.wait().unwrap().success(),
+        "incus file push network.json"
+    );
+    let port = free_port();
+    incus_ok(&[
+        "config",
+        "device",
+        "add",
+        "--project",
+        &project,
+        c,
+        "web",
+        "proxy",
+        &format!("listen=tcp:127.0.0.1:{port}"),
+        "connect=tcp:127.0.0.1:8080",
+    ]);
+    incus_ok(&["start", "--project", &project, c]);
+    let (code, body) = wait_for_200(port, Duration::from_secs(30));
+    let log = || stdout(&incus(&["console", "--project", &project, c, "--show-log"]));
+    assert_eq!(code, "200", "service through the proxy; console: {}", log());
+    assert_eq!(body, PAGE);
+    let addr = incus_ok(&[
+        "exec",
+        "--project",
+        &project,
+        c,
+        "--",
+        "/bin/ip",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(
+        addr.contains(&format!("{net}.10/24")),
+        "static address from network.json: {addr}"
+    );
+    let ps = incus_ok(&[
+        "exec",
+        "--project",
+        &project,
+        c,
+        "--",
+        "/bin/cat",
+        "/proc/1/cmdline",
+    ]);
+    assert!(ps.starts_with("/sbin/init"), "PID 1 is atlas-init: {ps:?}");
+
+    phase("serving");
+    let started = Instant::now();
+    incus_ok(&["restart", "--project", &project, c]);
+    let restart = started.elapsed();
+    eprintln!("incus restart took {restart:?}");
+    assert!(
+        restart < Duration::from_secs(5),
+        "restart took {restart:?}; console: {}",
+        log()
+    );
+    let (code, _) = wait_for_200(port, Duration::from_secs(30));
+    assert_eq!(code, "200", "answers again after restart");
+    phase("answers after restart");
+    drop(guard);
+    phase("cleaned up");
+    assert!(
+        !stdout(&incus(&["project", "list", "-f", "csv"])).contains(&project),
+        "cleaned up"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A recipe on an upstream name, served by the fixture registry as a mirror: the first pull
+/// pins the digest (and says so with the upstream name), a lock file is honoured, a lock
+/// with another digest fails; `image lock` against the mirror either resolves every recipe
+/// or names the reference it could not resolve and writes nothing.
+#[test]
+fn image_build_through_mirror_pins_and_honours_the_lock() {
+    if !ready() {
+        return;
+    }
+    let upstream = "docker.io/prom/prometheus:v2.42.0";
+    let raw = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{REGISTRY}/prom/prometheus:v2.42.0"),
+        ])
+        .output()
+        .unwrap();
+    if !raw.status.success() {
+        assert!(
+            !require_all(),
+            "fixture prom/prometheus:v2.42.0 missing: run tests/start-services.sh"
+        );
+        eprintln!("skipping: fixture prom/prometheus:v2.42.0 not in the registry");
+        return;
+    }
+    let want = format!("sha256:{}", hex::encode(Sha256::digest(&raw.stdout)));
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = t.join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("prom.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name = \"prom\"\n[base]\nimage = \"{upstream}\"\n[config]\nentrypoint = [\"/bin/prometheus\"]\n\
+             user = \"65534:65534\"\n[health]\nhttp = {{ port = 9090, path = \"/-/ready\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mirror = ["--registry-mirror", REGISTRY];
+    let first = build(&recipe, &t.join("cache"), &mirror);
+    let d = json_of(&first)["images"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        stderr(&first).contains(&format!(
+            "not in images.lock: pinned {upstream} to {want} on first pull"
+        )),
+        "{}",
+        stderr(&first)
+    );
+    let lock = t.join("images.lock");
+    std::fs::write(
+        &lock,
+        format!("version = 1\n[images]\n\"{upstream}\" = \"{want}\"\n"),
+    )
+    .unwrap();
+    let locked = build(
+        &recipe,
+        &t.join("cache2"),
+        &[&mirror[..], &["--images-lock", lock.to_str().unwrap()]].concat(),
+    );
+    assert_eq!(json_of(&locked)["images"][0]["digest"], d.as_str());
+    assert!(!stderr(&locked).contains("pinned"), "{}", stderr(&locked));
+    assert!(
+        !t.join("cache2/pins.toml").exists(),
+        "a locked base is not pinned"
+    );
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(
+        &lock,
+        format!("version = 1\n[images]\n\"{upstream}\" = \"{wrong}\"\n"),
+    )
+    .unwrap();
+    let bad = build(
+        &recipe,
+        &t.join("cache3"),
+        &[&mirror[..], &["--images-lock", lock.to_str().unwrap()]].concat(),
+    );
+    assert!(
+        !bad.status.success(),
+        "a lock digest the registry does not have must fail"
+    );
+    assert!(stderr(&bad).contains(&wrong[..20]), "{}", stderr(&bad));
+
+    let out = t.join("resolved.lock");
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "image",
+            "lock",
+            "--registry-mirror",
+            REGISTRY,
+            "--out",
+        ])
+        .arg(&out));
+    if o.status.success() {
+        let text = std::fs::read_to_string(&out).unwrap();
+        for r in atlas_image::recipe::Recipe::embedded().unwrap() {
+            assert!(
+                text.contains(&r.base_ref().unwrap().to_string()),
+                "{} missing: {text}",
+                r.name
+            );
+        }
+    } else {
+        assert!(
+            stderr(&o).contains(REGISTRY) && stderr(&o).contains("registry"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!out.exists(), "a failed lock writes nothing");
+    }
+}
