@@ -57,7 +57,14 @@ pub async fn plan(
         .filter(|(_, o)| matches!(o, Observed::Owned { .. }))
         .map(|(a, _)| a.clone())
         .collect();
-    owned.sort_by_key(|a| std::cmp::Reverse(a.kind));
+    // Profiles reference volumes and networks, so they go before both.
+    owned.sort_by_key(|a| match a.kind {
+        ResourceKind::Instance => 0,
+        ResourceKind::Profile => 1,
+        ResourceKind::Volume => 2,
+        ResourceKind::Network => 3,
+        ResourceKind::Project => 4,
+    });
     let (mut delete, mut keep) = (Vec::new(), Vec::new());
     let volumes_kept = !delete_volumes && owned.iter().any(|a| a.kind == ResourceKind::Volume);
     for a in owned {
