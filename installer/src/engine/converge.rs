@@ -183,10 +183,7 @@ pub async fn delete(
                 return Err(refuse());
             }
             if i.value.status != "Stopped" {
-                project
-                    .set_instance_state(&addr.name, crate::incus::StateAction::Stop, 30, true)
-                    .await
-                    .map_err(&err)?;
+                stop(project, &addr.name).await.map_err(&err)?;
             }
             project.delete_instance(&addr.name).await
         }
@@ -261,6 +258,23 @@ pub async fn delete(
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(err(e)),
     }
+}
+
+/// Stops an instance, forced. A busy daemon sometimes answers a stop with "context deadline
+/// exceeded" although the instance goes down: what counts is the state afterwards.
+pub(crate) async fn stop(project: &Client, name: &str) -> Result<(), IncusError> {
+    let mut last = None;
+    for _ in 0..3 {
+        match project.set_instance_state(name, crate::incus::StateAction::Stop, 30, true).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        if project.get_instance(name).await?.value.status == "Stopped" {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    Err(last.unwrap_or_else(|| IncusError::Invalid(format!("instance {name} did not stop"))))
 }
 
 #[cfg(test)]

@@ -289,6 +289,8 @@ async fn install(c: &Client, cfg: &Config, fail_at: Option<&str>) -> Result<u64,
 /// a service that serves /www on the service's port. Built once per test process.
 fn image_tarball(service: &str, port: u16) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
     let tarball = dir.path().join(format!("{service}.tar"));
     if tarball.exists() {
@@ -341,6 +343,17 @@ fn have_busybox() -> bool {
         eprintln!("skipping: /bin/busybox missing (apt-get install busybox-static)");
     }
     ok
+}
+
+/// Forced stop; a busy daemon may time out the request while the instance does stop.
+async fn stop(pc: &Client, name: &str) {
+    for _ in 0..3 {
+        let _ = pc.set_instance_state(name, StateAction::Stop, 10, true).await;
+        if pc.get_instance(name).await.expect("instance").value.status == "Stopped" {
+            return;
+        }
+    }
+    panic!("{name} does not stop");
 }
 
 async fn sh(pc: &Client, instance: &str, script: &str) -> String {
@@ -496,7 +509,7 @@ async fn interrupted_runs_converge_without_duplicates() {
     for i in inst {
         // Remove the instances so that the killed run has work in the instance step.
         if i.is_running() {
-            pc.set_instance_state(&i.name, StateAction::Stop, 5, true).await.expect("stop");
+            stop(&pc, &i.name).await;
         }
         pc.delete_instance(&i.name).await.expect("delete");
     }
