@@ -260,21 +260,37 @@ pub async fn delete(
     }
 }
 
-/// Stops an instance, forced. A busy daemon sometimes answers a stop with "context deadline
-/// exceeded" although the instance goes down: what counts is the state afterwards.
+/// Stops an instance, forced.
 pub(crate) async fn stop(project: &Client, name: &str) -> Result<(), IncusError> {
-    let mut last = None;
-    for _ in 0..3 {
-        match project.set_instance_state(name, crate::incus::StateAction::Stop, 30, true).await {
-            Ok(()) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        if project.get_instance(name).await?.value.status == "Stopped" {
+    change_state(project, name, crate::incus::StateAction::Stop, true).await
+}
+
+/// Start, stop or restart, judged by the state reached. A busy daemon answers some state
+/// changes with "context deadline exceeded" although the instance gets there a little later
+/// (seen on 6.0.4 under load); so after an error the state is polled for a minute, then the
+/// change is tried once more.
+pub(crate) async fn change_state(
+    project: &Client,
+    name: &str,
+    action: crate::incus::StateAction,
+    force: bool,
+) -> Result<(), IncusError> {
+    let want = if action == crate::incus::StateAction::Stop { "Stopped" } else { "Running" };
+    let first = match project.set_instance_state(name, action, 30, force).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    for _ in 0..30 {
+        if project.get_instance(name).await?.value.status == want {
             return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
-    Err(last.unwrap_or_else(|| IncusError::Invalid(format!("instance {name} did not stop"))))
+    match project.set_instance_state(name, action, 30, force).await {
+        Ok(()) => Ok(()),
+        Err(_) if project.get_instance(name).await?.value.status == want => Ok(()),
+        Err(_) => Err(first),
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,6 @@ use super::state::InstancePayload;
 /// Hash value of an instance whose files or config are not all in place yet.
 pub const PENDING: &str = "pending";
 
-/// Seconds a clean stop or restart may take before Incus gives up.
-const STOP_TIMEOUT: u32 = 30;
-
 /// Hooks between the sub-steps, for failure injection in tests.
 pub type Checkpoint<'a> = &'a (dyn Fn(&str) -> Result<(), EngineError> + Sync);
 
@@ -98,8 +95,7 @@ pub async fn converge(
     } else {
         StateAction::Start
     };
-    project
-        .set_instance_state(name, action, STOP_TIMEOUT, false)
+    super::converge::change_state(project, name, action, false)
         .await
         .map_err(err)?;
     checkpoint("instance-started")?;
@@ -112,8 +108,7 @@ pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, Engi
     if i.status == "Running" {
         return Ok(false);
     }
-    project
-        .set_instance_state(&i.name, StateAction::Start, STOP_TIMEOUT, false)
+    super::converge::change_state(project, &i.name, StateAction::Start, false)
         .await
         .map_err(|e| EngineError::object(format!("instance {}", i.name), e))?;
     Ok(true)

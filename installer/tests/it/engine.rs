@@ -51,6 +51,10 @@ macro_rules! client_or_skip {
     };
 }
 
+/// The two tests that run containers take turns: the shared incusd of this machine times out
+/// instance stops when several stacks churn at once.
+static STACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -381,6 +385,7 @@ async fn inventory(c: &Client, env: &Env) -> BTreeMap<String, Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
     let c = client_or_skip!();
+    let _turn = STACKS.lock().await;
     if !have_busybox() {
         return;
     }
@@ -487,6 +492,7 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_runs_converge_without_duplicates() {
     let c = client_or_skip!();
+    let _turn = STACKS.lock().await;
     if !have_busybox() {
         return;
     }
