@@ -55,11 +55,7 @@ pub async fn create(root: &Client, project: &Client, r: &Resource) -> Result<(),
     let addr = r.address();
     let res = match r.kind {
         ResourceKind::Project => root.create_project(&typed::<Project>(r)?).await,
-        ResourceKind::Network => {
-            root.in_project("default")
-                .create_network(&typed::<Network>(r)?)
-                .await
-        }
+        ResourceKind::Network => create_network(root, &typed::<Network>(r)?).await,
         ResourceKind::Profile => project.create_profile(&typed::<Profile>(r)?).await,
         ResourceKind::Volume => {
             project
@@ -80,6 +76,23 @@ pub async fn create(root: &Client, project: &Client, r: &Resource) -> Result<(),
         Ok(()) => Ok(()),
         Err(e) if e.is_already_exists() => update(root, project, r).await,
         Err(e) => Err(named(&addr)(e)),
+    }
+}
+
+/// Incus 6.0 scans every bridge's interfaces while creating one; a veth or bridge that
+/// vanishes meanwhile (another instance or network going away) fails the create with
+/// "Failed to delete bridge children interfaces". Nothing was created then: try again.
+async fn create_network(root: &Client, n: &Network) -> Result<(), IncusError> {
+    let net = root.in_project("default");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match net.create_network(n).await {
+            Err(IncusError::Api { ref message, .. }) if attempt < 3 && message.contains("bridge children") => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -51,8 +51,8 @@ macro_rules! client_or_skip {
     };
 }
 
-/// The two tests that run containers take turns: the shared incusd of this machine times out
-/// instance stops when several stacks churn at once.
+/// The tests take turns: the shared incusd of this machine times out state changes when
+/// several stacks churn at once, and races bridge creation against bridge deletion.
 static STACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn free_port() -> u16 {
@@ -557,6 +557,7 @@ async fn interrupted_runs_converge_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_object_with_our_name_is_reported_and_untouched() {
     let c = client_or_skip!();
+    let _turn = STACKS.lock().await;
     let mut env = Env::new(&c, 3).await;
     // A bridge with our management network's name but no atlas keys, on another free range.
     let name = env.nets[4].clone();
@@ -603,6 +604,7 @@ async fn refused(c: &Client, env: &Env, cfg: &Config, wants: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_error_and_changes_nothing() {
     let c = client_or_skip!();
+    let _turn = STACKS.lock().await;
     let mut env = Env::new(&c, 4).await;
 
     // Daemon unreachable.
