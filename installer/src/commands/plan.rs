@@ -18,7 +18,10 @@ pub(super) fn print(text: &str) {
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
     let ctx = super::install::Ctx::new(global)?;
-    let engine = ctx.engine(Options { ignore_preflight: true, ..Options::default() });
+    let engine = ctx.engine(Options {
+        ignore_preflight: true,
+        ..Options::default()
+    });
     let w0 = ctx.client.writes();
     let report = ctx.runtime.block_on(engine.plan())?;
     let writes = ctx.client.writes() - w0;

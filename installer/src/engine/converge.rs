@@ -88,7 +88,9 @@ async fn create_network(root: &Client, n: &Network) -> Result<(), IncusError> {
     loop {
         attempt += 1;
         match net.create_network(n).await {
-            Err(IncusError::Api { ref message, .. }) if attempt < 3 && message.contains("bridge children") => {
+            Err(IncusError::Api { ref message, .. })
+                if attempt < 3 && message.contains("bridge children") =>
+            {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             other => return other,
@@ -288,7 +290,11 @@ pub(crate) async fn change_state(
     action: crate::incus::StateAction,
     force: bool,
 ) -> Result<(), IncusError> {
-    let want = if action == crate::incus::StateAction::Stop { "Stopped" } else { "Running" };
+    let want = if action == crate::incus::StateAction::Stop {
+        "Stopped"
+    } else {
+        "Running"
+    };
     let first = match project.set_instance_state(name, action, 30, force).await {
         Ok(()) => return Ok(()),
         Err(e) => e,

@@ -12,7 +12,7 @@ use super::wiring::WiringError;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
-    Incus(#[from] IncusError),
+    Incus(Box<IncusError>),
     /// A host or server check failed; nothing was changed.
     #[error("preflight failed, nothing was changed:\n{}", .0.join("\n"))]
     Preflight(Vec<String>),
@@ -32,17 +32,17 @@ pub enum EngineError {
         project: String,
     },
     #[error("{0}")]
-    Render(#[from] crate::render::RenderError),
+    Render(Box<crate::render::RenderError>),
     #[error(transparent)]
     Desired(#[from] DesiredError),
     #[error(transparent)]
     Netfile(#[from] NetfileError),
     #[error("secrets: {0}")]
-    Secrets(#[from] SecretsError),
+    Secrets(Box<SecretsError>),
     #[error("server wiring: {0}")]
-    Wiring(#[from] WiringError),
+    Wiring(Box<WiringError>),
     #[error(transparent)]
-    Health(#[from] HealthError),
+    Health(Box<HealthError>),
     /// A step could not converge an object; says which.
     #[error("{object}: {message}")]
     Object { object: String, message: String },
@@ -62,3 +62,22 @@ impl EngineError {
         }
     }
 }
+
+/// The errors of the layers below are large; boxed, an `EngineError` stays small to return.
+macro_rules! boxed_from {
+    ($($t:ty => $v:ident),* $(,)?) => {
+        $(impl From<$t> for EngineError {
+            fn from(e: $t) -> Self {
+                EngineError::$v(Box::new(e))
+            }
+        })*
+    };
+}
+
+boxed_from!(
+    IncusError => Incus,
+    crate::render::RenderError => Render,
+    SecretsError => Secrets,
+    WiringError => Wiring,
+    HealthError => Health,
+);

@@ -234,14 +234,7 @@ impl Engine<'_> {
         let task = self.progress.task("plan", None);
         let out = self.compute(server, pre).await;
         match &out {
-            Ok(r) => task.finish(
-                &r.plan
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .to_string(),
-            ),
+            Ok(r) => task.finish(r.plan.to_string().lines().last().unwrap_or_default()),
             Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
         }
         out

@@ -164,9 +164,16 @@ async fn push(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let res = match project.push_file(instance, &f.path, f.contents.clone(), meta).await {
+        let res = match project
+            .push_file(instance, &f.path, f.contents.clone(), meta)
+            .await
+        {
             Err(e) if e.is_not_found() => match mkdir_parents(project, instance, &f.path).await {
-                Ok(()) => project.push_file(instance, &f.path, f.contents.clone(), meta).await,
+                Ok(()) => {
+                    project
+                        .push_file(instance, &f.path, f.contents.clone(), meta)
+                        .await
+                }
                 Err(e) => Err(e),
             },
             other => other,
