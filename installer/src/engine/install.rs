@@ -364,6 +364,13 @@ impl Engine<'_> {
         if !conflicts.is_empty() {
             return Err(EngineError::Conflicts(conflicts));
         }
+        if report
+            .inner
+            .as_ref()
+            .is_some_and(|i| i.observation.project_exists)
+        {
+            self.settle().await?;
+        }
         let inner = report.inner.as_ref().ok_or_else(|| {
             EngineError::object(
                 "plan",
@@ -612,6 +619,34 @@ impl Engine<'_> {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Waits (up to two minutes) for operations still running in the project: Incus goes on
+    /// with a request whose client was killed, and an earlier, interrupted run may have left
+    /// an instance being created or started. Reads only.
+    async fn settle(&self) -> Result<(), EngineError> {
+        let project = self.project();
+        let ops: serde_json::Value = project.get_path("/1.0/operations", true).await?.value;
+        let running: Vec<String> = ops["running"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| {
+                u.as_str()?
+                    .split('?')
+                    .next()?
+                    .rsplit('/')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        for id in running {
+            let path = format!("/1.0/operations/{id}/wait");
+            let wait = project.get_path::<serde_json::Value>(&path, true);
+            // The operation's own outcome does not matter here, only that it is over.
+            let _ = tokio::time::timeout(Duration::from_secs(120), wait).await;
+        }
+        Ok(())
     }
 
     /// The state bucket where the server can serve it. A server that cannot is recorded on
