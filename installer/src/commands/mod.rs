@@ -9,16 +9,19 @@ use crate::cli::{Cli, Command, GlobalArgs};
 mod completions;
 mod config;
 mod image;
+mod destroy;
+mod install;
+mod plan;
 mod render;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Completions { shell } => completions::run(shell),
-        Command::Install(_) => not_yet("install", 5),
-        Command::Plan(_) => not_yet("plan", 4),
+        Command::Install(args) => install::run(&global, &args),
+        Command::Plan(args) => plan::run(&global, &args),
         Command::Status => not_yet("status", 4),
-        Command::Destroy(_) => not_yet("destroy", 4),
+        Command::Destroy(args) => destroy::run(&global, &args),
         Command::Upgrade(_) => not_yet("upgrade", 7),
         Command::Rollback => not_yet("rollback", 7),
         Command::Render(args) => render::run(&global, &args),

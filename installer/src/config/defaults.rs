@@ -191,7 +191,12 @@ impl Config {
             },
             cloudflared: CloudflaredConfig { token_file: None, metrics_port: 2000 },
             integrations: Integrations { incus_metrics: true, incus_loki: true, incus_https_port: 8443 },
-            images: ImagesConfig { registry_mirror: None, insecure_registries: Vec::new(), lock_file: None },
+            images: ImagesConfig {
+                registry_mirror: None,
+                insecure_registries: Vec::new(),
+                lock_file: None,
+                aliases: BTreeMap::new(),
+            },
             secrets: Secrets::default(),
         }
     }

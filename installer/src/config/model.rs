@@ -418,6 +418,10 @@ pub struct ImagesConfig {
     pub insecure_registries: Vec<String>,
     /// Replaces the embedded images.lock.
     pub lock_file: Option<String>,
+    /// Incus image alias (in the Atlas project) per service kind (`caddy`, `step-ca`, ...);
+    /// a kind not listed uses `atlas/<kind>`.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
 }
 
 /// Secrets: resolved at load, never serialized, redacted in `Debug`.

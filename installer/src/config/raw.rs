@@ -209,6 +209,7 @@ overlay!(RawIntegrations => Integrations {
 
 overlay!(RawImages => ImagesConfig {
     plain insecure_registries: Vec<String>,
+    plain aliases: std::collections::BTreeMap<String, String>,
     opt registry_mirror: String,
     opt lock_file: String,
 });

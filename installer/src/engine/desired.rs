@@ -21,8 +21,16 @@ pub struct DesiredInputs<'a> {
     /// Extra files per instance the engine pushes besides rendered ones (network file for
     /// our PID 1, certificates), as (path, sha256 hex of contents).
     pub extra_files: &'a BTreeMap<String, Vec<(String, String)>>,
+    /// Address chosen per instance on the external bridge (Caddy's outside NIC); recorded on
+    /// the instance as `user.atlas.external-address` so re-runs keep it.
+    pub external_addresses: &'a BTreeMap<String, std::net::Ipv4Addr>,
     pub version: &'a str,
 }
+
+/// Project that owns a server-wide object (networks): several Atlas installs may share a host.
+pub const KEY_PROJECT: &str = "user.atlas.project";
+/// Caddy's address on the external bridge, chosen once.
+pub const KEY_EXTERNAL_ADDRESS: &str = "user.atlas.external-address";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageChoice {
@@ -33,7 +41,9 @@ pub struct ImageChoice {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DesiredError {
-    #[error("no image is known for instance {0}: build or import its image first (atlas-install image build)")]
+    #[error(
+        "no image is known for instance {0}: build or import its image first (atlas-install image build)"
+    )]
     MissingImage(String),
 }
 
@@ -49,6 +59,11 @@ pub fn desired(inputs: &DesiredInputs<'_>) -> Result<Vec<Resource>, DesiredError
         out.push(instance(inputs, name)?);
     }
     Ok(out)
+}
+
+/// The Atlas project as atlas creates it.
+pub fn project_resource(cfg: &Config, v: &str) -> Resource {
+    project(cfg, v)
 }
 
 fn project(cfg: &Config, v: &str) -> Resource {
@@ -84,6 +99,7 @@ fn networks(cfg: &Config, v: &str) -> Vec<Resource> {
                 },
             });
             let mut body = body;
+            body["config"][KEY_PROJECT] = json!(cfg.incus.project);
             if n.ipv6.is_some() {
                 // Incus refuses a NIC's static `ipv6.address` unless the bridge hands out
                 // stateful DHCPv6 addresses.
@@ -113,9 +129,18 @@ fn volumes(cfg: &Config, v: &str) -> Vec<Resource> {
             let mut config = serde_json::Map::new();
             config.insert("size".into(), Value::String(vol.size.text.clone()));
             if vol.snapshots.enabled {
-                config.insert("snapshots.schedule".into(), Value::String(vol.snapshots.schedule.clone()));
-                config.insert("snapshots.expiry".into(), Value::String(vol.snapshots.expiry.clone()));
-                config.insert("snapshots.pattern".into(), Value::String(vol.snapshots.pattern.clone()));
+                config.insert(
+                    "snapshots.schedule".into(),
+                    Value::String(vol.snapshots.schedule.clone()),
+                );
+                config.insert(
+                    "snapshots.expiry".into(),
+                    Value::String(vol.snapshots.expiry.clone()),
+                );
+                config.insert(
+                    "snapshots.pattern".into(),
+                    Value::String(vol.snapshots.pattern.clone()),
+                );
             }
             let body = json!({
                 "name": vol.name,
@@ -132,7 +157,10 @@ fn volumes(cfg: &Config, v: &str) -> Vec<Resource> {
 fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredError> {
     let cfg = inputs.config;
     let inst = &cfg.instances[name];
-    let image = inputs.images.get(name).ok_or_else(|| DesiredError::MissingImage(name.to_string()))?;
+    let image = inputs
+        .images
+        .get(name)
+        .ok_or_else(|| DesiredError::MissingImage(name.to_string()))?;
     let rendered = inputs.rendered.instances.get(name);
     let mut config = serde_json::Map::new();
     let mut secret_keys = Vec::new();
@@ -145,6 +173,28 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
             config.insert(key, Value::String(val.clone()));
         }
     }
+    let mut devices = crate::render::instance_devices(cfg, name);
+    if let Some(addr) = inputs.external_addresses.get(name) {
+        config.insert(
+            KEY_EXTERNAL_ADDRESS.to_string(),
+            Value::String(addr.to_string()),
+        );
+        // A reservation on the bridge, so no other NIC gets the address Caddy uses.
+        for (i, nic) in inst.nics.iter().enumerate() {
+            if nic.network == crate::config::NetworkRole::External {
+                let dev = format!("eth{i}");
+                devices.insert(
+                    dev.clone(),
+                    BTreeMap::from([
+                        ("type".to_string(), "nic".to_string()),
+                        ("name".to_string(), dev),
+                        ("network".to_string(), cfg.incus.external_network.clone()),
+                        ("ipv4.address".to_string(), addr.to_string()),
+                    ]),
+                );
+            }
+        }
+    }
     let body = json!({
         "name": name,
         "type": "container",
@@ -152,7 +202,7 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
         "source": {"type": "image", "alias": image.alias},
         "profiles": ["default", inst.profile],
         "config": config,
-        "devices": crate::render::instance_devices(cfg, name),
+        "devices": devices,
     });
     // Files and the image are not part of the body, but a change to either must reach the
     // container: they go into its hash.
@@ -160,7 +210,10 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
     extra.insert("image".to_string(), image.fingerprint.clone());
     if let Some(r) = rendered {
         for f in &r.files {
-            extra.insert(format!("file:{}", f.path), file_hash(&f.contents, f.mode, f.uid, f.gid));
+            extra.insert(
+                format!("file:{}", f.path),
+                file_hash(&f.contents, f.mode, f.uid, f.gid),
+            );
         }
         if let Some(cmd) = &r.command {
             extra.insert("command".to_string(), cmd.join("\u{0}"));
@@ -169,9 +222,11 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
     for (path, hash) in inputs.extra_files.get(name).into_iter().flatten() {
         extra.insert(format!("file:{path}"), hash.clone());
     }
-    Ok(Resource::new(ResourceKind::Instance, name, None, body, inputs.version)
-        .with_extra(extra)
-        .with_secret_keys(secret_keys))
+    Ok(
+        Resource::new(ResourceKind::Instance, name, None, body, inputs.version)
+            .with_extra(extra)
+            .with_secret_keys(secret_keys),
+    )
 }
 
 fn file_hash(contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
@@ -190,7 +245,13 @@ mod tests {
         Credentials {
             grafana_admin_password: pw.into(),
             step_ca_password: "s".into(),
-            mosquitto: BTreeMap::from([("atlas".to_string(), MqttCredential { password: "m".into(), salt: [1; 12] })]),
+            mosquitto: BTreeMap::from([(
+                "atlas".to_string(),
+                MqttCredential {
+                    password: "m".into(),
+                    salt: [1; 12],
+                },
+            )]),
         }
     }
 
@@ -200,7 +261,15 @@ mod tests {
         let images = cfg
             .enabled_instances()
             .into_iter()
-            .map(|(n, i)| (n.to_string(), ImageChoice { alias: format!("atlas/{}", i.service.as_str()), fingerprint: fp.into() }))
+            .map(|(n, i)| {
+                (
+                    n.to_string(),
+                    ImageChoice {
+                        alias: format!("atlas/{}", i.service.as_str()),
+                        fingerprint: fp.into(),
+                    },
+                )
+            })
             .collect();
         let inputs = DesiredInputs {
             config: cfg,
@@ -208,6 +277,7 @@ mod tests {
             profiles: &profiles,
             images: &images,
             extra_files: &BTreeMap::new(),
+            external_addresses: &BTreeMap::new(),
             version: "0.1.0",
         };
         desired(&inputs).unwrap()
@@ -220,8 +290,16 @@ mod tests {
         let count = |k| all.iter().filter(|r| r.kind == k).count();
         assert_eq!(count(ResourceKind::Project), 1);
         assert_eq!(count(ResourceKind::Network), 5);
-        assert_eq!(count(ResourceKind::Volume), 6, "six data volumes in the seed");
-        assert_eq!(count(ResourceKind::Instance), 8, "cloudflared is off without a token");
+        assert_eq!(
+            count(ResourceKind::Volume),
+            6,
+            "six data volumes in the seed"
+        );
+        assert_eq!(
+            count(ResourceKind::Instance),
+            8,
+            "cloudflared is off without a token"
+        );
         let kinds: Vec<_> = all.iter().map(|r| r.kind).collect();
         let mut sorted = kinds.clone();
         sorted.sort();
@@ -235,11 +313,26 @@ mod tests {
         let b = build(&cfg, &creds("other"), "f1");
         let c = build(&cfg, &creds("pw"), "f2");
         let changed = |x: &[Resource], y: &[Resource]| -> Vec<String> {
-            x.iter().zip(y).filter(|(p, q)| p.hash != q.hash).map(|(p, _)| p.name.clone()).collect()
+            x.iter()
+                .zip(y)
+                .filter(|(p, q)| p.hash != q.hash)
+                .map(|(p, _)| p.name.clone())
+                .collect()
         };
-        assert_eq!(changed(&a, &b), vec!["grafana01".to_string()], "a new admin password touches Grafana only");
-        assert_eq!(changed(&a, &c).len(), 8, "a new image fingerprint touches every instance");
-        assert!(changed(&a, &build(&cfg, &creds("pw"), "f1")).is_empty(), "same inputs, same hashes");
+        assert_eq!(
+            changed(&a, &b),
+            vec!["grafana01".to_string()],
+            "a new admin password touches Grafana only"
+        );
+        assert_eq!(
+            changed(&a, &c).len(),
+            8,
+            "a new image fingerprint touches every instance"
+        );
+        assert!(
+            changed(&a, &build(&cfg, &creds("pw"), "f1")).is_empty(),
+            "same inputs, same hashes"
+        );
     }
 
     #[test]
@@ -247,7 +340,12 @@ mod tests {
         let cfg = Config::builtin();
         let all = build(&cfg, &creds("hunter2-secret"), "f1");
         let grafana = all.iter().find(|r| r.name == "grafana01").unwrap();
-        assert!(grafana.secret_keys.iter().any(|k| k.starts_with("environment.")));
+        assert!(
+            grafana
+                .secret_keys
+                .iter()
+                .any(|k| k.starts_with("environment."))
+        );
         let shown = format!("{:?}", grafana.redacted_config());
         assert!(!shown.contains("hunter2-secret"), "{shown}");
     }

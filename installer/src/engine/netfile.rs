@@ -10,8 +10,14 @@ use crate::config::{Config, NetworkRole};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetfileError {
-    #[error("{instance}: NIC eth{index} on the {network} network has no IPv4 address; set one in atlas.toml")]
-    NoAddress { instance: String, index: usize, network: String },
+    #[error(
+        "{instance}: NIC eth{index} on the {network} network has no IPv4 address; set one in atlas.toml"
+    )]
+    NoAddress {
+        instance: String,
+        index: usize,
+        network: String,
+    },
     #[error("{instance}: the external network needs its address resolved first (internal error)")]
     UnresolvedExternal { instance: String },
     #[error("{instance}: network file refused: {source}")]
@@ -34,7 +40,11 @@ pub struct ExternalNet {
 /// Builds the network file of `instance`. The default route and resolver go through the
 /// external network when the instance has one (Caddy needs the outside for ACME), else through
 /// its first NIC; every Atlas bridge runs dnsmasq on its gateway.
-pub fn network_spec(config: &Config, instance: &str, external: Option<ExternalNet>) -> Result<NetworkSpec, NetfileError> {
+pub fn network_spec(
+    config: &Config,
+    instance: &str,
+    external: Option<ExternalNet>,
+) -> Result<NetworkSpec, NetfileError> {
     let inst = &config.instances[instance];
     let route_via = inst
         .nics
@@ -52,7 +62,10 @@ pub fn network_spec(config: &Config, instance: &str, external: Option<ExternalNe
                     network: nic.network.as_str().to_string(),
                 })?;
                 if let (Some(v6), Some(net6)) = (nic.ipv6, net.ipv6) {
-                    iface.ipv6 = Some(Ipv6Cidr { addr: v6, prefix: net6.prefix_len() });
+                    iface.ipv6 = Some(Ipv6Cidr {
+                        addr: v6,
+                        prefix: net6.prefix_len(),
+                    });
                     if index == route_via {
                         iface.gateway6 = Some(net6.addr());
                     }
@@ -60,7 +73,9 @@ pub fn network_spec(config: &Config, instance: &str, external: Option<ExternalNe
                 (addr, net.gateway(), net.ipv4.prefix_len())
             }
             None => {
-                let ext = external.ok_or_else(|| NetfileError::UnresolvedExternal { instance: instance.to_string() })?;
+                let ext = external.ok_or_else(|| NetfileError::UnresolvedExternal {
+                    instance: instance.to_string(),
+                })?;
                 (ext.address, ext.gateway, ext.prefix)
             }
         };
@@ -74,9 +89,15 @@ pub fn network_spec(config: &Config, instance: &str, external: Option<ExternalNe
     spec.search.push("incus".to_string());
     spec.hosts = crate::render::hosts_for(config, instance)
         .into_iter()
-        .map(|h| HostEntry { ip: h.address, names: h.names })
+        .map(|h| HostEntry {
+            ip: h.address,
+            names: h.names,
+        })
         .collect();
-    spec.validate().map_err(|source| NetfileError::Spec { instance: instance.to_string(), source })?;
+    spec.validate().map_err(|source| NetfileError::Spec {
+        instance: instance.to_string(),
+        source,
+    })?;
     Ok(spec)
 }
 
@@ -93,22 +114,42 @@ mod tests {
         assert_eq!(eth0.ipv4.unwrap().to_string(), "10.50.0.12/24");
         assert_eq!(eth0.gateway4, Some(Ipv4Addr::new(10, 50, 0, 1)));
         assert_eq!(spec.dns, vec![IpAddr::V4(Ipv4Addr::new(10, 50, 0, 1))]);
-        let names: Vec<&str> = spec.hosts.iter().flat_map(|h| h.names.iter().map(String::as_str)).collect();
-        assert!(names.contains(&"grafana01.incus") && names.contains(&"loki01.incus"), "{names:?}");
-        assert!(!names.contains(&"prometheus01.incus"), "an instance does not list itself");
+        let names: Vec<&str> = spec
+            .hosts
+            .iter()
+            .flat_map(|h| h.names.iter().map(String::as_str))
+            .collect();
+        assert!(
+            names.contains(&"grafana01.incus") && names.contains(&"loki01.incus"),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"prometheus01.incus"),
+            "an instance does not list itself"
+        );
         assert!(spec.to_json().is_ok());
     }
 
     #[test]
     fn caddy_routes_through_the_external_network() {
         let cfg = Config::builtin();
-        assert!(matches!(network_spec(&cfg, "caddy01", None), Err(NetfileError::UnresolvedExternal { .. })));
-        let ext = ExternalNet { gateway: Ipv4Addr::new(10, 199, 0, 1), prefix: 24, address: Ipv4Addr::new(10, 199, 0, 50) };
+        assert!(matches!(
+            network_spec(&cfg, "caddy01", None),
+            Err(NetfileError::UnresolvedExternal { .. })
+        ));
+        let ext = ExternalNet {
+            gateway: Ipv4Addr::new(10, 199, 0, 1),
+            prefix: 24,
+            address: Ipv4Addr::new(10, 199, 0, 50),
+        };
         let spec = network_spec(&cfg, "caddy01", Some(ext)).unwrap();
         assert_eq!(spec.interfaces.len(), 3);
         assert_eq!(spec.interfaces[0].gateway4, None);
         assert_eq!(spec.interfaces[1].gateway4, None);
-        assert_eq!(spec.interfaces[2].ipv4.unwrap().to_string(), "10.199.0.50/24");
+        assert_eq!(
+            spec.interfaces[2].ipv4.unwrap().to_string(),
+            "10.199.0.50/24"
+        );
         assert_eq!(spec.interfaces[2].gateway4, Some(ext.gateway));
     }
 }

@@ -84,16 +84,30 @@ pub fn diff(
             let change = match observed.get(&r.address()).unwrap_or(&Observed::Absent) {
                 Observed::Absent => Change::Create,
                 Observed::Foreign => Change::Conflict,
-                Observed::Owned { hash, .. } if hash.as_deref() == Some(r.hash.as_str()) => Change::Unchanged,
+                Observed::Owned { hash, .. } if hash.as_deref() == Some(r.hash.as_str()) => {
+                    Change::Unchanged
+                }
                 Observed::Owned { .. } => Change::Update,
             };
-            Action { address: r.address(), change, resource: Some(r.clone()) }
+            Action {
+                address: r.address(),
+                change,
+                resource: Some(r.clone()),
+            }
         })
         .collect();
     let wanted: BTreeSet<_> = desired.iter().map(Resource::address).collect();
     for addr in owned_elsewhere.iter().filter(|a| !wanted.contains(*a)) {
-        let change = if addr.kind == ResourceKind::Volume { Change::KeepData } else { Change::Delete };
-        actions.push(Action { address: addr.clone(), change, resource: None });
+        let change = if addr.kind == ResourceKind::Volume {
+            Change::KeepData
+        } else {
+            Change::Delete
+        };
+        actions.push(Action {
+            address: addr.clone(),
+            change,
+            resource: None,
+        });
     }
     // Creations and updates run in step order; deletions run after, in reverse step order,
     // so an instance goes before the profile and network it uses.
@@ -119,8 +133,12 @@ impl fmt::Display for Plan {
                 Change::Unchanged => continue,
             };
             let note = match a.change {
-                Change::KeepData => " (data volume no longer configured: kept; remove it by hand if unwanted)",
-                Change::Conflict => " (exists but is not managed by atlas-install: rename it or remove it)",
+                Change::KeepData => {
+                    " (data volume no longer configured: kept; remove it by hand if unwanted)"
+                }
+                Change::Conflict => {
+                    " (exists but is not managed by atlas-install: rename it or remove it)"
+                }
                 _ => "",
             };
             writeln!(f, "  {sign} {}{note}", a.address)?;
@@ -129,11 +147,26 @@ impl fmt::Display for Plan {
             return writeln!(f, "No changes. The installation matches the configuration.");
         }
         let counts = self.counts();
-        let parts: Vec<String> = ["create", "update", "delete", "keep", "conflict", "unchanged"]
-            .iter()
-            .filter_map(|k| counts.get(k).map(|n| format!("{n} to {k}")))
-            .collect();
-        writeln!(f, "Plan: {}.", parts.join(", ").replace("to unchanged", "unchanged").replace("to keep", "kept").replace("to conflict", "in conflict"))
+        let parts: Vec<String> = [
+            "create",
+            "update",
+            "delete",
+            "keep",
+            "conflict",
+            "unchanged",
+        ]
+        .iter()
+        .filter_map(|k| counts.get(k).map(|n| format!("{n} to {k}")))
+        .collect();
+        writeln!(
+            f,
+            "Plan: {}.",
+            parts
+                .join(", ")
+                .replace("to unchanged", "unchanged")
+                .replace("to keep", "kept")
+                .replace("to conflict", "in conflict")
+        )
     }
 }
 
@@ -143,15 +176,32 @@ mod tests {
     use serde_json::json;
 
     fn res(kind: ResourceKind, name: &str) -> Resource {
-        Resource::new(kind, name, None, json!({"name": name, "config": {}}), "0.1.0")
+        Resource::new(
+            kind,
+            name,
+            None,
+            json!({"name": name, "config": {}}),
+            "0.1.0",
+        )
     }
 
     #[test]
     fn converged_state_plans_no_changes() {
-        let desired = vec![res(ResourceKind::Network, "management"), res(ResourceKind::Profile, "grafana")];
+        let desired = vec![
+            res(ResourceKind::Network, "management"),
+            res(ResourceKind::Profile, "grafana"),
+        ];
         let observed = desired
             .iter()
-            .map(|r| (r.address(), Observed::Owned { hash: Some(r.hash.clone()), etag: None }))
+            .map(|r| {
+                (
+                    r.address(),
+                    Observed::Owned {
+                        hash: Some(r.hash.clone()),
+                        etag: None,
+                    },
+                )
+            })
             .collect();
         let plan = diff(&desired, &observed, &[]);
         assert!(!plan.has_changes());
@@ -163,20 +213,58 @@ mod tests {
         let net = res(ResourceKind::Network, "management");
         let prof = res(ResourceKind::Profile, "grafana");
         let inst = res(ResourceKind::Instance, "grafana01");
-        let vol = Resource::new(ResourceKind::Volume, "grafana01-data", Some("local"), json!({}), "0.1.0");
+        let vol = Resource::new(
+            ResourceKind::Volume,
+            "grafana01-data",
+            Some("local"),
+            json!({}),
+            "0.1.0",
+        );
         let mut observed = BTreeMap::new();
-        observed.insert(inst.address(), Observed::Owned { hash: Some("old".into()), etag: None });
+        observed.insert(
+            inst.address(),
+            Observed::Owned {
+                hash: Some("old".into()),
+                etag: None,
+            },
+        );
         observed.insert(net.address(), Observed::Foreign);
-        observed.insert(vol.address(), Observed::Owned { hash: Some(vol.hash.clone()), etag: None });
-        let gone_instance = ResourceAddress { kind: ResourceKind::Instance, name: "grafana02".into(), pool: None };
-        let gone_profile = ResourceAddress { kind: ResourceKind::Profile, name: "grafana02".into(), pool: None };
-        let gone_volume = ResourceAddress { kind: ResourceKind::Volume, name: "grafana02-data".into(), pool: Some("local".into()) };
+        observed.insert(
+            vol.address(),
+            Observed::Owned {
+                hash: Some(vol.hash.clone()),
+                etag: None,
+            },
+        );
+        let gone_instance = ResourceAddress {
+            kind: ResourceKind::Instance,
+            name: "grafana02".into(),
+            pool: None,
+        };
+        let gone_profile = ResourceAddress {
+            kind: ResourceKind::Profile,
+            name: "grafana02".into(),
+            pool: None,
+        };
+        let gone_volume = ResourceAddress {
+            kind: ResourceKind::Volume,
+            name: "grafana02-data".into(),
+            pool: Some("local".into()),
+        };
         let plan = diff(
             &[inst, prof, vol, net],
             &observed,
-            &[gone_profile.clone(), gone_volume.clone(), gone_instance.clone()],
+            &[
+                gone_profile.clone(),
+                gone_volume.clone(),
+                gone_instance.clone(),
+            ],
         );
-        let got: Vec<(String, Change)> = plan.actions.iter().map(|a| (a.address.to_string(), a.change.clone())).collect();
+        let got: Vec<(String, Change)> = plan
+            .actions
+            .iter()
+            .map(|a| (a.address.to_string(), a.change.clone()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -191,7 +279,15 @@ mod tests {
         );
         assert!(plan.has_changes());
         let text = plan.to_string();
-        assert!(text.contains("! network management (exists but is not managed"), "{text}");
-        assert!(text.contains("Plan: 1 to create, 1 to update, 2 to delete, 1 kept, 1 in conflict, 1 unchanged."), "{text}");
+        assert!(
+            text.contains("! network management (exists but is not managed"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Plan: 1 to create, 1 to update, 2 to delete, 1 kept, 1 in conflict, 1 unchanged."
+            ),
+            "{text}"
+        );
     }
 }

@@ -45,7 +45,10 @@ impl ResourceKind {
             ResourceKind::Project => "/1.0/projects".to_string(),
             ResourceKind::Network => "/1.0/networks".to_string(),
             ResourceKind::Profile => "/1.0/profiles".to_string(),
-            ResourceKind::Volume => format!("/1.0/storage-pools/{}/volumes/custom", pool.unwrap_or_default()),
+            ResourceKind::Volume => format!(
+                "/1.0/storage-pools/{}/volumes/custom",
+                pool.unwrap_or_default()
+            ),
             ResourceKind::Instance => "/1.0/instances".to_string(),
         }
     }
@@ -53,7 +56,10 @@ impl ResourceKind {
     /// Whether the object lives inside the Atlas project (networks and projects do not:
     /// bridges cannot live in a non-default project).
     pub fn project_scoped(self) -> bool {
-        matches!(self, ResourceKind::Profile | ResourceKind::Volume | ResourceKind::Instance)
+        matches!(
+            self,
+            ResourceKind::Profile | ResourceKind::Volume | ResourceKind::Instance
+        )
     }
 }
 
@@ -77,7 +83,13 @@ pub struct Resource {
 
 impl Resource {
     /// Builds a resource and stamps its body with the ownership keys and content hash.
-    pub fn new(kind: ResourceKind, name: &str, pool: Option<&str>, body: Value, version: &str) -> Resource {
+    pub fn new(
+        kind: ResourceKind,
+        name: &str,
+        pool: Option<&str>,
+        body: Value,
+        version: &str,
+    ) -> Resource {
         let mut r = Resource {
             kind,
             name: name.to_string(),
@@ -94,7 +106,10 @@ impl Resource {
     /// Adds inputs that are not part of the body (rendered files, image) to the hash.
     pub fn with_extra(mut self, extra: BTreeMap<String, String>) -> Resource {
         self.extra_hashes = extra;
-        let version = self.body["config"][KEY_VERSION].as_str().unwrap_or_default().to_string();
+        let version = self.body["config"][KEY_VERSION]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         self.restamp(&version);
         self
     }
@@ -119,7 +134,11 @@ impl Resource {
 
     /// `network management`, `volume local/grafana01-data`.
     pub fn address(&self) -> ResourceAddress {
-        ResourceAddress { kind: self.kind, name: self.name.clone(), pool: self.pool.clone() }
+        ResourceAddress {
+            kind: self.kind,
+            name: self.name.clone(),
+            pool: self.pool.clone(),
+        }
     }
 
     /// The body's `config` map with secret values replaced, for display.
@@ -130,7 +149,9 @@ impl Resource {
                 let shown = if self.secret_keys.iter().any(|s| s == k) {
                     "<redacted>".to_string()
                 } else {
-                    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
                 };
                 out.insert(k.clone(), shown);
             }
@@ -170,7 +191,9 @@ fn content_hash(body: &Value, extra: &BTreeMap<String, String>) -> String {
 
 fn stamp(body: &mut Value, version: &str, hash: &str) {
     if let Some(obj) = body.as_object_mut() {
-        let cfg = obj.entry("config").or_insert_with(|| Value::Object(Default::default()));
+        let cfg = obj
+            .entry("config")
+            .or_insert_with(|| Value::Object(Default::default()));
         if let Some(cfg) = cfg.as_object_mut() {
             cfg.insert(KEY_MANAGED.to_string(), Value::String("true".to_string()));
             cfg.insert(KEY_VERSION.to_string(), Value::String(version.to_string()));
@@ -184,19 +207,33 @@ fn stamp(body: &mut Value, version: &str, hash: &str) {
 pub enum Observed {
     Absent,
     /// Exists and carries our ownership key; `hash` is its recorded content hash.
-    Owned { hash: Option<String>, etag: Option<String> },
+    Owned {
+        hash: Option<String>,
+        etag: Option<String>,
+    },
     /// Exists without our ownership key: never changed or deleted by atlas.
     Foreign,
 }
 
 impl Observed {
     /// Classifies an object's `config` map as read from Incus.
-    pub fn from_config(config: Option<&serde_json::Map<String, Value>>, etag: Option<String>) -> Observed {
-        let Some(cfg) = config else { return Observed::Foreign };
+    pub fn from_config(
+        config: Option<&serde_json::Map<String, Value>>,
+        etag: Option<String>,
+    ) -> Observed {
+        let Some(cfg) = config else {
+            return Observed::Foreign;
+        };
         if cfg.get(KEY_MANAGED).and_then(Value::as_str) != Some("true") {
             return Observed::Foreign;
         }
-        Observed::Owned { hash: cfg.get(KEY_HASH).and_then(Value::as_str).map(str::to_string), etag }
+        Observed::Owned {
+            hash: cfg
+                .get(KEY_HASH)
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            etag,
+        }
     }
 }
 
@@ -207,10 +244,31 @@ mod tests {
 
     #[test]
     fn hash_is_stable_and_sensitive() {
-        let a = Resource::new(ResourceKind::Network, "n", None, json!({"name":"n","config":{"ipv4.address":"10.0.0.1/24"}}), "1");
-        let b = Resource::new(ResourceKind::Network, "n", None, json!({"config":{"ipv4.address":"10.0.0.1/24"},"name":"n"}), "2");
-        assert_eq!(a.hash, b.hash, "key order and version must not change the hash");
-        let c = Resource::new(ResourceKind::Network, "n", None, json!({"name":"n","config":{"ipv4.address":"10.0.0.2/24"}}), "1");
+        let a = Resource::new(
+            ResourceKind::Network,
+            "n",
+            None,
+            json!({"name":"n","config":{"ipv4.address":"10.0.0.1/24"}}),
+            "1",
+        );
+        let b = Resource::new(
+            ResourceKind::Network,
+            "n",
+            None,
+            json!({"config":{"ipv4.address":"10.0.0.1/24"},"name":"n"}),
+            "2",
+        );
+        assert_eq!(
+            a.hash, b.hash,
+            "key order and version must not change the hash"
+        );
+        let c = Resource::new(
+            ResourceKind::Network,
+            "n",
+            None,
+            json!({"name":"n","config":{"ipv4.address":"10.0.0.2/24"}}),
+            "1",
+        );
         assert_ne!(a.hash, c.hash);
         assert_eq!(a.body["config"][KEY_HASH], a.hash.as_str());
         assert_eq!(a.body["config"][KEY_MANAGED], "true");
@@ -231,16 +289,28 @@ mod tests {
         let owned = json!({"user.atlas.managed":"true","user.atlas.hash":"h"});
         assert_eq!(
             Observed::from_config(owned.as_object(), None),
-            Observed::Owned { hash: Some("h".into()), etag: None }
+            Observed::Owned {
+                hash: Some("h".into()),
+                etag: None
+            }
         );
         let foreign = json!({"ipv4.address":"10.0.0.1/24"});
-        assert_eq!(Observed::from_config(foreign.as_object(), None), Observed::Foreign);
+        assert_eq!(
+            Observed::from_config(foreign.as_object(), None),
+            Observed::Foreign
+        );
     }
 
     #[test]
     fn secrets_are_redacted_for_display() {
-        let r = Resource::new(ResourceKind::Instance, "g", None, json!({"config":{"environment.PW":"hunter2"}}), "1")
-            .with_secret_keys(vec!["environment.PW".into()]);
+        let r = Resource::new(
+            ResourceKind::Instance,
+            "g",
+            None,
+            json!({"config":{"environment.PW":"hunter2"}}),
+            "1",
+        )
+        .with_secret_keys(vec!["environment.PW".into()]);
         let shown = r.redacted_config();
         assert_eq!(shown["environment.PW"], "<redacted>");
         assert!(!format!("{shown:?}").contains("hunter2"));

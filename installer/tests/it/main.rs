@@ -9,3 +9,4 @@ mod config;
 mod render;
 mod incus;
 mod image;
+mod engine;

@@ -1,0 +1,191 @@
+//! `atlas-install install`: preflight, plan, confirm, apply the fixed sequence. A converged
+//! host gets zero writing API calls, and says so.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use atlas_install::config::Config;
+use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets};
+use atlas_install::incus::Client;
+use atlas_install::progress::Progress;
+
+use crate::cli::{GlobalArgs, InstallArgs};
+
+/// Everything a command needs to drive the engine.
+pub(super) struct Ctx {
+    pub config: Config,
+    pub client: Client,
+    pub progress: Arc<dyn Progress>,
+    pub secrets: Box<dyn SecretSource>,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl Ctx {
+    pub fn new(global: &GlobalArgs) -> Result<Ctx> {
+        let config = super::load_config(global)?;
+        let client = Client::from_config(&config.incus).context("connecting to Incus")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Ctx {
+            config,
+            client,
+            progress: crate::ui::progress(global.progress),
+            secrets: test_hooks::secrets()?,
+            runtime,
+        })
+    }
+
+    pub fn engine(&self, options: Options) -> Engine<'_> {
+        Engine {
+            client: self.client.clone(),
+            config: &self.config,
+            secrets: self.secrets.as_ref(),
+            progress: self.progress.as_ref(),
+            options,
+        }
+    }
+}
+
+/// Asks on the terminal; refuses when stdin is not one and `--yes` was not given.
+pub(super) fn confirm(global: &GlobalArgs, question: &str) -> Result<bool> {
+    if global.yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "stdin is not a terminal, so nobody can confirm: pass --yes to {question} without asking. Nothing was changed."
+        );
+    }
+    eprint!("Do you want to {question}? Only 'yes' is accepted: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(answer.trim() == "yes")
+}
+
+pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
+    if args.bundle.is_some() || args.registry_mirror.is_some() || args.images_lock.is_some() {
+        bail!(
+            "install --bundle/--registry-mirror/--images-lock need the image pipeline, which is not in this build; import images under the aliases of images.aliases (default atlas/<service>) and run install without them"
+        );
+    }
+    let ctx = Ctx::new(global)?;
+    let options = Options {
+        ignore_preflight: args.ignore_preflight,
+        fail_at: test_hooks::fail_at(),
+        ..Options::default()
+    };
+    let engine = ctx.engine(options);
+    let w0 = ctx.client.writes();
+    let report = ctx.runtime.block_on(engine.plan())?;
+    let shown = report.to_string();
+    if global.json {
+        eprint!("{shown}");
+    } else {
+        super::plan::print(&shown);
+    }
+    let conflicts = report.conflicts();
+    if !conflicts.is_empty() {
+        return Err(atlas_install::engine::EngineError::Conflicts(conflicts).into());
+    }
+    if report.has_changes() && !confirm(global, "apply these changes")? {
+        eprintln!("Cancelled. Nothing was changed.");
+        return Ok(ExitCode::FAILURE);
+    }
+    let applied = ctx.runtime.block_on(engine.apply(&report))?;
+    let writes = ctx.client.writes() - w0;
+    if global.json {
+        let out = serde_json::json!({"report": report, "applied": applied, "writes": writes, "changed": writes > 0});
+        super::plan::print(&format!("{}\n", serde_json::to_string_pretty(&out)?));
+    } else if writes == 0 {
+        eprintln!("No changes. The installation matches the configuration (0 writing API calls).");
+    } else {
+        eprintln!("Installed: {writes} writing API calls.");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hooks for the integration tests, compiled into debug builds only: a release binary has
+/// neither a failure point nor a way around the secret store.
+mod test_hooks {
+    use super::*;
+
+    #[cfg(debug_assertions)]
+    pub fn fail_at() -> Option<String> {
+        std::env::var("ATLAS_TEST_FAIL_AT")
+            .ok()
+            .filter(|v| !v.is_empty())
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn fail_at() -> Option<String> {
+        None
+    }
+
+    /// `ATLAS_TEST_SECRETS_FILE`: JSON with the secrets a test generated (debug builds).
+    #[cfg(debug_assertions)]
+    pub fn secrets() -> Result<Box<dyn SecretSource>> {
+        let Some(path) = std::env::var_os("ATLAS_TEST_SECRETS_FILE") else {
+            return Ok(Box::new(StoredSecrets));
+        };
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading ATLAS_TEST_SECRETS_FILE {}", path.to_string_lossy())
+        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).context("ATLAS_TEST_SECRETS_FILE is not JSON")?;
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let mosquitto = v["mosquitto"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(user, pw)| {
+                let salt: [u8; 12] =
+                    std::array::from_fn(|i| user.as_bytes().get(i).copied().unwrap_or(0));
+                (
+                    user.clone(),
+                    atlas_install::render::MqttCredential {
+                        password: pw.as_str().unwrap_or_default().to_string(),
+                        salt,
+                    },
+                )
+            })
+            .collect();
+        let secrets = atlas_install::engine::secrets::Secrets {
+            credentials: atlas_install::render::Credentials {
+                grafana_admin_password: s("grafana_admin_password"),
+                step_ca_password: s("step_ca_password"),
+                mosquitto,
+            },
+            metrics_cert_pem: s("metrics_cert_pem"),
+            metrics_key_pem: s("metrics_key_pem"),
+        };
+        Ok(Box::new(Fixed(secrets)))
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn secrets() -> Result<Box<dyn SecretSource>> {
+        Ok(Box::new(StoredSecrets))
+    }
+
+    #[cfg(debug_assertions)]
+    struct Fixed(atlas_install::engine::secrets::Secrets);
+
+    #[cfg(debug_assertions)]
+    impl SecretSource for Fixed {
+        fn load_or_generate<'a>(
+            &'a self,
+            _client: &'a Client,
+            _config: &'a Config,
+        ) -> atlas_install::engine::install::SecretsFuture<'a> {
+            let s = self.0.clone();
+            Box::pin(async move { Ok(s) })
+        }
+    }
+}

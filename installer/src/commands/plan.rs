@@ -1,0 +1,42 @@
+//! `atlas-install plan`: what `install` would change, from reads only. `--detailed-exitcode`
+//! exits 0 without changes, 2 with changes, 1 on error; `--json` prints the plan as JSON.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use atlas_install::engine::Options;
+
+use crate::cli::{GlobalArgs, PlanArgs};
+
+/// Writes to stdout (the plan is the command's output).
+pub(super) fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
+    let ctx = super::install::Ctx::new(global)?;
+    let engine = ctx.engine(Options {
+        ignore_preflight: true,
+        ..Options::default()
+    });
+    let w0 = ctx.client.writes();
+    let report = ctx.runtime.block_on(engine.plan())?;
+    let writes = ctx.client.writes() - w0;
+    if global.json {
+        let out = serde_json::json!({"report": report, "has_changes": report.has_changes(), "writes": writes});
+        print(&format!("{}\n", serde_json::to_string_pretty(&out)?));
+    } else {
+        print(&report.to_string());
+    }
+    let conflicts = report.conflicts();
+    if !conflicts.is_empty() {
+        return Err(atlas_install::engine::EngineError::Conflicts(conflicts).into());
+    }
+    Ok(match (args.detailed_exitcode, report.has_changes()) {
+        (true, true) => ExitCode::from(2),
+        _ => ExitCode::SUCCESS,
+    })
+}

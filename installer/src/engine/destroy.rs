@@ -1,0 +1,171 @@
+//! `destroy`: what atlas owns, in reverse step order. Data volumes (and the project holding
+//! them) stay unless asked; foreign objects are never touched.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::incus::{Client, OptionalExt};
+use crate::progress::Progress;
+
+use super::converge;
+use super::error::EngineError;
+use super::install::STATE_BUCKET;
+use super::resource::{Observed, ResourceAddress, ResourceKind};
+use super::state;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DestroyPlan {
+    /// Owned objects to delete, in deletion order.
+    pub delete: Vec<ResourceAddress>,
+    /// Owned objects kept (data volumes without --delete-volumes, and their project).
+    pub keep: Vec<ResourceAddress>,
+}
+
+impl std::fmt::Display for DestroyPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for a in &self.delete {
+            writeln!(f, "  - {a}")?;
+        }
+        for a in &self.keep {
+            writeln!(
+                f,
+                "  = {a} (kept; --delete-volumes removes data volumes and their snapshots)"
+            )?;
+        }
+        if self.delete.is_empty() {
+            return writeln!(f, "Nothing to destroy.");
+        }
+        writeln!(
+            f,
+            "Plan: {} to destroy, {} kept.",
+            self.delete.len(),
+            self.keep.len()
+        )
+    }
+}
+
+/// What destroy would remove, from GETs only.
+pub async fn plan(
+    client: &Client,
+    config: &Config,
+    delete_volumes: bool,
+) -> Result<DestroyPlan, EngineError> {
+    let obs = state::observe(&client.in_project("default"), config).await?;
+    let mut owned: Vec<ResourceAddress> = obs
+        .observed
+        .iter()
+        .filter(|(_, o)| matches!(o, Observed::Owned { .. }))
+        .map(|(a, _)| a.clone())
+        .collect();
+    // Profiles reference volumes and networks, so they go before both.
+    owned.sort_by_key(|a| match a.kind {
+        ResourceKind::Instance => 0,
+        ResourceKind::Profile => 1,
+        ResourceKind::Volume => 2,
+        ResourceKind::Network => 3,
+        ResourceKind::Project => 4,
+    });
+    let (mut delete, mut keep) = (Vec::new(), Vec::new());
+    let volumes_kept = !delete_volumes && owned.iter().any(|a| a.kind == ResourceKind::Volume);
+    for a in owned {
+        let keep_it = match a.kind {
+            ResourceKind::Volume => !delete_volumes,
+            // The volumes live in the project: it can only go with them.
+            ResourceKind::Project => volumes_kept,
+            _ => false,
+        };
+        if keep_it {
+            keep.push(a)
+        } else {
+            delete.push(a)
+        }
+    }
+    Ok(DestroyPlan { delete, keep })
+}
+
+/// Deletes what `plan` lists. The project goes last, with the images in it and the state
+/// bucket, and only when nothing foreign is left in it.
+pub async fn apply(
+    client: &Client,
+    config: &Config,
+    plan: &DestroyPlan,
+    progress: &dyn Progress,
+) -> Result<u64, EngineError> {
+    let w0 = client.writes();
+    let root = client.in_project("default");
+    let project = client.in_project(&config.incus.project);
+    let task = progress.task("destroy", Some(plan.delete.len() as u64));
+    let with_snapshots = true;
+    for a in &plan.delete {
+        task.set_message(&a.to_string());
+        if a.kind == ResourceKind::Project {
+            clear_project(&project, config).await?;
+        }
+        if let Err(e) = converge::delete(&root, &project, a, with_snapshots).await {
+            task.fail(&e.to_string());
+            return Err(e);
+        }
+        task.advance(1);
+    }
+    if let Err(e) = super::wiring::remove(client, config).await {
+        task.fail(&e.to_string());
+        return Err(e.into());
+    }
+    task.finish(&format!(
+        "{} removed, {} kept",
+        plan.delete.len(),
+        plan.keep.len()
+    ));
+    Ok(client.writes() - w0)
+}
+
+/// Empties the project of what only atlas put there (images, the state bucket); a foreign
+/// instance, profile or volume left in it makes the project deletion fail with its name.
+async fn clear_project(project: &Client, config: &Config) -> Result<(), EngineError> {
+    let pool = &config.incus.storage_pool;
+    if project
+        .get_bucket(pool, STATE_BUCKET)
+        .await
+        .optional()?
+        .is_some()
+    {
+        project.delete_bucket(pool, STATE_BUCKET).await?;
+    }
+    for img in project.images().await? {
+        project
+            .delete_image(&img.fingerprint)
+            .await
+            .map_err(|e| EngineError::object(format!("image {}", img.fingerprint), e))?;
+    }
+    let leftovers: Vec<String> = project
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| format!("instance {}", i.name))
+        .chain(
+            project
+                .profiles()
+                .await?
+                .into_iter()
+                .filter(|p| p.name != "default")
+                .map(|p| format!("profile {}", p.name)),
+        )
+        .chain(
+            project
+                .volumes(pool)
+                .await?
+                .into_iter()
+                .map(|v| format!("volume {pool}/{}", v.name)),
+        )
+        .collect();
+    if !leftovers.is_empty() {
+        return Err(EngineError::object(
+            format!("project {}", config.incus.project),
+            format!(
+                "still holds objects atlas-install does not own ({}); remove or move them, then run destroy again",
+                leftovers.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Errors of the install sequence. Each names the object or the check that failed and says
+//! how to fix it; none carries a secret value.
+
+use crate::incus::IncusError;
+
+use super::desired::DesiredError;
+use super::health::HealthError;
+use super::netfile::NetfileError;
+use super::secrets::SecretsError;
+use super::wiring::WiringError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Incus(Box<IncusError>),
+    /// A host or server check failed; nothing was changed.
+    #[error("preflight failed, nothing was changed:\n{}", .0.join("\n"))]
+    Preflight(Vec<String>),
+    /// Objects with our names that atlas does not own; nothing was changed.
+    #[error(
+        "these objects exist but are not managed by atlas-install (no user.atlas.managed key), nothing was changed:\n{}\nRename or remove them, or choose other names in atlas.toml.",
+        .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n")
+    )]
+    Conflicts(Vec<String>),
+    #[error(
+        "instance {instance} (service {service}) needs image alias `{alias}` in Incus project {project}, which does not exist; import the image under that alias (atlas-install image import ... --alias {alias}) or map the service to another alias with images.aliases.{service} in atlas.toml"
+    )]
+    MissingImage {
+        instance: String,
+        service: String,
+        alias: String,
+        project: String,
+    },
+    #[error("{0}")]
+    Render(Box<crate::render::RenderError>),
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    #[error(transparent)]
+    Netfile(#[from] NetfileError),
+    #[error("secrets: {0}")]
+    Secrets(Box<SecretsError>),
+    #[error("server wiring: {0}")]
+    Wiring(Box<WiringError>),
+    #[error(transparent)]
+    Health(Box<HealthError>),
+    /// A step could not converge an object; says which.
+    #[error("{object}: {message}")]
+    Object { object: String, message: String },
+    /// Test-only failure point (debug builds, ATLAS_TEST_FAIL_AT).
+    #[error("stopped at failure point `{0}` (ATLAS_TEST_FAIL_AT)")]
+    FailPoint(String),
+}
+
+impl EngineError {
+    pub(crate) fn object(
+        object: impl std::fmt::Display,
+        message: impl std::fmt::Display,
+    ) -> EngineError {
+        EngineError::Object {
+            object: object.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The errors of the layers below are large; boxed, an `EngineError` stays small to return.
+macro_rules! boxed_from {
+    ($($t:ty => $v:ident),* $(,)?) => {
+        $(impl From<$t> for EngineError {
+            fn from(e: $t) -> Self {
+                EngineError::$v(Box::new(e))
+            }
+        })*
+    };
+}
+
+boxed_from!(
+    IncusError => Incus,
+    crate::render::RenderError => Render,
+    SecretsError => Secrets,
+    WiringError => Wiring,
+    HealthError => Health,
+);

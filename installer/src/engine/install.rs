@@ -1,0 +1,729 @@
+//! The fixed sequence: preflight, client remotes, project (+ state bucket), networks,
+//! profiles, volumes, images, instances, server wiring, health gates. [`Engine::plan`]
+//! reads only; [`Engine::apply`] writes what the plan says, step by step, each step
+//! idempotent, so a run killed anywhere converges when run again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::incus::{Client, IncusError, OptionalExt, Server, StorageBucket};
+use crate::progress::{Progress, ProgressTask};
+use crate::render::{Credentials, MqttCredential};
+
+use super::converge;
+use super::error::EngineError;
+use super::instances;
+use super::plan::{Change, Plan, diff};
+use super::preflight::{self, PreflightReport};
+use super::remotes::{self, RemotesOutcome};
+use super::resource::{ResourceAddress, ResourceKind};
+use super::secrets::{Secrets, SecretsError};
+use super::state::{self, DesiredState, Facts, Observation};
+use super::wiring::{self, WiringChange};
+
+/// Name of the state bucket, where the server can serve local buckets.
+pub const STATE_BUCKET: &str = "atlas-state";
+/// Project key recording that the server cannot serve the state bucket (so re-runs do not
+/// try, and write, again).
+pub const KEY_BUCKET_STATE: &str = "user.atlas.state-bucket";
+
+/// Boxed future of [`SecretSource::load_or_generate`].
+pub type SecretsFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Secrets, SecretsError>> + Send + 'a>>;
+
+/// Where the deployment's secrets come from: the store in Incus ([`StoredSecrets`]) in the
+/// product; tests may bring their own.
+pub trait SecretSource: Send + Sync {
+    /// Called once the project exists (the store lives there).
+    fn load_or_generate<'a>(&'a self, client: &'a Client, config: &'a Config) -> SecretsFuture<'a>;
+}
+
+/// The secret store in the Atlas project ([`super::secrets::load_or_generate`]).
+pub struct StoredSecrets;
+
+impl SecretSource for StoredSecrets {
+    fn load_or_generate<'a>(&'a self, client: &'a Client, config: &'a Config) -> SecretsFuture<'a> {
+        Box::pin(super::secrets::load_or_generate(client, config))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Below-minimum host size is a warning instead of an error.
+    pub ignore_preflight: bool,
+    /// Test-only failure point (`after-<step>`, `instance-created`, `files-pushed`, ...).
+    pub fail_at: Option<String>,
+    pub health_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ignore_preflight: false,
+            fail_at: None,
+            health_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The steps, in order, as shown in progress.
+pub const STEPS: [&str; 10] = [
+    "preflight",
+    "remotes",
+    "project",
+    "networks",
+    "profiles",
+    "volumes",
+    "images",
+    "instances",
+    "wiring",
+    "health",
+];
+
+/// What `plan` found and would do. Serializes without secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub project: String,
+    pub preflight: PreflightReport,
+    pub plan: Plan,
+    /// Instances that exist unchanged but are not running: `install` starts them.
+    pub to_start: Vec<String>,
+    pub wiring: Vec<WiringChange>,
+    /// Lines about skipped or deferred parts (remotes, state bucket, certificates to come).
+    pub notes: Vec<String>,
+    /// Image alias and fingerprint per instance.
+    pub images: BTreeMap<String, String>,
+    #[serde(skip)]
+    inner: Option<Box<Inner>>,
+}
+
+#[derive(Debug, Clone)]
+struct Inner {
+    server: Server,
+    observation: Observation,
+    secrets: Option<Secrets>,
+}
+
+impl PlanReport {
+    /// Whether `install` would write anything.
+    pub fn has_changes(&self) -> bool {
+        self.plan.has_changes() || !self.to_start.is_empty() || !self.wiring.is_empty()
+    }
+
+    pub fn conflicts(&self) -> Vec<String> {
+        self.plan
+            .conflicts()
+            .map(|a| a.address.to_string())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for PlanReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        for w in &self.preflight.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        for i in &self.to_start {
+            writeln!(f, "  > instance {i} (stopped: will be started)")?;
+        }
+        for w in &self.wiring {
+            writeln!(f, "  ~ server {}: {}", w.what, w.detail)?;
+        }
+        write!(f, "{}", self.plan)
+    }
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    /// Writing API calls made (non-GET requests), from the client's counter.
+    pub writes: u64,
+    pub changed: bool,
+}
+
+pub struct Engine<'a> {
+    /// Scoped to the Atlas project (`Client::from_config` gives that).
+    pub client: Client,
+    pub config: &'a Config,
+    pub secrets: &'a dyn SecretSource,
+    pub progress: &'a dyn Progress,
+    pub options: Options,
+}
+
+/// Ends a step's progress task as failed with the error's first line.
+fn done<T>(task: &dyn ProgressTask, out: Result<T, EngineError>) -> Result<T, EngineError> {
+    if let Err(e) = &out {
+        task.fail(e.to_string().lines().next().unwrap_or_default());
+    }
+    out
+}
+
+/// Credentials to render with before the secret store exists: only for the plan of a
+/// first install, where every instance is created anyway. Never sent to Incus.
+fn placeholder_credentials(config: &Config) -> Credentials {
+    Credentials {
+        grafana_admin_password: "planned".into(),
+        step_ca_password: "planned".into(),
+        mosquitto: config
+            .mosquitto
+            .users
+            .iter()
+            .map(|u| {
+                (
+                    u.clone(),
+                    MqttCredential {
+                        password: "planned".into(),
+                        salt: [0; 12],
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+impl Engine<'_> {
+    fn root(&self) -> Client {
+        self.client.in_project("default")
+    }
+
+    fn project(&self) -> Client {
+        self.client.in_project(&self.config.incus.project)
+    }
+
+    fn checkpoint(&self, name: &str) -> Result<(), EngineError> {
+        match &self.options.fail_at {
+            Some(f) if f == name => Err(EngineError::FailPoint(name.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Preflight and the plan, from GETs only (the secret store is read when the project
+    /// exists; it writes only what is missing, e.g. a new Mosquitto user).
+    pub async fn plan(&self) -> Result<PlanReport, EngineError> {
+        let cfg = self.config;
+        let (server, pre) = {
+            let task = self.progress.task("preflight", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    let r =
+                        preflight::run(&self.client, cfg, self.options.ignore_preflight).await?;
+                    t.finish(&format!(
+                        "Incus {}, {} cores, {:.1}GB memory",
+                        r.1.server_version,
+                        r.1.cpu_cores,
+                        r.1.memory_bytes as f64 / 1e9
+                    ));
+                    Ok(r)
+                }
+                .await,
+            )
+        }?;
+        for w in &pre.warnings {
+            self.progress.warn(w);
+        }
+        let task = self.progress.task("plan", None);
+        let out = self.compute(server, pre).await;
+        match &out {
+            Ok(r) => task.finish(r.plan.to_string().lines().last().unwrap_or_default()),
+            Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
+        }
+        out
+    }
+
+    async fn compute(
+        &self,
+        server: Server,
+        pre: PreflightReport,
+    ) -> Result<PlanReport, EngineError> {
+        let cfg = self.config;
+        let observation = state::observe(&self.root(), cfg).await?;
+        let secrets = if observation.project_exists {
+            Some(self.secrets.load_or_generate(&self.project(), cfg).await?)
+        } else {
+            None
+        };
+        let (desired, notes) = self
+            .desired(&server, &pre, &observation, secrets.as_ref())
+            .await?;
+        let plan = diff(
+            &desired.resources,
+            &observation.observed,
+            &observation.owned_elsewhere,
+        );
+        let to_start = plan
+            .actions
+            .iter()
+            .filter(|a| a.address.kind == ResourceKind::Instance && a.change == Change::Unchanged)
+            .filter(|a| {
+                observation
+                    .instances
+                    .get(&a.address.name)
+                    .is_some_and(|i| i.status != "Running")
+            })
+            .map(|a| a.address.name.clone())
+            .collect();
+        let wiring = match &secrets {
+            Some(s) => wiring::plan(&self.client, cfg, s).await?,
+            None => Vec::new(),
+        };
+        let mut notes = notes;
+        notes.extend(self.remotes_note(&server)?);
+        if let Some(n) = bucket_note(&pre, &observation) {
+            notes.push(n);
+        }
+        let images = desired
+            .payloads
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    format!("{} ({})", p.image.alias, p.image.fingerprint),
+                )
+            })
+            .collect();
+        Ok(PlanReport {
+            project: cfg.incus.project.clone(),
+            preflight: pre,
+            plan,
+            to_start,
+            wiring,
+            notes,
+            images,
+            inner: Some(Box::new(Inner {
+                server,
+                observation,
+                secrets,
+            })),
+        })
+    }
+
+    fn remotes_note(&self, server: &Server) -> Result<Option<String>, EngineError> {
+        let r = remotes::ensure(server, true)
+            .map_err(|e| EngineError::object("incus client config", e))?;
+        Ok(match r {
+            RemotesOutcome::Skipped(m) => Some(m),
+            RemotesOutcome::Present => None,
+            RemotesOutcome::Added(names) => {
+                Some(format!("client remotes to add: {}", names.join(", ")))
+            }
+        })
+    }
+
+    /// Desired state for the current facts. Images resolve only once the project exists.
+    async fn desired(
+        &self,
+        server: &Server,
+        pre: &PreflightReport,
+        obs: &Observation,
+        secrets: Option<&Secrets>,
+    ) -> Result<(DesiredState, Vec<String>), EngineError> {
+        let cfg = self.config;
+        let images = state::resolve_images(&self.project(), cfg, obs.project_exists).await?;
+        let external =
+            state::external_addresses(&self.root(), cfg, pre.external, &obs.instances).await?;
+        let creds = match secrets {
+            Some(s) => s.credentials.clone(),
+            None => placeholder_credentials(cfg),
+        };
+        let facts = Facts {
+            images: &images,
+            external: pre.external,
+            external_addresses: &external,
+            server_cert_pem: &server.environment.certificate,
+        };
+        let desired = state::build(cfg, &creds, secrets, &facts)?;
+        let mut notes = Vec::new();
+        if !obs.project_exists {
+            notes.push(format!("project {} does not exist yet: image aliases and secrets are resolved when it is created", cfg.incus.project));
+        }
+        for (name, p) in &desired.payloads {
+            if !p.pending.is_empty() {
+                notes.push(format!(
+                    "{name}: {} come from step-ca later, not pushed now",
+                    p.pending.join(", ")
+                ));
+            }
+        }
+        Ok((desired, notes))
+    }
+
+    /// Applies a plan from [`Engine::plan`]. Conflicts abort before any write.
+    pub async fn apply(&self, report: &PlanReport) -> Result<ApplyReport, EngineError> {
+        let w0 = self.client.writes();
+        let conflicts = report.conflicts();
+        if !conflicts.is_empty() {
+            return Err(EngineError::Conflicts(conflicts));
+        }
+        if report
+            .inner
+            .as_ref()
+            .is_some_and(|i| i.observation.project_exists)
+        {
+            self.settle().await?;
+        }
+        let inner = report.inner.as_ref().ok_or_else(|| {
+            EngineError::object(
+                "plan",
+                "internal error: the plan was not computed by this engine",
+            )
+        })?;
+        let (root, project, cfg) = (self.root(), self.project(), self.config);
+        let plan = &report.plan;
+        let by_kind = |k: ResourceKind| {
+            plan.actions
+                .iter()
+                .filter(move |a| a.address.kind == k && a.resource.is_some())
+        };
+
+        {
+            let task = self.progress.task("remotes", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    let r = remotes::ensure(&inner.server, false)
+                        .map_err(|e| EngineError::object("incus client config", e))?;
+                    t.finish(match &r {
+                        RemotesOutcome::Skipped(m) => m.as_str(),
+                        RemotesOutcome::Present => "present",
+                        RemotesOutcome::Added(_) => "added",
+                    });
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-remotes")?;
+
+        {
+            let task = self.progress.task("project", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    let n = self
+                        .converge_kind(&root, &project, by_kind(ResourceKind::Project))
+                        .await?;
+                    let bucket = self.ensure_bucket(&inner.server).await?;
+                    t.finish(&format!("{}; {bucket}", outcome(n)));
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-project")?;
+
+        for (label, kind) in [
+            ("networks", ResourceKind::Network),
+            ("profiles", ResourceKind::Profile),
+            ("volumes", ResourceKind::Volume),
+        ] {
+            {
+                let task = self.progress.task(label, None);
+                let t = task.as_ref();
+                done(
+                    t,
+                    async {
+                        let n = self.converge_kind(&root, &project, by_kind(kind)).await?;
+                        t.finish(&outcome(n));
+                        Ok(())
+                    }
+                    .await,
+                )
+            }?;
+            self.checkpoint(&format!("after-{label}"))?;
+        }
+
+        let (desired, secrets) = {
+            let task = self.progress.task("images", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    let secrets = match &inner.secrets {
+                        Some(s) => s.clone(),
+                        None => self.secrets.load_or_generate(&project, cfg).await?,
+                    };
+                    let pre = &report.preflight;
+                    let obs = Observation {
+                        project_exists: true,
+                        ..inner.observation.clone()
+                    };
+                    let (desired, _) = self
+                        .desired(&inner.server, pre, &obs, Some(&secrets))
+                        .await?;
+                    t.finish(&format!("{} resolved", desired.payloads.len()));
+                    Ok((desired, secrets))
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-images")?;
+
+        // Instance hashes depend on secrets and images, known for sure only now.
+        let instance_plan = diff(
+            &desired.resources,
+            &inner.observation.observed,
+            &inner.observation.owned_elsewhere,
+        );
+        {
+            let task = self.progress.task("instances", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    let mut n = 0;
+                    let checkpoint = |name: &str| self.checkpoint(name);
+                    for a in instance_plan
+                        .actions
+                        .iter()
+                        .filter(|a| a.address.kind == ResourceKind::Instance)
+                    {
+                        let name = &a.address.name;
+                        match (&a.change, &a.resource) {
+                            (Change::Create | Change::Update, Some(r)) => {
+                                t.set_message(name);
+                                let payload = &desired.payloads[name];
+                                instances::converge(
+                                    &project,
+                                    r,
+                                    payload,
+                                    inner.observation.instances.get(name),
+                                    &checkpoint,
+                                )
+                                .await?;
+                                n += 1;
+                            }
+                            (Change::Unchanged, _) => {
+                                if let Some(i) = inner.observation.instances.get(name)
+                                    && instances::ensure_running(&project, i).await?
+                                {
+                                    n += 1;
+                                }
+                            }
+                            (Change::Conflict, _) => {
+                                return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                            }
+                            _ => {}
+                        }
+                    }
+                    t.finish(&outcome(n));
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-instances")?;
+
+        let removals: Vec<&ResourceAddress> = instance_plan
+            .actions
+            .iter()
+            .filter(|a| a.change == Change::Delete)
+            .map(|a| &a.address)
+            .collect();
+        if !removals.is_empty() {
+            {
+                let task = self.progress.task("removals", None);
+                let t = task.as_ref();
+                done(
+                    t,
+                    async {
+                        for a in &removals {
+                            converge::delete(&root, &project, a, false).await?;
+                        }
+                        t.finish(&format!("{} removed", removals.len()));
+                        Ok(())
+                    }
+                    .await,
+                )
+            }?;
+        }
+        for a in instance_plan
+            .actions
+            .iter()
+            .filter(|a| a.change == Change::KeepData)
+        {
+            self.progress.info(&format!(
+                "{} is no longer configured: kept (delete it by hand if unwanted)",
+                a.address
+            ));
+        }
+
+        {
+            let task = self.progress.task("wiring", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    wiring::apply(&self.client, cfg, &secrets, self.progress).await?;
+                    t.finish("done");
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-wiring")?;
+        {
+            let task = self.progress.task("health", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    super::health::gate(
+                        &self.client,
+                        cfg,
+                        self.options.health_timeout,
+                        self.progress,
+                    )
+                    .await?;
+                    t.finish("done");
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        let writes = self.client.writes() - w0;
+        Ok(ApplyReport {
+            writes,
+            changed: writes > 0,
+        })
+    }
+
+    async fn converge_kind<'p>(
+        &self,
+        root: &Client,
+        project: &Client,
+        actions: impl Iterator<Item = &'p super::plan::Action>,
+    ) -> Result<usize, EngineError> {
+        let mut n = 0;
+        for a in actions {
+            let Some(r) = &a.resource else { continue };
+            match a.change {
+                Change::Create => converge::create(root, project, r).await?,
+                Change::Update => converge::update(root, project, r).await?,
+                Change::Conflict => {
+                    return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                }
+                _ => continue,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Waits (up to two minutes) for operations still running in the project: Incus goes on
+    /// with a request whose client was killed, and an earlier, interrupted run may have left
+    /// an instance being created or started. Reads only.
+    async fn settle(&self) -> Result<(), EngineError> {
+        let project = self.project();
+        let ops: serde_json::Value = project.get_path("/1.0/operations", true).await?.value;
+        let running: Vec<String> = ops["running"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| {
+                u.as_str()?
+                    .split('?')
+                    .next()?
+                    .rsplit('/')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        for id in running {
+            let path = format!("/1.0/operations/{id}/wait");
+            let wait = project.get_path::<serde_json::Value>(&path, true);
+            // The operation's own outcome does not matter here, only that it is over.
+            let _ = tokio::time::timeout(Duration::from_secs(120), wait).await;
+        }
+        Ok(())
+    }
+
+    /// The state bucket where the server can serve it. A server that cannot is recorded on
+    /// the project, so later runs neither try nor write again.
+    async fn ensure_bucket(&self, server: &Server) -> Result<String, EngineError> {
+        let (root, project, cfg) = (self.root(), self.project(), self.config);
+        let pool = &cfg.incus.storage_pool;
+        let skipped = "state bucket skipped: needs MinIO on the host or Incus 7.0+; state is kept as project user.atlas.* keys".to_string();
+        if !server.supports_local_buckets() {
+            return Ok(skipped);
+        }
+        let p = root.get_project(&cfg.incus.project).await?;
+        if p.value
+            .config
+            .get(KEY_BUCKET_STATE)
+            .is_some_and(|v| v == "unsupported")
+        {
+            return Ok(skipped);
+        }
+        if project
+            .get_bucket(pool, STATE_BUCKET)
+            .await
+            .optional()?
+            .is_some()
+        {
+            return Ok("state bucket present".into());
+        }
+        let bucket = StorageBucket {
+            name: STATE_BUCKET.into(),
+            description: "Atlas state (managed by atlas-install)".into(),
+            config: BTreeMap::from([(
+                super::resource::KEY_MANAGED.to_string(),
+                "true".to_string(),
+            )]),
+            ..StorageBucket::default()
+        };
+        match project.create_bucket(pool, &bucket).await {
+            Ok(_key) => Ok("state bucket created".into()),
+            Err(IncusError::Unsupported { reason, .. }) => {
+                self.progress.info(&format!(
+                    "{skipped} ({})",
+                    reason.lines().next().unwrap_or_default()
+                ));
+                let mut next = p.value.clone();
+                next.config
+                    .insert(KEY_BUCKET_STATE.into(), "unsupported".into());
+                let fresh = root.get_project(&cfg.incus.project).await?;
+                next.config = fresh.value.config.clone();
+                next.config
+                    .insert(KEY_BUCKET_STATE.into(), "unsupported".into());
+                root.update_project(&next, fresh.etag.as_deref()).await?;
+                Ok(skipped)
+            }
+            Err(e) => Err(EngineError::object(
+                format!("storage bucket {pool}/{STATE_BUCKET}"),
+                e,
+            )),
+        }
+    }
+}
+
+fn outcome(n: usize) -> String {
+    if n == 0 {
+        "unchanged".into()
+    } else {
+        format!("{n} changed")
+    }
+}
+
+fn bucket_note(pre: &PreflightReport, obs: &Observation) -> Option<String> {
+    if !pre.local_buckets
+        || obs
+            .project_config
+            .get(KEY_BUCKET_STATE)
+            .is_some_and(|v| v == "unsupported")
+    {
+        return Some("state bucket skipped: needs MinIO on the host or Incus 7.0+; state is kept as project user.atlas.* keys".into());
+    }
+    None
+}

@@ -1,0 +1,231 @@
+//! Step 8: one instance at a time. Created stopped with a `pending` hash, files pushed
+//! (parents made), started, and only then stamped with its content hash: the hash is the
+//! commit marker, so a run killed anywhere before it leaves an instance the next run sees as
+//! changed and finishes. An image change recreates the instance (data lives in separate
+//! custom volumes, which stay).
+
+use std::collections::BTreeMap;
+
+use crate::incus::{
+    Client, FileMeta, IncusError, Instance, InstanceCreate, InstanceSource, OptionalExt,
+    StateAction,
+};
+
+use super::converge::merged;
+use super::error::EngineError;
+use super::resource::{KEY_HASH, Resource};
+use super::state::InstancePayload;
+
+/// Hash value of an instance whose files or config are not all in place yet.
+pub const PENDING: &str = "pending";
+
+/// Hooks between the sub-steps, for failure injection in tests.
+pub type Checkpoint<'a> = &'a (dyn Fn(&str) -> Result<(), EngineError> + Sync);
+
+fn string_map(v: &serde_json::Value) -> BTreeMap<String, String> {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+fn devices(v: &serde_json::Value) -> crate::incus::Devices {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+fn profiles(r: &Resource) -> Vec<String> {
+    serde_json::from_value(r.body["profiles"].clone()).unwrap_or_default()
+}
+
+/// Creates or brings an owned instance to `r`. `existing` comes from the plan's observation.
+pub async fn converge(
+    project: &Client,
+    r: &Resource,
+    payload: &InstancePayload,
+    existing: Option<&Instance>,
+    checkpoint: Checkpoint<'_>,
+) -> Result<(), EngineError> {
+    let name = &r.name;
+    let err = |e: IncusError| EngineError::object(format!("instance {name}"), e);
+    let fp = &payload.image.fingerprint;
+    let mut fresh = false;
+    match existing {
+        Some(i) if i.config.get("volatile.base_image").is_some_and(|b| b != fp) => {
+            // A new image: the root filesystem is replaced by recreating the instance.
+            if i.status != "Stopped" {
+                super::converge::stop(project, name).await.map_err(err)?;
+            }
+            project.delete_instance(name).await.map_err(err)?;
+            create(project, r, fp).await?;
+            fresh = true;
+        }
+        Some(_) => {}
+        None => {
+            fresh = create(project, r, fp).await?;
+        }
+    }
+    checkpoint("instance-created")?;
+    for f in &payload.files {
+        push(project, name, f).await?;
+    }
+    checkpoint("files-pushed")?;
+    let current = project.get_instance(name).await.map_err(err)?;
+    let mut want_config = string_map(&r.body["config"]);
+    want_config.insert(KEY_HASH.to_string(), PENDING.to_string());
+    let want_devices = devices(&r.body["devices"]);
+    let want_profiles = profiles(r);
+    let config = merged(&current.value.config, &want_config);
+    if !fresh
+        && (current.value.config != config
+            || current.value.devices != want_devices
+            || current.value.profiles != want_profiles)
+    {
+        let mut next = current.value.clone();
+        next.config = config;
+        next.devices = want_devices;
+        next.profiles = want_profiles;
+        next.description = r.body["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        project
+            .update_instance(&next, current.etag.as_deref())
+            .await
+            .map_err(err)?;
+    }
+    let action = if current.value.status == "Running" {
+        StateAction::Restart
+    } else {
+        StateAction::Start
+    };
+    super::converge::change_state(project, name, action, false)
+        .await
+        .map_err(err)?;
+    checkpoint("instance-started")?;
+    stamp(project, name, &r.hash).await
+}
+
+/// Starts an unchanged instance that is not running (stopped by hand, or a crash between
+/// start and stamp of an earlier run cannot cause this: the stamp comes last).
+pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, EngineError> {
+    if i.status == "Running" {
+        return Ok(false);
+    }
+    super::converge::change_state(project, &i.name, StateAction::Start, false)
+        .await
+        .map_err(|e| EngineError::object(format!("instance {}", i.name), e))?;
+    Ok(true)
+}
+
+/// Creates the instance stopped. Returns false when it appeared since the plan (then it is
+/// handled as an existing one, which is fine only when it is ours).
+async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<bool, EngineError> {
+    let name = &r.name;
+    let mut config = string_map(&r.body["config"]);
+    config.insert(KEY_HASH.to_string(), PENDING.to_string());
+    let create = InstanceCreate {
+        name: name.clone(),
+        kind: "container".into(),
+        source: InstanceSource::fingerprint(fingerprint),
+        profiles: profiles(r),
+        config,
+        devices: devices(&r.body["devices"]),
+        description: r.body["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        start: false,
+    };
+    match project.create_instance(&create).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_already_exists() => {
+            let i = project
+                .get_instance(name)
+                .await
+                .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
+            if !crate::incus::owner::is_owned(&i.value.config) {
+                return Err(EngineError::object(
+                    format!("instance {name}"),
+                    "exists but is not managed by atlas-install; nothing was changed",
+                ));
+            }
+            Ok(false)
+        }
+        Err(e) => Err(EngineError::object(format!("instance {name}"), e)),
+    }
+}
+
+/// Pushes one file; a missing parent directory is made (root, 0755) and the push retried.
+async fn push(
+    project: &Client,
+    instance: &str,
+    f: &super::state::PushFile,
+) -> Result<(), EngineError> {
+    let err =
+        |e: IncusError| EngineError::object(format!("instance {instance}: file {}", f.path), e);
+    let meta = FileMeta::new(f.uid, f.gid, f.mode);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let res = match project
+            .push_file(instance, &f.path, f.contents.clone(), meta)
+            .await
+        {
+            Err(e) if e.is_not_found() => match mkdir_parents(project, instance, &f.path).await {
+                Ok(()) => {
+                    project
+                        .push_file(instance, &f.path, f.contents.clone(), meta)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
+        match res {
+            Err(e) if attempt < 3 && file_server_hiccup(&e) => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => return other.map_err(err),
+        }
+    }
+}
+
+/// Incus serves files through a per-instance file server; a client that vanished mid-transfer
+/// (a killed run) leaves it broken for the next request, which then succeeds when retried.
+fn file_server_hiccup(e: &IncusError) -> bool {
+    let m = e.to_string();
+    matches!(e, IncusError::Api { status: 500, .. })
+        && (m.contains("forkfile") || m.contains("connection reset") || m.contains("EOF"))
+}
+
+async fn mkdir_parents(project: &Client, instance: &str, path: &str) -> Result<(), IncusError> {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut dir = String::new();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        dir.push('/');
+        dir.push_str(part);
+        match project
+            .mkdir(instance, &dir, FileMeta::new(0, 0, 0o755))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() || e.to_string().contains("exists") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the final content hash: the instance is complete.
+async fn stamp(project: &Client, name: &str, hash: &str) -> Result<(), EngineError> {
+    let err = |e: IncusError| EngineError::object(format!("instance {name}"), e);
+    let Some(cur) = project.get_instance(name).await.optional().map_err(err)? else {
+        return Err(EngineError::object(
+            format!("instance {name}"),
+            "vanished while being installed",
+        ));
+    };
+    let mut next = cur.value.clone();
+    next.config.insert(KEY_HASH.to_string(), hash.to_string());
+    project
+        .update_instance(&next, cur.etag.as_deref())
+        .await
+        .map_err(err)
+}

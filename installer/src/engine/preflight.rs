@@ -1,0 +1,471 @@
+//! Step 1: read-only checks before anything is written. Daemon and capabilities, storage
+//! pool, external bridge, host size against the seed's table, host ports the proxy devices
+//! take, and network CIDRs against existing networks and host routes.
+//!
+//! Host CPU and memory come from Incus (`GET /1.0/resources`: the daemon's host, which is
+//! also right for a remote Incus); disk is the storage pool's free space
+//! (`GET /1.0/storage-pools/<pool>/resources`). Port and route checks look at the machine
+//! this binary runs on, so they are skipped for a remote Incus.
+
+use std::net::{Ipv4Addr, TcpListener};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{Config, NetworkRole, ServiceKind};
+use crate::incus::{Client, Network, OptionalExt, Server};
+
+use super::error::EngineError;
+use super::resource::KEY_MANAGED;
+
+/// The seed's host table: (minimum, recommended).
+pub const CPU_CORES: (u64, u64) = (4, 8);
+pub const MEMORY_BYTES: (u64, u64) = (8_000_000_000, 16_000_000_000);
+pub const DISK_BYTES: (u64, u64) = (200_000_000_000, 500_000_000_000);
+
+/// What preflight found, for the plan output.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PreflightReport {
+    pub server_version: String,
+    pub clustered: bool,
+    pub oci: bool,
+    pub local_buckets: bool,
+    pub server_logging: bool,
+    pub cpu_cores: u64,
+    pub memory_bytes: u64,
+    pub pool_free_bytes: u64,
+    pub pool_driver: String,
+    pub warnings: Vec<String>,
+    /// The external bridge's gateway and prefix, when the config uses it.
+    #[serde(skip)]
+    pub external: Option<Ipv4Net>,
+}
+
+/// Host size in one place, so the thresholds can be tested without a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostSize {
+    pub cpu_cores: u64,
+    pub memory_bytes: u64,
+    pub disk_free_bytes: u64,
+}
+
+/// Problems (below minimum) and warnings (below recommended) for a host size.
+pub fn judge_size(size: HostSize, pool: &str) -> (Vec<String>, Vec<String>) {
+    let gb = |b: u64| format!("{:.1}GB", b as f64 / 1e9);
+    let rows = [
+        (
+            "CPU",
+            size.cpu_cores,
+            CPU_CORES,
+            size.cpu_cores.to_string(),
+            "cores".to_string(),
+            CPU_CORES.0.to_string(),
+            CPU_CORES.1.to_string(),
+        ),
+        (
+            "memory",
+            size.memory_bytes,
+            MEMORY_BYTES,
+            gb(size.memory_bytes),
+            String::new(),
+            gb(MEMORY_BYTES.0),
+            gb(MEMORY_BYTES.1),
+        ),
+        (
+            "disk",
+            size.disk_free_bytes,
+            DISK_BYTES,
+            gb(size.disk_free_bytes),
+            format!("free in storage pool {pool}"),
+            gb(DISK_BYTES.0),
+            gb(DISK_BYTES.1),
+        ),
+    ];
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    for (what, have, (min, rec), shown, unit, min_s, rec_s) in rows {
+        let unit = if unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {unit}")
+        };
+        if have < min {
+            errors.push(format!(
+                "host {what}: {shown}{unit}, below the minimum of {min_s} (recommended {rec_s}); add resources or pass --ignore-preflight to install anyway"
+            ));
+        } else if have < rec {
+            warnings.push(format!(
+                "host {what}: {shown}{unit}, below the recommended {rec_s}"
+            ));
+        }
+    }
+    (errors, warnings)
+}
+
+/// One host route from `/proc/net/route`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub iface: String,
+    pub dest: Ipv4Net,
+}
+
+/// Parses `/proc/net/route` (little-endian hex destination and mask); the default route is
+/// left out (it overlaps everything by design).
+pub fn parse_routes(text: &str) -> Vec<Route> {
+    let hex = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.swap_bytes()))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, mask) = (hex(f.get(1)?)?, hex(f.get(7)?)?);
+            let prefix = u32::from(mask).count_ones() as u8;
+            if prefix == 0 {
+                return None;
+            }
+            Some(Route {
+                iface: f[0].to_string(),
+                dest: Ipv4Net::new(dest, prefix).ok()?.trunc(),
+            })
+        })
+        .collect()
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// CIDR clashes of the configured networks with other networks Incus knows and host routes.
+pub fn cidr_clashes(config: &Config, networks: &[Network], routes: &[Route]) -> Vec<String> {
+    let ours: Vec<&str> = config
+        .networks
+        .iter()
+        .map(|(_, n)| n.name.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for (role, want) in config.networks.iter() {
+        let cidr = want.ipv4.trunc();
+        for n in networks {
+            let owned = n.config.get(KEY_MANAGED).is_some_and(|v| v == "true");
+            if n.name == want.name && owned {
+                continue;
+            }
+            if owned && ours.contains(&n.name.as_str()) {
+                continue;
+            }
+            let Some(theirs) = n
+                .config
+                .get("ipv4.address")
+                .and_then(|a| a.parse::<Ipv4Net>().ok())
+            else {
+                continue;
+            };
+            if overlaps(cidr, theirs.trunc()) {
+                out.push(format!(
+                    "network {} ({}) wants {cidr}, which overlaps {theirs} of existing network {}{}; choose another range with networks.{}.ipv4 in atlas.toml",
+                    want.name,
+                    role.as_str(),
+                    n.name,
+                    if owned { "" } else { " (not managed by atlas-install)" },
+                    role.as_str()
+                ));
+            }
+        }
+        for r in routes {
+            let incus_bridge = networks.iter().any(|n| n.name == r.iface);
+            if r.iface == want.name || incus_bridge {
+                continue;
+            }
+            if overlaps(cidr, r.dest) {
+                out.push(format!(
+                    "network {} ({}) wants {cidr}, which overlaps the host route {} on {}; choose another range with networks.{}.ipv4 in atlas.toml",
+                    want.name,
+                    role.as_str(),
+                    r.dest,
+                    r.iface,
+                    role.as_str()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `(address, port, what)` of every host port the proxy devices of enabled instances take.
+pub fn proxy_ports(config: &Config) -> Vec<(String, u16, String)> {
+    let mut out = Vec::new();
+    if !config.instances_of(ServiceKind::Caddy).is_empty() {
+        let a = &config.caddy.listen_address;
+        out.push((
+            a.clone(),
+            config.caddy.http_port,
+            "caddy.http_port".to_string(),
+        ));
+        out.push((
+            a.clone(),
+            config.caddy.https_port,
+            "caddy.https_port".to_string(),
+        ));
+    }
+    if !config.instances_of(ServiceKind::Mosquitto).is_empty() {
+        let a = &config.mosquitto.listen_address;
+        out.push((
+            a.clone(),
+            config.mosquitto.mqtt_port,
+            "mosquitto.mqtt_port".to_string(),
+        ));
+        if config.mosquitto.tls {
+            out.push((
+                a.clone(),
+                config.mosquitto.mqtts_port,
+                "mosquitto.mqtts_port".to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// Listen addresses (`tcp:a:p`) held by proxy devices of profiles atlas owns: on a re-run
+/// our own containers hold the ports, which is not a clash.
+async fn own_listeners(project: &Client, project_exists: bool) -> Result<Vec<String>, EngineError> {
+    if !project_exists {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for p in project.profiles().await? {
+        if !crate::incus::owner::is_owned(&p.config) {
+            continue;
+        }
+        for d in p.devices.values() {
+            if d.get("type").map(String::as_str) == Some("proxy")
+                && let Some(l) = d.get("listen")
+            {
+                out.push(l.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn port_problems(config: &Config, own: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (addr, port, key) in proxy_ports(config) {
+        if own.iter().any(|l| l == &format!("tcp:{addr}:{port}")) {
+            continue;
+        }
+        if let Err(e) = TcpListener::bind((addr.as_str(), port)) {
+            out.push(format!(
+                "host port {addr}:{port} ({key}) is not free: {e}; stop what listens there (`ss -ltnp 'sport = :{port}'`) or set {key} in atlas.toml"
+            ));
+        }
+    }
+    out
+}
+
+/// Runs every check. `ignore_size` turns below-minimum host size into warnings.
+pub async fn run(
+    client: &Client,
+    config: &Config,
+    ignore_size: bool,
+) -> Result<(Server, PreflightReport), EngineError> {
+    let root = client.in_project("default");
+    let server = client
+        .server()
+        .await
+        .map_err(|e| EngineError::Preflight(vec![format!("Incus daemon: {e}")]))?
+        .value;
+    let mut report = PreflightReport {
+        server_version: server.environment.server_version.clone(),
+        clustered: server.is_clustered(),
+        oci: server.supports_oci(),
+        local_buckets: server.supports_local_buckets(),
+        server_logging: server.supports_server_logging(),
+        ..PreflightReport::default()
+    };
+    let mut problems = Vec::new();
+    if server.auth != "trusted" {
+        problems.push(format!(
+            "Incus at {} does not trust this client (auth = {}); run as a member of the incus-admin group or add the client certificate",
+            client.endpoint(),
+            server.auth
+        ));
+    }
+    for ext in ["projects", "storage_api_project", "instance_create_start"] {
+        if !server.has(ext) {
+            problems.push(format!(
+                "Incus lacks API extension `{ext}`; upgrade Incus to 6.0 or later"
+            ));
+        }
+    }
+    let pool_name = &config.incus.storage_pool;
+    match root.get_storage_pool(pool_name).await.optional()? {
+        None => problems.push(format!(
+            "storage pool {pool_name} does not exist; create it (`incus storage create {pool_name} dir`) or set incus.storage_pool in atlas.toml to an existing pool (`incus storage list`)"
+        )),
+        Some(pool) => {
+            report.pool_driver = pool.value.driver.clone();
+            let res = root.storage_pool_resources(pool_name).await?;
+            report.pool_free_bytes = res.space.free();
+        }
+    }
+    let resources: Value = root.get_path::<Value>("/1.0/resources", false).await?.value;
+    report.cpu_cores = resources["cpu"]["total"].as_u64().unwrap_or(0);
+    report.memory_bytes = resources["memory"]["total"].as_u64().unwrap_or(0);
+    if report.pool_driver.is_empty() {
+        // No pool: the disk check cannot run; the pool problem above says why.
+        report.pool_free_bytes = u64::MAX;
+    }
+    let size = HostSize {
+        cpu_cores: report.cpu_cores,
+        memory_bytes: report.memory_bytes,
+        disk_free_bytes: report.pool_free_bytes,
+    };
+    let (size_errors, size_warnings) = judge_size(size, pool_name);
+    report.warnings.extend(size_warnings);
+    if ignore_size {
+        report.warnings.extend(
+            size_errors
+                .into_iter()
+                .map(|e| format!("{e} (ignored: --ignore-preflight)")),
+        );
+    } else {
+        problems.extend(size_errors);
+    }
+
+    let uses_external = config
+        .enabled_instances()
+        .iter()
+        .any(|(_, i)| i.nics.iter().any(|n| n.network == NetworkRole::External));
+    if uses_external {
+        let ext = &config.incus.external_network;
+        match root.get_network(ext).await.optional()? {
+            None => problems.push(format!(
+                "external network {ext} (Caddy's outside NIC) does not exist; create it (`incus network create {ext}`) or set incus.external_network in atlas.toml"
+            )),
+            Some(n) => match n.value.config.get("ipv4.address").and_then(|a| a.parse::<Ipv4Net>().ok()) {
+                Some(net) => report.external = Some(net),
+                None => problems.push(format!(
+                    "external network {ext} has no IPv4 address (ipv4.address); Caddy needs one there, give the bridge an IPv4 range or choose another incus.external_network"
+                )),
+            },
+        }
+    }
+
+    let networks = root.networks().await?;
+    let local = client.endpoint().starts_with("unix socket");
+    let routes = if local {
+        parse_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
+    } else {
+        Vec::new()
+    };
+    problems.extend(cidr_clashes(config, &networks, &routes));
+
+    if local {
+        let project_exists = root
+            .get_project(&config.incus.project)
+            .await
+            .optional()?
+            .is_some();
+        let own = own_listeners(&client.in_project(&config.incus.project), project_exists).await?;
+        problems.extend(port_problems(config, &own));
+    } else {
+        report.warnings.push(
+            "remote Incus: host port and route checks skipped (they only see this machine)"
+                .to_string(),
+        );
+    }
+    if problems.is_empty() {
+        Ok((server, report))
+    } else {
+        Err(EngineError::Preflight(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_thresholds_follow_the_seed_table() {
+        let ok = HostSize {
+            cpu_cores: 8,
+            memory_bytes: 16_000_000_000,
+            disk_free_bytes: 600_000_000_000,
+        };
+        assert_eq!(judge_size(ok, "p"), (vec![], vec![]));
+        let (e, w) = judge_size(HostSize { cpu_cores: 4, ..ok }, "p");
+        assert!(
+            e.is_empty() && w.len() == 1 && w[0].contains("CPU"),
+            "{w:?}"
+        );
+        let (e, _) = judge_size(
+            HostSize {
+                cpu_cores: 2,
+                memory_bytes: 4_000_000_000,
+                ..ok
+            },
+            "local",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("2 cores") && e[0].contains("--ignore-preflight"),
+            "{e:?}"
+        );
+        let (e, _) = judge_size(
+            HostSize {
+                disk_free_bytes: 100_000_000_000,
+                ..ok
+            },
+            "local",
+        );
+        assert!(e[0].contains("storage pool local"), "{e:?}");
+    }
+
+    #[test]
+    fn routes_are_parsed_without_the_default_route() {
+        let text = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+                    eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                    incusbr0\t0000C70A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let r = parse_routes(text);
+        assert_eq!(
+            r,
+            vec![Route {
+                iface: "incusbr0".into(),
+                dest: "10.199.0.0/24".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn cidr_clash_names_both_sides_and_skips_our_own() {
+        let cfg = Config::builtin();
+        let foreign = Network::bridge(
+            "lab",
+            [("ipv4.address".to_string(), "10.50.0.1/16".to_string())].into(),
+        );
+        let mut ours = Network::bridge(
+            "management",
+            [("ipv4.address".to_string(), "10.50.0.1/24".to_string())].into(),
+        );
+        ours.config.insert(KEY_MANAGED.into(), "true".into());
+        let clashes = cidr_clashes(&cfg, &[foreign, ours], &[]);
+        assert_eq!(clashes.len(), 1, "{clashes:?}");
+        assert!(
+            clashes[0].contains("existing network lab")
+                && clashes[0].contains("networks.management.ipv4"),
+            "{clashes:?}"
+        );
+        let route = Route {
+            iface: "eth1".into(),
+            dest: "10.40.0.0/16".parse().unwrap(),
+        };
+        let clashes = cidr_clashes(&cfg, &[], &[route]);
+        assert!(
+            clashes.len() == 1 && clashes[0].contains("host route 10.40.0.0/16 on eth1"),
+            "{clashes:?}"
+        );
+    }
+}

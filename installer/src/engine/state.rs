@@ -1,0 +1,509 @@
+//! Desired state with everything the engine pushes (rendered files, network files,
+//! certificates) and the actual state read from Incus with GETs only.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, NetworkRole};
+use crate::incus::{Client, Instance, OptionalExt};
+use crate::render::{Credentials, FileSource};
+
+use super::desired::{DesiredInputs, ImageChoice, KEY_EXTERNAL_ADDRESS, KEY_PROJECT, desired};
+use super::error::EngineError;
+use super::netfile::{ExternalNet, network_spec};
+use super::resource::{Observed, Resource, ResourceAddress, ResourceKind};
+use super::secrets::Secrets;
+
+/// Where the network file for atlas-init goes in every container.
+pub const NETWORK_FILE: &str = "/etc/atlas/network.json";
+
+/// Fingerprint shown for an image that cannot be looked up yet (the project does not exist).
+pub const UNRESOLVED: &str = "unresolved";
+
+/// A file pushed into a container before it starts.
+#[derive(Clone)]
+pub struct PushFile {
+    pub path: String,
+    pub contents: Vec<u8>,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for PushFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PushFile({}, {} bytes, {:o})",
+            self.path,
+            self.contents.len(),
+            self.mode
+        )
+    }
+}
+
+fn hash_file(f: &PushFile) -> String {
+    let mut h = Sha256::new();
+    h.update(&f.contents);
+    h.update(format!("\0{:o}:{}:{}", f.mode, f.uid, f.gid));
+    hex::encode(h.finalize())
+}
+
+/// What an instance gets besides its Incus body.
+#[derive(Debug, Clone)]
+pub struct InstancePayload {
+    pub image: ImageChoice,
+    /// Rendered files, the network file and the certificates that exist, in push order.
+    pub files: Vec<PushFile>,
+    /// Files the config refers to that nobody can provide yet (step-ca issued ones).
+    pub pending: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DesiredState {
+    pub resources: Vec<Resource>,
+    pub payloads: BTreeMap<String, InstancePayload>,
+}
+
+/// Inputs for [`build`] that come from Incus.
+pub struct Facts<'a> {
+    pub images: &'a BTreeMap<String, ImageChoice>,
+    pub external: Option<Ipv4Net>,
+    pub external_addresses: &'a BTreeMap<String, Ipv4Addr>,
+    /// PEM of the Incus server certificate (Prometheus pins it).
+    pub server_cert_pem: &'a str,
+}
+
+/// Renders everything and builds the desired resources and payloads.
+pub fn build(
+    config: &Config,
+    creds: &Credentials,
+    secrets: Option<&Secrets>,
+    facts: &Facts<'_>,
+) -> Result<DesiredState, EngineError> {
+    let rendered = crate::render::render(config, creds)?;
+    let profiles = crate::render::profiles(config)?;
+    let mut payloads = BTreeMap::new();
+    let mut extra_files: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (name, inst) in config.enabled_instances() {
+        let mut files: Vec<PushFile> = Vec::new();
+        let mut pending = Vec::new();
+        let r = rendered.instances.get(name);
+        for f in r.map(|r| r.files.as_slice()).unwrap_or_default() {
+            files.push(PushFile {
+                path: f.path.clone(),
+                contents: f.contents.clone(),
+                uid: f.uid,
+                gid: f.gid,
+                mode: f.mode,
+            });
+        }
+        let external = match (
+            inst.nics.iter().any(|n| n.network == NetworkRole::External),
+            facts.external,
+            facts.external_addresses.get(name),
+        ) {
+            (true, Some(net), Some(addr)) => Some(ExternalNet {
+                gateway: net.addr(),
+                prefix: net.prefix_len(),
+                address: *addr,
+            }),
+            _ => None,
+        };
+        let spec = network_spec(config, name, external)?;
+        let json = spec
+            .to_json()
+            .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
+        files.push(PushFile {
+            path: NETWORK_FILE.to_string(),
+            contents: json.into_bytes(),
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+        });
+        for e in r.map(|r| r.expected_files.as_slice()).unwrap_or_default() {
+            let contents = match (&e.source, secrets) {
+                (FileSource::IncusMetricsCertificate, Some(s)) => Some(s.metrics_cert_pem.clone()),
+                (FileSource::IncusMetricsKey, Some(s)) => Some(s.metrics_key_pem.clone()),
+                (FileSource::IncusServerCertificate, _) if !facts.server_cert_pem.is_empty() => {
+                    Some(facts.server_cert_pem.to_string())
+                }
+                _ => None,
+            };
+            match contents {
+                Some(c) => files.push(PushFile {
+                    path: e.path.clone(),
+                    contents: c.into_bytes(),
+                    uid: e.uid,
+                    gid: e.gid,
+                    mode: e.mode,
+                }),
+                None => pending.push(e.path.clone()),
+            }
+        }
+        extra_files.insert(
+            name.to_string(),
+            files
+                .iter()
+                .filter(|f| {
+                    f.path == NETWORK_FILE
+                        || !r.is_some_and(|r| r.files.iter().any(|x| x.path == f.path))
+                })
+                .map(|f| (f.path.clone(), hash_file(f)))
+                .collect(),
+        );
+        let image = facts.images.get(name).cloned().unwrap_or(ImageChoice {
+            alias: String::new(),
+            fingerprint: UNRESOLVED.to_string(),
+        });
+        payloads.insert(
+            name.to_string(),
+            InstancePayload {
+                image,
+                files,
+                pending,
+            },
+        );
+    }
+    let inputs = DesiredInputs {
+        config,
+        rendered: &rendered,
+        profiles: &profiles,
+        images: facts.images,
+        extra_files: &extra_files,
+        external_addresses: facts.external_addresses,
+        version: crate::VERSION,
+    };
+    Ok(DesiredState {
+        resources: desired(&inputs)?,
+        payloads,
+    })
+}
+
+/// The alias each enabled instance runs: `images.aliases.<service>` or `atlas/<service>`.
+pub fn image_alias(config: &Config, service: &str) -> String {
+    config
+        .images
+        .aliases
+        .get(service)
+        .cloned()
+        .unwrap_or_else(|| format!("atlas/{service}"))
+}
+
+/// Resolves every enabled instance's alias to a fingerprint in the Atlas project. Before the
+/// project exists nothing can be resolved: the plan then shows the alias unresolved.
+pub async fn resolve_images(
+    project: &Client,
+    config: &Config,
+    project_exists: bool,
+) -> Result<BTreeMap<String, ImageChoice>, EngineError> {
+    let mut out = BTreeMap::new();
+    for (name, inst) in config.enabled_instances() {
+        let service = inst.service.as_str();
+        let alias = image_alias(config, service);
+        let fingerprint = if project_exists {
+            match project.get_image_alias(&alias).await.optional()? {
+                Some(a) => a.value.target,
+                None => {
+                    return Err(EngineError::MissingImage {
+                        instance: name.to_string(),
+                        service: service.to_string(),
+                        alias,
+                        project: config.incus.project.clone(),
+                    });
+                }
+            }
+        } else {
+            UNRESOLVED.to_string()
+        };
+        out.insert(name.to_string(), ImageChoice { alias, fingerprint });
+    }
+    Ok(out)
+}
+
+/// Addresses on the external bridge: the one recorded on an existing instance, else the
+/// highest free address of the bridge's range (deterministic, away from DHCP's low end).
+pub async fn external_addresses(
+    root: &Client,
+    config: &Config,
+    external: Option<Ipv4Net>,
+    existing: &BTreeMap<String, Instance>,
+) -> Result<BTreeMap<String, Ipv4Addr>, EngineError> {
+    let mut out = BTreeMap::new();
+    let Some(net) = external else { return Ok(out) };
+    let wanting: Vec<&str> = config
+        .enabled_instances()
+        .into_iter()
+        .filter(|(_, i)| i.nics.iter().any(|n| n.network == NetworkRole::External))
+        .map(|(n, _)| n)
+        .collect();
+    let mut fresh = Vec::new();
+    for name in wanting {
+        match existing
+            .get(name)
+            .and_then(|i| i.config.get(KEY_EXTERNAL_ADDRESS))
+            .and_then(|a| a.parse().ok())
+        {
+            Some(a) => {
+                out.insert(name.to_string(), a);
+            }
+            None => fresh.push(name),
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(out);
+    }
+    let path = format!("/1.0/networks/{}/leases", config.incus.external_network);
+    let leases: Vec<Value> = root
+        .get_path::<Option<Vec<Value>>>(&path, false)
+        .await?
+        .value
+        .unwrap_or_default();
+    let mut used: Vec<Ipv4Addr> = leases
+        .iter()
+        .filter_map(|l| l["address"].as_str()?.parse().ok())
+        .collect();
+    used.extend(out.values().copied());
+    used.push(net.addr());
+    let mut candidates = net.hosts().rev();
+    for name in fresh {
+        let pick = candidates
+            .by_ref()
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| {
+                EngineError::object(
+                    format!("network {}", config.incus.external_network),
+                    "has no free IPv4 address left for Caddy's outside NIC",
+                )
+            })?;
+        used.push(pick);
+        out.insert(name.to_string(), pick);
+    }
+    Ok(out)
+}
+
+/// What Incus holds, read with GETs only.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub project_exists: bool,
+    pub observed: BTreeMap<ResourceAddress, Observed>,
+    /// Owned objects the config no longer names.
+    pub owned_elsewhere: Vec<ResourceAddress>,
+    pub instances: BTreeMap<String, Instance>,
+    /// Project config (state keys such as the bucket outcome).
+    pub project_config: BTreeMap<String, String>,
+}
+
+fn as_json_map(m: &BTreeMap<String, String>) -> serde_json::Map<String, Value> {
+    m.iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect()
+}
+
+fn classify(config: &BTreeMap<String, String>, etag: Option<String>) -> Observed {
+    Observed::from_config(Some(&as_json_map(config)), etag)
+}
+
+/// The project alone (for [`super::ensure_project`]).
+pub async fn observe_project(
+    root: &Client,
+    config: &Config,
+) -> Result<BTreeMap<ResourceAddress, Observed>, EngineError> {
+    let pname = &config.incus.project;
+    let a = ResourceAddress {
+        kind: ResourceKind::Project,
+        name: pname.clone(),
+        pool: None,
+    };
+    let o = match root.get_project(pname).await.optional()? {
+        None => Observed::Absent,
+        Some(p) => classify(&p.value.config, p.etag),
+    };
+    Ok(BTreeMap::from([(a, o)]))
+}
+
+/// Reads the project, its owned networks, profiles, volumes and instances.
+pub async fn observe(root: &Client, config: &Config) -> Result<Observation, EngineError> {
+    let pname = &config.incus.project;
+    let project = root.in_project(pname);
+    let pool = &config.incus.storage_pool;
+    let mut obs = Observation::default();
+    let addr = |kind, name: &str, pool: Option<&str>| ResourceAddress {
+        kind,
+        name: name.to_string(),
+        pool: pool.map(str::to_string),
+    };
+
+    match root.get_project(pname).await.optional()? {
+        None => {
+            obs.observed
+                .insert(addr(ResourceKind::Project, pname, None), Observed::Absent);
+        }
+        Some(p) => {
+            obs.project_exists = true;
+            obs.project_config = p.value.config.clone();
+            obs.observed.insert(
+                addr(ResourceKind::Project, pname, None),
+                classify(&p.value.config, p.etag),
+            );
+        }
+    }
+    for n in root.in_project("default").networks().await? {
+        if !n.managed {
+            if config.networks.iter().any(|(_, w)| w.name == n.name) {
+                obs.observed.insert(
+                    addr(ResourceKind::Network, &n.name, None),
+                    Observed::Foreign,
+                );
+            }
+            continue;
+        }
+        let mine = n.config.get(KEY_PROJECT).is_some_and(|p| p == pname);
+        let o = if mine {
+            classify(&n.config, None)
+        } else {
+            Observed::Foreign
+        };
+        let a = addr(ResourceKind::Network, &n.name, None);
+        if matches!(o, Observed::Owned { .. }) {
+            obs.owned_elsewhere.push(a.clone());
+        }
+        obs.observed.insert(a, o);
+    }
+    if !obs.project_exists {
+        return Ok(obs);
+    }
+    for p in project.profiles().await? {
+        let a = addr(ResourceKind::Profile, &p.name, None);
+        let o = classify(&p.config, None);
+        if matches!(o, Observed::Owned { .. }) {
+            obs.owned_elsewhere.push(a.clone());
+        }
+        obs.observed.insert(a, o);
+    }
+    if root.get_storage_pool(pool).await.optional()?.is_some() {
+        for v in project.volumes(pool).await? {
+            if v.kind != "custom" && !v.kind.is_empty() {
+                continue;
+            }
+            let a = addr(ResourceKind::Volume, &v.name, Some(pool));
+            let o = classify(&v.config, None);
+            if matches!(o, Observed::Owned { .. }) {
+                obs.owned_elsewhere.push(a.clone());
+            }
+            obs.observed.insert(a, o);
+        }
+    }
+    for i in project.instances().await? {
+        let a = addr(ResourceKind::Instance, &i.name, None);
+        let o = classify(&i.config, None);
+        if matches!(o, Observed::Owned { .. }) {
+            obs.owned_elsewhere.push(a.clone());
+        }
+        obs.observed.insert(a, o);
+        obs.instances.insert(i.name.clone(), i);
+    }
+    Ok(obs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_default_to_atlas_service() {
+        let mut cfg = Config::builtin();
+        assert_eq!(image_alias(&cfg, "caddy"), "atlas/caddy");
+        cfg.images
+            .aliases
+            .insert("caddy".into(), "mine/caddy".into());
+        assert_eq!(image_alias(&cfg, "caddy"), "mine/caddy");
+    }
+
+    #[test]
+    fn payload_has_network_file_and_the_certificates_that_exist() {
+        let cfg = Config::builtin();
+        let creds = Credentials {
+            grafana_admin_password: "pw".into(),
+            step_ca_password: "s".into(),
+            mosquitto: BTreeMap::from([(
+                "atlas".to_string(),
+                crate::render::MqttCredential {
+                    password: "m".into(),
+                    salt: [1; 12],
+                },
+            )]),
+        };
+        let secrets = Secrets {
+            credentials: creds.clone(),
+            metrics_cert_pem: "CERT".into(),
+            metrics_key_pem: "KEY".into(),
+        };
+        let images: BTreeMap<String, ImageChoice> = cfg
+            .enabled_instances()
+            .into_iter()
+            .map(|(n, _)| {
+                (
+                    n.to_string(),
+                    ImageChoice {
+                        alias: "a".into(),
+                        fingerprint: "f".into(),
+                    },
+                )
+            })
+            .collect();
+        let ext: BTreeMap<String, Ipv4Addr> =
+            BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
+        let facts = Facts {
+            images: &images,
+            external: Some("10.199.0.1/24".parse().unwrap()),
+            external_addresses: &ext,
+            server_cert_pem: "SERVER",
+        };
+        let d = build(&cfg, &creds, Some(&secrets), &facts).unwrap();
+        let prom = &d.payloads["prometheus01"];
+        let paths: Vec<&str> = prom.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(paths.contains(&NETWORK_FILE), "{paths:?}");
+        let key = prom
+            .files
+            .iter()
+            .find(|f| f.contents == b"KEY")
+            .expect("metrics key pushed");
+        assert_eq!(key.mode & 0o077, 0, "the key is private");
+        let caddy = d.resources.iter().find(|r| r.name == "caddy01").unwrap();
+        assert_eq!(caddy.body["config"][KEY_EXTERNAL_ADDRESS], "10.199.0.254");
+        assert_eq!(
+            caddy.body["devices"]["eth2"]["ipv4.address"],
+            "10.199.0.254"
+        );
+        let net = String::from_utf8(
+            d.payloads["caddy01"]
+                .files
+                .iter()
+                .find(|f| f.path == NETWORK_FILE)
+                .unwrap()
+                .contents
+                .clone(),
+        )
+        .unwrap();
+        assert!(net.contains("10.199.0.254/24"), "{net}");
+        // A new metrics key changes Prometheus only.
+        let other = Secrets {
+            metrics_key_pem: "KEY2".into(),
+            ..secrets
+        };
+        let d2 = build(&cfg, &creds, Some(&other), &facts).unwrap();
+        let changed: Vec<&str> = d
+            .resources
+            .iter()
+            .zip(&d2.resources)
+            .filter(|(a, b)| a.hash != b.hash)
+            .map(|(a, _)| a.name.as_str())
+            .collect();
+        assert_eq!(changed, ["prometheus01"]);
+    }
+}
