@@ -9,6 +9,7 @@ use crate::cli::{Cli, Command, GlobalArgs};
 mod completions;
 mod config;
 mod render;
+mod status;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -16,7 +17,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions { shell } => completions::run(shell),
         Command::Install(_) => not_yet("install", 5),
         Command::Plan(_) => not_yet("plan", 4),
-        Command::Status => not_yet("status", 4),
+        Command::Status => status::run(&global),
         Command::Destroy(_) => not_yet("destroy", 4),
         Command::Upgrade(_) => not_yet("upgrade", 7),
         Command::Rollback => not_yet("rollback", 7),
