@@ -73,7 +73,11 @@ pub fn run(global: &GlobalArgs) -> Result<ExitCode> {
     } else {
         print_human(&report);
     }
-    Ok(if report.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn collect(config: &Config) -> Result<Report> {
@@ -88,7 +92,11 @@ async fn collect(config: &Config) -> Result<Report> {
         volumes: Vec::new(),
         networks: Vec::new(),
         profiles: Vec::new(),
-        wiring: WiringStatus { state: "unknown".into(), changes: Vec::new(), note: None },
+        wiring: WiringStatus {
+            state: "unknown".into(),
+            changes: Vec::new(),
+            note: None,
+        },
         healthy: false,
     };
     let Some(project) = client
@@ -102,8 +110,11 @@ async fn collect(config: &Config) -> Result<Report> {
     report.installed = true;
     report.version = project.value.config.get(owner::VERSION).cloned();
 
-    let health = health::check(&client, config).await.context("probing the services")?;
-    let by_name: BTreeMap<&str, &health::HealthReport> = health.iter().map(|h| (h.instance.as_str(), h)).collect();
+    let health = health::check(&client, config)
+        .await
+        .context("probing the services")?;
+    let by_name: BTreeMap<&str, &health::HealthReport> =
+        health.iter().map(|h| (h.instance.as_str(), h)).collect();
     for inst in client.instances().await.context("listing instances")? {
         let addresses = match client.instance_state(&inst.name).await {
             Ok(s) => ipv4_addresses(&s),
@@ -119,8 +130,10 @@ async fn collect(config: &Config) -> Result<Report> {
         });
     }
     // Configured instances that do not exist count as unhealthy too.
-    let missing: Vec<&health::HealthReport> =
-        health.iter().filter(|h| !report.instances.iter().any(|i| i.name == h.instance)).collect();
+    let missing: Vec<&health::HealthReport> = health
+        .iter()
+        .filter(|h| !report.instances.iter().any(|i| i.name == h.instance))
+        .collect();
     for h in missing {
         report.instances.push(InstanceStatus {
             name: h.instance.clone(),
@@ -142,9 +155,17 @@ async fn collect(config: &Config) -> Result<Report> {
         .with_context(|| format!("listing volumes of pool {pool}"))?
         .unwrap_or_default()
         .into_iter()
-        .map(|v| Named { managed: owner::is_owned(&v.config), detail: Some(format!("pool {pool}")), name: v.name })
+        .map(|v| Named {
+            managed: owner::is_owned(&v.config),
+            detail: Some(format!("pool {pool}")),
+            name: v.name,
+        })
         .collect();
-    let wanted: Vec<&str> = config.networks.iter().map(|(_, n)| n.name.as_str()).collect();
+    let wanted: Vec<&str> = config
+        .networks
+        .iter()
+        .map(|(_, n)| n.name.as_str())
+        .collect();
     report.networks = client
         .networks()
         .await
@@ -163,7 +184,11 @@ async fn collect(config: &Config) -> Result<Report> {
         .context("listing profiles")?
         .into_iter()
         .filter(|p| p.name != "default")
-        .map(|p| Named { managed: owner::is_owned(&p.config), detail: None, name: p.name })
+        .map(|p| Named {
+            managed: owner::is_owned(&p.config),
+            detail: None,
+            name: p.name,
+        })
         .collect();
     report.wiring = wiring_status(&client, config).await;
     Ok(report)
@@ -186,10 +211,18 @@ fn ipv4_addresses(state: &atlas_install::incus::InstanceState) -> Vec<String> {
 /// The wiring plan, when the secrets it compares against are stored. Never fails the command:
 /// status reports what it can.
 async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
-    let unknown = |note: String| WiringStatus { state: "unknown".into(), changes: Vec::new(), note: Some(note) };
+    let unknown = |note: String| WiringStatus {
+        state: "unknown".into(),
+        changes: Vec::new(),
+        note: Some(note),
+    };
     let secrets = match secrets::load(client, config).await {
         Ok(Some(s)) => s,
-        Ok(None) => return unknown("the generated secrets are not (all) stored yet: install has not completed".into()),
+        Ok(None) => {
+            return unknown(
+                "the generated secrets are not (all) stored yet: install has not completed".into(),
+            );
+        }
         Err(e) => return unknown(format!("reading the stored secrets: {e}")),
     };
     match wiring::plan(client, config, &secrets).await {
@@ -201,7 +234,11 @@ async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
             } else {
                 "pending"
             };
-            WiringStatus { state: state.into(), changes, note: None }
+            WiringStatus {
+                state: state.into(),
+                changes,
+                note: None,
+            }
         }
         Err(e) => unknown(e.to_string()),
     }
@@ -218,7 +255,11 @@ fn print_human(r: &Report) {
         return;
     }
     let version = r.version.as_deref().unwrap_or("unknown version");
-    let _ = writeln!(out, "Atlas in project `{}` on {} ({version})", r.project, r.endpoint);
+    let _ = writeln!(
+        out,
+        "Atlas in project `{}` on {} ({version})",
+        r.project, r.endpoint
+    );
     let _ = writeln!(out, "\nInstances:");
     if r.instances.is_empty() {
         let _ = writeln!(out, "  (none)");
@@ -230,7 +271,11 @@ fn print_human(r: &Report) {
             Some(h) => format!("UNHEALTHY: {}", h.detail),
             None => "not in the config, not probed".to_string(),
         };
-        let foreign = if i.managed || i.state == "Missing" { "" } else { " [not managed by atlas]" };
+        let foreign = if i.managed || i.state == "Missing" {
+            ""
+        } else {
+            " [not managed by atlas]"
+        };
         let _ = writeln!(
             out,
             "  {:width$}  {:8}  {:15}  {health}{foreign}",
@@ -239,7 +284,11 @@ fn print_human(r: &Report) {
             i.addresses.join(","),
         );
     }
-    for (title, items) in [("Volumes", &r.volumes), ("Networks", &r.networks), ("Profiles", &r.profiles)] {
+    for (title, items) in [
+        ("Volumes", &r.volumes),
+        ("Networks", &r.networks),
+        ("Profiles", &r.profiles),
+    ] {
         let shown: Vec<String> = items
             .iter()
             .map(|n| {
@@ -253,7 +302,11 @@ fn print_human(r: &Report) {
                 s
             })
             .collect();
-        let list = if shown.is_empty() { "(none)".to_string() } else { shown.join(", ") };
+        let list = if shown.is_empty() {
+            "(none)".to_string()
+        } else {
+            shown.join(", ")
+        };
         let _ = writeln!(out, "{title}: {list}");
     }
     let _ = write!(out, "Server wiring: {}", r.wiring.state);
@@ -264,7 +317,11 @@ fn print_human(r: &Report) {
     for c in &r.wiring.changes {
         let _ = writeln!(out, "  {c}");
     }
-    let probed: Vec<&health::HealthReport> = r.instances.iter().filter_map(|i| i.health.as_ref()).collect();
+    let probed: Vec<&health::HealthReport> = r
+        .instances
+        .iter()
+        .filter_map(|i| i.health.as_ref())
+        .collect();
     let bad = probed.iter().filter(|h| !h.healthy).count();
     if probed.is_empty() {
         let _ = writeln!(out, "\nNo enabled services to probe.");

@@ -16,6 +16,10 @@
 //! credentials and read only a status. Pinning step-ca's root here is left for when the
 //! engine fetches it (it already pushes it to the services).
 
+// Our errors carry `IncusError` (large, owned by the client module) by value so callers can
+// match on it; boxing it would change the contract the install sequence is written against.
+#![allow(clippy::result_large_err)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +37,15 @@ use crate::progress::{Progress, ProgressTask};
 pub enum HealthError {
     #[error(transparent)]
     Incus(#[from] IncusError),
-    #[error("{instance} did not become healthy within {waited:?}: {reason}\nlast log lines:\n{log_tail}")]
-    Unhealthy { instance: String, waited: Duration, reason: String, log_tail: String },
+    #[error(
+        "{instance} did not become healthy within {waited:?}: {reason}\nlast log lines:\n{log_tail}"
+    )]
+    Unhealthy {
+        instance: String,
+        waited: Duration,
+        reason: String,
+        log_tail: String,
+    },
     #[error("health probes: {0}")]
     Setup(String),
 }
@@ -111,19 +122,33 @@ pub fn probe_for(config: &Config, name: &str, inst: &Instance) -> Option<Probe> 
             url: format!("https://{}/health", SocketAddr::new(ip, port_of(kind))),
             expect_status_ok: true,
         },
-        ServiceKind::Mosquitto => Check::Tcp { address: SocketAddr::new(ip, config.mosquitto.mqtt_port) },
+        ServiceKind::Mosquitto => Check::Tcp {
+            address: SocketAddr::new(ip, config.mosquitto.mqtt_port),
+        },
     };
-    Some(Probe { instance: name.to_string(), service: kind, check })
+    Some(Probe {
+        instance: name.to_string(),
+        service: kind,
+        check,
+    })
 }
 
 /// Caddy: its metrics listener binds the management and production addresses only. Others:
 /// the first NIC on an Atlas bridge.
 fn probe_address(inst: &Instance) -> Option<std::net::Ipv4Addr> {
-    let on = |role: NetworkRole| inst.nics.iter().find(|n| n.network == role).and_then(|n| n.ipv4);
+    let on = |role: NetworkRole| {
+        inst.nics
+            .iter()
+            .find(|n| n.network == role)
+            .and_then(|n| n.ipv4)
+    };
     if inst.service == ServiceKind::Caddy {
         return on(NetworkRole::Management).or_else(|| on(NetworkRole::Production));
     }
-    inst.nics.iter().filter(|n| n.network != NetworkRole::External).find_map(|n| n.ipv4)
+    inst.nics
+        .iter()
+        .filter(|n| n.network != NetworkRole::External)
+        .find_map(|n| n.ipv4)
 }
 
 /// The HTTP client of the probes: no proxy, short timeouts, any server certificate (see the
@@ -148,13 +173,26 @@ pub fn probe_client() -> Result<reqwest::Client, HealthError> {
 /// One attempt; `Err` carries why it is not healthy (yet).
 pub async fn probe_once(http: &reqwest::Client, check: &Check) -> Result<String, String> {
     match check {
-        Check::Tcp { address } => match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
-            Ok(Ok(_)) => Ok(format!("{address} accepts connections")),
-            Ok(Err(e)) => Err(format!("TCP connect {address}: {e}")),
-            Err(_) => Err(format!("TCP connect {address}: no answer within {CONNECT_TIMEOUT:?}")),
-        },
-        Check::Http { url, expect_status_ok } => {
-            let resp = http.get(url).send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        Check::Tcp { address } => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+                .await
+            {
+                Ok(Ok(_)) => Ok(format!("{address} accepts connections")),
+                Ok(Err(e)) => Err(format!("TCP connect {address}: {e}")),
+                Err(_) => Err(format!(
+                    "TCP connect {address}: no answer within {CONNECT_TIMEOUT:?}"
+                )),
+            }
+        }
+        Check::Http {
+            url,
+            expect_status_ok,
+        } => {
+            let resp = http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
             let status = resp.status();
             if !status.is_success() {
                 let body = resp.text().await.unwrap_or_default();
@@ -163,12 +201,22 @@ pub async fn probe_once(http: &reqwest::Client, check: &Check) -> Result<String,
             if !expect_status_ok {
                 return Ok(format!("GET {url}: HTTP {status}"));
             }
-            let body = resp.text().await.map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
+            let body = resp
+                .text()
+                .await
+                .map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
             let ok = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(|s| s == "ok"))
                 .unwrap_or(false);
-            if ok { Ok(format!("GET {url}: status ok")) } else { Err(format!("GET {url}: expected {{\"status\":\"ok\"}}{}", snippet(&body))) }
+            if ok {
+                Ok(format!("GET {url}: status ok"))
+            } else {
+                Err(format!(
+                    "GET {url}: expected {{\"status\":\"ok\"}}{}",
+                    snippet(&body)
+                ))
+            }
         }
     }
 }
@@ -198,25 +246,47 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Waits until every enabled instance answers its probe, each with its own progress task and
 /// retries with backoff; the whole gate gives up after `timeout`. Returns the first failure
 /// in dependency order.
-pub async fn gate(client: &Client, config: &Config, timeout: Duration, progress: &dyn Progress) -> Result<(), HealthError> {
+pub async fn gate(
+    client: &Client,
+    config: &Config,
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<(), HealthError> {
     gate_probes(client, probes(config), timeout, progress).await
 }
 
 /// [`gate`] over explicit probes.
-pub async fn gate_probes(client: &Client, probes: Vec<Probe>, timeout: Duration, progress: &dyn Progress) -> Result<(), HealthError> {
+pub async fn gate_probes(
+    client: &Client,
+    probes: Vec<Probe>,
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<(), HealthError> {
     let http = probe_client()?;
     let mut set = tokio::task::JoinSet::new();
     for (index, probe) in probes.into_iter().enumerate() {
-        let task = progress.task(&format!("health {} ({})", probe.instance, probe.check), None);
+        let task = progress.task(
+            &format!("health {} ({})", probe.instance, probe.check),
+            None,
+        );
         let (client, http) = (client.clone(), http.clone());
-        set.spawn(async move { (index, wait_healthy(&client, &http, &probe, timeout, task).await) });
+        set.spawn(async move {
+            (
+                index,
+                wait_healthy(&client, &http, &probe, timeout, task).await,
+            )
+        });
     }
     let mut failures = Vec::new();
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((index, Err(e))) => failures.push((index, e)),
             Ok((_, Ok(()))) => {}
-            Err(e) => return Err(HealthError::Setup(format!("a health probe task ended abnormally: {e}"))),
+            Err(e) => {
+                return Err(HealthError::Setup(format!(
+                    "a health probe task ended abnormally: {e}"
+                )));
+            }
         }
     }
     failures.sort_by_key(|(i, _)| *i);
@@ -226,14 +296,23 @@ pub async fn gate_probes(client: &Client, probes: Vec<Probe>, timeout: Duration,
     }
 }
 
-async fn wait_healthy(client: &Client, http: &reqwest::Client, probe: &Probe, timeout: Duration, task: Box<dyn ProgressTask>) -> Result<(), HealthError> {
+async fn wait_healthy(
+    client: &Client,
+    http: &reqwest::Client,
+    probe: &Probe,
+    timeout: Duration,
+    task: Box<dyn ProgressTask>,
+) -> Result<(), HealthError> {
     let start = Instant::now();
     let mut delay = FIRST_DELAY;
     let mut stopped_seen = 0;
     let reason = loop {
         let last = match probe_once(http, &probe.check).await {
             Ok(_) => {
-                task.finish(&format!("healthy after {:.1}s", start.elapsed().as_secs_f32()));
+                task.finish(&format!(
+                    "healthy after {:.1}s",
+                    start.elapsed().as_secs_f32()
+                ));
                 return Ok(());
             }
             Err(reason) => reason,
@@ -277,15 +356,23 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<HealthReport>
     let http = probe_client()?;
     // One listing instead of a state call per instance; a stopped or missing instance is
     // reported as such rather than as a refused connection.
-    let status: std::collections::BTreeMap<String, String> =
-        client.instances().await?.into_iter().map(|i| (i.name, i.status)).collect();
+    let status: std::collections::BTreeMap<String, String> = client
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| (i.name, i.status))
+        .collect();
     let mut set = tokio::task::JoinSet::new();
     let probes = probes(config);
     let mut reports: Vec<HealthReport> = config
         .enabled_instances()
         .into_iter()
         .filter(|(n, _)| !probes.iter().any(|p| p.instance == *n))
-        .map(|(n, _)| HealthReport { instance: n.to_string(), healthy: false, detail: "no fixed address to probe".into() })
+        .map(|(n, _)| HealthReport {
+            instance: n.to_string(),
+            healthy: false,
+            detail: "no fixed address to probe".into(),
+        })
         .collect();
     for (index, probe) in probes.into_iter().enumerate() {
         let http = http.clone();
@@ -300,12 +387,21 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<HealthReport>
                 Ok(d) => (true, d),
                 Err(d) => (false, d),
             };
-            (index, HealthReport { instance: probe.instance, healthy, detail })
+            (
+                index,
+                HealthReport {
+                    instance: probe.instance,
+                    healthy,
+                    detail,
+                },
+            )
         });
     }
     let mut done = Vec::new();
     while let Some(joined) = set.join_next().await {
-        let (i, r) = joined.map_err(|e| HealthError::Setup(format!("a health probe task ended abnormally: {e}")))?;
+        let (i, r) = joined.map_err(|e| {
+            HealthError::Setup(format!("a health probe task ended abnormally: {e}"))
+        })?;
         done.push((i, r));
     }
     done.sort_by_key(|(i, _)| *i);
@@ -324,11 +420,19 @@ pub async fn log_tail(client: &Client, instance: &str, lines: usize) -> String {
 }
 
 fn last_lines(text: &str, n: usize) -> String {
-    let all: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
+    let all: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     all[all.len().saturating_sub(n)..]
         .iter()
         .map(|l| {
-            let clean: String = l.chars().filter(|c| !c.is_control() || *c == '\t').take(300).collect();
+            let clean: String = l
+                .chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .take(300)
+                .collect();
             format!("  | {clean}")
         })
         .collect::<Vec<_>>()
@@ -344,15 +448,23 @@ pub async fn console_log(client: &Client, instance: &str) -> Result<String, Stri
         .map_err(|_| "the Incus base URL cannot take a path".to_string())?
         .clear()
         .extend(["1.0", "instances", instance, "console"]);
-    url.query_pairs_mut().append_pair("project", client.project());
-    let resp = inner.http.get(url).send().await.map_err(|e| error_chain(&e))?;
+    url.query_pairs_mut()
+        .append_pair("project", client.project());
+    let resp = inner
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
     if !status.is_success() {
         let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+            });
         return Err(format!("HTTP {status}: {msg}"));
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -381,7 +493,12 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -390,7 +507,12 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -403,7 +525,10 @@ mod tests {
     use super::*;
 
     fn urls(config: &Config) -> Vec<(String, String)> {
-        probes(config).into_iter().map(|p| (p.instance, p.check.to_string())).collect()
+        probes(config)
+            .into_iter()
+            .map(|p| (p.instance, p.check.to_string()))
+            .collect()
     }
 
     #[test]
@@ -420,17 +545,32 @@ mod tests {
             ("grafana01", "GET http://10.50.0.11:3000/api/health"),
             ("caddy01", "GET http://10.50.0.10:2019/metrics"),
         ];
-        let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         assert_eq!(got, want);
-        let step = probes(&cfg).into_iter().find(|p| p.service == ServiceKind::StepCa).unwrap();
-        assert!(matches!(step.check, Check::Http { expect_status_ok: true, .. }));
+        let step = probes(&cfg)
+            .into_iter()
+            .find(|p| p.service == ServiceKind::StepCa)
+            .unwrap();
+        assert!(matches!(
+            step.check,
+            Check::Http {
+                expect_status_ok: true,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn tls_services_are_probed_over_https() {
         let mut cfg = Config::builtin();
         cfg.instances.get_mut("grafana01").unwrap().tls = true;
-        let g = urls(&cfg).into_iter().find(|(n, _)| n == "grafana01").unwrap();
+        let g = urls(&cfg)
+            .into_iter()
+            .find(|(n, _)| n == "grafana01")
+            .unwrap();
         assert_eq!(g.1, "GET https://10.50.0.11:3000/api/health");
     }
 
@@ -449,9 +589,19 @@ mod tests {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = free.local_addr().unwrap();
         drop(free);
-        let e = probe_once(&http, &Check::Tcp { address: addr }).await.unwrap_err();
+        let e = probe_once(&http, &Check::Tcp { address: addr })
+            .await
+            .unwrap_err();
         assert!(e.contains(&addr.to_string()), "{e}");
-        let e = probe_once(&http, &Check::Http { url: format!("http://{addr}/ready"), expect_status_ok: false }).await.unwrap_err();
+        let e = probe_once(
+            &http,
+            &Check::Http {
+                url: format!("http://{addr}/ready"),
+                expect_status_ok: false,
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(e.contains("/ready"), "{e}");
 
         // A tiny HTTP server answering the step-ca shape, then a 503.
@@ -459,19 +609,33 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            for (status, body) in [("200 OK", r#"{"status":"ok"}"#), ("503 Service Unavailable", "not ready")] {
+            for (status, body) in [
+                ("200 OK", r#"{"status":"ok"}"#),
+                ("503 Service Unavailable", "not ready"),
+            ] {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let resp = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 s.write_all(resp.as_bytes()).await.unwrap();
             }
         });
-        let ok = Check::Http { url: format!("http://{addr}/health"), expect_status_ok: true };
+        let ok = Check::Http {
+            url: format!("http://{addr}/health"),
+            expect_status_ok: true,
+        };
         assert!(probe_once(&http, &ok).await.is_ok());
         let e = probe_once(&http, &ok).await.unwrap_err();
         assert!(e.contains("503") && e.contains("not ready"), "{e}");
         server.await.unwrap();
-        assert!(probe_once(&http, &Check::Tcp { address: addr }).await.is_err(), "listener closed");
+        assert!(
+            probe_once(&http, &Check::Tcp { address: addr })
+                .await
+                .is_err(),
+            "listener closed"
+        );
     }
 }

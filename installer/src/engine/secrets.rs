@@ -19,6 +19,10 @@
 //! Secrets of Mosquitto users that left the config stay stored: re-adding the user gives the
 //! same password back, and nothing outside atlas reads them.
 
+// Our errors carry `IncusError` (large, owned by the client module) by value so callers can
+// match on it; boxing it would change the contract the install sequence is written against.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -92,14 +96,18 @@ impl Secrets {
 
     /// A rustls client configuration presenting the metrics certificate, for a scraper on the
     /// host: the server is accepted only by the SHA-256 fingerprint `server_fingerprint`.
-    pub fn metrics_tls_config(&self, server_fingerprint: &str) -> Result<rustls::ClientConfig, SecretsError> {
+    pub fn metrics_tls_config(
+        &self,
+        server_fingerprint: &str,
+    ) -> Result<rustls::ClientConfig, SecretsError> {
         let spec = crate::incus::RemoteSpec {
             url: String::new(),
             client_cert_pem: self.metrics_cert_pem.clone(),
             client_key_pem: self.metrics_key_pem.clone(),
             server_fingerprint: server_fingerprint.to_string(),
         };
-        crate::incus::tls_config(&spec).map_err(|e| SecretsError::Invalid(format!("metrics certificate: {e}")))
+        crate::incus::tls_config(&spec)
+            .map_err(|e| SecretsError::Invalid(format!("metrics certificate: {e}")))
     }
 }
 
@@ -119,7 +127,11 @@ pub enum SecretsError {
          If it was edited by hand, restore it; or unset it (`incus project unset {project} {key}`) \
          to have a new one generated, which rotates it"
     )]
-    Corrupt { project: String, key: String, why: String },
+    Corrupt {
+        project: String,
+        key: String,
+        why: String,
+    },
 }
 
 /// Reads the stored secrets, generates and stores what is missing, and returns them all.
@@ -132,7 +144,9 @@ pub async fn load_or_generate(client: &Client, config: &Config) -> Result<Secret
             .get_project(project)
             .await
             .optional()?
-            .ok_or_else(|| SecretsError::MissingProject { project: project.clone() })?;
+            .ok_or_else(|| SecretsError::MissingProject {
+                project: project.clone(),
+            })?;
         let stored = &got.value.config;
         let missing = missing_keys(config, stored)?;
         // Values generated in an earlier attempt are reused: a retry must not hand out a
@@ -177,7 +191,10 @@ pub async fn load(client: &Client, config: &Config) -> Result<Option<Secrets>, S
 
 /// Read-only, for plans: the stored secrets completed with freshly generated values (not
 /// stored) for what is missing, and the names of those that would be generated.
-pub async fn preview(client: &Client, config: &Config) -> Result<(Secrets, Vec<String>), SecretsError> {
+pub async fn preview(
+    client: &Client,
+    config: &Config,
+) -> Result<(Secrets, Vec<String>), SecretsError> {
     let project = &config.incus.project;
     let mut stored = match client.get_project(project).await.optional()? {
         Some(got) => got.value.config,
@@ -191,7 +208,10 @@ pub async fn preview(client: &Client, config: &Config) -> Result<(Secrets, Vec<S
         }
     }
     stored.extend(generated);
-    let names = missing.iter().map(|k| k.trim_start_matches(SECRET_PREFIX).to_string()).collect();
+    let names = missing
+        .iter()
+        .map(|k| k.trim_start_matches(SECRET_PREFIX).to_string())
+        .collect();
     Ok((assemble(project, config, &stored)?, names))
 }
 
@@ -208,9 +228,14 @@ fn wanted_keys(config: &Config) -> Result<Vec<String>, SecretsError> {
     Ok(keys)
 }
 
-fn missing_keys(config: &Config, stored: &BTreeMap<String, String>) -> Result<Vec<String>, SecretsError> {
-    let mut missing: Vec<String> =
-        wanted_keys(config)?.into_iter().filter(|k| stored.get(k).is_none_or(|v| v.is_empty())).collect();
+fn missing_keys(
+    config: &Config,
+    stored: &BTreeMap<String, String>,
+) -> Result<Vec<String>, SecretsError> {
+    let mut missing: Vec<String> = wanted_keys(config)?
+        .into_iter()
+        .filter(|k| stored.get(k).is_none_or(|v| v.is_empty()))
+        .collect();
     // The certificate and its key only make sense together: one without the other gets a new pair.
     let has = |k: &str| stored.get(k).is_some_and(|v| !v.is_empty());
     let half = has(KEY_METRICS_CERT) != has(KEY_METRICS_KEY);
@@ -257,7 +282,10 @@ fn generate_for(key: &str) -> Result<BTreeMap<String, String>, SecretsError> {
     } else if let Some(user) = key
         .strip_prefix(SECRET_PREFIX)
         .and_then(|k| k.strip_prefix("mosquitto."))
-        .and_then(|k| k.strip_suffix(".password").or_else(|| k.strip_suffix(".salt")))
+        .and_then(|k| {
+            k.strip_suffix(".password")
+                .or_else(|| k.strip_suffix(".salt"))
+        })
     {
         out.insert(mosquitto_password_key(user), password());
         out.insert(mosquitto_salt_key(user), STANDARD.encode(salt()));
@@ -269,7 +297,11 @@ fn generate_for(key: &str) -> Result<BTreeMap<String, String>, SecretsError> {
 
 /// A password from the thread-local CSPRNG (ChaCha seeded by the OS).
 pub fn password() -> String {
-    rand::rng().sample_iter(Alphanumeric).take(PASSWORD_LEN).map(char::from).collect()
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(PASSWORD_LEN)
+        .map(char::from)
+        .collect()
 }
 
 fn salt() -> [u8; 12] {
@@ -279,12 +311,17 @@ fn salt() -> [u8; 12] {
 /// A self-signed ECDSA P-384 client certificate for Incus' `/1.0/metrics`, valid 10 years
 /// from yesterday (a little slack for clocks that lag). Returns (certificate PEM, key PEM).
 pub fn generate_metrics_certificate() -> Result<(String, String), SecretsError> {
-    let fail = |e: rcgen::Error| SecretsError::Invalid(format!("generating the metrics certificate: {e}"));
+    let fail =
+        |e: rcgen::Error| SecretsError::Invalid(format!("generating the metrics certificate: {e}"));
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(fail)?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, METRICS_CERT_CN);
-    params.distinguished_name.push(rcgen::DnType::OrganizationName, "atlas-install");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, METRICS_CERT_CN);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "atlas-install");
     let (y, m, d) = civil_date_days_ago(1);
     params.not_before = rcgen::date_time_ymd(y, m, d);
     // Day 28 at most: the same date ten years on always exists.
@@ -320,14 +357,22 @@ fn civil_from_days(days: i64) -> (i32, u8, u8) {
 }
 
 /// Builds [`Secrets`] from a complete store, checking every value (never echoing it).
-fn assemble(project: &str, config: &Config, stored: &BTreeMap<String, String>) -> Result<Secrets, SecretsError> {
+fn assemble(
+    project: &str,
+    config: &Config,
+    stored: &BTreeMap<String, String>,
+) -> Result<Secrets, SecretsError> {
     let corrupt = |key: &str, why: &str| SecretsError::Corrupt {
         project: project.to_string(),
         key: key.to_string(),
         why: why.to_string(),
     };
     let get = |key: &str| -> Result<String, SecretsError> {
-        stored.get(key).filter(|v| !v.is_empty()).cloned().ok_or_else(|| corrupt(key, "it is missing"))
+        stored
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| corrupt(key, "it is missing"))
     };
     let mut mosquitto = BTreeMap::new();
     for user in &config.mosquitto.users {
@@ -337,7 +382,13 @@ fn assemble(project: &str, config: &Config, stored: &BTreeMap<String, String>) -
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| corrupt(&salt_key, "not the base64 of 12 bytes"))?;
-        mosquitto.insert(user.clone(), MqttCredential { password: get(&mosquitto_password_key(user))?, salt });
+        mosquitto.insert(
+            user.clone(),
+            MqttCredential {
+                password: get(&mosquitto_password_key(user))?,
+                salt,
+            },
+        );
     }
     let secrets = Secrets {
         credentials: Credentials {
@@ -348,7 +399,8 @@ fn assemble(project: &str, config: &Config, stored: &BTreeMap<String, String>) -
         metrics_cert_pem: get(KEY_METRICS_CERT)?,
         metrics_key_pem: get(KEY_METRICS_KEY)?,
     };
-    check_pair(&secrets.metrics_cert_pem, &secrets.metrics_key_pem).map_err(|why| corrupt(KEY_METRICS_CERT, &why))?;
+    check_pair(&secrets.metrics_cert_pem, &secrets.metrics_key_pem)
+        .map_err(|why| corrupt(KEY_METRICS_CERT, &why))?;
     Ok(secrets)
 }
 
@@ -361,7 +413,8 @@ fn cert_der(pem: &str, key: &str) -> Result<Vec<u8>, SecretsError> {
 /// The certificate parses and the key is the one it was made for. Messages name the problem,
 /// never the material.
 fn check_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
-    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| "no PEM certificate".to_string())?;
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|_| "no PEM certificate".to_string())?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|_| format!("{KEY_METRICS_KEY} holds no PEM private key"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -410,16 +463,29 @@ mod tests {
     #[test]
     fn metrics_certificate_is_p384_client_cert_with_the_cn() {
         let (cert, key) = generate_metrics_certificate().unwrap();
-        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "PEM certificate");
+        assert!(
+            cert.starts_with("-----BEGIN CERTIFICATE-----"),
+            "PEM certificate"
+        );
         assert!(key.contains("PRIVATE KEY"));
         check_pair(&cert, &key).unwrap();
         let der = cert_der(&cert, "x").unwrap();
         // The CN and the P-384 curve OID (1.3.132.0.34) are in the DER.
-        assert!(der.windows(METRICS_CERT_CN.len()).any(|w| w == METRICS_CERT_CN.as_bytes()));
-        assert!(der.windows(7).any(|w| w == [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]));
+        assert!(
+            der.windows(METRICS_CERT_CN.len())
+                .any(|w| w == METRICS_CERT_CN.as_bytes())
+        );
+        assert!(
+            der.windows(7)
+                .any(|w| w == [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22])
+        );
         let (other, other_key) = generate_metrics_certificate().unwrap();
         assert_ne!(cert, other);
-        assert!(check_pair(&cert, &other_key).unwrap_err().contains("does not belong"));
+        assert!(
+            check_pair(&cert, &other_key)
+                .unwrap_err()
+                .contains("does not belong")
+        );
     }
 
     #[test]
@@ -434,9 +500,16 @@ mod tests {
         );
         store.remove(KEY_METRICS_KEY);
         let m = missing_keys(&cfg, &store).unwrap();
-        assert!(m.contains(&KEY_METRICS_CERT.to_string()) && m.contains(&KEY_METRICS_KEY.to_string()), "{m:?}");
+        assert!(
+            m.contains(&KEY_METRICS_CERT.to_string()) && m.contains(&KEY_METRICS_KEY.to_string()),
+            "{m:?}"
+        );
         store.insert(mosquitto_salt_key("atlas"), String::new());
-        assert!(missing_keys(&cfg, &store).unwrap().contains(&mosquitto_password_key("atlas")));
+        assert!(
+            missing_keys(&cfg, &store)
+                .unwrap()
+                .contains(&mosquitto_password_key("atlas"))
+        );
         assert!(check_user("a b").is_err() && check_user("").is_err());
     }
 
@@ -446,7 +519,10 @@ mod tests {
         let mut store = complete_store(&cfg);
         let s = assemble("atlas", &cfg, &store).unwrap();
         let shown = format!("{s:?}");
-        for v in [&s.credentials.grafana_admin_password, &s.credentials.mosquitto["atlas"].password] {
+        for v in [
+            &s.credentials.grafana_admin_password,
+            &s.credentials.mosquitto["atlas"].password,
+        ] {
             assert!(!shown.contains(v.as_str()), "{shown}");
         }
         assert!(!shown.contains("PRIVATE KEY"));
@@ -454,11 +530,19 @@ mod tests {
 
         store.insert(mosquitto_salt_key("atlas"), "c2hvcnQ=".into());
         let e = assemble("atlas", &cfg, &store).unwrap_err().to_string();
-        assert!(e.contains(&mosquitto_salt_key("atlas")) && e.contains("12 bytes") && !e.contains("c2hvcnQ"), "{e}");
+        assert!(
+            e.contains(&mosquitto_salt_key("atlas"))
+                && e.contains("12 bytes")
+                && !e.contains("c2hvcnQ"),
+            "{e}"
+        );
         let mut store = complete_store(&cfg);
         let (_, other_key) = generate_metrics_certificate().unwrap();
         store.insert(KEY_METRICS_KEY.into(), other_key.clone());
         let e = assemble("atlas", &cfg, &store).unwrap_err().to_string();
-        assert!(e.contains("does not belong") && !e.contains("PRIVATE"), "{e}");
+        assert!(
+            e.contains("does not belong") && !e.contains("PRIVATE"),
+            "{e}"
+        );
     }
 }

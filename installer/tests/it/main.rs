@@ -8,3 +8,4 @@ mod cli;
 mod config;
 mod render;
 mod incus;
+mod wiring;
