@@ -13,6 +13,7 @@ mod destroy;
 mod install;
 mod plan;
 mod render;
+mod status;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -20,7 +21,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions { shell } => completions::run(shell),
         Command::Install(args) => install::run(&global, &args),
         Command::Plan(args) => plan::run(&global, &args),
-        Command::Status => not_yet("status", 4),
+        Command::Status => status::run(&global),
         Command::Destroy(args) => destroy::run(&global, &args),
         Command::Upgrade(_) => not_yet("upgrade", 7),
         Command::Rollback => not_yet("rollback", 7),

@@ -10,3 +10,4 @@ mod render;
 mod incus;
 mod image;
 mod engine;
+mod wiring;

@@ -1,0 +1,333 @@
+//! `atlas-install status`: what is installed (the project, owned instances with state and
+//! addresses, volumes, networks, profiles, the installed version), the server wiring, and one
+//! health probe per instance. Read-only. Exit 0 when every service is healthy, 1 otherwise
+//! (nothing installed included). `--json` puts the same report on stdout.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use atlas_install::config::Config;
+use atlas_install::engine::{health, secrets, wiring};
+use atlas_install::incus::{Client, OptionalExt as _, owner};
+use serde::Serialize;
+
+use crate::cli::GlobalArgs;
+
+#[derive(Debug, Serialize)]
+struct Report {
+    endpoint: String,
+    project: String,
+    installed: bool,
+    /// `user.atlas.version` of the project.
+    version: Option<String>,
+    instances: Vec<InstanceStatus>,
+    volumes: Vec<Named>,
+    networks: Vec<Named>,
+    profiles: Vec<Named>,
+    wiring: WiringStatus,
+    healthy: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct InstanceStatus {
+    name: String,
+    managed: bool,
+    state: String,
+    addresses: Vec<String>,
+    /// Description of the image the instance was created from.
+    image: Option<String>,
+    /// `None` when the config has no such instance (nothing to probe).
+    health: Option<health::HealthReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct Named {
+    name: String,
+    managed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct WiringStatus {
+    /// `converged`, `pending`, `conflict` or `unknown`.
+    state: String,
+    changes: Vec<wiring::WiringChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+pub fn run(global: &GlobalArgs) -> Result<ExitCode> {
+    let config = super::load_config(global)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(collect(&config))?;
+    if global.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &report).context("writing the JSON report")?;
+        writeln!(out)?;
+    } else {
+        print_human(&report);
+    }
+    Ok(if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn collect(config: &Config) -> Result<Report> {
+    let client = Client::from_config(&config.incus).context("connecting to Incus")?;
+    let project_name = config.incus.project.clone();
+    let mut report = Report {
+        endpoint: client.endpoint(),
+        project: project_name.clone(),
+        installed: false,
+        version: None,
+        instances: Vec::new(),
+        volumes: Vec::new(),
+        networks: Vec::new(),
+        profiles: Vec::new(),
+        wiring: WiringStatus {
+            state: "unknown".into(),
+            changes: Vec::new(),
+            note: None,
+        },
+        healthy: false,
+    };
+    let Some(project) = client
+        .get_project(&project_name)
+        .await
+        .optional()
+        .with_context(|| format!("reading project {project_name}"))?
+    else {
+        return Ok(report);
+    };
+    report.installed = true;
+    report.version = project.value.config.get(owner::VERSION).cloned();
+
+    let health = health::check(&client, config)
+        .await
+        .context("probing the services")?;
+    let by_name: BTreeMap<&str, &health::HealthReport> =
+        health.iter().map(|h| (h.instance.as_str(), h)).collect();
+    for inst in client.instances().await.context("listing instances")? {
+        let addresses = match client.instance_state(&inst.name).await {
+            Ok(s) => ipv4_addresses(&s),
+            Err(_) => Vec::new(),
+        };
+        report.instances.push(InstanceStatus {
+            managed: owner::is_owned(&inst.config),
+            state: inst.status.clone(),
+            addresses,
+            image: inst.config.get("image.description").cloned(),
+            health: by_name.get(inst.name.as_str()).map(|h| (*h).clone()),
+            name: inst.name,
+        });
+    }
+    // Configured instances that do not exist count as unhealthy too.
+    let missing: Vec<&health::HealthReport> = health
+        .iter()
+        .filter(|h| !report.instances.iter().any(|i| i.name == h.instance))
+        .collect();
+    for h in missing {
+        report.instances.push(InstanceStatus {
+            name: h.instance.clone(),
+            managed: false,
+            state: "Missing".into(),
+            addresses: Vec::new(),
+            image: None,
+            health: Some(h.clone()),
+        });
+    }
+    report.healthy = !health.is_empty() && health.iter().all(|h| h.healthy);
+
+    let pool = &config.incus.storage_pool;
+    // A missing pool means no volumes, not a failed status.
+    report.volumes = client
+        .volumes(pool)
+        .await
+        .optional()
+        .with_context(|| format!("listing volumes of pool {pool}"))?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| Named {
+            managed: owner::is_owned(&v.config),
+            detail: Some(format!("pool {pool}")),
+            name: v.name,
+        })
+        .collect();
+    let wanted: Vec<&str> = config
+        .networks
+        .iter()
+        .map(|(_, n)| n.name.as_str())
+        .collect();
+    report.networks = client
+        .networks()
+        .await
+        .context("listing networks")?
+        .into_iter()
+        .filter(|n| owner::is_owned(&n.config) || wanted.contains(&n.name.as_str()))
+        .map(|n| Named {
+            managed: owner::is_owned(&n.config),
+            detail: n.config.get("ipv4.address").cloned(),
+            name: n.name,
+        })
+        .collect();
+    report.profiles = client
+        .profiles()
+        .await
+        .context("listing profiles")?
+        .into_iter()
+        .filter(|p| p.name != "default")
+        .map(|p| Named {
+            managed: owner::is_owned(&p.config),
+            detail: None,
+            name: p.name,
+        })
+        .collect();
+    report.wiring = wiring_status(&client, config).await;
+    Ok(report)
+}
+
+fn ipv4_addresses(state: &atlas_install::incus::InstanceState) -> Vec<String> {
+    let mut out: Vec<String> = state
+        .network
+        .iter()
+        .flatten()
+        .filter(|(nic, _)| nic.as_str() != "lo")
+        .flat_map(|(_, n)| n.addresses.iter())
+        .filter(|a| a.family == "inet")
+        .map(|a| a.address.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The wiring plan, when the secrets it compares against are stored. Never fails the command:
+/// status reports what it can.
+async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
+    let unknown = |note: String| WiringStatus {
+        state: "unknown".into(),
+        changes: Vec::new(),
+        note: Some(note),
+    };
+    let secrets = match secrets::load(client, config).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return unknown(
+                "the generated secrets are not (all) stored yet: install has not completed".into(),
+            );
+        }
+        Err(e) => return unknown(format!("reading the stored secrets: {e}")),
+    };
+    match wiring::plan(client, config, &secrets).await {
+        Ok(changes) => {
+            let state = if changes.is_empty() {
+                "converged"
+            } else if changes.iter().any(|c| c.is_conflict()) {
+                "conflict"
+            } else {
+                "pending"
+            };
+            WiringStatus {
+                state: state.into(),
+                changes,
+                note: None,
+            }
+        }
+        Err(e) => unknown(e.to_string()),
+    }
+}
+
+fn print_human(r: &Report) {
+    let mut out = std::io::stdout().lock();
+    if !r.installed {
+        let _ = writeln!(
+            out,
+            "Nothing installed: the Incus project `{}` does not exist on {}.\nRun `atlas-install install` to install Atlas (or pass --project if it lives in another project).",
+            r.project, r.endpoint
+        );
+        return;
+    }
+    let version = r.version.as_deref().unwrap_or("unknown version");
+    let _ = writeln!(
+        out,
+        "Atlas in project `{}` on {} ({version})",
+        r.project, r.endpoint
+    );
+    let _ = writeln!(out, "\nInstances:");
+    if r.instances.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    let width = r.instances.iter().map(|i| i.name.len()).max().unwrap_or(0);
+    for i in &r.instances {
+        let health = match &i.health {
+            Some(h) if h.healthy => format!("healthy ({})", h.detail),
+            Some(h) => format!("UNHEALTHY: {}", h.detail),
+            None => "not in the config, not probed".to_string(),
+        };
+        let foreign = if i.managed || i.state == "Missing" {
+            ""
+        } else {
+            " [not managed by atlas]"
+        };
+        let _ = writeln!(
+            out,
+            "  {:width$}  {:8}  {:15}  {health}{foreign}",
+            i.name,
+            i.state,
+            i.addresses.join(","),
+        );
+    }
+    for (title, items) in [
+        ("Volumes", &r.volumes),
+        ("Networks", &r.networks),
+        ("Profiles", &r.profiles),
+    ] {
+        let shown: Vec<String> = items
+            .iter()
+            .map(|n| {
+                let mut s = n.name.clone();
+                if let Some(d) = &n.detail {
+                    s.push_str(&format!(" ({d})"));
+                }
+                if !n.managed {
+                    s.push_str(" [not managed by atlas]");
+                }
+                s
+            })
+            .collect();
+        let list = if shown.is_empty() {
+            "(none)".to_string()
+        } else {
+            shown.join(", ")
+        };
+        let _ = writeln!(out, "{title}: {list}");
+    }
+    let _ = write!(out, "Server wiring: {}", r.wiring.state);
+    if let Some(n) = &r.wiring.note {
+        let _ = write!(out, " ({n})");
+    }
+    let _ = writeln!(out);
+    for c in &r.wiring.changes {
+        let _ = writeln!(out, "  {c}");
+    }
+    let probed: Vec<&health::HealthReport> = r
+        .instances
+        .iter()
+        .filter_map(|i| i.health.as_ref())
+        .collect();
+    let bad = probed.iter().filter(|h| !h.healthy).count();
+    if probed.is_empty() {
+        let _ = writeln!(out, "\nNo enabled services to probe.");
+    } else if bad == 0 {
+        let _ = writeln!(out, "\nAll {} services healthy.", probed.len());
+    } else {
+        let _ = writeln!(out, "\n{bad} of {} services unhealthy.", probed.len());
+    }
+}
