@@ -275,14 +275,28 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
         // Left over from an interrupted run of this test; it is ours by name.
         let _ = incus(&["network", "delete", BRIDGE]);
     }
-    incus_ok(&[
+    // incusd lists every host link while it creates a bridge; a veth that another process
+    // removes in between makes it fail with "Device ... does not exist". Retry that race.
+    let create = [
         "network",
         "create",
         BRIDGE,
         &format!("ipv4.address={BRIDGE_CIDR}"),
         "ipv4.nat=false",
         "ipv6.address=none",
-    ]);
+    ];
+    for attempt in 1.. {
+        let out = incus(&create);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            attempt < 10 && err.contains("does not exist"),
+            "incus network create {BRIDGE} failed: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     objects.bridge_created = true;
 
     let dir = tempfile::tempdir().unwrap();
