@@ -16,8 +16,10 @@ fn main() {
     println!("cargo:rustc-env=ATLAS_GIT_COMMIT={commit}");
     // Rebuild when HEAD moves: watch HEAD itself and the branch file it points to (works in
     // linked worktrees too, where .git is a file).
-    for path in [git(&["rev-parse", "--git-path", "HEAD"]), git(&["symbolic-ref", "-q", "HEAD"])
-        .and_then(|r| git(&["rev-parse", "--git-path", &r]))]
+    for path in [
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r])),
+    ]
     .into_iter()
     .flatten()
     {

@@ -27,7 +27,13 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
     /// Config file (atlas.toml). Without it: ./atlas.toml if present, else the embedded defaults.
-    #[arg(long, short = 'c', global = true, env = "ATLAS_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "ATLAS_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     /// Unix socket of the Incus daemon (default: discovered from INCUS_SOCKET, INCUS_DIR,

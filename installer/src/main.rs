@@ -11,7 +11,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn version_string() -> &'static str {
-    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ATLAS_GIT_COMMIT"), ")")
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("ATLAS_GIT_COMMIT"),
+        ")"
+    )
 }
 
 fn main() -> ExitCode {

@@ -32,7 +32,10 @@ pub fn print_error(err: &anyhow::Error) {
 
 /// `2026-11-26T10:43:38Z`, from the system clock, without a date library.
 fn utc_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -44,7 +47,12 @@ fn utc_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn plain_line(msg: &str) {
@@ -57,7 +65,11 @@ struct PlainProgress;
 impl Progress for PlainProgress {
     fn task(&self, label: &str, total: Option<u64>) -> Box<dyn ProgressTask> {
         plain_line(&format!("{label} ..."));
-        Box::new(PlainTask { label: label.to_string(), started: Instant::now(), total })
+        Box::new(PlainTask {
+            label: label.to_string(),
+            started: Instant::now(),
+            total,
+        })
     }
     fn info(&self, message: &str) {
         plain_line(message);
@@ -79,7 +91,11 @@ impl ProgressTask for PlainTask {
     fn set_message(&self, _message: &str) {}
     fn finish(&self, outcome: &str) {
         let _ = self.total;
-        plain_line(&format!("{}: {outcome} ({:.1}s)", self.label, self.started.elapsed().as_secs_f64()));
+        plain_line(&format!(
+            "{}: {outcome} ({:.1}s)",
+            self.label,
+            self.started.elapsed().as_secs_f64()
+        ));
     }
     fn fail(&self, reason: &str) {
         plain_line(&format!("{}: FAILED: {reason}", self.label));
@@ -93,7 +109,9 @@ struct BarProgress {
 
 impl BarProgress {
     fn new() -> Self {
-        BarProgress { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()) }
+        BarProgress {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        }
     }
 }
 
@@ -117,7 +135,10 @@ impl Progress for BarProgress {
         let _ = self.multi.println(message);
     }
     fn warn(&self, message: &str) {
-        let _ = self.multi.println(format!("{} {message}", console::style("warning:").yellow().bold()));
+        let _ = self.multi.println(format!(
+            "{} {message}",
+            console::style("warning:").yellow().bold()
+        ));
     }
 }
 
@@ -136,11 +157,16 @@ impl ProgressTask for BarTask {
         self.bar.set_message(message.to_string());
     }
     fn finish(&self, outcome: &str) {
-        self.bar.set_style(ProgressStyle::with_template("{prefix:.green.bold:<30} {msg}").expect("static template"));
+        self.bar.set_style(
+            ProgressStyle::with_template("{prefix:.green.bold:<30} {msg}")
+                .expect("static template"),
+        );
         self.bar.finish_with_message(outcome.to_string());
     }
     fn fail(&self, reason: &str) {
-        self.bar.set_style(ProgressStyle::with_template("{prefix:.red.bold:<30} {msg}").expect("static template"));
+        self.bar.set_style(
+            ProgressStyle::with_template("{prefix:.red.bold:<30} {msg}").expect("static template"),
+        );
         self.bar.abandon_with_message(format!("failed: {reason}"));
     }
 }
@@ -151,6 +177,9 @@ mod tests {
     fn timestamp_shape() {
         let t = super::utc_now();
         assert_eq!(t.len(), 20, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
     }
 }

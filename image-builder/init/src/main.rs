@@ -107,7 +107,8 @@ fn run() -> Result<u8, Fatal> {
     // Non-UTF-8 variables cannot be written as KEY=VALUE strings of the spec: skipped.
     overlay_runtime_env(
         &mut svc,
-        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
     );
     let prepared = service::prepare(&svc, &opts.root)?;
 
@@ -267,7 +268,10 @@ mod tests {
             ("NEW", "2"),
             ("ATLAS_INIT_ROOT", "/tmp"),
         ];
-        overlay_runtime_env(&mut svc, vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        overlay_runtime_env(
+            &mut svc,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         assert_eq!(svc.env_var("PATH"), Some("/image/bin"));
         assert_eq!(svc.env_var("GF_X"), Some("incus"));
         assert_eq!(svc.env_var("KEEP"), Some("1"));

@@ -12,6 +12,8 @@ pub fn run(shell: clap_complete::Shell) -> Result<ExitCode> {
     clap_complete::generate(shell, &mut Cli::command(), "atlas-install", &mut buf);
     match std::io::stdout().lock().write_all(&buf) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        other => other.context("writing completions to stdout").map(|_| ExitCode::SUCCESS),
+        other => other
+            .context("writing completions to stdout")
+            .map(|_| ExitCode::SUCCESS),
     }
 }

@@ -8,8 +8,8 @@ use crate::cli::{Cli, Command, GlobalArgs};
 
 mod completions;
 mod config;
-mod image;
 mod destroy;
+mod image;
 mod install;
 mod plan;
 mod render;
@@ -53,7 +53,9 @@ pub fn load_config(global: &GlobalArgs) -> Result<atlas_install::config::Config>
 pub fn load_options(global: &GlobalArgs) -> Result<atlas_install::config::LoadOptions> {
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
-        let Some(k) = k.to_str().filter(|k| k.starts_with("ATLAS_")) else { continue };
+        let Some(k) = k.to_str().filter(|k| k.starts_with("ATLAS_")) else {
+            continue;
+        };
         let Some(v) = v.to_str() else {
             anyhow::bail!("environment variable {k} is not valid UTF-8");
         };
@@ -64,7 +66,10 @@ pub fn load_options(global: &GlobalArgs) -> Result<atlas_install::config::LoadOp
         cwd: std::env::current_dir().context("cannot determine the working directory")?,
         env,
         project: global.project.clone(),
-        incus_socket: global.incus_socket.as_ref().map(|p| p.display().to_string()),
+        incus_socket: global
+            .incus_socket
+            .as_ref()
+            .map(|p| p.display().to_string()),
     })
 }
 

@@ -34,17 +34,81 @@ impl ServiceKind {
             u8,
             u16,
         ) = match self {
-            ServiceKind::Caddy => (2, "1GB", None, None, &[Production, Management, External], 10, 443),
-            ServiceKind::Grafana => (2, "1GB", Some(("10GB", "/var/lib/grafana")), Some(("@daily", "7d")), &[Management], 11, 3000),
-            ServiceKind::Prometheus => (2, "2GB", Some(("100GB", "/prometheus")), Some(("@weekly", "2w")), &[Management], 12, 9090),
-            ServiceKind::Loki => (2, "2GB", Some(("50GB", "/loki")), Some(("@weekly", "2w")), &[Management], 13, 3100),
-            ServiceKind::Alertmanager => (1, "256MB", Some(("1GB", "/alertmanager")), Some(("@daily", "7d")), &[Management], 14, 9093),
-            ServiceKind::StepCa => (1, "512MB", Some(("1GB", "/home/step")), Some(("@weekly", "4w")), &[Management], 15, 9000),
+            ServiceKind::Caddy => (
+                2,
+                "1GB",
+                None,
+                None,
+                &[Production, Management, External],
+                10,
+                443,
+            ),
+            ServiceKind::Grafana => (
+                2,
+                "1GB",
+                Some(("10GB", "/var/lib/grafana")),
+                Some(("@daily", "7d")),
+                &[Management],
+                11,
+                3000,
+            ),
+            ServiceKind::Prometheus => (
+                2,
+                "2GB",
+                Some(("100GB", "/prometheus")),
+                Some(("@weekly", "2w")),
+                &[Management],
+                12,
+                9090,
+            ),
+            ServiceKind::Loki => (
+                2,
+                "2GB",
+                Some(("50GB", "/loki")),
+                Some(("@weekly", "2w")),
+                &[Management],
+                13,
+                3100,
+            ),
+            ServiceKind::Alertmanager => (
+                1,
+                "256MB",
+                Some(("1GB", "/alertmanager")),
+                Some(("@daily", "7d")),
+                &[Management],
+                14,
+                9093,
+            ),
+            ServiceKind::StepCa => (
+                1,
+                "512MB",
+                Some(("1GB", "/home/step")),
+                Some(("@weekly", "4w")),
+                &[Management],
+                15,
+                9000,
+            ),
             ServiceKind::NodeExporter => (1, "128MB", None, None, &[Management], 16, 9100),
-            ServiceKind::Mosquitto => (1, "256MB", Some(("5GB", "/mosquitto/data")), Some(("@daily", "7d")), &[Production], 17, 1883),
+            ServiceKind::Mosquitto => (
+                1,
+                "256MB",
+                Some(("5GB", "/mosquitto/data")),
+                Some(("@daily", "7d")),
+                &[Production],
+                17,
+                1883,
+            ),
             ServiceKind::Cloudflared => (1, "256MB", None, None, &[Management], 18, 2000),
         };
-        KindDefaults { cpu, memory, volume, snapshots, nics, host_octet, port }
+        KindDefaults {
+            cpu,
+            memory,
+            volume,
+            snapshots,
+            nics,
+            host_octet,
+            port,
+        }
     }
 }
 
@@ -58,7 +122,8 @@ pub const DEFAULT_GRAFANA_DOMAIN: &str = "grafana.atlas.localhost";
 fn network(name: &str, third_octet: u8) -> Network {
     Network {
         name: name.to_string(),
-        ipv4: ipnet::Ipv4Net::new(Ipv4Addr::new(10, third_octet, 0, 1), 24).expect("prefix 24 is valid"),
+        ipv4: ipnet::Ipv4Net::new(Ipv4Addr::new(10, third_octet, 0, 1), 24)
+            .expect("prefix 24 is valid"),
         ipv4_nat: true,
         ipv6: None,
         ipv6_nat: true,
@@ -67,7 +132,12 @@ fn network(name: &str, third_octet: u8) -> Network {
 
 /// Builds an instance of `kind` named `name` from the kind's defaults, with addresses derived
 /// from `networks` (`offset` moves the host octet for second and later instances).
-pub fn default_instance(kind: ServiceKind, name: &str, networks: &Networks, offset: u8) -> Instance {
+pub fn default_instance(
+    kind: ServiceKind,
+    name: &str,
+    networks: &Networks,
+    offset: u8,
+) -> Instance {
     let d = kind.defaults();
     let nics = d
         .nics
@@ -162,14 +232,20 @@ impl Config {
                 },
                 cloudflare_api_token_file: None,
             },
-            grafana: GrafanaConfig { admin_user: "admin".to_string(), plugins: Vec::new() },
+            grafana: GrafanaConfig {
+                admin_user: "admin".to_string(),
+                plugins: Vec::new(),
+            },
             prometheus: PrometheusConfig {
                 retention_time: "30d".to_string(),
                 retention_size: None,
                 scrape_interval: "15s".to_string(),
                 evaluation_interval: "15s".to_string(),
             },
-            loki: LokiConfig { retention_period: "720h".to_string(), retention_delete_delay: "2h".to_string() },
+            loki: LokiConfig {
+                retention_period: "720h".to_string(),
+                retention_delete_delay: "2h".to_string(),
+            },
             alertmanager: AlertmanagerConfig {
                 webhook_url: None,
                 group_wait: "30s".to_string(),
@@ -178,7 +254,11 @@ impl Config {
             },
             step_ca: StepCaConfig {
                 ca_name: "Atlas Internal CA".to_string(),
-                dns_names: vec!["step-ca01.incus".to_string(), "step-ca01".to_string(), "localhost".to_string()],
+                dns_names: vec![
+                    "step-ca01.incus".to_string(),
+                    "step-ca01".to_string(),
+                    "localhost".to_string(),
+                ],
                 acme: true,
                 cert_duration: "24h".to_string(),
             },
@@ -189,8 +269,15 @@ impl Config {
                 tls: false,
                 users: vec!["atlas".to_string()],
             },
-            cloudflared: CloudflaredConfig { token_file: None, metrics_port: 2000 },
-            integrations: Integrations { incus_metrics: true, incus_loki: true, incus_https_port: 8443 },
+            cloudflared: CloudflaredConfig {
+                token_file: None,
+                metrics_port: 2000,
+            },
+            integrations: Integrations {
+                incus_metrics: true,
+                incus_loki: true,
+                incus_https_port: 8443,
+            },
             images: ImagesConfig {
                 registry_mirror: None,
                 insecure_registries: Vec::new(),
@@ -213,11 +300,19 @@ mod tests {
         assert_eq!(total_cpu, 13, "seed total CPU");
         let mem: u64 = c.instances.values().map(|i| i.memory.bytes).sum();
         assert_eq!(mem, 7_408_000_000, "seed total memory is 7.4GB");
-        let vol: u64 = c.instances.values().filter_map(|i| i.volume.as_ref()).map(|v| v.size.bytes).sum();
+        let vol: u64 = c
+            .instances
+            .values()
+            .filter_map(|i| i.volume.as_ref())
+            .map(|v| v.size.bytes)
+            .sum();
         assert_eq!(vol, 167_000_000_000, "seed total storage is 167GB");
         assert_eq!(c.networks.management.ipv4.to_string(), "10.50.0.1/24");
         assert_eq!(c.instances["caddy01"].nics.len(), 3);
-        assert_eq!(c.instances["prometheus01"].nics[0].ipv4, Some(Ipv4Addr::new(10, 50, 0, 12)));
+        assert_eq!(
+            c.instances["prometheus01"].nics[0].ipv4,
+            Some(Ipv4Addr::new(10, 50, 0, 12))
+        );
         assert!(!c.instances["cloudflared01"].enabled);
     }
 

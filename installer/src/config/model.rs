@@ -114,7 +114,9 @@ impl Networks {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (NetworkRole, &Network)> {
-        NetworkRole::MANAGED.into_iter().filter_map(|r| self.get(r).map(|n| (r, n)))
+        NetworkRole::MANAGED
+            .into_iter()
+            .filter_map(|r| self.get(r).map(|n| (r, n)))
     }
 }
 
@@ -257,7 +259,9 @@ impl Size {
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
-            return Err(format!("`{s}` is not a size: expected a whole number and a unit, like 512MB or 10GB"));
+            return Err(format!(
+                "`{s}` is not a size: expected a whole number and a unit, like 512MB or 10GB"
+            ));
         }
         let n: u64 = num.parse().map_err(|_| format!("`{s}` is too large"))?;
         let mult: u64 = match unit {
@@ -270,14 +274,27 @@ impl Size {
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
             "TiB" => 1 << 40,
-            "" => return Err(format!("`{s}` has no unit: write it like {num}MB or {num}GB")),
-            _ => return Err(format!("`{s}` has an unknown unit `{unit}`: use MB, GB, TB (or MiB, GiB, TiB)")),
+            "" => {
+                return Err(format!(
+                    "`{s}` has no unit: write it like {num}MB or {num}GB"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "`{s}` has an unknown unit `{unit}`: use MB, GB, TB (or MiB, GiB, TiB)"
+                ));
+            }
         };
-        let bytes = n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))?;
+        let bytes = n
+            .checked_mul(mult)
+            .ok_or_else(|| format!("`{s}` is too large"))?;
         if bytes == 0 {
             return Err(format!("`{s}` is zero"));
         }
-        Ok(Size { text: t.to_string(), bytes })
+        Ok(Size {
+            text: t.to_string(),
+            bytes,
+        })
     }
 }
 
@@ -450,12 +467,20 @@ impl Config {
             .filter(|(_, i)| i.enabled)
             .map(|(n, i)| (n.as_str(), i))
             .collect();
-        v.sort_by_key(|(n, i)| (ServiceKind::ALL.iter().position(|k| *k == i.service), n.to_string()));
+        v.sort_by_key(|(n, i)| {
+            (
+                ServiceKind::ALL.iter().position(|k| *k == i.service),
+                n.to_string(),
+            )
+        });
         v
     }
 
     /// Instances of one service kind that are enabled, by name.
     pub fn instances_of(&self, kind: ServiceKind) -> Vec<(&str, &Instance)> {
-        self.enabled_instances().into_iter().filter(|(_, i)| i.service == kind).collect()
+        self.enabled_instances()
+            .into_iter()
+            .filter(|(_, i)| i.service == kind)
+            .collect()
     }
 }

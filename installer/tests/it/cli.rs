@@ -11,10 +11,27 @@ fn version_names_the_commit() {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["install", "plan", "status", "destroy", "upgrade", "rollback", "render", "config", "image", "bundle", "backup", "completions"] {
+    for cmd in [
+        "install",
+        "plan",
+        "status",
+        "destroy",
+        "upgrade",
+        "rollback",
+        "render",
+        "config",
+        "image",
+        "bundle",
+        "backup",
+        "completions",
+    ] {
         let o = run(atlas().args([cmd, "--help"]));
         assert!(o.status.success(), "{cmd} --help failed: {}", stderr(&o));
-        assert!(stdout(&o).contains("Usage: atlas-install"), "{cmd}: {}", stdout(&o));
+        assert!(
+            stdout(&o).contains("Usage: atlas-install"),
+            "{cmd}: {}",
+            stdout(&o)
+        );
     }
 }
 
@@ -23,6 +40,12 @@ fn completions_are_generated() {
     let o = run(atlas().args(["completions", "bash"]));
     assert!(o.status.success());
     let out = stdout(&o);
-    assert!(out.contains("complete -F") && out.contains("atlas-install"), "no bash completion: {out}");
-    assert!(out.contains("install") && out.contains("--incus-socket"), "completion lacks commands/flags");
+    assert!(
+        out.contains("complete -F") && out.contains("atlas-install"),
+        "no bash completion: {out}"
+    );
+    assert!(
+        out.contains("install") && out.contains("--incus-socket"),
+        "completion lacks commands/flags"
+    );
 }

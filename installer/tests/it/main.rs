@@ -3,11 +3,11 @@
 //! Tests that need a real incusd, registry or service binary find them on the host; under
 //! `ATLAS_TEST_REQUIRE_ALL=1` (set by .ci/run) a missing one is a failure, not a skip.
 
-mod common;
 mod cli;
+mod common;
 mod config;
-mod render;
-mod incus;
-mod image;
 mod engine;
+mod image;
+mod incus;
+mod render;
 mod wiring;

@@ -39,7 +39,10 @@ pub fn have_tool(tool: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);
     if !found {
-        assert!(!require_all(), "{tool} is required (ATLAS_TEST_REQUIRE_ALL=1); run tests/setup-host.sh");
+        assert!(
+            !require_all(),
+            "{tool} is required (ATLAS_TEST_REQUIRE_ALL=1); run tests/setup-host.sh"
+        );
         eprintln!("skipping: {tool} not installed (run tests/setup-host.sh)");
     }
     found
@@ -49,7 +52,11 @@ pub fn have_tool(tool: &str) -> bool {
 pub fn have_path(path: &Path, what: &str) -> bool {
     let ok = path.exists();
     if !ok {
-        assert!(!require_all(), "{what} ({}) is required (ATLAS_TEST_REQUIRE_ALL=1)", path.display());
+        assert!(
+            !require_all(),
+            "{what} ({}) is required (ATLAS_TEST_REQUIRE_ALL=1)",
+            path.display()
+        );
         eprintln!("skipping: {what} not found at {}", path.display());
     }
     ok
