@@ -19,6 +19,7 @@ use atlas_install::incus::{Client, ImageImport, Network, OptionalExt, StateActio
 use atlas_install::progress::NoProgress;
 use atlas_install::render::{Credentials, MqttCredential};
 
+use crate::common::client_or_skip;
 use crate::common::{atlas, require_all, stderr, stdout};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
@@ -31,34 +32,6 @@ const ROLES: [(&str, &str); 5] = [
     ("production", "prd"),
     ("management", "mgt"),
 ];
-
-async fn client() -> Option<Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let why = if !Path::new(SOCKET).exists() {
-        format!("{SOCKET} does not exist")
-    } else {
-        let c = Client::unix_at(Path::new(SOCKET)).expect("client");
-        match c.server().await {
-            Ok(_) => return Some(c),
-            Err(e) => e.to_string(),
-        }
-    };
-    assert!(
-        !require_all(),
-        "incusd is required (ATLAS_TEST_REQUIRE_ALL=1): {why}; run tests/start-services.sh"
-    );
-    eprintln!("skipping: no incusd ({why}); run tests/start-services.sh");
-    None
-}
-
-macro_rules! client_or_skip {
-    () => {
-        match client().await {
-            Some(c) => c,
-            None => return,
-        }
-    };
-}
 
 /// The tests take turns: the shared incusd of this machine times out state changes when
 /// several stacks churn at once, and races bridge creation against bridge deletion.

@@ -10,7 +10,7 @@ use atlas_install::incus::{
     OptionalExt, Profile, Project, StateAction, StorageBucket, StorageVolume,
 };
 
-use crate::common::require_all;
+use crate::common::client_or_skip;
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
@@ -20,35 +20,6 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// The real daemon, or `None` (skip) when absent; under ATLAS_TEST_REQUIRE_ALL=1 absence fails.
-async fn client() -> Option<Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let why = if !Path::new(SOCKET).exists() {
-        format!("{SOCKET} does not exist")
-    } else {
-        let c = Client::unix_at(Path::new(SOCKET)).expect("client");
-        match c.server().await {
-            Ok(_) => return Some(c),
-            Err(e) => e.to_string(),
-        }
-    };
-    assert!(
-        !require_all(),
-        "incusd is required (ATLAS_TEST_REQUIRE_ALL=1): {why}; run tests/start-services.sh"
-    );
-    eprintln!("skipping: no incusd ({why}); run tests/start-services.sh");
-    None
-}
-
-macro_rules! client_or_skip {
-    () => {
-        match client().await {
-            Some(c) => c,
-            None => return,
-        }
-    };
 }
 
 fn unique(tag: &str) -> String {

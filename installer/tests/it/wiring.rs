@@ -17,6 +17,7 @@ use atlas_install::incus::{
 };
 use atlas_install::progress::NoProgress;
 
+use crate::common::client_or_skip;
 use crate::common::require_all;
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
@@ -35,34 +36,6 @@ const SERVER_KEYS: &[&str] = &[
 
 /// Tests that change server config wait for each other (the server is one for all).
 static SERVER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn client() -> Option<Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let why = if !Path::new(SOCKET).exists() {
-        format!("{SOCKET} does not exist")
-    } else {
-        let c = Client::unix_at(Path::new(SOCKET)).expect("client");
-        match c.server().await {
-            Ok(_) => return Some(c),
-            Err(e) => e.to_string(),
-        }
-    };
-    assert!(
-        !require_all(),
-        "incusd is required (ATLAS_TEST_REQUIRE_ALL=1): {why}; run tests/start-services.sh"
-    );
-    eprintln!("skipping: no incusd ({why}); run tests/start-services.sh");
-    None
-}
-
-macro_rules! client_or_skip {
-    () => {
-        match client().await {
-            Some(c) => c,
-            None => return,
-        }
-    };
-}
 
 fn unique(tag: &str) -> String {
     format!("t-wir-{}-{tag}", std::process::id())

@@ -61,3 +61,37 @@ pub fn have_path(path: &Path, what: &str) -> bool {
     }
     ok
 }
+
+/// Socket of the shared incusd the integration tests talk to.
+pub const INCUS_SOCKET: &str = "/var/lib/incus/unix.socket";
+
+/// The real daemon, or `None` (skip) when absent; under ATLAS_TEST_REQUIRE_ALL=1 absence fails.
+pub async fn incus_client() -> Option<atlas_install::incus::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let why = if !Path::new(INCUS_SOCKET).exists() {
+        format!("{INCUS_SOCKET} does not exist")
+    } else {
+        let c = atlas_install::incus::Client::unix_at(Path::new(INCUS_SOCKET)).expect("client");
+        match c.server().await {
+            Ok(_) => return Some(c),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert!(
+        !require_all(),
+        "incusd is required (ATLAS_TEST_REQUIRE_ALL=1): {why}; run tests/start-services.sh"
+    );
+    eprintln!("skipping: no incusd ({why}); run tests/start-services.sh");
+    None
+}
+
+/// `let c = client_or_skip!();` in an async test: the real incusd, or return (skip).
+macro_rules! client_or_skip {
+    () => {
+        match $crate::common::incus_client().await {
+            Some(c) => c,
+            None => return,
+        }
+    };
+}
+pub(crate) use client_or_skip;
