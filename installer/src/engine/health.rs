@@ -123,7 +123,7 @@ pub fn probe_for(config: &Config, name: &str, inst: &Instance) -> Option<Probe> 
             expect_status_ok: true,
         },
         ServiceKind::Mosquitto => Check::Tcp {
-            address: SocketAddr::new(ip, config.mosquitto.mqtt_port),
+            address: SocketAddr::new(ip, crate::render::mosquitto::MQTT_PORT),
         },
     };
     Some(Probe {

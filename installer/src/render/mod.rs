@@ -16,7 +16,7 @@ mod cloudflared;
 mod grafana;
 mod hosts;
 mod loki;
-mod mosquitto;
+pub mod mosquitto;
 mod node_exporter;
 mod passwd;
 mod paths;

@@ -10,6 +10,10 @@ use super::{Ctx, RenderError, RenderedFile, RenderedInstance, check};
 
 pub const CONFIG: &str = "/mosquitto/config/mosquitto.conf";
 pub const PASSWORD_FILE: &str = "/mosquitto/config/passwd";
+/// The broker's ports inside its container. The host ports in `[mosquitto]` are only the
+/// proxy devices' listen side, so changing them never touches the broker's configuration.
+pub const MQTT_PORT: u16 = 1883;
+pub const MQTTS_PORT: u16 = 8883;
 
 pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let m = &ctx.config.mosquitto;
@@ -53,8 +57,8 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             "instance": ctx.name,
             "password_file": PASSWORD_FILE,
             "persistence_location": format!("{}/", data.trim_end_matches('/')),
-            "mqtt_port": m.mqtt_port,
-            "mqtts_port": m.mqtts_port,
+            "mqtt_port": MQTT_PORT,
+            "mqtts_port": MQTTS_PORT,
             "tls": tls,
         }),
     )?;

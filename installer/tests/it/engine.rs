@@ -24,7 +24,12 @@ use crate::common::{atlas, require_all, stderr, stdout};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
-const SERVICES: [(&str, u16); 3] = [("caddy", 80), ("mosquitto", 1883), ("alertmanager", 9093)];
+/// Each test service and the ports it serves /www on (Caddy: its site and its admin metrics).
+const SERVICES: [(&str, &[u16]); 3] = [
+    ("caddy", &[80, 2019]),
+    ("mosquitto", &[1883]),
+    ("alertmanager", &[9093]),
+];
 const ROLES: [(&str, &str); 5] = [
     ("development", "dev"),
     ("testing", "tst"),
@@ -194,8 +199,8 @@ impl Env {
             .await
             .expect("ensure project");
         let pc = c.in_project(&self.project);
-        for (service, port) in SERVICES {
-            let tarball = image_tarball(service, port);
+        for (service, ports) in SERVICES {
+            let tarball = image_tarball(service, ports);
             let body =
                 reqwest::Body::from(tokio::fs::File::open(tarball).await.expect("open image"));
             let import = ImageImport {
@@ -358,7 +363,7 @@ async fn install(c: &Client, cfg: &Config, fail_at: Option<&str>) -> Result<u64,
 
 /// A unified tarball (uncompressed) per service: static busybox, atlas-init as /sbin/init and
 /// a service that serves /www on the service's port. Built once per test process.
-fn image_tarball(service: &str, port: u16) -> PathBuf {
+fn image_tarball(service: &str, ports: &[u16]) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
@@ -396,6 +401,12 @@ fn image_tarball(service: &str, port: u16) -> PathBuf {
         format!("up{{service=\"{service}\"}} 1\n"),
     )
     .expect("www");
+    // Every health path the engine probes, so any service's gate can pass.
+    for path in ["-/ready", "ready", "health", "api/health"] {
+        let f = rootfs.join("www").join(path);
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        std::fs::write(f, "ok\n").expect("www");
+    }
     std::fs::write(
         rootfs.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nmosquitto:x:1883:1883::/:/bin/false\n",
@@ -404,14 +415,20 @@ fn image_tarball(service: &str, port: u16) -> PathBuf {
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\nmosquitto:x:1883:\n").expect("group");
     let spec = atlas_image::init::ServiceSpec {
         entrypoint: vec![],
+        // httpd without -f daemonizes: all ports but the last in the background.
         cmd: vec![
-            "/bin/busybox".into(),
-            "httpd".into(),
-            "-f".into(),
-            "-p".into(),
-            port.to_string(),
-            "-h".into(),
-            "/www".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let fg = if i + 1 == ports.len() { "exec " } else { "" };
+                    let f = if fg.is_empty() { "" } else { " -f" };
+                    format!("{fg}/bin/busybox httpd{f} -p {p} -h /www")
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
         ],
         env: vec![],
         working_dir: None,
