@@ -103,14 +103,17 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// Install from an offline bundle file instead of registries.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "registry_mirror")]
     pub bundle: Option<PathBuf>,
-    /// Map docker.io, ghcr.io and quay.io references onto this registry mirror.
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub registry_mirror: Option<String>,
-    /// Use this images.lock instead of the embedded one.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Use this images.lock instead of the embedded one (digests are always verified).
     #[arg(long, value_name = "FILE")]
     pub images_lock: Option<PathBuf>,
+    /// Use the images already under the aliases of `images.aliases` (default
+    /// atlas/<service>) instead of building them from the embedded recipes.
+    #[arg(long, conflicts_with_all = ["bundle", "images_lock", "registry_mirror"])]
+    pub existing_images: bool,
     /// Go on even when the host is below the minimum CPU, memory or disk.
     #[arg(long)]
     pub ignore_preflight: bool,
@@ -121,6 +124,10 @@ pub struct PlanArgs {
     /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Plan with the images already under the aliases of `images.aliases`, as
+    /// `install --existing-images` would (a missing alias is then an error).
+    #[arg(long)]
+    pub existing_images: bool,
 }
 
 #[derive(Debug, Args)]

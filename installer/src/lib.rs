@@ -10,6 +10,7 @@ pub mod engine;
 pub mod imageops;
 pub mod incus;
 pub mod render;
+pub mod supply;
 
 pub use atlas_image::progress;
 

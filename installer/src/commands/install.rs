@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
+use atlas_image::cache::BlobCache;
+use atlas_image::lock::ImagesLock;
 use atlas_install::config::Config;
 use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets};
 use atlas_install::incus::Client;
 use atlas_install::progress::Progress;
+use atlas_install::supply::ImageSupply;
 
 use crate::cli::{GlobalArgs, InstallArgs};
 
@@ -70,16 +73,52 @@ pub(super) fn confirm(global: &GlobalArgs, question: &str) -> Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
-pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
-    if args.bundle.is_some() || args.registry_mirror.is_some() || args.images_lock.is_some() {
+/// Where the install takes its images from: the recipes over pulled upstream images, or the
+/// aliases already in the project with `--existing-images`.
+/// Flags win over the config's `[images]` settings.
+pub(super) fn image_supply(args: &InstallArgs, config: &Config) -> Result<Option<ImageSupply>> {
+    if args.existing_images {
+        return Ok(None);
+    }
+    if args.bundle.is_some() {
         bail!(
-            "install --bundle/--registry-mirror/--images-lock need the image pipeline, which is not in this build; import images under the aliases of images.aliases (default atlas/<service>) and run install without them"
+            "install --bundle is not in this build yet; use --registry-mirror, or --existing-images with images imported beforehand. Nothing was changed."
         );
     }
+    let lock_file = args
+        .images_lock
+        .clone()
+        .or_else(|| config.images.lock_file.clone().map(Into::into));
+    let lock = match &lock_file {
+        Some(p) => ImagesLock::load(p).with_context(|| format!("images lock {}", p.display()))?,
+        None => ImagesLock::embedded()?,
+    };
+    let mut insecure = args.registry.insecure_registry.clone();
+    insecure.extend(config.images.insecure_registries.iter().cloned());
+    Ok(Some(ImageSupply {
+        registry_mirror: args
+            .registry
+            .registry_mirror
+            .clone()
+            .or_else(|| config.images.registry_mirror.clone()),
+        insecure_registries: insecure,
+        cache_dir: args
+            .registry
+            .cache_dir
+            .clone()
+            .unwrap_or_else(BlobCache::default_dir),
+        lock,
+        layout: None,
+    }))
+}
+
+pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
     let ctx = Ctx::new(global)?;
+    let supply = image_supply(args, &ctx.config)?;
     let options = Options {
         ignore_preflight: args.ignore_preflight,
         fail_at: test_hooks::fail_at(),
+        supply,
         ..Options::default()
     };
     let engine = ctx.engine(options);

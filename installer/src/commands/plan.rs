@@ -18,8 +18,20 @@ pub(super) fn print(text: &str) {
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
     let ctx = super::install::Ctx::new(global)?;
+    // Plan reads only: the supply just tells the engine that missing images get built.
+    let supply = match args.existing_images {
+        true => None,
+        false => Some(atlas_install::supply::ImageSupply {
+            registry_mirror: None,
+            insecure_registries: Vec::new(),
+            cache_dir: atlas_image::cache::BlobCache::default_dir(),
+            lock: atlas_image::lock::ImagesLock::embedded()?,
+            layout: None,
+        }),
+    };
     let engine = ctx.engine(Options {
         ignore_preflight: true,
+        supply,
         ..Options::default()
     });
     let w0 = ctx.client.writes();

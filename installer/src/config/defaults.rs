@@ -221,6 +221,7 @@ impl Config {
                 https_port: 443,
                 listen_address: "0.0.0.0".to_string(),
                 admin_port: 2019,
+                proxy_protocol: true,
                 acme_email: None,
                 tls_fallback: TlsIssuer::Internal,
                 rate_limit: RateLimit {
@@ -272,6 +273,9 @@ impl Config {
             cloudflared: CloudflaredConfig {
                 token_file: None,
                 metrics_port: 2000,
+            },
+            node_exporter: NodeExporterConfig {
+                follow_host_mounts: true,
             },
             integrations: Integrations {
                 incus_metrics: true,

@@ -26,6 +26,7 @@ pub struct Config {
     pub step_ca: StepCaConfig,
     pub mosquitto: MosquittoConfig,
     pub cloudflared: CloudflaredConfig,
+    pub node_exporter: NodeExporterConfig,
     pub integrations: Integrations,
     pub images: ImagesConfig,
     /// Secrets resolved from the environment or `*_file` paths. Never serialized.
@@ -326,6 +327,10 @@ pub struct CaddyConfig {
     pub listen_address: String,
     /// Caddy admin endpoint inside the container (metrics at `/metrics`).
     pub admin_port: u16,
+    /// The host-port proxy devices prepend a PROXY protocol header and Caddy reads it, so
+    /// the allowlist and rate limits see real client addresses. Needs Caddy 2.7+ (its
+    /// `proxy_protocol` listener wrapper); off, every client looks like 127.0.0.1.
+    pub proxy_protocol: bool,
     pub acme_email: Option<String>,
     /// `auto`: Cloudflare DNS-01 when a token is set, else `tls_fallback`.
     pub tls_fallback: TlsIssuer,
@@ -415,6 +420,14 @@ pub struct CloudflaredConfig {
     /// Deployed only when a tunnel token is available (env or `token_file`).
     pub token_file: Option<String>,
     pub metrics_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeExporterConfig {
+    /// Mount the host's / with rslave propagation, so disks mounted later show up without a
+    /// restart. Needs / to be a shared mount on the host (systemd hosts have it); preflight
+    /// says when it is not.
+    pub follow_host_mounts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

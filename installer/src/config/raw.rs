@@ -64,6 +64,8 @@ pub(crate) struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloudflared: Option<RawCloudflared>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_exporter: Option<RawNodeExporter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrations: Option<RawIntegrations>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<RawImages>,
@@ -143,6 +145,7 @@ overlay!(RawCaddy => CaddyConfig {
     plain https_port: u16,
     plain listen_address: String,
     plain admin_port: u16,
+    plain proxy_protocol: bool,
     plain tls_fallback: TlsIssuer,
     opt acme_email: String,
     opt cloudflare_api_token_file: String,
@@ -194,6 +197,10 @@ overlay!(RawMosquitto => MosquittoConfig {
     plain listen_address: String,
     plain tls: bool,
     plain users: Vec<String>,
+});
+
+overlay!(RawNodeExporter => NodeExporterConfig {
+    plain follow_host_mounts: bool,
 });
 
 overlay!(RawCloudflared => CloudflaredConfig {
@@ -426,6 +433,7 @@ impl RawConfig {
             step_ca: Some(RawStepCa::from_model(&c.step_ca)),
             mosquitto: Some(RawMosquitto::from_model(&c.mosquitto)),
             cloudflared: Some(RawCloudflared::from_model(&c.cloudflared)),
+            node_exporter: Some(RawNodeExporter::from_model(&c.node_exporter)),
             integrations: Some(RawIntegrations::from_model(&c.integrations)),
             images: Some(RawImages::from_model(&c.images)),
             networks: Some(RawNetworks::from_model(&c.networks)),

@@ -39,6 +39,9 @@ pub(crate) fn resolve(mut raw: RawConfig, secrets: Secrets, diags: &mut Vec<Diag
     if let Some(s) = raw.cloudflared.take() {
         s.apply(&mut c.cloudflared);
     }
+    if let Some(s) = raw.node_exporter.take() {
+        s.apply(&mut c.node_exporter);
+    }
     if let Some(s) = raw.integrations.take() {
         s.apply(&mut c.integrations);
     }

@@ -280,10 +280,11 @@ pub(crate) async fn stop(project: &Client, name: &str) -> Result<(), IncusError>
     change_state(project, name, crate::incus::StateAction::Stop, true).await
 }
 
-/// Start, stop or restart, judged by the state reached. A busy daemon answers some state
-/// changes with "context deadline exceeded" although the instance gets there a little later
-/// (seen on 6.0.4 under load); so after an error the state is polled for a minute, then the
-/// change is tried once more.
+/// Start, stop or restart, judged by the state reached. On a loaded host Incus 6.0.4 answers
+/// some state changes with "context deadline exceeded": its LXC hooks call back into incusd
+/// with a 30 s limit, and a hook that waits on the kernel (deleting a veth, seen taking
+/// longer than that) fails the whole change although a later try works. So after an error
+/// the state is polled for a while, then the change is tried again, three times in all.
 pub(crate) async fn change_state(
     project: &Client,
     name: &str,
@@ -299,16 +300,24 @@ pub(crate) async fn change_state(
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
-    for _ in 0..30 {
-        if project.get_instance(name).await?.value.status == want {
+    for _ in 0..2 {
+        for _ in 0..15 {
+            if project.get_instance(name).await?.value.status == want {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        if project
+            .set_instance_state(name, action, 30, force)
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
-    match project.set_instance_state(name, action, 30, force).await {
-        Ok(()) => Ok(()),
-        Err(_) if project.get_instance(name).await?.value.status == want => Ok(()),
-        Err(_) => Err(first),
+    match project.get_instance(name).await?.value.status == want {
+        true => Ok(()),
+        false => Err(first),
     }
 }
 

@@ -124,10 +124,17 @@ fn volumes(cfg: &Config, v: &str) -> Vec<Resource> {
     let pool = cfg.incus.storage_pool.as_str();
     cfg.enabled_instances()
         .into_iter()
-        .filter_map(|(name, inst)| inst.volume.as_ref().map(|vol| (name, vol)))
-        .map(|(name, vol)| {
+        .filter_map(|(name, inst)| inst.volume.as_ref().map(|vol| (name, inst, vol)))
+        .map(|(name, inst, vol)| {
             let mut config = serde_json::Map::new();
             config.insert("size".into(), Value::String(vol.size.text.clone()));
+            // A fresh volume belongs to root; services that drop privileges (Prometheus as
+            // nobody, step-ca as step, ...) could not write their data directory. Incus
+            // applies these on creation only, so existing data keeps its owners.
+            let (uid, gid) = crate::render::paths::service_user(inst.service);
+            config.insert("initial.uid".into(), Value::String(uid.to_string()));
+            config.insert("initial.gid".into(), Value::String(gid.to_string()));
+            config.insert("initial.mode".into(), Value::String("0750".into()));
             if vol.snapshots.enabled {
                 config.insert(
                     "snapshots.schedule".into(),

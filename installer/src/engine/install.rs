@@ -59,6 +59,9 @@ pub struct Options {
     /// Test-only failure point (`after-<step>`, `instance-created`, `files-pushed`, ...).
     pub fail_at: Option<String>,
     pub health_timeout: Duration,
+    /// Builds or takes every enabled service's image and points its alias at it. Without
+    /// one, the aliases must already exist in the project (images imported beforehand).
+    pub supply: Option<crate::supply::ImageSupply>,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             ignore_preflight: false,
             fail_at: None,
             health_timeout: Duration::from_secs(300),
+            supply: None,
         }
     }
 }
@@ -307,6 +311,41 @@ impl Engine<'_> {
         })
     }
 
+    /// Builds (or takes) the image of every enabled service, one after another, and points
+    /// the service's alias at it. Nothing happens without a supply.
+    async fn supply_images(
+        &self,
+        project: &Client,
+        task: &dyn ProgressTask,
+    ) -> Result<(), EngineError> {
+        let Some(supply) = &self.options.supply else {
+            return Ok(());
+        };
+        let mut services: Vec<&str> = self
+            .config
+            .enabled_instances()
+            .into_iter()
+            .map(|(_, i)| i.service.as_str())
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        let mut imported = 0;
+        for service in services {
+            task.set_message(&format!("{service}: pulling and building"));
+            let alias = state::image_alias(self.config, service);
+            let got = supply
+                .ensure(project, service, &alias, self.progress)
+                .await
+                .map_err(|e| EngineError::object(format!("image of {service}"), e))?;
+            if let Some(note) = &got.pinned {
+                self.progress.warn(note);
+            }
+            imported += usize::from(got.imported);
+        }
+        task.set_message(&format!("{imported} imported"));
+        Ok(())
+    }
+
     fn remotes_note(&self, server: &Server) -> Result<Option<String>, EngineError> {
         let r = remotes::ensure(server, true)
             .map_err(|e| EngineError::object("incus client config", e))?;
@@ -328,7 +367,13 @@ impl Engine<'_> {
         secrets: Option<&Secrets>,
     ) -> Result<(DesiredState, Vec<String>), EngineError> {
         let cfg = self.config;
-        let images = state::resolve_images(&self.project(), cfg, obs.project_exists).await?;
+        let images = state::resolve_images(
+            &self.project(),
+            cfg,
+            obs.project_exists,
+            self.options.supply.is_some(),
+        )
+        .await?;
         let external =
             state::external_addresses(&self.root(), cfg, pre.external, &obs.instances).await?;
         let creds = match secrets {
@@ -454,6 +499,7 @@ impl Engine<'_> {
                         Some(s) => s.clone(),
                         None => self.secrets.load_or_generate(&project, cfg).await?,
                     };
+                    self.supply_images(&project, t).await?;
                     let pre = &report.preflight;
                     let obs = Observation {
                         project_exists: true,

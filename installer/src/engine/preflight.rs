@@ -371,6 +371,8 @@ pub async fn run(
             .is_some();
         let own = own_listeners(&client.in_project(&config.incus.project), project_exists).await?;
         problems.extend(port_problems(config, &own));
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        problems.extend(host_mount_problem(config, &mountinfo));
     } else {
         report.warnings.push(
             "remote Incus: host port and route checks skipped (they only see this machine)"
@@ -384,9 +386,51 @@ pub async fn run(
     }
 }
 
+/// Whether the mount at `/` propagates (`shared:N` among its optional fields). Unknown
+/// (no such line) counts as shared: the check must not refuse what it cannot see.
+pub fn root_is_shared(mountinfo: &str) -> bool {
+    mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .rfind(|f| f.len() > 6 && f[4] == "/")
+        .is_none_or(|f| {
+            f[6..]
+                .iter()
+                .take_while(|x| **x != "-")
+                .any(|x| x.starts_with("shared:"))
+        })
+}
+
+/// node-exporter's rslave mount of the host's / fails to start on a host whose / is private
+/// (hosts without systemd, nested containers).
+fn host_mount_problem(config: &Config, mountinfo: &str) -> Option<String> {
+    let unused = config.instances_of(ServiceKind::NodeExporter).is_empty();
+    (!unused && config.node_exporter.follow_host_mounts && !root_is_shared(mountinfo)).then(|| {
+        "node-exporter: this host's / is not a shared mount, so Incus cannot mount it with rslave propagation and the container would not start; set node_exporter.follow_host_mounts = false in atlas.toml, or make / shared (`mount --make-rshared /`)".to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_mount_propagation_is_read_from_mountinfo() {
+        let shared = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n";
+        let private = "22 1 8:1 / / rw,relatime - ext4 /dev/vda rw\n30 22 0:5 / /proc rw shared:2 - proc proc rw\n";
+        assert!(root_is_shared(shared));
+        assert!(!root_is_shared(private));
+        assert!(root_is_shared(""));
+        let mut c = Config::builtin();
+        assert!(
+            host_mount_problem(&c, private)
+                .unwrap()
+                .contains("follow_host_mounts = false")
+        );
+        assert!(host_mount_problem(&c, shared).is_none());
+        c.node_exporter.follow_host_mounts = false;
+        assert!(host_mount_problem(&c, private).is_none());
+    }
 
     #[test]
     fn size_thresholds_follow_the_seed_table() {

@@ -200,6 +200,7 @@ pub async fn resolve_images(
     project: &Client,
     config: &Config,
     project_exists: bool,
+    supplied: bool,
 ) -> Result<BTreeMap<String, ImageChoice>, EngineError> {
     let mut out = BTreeMap::new();
     for (name, inst) in config.enabled_instances() {
@@ -208,6 +209,8 @@ pub async fn resolve_images(
         let fingerprint = if project_exists {
             match project.get_image_alias(&alias).await.optional()? {
                 Some(a) => a.value.target,
+                // The images step builds it before anything uses it.
+                None if supplied => UNRESOLVED.to_string(),
                 None => {
                     return Err(EngineError::MissingImage {
                         instance: name.to_string(),

@@ -106,6 +106,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         json!({
             "instance": ctx.name,
             "admin_port": c.caddy.admin_port,
+            "proxy_protocol": c.caddy.proxy_protocol,
             "acme_email": c.caddy.acme_email,
             "issuer": issuer,
             "step_ca_directory": STEP_CA_ACME_DIRECTORY,

@@ -19,7 +19,7 @@ mod loki;
 pub mod mosquitto;
 mod node_exporter;
 mod passwd;
-mod paths;
+pub mod paths;
 mod profiles;
 mod prometheus;
 mod step_ca;

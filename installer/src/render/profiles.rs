@@ -175,6 +175,7 @@ fn profile_context(
             "listen_address": config.caddy.listen_address,
             "http_port": config.caddy.http_port,
             "https_port": config.caddy.https_port,
+            "proxy_protocol": config.caddy.proxy_protocol.to_string(),
         })),
         ServiceKind::Mosquitto => Some(json!({
             "listen_address": config.mosquitto.listen_address,
@@ -198,5 +199,6 @@ fn profile_context(
             m.extend(e);
         }
     }
+    ctx["follow_host_mounts"] = json!(config.node_exporter.follow_host_mounts);
     Ok(ctx)
 }

@@ -186,8 +186,12 @@ impl Env {
             .args(["--progress", "plain"])
             .args(args);
         if args.first() == Some(&"install") {
-            // This machine is below the seed's minimum host size.
-            cmd.arg("--ignore-preflight");
+            // This machine is below the seed's minimum host size; the test imported its
+            // own images under the aliases.
+            cmd.args(["--ignore-preflight", "--existing-images"]);
+        }
+        if args.first() == Some(&"plan") {
+            cmd.arg("--existing-images");
         }
         cmd.env("ATLAS_TEST_SECRETS_FILE", self.secrets_file());
         cmd
@@ -348,6 +352,7 @@ fn engine<'a>(c: &Client, cfg: &'a Config, fail_at: Option<&str>) -> Engine<'a> 
             ignore_preflight: true,
             fail_at: fail_at.map(str::to_string),
             health_timeout: Duration::from_secs(30),
+            supply: None,
         },
     }
 }
