@@ -167,3 +167,21 @@ fn check_space(dir: &Path, needed: u64) -> Result<(), BundleError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_check_uses_the_nearest_existing_directory() {
+        let here = std::env::temp_dir();
+        let free = free_space(&here).unwrap();
+        assert!(free > 0);
+        // A directory not created yet is measured on its parent's file system.
+        assert!(free_space(&here.join("not/yet/made")).unwrap() > 0);
+        let e = check_space(&here, u64::MAX).unwrap_err();
+        assert!(matches!(e, BundleError::NoSpace { .. }), "{e}");
+        assert!(e.to_string().contains("not enough free space"), "{e}");
+        check_space(&here, 1).unwrap();
+    }
+}

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use atlas_image::digest::{Digest, Hasher};
 use atlas_image::lock::ImagesLock;
@@ -63,10 +63,9 @@ fn check_name(path: &Path, raw: &[u8]) -> Result<String, BundleError> {
     if name.split('/').any(|c| c == "..") {
         return Err(unsafe_name("contains a `..` component"));
     }
-    let plain = Path::new(name)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)));
-    if !plain || name.ends_with('/') || name.contains("//") {
+    // Split by hand: Path::components would quietly drop `.` and empty parts, and two
+    // spellings of one name could then pass as different members.
+    if name.split('/').any(|c| c.is_empty() || c == ".") {
         return Err(unsafe_name("not a plain relative path"));
     }
     Ok(name.to_owned())
