@@ -10,5 +10,6 @@ mod config;
 mod engine;
 mod image;
 mod incus;
+mod install_sh;
 mod render;
 mod wiring;
