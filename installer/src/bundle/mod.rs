@@ -34,7 +34,9 @@ use std::path::PathBuf;
 pub use create::{CreateSpec, RecipeBuild, RegistrySource, create};
 pub use inspect::{BundleImage, Inspection, inspect};
 pub use manifest::{BundleManifest, FORMAT, Member, format_rfc3339};
-pub use open::{Expect, OpenedBundle, UnpackedLayout, free_space, open_for_install};
+pub use open::{
+    Expect, OpenedBundle, UnpackedLayout, extract_binary, free_space, open_for_install,
+};
 pub use verify::{Verified, read_manifest, verify};
 
 /// Name of the manifest member (always first).
@@ -187,10 +189,23 @@ pub enum BundleError {
     },
     #[error(transparent)]
     Layout(#[from] atlas_image::oci_layout::LayoutError),
+    // Boxed: these are large, and every Result of this module would carry their size.
     #[error(transparent)]
-    Pull(#[from] atlas_image::source::PullError),
+    Pull(Box<atlas_image::source::PullError>),
     #[error(transparent)]
-    Build(#[from] atlas_image::build::BuildError),
+    Build(Box<atlas_image::build::BuildError>),
     #[error(transparent)]
     Lock(#[from] atlas_image::lock::LockError),
+}
+
+impl From<atlas_image::source::PullError> for BundleError {
+    fn from(e: atlas_image::source::PullError) -> Self {
+        BundleError::Pull(Box::new(e))
+    }
+}
+
+impl From<atlas_image::build::BuildError> for BundleError {
+    fn from(e: atlas_image::build::BuildError) -> Self {
+        BundleError::Build(Box::new(e))
+    }
 }

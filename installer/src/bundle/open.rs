@@ -9,10 +9,10 @@ use atlas_image::lock::ImagesLock;
 use atlas_image::progress::Progress;
 use atlas_image::source::Source;
 
-use super::BundleError;
 use super::inspect::BundleImage;
 use super::manifest::BundleManifest;
-use super::verify::{read_manifest, scan};
+use super::verify::{copy_hashing, next_member, open_tar, read_head, read_manifest, scan};
+use super::{BINARY, BundleError};
 
 /// Room left on top of the layout's bytes: file system overhead, and not filling the disk.
 const SPACE_MARGIN: u64 = 64 << 20;
@@ -166,6 +166,60 @@ fn check_space(dir: &Path, needed: u64) -> Result<(), BundleError> {
         });
     }
     Ok(())
+}
+
+/// Writes the bundle's own binary to `dest` (mode 0755), checked against the manifest: for
+/// handing an install over to the binary of another version. Only this member is read; run
+/// the result's `bundle verify` (or `install --bundle`, which verifies) before trusting the rest.
+pub fn extract_binary(bundle: &Path, dest: &Path) -> Result<BundleManifest, BundleError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut tar = open_tar(bundle)?;
+    let mut entries = tar.entries().map_err(|source| BundleError::Io {
+        path: bundle.to_owned(),
+        source,
+    })?;
+    let manifest = read_head(bundle, &mut entries)?;
+    let want = manifest
+        .member(BINARY)
+        .cloned()
+        .ok_or_else(|| BundleError::Missing {
+            path: bundle.to_owned(),
+            name: BINARY.to_owned(),
+            hint: "",
+        })?;
+    let werr = |source| BundleError::Write {
+        path: dest.to_owned(),
+        source,
+    };
+    while let Some((name, mut entry)) = next_member(bundle, &mut entries)? {
+        if name != BINARY {
+            continue;
+        }
+        let partial = dest.with_extension("partial");
+        let mut f = fs::File::create(&partial).map_err(werr)?;
+        let copied = copy_hashing(&mut entry, &mut f, None, &atlas_image::progress::NoProgress);
+        let (digest, size) = copied.map_err(werr)?;
+        if digest.hex() != want.sha256 || size != want.size {
+            let _ = fs::remove_file(&partial);
+            return Err(BundleError::Corrupt {
+                path: bundle.to_owned(),
+                name,
+                expected: want.sha256,
+                expected_size: want.size,
+                actual: digest.hex().to_owned(),
+                actual_size: size,
+            });
+        }
+        f.set_permissions(fs::Permissions::from_mode(0o755))
+            .map_err(werr)?;
+        fs::rename(&partial, dest).map_err(werr)?;
+        return Ok(manifest);
+    }
+    Err(BundleError::Missing {
+        path: bundle.to_owned(),
+        name: BINARY.to_owned(),
+        hint: "",
+    })
 }
 
 #[cfg(test)]

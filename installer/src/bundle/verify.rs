@@ -90,7 +90,7 @@ fn check_type(path: &Path, name: &str, header: &tar::Header) -> Result<(), Bundl
 }
 
 /// The next member of the tar with a safe name and regular type, or `None` at the end.
-fn next_member<'a, R: Read>(
+pub(crate) fn next_member<'a, R: Read>(
     path: &Path,
     entries: &mut tar::Entries<'a, R>,
 ) -> Result<Option<(String, tar::Entry<'a, R>)>, BundleError> {

@@ -566,3 +566,34 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
     );
     assert!(String::from_utf8_lossy(&stat.stdout).contains("atlas layer"));
 }
+
+/// Handing over to another version: the bundle's binary comes out byte for byte, executable;
+/// a damaged one is refused and not written.
+#[test]
+fn extract_binary_checks_the_binary_member() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = small_bundle(tmp.path());
+    let dest = tmp.path().join("handover");
+    let m = bundle::extract_binary(&good, &dest).unwrap();
+    assert_eq!(m.version, atlas_install::VERSION);
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(tmp.path().join("atlas-install")).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let mut e = read_entries(&good);
+    e[2].data[0] ^= 0x20;
+    let bad = tmp.path().join("bad.bundle");
+    write_entries(&bad, &e);
+    let dest2 = tmp.path().join("handover2");
+    let err = bundle::extract_binary(&bad, &dest2).unwrap_err();
+    assert!(
+        err.to_string().contains("\"atlas-install\" is corrupt"),
+        "{err}"
+    );
+    assert!(!dest2.exists() && !dest2.with_extension("partial").exists());
+}
