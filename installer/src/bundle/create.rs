@@ -224,7 +224,7 @@ impl Images {
     ) -> Result<(), BundleError> {
         let recipe_err = |e: Box<dyn std::error::Error + Send + Sync>| BundleError::Recipe {
             recipe: r.recipe.name.clone(),
-            source: e,
+            error: e,
         };
         let reg = spec.registry.as_ref().ok_or_else(|| {
             recipe_err("building from recipes needs a registry (or --registry-mirror) to pull its base from".into())
@@ -282,7 +282,10 @@ impl Images {
         };
         let bytes = serde_json::to_vec(&index).expect("an index always serialises");
         let path = root.join(OCI_INDEX);
-        fs::write(&path, bytes).map_err(|source| BundleError::Write { path, source })?;
+        fs::write(&path, bytes).map_err(|source| BundleError::Write {
+            path,
+            error: source,
+        })?;
         Ok(root)
     }
 }
@@ -377,7 +380,7 @@ fn hash_bytes(bytes: &[u8]) -> (Digest, u64) {
 fn io_err(path: &Path) -> impl Fn(io::Error) -> BundleError + '_ {
     move |source| BundleError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 
@@ -468,7 +471,7 @@ fn write_bundle(
     let result = write_tar(partial.path(), all, spec.created, task.as_ref()).and_then(|()| {
         fs::rename(partial.path(), out).map_err(|source| BundleError::Write {
             path: out.to_owned(),
-            source,
+            error: source,
         })
     });
     match result {
@@ -486,7 +489,7 @@ fn write_tar<'a>(
 ) -> Result<(), BundleError> {
     let werr = |source| BundleError::Write {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     let f = File::create(path).map_err(werr)?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));

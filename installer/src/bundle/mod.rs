@@ -61,10 +61,11 @@ pub fn host_arch() -> &'static str {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    // The io::Error is in the message, not `source`: a printed chain would say it twice.
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("cannot write {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
     #[error("{path} is not an atlas-install bundle: {reason}")]
     NotABundle { path: PathBuf, reason: String },
     #[error("{path}: member {MANIFEST} is invalid: {reason}")]
@@ -181,11 +182,10 @@ pub enum BundleError {
         first: String,
         second: String,
     },
-    #[error("recipe {recipe}: {source}")]
+    #[error("recipe {recipe}: {error}")]
     Recipe {
         recipe: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Layout(#[from] atlas_image::oci_layout::LayoutError),

@@ -83,7 +83,7 @@ impl UnpackedLayout {
         ));
         let werr = |source| BundleError::Write {
             path: dir.clone(),
-            source,
+            error: source,
         };
         fs::create_dir_all(parent).map_err(werr)?;
         // create_dir (not _all): a leftover of the same name is an error, never reused.
@@ -151,7 +151,7 @@ pub fn free_space(dir: &Path) -> Result<u64, BundleError> {
         .unwrap_or(Path::new("/"));
     let st = rustix::fs::statvfs(existing).map_err(|e| BundleError::Io {
         path: existing.to_owned(),
-        source: e.into(),
+        error: e.into(),
     })?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
@@ -176,7 +176,7 @@ pub fn extract_binary(bundle: &Path, dest: &Path) -> Result<BundleManifest, Bund
     let mut tar = open_tar(bundle)?;
     let mut entries = tar.entries().map_err(|source| BundleError::Io {
         path: bundle.to_owned(),
-        source,
+        error: source,
     })?;
     let manifest = read_head(bundle, &mut entries)?;
     let want = manifest
@@ -189,7 +189,7 @@ pub fn extract_binary(bundle: &Path, dest: &Path) -> Result<BundleManifest, Bund
         })?;
     let werr = |source| BundleError::Write {
         path: dest.to_owned(),
-        source,
+        error: source,
     };
     while let Some((name, mut entry)) = next_member(bundle, &mut entries)? {
         if name != BINARY {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use atlas_image::digest::{Digest, Hasher};
@@ -126,7 +126,7 @@ fn read_small<R: Read>(
         .read_to_end(&mut out)
         .map_err(|source| BundleError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
     if (out.len() as u64) < size {
         return Err(BundleError::Truncated {
@@ -173,11 +173,38 @@ pub(crate) fn read_head<'a, R: Read>(
 
 /// Opens `path` as a tar archive (buffered: the pass is sequential).
 pub(crate) fn open_tar(path: &Path) -> Result<tar::Archive<BufReader<File>>, BundleError> {
-    let f = File::open(path).map_err(|source| BundleError::Io {
+    let ioerr = |error| BundleError::Io {
         path: path.to_owned(),
-        source,
-    })?;
+        error,
+    };
+    let mut f = File::open(path).map_err(ioerr)?;
+    let mut head = Vec::with_capacity(512);
+    (&mut f).take(512).read_to_end(&mut head).map_err(ioerr)?;
+    if let Some(reason) = not_a_tar(&head) {
+        return Err(BundleError::NotABundle {
+            path: path.to_owned(),
+            reason,
+        });
+    }
+    f.seek(SeekFrom::Start(0)).map_err(ioerr)?;
     Ok(tar::Archive::new(BufReader::with_capacity(1 << 20, f)))
+}
+
+/// Why the first block is not a POSIX tar header, in words an operator can act on.
+fn not_a_tar(head: &[u8]) -> Option<String> {
+    let compressed = match head {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        [0xfd, b'7', b'z', b'X', ..] => Some("xz"),
+        _ => None,
+    };
+    if let Some(kind) = compressed {
+        return Some(format!(
+            "it is {kind}-compressed; a bundle is a plain tar: decompress it first"
+        ));
+    }
+    let ustar = head.len() == 512 && &head[257..262] == b"ustar";
+    (!ustar).then(|| "it is not a tar archive (no ustar header at the start)".to_owned())
 }
 
 /// Reads just the manifest: cheap, for refusing a wrong version before the long pass.
@@ -294,7 +321,7 @@ impl<'m> Pass<'m> {
         let (digest, size) = copy_hashing(&mut entry, &mut sink, keep.then_some(&mut kept), task)
             .map_err(|source| BundleError::Io {
             path: self.path.clone(),
-            source,
+            error: source,
         })?;
         if size < header_size {
             return Err(BundleError::Truncated {
@@ -307,7 +334,7 @@ impl<'m> Pass<'m> {
         self.check_content(name, want, &digest, size)?;
         sink.flush().map_err(|source| BundleError::Write {
             path: self.path.clone(),
-            source,
+            error: source,
         })?;
         if blob_hex(name).is_some() {
             self.blobs.insert(name.to_owned());
@@ -346,7 +373,7 @@ impl<'m> Pass<'m> {
         let dest = dir.join(name);
         let werr = |source| BundleError::Write {
             path: dest.clone(),
-            source,
+            error: source,
         };
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(werr)?;
@@ -545,6 +572,23 @@ mod tests {
         for good in ["atlas-install", "blobs/sha256/ab", "index.json"] {
             assert_eq!(check_name(p, good.as_bytes()).unwrap(), good);
         }
+    }
+
+    #[test]
+    fn non_tar_files_are_named_for_what_they_are() {
+        assert!(
+            not_a_tar(&[0x1f, 0x8b, 8, 0])
+                .unwrap()
+                .contains("gzip-compressed")
+        );
+        assert!(
+            not_a_tar(b"root:x:0:0")
+                .unwrap()
+                .contains("not a tar archive")
+        );
+        let mut h = tar::Header::new_ustar();
+        h.set_path("atlas-bundle.json").unwrap();
+        assert_eq!(not_a_tar(h.as_bytes()), None);
     }
 
     #[test]

@@ -597,3 +597,65 @@ fn extract_binary_checks_the_binary_member() {
     );
     assert!(!dest2.exists() && !dest2.with_extension("partial").exists());
 }
+
+/// `bundle create --no-build --oci DIR` on the command line: every tagged image of the layout,
+/// nothing pulled; an untagged image is refused with how to tag it, and no file is written.
+#[test]
+fn create_from_an_oci_layout_on_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    small_layout(&layout);
+    let out = tmp.path().join("from-oci.bundle");
+    let create = |out: &Path, layout: &Path| {
+        run(atlas()
+            .args([
+                "--progress",
+                "none",
+                "bundle",
+                "create",
+                "--no-build",
+                "--out",
+            ])
+            .arg(out)
+            .arg("--oci")
+            .arg(layout))
+    };
+    let o = create(&out, &layout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(atlas().arg("bundle").arg("inspect").arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = stdout(&o);
+    for name in ["one", "two"] {
+        assert!(
+            listing.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{listing}"
+        );
+    }
+    assert!(verify_cli(&out).status.success());
+    // The same layout with its tags removed.
+    let index = layout.join("index.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    for m in j["manifests"].as_array_mut().unwrap() {
+        m.as_object_mut().unwrap().remove("annotations");
+    }
+    std::fs::write(&index, serde_json::to_vec(&j).unwrap()).unwrap();
+    let bad_out = tmp.path().join("untagged.bundle");
+    let o = create(&bad_out, &layout);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("org.opencontainers.image.ref.name"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!bad_out.exists());
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".untagged")),
+        "scratch left: {names:?}"
+    );
+}
