@@ -80,12 +80,20 @@ impl CreateSpec {
     }
 }
 
-/// Creates the bundle `out` (replaced atomically if it exists). Returns its manifest.
+/// What [`create`] made.
+#[derive(Clone, Debug)]
+pub struct Created {
+    pub manifest: BundleManifest,
+    /// Bases the given lock did not pin, with the digest pulled (now in the bundle's lock).
+    pub pinned: Vec<(String, Digest)>,
+}
+
+/// Creates the bundle `out` (replaced atomically if it exists).
 pub async fn create(
     spec: &CreateSpec,
     out: &Path,
     progress: &dyn Progress,
-) -> Result<BundleManifest, BundleError> {
+) -> Result<Created, BundleError> {
     if spec.layouts.is_empty() && spec.recipes.is_empty() {
         return Err(BundleError::NoImages);
     }
@@ -100,7 +108,13 @@ pub async fn create(
     }
     let layout = images.finish()?;
     let members = staged_members(spec, &lock, &layout)?;
-    tokio::task::block_in_place(|| write_bundle(spec, &members, out, progress))
+    let manifest = tokio::task::block_in_place(|| write_bundle(spec, &members, out, progress))?;
+    let pinned = lock
+        .iter()
+        .filter(|(k, _)| !spec.lock.iter().any(|(old, _)| old == *k))
+        .map(|(k, d)| (k.to_owned(), d.clone()))
+        .collect();
+    Ok(Created { manifest, pinned })
 }
 
 /// A path next to `out` removed when dropped, so a failed run leaves nothing behind.
@@ -291,7 +305,7 @@ impl Images {
 }
 
 /// Pulls a recipe's base by its locked digest when the lock has it, else by tag, adding the
-/// digest that was served to `lock` (and saying so: the bundle's lock then pins it).
+/// digest that was served to `lock` (the bundle's lock then pins it).
 async fn pull_base(
     base: &ImageRef,
     reg: &RegistrySource,
@@ -310,9 +324,8 @@ async fn pull_base(
             .index_digest
             .clone()
             .unwrap_or_else(|| image.manifest_digest.clone());
-        progress.warn(&format!(
-            "not in images.lock: pinned {base} to {digest} (as pulled) in the bundle's images.lock"
-        ));
+        // Reported by `create` in `Created::pinned`, for the caller to say whatever the
+        // progress mode.
         lock.insert(base, digest);
     }
     Ok(image)

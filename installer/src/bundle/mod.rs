@@ -31,7 +31,7 @@ mod verify;
 use std::io;
 use std::path::PathBuf;
 
-pub use create::{CreateSpec, RecipeBuild, RegistrySource, create};
+pub use create::{CreateSpec, Created, RecipeBuild, RegistrySource, create};
 pub use inspect::{BundleImage, Inspection, inspect};
 pub use manifest::{BundleManifest, FORMAT, Member, format_rfc3339};
 pub use open::{

@@ -41,9 +41,16 @@ fn create(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let manifest = rt
+    let created = rt
         .block_on(bundle::create(&spec, &args.out, progress.as_ref()))
         .with_context(|| format!("creating bundle {}", args.out.display()))?;
+    // Always said, whatever --progress: these digests were not chosen, only observed.
+    for (base, digest) in &created.pinned {
+        eprintln!(
+            "warning: {base} is not in the images lock: pinned to {digest} as pulled, in the bundle's images.lock"
+        );
+    }
+    let manifest = created.manifest;
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     if global.json {
         say!(

@@ -506,11 +506,24 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
         .arg("--cache-dir")
         .arg(t.join("cache")));
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("not in the images lock"),
+        "{}",
+        stderr(&o)
+    );
     let o = verify_cli(&out);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("4 images checked"), "{}", stdout(&o));
-    // The binary inside is this binary, byte for byte.
+    // The bundle carries the lock its bases were pulled by.
+    let given = ImagesLock::load(&t.join("images.lock")).unwrap();
     let entries = read_entries(&out);
+    let lock = entries.iter().find(|e| e.name == b"images.lock").unwrap();
+    let carried = ImagesLock::parse(std::str::from_utf8(&lock.data).unwrap(), "bundle").unwrap();
+    assert_eq!(
+        carried.iter().collect::<Vec<_>>(),
+        given.iter().collect::<Vec<_>>()
+    );
+    // The binary inside is this binary, byte for byte.
     let bin = entries.iter().find(|e| e.name == b"atlas-install").unwrap();
     let me = std::fs::read(env!("CARGO_BIN_EXE_atlas-install")).unwrap();
     assert!(
