@@ -15,6 +15,7 @@ use atlas_image::lock::ImagesLock;
 use atlas_image::manifest::{self, Descriptor};
 use atlas_image::oci_layout::OciLayoutWriter;
 use atlas_image::progress::NoProgress;
+use atlas_image::source::{PullOptions, Source, pull};
 use atlas_install::bundle::{self, BundleError, CreateSpec, Expect};
 use sha2::{Digest as _, Sha256};
 
@@ -414,6 +415,32 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
         format!("oci:{}:two", dir.display())
     );
     assert!(opened.source("three").is_none());
+    // What install does with it: the image pipeline pulls (and re-verifies) from the layout;
+    // the bundle file itself also reads in place as an oci-archive.
+    let cache = atlas_image::cache::BlobCache::open(tmp.path().join("cache")).unwrap();
+    let in_place = Source::OciArchive {
+        path: good.clone(),
+        tag: Some("two".to_owned()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for src in [opened.source("two").unwrap(), in_place] {
+        let img = rt
+            .block_on(pull(&src, &cache, &PullOptions::default(), &NoProgress))
+            .unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(img.layers.len(), 2, "{src}");
+        assert_eq!(
+            img.manifest_digest.to_string(),
+            opened
+                .images
+                .iter()
+                .find(|i| i.name == "two")
+                .unwrap()
+                .digest
+        );
+    }
     drop(opened);
     assert!(
         !dir.exists(),
