@@ -97,7 +97,7 @@ pub async fn create(
     if spec.layouts.is_empty() && spec.recipes.is_empty() {
         return Err(BundleError::NoImages);
     }
-    let staging = Scratch::new(out, "staging")?;
+    let staging = Scratch::new(out, "staging");
     let mut images = Images::new(staging.path())?;
     for dir in &spec.layouts {
         images.add_layout(dir, progress).await?;
@@ -121,15 +121,16 @@ pub async fn create(
 struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(out: &Path, what: &str) -> Result<Self, BundleError> {
+    fn new(out: &Path, what: &str) -> Self {
         let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
         let path = out.with_file_name(format!(
             ".{}.{what}-{}",
             name.unwrap_or_else(|| "bundle".to_owned()),
             std::process::id()
         ));
+        // A leftover of a killed run with our pid: ours to replace.
         let _ = fs::remove_dir_all(&path);
-        Ok(Scratch(path))
+        Scratch(path)
     }
 
     fn path(&self) -> &Path {
@@ -479,7 +480,7 @@ fn write_bundle(
     ];
     let total: u64 = members.iter().map(|m| m.member.size).sum();
     let task = progress.task(&format!("write {}", out.display()), Some(total));
-    let partial = Scratch::new(out, "partial")?;
+    let partial = Scratch::new(out, "partial");
     let all = head.iter().chain(members);
     let result = write_tar(partial.path(), all, spec.created, task.as_ref()).and_then(|()| {
         fs::rename(partial.path(), out).map_err(|source| BundleError::Write {
