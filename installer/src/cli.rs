@@ -244,14 +244,33 @@ pub struct ImageBuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
     /// Create an offline bundle: this binary, every base and Atlas image, the lock and a default config.
-    Create {
-        #[arg(long, short = 'o', value_name = "FILE")]
-        out: PathBuf,
-    },
+    Create(BundleCreateArgs),
     /// Check a bundle's every member against its manifest, offline.
     Verify { file: PathBuf },
-    /// List a bundle's images, digests, sizes and versions.
+    /// List a bundle's images, digests, sizes and versions (`--json` for machines).
     Inspect { file: PathBuf },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BundleCreateArgs {
+    /// The bundle file to write (suggested name: atlas-<version>-<arch>.bundle).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Build only this service's embedded recipe (repeatable); every recipe when omitted.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_build")]
+    pub service: Vec<String>,
+    /// Build no recipe: take the images only from --oci layouts.
+    #[arg(long, requires = "oci")]
+    pub no_build: bool,
+    /// Also copy every tagged image of this OCI layout directory in (repeatable), e.g. one
+    /// written by `image build --oci DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub oci: Vec<PathBuf>,
+    /// Pull recipe bases by the digests in this images.lock instead of the embedded one.
+    #[arg(long, value_name = "FILE")]
+    pub images_lock: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Subcommand)]

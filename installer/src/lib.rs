@@ -5,6 +5,7 @@
 //!
 //! Progress is reported through [`progress::Progress`]; the binary draws it.
 
+pub mod bundle;
 pub mod config;
 pub mod engine;
 pub mod imageops;

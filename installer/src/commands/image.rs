@@ -53,7 +53,7 @@ pub fn run(cmd: ImageCommand, global: &GlobalArgs) -> Result<ExitCode> {
     })
 }
 
-fn cache(reg: &RegistryArgs) -> Result<BlobCache> {
+pub(super) fn cache(reg: &RegistryArgs) -> Result<BlobCache> {
     let dir = reg.cache_dir.clone().unwrap_or_else(BlobCache::default_dir);
     BlobCache::open(&dir).with_context(|| {
         format!(
@@ -63,7 +63,7 @@ fn cache(reg: &RegistryArgs) -> Result<BlobCache> {
     })
 }
 
-fn pull_options(reg: &RegistryArgs) -> PullOptions {
+pub(super) fn pull_options(reg: &RegistryArgs) -> PullOptions {
     PullOptions {
         insecure_registries: reg.insecure_registry.clone(),
         ..PullOptions::default()
@@ -322,7 +322,7 @@ fn recipes(args: &ImageBuildArgs) -> Result<Vec<(Recipe, Option<PathBuf>)>> {
     }
 }
 
-fn read_asset(root: Option<&Path>) -> impl Fn(&str) -> Result<Vec<u8>, String> + '_ {
+pub(super) fn read_asset(root: Option<&Path>) -> impl Fn(&str) -> Result<Vec<u8>, String> + '_ {
     move |src: &str| {
         let base = match root {
             Some(r) => r.to_path_buf(),

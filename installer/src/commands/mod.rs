@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, GlobalArgs};
 
+mod bundle;
 mod completions;
 mod config;
 mod destroy;
@@ -28,7 +29,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Render(args) => render::run(&global, &args),
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Image(cmd) => image::run(cmd, &global),
-        Command::Bundle(_) => not_yet("bundle", 6),
+        Command::Bundle(cmd) => bundle::run(cmd, &global),
         Command::Backup(_) => not_yet("backup", 7),
     }
     .inspect(|_| drop(global))

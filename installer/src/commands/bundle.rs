@@ -1,0 +1,177 @@
+//! `atlas-install bundle create|verify|inspect`. Results on stdout (`--json` for machines),
+//! progress and notes on stderr.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use atlas_image::build;
+use atlas_image::lock::ImagesLock;
+use atlas_image::progress::Progress;
+use atlas_image::recipe::Recipe;
+use atlas_install::bundle::{self, CreateSpec, Inspection, RecipeBuild, RegistrySource};
+use serde_json::json;
+
+use crate::cli::{BundleCommand, BundleCreateArgs, GlobalArgs};
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")?
+    };
+}
+
+pub fn run(cmd: BundleCommand, global: &GlobalArgs) -> Result<ExitCode> {
+    let progress = crate::ui::progress(global.progress);
+    match cmd {
+        BundleCommand::Create(args) => create(&args, global, progress),
+        BundleCommand::Verify { file } => verify(&file, global, progress.as_ref()),
+        BundleCommand::Inspect { file } => inspect(&file, global),
+    }
+}
+
+fn create(
+    args: &BundleCreateArgs,
+    global: &GlobalArgs,
+    progress: Arc<dyn Progress>,
+) -> Result<ExitCode> {
+    let spec = create_spec(args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let created = rt
+        .block_on(bundle::create(&spec, &args.out, progress.as_ref()))
+        .with_context(|| format!("creating bundle {}", args.out.display()))?;
+    // Always said, whatever --progress: these digests were not chosen, only observed.
+    for (base, digest) in &created.pinned {
+        eprintln!(
+            "warning: {base} is not in the images lock: pinned to {digest} as pulled, in the bundle's images.lock"
+        );
+    }
+    let manifest = created.manifest;
+    let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    if global.json {
+        say!(
+            "{}",
+            json!({"out": args.out, "bytes": size, "manifest": manifest})
+        );
+    } else {
+        eprintln!(
+            "Wrote {} ({size} bytes, {} members): atlas-install {} for {}",
+            args.out.display(),
+            manifest.members.len() + 2,
+            manifest.version,
+            manifest.arch
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create_spec(args: &BundleCreateArgs) -> Result<CreateSpec> {
+    let binary =
+        std::env::current_exe().context("cannot find this binary to put it in the bundle")?;
+    let lock = match &args.images_lock {
+        Some(p) => ImagesLock::load(p)?,
+        None => ImagesLock::embedded()?,
+    };
+    let mut spec = CreateSpec::for_this_binary(binary, lock);
+    spec.layouts = args.oci.clone();
+    if !args.no_build {
+        spec.recipes = recipes(&args.service)?;
+        spec.registry = Some(RegistrySource {
+            cache: super::image::cache(&args.registry)?,
+            mirror: args.registry.registry_mirror.clone(),
+            pull: super::image::pull_options(&args.registry),
+        });
+    }
+    Ok(spec)
+}
+
+/// The embedded recipes to build (all, or those named), `[[file]]`s read from the working
+/// directory as `image build` does.
+fn recipes(services: &[String]) -> Result<Vec<RecipeBuild>> {
+    let all = Recipe::embedded()?;
+    for s in services {
+        if !all.iter().any(|r| &r.name == s) {
+            let known: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+            bail!("no recipe for service {s:?}; known: {}", known.join(", "));
+        }
+    }
+    let read = super::image::read_asset(None);
+    all.into_iter()
+        .filter(|r| services.is_empty() || services.contains(&r.name))
+        .map(|recipe| {
+            let files = build::recipe_files(&recipe, &read)?;
+            Ok(RecipeBuild { recipe, files })
+        })
+        .collect()
+}
+
+fn verify(file: &Path, global: &GlobalArgs, progress: &dyn Progress) -> Result<ExitCode> {
+    let v = bundle::verify(file, progress)
+        .with_context(|| format!("bundle {} failed verification", file.display()))?;
+    let m = &v.manifest;
+    if global.json {
+        say!(
+            "{}",
+            json!({"file": file, "ok": true, "version": m.version, "arch": m.arch,
+                   "created": m.created, "members": m.members.len() + 2, "images": v.images})
+        );
+    } else {
+        say!(
+            "OK {}: atlas-install {} ({}) for {}, created {}; {} members and {} images checked",
+            file.display(),
+            m.version,
+            m.git_commit,
+            m.arch,
+            m.created,
+            m.members.len() + 2,
+            v.images.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(file: &Path, global: &GlobalArgs) -> Result<ExitCode> {
+    let i = bundle::inspect(file).with_context(|| format!("inspecting {}", file.display()))?;
+    if global.json {
+        say!("{}", serde_json::to_string(&i).context("encoding JSON")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_inspection(&i)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_inspection(i: &Inspection) -> Result<()> {
+    let m = &i.manifest;
+    say!("bundle   {} ({} bytes)", i.file, i.file_size);
+    say!("version  {} (commit {})", m.version, m.git_commit);
+    say!("arch     {}", m.arch);
+    say!("created  {}", m.created);
+    say!("");
+    say!(
+        "{:<40} {:<6} {:<20} {:>12}  DIGEST",
+        "IMAGE",
+        "ROLE",
+        "VERSION",
+        "BYTES"
+    );
+    for img in &i.images {
+        say!(
+            "{:<40} {:<6} {:<20} {:>12}  {}",
+            img.name,
+            img.role,
+            img.version.as_deref().unwrap_or("-"),
+            img.size,
+            img.digest
+        );
+    }
+    say!("");
+    say!(
+        "(a listing, not a check: run `atlas-install bundle verify {}`)",
+        i.file
+    );
+    Ok(())
+}
