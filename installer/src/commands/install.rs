@@ -2,6 +2,7 @@
 //! host gets zero writing API calls, and says so.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use atlas_install::config::Config;
 use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets};
 use atlas_install::incus::Client;
 use atlas_install::progress::Progress;
+use atlas_install::bundle::{self, Expect, OpenedBundle};
 use atlas_install::supply::ImageSupply;
 
 use crate::cli::{GlobalArgs, InstallArgs};
@@ -73,17 +75,53 @@ pub(super) fn confirm(global: &GlobalArgs, question: &str) -> Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
-/// Where the install takes its images from: the recipes over pulled upstream images, or the
-/// aliases already in the project with `--existing-images`.
-/// Flags win over the config's `[images]` settings.
-pub(super) fn image_supply(args: &InstallArgs, config: &Config) -> Result<Option<ImageSupply>> {
+/// The images of an install: from a verified bundle (kept unpacked while `Supply` lives),
+/// from registries, or the aliases already in Incus (`images: None`).
+pub(super) struct Supply {
+    pub images: Option<ImageSupply>,
+    /// Holds the unpacked bundle layout; dropping it removes the directory.
+    pub bundle: Option<OpenedBundle>,
+}
+
+/// Opens and verifies `path` completely before anything touches Incus: a corrupt, foreign
+/// or wrong-version bundle is refused here.
+fn open_bundle(path: &Path, progress: &dyn Progress) -> Result<OpenedBundle> {
+    let temp = std::env::temp_dir();
+    bundle::open_for_install(path, &Expect::this_binary(), &temp, progress).with_context(|| {
+        format!(
+            "bundle {}: refused before touching Incus. Nothing was changed",
+            path.display()
+        )
+    })
+}
+
+/// Where the install takes its images from: a bundle, the recipes over pulled upstream
+/// images, or the aliases already in the project with `--existing-images`. Flags win over
+/// the config's `[images]` settings.
+pub(super) fn image_supply(
+    args: &InstallArgs,
+    config: &Config,
+    progress: &dyn Progress,
+) -> Result<Supply> {
     if args.existing_images {
-        return Ok(None);
+        return Ok(Supply {
+            images: None,
+            bundle: None,
+        });
     }
-    if args.bundle.is_some() {
-        bail!(
-            "install --bundle is not in this build yet; use --registry-mirror, or --existing-images with images imported beforehand. Nothing was changed."
-        );
+    if let Some(path) = &args.bundle {
+        let opened = open_bundle(path, progress)?;
+        let images = ImageSupply {
+            registry_mirror: None,
+            insecure_registries: Vec::new(),
+            cache_dir: opened.layout.path().join(".cache"),
+            lock: opened.lock.clone(),
+            layout: Some(opened.layout.path().to_path_buf()),
+        };
+        return Ok(Supply {
+            images: Some(images),
+            bundle: Some(opened),
+        });
     }
     let lock_file = args
         .images_lock
@@ -95,7 +133,7 @@ pub(super) fn image_supply(args: &InstallArgs, config: &Config) -> Result<Option
     };
     let mut insecure = args.registry.insecure_registry.clone();
     insecure.extend(config.images.insecure_registries.iter().cloned());
-    Ok(Some(ImageSupply {
+    let images = Some(ImageSupply {
         registry_mirror: args
             .registry
             .registry_mirror
@@ -109,16 +147,34 @@ pub(super) fn image_supply(args: &InstallArgs, config: &Config) -> Result<Option
             .unwrap_or_else(BlobCache::default_dir),
         lock,
         layout: None,
-    }))
+    });
+    Ok(Supply {
+        images,
+        bundle: None,
+    })
+}
+
+/// The storage pool must hold the bundle's images once more (unpacked into Incus).
+fn check_pool_space(supply: &Supply, free: u64, pool: &str) -> Result<()> {
+    let Some(b) = &supply.bundle else {
+        return Ok(());
+    };
+    let need = b.manifest.layout_bytes().saturating_mul(2);
+    if free < need {
+        bail!(
+            "storage pool {pool} has {free} bytes free; installing this bundle needs about {need} (its images, unpacked). Free space in the pool or use another (incus.storage_pool). Nothing was changed."
+        );
+    }
+    Ok(())
 }
 
 pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
     let ctx = Ctx::new(global)?;
-    let supply = image_supply(args, &ctx.config)?;
+    let supply = image_supply(args, &ctx.config, ctx.progress.as_ref())?;
     let options = Options {
         ignore_preflight: args.ignore_preflight,
         fail_at: test_hooks::fail_at(),
-        supply,
+        supply: supply.images.clone(),
         ..Options::default()
     };
     let engine = ctx.engine(options);
@@ -134,6 +190,11 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
     if !conflicts.is_empty() {
         return Err(atlas_install::engine::EngineError::Conflicts(conflicts).into());
     }
+    check_pool_space(
+        &supply,
+        report.preflight.pool_free_bytes,
+        &ctx.config.incus.storage_pool,
+    )?;
     if report.has_changes() && !confirm(global, "apply these changes")? {
         eprintln!("Cancelled. Nothing was changed.");
         return Ok(ExitCode::FAILURE);

@@ -40,7 +40,7 @@ const ROLES: [(&str, &str); 5] = [
 
 /// The tests take turns: the shared incusd of this machine times out state changes when
 /// several stacks churn at once, and races bridge creation against bridge deletion.
-static STACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static STACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -12,4 +12,5 @@ mod image;
 mod incus;
 mod install_sh;
 mod render;
+mod stack;
 mod wiring;
