@@ -88,6 +88,10 @@ pub struct Base {
     pub image: String,
 }
 
+/// A multi-stage `COPY --from`: `from` (a file, directory or link, symlinks on the way
+/// followed inside `image`) is laid at `to` in the Atlas layer with its mode, owner and
+/// extended attributes; `to` ending in `/` names the directory it goes into. `image` is
+/// pinned by images.lock like the base.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyFrom {

@@ -25,6 +25,7 @@
 //! ([`is_atlas_image`]) is passed through without a second layer.
 
 mod config;
+mod copy;
 mod publish;
 mod unified;
 
@@ -35,12 +36,13 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 use crate::init::{NetworkSpec, ServiceSpec, SpecError};
 use crate::layer::LayerError;
-use crate::layer::deterministic::{BuiltLayer, LayerBuilder};
+use crate::layer::deterministic::{BuiltLayer, EntrySpec, LayerBuilder};
 use crate::manifest::{Descriptor, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 use crate::recipe::{Recipe, RuntimeSpec};
 use crate::source::PulledImage;
 
 pub use config::{merge_env, service_spec};
+pub use copy::copied_entries;
 pub use publish::{push, write_oci_layout};
 pub use unified::{
     IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, flatten_inputs,
@@ -69,13 +71,21 @@ pub enum BuildError {
     #[error("{what}: the base image config is not a JSON object: {detail}")]
     BaseConfig { what: String, detail: String },
     #[error(
-        "recipe {recipe}: [[copy]] from other images is not supported by this build yet \
-         (copy[{index}] from {image}); remove it or build the binary into the base image"
+        "recipe {recipe}: copy[{index}] needs its source image {image}, which was not given \
+         (pull it and build with AtlasSpec::from_recipe_with)"
     )]
-    CopyUnsupported {
+    CopySourceMissing {
         recipe: String,
         index: usize,
         image: String,
+    },
+    #[error("recipe {recipe}: copy[{index}] of {from} from {image}: {error}")]
+    Copy {
+        recipe: String,
+        index: usize,
+        image: String,
+        from: String,
+        error: LayerError,
     },
     #[error("recipe {recipe}: file[{index}] {src}: {detail}")]
     Asset {
@@ -107,6 +117,15 @@ pub struct ExtraFile {
     pub contents: Vec<u8>,
 }
 
+/// A member of the Atlas layer with full metadata: what a recipe's `[[copy]]` took from
+/// another image, or an unpacked plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// Absolute path in the image.
+    pub path: String,
+    pub spec: EntrySpec,
+}
+
 /// What to lay over the base image: a recipe, or nothing (a plain conversion).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AtlasSpec {
@@ -115,6 +134,8 @@ pub struct AtlasSpec {
     pub description: String,
     pub runtime: RuntimeSpec,
     pub files: Vec<ExtraFile>,
+    /// Copied trees and plugins, in recipe order.
+    pub entries: Vec<LayerEntry>,
     /// Hash of the recipe (`sha256:...`); `None` for a plain conversion.
     pub recipe_hash: Option<String>,
     /// Seconds from SIGTERM to SIGKILL for the service.
@@ -125,18 +146,33 @@ impl AtlasSpec {
     /// From a recipe. `files` are the recipe's `[[file]]` contents, read by the caller
     /// (the library does not know where `assets/` lives); see [`recipe_files`].
     pub fn from_recipe(recipe: &Recipe, files: Vec<ExtraFile>) -> Result<AtlasSpec, BuildError> {
-        if let Some((index, c)) = recipe.copies.iter().enumerate().next() {
-            return Err(BuildError::CopyUnsupported {
+        Self::from_recipe_with(recipe, files, &[])
+    }
+
+    /// From a recipe with `[[copy]]` entries: `copies[i]` is the pulled source image of
+    /// `recipe.copies[i]` (pinned by the caller, like the base).
+    pub fn from_recipe_with(
+        recipe: &Recipe,
+        files: Vec<ExtraFile>,
+        copies: &[PulledImage],
+    ) -> Result<AtlasSpec, BuildError> {
+        if let Some((index, c)) = recipe.copies.iter().enumerate().nth(copies.len()) {
+            return Err(BuildError::CopySourceMissing {
                 recipe: recipe.name.clone(),
                 index,
                 image: c.image.clone(),
             });
+        }
+        let mut entries = Vec::new();
+        for (index, source) in copies.iter().enumerate().take(recipe.copies.len()) {
+            entries.extend(copied_entries(recipe, index, source)?);
         }
         Ok(AtlasSpec {
             name: recipe.name.clone(),
             description: recipe.description.clone(),
             runtime: recipe.config.clone(),
             files,
+            entries,
             recipe_hash: Some(recipe_hash(recipe)),
             stop_grace_period: crate::init::DEFAULT_STOP_GRACE_PERIOD,
         })
@@ -299,7 +335,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
         },
         error,
     })?;
-    let layer = atlas_layer(&service, &spec.files, &what)?;
+    let layer = atlas_layer(&service, spec, &what)?;
     let config_bytes =
         config::image_config(base, spec, &service, &layer.diff_id).map_err(|detail| {
             BuildError::BaseConfig {
@@ -343,10 +379,11 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
     })
 }
 
-/// The Atlas layer: init, service.json, the default network.json and the extra files.
+/// The Atlas layer: init, service.json, the default network.json, the recipe's files, then
+/// what it copied from other images and its plugins.
 pub fn atlas_layer(
     service: &ServiceSpec,
-    files: &[ExtraFile],
+    spec: &AtlasSpec,
     what: &str,
 ) -> Result<BuiltLayer, BuildError> {
     let layer_err = |error| BuildError::Layer {
@@ -368,9 +405,12 @@ pub fn atlas_layer(
         b.file(f.path, f.mode, f.contents.into_owned())
             .map_err(layer_err)?;
     }
-    for f in files {
+    for f in &spec.files {
         b.file_owned(&f.dest, f.mode, f.uid, f.gid, f.contents.clone())
             .map_err(layer_err)?;
+    }
+    for e in &spec.entries {
+        b.entry(&e.path, e.spec.clone()).map_err(layer_err)?;
     }
     b.build().map_err(layer_err)
 }
