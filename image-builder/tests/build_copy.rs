@@ -135,7 +135,11 @@ fn plugin_layout(dir: &Path) -> Digest {
         std::io::Write::write_all(&mut e, &raw).unwrap();
         let gz = e.finish().unwrap();
         let d = w.add_bytes(&gz).unwrap();
-        descs.push(Descriptor::new(manifest::OCI_LAYER_GZIP, d, gz.len() as u64));
+        descs.push(Descriptor::new(
+            manifest::OCI_LAYER_GZIP,
+            d,
+            gz.len() as u64,
+        ));
     }
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/x"]},
@@ -216,14 +220,7 @@ fn layer_members(tar_bytes: &[u8]) -> BTreeMap<String, Row> {
         e.read_to_end(&mut data).unwrap();
         out.insert(
             path.trim_end_matches('/').to_owned(),
-            (
-                kind,
-                h.mode().unwrap(),
-                h.uid().unwrap(),
-                target,
-                data,
-                cap,
-            ),
+            (kind, h.mode().unwrap(), h.uid().unwrap(), target, data, cap),
         );
     }
     out
@@ -243,8 +240,7 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
         async move {
             let base = pull_in(base_src, &tmp.join(cache)).await;
             let plug = pull_in(plug_src, &tmp.join(cache)).await;
-            let spec =
-                AtlasSpec::from_recipe_with(r, Vec::new(), &[plug.clone(), plug]).unwrap();
+            let spec = AtlasSpec::from_recipe_with(r, Vec::new(), &[plug.clone(), plug]).unwrap();
             build::build(&base, &spec).unwrap()
         }
     };
@@ -257,7 +253,10 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
 
     let layer = a.layer.as_ref().unwrap();
     let got = layer_members(&layer.tar);
-    let row = |p: &str| got.get(p).unwrap_or_else(|| panic!("{p} missing: {got:#?}"));
+    let row = |p: &str| {
+        got.get(p)
+            .unwrap_or_else(|| panic!("{p} missing: {got:#?}"))
+    };
     // The tree: modes, owners, xattrs kept; whiteouts of the source applied; links kept.
     assert_eq!(row("usr/lib/plug").0, 'd');
     assert_eq!(row("usr/lib/plug").1, 0o750);
@@ -266,19 +265,39 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
     assert_eq!(tool.4, b"#!tool v1\n");
     assert_eq!(tool.5.as_deref(), Some(&b"bind"[..]), "xattr kept");
     assert_eq!(row("usr/lib/plug/current").0, 'l');
-    assert_eq!(row("usr/lib/plug/current").3, "bin/tool", "relative symlink as stored");
-    assert_eq!(row("usr/lib/plug/abs").3, "/etc/passwd", "absolute symlink as stored");
+    assert_eq!(
+        row("usr/lib/plug/current").3,
+        "bin/tool",
+        "relative symlink as stored"
+    );
+    assert_eq!(
+        row("usr/lib/plug/abs").3,
+        "/etc/passwd",
+        "absolute symlink as stored"
+    );
     let (a_so, b_so) = (row("usr/lib/plug/lib/a.so"), row("usr/lib/plug/lib/b.so"));
     assert_eq!((a_so.0, a_so.4.as_slice()), ('f', &b"shared object"[..]));
     assert_eq!((b_so.0, b_so.3.as_str()), ('h', "usr/lib/plug/lib/a.so"));
     assert_eq!(row("usr/lib/plug/lib/c.so").4, b"added later");
-    assert!(!got.contains_key("usr/lib/plug/lib/gone"), "whited out in the source");
-    assert!(!got.keys().any(|k| k.contains("other") || k.starts_with("opt")));
+    assert!(
+        !got.contains_key("usr/lib/plug/lib/gone"),
+        "whited out in the source"
+    );
+    assert!(
+        !got.keys()
+            .any(|k| k.contains("other") || k.starts_with("opt"))
+    );
     // usr/local/bin -> ../../opt/plug/bin was followed; `to` ending in '/' takes the name.
     let copied = row("usr/bin/tool");
-    assert_eq!((copied.0, copied.1, copied.4.as_slice()), ('f', 0o4755, &b"#!tool v1\n"[..]));
+    assert_eq!(
+        (copied.0, copied.1, copied.4.as_slice()),
+        ('f', 0o4755, &b"#!tool v1\n"[..])
+    );
     for k in got.keys() {
-        assert!(!k.starts_with('/') && !k.split('/').any(|c| c == ".."), "{k}");
+        assert!(
+            !k.starts_with('/') && !k.split('/').any(|c| c == ".."),
+            "{k}"
+        );
     }
 
     // umoci reads the OCI layout output and agrees: one inode for the link group.
@@ -294,17 +313,30 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
         .arg(&bundle)
         .output()
         .unwrap();
-    assert!(o.status.success(), "umoci: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let rootfs = bundle.join("rootfs");
     let meta = |p: &str| fs::symlink_metadata(rootfs.join(p)).unwrap();
-    assert_eq!(meta("usr/lib/plug/lib/a.so").ino(), meta("usr/lib/plug/lib/b.so").ino());
+    assert_eq!(
+        meta("usr/lib/plug/lib/a.so").ino(),
+        meta("usr/lib/plug/lib/b.so").ino()
+    );
     assert_eq!(meta("usr/lib/plug/bin/tool").mode() & 0o7777, 0o4755);
     assert_eq!(
         fs::read_link(rootfs.join("usr/lib/plug/current")).unwrap(),
         Path::new("bin/tool")
     );
-    assert_eq!(fs::read(rootfs.join("usr/bin/tool")).unwrap(), b"#!tool v1\n");
-    assert!(rootfs.join("layer0/hello.txt").is_file(), "base content kept");
+    assert_eq!(
+        fs::read(rootfs.join("usr/bin/tool")).unwrap(),
+        b"#!tool v1\n"
+    );
+    assert!(
+        rootfs.join("layer0/hello.txt").is_file(),
+        "base content kept"
+    );
 }
 
 #[tokio::test]
@@ -317,11 +349,7 @@ async fn copy_errors_name_the_entry_and_the_path() {
     )
     .await;
     let one = |from: &str| {
-        RECIPE
-            .split("[[copy]]")
-            .next()
-            .unwrap()
-            .to_owned()
+        RECIPE.split("[[copy]]").next().unwrap().to_owned()
             + &format!(
                 "[[copy]]\nimage = \"127.0.0.1:5000/t-build/plugins:1\"\nfrom = \"{from}\"\nto = \"/x\"\n\
                  [config]\ncmd = [\"/x\"]\n[health]\ntcp = {{ port = 1 }}\n"

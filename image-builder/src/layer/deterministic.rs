@@ -268,7 +268,12 @@ impl LayerBuilder {
         Ok(())
     }
 
-    fn write_entry<W: Write>(&self, w: &mut TarWriter<W>, path: &[u8], e: &Entry) -> io::Result<()> {
+    fn write_entry<W: Write>(
+        &self,
+        w: &mut TarWriter<W>,
+        path: &[u8],
+        e: &Entry,
+    ) -> io::Result<()> {
         let (typeflag, link, data): (u8, &[u8], &[u8]) = match &e.item {
             Item::File(bytes) => (b'0', b"", bytes),
             Item::Dir => (b'5', b"", b""),

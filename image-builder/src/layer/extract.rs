@@ -83,8 +83,9 @@ fn read_members(tar: &[u8], root: &[u8]) -> Result<Vec<Extracted>, LayerError> {
             _ => {
                 return Err(LayerError::Select {
                     path: show(&e.path),
-                    detail: "is a device node or fifo; only files, directories and links can be copied"
-                        .to_owned(),
+                    detail:
+                        "is a device node or fifo; only files, directories and links can be copied"
+                            .to_owned(),
                 });
             }
         };

@@ -187,9 +187,10 @@ impl<'a> Tree<'a> {
                 _ => {}
             }
             let next = super::path::join(&cur, &part);
-            let node = self.paths.get(&next[..]).ok_or_else(|| {
-                fail(format!("{} does not exist", show_abs(&next)))
-            })?;
+            let node = self
+                .paths
+                .get(&next[..])
+                .ok_or_else(|| fail(format!("{} does not exist", show_abs(&next))))?;
             if node.kind != NodeKind::Symlink {
                 if node.kind != NodeKind::Dir && !todo.is_empty() {
                     return Err(fail(format!("{} is not a directory", show_abs(&next))));

@@ -172,7 +172,8 @@ fn hard_links_come_after_their_targets_and_must_point_at_a_file() {
     // "a/link" sorts before "b/file": the link must still follow its target in the stream.
     b.entry("a/link", spec(Item::Hardlink("/b/file".into())))
         .unwrap();
-    b.entry("b/file", spec(Item::File(b"data".to_vec()))).unwrap();
+    b.entry("b/file", spec(Item::File(b"data".to_vec())))
+        .unwrap();
     let built = b.build().unwrap();
     let layers = vec![atlas_image::layer::Layer::from_bytes(
         built.digest.clone(),
@@ -188,8 +189,12 @@ fn hard_links_come_after_their_targets_and_must_point_at_a_file() {
     assert_eq!(f.get("b/file").link.as_deref(), Some("a/link"));
 
     let mut b = LayerBuilder::new();
-    b.entry("l", spec(Item::Hardlink("missing".into()))).unwrap();
+    b.entry("l", spec(Item::Hardlink("missing".into())))
+        .unwrap();
     b.dir("d", 0o755).unwrap();
     let e = b.build().unwrap_err().to_string();
-    assert!(e.contains("\"l\"") && e.contains("not a regular file"), "{e}");
+    assert!(
+        e.contains("\"l\"") && e.contains("not a regular file"),
+        "{e}"
+    );
 }

@@ -788,3 +788,200 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
         assert!(!out.exists(), "a failed lock writes nothing");
     }
 }
+
+/// The digest of a fixture image in the local registry, from the manifest bytes it serves;
+/// `None` (skip, or fail under CI) when the fixture is missing.
+fn fixture_digest(repo_tag: &str) -> Option<String> {
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{REGISTRY}/{repo_tag}"))
+        .output()
+        .unwrap();
+    if !raw.status.success() {
+        assert!(
+            !require_all(),
+            "fixture {repo_tag} missing: run tests/start-services.sh"
+        );
+        eprintln!("skipping: fixture {repo_tag} not in the registry");
+        return None;
+    }
+    Some(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(&raw.stdout))
+    ))
+}
+
+/// `image build SERVICE... --push docker://PREFIX --oci-layout DIR`: embedded recipes (their
+/// `:latest` bases pinned by a lock to the fixture images), each pushed to
+/// PREFIX/<service>:<tag> and tagged <service> in the layout; a recipe with `[[copy]]`
+/// pulls its copy source through the mirror too; wrong service names and push targets fail
+/// before anything is pulled or written.
+#[test]
+fn image_build_several_services_push_prefix_and_oci_layout() {
+    if !ready() {
+        return;
+    }
+    let (Some(prom), Some(am)) = (
+        fixture_digest("prom/prometheus:v2.42.0"),
+        fixture_digest("prom/alertmanager:v0.25.0"),
+    ) else {
+        return;
+    };
+    let pid = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let lock = t.join("images.lock");
+    std::fs::write(
+        &lock,
+        format!(
+            "version = 1\n[images]\n\"docker.io/prom/prometheus:latest\" = \"{prom}\"\n\
+             \"docker.io/prom/alertmanager:latest\" = \"{am}\"\n\
+             \"docker.io/prom/prometheus:v2.42.0\" = \"{prom}\"\n"
+        ),
+    )
+    .unwrap();
+    let prefix = format!("docker://{REGISTRY}/t-imgrec-{pid}");
+    let layout = t.join("oci");
+    let common = |cache: &str| -> Vec<String> {
+        [
+            "--registry-mirror",
+            REGISTRY,
+            "--images-lock",
+            lock.to_str().unwrap(),
+            "--cache-dir",
+            t.join(cache).to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let o = run(atlas()
+        .args(["--progress", "none", "--json", "image", "build"])
+        .args([
+            "prometheus",
+            "alertmanager",
+            "--push",
+            &prefix,
+            "--oci-layout",
+        ])
+        .arg(&layout)
+        .args(common("cache")));
+    let v = json_of(&o);
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{v}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    for (img, service) in images.iter().zip(["prometheus", "alertmanager"]) {
+        assert_eq!(img["service"], service);
+        let digest = img["digest"].as_str().unwrap();
+        let dest = format!("{REGISTRY}/t-imgrec-{pid}/{service}:latest");
+        assert_eq!(img["pushed"], format!("{dest}@{digest}"));
+        let o = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{dest}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let inspect: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(inspect["Digest"], digest);
+        let tagged = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == service);
+        assert_eq!(tagged.unwrap()["digest"], digest, "{index}");
+    }
+
+    // A recipe with [[copy]]: the Prometheus binary out of the prometheus fixture, over the
+    // alertmanager one. Its source is pinned by the lock and pulled through the mirror.
+    let dir = t.join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("duo.toml");
+    std::fs::write(
+        &recipe,
+        "name = \"duo\"\n[base]\nimage = \"docker.io/prom/alertmanager:latest\"\n\
+         [[copy]]\nimage = \"docker.io/prom/prometheus:v2.42.0\"\nfrom = \"/bin/prometheus\"\nto = \"/opt/duo/\"\n\
+         [config]\nentrypoint = [\"/opt/duo/prometheus\"]\n[health]\nhttp = { port = 9090, path = \"/-/ready\" }\n",
+    )
+    .unwrap();
+    let bundle = t.join("duo-oci");
+    let o = run(atlas()
+        .args(["--progress", "none", "--json", "image", "build", "--recipe"])
+        .arg(&recipe)
+        .arg("--oci")
+        .arg(&bundle)
+        .args(common("cache")));
+    let v = json_of(&o);
+    assert!(!stderr(&o).contains("pinned"), "{}", stderr(&o));
+    assert_eq!(v["images"][0]["service"], "duo");
+    let unpacked = t.join("duo-bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:duo", bundle.display()))
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "umoci unpack: {}", stderr(&o));
+    let copied = std::fs::read(unpacked.join("rootfs/opt/duo/prometheus")).unwrap();
+    let original = std::fs::read("/usr/bin/prometheus").ok();
+    assert!(copied.len() > 1_000_000, "the real binary");
+    if let Some(o) = original {
+        assert_eq!(
+            Sha256::digest(&copied),
+            Sha256::digest(&o),
+            "the fixture's binary"
+        );
+    }
+    assert!(
+        unpacked.join("rootfs/bin/alertmanager").exists(),
+        "the base kept"
+    );
+
+    // Errors: nothing pulled, nothing written.
+    let empty = t.join("cache-none");
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "image",
+            "build",
+            "prometheus",
+            "nosuch",
+            "alsonot",
+        ])
+        .args(common("cache-none")));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("\"nosuch\", \"alsonot\"") && e.contains("known services: alertmanager, caddy"),
+        "{e}"
+    );
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "image",
+            "build",
+            "prometheus",
+            "alertmanager",
+        ])
+        .args(["--push", &format!("docker://{REGISTRY}/one/image:1")])
+        .args(common("cache-none")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("names one image"), "{}", stderr(&o));
+    let o = run(atlas()
+        .args(["--progress", "none", "image", "build", "prometheus"])
+        .args(["--push", "oci:/tmp/x"])
+        .args(common("cache-none")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--oci-layout DIR"), "{}", stderr(&o));
+    assert_eq!(files_under(&empty), 0, "a refused build pulled nothing");
+}
+
+fn files_under(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+        .sum()
+}
