@@ -436,7 +436,7 @@ async fn build_push_mounts_the_base_layers_instead_of_uploading_them() {
     }
     for (d, _, _) in &base_img.layers {
         assert!(
-            !uploads.iter().any(|p| p.contains(&d.hex())),
+            !uploads.iter().any(|p| p.contains(d.hex())),
             "base layer {d} was uploaded: {uploads:#?}"
         );
     }

@@ -26,11 +26,11 @@ pub fn copied_entries(
         });
     };
     let fail = |error| BuildError::Copy {
-        recipe: recipe.name.clone(),
-        index,
-        image: source.source.clone(),
-        from: c.from.clone(),
-        error,
+        what: format!(
+            "recipe {}: copy[{index}] of {} from {}",
+            recipe.name, c.from, source.source
+        ),
+        error: Box::new(error),
     };
     let layers = super::unified::base_layers(&Arc::new(source.clone()));
     let (resolved, members) = extract_subtree(&layers, &c.from).map_err(fail)?;

@@ -55,6 +55,8 @@ pub const ATLAS_LABEL: &str = "io.atlas.image";
 pub const SERVICE_LABEL: &str = "io.atlas.service";
 /// Label holding the recipe hash of an Atlas image built from a recipe.
 pub const RECIPE_HASH_LABEL: &str = "io.atlas.recipe.hash";
+/// Label listing the plugins baked into an image: `id=sha256:…,…`.
+pub const PLUGINS_LABEL: &str = "io.atlas.plugins";
 /// Label naming the base image's manifest digest (OCI annotation key).
 pub const BASE_DIGEST_LABEL: &str = "org.opencontainers.image.base.digest";
 /// Label naming the base image (OCI annotation key).
@@ -79,13 +81,11 @@ pub enum BuildError {
         index: usize,
         image: String,
     },
-    #[error("recipe {recipe}: copy[{index}] of {from} from {image}: {error}")]
+    /// `what`: "recipe caddy: copy[0] of /usr/bin/caddy from docker://…".
+    #[error("{what}: {error}")]
     Copy {
-        recipe: String,
-        index: usize,
-        image: String,
-        from: String,
-        error: LayerError,
+        what: String,
+        error: Box<LayerError>,
     },
     #[error("recipe {recipe}: file[{index}] {src}: {detail}")]
     Asset {
@@ -96,6 +96,8 @@ pub enum BuildError {
     },
     #[error("{what}: {error}")]
     Flatten { what: String, error: LayerError },
+    #[error(transparent)]
+    Plugin(Box<crate::plugin::PluginError>),
     #[error(transparent)]
     Pull(#[from] crate::source::PullError),
     #[error(transparent)]
@@ -115,6 +117,12 @@ pub struct ExtraFile {
     pub uid: u64,
     pub gid: u64,
     pub contents: Vec<u8>,
+}
+
+impl From<crate::plugin::PluginError> for BuildError {
+    fn from(e: crate::plugin::PluginError) -> Self {
+        BuildError::Plugin(Box::new(e))
+    }
 }
 
 /// A member of the Atlas layer with full metadata: what a recipe's `[[copy]]` took from
@@ -176,6 +184,43 @@ impl AtlasSpec {
             recipe_hash: Some(recipe_hash(recipe)),
             stop_grace_period: crate::init::DEFAULT_STOP_GRACE_PERIOD,
         })
+    }
+
+    /// Lays the recipe's plugin directory (always, so the service finds it even when empty)
+    /// and each chosen plugin, unpacked from its fetched archive, into the Atlas layer; the
+    /// label `io.atlas.plugins` lists them with their archive digests.
+    pub fn add_plugins(
+        &mut self,
+        plugins: &crate::recipe::Plugins,
+        chosen: &[(crate::recipe::PluginSource, std::path::PathBuf)],
+    ) -> Result<(), BuildError> {
+        let (uid, gid) = plugins
+            .owner
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+            .unwrap_or((0, 0));
+        self.entries.push(LayerEntry {
+            path: plugins.dir.clone(),
+            spec: EntrySpec {
+                item: crate::layer::deterministic::Item::Dir,
+                mode: 0o755,
+                uid,
+                gid,
+                xattrs: Vec::new(),
+            },
+        });
+        let mut listed = Vec::new();
+        for (source, archive) in chosen {
+            self.entries
+                .extend(crate::plugin::plugin_entries(plugins, &source.id, archive)?);
+            listed.push(format!("{}={}", source.id, source.sha256));
+        }
+        if !listed.is_empty() {
+            self.runtime
+                .labels
+                .insert(PLUGINS_LABEL.to_owned(), listed.join(","));
+        }
+        Ok(())
     }
 
     /// A plain conversion: the image's own config, nothing added but init and its files.

@@ -13,7 +13,7 @@ use atlas_image::cache::BlobCache;
 use atlas_image::layer::LayerIndex;
 use atlas_image::lock::{ImagesLock, lock_references};
 use atlas_image::progress::Progress;
-use atlas_image::recipe::Recipe;
+use atlas_image::recipe::{PluginSource, Recipe};
 use atlas_image::reference::ImageRef;
 use atlas_image::registry::{PushOptions, map_to_mirror};
 use atlas_image::source::{PullOptions, PulledImage, Source, pull};
@@ -468,8 +468,21 @@ async fn build_cmd(
         None => ImagesLock::embedded()?,
     };
     let mut pins = Pins::load(&Pins::file_in(cache.root()))?;
-    let list = recipes(args, &|| super::load_config(global))?;
+    // The config is read at most once, and only when needed (which services, which plugins).
+    let loaded = std::cell::OnceCell::new();
+    let config = || -> Result<atlas_install::config::Config> {
+        if let Some(c) = loaded.get() {
+            return Ok(Clone::clone(c));
+        }
+        let c = super::load_config(global)?;
+        Ok(loaded.get_or_init(|| c).clone())
+    };
+    let list = recipes(args, &config)?;
     let several = list.len() > 1;
+    let plugins: Vec<Vec<PluginSource>> = list
+        .iter()
+        .map(|(r, _)| chosen_plugins(r, &config))
+        .collect::<Result<_>>()?;
     // Every destination is checked before the first pull.
     let dests: Vec<Option<ImageRef>> = list
         .iter()
@@ -486,7 +499,7 @@ async fn build_cmd(
         false => None,
     };
     let mut failed = Vec::new();
-    for ((recipe, root), dest) in list.iter().zip(&dests) {
+    for (((recipe, root), dest), plugins) in list.iter().zip(&dests).zip(&plugins) {
         let step = BuildStep {
             args,
             lock: &lock,
@@ -495,10 +508,12 @@ async fn build_cmd(
             global,
             progress: progress.as_ref(),
         };
-        match step
-            .run(recipe, root.as_deref(), dest.as_ref(), &mut pins)
-            .await
-        {
+        let target = Target {
+            root: root.as_deref(),
+            dest: dest.as_ref(),
+            plugins,
+        };
+        match step.run(recipe, &target, &mut pins).await {
             Ok(entry) => results.push(entry),
             // With several services, one failure does not stop the others.
             Err(e) if several => {
@@ -522,6 +537,57 @@ async fn build_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where one recipe's build comes from and goes to.
+struct Target<'a> {
+    /// Repository root of a `--recipe` file (assets and local plugin archives).
+    root: Option<&'a Path>,
+    dest: Option<&'a ImageRef>,
+    /// The recipe's plugins chosen in the config.
+    plugins: &'a [PluginSource],
+}
+
+/// The plugins `[grafana] plugins` chooses among those `recipe` pins (none for a recipe
+/// without a `[plugins]` section). A choice the recipe does not pin fails before any pull.
+fn chosen_plugins(
+    recipe: &Recipe,
+    config: &dyn Fn() -> Result<atlas_install::config::Config>,
+) -> Result<Vec<PluginSource>> {
+    if recipe.plugins.is_none() {
+        return Ok(Vec::new());
+    }
+    let config = config()
+        .with_context(|| format!("reading the config for the plugins of {}", recipe.name))?;
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for id in &config.grafana.plugins {
+        match recipe.plugin_sources.iter().find(|p| p.id == *id) {
+            Some(p) => out.push(p.clone()),
+            None => missing.push(format!("{id:?}")),
+        }
+    }
+    if !missing.is_empty() {
+        let available: Vec<&str> = recipe
+            .plugin_sources
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        bail!(
+            "[grafana] plugins in the config chooses {}, which recipe {} does not pin (it pins: {}); \
+             add a [[plugin]] entry with id, url and sha256 (of the real archive: sha256sum FILE) \
+             to a copy of images/{}.toml and build with --recipe FILE, or remove the choice",
+            missing.join(", "),
+            recipe.name,
+            if available.is_empty() {
+                "none".to_owned()
+            } else {
+                available.join(", ")
+            },
+            recipe.name
+        );
+    }
+    Ok(out)
+}
+
 /// Everything one recipe's build needs besides the recipe.
 struct BuildStep<'a> {
     args: &'a ImageBuildArgs,
@@ -536,10 +602,10 @@ impl BuildStep<'_> {
     async fn run(
         &self,
         recipe: &Recipe,
-        root: Option<&Path>,
-        dest: Option<&ImageRef>,
+        target: &Target<'_>,
         pins: &mut Pins,
     ) -> Result<serde_json::Value> {
+        let (root, dest) = (target.root, target.dest);
         let (args, reg, progress) = (self.args, &self.args.registry, self.progress);
         let index = self.client.is_some();
         let base_ref = recipe
@@ -556,8 +622,31 @@ impl BuildStep<'_> {
             sources.push(img);
         }
         let files = build::recipe_files(recipe, &read_asset(root))?;
-        let spec =
-            tokio::task::block_in_place(|| AtlasSpec::from_recipe_with(recipe, files, &sources))?;
+        let mut spec = tokio::task::block_in_place(|| {
+            AtlasSpec::from_recipe_with(recipe, files, &sources).map_err(anyhow::Error::from)
+        })?;
+        if let Some(p) = &recipe.plugins {
+            let base_dir = match root {
+                Some(r) => r.to_path_buf(),
+                None => {
+                    std::env::current_dir().context("cannot determine the working directory")?
+                }
+            };
+            let mut fetched = Vec::new();
+            for source in target.plugins {
+                let archive = atlas_image::plugin::fetch(
+                    source,
+                    self.cache.root(),
+                    &base_dir,
+                    &reg.insecure_registry,
+                )
+                .await?;
+                fetched.push((source.clone(), archive));
+            }
+            tokio::task::block_in_place(|| {
+                spec.add_plugins(p, &fetched).map_err(anyhow::Error::from)
+            })?;
+        }
         let image =
             build::build(&base, &spec).with_context(|| format!("building {}", recipe.name))?;
         let mut entry = json!({
@@ -566,6 +655,10 @@ impl BuildStep<'_> {
             "base": image.base.reference.as_ref().map(ToString::to_string),
             "base_digest": image.base.manifest_digest.to_string(),
         });
+        if recipe.plugins.is_some() {
+            let ids: Vec<&str> = target.plugins.iter().map(|p| p.id.as_str()).collect();
+            entry["plugins"] = json!(ids);
+        }
         if let Some(dir) = &args.oci_layout {
             tokio::task::block_in_place(|| {
                 build::write_oci_layout(&image, dir, Some(&recipe.name))

@@ -789,6 +789,26 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
     }
 }
 
+/// The registry and the tools of the tests that need no Incus (skip, or fail under CI).
+fn registry_ready() -> bool {
+    if !["skopeo", "umoci", "curl"].iter().all(|t| have_tool(t)) {
+        return false;
+    }
+    let reg = Command::new("curl")
+        .args(["-sf", &format!("http://{REGISTRY}/v2/")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !reg {
+        assert!(
+            !require_all(),
+            "the registry on {REGISTRY} is required (ATLAS_TEST_REQUIRE_ALL=1): run tests/start-services.sh"
+        );
+        eprintln!("skipping: no registry on {REGISTRY} (run tests/start-services.sh)");
+    }
+    reg
+}
+
 /// The digest of a fixture image in the local registry, from the manifest bytes it serves;
 /// `None` (skip, or fail under CI) when the fixture is missing.
 fn fixture_digest(repo_tag: &str) -> Option<String> {
@@ -818,7 +838,7 @@ fn fixture_digest(repo_tag: &str) -> Option<String> {
 /// before anything is pulled or written.
 #[test]
 fn image_build_several_services_push_prefix_and_oci_layout() {
-    if !ready() {
+    if !registry_ready() {
         return;
     }
     let (Some(prom), Some(am)) = (
@@ -984,4 +1004,109 @@ fn files_under(dir: &Path) -> usize {
     rd.map(|e| e.unwrap().path())
         .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
         .sum()
+}
+
+/// Grafana plugins: the config's `[grafana] plugins` chooses among the recipe's pinned
+/// `[[plugin]]` archives (a zip made by `zip`, read from a path under the recipe's repository
+/// root); the image has it unpacked under the plugin directory. A choice the recipe does not
+/// pin, or an archive whose bytes differ from the pin, fails and builds nothing.
+#[test]
+fn image_build_bakes_the_plugins_the_config_chooses() {
+    if !registry_ready() || !have_tool("zip") {
+        return;
+    }
+    let Some(grafana) = fixture_digest("grafana/grafana:standin") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let top = t.join("src/t-clock-panel");
+    std::fs::create_dir_all(&top).unwrap();
+    std::fs::write(top.join("plugin.json"), r#"{"id":"t-clock"}"#).unwrap();
+    std::fs::create_dir_all(t.join("plugins")).unwrap();
+    let o = Command::new("zip")
+        .args(["-q", "-r", "-X"])
+        .arg(t.join("plugins/t-clock.zip"))
+        .arg("t-clock-panel")
+        .current_dir(t.join("src"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "zip: {}", stderr(&o));
+    let zip_sha = sha256_file(&t.join("plugins/t-clock.zip"));
+    let lock = t.join("images.lock");
+    std::fs::write(
+        &lock,
+        format!("version = 1\n[images]\n\"docker.io/grafana/grafana:standin\" = \"{grafana}\"\n"),
+    )
+    .unwrap();
+    let recipe_text = |sha: &str| {
+        let embedded = atlas_image::recipe::EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == "grafana")
+            .unwrap()
+            .1;
+        embedded.replace("grafana/grafana:latest", "grafana/grafana:standin")
+            + &format!(
+                "\n[[plugin]]\nid = \"t-clock\"\nurl = \"plugins/t-clock.zip\"\nsha256 = \"sha256:{sha}\"\n"
+            )
+    };
+    std::fs::create_dir_all(t.join("images")).unwrap();
+    let recipe = t.join("images/grafana.toml");
+    std::fs::write(&recipe, recipe_text(&zip_sha)).unwrap();
+    let config = t.join("atlas.toml");
+    let build_with = |choice: &str, cache: &str, out: &str| {
+        std::fs::write(&config, format!("[grafana]\nplugins = [{choice}]\n")).unwrap();
+        run(atlas()
+            .args(["--progress", "none", "--json", "--config"])
+            .arg(&config)
+            .args(["image", "build", "--recipe"])
+            .arg(&recipe)
+            .args(["--registry-mirror", REGISTRY, "--images-lock"])
+            .arg(&lock)
+            .arg("--cache-dir")
+            .arg(t.join(cache))
+            .arg("--oci-layout")
+            .arg(t.join(out)))
+    };
+    let o = build_with("\"t-clock\"", "cache", "oci");
+    let v = json_of(&o);
+    assert_eq!(v["images"][0]["service"], "grafana");
+    assert_eq!(v["images"][0]["plugins"], serde_json::json!(["t-clock"]));
+    let bundle = t.join("bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:grafana", t.join("oci").display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "umoci: {}", stderr(&o));
+    let dir = bundle.join("rootfs/opt/atlas/grafana-plugins");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("t-clock/plugin.json")).unwrap(),
+        r#"{"id":"t-clock"}"#
+    );
+    let svc = std::fs::read_to_string(bundle.join("rootfs/etc/atlas/service.json")).unwrap();
+    assert!(
+        svc.contains("GF_PATHS_PLUGINS=/opt/atlas/grafana-plugins"),
+        "{svc}"
+    );
+
+    // Not pinned by the recipe: refused before any pull.
+    let o = build_with("\"t-clock\", \"nope\"", "cache-x", "oci-x");
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("\"nope\"") && e.contains("pins: t-clock"), "{e}");
+    assert_eq!(files_under(&t.join("cache-x")), 0, "nothing pulled: {e}");
+    assert!(!t.join("oci-x").exists());
+
+    // The archive changed under its pin: refused, nothing written.
+    std::fs::write(&recipe, recipe_text(&"0".repeat(64))).unwrap();
+    let o = build_with("\"t-clock\"", "cache", "oci-y");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&zip_sha),
+        "names the digest it got: {}",
+        stderr(&o)
+    );
+    assert!(!t.join("oci-y").exists());
 }
