@@ -7,7 +7,9 @@
 //!   sbin/init                  atlas-init (static)
 //!   etc/atlas/service.json     recipe entrypoint/cmd/user/workdir/env over the base config
 //!   etc/atlas/network.json     NetworkSpec::default(): only `lo`, so the image boots alone
-//!   <recipe files>
+//!   <recipe files>             [[file]] from assets/
+//!   <copied trees>             [[copy]] out of other images (see `copy`)
+//!   <plugins>                  [[plugin]] archives chosen in atlas.toml (see `crate::plugin`)
 //! ```
 //!
 //! [`build`] makes the [`AtlasImage`] (layer, config and manifest bytes, all in memory: they
