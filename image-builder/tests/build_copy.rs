@@ -36,6 +36,10 @@ to = "/usr/lib/plug"
 image = "127.0.0.1:5000/t-build/plugins:1"
 from = "/usr/local/bin/tool"
 to = "/usr/bin/"
+[[copy]]
+image = "127.0.0.1:5000/t-build/plugins:1"
+from = "/opt/plug/lib/b.so"
+to = "/usr/lib/b.so"
 [config]
 cmd = ["/usr/bin/tool"]
 [health]
@@ -240,7 +244,9 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
         async move {
             let base = pull_in(base_src, &tmp.join(cache)).await;
             let plug = pull_in(plug_src, &tmp.join(cache)).await;
-            let spec = AtlasSpec::from_recipe_with(r, Vec::new(), &[plug.clone(), plug]).unwrap();
+            let spec =
+                AtlasSpec::from_recipe_with(r, Vec::new(), &[plug.clone(), plug.clone(), plug])
+                    .unwrap();
             build::build(&base, &spec).unwrap()
         }
     };
@@ -293,6 +299,9 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
         (copied.0, copied.1, copied.4.as_slice()),
         ('f', 0o4755, &b"#!tool v1\n"[..])
     );
+    // A hard link copied alone is a regular file with the content of its group.
+    let alone = row("usr/lib/b.so");
+    assert_eq!((alone.0, alone.4.as_slice()), ('f', &b"shared object"[..]));
     for k in got.keys() {
         assert!(
             !k.starts_with('/') && !k.split('/').any(|c| c == ".."),

@@ -225,6 +225,19 @@ impl AtlasSpec {
         Ok(())
     }
 
+    /// A copy without `entries`, whose bytes are not cloned.
+    pub fn without_entries(&self) -> AtlasSpec {
+        AtlasSpec {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            runtime: self.runtime.clone(),
+            files: self.files.clone(),
+            entries: Vec::new(),
+            recipe_hash: self.recipe_hash.clone(),
+            stop_grace_period: self.stop_grace_period,
+        }
+    }
+
     /// A plain conversion: the image's own config, nothing added but init and its files.
     pub fn convert(name: &str) -> AtlasSpec {
         AtlasSpec {
@@ -278,6 +291,8 @@ pub fn recipe_hash(recipe: &Recipe) -> String {
 #[derive(Clone, Debug)]
 pub struct AtlasImage {
     pub base: PulledImage,
+    /// The spec it was built from, without `entries` (copied trees and plugins can be tens
+    /// of megabytes; their bytes live in `layer`).
     pub spec: AtlasSpec,
     /// `None` when the base already is an Atlas image (passed through).
     pub layer: Option<BuiltLayer>,
@@ -362,7 +377,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
     if is_atlas_image(base) {
         return Ok(AtlasImage {
             base: base.clone(),
-            spec: spec.clone(),
+            spec: spec.without_entries(),
             layer: None,
             service: None,
             config_bytes: base.config_bytes.clone(),
@@ -415,7 +430,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
     let manifest_bytes = config::manifest(&config_descriptor, &layers, base);
     Ok(AtlasImage {
         base: base.clone(),
-        spec: spec.clone(),
+        spec: spec.without_entries(),
         layer: Some(layer),
         service: Some(service),
         config_bytes,
