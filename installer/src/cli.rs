@@ -166,7 +166,7 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the Atlas image of one service (or all) from its recipe in images/.
+    /// Build the Atlas images of the services named (or of every enabled one) from their recipes.
     Build(ImageBuildArgs),
     /// Convert an OCI image (docker://, oci:, oci-archive:) into an Incus unified tarball.
     Convert {
