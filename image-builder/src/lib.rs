@@ -16,6 +16,7 @@ pub mod lock;
 pub mod manifest;
 pub mod oci_layout;
 pub mod platform;
+pub mod plugin;
 pub mod recipe;
 pub mod reference;
 pub mod registry;

@@ -79,6 +79,23 @@ pub struct Recipe {
     /// Plugins chosen in atlas.toml and baked in at build time (Grafana).
     #[serde(default)]
     pub plugins: Option<Plugins>,
+    /// The plugins that can be chosen, each pinned by the sha256 of its archive.
+    #[serde(default, rename = "plugin")]
+    pub plugin_sources: Vec<PluginSource>,
+}
+
+/// A plugin archive (zip, tar or tar.gz) unpacked into `<plugins.dir>/<id>`; a single
+/// top-level directory in the archive is dropped (Grafana's zips have one).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSource {
+    /// Directory name under `plugins.dir` and the name atlas.toml selects it by.
+    pub id: String,
+    /// `https://…` (plain `http://` only for loopback hosts), `file:///abs/path`, or a path
+    /// relative to the repository root.
+    pub url: String,
+    /// `sha256:<hex>` of the archive bytes, computed from the real download.
+    pub sha256: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -88,6 +105,10 @@ pub struct Base {
     pub image: String,
 }
 
+/// A multi-stage `COPY --from`: `from` (a file, directory or link, symlinks on the way
+/// followed inside `image`) is laid at `to` in the Atlas layer with its mode, owner and
+/// extended attributes; `to` ending in `/` names the directory it goes into. `image` is
+/// pinned by images.lock like the base.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyFrom {
@@ -369,6 +390,47 @@ impl Recipe {
             check_abs(&p.dir).map_err(|r| bad("plugins.dir", r))?;
             check_owner(&p.owner).map_err(|r| bad("plugins.owner", r))?;
         }
+        if !self.plugin_sources.is_empty() && self.plugins.is_none() {
+            return Err(bad(
+                "plugin",
+                "[[plugin]] entries need a [plugins] section with dir and owner".to_owned(),
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, p) in self.plugin_sources.iter().enumerate() {
+            let f = |s: &str| format!("plugin[{i}].{s}");
+            let id_ok = !p.id.is_empty()
+                && !p.id.starts_with('.')
+                && p.id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !id_ok {
+                return Err(bad(
+                    &f("id"),
+                    format!("{:?} must be letters, digits, '-', '_' or '.'", p.id),
+                ));
+            }
+            if !ids.insert(p.id.as_str()) {
+                return Err(bad(&f("id"), format!("{:?} is listed twice", p.id)));
+            }
+            if p.url.is_empty()
+                || (p.url.contains("://")
+                    && !["https://", "http://", "file://"]
+                        .iter()
+                        .any(|s| p.url.starts_with(s)))
+            {
+                return Err(bad(
+                    &f("url"),
+                    format!("{:?}: write https://…, file:///path or a path", p.url),
+                ));
+            }
+            crate::digest::Digest::parse(&p.sha256).map_err(|e| {
+                bad(
+                    &f("sha256"),
+                    format!("{e}; write \"sha256:<hex>\" of the archive (sha256sum FILE)"),
+                )
+            })?;
+        }
         Ok(())
     }
 }
@@ -482,5 +544,29 @@ http = { port = 9090, path = "/-/ready" }
         ))
         .unwrap_err();
         assert!(e.to_string().contains("file[0].src"), "{e}");
+    }
+
+    #[test]
+    fn plugin_entries_are_checked() {
+        let sha = format!("sha256:{}", "a".repeat(64));
+        let plugin = |id: &str, url: &str, sha: &str| {
+            format!("{OK}\n[[plugin]]\nid = \"{id}\"\nurl = \"{url}\"\nsha256 = \"{sha}\"\n")
+        };
+        let section = "[plugins]\ndir = \"/opt/p\"\nowner = \"472:0\"\n";
+        let e = parse(&plugin("clock", "https://x/c.zip", &sha)).unwrap_err();
+        assert!(e.to_string().contains("need a [plugins] section"), "{e}");
+        let ok =
+            |id: &str, url: &str, sha: &str| parse(&format!("{}\n{section}", plugin(id, url, sha)));
+        let r = ok("grafana-clock-panel", "plugins/c.zip", &sha).unwrap();
+        assert_eq!(r.plugin_sources[0].id, "grafana-clock-panel");
+        let e = ok("../x", "https://x/c.zip", &sha).unwrap_err();
+        assert!(e.to_string().contains("plugin[0].id"), "{e}");
+        let e = ok("c", "ftp://x/c.zip", &sha).unwrap_err();
+        assert!(e.to_string().contains("plugin[0].url"), "{e}");
+        let e = ok("c", "https://x/c.zip", &"a".repeat(64)).unwrap_err();
+        assert!(
+            e.to_string().contains("plugin[0].sha256") && e.to_string().contains("sha256sum"),
+            "{e}"
+        );
     }
 }

@@ -365,3 +365,83 @@ async fn build_indexes_taken_while_pulling_give_the_same_tarball() {
         .unwrap();
     assert_eq!(again, plain);
 }
+
+/// Pushing an Atlas image next to its base on the same registry: every base layer is mounted
+/// from the base's repository (POST ...?mount=&from=, 201), only the Atlas layer and config
+/// are uploaded (seen by a recording proxy in front of the real registry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_push_mounts_the_base_layers_instead_of_uploading_them() {
+    init_tls();
+    if !have_skopeo_and_registry() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("base");
+    let pid = std::process::id();
+    let base_img = base_layout(&layout, &format!("build-mount-{pid}"));
+    let base_repo = format!("t-build/mount-base-{pid}");
+    skopeo_push(&layout, "1", &format!("{REGISTRY}/{base_repo}:1"), false);
+
+    // The base is pulled through the recording proxy, so its reference names the registry
+    // the push goes to (as with --registry-mirror and --push on the same registry).
+    let proxy = common::proxy::Proxy::start(REGISTRY).await;
+    let base = pull_in(
+        &format!("docker://{}/{base_repo}:1", proxy.addr),
+        &tmp.path().join("c"),
+    )
+    .await;
+    let image = build::build(&base, &spec()).unwrap();
+    proxy.seen.lock().unwrap().clear();
+    let dest = ImageRef::parse(&format!("{}/t-build/mount-atlas-{pid}:1", proxy.addr)).unwrap();
+    let cache = BlobCache::open(tmp.path().join("c")).unwrap();
+    let pushed = build::push(&image, &cache, &dest, &PushOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(pushed, image.manifest_digest);
+
+    let seen = proxy.seen.lock().unwrap().clone();
+    let mounted: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.status == 201)
+        .filter(|s| {
+            s.path
+                .contains(&format!("from={}", base_repo.replace('/', "%2F")))
+                || s.path.contains(&format!("from={base_repo}"))
+        })
+        .map(|s| s.path.as_str())
+        .collect();
+    for (d, _, _) in &base_img.layers {
+        assert!(
+            mounted.iter().any(|p| p.contains(&format!("mount={d}"))
+                || p.contains(&format!("mount={}", d.to_string().replace(':', "%3A")))),
+            "base layer {d} not mounted: {seen:#?}"
+        );
+    }
+    assert_eq!(mounted.len(), base_img.layers.len(), "{seen:#?}");
+    // Uploads finish with a PUT on an upload session: only the Atlas layer and the config.
+    let uploads: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/"))
+        .map(|s| s.path.as_str())
+        .collect();
+    let atlas_layer = &image.layer.as_ref().unwrap().digest;
+    assert_eq!(uploads.len(), 2, "{uploads:#?}");
+    for d in [atlas_layer.clone(), image.config_digest.to_string()] {
+        assert!(
+            uploads
+                .iter()
+                .any(|p| p.contains(&d) || p.contains(&d.replace(':', "%3A"))),
+            "{d} not uploaded: {uploads:#?}"
+        );
+    }
+    for (d, _, _) in &base_img.layers {
+        assert!(
+            !uploads.iter().any(|p| p.contains(d.hex())),
+            "base layer {d} was uploaded: {uploads:#?}"
+        );
+    }
+    assert_eq!(
+        skopeo_digest(&format!("{REGISTRY}/t-build/mount-atlas-{pid}:1")),
+        image.manifest_digest.to_string()
+    );
+}

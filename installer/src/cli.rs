@@ -173,7 +173,7 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the Atlas image of one service (or all) from its recipe in images/.
+    /// Build the Atlas images of the services named (or of every enabled one) from their recipes.
     Build(ImageBuildArgs),
     /// Convert an OCI image (docker://, oci:, oci-archive:) into an Incus unified tarball.
     Convert {
@@ -218,23 +218,25 @@ pub struct RegistryArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct ImageBuildArgs {
-    /// Service name (caddy, grafana, ...); every embedded recipe when omitted.
-    pub service: Option<String>,
+    /// Services to build (caddy, grafana, ...); without any, every service enabled in the config.
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
     /// Build from this recipe file instead of the embedded one (its [[file]] sources are
     /// read relative to the directory above the recipe's, the repository root).
-    #[arg(long, value_name = "FILE", conflicts_with = "service")]
+    #[arg(long, value_name = "FILE", conflicts_with = "services")]
     pub recipe: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Use this images.lock instead of the embedded one.
     #[arg(long, value_name = "FILE")]
     pub images_lock: Option<PathBuf>,
-    /// Also write the image into this OCI image layout directory (tagged with the service name).
-    #[arg(long, value_name = "DIR")]
-    pub oci: Option<PathBuf>,
-    /// Push to this reference (docker://HOST/REPO:TAG); with several services, a prefix
-    /// (docker://HOST/PATH) under which each goes as <service>:<base tag>.
-    #[arg(long, value_name = "REF")]
+    /// Write the images into this OCI image layout directory, each tagged with its service name.
+    #[arg(long = "oci-layout", alias = "oci", value_name = "DIR")]
+    pub oci_layout: Option<PathBuf>,
+    /// Push each image to PREFIX/<service>:<base tag> (docker://HOST[:PORT]/PATH); base
+    /// layers are mounted from the base's repository on the same registry, not uploaded. A
+    /// full reference with a tag (docker://HOST/REPO:TAG) is taken as is when one image is built.
+    #[arg(long, value_name = "docker://PREFIX")]
     pub push: Option<String>,
     /// Import into Incus (streamed), aliased atlas/<service>.
     #[arg(long)]

@@ -7,7 +7,9 @@
 //!   sbin/init                  atlas-init (static)
 //!   etc/atlas/service.json     recipe entrypoint/cmd/user/workdir/env over the base config
 //!   etc/atlas/network.json     NetworkSpec::default(): only `lo`, so the image boots alone
-//!   <recipe files>
+//!   <recipe files>             [[file]] from assets/
+//!   <copied trees>             [[copy]] out of other images (see `copy`)
+//!   <plugins>                  [[plugin]] archives chosen in atlas.toml (see `crate::plugin`)
 //! ```
 //!
 //! [`build`] makes the [`AtlasImage`] (layer, config and manifest bytes, all in memory: they
@@ -25,6 +27,7 @@
 //! ([`is_atlas_image`]) is passed through without a second layer.
 
 mod config;
+mod copy;
 mod publish;
 mod unified;
 
@@ -35,12 +38,13 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 use crate::init::{NetworkSpec, ServiceSpec, SpecError};
 use crate::layer::LayerError;
-use crate::layer::deterministic::{BuiltLayer, LayerBuilder};
+use crate::layer::deterministic::{BuiltLayer, EntrySpec, LayerBuilder};
 use crate::manifest::{Descriptor, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 use crate::recipe::{Recipe, RuntimeSpec};
 use crate::source::PulledImage;
 
 pub use config::{merge_env, service_spec};
+pub use copy::copied_entries;
 pub use publish::{push, write_oci_layout};
 pub use unified::{
     IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, flatten_inputs,
@@ -53,6 +57,8 @@ pub const ATLAS_LABEL: &str = "io.atlas.image";
 pub const SERVICE_LABEL: &str = "io.atlas.service";
 /// Label holding the recipe hash of an Atlas image built from a recipe.
 pub const RECIPE_HASH_LABEL: &str = "io.atlas.recipe.hash";
+/// Label listing the plugins baked into an image: `id=sha256:…,…`.
+pub const PLUGINS_LABEL: &str = "io.atlas.plugins";
 /// Label naming the base image's manifest digest (OCI annotation key).
 pub const BASE_DIGEST_LABEL: &str = "org.opencontainers.image.base.digest";
 /// Label naming the base image (OCI annotation key).
@@ -69,13 +75,19 @@ pub enum BuildError {
     #[error("{what}: the base image config is not a JSON object: {detail}")]
     BaseConfig { what: String, detail: String },
     #[error(
-        "recipe {recipe}: [[copy]] from other images is not supported by this build yet \
-         (copy[{index}] from {image}); remove it or build the binary into the base image"
+        "recipe {recipe}: copy[{index}] needs its source image {image}, which was not given \
+         (pull it and build with AtlasSpec::from_recipe_with)"
     )]
-    CopyUnsupported {
+    CopySourceMissing {
         recipe: String,
         index: usize,
         image: String,
+    },
+    /// `what`: "recipe caddy: copy[0] of /usr/bin/caddy from docker://…".
+    #[error("{what}: {error}")]
+    Copy {
+        what: String,
+        error: Box<LayerError>,
     },
     #[error("recipe {recipe}: file[{index}] {src}: {detail}")]
     Asset {
@@ -86,6 +98,8 @@ pub enum BuildError {
     },
     #[error("{what}: {error}")]
     Flatten { what: String, error: LayerError },
+    #[error(transparent)]
+    Plugin(Box<crate::plugin::PluginError>),
     #[error(transparent)]
     Pull(#[from] crate::source::PullError),
     #[error(transparent)]
@@ -107,6 +121,21 @@ pub struct ExtraFile {
     pub contents: Vec<u8>,
 }
 
+impl From<crate::plugin::PluginError> for BuildError {
+    fn from(e: crate::plugin::PluginError) -> Self {
+        BuildError::Plugin(Box::new(e))
+    }
+}
+
+/// A member of the Atlas layer with full metadata: what a recipe's `[[copy]]` took from
+/// another image, or an unpacked plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// Absolute path in the image.
+    pub path: String,
+    pub spec: EntrySpec,
+}
+
 /// What to lay over the base image: a recipe, or nothing (a plain conversion).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AtlasSpec {
@@ -115,6 +144,8 @@ pub struct AtlasSpec {
     pub description: String,
     pub runtime: RuntimeSpec,
     pub files: Vec<ExtraFile>,
+    /// Copied trees and plugins, in recipe order.
+    pub entries: Vec<LayerEntry>,
     /// Hash of the recipe (`sha256:...`); `None` for a plain conversion.
     pub recipe_hash: Option<String>,
     /// Seconds from SIGTERM to SIGKILL for the service.
@@ -125,21 +156,86 @@ impl AtlasSpec {
     /// From a recipe. `files` are the recipe's `[[file]]` contents, read by the caller
     /// (the library does not know where `assets/` lives); see [`recipe_files`].
     pub fn from_recipe(recipe: &Recipe, files: Vec<ExtraFile>) -> Result<AtlasSpec, BuildError> {
-        if let Some((index, c)) = recipe.copies.iter().enumerate().next() {
-            return Err(BuildError::CopyUnsupported {
+        Self::from_recipe_with(recipe, files, &[])
+    }
+
+    /// From a recipe with `[[copy]]` entries: `copies[i]` is the pulled source image of
+    /// `recipe.copies[i]` (pinned by the caller, like the base).
+    pub fn from_recipe_with(
+        recipe: &Recipe,
+        files: Vec<ExtraFile>,
+        copies: &[PulledImage],
+    ) -> Result<AtlasSpec, BuildError> {
+        if let Some((index, c)) = recipe.copies.iter().enumerate().nth(copies.len()) {
+            return Err(BuildError::CopySourceMissing {
                 recipe: recipe.name.clone(),
                 index,
                 image: c.image.clone(),
             });
+        }
+        let mut entries = Vec::new();
+        for (index, source) in copies.iter().enumerate().take(recipe.copies.len()) {
+            entries.extend(copied_entries(recipe, index, source)?);
         }
         Ok(AtlasSpec {
             name: recipe.name.clone(),
             description: recipe.description.clone(),
             runtime: recipe.config.clone(),
             files,
+            entries,
             recipe_hash: Some(recipe_hash(recipe)),
             stop_grace_period: crate::init::DEFAULT_STOP_GRACE_PERIOD,
         })
+    }
+
+    /// Lays the recipe's plugin directory (always, so the service finds it even when empty)
+    /// and each chosen plugin, unpacked from its fetched archive, into the Atlas layer; the
+    /// label `io.atlas.plugins` lists them with their archive digests.
+    pub fn add_plugins(
+        &mut self,
+        plugins: &crate::recipe::Plugins,
+        chosen: &[(crate::recipe::PluginSource, std::path::PathBuf)],
+    ) -> Result<(), BuildError> {
+        let (uid, gid) = plugins
+            .owner
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+            .unwrap_or((0, 0));
+        self.entries.push(LayerEntry {
+            path: plugins.dir.clone(),
+            spec: EntrySpec {
+                item: crate::layer::deterministic::Item::Dir,
+                mode: 0o755,
+                uid,
+                gid,
+                xattrs: Vec::new(),
+            },
+        });
+        let mut listed = Vec::new();
+        for (source, archive) in chosen {
+            self.entries
+                .extend(crate::plugin::plugin_entries(plugins, &source.id, archive)?);
+            listed.push(format!("{}={}", source.id, source.sha256));
+        }
+        if !listed.is_empty() {
+            self.runtime
+                .labels
+                .insert(PLUGINS_LABEL.to_owned(), listed.join(","));
+        }
+        Ok(())
+    }
+
+    /// A copy without `entries`, whose bytes are not cloned.
+    pub fn without_entries(&self) -> AtlasSpec {
+        AtlasSpec {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            runtime: self.runtime.clone(),
+            files: self.files.clone(),
+            entries: Vec::new(),
+            recipe_hash: self.recipe_hash.clone(),
+            stop_grace_period: self.stop_grace_period,
+        }
     }
 
     /// A plain conversion: the image's own config, nothing added but init and its files.
@@ -195,6 +291,8 @@ pub fn recipe_hash(recipe: &Recipe) -> String {
 #[derive(Clone, Debug)]
 pub struct AtlasImage {
     pub base: PulledImage,
+    /// The spec it was built from, without `entries` (copied trees and plugins can be tens
+    /// of megabytes; their bytes live in `layer`).
     pub spec: AtlasSpec,
     /// `None` when the base already is an Atlas image (passed through).
     pub layer: Option<BuiltLayer>,
@@ -279,7 +377,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
     if is_atlas_image(base) {
         return Ok(AtlasImage {
             base: base.clone(),
-            spec: spec.clone(),
+            spec: spec.without_entries(),
             layer: None,
             service: None,
             config_bytes: base.config_bytes.clone(),
@@ -299,7 +397,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
         },
         error,
     })?;
-    let layer = atlas_layer(&service, &spec.files, &what)?;
+    let layer = atlas_layer(&service, spec, &what)?;
     let config_bytes =
         config::image_config(base, spec, &service, &layer.diff_id).map_err(|detail| {
             BuildError::BaseConfig {
@@ -332,7 +430,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
     let manifest_bytes = config::manifest(&config_descriptor, &layers, base);
     Ok(AtlasImage {
         base: base.clone(),
-        spec: spec.clone(),
+        spec: spec.without_entries(),
         layer: Some(layer),
         service: Some(service),
         config_bytes,
@@ -343,10 +441,11 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
     })
 }
 
-/// The Atlas layer: init, service.json, the default network.json and the extra files.
+/// The Atlas layer: init, service.json, the default network.json, the recipe's files, then
+/// what it copied from other images and its plugins.
 pub fn atlas_layer(
     service: &ServiceSpec,
-    files: &[ExtraFile],
+    spec: &AtlasSpec,
     what: &str,
 ) -> Result<BuiltLayer, BuildError> {
     let layer_err = |error| BuildError::Layer {
@@ -368,9 +467,12 @@ pub fn atlas_layer(
         b.file(f.path, f.mode, f.contents.into_owned())
             .map_err(layer_err)?;
     }
-    for f in files {
+    for f in &spec.files {
         b.file_owned(&f.dest, f.mode, f.uid, f.gid, f.contents.clone())
             .map_err(layer_err)?;
+    }
+    for e in &spec.entries {
+        b.entry(&e.path, e.spec.clone()).map_err(layer_err)?;
     }
     b.build().map_err(layer_err)
 }

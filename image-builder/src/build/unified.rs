@@ -120,7 +120,7 @@ pub fn flatten_inputs(image: &AtlasImage) -> Vec<Layer> {
     out
 }
 
-fn base_layers(base: &Arc<PulledImage>) -> Vec<Layer> {
+pub(crate) fn base_layers(base: &Arc<PulledImage>) -> Vec<Layer> {
     (0..base.layers.len())
         .map(|i| {
             let img = Arc::clone(base);

@@ -22,11 +22,16 @@ pub const DEFAULT_MTIME: i64 = 0;
 /// Fixed gzip level: changing it changes every Atlas layer digest.
 pub const GZIP_LEVEL: u32 = 6;
 
+/// What a path holds in a built layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Item {
+pub enum Item {
     File(Vec<u8>),
     Dir,
+    /// The target exactly as it will be stored.
     Symlink(Vec<u8>),
+    /// Another path of the same layer (a regular file); written after every other entry so
+    /// its target always precedes it in the stream.
+    Hardlink(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +40,19 @@ struct Entry {
     mode: u32,
     uid: u64,
     gid: u64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A member with all of its metadata, for [`LayerBuilder::entry`] (files copied out of
+/// another image keep their mode, owner and extended attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySpec {
+    pub item: Item,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// `(name, value)`, e.g. `security.capability`; written as PAX `SCHILY.xattr.*`.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Collects files, directories and symlinks, then writes them as a reproducible tar.
@@ -113,6 +131,37 @@ impl LayerBuilder {
         self.add(path, Item::Symlink(target.as_bytes().to_vec()), 0o777, 0, 0)
     }
 
+    /// Any member with its full metadata. A hard link's target is checked when the layer is
+    /// written (it may be added later).
+    pub fn entry(&mut self, path: &str, spec: EntrySpec) -> Result<&mut Self, LayerError> {
+        let item = match spec.item {
+            Item::Symlink(t) if t.is_empty() || t.contains(&0) => {
+                return Err(builder_err(
+                    path,
+                    "a symlink target must be non-empty and without NUL",
+                ));
+            }
+            Item::Hardlink(t) => {
+                let norm = normalize(t.as_bytes()).map_err(|d| builder_err(path, &d))?;
+                Item::Hardlink(String::from_utf8_lossy(&norm).into_owned())
+            }
+            other => other,
+        };
+        self.add(path, item, spec.mode, spec.uid, spec.gid)?;
+        if !spec.xattrs.is_empty() {
+            let norm = normalize(path.as_bytes()).map_err(|d| builder_err(path, &d))?;
+            if let Some(e) = self.entries.get_mut(&norm) {
+                e.xattrs = spec.xattrs;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether `path` (normalized) was added.
+    pub fn contains(&self, path: &str) -> bool {
+        normalize(path.as_bytes()).is_ok_and(|n| self.entries.contains_key(&n))
+    }
+
     fn add(
         &mut self,
         path: &str,
@@ -157,6 +206,7 @@ impl LayerBuilder {
                 mode,
                 uid,
                 gid,
+                xattrs: Vec::new(),
             },
         );
         Ok(self)
@@ -164,6 +214,7 @@ impl LayerBuilder {
 
     /// Writes the uncompressed tar to `out` and returns its digest (`sha256:<hex>`).
     pub fn write_tar<W: Write>(&self, out: W) -> Result<String, LayerError> {
+        self.check_links()?;
         let mut hashed = HashWriter {
             inner: out,
             hash: Sha256::new(),
@@ -201,33 +252,72 @@ impl LayerBuilder {
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
+                xattrs: Vec::new(),
             };
             let e = e.unwrap_or(&implied);
-            let (typeflag, link, data): (u8, &[u8], &[u8]) = match &e.item {
-                Item::File(bytes) => (b'0', b"", bytes),
-                Item::Dir => (b'5', b"", b""),
-                Item::Symlink(target) => (b'2', target, b""),
-            };
-            let mut name = path.to_vec();
-            if e.item == Item::Dir {
-                name.push(b'/');
+            if !matches!(e.item, Item::Hardlink(_)) {
+                self.write_entry(&mut w, path, e)?;
             }
-            w.header(&OutHeader {
-                path: &name,
-                typeflag,
-                mode: e.mode,
-                uid: e.uid,
-                gid: e.gid,
-                mtime: self.mtime,
-                size: data.len() as u64,
-                link,
-                device: None,
-                xattrs: &[],
-            })?;
-            w.data(data)?;
-            w.pad(data.len() as u64)?;
+        }
+        for (path, e) in &self.entries {
+            if matches!(e.item, Item::Hardlink(_)) {
+                self.write_entry(&mut w, path, e)?;
+            }
         }
         w.finish()?;
+        Ok(())
+    }
+
+    fn write_entry<W: Write>(
+        &self,
+        w: &mut TarWriter<W>,
+        path: &[u8],
+        e: &Entry,
+    ) -> io::Result<()> {
+        let (typeflag, link, data): (u8, &[u8], &[u8]) = match &e.item {
+            Item::File(bytes) => (b'0', b"", bytes),
+            Item::Dir => (b'5', b"", b""),
+            Item::Symlink(target) => (b'2', target, b""),
+            Item::Hardlink(target) => (b'1', target.as_bytes(), b""),
+        };
+        let mut name = path.to_vec();
+        if e.item == Item::Dir {
+            name.push(b'/');
+        }
+        w.header(&OutHeader {
+            path: &name,
+            typeflag,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: self.mtime,
+            size: data.len() as u64,
+            link,
+            device: None,
+            xattrs: &e.xattrs,
+        })?;
+        w.data(data)?;
+        w.pad(data.len() as u64)
+    }
+
+    /// Every hard link must point at a regular file of this layer.
+    fn check_links(&self) -> Result<(), LayerError> {
+        for (path, e) in &self.entries {
+            if let Item::Hardlink(target) = &e.item {
+                let ok = matches!(
+                    self.entries.get(target.as_bytes()).map(|t| &t.item),
+                    Some(Item::File(_))
+                );
+                if !ok {
+                    return Err(builder_err(
+                        &String::from_utf8_lossy(path),
+                        &format!(
+                            "hard link to {target}, which is not a regular file of this layer"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -111,6 +111,8 @@ pub enum LayerError {
     Output(#[source] io::Error),
     #[error("invalid layer builder input {path:?}: {detail}")]
     Builder { path: String, detail: String },
+    #[error("/{path} in the image: {detail}")]
+    Select { path: String, detail: String },
 }
 
 /// Printable form of a tar path (paths are bytes; error messages are text).

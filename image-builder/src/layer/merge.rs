@@ -71,6 +71,29 @@ impl<'a> Plan<'a> {
         Ok(tree.into_plan(indexes))
     }
 
+    /// The plan of one path of the merged image and everything under it, as `COPY --from`
+    /// sees it: symlinks met on the way (the last component's too) are followed inside the
+    /// image. Returns the plan and the resolved path (normalized, `usr/bin/caddy`).
+    pub fn merge_subtree(
+        indexes: &'a [LayerIndex],
+        path: &[u8],
+    ) -> Result<(Plan<'a>, Vec<u8>), LayerError> {
+        let mut tree = Tree::default();
+        for (pos, index) in indexes.iter().enumerate() {
+            validate(index)?;
+            tree.apply(pos as u32, index)?;
+        }
+        let resolved = tree.resolve(indexes, path)?;
+        if !resolved.is_empty() {
+            let mut inside = resolved.clone();
+            inside.push(b'/');
+            tree.paths
+                .retain(|p, _| *p == &resolved[..] || p.starts_with(&inside));
+            tree.root = None;
+        }
+        Ok((tree.into_plan(indexes), resolved))
+    }
+
     /// The member a reference points at (the plan only holds references it validated).
     pub(crate) fn member(&self, (layer, ord): Ref) -> EntryRef<'a> {
         self.indexes[layer as usize]
@@ -141,6 +164,57 @@ impl<'a> Tree<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Follows symlinks in `path` (at most 40, like the kernel) to the path it names.
+    fn resolve(&self, indexes: &[LayerIndex], path: &[u8]) -> Result<Vec<u8>, LayerError> {
+        let fail = |detail: String| LayerError::Select {
+            path: show(path),
+            detail,
+        };
+        let mut todo: Vec<Vec<u8>> = components(path);
+        todo.reverse();
+        let mut cur: Vec<u8> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = todo.pop() {
+            match &part[..] {
+                b"" | b"." => continue,
+                b".." => {
+                    let up = super::path::parent(&cur).len();
+                    cur.truncate(up);
+                    continue;
+                }
+                _ => {}
+            }
+            let next = super::path::join(&cur, &part);
+            let node = self
+                .paths
+                .get(&next[..])
+                .ok_or_else(|| fail(format!("{} does not exist", show_abs(&next))))?;
+            if node.kind != NodeKind::Symlink {
+                if node.kind != NodeKind::Dir && !todo.is_empty() {
+                    return Err(fail(format!("{} is not a directory", show_abs(&next))));
+                }
+                cur = next;
+                continue;
+            }
+            hops += 1;
+            if hops > 40 {
+                return Err(fail("too many levels of symbolic links".to_owned()));
+            }
+            let (layer, ord) = node.entry.unwrap_or(node.inode);
+            let target = indexes[layer as usize]
+                .get(ord as usize)
+                .map(|e| e.link.to_vec())
+                .unwrap_or_default();
+            if target.starts_with(b"/") {
+                cur.clear();
+            }
+            let mut more = components(&target);
+            more.reverse();
+            todo.extend(more);
+        }
+        Ok(cur)
     }
 
     fn put(&mut self, path: &'a [u8], kind: NodeKind, entry: Ref, inode: Ref) {
@@ -253,6 +327,14 @@ impl<'a> Tree<'a> {
         }
         plan
     }
+}
+
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|b| *b == b'/').map(<[u8]>::to_vec).collect()
+}
+
+fn show_abs(path: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(path))
 }
 
 /// An index may come from a cache: check it obeys the rules `classify` enforces, because the

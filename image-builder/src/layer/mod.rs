@@ -56,6 +56,7 @@ mod compress;
 pub mod deterministic;
 mod emit;
 mod error;
+mod extract;
 mod index;
 mod merge;
 mod path;
@@ -71,6 +72,7 @@ use std::thread;
 
 pub use compress::{Compression, decompress};
 pub use error::LayerError;
+pub use extract::{Extracted, extract_subtree};
 pub use index::{
     EntryKind, EntryRef, IndexEntry, Indexer, LayerIndex, MAX_ENTRIES, MAX_INDEX_BYTES, Span,
 };

@@ -157,3 +157,44 @@ fn flattening_a_deterministic_layer_round_trips() {
     assert_eq!(f.get("etc/atlas/app.toml").data, b"x = 1\n");
     assert_eq!(f.get("var/lib/app/seed").uid, 472);
 }
+
+#[test]
+fn hard_links_come_after_their_targets_and_must_point_at_a_file() {
+    use atlas_image::layer::deterministic::{EntrySpec, Item};
+    let spec = |item| EntrySpec {
+        item,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        xattrs: Vec::new(),
+    };
+    let mut b = LayerBuilder::new();
+    // "a/link" sorts before "b/file": the link must still follow its target in the stream.
+    b.entry("a/link", spec(Item::Hardlink("/b/file".into())))
+        .unwrap();
+    b.entry("b/file", spec(Item::File(b"data".to_vec())))
+        .unwrap();
+    let built = b.build().unwrap();
+    let layers = vec![atlas_image::layer::Layer::from_bytes(
+        built.digest.clone(),
+        None,
+        built.gzip.clone(),
+    )];
+    let mut out = Vec::new();
+    atlas_image::layer::flatten(&layers, &mut out, &Default::default()).unwrap();
+    let f = parse(out);
+    // The flattener accepted it (a link before its target is refused) and kept one group,
+    // whose first path in sorted order now carries the data.
+    assert_eq!(f.get("a/link").data, b"data");
+    assert_eq!(f.get("b/file").link.as_deref(), Some("a/link"));
+
+    let mut b = LayerBuilder::new();
+    b.entry("l", spec(Item::Hardlink("missing".into())))
+        .unwrap();
+    b.dir("d", 0o755).unwrap();
+    let e = b.build().unwrap_err().to_string();
+    assert!(
+        e.contains("\"l\"") && e.contains("not a regular file"),
+        "{e}"
+    );
+}

@@ -386,16 +386,12 @@ fn layout_layers(layout: &Path, tag: &str) -> Vec<Layer> {
         .collect()
 }
 
-/// Layers written by umoci itself (its own whiteouts and hard-link encoding), flattened by us
-/// and unpacked by umoci, give the same tree.
-#[test]
-fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
-    if !have_tool("umoci") || !have_tool("tar") || !have_tool("getfattr") {
-        return;
-    }
+/// An image written by umoci itself (its own whiteouts and hard-link encoding) in two
+/// generations: a tree with a setuid file, hard links and symlinks, then deletions, a
+/// directory replaced by a file and back, and a new hard link to an old file. Tagged `t2`.
+fn umoci_two_generations(tmp: &Path) -> PathBuf {
     use std::os::unix::fs::{PermissionsExt, symlink};
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = tmp.path().join("layout");
+    let layout = tmp.join("layout");
     let l = |tag: &str| format!("{}:{tag}", layout.display());
     run(Command::new("umoci")
         .args(["init", "--layout"])
@@ -403,7 +399,7 @@ fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
     run(Command::new("umoci").args(["new", "--image", &l("t")]));
 
     // first generation: a small tree
-    let b1 = tmp.path().join("b1");
+    let b1 = tmp.join("b1");
     run(Command::new("umoci")
         .args(["unpack", "--image", &l("t")])
         .arg(&b1));
@@ -430,7 +426,7 @@ fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
         .arg(&b1));
 
     // second generation: deletions, dir -> file, file -> dir, a new hard link to an old file
-    let b2 = tmp.path().join("b2");
+    let b2 = tmp.join("b2");
     run(Command::new("umoci")
         .args(["unpack", "--image", &l("t")])
         .arg(&b2));
@@ -447,6 +443,18 @@ fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
         .args(["repack", "--image", &l("t2")])
         .arg(&b2));
 
+    layout
+}
+
+/// Layers written by umoci itself, flattened by us and unpacked by umoci, give the same tree.
+#[test]
+fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
+    if !have_tool("umoci") || !have_tool("tar") || !have_tool("getfattr") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = umoci_two_generations(tmp.path());
+    let l = |tag: &str| format!("{}:{tag}", layout.display());
     let theirs = tmp.path().join("theirs");
     run(Command::new("umoci")
         .args(["unpack", "--image", &l("t2")])
@@ -500,5 +508,155 @@ fn layers_written_by_umoci_repack_flatten_like_umoci_unpacks_them() {
     assert!(
         our_links.iter().any(|g| g.len() == 3),
         "busybox, sh and cat share an inode"
+    );
+}
+
+const REGISTRY: &str = "127.0.0.1:5000";
+
+fn have_registry() -> bool {
+    let up = std::net::TcpStream::connect(REGISTRY).is_ok();
+    if !up {
+        assert!(
+            std::env::var("ATLAS_TEST_REQUIRE_ALL").as_deref() != Ok("1"),
+            "the registry on {REGISTRY} is required (ATLAS_TEST_REQUIRE_ALL=1): run tests/start-services.sh"
+        );
+        eprintln!("skipping: no registry on {REGISTRY} (run tests/start-services.sh)");
+    }
+    up
+}
+
+/// What the Atlas conversion adds (atlas-init and its files); the rest must be the image's.
+const ATLAS_ADDED: [&str; 5] = [
+    "sbin",
+    "sbin/init",
+    "etc/atlas",
+    "etc/atlas/service.json",
+    "etc/atlas/network.json",
+];
+
+/// Converts `source` like `image convert` does (pull, Atlas build, unified tarball), extracts
+/// the tarball with GNU tar and walks its rootfs without the Atlas additions.
+fn convert_and_walk(
+    source: &str,
+    work: &Path,
+) -> (BTreeMap<String, Node>, BTreeSet<BTreeSet<String>>) {
+    use atlas_image::build::{self, AtlasSpec};
+    use atlas_image::cache::BlobCache;
+    use atlas_image::progress::NoProgress;
+    use atlas_image::source::{PullOptions, Source, pull};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    fs::create_dir_all(work).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = BlobCache::open(work.join("cache")).unwrap();
+    let image = rt
+        .block_on(pull(
+            &Source::parse(source).unwrap(),
+            &cache,
+            &PullOptions::default(),
+            &NoProgress,
+        ))
+        .unwrap_or_else(|e| panic!("pull {source}: {e}"));
+    let atlas = build::build(&image, &AtlasSpec::convert("xcheck")).unwrap();
+    assert!(atlas.layer.is_some(), "converted, not passed through");
+    let tarball = work.join("unified.tar");
+    let f = fs::File::create(&tarball).unwrap();
+    build::write_unified(&atlas, std::io::BufWriter::new(f), 0).unwrap();
+    let out = work.join("x");
+    fs::create_dir(&out).unwrap();
+    run(Command::new("tar")
+        .args([
+            "-x",
+            "--numeric-owner",
+            "-p",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-f",
+        ])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&out));
+    let (mut nodes, links) = walk(&out.join("rootfs"));
+    for p in ATLAS_ADDED {
+        assert!(nodes.remove(p).is_some(), "{p} missing from the conversion");
+    }
+    (nodes, links)
+}
+
+/// Compares our conversion of `tag` in `layout` with `umoci unpack`, through the `oci:`
+/// transport and, after `skopeo copy` into the local registry, through `docker://`.
+fn cross_check_transports(layout: &Path, tag: &str, repo: &str, work: &Path) -> usize {
+    // Conversion needs something to run; `umoci config` rewrites the tag's config only.
+    run(Command::new("umoci")
+        .args(["config", "--config.cmd=/bin/true", "--image"])
+        .arg(format!("{}:{tag}", layout.display())));
+    let theirs = work.join("theirs");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(&theirs));
+    let (their_nodes, their_links) = walk(&theirs.join("rootfs"));
+    let dest = format!("{REGISTRY}/{repo}-{}:{tag}", std::process::id());
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}")));
+    for (name, source) in [
+        ("oci", format!("oci:{}:{tag}", layout.display())),
+        ("docker", format!("docker://{dest}")),
+    ] {
+        let (nodes, links) = convert_and_walk(&source, &work.join(name));
+        assert_eq!(
+            nodes.keys().collect::<Vec<_>>(),
+            their_nodes.keys().collect::<Vec<_>>(),
+            "{source}: different path sets"
+        );
+        for (p, n) in &their_nodes {
+            assert_eq!(
+                &nodes[p], n,
+                "{source}: {p} differs (left: ours, right: umoci)"
+            );
+        }
+        assert_eq!(links, their_links, "{source}: hard-link groups differ");
+    }
+    their_nodes.len()
+}
+
+/// The cross-check: images written by umoci (its own whiteouts and hard links) and by
+/// skopeo (our hand-built layers with opaque directories, whiteouts, hard links, symlinks,
+/// devices, xattrs, copied into the registry), converted by us through the `oci:` and the
+/// `docker://` transport, entry by entry against `umoci unpack`.
+#[test]
+fn conversions_through_oci_and_docker_transports_match_umoci_unpack() {
+    if !have_tool("umoci")
+        || !have_tool("skopeo")
+        || !have_tool("tar")
+        || !have_tool("getfattr")
+        || !have_registry()
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = umoci_two_generations(tmp.path());
+    let n = cross_check_transports(&layout, "t2", "t-umoci/repacked", &tmp.path().join("a"));
+    eprintln!("umoci-written image: {n} paths identical through oci: and docker://");
+
+    let root = is_root();
+    let layers: Vec<(Vec<u8>, Vec<u8>)> = image_layers(root)
+        .into_iter()
+        .map(|l| {
+            let tar = l.tar();
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &tar).unwrap();
+            (tar, e.finish().unwrap())
+        })
+        .collect();
+    let hand = tmp.path().join("hand");
+    write_layout(&hand, &layers);
+    let n = cross_check_transports(&hand, "test", "t-umoci/hand", &tmp.path().join("b"));
+    eprintln!(
+        "hand-built image (opaque dirs, devices, xattrs): {n} paths identical through oci: and docker://"
     );
 }

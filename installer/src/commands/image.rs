@@ -13,7 +13,7 @@ use atlas_image::cache::BlobCache;
 use atlas_image::layer::LayerIndex;
 use atlas_image::lock::{ImagesLock, lock_references};
 use atlas_image::progress::Progress;
-use atlas_image::recipe::Recipe;
+use atlas_image::recipe::{PluginSource, Recipe};
 use atlas_image::reference::ImageRef;
 use atlas_image::registry::{PushOptions, map_to_mirror};
 use atlas_image::source::{PullOptions, PulledImage, Source, pull};
@@ -294,8 +294,12 @@ async fn import(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The recipes to build: one file, one embedded service, or every embedded one.
-fn recipes(args: &ImageBuildArgs) -> Result<Vec<(Recipe, Option<PathBuf>)>> {
+/// The recipes to build: one file, the services named, or every service enabled in the
+/// config (`config` is only read then).
+fn recipes(
+    args: &ImageBuildArgs,
+    config: &dyn Fn() -> Result<atlas_install::config::Config>,
+) -> Result<Vec<(Recipe, Option<PathBuf>)>> {
     if let Some(path) = &args.recipe {
         let r = Recipe::load(path)?;
         let root = path
@@ -304,22 +308,52 @@ fn recipes(args: &ImageBuildArgs) -> Result<Vec<(Recipe, Option<PathBuf>)>> {
             .and_then(|p| p.parent()?.parent().map(Path::to_path_buf));
         return Ok(vec![(r, root)]);
     }
-    match &args.service {
-        Some(s) => match Recipe::embedded_for(s) {
-            Some(r) => Ok(vec![(r?, None)]),
-            None => {
-                let known: Vec<&str> = atlas_image::recipe::EMBEDDED
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect();
-                bail!(
-                    "no recipe for service {s:?}; known: {} (or pass --recipe FILE)",
-                    known.join(", ")
-                )
+    let names: Vec<String> = if args.services.is_empty() {
+        let config = config().context(
+            "reading the config to find the enabled services (or name the services to build)",
+        )?;
+        let mut v: Vec<String> = Vec::new();
+        for (_, i) in config.enabled_instances() {
+            let name = i.service.as_str().to_owned();
+            if !v.contains(&name) {
+                v.push(name);
             }
-        },
-        None => Ok(Recipe::embedded()?.into_iter().map(|r| (r, None)).collect()),
+        }
+        v
+    } else {
+        let mut v: Vec<String> = Vec::new();
+        for s in &args.services {
+            if !v.contains(s) {
+                v.push(s.clone());
+            }
+        }
+        v
+    };
+    let known: Vec<&str> = atlas_image::recipe::EMBEDDED
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    let unknown: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !known.contains(n))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "no recipe for {}; known services: {} (or pass --recipe FILE)",
+            unknown
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            known.join(", ")
+        );
     }
+    names
+        .iter()
+        .filter_map(|n| Recipe::embedded_for(n))
+        .map(|r| Ok((r?, None)))
+        .collect()
 }
 
 pub(super) fn read_asset(root: Option<&Path>) -> impl Fn(&str) -> Result<Vec<u8>, String> + '_ {
@@ -338,10 +372,11 @@ pub(super) fn read_asset(root: Option<&Path>) -> impl Fn(&str) -> Result<Vec<u8>
     }
 }
 
-/// Pulls a recipe's base: by the locked (or pinned) digest, else by tag, pinning what the
-/// registry served and saying so.
-async fn pull_base(
-    recipe: &Recipe,
+/// Pulls an upstream image of a recipe (its base or a copy source): by the locked (or
+/// pinned) digest, else by tag, pinning what the registry served and saying so.
+#[allow(clippy::too_many_arguments)]
+async fn pull_upstream(
+    upstream: &ImageRef,
     lock: &ImagesLock,
     pins: &mut Pins,
     cache: &BlobCache,
@@ -349,19 +384,16 @@ async fn pull_base(
     index: bool,
     progress: &dyn Progress,
 ) -> Result<(PulledImage, Indexes)> {
-    let base = recipe
-        .base_ref()
-        .with_context(|| format!("recipe {}: base.image", recipe.name))?;
-    let known = base
+    let known = upstream
         .digest
         .clone()
-        .or_else(|| lock.digest_for(&base).cloned())
-        .or_else(|| pins.get(&base).cloned());
+        .or_else(|| lock.digest_for(upstream).cloned())
+        .or_else(|| pins.get(upstream).cloned());
     let wanted = match &known {
         Some(d) => lock
-            .pin(&base)
-            .unwrap_or_else(|_| base.with_digest(d.clone())),
-        None => base.clone(),
+            .pin(upstream)
+            .unwrap_or_else(|_| upstream.with_digest(d.clone())),
+        None => upstream.clone(),
     };
     let target = match &reg.registry_mirror {
         Some(m) => map_to_mirror(&wanted, m),
@@ -374,9 +406,9 @@ async fn pull_base(
             .index_digest
             .clone()
             .unwrap_or_else(|| image.manifest_digest.clone());
-        pins.record(&base, digest.clone())?;
+        pins.record(upstream, digest.clone())?;
         let msg = format!(
-            "not in images.lock: pinned {base} to {digest} on first pull (recorded in {}; later builds use this digest)",
+            "not in images.lock: pinned {upstream} to {digest} on first pull (recorded in {}; later builds use this digest)",
             pins.path().display()
         );
         progress.warn(&msg);
@@ -385,19 +417,43 @@ async fn pull_base(
     Ok((image, indexes))
 }
 
+/// Where `--push` sends a recipe's image: PREFIX/<service>:<base tag>, or the reference as
+/// given when it has a tag (or digest) and only one image is built.
 fn push_target(push: &str, recipe: &Recipe, several: bool) -> Result<ImageRef> {
-    let raw = push.strip_prefix("docker://").unwrap_or(push);
-    let full = if several {
-        let tag = recipe
-            .base_ref()
-            .ok()
-            .and_then(|r| r.tag)
-            .unwrap_or_else(|| "latest".to_owned());
-        format!("{}/{}:{tag}", raw.trim_end_matches('/'), recipe.name)
-    } else {
-        raw.to_owned()
+    let other_transport = ["oci:", "oci-archive:", "dir:", "docker-archive:"]
+        .iter()
+        .any(|t| push.starts_with(t));
+    let raw = match push.split_once("://") {
+        Some(("docker", rest)) => rest,
+        _ if other_transport => bail!(
+            "--push {push}: only docker:// destinations can be pushed to (for an OCI layout directory use --oci-layout DIR)"
+        ),
+        Some(_) => bail!(
+            "--push {push}: only docker:// destinations can be pushed to (for an OCI layout directory use --oci-layout DIR)"
+        ),
+        None => push,
     };
-    ImageRef::parse(&full).with_context(|| format!("--push {push}: not an image reference"))
+    let raw = raw.trim_end_matches('/');
+    let last = raw.rsplit('/').next().unwrap_or(raw);
+    let names_one = raw.contains('/') && (last.contains(':') || last.contains('@'));
+    if names_one {
+        if several {
+            bail!(
+                "--push {push} names one image, but several services are built: give a prefix (docker://HOST[:PORT]/PATH) under which each goes as <service>:<tag>"
+            );
+        }
+        return ImageRef::parse(raw)
+            .with_context(|| format!("--push {push}: not an image reference"));
+    }
+    let tag = recipe
+        .base_ref()
+        .ok()
+        .and_then(|r| r.tag)
+        .unwrap_or_else(|| "latest".to_owned());
+    let full = format!("{raw}/{}:{tag}", recipe.name);
+    ImageRef::parse(&full).with_context(|| {
+        format!("--push {push}: {full} is not an image reference (write docker://HOST[:PORT]/PATH)")
+    })
 }
 
 async fn build_cmd(
@@ -412,25 +468,52 @@ async fn build_cmd(
         None => ImagesLock::embedded()?,
     };
     let mut pins = Pins::load(&Pins::file_in(cache.root()))?;
-    let list = recipes(args)?;
+    // The config is read at most once, and only when needed (which services, which plugins).
+    let loaded = std::cell::OnceCell::new();
+    let config = || -> Result<atlas_install::config::Config> {
+        if let Some(c) = loaded.get() {
+            return Ok(Clone::clone(c));
+        }
+        let c = super::load_config(global)?;
+        Ok(loaded.get_or_init(|| c).clone())
+    };
+    let list = recipes(args, &config)?;
     let several = list.len() > 1;
+    let plugins: Vec<Vec<PluginSource>> = list
+        .iter()
+        .map(|(r, _)| chosen_plugins(r, &config))
+        .collect::<Result<_>>()?;
+    // Every destination is checked before the first pull.
+    let dests: Vec<Option<ImageRef>> = list
+        .iter()
+        .map(|(r, _)| {
+            args.push
+                .as_deref()
+                .map(|p| push_target(p, r, several))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
     let mut results = Vec::new();
     let client = match args.import {
         true => Some(connect(global).await?),
         false => None,
     };
     let mut failed = Vec::new();
-    for (recipe, root) in &list {
+    for (((recipe, root), dest), plugins) in list.iter().zip(&dests).zip(&plugins) {
         let step = BuildStep {
             args,
             lock: &lock,
             cache: &cache,
             client: client.as_ref(),
-            several,
             global,
             progress: progress.as_ref(),
         };
-        match step.run(recipe, root.as_deref(), &mut pins).await {
+        let target = Target {
+            root: root.as_deref(),
+            dest: dest.as_ref(),
+            plugins,
+        };
+        match step.run(recipe, &target, &mut pins).await {
             Ok(entry) => results.push(entry),
             // With several services, one failure does not stop the others.
             Err(e) if several => {
@@ -454,13 +537,63 @@ async fn build_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where one recipe's build comes from and goes to.
+struct Target<'a> {
+    /// Repository root of a `--recipe` file (assets and local plugin archives).
+    root: Option<&'a Path>,
+    dest: Option<&'a ImageRef>,
+    /// The recipe's plugins chosen in the config.
+    plugins: &'a [PluginSource],
+}
+
+/// The plugins `[grafana] plugins` chooses among those `recipe` pins (none for a recipe
+/// without a `[plugins]` section). A choice the recipe does not pin fails before any pull.
+fn chosen_plugins(
+    recipe: &Recipe,
+    config: &dyn Fn() -> Result<atlas_install::config::Config>,
+) -> Result<Vec<PluginSource>> {
+    if recipe.plugins.is_none() {
+        return Ok(Vec::new());
+    }
+    let config = config()
+        .with_context(|| format!("reading the config for the plugins of {}", recipe.name))?;
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for id in &config.grafana.plugins {
+        match recipe.plugin_sources.iter().find(|p| p.id == *id) {
+            Some(p) => out.push(p.clone()),
+            None => missing.push(format!("{id:?}")),
+        }
+    }
+    if !missing.is_empty() {
+        let available: Vec<&str> = recipe
+            .plugin_sources
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        bail!(
+            "[grafana] plugins in the config chooses {}, which recipe {} does not pin (it pins: {}); \
+             add a [[plugin]] entry with id, url and sha256 (of the real archive: sha256sum FILE) \
+             to a copy of images/{}.toml and build with --recipe FILE, or remove the choice",
+            missing.join(", "),
+            recipe.name,
+            if available.is_empty() {
+                "none".to_owned()
+            } else {
+                available.join(", ")
+            },
+            recipe.name
+        );
+    }
+    Ok(out)
+}
+
 /// Everything one recipe's build needs besides the recipe.
 struct BuildStep<'a> {
     args: &'a ImageBuildArgs,
     lock: &'a ImagesLock,
     cache: &'a BlobCache,
     client: Option<&'a atlas_install::incus::Client>,
-    several: bool,
     global: &'a GlobalArgs,
     progress: &'a dyn Progress,
 }
@@ -469,15 +602,51 @@ impl BuildStep<'_> {
     async fn run(
         &self,
         recipe: &Recipe,
-        root: Option<&Path>,
+        target: &Target<'_>,
         pins: &mut Pins,
     ) -> Result<serde_json::Value> {
+        let (root, dest) = (target.root, target.dest);
         let (args, reg, progress) = (self.args, &self.args.registry, self.progress);
         let index = self.client.is_some();
+        let base_ref = recipe
+            .base_ref()
+            .with_context(|| format!("recipe {}: base.image", recipe.name))?;
         let (base, indexes) =
-            pull_base(recipe, self.lock, pins, self.cache, reg, index, progress).await?;
+            pull_upstream(&base_ref, self.lock, pins, self.cache, reg, index, progress).await?;
+        let mut sources = Vec::new();
+        for (i, c) in recipe.copies.iter().enumerate() {
+            let r = ImageRef::parse(&c.image)
+                .with_context(|| format!("recipe {}: copy[{i}].image", recipe.name))?;
+            let (img, _) =
+                pull_upstream(&r, self.lock, pins, self.cache, reg, false, progress).await?;
+            sources.push(img);
+        }
         let files = build::recipe_files(recipe, &read_asset(root))?;
-        let spec = AtlasSpec::from_recipe(recipe, files)?;
+        let mut spec = tokio::task::block_in_place(|| {
+            AtlasSpec::from_recipe_with(recipe, files, &sources).map_err(anyhow::Error::from)
+        })?;
+        if let Some(p) = &recipe.plugins {
+            let base_dir = match root {
+                Some(r) => r.to_path_buf(),
+                None => {
+                    std::env::current_dir().context("cannot determine the working directory")?
+                }
+            };
+            let mut fetched = Vec::new();
+            for source in target.plugins {
+                let archive = atlas_image::plugin::fetch(
+                    source,
+                    self.cache.root(),
+                    &base_dir,
+                    &reg.insecure_registry,
+                )
+                .await?;
+                fetched.push((source.clone(), archive));
+            }
+            tokio::task::block_in_place(|| {
+                spec.add_plugins(p, &fetched).map_err(anyhow::Error::from)
+            })?;
+        }
         let image =
             build::build(&base, &spec).with_context(|| format!("building {}", recipe.name))?;
         let mut entry = json!({
@@ -486,7 +655,11 @@ impl BuildStep<'_> {
             "base": image.base.reference.as_ref().map(ToString::to_string),
             "base_digest": image.base.manifest_digest.to_string(),
         });
-        if let Some(dir) = &args.oci {
+        if recipe.plugins.is_some() {
+            let ids: Vec<&str> = target.plugins.iter().map(|p| p.id.as_str()).collect();
+            entry["plugins"] = json!(ids);
+        }
+        if let Some(dir) = &args.oci_layout {
             tokio::task::block_in_place(|| {
                 build::write_oci_layout(&image, dir, Some(&recipe.name))
                     .map_err(anyhow::Error::from)
@@ -494,13 +667,12 @@ impl BuildStep<'_> {
             .with_context(|| format!("writing {} into {}", recipe.name, dir.display()))?;
             entry["oci"] = json!(format!("{}:{}", dir.display(), recipe.name));
         }
-        if let Some(push) = &args.push {
-            let dest = push_target(push, recipe, self.several)?;
+        if let Some(dest) = dest {
             let opts = PushOptions {
                 insecure_registries: reg.insecure_registry.clone(),
                 ..PushOptions::default()
             };
-            let d = build::push(&image, self.cache, &dest, &opts, progress)
+            let d = build::push(&image, self.cache, dest, &opts, progress)
                 .await
                 .with_context(|| format!("pushing {} to {dest}", recipe.name))?;
             entry["pushed"] = json!(format!("{dest}@{d}"));
@@ -563,4 +735,93 @@ async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<Exi
         eprintln!("Wrote {} with {} images", out.display(), lock.len());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn build_args(argv: &[&str]) -> ImageBuildArgs {
+        let cli =
+            crate::cli::Cli::try_parse_from(["atlas-install", "image", "build"].iter().chain(argv))
+                .unwrap();
+        match cli.command {
+            crate::cli::Command::Image(ImageCommand::Build(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn names(args: &ImageBuildArgs) -> Vec<String> {
+        let config = || Ok(atlas_install::config::Config::builtin());
+        recipes(args, &config)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r.name)
+            .collect()
+    }
+
+    #[test]
+    fn no_service_means_every_enabled_one() {
+        let mut config = atlas_install::config::Config::builtin();
+        let enabled: Vec<&str> = config
+            .enabled_instances()
+            .iter()
+            .map(|(_, i)| i.service.as_str())
+            .collect();
+        let got = names(&build_args(&[]));
+        assert_eq!(got, enabled);
+        assert!(
+            !got.contains(&"cloudflared".to_owned()),
+            "disabled by default"
+        );
+        for i in config.instances.values_mut() {
+            i.enabled = i.service.as_str() == "loki";
+        }
+        let only_loki = || Ok(config.clone());
+        let got: Vec<String> = recipes(&build_args(&[]), &only_loki)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r.name)
+            .collect();
+        assert_eq!(got, ["loki"]);
+        assert_eq!(
+            names(&build_args(&["caddy", "loki", "caddy"])),
+            ["caddy", "loki"]
+        );
+    }
+
+    #[test]
+    fn oci_is_an_alias_of_oci_layout() {
+        let a = build_args(&["--oci", "/x"]);
+        assert_eq!(a.oci_layout.as_deref(), Some(Path::new("/x")));
+        let a = build_args(&["--oci-layout", "/y", "caddy"]);
+        assert_eq!(a.oci_layout.as_deref(), Some(Path::new("/y")));
+    }
+
+    #[test]
+    fn push_targets() {
+        let caddy = Recipe::embedded_for("caddy").unwrap().unwrap();
+        let t = |p: &str, several: bool| push_target(p, &caddy, several).map(|r| r.to_string());
+        assert_eq!(
+            t("docker://127.0.0.1:5000/atlas", true).unwrap(),
+            "127.0.0.1:5000/atlas/caddy:2"
+        );
+        assert_eq!(
+            t("docker://127.0.0.1:5000/atlas/", false).unwrap(),
+            "127.0.0.1:5000/atlas/caddy:2"
+        );
+        assert_eq!(
+            t("docker://127.0.0.1:5000", false).unwrap(),
+            "127.0.0.1:5000/caddy:2"
+        );
+        assert_eq!(
+            t("docker://reg.example:5000/x/web:v1", false).unwrap(),
+            "reg.example:5000/x/web:v1"
+        );
+        let e = t("docker://reg.example/x/web:v1", true).unwrap_err();
+        assert!(e.to_string().contains("names one image"), "{e}");
+        let e = t("oci:/tmp/out", false).unwrap_err();
+        assert!(e.to_string().contains("--oci-layout DIR"), "{e}");
+    }
 }

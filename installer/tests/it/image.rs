@@ -788,3 +788,325 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
         assert!(!out.exists(), "a failed lock writes nothing");
     }
 }
+
+/// The registry and the tools of the tests that need no Incus (skip, or fail under CI).
+fn registry_ready() -> bool {
+    if !["skopeo", "umoci", "curl"].iter().all(|t| have_tool(t)) {
+        return false;
+    }
+    let reg = Command::new("curl")
+        .args(["-sf", &format!("http://{REGISTRY}/v2/")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !reg {
+        assert!(
+            !require_all(),
+            "the registry on {REGISTRY} is required (ATLAS_TEST_REQUIRE_ALL=1): run tests/start-services.sh"
+        );
+        eprintln!("skipping: no registry on {REGISTRY} (run tests/start-services.sh)");
+    }
+    reg
+}
+
+/// The digest of a fixture image in the local registry, from the manifest bytes it serves;
+/// `None` (skip, or fail under CI) when the fixture is missing.
+fn fixture_digest(repo_tag: &str) -> Option<String> {
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{REGISTRY}/{repo_tag}"))
+        .output()
+        .unwrap();
+    if !raw.status.success() {
+        assert!(
+            !require_all(),
+            "fixture {repo_tag} missing: run tests/start-services.sh"
+        );
+        eprintln!("skipping: fixture {repo_tag} not in the registry");
+        return None;
+    }
+    Some(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(&raw.stdout))
+    ))
+}
+
+/// `image build SERVICE... --push docker://PREFIX --oci-layout DIR`: embedded recipes (their
+/// `:latest` bases pinned by a lock to the fixture images), each pushed to
+/// PREFIX/<service>:<tag> and tagged <service> in the layout; a recipe with `[[copy]]`
+/// pulls its copy source through the mirror too; wrong service names and push targets fail
+/// before anything is pulled or written.
+#[test]
+fn image_build_several_services_push_prefix_and_oci_layout() {
+    if !registry_ready() {
+        return;
+    }
+    let (Some(prom), Some(am)) = (
+        fixture_digest("prom/prometheus:v2.42.0"),
+        fixture_digest("prom/alertmanager:v0.25.0"),
+    ) else {
+        return;
+    };
+    let pid = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let lock = t.join("images.lock");
+    std::fs::write(
+        &lock,
+        format!(
+            "version = 1\n[images]\n\"docker.io/prom/prometheus:latest\" = \"{prom}\"\n\
+             \"docker.io/prom/alertmanager:latest\" = \"{am}\"\n\
+             \"docker.io/prom/prometheus:v2.42.0\" = \"{prom}\"\n"
+        ),
+    )
+    .unwrap();
+    let prefix = format!("docker://{REGISTRY}/t-imgrec-{pid}");
+    let layout = t.join("oci");
+    let common = |cache: &str| -> Vec<String> {
+        [
+            "--registry-mirror",
+            REGISTRY,
+            "--images-lock",
+            lock.to_str().unwrap(),
+            "--cache-dir",
+            t.join(cache).to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let o = run(atlas()
+        .args(["--progress", "none", "--json", "image", "build"])
+        .args([
+            "prometheus",
+            "alertmanager",
+            "--push",
+            &prefix,
+            "--oci-layout",
+        ])
+        .arg(&layout)
+        .args(common("cache")));
+    let v = json_of(&o);
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{v}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    for (img, service) in images.iter().zip(["prometheus", "alertmanager"]) {
+        assert_eq!(img["service"], service);
+        let digest = img["digest"].as_str().unwrap();
+        let dest = format!("{REGISTRY}/t-imgrec-{pid}/{service}:latest");
+        assert_eq!(img["pushed"], format!("{dest}@{digest}"));
+        let o = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{dest}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let inspect: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(inspect["Digest"], digest);
+        let tagged = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == service);
+        assert_eq!(tagged.unwrap()["digest"], digest, "{index}");
+    }
+
+    // A recipe with [[copy]]: the Prometheus binary out of the prometheus fixture, over the
+    // alertmanager one. Its source is pinned by the lock and pulled through the mirror.
+    let dir = t.join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("duo.toml");
+    std::fs::write(
+        &recipe,
+        "name = \"duo\"\n[base]\nimage = \"docker.io/prom/alertmanager:latest\"\n\
+         [[copy]]\nimage = \"docker.io/prom/prometheus:v2.42.0\"\nfrom = \"/bin/prometheus\"\nto = \"/opt/duo/\"\n\
+         [config]\nentrypoint = [\"/opt/duo/prometheus\"]\n[health]\nhttp = { port = 9090, path = \"/-/ready\" }\n",
+    )
+    .unwrap();
+    let bundle = t.join("duo-oci");
+    let o = run(atlas()
+        .args(["--progress", "none", "--json", "image", "build", "--recipe"])
+        .arg(&recipe)
+        .arg("--oci")
+        .arg(&bundle)
+        .args(common("cache")));
+    let v = json_of(&o);
+    assert!(!stderr(&o).contains("pinned"), "{}", stderr(&o));
+    assert_eq!(v["images"][0]["service"], "duo");
+    let unpacked = t.join("duo-bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:duo", bundle.display()))
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "umoci unpack: {}", stderr(&o));
+    let copied = std::fs::read(unpacked.join("rootfs/opt/duo/prometheus")).unwrap();
+    let original = std::fs::read("/usr/bin/prometheus").ok();
+    assert!(copied.len() > 1_000_000, "the real binary");
+    if let Some(o) = original {
+        assert_eq!(
+            Sha256::digest(&copied),
+            Sha256::digest(&o),
+            "the fixture's binary"
+        );
+    }
+    assert!(
+        unpacked.join("rootfs/bin/alertmanager").exists(),
+        "the base kept"
+    );
+
+    // Errors: nothing pulled, nothing written.
+    let empty = t.join("cache-none");
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "image",
+            "build",
+            "prometheus",
+            "nosuch",
+            "alsonot",
+        ])
+        .args(common("cache-none")));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("\"nosuch\", \"alsonot\"") && e.contains("known services: alertmanager, caddy"),
+        "{e}"
+    );
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "image",
+            "build",
+            "prometheus",
+            "alertmanager",
+        ])
+        .args(["--push", &format!("docker://{REGISTRY}/one/image:1")])
+        .args(common("cache-none")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("names one image"), "{}", stderr(&o));
+    let o = run(atlas()
+        .args(["--progress", "none", "image", "build", "prometheus"])
+        .args(["--push", "oci:/tmp/x"])
+        .args(common("cache-none")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--oci-layout DIR"), "{}", stderr(&o));
+    assert_eq!(files_under(&empty), 0, "a refused build pulled nothing");
+}
+
+fn files_under(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+        .sum()
+}
+
+/// Grafana plugins: the config's `[grafana] plugins` chooses among the recipe's pinned
+/// `[[plugin]]` archives (a zip made by `zip`, read from a path under the recipe's repository
+/// root); the image has it unpacked under the plugin directory. A choice the recipe does not
+/// pin, or an archive whose bytes differ from the pin, fails and builds nothing.
+#[test]
+fn image_build_bakes_the_plugins_the_config_chooses() {
+    if !registry_ready() || !have_tool("zip") {
+        return;
+    }
+    let Some(grafana) = fixture_digest("grafana/grafana:standin") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let top = t.join("src/t-clock-panel");
+    std::fs::create_dir_all(&top).unwrap();
+    std::fs::write(top.join("plugin.json"), r#"{"id":"t-clock"}"#).unwrap();
+    std::fs::create_dir_all(t.join("plugins")).unwrap();
+    let o = Command::new("zip")
+        .args(["-q", "-r", "-X"])
+        .arg(t.join("plugins/t-clock.zip"))
+        .arg("t-clock-panel")
+        .current_dir(t.join("src"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "zip: {}", stderr(&o));
+    let zip_sha = sha256_file(&t.join("plugins/t-clock.zip"));
+    let lock = t.join("images.lock");
+    std::fs::write(
+        &lock,
+        format!("version = 1\n[images]\n\"docker.io/grafana/grafana:standin\" = \"{grafana}\"\n"),
+    )
+    .unwrap();
+    let recipe_text = |sha: &str| {
+        let embedded = atlas_image::recipe::EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == "grafana")
+            .unwrap()
+            .1;
+        embedded.replace("grafana/grafana:latest", "grafana/grafana:standin")
+            + &format!(
+                "\n[[plugin]]\nid = \"t-clock\"\nurl = \"plugins/t-clock.zip\"\nsha256 = \"sha256:{sha}\"\n"
+            )
+    };
+    std::fs::create_dir_all(t.join("images")).unwrap();
+    let recipe = t.join("images/grafana.toml");
+    std::fs::write(&recipe, recipe_text(&zip_sha)).unwrap();
+    let config = t.join("atlas.toml");
+    let build_with = |choice: &str, cache: &str, out: &str| {
+        std::fs::write(&config, format!("[grafana]\nplugins = [{choice}]\n")).unwrap();
+        run(atlas()
+            .args(["--progress", "none", "--json", "--config"])
+            .arg(&config)
+            .args(["image", "build", "--recipe"])
+            .arg(&recipe)
+            .args(["--registry-mirror", REGISTRY, "--images-lock"])
+            .arg(&lock)
+            .arg("--cache-dir")
+            .arg(t.join(cache))
+            .arg("--oci-layout")
+            .arg(t.join(out)))
+    };
+    let o = build_with("\"t-clock\"", "cache", "oci");
+    let v = json_of(&o);
+    assert_eq!(v["images"][0]["service"], "grafana");
+    assert_eq!(v["images"][0]["plugins"], serde_json::json!(["t-clock"]));
+    let bundle = t.join("bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:grafana", t.join("oci").display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "umoci: {}", stderr(&o));
+    let dir = bundle.join("rootfs/opt/atlas/grafana-plugins");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("t-clock/plugin.json")).unwrap(),
+        r#"{"id":"t-clock"}"#
+    );
+    let svc = std::fs::read_to_string(bundle.join("rootfs/etc/atlas/service.json")).unwrap();
+    assert!(
+        svc.contains("GF_PATHS_PLUGINS=/opt/atlas/grafana-plugins"),
+        "{svc}"
+    );
+
+    // Not pinned by the recipe: refused before any pull.
+    let o = build_with("\"t-clock\", \"nope\"", "cache-x", "oci-x");
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("\"nope\"") && e.contains("pins: t-clock"), "{e}");
+    assert_eq!(files_under(&t.join("cache-x")), 0, "nothing pulled: {e}");
+    assert!(!t.join("oci-x").exists());
+
+    // The archive changed under its pin: refused, nothing written.
+    std::fs::write(&recipe, recipe_text(&"0".repeat(64))).unwrap();
+    let o = build_with("\"t-clock\"", "cache", "oci-y");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&zip_sha),
+        "names the digest it got: {}",
+        stderr(&o)
+    );
+    assert!(!t.join("oci-y").exists());
+}
