@@ -460,7 +460,10 @@ fn cluster_placement_member_or_group() {
         Some(Placement::Member("m2".into()))
     );
     assert_eq!(
-        c.instances["loki01"].placement.as_ref().map(Placement::target),
+        c.instances["loki01"]
+            .placement
+            .as_ref()
+            .map(Placement::target),
         Some("@storage".to_string())
     );
     assert_eq!(c.instances["prometheus01"].placement, None);

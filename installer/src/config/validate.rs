@@ -336,7 +336,9 @@ fn placement(p: &str, pl: &Placement, d: &mut Vec<Diagnostic>) {
     let bad = if name.is_empty() {
         Some("is empty".to_string())
     } else if let Some(rest) = name.strip_prefix('@') {
-        Some(format!("starts with `@`; write the group name alone: `{rest}`"))
+        Some(format!(
+            "starts with `@`; write the group name alone: `{rest}`"
+        ))
     } else {
         name.chars()
             .find(|ch| ch.is_whitespace() || ch.is_control() || *ch == '/')
@@ -347,7 +349,14 @@ fn placement(p: &str, pl: &Placement, d: &mut Vec<Diagnostic>) {
             d,
             format!("{p}.{key}"),
             format!("cluster {key} name `{name}` {why}"),
-            format!("use the name `incus cluster {}` shows", if key == "member" { "list" } else { "group list" }),
+            format!(
+                "use the name `incus cluster {}` shows",
+                if key == "member" {
+                    "list"
+                } else {
+                    "group list"
+                }
+            ),
         );
     }
 }
