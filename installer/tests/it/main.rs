@@ -4,6 +4,7 @@
 //! `ATLAS_TEST_REQUIRE_ALL=1` (set by .ci/run) a missing one is a failure, not a skip.
 
 mod cli;
+mod cluster;
 mod common;
 mod config;
 mod engine;
