@@ -12,8 +12,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use atlas_install::config::Config;
+use atlas_install::config::Placement as Pin;
 use atlas_install::engine::cluster::{self, ClusterInfo, KEY_PLACEMENT_MEMBER, Placement};
-use atlas_install::incus::{Client, Network, OptionalExt, Project, StoragePool};
+use atlas_install::incus::{
+    Client, ImageImport, InstanceCreate, InstanceSource, Network, OptionalExt, Project,
+    StoragePool, StorageVolume,
+};
 
 /// One member as `up.sh` recorded it.
 #[derive(Debug, Clone)]
@@ -127,6 +131,19 @@ impl Drop for Guard {
             rt.block_on(async {
                 let c = Client::unix_at(&socket).expect("cleanup client");
                 for p in projects {
+                    let pc = c.in_project(&p);
+                    for i in pc.instances().await.unwrap_or_default() {
+                        let _ = pc.delete_instance(&i.name).await;
+                    }
+                    for img in pc.images().await.unwrap_or_default() {
+                        let _ = pc.delete_image(&img.fingerprint).await;
+                    }
+                    for pool in &pools {
+                        for v in pc.volumes(pool).await.unwrap_or_default() {
+                            let on = pc.on_target(Some(&v.location));
+                            let _ = on.delete_volume(pool, &v.name).await;
+                        }
+                    }
                     let _ = c.delete_project(&p).await;
                 }
                 for n in networks {
@@ -403,6 +420,8 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         .await
         .expect("record again");
     assert_eq!(other.writes(), writes);
+    instances_land_where_placed(&client, &state.prefix, &project, &pool_name, &names).await;
+    eprintln!("placement ok after {:?}", t0.elapsed());
 
     // One member stops answering: the cluster marks it OFFLINE and preflight names it.
     let victim = state.members.last().expect("a member").clone();
@@ -494,4 +513,119 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
             .expect("get")
             .is_none()
     );
+}
+
+/// A busybox image (unified tarball) small enough to copy between members quickly.
+fn tiny_image(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
+    std::fs::write(
+        dir.join("metadata.yaml"),
+        format!(
+            "architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: atlas cluster test\n",
+            std::env::consts::ARCH
+        ),
+    )
+    .expect("metadata");
+    let tarball = dir.join("image.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(dir)
+        .args(["metadata.yaml", "rootfs"])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    tarball
+}
+
+/// Instances (and their volumes) go where `target_for` says: a pinned member, a group, the
+/// recorded default member.
+async fn instances_land_where_placed(
+    client: &Client,
+    prefix: &str,
+    project: &str,
+    pool: &str,
+    names: &[String],
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tarball = tiny_image(dir.path());
+    let pc = client.in_project(project);
+    let file = tokio::fs::File::open(&tarball).await.expect("open");
+    let alias = format!("{prefix}/tiny");
+    pc.import_image(
+        reqwest::Body::from(file),
+        &ImageImport {
+            aliases: vec![alias.clone()],
+            ..ImageImport::default()
+        },
+    )
+    .await
+    .expect("import image");
+
+    let mut config = Config::builtin();
+    config.incus.project = project.to_string();
+    config.incus.storage_pool = pool.to_string();
+    let pinned = names[1].clone();
+    config
+        .instances
+        .get_mut("grafana01")
+        .expect("grafana01")
+        .placement = Some(Pin::Member(pinned.clone()));
+    config
+        .instances
+        .get_mut("loki01")
+        .expect("loki01")
+        .placement = Some(Pin::Group("default".into()));
+    let info = cluster::detect(client).await.expect("detect");
+    let placement = cluster::placement(client, &config, &info)
+        .await
+        .expect("placement");
+    let default_member = placement.default_member.clone().expect("a default member");
+
+    for (atlas_name, with_volume) in [("grafana01", true), ("loki01", false), ("caddy01", true)] {
+        let target = placement
+            .target_for(atlas_name)
+            .expect("clustered: a target");
+        let name = format!("{prefix}-{}", atlas_name.trim_end_matches("01"));
+        let mut create = InstanceCreate::container(&name, InstanceSource::alias(&alias));
+        create.devices.insert(
+            "root".into(),
+            map(&[("type", "disk"), ("path", "/"), ("pool", pool)]),
+        );
+        if with_volume {
+            // Local pools: the volume must be on the member the instance goes to.
+            let vol = format!("{name}-data");
+            pc.on_target(Some(&target))
+                .create_volume(pool, &StorageVolume::filesystem(&vol, BTreeMap::new()))
+                .await
+                .expect("volume on the target member");
+            create.devices.insert(
+                "data".into(),
+                map(&[
+                    ("type", "disk"),
+                    ("path", "/data"),
+                    ("pool", pool),
+                    ("source", &vol),
+                ]),
+            );
+        }
+        pc.on_target(Some(&target))
+            .create_instance(&create)
+            .await
+            .unwrap_or_else(|e| panic!("create {name} on {target}: {e}"));
+        let got = pc.get_instance(&name).await.expect("instance").value;
+        let expected = match atlas_name {
+            "grafana01" => pinned.as_str(),
+            "caddy01" => default_member.as_str(),
+            // A group: Incus picks one of its members.
+            _ => {
+                assert!(names.contains(&got.location), "{name} on {}", got.location);
+                got.location.as_str()
+            }
+        };
+        assert_eq!(got.location, expected, "{name} (target {target})");
+    }
 }
