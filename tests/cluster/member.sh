@@ -15,17 +15,23 @@ source "$(dirname "$0")/lib.sh"
 [ -d "$base/$m" ] || die "no member '$m' under $base"
 daemon=$(pidfile "$base/$m/daemon.pid")
 
-# Asks another member for $m's status until it is $1 (Online/Offline), up to 60 s.
+# Asks another member for $m's status until it is $1 (Online/Offline), up to 120 s. Every
+# answer is appended to $base/$m/status.log (seen once: ~165 s until ONLINE after a resume on
+# a loaded machine; the log shows whether the other member answered meanwhile).
 wait_status() {
-  local want=$1 other i s
-  for other in m1 m2 m3 m4; do [ "$other" != "$m" ] && [ -d "$base/$other" ] && break; done
-  for ((i = 0; i < 120; i++)); do
-    s=$(client 5 "$other" query "/1.0/cluster/members/$m" 2>/dev/null \
+  local want=$1 other s="" start=$SECONDS
+  for other in m1 m2 m3 m4 m5 m6; do [ "$other" != "$m" ] && [ -d "$base/$other" ] && break; done
+  while ((SECONDS - start < 120)); do
+    s=$(client 5 "$other" query "/1.0/cluster/members/$m" 2>>"$base/$m/status.log" \
       | sed -n 's/.*"status": "\([A-Za-z]*\)".*/\1/p' | head -1) || true
-    [ "${s,,}" = "${want,,}" ] && { log "$m is $s"; return 0; }
+    echo "$(date -u +%T) $other says $m is ${s:-<no answer>}" >>"$base/$m/status.log"
+    if [ "${s,,}" = "${want,,}" ]; then
+      log "$m is $s ($((SECONDS - start)) s)"
+      return 0
+    fi
     sleep 0.5
   done
-  die "$m did not become $want (last seen: ${s:-no answer})"
+  die "$m did not become $want within 120 s (last seen: ${s:-no answer}); see $base/$m/status.log"
 }
 
 case $action in
