@@ -629,3 +629,42 @@ async fn instances_land_where_placed(
         assert_eq!(got.location, expected, "{name} (target {target})");
     }
 }
+
+/// On the standalone incusd of this machine the cluster code stays out of the way: not
+/// clustered, no problems, no placement, and networks are created the plain way.
+#[tokio::test]
+async fn standalone_server_is_not_a_cluster() {
+    let c = crate::common::client_or_skip!();
+    let info = cluster::detect(&c).await.expect("detect");
+    assert_eq!(info, ClusterInfo::default());
+    let mut config = Config::builtin();
+    config.incus.project = format!("t-cl-{}-none", std::process::id());
+    assert!(
+        cluster::check(&c, &config, &info)
+            .await
+            .expect("check")
+            .is_empty()
+    );
+    let p = cluster::placement(&c, &config, &info)
+        .await
+        .expect("placement");
+    assert_eq!(p.target_for("grafana01"), None);
+
+    let name = format!("tcl{}", std::process::id() % 100_000);
+    let root = c.in_project("default");
+    let net = Network::bridge(
+        &name,
+        map(&[
+            ("ipv4.address", "10.233.41.1/24"),
+            ("ipv4.nat", "false"),
+            ("ipv6.address", "none"),
+        ]),
+    );
+    let made = cluster::create_network(&root, &net).await;
+    let got = root.get_network(&name).await.optional();
+    let _ = root.delete_network(&name).await;
+    made.expect("plain network create");
+    let got = got.expect("get").expect("network exists").value;
+    assert_eq!(got.status, "Created");
+    assert_eq!(got.config["ipv4.address"], "10.233.41.1/24");
+}
