@@ -261,6 +261,59 @@ impl Placement {
     }
 }
 
+/// Plan notes for existing instances that run somewhere else than their placement says.
+/// Nothing is moved automatically (a move stops the service); the note says how.
+/// `located`: `(instance, member it runs on)` as Incus reports them.
+pub fn misplaced(placement: &Placement, located: &[(String, String)]) -> Vec<String> {
+    located
+        .iter()
+        .filter_map(|(name, at)| {
+            let want = placement.target_for(name)?;
+            let fine = match want.strip_prefix('@') {
+                // A group: any of its members is right; Incus chose one at create.
+                Some(_) => true,
+                None => &want == at,
+            };
+            (!fine && !at.is_empty()).then(|| {
+                format!(
+                    "instance {name} runs on cluster member {at}, its placement says {want}; it is left where it is (to move it: `incus stop {name} && incus move {name} --target {want} && incus start {name}` in its project)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// Brings member-specific server keys (`core.https_address`, `core.metrics_address`, ...) of
+/// one member to `want` with `PATCH /1.0?target=<member>`; no write when they already match.
+/// Returns whether it wrote.
+pub async fn ensure_member_config(
+    client: &Client,
+    member: &str,
+    want: &BTreeMap<String, String>,
+) -> Result<bool, IncusError> {
+    let on = client.on_target(Some(member));
+    let have = on.server().await?;
+    let changed: BTreeMap<String, String> = want
+        .iter()
+        .filter(|(k, v)| have.value.config.get(*k).map(String::as_str).unwrap_or("") != v.as_str())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if changed.is_empty() {
+        return Ok(false);
+    }
+    on.patch_server_config(&changed, have.etag.as_deref())
+        .await
+        .map(|()| true)
+}
+
+/// The address part of a member's cluster URL (`https://198.51.100.12:8443` -> `198.51.100.12`),
+/// where its metrics and proxy devices are reachable from the other members.
+pub fn member_host(member: &ClusterMember) -> Option<String> {
+    let url = reqwest::Url::parse(&member.url).ok()?;
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
 /// The member recorded at first install, if any (GET only).
 pub async fn stored_member(client: &Client, config: &Config) -> Result<Option<String>, IncusError> {
     let root = client.on_target(None);
@@ -447,6 +500,43 @@ mod tests {
             "{p:?}"
         );
         assert!(has(&["member m7", "incus project unset atlas"]), "{p:?}");
+    }
+
+    #[test]
+    fn misplaced_instances_are_noted_not_moved() {
+        let mut cfg = Config::builtin();
+        cfg.instances.get_mut("grafana01").unwrap().placement = Some(Pin::Member("m1".into()));
+        cfg.instances.get_mut("loki01").unwrap().placement = Some(Pin::Group("edge".into()));
+        let info = cluster(
+            "m2",
+            &[("m1", "Online"), ("m2", "Online"), ("m3", "Online")],
+        );
+        let p = Placement::resolve(&cfg, &info, Some("m2"));
+        let at = |n: &str, m: &str| (n.to_string(), m.to_string());
+        let notes = misplaced(
+            &p,
+            &[
+                at("grafana01", "m3"),
+                at("loki01", "m1"),
+                at("caddy01", "m2"),
+                at("prometheus01", "m1"),
+            ],
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("grafana01 runs on cluster member m3, its placement says m1"));
+        assert!(notes[1].contains("prometheus01 runs on cluster member m1, its placement says m2"));
+        assert!(misplaced(&Placement::default(), &[at("grafana01", "x")]).is_empty());
+    }
+
+    #[test]
+    fn member_host_from_its_url() {
+        let mut m = member("m1", "Online");
+        m.url = "https://198.51.100.11:8443".into();
+        assert_eq!(member_host(&m).as_deref(), Some("198.51.100.11"));
+        m.url = "https://[fd00::11]:8443".into();
+        assert_eq!(member_host(&m).as_deref(), Some("fd00::11"));
+        m.url = String::new();
+        assert_eq!(member_host(&m), None);
     }
 
     #[test]
