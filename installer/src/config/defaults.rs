@@ -183,6 +183,7 @@ pub fn default_instance(
         web,
         tls: false,
         environment: BTreeMap::new(),
+        placement: None,
     }
 }
 

@@ -205,6 +205,29 @@ pub struct Instance {
     pub tls: bool,
     /// Extra environment for the service (merged over the recipe's).
     pub environment: BTreeMap<String, String>,
+    /// Where the instance runs on an Incus cluster; `None`: on the member chosen at first
+    /// install (recorded in the project, see `engine::cluster`). Ignored on a single server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// A cluster member or cluster group an instance is pinned to (`member = "m2"` or
+/// `group = "edge"` in the instance's table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    Member(String),
+    Group(String),
+}
+
+impl Placement {
+    /// The `?target=` value Incus takes for it (`m2`, `@edge`).
+    pub fn target(&self) -> String {
+        match self {
+            Placement::Member(m) => m.clone(),
+            Placement::Group(g) => format!("@{g}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -319,6 +319,12 @@ pub(crate) struct RawInstance {
     pub snapshots: Option<RawSnapshots>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<RawWeb>,
+    /// Cluster member to run on (Incus cluster only); exclusive with `group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// Cluster group to run in (Incus picks the member); exclusive with `member`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -415,6 +421,14 @@ impl RawInstance {
                 ),
                 login_paths: Some(w.login_paths.clone()),
             }),
+            member: match &m.placement {
+                Some(Placement::Member(n)) => Some(n.clone()),
+                _ => None,
+            },
+            group: match &m.placement {
+                Some(Placement::Group(n)) => Some(n.clone()),
+                _ => None,
+            },
         }
     }
 }

@@ -282,6 +282,18 @@ fn overlay_instance(
     if let Some(v) = ri.environment {
         inst.environment = v;
     }
+    match (ri.member, ri.group) {
+        (Some(_), Some(_)) => diags.push(
+            Diagnostic::new(
+                format!("{path}.group"),
+                "both `member` and `group` are set; an instance runs on one member",
+            )
+            .help("keep `member` to pin it to that member, or `group` to let Incus pick one of the group's members"),
+        ),
+        (Some(m), None) => inst.placement = Some(Placement::Member(m)),
+        (None, Some(g)) => inst.placement = Some(Placement::Group(g)),
+        (None, None) => {}
+    }
     for (role, text) in ri.addresses.unwrap_or_default() {
         let p = format!("{path}.addresses.{role}");
         if let Some(nic) = nic_for(&p, &role, inst, diags) {

@@ -447,3 +447,38 @@ fn no_file_means_defaults_and_missing_explicit_file_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn cluster_placement_member_or_group() {
+    let c = load_str(
+        "[instances.grafana01]\nmember = \"m2\"\n[instances.loki01]\ngroup = \"storage\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.instances["grafana01"].placement,
+        Some(Placement::Member("m2".into()))
+    );
+    assert_eq!(
+        c.instances["loki01"]
+            .placement
+            .as_ref()
+            .map(Placement::target),
+        Some("@storage".to_string())
+    );
+    assert_eq!(c.instances["prometheus01"].placement, None);
+    // `config show` prints a file that loads back to the same placement.
+    let shown = toml::to_string(&raw::RawConfig::from_model(&c)).unwrap();
+    assert_eq!(load_str(&shown, &[]).unwrap(), c);
+
+    let errs = errors(
+        "[instances.grafana01]\nmember = \"m2\"\ngroup = \"edge\"\n",
+        &[],
+    );
+    has(&errs, "instances.grafana01.group");
+    has(&errs, "both `member` and `group` are set");
+    let errs = errors("[instances.grafana01]\ngroup = \"@edge\"\n", &[]);
+    has(&errs, "write the group name alone: `edge`");
+    let errs = errors("[instances.grafana01]\nmember = \"\"\n", &[]);
+    has(&errs, "cluster member name `` is empty");
+}

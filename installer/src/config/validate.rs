@@ -314,6 +314,9 @@ fn instance(c: &Config, name: &str, i: &Instance, d: &mut Vec<Diagnostic>) {
             "set ATLAS_CLOUDFLARED_TOKEN or cloudflared.token_file, or leave the instance disabled",
         );
     }
+    if let Some(pl) = &i.placement {
+        placement(&p, pl, d);
+    }
     nics(c, &p, i, d);
     // A bad instance name makes its default volume name bad too; one error is enough.
     if let (Some(v), Ok(())) = (&i.volume, name_ok) {
@@ -321,6 +324,40 @@ fn instance(c: &Config, name: &str, i: &Instance, d: &mut Vec<Diagnostic>) {
     }
     if let Some(w) = &i.web {
         web(&p, w, d);
+    }
+}
+
+/// Only the form: whether the member or group exists is preflight's job (it needs the server).
+fn placement(p: &str, pl: &Placement, d: &mut Vec<Diagnostic>) {
+    let (key, name) = match pl {
+        Placement::Member(n) => ("member", n),
+        Placement::Group(n) => ("group", n),
+    };
+    let bad = if name.is_empty() {
+        Some("is empty".to_string())
+    } else if let Some(rest) = name.strip_prefix('@') {
+        Some(format!(
+            "starts with `@`; write the group name alone: `{rest}`"
+        ))
+    } else {
+        name.chars()
+            .find(|ch| ch.is_whitespace() || ch.is_control() || *ch == '/')
+            .map(|ch| format!("contains {ch:?}"))
+    };
+    if let Some(why) = bad {
+        push(
+            d,
+            format!("{p}.{key}"),
+            format!("cluster {key} name `{name}` {why}"),
+            format!(
+                "use the name `incus cluster {}` shows",
+                if key == "member" {
+                    "list"
+                } else {
+                    "group list"
+                }
+            ),
+        );
     }
 }
 

@@ -87,7 +87,7 @@ async fn create_network(root: &Client, n: &Network) -> Result<(), IncusError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match net.create_network(n).await {
+        match super::cluster::create_network(&net, n).await {
             Err(IncusError::Api { ref message, .. })
                 if attempt < 3 && message.contains("bridge children") =>
             {

@@ -6,6 +6,7 @@
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
+pub mod cluster;
 pub mod converge;
 pub mod desired;
 pub mod destroy;

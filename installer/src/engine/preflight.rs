@@ -37,6 +37,8 @@ pub struct PreflightReport {
     pub pool_free_bytes: u64,
     pub pool_driver: String,
     pub warnings: Vec<String>,
+    /// Members, roles, status and groups when the server is a cluster member.
+    pub cluster: super::cluster::ClusterInfo,
     /// The external bridge's gateway and prefix, when the config uses it.
     #[serde(skip)]
     pub external: Option<Ipv4Net>,
@@ -286,6 +288,10 @@ pub async fn run(
         ..PreflightReport::default()
     };
     let mut problems = Vec::new();
+    if report.clustered {
+        report.cluster = super::cluster::detect(client).await?;
+        problems.extend(super::cluster::check(client, config, &report.cluster).await?);
+    }
     if server.auth != "trusted" {
         problems.push(format!(
             "Incus at {} does not trust this client (auth = {}); run as a member of the incus-admin group or add the client certificate",

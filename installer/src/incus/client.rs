@@ -560,10 +560,12 @@ fn op_error(
     }
 }
 
-/// The id of the operation an async answer started: from `operation` ("/1.0/operations/<id>")
-/// or the embedded operation's `id`.
+/// The id of the operation an async answer started: from `operation` ("/1.0/operations/<id>",
+/// on a cluster with "?project=..." when the request was forwarded to another member) or the
+/// embedded operation's `id`.
 pub(crate) fn operation_id(env: &Envelope) -> Option<String> {
-    if let Some(id) = env.operation.rsplit('/').next().filter(|s| !s.is_empty()) {
+    let path = env.operation.split('?').next().unwrap_or_default();
+    if let Some(id) = path.rsplit('/').next().filter(|s| !s.is_empty()) {
         return Some(id.to_string());
     }
     env.metadata
@@ -675,6 +677,12 @@ mod tests {
             serde_json::from_str(r#"{"type":"async","operation":"","metadata":{"id":"zzz"}}"#)
                 .expect("json");
         assert_eq!(operation_id(&env).as_deref(), Some("zzz"));
+        // [seen] 6.0.4 cluster, instance created with ?target= on another member.
+        let env: Envelope = serde_json::from_str(
+            r#"{"type":"async","operation":"/1.0/operations/ff60-4370?project=t9c-tatlas"}"#,
+        )
+        .expect("json");
+        assert_eq!(operation_id(&env).as_deref(), Some("ff60-4370"));
     }
 
     #[test]

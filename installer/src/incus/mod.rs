@@ -46,7 +46,10 @@ mod transport;
 
 pub use certificate::Certificate;
 pub use client::{Client, Etagged, RequestLog};
-pub use cluster::ClusterMember;
+pub use cluster::{
+    Cluster, ClusterCreate, ClusterGroup, ClusterMember, MemberConfigKey, NETWORK_MEMBER_KEYS,
+    POOL_MEMBER_KEYS, split_member_keys,
+};
 pub use error::{IncusError, OptionalExt};
 pub use exec::ExecOutput;
 pub use files::FileMeta;

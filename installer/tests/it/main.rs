@@ -5,6 +5,7 @@
 
 mod bundle;
 mod cli;
+mod cluster;
 mod common;
 mod config;
 mod engine;
