@@ -5,13 +5,14 @@
 //! (same manifest digest) is left alone without streaming anything.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use atlas_image::build::{self, AtlasImage, AtlasSpec, BuildError, IndexingObserver};
 use atlas_image::cache::{BlobCache, CacheError};
 use atlas_image::layer::LayerIndex;
 use atlas_image::lock::ImagesLock;
 use atlas_image::progress::Progress;
-use atlas_image::recipe::{Recipe, RecipeError};
+use atlas_image::recipe::{PluginSource, Recipe, RecipeError};
 use atlas_image::reference::ImageRef;
 use atlas_image::registry::map_to_mirror;
 use atlas_image::source::{PullError, PullOptions, PulledImage, Source, pull};
@@ -55,6 +56,20 @@ pub enum SupplyError {
     },
     #[error(transparent)]
     Import(#[from] ImageOpsError),
+    #[error("plugin for {service}: {source}")]
+    Plugin {
+        service: String,
+        #[source]
+        source: Box<atlas_image::plugin::PluginError>,
+    },
+    #[error(
+        "[grafana] plugins chooses {missing}, which recipe {service} does not pin (it pins: {pinned}); add a [[plugin]] entry with id, url and sha256 (of the real archive: sha256sum FILE) to a copy of images/{service}.toml and build with --recipe FILE, or remove the choice"
+    )]
+    UnpinnedPlugins {
+        service: String,
+        missing: String,
+        pinned: String,
+    },
     #[error("image alias {alias}: {source}")]
     Incus {
         alias: String,
@@ -86,11 +101,32 @@ pub struct Supplied {
     pub digest: String,
     /// Streamed into Incus now (false: the alias already had this image).
     pub imported: bool,
-    /// Said when an upstream digest was pinned on first pull rather than taken from the lock.
-    pub pinned: Option<String>,
+    /// Said for each upstream digest pinned on first pull rather than taken from the lock.
+    pub pinned: Vec<String>,
 }
 
-type Indexes = Vec<Option<LayerIndex>>;
+/// One recipe to build, and where its inputs come from.
+pub struct RecipeBuild<'a> {
+    pub recipe: &'a Recipe,
+    /// Reads the recipe's `[[file]]` sources.
+    pub read_asset: &'a dyn Fn(&str) -> Result<Vec<u8>, String>,
+    /// The recipe's plugin archives to bake in (see [`chosen_plugins`]).
+    pub plugins: Vec<PluginSource>,
+    /// Local plugin archive paths are relative to this directory.
+    pub plugin_dir: PathBuf,
+    /// Index the base layers while pulling, for an import right after.
+    pub index: bool,
+}
+
+/// A built Atlas image.
+pub struct Built {
+    pub image: AtlasImage,
+    pub indexes: Indexes,
+    /// One note per upstream digest pinned on first pull.
+    pub pinned: Vec<String>,
+}
+
+pub type Indexes = Vec<Option<LayerIndex>>;
 
 impl ImageSupply {
     /// Makes `alias` in `client`'s project point at the current Atlas image of `service`.
@@ -99,9 +135,14 @@ impl ImageSupply {
         client: &Client,
         service: &str,
         alias: &str,
+        plugins: &[String],
         progress: &dyn Progress,
     ) -> Result<Supplied, SupplyError> {
-        let (image, indexes, pinned) = self.atlas_image(service, progress).await?;
+        let Built {
+            image,
+            indexes,
+            pinned,
+        } = self.atlas_image(service, plugins, progress).await?;
         let digest = image.manifest_digest.to_string();
         let mut supplied = Supplied {
             service: service.to_string(),
@@ -123,84 +164,145 @@ impl ImageSupply {
     }
 
     /// The Atlas image of `service`: from the layout when there is one, else built from the
-    /// recipe over its pulled base. Base layers are indexed while they are read, so a later
-    /// import does not read them again.
+    /// embedded recipe. The plugins are those of `[grafana] plugins` the recipe pins.
     async fn atlas_image(
         &self,
         service: &str,
+        plugins: &[String],
         progress: &dyn Progress,
-    ) -> Result<(AtlasImage, Indexes, Option<String>), SupplyError> {
-        let cache = BlobCache::open(&self.cache_dir).map_err(|source| SupplyError::Cache {
-            path: self.cache_dir.clone(),
-            source,
-        })?;
+    ) -> Result<Built, SupplyError> {
         let recipe = recipe_for(service)?;
-        let (base, indexes, pinned) = match &self.layout {
-            Some(dir) => {
-                let src = Source::OciLayout {
-                    path: dir.clone(),
-                    tag: Some(service.to_string()),
-                };
-                let (img, idx) = self.pull(&src, service, &cache, progress).await?;
-                (img, idx, None)
-            }
-            None => self.pull_base(&recipe, &cache, progress).await?,
+        if let Some(dir) = &self.layout {
+            let cache = self.cache()?;
+            let src = Source::OciLayout {
+                path: dir.clone(),
+                tag: Some(service.to_string()),
+            };
+            let (base, indexes) = self.pull(&src, service, &cache, true, progress).await?;
+            // A bundle holds finished Atlas images: building over one passes it through.
+            let spec = AtlasSpec::from_recipe(&recipe, Vec::new()).map_err(build_err(service))?;
+            let image = build::build(&base, &spec).map_err(build_err(service))?;
+            return Ok(Built {
+                image,
+                indexes,
+                pinned: Vec::new(),
+            });
+        }
+        let job = RecipeBuild {
+            plugins: chosen_plugins(&recipe, plugins)?,
+            recipe: &recipe,
+            // Embedded recipes carry no files of their own (configs are pushed at deploy
+            // time): a file source is an error, not a read of the working directory.
+            read_asset: &|src: &str| {
+                Err(format!(
+                    "{src}: recipe files are not embedded in this binary"
+                ))
+            },
+            plugin_dir: PathBuf::from("/nonexistent"),
+            index: true,
         };
-        let build_err = |source| SupplyError::Build {
-            service: service.to_string(),
-            source: Box::new(source),
-        };
-        // Recipes carry no files of their own (configs are pushed at deploy time), so a
-        // file source is an error rather than a read of whatever the working directory has.
-        let files = build::recipe_files(&recipe, &|src: &str| {
-            Err(format!(
-                "{src}: recipe files are not embedded in this binary"
-            ))
-        })
-        .map_err(build_err)?;
-        let spec = AtlasSpec::from_recipe(&recipe, files).map_err(build_err)?;
-        let image = build::build(&base, &spec).map_err(build_err)?;
-        Ok((image, indexes, pinned))
+        self.build_recipe(&job, progress).await
     }
 
-    /// Pulls the recipe's base by locked or pinned digest, else by tag, pinning what the
-    /// registry served (the returned note says so).
-    async fn pull_base(
+    /// Builds a recipe's Atlas image: base and `[[copy]]` sources pulled by locked or pinned
+    /// digest (else by tag, then pinned), plugin archives fetched and verified, the Atlas
+    /// layer built over the base.
+    pub async fn build_recipe(
         &self,
-        recipe: &Recipe,
+        job: &RecipeBuild<'_>,
+        progress: &dyn Progress,
+    ) -> Result<Built, SupplyError> {
+        let recipe = job.recipe;
+        let service = recipe.name.as_str();
+        let cache = self.cache()?;
+        let mut pinned = Vec::new();
+        let base = recipe
+            .base_ref()
+            .map_err(|e| bad_ref(service, "base.image", &e))?;
+        let (base, indexes, note) = self
+            .pull_upstream(&base, service, &cache, job.index, progress)
+            .await?;
+        pinned.extend(note);
+        let mut sources = Vec::new();
+        for (i, c) in recipe.copies.iter().enumerate() {
+            let r = ImageRef::parse(&c.image)
+                .map_err(|e| bad_ref(service, &format!("copy[{i}].image"), &e))?;
+            let (img, _, note) = self
+                .pull_upstream(&r, service, &cache, false, progress)
+                .await?;
+            pinned.extend(note);
+            sources.push(img);
+        }
+        let files = build::recipe_files(recipe, job.read_asset).map_err(build_err(service))?;
+        let mut spec = tokio::task::block_in_place(|| {
+            AtlasSpec::from_recipe_with(recipe, files, &sources).map_err(build_err(service))
+        })?;
+        if let Some(p) = &recipe.plugins {
+            let mut fetched = Vec::new();
+            for source in &job.plugins {
+                let archive = atlas_image::plugin::fetch(
+                    source,
+                    cache.root(),
+                    &job.plugin_dir,
+                    &self.insecure_registries,
+                )
+                .await
+                .map_err(|e| SupplyError::Plugin {
+                    service: service.to_string(),
+                    source: Box::new(e),
+                })?;
+                fetched.push((source.clone(), archive));
+            }
+            tokio::task::block_in_place(|| {
+                spec.add_plugins(p, &fetched).map_err(build_err(service))
+            })?;
+        }
+        let image = build::build(&base, &spec).map_err(build_err(service))?;
+        Ok(Built {
+            image,
+            indexes,
+            pinned,
+        })
+    }
+
+    fn cache(&self) -> Result<BlobCache, SupplyError> {
+        BlobCache::open(&self.cache_dir).map_err(|source| SupplyError::Cache {
+            path: self.cache_dir.clone(),
+            source,
+        })
+    }
+
+    /// Pulls an upstream image by locked or pinned digest, else by tag, pinning what the
+    /// registry served (the returned note says so).
+    async fn pull_upstream(
+        &self,
+        upstream: &ImageRef,
+        service: &str,
         cache: &BlobCache,
+        index: bool,
         progress: &dyn Progress,
     ) -> Result<(PulledImage, Indexes, Option<String>), SupplyError> {
-        let service = recipe.name.as_str();
-        let base = recipe.base_ref().map_err(|e| SupplyError::Recipe {
-            service: service.to_string(),
-            source: RecipeError::Invalid {
-                path: format!("images/{service}.toml").into(),
-                field: "base.image".into(),
-                reason: e.to_string(),
-            },
-        })?;
         let mut pins = Pins::load(&Pins::file_in(cache.root()))?;
-        let known = base
+        let known = upstream
             .digest
             .clone()
-            .or_else(|| self.lock.digest_for(&base).cloned())
-            .or_else(|| pins.get(&base).cloned());
+            .or_else(|| self.lock.digest_for(upstream).cloned())
+            .or_else(|| pins.get(upstream).cloned());
         let wanted = match &known {
-            Some(d) => base.with_digest(d.clone()),
-            None => base.clone(),
+            Some(d) => upstream.with_digest(d.clone()),
+            None => upstream.clone(),
         };
         let src = Source::Registry(self.mirrored(&wanted));
-        let (image, indexes) = self.pull(&src, service, cache, progress).await?;
+        let (image, indexes) = self.pull(&src, service, cache, index, progress).await?;
         let mut note = None;
         if known.is_none() {
             let digest = image
                 .index_digest
                 .clone()
                 .unwrap_or_else(|| image.manifest_digest.clone());
-            pins.record(&base, digest.clone())?;
+            pins.record(upstream, digest.clone())?;
             note = Some(format!(
-                "{base} is not in images.lock: pinned to {digest} on first pull (recorded in {}; later installs use this digest)",
+                "not in images.lock: pinned {upstream} to {digest} on first pull (recorded in {}; later builds use this digest)",
                 pins.path().display()
             ));
         }
@@ -219,12 +321,14 @@ impl ImageSupply {
         src: &Source,
         service: &str,
         cache: &BlobCache,
+        index: bool,
         progress: &dyn Progress,
     ) -> Result<(PulledImage, Indexes), SupplyError> {
         let observer = IndexingObserver::new();
         let opts = PullOptions {
             insecure_registries: self.insecure_registries.clone(),
-            observer: Some(observer.clone()),
+            observer: index
+                .then(|| observer.clone() as Arc<dyn atlas_image::source::LayerObserver>),
             ..PullOptions::default()
         };
         let image =
@@ -235,8 +339,62 @@ impl ImageSupply {
                     reference: src.to_string(),
                     source: Box::new(source),
                 })?;
-        Ok((image, observer.take()))
+        Ok((image, if index { observer.take() } else { Vec::new() }))
     }
+}
+
+fn build_err(service: &str) -> impl Fn(BuildError) -> SupplyError + '_ {
+    move |source| SupplyError::Build {
+        service: service.to_string(),
+        source: Box::new(source),
+    }
+}
+
+fn bad_ref(service: &str, field: &str, e: &dyn std::fmt::Display) -> SupplyError {
+    SupplyError::Recipe {
+        service: service.to_string(),
+        source: RecipeError::Invalid {
+            path: format!("images/{service}.toml").into(),
+            field: field.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// The plugins `[grafana] plugins` chooses among those `recipe` pins (none for a recipe
+/// without plugins). A choice the recipe does not pin fails before any pull.
+pub fn chosen_plugins(
+    recipe: &Recipe,
+    chosen: &[String],
+) -> Result<Vec<PluginSource>, SupplyError> {
+    if recipe.plugins.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for id in chosen {
+        match recipe.plugin_sources.iter().find(|p| p.id == *id) {
+            Some(p) => out.push(p.clone()),
+            None => missing.push(format!("{id:?}")),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let pinned: Vec<&str> = recipe
+        .plugin_sources
+        .iter()
+        .map(|p| p.id.as_str())
+        .collect();
+    Err(SupplyError::UnpinnedPlugins {
+        service: recipe.name.clone(),
+        missing: missing.join(", "),
+        pinned: if pinned.is_empty() {
+            "none".into()
+        } else {
+            pinned.join(", ")
+        },
+    })
 }
 
 fn recipe_for(service: &str) -> Result<Recipe, SupplyError> {

@@ -17,7 +17,8 @@ use atlas_image::recipe::{PluginSource, Recipe};
 use atlas_image::reference::ImageRef;
 use atlas_image::registry::{PushOptions, map_to_mirror};
 use atlas_image::source::{PullOptions, PulledImage, Source, pull};
-use atlas_install::imageops::{self, Pins};
+use atlas_install::imageops;
+use atlas_install::supply::{ImageSupply, RecipeBuild, chosen_plugins};
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, ImageBuildArgs, ImageCommand, RegistryArgs};
@@ -372,51 +373,6 @@ pub(super) fn read_asset(root: Option<&Path>) -> impl Fn(&str) -> Result<Vec<u8>
     }
 }
 
-/// Pulls an upstream image of a recipe (its base or a copy source): by the locked (or
-/// pinned) digest, else by tag, pinning what the registry served and saying so.
-#[allow(clippy::too_many_arguments)]
-async fn pull_upstream(
-    upstream: &ImageRef,
-    lock: &ImagesLock,
-    pins: &mut Pins,
-    cache: &BlobCache,
-    reg: &RegistryArgs,
-    index: bool,
-    progress: &dyn Progress,
-) -> Result<(PulledImage, Indexes)> {
-    let known = upstream
-        .digest
-        .clone()
-        .or_else(|| lock.digest_for(upstream).cloned())
-        .or_else(|| pins.get(upstream).cloned());
-    let wanted = match &known {
-        Some(d) => lock
-            .pin(upstream)
-            .unwrap_or_else(|_| upstream.with_digest(d.clone())),
-        None => upstream.clone(),
-    };
-    let target = match &reg.registry_mirror {
-        Some(m) => map_to_mirror(&wanted, m),
-        None => wanted.clone(),
-    };
-    let (image, indexes) =
-        pull_source(&Source::Registry(target), cache, reg, index, progress).await?;
-    if known.is_none() {
-        let digest = image
-            .index_digest
-            .clone()
-            .unwrap_or_else(|| image.manifest_digest.clone());
-        pins.record(upstream, digest.clone())?;
-        let msg = format!(
-            "not in images.lock: pinned {upstream} to {digest} on first pull (recorded in {}; later builds use this digest)",
-            pins.path().display()
-        );
-        progress.warn(&msg);
-        eprintln!("warning: {msg}");
-    }
-    Ok((image, indexes))
-}
-
 /// Where `--push` sends a recipe's image: PREFIX/<service>:<base tag>, or the reference as
 /// given when it has a tag (or digest) and only one image is built.
 fn push_target(push: &str, recipe: &Recipe, several: bool) -> Result<ImageRef> {
@@ -467,7 +423,13 @@ async fn build_cmd(
         Some(p) => ImagesLock::load(p)?,
         None => ImagesLock::embedded()?,
     };
-    let mut pins = Pins::load(&Pins::file_in(cache.root()))?;
+    let supply = ImageSupply {
+        registry_mirror: reg.registry_mirror.clone(),
+        insecure_registries: reg.insecure_registry.clone(),
+        cache_dir: cache.root().to_path_buf(),
+        lock,
+        layout: None,
+    };
     // The config is read at most once, and only when needed (which services, which plugins).
     let loaded = std::cell::OnceCell::new();
     let config = || -> Result<atlas_install::config::Config> {
@@ -481,7 +443,14 @@ async fn build_cmd(
     let several = list.len() > 1;
     let plugins: Vec<Vec<PluginSource>> = list
         .iter()
-        .map(|(r, _)| chosen_plugins(r, &config))
+        .map(|(r, _)| -> Result<Vec<PluginSource>> {
+            if r.plugins.is_none() {
+                return Ok(Vec::new());
+            }
+            let config = config()
+                .with_context(|| format!("reading the config for the plugins of {}", r.name))?;
+            Ok(chosen_plugins(r, &config.grafana.plugins)?)
+        })
         .collect::<Result<_>>()?;
     // Every destination is checked before the first pull.
     let dests: Vec<Option<ImageRef>> = list
@@ -502,7 +471,7 @@ async fn build_cmd(
     for (((recipe, root), dest), plugins) in list.iter().zip(&dests).zip(&plugins) {
         let step = BuildStep {
             args,
-            lock: &lock,
+            supply: &supply,
             cache: &cache,
             client: client.as_ref(),
             global,
@@ -513,7 +482,7 @@ async fn build_cmd(
             dest: dest.as_ref(),
             plugins,
         };
-        match step.run(recipe, &target, &mut pins).await {
+        match step.run(recipe, &target).await {
             Ok(entry) => results.push(entry),
             // With several services, one failure does not stop the others.
             Err(e) if several => {
@@ -546,52 +515,10 @@ struct Target<'a> {
     plugins: &'a [PluginSource],
 }
 
-/// The plugins `[grafana] plugins` chooses among those `recipe` pins (none for a recipe
-/// without a `[plugins]` section). A choice the recipe does not pin fails before any pull.
-fn chosen_plugins(
-    recipe: &Recipe,
-    config: &dyn Fn() -> Result<atlas_install::config::Config>,
-) -> Result<Vec<PluginSource>> {
-    if recipe.plugins.is_none() {
-        return Ok(Vec::new());
-    }
-    let config = config()
-        .with_context(|| format!("reading the config for the plugins of {}", recipe.name))?;
-    let mut out = Vec::new();
-    let mut missing = Vec::new();
-    for id in &config.grafana.plugins {
-        match recipe.plugin_sources.iter().find(|p| p.id == *id) {
-            Some(p) => out.push(p.clone()),
-            None => missing.push(format!("{id:?}")),
-        }
-    }
-    if !missing.is_empty() {
-        let available: Vec<&str> = recipe
-            .plugin_sources
-            .iter()
-            .map(|p| p.id.as_str())
-            .collect();
-        bail!(
-            "[grafana] plugins in the config chooses {}, which recipe {} does not pin (it pins: {}); \
-             add a [[plugin]] entry with id, url and sha256 (of the real archive: sha256sum FILE) \
-             to a copy of images/{}.toml and build with --recipe FILE, or remove the choice",
-            missing.join(", "),
-            recipe.name,
-            if available.is_empty() {
-                "none".to_owned()
-            } else {
-                available.join(", ")
-            },
-            recipe.name
-        );
-    }
-    Ok(out)
-}
-
 /// Everything one recipe's build needs besides the recipe.
 struct BuildStep<'a> {
     args: &'a ImageBuildArgs,
-    lock: &'a ImagesLock,
+    supply: &'a ImageSupply,
     cache: &'a BlobCache,
     client: Option<&'a atlas_install::incus::Client>,
     global: &'a GlobalArgs,
@@ -599,56 +526,26 @@ struct BuildStep<'a> {
 }
 
 impl BuildStep<'_> {
-    async fn run(
-        &self,
-        recipe: &Recipe,
-        target: &Target<'_>,
-        pins: &mut Pins,
-    ) -> Result<serde_json::Value> {
+    async fn run(&self, recipe: &Recipe, target: &Target<'_>) -> Result<serde_json::Value> {
         let (root, dest) = (target.root, target.dest);
         let (args, reg, progress) = (self.args, &self.args.registry, self.progress);
-        let index = self.client.is_some();
-        let base_ref = recipe
-            .base_ref()
-            .with_context(|| format!("recipe {}: base.image", recipe.name))?;
-        let (base, indexes) =
-            pull_upstream(&base_ref, self.lock, pins, self.cache, reg, index, progress).await?;
-        let mut sources = Vec::new();
-        for (i, c) in recipe.copies.iter().enumerate() {
-            let r = ImageRef::parse(&c.image)
-                .with_context(|| format!("recipe {}: copy[{i}].image", recipe.name))?;
-            let (img, _) =
-                pull_upstream(&r, self.lock, pins, self.cache, reg, false, progress).await?;
-            sources.push(img);
+        let plugin_dir = match root {
+            Some(r) => r.to_path_buf(),
+            None => std::env::current_dir().context("cannot determine the working directory")?,
+        };
+        let read = read_asset(root);
+        let job = RecipeBuild {
+            recipe,
+            read_asset: &read,
+            plugins: target.plugins.to_vec(),
+            plugin_dir,
+            index: self.client.is_some(),
+        };
+        let built = self.supply.build_recipe(&job, progress).await?;
+        for note in &built.pinned {
+            eprintln!("warning: {note}");
         }
-        let files = build::recipe_files(recipe, &read_asset(root))?;
-        let mut spec = tokio::task::block_in_place(|| {
-            AtlasSpec::from_recipe_with(recipe, files, &sources).map_err(anyhow::Error::from)
-        })?;
-        if let Some(p) = &recipe.plugins {
-            let base_dir = match root {
-                Some(r) => r.to_path_buf(),
-                None => {
-                    std::env::current_dir().context("cannot determine the working directory")?
-                }
-            };
-            let mut fetched = Vec::new();
-            for source in target.plugins {
-                let archive = atlas_image::plugin::fetch(
-                    source,
-                    self.cache.root(),
-                    &base_dir,
-                    &reg.insecure_registry,
-                )
-                .await?;
-                fetched.push((source.clone(), archive));
-            }
-            tokio::task::block_in_place(|| {
-                spec.add_plugins(p, &fetched).map_err(anyhow::Error::from)
-            })?;
-        }
-        let image =
-            build::build(&base, &spec).with_context(|| format!("building {}", recipe.name))?;
+        let (image, indexes) = (built.image, built.indexes);
         let mut entry = json!({
             "service": recipe.name,
             "digest": image.manifest_digest.to_string(),

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use atlas_image::cache::BlobCache;
 use atlas_image::lock::ImagesLock;
+use atlas_install::bundle::{self, Expect, OpenedBundle};
 use atlas_install::config::Config;
 use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets};
 use atlas_install::incus::Client;
 use atlas_install::progress::Progress;
-use atlas_install::bundle::{self, Expect, OpenedBundle};
 use atlas_install::supply::ImageSupply;
 
 use crate::cli::{GlobalArgs, InstallArgs};

@@ -334,10 +334,16 @@ impl Engine<'_> {
             task.set_message(&format!("{service}: pulling and building"));
             let alias = state::image_alias(self.config, service);
             let got = supply
-                .ensure(project, service, &alias, self.progress)
+                .ensure(
+                    project,
+                    service,
+                    &alias,
+                    &self.config.grafana.plugins,
+                    self.progress,
+                )
                 .await
                 .map_err(|e| EngineError::object(format!("image of {service}"), e))?;
-            if let Some(note) = &got.pinned {
+            for note in &got.pinned {
                 self.progress.warn(note);
             }
             imported += usize::from(got.imported);

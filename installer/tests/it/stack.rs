@@ -40,10 +40,7 @@ fn fixtures_ready() -> bool {
         .arg(format!(
             "http://{REGISTRY}/v2/prom/prometheus/manifests/latest"
         ))
-        .args([
-            "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
-        ])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
@@ -220,7 +217,9 @@ async fn wait_for_up(prom: Ipv4Addr, jobs: &[&str]) -> Vec<(String, String)> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut ups = Vec::new();
-        if let Ok((200, body)) = http_get(&format!("http://{prom}:9090/api/v1/query?query=up")).await {
+        if let Ok((200, body)) =
+            http_get(&format!("http://{prom}:9090/api/v1/query?query=up")).await
+        {
             let v: Value = serde_json::from_str(&body).unwrap_or_default();
             for r in v["data"]["result"].as_array().into_iter().flatten() {
                 let job = r["metric"]["job"].as_str().unwrap_or_default().to_string();
@@ -275,7 +274,16 @@ async fn caddy_status(port: u16) -> u16 {
 fn mqtt_pub(port: u16, user: &str, password: &str) -> Output {
     Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-u", user, "-P", password, "-t", "atlas/test", "-m", "hello"])
+        .args([
+            "-u",
+            user,
+            "-P",
+            password,
+            "-t",
+            "atlas/test",
+            "-m",
+            "hello",
+        ])
         .args(["-i", "atlas-stack-test"])
         .output()
         .expect("mosquitto_pub")
@@ -298,7 +306,9 @@ async fn read_marker(pc: &Client) -> String {
 }
 
 fn has_tools() -> bool {
-    ["curl", "mosquitto_pub", "incus"].iter().all(|t| have_tool(t))
+    ["curl", "mosquitto_pub", "incus"]
+        .iter()
+        .all(|t| have_tool(t))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +327,10 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     assert!(o.status.success(), "install failed:\n{}", stderr(&o));
     let log = stderr(&o);
     assert!(log.contains("images:"), "{log}");
-    assert!(log.contains("pinned to sha256:"), "first pull pins and says so: {log}");
+    assert!(
+        log.contains("pinned to sha256:"),
+        "first pull pins and says so: {log}"
+    );
     for i in [
         "grafana01",
         "prometheus01",
@@ -328,19 +341,28 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         "mosquitto01",
         "caddy01",
     ] {
-        assert!(log.contains(&format!("health {i}")), "{i} not health-gated: {log}");
+        assert!(
+            log.contains(&format!("health {i}")),
+            "{i} not health-gated: {log}"
+        );
     }
 
     // 2. The real Prometheus scrapes the real exporters and has the ten alert rules.
     let prom = stack.address("prometheus01", "eth0").await;
-    let ups = wait_for_up(prom, &["prometheus", "node-exporter", "alertmanager", "caddy"]).await;
+    let ups = wait_for_up(
+        prom,
+        &["prometheus", "node-exporter", "alertmanager", "caddy"],
+    )
+    .await;
     for job in ["prometheus", "node-exporter", "alertmanager", "caddy"] {
         assert!(
             ups.iter().any(|(j, v)| j == job && v == "1"),
             "up{{job={job:?}}} != 1: {ups:?}"
         );
     }
-    let (s, rules) = http_get(&format!("http://{prom}:9090/api/v1/rules")).await.expect("rules");
+    let (s, rules) = http_get(&format!("http://{prom}:9090/api/v1/rules"))
+        .await
+        .expect("rules");
     assert_eq!(s, 200, "{rules}");
     let rules: Value = serde_json::from_str(&rules).expect("rules json");
     let n: usize = rules["data"]["groups"]
@@ -359,7 +381,11 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         .secret("user.atlas.secret.mosquitto.atlas.password")
         .await;
     let ok = mqtt_pub(stack.mqtt_port, "atlas", &pw);
-    assert!(ok.status.success(), "publish with the generated password: {}", stderr(&ok));
+    assert!(
+        ok.status.success(),
+        "publish with the generated password: {}",
+        stderr(&ok)
+    );
     let bad = mqtt_pub(stack.mqtt_port, "atlas", "wrong-password");
     assert!(!bad.status.success(), "a wrong password must be refused");
 
@@ -380,14 +406,25 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     .await
     .expect("write marker into the data volume");
     let mut slowest = (String::new(), 0.0f64);
-    for name in ["prometheus01", "alertmanager01", "mosquitto01", "caddy01", "grafana01"] {
+    for name in [
+        "prometheus01",
+        "alertmanager01",
+        "mosquitto01",
+        "caddy01",
+        "grafana01",
+    ] {
         let secs = restart_seconds(&pc, name).await;
         if secs > slowest.1 {
             slowest = (name.to_string(), secs);
         }
     }
     eprintln!("slowest restart: {} {:.2}s", slowest.0, slowest.1);
-    assert!(slowest.1 < 5.0, "incus restart of {} took {:.2}s", slowest.0, slowest.1);
+    assert!(
+        slowest.1 < 5.0,
+        "incus restart of {} took {:.2}s",
+        slowest.0,
+        slowest.1
+    );
     let read = read_marker(&pc).await;
     assert_eq!(read, marker, "data kept over restart");
 
@@ -397,15 +434,27 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
     let o = stack.atlas(&["plan", "--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
-    assert_eq!(read_marker(&pc).await, marker, "data kept over a second install");
+    assert_eq!(
+        read_marker(&pc).await,
+        marker,
+        "data kept over a second install"
+    );
 
     // 7. An allowlist without this source: Caddy refuses it.
     stack.config("\"192.0.2.0/24\"");
     let o = stack.install();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(caddy_status(stack.https_port).await, 403, "source outside allowed_ip_range");
+    assert_eq!(
+        caddy_status(stack.https_port).await,
+        403,
+        "source outside allowed_ip_range"
+    );
     assert!(
-        pc.get_instance("caddy01").await.optional().expect("get").is_some(),
+        pc.get_instance("caddy01")
+            .await
+            .optional()
+            .expect("get")
+            .is_some(),
         "caddy01 kept"
     );
 }
