@@ -11,8 +11,10 @@ use super::raw::RawConfig;
 
 /// `ATLAS_*` variables that are not config keys. Anything else under `ATLAS_` must map to a
 /// key, so that a typo in a variable name is an error instead of a silently ignored setting.
-pub const RESERVED_ENV: [&str; 6] = [
+pub const RESERVED_ENV: [&str; 7] = [
     "ATLAS_CONFIG",
+    // The image cache directory (`--cache-dir`), a place on this machine, not a setting.
+    "ATLAS_CACHE_DIR",
     "ATLAS_CLOUDFLARE_API_TOKEN",
     "ATLAS_CLOUDFLARED_TOKEN",
     "ATLAS_TEST_REQUIRE_ALL",
