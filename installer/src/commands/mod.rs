@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, GlobalArgs};
 
+mod backup;
 mod completions;
 mod config;
 mod destroy;
@@ -29,7 +30,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Image(cmd) => image::run(cmd, &global),
         Command::Bundle(_) => not_yet("bundle", 6),
-        Command::Backup(_) => not_yet("backup", 7),
+        Command::Backup(cmd) => backup::run(cmd, &global),
     }
     .inspect(|_| drop(global))
 }

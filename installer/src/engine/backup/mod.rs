@@ -30,7 +30,7 @@ use crate::progress::Progress;
 
 pub use export::export;
 pub use manifest::{MANIFEST, Manifest, ManifestEntry, verify};
-pub use restore::{RestoreReport, RestoredVolume, restore};
+pub use restore::{RestoreReport, RestoredVolume, restore, restore_verified};
 
 /// One data volume and the instance it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -44,7 +44,8 @@ pub struct RestoredVolume {
     pub restarted: Vec<String>,
 }
 
-/// Restores every volume of the export in `dir` into `set`'s project and pool.
+/// Restores every volume of the export in `dir` into `set`'s project and pool: [`verify`]
+/// first (nothing is touched when a file is damaged), then [`restore_verified`].
 pub async fn restore(
     client: &Client,
     set: &VolumeSet,
@@ -58,6 +59,19 @@ pub async fn restore(
         }
         _ => verify(dir, progress)?,
     };
+    restore_verified(client, set, dir, manifest, progress).await
+}
+
+/// The restore after [`verify`] gave `manifest` (a command that shows what will happen and
+/// asks first need not hash twice). Each file is hashed again while it is imported, and a
+/// file changed since is refused before its volume is touched.
+pub async fn restore_verified(
+    client: &Client,
+    set: &VolumeSet,
+    dir: &Path,
+    manifest: Manifest,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, BackupError> {
     for e in &manifest.volumes {
         if set.find(&e.volume).is_none() {
             return Err(BackupError::UnknownVolume {
