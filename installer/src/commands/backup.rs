@@ -181,9 +181,9 @@ fn export(global: &GlobalArgs, out: &Path) -> Result<ExitCode> {
 }
 
 fn restore(global: &GlobalArgs, dir: &Path) -> Result<ExitCode> {
+    // Checked before anything is asked, connected to or touched.
+    let manifest = backup::verify(dir, crate::ui::progress(global.progress).as_ref())?;
     let ctx = Ctx::new(global)?;
-    // Checked before anything is asked or touched.
-    let manifest = backup::verify(dir, ctx.progress.as_ref())?;
     eprintln!(
         "Backup of project {} taken {} by atlas-install {}:",
         manifest.project, manifest.created_at, manifest.atlas_version

@@ -404,6 +404,21 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(v["volumes"][0]["volume"], VOLUME);
     assert_eq!(v["volumes"][0]["snapshots"][0]["name"], "t-snap");
+    // The CLI snapshot with its default name.
+    let o = g
+        .atlas(&["--json", "backup", "snapshot"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let auto = v["snapshots"][0]["snapshot"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    assert!(auto.starts_with("backup-20"), "{auto}");
+    assert_eq!(v["snapshots"][0]["volume"], VOLUME);
+    let mut snaps = vec![auto, "t-snap".to_string()];
+    snaps.sort();
 
     eprintln!("[{:?}] snapshot+list", t0.elapsed());
     // export (CLI): the container keeps running; manifest sums are those of the files.
@@ -444,7 +459,7 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
     );
     assert_eq!(
         volumes(&pc).await,
-        BTreeMap::from([(VOLUME.to_string(), vec!["t-snap".to_string()])]),
+        BTreeMap::from([(VOLUME.to_string(), snaps)]),
         "the export's snapshot and temporary volume are gone"
     );
     // A second export into the same directory is refused.
@@ -655,5 +670,35 @@ async fn install_record_rotates_in_the_project_config() {
         serde_json::from_str::<InstallRecord>(&p.value.config[record::KEY_RECORD])
             .expect("stored JSON"),
         v2
+    );
+}
+
+#[test]
+fn bad_snapshot_name_and_missing_export_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = atlas()
+        .args(["backup", "snapshot", "--name", "a/b"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("\"a/b\"") && err.contains("not usable"),
+        "{err}"
+    );
+    let missing = dir.path().join("nope");
+    let o = atlas()
+        .args(["--yes", "backup", "restore"])
+        .arg(&missing)
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&missing.join("manifest.json").display().to_string())
+            && err.contains("Nothing was restored"),
+        "{err}"
     );
 }
