@@ -209,7 +209,8 @@ pub async fn snapshot(
 }
 
 /// [`snapshot`] with an explicit name and a choice for existing snapshots; the upgrade's
-/// `pre-upgrade-<from>-<to>` uses [`IfExists::Keep`]. Returns the snapshots made or kept.
+/// `pre-upgrade-<from>-<to>` uses [`IfExists::Keep`]. Returns the snapshots made or kept;
+/// an empty `set` (services without data volumes) gives an empty list without any request.
 pub async fn snapshot_with(
     client: &Client,
     set: &VolumeSet,
@@ -218,6 +219,10 @@ pub async fn snapshot_with(
     progress: &dyn Progress,
 ) -> Result<Vec<SnapshotTaken>, BackupError> {
     check_snapshot_name(name)?;
+    if set.volumes.is_empty() {
+        // A subset without data volumes (Caddy, node-exporter): nothing to keep.
+        return Ok(Vec::new());
+    }
     let pc = client.in_project(&set.project);
     let present = existing_volumes(&pc, set, progress).await?;
     let mut have = Vec::new();
