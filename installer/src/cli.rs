@@ -277,18 +277,26 @@ pub struct BundleCreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Snapshot every Atlas data volume now.
-    Snapshot,
-    /// List the snapshots of every Atlas data volume.
+    /// Snapshot every Atlas data volume now (one snapshot name on every volume).
+    Snapshot {
+        /// Snapshot name (default: backup-<UTC time>, e.g. backup-20261126T140607Z).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// List the snapshots of every Atlas data volume (--json for machine-readable output).
     List,
-    /// Export every data volume as a tarball (from a snapshot, so services keep running).
+    /// Export every data volume as a tarball, with a manifest of SHA-256 sums (taken from a
+    /// snapshot, so services keep running).
     Export {
+        /// Directory for the tarballs and manifest.json (created; must not hold an export).
         #[arg(long, short = 'o', value_name = "DIR")]
         out: PathBuf,
     },
-    /// Restore data volumes from an export directory.
+    /// Restore the data volumes from an export directory. Every file is checked first; each
+    /// volume's instance is stopped, its current data kept as a snapshot, and started again.
     Restore {
-        #[arg(long, value_name = "DIR")]
-        from: PathBuf,
+        /// Directory written by `backup export`.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }

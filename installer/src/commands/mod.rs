@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, GlobalArgs};
 
+mod backup;
 mod bundle;
 mod completions;
 mod config;
@@ -30,7 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Image(cmd) => image::run(cmd, &global),
         Command::Bundle(cmd) => bundle::run(cmd, &global),
-        Command::Backup(_) => not_yet("backup", 7),
+        Command::Backup(cmd) => backup::run(cmd, &global),
     }
     .inspect(|_| drop(global))
 }

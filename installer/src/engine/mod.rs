@@ -6,6 +6,8 @@
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
+pub mod backup;
+pub mod clock;
 pub mod cluster;
 pub mod converge;
 pub mod desired;
@@ -17,6 +19,7 @@ pub mod instances;
 pub mod netfile;
 pub mod plan;
 pub mod preflight;
+pub mod record;
 pub mod remotes;
 pub mod resource;
 pub mod secrets;

@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backups;
 mod certificate;
 mod client;
 mod cluster;
@@ -44,6 +45,7 @@ mod server;
 mod storage;
 mod transport;
 
+pub use backups::{BackupDownload, VolumeState};
 pub use certificate::Certificate;
 pub use client::{Client, Etagged, RequestLog};
 pub use cluster::{

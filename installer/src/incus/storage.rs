@@ -231,11 +231,12 @@ impl Client {
             .await
     }
 
+    /// The custom volumes of a pool, without their snapshots.
     pub async fn volumes(&self, pool: &str) -> Result<Vec<StorageVolume>, IncusError> {
         let req = Req::get(POOLS, &[pool, "volumes", "custom"])
             .scope(Scope::Project)
             .query("recursion", "1");
-        self.get_value(req).await
+        Ok(without_snapshots(self.get_value(req).await?))
     }
 
     pub async fn get_volume(
@@ -398,6 +399,13 @@ impl Client {
     }
 }
 
+/// [seen] 6.0.4 lists every snapshot as a volume `<volume>/<snapshot>` carrying the volume's
+/// config (ownership keys included); a volume name cannot contain `/`.
+fn without_snapshots(mut volumes: Vec<StorageVolume>) -> Vec<StorageVolume> {
+    volumes.retain(|v| !v.name.contains('/'));
+    volumes
+}
+
 /// Turns the answers that mean "this server cannot do local buckets" into `Unsupported`.
 fn bucket_unsupported(pool: &str, e: IncusError) -> IncusError {
     let IncusError::Api { ref message, .. } = e else {
@@ -454,6 +462,14 @@ mod tests {
             bucket_unsupported("p", other),
             IncusError::Api { .. }
         ));
+    }
+
+    #[test]
+    fn snapshot_entries_are_not_volumes() {
+        let v = |n: &str| StorageVolume::filesystem(n, BTreeMap::new());
+        let got = without_snapshots(vec![v("a-data"), v("a-data/snap0"), v("b-data")]);
+        let names: Vec<&str> = got.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["a-data", "b-data"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Tests that need a real incusd, registry or service binary find them on the host; under
 //! `ATLAS_TEST_REQUIRE_ALL=1` (set by .ci/run) a missing one is a failure, not a skip.
 
+mod backup;
 mod bundle;
 mod cli;
 mod cluster;
