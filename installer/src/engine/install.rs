@@ -644,6 +644,20 @@ impl Engine<'_> {
                 .await,
             )
         }?;
+        // What is installed now, for upgrade and rollback; unchanged installs write nothing.
+        let images: BTreeMap<String, super::desired::ImageChoice> = desired
+            .payloads
+            .iter()
+            .map(|(n, p)| (n.clone(), p.image.clone()))
+            .collect();
+        let record = super::record::InstallRecord::from_resources(
+            env!("CARGO_PKG_VERSION"),
+            &desired.resources,
+            &images,
+        );
+        super::record::write(&self.client, &cfg.incus.project, &record)
+            .await
+            .map_err(|e| EngineError::object("install record", e))?;
         let writes = self.client.writes() - w0;
         Ok(ApplyReport {
             writes,
