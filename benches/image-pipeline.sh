@@ -23,14 +23,14 @@
 #
 # Usage: benches/image-pipeline.sh [--runs N] [--variants "gzip zstd"] [--no-import]
 #          [--work DIR] [--atlas BIN] [--random-mb MB] [--regenerate]
-# Environment: BENCH_RUNS, BENCH_VARIANTS, BENCH_DIR, ATLAS_BIN, BENCH_RANDOM_MB,
+# Environment: BENCH_RUNS, BENCH_VARIANTS, BENCH_DIR, BENCH_ATLAS, BENCH_RANDOM_MB,
 #   BENCH_REGISTRY (127.0.0.1:5000), BENCH_REPO (t-bench/large), INCUS_SOCKET.
 set -euo pipefail
 
 RUNS=${BENCH_RUNS:-3}
 VARIANTS=${BENCH_VARIANTS:-gzip zstd}
 WORK=${BENCH_DIR:-/var/tmp/atlas-bench}
-ATLAS=${ATLAS_BIN:-}
+ATLAS=${BENCH_ATLAS:-}
 RANDOM_MB=${BENCH_RANDOM_MB:-256}
 REGISTRY=${BENCH_REGISTRY:-127.0.0.1:5000}
 REPO=${BENCH_REPO:-t-bench/large}
@@ -55,6 +55,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# atlas-install reads every ATLAS_* variable as configuration; none may leak into it.
+for v in $(compgen -e | grep '^ATLAS_' || true); do unset "$v"; done
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 say() { echo "bench: $*" >&2; }
 die() { echo "image-pipeline.sh: $*" >&2; exit 1; }
@@ -266,7 +268,8 @@ measure() {
   if ! /usr/bin/time -f '%e %U %S %M' -o "$out.time" bash -c \
       '"$1"; rc=$?; awk "/^write_bytes/ {print \$2}" /proc/$$/io > "$2"; exit $rc' \
       _ "$fn" "$out.io"; then
-    cat "$RUNDIR/atlas.err" 2>/dev/null >&2 || true
+    say "$label failed (run $run); its stderr:"
+    cat "$RUNDIR/atlas.err" >&2 2>/dev/null || true
     die "$label failed (run $run)"
   fi
   after=$(incusd_sample)
