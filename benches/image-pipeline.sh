@@ -353,7 +353,7 @@ describe() {
     convert-peer-*) echo 'skopeo copy + umoci unpack' ;;
     convert-atlas-file-*) echo 'atlas-install image convert --out FILE' ;;
     convert-atlas-null-*) echo 'atlas-install image convert --out /dev/null' ;;
-    convert-atlas-pipe-*) echo 'atlas-install image convert --out - | cat' ;;
+    convert-atlas-pipe-*) echo 'atlas-install image convert --out - \| cat' ;;
     import-peer-*) echo 'skopeo copy + umoci unpack + tar + incus image import' ;;
     import-atlas-*) echo 'atlas-install image import' ;;
   esac
