@@ -4,9 +4,12 @@
 //!
 //! The regular files are read by one thread per layer that decompresses its blob and hands
 //! the wanted files' bytes over a small pool of buffers, so several layers decompress at once
-//! on different cores while this thread only writes. Files are written in a fixed schedule,
-//! by where each member starts in its layer's tar stream (ties: the lower layer first), so
-//! every reader keeps moving and the output stays a function of the indexes alone.
+//! on different cores while this thread only writes. The layers with files go in groups of
+//! [`READERS`] (bottom to top); inside a group, files are written in a fixed schedule, by
+//! where each member starts in its layer's tar stream (ties: the lower layer first), so
+//! every reader keeps moving. The group size is a constant, not the core count: the output
+//! must stay a function of the indexes alone, the same bytes (and Incus fingerprint) on
+//! every machine.
 
 use std::io::Write;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
@@ -203,7 +206,9 @@ fn header_for<'a>(e: &EntryRef<'a>, path: &'a [u8]) -> OutHeader<'a> {
 }
 
 impl Plan<'_> {
-    /// Writes every regular file of the plan, reading the layers concurrently.
+    /// Writes every regular file of the plan, reading the layers concurrently: the layers
+    /// that have files, bottom to top, in groups of [`READERS`], so at most that many
+    /// decompressors (and their windows) are alive at once.
     fn copy_files<W: Write>(
         &self,
         w: &mut TarWriter<W>,
@@ -214,13 +219,25 @@ impl Plan<'_> {
         let busy: Vec<usize> = (0..self.files.len())
             .filter(|&pos| !self.files[pos].is_empty())
             .collect();
-        if busy.is_empty() {
-            return Ok(());
+        for positions in busy.chunks(READERS) {
+            self.copy_group(w, layers, positions, prefix, stats)?;
         }
-        let buffers = (POOL_BUDGET / busy.len()).clamp(2, POOL_MAX);
+        Ok(())
+    }
+
+    /// Writes the files of the layers at `positions`, one reader thread per layer.
+    fn copy_group<W: Write>(
+        &self,
+        w: &mut TarWriter<W>,
+        layers: &[Layer],
+        positions: &[usize],
+        prefix: &[u8],
+        stats: &mut FlattenStats,
+    ) -> Result<(), LayerError> {
+        let buffers = (POOL_BUDGET / positions.len()).clamp(2, POOL_MAX);
         thread::scope(|scope| {
             let mut feeds: Vec<Option<Feed>> = (0..self.files.len()).map(|_| None).collect();
-            for &pos in &busy {
+            for &pos in positions {
                 let (full_tx, full_rx) = mpsc::sync_channel(buffers * 2);
                 let (free_tx, free_rx) = mpsc::sync_channel(buffers);
                 let reader = LayerReader {
@@ -237,8 +254,10 @@ impl Plan<'_> {
                     free: free_tx,
                 });
             }
-            for (pos, i) in self.schedule() {
-                let feed = feeds[pos].as_ref().expect("every busy layer has a feed");
+            for (pos, i) in self.schedule(positions) {
+                let feed = feeds[pos]
+                    .as_ref()
+                    .expect("every layer of the group has a feed");
                 let (ord, path) = self.files[pos][i];
                 let expected = self.indexes[pos]
                     .get(ord as usize)
@@ -255,15 +274,14 @@ impl Plan<'_> {
         })
     }
 
-    /// The order regular files are written in: (layer position, position in its file list),
-    /// by the offset of the member's header in its layer's uncompressed tar stream (as far as
-    /// the index tells it: extension headers are not counted), lower layer first on ties.
-    fn schedule(&self) -> Vec<(usize, usize)> {
+    /// The order the files of the layers at `positions` are written in: (layer position,
+    /// position in its file list), by the offset of the member's header in its layer's
+    /// uncompressed tar stream (as far as the index tells it: extension headers are not
+    /// counted), lower layer first on ties.
+    fn schedule(&self, positions: &[usize]) -> Vec<(usize, usize)> {
         let mut keyed: Vec<(u64, usize, usize)> = Vec::new();
-        for (pos, files) in self.files.iter().enumerate() {
-            if files.is_empty() {
-                continue;
-            }
+        for &pos in positions {
+            let files = &self.files[pos];
             let index = &self.indexes[pos];
             let mut starts = Vec::with_capacity(index.entries.len());
             let mut offset = 0u64;
@@ -284,9 +302,12 @@ impl Plan<'_> {
 }
 
 const BLOCK: u64 = super::tar_read::BLOCK as u64;
+/// Layers read at once while writing. Fixed (see the module docs); 4 keeps a few cores busy
+/// and bounds the decompressors' memory (a zstd window can be 8 MiB or more).
+const READERS: usize = 4;
 /// Bytes per buffer handed from a layer reader to the writer.
 const CHUNK: usize = 256 * 1024;
-/// Buffers in flight over all layer readers (so about 8 MiB), and at most per reader.
+/// Buffers in flight over a group's readers (so about 8 MiB), and at most per reader.
 const POOL_BUDGET: usize = 32;
 const POOL_MAX: usize = 8;
 
