@@ -4,6 +4,7 @@
 #
 # Not a test and not run by CI: it needs root, the local registry and incusd
 # (tests/start-services.sh), about 10 GB of free space under the work directory, and minutes.
+# Without drop_caches permission it still runs, and says so above the table.
 #
 # What it does, in one run:
 #  1. Generates a large image once (cached under the work directory): layer 1 is a copy of
@@ -15,7 +16,7 @@
 #     measured command: the peer and atlas-install side by side, convert then import.
 #  3. Prints a markdown table of the best run (lowest wall time) of each pipeline.
 #
-# Measured per pipeline (the whole process tree of the pipeline, by /usr/bin/time -v and
+# Measured per pipeline (the whole process tree of the pipeline, by /usr/bin/time and
 # /proc/PID/io of the shell that ran it, which includes every reaped child):
 #   wall time, user+sys CPU, peak RSS (the largest single process), bytes written to disk
 #   (write_bytes: what the pipeline dirtied, blob caches included). For imports, incusd's
