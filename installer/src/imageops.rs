@@ -89,9 +89,14 @@ impl AliasChange {
 }
 
 /// A `Write` that hands fixed-size chunks to an async receiver and hashes everything.
+///
+/// Chunk buffers come back when the HTTP stack drops them and are used again: a fresh
+/// buffer this size per chunk would be a map and unmap of memory each time under musl.
 pub struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    returned: std::sync::mpsc::Receiver<Vec<u8>>,
+    give_back: std::sync::mpsc::Sender<Vec<u8>>,
     hash: Sha256,
     written: u64,
     task: Option<Arc<dyn ProgressTask>>,
@@ -99,9 +104,12 @@ pub struct ChannelWriter {
 
 impl ChannelWriter {
     pub fn new(tx: mpsc::Sender<io::Result<Bytes>>, task: Option<Arc<dyn ProgressTask>>) -> Self {
+        let (give_back, returned) = std::sync::mpsc::channel();
         ChannelWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
+            returned,
+            give_back,
             hash: Sha256::new(),
             written: 0,
             task,
@@ -112,11 +120,22 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let next = match self.returned.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(CHUNK),
+        };
+        let chunk = std::mem::replace(&mut self.buf, next);
         self.hash.update(&chunk);
         let n = chunk.len() as u64;
+        let owner = PooledChunk {
+            buf: chunk,
+            home: self.give_back.clone(),
+        };
         self.tx
-            .blocking_send(Ok(Bytes::from(chunk)))
+            .blocking_send(Ok(Bytes::from_owner(owner)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "Incus closed the upload"))?;
         self.written += n;
         if let Some(t) = &self.task {
@@ -134,6 +153,25 @@ impl ChannelWriter {
     /// Ends the body with an error, so the HTTP request fails instead of completing.
     pub fn abort(self, reason: String) {
         let _ = self.tx.blocking_send(Err(io::Error::other(reason)));
+    }
+}
+
+/// A chunk's buffer that goes back to its [`ChannelWriter`] when the last `Bytes` of it drops.
+struct PooledChunk {
+    buf: Vec<u8>,
+    home: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        // The writer may be finished; then the buffer is simply freed.
+        let _ = self.home.send(std::mem::take(&mut self.buf));
     }
 }
 

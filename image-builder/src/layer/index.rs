@@ -433,25 +433,40 @@ fn node_kind(raw: &RawEntry) -> Result<Kind, String> {
 
 /// Indexes a blob while it is being written somewhere else (a download tee).
 ///
-/// Bytes given to [`Write::write`] are handed to a thread that decompresses and indexes them,
-/// so indexing costs no extra read of the blob and runs on another core. `write` blocks only
-/// when the indexer is 64 chunks behind. If the layer turns out malformed the indexer stops
-/// consuming and `write` keeps accepting (and discarding) bytes so the download itself is not
-/// disturbed; [`Indexer::finish`] reports the error. `write` may block briefly, so call it
-/// from blocking code (a `spawn_blocking` task or the thread that writes the blob cache).
+/// Bytes given to [`Write::write`] are gathered into chunks of [`TEE_CHUNK`] bytes and handed
+/// to a thread that decompresses and indexes them, so indexing costs no extra read of the blob
+/// and runs on another core. The chunks come from a pool of [`TEE_CHUNKS`] buffers that the
+/// thread gives back, so memory stays flat and the allocator stays out of the loop; `write`
+/// blocks only when the indexer is that far behind. If the layer turns out malformed the
+/// indexer stops consuming and `write` keeps accepting (and discarding) bytes so the download
+/// itself is not disturbed; [`Indexer::finish`] reports the error. `write` may block briefly,
+/// so call it from blocking code (a `spawn_blocking` task or the thread that writes the blob
+/// cache).
 pub struct Indexer {
     tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// Buffers the worker is done with.
+    free: mpsc::Receiver<Vec<u8>>,
+    /// Buffers not yet allocated.
+    unallocated: usize,
+    pending: Vec<u8>,
     worker: Option<thread::JoinHandle<Result<LayerIndex, LayerError>>>,
 }
 
+/// Bytes per chunk handed to the indexing thread.
+pub const TEE_CHUNK: usize = 256 * 1024;
+/// Chunks in flight between a download and its indexing thread (so about 2 MiB per layer).
+pub const TEE_CHUNKS: usize = 8;
+
 impl Indexer {
     pub fn new(digest: &str, media_type: Option<&str>) -> Indexer {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(64);
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(TEE_CHUNKS);
+        let (free_tx, free) = mpsc::sync_channel::<Vec<u8>>(TEE_CHUNKS);
         let digest = digest.to_string();
         let media_type = media_type.map(str::to_string);
         let worker = thread::spawn(move || {
             let reader = ChannelReader {
                 rx,
+                free: free_tx,
                 buf: Vec::new(),
                 pos: 0,
             };
@@ -459,12 +474,16 @@ impl Indexer {
         });
         Indexer {
             tx: Some(tx),
+            free,
+            unallocated: TEE_CHUNKS - 1,
+            pending: Vec::with_capacity(TEE_CHUNK),
             worker: Some(worker),
         }
     }
 
     /// Ends the input and returns the index (or why the layer is refused).
     pub fn finish(mut self) -> Result<LayerIndex, LayerError> {
+        self.send();
         drop(self.tx.take());
         let worker = self.worker.take().expect("finish is called once");
         worker.join().unwrap_or_else(|_| {
@@ -473,17 +492,52 @@ impl Indexer {
             )))
         })
     }
+
+    /// Hands the gathered bytes to the worker and takes an empty buffer for the next ones.
+    fn send(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.tx else {
+            self.pending.clear();
+            return;
+        };
+        let next = match self.free.try_recv() {
+            Ok(buf) => Some(buf),
+            Err(_) if self.unallocated > 0 => {
+                self.unallocated -= 1;
+                Some(Vec::with_capacity(TEE_CHUNK))
+            }
+            Err(_) => None,
+        };
+        let full = std::mem::take(&mut self.pending);
+        if tx.send(full).is_err() {
+            // The worker stopped early (malformed layer); finish() returns its error.
+            self.tx = None;
+        }
+        self.pending = match next {
+            Some(buf) => buf,
+            // Every buffer is out: wait for one (or make one if the worker is gone).
+            None => self
+                .free
+                .recv()
+                .unwrap_or_else(|_| Vec::with_capacity(TEE_CHUNK)),
+        };
+        self.pending.clear();
+    }
 }
 
 impl Write for Indexer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(tx) = &self.tx
-            && tx.send(buf.to_vec()).is_err()
-        {
-            // The worker stopped early (malformed layer); finish() returns its error.
-            self.tx = None;
+        if self.tx.is_none() {
+            return Ok(buf.len());
         }
-        Ok(buf.len())
+        let n = buf.len().min(TEE_CHUNK - self.pending.len());
+        self.pending.extend_from_slice(&buf[..n]);
+        if self.pending.len() == TEE_CHUNK {
+            self.send();
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -502,6 +556,8 @@ impl Drop for Indexer {
 
 struct ChannelReader {
     rx: mpsc::Receiver<Vec<u8>>,
+    /// Where read-out buffers go back to the [`Indexer`].
+    free: mpsc::SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -511,7 +567,12 @@ impl Read for ChannelReader {
         while self.pos >= self.buf.len() {
             match self.rx.recv() {
                 Ok(chunk) => {
-                    self.buf = chunk;
+                    let done = std::mem::replace(&mut self.buf, chunk);
+                    if done.capacity() > 0 {
+                        // Never blocks: the pool holds fewer buffers than the channel; a
+                        // finished Indexer just drops it.
+                        let _ = self.free.try_send(done);
+                    }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),

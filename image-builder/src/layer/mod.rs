@@ -21,8 +21,11 @@
 //! - Paths are relative (`usr/bin/x`, or `rootfs/usr/bin/x` with a prefix), never absolute,
 //!   never with `..`, each exactly once. The root is `./` (or the prefix directory).
 //! - Order: the root; then directories, symlinks, devices and fifos sorted by path (so parents
-//!   precede children); then regular files in layer order (bottom to top, stream order inside
-//!   a layer); then hard links sorted by path. Same input, same bytes.
+//!   precede children); then regular files: the layers that have any, bottom to top, in
+//!   groups of four, and inside a group by where each member starts in its layer's tar stream
+//!   (lower layer first on ties; stream order inside a layer), so that a group's layers are
+//!   read at once, each on its own thread; then hard links sorted by path. Same input, same
+//!   bytes, on any machine.
 //! - Kept: mode including setuid/setgid/sticky, numeric uid/gid, mtime (whole seconds), xattrs
 //!   (as PAX `SCHILY.xattr.*`), device numbers, symlink targets exactly as stored. Dropped:
 //!   user and group names (extraction must use numeric owners), sub-second times, atime/ctime.

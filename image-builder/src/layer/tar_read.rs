@@ -83,7 +83,13 @@ pub(crate) struct TarReader<R> {
     ended: bool,
     /// Path of the member whose data is being read, for messages.
     current: Vec<u8>,
+    /// Where skipped data is read to: large reads let the decompressor work in big runs, and
+    /// one buffer for the whole stream keeps the allocator out of the loop.
+    scratch: Vec<u8>,
 }
+
+/// Size of [`TarReader`]'s skip buffer (under musl's mmap threshold, so a plain heap block).
+const SCRATCH: usize = 64 * 1024;
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
@@ -94,6 +100,7 @@ impl<R: Read> TarReader<R> {
             padding: 0,
             ended: false,
             current: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -190,8 +197,8 @@ impl<R: Read> TarReader<R> {
         Ok(n)
     }
 
-    /// Copies the current member's data to `out`; output errors are returned separately so the
-    /// caller can tell a broken input from a broken sink.
+    /// Copies the current entry's data to `out`. The outer error is the layer's fault; the
+    /// inner one is the writer's.
     pub fn copy_data(&mut self, out: &mut dyn Write) -> Result<Result<(), io::Error>, TarFault> {
         let mut buf = vec![0u8; 128 * 1024];
         loop {
@@ -224,13 +231,23 @@ impl<R: Read> TarReader<R> {
     }
 
     fn skip_rest(&mut self) -> Result<(), TarFault> {
-        let mut buf = [0u8; 8192];
+        let mut buf = std::mem::take(&mut self.scratch);
+        let skipped = self.skip_into(&mut buf);
+        self.scratch = buf;
+        skipped
+    }
+
+    fn skip_into(&mut self, buf: &mut Vec<u8>) -> Result<(), TarFault> {
+        if self.remaining > 0 && buf.len() < SCRATCH {
+            buf.resize(SCRATCH, 0);
+        }
         while self.remaining > 0 {
-            self.read_data(&mut buf)?;
+            self.read_data(buf)?;
         }
         if self.padding > 0 {
             let pad = self.padding as usize;
-            let n = read_full(&mut self.inner, &mut buf[..pad])?;
+            let mut block = [0u8; BLOCK];
+            let n = read_full(&mut self.inner, &mut block[..pad])?;
             if n < pad {
                 return Err(TarFault::Truncated(
                     "padding after the last member's data".into(),
