@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job (README): prepare the host, build the static binary, validate and render the
-# default configuration. Grows into the full demo install as the engine lands.
+# The main job (README): prepare the host (Incus, the local registry, the tools), build the
+# fixture "upstream" images into the local registry, build the static binary, then install the
+# whole Atlas stack with it, health-gated, and print where each service can be reached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup-host.sh
@@ -11,3 +12,39 @@ out=${ATLAS_RENDER_OUT:-./atlas-render}
 "$bin" config validate
 "$bin" render --out "$out"
 echo "main.sh: rendered configuration for every service is in $out"
+
+# The demo install: the fixture registry stands in for docker.io (--registry-mirror), host
+# ports on 127.0.0.1 only. The fixture Caddy is Debian's 2.6 (no PROXY protocol wrapper, no
+# rate-limit plugin), and a host without systemd has a private / (no rslave mounts).
+conf=${ATLAS_DEMO_CONFIG:-./atlas-demo.toml}
+cat > "$conf" <<'TOML'
+[incus]
+project = "atlas-demo"
+
+[caddy]
+listen_address = "127.0.0.1"
+http_port = 8080
+https_port = 8443
+proxy_protocol = false
+
+[caddy.rate_limit]
+enabled = false
+
+[mosquitto]
+listen_address = "127.0.0.1"
+
+[node_exporter]
+follow_host_mounts = false
+
+[instances.grafana01.web]
+allowed_ip_range = ["127.0.0.1/32"]
+TOML
+"$bin" -c "$conf" --progress plain install --yes --ignore-preflight --registry-mirror 127.0.0.1:5000
+"$bin" -c "$conf" status
+cat <<TXT
+main.sh: the Atlas stack runs in Incus project atlas-demo (config: $conf).
+  Grafana:    https://grafana.atlas.localhost:8443/ (curl -k --resolve grafana.atlas.localhost:8443:127.0.0.1 ...)
+  MQTT:       127.0.0.1:1883 (user atlas; password in the project's user.atlas.secret.* keys)
+  Internal:   the addresses above, on the management bridge (Prometheus :9090, Loki :3100, Alertmanager :9093)
+Remove it with: $bin -c $conf destroy --delete-volumes --yes
+TXT

@@ -328,7 +328,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     let log = stderr(&o);
     assert!(log.contains("images:"), "{log}");
     assert!(
-        log.contains("pinned to sha256:"),
+        log.contains("not in images.lock: pinned docker.io/prom/prometheus:latest to sha256:"),
         "first pull pins and says so: {log}"
     );
     for i in [
