@@ -20,6 +20,9 @@ conf=${ATLAS_DEMO_CONFIG:-./atlas-demo.toml}
 cat > "$conf" <<'TOML'
 [incus]
 project = "atlas-demo"
+# The pool and bridge tests/start-services.sh creates.
+storage_pool = "default"
+external_network = "incusbr0"
 
 [caddy]
 listen_address = "127.0.0.1"
