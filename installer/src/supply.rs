@@ -179,8 +179,9 @@ impl ImageSupply {
                 tag: Some(service.to_string()),
             };
             let (base, indexes) = self.pull(&src, service, &cache, true, progress).await?;
-            // A bundle holds finished Atlas images: building over one passes it through.
-            let spec = AtlasSpec::from_recipe(&recipe, Vec::new()).map_err(build_err(service))?;
+            // A bundle holds finished Atlas images: building over one passes it through (its
+            // `[[copy]]` files and plugins are in it already).
+            let spec = AtlasSpec::convert(service);
             let image = build::build(&base, &spec).map_err(build_err(service))?;
             return Ok(Built {
                 image,

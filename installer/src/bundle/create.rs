@@ -249,7 +249,13 @@ impl Images {
         let base_name = without_digest(&base_ref);
         let desc = self.copy_image(&base)?;
         self.push(desc, &base_name, &base.source, base_notes(&base_ref))?;
-        let atlas = AtlasSpec::from_recipe(&r.recipe, r.files.clone())?;
+        // `[[copy]]` sources give files to the Atlas layer; they are not bundled themselves.
+        let mut sources = Vec::new();
+        for c in &r.recipe.copies {
+            let cref = ImageRef::parse(&c.image).map_err(|e| recipe_err(e.into()))?;
+            sources.push(pull_base(&cref, reg, lock, progress).await?);
+        }
+        let atlas = AtlasSpec::from_recipe_with(&r.recipe, r.files.clone(), &sources)?;
         let image = build::build(&base, &atlas)?;
         let desc = tokio::task::block_in_place(|| self.write_atlas(&image))?;
         let mut notes = base_notes(&base_ref);

@@ -766,6 +766,15 @@ impl Engine<'_> {
                 root.update_project(&next, fresh.etag.as_deref()).await?;
                 Ok(skipped)
             }
+            // Not listed, yet "already exists": on 6.0 a creation that failed for want of
+            // MinIO leaves the bucket's directory behind, and every later creation trips on it.
+            Err(e) if e.is_already_exists() => {
+                self.progress.warn(&format!(
+                    "{skipped}; Incus refuses to create it: {} (a leftover of an earlier failed attempt: remove that directory on the host to let a later run create the bucket)",
+                    e.to_string().lines().next().unwrap_or_default()
+                ));
+                Ok(skipped)
+            }
             Err(e) => Err(EngineError::object(
                 format!("storage bucket {pool}/{STATE_BUCKET}"),
                 e,

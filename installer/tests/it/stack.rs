@@ -458,3 +458,63 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         "caddy01 kept"
     );
 }
+
+/// The offline way in: `bundle create` from the fixture registry, then `install --bundle`
+/// takes every image from the verified bundle (no registry flag at all) and the stack comes
+/// up healthy; a re-run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_stack_from_a_bundle() {
+    let client = client_or_skip!();
+    if !has_tools() || !fixtures_ready() {
+        return;
+    }
+    let _turn = crate::engine::STACKS.lock().await;
+    let stack = Stack::new(client).await;
+    stack.config("\"127.0.0.1/32\"");
+    let _cleanup = Cleanup(&stack);
+    let bundle = stack.dir.path().join("atlas.bundle");
+    let bundle_arg = bundle.to_str().expect("utf-8 path");
+    let o = stack.atlas(&[
+        "bundle",
+        "create",
+        "--out",
+        bundle_arg,
+        "--registry-mirror",
+        REGISTRY,
+    ]);
+    assert!(o.status.success(), "bundle create:\n{}", stderr(&o));
+
+    let install = || {
+        stack.atlas(&[
+            "install",
+            "--yes",
+            "--ignore-preflight",
+            "--bundle",
+            bundle_arg,
+        ])
+    };
+    let o = install();
+    let log = stderr(&o);
+    assert!(o.status.success(), "install --bundle failed:\n{log}");
+    assert!(
+        log.contains("verify "),
+        "the bundle is verified first: {log}"
+    );
+    assert!(
+        log.contains("import oci:"),
+        "images come from the bundle's layout: {log}"
+    );
+    assert!(
+        !log.contains(REGISTRY) && !log.contains("docker://"),
+        "no registry is contacted: {log}"
+    );
+    for i in ["prometheus01", "caddy01", "mosquitto01", "grafana01"] {
+        assert!(
+            log.contains(&format!("health {i}")),
+            "{i} not health-gated: {log}"
+        );
+    }
+    let o = install();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
+}
