@@ -1,41 +1,13 @@
 //! `atlas-install backup snapshot|list|export|restore`: the seed's BACKUP.md operations on
 //! the Atlas data volumes. `--json` puts each result on stdout.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use atlas_install::engine::backup::{self, VolumeListing, VolumeSet};
-use atlas_install::incus::Client;
-use atlas_install::progress::Progress;
 
 use crate::cli::{BackupCommand, GlobalArgs};
-
-struct Ctx {
-    client: Client,
-    set: VolumeSet,
-    progress: Arc<dyn Progress>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Ctx {
-    fn new(global: &GlobalArgs) -> Result<Ctx> {
-        let config = super::load_config(global)?;
-        let client = Client::from_config(&config.incus).context("connecting to Incus")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        Ok(Ctx {
-            client,
-            set: VolumeSet::from_config(&config),
-            progress: crate::ui::progress(global.progress),
-            runtime,
-        })
-    }
-}
 
 pub fn run(cmd: BackupCommand, global: &GlobalArgs) -> Result<ExitCode> {
     match cmd {
@@ -56,10 +28,11 @@ fn snapshot(global: &GlobalArgs, name: Option<&str>) -> Result<ExitCode> {
         // Before connecting: a bad name is the operator's to fix, whatever Incus holds.
         backup::check_snapshot_name(n)?;
     }
-    let ctx = Ctx::new(global)?;
+    let ctx = super::install::Ctx::new(global)?;
+    let set = VolumeSet::from_config(&ctx.config);
     let taken = ctx.runtime.block_on(backup::snapshot(
         &ctx.client,
-        &ctx.set,
+        &set,
         name,
         ctx.progress.as_ref(),
     ))?;
@@ -74,11 +47,12 @@ fn snapshot(global: &GlobalArgs, name: Option<&str>) -> Result<ExitCode> {
 }
 
 fn list(global: &GlobalArgs) -> Result<ExitCode> {
-    let ctx = Ctx::new(global)?;
-    let listing = ctx.runtime.block_on(backup::list(&ctx.client, &ctx.set))?;
+    let ctx = super::install::Ctx::new(global)?;
+    let set = VolumeSet::from_config(&ctx.config);
+    let listing = ctx.runtime.block_on(backup::list(&ctx.client, &set))?;
     if global.json {
         json_out(
-            &serde_json::json!({ "project": ctx.set.project, "pool": ctx.set.pool, "volumes": listing }),
+            &serde_json::json!({ "project": set.project, "pool": set.pool, "volumes": listing }),
         )?;
     } else {
         super::plan::print(&table(&listing));
@@ -152,10 +126,11 @@ fn human_bytes(b: u64) -> String {
 }
 
 fn export(global: &GlobalArgs, out: &Path) -> Result<ExitCode> {
-    let ctx = Ctx::new(global)?;
+    let ctx = super::install::Ctx::new(global)?;
+    let set = VolumeSet::from_config(&ctx.config);
     let manifest = ctx.runtime.block_on(backup::export(
         &ctx.client,
-        &ctx.set,
+        &set,
         out,
         ctx.progress.as_ref(),
     ))?;
@@ -183,7 +158,8 @@ fn export(global: &GlobalArgs, out: &Path) -> Result<ExitCode> {
 fn restore(global: &GlobalArgs, dir: &Path) -> Result<ExitCode> {
     // Checked before anything is asked, connected to or touched.
     let manifest = backup::verify(dir, crate::ui::progress(global.progress).as_ref())?;
-    let ctx = Ctx::new(global)?;
+    let ctx = super::install::Ctx::new(global)?;
+    let set = VolumeSet::from_config(&ctx.config);
     eprintln!(
         "Backup of project {} taken {} by atlas-install {}:",
         manifest.project, manifest.created_at, manifest.atlas_version
@@ -194,15 +170,15 @@ fn restore(global: &GlobalArgs, dir: &Path) -> Result<ExitCode> {
     eprintln!(
         "Into project {} (pool {}): running instances using these volumes are stopped and \
          started again; the data each volume holds now is kept as snapshot pre-restore-<time>.",
-        ctx.set.project, ctx.set.pool
+        set.project, set.pool
     );
-    if !confirm(global, "restore these volumes")? {
+    if !super::install::confirm(global, "restore these volumes")? {
         eprintln!("Cancelled. Nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
     let report = ctx.runtime.block_on(backup::restore_verified(
         &ctx.client,
-        &ctx.set,
+        &set,
         dir,
         manifest,
         ctx.progress.as_ref(),
@@ -221,26 +197,6 @@ fn restore(global: &GlobalArgs, dir: &Path) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Asks on the terminal; refuses when stdin is not one and `--yes` was not given.
-fn confirm(global: &GlobalArgs, question: &str) -> Result<bool> {
-    if global.yes {
-        return Ok(true);
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!(
-            "stdin is not a terminal, so nobody can confirm: pass --yes to {question} without asking. Nothing was changed."
-        );
-    }
-    eprint!("Do you want to {question}? Only 'yes' is accepted: ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("reading the answer")?;
-    Ok(answer.trim() == "yes")
 }
 
 #[cfg(test)]
