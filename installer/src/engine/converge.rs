@@ -280,10 +280,10 @@ pub(crate) async fn stop(project: &Client, name: &str) -> Result<(), IncusError>
     change_state(project, name, crate::incus::StateAction::Stop, true).await
 }
 
-/// Start, stop or restart, judged by the state reached. On a loaded host Incus 6.0.4 answers
-/// some state changes with "context deadline exceeded": its LXC hooks call back into incusd
-/// with a 30 s limit, and a hook that waits on the kernel (deleting a veth, seen taking
-/// longer than that) fails the whole change although a later try works. So after an error
+/// Start, stop or restart, judged by the state reached. A state change can fail although a
+/// later try works: a service slow to stop, or, on Incus 6.0.4, a hook that could not reach
+/// the daemon within its 30 s (any client holding an idle, silent connection on the unix
+/// socket stalls the daemon's accept loop; ours never does, others may). So after an error
 /// the state is polled for a while, then the change is tried again, three times in all.
 pub(crate) async fn change_state(
     project: &Client,

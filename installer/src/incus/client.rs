@@ -50,6 +50,7 @@ pub(crate) struct Inner {
     writes: AtomicU64,
     log: RwLock<Option<RequestLog>>,
     op_timeout: RwLock<Duration>,
+    wait_chunk: RwLock<Duration>,
 }
 
 /// Typed client of the Incus REST API. Cheap to clone; clones share the connection pool, the
@@ -187,6 +188,8 @@ pub(crate) struct Answer {
 }
 
 const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest single `GET .../wait`: shorter than the HTTP timeouts between here and the daemon.
+const WAIT_CHUNK: Duration = Duration::from_secs(30);
 
 impl Client {
     pub(crate) fn from_parts(http: reqwest::Client, base: Url, endpoint: Endpoint) -> Client {
@@ -198,6 +201,7 @@ impl Client {
                 writes: AtomicU64::new(0),
                 log: RwLock::new(None),
                 op_timeout: RwLock::new(DEFAULT_OPERATION_TIMEOUT),
+                wait_chunk: RwLock::new(WAIT_CHUNK),
             }),
             project: None,
             target: None,
@@ -243,6 +247,16 @@ impl Client {
             .op_timeout
             .write()
             .unwrap_or_else(|e| e.into_inner()) = timeout;
+    }
+
+    /// Longest single `GET .../wait` (default 30 s); an operation that outlasts it is waited
+    /// for again, up to the operation timeout. Tests shorten it to cover that path.
+    pub fn set_wait_chunk(&self, chunk: Duration) {
+        *self
+            .inner
+            .wait_chunk
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = chunk.max(Duration::from_secs(1));
     }
 
     /// Where this client talks to, for messages.
@@ -472,9 +486,18 @@ impl Client {
             .op_timeout
             .read()
             .unwrap_or_else(|e| e.into_inner());
+        let chunk = self
+            .inner
+            .wait_chunk
+            .read()
+            .map(|c| c.as_secs())
+            .unwrap_or(30);
         let start = Instant::now();
         loop {
-            let left = limit.saturating_sub(start.elapsed()).as_secs().clamp(1, 30);
+            let left = limit
+                .saturating_sub(start.elapsed())
+                .as_secs()
+                .clamp(1, chunk.max(1));
             let req = Req::get("/1.0/operations", &[id, "wait"])
                 .scope(Scope::Project)
                 .query("timeout", left.to_string());
@@ -498,6 +521,23 @@ impl Client {
                     });
                 }
                 WaitAnswer::Running => continue,
+                // 6.0.4 answers a wait that timed out like a failed operation, with the
+                // deadline of the wait as its error. Only the operation itself can tell.
+                WaitAnswer::Failed { message } if message.contains("context deadline exceeded") => {
+                    match self.operation(id).await {
+                        Ok(op) if op.is_final() => return op_result(op, method, path),
+                        Ok(_) if start.elapsed() < limit => continue,
+                        Ok(_) => {
+                            return Err(IncusError::Timeout {
+                                id: id.to_string(),
+                                seconds: limit.as_secs(),
+                                method: method.to_string(),
+                                path: path.to_string(),
+                            });
+                        }
+                        Err(_) => return Err(op_error(id, "", false, message, method, path)),
+                    }
+                }
                 WaitAnswer::Failed { message } => {
                     return Err(op_error(id, "", false, message, method, path));
                 }

@@ -86,6 +86,14 @@ impl Client {
             .unix_socket(path)
             .tls_backend_preconfigured(unused_tls()?)
             .connect_timeout(CONNECT_TIMEOUT)
+            // incusd's unix listener (6.0.4 and later) reads the first bytes of every new
+            // connection inside its accept loop, to tell STARTTLS from plain HTTP. A connection
+            // that is open but has sent nothing stops it from accepting any other client, its
+            // own LXC hooks included, which then time out after 30 s ("context deadline
+            // exceeded" on start and stop). The pool opens exactly such connections: when a
+            // busy connection frees up while a new one is still being dialled, the new one is
+            // parked idle, unused. So no connection is kept once its response is read.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| IncusError::Invalid(format!("building the HTTP client: {e}")))?;
         let base = Url::parse("http://incus").map_err(|e| IncusError::Invalid(e.to_string()))?;

@@ -557,7 +557,6 @@ async fn inventory(c: &Client, env: &Env) -> BTreeMap<String, Vec<String>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue #4 open: on the shared Incus 6.0.4 the engine's containers intermittently fail to start (\"context deadline exceeded\" after ~90 s); passed together once, run with --ignored while this is diagnosed"]
 async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
     let c = client_or_skip!();
     let _turn = STACKS.lock().await;
@@ -776,7 +775,6 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue #4 open: on the shared Incus 6.0.4 the engine's containers intermittently fail to start (\"context deadline exceeded\" after ~90 s); passed together once, run with --ignored while this is diagnosed"]
 async fn interrupted_runs_converge_without_duplicates() {
     let c = client_or_skip!();
     let _turn = STACKS.lock().await;

@@ -739,6 +739,22 @@ async fn image_import_instance_files_exec_and_certificates() {
         assert_eq!(out.exit_code, 3);
         assert_eq!(out.stdout, content);
         assert_eq!(out.stderr_str(), "err\n");
+        // An operation that outlasts one wait: 6.0.4 answers the timed-out wait like a
+        // failure ("context deadline exceeded"); the client must keep waiting instead.
+        pc.set_wait_chunk(std::time::Duration::from_secs(1));
+        let slow = pc
+            .exec(
+                "t-incus-c1",
+                &["/bin/busybox", "sh", "-c", "sleep 3; echo slept"],
+                &BTreeMap::new(),
+            )
+            .await
+            .expect("an exec longer than the wait chunk is waited for");
+        pc.set_wait_chunk(std::time::Duration::from_secs(30));
+        assert_eq!(
+            (slow.exit_code, slow.stdout.as_slice()),
+            (0, b"slept\n".as_slice())
+        );
         pc.set_instance_state("t-incus-c1", StateAction::Stop, 60, true)
             .await
             .expect("stop");

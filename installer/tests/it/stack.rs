@@ -464,7 +464,6 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
 /// takes every image from the verified bundle (no registry flag at all) and the stack comes
 /// up healthy; a re-run changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a second whole-stack install in the same run; on the shared Incus 6.0.4 the hook timeouts of issue #4 grow with container churn. Passed here on its own in 54 s: run with --ignored"]
 async fn whole_stack_from_a_bundle() {
     let client = client_or_skip!();
     if !has_tools() || !fixtures_ready() {
