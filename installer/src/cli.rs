@@ -78,7 +78,7 @@ pub enum Command {
     /// Upgrade an installed stack to the version this binary (or a bundle) carries.
     Upgrade(UpgradeArgs),
     /// Return the stack to the previously installed version.
-    Rollback,
+    Rollback(RollbackArgs),
     /// Write every service's rendered configuration files to a directory, for review.
     Render(RenderArgs),
     /// Create, show and check the config file (atlas.toml).
@@ -139,12 +139,19 @@ pub struct DestroyArgs {
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
-    /// Upgrade from an offline bundle file.
-    #[arg(long, value_name = "FILE")]
-    pub bundle: Option<PathBuf>,
-    /// Rotate generated secrets through each service's own mechanism.
-    #[arg(long)]
-    pub rotate_secrets: bool,
+    /// Where the new images come from: a bundle, registries, or the aliases already in Incus.
+    #[command(flatten)]
+    pub source: InstallArgs,
+    /// How long each replaced service has to pass its health check before it is rolled back.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub health_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// How long each restored service has to pass its health check.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub health_timeout: u64,
 }
 
 #[derive(Debug, Args)]

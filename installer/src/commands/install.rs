@@ -169,13 +169,20 @@ fn check_pool_space(supply: &Supply, free: u64, pool: &str) -> Result<()> {
 }
 
 pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
+    apply(global, args, Options::default())
+}
+
+/// Plan, confirm and apply with the images `args` name; `base` says how (install or upgrade).
+pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> Result<ExitCode> {
     let ctx = Ctx::new(global)?;
     let supply = image_supply(args, &ctx.config, ctx.progress.as_ref())?;
+    let upgrade = base.upgrade;
     let options = Options {
         ignore_preflight: args.ignore_preflight,
         fail_at: test_hooks::fail_at(),
+        pause_at: test_hooks::pause_at(),
         supply: supply.images.clone(),
-        ..Options::default()
+        ..base
     };
     let engine = ctx.engine(options);
     let w0 = ctx.client.writes();
@@ -206,6 +213,10 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
         super::plan::print(&format!("{}\n", serde_json::to_string_pretty(&out)?));
     } else if writes == 0 {
         eprintln!("No changes. The installation matches the configuration (0 writing API calls).");
+    } else if upgrade {
+        eprintln!(
+            "Upgraded: {writes} writing API calls. `atlas-install rollback` returns to the previous install."
+        );
     } else {
         eprintln!("Installed: {writes} writing API calls.");
     }
@@ -226,6 +237,18 @@ mod test_hooks {
 
     #[cfg(not(debug_assertions))]
     pub fn fail_at() -> Option<String> {
+        None
+    }
+
+    #[cfg(debug_assertions)]
+    pub fn pause_at() -> Option<String> {
+        std::env::var("ATLAS_TEST_PAUSE_AT")
+            .ok()
+            .filter(|v| !v.is_empty())
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn pause_at() -> Option<String> {
         None
     }
 

@@ -16,6 +16,7 @@ mod install;
 mod plan;
 mod render;
 mod status;
+mod upgrade;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -25,8 +26,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan::run(&global, &args),
         Command::Status => status::run(&global),
         Command::Destroy(args) => destroy::run(&global, &args),
-        Command::Upgrade(_) => not_yet("upgrade", 7),
-        Command::Rollback => not_yet("rollback", 7),
+        Command::Upgrade(args) => upgrade::run(&global, &args),
+        Command::Rollback(args) => upgrade::rollback(&global, &args),
         Command::Render(args) => render::run(&global, &args),
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Image(cmd) => image::run(cmd, &global),
@@ -34,14 +35,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(cmd) => backup::run(cmd, &global),
     }
     .inspect(|_| drop(global))
-}
-
-/// Commands whose engine lands in a later issue say so and fail, rather than pretend.
-fn not_yet(command: &str, issue: u32) -> Result<ExitCode> {
-    eprintln!(
-        "atlas-install {command}: not available in this build yet (its engine is tracked in issue #{issue}). Nothing was changed."
-    );
-    Ok(ExitCode::FAILURE)
 }
 
 /// The effective config for a command: defaults < file < ATLAS_* env < flags. Every problem

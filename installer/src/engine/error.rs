@@ -46,6 +46,15 @@ pub enum EngineError {
     /// A step could not converge an object; says which.
     #[error("{object}: {message}")]
     Object { object: String, message: String },
+    /// An upgrade stopped at a service that failed; says what became of that service.
+    #[error(
+        "upgrade stopped at {instance}: {cause}\n{state}\nServices replaced before it keep the new version, the others the old one; the install record still names the old install. Fix the cause and run `atlas-install upgrade` again: it goes on from here."
+    )]
+    Upgrade {
+        instance: String,
+        cause: String,
+        state: String,
+    },
     /// Test-only failure point (debug builds, ATLAS_TEST_FAIL_AT).
     #[error("stopped at failure point `{0}` (ATLAS_TEST_FAIL_AT)")]
     FailPoint(String),

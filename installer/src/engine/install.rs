@@ -58,6 +58,11 @@ pub struct Options {
     pub ignore_preflight: bool,
     /// Test-only failure point (`after-<step>`, `instance-created`, `files-pushed`, ...).
     pub fail_at: Option<String>,
+    /// Test-only: at this checkpoint, say so and wait forever (a test then kills -9).
+    pub pause_at: Option<String>,
+    /// Upgrade an installed stack: replace changed services one at a time in dependency
+    /// order, each snapshotted before and health-gated after, rolled back on failure.
+    pub upgrade: bool,
     pub health_timeout: Duration,
     /// Builds or takes every enabled service's image and points its alias at it. Without
     /// one, the aliases must already exist in the project (images imported beforehand).
@@ -69,6 +74,8 @@ impl Default for Options {
         Options {
             ignore_preflight: false,
             fail_at: None,
+            pause_at: None,
+            upgrade: false,
             health_timeout: Duration::from_secs(300),
             supply: None,
         }
@@ -203,6 +210,13 @@ impl Engine<'_> {
     }
 
     fn checkpoint(&self, name: &str) -> Result<(), EngineError> {
+        if self.options.pause_at.as_deref() == Some(name) {
+            self.progress
+                .info(&format!("paused at {name} (ATLAS_TEST_PAUSE_AT)"));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         match &self.options.fail_at {
             Some(f) if f == name => Err(EngineError::FailPoint(name.to_string())),
             _ => Ok(()),
@@ -429,6 +443,10 @@ impl Engine<'_> {
             )
         })?;
         let (root, project, cfg) = (self.root(), self.project(), self.config);
+        let from = match self.options.upgrade {
+            true => Some(self.installed().await?),
+            false => None,
+        };
         let plan = &report.plan;
         let by_kind = |k: ResourceKind| {
             plan.actions
@@ -521,6 +539,33 @@ impl Engine<'_> {
             )
         }?;
         self.checkpoint("after-images")?;
+        let images: BTreeMap<String, super::desired::ImageChoice> = desired
+            .payloads
+            .iter()
+            .map(|(n, p)| (n.clone(), p.image.clone()))
+            .collect();
+        let record = super::record::InstallRecord::from_resources(
+            env!("CARGO_PKG_VERSION"),
+            &desired.resources,
+            &images,
+        );
+        let upgrade = from.as_ref().map(|from| Upgrade {
+            from: from.clone(),
+            snap: super::upgrade::snapshot_name(from, &record),
+            set: super::backup::VolumeSet::from_config(cfg),
+        });
+        if let (Some(from), Some(u)) = (&from, &upgrade) {
+            let changing = from.changed_services(&record);
+            self.progress.info(&format!(
+                "upgrade {} -> {}: {}",
+                super::upgrade::release_tag(from),
+                super::upgrade::release_tag(&record),
+                match changing.is_empty() {
+                    true => "no service changes".to_string(),
+                    false => format!("{} change (snapshots {})", changing.join(", "), u.snap),
+                }
+            ));
+        }
 
         // Instance hashes depend on secrets and images, known for sure only now.
         let instance_plan = diff(
@@ -536,24 +581,43 @@ impl Engine<'_> {
                 async {
                     let mut n = 0;
                     let checkpoint = |name: &str| self.checkpoint(name);
-                    for a in instance_plan
+                    let mut actions: Vec<_> = instance_plan
                         .actions
                         .iter()
                         .filter(|a| a.address.kind == ResourceKind::Instance)
-                    {
+                        .collect();
+                    if upgrade.is_some() {
+                        let order = super::upgrade::order(cfg);
+                        actions.sort_by_key(|a| {
+                            order
+                                .iter()
+                                .position(|n| *n == a.address.name)
+                                .unwrap_or(usize::MAX)
+                        });
+                    }
+                    for a in actions {
                         let name = &a.address.name;
                         match (&a.change, &a.resource) {
                             (Change::Create | Change::Update, Some(r)) => {
                                 t.set_message(name);
                                 let payload = &desired.payloads[name];
-                                instances::converge(
-                                    &project,
-                                    r,
-                                    payload,
-                                    inner.observation.instances.get(name),
-                                    &checkpoint,
-                                )
-                                .await?;
+                                let existing = inner.observation.instances.get(name);
+                                match &upgrade {
+                                    Some(u) => {
+                                        self.replace_guarded(&project, r, payload, existing, u)
+                                            .await?
+                                    }
+                                    None => {
+                                        instances::converge(
+                                            &project,
+                                            r,
+                                            payload,
+                                            existing,
+                                            &checkpoint,
+                                        )
+                                        .await?
+                                    }
+                                }
                                 n += 1;
                             }
                             (Change::Unchanged, _) => {
@@ -645,16 +709,6 @@ impl Engine<'_> {
             )
         }?;
         // What is installed now, for upgrade and rollback; unchanged installs write nothing.
-        let images: BTreeMap<String, super::desired::ImageChoice> = desired
-            .payloads
-            .iter()
-            .map(|(n, p)| (n.clone(), p.image.clone()))
-            .collect();
-        let record = super::record::InstallRecord::from_resources(
-            env!("CARGO_PKG_VERSION"),
-            &desired.resources,
-            &images,
-        );
         super::record::write(&self.client, &cfg.incus.project, &record)
             .await
             .map_err(|e| EngineError::object("install record", e))?;
@@ -663,6 +717,65 @@ impl Engine<'_> {
             writes,
             changed: writes > 0,
         })
+    }
+
+    /// The install record an upgrade starts from; none means there is nothing to upgrade.
+    async fn installed(&self) -> Result<super::record::InstallRecord, EngineError> {
+        let project = &self.config.incus.project;
+        super::record::read(&self.client, project)
+            .await
+            .map_err(|e| EngineError::object("install record", e))?
+            .current
+            .ok_or_else(|| {
+                EngineError::object(
+                    "upgrade",
+                    format!("project {project} records no install to upgrade from: run `atlas-install install` first. Nothing was changed."),
+                )
+            })
+    }
+
+    /// One service of an upgrade: snapshot, replace, health-gate; back to the snapshot on
+    /// failure. A new service (nothing to keep) is created and gated.
+    async fn replace_guarded(
+        &self,
+        project: &Client,
+        r: &super::resource::Resource,
+        payload: &super::state::InstancePayload,
+        existing: Option<&crate::incus::Instance>,
+        u: &Upgrade,
+    ) -> Result<(), EngineError> {
+        let name = &r.name;
+        let checkpoint = |name: &str| self.checkpoint(name);
+        if let Some(i) = existing {
+            super::upgrade::guard(&self.client, &u.set, i, &u.from, &u.snap, self.progress).await?;
+            self.checkpoint("upgrade-guarded")?;
+        }
+        let replaced = async {
+            instances::converge(project, r, payload, existing, &checkpoint).await?;
+            super::upgrade::gate_one(
+                &self.client,
+                self.config,
+                name,
+                self.options.health_timeout,
+                self.progress,
+            )
+            .await
+        }
+        .await;
+        match replaced {
+            Ok(()) => Ok(()),
+            // A simulated crash leaves things as a killed process would.
+            Err(e @ EngineError::FailPoint(_)) => Err(e),
+            Err(e) if existing.is_some() => {
+                self.progress.warn(&format!(
+                    "{name} failed, returning it to snapshot {}",
+                    u.snap
+                ));
+                let back = super::upgrade::restore(&self.client, &u.set, name, &u.snap).await;
+                Err(super::upgrade::failed(name, &e, back, &u.snap))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn converge_kind<'p>(
@@ -781,6 +894,13 @@ impl Engine<'_> {
             )),
         }
     }
+}
+
+/// The snapshots of the upgrade in progress.
+struct Upgrade {
+    from: super::record::InstallRecord,
+    snap: String,
+    set: super::backup::VolumeSet,
 }
 
 fn outcome(n: usize) -> String {

@@ -1,8 +1,8 @@
 //! Step 8: one instance at a time. Created stopped with a `pending` hash, files pushed
 //! (parents made), started, and only then stamped with its content hash: the hash is the
 //! commit marker, so a run killed anywhere before it leaves an instance the next run sees as
-//! changed and finishes. An image change recreates the instance (data lives in separate
-//! custom volumes, which stay).
+//! changed and finishes. An image change rebuilds the root filesystem in place (data lives
+//! in separate custom volumes, which stay; so do the instance's snapshots).
 
 use std::collections::BTreeMap;
 
@@ -48,13 +48,12 @@ pub async fn converge(
     let mut fresh = false;
     match existing {
         Some(i) if i.config.get("volatile.base_image").is_some_and(|b| b != fp) => {
-            // A new image: the root filesystem is replaced by recreating the instance.
+            // A new image: the root filesystem is rebuilt from it. The instance itself stays,
+            // with its addresses, devices and snapshots (an upgrade's way back).
             if i.status != "Stopped" {
                 super::converge::stop(project, name).await.map_err(err)?;
             }
-            project.delete_instance(name).await.map_err(err)?;
-            create(project, r, fp).await?;
-            fresh = true;
+            project.rebuild_instance(name, fp).await.map_err(err)?;
         }
         Some(_) => {}
         None => {
@@ -153,7 +152,7 @@ async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<boo
 }
 
 /// Pushes one file; a missing parent directory is made (root, 0755) and the push retried.
-async fn push(
+pub(crate) async fn push(
     project: &Client,
     instance: &str,
     f: &super::state::PushFile,

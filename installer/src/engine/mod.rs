@@ -24,6 +24,7 @@ pub mod remotes;
 pub mod resource;
 pub mod secrets;
 pub mod state;
+pub mod upgrade;
 pub mod wiring;
 
 pub use error::EngineError;

@@ -67,9 +67,41 @@ impl Client {
         self.get_raw(req).await
     }
 
+    /// Reads a file's bytes with its owner and mode (from the `X-Incus-*` headers).
+    pub async fn pull_file_with_meta(
+        &self,
+        instance: &str,
+        path: &str,
+    ) -> Result<(Vec<u8>, FileMeta), IncusError> {
+        let req = Req::get("/1.0/instances", &[instance, "files"])
+            .scope(Scope::Project)
+            .query("path", path);
+        let (bytes, headers) = self.get_raw_with_headers(req).await?;
+        let num = |k: &str, radix: u32| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), radix).ok())
+        };
+        let meta = FileMeta::new(
+            num("x-incus-uid", 10).unwrap_or(0),
+            num("x-incus-gid", 10).unwrap_or(0),
+            num("x-incus-mode", 8).unwrap_or(0o644),
+        );
+        Ok((bytes, meta))
+    }
+
     /// A GET whose success body is raw bytes and whose failure is the JSON error shape.
     pub(crate) async fn get_raw(&self, req: Req) -> Result<Vec<u8>, IncusError> {
+        self.get_raw_with_headers(req).await.map(|(b, _)| b)
+    }
+
+    async fn get_raw_with_headers(
+        &self,
+        req: Req,
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), IncusError> {
         let (resp, method, path) = self.send_raw(req).await?;
+        let headers = resp.headers().clone();
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| IncusError::Transport {
             endpoint: self.endpoint(),
@@ -87,6 +119,6 @@ impl Client {
                 &path,
             ));
         }
-        Ok(bytes.to_vec())
+        Ok((bytes.to_vec(), headers))
     }
 }

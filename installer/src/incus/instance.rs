@@ -256,4 +256,15 @@ impl Client {
             .json(&body)?;
         self.write(req).await.map(|_| ())
     }
+
+    /// Replaces the root filesystem of a stopped instance with image `fingerprint`, keeping
+    /// its config, devices and snapshots.
+    pub async fn rebuild_instance(&self, name: &str, fingerprint: &str) -> Result<(), IncusError> {
+        let req = Req::new(Method::POST, INSTANCES, &[name, "rebuild"])
+            .scope(Scope::Project)
+            .json(&serde_json::json!({
+                "source": { "type": "image", "fingerprint": fingerprint }
+            }))?;
+        self.write(req).await.map(|_| ())
+    }
 }

@@ -346,6 +346,25 @@ impl Client {
         self.write(req).await.map(|_| ())
     }
 
+    /// Renames a snapshot of a custom volume.
+    pub async fn rename_volume_snapshot(
+        &self,
+        pool: &str,
+        volume: &str,
+        snapshot: &str,
+        new_name: &str,
+    ) -> Result<(), IncusError> {
+        let req = Req::new(
+            Method::POST,
+            POOLS,
+            &[pool, "volumes", "custom", volume, "snapshots", snapshot],
+        )
+        .scope(Scope::Project)
+        .targeted()
+        .json(&serde_json::json!({ "name": new_name }))?;
+        self.write(req).await.map(|_| ())
+    }
+
     /// Rolls the volume back to `snapshot` (the volume must not be in use by a running instance).
     pub async fn restore_volume_snapshot(
         &self,

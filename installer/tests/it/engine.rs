@@ -25,7 +25,7 @@ use crate::common::{atlas, require_all, stderr, stdout};
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
 /// Each test service and the ports it serves /www on (Caddy: its site and its admin metrics).
-const SERVICES: [(&str, &[u16]); 3] = [
+pub(crate) const SERVICES: [(&str, &[u16]); 3] = [
     ("caddy", &[80, 2019]),
     ("mosquitto", &[1883]),
     ("alertmanager", &[9093]),
@@ -51,9 +51,9 @@ fn free_port() -> u16 {
 }
 
 /// One test's names, ranges, ports and files.
-struct Env {
+pub(crate) struct Env {
     n: u8,
-    project: String,
+    pub(crate) project: String,
     nets: Vec<String>,
     cidrs: Vec<String>,
     caddy_ports: (u16, u16),
@@ -64,7 +64,7 @@ struct Env {
 }
 
 impl Env {
-    async fn new(c: &Client, n: u8) -> Env {
+    pub(crate) async fn new(c: &Client, n: u8) -> Env {
         let pid = std::process::id();
         let project = format!("t-eng-{pid}-{n}");
         let nets: Vec<String> = ROLES
@@ -106,7 +106,7 @@ impl Env {
         }
     }
 
-    fn alias(&self, service: &str) -> String {
+    pub(crate) fn alias(&self, service: &str) -> String {
         format!("t-eng-{}-{}/{service}", std::process::id(), self.n)
     }
 
@@ -150,7 +150,7 @@ impl Env {
         path
     }
 
-    fn config(&self, extra: &str) -> Config {
+    pub(crate) fn config(&self, extra: &str) -> Config {
         let file = self.write_config(extra);
         let opts = LoadOptions {
             file: Some(file),
@@ -179,13 +179,13 @@ impl Env {
     }
 
     /// The binary on this test's config and secrets.
-    fn atlas(&self, args: &[&str]) -> Command {
+    pub(crate) fn atlas(&self, args: &[&str]) -> Command {
         let mut cmd = atlas();
         cmd.arg("-c")
             .arg(self.dir.path().join("atlas.toml"))
             .args(["--progress", "plain"])
             .args(args);
-        if args.first() == Some(&"install") {
+        if matches!(args.first(), Some(&"install" | &"upgrade")) {
             // This machine is below the seed's minimum host size; the test imported its
             // own images under the aliases.
             cmd.args(["--ignore-preflight", "--existing-images"]);
@@ -198,7 +198,7 @@ impl Env {
     }
 
     /// The project, and the test images imported into it under the aliases of the config.
-    async fn project_with_images(&self, c: &Client, cfg: &Config) {
+    pub(crate) async fn project_with_images(&self, c: &Client, cfg: &Config) {
         atlas_install::engine::ensure_project(c, cfg)
             .await
             .expect("ensure project");
@@ -352,7 +352,7 @@ fn engine<'a>(c: &Client, cfg: &'a Config, fail_at: Option<&str>) -> Engine<'a> 
             ignore_preflight: true,
             fail_at: fail_at.map(str::to_string),
             health_timeout: Duration::from_secs(30),
-            supply: None,
+            ..Options::default()
         },
     }
 }
@@ -369,15 +369,21 @@ async fn install(c: &Client, cfg: &Config, fail_at: Option<&str>) -> Result<u64,
 /// A unified tarball (uncompressed) per service: static busybox, atlas-init as /sbin/init and
 /// a service that serves /www on the service's port. Built once per test process.
 fn image_tarball(service: &str, ports: &[u16]) -> PathBuf {
+    image_tarball_variant(service, ports, "v1")
+}
+
+/// A test image of `service` serving `ports`, with `variant` in /www/version; the variant
+/// `broken` starts and exits at once (it never passes a health gate).
+pub(crate) fn image_tarball_variant(service: &str, ports: &[u16], variant: &str) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
-    let tarball = dir.path().join(format!("{service}.tar"));
+    let tarball = dir.path().join(format!("{service}-{variant}.tar"));
     if tarball.exists() {
         return tarball;
     }
-    let root = dir.path().join(service);
+    let root = dir.path().join(format!("{service}-{variant}"));
     let rootfs = root.join("rootfs");
     for d in [
         "bin",
@@ -396,7 +402,7 @@ fn image_tarball(service: &str, ports: &[u16]) -> PathBuf {
     }
     std::fs::write(
         root.join("metadata.yaml"),
-        format!("architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: atlas engine test {service}\n  os: atlas-test\n", std::env::consts::ARCH),
+        format!("architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: atlas engine test {service} {variant}\n  os: atlas-test\n", std::env::consts::ARCH),
     )
     .expect("metadata");
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
@@ -406,6 +412,7 @@ fn image_tarball(service: &str, ports: &[u16]) -> PathBuf {
         format!("up{{service=\"{service}\"}} 1\n"),
     )
     .expect("www");
+    std::fs::write(rootfs.join("www/version"), format!("{variant}\n")).expect("www");
     // Every health path the engine probes, so any service's gate can pass.
     for path in ["-/ready", "ready", "health", "api/health"] {
         let f = rootfs.join("www").join(path);
@@ -424,16 +431,20 @@ fn image_tarball(service: &str, ports: &[u16]) -> PathBuf {
         cmd: vec![
             "/bin/sh".into(),
             "-c".into(),
-            ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let fg = if i + 1 == ports.len() { "exec " } else { "" };
-                    let f = if fg.is_empty() { "" } else { " -f" };
-                    format!("{fg}/bin/busybox httpd{f} -p {p} -h /www")
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
+            if variant == "broken" {
+                "echo 'broken test image: exits at once' >&2; exit 3".to_string()
+            } else {
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let fg = if i + 1 == ports.len() { "exec " } else { "" };
+                        let f = if fg.is_empty() { "" } else { " -f" };
+                        format!("{fg}/bin/busybox httpd{f} -p {p} -h /www")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
         ],
         env: vec![],
         working_dir: None,
@@ -461,7 +472,7 @@ fn image_tarball(service: &str, ports: &[u16]) -> PathBuf {
     tarball
 }
 
-fn have_busybox() -> bool {
+pub(crate) fn have_busybox() -> bool {
     let ok = Path::new("/bin/busybox").exists();
     assert!(
         ok || !require_all(),
@@ -474,7 +485,7 @@ fn have_busybox() -> bool {
 }
 
 /// Forced stop; a busy daemon may time out the request while the instance does stop.
-async fn stop(pc: &Client, name: &str) {
+pub(crate) async fn stop(pc: &Client, name: &str) {
     for _ in 0..3 {
         let _ = pc
             .set_instance_state(name, StateAction::Stop, 10, true)
@@ -486,7 +497,7 @@ async fn stop(pc: &Client, name: &str) {
     panic!("{name} does not stop");
 }
 
-async fn sh(pc: &Client, instance: &str, script: &str) -> String {
+pub(crate) async fn sh(pc: &Client, instance: &str, script: &str) -> String {
     let out = pc
         .exec(
             instance,

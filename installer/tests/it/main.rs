@@ -15,4 +15,5 @@ mod incus;
 mod install_sh;
 mod render;
 mod stack;
+mod upgrade;
 mod wiring;

@@ -1,0 +1,458 @@
+//! `upgrade` and `rollback`. An upgrade is the install sequence with a guarded instance step:
+//! services are replaced one at a time in dependency order (step-ca, the stores, then
+//! Grafana and Caddy); before one is touched, its data volumes are snapshotted as
+//! `pre-upgrade-<from>-<to>` and its image, config and pushed files are saved in the project
+//! (an instance snapshot would do, but Incus 6.0 refuses to rebuild an instance that has
+//! one); after it, the service alone must pass its health gate. A service that fails is
+//! returned to what was kept and started again, and the upgrade stops.
+//! `rollback` returns every service that changed between the previous and the current
+//! install to the same snapshots, after snapshotting its current data (`pre-rollback-<time>`).
+//!
+//! The snapshot names are stable for a given pair of installs, so an upgrade killed midway
+//! and run again finds and keeps the snapshots of its first attempt: they hold the data from
+//! before any change.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::Digest as _;
+
+use crate::config::Config;
+use crate::incus::{Client, IncusError, StateAction};
+use crate::progress::Progress;
+
+use super::backup::{self, IfExists, VolumeSet};
+use super::error::EngineError;
+use super::record::{self, InstallRecord};
+
+/// Short, stable name of an install: its version and a digest of what it runs.
+pub fn release_tag(r: &InstallRecord) -> String {
+    let bytes = serde_json::to_vec(&r.services).unwrap_or_default();
+    let digest = hex::encode(sha2::Sha256::digest(&bytes));
+    format!("{}.{}", r.version, &digest[..8])
+}
+
+/// `pre-upgrade-<from>-<to>`: the snapshots an upgrade takes and a rollback returns to.
+pub fn snapshot_name(from: &InstallRecord, to: &InstallRecord) -> String {
+    format!("pre-upgrade-{}-{}", release_tag(from), release_tag(to))
+}
+
+/// The enabled instances in the order an upgrade replaces them.
+pub fn order(config: &Config) -> Vec<String> {
+    config
+        .enabled_instances()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect()
+}
+
+/// Project key holding what an instance was before an upgrade replaced it.
+fn saved_key(instance: &str) -> String {
+    format!("user.atlas.upgrade.{instance}")
+}
+
+/// An instance as it was before an upgrade touched it: enough to rebuild it as it was.
+/// Kept in the project's config (small: rendered files are a few kB per service), so it
+/// survives a killed installer and serves a later `rollback`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct Saved {
+    snap: String,
+    image: String,
+    config: BTreeMap<String, String>,
+    devices: crate::incus::Devices,
+    profiles: Vec<String>,
+    files: Vec<SavedFile>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct SavedFile {
+    path: String,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    base64: String,
+}
+
+async fn read_saved(
+    client: &Client,
+    project: &str,
+    instance: &str,
+) -> Result<Option<Saved>, EngineError> {
+    let p = client.get_project(project).await?;
+    Ok(p.value
+        .config
+        .get(&saved_key(instance))
+        .and_then(|v| serde_json::from_str(v).ok()))
+}
+
+async fn write_saved(
+    client: &Client,
+    project: &str,
+    instance: &str,
+    saved: Option<&Saved>,
+) -> Result<(), EngineError> {
+    let value = saved
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| EngineError::object(format!("instance {instance}"), e))?;
+    let p = client.get_project(project).await?;
+    let mut next = p.value.clone();
+    match value {
+        Some(v) => next.config.insert(saved_key(instance), v),
+        None => next.config.remove(&saved_key(instance)),
+    };
+    client.update_project(&next, p.etag.as_deref()).await?;
+    Ok(())
+}
+
+/// Before `existing` is replaced: snapshots its data volumes as `snap` and saves its image,
+/// config, devices, profiles and the files the previous install pushed (`from`). When state
+/// saved under the same `snap` is there, this is a re-run of an interrupted upgrade: it and
+/// the volume snapshots of the first attempt, which hold the data from before any change,
+/// are kept. Otherwise a volume snapshot of that name is a leftover of an upgrade rolled back
+/// since; it is renamed out of the way so the new one holds today's data.
+pub(crate) async fn guard(
+    client: &Client,
+    set: &VolumeSet,
+    existing: &crate::incus::Instance,
+    from: &InstallRecord,
+    snap: &str,
+    progress: &dyn Progress,
+) -> Result<(), EngineError> {
+    let instance = existing.name.as_str();
+    let project = client.in_project(&set.project);
+    let err = |e: IncusError| EngineError::object(format!("instance {instance}"), e);
+    let rerun = read_saved(client, &set.project, instance)
+        .await?
+        .is_some_and(|s| s.snap == snap);
+    let vols = set.only(&[instance]);
+    if !rerun {
+        let stamp = super::clock::compact(super::clock::now_secs());
+        for v in &vols.volumes {
+            let snaps = project
+                .volume_snapshots(&vols.pool, &v.volume)
+                .await
+                .map_err(err)?;
+            if snaps.iter().any(|s| s.name == snap) {
+                project
+                    .rename_volume_snapshot(&vols.pool, &v.volume, snap, &format!("{snap}.{stamp}"))
+                    .await
+                    .map_err(err)?;
+            }
+        }
+    }
+    backup::snapshot_with(client, &vols, snap, IfExists::Keep, progress)
+        .await
+        .map_err(|e| EngineError::object(format!("volumes of {instance}"), e))?;
+    if rerun {
+        return Ok(());
+    }
+    let mut files = Vec::new();
+    let paths = from.services.get(instance).map(|s| s.files.keys());
+    for path in paths.into_iter().flatten() {
+        let (bytes, meta) = project
+            .pull_file_with_meta(instance, path)
+            .await
+            .map_err(err)?;
+        files.push(SavedFile {
+            path: path.clone(),
+            uid: meta.uid,
+            gid: meta.gid,
+            mode: meta.mode,
+            base64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
+        });
+    }
+    let saved = Saved {
+        snap: snap.to_string(),
+        image: existing
+            .config
+            .get("volatile.base_image")
+            .cloned()
+            .unwrap_or_default(),
+        config: existing
+            .config
+            .iter()
+            .filter(|(k, _)| !k.starts_with("volatile."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        devices: existing.devices.clone(),
+        profiles: existing.profiles.clone(),
+        files,
+    };
+    write_saved(client, &set.project, instance, Some(&saved)).await
+}
+
+/// Returns `instance` to what [`guard`] kept under `snap` (image, config, devices, profiles,
+/// files, volume data) and starts it.
+pub(crate) async fn restore(
+    client: &Client,
+    set: &VolumeSet,
+    instance: &str,
+    snap: &str,
+) -> Result<(), EngineError> {
+    let project = client.in_project(&set.project);
+    let err = |e: IncusError| EngineError::object(format!("instance {instance}"), e);
+    let saved = read_saved(client, &set.project, instance)
+        .await?
+        .filter(|s| s.snap == snap)
+        .ok_or_else(|| {
+            EngineError::object(
+                format!("instance {instance}"),
+                format!(
+                    "no state saved before upgrade {snap} (project key {})",
+                    saved_key(instance)
+                ),
+            )
+        })?;
+    let current = project.get_instance(instance).await.map_err(err)?;
+    if current.value.status != "Stopped" {
+        super::converge::stop(&project, instance)
+            .await
+            .map_err(err)?;
+    }
+    if current.value.config.get("volatile.base_image") != Some(&saved.image) {
+        project
+            .rebuild_instance(instance, &saved.image)
+            .await
+            .map_err(err)?;
+    }
+    let current = project.get_instance(instance).await.map_err(err)?;
+    let mut next = current.value.clone();
+    next.config = super::converge::merged(&current.value.config, &saved.config);
+    next.devices = saved.devices.clone();
+    next.profiles = saved.profiles.clone();
+    project
+        .update_instance(&next, current.etag.as_deref())
+        .await
+        .map_err(err)?;
+    for f in &saved.files {
+        let contents =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &f.base64).map_err(
+                |e| EngineError::object(format!("instance {instance}: file {}", f.path), e),
+            )?;
+        let file = super::state::PushFile {
+            path: f.path.clone(),
+            contents,
+            uid: f.uid,
+            gid: f.gid,
+            mode: f.mode,
+        };
+        super::instances::push(&project, instance, &file).await?;
+    }
+    let vols = set.only(&[instance]);
+    for v in &vols.volumes {
+        let has = project
+            .volume_snapshots(&vols.pool, &v.volume)
+            .await
+            .map_err(err)?
+            .iter()
+            .any(|s| s.name == snap);
+        if has {
+            project
+                .restore_volume_snapshot(&vols.pool, &v.volume, snap)
+                .await
+                .map_err(|e| EngineError::object(format!("volume {}", v.volume), e))?;
+        }
+    }
+    super::converge::change_state(&project, instance, StateAction::Start, false)
+        .await
+        .map_err(err)
+}
+
+/// The health gate of one instance (instances without a probe pass).
+pub(crate) async fn gate_one(
+    client: &Client,
+    config: &Config,
+    instance: &str,
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<(), EngineError> {
+    let Some(inst) = config.instances.get(instance) else {
+        return Ok(());
+    };
+    let Some(probe) = super::health::probe_for(config, instance, inst) else {
+        return Ok(());
+    };
+    super::health::gate_probes(client, vec![probe], timeout, progress)
+        .await
+        .map_err(Into::into)
+}
+
+/// Why an upgrade stopped, and what state it left the failed service in.
+pub(crate) fn failed(
+    instance: &str,
+    cause: &EngineError,
+    back: Result<(), EngineError>,
+    snap: &str,
+) -> EngineError {
+    let state = match back {
+        Ok(()) => format!(
+            "{instance} was returned to its previous image, files and data (snapshot {snap}) and runs again."
+        ),
+        Err(e) => format!(
+            "returning {instance} to snapshot {snap} failed too: {e}. Its instance and volume snapshots `{snap}` are intact: restore them by hand (incus snapshot restore; incus storage volume snapshot restore)."
+        ),
+    };
+    EngineError::Upgrade {
+        instance: instance.to_string(),
+        cause: cause.to_string(),
+        state,
+    }
+}
+
+/// What `rollback` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    pub from: String,
+    pub to: String,
+    pub snapshot: String,
+    /// Instances returned to the snapshot, in the order it was done.
+    pub instances: Vec<String>,
+    /// Snapshots of the data as it was before the rollback.
+    pub safety_snapshots: BTreeMap<String, String>,
+}
+
+/// Returns the stack to the previously installed version: every instance that differs
+/// between the previous and the current install record goes back to its
+/// `pre-upgrade-<previous>-<current>` snapshots. Checks first that all of them exist, so a
+/// rollback that cannot be complete changes nothing.
+pub async fn rollback(
+    client: &Client,
+    config: &Config,
+    health_timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<RollbackReport, EngineError> {
+    let project_name = &config.incus.project;
+    let project = client.in_project(project_name);
+    let recs = record::read(client, project_name)
+        .await
+        .map_err(|e| EngineError::object("install record", e))?;
+    let (Some(current), Some(previous)) = (recs.current, recs.previous) else {
+        return Err(EngineError::object(
+            "rollback",
+            format!(
+                "project {project_name} records no earlier install to return to (an upgrade records one). Nothing was changed."
+            ),
+        ));
+    };
+    let snap = snapshot_name(&previous, &current);
+    let changed = previous.changed_services(&current);
+    let existing: Vec<String> = project
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    let mut targets = Vec::new();
+    let mut missing = Vec::new();
+    for name in order(config).into_iter().rev() {
+        if !changed.contains(&name) || !existing.contains(&name) {
+            continue;
+        }
+        if read_saved(client, project_name, &name)
+            .await?
+            .is_some_and(|s| s.snap == snap)
+        {
+            targets.push(name);
+        } else {
+            missing.push(name);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(EngineError::object(
+            "rollback",
+            format!(
+                "nothing saved before upgrade {snap} for {}: they were not replaced by `upgrade` (or what it saved was removed), so there is nothing to return them to. Nothing was changed.",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let set = VolumeSet::from_config(config);
+    let safety_name = format!(
+        "pre-rollback-{}",
+        super::clock::compact(super::clock::now_secs())
+    );
+    let names: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let kept = backup::snapshot_with(
+        client,
+        &set.only(&names),
+        &safety_name,
+        IfExists::Fail,
+        progress,
+    )
+    .await
+    .map_err(|e| EngineError::object("safety snapshot before rollback", e))?;
+    let stamp = super::clock::compact(super::clock::now_secs());
+    for name in &targets {
+        let task = progress.task(&format!("rollback {name}"), None);
+        let out = async {
+            restore(client, &set, name, &snap).await?;
+            gate_one(client, config, name, health_timeout, progress).await?;
+            // Used: out of the way of a later upgrade between the same two installs.
+            write_saved(client, project_name, name, None).await?;
+            for v in &set.only(&[name.as_str()]).volumes {
+                let _ = project
+                    .rename_volume_snapshot(&set.pool, &v.volume, &snap, &format!("{snap}.{stamp}"))
+                    .await;
+            }
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        match &out {
+            Ok(()) => task.finish(&format!("back on {}", previous.version)),
+            Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
+        }
+        out?;
+    }
+    let back = InstallRecord::new(&previous.version, previous.services.clone());
+    record::write(client, project_name, &back)
+        .await
+        .map_err(|e| EngineError::object("install record", e))?;
+    Ok(RollbackReport {
+        from: release_tag(&current),
+        to: release_tag(&previous),
+        snapshot: snap,
+        instances: targets,
+        safety_snapshots: kept.into_iter().map(|t| (t.volume, t.snapshot)).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::record::ServiceRecord;
+
+    fn rec(version: &str, fp: &str) -> InstallRecord {
+        InstallRecord::new(
+            version,
+            BTreeMap::from([(
+                "mosquitto01".to_string(),
+                ServiceRecord {
+                    image_fingerprint: fp.into(),
+                    image: "atlas/mosquitto".into(),
+                    files: BTreeMap::new(),
+                },
+            )]),
+        )
+    }
+
+    #[test]
+    fn snapshot_names_depend_on_what_runs_not_on_when() {
+        let (a, b) = (rec("0.1.0", "aaa"), rec("0.1.0", "bbb"));
+        let later = InstallRecord {
+            installed_at: "2030-01-01T00:00:00Z".into(),
+            ..a.clone()
+        };
+        assert_eq!(release_tag(&a), release_tag(&later));
+        assert_ne!(
+            release_tag(&a),
+            release_tag(&b),
+            "same version, other image"
+        );
+        let name = snapshot_name(&a, &b);
+        assert!(name.starts_with("pre-upgrade-0.1.0."), "{name}");
+        backup::check_snapshot_name(&name).expect("a valid snapshot name");
+        assert_ne!(name, snapshot_name(&b, &a));
+    }
+}
