@@ -699,3 +699,47 @@ fn create_from_an_oci_layout_on_the_command_line() {
         "scratch left: {names:?}"
     );
 }
+
+/// `install --bundle` and `upgrade --bundle` with a damaged bundle: refused before Incus is
+/// touched, naming the damaged member; the project does not appear.
+#[test]
+fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(c) = rt.block_on(crate::common::incus_client()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = read_entries(&small_bundle(tmp.path()));
+    let i = largest_blob(&e);
+    let mid = e[i].data.len() / 2;
+    e[i].data[mid] ^= 0x01;
+    let bad = tmp.path().join("bad.bundle");
+    write_entries(&bad, &e);
+    let project = format!("t-bnd-{}", std::process::id());
+    for command in ["install", "upgrade"] {
+        let o = run(atlas()
+            .args([
+                "--progress",
+                "plain",
+                "--yes",
+                "--project",
+                &project,
+                command,
+                "--bundle",
+            ])
+            .arg(&bad));
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{command} accepted a corrupt bundle");
+        assert!(
+            err.contains("refused before touching Incus") && err.contains(&name_of(&e[i])),
+            "{command}: {err}"
+        );
+        assert!(
+            rt.block_on(c.get_project(&project)).is_err(),
+            "{command} created project {project}"
+        );
+    }
+}

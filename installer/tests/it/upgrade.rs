@@ -227,3 +227,67 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Nothing was changed"), "{}", stderr(&o));
 }
+
+/// The seed's disaster drill: export, destroy everything with the volumes, install afresh,
+/// restore: the data written before is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_destroy_install_restore_brings_the_data_back() {
+    let c = client_or_skip!();
+    let _turn = STACKS.lock().await;
+    if !have_busybox() {
+        return;
+    }
+    let env = Env::new(&c, 6).await;
+    let cfg = env.config("");
+    env.project_with_images(&c, &cfg).await;
+    let pc = c.in_project(&env.project);
+    let o = run(&env, &["install", "--yes"]);
+    assert!(o.status.success(), "install: {}", stderr(&o));
+    let pid = std::process::id();
+    sh(
+        &pc,
+        "mosquitto01",
+        &format!("echo drill-{pid} > {DATA}/note && /bin/busybox mkdir -p {DATA}/sub && echo x > {DATA}/sub/y"),
+    )
+    .await;
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("export");
+    let o = env
+        .atlas(&["backup", "export", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("export");
+    assert!(o.status.success(), "export: {}", stderr(&o));
+    let o = run(&env, &["--yes", "destroy", "--delete-volumes"]);
+    assert!(o.status.success(), "destroy: {}", stderr(&o));
+    assert!(
+        pc.volumes("default").await.unwrap_or_default().is_empty(),
+        "the volumes are gone"
+    );
+
+    // A fresh install (the images come back under the same aliases) has empty volumes.
+    env.project_with_images(&c, &cfg).await;
+    let o = run(&env, &["install", "--yes"]);
+    assert!(o.status.success(), "reinstall: {}", stderr(&o));
+    let empty = sh(&pc, "mosquitto01", &format!("ls {DATA}")).await;
+    assert!(!empty.contains("note"), "{empty}");
+    let o = env
+        .atlas(&["--yes", "backup", "restore"])
+        .arg(&dir)
+        .output()
+        .expect("restore");
+    assert!(o.status.success(), "restore: {}", stderr(&o));
+    assert_eq!(
+        pc.get_instance("mosquitto01")
+            .await
+            .expect("get")
+            .value
+            .status,
+        "Running"
+    );
+    assert_eq!(
+        sh(&pc, "mosquitto01", &format!("cat {DATA}/note {DATA}/sub/y")).await,
+        format!("drill-{pid}\nx\n")
+    );
+}

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::manifest::{FORMAT, MANIFEST, Manifest, ManifestEntry};
 use super::{BackupError, DataVolume, VolumeSet, existing_volumes, get_volume};
-use crate::incus::Client;
+use crate::incus::{Client, IncusError};
 use crate::progress::{Progress, ProgressTask};
 
 /// Suffix of the temporary volume a snapshot is copied to for the backup.
@@ -120,6 +120,13 @@ async fn export_steps(
         .map_err(BackupError::incus(format!(
             "copying snapshot {vol}/{snapshot} to {temp}"
         )))?;
+    // Incus applies a volume's `initial.uid/gid/mode` to the root of a volume created from a
+    // backup, as unshifted host ids, while the files keep their shifted ones: the restored
+    // volume's root then belongs to nobody the container knows, and the service cannot open
+    // its own data. Without those keys the root keeps the owner it has in the tarball.
+    strip_initial_keys(pc, pool, temp)
+        .await
+        .map_err(BackupError::incus(format!("preparing {temp} for export")))?;
     task.set_message("packing");
     pc.create_volume_backup(pool, temp, BACKUP_NAME, COMPRESSION)
         .await
@@ -225,4 +232,14 @@ async fn cleanup(
             pc.project()
         ));
     }
+}
+
+async fn strip_initial_keys(pc: &Client, pool: &str, volume: &str) -> Result<(), IncusError> {
+    let got = pc.get_volume(pool, volume).await?;
+    let mut next = got.value.clone();
+    next.config.retain(|k, _| !k.starts_with("initial."));
+    if next.config == got.value.config {
+        return Ok(());
+    }
+    pc.update_volume(pool, &next, got.etag.as_deref()).await
 }
