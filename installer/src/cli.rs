@@ -145,6 +145,10 @@ pub struct UpgradeArgs {
     /// How long each replaced service has to pass its health check before it is rolled back.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub health_timeout: u64,
+    /// Generate new secrets (Grafana admin password, Mosquitto passwords, metrics
+    /// certificate) and apply each the service's own way; the step-ca password is kept.
+    #[arg(long)]
+    pub rotate_secrets: bool,
 }
 
 #[derive(Debug, Args)]

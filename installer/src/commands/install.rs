@@ -202,7 +202,14 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
         report.preflight.pool_free_bytes,
         &ctx.config.incus.storage_pool,
     )?;
-    if report.has_changes() && !confirm(global, "apply these changes")? {
+    if base_rotates(&engine.options) {
+        eprintln!(
+            "  ~ secrets: new Grafana admin password, Mosquitto passwords and metrics certificate (step-ca's password is kept)"
+        );
+    }
+    if (report.has_changes() || base_rotates(&engine.options))
+        && !confirm(global, "apply these changes")?
+    {
         eprintln!("Cancelled. Nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
@@ -221,6 +228,10 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
         eprintln!("Installed: {writes} writing API calls.");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn base_rotates(options: &Options) -> bool {
+    options.upgrade && options.rotate_secrets
 }
 
 /// Hooks for the integration tests, compiled into debug builds only: a release binary has

@@ -63,6 +63,8 @@ pub struct Options {
     /// Upgrade an installed stack: replace changed services one at a time in dependency
     /// order, each snapshotted before and health-gated after, rolled back on failure.
     pub upgrade: bool,
+    /// With `upgrade`: new generated secrets first, each applied the service's way.
+    pub rotate_secrets: bool,
     pub health_timeout: Duration,
     /// Builds or takes every enabled service's image and points its alias at it. Without
     /// one, the aliases must already exist in the project (images imported beforehand).
@@ -76,6 +78,7 @@ impl Default for Options {
             fail_at: None,
             pause_at: None,
             upgrade: false,
+            rotate_secrets: false,
             health_timeout: Duration::from_secs(300),
             supply: None,
         }
@@ -447,6 +450,16 @@ impl Engine<'_> {
             true => Some(self.installed().await?),
             false => None,
         };
+        // After the checks, before anything else: the steps below render with the new ones.
+        let rotated = from.is_some() && self.options.rotate_secrets;
+        if rotated {
+            let task = self.progress.task("secrets", None);
+            let out = super::rotate::rotate(&self.client, cfg, self.progress).await;
+            done(
+                task.as_ref(),
+                out.map(|r| task.finish(&format!("{} rotated", r.rotated.len()))),
+            )?;
+        }
         let plan = &report.plan;
         let by_kind = |k: ResourceKind| {
             plan.actions
@@ -520,8 +533,8 @@ impl Engine<'_> {
                 t,
                 async {
                     let secrets = match &inner.secrets {
-                        Some(s) => s.clone(),
-                        None => self.secrets.load_or_generate(&project, cfg).await?,
+                        Some(s) if !rotated => s.clone(),
+                        _ => self.secrets.load_or_generate(&project, cfg).await?,
                     };
                     self.supply_images(&project, t).await?;
                     let pre = &report.preflight;

@@ -22,6 +22,7 @@ pub mod preflight;
 pub mod record;
 pub mod remotes;
 pub mod resource;
+pub mod rotate;
 pub mod secrets;
 pub mod state;
 pub mod upgrade;

@@ -273,7 +273,7 @@ fn check_user(user: &str) -> Result<(), SecretsError> {
 }
 
 /// New values for `key` and, for halves of a pair, for its partner.
-fn generate_for(key: &str) -> Result<BTreeMap<String, String>, SecretsError> {
+pub(crate) fn generate_for(key: &str) -> Result<BTreeMap<String, String>, SecretsError> {
     let mut out = BTreeMap::new();
     if key == KEY_METRICS_CERT || key == KEY_METRICS_KEY {
         let (cert, pk) = generate_metrics_certificate()?;

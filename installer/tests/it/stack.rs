@@ -171,6 +171,30 @@ impl Stack {
             .unwrap_or_else(|| panic!("{instance} has no IPv4 on {nic}: {state}"))
     }
 
+    /// Grafana's own HTTP address (as the health gate reaches it).
+    async fn grafana_base(&self) -> String {
+        let opts = atlas_install::config::LoadOptions {
+            file: Some(self.dir.path().join("atlas.toml")),
+            cwd: self.dir.path().to_path_buf(),
+            env: vec![],
+            project: None,
+            incus_socket: None,
+        };
+        let cfg = atlas_install::config::load(&opts).expect("config").config;
+        let probe = atlas_install::engine::health::probe_for(
+            &cfg,
+            "grafana01",
+            &cfg.instances["grafana01"],
+        )
+        .expect("grafana01 has an address");
+        match probe.check {
+            atlas_install::engine::health::Check::Http { url, .. } => {
+                url.trim_end_matches("/api/health").to_string()
+            }
+            other => panic!("grafana01 probe: {other:?}"),
+        }
+    }
+
     async fn secret(&self, key: &str) -> String {
         let p = self
             .client
@@ -458,6 +482,87 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
             .is_some(),
         "caddy01 kept"
     );
+
+    // 8. upgrade --rotate-secrets: every generated secret but step-ca's changes, each the
+    // service's way. Grafana (which ignores its env var after the first start) takes the new
+    // admin password through its API; Mosquitto gets a new password file.
+    let key_grafana = "user.atlas.secret.grafana-admin-password";
+    let key_mqtt = "user.atlas.secret.mosquitto.atlas.password";
+    let key_step = "user.atlas.secret.step-ca-password";
+    let key_cert = "user.atlas.secret.metrics-certificate";
+    let before: Vec<String> = futures_util::future::join_all(
+        [key_grafana, key_mqtt, key_step, key_cert].map(|k| stack.secret(k)),
+    )
+    .await;
+    let o = stack.atlas(&[
+        "upgrade",
+        "--yes",
+        "--ignore-preflight",
+        "--registry-mirror",
+        REGISTRY,
+        "--rotate-secrets",
+        "--health-timeout",
+        "120",
+    ]);
+    assert!(
+        o.status.success(),
+        "upgrade --rotate-secrets: {}",
+        stderr(&o)
+    );
+    let after: Vec<String> = futures_util::future::join_all(
+        [key_grafana, key_mqtt, key_step, key_cert].map(|k| stack.secret(k)),
+    )
+    .await;
+    assert_ne!(before[0], after[0], "grafana admin password rotated");
+    assert_ne!(before[1], after[1], "mosquitto password rotated");
+    assert_eq!(before[2], after[2], "step-ca password kept");
+    assert_ne!(before[3], after[3], "metrics certificate rotated");
+    let log = stderr(&o);
+    assert!(
+        !log.contains(&after[0]) && !log.contains(&before[0]) && !log.contains(&after[1]),
+        "no password in the output"
+    );
+    // The stand-in keeps its admin password in its data volume from the first start on and
+    // ignores the environment after that, as Grafana does: only the API call changes it.
+    let kept = stack
+        .project()
+        .pull_file("grafana01", "/var/lib/grafana/atlas-standin-admin-password")
+        .await
+        .expect("the stand-in's stored admin password");
+    assert_eq!(String::from_utf8_lossy(&kept), after[0]);
+    let grafana = stack.grafana_base().await;
+    assert_eq!(
+        grafana_user(&grafana, &after[0]).await,
+        200,
+        "new admin password"
+    );
+    assert_eq!(
+        grafana_user(&grafana, &before[0]).await,
+        401,
+        "old one refused"
+    );
+    let ok = mqtt_pub(stack.mqtt_port, "atlas", &after[1]);
+    assert!(ok.status.success(), "new mqtt password: {}", stderr(&ok));
+    let old = mqtt_pub(stack.mqtt_port, "atlas", &before[1]);
+    assert!(
+        !old.status.success(),
+        "the old mqtt password must be refused"
+    );
+}
+
+/// `GET /api/user` with the admin's basic auth: the status code.
+async fn grafana_user(base: &str, password: &str) -> u16 {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("client");
+    c.get(format!("{base}/api/user"))
+        .basic_auth("admin", Some(password))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 /// The offline way in: `bundle create` from the fixture registry, then `install --bundle`

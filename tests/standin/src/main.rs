@@ -45,6 +45,9 @@ fn main() -> ExitCode {
 fn run(s: Settings) -> Result<(), String> {
     exit_on_stop_signals()?;
     let state = Arc::new(State::new(s.role, s.token_present));
+    if s.role == Role::Grafana {
+        state.init_grafana(&std::env::vars().collect());
+    }
     let main_transport = match (s.role, &s.main.tls) {
         (Role::StepCa, _) => {
             let dir = s.step_path.as_deref().unwrap_or(Path::new("/home/step"));

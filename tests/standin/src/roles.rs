@@ -21,6 +21,16 @@ pub struct State {
     started: Instant,
     requests: AtomicU64,
     loki: Mutex<LokiState>,
+    /// Grafana: the admin login, and where its password is kept.
+    grafana_admin: Mutex<Option<GrafanaAdmin>>,
+}
+
+/// Like Grafana, the admin password comes from `GF_SECURITY_ADMIN_PASSWORD` on the very first
+/// start only; it is kept in the data directory and changes only through the HTTP API.
+struct GrafanaAdmin {
+    user: String,
+    password: String,
+    file: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -41,7 +51,52 @@ impl State {
             started: Instant::now(),
             requests: AtomicU64::new(0),
             loki: Mutex::new(LokiState::default()),
+            grafana_admin: Mutex::new(None),
         }
+    }
+
+    /// Grafana: the admin login from the data directory, or from the environment on the first
+    /// start (then written there).
+    pub fn init_grafana(&self, env: &BTreeMap<String, String>) {
+        let get = |k: &str, d: &str| env.get(k).cloned().unwrap_or_else(|| d.to_string());
+        let dir = std::path::PathBuf::from(get("GF_PATHS_DATA", "/var/lib/grafana"));
+        let file = dir.join("atlas-standin-admin-password");
+        let password = match std::fs::read_to_string(&file) {
+            Ok(p) => p,
+            Err(_) => {
+                let p = get("GF_SECURITY_ADMIN_PASSWORD", "admin");
+                let _ = std::fs::write(&file, &p);
+                p
+            }
+        };
+        *self.admin() = Some(GrafanaAdmin {
+            user: get("GF_SECURITY_ADMIN_USER", "admin"),
+            password,
+            file: Some(file),
+        });
+    }
+
+    fn admin(&self) -> std::sync::MutexGuard<'_, Option<GrafanaAdmin>> {
+        self.grafana_admin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the request's basic auth is the admin's current login.
+    fn is_admin(&self, req: &Request) -> bool {
+        let Some(b64) = req
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Basic "))
+        else {
+            return false;
+        };
+        let Ok(raw) =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
+        else {
+            return false;
+        };
+        let given = String::from_utf8_lossy(&raw).to_string();
+        self.admin()
+            .as_ref()
+            .is_some_and(|a| given == format!("{}:{}", a.user, a.password))
     }
 
     fn loki(&self) -> std::sync::MutexGuard<'_, LokiState> {
@@ -62,6 +117,13 @@ pub fn handle(state: &State, req: &Request) -> Response {
             &json!({"database": "ok", "version": "standin", "commit": "atlas-standin",
                     "standin": "atlas stand-in for Grafana, not Grafana"}),
         ),
+        (Role::Grafana, "/api/user") if get => match state.is_admin(req) {
+            true => Response::json(200, &json!({"login": "admin", "standin": true})),
+            false => Response::json(401, &json!({"message": "invalid username or password"})),
+        },
+        (Role::Grafana, "/api/admin/users/1/password") if req.method == "PUT" => {
+            grafana_set_password(state, req)
+        }
         (Role::Grafana, "/" | "/login") if get => Response::new(
             200,
             "text/html; charset=utf-8",
@@ -98,6 +160,28 @@ pub fn handle(state: &State, req: &Request) -> Response {
         },
         _ => not_found(state),
     }
+}
+
+/// `PUT /api/admin/users/1/password` `{"password": ...}` with the admin's basic auth.
+fn grafana_set_password(state: &State, req: &Request) -> Response {
+    if !state.is_admin(req) {
+        return Response::json(401, &json!({"message": "invalid username or password"}));
+    }
+    let Some(new) = serde_json::from_slice::<serde_json::Value>(&req.body)
+        .ok()
+        .and_then(|v| v["password"].as_str().map(str::to_string))
+        .filter(|p| p.len() >= 4)
+    else {
+        return Response::json(400, &json!({"message": "bad request data"}));
+    };
+    let mut admin = state.admin();
+    if let Some(a) = admin.as_mut() {
+        if let Some(f) = &a.file {
+            let _ = std::fs::write(f, &new);
+        }
+        a.password = new;
+    }
+    Response::json(200, &json!({"message": "User password updated"}))
 }
 
 /// step-ca's separate plain-HTTP metrics listener.
@@ -350,5 +434,61 @@ mod tests {
         let r = handle(&s, &req("GET", "/nope"));
         assert_eq!(r.status, 404);
         assert!(body(&r).contains("atlas stand-in for loki"));
+    }
+
+    #[test]
+    fn grafana_admin_password_changes_only_through_the_api_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = BTreeMap::from([
+            (
+                "GF_PATHS_DATA".to_string(),
+                dir.path().display().to_string(),
+            ),
+            (
+                "GF_SECURITY_ADMIN_PASSWORD".to_string(),
+                "first".to_string(),
+            ),
+        ]);
+        let auth = |pw: &str| {
+            let b = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("admin:{pw}"),
+            );
+            vec![("Authorization".to_string(), format!("Basic {b}"))]
+        };
+        let with = |method: &str, path: &str, pw: &str, body: &str| Request {
+            headers: auth(pw),
+            body: body.as_bytes().to_vec(),
+            ..req(method, path)
+        };
+        let s = State::new(Role::Grafana, false);
+        s.init_grafana(&env);
+        assert_eq!(
+            handle(&s, &with("GET", "/api/user", "first", "")).status,
+            200
+        );
+        assert_eq!(
+            handle(&s, &with("GET", "/api/user", "wrong", "")).status,
+            401
+        );
+        let set = r#"{"password":"second"}"#;
+        let path = "/api/admin/users/1/password";
+        assert_eq!(handle(&s, &with("PUT", path, "wrong", set)).status, 401);
+        assert_eq!(handle(&s, &with("PUT", path, "first", set)).status, 200);
+        assert_eq!(
+            handle(&s, &with("GET", "/api/user", "first", "")).status,
+            401
+        );
+        // A restart with the old password still in the environment keeps the new one.
+        let again = State::new(Role::Grafana, false);
+        again.init_grafana(&env);
+        assert_eq!(
+            handle(&again, &with("GET", "/api/user", "second", "")).status,
+            200
+        );
+        assert_eq!(
+            handle(&again, &with("GET", "/api/user", "first", "")).status,
+            401
+        );
     }
 }
