@@ -623,4 +623,19 @@ async fn whole_stack_from_a_bundle() {
     let o = install();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
+    // The same bundle through `upgrade --bundle`: verified again, nothing to replace.
+    let o = stack.atlas(&[
+        "upgrade",
+        "--yes",
+        "--ignore-preflight",
+        "--bundle",
+        bundle_arg,
+    ]);
+    let log = stderr(&o);
+    assert!(o.status.success(), "upgrade --bundle: {log}");
+    assert!(
+        log.contains("verify ") && log.contains("No changes"),
+        "{log}"
+    );
+    assert!(!log.contains(REGISTRY), "no registry is contacted: {log}");
 }
