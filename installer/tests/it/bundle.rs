@@ -224,16 +224,22 @@ fn small_bundle_verifies_and_lists_shared_blobs_once() {
     assert_eq!(imgs, ["one", "two"]);
 }
 
-#[test]
-fn flipped_byte_in_a_blob_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut e = read_entries(&small_bundle(tmp.path()));
+/// A small bundle with one byte flipped in its largest blob: the file and that member's name.
+fn flipped_bundle(dir: &Path) -> (PathBuf, String) {
+    let mut e = read_entries(&small_bundle(dir));
     let i = largest_blob(&e);
     let mid = e[i].data.len() / 2;
     e[i].data[mid] ^= 0x01;
-    let bad = tmp.path().join("bad.bundle");
+    let bad = dir.join("bad.bundle");
     write_entries(&bad, &e);
-    assert_refused(&bad, &name_of(&e[i]), "is corrupt");
+    (bad, name_of(&e[i]))
+}
+
+#[test]
+fn flipped_byte_in_a_blob_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bad, member) = flipped_bundle(tmp.path());
+    assert_refused(&bad, &member, "is corrupt");
 }
 
 #[test]
@@ -712,12 +718,7 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mut e = read_entries(&small_bundle(tmp.path()));
-    let i = largest_blob(&e);
-    let mid = e[i].data.len() / 2;
-    e[i].data[mid] ^= 0x01;
-    let bad = tmp.path().join("bad.bundle");
-    write_entries(&bad, &e);
+    let (bad, member) = flipped_bundle(tmp.path());
     let project = format!("t-bnd-{}", std::process::id());
     for command in ["install", "upgrade"] {
         let o = run(atlas()
@@ -734,7 +735,7 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
         let err = stderr(&o);
         assert!(!o.status.success(), "{command} accepted a corrupt bundle");
         assert!(
-            err.contains("refused before touching Incus") && err.contains(&name_of(&e[i])),
+            err.contains("refused before touching Incus") && err.contains(&member),
             "{command}: {err}"
         );
         assert!(

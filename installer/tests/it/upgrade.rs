@@ -54,6 +54,15 @@ fn run(env: &Env, args: &[&str]) -> Output {
     env.atlas(args).output().expect("run atlas-install")
 }
 
+/// A test's project, networks and v1 images (not installed yet), and its project client.
+async fn prepared(c: &Client, n: u8) -> (Env, Client) {
+    let env = Env::new(c, n).await;
+    let cfg = env.config("");
+    env.project_with_images(c, &cfg).await;
+    let pc = c.in_project(&env.project);
+    (env, pc)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls_back() {
     let c = client_or_skip!();
@@ -61,10 +70,7 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
     if !have_busybox() {
         return;
     }
-    let env = Env::new(&c, 5).await;
-    let cfg = env.config("");
-    env.project_with_images(&c, &cfg).await;
-    let pc = c.in_project(&env.project);
+    let (env, pc) = prepared(&c, 5).await;
 
     // Nothing installed: upgrade refuses and changes nothing.
     let o = run(&env, &["upgrade", "--yes"]);
@@ -237,10 +243,7 @@ async fn export_destroy_install_restore_brings_the_data_back() {
     if !have_busybox() {
         return;
     }
-    let env = Env::new(&c, 6).await;
-    let cfg = env.config("");
-    env.project_with_images(&c, &cfg).await;
-    let pc = c.in_project(&env.project);
+    let (env, pc) = prepared(&c, 6).await;
     let o = run(&env, &["install", "--yes"]);
     assert!(o.status.success(), "install: {}", stderr(&o));
     let pid = std::process::id();
@@ -267,7 +270,7 @@ async fn export_destroy_install_restore_brings_the_data_back() {
     );
 
     // A fresh install (the images come back under the same aliases) has empty volumes.
-    env.project_with_images(&c, &cfg).await;
+    env.project_with_images(&c, &env.config("")).await;
     let o = run(&env, &["install", "--yes"]);
     assert!(o.status.success(), "reinstall: {}", stderr(&o));
     let empty = sh(&pc, "mosquitto01", &format!("ls {DATA}")).await;
