@@ -854,7 +854,7 @@ impl Engine<'_> {
         if p.value
             .config
             .get(KEY_BUCKET_STATE)
-            .is_some_and(|v| v == "unsupported")
+            .is_some_and(|v| v == "unsupported" || v == "blocked")
         {
             return Ok(skipped);
         }
@@ -882,23 +882,19 @@ impl Engine<'_> {
                     "{skipped} ({})",
                     reason.lines().next().unwrap_or_default()
                 ));
-                let mut next = p.value.clone();
-                next.config
-                    .insert(KEY_BUCKET_STATE.into(), "unsupported".into());
-                let fresh = root.get_project(&cfg.incus.project).await?;
-                next.config = fresh.value.config.clone();
-                next.config
-                    .insert(KEY_BUCKET_STATE.into(), "unsupported".into());
-                root.update_project(&next, fresh.etag.as_deref()).await?;
+                self.record_bucket_state("unsupported").await?;
                 Ok(skipped)
             }
             // Not listed, yet "already exists": on 6.0 a creation that failed for want of
             // MinIO leaves the bucket's directory behind, and every later creation trips on it.
+            // Recorded, so that re-runs neither try nor write again.
             Err(e) if e.is_already_exists() => {
                 self.progress.warn(&format!(
-                    "{skipped}; Incus refuses to create it: {} (a leftover of an earlier failed attempt: remove that directory on the host to let a later run create the bucket)",
-                    e.to_string().lines().next().unwrap_or_default()
+                    "{skipped}; Incus refuses to create it: {} (a leftover of an earlier failed attempt: remove that directory on the host, then `incus project unset {} {KEY_BUCKET_STATE}`, to let a later run create the bucket)",
+                    e.to_string().lines().next().unwrap_or_default(),
+                    cfg.incus.project
                 ));
+                self.record_bucket_state("blocked").await?;
                 Ok(skipped)
             }
             Err(e) => Err(EngineError::object(
@@ -916,6 +912,18 @@ struct Upgrade {
     set: super::backup::VolumeSet,
 }
 
+impl Engine<'_> {
+    /// Records on the project why the state bucket is not there (`unsupported`, `blocked`).
+    async fn record_bucket_state(&self, state: &str) -> Result<(), EngineError> {
+        let root = self.root();
+        let fresh = root.get_project(&self.config.incus.project).await?;
+        let mut next = fresh.value.clone();
+        next.config.insert(KEY_BUCKET_STATE.into(), state.into());
+        root.update_project(&next, fresh.etag.as_deref()).await?;
+        Ok(())
+    }
+}
+
 fn outcome(n: usize) -> String {
     if n == 0 {
         "unchanged".into()
@@ -929,7 +937,7 @@ fn bucket_note(pre: &PreflightReport, obs: &Observation) -> Option<String> {
         || obs
             .project_config
             .get(KEY_BUCKET_STATE)
-            .is_some_and(|v| v == "unsupported")
+            .is_some_and(|v| v == "unsupported" || v == "blocked")
     {
         return Some("state bucket skipped: needs MinIO on the host or Incus 7.0+; state is kept as project user.atlas.* keys".into());
     }

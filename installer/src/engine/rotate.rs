@@ -157,24 +157,37 @@ async fn grafana(
     };
     let http = super::health::probe_client()?;
     let user = &config.grafana.admin_user;
-    let accepts = |pw: String| {
+    // The HTTP status of `GET /api/user` as the admin with `pw` (0: no answer).
+    let status = |pw: String| {
         let (http, url, user) = (http.clone(), format!("{base}/api/user"), user.clone());
         async move {
             http.get(url)
                 .basic_auth(user, Some(pw))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success())
+                .map_or(0, |r| r.status().as_u16())
         }
     };
-    if !accepts(new.clone()).await {
-        if !accepts(old.clone()).await {
-            return Err(err(
-                &what,
-                format!(
-                    "{name} accepts neither the stored admin password nor the one being rotated to; reset it inside the container (`grafana cli admin reset-admin-password`), store it as {KEY_GRAFANA_ADMIN} and run again"
-                ),
-            ));
+    let ok = |code: u16| (200..300).contains(&code);
+    if !ok(status(new.clone()).await) {
+        match status(old.clone()).await {
+            code if ok(code) => {}
+            401 | 403 => {
+                return Err(err(
+                    &what,
+                    format!(
+                        "{name} accepts neither the stored admin password nor the one being rotated to; reset it inside the container (`grafana cli admin reset-admin-password`), store it as {KEY_GRAFANA_ADMIN} and run again"
+                    ),
+                ));
+            }
+            other => {
+                return Err(err(
+                    &what,
+                    format!(
+                        "{name} does not answer Grafana's API as expected (GET {base}/api/user: HTTP {other}); nothing was rotated"
+                    ),
+                ));
+            }
         }
         let r = http
             .put(format!("{base}/api/admin/users/1/password"))
@@ -183,7 +196,7 @@ async fn grafana(
             .send()
             .await
             .map_err(|e| err(&what, e))?;
-        if !r.status().is_success() || !accepts(new.clone()).await {
+        if !r.status().is_success() || !ok(status(new.clone()).await) {
             return Err(err(
                 &what,
                 format!(
