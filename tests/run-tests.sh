@@ -10,6 +10,12 @@ bash tests/start-services.sh
 # each started once in an isolated namespace to prove it serves.
 bash tests/fixtures/build-images.sh
 bash tests/fixtures/check-images.sh
+# A real 3-member Incus cluster, each member an incusd in its own network namespace
+# (tests/cluster/README.md), for the cluster test; removed when this script ends.
+bash tests/cluster/down.sh ci9 >/dev/null 2>&1 || true
+bash tests/cluster/up.sh ci9 >/dev/null
+trap 'bash tests/cluster/down.sh ci9 >/dev/null 2>&1 || true' EXIT
+export ATLAS_TEST_CLUSTER=/var/tmp/atlas-cluster/ci9/state
 # A missing tool or daemon fails the tests instead of skipping them.
 export ATLAS_TEST_REQUIRE_ALL=1
 # One test at a time per binary: the tests share one incusd, and its bridge creation races

@@ -1,7 +1,7 @@
 //! A real Incus cluster: three `incusd` in network namespaces of this machine, brought up by
-//! `tests/cluster/up.sh <prefix>` (see tests/cluster/README.md). Runs only when
-//! `ATLAS_TEST_CLUSTER` names that cluster's state file; skips otherwise (also under
-//! ATLAS_TEST_REQUIRE_ALL: the cluster is not part of the CI host yet).
+//! `tests/cluster/up.sh <prefix>` (see tests/cluster/README.md). Runs when
+//! `ATLAS_TEST_CLUSTER` names that cluster's state file (tests/run-tests.sh brings one up);
+//! skips otherwise, except under ATLAS_TEST_REQUIRE_ALL, where a missing cluster fails.
 //!
 //! The client talks to the members' unix sockets, which need no network namespace: nothing
 //! here opens a network connection from this (root) namespace.
@@ -67,6 +67,10 @@ fn read_state(path: &Path) -> ClusterState {
 
 fn cluster_or_skip() -> Option<ClusterState> {
     let Some(path) = std::env::var_os("ATLAS_TEST_CLUSTER") else {
+        assert!(
+            !crate::common::require_all(),
+            "ATLAS_TEST_REQUIRE_ALL=1 but ATLAS_TEST_CLUSTER is not set (tests/run-tests.sh brings a cluster up)"
+        );
         eprintln!(
             "skipping: no Incus cluster (bring one up with tests/cluster/up.sh <prefix> and set ATLAS_TEST_CLUSTER=/var/tmp/atlas-cluster/<prefix>/state)"
         );
