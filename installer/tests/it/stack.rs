@@ -565,6 +565,53 @@ async fn grafana_user(base: &str, password: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A storage pool (dir, on a 16 MB tmpfs) without room for the bundle's images: `install
+/// --bundle` refuses before any change, saying how much it has and needs.
+async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
+    let mnt = stack.dir.path().join("tiny-pool");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let sh = |cmd: &mut Command| {
+        let o = cmd.output().expect("run");
+        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+    };
+    sh(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mnt));
+    let pool = format!("{}-tiny", stack.project);
+    sh(Command::new("incus")
+        .args(["storage", "create", &pool, "dir"])
+        .arg(format!("source={}", mnt.display())));
+    let o = atlas()
+        .arg("-c")
+        .arg(stack.dir.path().join("atlas.toml"))
+        .args([
+            "--progress",
+            "plain",
+            "install",
+            "--yes",
+            "--ignore-preflight",
+            "--bundle",
+            bundle,
+        ])
+        .env("ATLAS_INCUS__STORAGE_POOL", &pool)
+        .output()
+        .expect("run atlas-install");
+    let _ = Command::new("incus")
+        .args(["storage", "delete", &pool])
+        .output();
+    let _ = Command::new("umount").arg(&mnt).output();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "a pool without room must be refused");
+    assert!(
+        err.contains(&format!("storage pool {pool} has")) && err.contains("Nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        stack.client.get_project(&stack.project).await.is_err(),
+        "nothing created: {err}"
+    );
+}
+
 /// The offline way in: `bundle create` from the fixture registry, then `install --bundle`
 /// takes every image from the verified bundle (no registry flag at all) and the stack comes
 /// up healthy; a re-run changes nothing.
@@ -589,6 +636,7 @@ async fn whole_stack_from_a_bundle() {
         REGISTRY,
     ]);
     assert!(o.status.success(), "bundle create:\n{}", stderr(&o));
+    pool_too_small_is_refused(&stack, bundle_arg).await;
 
     let install = || {
         stack.atlas(&[
