@@ -915,11 +915,10 @@ struct Upgrade {
 impl Engine<'_> {
     /// Records on the project why the state bucket is not there (`unsupported`, `blocked`).
     async fn record_bucket_state(&self, state: &str) -> Result<(), EngineError> {
-        let root = self.root();
-        let fresh = root.get_project(&self.config.incus.project).await?;
-        let mut next = fresh.value.clone();
-        next.config.insert(KEY_BUCKET_STATE.into(), state.into());
-        root.update_project(&next, fresh.etag.as_deref()).await?;
+        let set = BTreeMap::from([(KEY_BUCKET_STATE.to_string(), state.to_string())]);
+        self.root()
+            .set_project_keys(&self.config.incus.project, &set, &[])
+            .await?;
         Ok(())
     }
 }

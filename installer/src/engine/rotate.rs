@@ -74,7 +74,7 @@ pub async fn rotate(
     for key in &keys {
         fresh.extend(secrets::generate_for(key).map_err(|e| err(key, e))?);
     }
-    store(client, project, &fresh, &[]).await?;
+    client.set_project_keys(project, &fresh, &[]).await?;
     rotation.rotated.extend(keys);
     progress.info(&format!(
         "rotated: {}; kept: {}",
@@ -87,23 +87,6 @@ pub async fn rotate(
             .join(", ")
     ));
     Ok(rotation)
-}
-
-/// Writes `set` and removes `unset` in the project config, under its ETag.
-async fn store(
-    client: &Client,
-    project: &str,
-    set: &BTreeMap<String, String>,
-    unset: &[&str],
-) -> Result<(), EngineError> {
-    let got = client.get_project(project).await?;
-    let mut next = got.value.clone();
-    next.config.extend(set.clone());
-    for k in unset {
-        next.config.remove(*k);
-    }
-    client.update_project(&next, got.etag.as_deref()).await?;
-    Ok(())
 }
 
 async fn grafana(
@@ -145,13 +128,13 @@ async fn grafana(
         Some(n) => n.clone(),
         None => {
             let n = secrets::password();
-            store(
-                client,
-                &config.incus.project,
-                &BTreeMap::from([(KEY_GRAFANA_NEXT.to_string(), n.clone())]),
-                &[],
-            )
-            .await?;
+            client
+                .set_project_keys(
+                    &config.incus.project,
+                    &BTreeMap::from([(KEY_GRAFANA_NEXT.to_string(), n.clone())]),
+                    &[],
+                )
+                .await?;
             n
         }
     };
@@ -207,11 +190,12 @@ async fn grafana(
         }
     }
     progress.info(&format!("{name}: admin password changed through its API"));
-    store(
-        client,
-        &config.incus.project,
-        &BTreeMap::from([(KEY_GRAFANA_ADMIN.to_string(), new)]),
-        &[KEY_GRAFANA_NEXT],
-    )
-    .await
+    client
+        .set_project_keys(
+            &config.incus.project,
+            &BTreeMap::from([(KEY_GRAFANA_ADMIN.to_string(), new)]),
+            &[KEY_GRAFANA_NEXT],
+        )
+        .await?;
+    Ok(())
 }

@@ -92,17 +92,21 @@ async fn write_saved(
     instance: &str,
     saved: Option<&Saved>,
 ) -> Result<(), EngineError> {
-    let value = saved
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| EngineError::object(format!("instance {instance}"), e))?;
-    let p = client.get_project(project).await?;
-    let mut next = p.value.clone();
-    match value {
-        Some(v) => next.config.insert(saved_key(instance), v),
-        None => next.config.remove(&saved_key(instance)),
-    };
-    client.update_project(&next, p.etag.as_deref()).await?;
+    let key = saved_key(instance);
+    match saved {
+        Some(s) => {
+            let v = serde_json::to_string(s)
+                .map_err(|e| EngineError::object(format!("instance {instance}"), e))?;
+            client
+                .set_project_keys(project, &BTreeMap::from([(key, v)]), &[])
+                .await?
+        }
+        None => {
+            client
+                .set_project_keys(project, &BTreeMap::new(), &[&key])
+                .await?
+        }
+    }
     Ok(())
 }
 
@@ -128,19 +132,7 @@ pub(crate) async fn guard(
         .is_some_and(|s| s.snap == snap);
     let vols = set.only(&[instance]);
     if !rerun {
-        let stamp = super::clock::compact(super::clock::now_secs());
-        for v in &vols.volumes {
-            let snaps = project
-                .volume_snapshots(&vols.pool, &v.volume)
-                .await
-                .map_err(err)?;
-            if snaps.iter().any(|s| s.name == snap) {
-                project
-                    .rename_volume_snapshot(&vols.pool, &v.volume, snap, &format!("{snap}.{stamp}"))
-                    .await
-                    .map_err(err)?;
-            }
-        }
+        retire_snapshots(&project, &vols, snap).await.map_err(err)?;
     }
     backup::snapshot_with(client, &vols, snap, IfExists::Keep, progress)
         .await
@@ -242,13 +234,10 @@ pub(crate) async fn restore(
     }
     let vols = set.only(&[instance]);
     for v in &vols.volumes {
-        let has = project
-            .volume_snapshots(&vols.pool, &v.volume)
+        if has_snapshot(&project, &vols.pool, &v.volume, snap)
             .await
             .map_err(err)?
-            .iter()
-            .any(|s| s.name == snap);
-        if has {
+        {
             project
                 .restore_volume_snapshot(&vols.pool, &v.volume, snap)
                 .await
@@ -258,6 +247,37 @@ pub(crate) async fn restore(
     super::converge::change_state(&project, instance, StateAction::Start, false)
         .await
         .map_err(err)
+}
+
+async fn has_snapshot(
+    project: &Client,
+    pool: &str,
+    volume: &str,
+    snap: &str,
+) -> Result<bool, IncusError> {
+    Ok(project
+        .volume_snapshots(pool, volume)
+        .await?
+        .iter()
+        .any(|s| s.name == snap))
+}
+
+/// Renames the volume snapshots `snap` of `vols` to `<snap>.<time>`: upgrade snapshots that
+/// were used (or are stale) go out of the way of a later upgrade between the same installs.
+async fn retire_snapshots(
+    project: &Client,
+    vols: &VolumeSet,
+    snap: &str,
+) -> Result<(), IncusError> {
+    let stamp = super::clock::compact(super::clock::now_secs());
+    for v in &vols.volumes {
+        if has_snapshot(project, &vols.pool, &v.volume, snap).await? {
+            project
+                .rename_volume_snapshot(&vols.pool, &v.volume, snap, &format!("{snap}.{stamp}"))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The health gate of one instance (instances without a probe pass).
@@ -291,7 +311,8 @@ pub(crate) fn failed(
             "{instance} was returned to its previous image, files and data (snapshot {snap}) and runs again."
         ),
         Err(e) => format!(
-            "returning {instance} to snapshot {snap} failed too: {e}. Its instance and volume snapshots `{snap}` are intact: restore them by hand (incus snapshot restore; incus storage volume snapshot restore)."
+            "returning {instance} to what it was failed too: {e}. What it was is intact: its volume snapshots `{snap}` (incus storage volume snapshot restore) and its image, config and files in the project key {} (`atlas-install upgrade` again goes on from there).",
+            saved_key(instance)
         ),
     };
     EngineError::Upgrade {
@@ -383,7 +404,6 @@ pub async fn rollback(
     )
     .await
     .map_err(|e| EngineError::object("safety snapshot before rollback", e))?;
-    let stamp = super::clock::compact(super::clock::now_secs());
     for name in &targets {
         let task = progress.task(&format!("rollback {name}"), None);
         let out = async {
@@ -391,11 +411,7 @@ pub async fn rollback(
             gate_one(client, config, name, health_timeout, progress).await?;
             // Used: out of the way of a later upgrade between the same two installs.
             write_saved(client, project_name, name, None).await?;
-            for v in &set.only(&[name.as_str()]).volumes {
-                let _ = project
-                    .rename_volume_snapshot(&set.pool, &v.volume, &snap, &format!("{snap}.{stamp}"))
-                    .await;
-            }
+            let _ = retire_snapshots(&project, &set.only(&[name.as_str()]), &snap).await;
             Ok::<(), EngineError>(())
         }
         .await;

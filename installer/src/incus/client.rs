@@ -486,18 +486,19 @@ impl Client {
             .op_timeout
             .read()
             .unwrap_or_else(|e| e.into_inner());
+        // At least 1 s: set_wait_chunk says so.
         let chunk = self
             .inner
             .wait_chunk
             .read()
-            .map(|c| c.as_secs())
-            .unwrap_or(30);
+            .unwrap_or_else(|e| e.into_inner())
+            .as_secs();
         let start = Instant::now();
         loop {
             let left = limit
                 .saturating_sub(start.elapsed())
                 .as_secs()
-                .clamp(1, chunk.max(1));
+                .clamp(1, chunk);
             let req = Req::get("/1.0/operations", &[id, "wait"])
                 .scope(Scope::Project)
                 .query("timeout", left.to_string());

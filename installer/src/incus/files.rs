@@ -61,10 +61,9 @@ impl Client {
 
     /// Reads a file's bytes.
     pub async fn pull_file(&self, instance: &str, path: &str) -> Result<Vec<u8>, IncusError> {
-        let req = Req::get("/1.0/instances", &[instance, "files"])
-            .scope(Scope::Project)
-            .query("path", path);
-        self.get_raw(req).await
+        self.pull_file_with_meta(instance, path)
+            .await
+            .map(|(bytes, _)| bytes)
     }
 
     /// Reads a file's bytes with its owner and mode (from the `X-Incus-*` headers).

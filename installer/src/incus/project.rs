@@ -63,6 +63,24 @@ impl Client {
         self.write(req).await.map(|_| ())
     }
 
+    /// Sets `set` and removes `unset` among the project's config keys, leaving the others,
+    /// under the ETag just read (a concurrent change answers
+    /// [`IncusError::PreconditionFailed`]).
+    pub async fn set_project_keys(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        unset: &[&str],
+    ) -> Result<(), IncusError> {
+        let got = self.get_project(name).await?;
+        let mut next = got.value;
+        next.config.extend(set.clone());
+        for k in unset {
+            next.config.remove(*k);
+        }
+        self.update_project(&next, got.etag.as_deref()).await
+    }
+
     pub async fn delete_project(&self, name: &str) -> Result<(), IncusError> {
         self.write(Req::new(Method::DELETE, "/1.0/projects", &[name]))
             .await
