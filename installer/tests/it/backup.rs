@@ -254,31 +254,28 @@ async fn stack(c: &Client, g: &Guard) -> Client {
     pc
 }
 
-/// [seen] On the shared 6.0.4 daemon a state change right after another one sometimes hangs
-/// in LXC's hooks (30 s each) and then fails; a short pause before each change avoids most
-/// of it, and a failed start is retried after the hung one has ended.
-async fn settle() {
+/// Asks for `action` until the instance is `want`, judged by the state reached: `tries`
+/// requests, each followed by up to 10 s of polling. (The hangs this was written against were
+/// the client's own silent connection stalling incusd, fixed in the client; the pause and
+/// the retries stay as a margin for a busy host.)
+async fn reach(pc: &Client, action: StateAction, want: &str, tries: usize) {
     tokio::time::sleep(Duration::from_secs(2)).await;
-}
-
-/// Start, judged by the state reached: the shared daemon sometimes answers late.
-async fn start(pc: &Client) {
-    settle().await;
-    for _ in 0..5 {
-        if let Err(e) = pc
-            .set_instance_state(INSTANCE, StateAction::Start, 30, false)
-            .await
-        {
-            eprintln!("start {INSTANCE}: {e}");
+    for _ in 0..tries {
+        if let Err(e) = pc.set_instance_state(INSTANCE, action, 30, false).await {
+            eprintln!("{want} {INSTANCE}: {e}");
         }
         for _ in 0..10 {
-            if status(pc).await == "Running" {
+            if status(pc).await == want {
                 return;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    panic!("{INSTANCE} does not start");
+    panic!("{INSTANCE} does not reach {want}");
+}
+
+async fn start(pc: &Client) {
+    reach(pc, StateAction::Start, "Running", 5).await;
 }
 
 async fn status(pc: &Client) -> String {
@@ -610,25 +607,9 @@ async fn fingerprint_or_empty(pc: &Client) -> String {
     out.stdout_str()
 }
 
-/// A clean stop (atlas-init handles SIGPWR). [seen] On 6.0.4 a forced stop right after a
-/// start can hang its stop hooks for two minutes, and a start meanwhile fails.
+/// A clean stop (atlas-init handles SIGPWR).
 async fn stop(pc: &Client) {
-    settle().await;
-    for _ in 0..3 {
-        if let Err(e) = pc
-            .set_instance_state(INSTANCE, StateAction::Stop, 30, false)
-            .await
-        {
-            eprintln!("stop {INSTANCE}: {e}");
-        }
-        for _ in 0..10 {
-            if status(pc).await == "Stopped" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-    panic!("{INSTANCE} does not stop");
+    reach(pc, StateAction::Stop, "Stopped", 3).await;
 }
 
 fn record(version: &str, fp: &str) -> InstallRecord {

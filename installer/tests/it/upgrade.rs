@@ -232,6 +232,15 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
     let o = run(&env, &["--yes", "rollback"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Nothing was changed"), "{}", stderr(&o));
+    assert_eq!(
+        version(&pc, "mosquitto01").await,
+        "v2",
+        "the refused rollback changed nothing"
+    );
+    assert_eq!(
+        sh(&pc, "mosquitto01", &format!("cat {DATA}/note")).await,
+        format!("v2-data-{pid}\n")
+    );
 }
 
 /// The seed's disaster drill: export, destroy everything with the volumes, install afresh,
