@@ -1,20 +1,23 @@
-//! Health gates (step 10), from the host: Grafana `/api/health`, Loki `/ready`, Prometheus
-//! and Alertmanager `/-/ready`, node-exporter `/metrics`, Caddy admin, step-ca `/health`,
+//! Health gates (step 10): Grafana `/api/health`, Loki `/ready`, Prometheus and Alertmanager
+//! `/-/ready`, node-exporter `/metrics`, Caddy's metrics listener, step-ca's TLS listener,
 //! Mosquitto TCP accept. On timeout: which service, and its last log lines.
 //!
 //! CONTRACT: `gate(client, config, timeout, progress)` waits for every enabled instance and
 //! returns the first failure with the service named; `check(client, config)` probes once
 //! (for `status`).
 //!
-//! The host is the gateway of every Atlas bridge, so it reaches each instance's fixed address
-//! directly. Caddy keeps its admin API on loopback inside the container; its metrics listener
-//! on the management (or production) address is what is probed.
+//! Every probe runs inside its own container, through the Incus API: `incus exec` of our PID
+//! 1 in probe mode (`/sbin/init probe URL`, in every Atlas image). The installer therefore
+//! needs no route to the containers: it works the same against a remote server, on cluster
+//! members whose bridges it cannot reach, and from a host (or network namespace) with no
+//! network at all, where the Incus socket is its only connection. The probe targets the
+//! address the service listens on (its fixed address on an Atlas bridge, which is also how
+//! the other services reach it), so a service bound to the wrong address still fails.
 //!
-//! TLS: step-ca (and services with `tls = true`) present certificates from step-ca's own
-//! root, which the host does not hold at this point. The probes therefore accept any server
-//! certificate (signatures are still checked): they send nothing but a GET without
-//! credentials and read only a status. Pinning step-ca's root here is left for when the
-//! engine fetches it (it already pushes it to the services).
+//! TLS: a service serving TLS (step-ca always, others with `tls = true`) is probed with a
+//! TLS ClientHello that must be answered with a ServerHello; atlas-init carries no TLS stack
+//! (see its `probe.rs`). [`probe_client`] is the host-side HTTP client that the few
+//! operations needing a real HTTP exchange (rotating Grafana's admin password) use.
 
 // Our errors carry `IncusError` (large, owned by the client module) by value so callers can
 // match on it; boxing it would change the contract the install sequence is written against.
@@ -68,23 +71,33 @@ pub struct Probe {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Check {
-    /// GET answers 2xx (and, when `expect_status_ok`, a JSON body with `"status": "ok"`).
-    Http { url: String, expect_status_ok: bool },
+    /// GET answers 2xx (`http://`), or a TLS server answers the ClientHello (`https://`).
+    Http { url: String },
     /// A TCP connection is accepted.
     Tcp { address: SocketAddr },
+}
+
+impl Check {
+    /// The argument of `atlas-init probe`.
+    pub fn url(&self) -> String {
+        match self {
+            Check::Http { url } => url.clone(),
+            Check::Tcp { address } => format!("tcp://{address}"),
+        }
+    }
 }
 
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Check::Http { url, .. } => write!(f, "GET {url}"),
+            Check::Http { url } if url.starts_with("https://") => write!(f, "TLS {url}"),
+            Check::Http { url } => write!(f, "GET {url}"),
             Check::Tcp { address } => write!(f, "TCP connect {address}"),
         }
     }
 }
 
-/// Per-attempt limits: a service that needs longer than this to answer one request is not
-/// healthy anyway.
+/// Host-side HTTP limits ([`probe_client`]); atlas-init applies the same ones in probe mode.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const FIRST_DELAY: Duration = Duration::from_millis(250);
@@ -100,14 +113,13 @@ pub fn probes(config: &Config) -> Vec<Probe> {
         .collect()
 }
 
-/// `None` when the instance has no fixed address the host can reach.
+/// `None` when the instance has no fixed address on an Atlas bridge.
 pub fn probe_for(config: &Config, name: &str, inst: &Instance) -> Option<Probe> {
     let ip = IpAddr::V4(probe_address(inst)?);
     let port_of = |kind: ServiceKind| kind.defaults().port;
     let scheme = if inst.tls { "https" } else { "http" };
     let http = |scheme: &str, port: u16, path: &str| Check::Http {
         url: format!("{scheme}://{}{path}", SocketAddr::new(ip, port)),
-        expect_status_ok: false,
     };
     let kind = inst.service;
     let check = match kind {
@@ -118,10 +130,7 @@ pub fn probe_for(config: &Config, name: &str, inst: &Instance) -> Option<Probe> 
         ServiceKind::NodeExporter => http("http", port_of(kind), "/metrics"),
         ServiceKind::Caddy => http("http", config.caddy.admin_port, "/metrics"),
         ServiceKind::Cloudflared => http("http", config.cloudflared.metrics_port, "/ready"),
-        ServiceKind::StepCa => Check::Http {
-            url: format!("https://{}/health", SocketAddr::new(ip, port_of(kind))),
-            expect_status_ok: true,
-        },
+        ServiceKind::StepCa => http("https", port_of(kind), "/health"),
         ServiceKind::Mosquitto => Check::Tcp {
             address: SocketAddr::new(ip, crate::render::mosquitto::MQTT_PORT),
         },
@@ -151,8 +160,9 @@ fn probe_address(inst: &Instance) -> Option<std::net::Ipv4Addr> {
         .find_map(|n| n.ipv4)
 }
 
-/// The HTTP client of the probes: no proxy, short timeouts, any server certificate (see the
-/// module docs).
+/// A host-side HTTP client for talking to a service's API (not for health probes): no proxy,
+/// short timeouts, any server certificate: it is used on addresses the engine itself assigned,
+/// before the host holds step-ca's root.
 pub fn probe_client() -> Result<reqwest::Client, HealthError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -170,64 +180,40 @@ pub fn probe_client() -> Result<reqwest::Client, HealthError> {
         .map_err(|e| HealthError::Setup(format!("building the HTTP client: {e}")))
 }
 
-/// One attempt; `Err` carries why it is not healthy (yet).
-pub async fn probe_once(http: &reqwest::Client, check: &Check) -> Result<String, String> {
-    match check {
-        Check::Tcp { address } => {
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
-                .await
-            {
-                Ok(Ok(_)) => Ok(format!("{address} accepts connections")),
-                Ok(Err(e)) => Err(format!("TCP connect {address}: {e}")),
-                Err(_) => Err(format!(
-                    "TCP connect {address}: no answer within {CONNECT_TIMEOUT:?}"
-                )),
-            }
-        }
-        Check::Http {
-            url,
-            expect_status_ok,
-        } => {
-            let resp = http
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let body = resp.text().await.unwrap_or_default();
-                return Err(format!("GET {url}: HTTP {status}{}", snippet(&body)));
-            }
-            if !expect_status_ok {
-                return Ok(format!("GET {url}: HTTP {status}"));
-            }
-            let body = resp
-                .text()
-                .await
-                .map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
-            let ok = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(|s| s == "ok"))
-                .unwrap_or(false);
-            if ok {
-                Ok(format!("GET {url}: status ok"))
-            } else {
-                Err(format!(
-                    "GET {url}: expected {{\"status\":\"ok\"}}{}",
-                    snippet(&body)
-                ))
-            }
-        }
-    }
+/// One attempt, run inside `instance`; `Err` carries why it is not healthy (yet).
+pub async fn probe_once(client: &Client, instance: &str, check: &Check) -> Result<String, String> {
+    let init = format!("/{}", atlas_image::init::INIT_PATH);
+    let url = check.url();
+    let out = client
+        .exec(instance, &[&init, "probe", &url], &Default::default())
+        .await
+        .map_err(|e| format!("{check}: running the probe in {instance}: {e}"))?;
+    probe_verdict(
+        instance,
+        out.exit_code,
+        &out.stdout_str(),
+        &out.stderr_str(),
+    )
 }
 
-fn snippet(body: &str) -> String {
-    let b = body.trim();
-    if b.is_empty() {
-        return String::new();
+/// Reads atlas-init's answer. An image built before probe mode existed has an atlas-init that
+/// refuses the argument: said as such, since waiting will not fix it.
+fn probe_verdict(instance: &str, code: i64, stdout: &str, stderr: &str) -> Result<String, String> {
+    let said = stdout.trim();
+    match code {
+        0 => Ok(said.to_string()),
+        1 if said.is_empty() && stderr.contains("unknown argument") => Err(format!(
+            "the /sbin/init of {instance}'s image predates health probes; rebuild the image with this atlas-install"
+        )),
+        1 => Err(said.to_string()),
+        126 | 127 => Err(format!(
+            "{instance} has no runnable /sbin/init (exit {code}): not an Atlas image; rebuild it with atlas-install"
+        )),
+        _ => Err(format!(
+            "the probe in {instance} ended with status {code}: {}",
+            if said.is_empty() { stderr.trim() } else { said }
+        )),
     }
-    let cut: String = b.chars().take(200).collect();
-    format!(", answered: {cut}")
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -262,20 +248,14 @@ pub async fn gate_probes(
     timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<(), HealthError> {
-    let http = probe_client()?;
     let mut set = tokio::task::JoinSet::new();
     for (index, probe) in probes.into_iter().enumerate() {
         let task = progress.task(
             &format!("health {} ({})", probe.instance, probe.check),
             None,
         );
-        let (client, http) = (client.clone(), http.clone());
-        set.spawn(async move {
-            (
-                index,
-                wait_healthy(&client, &http, &probe, timeout, task).await,
-            )
-        });
+        let client = client.clone();
+        set.spawn(async move { (index, wait_healthy(&client, &probe, timeout, task).await) });
     }
     let mut failures = Vec::new();
     while let Some(joined) = set.join_next().await {
@@ -298,7 +278,6 @@ pub async fn gate_probes(
 
 async fn wait_healthy(
     client: &Client,
-    http: &reqwest::Client,
     probe: &Probe,
     timeout: Duration,
     task: Box<dyn ProgressTask>,
@@ -307,7 +286,7 @@ async fn wait_healthy(
     let mut delay = FIRST_DELAY;
     let mut stopped_seen = 0;
     let reason = loop {
-        let last = match probe_once(http, &probe.check).await {
+        let last = match probe_once(client, &probe.instance, &probe.check).await {
             Ok(_) => {
                 task.finish(&format!(
                     "healthy after {:.1}s",
@@ -353,7 +332,6 @@ fn round(d: Duration) -> Duration {
 
 /// Probes every enabled instance once (concurrently), for `status`.
 pub async fn check(client: &Client, config: &Config) -> Result<Vec<HealthReport>, HealthError> {
-    let http = probe_client()?;
     // One listing instead of a state call per instance; a stopped or missing instance is
     // reported as such rather than as a refused connection.
     let status: std::collections::BTreeMap<String, String> = client
@@ -375,12 +353,12 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<HealthReport>
         })
         .collect();
     for (index, probe) in probes.into_iter().enumerate() {
-        let http = http.clone();
+        let client = client.clone();
         let state = status.get(&probe.instance).cloned();
         set.spawn(async move {
             let r = match state.as_deref() {
                 None => Err("the instance does not exist".to_string()),
-                Some("Running") => probe_once(&http, &probe.check).await,
+                Some("Running") => probe_once(&client, &probe.instance, &probe.check).await,
                 Some(other) => Err(format!("the instance is {other}")),
             };
             let (healthy, detail) = match r {
@@ -532,11 +510,11 @@ mod tests {
     }
 
     #[test]
-    fn builtin_probes_hit_each_service_where_the_host_reaches_it() {
+    fn builtin_probes_hit_each_service_on_its_bridge_address() {
         let cfg = Config::builtin();
         let got = urls(&cfg);
         let want = [
-            ("step-ca01", "GET https://10.50.0.15:9000/health"),
+            ("step-ca01", "TLS https://10.50.0.15:9000/health"),
             ("prometheus01", "GET http://10.50.0.12:9090/-/ready"),
             ("loki01", "GET http://10.50.0.13:3100/ready"),
             ("alertmanager01", "GET http://10.50.0.14:9093/-/ready"),
@@ -550,17 +528,10 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(got, want);
-        let step = probes(&cfg)
+        let mqtt = probes(&cfg)
             .into_iter()
-            .find(|p| p.service == ServiceKind::StepCa)
-            .unwrap();
-        assert!(matches!(
-            step.check,
-            Check::Http {
-                expect_status_ok: true,
-                ..
-            }
-        ));
+            .find(|p| p.instance == "mosquitto01");
+        assert_eq!(mqtt.unwrap().check.url(), "tcp://10.40.0.17:1883");
     }
 
     #[test]
@@ -571,7 +542,7 @@ mod tests {
             .into_iter()
             .find(|(n, _)| n == "grafana01")
             .unwrap();
-        assert_eq!(g.1, "GET https://10.50.0.11:3000/api/health");
+        assert_eq!(g.1, "TLS https://10.50.0.11:3000/api/health");
     }
 
     #[test]
@@ -581,61 +552,27 @@ mod tests {
         assert_eq!(last_lines("x", 5), "  | x");
     }
 
-    #[tokio::test]
-    async fn probes_against_local_listeners() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = probe_client().unwrap();
-        // Nothing listens: refused, with the address in the reason.
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = free.local_addr().unwrap();
-        drop(free);
-        let e = probe_once(&http, &Check::Tcp { address: addr })
-            .await
-            .unwrap_err();
-        assert!(e.contains(&addr.to_string()), "{e}");
-        let e = probe_once(
-            &http,
-            &Check::Http {
-                url: format!("http://{addr}/ready"),
-                expect_status_ok: false,
-            },
-        )
-        .await
-        .unwrap_err();
-        assert!(e.contains("/ready"), "{e}");
-
-        // A tiny HTTP server answering the step-ca shape, then a 503.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            for (status, body) in [
-                ("200 OK", r#"{"status":"ok"}"#),
-                ("503 Service Unavailable", "not ready"),
-            ] {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                s.write_all(resp.as_bytes()).await.unwrap();
-            }
-        });
-        let ok = Check::Http {
-            url: format!("http://{addr}/health"),
-            expect_status_ok: true,
-        };
-        assert!(probe_once(&http, &ok).await.is_ok());
-        let e = probe_once(&http, &ok).await.unwrap_err();
-        assert!(e.contains("503") && e.contains("not ready"), "{e}");
-        server.await.unwrap();
+    #[test]
+    fn probe_answers_are_read_with_their_cause() {
+        assert_eq!(
+            probe_verdict("p", 0, "GET http://x:1/: HTTP 200\n", ""),
+            Ok("GET http://x:1/: HTTP 200".into())
+        );
+        assert_eq!(
+            probe_verdict("p", 1, "TCP connect 1.2.3.4:5: refused\n", ""),
+            Err("TCP connect 1.2.3.4:5: refused".into())
+        );
+        let old = probe_verdict("p", 1, "", "atlas-init: unknown argument \"probe\"; usage");
+        assert!(old.unwrap_err().contains("predates health probes"));
         assert!(
-            probe_once(&http, &Check::Tcp { address: addr })
-                .await
-                .is_err(),
-            "listener closed"
+            probe_verdict("p", 127, "", "")
+                .unwrap_err()
+                .contains("not an Atlas image")
+        );
+        assert!(
+            probe_verdict("p", 2, "usage: x", "")
+                .unwrap_err()
+                .contains("usage: x")
         );
     }
 }

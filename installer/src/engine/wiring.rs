@@ -128,6 +128,9 @@ pub struct WiringOptions {
     /// Loki base URL (`http://<loki IPv4>:3100`; Incus adds the push path); `None` when the
     /// logging integration is off.
     pub loki_url: Option<String>,
+    /// The Atlas instance serving `loki_url`: its readiness is probed inside it, through
+    /// Incus (see `health`). `None` (a Loki elsewhere): probed from here over the network.
+    pub loki_instance: Option<String>,
     /// PEM of the CA that signed Loki's certificate, when Loki serves TLS.
     pub loki_ca_pem: Option<String>,
     /// How long apply waits for Loki's `/ready` before pointing Incus at it.
@@ -144,14 +147,16 @@ impl WiringOptions {
             let gw = config.networks.management.gateway();
             (IpAddr::V4(gw), integ.incus_https_port)
         });
-        let loki_url = if integ.incus_loki {
-            Some(loki_url(config)?)
+        let (loki_url, loki_instance) = if integ.incus_loki {
+            let (name, url) = loki_url(config)?;
+            (Some(url), Some(name))
         } else {
-            None
+            (None, None)
         };
         Ok(WiringOptions {
             metrics_endpoint,
             loki_url,
+            loki_instance,
             loki_ca_pem: None,
             loki_ready_timeout: LOKI_READY_TIMEOUT,
         })
@@ -160,7 +165,7 @@ impl WiringOptions {
 
 /// `http://<IPv4 of the first enabled Loki on the management network>:3100`. By address: the
 /// host has no resolver for `.incus` names.
-fn loki_url(config: &Config) -> Result<String, WiringError> {
+fn loki_url(config: &Config) -> Result<(String, String), WiringError> {
     let Some((name, inst)) = config.instances_of(ServiceKind::Loki).into_iter().next() else {
         return Err(WiringError::Config(
             "integrations.incus_loki is on but no Loki instance is enabled: enable loki01 or set \
@@ -180,10 +185,8 @@ fn loki_url(config: &Config) -> Result<String, WiringError> {
             ))
         })?;
     let scheme = if inst.tls { "https" } else { "http" };
-    Ok(format!(
-        "{scheme}://{ip}:{}",
-        ServiceKind::Loki.defaults().port
-    ))
+    let url = format!("{scheme}://{ip}:{}", ServiceKind::Loki.defaults().port);
+    Ok((name.to_string(), url))
 }
 
 /// The logging keys for `url`: `logging.<name>.*` with `server_logging`, else the older
@@ -709,7 +712,11 @@ async fn apply_inner(
         .as_deref()
         .filter(|u| c.patch.values().any(|v| v == *u))
     {
-        wait_for_loki(url, opts.loki_ready_timeout, progress).await?;
+        let inside = opts
+            .loki_instance
+            .as_deref()
+            .map(|name| (client.in_project(&config.incus.project), name));
+        wait_for_loki(url, inside, opts.loki_ready_timeout, progress).await?;
     }
     for note in &c.notes {
         progress.info(note);
@@ -782,19 +789,29 @@ async fn apply_inner(
 /// minutes). So Incus is only pointed at a Loki that answers `/ready`.
 async fn wait_for_loki(
     url: &str,
+    inside: Option<(Client, &str)>,
     timeout: std::time::Duration,
     progress: &dyn Progress,
 ) -> Result<(), WiringError> {
     use super::health::{Check, probe_client, probe_once};
-    let http = probe_client().map_err(|e| WiringError::Config(e.to_string()))?;
     let check = Check::Http {
         url: format!("{}/ready", url.trim_end_matches('/')),
-        expect_status_ok: false,
+    };
+    let http = probe_client().map_err(|e| WiringError::Config(e.to_string()))?;
+    let once = || async {
+        match &inside {
+            Some((client, name)) => probe_once(client, name, &check).await,
+            None => match http.get(check.url()).send().await {
+                Ok(r) if r.status().is_success() => Ok(String::new()),
+                Ok(r) => Err(format!("{check}: HTTP {}", r.status())),
+                Err(e) => Err(format!("{check}: {e}")),
+            },
+        }
     };
     let start = std::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(250);
     loop {
-        match probe_once(&http, &check).await {
+        match once().await {
             Ok(_) => return Ok(()),
             Err(reason) if start.elapsed() >= timeout => {
                 return Err(WiringError::Refused(format!(
@@ -929,6 +946,7 @@ mod tests {
             WiringOptions {
                 metrics_endpoint: None,
                 loki_url: None,
+                loki_instance: None,
                 loki_ca_pem: None,
                 loki_ready_timeout: LOKI_READY_TIMEOUT
             }
@@ -1026,6 +1044,7 @@ mod tests {
         WiringOptions {
             metrics_endpoint: Some((v4("10.50.0.1"), 8443)),
             loki_url: Some("http://10.50.0.13:3100".into()),
+            loki_instance: None,
             loki_ca_pem: None,
             loki_ready_timeout: LOKI_READY_TIMEOUT,
         }

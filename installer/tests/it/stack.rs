@@ -141,6 +141,35 @@ impl Stack {
         out
     }
 
+    /// `atlas` in a network namespace of its own (`unshare --net`): only a loopback that is
+    /// down, so no address at all, local or remote, can be reached. The Incus unix socket is a
+    /// file and still works: the one connection an offline install may make.
+    fn atlas_offline(&self, args: &[&str]) -> Output {
+        let cmd = atlas();
+        let mut offline = Command::new("unshare");
+        offline.arg("--net").arg("--").arg(cmd.get_program());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => offline.env(k, v),
+                None => offline.env_remove(k),
+            };
+        }
+        let out = offline
+            .arg("-c")
+            .arg(self.dir.path().join("atlas.toml"))
+            .args(["--progress", "plain"])
+            .args(args)
+            .env("ATLAS_CACHE_DIR", self.dir.path().join("cache"))
+            .output()
+            .expect("run atlas-install under unshare --net");
+        eprintln!(
+            "(no network) atlas-install {}: {}",
+            args.join(" "),
+            out.status
+        );
+        out
+    }
+
     fn install(&self) -> Output {
         self.atlas(&[
             "install",
@@ -613,8 +642,9 @@ async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
 }
 
 /// The offline way in: `bundle create` from the fixture registry, then `install --bundle`
-/// takes every image from the verified bundle (no registry flag at all) and the stack comes
-/// up healthy; a re-run changes nothing.
+/// takes every image from the verified bundle and the stack comes up healthy, run in a
+/// network namespace with no usable interface (so any request but the Incus socket fails,
+/// the registries the config names included); a re-run changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_stack_from_a_bundle() {
     let client = client_or_skip!();
@@ -638,8 +668,24 @@ async fn whole_stack_from_a_bundle() {
     assert!(o.status.success(), "bundle create:\n{}", stderr(&o));
     pool_too_small_is_refused(&stack, bundle_arg).await;
 
+    // First prove the namespace really has no network: the same registry that served `bundle
+    // create` a moment ago is unreachable from it.
+    let o = stack.atlas_offline(&[
+        "image",
+        "convert",
+        &format!("docker://{REGISTRY}/prom/prometheus:latest"),
+        "--insecure-registry",
+        REGISTRY,
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(
+        !o.status.success(),
+        "the registry must be unreachable without a network: {}",
+        stderr(&o)
+    );
     let install = || {
-        stack.atlas(&[
+        stack.atlas_offline(&[
             "install",
             "--yes",
             "--ignore-preflight",
@@ -672,7 +718,7 @@ async fn whole_stack_from_a_bundle() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
     // The same bundle through `upgrade --bundle`: verified again, nothing to replace.
-    let o = stack.atlas(&[
+    let o = stack.atlas_offline(&[
         "upgrade",
         "--yes",
         "--ignore-preflight",

@@ -474,6 +474,7 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
     let opts = wiring::WiringOptions {
         metrics_endpoint: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
         loki_url: Some(format!("http://{loki}")),
+        loki_instance: None,
         loki_ca_pem: None,
         loki_ready_timeout: Duration::from_secs(5),
     };
@@ -758,6 +759,7 @@ async fn https_address_set_by_the_operator_is_left_alone() {
     let covered = wiring::WiringOptions {
         metrics_endpoint: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
         loki_url: None,
+        loki_instance: None,
         loki_ca_pem: None,
         loki_ready_timeout: Duration::from_secs(5),
     };
