@@ -4,11 +4,15 @@
 //! file and Prometheus' certificate, restarts both, trusts the new certificate in Incus and
 //! drops the old one. Grafana reads its admin password from the environment on its very first
 //! start only, so its password is changed through Grafana's HTTP API with the current one,
-//! and stored only once Grafana accepts the new one. The step-ca password is kept: it
-//! encrypts the CA's keys, and changing it means re-encrypting them inside step-ca01.
+//! and stored only once Grafana accepts the new one. step-ca's password encrypts the CA's
+//! keys: each key is re-encrypted inside the running step-ca with `step crypto change-pass`,
+//! then `$STEPPATH/secrets/password` (what step-ca reads at start) is replaced. Keys and
+//! password file live on step-ca's volume together, so a volume snapshot or restore always
+//! holds a matching pair. The stored copy only seeds a first initialisation.
 //!
-//! A run killed midway is safe to repeat: the Grafana password being rotated to is stored
-//! first under its own key, and a repeat checks which of the two Grafana accepts.
+//! A run killed midway is safe to repeat: each password being rotated to is stored first under
+//! its own `.next` key, and a repeat checks which of the two the service accepts (for step-ca:
+//! a key already re-encrypted opens with the new password and is left as it is).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +27,8 @@ use super::secrets::{self, KEY_GRAFANA_ADMIN, KEY_METRICS_CERT, KEY_STEP_CA};
 
 /// Where the Grafana password being rotated to waits until Grafana has it.
 pub const KEY_GRAFANA_NEXT: &str = "user.atlas.secret.grafana-admin-password.next";
+/// Where the step-ca password being rotated to waits until every key is re-encrypted.
+pub const KEY_STEP_CA_NEXT: &str = "user.atlas.secret.step-ca-password.next";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Rotation {
@@ -51,11 +57,15 @@ pub async fn rotate(
     }
     let mut rotation = Rotation {
         rotated: Vec::new(),
-        kept: vec![(
-            KEY_STEP_CA.to_string(),
-            "it encrypts step-ca's keys; changing it means `step crypto change-pass` on each key inside step-ca01".to_string(),
-        )],
+        kept: Vec::new(),
     };
+    // One CA per project: the first step-ca holds the keys.
+    if let Some((name, _)) = config.instances_of(ServiceKind::StepCa).into_iter().next() {
+        step_ca(client, config, name, &stored, progress).await?;
+        rotation
+            .rotated
+            .push(format!("{KEY_STEP_CA} (keys re-encrypted in {name})"));
+    }
     for (name, _) in config.instances_of(ServiceKind::Grafana) {
         grafana(client, config, name, &stored, progress).await?;
         rotation
@@ -76,16 +86,17 @@ pub async fn rotate(
     }
     client.set_project_keys(project, &fresh, &[]).await?;
     rotation.rotated.extend(keys);
-    progress.info(&format!(
-        "rotated: {}; kept: {}",
-        rotation.rotated.join(", "),
-        rotation
+    let kept = if rotation.kept.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = rotation
             .kept
             .iter()
             .map(|(k, why)| format!("{k} ({why})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
+            .collect();
+        format!("; kept: {}", list.join(", "))
+    };
+    progress.info(&format!("rotated: {}{kept}", rotation.rotated.join(", ")));
     Ok(rotation)
 }
 
@@ -197,5 +208,152 @@ async fn grafana(
             &[KEY_GRAFANA_NEXT],
         )
         .await?;
+    Ok(())
+}
+
+/// A password stored under `next` (from an interrupted run), or a new one stored there first.
+async fn pending_password(
+    client: &Client,
+    config: &Config,
+    stored: &BTreeMap<String, String>,
+    next: &str,
+) -> Result<String, EngineError> {
+    if let Some(n) = stored.get(next) {
+        return Ok(n.clone());
+    }
+    let n = secrets::password();
+    client
+        .set_project_keys(
+            &config.incus.project,
+            &BTreeMap::from([(next.to_string(), n.clone())]),
+            &[],
+        )
+        .await?;
+    Ok(n)
+}
+
+/// Re-encrypts step-ca's keys with a new password inside the running instance, then
+/// replaces the password file step-ca starts with (see the module docs).
+async fn step_ca(
+    client: &Client,
+    config: &Config,
+    name: &str,
+    stored: &BTreeMap<String, String>,
+    progress: &dyn Progress,
+) -> Result<(), EngineError> {
+    use crate::incus::FileMeta;
+    use crate::render::STEPPATH;
+    let what = format!("the step-ca key password of {name}");
+    let project = client.in_project(&config.incus.project);
+    let running = project
+        .get_instance(name)
+        .await
+        .optional()?
+        .is_some_and(|i| i.value.is_running());
+    if !running {
+        return Err(err(
+            &what,
+            format!(
+                "{name} must be running (its keys are re-encrypted inside it). Nothing was changed."
+            ),
+        ));
+    }
+    let current = format!("{STEPPATH}/secrets/password");
+    let staged = format!("{STEPPATH}/secrets/password.atlas-next");
+    let (_, meta) = project
+        .pull_file_with_meta(name, &current)
+        .await
+        .optional()?
+        .ok_or_else(|| {
+            err(
+                &what,
+                format!(
+                    "{name} has no {current}: step-ca is not initialised yet. Nothing was changed."
+                ),
+            )
+        })?;
+    let owner = (meta.uid, meta.gid);
+    let new = pending_password(client, config, stored, KEY_STEP_CA_NEXT).await?;
+    project
+        .push_file(
+            name,
+            &staged,
+            new.clone().into_bytes(),
+            FileMeta::new(owner.0, owner.1, 0o600),
+        )
+        .await?;
+    let mut changed = 0;
+    for key in ["root_ca_key", "intermediate_ca_key"] {
+        let path = format!("{STEPPATH}/secrets/{key}");
+        if project.pull_file(name, &path).await.optional()?.is_none() {
+            continue;
+        }
+        let change = |from: &str| {
+            let argv = [
+                "step",
+                "crypto",
+                "change-pass",
+                path.as_str(),
+                "--password-file",
+                from,
+                "--new-password-file",
+                staged.as_str(),
+                "-f",
+            ]
+            .map(str::to_string);
+            let project = project.clone();
+            async move {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                project
+                    .exec_as(name, &argv, &Default::default(), Some(owner))
+                    .await
+            }
+        };
+        let first = change(&current).await?;
+        if first.exit_code != 0 {
+            // Already re-encrypted by an interrupted run: the new password opens it.
+            let again = change(&staged).await?;
+            if again.exit_code != 0 {
+                let _ = project.delete_file(name, &staged).await;
+                return Err(err(
+                    &what,
+                    format!(
+                        "`step crypto change-pass {path}` failed with the current password ({}) and with the one being rotated to ({}). The key was left as it was; check {current} against the key, then run again",
+                        first.stderr_str().trim(),
+                        again.stderr_str().trim()
+                    ),
+                ));
+            }
+        }
+        changed += 1;
+    }
+    if changed == 0 {
+        let _ = project.delete_file(name, &staged).await;
+        return Err(err(
+            &what,
+            format!(
+                "{name} has no key under {STEPPATH}/secrets to re-encrypt. Nothing was changed."
+            ),
+        ));
+    }
+    project
+        .push_file(
+            name,
+            &current,
+            new.clone().into_bytes(),
+            FileMeta::new(owner.0, owner.1, 0o600),
+        )
+        .await?;
+    project.delete_file(name, &staged).await.optional()?;
+    client
+        .set_project_keys(
+            &config.incus.project,
+            &BTreeMap::from([(KEY_STEP_CA.to_string(), new)]),
+            &[KEY_STEP_CA_NEXT],
+        )
+        .await?;
+    progress.info(&format!(
+        "{name}: {changed} key(s) re-encrypted with `step crypto change-pass`"
+    ));
     Ok(())
 }

@@ -33,13 +33,29 @@ impl Client {
         command: &[&str],
         env: &BTreeMap<String, String>,
     ) -> Result<ExecOutput, IncusError> {
-        let body = serde_json::json!({
+        self.exec_as(instance, command, env, None).await
+    }
+
+    /// [`Client::exec`] as `(uid, gid)` instead of root, so that files the command writes
+    /// keep the owner the service expects.
+    pub async fn exec_as(
+        &self,
+        instance: &str,
+        command: &[&str],
+        env: &BTreeMap<String, String>,
+        user: Option<(u32, u32)>,
+    ) -> Result<ExecOutput, IncusError> {
+        let mut body = serde_json::json!({
             "command": command,
             "environment": env,
             "record-output": true,
             "wait-for-websocket": false,
             "interactive": false,
         });
+        if let Some((uid, gid)) = user {
+            body["user"] = uid.into();
+            body["group"] = gid.into();
+        }
         let req = Req::new(Method::POST, "/1.0/instances", &[instance, "exec"])
             .scope(Scope::Project)
             .json(&body)?;

@@ -59,6 +59,14 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Removes a file (Incus `file_delete`); a missing file is NotFound.
+    pub async fn delete_file(&self, instance: &str, path: &str) -> Result<(), IncusError> {
+        let req = Req::new(Method::DELETE, "/1.0/instances", &[instance, "files"])
+            .scope(Scope::Project)
+            .query("path", path);
+        self.write(req).await.map(|_| ())
+    }
+
     /// Reads a file's bytes.
     pub async fn pull_file(&self, instance: &str, path: &str) -> Result<Vec<u8>, IncusError> {
         self.pull_file_with_meta(instance, path)

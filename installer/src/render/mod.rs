@@ -29,7 +29,7 @@ pub use hosts::{HostEntry, hosts_for};
 pub use passwd::{MOSQUITTO_PBKDF2_ITERATIONS, mosquitto_password_line, pbkdf2_hmac_sha512};
 pub use paths::*;
 pub use profiles::{ProfileSpec, instance_devices, profiles};
-pub use step_ca::STEP_CA_METRICS_PORT;
+pub use step_ca::{STEP_CA_METRICS_PORT, STEPPATH};
 
 /// Secrets the installer generated for this deployment. Never printed (`Debug` redacts them).
 #[derive(Clone, PartialEq, Eq)]

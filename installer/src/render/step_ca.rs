@@ -12,6 +12,11 @@ use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
 /// the provisioner password (the same value) once to the container's log.
 pub const PASSWORD_FILE: &str = "/etc/step-ca/password";
 
+/// `$STEPPATH` of the upstream image: the data volume. After initialisation step-ca reads its
+/// key password from `secrets/password` here, and its keys are `secrets/root_ca_key` and
+/// `secrets/intermediate_ca_key`, encrypted with it.
+pub const STEPPATH: &str = "/home/step";
+
 /// Port of step-ca's Prometheus listener (plain HTTP, `metricsAddress` in ca.json, step-ca
 /// 0.25.3 and later). The first-start initialisation has no variable for it:
 /// `"metricsAddress": ":9290"` must be added to `$STEPPATH/config/ca.json` after

@@ -512,9 +512,20 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         "caddy01 kept"
     );
 
-    // 8. upgrade --rotate-secrets: every generated secret but step-ca's changes, each the
-    // service's way. Grafana (which ignores its env var after the first start) takes the new
-    // admin password through its API; Mosquitto gets a new password file.
+    // 8. upgrade --rotate-secrets: every generated secret changes, each the service's way.
+    // Grafana (which ignores its env var after the first start) takes the new admin password
+    // through its API; Mosquitto gets a new password file; step-ca's keys are re-encrypted
+    // with `step crypto change-pass` and the password file it starts with is replaced (the
+    // stand-in, like step-ca, will not start when that file does not open its keys).
+    let step_keys = |c: Client| async move {
+        let mut keys = Vec::new();
+        for k in ["root_ca_key", "intermediate_ca_key"] {
+            let path = format!("/home/step/secrets/{k}");
+            keys.push(c.pull_file("step-ca01", &path).await.expect("step-ca key"));
+        }
+        keys
+    };
+    let keys_before = step_keys(stack.project()).await;
     let key_grafana = "user.atlas.secret.grafana-admin-password";
     let key_mqtt = "user.atlas.secret.mosquitto.atlas.password";
     let key_step = "user.atlas.secret.step-ca-password";
@@ -544,7 +555,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     .await;
     assert_ne!(before[0], after[0], "grafana admin password rotated");
     assert_ne!(before[1], after[1], "mosquitto password rotated");
-    assert_eq!(before[2], after[2], "step-ca password kept");
+    assert_ne!(before[2], after[2], "step-ca password rotated");
     assert_ne!(before[3], after[3], "metrics certificate rotated");
     let log = stderr(&o);
     assert!(
@@ -569,6 +580,36 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         grafana_user(&grafana, &before[0]).await,
         401,
         "old one refused"
+    );
+    let keys_after = step_keys(stack.project()).await;
+    assert!(
+        keys_before.iter().zip(&keys_after).all(|(b, a)| b != a),
+        "both step-ca keys re-encrypted"
+    );
+    let (file, meta) = stack
+        .project()
+        .pull_file_with_meta("step-ca01", "/home/step/secrets/password")
+        .await
+        .expect("step-ca's password file");
+    assert_eq!(String::from_utf8_lossy(&file), after[2]);
+    assert_eq!((meta.uid, meta.gid, meta.mode & 0o777), (1000, 1000, 0o600));
+    assert!(
+        !log.contains(&after[2]) && !log.contains(&before[2]),
+        "no step-ca password in the output"
+    );
+    // step-ca runs on the new password: restarted, it must open its keys with it again.
+    restart_seconds(&stack.project(), "step-ca01").await;
+    let mut healthy = false;
+    for _ in 0..20 {
+        if stack.atlas(&["status"]).status.success() {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        healthy,
+        "step-ca healthy after a restart on the rotated password"
     );
     let ok = mqtt_pub(stack.mqtt_port, "atlas", &after[1]);
     assert!(ok.status.success(), "new mqtt password: {}", stderr(&ok));

@@ -67,6 +67,8 @@ pub struct Settings {
     pub metrics: Option<Listen>,
     /// step-ca: where the CA lives ($STEPPATH).
     pub step_path: Option<PathBuf>,
+    /// step-ca: `--password-file`, which must open the CA's keys.
+    pub password_file: Option<PathBuf>,
     /// cloudflared: a token was given (its value is never kept or printed).
     pub token_present: bool,
 }
@@ -131,6 +133,7 @@ fn grafana(env: &BTreeMap<String, String>) -> Settings {
         },
         metrics: None,
         step_path: None,
+        password_file: None,
         token_present: false,
     }
 }
@@ -168,6 +171,7 @@ fn loki(args: &mut Vec<String>, read: &dyn Fn(&Path) -> Option<String>) -> Setti
         },
         metrics: None,
         step_path: None,
+        password_file: None,
         token_present: false,
     }
 }
@@ -198,6 +202,7 @@ fn step_ca(
         main: Listen::plain(go_addr(addr)),
         metrics: Some(Listen::plain(go_addr(metrics))),
         step_path: Some(step_path),
+        password_file: flag_value(&mut args.to_vec(), &["--password-file"]).map(PathBuf::from),
         token_present: false,
     }
 }
@@ -229,6 +234,7 @@ fn cloudflared(
         main: Listen::plain(go_addr(&metrics)),
         metrics: None,
         step_path: None,
+        password_file: None,
         token_present,
     })
 }
@@ -420,6 +426,10 @@ mod tests {
             &read,
         ));
         assert_eq!(s.main.addr, "0.0.0.0:9443");
+        assert_eq!(
+            s.password_file.as_deref(),
+            Some(Path::new("/home/step/secrets/password"))
+        );
         assert_eq!(s.metrics.unwrap().addr, "127.0.0.1:9291");
         let s = serve(plan(&argv(&["step-ca"]), &env(&[]), &no_files));
         assert_eq!(

@@ -6,6 +6,7 @@
 mod args;
 mod http;
 mod roles;
+mod stepkey;
 mod tls;
 
 use std::io::Write;
@@ -20,6 +21,22 @@ use roles::State;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    // Installed as `step` too: the step CLI's `crypto change-pass` (see stepkey.rs).
+    if argv
+        .first()
+        .is_some_and(|a| a.rsplit('/').next() == Some("step"))
+    {
+        return match stepkey::step_cli(&argv[1..]) {
+            Ok(line) => {
+                let _ = writeln!(std::io::stdout(), "{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let env = std::env::vars().collect();
     let read = |p: &Path| std::fs::read_to_string(p).ok();
     let settings = match args::plan(&argv, &env, &read) {
@@ -51,6 +68,7 @@ fn run(s: Settings) -> Result<(), String> {
     let main_transport = match (s.role, &s.main.tls) {
         (Role::StepCa, _) => {
             let dir = s.step_path.as_deref().unwrap_or(Path::new("/home/step"));
+            stepkey::check_or_create(dir, s.password_file.as_deref())?;
             let (cfg, root_pem) = tls::step_ca(dir, &step_ca_names())?;
             let _ = state.root_pem.set(root_pem);
             Transport::Tls(cfg)

@@ -14,7 +14,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 pub const ROOT_CERT: &str = "certs/root_ca.crt";
-pub const ROOT_KEY: &str = "secrets/root_ca_key";
+/// The stand-in's own signing key (plain PEM). step-ca's `secrets/root_ca_key` and
+/// `intermediate_ca_key` names hold the password-sealed files of `stepkey.rs` instead.
+pub const ROOT_KEY: &str = "secrets/standin_signing_key.pem";
 
 fn server_config(
     chain: Vec<CertificateDer<'static>>,
