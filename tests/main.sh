@@ -13,7 +13,8 @@ out=${ATLAS_RENDER_OUT:-./atlas-render}
 "$bin" render --out "$out"
 echo "main.sh: rendered configuration for every service is in $out"
 
-# The demo install: the fixture registry stands in for docker.io (--registry-mirror), host
+# The demo install: the fixture registry stands in for docker.io (--registry-mirror), a
+# directory of downloads for Caddy's build service ([images] download_mirror), host
 # ports on 127.0.0.1 only. The fixture Caddy is Debian's 2.6 (no PROXY protocol wrapper, no
 # rate-limit plugin), and a host without systemd has a private / (no rslave mounts).
 conf=${ATLAS_DEMO_CONFIG:-./atlas-demo.toml}
@@ -41,6 +42,10 @@ follow_host_mounts = false
 
 [instances.grafana01.web]
 allowed_ip_range = ["127.0.0.1/32"]
+
+# Caddy's plugin build stands in as Debian's caddy binary, laid out by build-images.sh.
+[images]
+download_mirror = "file:///var/tmp/atlas-test/downloads"
 TOML
 "$bin" -c "$conf" --progress plain install --yes --ignore-preflight --registry-mirror 127.0.0.1:5000
 "$bin" -c "$conf" status

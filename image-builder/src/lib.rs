@@ -12,6 +12,7 @@ pub mod auth;
 pub mod build;
 pub mod cache;
 pub mod digest;
+pub mod download;
 pub mod lock;
 pub mod manifest;
 pub mod oci_layout;

@@ -10,6 +10,14 @@
 //!
 //! Digests get into the lock only from [`lock_references`], which computes them from the
 //! manifest bytes a registry served (the index digest for multi-platform images).
+//!
+//! Files the recipes download (`[[download]]`) are pinned the same way, by the sha256 of the
+//! bytes served at each expanded URL, in a `[files]` table:
+//!
+//! ```toml
+//! [files]
+//! "https://example.org/download?arch=amd64" = "sha256:…"
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -76,12 +84,15 @@ struct LockFile {
     version: u32,
     #[serde(default)]
     images: BTreeMap<String, String>,
+    #[serde(default)]
+    files: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImagesLock {
     origin: String,
     entries: BTreeMap<String, Digest>,
+    files: BTreeMap<String, Digest>,
 }
 
 impl ImagesLock {
@@ -102,6 +113,7 @@ impl ImagesLock {
         Self {
             origin: origin.to_owned(),
             entries: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
     }
 
@@ -117,6 +129,14 @@ impl ImagesLock {
             });
         }
         let mut lock = Self::new(origin);
+        for (url, digest) in file.files {
+            let d = Digest::parse(&digest).map_err(|e| LockError::Digest {
+                origin: origin.to_owned(),
+                key: url.clone(),
+                reason: e.to_string(),
+            })?;
+            lock.files.insert(url, d);
+        }
         for (key, digest) in file.images {
             let key_err = |reason: String| LockError::Key {
                 origin: origin.to_owned(),
@@ -197,6 +217,19 @@ impl ImagesLock {
         self.entries.insert(Self::key(reference), digest);
     }
 
+    /// The pinned sha256 of a downloaded file, by its expanded URL.
+    pub fn file_digest(&self, url: &str) -> Option<&Digest> {
+        self.files.get(url)
+    }
+
+    pub fn insert_file(&mut self, url: &str, digest: Digest) {
+        self.files.insert(url.to_owned(), digest);
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&str, &Digest)> {
+        self.files.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// The file form, sorted, so the same content always gives the same bytes.
     pub fn to_toml(&self) -> String {
         let mut out = String::from(
@@ -207,8 +240,19 @@ impl ImagesLock {
         for (k, d) in &self.entries {
             out.push_str(&format!("\"{k}\" = \"{d}\"\n"));
         }
+        if !self.files.is_empty() {
+            out.push_str("\n[files]\n");
+            for (url, d) in &self.files {
+                out.push_str(&format!("{} = \"{d}\"\n", toml_key(url)));
+            }
+        }
         out
     }
+}
+
+/// A URL as a TOML key: a basic string with `"` and `\\` escaped (URLs hold no controls).
+fn toml_key(url: &str) -> String {
+    format!("\"{}\"", url.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Resolves each reference's tag to the digest of the manifest (or index) its registry
@@ -239,6 +283,24 @@ mod tests {
     #[test]
     fn embedded_lock_parses() {
         ImagesLock::embedded().unwrap();
+    }
+
+    #[test]
+    fn downloads_round_trip_in_their_own_table() {
+        let url = "https://caddyserver.com/api/download?os=linux&arch=amd64&p=a%2Fb";
+        let mut lock = ImagesLock::new("t");
+        lock.insert_file(url, Digest::parse(D).unwrap());
+        let text = lock.to_toml();
+        assert!(text.contains("[files]"), "{text}");
+        let again = ImagesLock::parse(&text, "t").unwrap();
+        assert_eq!(
+            again.file_digest(url).map(ToString::to_string),
+            Some(D.to_owned())
+        );
+        assert!(again.is_empty(), "no image entries");
+        let bad = format!("version = 1\n[files]\n\"{url}\" = \"sha256:xyz\"\n");
+        let e = ImagesLock::parse(&bad, "t").unwrap_err();
+        assert!(e.to_string().contains(url), "{e}");
     }
 
     #[test]

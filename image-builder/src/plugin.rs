@@ -8,17 +8,14 @@
 //! bytes: zip (stored or deflated; Grafana's format), tar, tar.gz.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use futures_util::StreamExt;
-
 use crate::build::LayerEntry;
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::layer::deterministic::{EntrySpec, Item};
 use crate::recipe::{PluginSource, Plugins};
-use crate::reference::is_loopback_host;
 
 /// Most bytes one plugin may unpack to; its files are held in memory while the layer builds.
 pub const MAX_UNPACKED: u64 = 1 << 30;
@@ -62,10 +59,7 @@ pub enum PluginError {
 
 /// Where fetched archives are kept, by digest.
 pub fn archive_path(cache_root: &Path, digest: &Digest) -> PathBuf {
-    cache_root
-        .join("archives")
-        .join(digest.algorithm())
-        .join(digest.hex())
+    crate::download::cached_path(cache_root, digest)
 }
 
 /// Fetches `source` into the cache unless it is already there, verifying its sha256. Local
@@ -77,102 +71,36 @@ pub async fn fetch(
     base_dir: &Path,
     insecure_hosts: &[String],
 ) -> Result<PathBuf, PluginError> {
-    let fetch_err = |detail: String| PluginError::Fetch {
-        id: source.id.clone(),
+    use crate::download::FetchError;
+    let id = source.id.clone();
+    let expected = Digest::parse(&source.sha256).map_err(|e| PluginError::Fetch {
+        id: id.clone(),
         url: source.url.clone(),
-        detail,
-    };
-    let expected = Digest::parse(&source.sha256).map_err(|e| fetch_err(e.to_string()))?;
-    let dest = archive_path(cache_root, &expected);
-    if dest.is_file() {
-        return Ok(dest);
-    }
-    let dir = dest.parent().unwrap_or(cache_root).to_owned();
-    let cache_err = |source| PluginError::Cache {
-        path: dir.clone(),
-        source,
-    };
-    fs::create_dir_all(&dir).map_err(cache_err)?;
-    let partial = dir.join(format!("{}.partial.{}", expected.hex(), std::process::id()));
-    let mut out = File::create(&partial).map_err(cache_err)?;
-    let mut hasher = Hasher::new();
-    let result = copy_source(source, base_dir, insecure_hosts, &mut out, &mut hasher).await;
-    let finish = result.and_then(|()| out.sync_all().map_err(|e| e.to_string()));
-    if let Err(detail) = finish {
-        let _ = fs::remove_file(&partial);
-        return Err(fetch_err(detail));
-    }
-    let (actual, _) = hasher.finish();
-    if actual != expected {
-        let _ = fs::remove_file(&partial);
-        return Err(PluginError::Mismatch {
-            id: source.id.clone(),
-            url: source.url.clone(),
+        detail: e.to_string(),
+    })?;
+    crate::download::fetch(
+        &source.url,
+        Some(&expected),
+        cache_root,
+        base_dir,
+        insecure_hosts,
+    )
+    .await
+    .map(|(path, _)| path)
+    .map_err(|e| match e {
+        FetchError::Fetch { url, detail } => PluginError::Fetch { id, url, detail },
+        FetchError::Mismatch {
+            url,
             expected,
             actual,
-        });
-    }
-    fs::rename(&partial, &dest).map_err(cache_err)?;
-    Ok(dest)
-}
-
-async fn copy_source(
-    source: &PluginSource,
-    base_dir: &Path,
-    insecure_hosts: &[String],
-    out: &mut File,
-    hasher: &mut Hasher,
-) -> Result<(), String> {
-    let mut sink = |bytes: &[u8]| -> Result<(), String> {
-        hasher.update(bytes);
-        out.write_all(bytes)
-            .map_err(|e| format!("writing the cache: {e}"))
-    };
-    let url = source.url.as_str();
-    if url.starts_with("https://") || url.starts_with("http://") {
-        let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
-        let host = parsed.host_str().unwrap_or_default();
-        let host_port = match parsed.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_owned(),
-        };
-        if parsed.scheme() == "http"
-            && !is_loopback_host(host)
-            && !insecure_hosts.iter().any(|h| *h == host_port || *h == host)
-        {
-            return Err(format!(
-                "plain HTTP to {host_port} is refused: use https:// (or list the host as an insecure registry)"
-            ));
-        }
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client.get(parsed).send().await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(format!("the server answered {status}"));
-        }
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            sink(&chunk.map_err(|e| e.to_string())?)?;
-        }
-        return Ok(());
-    }
-    let path = match url.strip_prefix("file://") {
-        Some(p) => PathBuf::from(p),
-        None => base_dir.join(url),
-    };
-    let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        sink(&buf[..n])?;
-    }
+        } => PluginError::Mismatch {
+            id,
+            url,
+            expected,
+            actual,
+        },
+        FetchError::Cache { path, source } => PluginError::Cache { path, source },
+    })
 }
 
 /// One member read from an archive, before placement.

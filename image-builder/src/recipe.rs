@@ -70,6 +70,9 @@ pub struct Recipe {
     /// Files taken from other images, in order, over the base.
     #[serde(default, rename = "copy")]
     pub copies: Vec<CopyFrom>,
+    /// Single files downloaded over HTTPS (a release binary), over the base and copies.
+    #[serde(default, rename = "download")]
+    pub downloads: Vec<Download>,
     /// Files from the repository's `assets/`, over the base and copies.
     #[serde(default, rename = "file")]
     pub files: Vec<AssetFile>,
@@ -117,6 +120,48 @@ pub struct CopyFrom {
     pub from: String,
     /// Absolute path in the Atlas image.
     pub to: String,
+}
+
+/// A file fetched from `url` and laid at `to` (owner root, `mode`), e.g. a binary from a
+/// project's own release or build service. Its sha256 comes from `sha256` here, else from the
+/// `[files]` of images.lock (written by `image lock`), else it is pinned on first download
+/// and recorded next to the image pins; a later download with other bytes is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Download {
+    /// `https://…`; `{arch}` is replaced by the Go name of the build architecture (`amd64`,
+    /// `arm64`), which is what release servers use.
+    pub url: String,
+    /// Absolute path in the Atlas image.
+    pub to: String,
+    /// Octal, e.g. "0755".
+    #[serde(default = "default_exec_mode")]
+    pub mode: String,
+    /// `sha256:<hex>` of the downloaded bytes, when known for every architecture's URL;
+    /// normally absent (the lock holds one digest per expanded URL).
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+fn default_exec_mode() -> String {
+    "0755".into()
+}
+
+impl Download {
+    /// The URL for a build on `arch` (Rust's name: `x86_64`, `aarch64`).
+    pub fn url_for(&self, arch: &str) -> String {
+        let go = match arch {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        self.url.replace("{arch}", go)
+    }
+
+    /// The mode as a number (validated when the recipe is parsed).
+    pub fn mode_bits(&self) -> u32 {
+        u32::from_str_radix(&self.mode, 8).unwrap_or(0o755)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -307,6 +352,33 @@ impl Recipe {
             check_image(&c.image).map_err(|r| bad(&f("image"), r))?;
             check_abs(&c.from).map_err(|r| bad(&f("from"), r))?;
             check_abs(&c.to).map_err(|r| bad(&f("to"), r))?;
+        }
+        for (i, d) in self.downloads.iter().enumerate() {
+            let f = |s: &str| format!("download[{i}].{s}");
+            let url = d.url_for("x86_64");
+            let parsed =
+                reqwest::Url::parse(&url).map_err(|e| bad(&f("url"), format!("{url:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
+                return Err(bad(
+                    &f("url"),
+                    format!(
+                        "{url:?} must be an https:// URL (http:// only for loopback or insecure hosts)"
+                    ),
+                ));
+            }
+            check_abs(&d.to).map_err(|r| bad(&f("to"), r))?;
+            u32::from_str_radix(&d.mode, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| {
+                    bad(
+                        &f("mode"),
+                        format!("{:?} is not an octal mode like \"0755\"", d.mode),
+                    )
+                })?;
+            if let Some(sha) = &d.sha256 {
+                crate::digest::Digest::parse(sha).map_err(|e| bad(&f("sha256"), e.to_string()))?;
+            }
         }
         for (i, file) in self.files.iter().enumerate() {
             let f = |s: &str| format!("file[{i}].{s}");

@@ -219,6 +219,10 @@ pub struct RegistryArgs {
     /// Map docker.io, ghcr.io and quay.io references onto this registry mirror.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry_mirror: Option<String>,
+    /// Fetch the recipes' downloads (Caddy's plugin build) from this mirror instead:
+    /// `https://HOST/PREFIX` or `file:///DIR`, holding `<host>/<path>` of each URL.
+    #[arg(long, env = "ATLAS_DOWNLOAD_MIRROR", value_name = "URL")]
+    pub download_mirror: Option<String>,
     /// Speak plain HTTP to this registry (loopback registries always are). Repeatable.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,

@@ -403,10 +403,24 @@ impl Pins {
         self.lock.digest_for(reference)
     }
 
+    pub fn get_file(&self, url: &str) -> Option<&Digest> {
+        self.lock.file_digest(url)
+    }
+
     /// Records a pin and writes the file (0644, atomically).
     pub fn record(&mut self, reference: &ImageRef, digest: Digest) -> Result<(), ImageOpsError> {
-        use std::os::unix::fs::PermissionsExt as _;
         self.lock.insert(reference, digest);
+        self.save()
+    }
+
+    /// Records the digest of a downloaded file and writes the file.
+    pub fn record_file(&mut self, url: &str, digest: Digest) -> Result<(), ImageOpsError> {
+        self.lock.insert_file(url, digest);
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), ImageOpsError> {
+        use std::os::unix::fs::PermissionsExt as _;
         let err = |e: io::Error| ImageOpsError::Pins {
             path: self.path.clone(),
             reason: e.to_string(),

@@ -56,6 +56,13 @@ pub enum SupplyError {
     },
     #[error(transparent)]
     Import(#[from] ImageOpsError),
+    #[error("recipe {service}: download[{index}]: {source}")]
+    Download {
+        service: String,
+        index: usize,
+        #[source]
+        source: Box<atlas_image::download::FetchError>,
+    },
     #[error("plugin for {service}: {source}")]
     Plugin {
         service: String,
@@ -83,6 +90,8 @@ pub enum SupplyError {
 pub struct ImageSupply {
     /// docker.io, ghcr.io and quay.io references go to this registry instead.
     pub registry_mirror: Option<String>,
+    /// Recipe downloads come from here instead (`atlas_image::download::mirror_url`).
+    pub download_mirror: Option<String>,
     pub insecure_registries: Vec<String>,
     pub cache_dir: PathBuf,
     /// Upstream digests; a reference missing here is pinned on first pull.
@@ -234,9 +243,19 @@ impl ImageSupply {
             pinned.extend(note);
             sources.push(img);
         }
+        let mut fetched = Vec::new();
+        for (i, d) in recipe.downloads.iter().enumerate() {
+            let (file, note) = self.download(service, i, d, &cache, progress).await?;
+            pinned.extend(note);
+            fetched.push(file);
+        }
         let files = build::recipe_files(recipe, job.read_asset).map_err(build_err(service))?;
         let mut spec = tokio::task::block_in_place(|| {
-            AtlasSpec::from_recipe_with(recipe, files, &sources).map_err(build_err(service))
+            let mut spec =
+                AtlasSpec::from_recipe_with(recipe, files, &sources).map_err(build_err(service))?;
+            spec.add_downloads(recipe, &fetched)
+                .map_err(build_err(service))?;
+            Ok::<_, SupplyError>(spec)
         })?;
         if let Some(p) = &recipe.plugins {
             let mut fetched = Vec::new();
@@ -308,6 +327,58 @@ impl ImageSupply {
             ));
         }
         Ok((image, indexes, note))
+    }
+
+    /// A recipe's `[[download]]`: by the recipe's sha256, else the lock's, else the one pinned
+    /// on an earlier download; the first download of an unpinned URL pins what arrived (the
+    /// returned note says so). The download mirror only changes where the bytes come from.
+    async fn download(
+        &self,
+        service: &str,
+        index: usize,
+        d: &atlas_image::recipe::Download,
+        cache: &BlobCache,
+        progress: &dyn Progress,
+    ) -> Result<((PathBuf, atlas_image::digest::Digest), Option<String>), SupplyError> {
+        let arch = std::env::consts::ARCH;
+        let url = d.url_for(arch);
+        let mut pins = Pins::load(&Pins::file_in(cache.root()))?;
+        let known = self
+            .lock
+            .file_digest(&url)
+            .or_else(|| pins.get_file(&url))
+            .cloned();
+        let task = progress.task(&format!("download {url}"), None);
+        let got = atlas_image::download::fetch_recipe_download(
+            d,
+            arch,
+            known.as_ref(),
+            self.download_mirror.as_deref(),
+            cache.root(),
+            &self.insecure_registries,
+        )
+        .await;
+        let (path, digest, _) = match got {
+            Ok(v) => v,
+            Err(e) => {
+                task.fail(&e.to_string());
+                return Err(SupplyError::Download {
+                    service: service.to_string(),
+                    index,
+                    source: Box::new(e),
+                });
+            }
+        };
+        task.finish(&digest.to_string());
+        let mut note = None;
+        if known.is_none() && d.sha256.is_none() {
+            pins.record_file(&url, digest.clone())?;
+            note = Some(format!(
+                "not in images.lock: pinned {url} to {digest} on first download (recorded in {}; later builds use this digest)",
+                pins.path().display()
+            ));
+        }
+        Ok(((path, digest), note))
     }
 
     fn mirrored(&self, r: &ImageRef) -> ImageRef {

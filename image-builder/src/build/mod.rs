@@ -59,6 +59,8 @@ pub const SERVICE_LABEL: &str = "io.atlas.service";
 pub const RECIPE_HASH_LABEL: &str = "io.atlas.recipe.hash";
 /// Label listing the plugins baked into an image: `id=sha256:…,…`.
 pub const PLUGINS_LABEL: &str = "io.atlas.plugins";
+/// Label listing the downloaded files of an image: `path=sha256:…,…`.
+pub const DOWNLOADS_LABEL: &str = "io.atlas.downloads";
 /// Label naming the base image's manifest digest (OCI annotation key).
 pub const BASE_DIGEST_LABEL: &str = "org.opencontainers.image.base.digest";
 /// Label naming the base image (OCI annotation key).
@@ -98,6 +100,13 @@ pub enum BuildError {
     },
     #[error("{what}: {error}")]
     Flatten { what: String, error: LayerError },
+    #[error("recipe {recipe}: download[{index}] {path}: {detail}")]
+    Download {
+        recipe: String,
+        index: usize,
+        path: String,
+        detail: String,
+    },
     #[error(transparent)]
     Plugin(Box<crate::plugin::PluginError>),
     #[error(transparent)]
@@ -221,6 +230,42 @@ impl AtlasSpec {
             self.runtime
                 .labels
                 .insert(PLUGINS_LABEL.to_owned(), listed.join(","));
+        }
+        Ok(())
+    }
+
+    /// Lays each `[[download]]` file, fetched by the caller into `fetched[i]` (its cache path
+    /// and verified digest), at its `to` (owner root); the label `io.atlas.downloads` lists
+    /// them with their digests.
+    pub fn add_downloads(
+        &mut self,
+        recipe: &Recipe,
+        fetched: &[(std::path::PathBuf, crate::digest::Digest)],
+    ) -> Result<(), BuildError> {
+        let mut listed = Vec::new();
+        for (index, (d, (path, digest))) in recipe.downloads.iter().zip(fetched).enumerate() {
+            let bytes = std::fs::read(path).map_err(|e| BuildError::Download {
+                recipe: recipe.name.clone(),
+                index,
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            self.entries.push(LayerEntry {
+                path: d.to.clone(),
+                spec: EntrySpec {
+                    item: crate::layer::deterministic::Item::File(bytes),
+                    mode: d.mode_bits(),
+                    uid: 0,
+                    gid: 0,
+                    xattrs: Vec::new(),
+                },
+            });
+            listed.push(format!("{}={digest}", d.to));
+        }
+        if !listed.is_empty() {
+            self.runtime
+                .labels
+                .insert(DOWNLOADS_LABEL.to_owned(), listed.join(","));
         }
         Ok(())
     }

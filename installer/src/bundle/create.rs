@@ -31,6 +31,8 @@ pub struct RegistrySource {
     pub cache: BlobCache,
     /// `host[:port]` that docker.io/ghcr.io/quay.io references are mapped onto.
     pub mirror: Option<String>,
+    /// Where the recipes' `[[download]]` files come from instead of their URLs.
+    pub download_mirror: Option<String>,
     pub pull: PullOptions,
 }
 
@@ -255,7 +257,28 @@ impl Images {
             let cref = ImageRef::parse(&c.image).map_err(|e| recipe_err(e.into()))?;
             sources.push(pull_base(&cref, reg, lock, progress).await?);
         }
-        let atlas = AtlasSpec::from_recipe_with(&r.recipe, r.files.clone(), &sources)?;
+        // `[[download]]` files go into the Atlas layer, pinned in the bundle's lock.
+        let mut fetched = Vec::new();
+        for d in &r.recipe.downloads {
+            let arch = std::env::consts::ARCH;
+            let known = lock.file_digest(&d.url_for(arch)).cloned();
+            let (path, digest, url) = atlas_image::download::fetch_recipe_download(
+                d,
+                arch,
+                known.as_ref(),
+                reg.download_mirror.as_deref(),
+                reg.cache.root(),
+                &reg.pull.insecure_registries,
+            )
+            .await
+            .map_err(|e| recipe_err(e.into()))?;
+            if known.is_none() {
+                lock.insert_file(&url, digest.clone());
+            }
+            fetched.push((path, digest));
+        }
+        let mut atlas = AtlasSpec::from_recipe_with(&r.recipe, r.files.clone(), &sources)?;
+        atlas.add_downloads(&r.recipe, &fetched)?;
         let image = build::build(&base, &atlas)?;
         let desc = tokio::task::block_in_place(|| self.write_atlas(&image))?;
         let mut notes = base_notes(&base_ref);

@@ -83,6 +83,7 @@ fn create_spec(args: &BundleCreateArgs) -> Result<CreateSpec> {
         spec.registry = Some(RegistrySource {
             cache: super::image::cache(&args.registry)?,
             mirror: args.registry.registry_mirror.clone(),
+            download_mirror: args.registry.download_mirror.clone(),
             pull: super::image::pull_options(&args.registry),
         });
     }

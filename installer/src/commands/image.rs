@@ -425,6 +425,7 @@ async fn build_cmd(
     };
     let supply = ImageSupply {
         registry_mirror: reg.registry_mirror.clone(),
+        download_mirror: reg.download_mirror.clone(),
         insecure_registries: reg.insecure_registry.clone(),
         cache_dir: cache.root().to_path_buf(),
         lock,
@@ -605,19 +606,42 @@ fn quiet(global: &GlobalArgs) -> GlobalArgs {
 
 async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let mut refs: Vec<ImageRef> = Vec::new();
+    let mut downloads = Vec::new();
     for r in Recipe::embedded()? {
         for u in r.upstream_refs() {
             if !refs.contains(&u) {
                 refs.push(u);
             }
         }
+        downloads.extend(r.downloads.iter().cloned());
     }
-    let lock = lock_references(&refs, reg.registry_mirror.as_deref(), &pull_options(reg))
+    let mut lock = lock_references(&refs, reg.registry_mirror.as_deref(), &pull_options(reg))
         .await
         .with_context(|| match &reg.registry_mirror {
             Some(m) => format!("resolving the recipes' upstream tags through the mirror {m}"),
             None => "resolving the recipes' upstream tags at their registries (offline? pass --registry-mirror HOST)".to_owned(),
         })?;
+    // Downloads: the sha256 of what each URL serves, for every architecture we build for.
+    let cache = cache(reg)?;
+    for d in &downloads {
+        for arch in ["x86_64", "aarch64"] {
+            let url = d.url_for(arch);
+            if lock.file_digest(&url).is_some() {
+                continue;
+            }
+            let (_, digest, _) = atlas_image::download::fetch_recipe_download(
+                d,
+                arch,
+                None,
+                reg.download_mirror.as_deref(),
+                cache.root(),
+                &reg.insecure_registry,
+            )
+            .await
+            .with_context(|| format!("hashing the download {url}"))?;
+            lock.insert_file(&url, digest);
+        }
+    }
     write_file_atomically(out, |f| {
         f.write_all(lock.to_toml().as_bytes())?;
         Ok(())
@@ -627,9 +651,21 @@ async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<Exi
             .iter()
             .map(|(k, d)| (k.to_owned(), json!(d.to_string())))
             .collect();
-        say!("{}", json!({ "out": out, "images": images }));
+        let files: serde_json::Map<_, _> = lock
+            .files()
+            .map(|(k, d)| (k.to_owned(), json!(d.to_string())))
+            .collect();
+        say!(
+            "{}",
+            json!({ "out": out, "images": images, "files": files })
+        );
     } else {
-        eprintln!("Wrote {} with {} images", out.display(), lock.len());
+        eprintln!(
+            "Wrote {} with {} images and {} downloads",
+            out.display(),
+            lock.len(),
+            lock.files().count()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

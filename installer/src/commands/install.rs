@@ -113,6 +113,7 @@ pub(super) fn image_supply(
         let opened = open_bundle(path, progress)?;
         let images = ImageSupply {
             registry_mirror: None,
+            download_mirror: None,
             insecure_registries: Vec::new(),
             cache_dir: opened.layout.path().join(".cache"),
             lock: opened.lock.clone(),
@@ -139,6 +140,11 @@ pub(super) fn image_supply(
             .registry_mirror
             .clone()
             .or_else(|| config.images.registry_mirror.clone()),
+        download_mirror: args
+            .registry
+            .download_mirror
+            .clone()
+            .or_else(|| config.images.download_mirror.clone()),
         insecure_registries: insecure,
         cache_dir: args
             .registry

@@ -23,6 +23,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
         true => None,
         false => Some(atlas_install::supply::ImageSupply {
             registry_mirror: None,
+            download_mirror: None,
             insecure_registries: Vec::new(),
             cache_dir: atlas_image::cache::BlobCache::default_dir(),
             lock: atlas_image::lock::ImagesLock::embedded()?,

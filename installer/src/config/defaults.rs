@@ -285,6 +285,7 @@ impl Config {
             },
             images: ImagesConfig {
                 registry_mirror: None,
+                download_mirror: None,
                 insecure_registries: Vec::new(),
                 lock_file: None,
                 aliases: BTreeMap::new(),

@@ -467,6 +467,10 @@ pub struct Integrations {
 pub struct ImagesConfig {
     /// Map docker.io, ghcr.io and quay.io references onto this mirror (`host[:port]`).
     pub registry_mirror: Option<String>,
+    /// Fetch the recipes' `[[download]]` files from this mirror (`https://host/prefix` or
+    /// `file:///dir`), laid out as `<mirror>/<host>/<path>`.
+    #[serde(default)]
+    pub download_mirror: Option<String>,
     /// Hosts allowed over plain HTTP besides loopback.
     pub insecure_registries: Vec<String>,
     /// Replaces the embedded images.lock.

@@ -218,6 +218,7 @@ overlay!(RawImages => ImagesConfig {
     plain insecure_registries: Vec<String>,
     plain aliases: std::collections::BTreeMap<String, String>,
     opt registry_mirror: String,
+    opt download_mirror: String,
     opt lock_file: String,
 });
 

@@ -859,6 +859,16 @@ fn services(c: &Config, d: &mut Vec<Diagnostic>) {
             "write only the host and port, e.g. mirror.internal:5000",
         );
     }
+    if let Some(m) = c.images.download_mirror.as_ref().filter(|m| {
+        !(m.starts_with("https://") || m.starts_with("http://") || m.starts_with("file:///"))
+    }) {
+        push(
+            d,
+            "images.download_mirror",
+            format!("`{m}` is not an http(s):// URL or a file:/// directory"),
+            "write e.g. https://mirror.internal/downloads or file:///srv/atlas-downloads",
+        );
+    }
 }
 
 fn mosquitto(m: &MosquittoConfig, d: &mut Vec<Diagnostic>) {

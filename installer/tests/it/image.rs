@@ -767,8 +767,13 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
             "lock",
             "--registry-mirror",
             REGISTRY,
-            "--out",
+            // Never Caddy's build service itself: the fixture directory stands in for it.
+            "--download-mirror",
+            DOWNLOADS,
+            "--cache-dir",
         ])
+        .arg(t.join("lock-cache"))
+        .arg("--out")
         .arg(&out));
     if o.status.success() {
         let text = std::fs::read_to_string(&out).unwrap();
@@ -779,6 +784,23 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
                 r.name
             );
         }
+        // Caddy's download, per architecture, by the sha256 of the bytes that were served.
+        let served = sha256_file(Path::new(
+            "/var/tmp/atlas-test/downloads/caddyserver.com/api/download",
+        ));
+        let lock = atlas_image::lock::ImagesLock::load(&out).unwrap();
+        let files: Vec<(String, String)> = lock
+            .files()
+            .map(|(u, d)| (u.to_owned(), d.to_string()))
+            .collect();
+        assert_eq!(files.len(), 2, "{text}");
+        for (url, digest) in files {
+            assert!(
+                url.starts_with("https://caddyserver.com/api/download?os=linux&arch="),
+                "{url}"
+            );
+            assert_eq!(digest, format!("sha256:{served}"), "{url}");
+        }
     } else {
         assert!(
             stderr(&o).contains(REGISTRY) && stderr(&o).contains("registry"),
@@ -788,6 +810,9 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
         assert!(!out.exists(), "a failed lock writes nothing");
     }
 }
+
+/// The download mirror tests/fixtures/build-images.sh lays out (Caddy's build service).
+const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
 
 /// The registry and the tools of the tests that need no Incus (skip, or fail under CI).
 fn registry_ready() -> bool {

@@ -17,6 +17,9 @@ use serde_json::Value;
 use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
 
 const REGISTRY: &str = "127.0.0.1:5000";
+/// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
+/// here the Debian binary), as a `file://` download mirror.
+const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
 const ROLES: [(&str, &str); 5] = [
     ("development", "dev"),
     ("testing", "tst"),
@@ -113,6 +116,7 @@ impl Stack {
              [node_exporter]\nfollow_host_mounts = false\n\n\
              # The daemon is shared with other tests: no server-wide wiring here.\n\
              [integrations]\nincus_loki = false\nincus_metrics = false\n\n\
+             [images]\ndownload_mirror = \"{DOWNLOADS}\"\n\n\
              [instances.grafana01.web]\nallowed_ip_range = [{allowed}]\n",
             self.project, self.http_port, self.https_port, self.mqtt_port
         );
@@ -384,6 +388,12 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     assert!(
         log.contains("not in images.lock: pinned docker.io/prom/prometheus:latest to sha256:"),
         "first pull pins and says so: {log}"
+    );
+    assert!(
+        log.contains(
+            "not in images.lock: pinned https://caddyserver.com/api/download?os=linux&arch="
+        ) && log.contains("on first download"),
+        "Caddy's plugin build is pinned on first download: {log}"
     );
     for i in [
         "grafana01",
@@ -705,6 +715,8 @@ async fn whole_stack_from_a_bundle() {
         bundle_arg,
         "--registry-mirror",
         REGISTRY,
+        "--download-mirror",
+        DOWNLOADS,
     ]);
     assert!(o.status.success(), "bundle create:\n{}", stderr(&o));
     pool_too_small_is_refused(&stack, bundle_arg).await;
