@@ -50,7 +50,7 @@ cold() {
 }
 
 results=()
-results+=("$(measure "bundle create" atlas bundle create --out "$bundle" --registry-mirror 127.0.0.1:5000 --download-mirror file:///var/tmp/atlas-test/downloads --yes)")
+results+=("$(measure "bundle create" "$bin" -c "$conf" --progress none bundle create --out "$bundle" --registry-mirror 127.0.0.1:5000 --download-mirror file:///var/tmp/atlas-test/downloads --yes)")
 size=$(stat -c %s "$bundle")
 for i in $(seq "$runs"); do
   r=$(cold); echo "run $i: $r" >&2; results+=("$r")
@@ -58,7 +58,7 @@ done
 for i in $(seq "$runs"); do
   r=$(measure "install --bundle (converged)" unshare --net -- "$bin" -c "$conf" --progress none install --yes --ignore-preflight --bundle "$bundle")
   echo "run $i: $r" >&2; results+=("$r")
-  r=$(measure "plan (converged)" atlas plan --detailed-exitcode)
+  r=$(measure "plan (converged)" "$bin" -c "$conf" --progress none plan --detailed-exitcode)
   echo "run $i: $r" >&2; results+=("$r")
 done
 atlas status >/dev/null || { echo "bundle-install.sh: the stack is not healthy at the end" >&2; exit 1; }

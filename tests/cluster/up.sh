@@ -29,7 +29,11 @@ fi
 
 start=$(date +%s%N)
 mkdir -p "$base" "$INCUS_CONF"
-chmod 700 "$base"
+# Traversable, not listable: the members' containers run as unprivileged root (uid 1000000),
+# and LXC refuses to start them unless every directory above their rootfs grants it x. The
+# client's config and key stay private.
+chmod 711 "$base"
+chmod 700 "$INCUS_CONF"
 
 setsid unshare -n sh -c 'echo $$ > "$1"; exec sleep infinity' hub "$base/hub.pid" \
   </dev/null >/dev/null 2>&1 &

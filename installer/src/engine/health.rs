@@ -185,7 +185,7 @@ pub async fn probe_once(client: &Client, instance: &str, check: &Check) -> Resul
     let init = format!("/{}", atlas_image::init::INIT_PATH);
     let url = check.url();
     let out = client
-        .exec(instance, &[&init, "probe", &url], &Default::default())
+        .probe_exec(instance, &[&init, "probe", &url])
         .await
         .map_err(|e| format!("{check}: running the probe in {instance}: {e}"))?;
     probe_verdict(

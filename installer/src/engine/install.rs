@@ -112,6 +112,8 @@ pub struct PlanReport {
     pub notes: Vec<String>,
     /// Image alias and fingerprint per instance.
     pub images: BTreeMap<String, String>,
+    /// `(instance, where)` on a cluster (a member, or a cluster group); empty otherwise.
+    pub placement: Vec<(String, String)>,
     #[serde(skip)]
     inner: Option<Box<Inner>>,
 }
@@ -121,6 +123,7 @@ struct Inner {
     server: Server,
     observation: Observation,
     secrets: Option<Secrets>,
+    placement: super::cluster::Placement,
 }
 
 impl PlanReport {
@@ -150,6 +153,9 @@ impl std::fmt::Display for PlanReport {
         }
         for w in &self.wiring {
             writeln!(f, "  ~ server {}: {}", w.what, w.detail)?;
+        }
+        for (instance, place) in &self.placement {
+            writeln!(f, "  @ {instance} on {place}")?;
         }
         write!(f, "{}", self.plan)
     }
@@ -297,6 +303,7 @@ impl Engine<'_> {
             Some(s) => wiring::plan(&self.client, cfg, s).await?,
             None => Vec::new(),
         };
+        let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
         let mut notes = notes;
         notes.extend(self.remotes_note(&server)?);
         if let Some(n) = bucket_note(&pre, &observation) {
@@ -320,10 +327,12 @@ impl Engine<'_> {
             wiring,
             notes,
             images,
+            placement: placement.describe(cfg),
             inner: Some(Box::new(Inner {
                 server,
                 observation,
                 secrets,
+                placement,
             })),
         })
     }
@@ -497,6 +506,8 @@ impl Engine<'_> {
                         .converge_kind(&root, &project, by_kind(ResourceKind::Project))
                         .await?;
                     let bucket = self.ensure_bucket(&inner.server).await?;
+                    // The member chosen for the stack now, so later runs keep it there.
+                    super::cluster::record(&self.client, cfg, &inner.placement).await?;
                     t.finish(&format!("{}; {bucket}", outcome(n)));
                     Ok(())
                 }
@@ -516,7 +527,13 @@ impl Engine<'_> {
                 done(
                     t,
                     async {
-                        let n = self.converge_kind(&root, &project, by_kind(kind)).await?;
+                        let n = match kind {
+                            ResourceKind::Volume => {
+                                self.converge_volumes(&root, &project, plan, &inner.placement)
+                                    .await?
+                            }
+                            _ => self.converge_kind(&root, &project, by_kind(kind)).await?,
+                        };
                         t.finish(&outcome(n));
                         Ok(())
                     }
@@ -615,6 +632,9 @@ impl Engine<'_> {
                                 t.set_message(name);
                                 let payload = &desired.payloads[name];
                                 let existing = inner.observation.instances.get(name);
+                                // On a cluster, created where the placement says.
+                                let target = inner.placement.target_for(name);
+                                let project = project.on_target(target.as_deref());
                                 match &upgrade {
                                     Some(u) => {
                                         self.replace_guarded(&project, r, payload, existing, u)
@@ -791,6 +811,36 @@ impl Engine<'_> {
         }
     }
 
+    /// Volumes, each created on the member of the instance that mounts it: a local pool's
+    /// volume exists on one member only, and the instance must be there too.
+    async fn converge_volumes(
+        &self,
+        root: &Client,
+        project: &Client,
+        plan: &super::plan::Plan,
+        placement: &super::cluster::Placement,
+    ) -> Result<usize, EngineError> {
+        let owners = volume_owners(plan);
+        let mut n = 0;
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.address.kind == ResourceKind::Volume)
+        {
+            let target = owners
+                .get(&a.address.name)
+                .and_then(|i| placement.target_for(i))
+                // A group is for instances; a volume needs a member, which only the
+                // instance's creation picks. Such volumes are made untargeted.
+                .filter(|t| !t.starts_with('@'));
+            let project = project.on_target(target.as_deref());
+            n += self
+                .converge_kind(root, &project, std::iter::once(a))
+                .await?;
+        }
+        Ok(n)
+    }
+
     async fn converge_kind<'p>(
         &self,
         root: &Client,
@@ -921,6 +971,28 @@ impl Engine<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// Custom volume name -> the instance whose disk device mounts it.
+fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
+    let mut owners = BTreeMap::new();
+    for a in &plan.actions {
+        let (ResourceKind::Instance, Some(r)) = (a.address.kind, &a.resource) else {
+            continue;
+        };
+        let Some(devices) = r.body["devices"].as_object() else {
+            continue;
+        };
+        for d in devices.values() {
+            if d["type"] == "disk"
+                && let Some(src) = d["source"].as_str()
+                && d.get("pool").is_some()
+            {
+                owners.insert(src.to_string(), a.address.name.clone());
+            }
+        }
+    }
+    owners
 }
 
 fn outcome(n: usize) -> String {

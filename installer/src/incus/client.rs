@@ -48,6 +48,7 @@ pub(crate) struct Inner {
     pub(crate) base: Url,
     pub(crate) endpoint: Endpoint,
     writes: AtomicU64,
+    probes: AtomicU64,
     log: RwLock<Option<RequestLog>>,
     op_timeout: RwLock<Duration>,
     wait_chunk: RwLock<Duration>,
@@ -99,6 +100,9 @@ pub(crate) struct Req {
     scope: Scope,
     /// Whether this call accepts `?target=`.
     targeted: bool,
+    /// A non-GET that changes nothing in Incus (a health probe's exec and its log cleanup):
+    /// counted in [`Client::probes`], not [`Client::writes`].
+    observing: bool,
     payload: Payload,
     headers: HeaderMap,
 }
@@ -118,6 +122,7 @@ impl Req {
             query: Vec::new(),
             scope: Scope::Global,
             targeted: false,
+            observing: false,
             payload: Payload::None,
             headers: HeaderMap::new(),
         }
@@ -131,6 +136,10 @@ impl Req {
     }
     pub(crate) fn targeted(mut self) -> Req {
         self.targeted = true;
+        self
+    }
+    pub(crate) fn observing(mut self, observing: bool) -> Req {
+        self.observing = observing;
         self
     }
     pub(crate) fn query(mut self, k: &str, v: impl Into<String>) -> Req {
@@ -199,6 +208,7 @@ impl Client {
                 base,
                 endpoint,
                 writes: AtomicU64::new(0),
+                probes: AtomicU64::new(0),
                 log: RwLock::new(None),
                 op_timeout: RwLock::new(DEFAULT_OPERATION_TIMEOUT),
                 wait_chunk: RwLock::new(WAIT_CHUNK),
@@ -230,9 +240,17 @@ impl Client {
         self.project.as_deref().unwrap_or("default")
     }
 
-    /// How many non-GET requests this client (and its clones) has sent, failed ones included.
+    /// How many non-GET requests this client (and its clones) has sent, failed ones included,
+    /// except health probes (see [`Client::probes`]): what "zero writes" of a converged run
+    /// is measured by.
     pub fn writes(&self) -> u64 {
         self.inner.writes.load(Ordering::SeqCst)
+    }
+
+    /// Non-GET requests that only observe: health probes run with [`Client::probe_exec`]
+    /// (the exec and the removal of its recorded output).
+    pub fn probes(&self) -> u64 {
+        self.inner.probes.load(Ordering::SeqCst)
     }
 
     /// Installs a hook that sees method and path (with query) of every request.
@@ -307,7 +325,9 @@ impl Client {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        if req.method != Method::GET {
+        if req.observing {
+            self.inner.probes.fetch_add(1, Ordering::SeqCst);
+        } else if req.method != Method::GET {
             self.inner.writes.fetch_add(1, Ordering::SeqCst);
         }
         if let Some(log) = self

@@ -45,6 +45,28 @@ impl Client {
         env: &BTreeMap<String, String>,
         user: Option<(u32, u32)>,
     ) -> Result<ExecOutput, IncusError> {
+        self.exec_inner(instance, command, env, user, false).await
+    }
+
+    /// [`Client::exec`] of a command that only looks (a health probe): counted in
+    /// [`Client::probes`] instead of [`Client::writes`].
+    pub async fn probe_exec(
+        &self,
+        instance: &str,
+        command: &[&str],
+    ) -> Result<ExecOutput, IncusError> {
+        self.exec_inner(instance, command, &BTreeMap::new(), None, true)
+            .await
+    }
+
+    async fn exec_inner(
+        &self,
+        instance: &str,
+        command: &[&str],
+        env: &BTreeMap<String, String>,
+        user: Option<(u32, u32)>,
+        observing: bool,
+    ) -> Result<ExecOutput, IncusError> {
         let mut body = serde_json::json!({
             "command": command,
             "environment": env,
@@ -58,6 +80,7 @@ impl Client {
         }
         let req = Req::new(Method::POST, "/1.0/instances", &[instance, "exec"])
             .scope(Scope::Project)
+            .observing(observing)
             .json(&body)?;
         let op = self.write_op(req).await?;
         let exit_code = op
@@ -69,8 +92,8 @@ impl Client {
                 path: format!("/1.0/instances/{instance}/exec"),
                 message: format!("operation metadata without `return`: {}", op.metadata),
             })?;
-        let stdout = self.exec_log(&op.metadata, "1").await?;
-        let stderr = self.exec_log(&op.metadata, "2").await?;
+        let stdout = self.exec_log(&op.metadata, "1", observing).await?;
+        let stderr = self.exec_log(&op.metadata, "2", observing).await?;
         Ok(ExecOutput {
             exit_code,
             stdout,
@@ -78,7 +101,12 @@ impl Client {
         })
     }
 
-    async fn exec_log(&self, meta: &Value, fd: &str) -> Result<Vec<u8>, IncusError> {
+    async fn exec_log(
+        &self,
+        meta: &Value,
+        fd: &str,
+        observing: bool,
+    ) -> Result<Vec<u8>, IncusError> {
         let Some(path) = meta
             .get("output")
             .and_then(|o| o.get(fd))
@@ -93,7 +121,11 @@ impl Client {
             .await?;
         // Logs pile up otherwise; failing to delete one is not worth failing the exec.
         let _ = self
-            .write(Req::new(Method::DELETE, "", &segs).scope(Scope::Project))
+            .write(
+                Req::new(Method::DELETE, "", &segs)
+                    .scope(Scope::Project)
+                    .observing(observing),
+            )
             .await;
         Ok(bytes)
     }

@@ -18,6 +18,7 @@ use atlas_install::incus::{
     Client, ImageImport, InstanceCreate, InstanceSource, Network, OptionalExt, Project,
     StoragePool, StorageVolume,
 };
+use atlas_install::progress::NoProgress;
 
 /// One member as `up.sh` recorded it.
 #[derive(Debug, Clone)]
@@ -432,6 +433,8 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     assert_eq!(other.writes(), writes);
     instances_land_where_placed(&client, &state.prefix, &project, &pool_name, &names).await;
     eprintln!("placement ok after {:?}", t0.elapsed());
+    engine_install_on_the_cluster(&client, &pool_name, &net_name, &names).await;
+    eprintln!("engine install on the cluster ok after {:?}", t0.elapsed());
 
     // One member goes down: the cluster marks it OFFLINE and preflight names it. A clean
     // shutdown, not SIGSTOP: after a SIGCONT the other members' API stalled for ~2.5 min in
@@ -541,6 +544,109 @@ fn tiny_image(dir: &Path) -> PathBuf {
         .expect("tar");
     assert!(st.success());
     tarball
+}
+
+/// The engine itself on the cluster: networks the cluster way, every instance and its
+/// volumes on the member the placement gives (one pinned elsewhere by the config), healthy
+/// through probes run inside the containers (their bridges exist only in the members'
+/// namespaces); a re-run plans nothing and writes nothing; destroy removes it all.
+async fn engine_install_on_the_cluster(
+    client: &Client,
+    pool: &str,
+    external: &str,
+    names: &[String],
+) {
+    let env = crate::engine::Env::new(client, 7).await;
+    let mut cfg = env.config("");
+    cfg.incus.storage_pool = pool.to_string();
+    cfg.incus.external_network = external.to_string();
+    let pinned = names[1].clone();
+    cfg.instances.get_mut("caddy01").expect("caddy01").placement =
+        Some(Pin::Member(pinned.clone()));
+    env.project_with_images(client, &cfg).await;
+    let pc = client.in_project(&cfg.incus.project);
+
+    let e = crate::engine::engine(client, &cfg, None);
+    let report = e.plan().await.expect("plan on the cluster");
+    let placement: BTreeMap<String, String> = report.placement.iter().cloned().collect();
+    assert_eq!(
+        placement["caddy01"],
+        format!("member {pinned}"),
+        "{placement:?}"
+    );
+    assert_eq!(
+        placement["mosquitto01"],
+        format!("member {} (chosen now, recorded)", names[0]),
+        "{placement:?}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains(&format!("@ caddy01 on member {pinned}")),
+        "plan shows the placement: {report}"
+    );
+    let destroy = || async {
+        let plan = atlas_install::engine::destroy::plan(client, &cfg, true)
+            .await
+            .expect("destroy plan");
+        atlas_install::engine::destroy::apply(client, &cfg, &plan, &NoProgress).await
+    };
+    if let Err(err) = e.apply(&report).await {
+        let _ = destroy().await;
+        panic!("install on the cluster: {err}");
+    }
+    let stored = client
+        .get_project(&cfg.incus.project)
+        .await
+        .expect("project")
+        .value;
+    assert_eq!(stored.config[KEY_PLACEMENT_MEMBER], names[0]);
+    let mut location = BTreeMap::new();
+    for (name, _) in cfg.enabled_instances() {
+        let i = pc.get_instance(name).await.expect("instance").value;
+        let want = if name == "caddy01" {
+            &pinned
+        } else {
+            &names[0]
+        };
+        assert_eq!(&i.location, want, "{name}");
+        assert_eq!(i.status, "Running", "{name}");
+        location.insert(name.to_string(), i.location);
+    }
+    let volumes = pc.volumes(pool).await.expect("volumes");
+    assert!(!volumes.is_empty());
+    for v in &volumes {
+        let owner = v.name.strip_suffix("-data").and_then(|n| location.get(n));
+        let owner = owner.unwrap_or_else(|| panic!("volume {} of no instance", v.name));
+        assert_eq!(
+            &v.location, owner,
+            "volume {} sits with its instance",
+            v.name
+        );
+    }
+
+    // Converged: nothing to do, and doing it writes nothing.
+    let w0 = client.writes();
+    let e = crate::engine::engine(client, &cfg, None);
+    let again = e.plan().await.expect("plan again");
+    assert!(!again.has_changes(), "a converged cluster install: {again}");
+    e.apply(&again).await.expect("re-run");
+    assert_eq!(
+        client.writes(),
+        w0,
+        "a converged re-run on the cluster writes nothing"
+    );
+
+    destroy().await.expect("destroy on the cluster");
+    assert!(
+        client
+            .get_project(&cfg.incus.project)
+            .await
+            .optional()
+            .expect("get")
+            .is_none(),
+        "destroy removed the project"
+    );
 }
 
 /// Instances (and their volumes) go where `target_for` says: a pinned member, a group, the

@@ -330,7 +330,7 @@ fn test_secrets() -> Secrets {
     .clone()
 }
 
-struct TestSecrets;
+pub(crate) struct TestSecrets;
 
 impl SecretSource for TestSecrets {
     fn load_or_generate<'a>(
@@ -342,7 +342,7 @@ impl SecretSource for TestSecrets {
     }
 }
 
-fn engine<'a>(c: &Client, cfg: &'a Config, fail_at: Option<&str>) -> Engine<'a> {
+pub(crate) fn engine<'a>(c: &Client, cfg: &'a Config, fail_at: Option<&str>) -> Engine<'a> {
     Engine {
         client: c.in_project(&cfg.incus.project),
         config: cfg,
