@@ -258,7 +258,7 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
     );
 
     let layer = a.layer.as_ref().unwrap();
-    let got = layer_members(&layer.tar);
+    let got = layer_members(&layer.tar().unwrap());
     let row = |p: &str| {
         got.get(p)
             .unwrap_or_else(|| panic!("{p} missing: {got:#?}"))

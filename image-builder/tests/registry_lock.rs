@@ -48,9 +48,22 @@ fn every_seed_service_has_a_valid_recipe() {
     let caddy = recipes.iter().find(|r| r.name == "caddy").unwrap();
     assert_eq!(
         caddy.upstream_refs().len(),
-        2,
-        "caddy copies its binary from a plugin build"
+        1,
+        "caddy builds on the official image"
     );
+    let plugin_build: Vec<String> = caddy
+        .downloads
+        .iter()
+        .map(|d| d.url_for("x86_64"))
+        .collect();
+    assert_eq!(plugin_build.len(), 1, "caddy's binary is downloaded");
+    assert!(
+        plugin_build[0].starts_with("https://caddyserver.com/api/download?os=linux&arch=amd64&")
+            && plugin_build[0].contains("caddy-dns%2Fcloudflare")
+            && plugin_build[0].contains("mholt%2Fcaddy-ratelimit"),
+        "from Caddy's build service, with both plugins: {plugin_build:?}"
+    );
+    assert_eq!(caddy.downloads[0].to, "/usr/bin/caddy");
     assert!(
         recipes
             .iter()

@@ -66,7 +66,7 @@ pub struct LayerBuilder {
 /// its digest (the manifest's layer descriptor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltLayer {
-    pub tar: Vec<u8>,
+    /// sha256 of the uncompressed tar.
     pub diff_id: String,
     pub gzip: Vec<u8>,
     pub digest: String,
@@ -223,14 +223,18 @@ impl LayerBuilder {
         Ok(format!("sha256:{}", hex::encode(hashed.hash.finalize())))
     }
 
-    /// Builds the tar and its deterministic gzip form in memory (Atlas layers are small).
+    /// Builds the deterministic gzip form in memory, the tar streamed through the compressor
+    /// (never held whole: a layer with a large downloaded binary would otherwise be in memory
+    /// three times, as entries, tar and gzip).
     pub fn build(&self) -> Result<BuiltLayer, LayerError> {
-        let mut tar = Vec::new();
-        let diff_id = self.write_tar(&mut tar)?;
-        let gzip = gzip(&tar).map_err(LayerError::Output)?;
+        let mut enc = FixedChunks::new(gzip_encoder(Vec::new()));
+        let diff_id = self.write_tar(&mut enc)?;
+        let gzip = enc
+            .finish()
+            .and_then(flate2::write::GzEncoder::finish)
+            .map_err(LayerError::Output)?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&gzip)));
         Ok(BuiltLayer {
-            tar,
             diff_id,
             gzip,
             digest,
@@ -322,14 +326,72 @@ impl LayerBuilder {
     }
 }
 
-/// Gzip with a fixed header (no name, mtime 0, OS "unknown") and a fixed level.
+/// Gzip with a fixed header (no name, mtime 0, OS "unknown") and a fixed level, fed in
+/// [`FixedChunks`] so the bytes are the same as [`LayerBuilder::build`]'s streamed ones.
 pub fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut enc = flate2::GzBuilder::new()
+    let mut enc = FixedChunks::new(gzip_encoder(Vec::new()));
+    enc.write_all(data)?;
+    enc.finish()?.finish()
+}
+
+/// The deflate stream of zlib-rs depends on how its input is split into writes, not only on
+/// the input. This hands the encoder the data in chunks of one fixed size whatever the
+/// writer above does, so the compressed bytes (and the layer digest) are a function of the
+/// content alone.
+struct FixedChunks<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+const GZIP_CHUNK: usize = 256 * 1024;
+
+impl<W: Write> FixedChunks<W> {
+    fn new(inner: W) -> Self {
+        FixedChunks {
+            inner,
+            buf: Vec::with_capacity(GZIP_CHUNK),
+        }
+    }
+
+    /// Writes what is left and returns the inner writer.
+    fn finish(mut self) -> io::Result<W> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+        }
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for FixedChunks<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(GZIP_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == GZIP_CHUNK {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        // Passing a partial chunk on would make the output depend on when flush is called.
+        Ok(())
+    }
+}
+
+fn gzip_encoder<W: Write>(out: W) -> flate2::write::GzEncoder<W> {
+    flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
-        .write(Vec::new(), flate2::Compression::new(GZIP_LEVEL));
-    enc.write_all(data)?;
-    enc.finish()
+        .write(out, flate2::Compression::new(GZIP_LEVEL))
+}
+
+impl BuiltLayer {
+    /// The uncompressed tar, decompressed again (for inspection and tests).
+    pub fn tar(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&self.gzip[..]), &mut out)?;
+        Ok(out)
+    }
 }
 
 fn builder_err(path: &str, detail: &str) -> LayerError {
