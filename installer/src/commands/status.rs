@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
-use atlas_install::engine::{health, secrets, wiring};
+use atlas_install::engine::{cluster, health, secrets, wiring};
 use atlas_install::incus::{Client, OptionalExt as _, owner};
 use serde::Serialize;
 
@@ -27,6 +27,9 @@ struct Report {
     networks: Vec<Named>,
     profiles: Vec<Named>,
     wiring: WiringStatus,
+    /// On a cluster: members that are not online, with the instances on them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    offline_members: Vec<cluster::OfflineMember>,
     healthy: bool,
 }
 
@@ -38,6 +41,9 @@ struct InstanceStatus {
     addresses: Vec<String>,
     /// Description of the image the instance was created from.
     image: Option<String>,
+    /// The cluster member it runs on (absent on a single server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
     /// `None` when the config has no such instance (nothing to probe).
     health: Option<health::HealthReport>,
 }
@@ -97,6 +103,7 @@ async fn collect(config: &Config) -> Result<Report> {
             changes: Vec::new(),
             note: None,
         },
+        offline_members: Vec::new(),
         healthy: false,
     };
     let Some(project) = client
@@ -109,6 +116,12 @@ async fn collect(config: &Config) -> Result<Report> {
     };
     report.installed = true;
     report.version = project.value.config.get(owner::VERSION).cloned();
+    let info = cluster::detect(&client)
+        .await
+        .context("reading the cluster members")?;
+    report.offline_members = cluster::offline_members(&client, config, &info)
+        .await
+        .context("listing the instances on offline members")?;
 
     let health = health::check(&client, config)
         .await
@@ -126,6 +139,7 @@ async fn collect(config: &Config) -> Result<Report> {
             addresses,
             image: inst.config.get("image.description").cloned(),
             health: by_name.get(inst.name.as_str()).map(|h| (*h).clone()),
+            location: Some(inst.location.clone()).filter(|l| info.clustered && !l.is_empty()),
             name: inst.name,
         });
     }
@@ -141,6 +155,7 @@ async fn collect(config: &Config) -> Result<Report> {
             state: "Missing".into(),
             addresses: Vec::new(),
             image: None,
+            location: None,
             health: Some(h.clone()),
         });
     }
@@ -276,12 +291,28 @@ fn print_human(r: &Report) {
         } else {
             " [not managed by atlas]"
         };
+        let on = i
+            .location
+            .as_deref()
+            .map(|l| format!(" [on {l}]"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {:width$}  {:8}  {:15}  {health}{foreign}",
+            "  {:width$}  {:8}  {:15}  {health}{foreign}{on}",
             i.name,
             i.state,
             i.addresses.join(","),
+        );
+    }
+    for m in &r.offline_members {
+        let what = match m.instances.is_empty() {
+            true => "no Atlas instance on it".to_string(),
+            false => format!("affected: {}", m.instances.join(", ")),
+        };
+        let _ = writeln!(
+            out,
+            "\nCluster member {} is {}: {what}. Nothing was changed; start its incusd again.",
+            m.member, m.status
         );
     }
     for (title, items) in [

@@ -162,6 +162,51 @@ pub fn placement_problems(
     out
 }
 
+/// A member that is not online and the Atlas instances located on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OfflineMember {
+    pub member: String,
+    pub status: String,
+    pub instances: Vec<String>,
+}
+
+/// Members not online, each with the instances of `config`'s project that sit on it (from
+/// their `location`; GETs only). Empty on a standalone server.
+pub async fn offline_members(
+    client: &Client,
+    config: &Config,
+    info: &ClusterInfo,
+) -> Result<Vec<OfflineMember>, IncusError> {
+    let down: Vec<&ClusterMember> = info.members.iter().filter(|m| !m.is_online()).collect();
+    if down.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = client.on_target(None);
+    let located: Vec<(String, String)> =
+        match root.get_project(&config.incus.project).await.optional()? {
+            Some(_) => root
+                .in_project(&config.incus.project)
+                .instances()
+                .await?
+                .into_iter()
+                .map(|i| (i.name, i.location))
+                .collect(),
+            None => Vec::new(),
+        };
+    Ok(down
+        .into_iter()
+        .map(|m| OfflineMember {
+            member: m.server_name.clone(),
+            status: m.status.to_uppercase(),
+            instances: located
+                .iter()
+                .filter(|(_, l)| *l == m.server_name)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        })
+        .collect())
+}
+
 /// Every cluster problem preflight reports (GETs only). Empty on a standalone server.
 pub async fn check(
     client: &Client,
@@ -173,6 +218,19 @@ pub async fn check(
     }
     let root = client.on_target(None).in_project("default");
     let mut out = member_problems(info);
+    // Say what of the stack sits on each member that is down: it is left as it is.
+    for (line, down) in out
+        .iter_mut()
+        .zip(offline_members(client, config, info).await?)
+    {
+        if !down.instances.is_empty() {
+            line.push_str(&format!(
+                ". On {}: {} (left as they are; nothing is changed or destroyed until it is back)",
+                down.member,
+                down.instances.join(", ")
+            ));
+        }
+    }
     if let Some(pool) = root
         .get_storage_pool(&config.incus.storage_pool)
         .await

@@ -973,23 +973,36 @@ impl Engine<'_> {
     }
 }
 
-/// Custom volume name -> the instance whose disk device mounts it.
+/// Custom volume name -> the instance that mounts it, through its own disk devices or those
+/// of its profiles (a service's data volume usually sits in the service's profile).
 fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
+    let volumes_of = |body: &serde_json::Value| -> Vec<String> {
+        body["devices"]
+            .as_object()
+            .map(|devices| {
+                devices
+                    .values()
+                    .filter(|d| d["type"] == "disk" && d.get("pool").is_some())
+                    .filter_map(|d| d["source"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let resources = || plan.actions.iter().filter_map(|a| Some((a, a.resource.as_ref()?)));
+    let by_profile: BTreeMap<&str, Vec<String>> = resources()
+        .filter(|(a, _)| a.address.kind == ResourceKind::Profile)
+        .map(|(a, r)| (a.address.name.as_str(), volumes_of(&r.body)))
+        .collect();
     let mut owners = BTreeMap::new();
-    for a in &plan.actions {
-        let (ResourceKind::Instance, Some(r)) = (a.address.kind, &a.resource) else {
-            continue;
-        };
-        let Some(devices) = r.body["devices"].as_object() else {
-            continue;
-        };
-        for d in devices.values() {
-            if d["type"] == "disk"
-                && let Some(src) = d["source"].as_str()
-                && d.get("pool").is_some()
-            {
-                owners.insert(src.to_string(), a.address.name.clone());
+    for (a, r) in resources().filter(|(a, _)| a.address.kind == ResourceKind::Instance) {
+        let mut mounted = volumes_of(&r.body);
+        for p in r.body["profiles"].as_array().into_iter().flatten() {
+            if let Some(v) = p.as_str().and_then(|p| by_profile.get(p)) {
+                mounted.extend(v.iter().cloned());
             }
+        }
+        for v in mounted {
+            owners.insert(v, a.address.name.clone());
         }
     }
     owners

@@ -433,7 +433,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     assert_eq!(other.writes(), writes);
     instances_land_where_placed(&client, &state.prefix, &project, &pool_name, &names).await;
     eprintln!("placement ok after {:?}", t0.elapsed());
-    engine_install_on_the_cluster(&client, &pool_name, &net_name, &names).await;
+    let stack = engine_install_on_the_cluster(&client, &pool_name, &net_name, &names).await;
     eprintln!("engine install on the cluster ok after {:?}", t0.elapsed());
 
     // One member goes down: the cluster marks it OFFLINE and preflight names it. A clean
@@ -461,6 +461,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
             && p.contains("start its incusd again")),
         "{problems:?}"
     );
+    stack.while_member_is_down(&client, &victim.name).await;
     run_script("member.sh", &[&state.prefix, "start", &victim.name]);
     guard.stopped = None;
     wait_for(
@@ -470,6 +471,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         |i| i.members.iter().all(|m| m.is_online()),
     )
     .await;
+    stack.after_member_is_back(&client).await;
     eprintln!("offline member ok after {:?}", t0.elapsed());
 
     // A member joins later: it shows up ONLINE and got the pool and the bridge on joining.
@@ -547,22 +549,29 @@ fn tiny_image(dir: &Path) -> PathBuf {
 }
 
 /// The engine itself on the cluster: networks the cluster way, every instance and its
-/// volumes on the member the placement gives (one pinned elsewhere by the config), healthy
+/// volumes on the member the placement gives (two pinned elsewhere by the config), healthy
 /// through probes run inside the containers (their bridges exist only in the members'
-/// namespaces); a re-run plans nothing and writes nothing; destroy removes it all.
+/// namespaces); a re-run plans nothing and writes nothing. The stack stays for the
+/// offline-member part, then [`ClusterStack::after_member_is_back`] destroys it.
 async fn engine_install_on_the_cluster(
     client: &Client,
     pool: &str,
     external: &str,
     names: &[String],
-) {
+) -> ClusterStack {
     let env = crate::engine::Env::new(client, 7).await;
     let mut cfg = env.config("");
     cfg.incus.storage_pool = pool.to_string();
     cfg.incus.external_network = external.to_string();
     let pinned = names[1].clone();
+    let last = names.last().expect("members").clone();
     cfg.instances.get_mut("caddy01").expect("caddy01").placement =
         Some(Pin::Member(pinned.clone()));
+    // On the member the offline part stops.
+    cfg.instances
+        .get_mut("mosquitto01")
+        .expect("mosquitto01")
+        .placement = Some(Pin::Member(last.clone()));
     env.project_with_images(client, &cfg).await;
     let pc = client.in_project(&cfg.incus.project);
 
@@ -575,7 +584,7 @@ async fn engine_install_on_the_cluster(
         "{placement:?}"
     );
     assert_eq!(
-        placement["mosquitto01"],
+        placement["alertmanager01"],
         format!("member {} (chosen now, recorded)", names[0]),
         "{placement:?}"
     );
@@ -585,14 +594,12 @@ async fn engine_install_on_the_cluster(
             .contains(&format!("@ caddy01 on member {pinned}")),
         "plan shows the placement: {report}"
     );
-    let destroy = || async {
-        let plan = atlas_install::engine::destroy::plan(client, &cfg, true)
-            .await
-            .expect("destroy plan");
-        atlas_install::engine::destroy::apply(client, &cfg, &plan, &NoProgress).await
+    let stack = ClusterStack {
+        env,
+        cfg: cfg.clone(),
     };
     if let Err(err) = e.apply(&report).await {
-        let _ = destroy().await;
+        stack.destroy(client).await;
         panic!("install on the cluster: {err}");
     }
     let stored = client
@@ -604,10 +611,10 @@ async fn engine_install_on_the_cluster(
     let mut location = BTreeMap::new();
     for (name, _) in cfg.enabled_instances() {
         let i = pc.get_instance(name).await.expect("instance").value;
-        let want = if name == "caddy01" {
-            &pinned
-        } else {
-            &names[0]
+        let want = match name {
+            "caddy01" => &pinned,
+            "mosquitto01" => &last,
+            _ => &names[0],
         };
         assert_eq!(&i.location, want, "{name}");
         assert_eq!(i.status, "Running", "{name}");
@@ -626,7 +633,7 @@ async fn engine_install_on_the_cluster(
     }
 
     // Converged: nothing to do, and doing it writes nothing.
-    let w0 = client.writes();
+    let (w0, p0) = (client.writes(), client.probes());
     let e = crate::engine::engine(client, &cfg, None);
     let again = e.plan().await.expect("plan again");
     assert!(!again.has_changes(), "a converged cluster install: {again}");
@@ -636,17 +643,90 @@ async fn engine_install_on_the_cluster(
         w0,
         "a converged re-run on the cluster writes nothing"
     );
-
-    destroy().await.expect("destroy on the cluster");
     assert!(
-        client
-            .get_project(&cfg.incus.project)
-            .await
-            .optional()
-            .expect("get")
-            .is_none(),
-        "destroy removed the project"
+        client.probes() > p0,
+        "the re-run still health-gates every instance, inside it"
     );
+    // Data on the member that is about to go down.
+    crate::engine::sh(&pc, "mosquitto01", "echo kept > /mosquitto/data/marker").await;
+    stack
+}
+
+/// The stack [`engine_install_on_the_cluster`] left installed.
+struct ClusterStack {
+    /// Keeps the test's names (and the host-side cleanup of nothing) alive.
+    #[allow(dead_code)]
+    env: crate::engine::Env,
+    cfg: Config,
+}
+
+impl ClusterStack {
+    /// A member is down: preflight (so `plan` and `install`) names it and the instances on
+    /// it, refuses, and changes nothing.
+    async fn while_member_is_down(&self, client: &Client, member: &str) {
+        let info = cluster::detect(client).await.expect("detect");
+        let down = cluster::offline_members(client, &self.cfg, &info)
+            .await
+            .expect("offline members");
+        assert_eq!(down.len(), 1, "{down:?}");
+        assert_eq!(down[0].member, member);
+        assert_eq!(down[0].instances, vec!["mosquitto01".to_string()]);
+        let w0 = client.writes();
+        let mut e = crate::engine::engine(client, &self.cfg, None);
+        e.options.ignore_preflight = false;
+        let err = e
+            .plan()
+            .await
+            .expect_err("plan with a member down")
+            .to_string();
+        assert!(
+            err.contains(&format!("cluster member {member} is OFFLINE"))
+                && err.contains(&format!("On {member}: mosquitto01"))
+                && err.contains("nothing is changed or destroyed"),
+            "{err}"
+        );
+        assert_eq!(
+            client.writes(),
+            w0,
+            "nothing written while a member is down"
+        );
+    }
+
+    /// Back online: the instance on it is still there with its data, and an install run
+    /// converges; then the stack is destroyed.
+    async fn after_member_is_back(self, client: &Client) {
+        let pc = client.in_project(&self.cfg.incus.project);
+        let e = crate::engine::engine(client, &self.cfg, None);
+        let report = e.plan().await.expect("plan after the member is back");
+        assert!(
+            !report.plan.has_changes(),
+            "nothing to recreate after the member is back: {report}"
+        );
+        e.apply(&report)
+            .await
+            .expect("install after the member is back");
+        let marker = crate::engine::sh(&pc, "mosquitto01", "cat /mosquitto/data/marker").await;
+        assert_eq!(marker, "kept\n", "the data on the member that was down");
+        self.destroy(client).await;
+        assert!(
+            client
+                .get_project(&self.cfg.incus.project)
+                .await
+                .optional()
+                .expect("get")
+                .is_none(),
+            "destroy removed the project"
+        );
+    }
+
+    async fn destroy(&self, client: &Client) {
+        let plan = atlas_install::engine::destroy::plan(client, &self.cfg, true)
+            .await
+            .expect("destroy plan");
+        atlas_install::engine::destroy::apply(client, &self.cfg, &plan, &NoProgress)
+            .await
+            .expect("destroy on the cluster");
+    }
 }
 
 /// Instances (and their volumes) go where `target_for` says: a pinned member, a group, the
