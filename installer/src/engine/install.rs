@@ -988,7 +988,11 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
             })
             .unwrap_or_default()
     };
-    let resources = || plan.actions.iter().filter_map(|a| Some((a, a.resource.as_ref()?)));
+    let resources = || {
+        plan.actions
+            .iter()
+            .filter_map(|a| Some((a, a.resource.as_ref()?)))
+    };
     let by_profile: BTreeMap<&str, Vec<String>> = resources()
         .filter(|(a, _)| a.address.kind == ResourceKind::Profile)
         .map(|(a, r)| (a.address.name.as_str(), volumes_of(&r.body)))

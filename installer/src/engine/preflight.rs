@@ -368,6 +368,10 @@ pub async fn run(
         Vec::new()
     };
     problems.extend(cidr_clashes(config, &networks, &routes));
+    problems.extend(dns_name_clashes(
+        config,
+        &client.instances_all_projects().await?,
+    ));
 
     if local {
         let project_exists = root
@@ -390,6 +394,35 @@ pub async fn run(
     } else {
         Err(EngineError::Preflight(problems))
     }
+}
+
+/// Incus wants instance names unique on a network (they are its DNS names there): an
+/// instance of another project named like one of ours on the external network would make
+/// ours fail to start, after everything else was created. Caught here instead.
+pub fn dns_name_clashes(config: &Config, all: &[crate::incus::Instance]) -> Vec<String> {
+    let ext = &config.incus.external_network;
+    let ours: Vec<&str> = config
+        .enabled_instances()
+        .into_iter()
+        .filter(|(_, i)| i.nics.iter().any(|n| n.network == NetworkRole::External))
+        .map(|(n, _)| n)
+        .collect();
+    all.iter()
+        .filter(|o| ours.contains(&o.name.as_str()))
+        .filter_map(|o| {
+            let project = o.extra.get("project").and_then(Value::as_str).unwrap_or("default");
+            let on_ext = o.expanded_devices.values().any(|d| {
+                d.get("type").map(String::as_str) == Some("nic")
+                    && d.get("network") == Some(ext)
+            });
+            (project != config.incus.project && on_ext).then(|| {
+                format!(
+                    "instance name {} is already used on network {ext} by project {project}: Incus needs instance names unique on a network (they are its DNS names). Remove that instance (if it is another Atlas install: `atlas-install --project {project} destroy`), or set incus.external_network to another network",
+                    o.name
+                )
+            })
+        })
+        .collect()
 }
 
 /// Whether the mount at `/` propagates (`shared:N` among its optional fields). Unknown
@@ -419,6 +452,37 @@ fn host_mount_problem(config: &Config, mountinfo: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_name_taken_on_the_external_network_is_a_problem() {
+        let cfg = Config::builtin();
+        let inst = |name: &str, project: &str, network: &str| -> crate::incus::Instance {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "project": project,
+                "expanded_devices": {"eth0": {"type": "nic", "network": network}}
+            }))
+            .unwrap()
+        };
+        let ext = cfg.incus.external_network.clone();
+        let found = dns_name_clashes(
+            &cfg,
+            &[
+                inst("caddy01", "atlas-demo", &ext),
+                // Ours, a name not on the external network, another network: all fine.
+                inst("caddy01", &cfg.incus.project, &ext),
+                inst("grafana01", "other", &ext),
+                inst("caddy01", "elsewhere", "otherbr0"),
+            ],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("instance name caddy01 is already used on network")
+                && found[0].contains("by project atlas-demo")
+                && found[0].contains("--project atlas-demo destroy"),
+            "{}",
+            found[0]
+        );
+    }
 
     #[test]
     fn root_mount_propagation_is_read_from_mountinfo() {

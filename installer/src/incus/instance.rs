@@ -200,6 +200,16 @@ impl Client {
         .await
     }
 
+    /// Every instance of every project (each with its `project` in `extra`).
+    pub async fn instances_all_projects(&self) -> Result<Vec<Instance>, IncusError> {
+        self.get_value(
+            Req::get(INSTANCES, &[])
+                .query("all-projects", "true")
+                .query("recursion", "1"),
+        )
+        .await
+    }
+
     pub async fn get_instance(&self, name: &str) -> Result<Etagged<Instance>, IncusError> {
         self.get_tagged(Req::get(INSTANCES, &[name]).scope(Scope::Project))
             .await
