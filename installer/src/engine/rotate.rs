@@ -108,47 +108,23 @@ async fn grafana(
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
     let what = format!("the Grafana admin password of {name}");
-    let project = client.in_project(&config.incus.project);
     let Some(inst) = config.instances.get(name) else {
         return Ok(());
     };
-    let running = project
-        .get_instance(name)
-        .await
-        .optional()?
-        .is_some_and(|i| i.value.is_running());
-    let probe = super::health::probe_for(config, name, inst);
-    let base = match (&probe, running) {
-        (Some(p), true) => match &p.check {
-            super::health::Check::Http { url, .. } => {
-                url.trim_end_matches("/api/health").to_string()
-            }
-            _ => return Err(err(&what, "no HTTP address")),
-        },
-        _ => {
-            return Err(err(
-                &what,
-                format!(
-                    "{name} must be running (Grafana takes a new admin password only through its API). Nothing was changed."
-                ),
-            ));
-        }
+    require_running(
+        client,
+        config,
+        name,
+        &what,
+        "Grafana takes a new admin password only through its API",
+    )
+    .await?;
+    let base = match super::health::probe_for(config, name, inst).map(|p| p.check) {
+        Some(super::health::Check::Http { url }) => url.trim_end_matches("/api/health").to_string(),
+        _ => return Err(err(&what, "no HTTP address")),
     };
     let old = stored.get(KEY_GRAFANA_ADMIN).cloned().unwrap_or_default();
-    let new = match stored.get(KEY_GRAFANA_NEXT) {
-        Some(n) => n.clone(),
-        None => {
-            let n = secrets::password();
-            client
-                .set_project_keys(
-                    &config.incus.project,
-                    &BTreeMap::from([(KEY_GRAFANA_NEXT.to_string(), n.clone())]),
-                    &[],
-                )
-                .await?;
-            n
-        }
-    };
+    let new = pending_password(client, config, stored, KEY_GRAFANA_NEXT).await?;
     let http = super::health::probe_client()?;
     let user = &config.grafana.admin_user;
     // The HTTP status of `GET /api/user` as the admin with `pw` (0: no answer).
@@ -211,6 +187,29 @@ async fn grafana(
     Ok(())
 }
 
+/// Refuses, changing nothing, when `name` is not running: `why` says why it must be.
+async fn require_running(
+    client: &Client,
+    config: &Config,
+    name: &str,
+    what: &str,
+    why: &str,
+) -> Result<(), EngineError> {
+    let running = client
+        .in_project(&config.incus.project)
+        .get_instance(name)
+        .await
+        .optional()?
+        .is_some_and(|i| i.value.is_running());
+    if running {
+        return Ok(());
+    }
+    Err(err(
+        what,
+        format!("{name} must be running ({why}). Nothing was changed."),
+    ))
+}
+
 /// A password stored under `next` (from an interrupted run), or a new one stored there first.
 async fn pending_password(
     client: &Client,
@@ -245,19 +244,14 @@ async fn step_ca(
     use crate::render::STEPPATH;
     let what = format!("the step-ca key password of {name}");
     let project = client.in_project(&config.incus.project);
-    let running = project
-        .get_instance(name)
-        .await
-        .optional()?
-        .is_some_and(|i| i.value.is_running());
-    if !running {
-        return Err(err(
-            &what,
-            format!(
-                "{name} must be running (its keys are re-encrypted inside it). Nothing was changed."
-            ),
-        ));
-    }
+    require_running(
+        client,
+        config,
+        name,
+        &what,
+        "its keys are re-encrypted inside it",
+    )
+    .await?;
     let current = format!("{STEPPATH}/secrets/password");
     let staged = format!("{STEPPATH}/secrets/password.atlas-next");
     let (_, meta) = project

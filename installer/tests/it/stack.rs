@@ -133,16 +133,7 @@ impl Stack {
     }
 
     fn atlas(&self, args: &[&str]) -> Output {
-        let out = atlas()
-            .arg("-c")
-            .arg(self.dir.path().join("atlas.toml"))
-            .args(["--progress", "plain"])
-            .args(args)
-            .env("ATLAS_CACHE_DIR", self.dir.path().join("cache"))
-            .output()
-            .expect("run atlas-install");
-        eprintln!("atlas-install {}: {}", args.join(" "), out.status);
-        out
+        self.run(atlas(), args, "")
     }
 
     /// `atlas` in a network namespace of its own (`unshare --net`): only a loopback that is
@@ -158,19 +149,20 @@ impl Stack {
                 None => offline.env_remove(k),
             };
         }
-        let out = offline
+        self.run(offline, args, "(no network) ")
+    }
+
+    /// `cmd` (atlas-install, or what wraps it) on this stack's config and cache.
+    fn run(&self, mut cmd: Command, args: &[&str], label: &str) -> Output {
+        let out = cmd
             .arg("-c")
             .arg(self.dir.path().join("atlas.toml"))
             .args(["--progress", "plain"])
             .args(args)
             .env("ATLAS_CACHE_DIR", self.dir.path().join("cache"))
             .output()
-            .expect("run atlas-install under unshare --net");
-        eprintln!(
-            "(no network) atlas-install {}: {}",
-            args.join(" "),
-            out.status
-        );
+            .expect("run atlas-install");
+        eprintln!("{label}atlas-install {}: {}", args.join(" "), out.status);
         out
     }
 
