@@ -116,13 +116,15 @@ async fn collect(config: &Config) -> Result<Report> {
     };
     report.installed = true;
     report.version = project.value.config.get(owner::VERSION).cloned();
+
     let info = cluster::detect(&client)
         .await
         .context("reading the cluster members")?;
+    let expanded = cluster::expand(config, &info);
+    let config = &expanded;
     report.offline_members = cluster::offline_members(&client, config, &info)
         .await
         .context("listing the instances on offline members")?;
-
     let health = health::check(&client, config)
         .await
         .context("probing the services")?;

@@ -184,6 +184,7 @@ pub fn default_instance(
         tls: false,
         environment: BTreeMap::new(),
         placement: None,
+        member_address: None,
     }
 }
 

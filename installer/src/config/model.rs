@@ -209,6 +209,18 @@ pub struct Instance {
     /// install (recorded in the project, see `engine::cluster`). Ignored on a single server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// Set only on the per-member copies `engine::cluster::expand` makes (never read from
+    /// atlas.toml): the member it runs on and that member's address, where a proxy device
+    /// exposes its metrics port to Prometheus on other members.
+    #[serde(skip)]
+    pub member_address: Option<MemberAddress>,
+}
+
+/// A cluster member and the address other members reach it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberAddress {
+    pub member: String,
+    pub host: String,
 }
 
 /// A cluster member or cluster group an instance is pinned to (`member = "m2"` or

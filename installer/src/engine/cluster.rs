@@ -162,6 +162,59 @@ pub fn placement_problems(
     out
 }
 
+/// The metrics port of node-exporter, also where its per-member proxy listens.
+pub const NODE_EXPORTER_PORT: u16 = 9100;
+
+/// Whole-cluster monitoring: on a cluster, every enabled node-exporter of the config becomes
+/// one copy per member (`<name>-<member>`, pinned there), each exposing its metrics on the
+/// member's own address through a proxy device, since bridges do not span members; Prometheus
+/// scrapes them there, labelled by member. Pure; a standalone server's config is returned as
+/// it is. Members without a usable address are skipped (preflight reports them offline).
+pub fn expand(config: &Config, info: &ClusterInfo) -> Config {
+    let mut out = config.clone();
+    if !info.clustered {
+        return out;
+    }
+    let exporters: Vec<String> = config
+        .instances_of(config::ServiceKind::NodeExporter)
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    for name in exporters {
+        let Some(template) = out.instances.remove(&name) else {
+            continue;
+        };
+        for m in &info.members {
+            let Some(host) = member_host(m) else { continue };
+            let mut copy = template.clone();
+            copy.placement = Some(config::Placement::Member(m.server_name.clone()));
+            copy.member_address = Some(config::MemberAddress {
+                member: m.server_name.clone(),
+                host,
+            });
+            out.instances
+                .insert(per_member_name(&name, &m.server_name), copy);
+        }
+    }
+    out
+}
+
+/// `node-exporter01` on `m2`: `node-exporter01-m2` (instance names allow letters, digits
+/// and `-` only).
+pub fn per_member_name(name: &str, member: &str) -> String {
+    let clean: String = member
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{name}-{}", clean.trim_matches('-'))
+}
+
 /// A member that is not online and the Atlas instances located on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OfflineMember {

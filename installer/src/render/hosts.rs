@@ -25,7 +25,9 @@ pub fn hosts_for(config: &Config, viewer: &str) -> Vec<HostEntry> {
     let mine: Vec<_> = me.nics.iter().map(|n| n.network).collect();
     let mut out = Vec::new();
     for (name, inst) in &config.instances {
-        if name == viewer || !inst.enabled {
+        // Per-member copies on a cluster share one bridge address on different members and
+        // are reached at their member's address instead: not by name.
+        if name == viewer || !inst.enabled || inst.member_address.is_some() {
             continue;
         }
         let with_v4 = || inst.nics.iter().filter(|n| n.ipv4.is_some());

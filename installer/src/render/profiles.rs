@@ -83,15 +83,29 @@ pub fn instance_devices(
     let Some(inst) = config.instances.get(instance) else {
         return BTreeMap::new();
     };
+    let mut devices = BTreeMap::new();
+    // A per-member copy on a cluster (see `engine::cluster::expand`): its metrics port on the
+    // member's address, for Prometheus on another member (bridges are per member).
+    if let (Some(m), ServiceKind::NodeExporter) = (&inst.member_address, inst.service) {
+        let port = crate::engine::cluster::NODE_EXPORTER_PORT;
+        devices.insert(
+            "metrics".to_string(),
+            BTreeMap::from([
+                ("type".to_string(), "proxy".to_string()),
+                ("bind".to_string(), "host".to_string()),
+                ("listen".to_string(), format!("tcp:{}:{port}", m.host)),
+                ("connect".to_string(), format!("tcp:127.0.0.1:{port}")),
+            ]),
+        );
+    }
     let sharing = config
         .enabled_instances()
         .iter()
         .filter(|(_, i)| i.profile == inst.profile)
         .count();
     if sharing <= 1 {
-        return BTreeMap::new();
+        return devices;
     }
-    let mut devices = BTreeMap::new();
     for nic in nics(config, inst, true) {
         let mut d = BTreeMap::from([
             ("type".to_string(), "nic".to_string()),
@@ -161,9 +175,27 @@ fn profile_context(
     users: &[&str],
 ) -> Result<Value, RenderError> {
     let kind = inst.service;
+    // Per-member copies are named once, so a member joining does not change the profile.
+    let mut named: Vec<String> = Vec::new();
+    for u in users {
+        let label = match config
+            .instances
+            .get(*u)
+            .and_then(|i| i.member_address.as_ref())
+        {
+            Some(m) => format!(
+                "{} on every member",
+                u.trim_end_matches(&format!("-{}", m.member))
+            ),
+            None => u.to_string(),
+        };
+        if !named.contains(&label) {
+            named.push(label);
+        }
+    }
     let mut ctx = json!({
         "name": profile,
-        "description": format!("Atlas {} ({})", kind.as_str(), users.join(", ")),
+        "description": format!("Atlas {} ({})", kind.as_str(), named.join(", ")),
         "cpu": inst.cpu,
         "memory": inst.memory.text,
         "pool": config.incus.storage_pool,

@@ -53,14 +53,10 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     if !step_ca.is_empty() {
         jobs.push(job("step-ca", false, "/metrics", step_ca, None));
     }
-    for (kind, port) in [
-        (ServiceKind::NodeExporter, 9100),
-        (ServiceKind::Alertmanager, 9093),
-    ] {
-        let t = targets(c, kind, port);
-        if !t.is_empty() {
-            jobs.push(job(kind.as_str(), false, "/metrics", t, None));
-        }
+    jobs.extend(node_exporter_job(c));
+    let alertmanager = targets(c, ServiceKind::Alertmanager, 9093);
+    if !alertmanager.is_empty() {
+        jobs.push(job("alertmanager", false, "/metrics", alertmanager, None));
     }
     if c.integrations.incus_metrics {
         let gateway = c
@@ -162,6 +158,31 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     }
     out.command = Some(cmd);
     Ok(out)
+}
+
+/// node-exporter: by name on a single host; on a cluster each member's copy at the member's
+/// address (its proxy device), in a target group labelled `member`, so every series, and
+/// every alert from the rules, says which member it is about.
+fn node_exporter_job(c: &crate::config::Config) -> Option<Value> {
+    let port = crate::engine::cluster::NODE_EXPORTER_PORT;
+    let exporters = c.instances_of(ServiceKind::NodeExporter);
+    if exporters.is_empty() {
+        return None;
+    }
+    let mut local = Vec::new();
+    let mut groups = Vec::new();
+    for (name, inst) in exporters {
+        match &inst.member_address {
+            Some(m) => groups.push(json!({
+                "targets": [format!("{}:{port}", m.host)],
+                "labels": {"member": m.member},
+            })),
+            None => local.push(format!("{}:{port}", hostname(name))),
+        }
+    }
+    let mut j = job("node-exporter", false, "/metrics", local, None);
+    j["groups"] = json!(groups);
+    Some(j)
 }
 
 fn job(name: &str, https: bool, path: &str, targets: Vec<String>, tls: Option<Value>) -> Value {

@@ -25,6 +25,8 @@ use atlas_install::progress::NoProgress;
 struct Member {
     name: String,
     socket: PathBuf,
+    /// The process holding the member's network namespace.
+    holder_pid: String,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +57,7 @@ fn read_state(path: &Path) -> ClusterState {
             Member {
                 name: m.to_string(),
                 socket: PathBuf::from(get(&format!("{u}_SOCKET"))),
+                holder_pid: get(&format!("{u}_HOLDER_PID")),
             }
         })
         .collect();
@@ -435,6 +438,9 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     eprintln!("placement ok after {:?}", t0.elapsed());
     let stack = engine_install_on_the_cluster(&client, &pool_name, &net_name, &names).await;
     eprintln!("engine install on the cluster ok after {:?}", t0.elapsed());
+    let monitoring = Monitoring::install(&client, &pool_name, &net_name, &state.members[0]).await;
+    monitoring.every_member_is_up(&names).await;
+    eprintln!("whole-cluster monitoring ok after {:?}", t0.elapsed());
 
     // One member goes down: the cluster marks it OFFLINE and preflight names it. A clean
     // shutdown, not SIGSTOP: after a SIGCONT the other members' API stalled for ~2.5 min in
@@ -503,6 +509,10 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
             .expect("check")
             .is_empty()
     );
+    // Monitoring follows: a re-run adds the newcomer's exporter and its scrape target, and
+    // changes nothing else.
+    monitoring.member_added(&client, &newcomer, &grown).await;
+    eprintln!("new member monitored after {:?}", t0.elapsed());
     // The recorded placement does not move because a member arrived.
     let p3 = cluster::placement(&client, &config, &info)
         .await
@@ -650,6 +660,174 @@ async fn engine_install_on_the_cluster(
     // Data on the member that is about to go down.
     crate::engine::sh(&pc, "mosquitto01", "echo kept > /mosquitto/data/marker").await;
     stack
+}
+
+/// Prometheus and node-exporter from the fixture images (built by the engine from the local
+/// registry, imported into the cluster): one exporter per member, scraped at the member's
+/// address, labelled by member.
+struct Monitoring {
+    #[allow(dead_code)]
+    env: crate::engine::Env,
+    /// The config as written, before the per-member expansion.
+    base: Config,
+    cache: tempfile::TempDir,
+    /// Where curl runs to ask Prometheus: the first member's network namespace.
+    first: Member,
+}
+
+impl Monitoring {
+    async fn install(client: &Client, pool: &str, external: &str, first: &Member) -> Monitoring {
+        let env = crate::engine::Env::new(client, 8).await;
+        let mut base = env.config("");
+        base.incus.storage_pool = pool.to_string();
+        base.incus.external_network = external.to_string();
+        base.node_exporter.follow_host_mounts = false;
+        for (name, on) in [
+            ("prometheus01", true),
+            ("node-exporter01", true),
+            ("caddy01", false),
+            ("mosquitto01", false),
+        ] {
+            base.instances.get_mut(name).expect(name).enabled = on;
+        }
+        let m = Monitoring {
+            env,
+            base,
+            cache: tempfile::tempdir().expect("tempdir"),
+            first: first.clone(),
+        };
+        atlas_install::engine::ensure_project(client, &m.base)
+            .await
+            .expect("project");
+        let cfg = m.expanded(client).await;
+        let (w, _) = m.run(client, &cfg).await;
+        assert!(w > 0);
+        // Converged: nothing to do, and doing it writes nothing.
+        let (w, changed) = m.run(client, &cfg).await;
+        assert_eq!(
+            (w, changed.len()),
+            (0, 0),
+            "converged monitoring: {changed:?}"
+        );
+        m
+    }
+
+    async fn expanded(&self, client: &Client) -> Config {
+        let info = cluster::detect(client).await.expect("detect");
+        cluster::expand(&self.base, &info)
+    }
+
+    /// plan + apply with the fixture registry as image source; the writes and what the
+    /// plan changed.
+    async fn run(&self, client: &Client, cfg: &Config) -> (u64, Vec<String>) {
+        let mut e = crate::engine::engine(client, cfg, None);
+        e.options.health_timeout = Duration::from_secs(120);
+        e.options.supply = Some(atlas_install::supply::ImageSupply {
+            registry_mirror: Some("127.0.0.1:5000".into()),
+            download_mirror: None,
+            insecure_registries: Vec::new(),
+            cache_dir: self.cache.path().to_path_buf(),
+            lock: atlas_image::lock::ImagesLock::embedded().expect("lock"),
+            layout: None,
+        });
+        let w0 = client.writes();
+        let report = e.plan().await.expect("plan monitoring");
+        let changed = report
+            .plan
+            .actions
+            .iter()
+            .filter(|a| a.change != atlas_install::engine::plan::Change::Unchanged)
+            .map(|a| a.address.to_string())
+            .collect();
+        if let Err(err) = e.apply(&report).await {
+            self.destroy(client).await;
+            panic!("monitoring install on the cluster: {err}");
+        }
+        (client.writes() - w0, changed)
+    }
+
+    /// `up{job="node-exporter"}` by member, asked from inside the first member's namespace.
+    fn up_by_member(&self) -> BTreeMap<String, String> {
+        let prom = self.base.instances["prometheus01"]
+            .nics
+            .iter()
+            .find_map(|n| n.ipv4)
+            .expect("prometheus address");
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                &self.first.holder_pid,
+                "-n",
+                "--",
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://{prom}:9090/api/v1/query"))
+            .args(["--data-urlencode", "query=up{job=\"node-exporter\"}"])
+            .output()
+            .expect("curl in the member namespace");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["metric"]["member"].as_str().unwrap_or("?").to_string(),
+                    r["value"][1].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits (scrapes every 15 s) until each of `members` reports up == 1.
+    async fn every_member_is_up(&self, members: &[String]) {
+        let want: BTreeMap<String, String> = members
+            .iter()
+            .map(|m| (m.clone(), "1".to_string()))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let got = self.up_by_member();
+            if got == want {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("up{{job=\"node-exporter\"}} by member: {got:?}, want {want:?}");
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    async fn member_added(self, client: &Client, newcomer: &str, grown: &ClusterState) {
+        let cfg = self.expanded(client).await;
+        let (_, mut changed) = self.run(client, &cfg).await;
+        changed.sort();
+        let exporter = cluster::per_member_name("node-exporter01", newcomer);
+        assert_eq!(
+            changed,
+            vec![
+                format!("instance {exporter}"),
+                "instance prometheus01".to_string()
+            ],
+            "exactly the newcomer's exporter, and Prometheus' scrape targets"
+        );
+        let names: Vec<String> = grown.members.iter().map(|m| m.name.clone()).collect();
+        self.every_member_is_up(&names).await;
+        self.destroy(client).await;
+    }
+
+    async fn destroy(&self, client: &Client) {
+        let cfg = self.expanded(client).await;
+        let plan = atlas_install::engine::destroy::plan(client, &cfg, true)
+            .await
+            .expect("destroy plan");
+        atlas_install::engine::destroy::apply(client, &cfg, &plan, &NoProgress)
+            .await
+            .expect("destroy monitoring");
+    }
 }
 
 /// The stack [`engine_install_on_the_cluster`] left installed.

@@ -40,8 +40,88 @@ fn creds() -> Credentials {
 
 /// The default config and the variants the issue names, plus the other branches of the
 /// templates (step-ca issuer, webhook, public domain with an allowlist, retention size).
+/// The built-in config on a 3-member cluster: one node-exporter per member.
+fn on_cluster() -> Config {
+    use atlas_install::engine::cluster::{ClusterInfo, expand};
+    use atlas_install::incus::ClusterMember;
+    let members = (1..=3)
+        .map(|i| ClusterMember {
+            server_name: format!("m{i}"),
+            url: format!("https://198.51.100.1{i}:8443"),
+            status: "Online".into(),
+            ..ClusterMember::default()
+        })
+        .collect();
+    let info = ClusterInfo {
+        clustered: true,
+        local: "m1".into(),
+        members,
+        groups: Vec::new(),
+    };
+    expand(&Config::builtin(), &info)
+}
+
+/// On a cluster Prometheus scrapes each member's node-exporter at the member's address (its
+/// proxy device), labelled by member; each copy is pinned to its member.
+#[test]
+fn cluster_node_exporters_are_scraped_per_member() {
+    let cfg = on_cluster();
+    assert!(!cfg.instances.contains_key("node-exporter01"));
+    let set = rendered(&cfg);
+    let prom = String::from_utf8(
+        set.instances["prometheus01"]
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("prometheus.yml"))
+            .expect("prometheus.yml")
+            .contents
+            .clone(),
+    )
+    .unwrap();
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&prom).expect("yaml");
+    let job = v["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "node-exporter")
+        .expect("node-exporter job")
+        .clone();
+    let groups: Vec<(String, String)> = job["static_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["targets"][0].as_str().unwrap().to_string(),
+                g["labels"]["member"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        (1..=3)
+            .map(|i| (format!("198.51.100.1{i}:9100"), format!("m{i}")))
+            .collect::<Vec<_>>()
+    );
+    for i in 1..=3 {
+        let name = format!("node-exporter01-m{i}");
+        let inst = &cfg.instances[&name];
+        assert_eq!(
+            inst.placement,
+            Some(atlas_install::config::Placement::Member(format!("m{i}")))
+        );
+        let devices = atlas_install::render::instance_devices(&cfg, &name);
+        assert_eq!(
+            devices["metrics"]["listen"],
+            format!("tcp:198.51.100.1{i}:9100"),
+            "{devices:?}"
+        );
+        assert_eq!(devices["metrics"]["bind"], "host");
+    }
+}
+
 fn variants() -> Vec<(&'static str, Config)> {
-    let mut v = vec![("default", Config::builtin())];
+    let mut v = vec![("default", Config::builtin()), ("cluster", on_cluster())];
 
     let mut tls = Config::builtin();
     for name in ["grafana01", "prometheus01", "loki01"] {
