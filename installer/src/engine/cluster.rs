@@ -162,6 +162,9 @@ pub fn placement_problems(
     out
 }
 
+/// What the engine says on a cluster about the integrations [`expand`] turns off.
+pub const NOT_WIRED_ON_CLUSTERS: &str = "on an Incus cluster, atlas-install does not wire Incus' own metrics and logging yet (integrations.incus_metrics and incus_loki are skipped); each member's host metrics come from its own node-exporter";
+
 /// The metrics port of node-exporter, also where its per-member proxy listens.
 pub const NODE_EXPORTER_PORT: u16 = 9100;
 
@@ -170,11 +173,18 @@ pub const NODE_EXPORTER_PORT: u16 = 9100;
 /// member's own address through a proxy device, since bridges do not span members; Prometheus
 /// scrapes them there, labelled by member. Pure; a standalone server's config is returned as
 /// it is. Members without a usable address are skipped (preflight reports them offline).
+///
+/// Not done on a cluster yet: wiring Incus' own metrics (`core.metrics_address` per member)
+/// and its logging to Loki. The single-server wiring would point `core.https_address`, the
+/// cluster address, at a bridge; so both integrations are switched off in the expanded config
+/// and the engine says so ([`NOT_WIRED_ON_CLUSTERS`]).
 pub fn expand(config: &Config, info: &ClusterInfo) -> Config {
     let mut out = config.clone();
     if !info.clustered {
         return out;
     }
+    out.integrations.incus_metrics = false;
+    out.integrations.incus_loki = false;
     let exporters: Vec<String> = config
         .instances_of(config::ServiceKind::NodeExporter)
         .into_iter()

@@ -306,6 +306,9 @@ impl Engine<'_> {
         let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
         let mut notes = notes;
         notes.extend(self.remotes_note(&server)?);
+        if pre.cluster.clustered {
+            notes.push(super::cluster::NOT_WIRED_ON_CLUSTERS.to_string());
+        }
         if let Some(n) = bucket_note(&pre, &observation) {
             notes.push(n);
         }

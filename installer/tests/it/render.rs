@@ -67,6 +67,8 @@ fn on_cluster() -> Config {
 fn cluster_node_exporters_are_scraped_per_member() {
     let cfg = on_cluster();
     assert!(!cfg.instances.contains_key("node-exporter01"));
+    // Not wired on clusters yet, and said so by the engine (cluster::NOT_WIRED_ON_CLUSTERS).
+    assert!(!cfg.integrations.incus_metrics && !cfg.integrations.incus_loki);
     let set = rendered(&cfg);
     let prom = String::from_utf8(
         set.instances["prometheus01"]
@@ -491,6 +493,10 @@ fn prometheus_scrapes_every_service_of_the_seed() {
             want.push("cloudflared");
             want.sort();
         }
+        if name == "cluster" {
+            // Incus' own metrics are not wired on a cluster yet (the engine says so).
+            want.retain(|j| *j != "incus");
+        }
         assert_eq!(
             jobs.keys().map(String::as_str).collect::<Vec<_>>(),
             want,
@@ -502,7 +508,10 @@ fn prometheus_scrapes_every_service_of_the_seed() {
             Some(format!("step-ca01.incus:{}", render::STEP_CA_METRICS_PORT).as_str()),
             "step-ca's metrics listener, not the JSON health endpoint"
         );
-        let incus = jobs["incus"];
+        let Some(incus) = jobs.get("incus") else {
+            assert_eq!(name, "cluster");
+            continue;
+        };
         assert_eq!(incus["metrics_path"].as_str(), Some("/1.0/metrics"));
         assert_eq!(
             incus["static_configs"][0]["targets"][0].as_str(),
