@@ -292,6 +292,7 @@ impl Config {
                 aliases: BTreeMap::new(),
             },
             secrets: Secrets::default(),
+            cluster_members: Vec::new(),
         }
     }
 }

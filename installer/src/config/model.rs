@@ -32,6 +32,10 @@ pub struct Config {
     /// Secrets resolved from the environment or `*_file` paths. Never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
+    /// On an Incus cluster, every member and its API address; set by
+    /// `engine::cluster::expand`, never read from atlas.toml. Empty on a single server.
+    #[serde(skip)]
+    pub cluster_members: Vec<MemberAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,10 +221,13 @@ pub struct Instance {
 }
 
 /// A cluster member and the address other members reach it on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberAddress {
     pub member: String,
     pub host: String,
+    /// `host:port` of its Incus API (`core.https_address`, the cluster address), which also
+    /// serves `/1.0/metrics`.
+    pub api: String,
 }
 
 /// A cluster member or cluster group an instance is pinned to (`member = "m2"` or

@@ -163,7 +163,7 @@ pub fn placement_problems(
 }
 
 /// What the engine says on a cluster about the integrations [`expand`] turns off.
-pub const NOT_WIRED_ON_CLUSTERS: &str = "on an Incus cluster, atlas-install does not wire Incus' own metrics and logging yet (integrations.incus_metrics and incus_loki are skipped); each member's host metrics come from its own node-exporter";
+pub const NOT_WIRED_ON_CLUSTERS: &str = "on an Incus cluster, atlas-install does not ship Incus' logging to Loki yet (integrations.incus_loki is skipped); Prometheus scrapes every member's Incus metrics on its cluster address, and its host metrics from its own node-exporter";
 
 /// The metrics port of node-exporter, also where its per-member proxy listens.
 pub const NODE_EXPORTER_PORT: u16 = 9100;
@@ -174,17 +174,18 @@ pub const NODE_EXPORTER_PORT: u16 = 9100;
 /// scrapes them there, labelled by member. Pure; a standalone server's config is returned as
 /// it is. Members without a usable address are skipped (preflight reports them offline).
 ///
-/// Not done on a cluster yet: wiring Incus' own metrics (`core.metrics_address` per member)
-/// and its logging to Loki. The single-server wiring would point `core.https_address`, the
-/// cluster address, at a bridge; so both integrations are switched off in the expanded config
-/// and the engine says so ([`NOT_WIRED_ON_CLUSTERS`]).
+/// Incus' own metrics: every member already serves `/1.0/metrics` on its cluster address, so
+/// Prometheus scrapes each member there (the wiring only trusts the metrics certificate, which
+/// is cluster-wide) and leaves `core.https_address` alone. Not done on a cluster yet: Incus'
+/// logging to Loki (switched off in the expanded config; the engine says so,
+/// [`NOT_WIRED_ON_CLUSTERS`]).
 pub fn expand(config: &Config, info: &ClusterInfo) -> Config {
     let mut out = config.clone();
     if !info.clustered {
         return out;
     }
-    out.integrations.incus_metrics = false;
     out.integrations.incus_loki = false;
+    out.cluster_members = info.members.iter().filter_map(member_address).collect();
     let exporters: Vec<String> = config
         .instances_of(config::ServiceKind::NodeExporter)
         .into_iter()
@@ -195,18 +196,32 @@ pub fn expand(config: &Config, info: &ClusterInfo) -> Config {
             continue;
         };
         for m in &info.members {
-            let Some(host) = member_host(m) else { continue };
+            let Some(addr) = member_address(m) else {
+                continue;
+            };
             let mut copy = template.clone();
             copy.placement = Some(config::Placement::Member(m.server_name.clone()));
-            copy.member_address = Some(config::MemberAddress {
-                member: m.server_name.clone(),
-                host,
-            });
+            copy.member_address = Some(addr);
             out.instances
                 .insert(per_member_name(&name, &m.server_name), copy);
         }
     }
     out
+}
+
+fn member_address(m: &ClusterMember) -> Option<config::MemberAddress> {
+    let url = reqwest::Url::parse(&m.url).ok()?;
+    let host = member_host(m)?;
+    let port = url.port_or_known_default()?;
+    let api = match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    };
+    Some(config::MemberAddress {
+        member: m.server_name.clone(),
+        host,
+        api,
+    })
 }
 
 /// `node-exporter01` on `m2`: `node-exporter01-m2` (instance names allow letters, digits

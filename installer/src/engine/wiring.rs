@@ -123,8 +123,11 @@ impl fmt::Display for WiringChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WiringOptions {
     /// Where Prometheus reaches Incus' `/1.0/metrics` (`<management gateway>:<port>`); `None`
-    /// when the metrics integration is off.
+    /// when the metrics integration is off, or on a cluster.
     pub metrics_endpoint: Option<(IpAddr, u16)>,
+    /// On a cluster with the metrics integration on: every member already serves metrics on
+    /// its cluster address, so only the metrics certificate is trusted (cluster-wide).
+    pub cluster_metrics: bool,
     /// Loki base URL (`http://<loki IPv4>:3100`; Incus adds the push path); `None` when the
     /// logging integration is off.
     pub loki_url: Option<String>,
@@ -143,7 +146,8 @@ pub const LOKI_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 impl WiringOptions {
     pub fn from_config(config: &Config) -> Result<WiringOptions, WiringError> {
         let integ = &config.integrations;
-        let metrics_endpoint = integ.incus_metrics.then(|| {
+        let clustered = !config.cluster_members.is_empty();
+        let metrics_endpoint = (integ.incus_metrics && !clustered).then(|| {
             let gw = config.networks.management.gateway();
             (IpAddr::V4(gw), integ.incus_https_port)
         });
@@ -155,6 +159,7 @@ impl WiringOptions {
         };
         Ok(WiringOptions {
             metrics_endpoint,
+            cluster_metrics: integ.incus_metrics && clustered,
             loki_url,
             loki_instance,
             loki_ca_pem: None,
@@ -454,6 +459,8 @@ fn compute(
                 .cloned()
                 .unwrap_or_default(),
         );
+        metrics_certificate(&mut c, obs, secrets, &records)?;
+    } else if opts.cluster_metrics {
         metrics_certificate(&mut c, obs, secrets, &records)?;
     } else {
         // Integration off: certificates atlas trusted go.
@@ -945,6 +952,7 @@ mod tests {
             WiringOptions::from_config(&cfg).unwrap(),
             WiringOptions {
                 metrics_endpoint: None,
+                cluster_metrics: false,
                 loki_url: None,
                 loki_instance: None,
                 loki_ca_pem: None,
@@ -1043,6 +1051,7 @@ mod tests {
     fn opts() -> WiringOptions {
         WiringOptions {
             metrics_endpoint: Some((v4("10.50.0.1"), 8443)),
+            cluster_metrics: false,
             loki_url: Some("http://10.50.0.13:3100".into()),
             loki_instance: None,
             loki_ca_pem: None,

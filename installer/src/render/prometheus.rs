@@ -64,18 +64,26 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             .get(NetworkRole::Management)
             .map(|n| n.gateway())
             .expect("managed network");
-        jobs.push(job(
-            "incus",
-            true,
-            "/1.0/metrics",
-            vec![format!("{gateway}:{}", c.integrations.incus_https_port)],
-            Some(json!({
-                "ca_file": INCUS_SERVER_CERT,
-                "cert_file": INCUS_METRICS_CERT,
-                "key_file": INCUS_METRICS_KEY,
-                "server_name": INCUS_TLS_SERVER_NAME,
-            })),
-        ));
+        let tls = Some(json!({
+            "ca_file": INCUS_SERVER_CERT,
+            "cert_file": INCUS_METRICS_CERT,
+            "key_file": INCUS_METRICS_KEY,
+            "server_name": INCUS_TLS_SERVER_NAME,
+        }));
+        if c.cluster_members.is_empty() {
+            let target = format!("{gateway}:{}", c.integrations.incus_https_port);
+            jobs.push(job("incus", true, "/1.0/metrics", vec![target], tls));
+        } else {
+            // Every member on its cluster address, labelled by member.
+            let mut j = job("incus", true, "/1.0/metrics", Vec::new(), tls);
+            j["groups"] = json!(
+                c.cluster_members
+                    .iter()
+                    .map(|m| json!({"targets": [m.api], "labels": {"member": m.member}}))
+                    .collect::<Vec<_>>()
+            );
+            jobs.push(j);
+        }
         let (uid, gid) = service_user(ServiceKind::Prometheus);
         out.expected_files.extend([
             ExpectedFile {

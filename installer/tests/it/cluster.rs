@@ -682,6 +682,8 @@ impl Monitoring {
         base.incus.storage_pool = pool.to_string();
         base.incus.external_network = external.to_string();
         base.node_exporter.follow_host_mounts = false;
+        // Incus' own metrics too: each member on its cluster address.
+        base.integrations.incus_metrics = true;
         for (name, on) in [
             ("prometheus01", true),
             ("node-exporter01", true),
@@ -746,8 +748,8 @@ impl Monitoring {
         (client.writes() - w0, changed)
     }
 
-    /// `up{job="node-exporter"}` by member, asked from inside the first member's namespace.
-    fn up_by_member(&self) -> BTreeMap<String, String> {
+    /// `up{job=...}` by member, asked from inside the first member's namespace.
+    fn up_by_member(&self, job: &str) -> BTreeMap<String, String> {
         let prom = self.base.instances["prometheus01"]
             .nics
             .iter()
@@ -765,7 +767,7 @@ impl Monitoring {
                 "5",
             ])
             .arg(format!("http://{prom}:9090/api/v1/query"))
-            .args(["--data-urlencode", "query=up{job=\"node-exporter\"}"])
+            .args(["--data-urlencode", &format!("query=up{{job=\"{job}\"}}")])
             .output()
             .expect("curl in the member namespace");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -782,22 +784,25 @@ impl Monitoring {
             .collect()
     }
 
-    /// Waits (scrapes every 15 s) until each of `members` reports up == 1.
+    /// Waits (scrapes every 15 s) until each of `members` reports up == 1, for its
+    /// node-exporter and for its Incus metrics.
     async fn every_member_is_up(&self, members: &[String]) {
         let want: BTreeMap<String, String> = members
             .iter()
             .map(|m| (m.clone(), "1".to_string()))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let got = self.up_by_member();
-            if got == want {
-                return;
+        for job in ["node-exporter", "incus"] {
+            loop {
+                let got = self.up_by_member(job);
+                if got == want {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    panic!("up{{job=\"{job}\"}} by member: {got:?}, want {want:?}");
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
             }
-            if Instant::now() > deadline {
-                panic!("up{{job=\"node-exporter\"}} by member: {got:?}, want {want:?}");
-            }
-            tokio::time::sleep(Duration::from_secs(3)).await;
         }
     }
 

@@ -67,8 +67,8 @@ fn on_cluster() -> Config {
 fn cluster_node_exporters_are_scraped_per_member() {
     let cfg = on_cluster();
     assert!(!cfg.instances.contains_key("node-exporter01"));
-    // Not wired on clusters yet, and said so by the engine (cluster::NOT_WIRED_ON_CLUSTERS).
-    assert!(!cfg.integrations.incus_metrics && !cfg.integrations.incus_loki);
+    // Incus logging is not wired on clusters yet, and the engine says so.
+    assert!(cfg.integrations.incus_metrics && !cfg.integrations.incus_loki);
     let set = rendered(&cfg);
     let prom = String::from_utf8(
         set.instances["prometheus01"]
@@ -81,30 +81,34 @@ fn cluster_node_exporters_are_scraped_per_member() {
     )
     .unwrap();
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&prom).expect("yaml");
-    let job = v["scrape_configs"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|j| j["job_name"] == "node-exporter")
-        .expect("node-exporter job")
-        .clone();
-    let groups: Vec<(String, String)> = job["static_configs"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["targets"][0].as_str().unwrap().to_string(),
-                g["labels"]["member"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        groups,
+    let groups = |name: &str| -> Vec<(String, String)> {
+        let job = v["scrape_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|j| j["job_name"] == name)
+            .unwrap_or_else(|| panic!("{name} job"))
+            .clone();
+        job["static_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["targets"][0].as_str().unwrap().to_string(),
+                    g["labels"]["member"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let at_port = |port: u16| -> Vec<(String, String)> {
         (1..=3)
-            .map(|i| (format!("198.51.100.1{i}:9100"), format!("m{i}")))
-            .collect::<Vec<_>>()
-    );
+            .map(|i| (format!("198.51.100.1{i}:{port}"), format!("m{i}")))
+            .collect()
+    };
+    assert_eq!(groups("node-exporter"), at_port(9100));
+    // Incus' metrics: every member on its cluster address.
+    assert_eq!(groups("incus"), at_port(8443));
     for i in 1..=3 {
         let name = format!("node-exporter01-m{i}");
         let inst = &cfg.instances[&name];
@@ -493,10 +497,6 @@ fn prometheus_scrapes_every_service_of_the_seed() {
             want.push("cloudflared");
             want.sort();
         }
-        if name == "cluster" {
-            // Incus' own metrics are not wired on a cluster yet (the engine says so).
-            want.retain(|j| *j != "incus");
-        }
         assert_eq!(
             jobs.keys().map(String::as_str).collect::<Vec<_>>(),
             want,
@@ -508,14 +508,17 @@ fn prometheus_scrapes_every_service_of_the_seed() {
             Some(format!("step-ca01.incus:{}", render::STEP_CA_METRICS_PORT).as_str()),
             "step-ca's metrics listener, not the JSON health endpoint"
         );
-        let Some(incus) = jobs.get("incus") else {
-            assert_eq!(name, "cluster");
-            continue;
-        };
+        let incus = jobs["incus"];
         assert_eq!(incus["metrics_path"].as_str(), Some("/1.0/metrics"));
+        // On a cluster every member on its cluster address (see the cluster test below).
+        let incus_at = if name == "cluster" {
+            "198.51.100.11:8443"
+        } else {
+            "10.50.0.1:8443"
+        };
         assert_eq!(
             incus["static_configs"][0]["targets"][0].as_str(),
-            Some("10.50.0.1:8443")
+            Some(incus_at)
         );
         assert_eq!(
             incus["tls_config"]["cert_file"].as_str(),

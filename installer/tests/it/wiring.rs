@@ -473,6 +473,7 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
     let port = free_port();
     let opts = wiring::WiringOptions {
         metrics_endpoint: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+        cluster_metrics: false,
         loki_url: Some(format!("http://{loki}")),
         loki_instance: None,
         loki_ca_pem: None,
@@ -758,6 +759,7 @@ async fn https_address_set_by_the_operator_is_left_alone() {
     // It already covers the endpoint: nothing to change there, and it is not recorded as ours.
     let covered = wiring::WiringOptions {
         metrics_endpoint: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+        cluster_metrics: false,
         loki_url: None,
         loki_instance: None,
         loki_ca_pem: None,
@@ -782,6 +784,7 @@ async fn https_address_set_by_the_operator_is_left_alone() {
     // Elsewhere: refused with what to do, nothing written.
     let other = wiring::WiringOptions {
         metrics_endpoint: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), free_port())),
+        cluster_metrics: false,
         ..covered
     };
     let w0 = c.writes();
