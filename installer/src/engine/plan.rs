@@ -46,6 +46,15 @@ impl Plan {
             .any(|a| matches!(a.change, Change::Create | Change::Update | Change::Delete))
     }
 
+    /// The addresses (`instance caddy01`) of every action that is not `Unchanged`.
+    pub fn changed(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter(|a| a.change != Change::Unchanged)
+            .map(|a| a.address.to_string())
+            .collect()
+    }
+
     pub fn conflicts(&self) -> impl Iterator<Item = &Action> {
         self.actions.iter().filter(|a| a.change == Change::Conflict)
     }

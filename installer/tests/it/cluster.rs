@@ -734,13 +734,7 @@ impl Monitoring {
         });
         let w0 = client.writes();
         let report = e.plan().await.expect("plan monitoring");
-        let changed = report
-            .plan
-            .actions
-            .iter()
-            .filter(|a| a.change != atlas_install::engine::plan::Change::Unchanged)
-            .map(|a| a.address.to_string())
-            .collect();
+        let changed = report.plan.changed();
         if let Err(err) = e.apply(&report).await {
             self.destroy(client).await;
             panic!("monitoring install on the cluster: {err}");

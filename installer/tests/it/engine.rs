@@ -713,14 +713,7 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
     let cfg2 = env.config("\n[instances.alertmanager01]\nmemory = \"192MB\"\n");
     let e2 = engine(&c, &cfg2, None);
     let report = e2.plan().await.expect("plan");
-    let changed: Vec<String> = report
-        .plan
-        .actions
-        .iter()
-        .filter(|a| a.change != atlas_install::engine::plan::Change::Unchanged)
-        .map(|a| a.address.to_string())
-        .collect();
-    assert_eq!(changed, ["profile alertmanager"], "{report}");
+    assert_eq!(report.plan.changed(), ["profile alertmanager"], "{report}");
     let o = env
         .atlas(&["plan", "--detailed-exitcode", "--json"])
         .output()
