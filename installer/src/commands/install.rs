@@ -37,10 +37,9 @@ impl Ctx {
             .context("starting the async runtime")?;
         // On a cluster the stack has per-member parts (see `cluster::expand`). A daemon that
         // cannot be asked leaves the config as it is: preflight then says what is wrong.
-        let info = runtime
-            .block_on(atlas_install::engine::cluster::detect(&client))
-            .unwrap_or_default();
-        let config = atlas_install::engine::cluster::expand(&config, &info);
+        let config = runtime
+            .block_on(atlas_install::engine::cluster::expanded(&client, &config))
+            .map_or(config, |(c, _)| c);
         Ok(Ctx {
             config,
             client,

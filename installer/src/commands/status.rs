@@ -117,10 +117,9 @@ async fn collect(config: &Config) -> Result<Report> {
     report.installed = true;
     report.version = project.value.config.get(owner::VERSION).cloned();
 
-    let info = cluster::detect(&client)
+    let (expanded, info) = cluster::expanded(&client, config)
         .await
         .context("reading the cluster members")?;
-    let expanded = cluster::expand(config, &info);
     let config = &expanded;
     report.offline_members = cluster::offline_members(&client, config, &info)
         .await

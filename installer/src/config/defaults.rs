@@ -185,6 +185,7 @@ pub fn default_instance(
         environment: BTreeMap::new(),
         placement: None,
         member_address: None,
+        published_on: None,
     }
 }
 

@@ -218,6 +218,10 @@ pub struct Instance {
     /// exposes its metrics port to Prometheus on other members.
     #[serde(skip)]
     pub member_address: Option<MemberAddress>,
+    /// Set only by `engine::cluster::expand` on Loki: the member it runs on, where a proxy
+    /// device publishes its port so that every member's Incus can ship logs to it.
+    #[serde(skip)]
+    pub published_on: Option<MemberAddress>,
 }
 
 /// A cluster member and the address other members reach it on.

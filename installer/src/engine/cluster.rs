@@ -162,8 +162,25 @@ pub fn placement_problems(
     out
 }
 
-/// What the engine says on a cluster about the integrations [`expand`] turns off.
-pub const NOT_WIRED_ON_CLUSTERS: &str = "on an Incus cluster, atlas-install does not ship Incus' logging to Loki yet (integrations.incus_loki is skipped); Prometheus scrapes every member's Incus metrics on its cluster address, and its host metrics from its own node-exporter";
+/// What the engine says when [`expand`] had to turn Incus logging off.
+pub const LOKI_ON_A_GROUP: &str = "Loki is placed on a cluster group, so the member whose address every member would ship Incus logs to is not known in advance: integrations.incus_loki is skipped; pin Loki with `member = \"...\"` to have it";
+
+/// [`expand`] for the server `client` talks to: reads the members and the recorded member
+/// (GETs only).
+pub async fn expanded(
+    client: &Client,
+    config: &Config,
+) -> Result<(Config, ClusterInfo), IncusError> {
+    let info = detect(client).await?;
+    let stored = match info.clustered {
+        true => stored_member(client, config).await?,
+        false => None,
+    };
+    Ok((expand(config, &info, stored.as_deref()), info))
+}
+
+/// The port Loki is published on, on its member's address.
+pub const LOKI_PORT: u16 = 3100;
 
 /// The metrics port of node-exporter, also where its per-member proxy listens.
 pub const NODE_EXPORTER_PORT: u16 = 9100;
@@ -176,16 +193,34 @@ pub const NODE_EXPORTER_PORT: u16 = 9100;
 ///
 /// Incus' own metrics: every member already serves `/1.0/metrics` on its cluster address, so
 /// Prometheus scrapes each member there (the wiring only trusts the metrics certificate, which
-/// is cluster-wide) and leaves `core.https_address` alone. Not done on a cluster yet: Incus'
-/// logging to Loki (switched off in the expanded config; the engine says so,
-/// [`NOT_WIRED_ON_CLUSTERS`]).
-pub fn expand(config: &Config, info: &ClusterInfo) -> Config {
+/// is cluster-wide) and leaves `core.https_address` alone.
+///
+/// Incus' logging: the Loki settings are cluster-wide, so every member ships its events to
+/// one URL; Loki is published on the address of the member it is placed on (`stored`: the
+/// recorded default member), through a proxy device. A Loki placed on a cluster group has no
+/// member known in advance: logging is then skipped and the engine says so
+/// ([`LOKI_ON_A_GROUP`]).
+pub fn expand(config: &Config, info: &ClusterInfo, stored: Option<&str>) -> Config {
     let mut out = config.clone();
     if !info.clustered {
         return out;
     }
-    out.integrations.incus_loki = false;
     out.cluster_members = info.members.iter().filter_map(member_address).collect();
+    let placement = Placement::resolve(config, info, stored);
+    for (name, _) in config.instances_of(config::ServiceKind::Loki) {
+        let on = placement
+            .target_for(name)
+            .filter(|t| !t.starts_with('@'))
+            .and_then(|m| out.cluster_members.iter().find(|a| a.member == m).cloned());
+        match on {
+            Some(addr) => {
+                if let Some(i) = out.instances.get_mut(name) {
+                    i.published_on = Some(addr);
+                }
+            }
+            None => out.integrations.incus_loki = false,
+        }
+    }
     let exporters: Vec<String> = config
         .instances_of(config::ServiceKind::NodeExporter)
         .into_iter()

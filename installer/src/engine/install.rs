@@ -306,8 +306,15 @@ impl Engine<'_> {
         let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
         let mut notes = notes;
         notes.extend(self.remotes_note(&server)?);
-        if pre.cluster.clustered {
-            notes.push(super::cluster::NOT_WIRED_ON_CLUSTERS.to_string());
+        if pre.cluster.clustered
+            && !cfg.integrations.incus_loki
+            && self
+                .config
+                .instances_of(crate::config::ServiceKind::Loki)
+                .iter()
+                .any(|(_, i)| i.published_on.is_none())
+        {
+            notes.push(super::cluster::LOKI_ON_A_GROUP.to_string());
         }
         if let Some(n) = bucket_note(&pre, &observation) {
             notes.push(n);

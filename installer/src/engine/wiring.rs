@@ -190,7 +190,11 @@ fn loki_url(config: &Config) -> Result<(String, String), WiringError> {
             ))
         })?;
     let scheme = if inst.tls { "https" } else { "http" };
-    let url = format!("{scheme}://{ip}:{}", ServiceKind::Loki.defaults().port);
+    // On a cluster every member ships logs, over the published address of Loki's member.
+    let url = match &inst.published_on {
+        Some(m) => format!("{scheme}://{}:{}", m.host, super::cluster::LOKI_PORT),
+        None => format!("{scheme}://{ip}:{}", ServiceKind::Loki.defaults().port),
+    };
     Ok((name.to_string(), url))
 }
 
@@ -214,7 +218,9 @@ pub fn logging_keys(
     } else {
         keys.insert("loki.api.url".to_string(), url.to_string());
         keys.insert("loki.types".to_string(), LOGGING_TYPES.to_string());
-        keys.insert("loki.instance".to_string(), instance.to_string());
+        if !instance.is_empty() {
+            keys.insert("loki.instance".to_string(), instance.to_string());
+        }
         if let Some(ca) = ca_pem {
             keys.insert("loki.api.ca_cert".to_string(), ca.to_string());
         }
@@ -407,6 +413,9 @@ fn compute(
         let instance = Some(server.environment.server_name.as_str())
             .filter(|s| !s.is_empty())
             .unwrap_or("incus");
+        // `loki.instance` is cluster-wide: one member's name would label every member's
+        // logs. Left unset on a cluster (each event carries its `location`).
+        let instance = if server.is_clustered() { "" } else { instance };
         desired.extend(logging_keys(
             server.supports_server_logging(),
             url,

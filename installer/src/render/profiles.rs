@@ -98,6 +98,25 @@ pub fn instance_devices(
             ]),
         );
     }
+    // Loki on a cluster: published on its member's address for every member's Incus.
+    if let (Some(m), Some(ip)) = (
+        &inst.published_on,
+        inst.nics
+            .iter()
+            .find(|n| n.network != crate::config::NetworkRole::External)
+            .and_then(|n| n.ipv4),
+    ) {
+        let port = crate::engine::cluster::LOKI_PORT;
+        devices.insert(
+            "loki".to_string(),
+            BTreeMap::from([
+                ("type".to_string(), "proxy".to_string()),
+                ("bind".to_string(), "host".to_string()),
+                ("listen".to_string(), format!("tcp:{}:{port}", m.host)),
+                ("connect".to_string(), format!("tcp:{ip}:{port}")),
+            ]),
+        );
+    }
     let sharing = config
         .enabled_instances()
         .iter()

@@ -440,6 +440,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     eprintln!("engine install on the cluster ok after {:?}", t0.elapsed());
     let monitoring = Monitoring::install(&client, &pool_name, &net_name, &state.members[0]).await;
     monitoring.every_member_is_up(&names).await;
+    monitoring.every_member_logs_to_loki(&client, &names).await;
     eprintln!("whole-cluster monitoring ok after {:?}", t0.elapsed());
 
     // One member goes down: the cluster marks it OFFLINE and preflight names it. A clean
@@ -682,11 +683,14 @@ impl Monitoring {
         base.incus.storage_pool = pool.to_string();
         base.incus.external_network = external.to_string();
         base.node_exporter.follow_host_mounts = false;
-        // Incus' own metrics too: each member on its cluster address.
+        // Incus' own metrics too (each member on its cluster address), and its logs to Loki
+        // (published on its member's address, where every member ships).
         base.integrations.incus_metrics = true;
+        base.integrations.incus_loki = true;
         for (name, on) in [
             ("prometheus01", true),
             ("node-exporter01", true),
+            ("loki01", true),
             ("caddy01", false),
             ("mosquitto01", false),
         ] {
@@ -715,8 +719,10 @@ impl Monitoring {
     }
 
     async fn expanded(&self, client: &Client) -> Config {
-        let info = cluster::detect(client).await.expect("detect");
-        cluster::expand(&self.base, &info)
+        cluster::expanded(client, &self.base)
+            .await
+            .expect("expand for the cluster")
+            .0
     }
 
     /// plan + apply with the fixture registry as image source; the writes and what the
@@ -744,27 +750,13 @@ impl Monitoring {
 
     /// `up{job=...}` by member, asked from inside the first member's namespace.
     fn up_by_member(&self, job: &str) -> BTreeMap<String, String> {
-        let prom = self.base.instances["prometheus01"]
-            .nics
-            .iter()
-            .find_map(|n| n.ipv4)
-            .expect("prometheus address");
-        let out = Command::new("nsenter")
-            .args([
-                "-t",
-                &self.first.holder_pid,
-                "-n",
-                "--",
-                "curl",
-                "-sf",
-                "--max-time",
-                "5",
-            ])
-            .arg(format!("http://{prom}:9090/api/v1/query"))
-            .args(["--data-urlencode", &format!("query=up{{job=\"{job}\"}}")])
-            .output()
-            .expect("curl in the member namespace");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let query = format!("query=up{{job=\"{job}\"}}");
+        let v = self.get(
+            "prometheus01",
+            9090,
+            "/api/v1/query",
+            &["--data-urlencode", &query],
+        );
         v["data"]["result"]
             .as_array()
             .into_iter()
@@ -776,6 +768,63 @@ impl Monitoring {
                 )
             })
             .collect()
+    }
+
+    /// GET on an instance's management address from inside the first member's namespace.
+    fn get(&self, instance: &str, port: u16, path: &str, args: &[&str]) -> serde_json::Value {
+        let ip = self.base.instances[instance]
+            .nics
+            .iter()
+            .find_map(|n| n.ipv4)
+            .expect("address");
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                &self.first.holder_pid,
+                "-n",
+                "--",
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://{ip}:{port}{path}"))
+            .args(args)
+            .output()
+            .expect("curl in the member namespace");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Every member's Incus ships its events to Loki: a restart of the exporter on each
+    /// member makes lifecycle events there, and Loki then holds a stream from each member
+    /// (`location`, the label Incus puts on every event).
+    async fn every_member_logs_to_loki(&self, client: &Client, members: &[String]) {
+        let pc = client.in_project(&self.base.incus.project);
+        for m in members {
+            let name = cluster::per_member_name("node-exporter01", m);
+            pc.set_instance_state(&name, atlas_install::incus::StateAction::Restart, 30, true)
+                .await
+                .unwrap_or_else(|e| panic!("restart {name}: {e}"));
+        }
+        let want: Vec<String> = members.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.get("loki01", 3100, "/loki/api/v1/label/location/values", &[]);
+            let mut got: Vec<String> = v["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+            got.sort();
+            if want.iter().all(|m| got.contains(m)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("Loki has streams from {got:?}, want every member {want:?}");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
 
     /// Waits (scrapes every 15 s) until each of `members` reports up == 1, for its
@@ -815,6 +864,7 @@ impl Monitoring {
         );
         let names: Vec<String> = grown.members.iter().map(|m| m.name.clone()).collect();
         self.every_member_is_up(&names).await;
+        self.every_member_logs_to_loki(client, &names).await;
         self.destroy(client).await;
     }
 

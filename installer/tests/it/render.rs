@@ -58,7 +58,7 @@ fn on_cluster() -> Config {
         members,
         groups: Vec::new(),
     };
-    expand(&Config::builtin(), &info)
+    expand(&Config::builtin(), &info, None)
 }
 
 /// On a cluster Prometheus scrapes each member's node-exporter at the member's address (its
@@ -67,8 +67,14 @@ fn on_cluster() -> Config {
 fn cluster_node_exporters_are_scraped_per_member() {
     let cfg = on_cluster();
     assert!(!cfg.instances.contains_key("node-exporter01"));
-    // Incus logging is not wired on clusters yet, and the engine says so.
-    assert!(cfg.integrations.incus_metrics && !cfg.integrations.incus_loki);
+    assert!(cfg.integrations.incus_metrics && cfg.integrations.incus_loki);
+    // Loki is published on its member's address (m1, where the stack goes), and that is the
+    // URL every member's Incus ships logs to.
+    let loki = atlas_install::render::instance_devices(&cfg, "loki01");
+    assert_eq!(loki["loki"]["listen"], "tcp:198.51.100.11:3100", "{loki:?}");
+    assert_eq!(loki["loki"]["connect"], "tcp:10.50.0.13:3100", "{loki:?}");
+    let opts = atlas_install::engine::wiring::WiringOptions::from_config(&cfg).unwrap();
+    assert_eq!(opts.loki_url.as_deref(), Some("http://198.51.100.11:3100"));
     let set = rendered(&cfg);
     let prom = String::from_utf8(
         set.instances["prometheus01"]
