@@ -234,6 +234,16 @@ pub struct MemberAddress {
     pub api: String,
 }
 
+impl MemberAddress {
+    /// `host:port` on the member's address (`[v6]:port` for an IPv6 one).
+    pub fn at(&self, port: u16) -> String {
+        match self.host.contains(':') {
+            true => format!("[{}]:{port}", self.host),
+            false => format!("{}:{port}", self.host),
+        }
+    }
+}
+
 /// A cluster member or cluster group an instance is pinned to (`member = "m2"` or
 /// `group = "edge"` in the instance's table).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

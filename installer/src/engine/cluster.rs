@@ -246,17 +246,13 @@ pub fn expand(config: &Config, info: &ClusterInfo, stored: Option<&str>) -> Conf
 
 fn member_address(m: &ClusterMember) -> Option<config::MemberAddress> {
     let url = reqwest::Url::parse(&m.url).ok()?;
-    let host = member_host(m)?;
-    let port = url.port_or_known_default()?;
-    let api = match host.contains(':') {
-        true => format!("[{host}]:{port}"),
-        false => format!("{host}:{port}"),
-    };
-    Some(config::MemberAddress {
+    let mut addr = config::MemberAddress {
         member: m.server_name.clone(),
-        host,
-        api,
-    })
+        host: member_host(m)?,
+        api: String::new(),
+    };
+    addr.api = addr.at(url.port_or_known_default()?);
+    Some(addr)
 }
 
 /// `node-exporter01` on `m2`: `node-exporter01-m2` (instance names allow letters, digits
@@ -585,6 +581,24 @@ mod tests {
                 ..ClusterGroup::default()
             }],
         }
+    }
+
+    #[test]
+    fn ipv6_member_addresses_are_bracketed_wherever_a_port_follows() {
+        let mut info = cluster("m1", &[("m1", "Online"), ("m2", "Online")]);
+        info.members[0].url = "https://[fd00:5::11]:8443".into();
+        info.members[1].url = "https://198.51.100.12:8443".into();
+        let cfg = expand(&Config::builtin(), &info, None);
+        let m1 = &cfg.cluster_members[0];
+        assert_eq!(m1.api, "[fd00:5::11]:8443");
+        assert_eq!(m1.at(9100), "[fd00:5::11]:9100");
+        assert_eq!(cfg.cluster_members[1].at(3100), "198.51.100.12:3100");
+        let dev = crate::render::instance_devices(&cfg, &per_member_name("node-exporter01", "m1"));
+        assert_eq!(dev["metrics"]["listen"], "tcp:[fd00:5::11]:9100");
+        let loki = crate::render::instance_devices(&cfg, "loki01");
+        assert_eq!(loki["loki"]["listen"], "tcp:[fd00:5::11]:3100");
+        let opts = super::super::wiring::WiringOptions::from_config(&cfg).unwrap();
+        assert_eq!(opts.loki_url.as_deref(), Some("http://[fd00:5::11]:3100"));
     }
 
     #[test]

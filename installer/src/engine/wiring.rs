@@ -192,7 +192,7 @@ fn loki_url(config: &Config) -> Result<(String, String), WiringError> {
     let scheme = if inst.tls { "https" } else { "http" };
     // On a cluster every member ships logs, over the published address of Loki's member.
     let url = match &inst.published_on {
-        Some(m) => format!("{scheme}://{}:{}", m.host, super::cluster::LOKI_PORT),
+        Some(m) => format!("{scheme}://{}", m.at(super::cluster::LOKI_PORT)),
         None => format!("{scheme}://{ip}:{}", ServiceKind::Loki.defaults().port),
     };
     Ok((name.to_string(), url))

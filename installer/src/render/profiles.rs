@@ -90,12 +90,7 @@ pub fn instance_devices(
         let port = crate::engine::cluster::NODE_EXPORTER_PORT;
         devices.insert(
             "metrics".to_string(),
-            BTreeMap::from([
-                ("type".to_string(), "proxy".to_string()),
-                ("bind".to_string(), "host".to_string()),
-                ("listen".to_string(), format!("tcp:{}:{port}", m.host)),
-                ("connect".to_string(), format!("tcp:127.0.0.1:{port}")),
-            ]),
+            proxy_on_member(m, port, &format!("127.0.0.1:{port}")),
         );
     }
     // Loki on a cluster: published on its member's address for every member's Incus.
@@ -109,12 +104,7 @@ pub fn instance_devices(
         let port = crate::engine::cluster::LOKI_PORT;
         devices.insert(
             "loki".to_string(),
-            BTreeMap::from([
-                ("type".to_string(), "proxy".to_string()),
-                ("bind".to_string(), "host".to_string()),
-                ("listen".to_string(), format!("tcp:{}:{port}", m.host)),
-                ("connect".to_string(), format!("tcp:{ip}:{port}")),
-            ]),
+            proxy_on_member(m, port, &format!("{ip}:{port}")),
         );
     }
     let sharing = config
@@ -156,6 +146,21 @@ pub fn instance_devices(
         );
     }
     devices
+}
+
+/// A proxy device listening on `port` of the cluster member's address (in the member's
+/// network namespace) and connecting to `connect` inside the container.
+fn proxy_on_member(
+    m: &crate::config::MemberAddress,
+    port: u16,
+    connect: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("type".to_string(), "proxy".to_string()),
+        ("bind".to_string(), "host".to_string()),
+        ("listen".to_string(), format!("tcp:{}", m.at(port))),
+        ("connect".to_string(), format!("tcp:{connect}")),
+    ])
 }
 
 fn nics(config: &Config, inst: &Instance, with_addresses: bool) -> Vec<Value> {

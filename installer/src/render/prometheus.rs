@@ -182,7 +182,7 @@ fn node_exporter_job(c: &crate::config::Config) -> Option<Value> {
     for (name, inst) in exporters {
         match &inst.member_address {
             Some(m) => groups.push(json!({
-                "targets": [format!("{}:{port}", m.host)],
+                "targets": [m.at(port)],
                 "labels": {"member": m.member},
             })),
             None => local.push(format!("{}:{port}", hostname(name))),
