@@ -268,13 +268,10 @@ async fn step_ca(
         })?;
     let owner = (meta.uid, meta.gid);
     let new = pending_password(client, config, stored, KEY_STEP_CA_NEXT).await?;
+    // The staged and the final password file alike: the key owner's, 0600.
+    let secret = FileMeta::new(owner.0, owner.1, 0o600);
     project
-        .push_file(
-            name,
-            &staged,
-            new.clone().into_bytes(),
-            FileMeta::new(owner.0, owner.1, 0o600),
-        )
+        .push_file(name, &staged, new.clone().into_bytes(), secret)
         .await?;
     let mut changed = 0;
     for key in ["root_ca_key", "intermediate_ca_key"] {
@@ -282,31 +279,10 @@ async fn step_ca(
         if project.pull_file(name, &path).await.optional()?.is_none() {
             continue;
         }
-        let change = |from: &str| {
-            let argv = [
-                "step",
-                "crypto",
-                "change-pass",
-                path.as_str(),
-                "--password-file",
-                from,
-                "--new-password-file",
-                staged.as_str(),
-                "-f",
-            ]
-            .map(str::to_string);
-            let project = project.clone();
-            async move {
-                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-                project
-                    .exec_as(name, &argv, &Default::default(), Some(owner))
-                    .await
-            }
-        };
-        let first = change(&current).await?;
+        let first = change_pass(&project, name, &path, &current, &staged, owner).await?;
         if first.exit_code != 0 {
             // Already re-encrypted by an interrupted run: the new password opens it.
-            let again = change(&staged).await?;
+            let again = change_pass(&project, name, &path, &staged, &staged, owner).await?;
             if again.exit_code != 0 {
                 let _ = project.delete_file(name, &staged).await;
                 return Err(err(
@@ -331,12 +307,7 @@ async fn step_ca(
         ));
     }
     project
-        .push_file(
-            name,
-            &current,
-            new.clone().into_bytes(),
-            FileMeta::new(owner.0, owner.1, 0o600),
-        )
+        .push_file(name, &current, new.clone().into_bytes(), secret)
         .await?;
     project.delete_file(name, &staged).await.optional()?;
     client
@@ -350,4 +321,30 @@ async fn step_ca(
         "{name}: {changed} key(s) re-encrypted with `step crypto change-pass`"
     ));
     Ok(())
+}
+
+/// `step crypto change-pass KEY` inside `name`, as the key's owner, from the password in
+/// file `from` to the one in file `to`.
+async fn change_pass(
+    project: &Client,
+    name: &str,
+    key: &str,
+    from: &str,
+    to: &str,
+    owner: (u32, u32),
+) -> Result<crate::incus::ExecOutput, crate::incus::IncusError> {
+    let argv = [
+        "step",
+        "crypto",
+        "change-pass",
+        key,
+        "--password-file",
+        from,
+        "--new-password-file",
+        to,
+        "-f",
+    ];
+    project
+        .exec_as(name, &argv, &Default::default(), Some(owner))
+        .await
 }
