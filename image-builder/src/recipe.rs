@@ -641,4 +641,41 @@ http = { port = 9090, path = "/-/ready" }
             "{e}"
         );
     }
+
+    #[test]
+    fn download_entries_are_checked() {
+        let dl = |url: &str, to: &str, extra: &str| {
+            parse(&format!(
+                "{OK}\n[[download]]\nurl = \"{url}\"\nto = \"{to}\"\n{extra}"
+            ))
+        };
+        let r = dl("https://example.org/get?arch={arch}", "/usr/bin/x", "").unwrap();
+        let d = &r.downloads[0];
+        assert_eq!(d.url_for("x86_64"), "https://example.org/get?arch=amd64");
+        assert_eq!(d.url_for("aarch64"), "https://example.org/get?arch=arm64");
+        assert_eq!(d.mode_bits(), 0o755);
+        for (url, to, extra, field) in [
+            ("ftp://example.org/x", "/usr/bin/x", "", "download[0].url"),
+            ("not a url", "/usr/bin/x", "", "download[0].url"),
+            ("https://example.org/x", "usr/bin/x", "", "download[0].to"),
+            (
+                "https://example.org/x",
+                "/usr/bin/x",
+                "mode = \"rwx\"\n",
+                "download[0].mode",
+            ),
+            (
+                "https://example.org/x",
+                "/usr/bin/x",
+                "sha256 = \"abc\"\n",
+                "download[0].sha256",
+            ),
+        ] {
+            let e = dl(url, to, extra).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("images/svc.toml: {field}")),
+                "{url} {to} {extra}: {e}"
+            );
+        }
+    }
 }

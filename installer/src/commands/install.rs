@@ -215,7 +215,7 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
     )?;
     if base_rotates(&engine.options) {
         eprintln!(
-            "  ~ secrets: new Grafana admin password, Mosquitto passwords and metrics certificate (step-ca's password is kept)"
+            "  ~ secrets: new Grafana admin password, step-ca key password, Mosquitto passwords and metrics certificate"
         );
     }
     if (report.has_changes() || base_rotates(&engine.options))

@@ -482,3 +482,22 @@ fn cluster_placement_member_or_group() {
     let errs = errors("[instances.grafana01]\nmember = \"\"\n", &[]);
     has(&errs, "cluster member name `` is empty");
 }
+
+#[test]
+fn mirrors_must_be_what_they_are_used_as() {
+    let errs = errors(
+        "[images]\nregistry_mirror = \"https://m.internal\"\ndownload_mirror = \"/srv/dl\"\n",
+        &[],
+    );
+    has(
+        &errs,
+        "images.registry_mirror: `https://m.internal` is not host[:port]",
+    );
+    has(
+        &errs,
+        "images.download_mirror: `/srv/dl` is not an http(s):// URL or a file:/// directory",
+    );
+    has(&errs, "file:///srv/atlas-downloads");
+    let ok = load_str("[images]\ndownload_mirror = \"file:///srv/dl\"\n", &[]).unwrap();
+    assert_eq!(ok.images.download_mirror.as_deref(), Some("file:///srv/dl"));
+}

@@ -523,7 +523,8 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         let mut keys = Vec::new();
         for k in ["root_ca_key", "intermediate_ca_key"] {
             let path = format!("/home/step/secrets/{k}");
-            keys.push(c.pull_file("step-ca01", &path).await.expect("step-ca key"));
+            let key = c.pull_file("step-ca01", &path).await;
+            keys.push(key.unwrap_or_else(|e| panic!("step-ca key {path}: {e}")));
         }
         keys
     };
@@ -536,6 +537,57 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         [key_grafana, key_mqtt, key_step, key_cert].map(|k| stack.secret(k)),
     )
     .await;
+    // step-ca's keys are re-encrypted inside it: with step-ca stopped, the rotation is
+    // refused before anything changes, and says why.
+    let pc = stack.project();
+    crate::engine::stop(&pc, "step-ca01").await;
+    let o = stack.atlas(&[
+        "upgrade",
+        "--yes",
+        "--ignore-preflight",
+        "--registry-mirror",
+        REGISTRY,
+        "--rotate-secrets",
+    ]);
+    let log = stderr(&o);
+    assert!(!o.status.success(), "rotation with step-ca stopped: {log}");
+    assert!(
+        log.contains("~ secrets: new Grafana admin password, step-ca key password"),
+        "the plan names what rotates: {log}"
+    );
+    assert!(
+        log.contains("step-ca01 must be running") && log.contains("Nothing was changed"),
+        "{log}"
+    );
+    let unchanged: Vec<String> = futures_util::future::join_all(
+        [key_grafana, key_mqtt, key_step, key_cert].map(|k| stack.secret(k)),
+    )
+    .await;
+    assert_eq!(unchanged, before, "a refused rotation changes no secret");
+    let project = stack
+        .client
+        .get_project(&stack.project)
+        .await
+        .expect("project")
+        .value;
+    assert!(
+        !project.config.keys().any(|k| k.ends_with(".next")),
+        "no password staged: {:?}",
+        project.config.keys().collect::<Vec<_>>()
+    );
+    pc.set_instance_state("step-ca01", StateAction::Start, 30, false)
+        .await
+        .expect("start step-ca01 again");
+    assert!(
+        wait_healthy(&stack).await,
+        "step-ca back on its unchanged password"
+    );
+    // Read while running: the keys are on step-ca's data volume, mounted only then.
+    assert_eq!(
+        step_keys(stack.project()).await,
+        keys_before,
+        "keys untouched"
+    );
     let o = stack.atlas(&[
         "upgrade",
         "--yes",
@@ -601,16 +653,8 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     );
     // step-ca runs on the new password: restarted, it must open its keys with it again.
     restart_seconds(&stack.project(), "step-ca01").await;
-    let mut healthy = false;
-    for _ in 0..20 {
-        if stack.atlas(&["status"]).status.success() {
-            healthy = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
     assert!(
-        healthy,
+        wait_healthy(&stack).await,
         "step-ca healthy after a restart on the rotated password"
     );
     let ok = mqtt_pub(stack.mqtt_port, "atlas", &after[1]);
@@ -620,6 +664,17 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         !old.status.success(),
         "the old mqtt password must be refused"
     );
+}
+
+/// Whether `status` reports every service healthy within 10 s.
+async fn wait_healthy(stack: &Stack) -> bool {
+    for _ in 0..20 {
+        if stack.atlas(&["status"]).status.success() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
 }
 
 /// `GET /api/user` with the admin's basic auth: the status code.
