@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::common::{atlas, have_tool, require_all, run, stderr, stdout};
 
-const REGISTRY: &str = "127.0.0.1:5000";
+const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -534,7 +534,7 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
         .args(["--progress", "none", "--json", "bundle", "create", "--out"])
         .arg(&out)
         .args(["--service", "prometheus", "--service", "node-exporter"])
-        .args(["--registry-mirror", REGISTRY, "--images-lock"])
+        .args(["--registry-mirror", &REGISTRY, "--images-lock"])
         .arg(t.join("images.lock"))
         .arg("--cache-dir")
         .arg(t.join("cache")));

@@ -731,7 +731,7 @@ impl Monitoring {
         let mut e = crate::engine::engine(client, cfg, None);
         e.options.health_timeout = Duration::from_secs(120);
         e.options.supply = Some(atlas_install::supply::ImageSupply {
-            registry_mirror: Some("127.0.0.1:5000".into()),
+            registry_mirror: Some(crate::common::FixtureRegistry.to_string()),
             download_mirror: None,
             insecure_registries: Vec::new(),
             cache_dir: self.cache.path().to_path_buf(),

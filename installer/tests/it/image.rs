@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use crate::common::{atlas, have_path, have_tool, require_all, run, stderr, stdout};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
-const REGISTRY: &str = "127.0.0.1:5000";
+const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 const BRIDGE: &str = "t-img-br";
 const PAGE: &str = "hello from an atlas image\n";
 
@@ -711,7 +711,7 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
         ),
     )
     .unwrap();
-    let mirror = ["--registry-mirror", REGISTRY];
+    let mirror = ["--registry-mirror", &REGISTRY];
     let first = build(&recipe, &t.join("cache"), &mirror);
     let d = json_of(&first)["images"][0]["digest"]
         .as_str()
@@ -766,7 +766,7 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
             "image",
             "lock",
             "--registry-mirror",
-            REGISTRY,
+            &REGISTRY,
             // Never Caddy's build service itself: the fixture directory stands in for it.
             "--download-mirror",
             DOWNLOADS,
@@ -803,7 +803,7 @@ fn image_build_through_mirror_pins_and_honours_the_lock() {
         }
     } else {
         assert!(
-            stderr(&o).contains(REGISTRY) && stderr(&o).contains("registry"),
+            stderr(&o).contains(&*REGISTRY) && stderr(&o).contains("registry"),
             "{}",
             stderr(&o)
         );
@@ -890,7 +890,7 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     let common = |cache: &str| -> Vec<String> {
         [
             "--registry-mirror",
-            REGISTRY,
+            &REGISTRY,
             "--images-lock",
             lock.to_str().unwrap(),
             "--cache-dir",
@@ -1086,7 +1086,7 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
             .arg(&config)
             .args(["image", "build", "--recipe"])
             .arg(&recipe)
-            .args(["--registry-mirror", REGISTRY, "--images-lock"])
+            .args(["--registry-mirror", &REGISTRY, "--images-lock"])
             .arg(&lock)
             .arg("--cache-dir")
             .arg(t.join(cache))

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
 
-const REGISTRY: &str = "127.0.0.1:5000";
+const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
@@ -172,7 +172,7 @@ impl Stack {
             "--yes",
             "--ignore-preflight",
             "--registry-mirror",
-            REGISTRY,
+            &REGISTRY,
         ])
     }
 
@@ -546,7 +546,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         "--yes",
         "--ignore-preflight",
         "--registry-mirror",
-        REGISTRY,
+        &REGISTRY,
         "--rotate-secrets",
     ]);
     let log = stderr(&o);
@@ -593,7 +593,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         "--yes",
         "--ignore-preflight",
         "--registry-mirror",
-        REGISTRY,
+        &REGISTRY,
         "--rotate-secrets",
         "--health-timeout",
         "120",
@@ -761,7 +761,7 @@ async fn whole_stack_from_a_bundle() {
         "--out",
         bundle_arg,
         "--registry-mirror",
-        REGISTRY,
+        &REGISTRY,
         "--download-mirror",
         DOWNLOADS,
     ]);
@@ -775,7 +775,7 @@ async fn whole_stack_from_a_bundle() {
         "convert",
         &format!("docker://{REGISTRY}/prom/prometheus:latest"),
         "--insecure-registry",
-        REGISTRY,
+        &REGISTRY,
         "--out",
         "/dev/null",
     ]);
@@ -805,7 +805,7 @@ async fn whole_stack_from_a_bundle() {
         "images come from the bundle's layout: {log}"
     );
     assert!(
-        !log.contains(REGISTRY) && !log.contains("docker://"),
+        !log.contains(&*REGISTRY) && !log.contains("docker://"),
         "no registry is contacted: {log}"
     );
     for i in ["prometheus01", "caddy01", "mosquitto01", "grafana01"] {
@@ -831,5 +831,5 @@ async fn whole_stack_from_a_bundle() {
         log.contains("verify ") && log.contains("No changes"),
         "{log}"
     );
-    assert!(!log.contains(REGISTRY), "no registry is contacted: {log}");
+    assert!(!log.contains(&*REGISTRY), "no registry is contacted: {log}");
 }

@@ -95,3 +95,33 @@ macro_rules! client_or_skip {
     };
 }
 pub(crate) use client_or_skip;
+
+/// The registry holding the fixture "upstream" images (tests/fixtures/build-images.sh):
+/// `ATLAS_TEST_FIXTURE_REGISTRY` (HOST:PORT), default 127.0.0.1:5000, so fixture work can be
+/// tried from a registry of its own without changing what other tests install.
+pub struct FixtureRegistry;
+
+impl FixtureRegistry {
+    fn get() -> &'static str {
+        static VALUE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        VALUE.get_or_init(|| {
+            std::env::var("ATLAS_TEST_FIXTURE_REGISTRY")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "127.0.0.1:5000".to_string())
+        })
+    }
+}
+
+impl std::ops::Deref for FixtureRegistry {
+    type Target = str;
+    fn deref(&self) -> &str {
+        Self::get()
+    }
+}
+
+impl std::fmt::Display for FixtureRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::get())
+    }
+}
