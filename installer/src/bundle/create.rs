@@ -22,8 +22,8 @@ use atlas_image::source::{PullOptions, PulledImage, Source, pull};
 use super::manifest::{BundleManifest, FORMAT, Member, format_rfc3339, sum_line};
 use super::verify::copy_hashing;
 use super::{
-    BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SUM, OCI_INDEX, OCI_LAYOUT,
-    ROLE_ANNOTATION, VERSION_ANNOTATION,
+    BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SIG, MANIFEST_SUM, OCI_INDEX,
+    OCI_LAYOUT, ROLE_ANNOTATION, VERSION_ANNOTATION,
 };
 
 /// Where recipe bases are pulled from.
@@ -62,6 +62,8 @@ pub struct CreateSpec {
     pub registry: Option<RegistrySource>,
     /// Seconds since the epoch, written as the creation time.
     pub created: u64,
+    /// Signs the manifest (`atlas-bundle.json.minisig`); `None` makes an unsigned bundle.
+    pub sign: Option<crate::signing::SecretKey>,
 }
 
 impl CreateSpec {
@@ -78,6 +80,7 @@ impl CreateSpec {
             recipes: Vec::new(),
             registry: None,
             created: super::manifest::now_secs(),
+            sign: None,
         }
     }
 }
@@ -502,11 +505,15 @@ fn write_bundle(
         created: format_rfc3339(spec.created),
         members: members.iter().map(|s| s.member.clone()).collect(),
     };
-    let head = manifest.to_bytes();
-    let head = [
-        staged_bytes(MANIFEST, head.clone()),
-        staged_bytes(MANIFEST_SUM, sum_line(&head)),
+    let bytes = manifest.to_bytes();
+    let mut head = vec![
+        staged_bytes(MANIFEST, bytes.clone()),
+        staged_bytes(MANIFEST_SUM, sum_line(&bytes)),
     ];
+    if let Some(key) = &spec.sign {
+        let sig = super::signed::sign_manifest(key, &manifest, &bytes)?;
+        head.push(staged_bytes(MANIFEST_SIG, sig));
+    }
     let total: u64 = members.iter().map(|m| m.member.size).sum();
     let task = progress.task(&format!("write {}", out.display()), Some(total));
     let partial = Scratch::new(out, "partial");
@@ -518,7 +525,7 @@ fn write_bundle(
         })
     });
     match result {
-        Ok(()) => task.finish(&format!("{} members", members.len() + 2)),
+        Ok(()) => task.finish(&format!("{} members", members.len() + head.len())),
         Err(ref e) => task.fail(&e.to_string()),
     }
     result.map(|()| manifest)
