@@ -31,7 +31,9 @@ fn embed_release_keys() {
             continue;
         }
         // A minisign public key: "Ed" + 8-byte key ID + 32-byte key, base64 (56 characters).
-        let b64 = line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        let b64 = line
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
         assert!(
             line.len() == 56 && line.starts_with("RW") && b64,
             "{}:{}: not a minisign public key line (RW..., 56 base64 characters); a secret key never goes here",
@@ -39,7 +41,8 @@ fn embed_release_keys() {
             n + 1
         );
     }
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("release-keys.pub");
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("release-keys.pub");
     std::fs::write(&out, text).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }
 

@@ -99,7 +99,9 @@ impl PublicKey {
     pub fn parse_file(text: &str) -> Result<Vec<PublicKey>, String> {
         text.lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("untrusted comment:"))
+            .filter(|l| {
+                !l.is_empty() && !l.starts_with('#') && !l.starts_with("untrusted comment:")
+            })
             .map(PublicKey::from_base64)
             .collect()
     }
@@ -239,7 +241,8 @@ impl Trust {
             reason,
         };
         let text = std::str::from_utf8(sig).map_err(|_| malformed("not UTF-8 text".to_owned()))?;
-        let sig = minisign::SignatureBox::from_string(text).map_err(|e| malformed(e.to_string()))?;
+        let sig =
+            minisign::SignatureBox::from_string(text).map_err(|e| malformed(e.to_string()))?;
         if !sig.is_prehashed() {
             return Err(malformed(
                 "a legacy (not prehashed) signature; sign it again with a current minisign"
@@ -373,7 +376,10 @@ mod tests {
     fn embedded_keys_parse() {
         // The committed release/keys.pub holds no key yet; any ATLAS_RELEASE_PUBKEYS must parse.
         let t = Trust::embedded();
-        assert_eq!(t.embedded_ids().len(), PublicKey::parse_file(EMBEDDED_KEYS).unwrap().len());
+        assert_eq!(
+            t.embedded_ids().len(),
+            PublicKey::parse_file(EMBEDDED_KEYS).unwrap().len()
+        );
     }
 
     #[test]

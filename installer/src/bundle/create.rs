@@ -22,8 +22,8 @@ use atlas_image::source::{PullOptions, PulledImage, Source, pull};
 use super::manifest::{BundleManifest, FORMAT, Member, format_rfc3339, sum_line};
 use super::verify::copy_hashing;
 use super::{
-    BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SIG, MANIFEST_SUM, OCI_INDEX,
-    OCI_LAYOUT, ROLE_ANNOTATION, VERSION_ANNOTATION,
+    BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SIG, MANIFEST_SUM, OCI_INDEX, OCI_LAYOUT,
+    ROLE_ANNOTATION, VERSION_ANNOTATION,
 };
 
 /// Where recipe bases are pulled from.

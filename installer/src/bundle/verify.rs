@@ -13,9 +13,9 @@ use atlas_image::manifest::{ImageIndex, MAX_DOCUMENT_SIZE, Manifest};
 use atlas_image::progress::{Progress, ProgressTask};
 
 use super::inspect::{BundleImage, images_of};
-use crate::signing::{Signer, Trust};
 use super::manifest::BundleManifest;
 use super::{BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SUM, OCI_INDEX, OCI_LAYOUT};
+use crate::signing::{Signer, Trust};
 
 /// What a successful pass proved and read.
 #[derive(Clone, Debug)]
@@ -32,7 +32,11 @@ pub struct Verified {
 
 /// Checks the bundle at `path` offline: its signature against `trust` first, then every
 /// member. The error names the member at fault.
-pub fn verify(path: &Path, trust: &Trust, progress: &dyn Progress) -> Result<Verified, BundleError> {
+pub fn verify(
+    path: &Path,
+    trust: &Trust,
+    progress: &dyn Progress,
+) -> Result<Verified, BundleError> {
     let (_, signer) = super::signed::check_signature(path, trust)?;
     scan(path, None, signer, progress)
 }

@@ -13,8 +13,8 @@ use atlas_install::bundle::{self, Expect, OpenedBundle};
 use atlas_install::config::Config;
 use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets};
 use atlas_install::incus::Client;
-use atlas_install::signing::Trust;
 use atlas_install::progress::Progress;
+use atlas_install::signing::Trust;
 use atlas_install::supply::ImageSupply;
 
 use crate::cli::{GlobalArgs, InstallArgs};
@@ -97,14 +97,12 @@ fn open_bundle(path: &Path, trust: Trust, progress: &dyn Progress) -> Result<Ope
         trust,
         ..Expect::this_binary()
     };
-    let opened = bundle::open_for_install(path, &expect, &temp, progress).with_context(|| {
+    bundle::open_for_install(path, &expect, &temp, progress).with_context(|| {
         format!(
             "bundle {}: refused before touching Incus. Nothing was changed",
             path.display()
         )
-    })?;
-    eprintln!("bundle {}: {}", path.display(), opened.signer);
-    Ok(opened)
+    })
 }
 
 /// Where the install takes its images from: a bundle, the recipes over pulled upstream
@@ -195,12 +193,13 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
     // A bundle's signature first, before the config or Incus is even read.
     if let Some(path) = &args.bundle {
         let trust = super::signature::trust(&args.trust)?;
-        bundle::check_signature(path, &trust).with_context(|| {
+        let (_, signer) = bundle::check_signature(path, &trust).with_context(|| {
             format!(
                 "bundle {}: refused before touching Incus. Nothing was changed",
                 path.display()
             )
         })?;
+        eprintln!("bundle {}: {signer}", path.display());
     }
     let ctx = Ctx::new(global)?;
     let supply = image_supply(args, &ctx.config, ctx.progress.as_ref())?;

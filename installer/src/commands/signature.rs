@@ -47,8 +47,7 @@ pub(super) fn load_key(path: &Path, password: &PasswordArgs) -> Result<SecretKey
             }
         },
         None if std::io::stdin().is_terminal() => {
-            rpassword::prompt_password(format!("Password of signing key {}: ", path.display()))
-                .ok()
+            rpassword::prompt_password(format!("Password of signing key {}: ", path.display())).ok()
         }
         None => None,
     });
@@ -58,19 +57,32 @@ pub(super) fn load_key(path: &Path, password: &PasswordArgs) -> Result<SecretKey
     Ok(key?)
 }
 
-fn sign(key: &Path, password: &PasswordArgs, files: &[PathBuf], global: &GlobalArgs) -> Result<ExitCode> {
+fn sign(
+    key: &Path,
+    password: &PasswordArgs,
+    files: &[PathBuf],
+    global: &GlobalArgs,
+) -> Result<ExitCode> {
     let key = load_key(key, password)?;
     let mut out = Vec::new();
     for f in files {
         let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let comment = format!("timestamp:{}\tfile:{name}", now_secs());
         let sig = key.sign(&data, &comment)?;
         let dest = sig_path(f);
         write_new(&dest, &sig)?;
         out.push(json!({"file": f, "signature": dest, "key_id": key.id}));
         if !global.json {
-            eprintln!("Signed {} with key ID {}: {}", f.display(), key.id, dest.display());
+            eprintln!(
+                "Signed {} with key ID {}: {}",
+                f.display(),
+                key.id,
+                dest.display()
+            );
         }
     }
     if global.json {

@@ -14,6 +14,7 @@ mod image;
 mod incus;
 mod install_sh;
 mod render;
+mod signing;
 mod stack;
 mod upgrade;
 mod wiring;
