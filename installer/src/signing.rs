@@ -281,6 +281,23 @@ impl Trust {
     }
 }
 
+/// An unencrypted secret key (`minisign -G -W`), or `None` for anything else. Read without
+/// the crate's checksum test: Debian's minisign 0.11 writes these keys with an all-zero
+/// checksum, which the crate calls corrupted. A damaged key is still caught: `sign` checks
+/// every signature it makes against the public key half stored in the secret key.
+fn unencrypted(text: &str) -> Option<minisign::SecretKey> {
+    use base64::Engine as _;
+    let line = text.lines().nth(1)?.trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .ok()?;
+    // Layout: sig_alg (2) kdf_alg (2) ...; kdf_alg 0 means no encryption.
+    if bytes.get(2..4)? != [0, 0] {
+        return None;
+    }
+    minisign::SecretKey::from_bytes(&bytes).ok()
+}
+
 /// A secret key, decrypted, ready to sign.
 pub struct SecretKey {
     sk: minisign::SecretKey,
@@ -306,11 +323,9 @@ impl SecretKey {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let sk = match minisign::SecretKeyBox::from_string(&text)
-            .and_then(minisign::SecretKeyBox::into_unencrypted_secret_key)
-        {
-            Ok(sk) => sk,
-            Err(_) => {
+        let sk = match unencrypted(&text) {
+            Some(sk) => sk,
+            None => {
                 let pw = password().ok_or_else(|| SignatureError::NeedsPassword {
                     path: path.to_owned(),
                 })?;

@@ -465,7 +465,7 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
     );
 }
 
-fn registry_ready() -> bool {
+pub(crate) fn registry_ready() -> bool {
     let tools = ["skopeo", "umoci"].iter().all(|t| have_tool(t));
     let up = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
@@ -486,7 +486,7 @@ fn registry_ready() -> bool {
 
 /// images.lock pinning the embedded recipes' `latest` bases to the fixture images, digests
 /// computed from the manifest bytes the registry serves.
-fn fixture_lock(path: &Path) {
+pub(crate) fn fixture_lock(path: &Path) {
     let mut text = String::from("version = 1\n[images]\n");
     for (upstream, fixture) in [
         (
