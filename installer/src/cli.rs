@@ -223,6 +223,15 @@ pub enum ImageCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Show an image in the Incus project (an alias such as atlas/prometheus, or a
+    /// fingerprint): its properties, or with --sbom the bill of materials recorded with it.
+    Inspect {
+        image: String,
+        /// Print the image's bill of materials (CycloneDX): a table of its components, or
+        /// the CycloneDX JSON document with --json.
+        #[arg(long)]
+        sbom: bool,
+    },
     /// Resolve every recipe's upstream tag to a digest and write images.lock (needs the registries).
     Lock {
         #[arg(long, short = 'o', value_name = "FILE", default_value = "images.lock")]
@@ -288,7 +297,13 @@ pub enum BundleCommand {
         trust: TrustArgs,
     },
     /// List a bundle's images, digests, sizes and versions (`--json` for machines).
-    Inspect { file: PathBuf },
+    Inspect {
+        file: PathBuf,
+        /// Print the bill of materials (CycloneDX) of this Atlas image of the bundle: a table,
+        /// or the CycloneDX JSON document with --json.
+        #[arg(long, value_name = "IMAGE")]
+        sbom: Option<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

@@ -14,6 +14,9 @@
 //! atlas-install              the binary that made the bundle (mode 0755)
 //! images.lock                the upstream digests the images were built from
 //! atlas.toml                 the commented default config (`config init`'s)
+//! sbom/<image>.cdx.json      bill of materials (CycloneDX JSON) of each Atlas image, read
+//!                            from its layers while they were pulled and built; listed in the
+//!                            manifest like every member, so the signature covers it
 //! oci-layout, index.json     an OCI image layout: one index entry per image, ref.name =
 //! blobs/sha256/<hex>...      service name (Atlas images) or upstream reference (bases);
 //!                            blobs shared between images are stored once
@@ -38,7 +41,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use create::{CreateSpec, Created, RecipeBuild, RegistrySource, create};
-pub use inspect::{BundleImage, Inspection, inspect};
+pub use inspect::{BundleImage, Inspection, inspect, sbom};
 pub use manifest::{BundleManifest, FORMAT, Member, format_rfc3339};
 pub use open::{
     Expect, OpenedBundle, UnpackedLayout, extract_binary, free_space, open_for_install,
@@ -62,6 +65,21 @@ pub const OCI_INDEX: &str = "index.json";
 pub const ROLE_ANNOTATION: &str = "io.atlas.bundle.role";
 /// Index annotation: the upstream tag an image was built from (what `inspect` calls version).
 pub const VERSION_ANNOTATION: &str = "org.opencontainers.image.version";
+
+/// The member holding the bill of materials of the Atlas image `name`.
+pub fn sbom_member(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("sbom/{safe}.cdx.json")
+}
 
 /// The architecture of this binary in release-asset terms (`x86_64`, `aarch64`).
 pub fn host_arch() -> &'static str {

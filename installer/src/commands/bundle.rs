@@ -31,7 +31,16 @@ pub fn run(cmd: BundleCommand, global: &GlobalArgs) -> Result<ExitCode> {
             let trust = super::signature::trust(&trust)?;
             verify(&file, &trust, global, progress.as_ref())
         }
-        BundleCommand::Inspect { file } => inspect(&file, global),
+        BundleCommand::Inspect {
+            file,
+            sbom: Some(name),
+        } => {
+            let bytes = bundle::sbom(&file, &name)
+                .with_context(|| format!("{}: the bill of materials of {name}", file.display()))?;
+            super::sbom::print(&bytes, global.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Inspect { file, sbom: None } => inspect(&file, global),
     }
 }
 

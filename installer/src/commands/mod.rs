@@ -15,6 +15,7 @@ mod image;
 mod install;
 mod plan;
 mod render;
+mod sbom;
 mod signature;
 mod status;
 mod upgrade;
