@@ -15,6 +15,7 @@ mod incus;
 mod install_sh;
 mod release;
 mod render;
+mod sbom;
 mod signing;
 mod stack;
 mod upgrade;
