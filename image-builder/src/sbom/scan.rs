@@ -30,7 +30,7 @@ pub struct LayerContents {
 
 enum Reading {
     Text(fn(Vec<u8>) -> Found, Vec<u8>),
-    Elf(ElfScan),
+    Elf(Box<ElfScan>),
 }
 
 /// Fed by the indexer: asked about each regular file, then given the data of those it wants.
@@ -56,7 +56,7 @@ impl Scanner {
             Some(f) if size <= MAX_TEXT => Some((ordinal, Reading::Text(f, Vec::new()))),
             Some(_) => None,
             None if mode & 0o111 != 0 && size >= MIN_GO => {
-                Some((ordinal, Reading::Elf(ElfScan::default())))
+                Some((ordinal, Reading::Elf(Box::default())))
             }
             None => None,
         };

@@ -240,20 +240,6 @@ impl Client {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_values_are_form_encoded() {
-        assert_eq!(
-            form_encode([("alias", "atlas/grafana"), ("alias", "b c")]),
-            "alias=atlas%2Fgrafana&alias=b+c"
-        );
-        assert_eq!(form_encode([("os", "Atlas&co")]), "os=Atlas%26co");
-    }
-}
-
 enum Leading {
     End,
     Entry {
@@ -284,5 +270,19 @@ fn leading_entry(h: &[u8]) -> Leading {
         name: name.trim_start_matches("./").to_owned(),
         size,
         file: matches!(h[156], b'0' | 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_form_encoded() {
+        assert_eq!(
+            form_encode([("alias", "atlas/grafana"), ("alias", "b c")]),
+            "alias=atlas%2Fgrafana&alias=b+c"
+        );
+        assert_eq!(form_encode([("os", "Atlas&co")]), "os=Atlas%26co");
     }
 }

@@ -118,15 +118,11 @@ fn served_install_sh_checks_the_signature(t: &Path, dir: &Path) {
     );
     let files = |sums: &[u8], sig: Option<Vec<u8>>| {
         let mut f = BTreeMap::new();
-        for name in [format!(
-            "atlas-install-{version}-{}",
-            std::env::consts::ARCH
-        )] {
-            f.insert(
-                format!("/{version}/{name}"),
-                std::fs::read(dir.join(&name)).unwrap(),
-            );
-        }
+        let name = format!("atlas-install-{version}-{}", std::env::consts::ARCH);
+        f.insert(
+            format!("/{version}/{name}"),
+            std::fs::read(dir.join(&name)).unwrap(),
+        );
         f.insert(format!("/{version}/SHA256SUMS"), sums.to_vec());
         if let Some(s) = sig {
             f.insert(format!("/{version}/SHA256SUMS.minisig"), s);
