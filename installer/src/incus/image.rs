@@ -137,19 +137,7 @@ impl Client {
     ) -> Result<Option<Vec<u8>>, IncusError> {
         use futures_util::StreamExt as _;
         let req = Req::get("/1.0/images", &[fingerprint, "export"]).scope(Scope::Project);
-        let (resp, method, path) = self.send_raw(req).await?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let env = super::client::decode_envelope(status, &bytes, &method, &path)?;
-            return Err(super::error::classify(
-                status,
-                env.error_code,
-                env.error,
-                &method,
-                &path,
-            ));
-        }
+        let (resp, method, path) = self.send_streaming(req).await?;
         let endpoint = self.endpoint();
         let mut stream = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();

@@ -155,14 +155,15 @@ fn served_install_sh_checks_the_signature(t: &Path, dir: &Path) {
     forged.extend_from_slice(format!("{}  evil\n", "0".repeat(64)).as_bytes());
     let bin = t.join("bin-forged");
     std::fs::create_dir(&bin).unwrap();
-    let o = install(files(&forged, Some(sig.clone())), &bin, None);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("does not match its signature"),
-        "{}",
-        stderr(&o)
+    let refused = |o: Output, why: &str| {
+        assert!(!o.status.success(), "installed: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
+        assert_nothing_installed(&bin);
+    };
+    refused(
+        install(files(&forged, Some(sig.clone())), &bin, None),
+        "does not match its signature",
     );
-    assert_nothing_installed(&bin);
 
     // Forged and re-signed with another key: refused the same way.
     let other = throwaway_key(t, "other");
@@ -176,20 +177,13 @@ fn served_install_sh_checks_the_signature(t: &Path, dir: &Path) {
     );
     ok(&o, "signature sign");
     let other_sig = std::fs::read(t.join("SHA256SUMS.minisig")).unwrap();
-    let o = install(files(&forged, Some(other_sig)), &bin, None);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("does not match its signature"),
-        "{}",
-        stderr(&o)
+    refused(
+        install(files(&forged, Some(other_sig)), &bin, None),
+        "does not match its signature",
     );
-    assert_nothing_installed(&bin);
 
     // The signature removed: refused while the script carries a key.
-    let o = install(files(&sums, None), &bin, None);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("has no signature"), "{}", stderr(&o));
-    assert_nothing_installed(&bin);
+    refused(install(files(&sums, None), &bin, None), "has no signature");
 
     // No minisign on PATH: installed, and said plainly that the signature was not checked.
     let tools = t.join("tools");
