@@ -37,8 +37,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::init::{NetworkSpec, ServiceSpec, SpecError};
-use crate::layer::LayerError;
 use crate::layer::deterministic::{BuiltLayer, EntrySpec, LayerBuilder};
+use crate::layer::{LayerError, LayerIndex};
 use crate::manifest::{Descriptor, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 use crate::recipe::{Recipe, RuntimeSpec};
 use crate::source::PulledImage;
@@ -47,8 +47,8 @@ pub use config::{merge_env, service_spec};
 pub use copy::copied_entries;
 pub use publish::{push, write_oci_layout};
 pub use unified::{
-    IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, flatten_inputs,
-    incus_architecture, parse_rfc3339, write_unified,
+    IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, SBOM_MEMBER,
+    flatten_inputs, incus_architecture, parse_rfc3339, write_unified,
 };
 
 /// Label (and config marker) set on every Atlas image; [`is_atlas_image`] looks for it.
@@ -347,6 +347,9 @@ pub struct AtlasImage {
     pub manifest_bytes: Vec<u8>,
     pub manifest_digest: Digest,
     pub layers: Vec<Descriptor>,
+    /// The Atlas layer's files with their sha256, for the bill of materials; `None` when the
+    /// base already is an Atlas image (passed through: built elsewhere).
+    pub own_files: Option<Vec<crate::sbom::OwnFile>>,
 }
 
 impl AtlasImage {
@@ -410,6 +413,38 @@ impl AtlasImage {
     }
 }
 
+/// The bill of materials of `image` (CycloneDX JSON) from the indexes of all its layers,
+/// bottom to top (the base's, then the Atlas layer's), named `name`.
+pub fn sbom(image: &AtlasImage, indexes: &[LayerIndex], name: &str) -> Result<Vec<u8>, BuildError> {
+    let inventory =
+        crate::sbom::Inventory::of_layers(indexes).map_err(|error| BuildError::Flatten {
+            what: format!("the bill of materials of {name}"),
+            error,
+        })?;
+    let base = &image.base;
+    let labels = &base.config.config.labels;
+    let subject = crate::sbom::Subject {
+        name: name.to_owned(),
+        version: base.reference.as_ref().and_then(|r| r.tag.clone()),
+        digest: image.manifest_digest.to_string(),
+        base: match &image.own_files {
+            Some(_) => Some((base.source.clone(), base.manifest_digest.to_string())),
+            None => labels.get(BASE_NAME_LABEL).map(|n| {
+                (
+                    n.clone(),
+                    labels.get(BASE_DIGEST_LABEL).cloned().unwrap_or_default(),
+                )
+            }),
+        },
+    };
+    let own = match &image.own_files {
+        Some(files) => crate::sbom::Own::Files(files),
+        None if is_atlas_image(base) => crate::sbom::Own::PassedThrough,
+        None => crate::sbom::Own::None,
+    };
+    Ok(crate::sbom::cyclonedx(&subject, &inventory, own))
+}
+
 /// Whether `image` already carries atlas-init (built by us): its config says so.
 pub fn is_atlas_image(image: &PulledImage) -> bool {
     image.config.config.labels.contains_key(ATLAS_LABEL)
@@ -430,6 +465,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
             manifest_bytes: base.manifest_bytes.clone(),
             manifest_digest: base.manifest_digest.clone(),
             layers: base.manifest.layers.clone(),
+            own_files: None,
         });
     }
     let service = service_spec(&base.config.config, spec).map_err(|error| BuildError::Spec {
@@ -442,7 +478,7 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
         },
         error,
     })?;
-    let layer = atlas_layer(&service, spec, &what)?;
+    let (layer, own_files) = atlas_layer(&service, spec, &what)?;
     let config_bytes =
         config::image_config(base, spec, &service, &layer.diff_id).map_err(|detail| {
             BuildError::BaseConfig {
@@ -483,16 +519,18 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
         manifest_digest: Digest::of_bytes(&manifest_bytes),
         manifest_bytes,
         layers,
+        own_files: Some(own_files),
     })
 }
 
 /// The Atlas layer: init, service.json, the default network.json, the recipe's files, then
-/// what it copied from other images and its plugins.
+/// what it copied from other images and its plugins; with its files' sha256 (for the bill of
+/// materials, hashed here where their bytes are in memory anyway).
 pub fn atlas_layer(
     service: &ServiceSpec,
     spec: &AtlasSpec,
     what: &str,
-) -> Result<BuiltLayer, BuildError> {
+) -> Result<(BuiltLayer, Vec<crate::sbom::OwnFile>), BuildError> {
     let layer_err = |error| BuildError::Layer {
         what: what.to_owned(),
         error,
@@ -505,21 +543,42 @@ pub fn atlas_layer(
             }
         })?;
     let mut b = LayerBuilder::new();
+    let mut own = Vec::new();
     b.dir("sbin", 0o755).map_err(layer_err)?;
     b.dir("etc", 0o755).map_err(layer_err)?;
     b.dir("etc/atlas", 0o755).map_err(layer_err)?;
     for f in init_files {
+        let origin = if f.path == crate::init::INIT_PATH {
+            "atlas-init"
+        } else {
+            "rendered"
+        };
+        own.push(own_file(f.path, &f.contents, origin));
         b.file(f.path, f.mode, f.contents.into_owned())
             .map_err(layer_err)?;
     }
     for f in &spec.files {
+        own.push(own_file(&f.dest, &f.contents, "recipe file"));
         b.file_owned(&f.dest, f.mode, f.uid, f.gid, f.contents.clone())
             .map_err(layer_err)?;
     }
     for e in &spec.entries {
+        if let crate::layer::deterministic::Item::File(bytes) = &e.spec.item {
+            own.push(own_file(&e.path, bytes, "recipe content"));
+        }
         b.entry(&e.path, e.spec.clone()).map_err(layer_err)?;
     }
-    b.build().map_err(layer_err)
+    own.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((b.build().map_err(layer_err)?, own))
+}
+
+fn own_file(path: &str, bytes: &[u8], origin: &'static str) -> crate::sbom::OwnFile {
+    crate::sbom::OwnFile {
+        path: format!("/{}", path.trim_start_matches('/')),
+        sha256: hex::encode(Sha256::digest(bytes)),
+        size: bytes.len() as u64,
+        origin,
+    }
 }
 
 /// The Atlas layer as a flattener input.

@@ -15,10 +15,13 @@ use atlas_image::progress::{Progress, ProgressTask};
 use super::inspect::{BundleImage, images_of};
 use super::manifest::BundleManifest;
 use super::{BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SUM, OCI_INDEX, OCI_LAYOUT};
+use crate::signing::{Signer, Trust};
 
 /// What a successful pass proved and read.
 #[derive(Clone, Debug)]
 pub struct Verified {
+    /// Who signed the manifest (checked first).
+    pub signer: Signer,
     pub manifest: BundleManifest,
     pub index: ImageIndex,
     pub lock: ImagesLock,
@@ -27,9 +30,15 @@ pub struct Verified {
     pub config: String,
 }
 
-/// Checks every member of the bundle at `path`, offline. The error names the member at fault.
-pub fn verify(path: &Path, progress: &dyn Progress) -> Result<Verified, BundleError> {
-    scan(path, None, progress)
+/// Checks the bundle at `path` offline: its signature against `trust` first, then every
+/// member. The error names the member at fault.
+pub fn verify(
+    path: &Path,
+    trust: &Trust,
+    progress: &dyn Progress,
+) -> Result<Verified, BundleError> {
+    let (_, signer) = super::signed::check_signature(path, trust)?;
+    scan(path, None, signer, progress)
 }
 
 pub(crate) fn is_layout_member(name: &str) -> bool {
@@ -107,8 +116,8 @@ pub(crate) fn next_member<'a, R: Read>(
     Ok(Some((name, entry)))
 }
 
-/// Reads a small member whole (the manifest and its checksum).
-fn read_small<R: Read>(
+/// Reads a small member whole (the manifest, its checksum and signature).
+pub(crate) fn read_small<R: Read>(
     path: &Path,
     name: &str,
     entry: &mut tar::Entry<'_, R>,
@@ -144,6 +153,14 @@ pub(crate) fn read_head<'a, R: Read>(
     path: &Path,
     entries: &mut tar::Entries<'a, R>,
 ) -> Result<BundleManifest, BundleError> {
+    read_head_bytes(path, entries).map(|(m, _)| m)
+}
+
+/// [`read_head`], with the manifest's bytes as stored (what its signature signs).
+pub(crate) fn read_head_bytes<'a, R: Read>(
+    path: &Path,
+    entries: &mut tar::Entries<'a, R>,
+) -> Result<(BundleManifest, Vec<u8>), BundleError> {
     let mut take = |want: &str| -> Result<Vec<u8>, BundleError> {
         match next_member(path, entries)? {
             Some((name, mut e)) if name == want => read_small(path, &name, &mut e),
@@ -168,7 +185,7 @@ pub(crate) fn read_head<'a, R: Read>(
             });
         }
     }
-    Ok(m)
+    Ok((m, manifest))
 }
 
 /// Opens `path` as a tar archive (buffered: the pass is sequential).
@@ -220,11 +237,12 @@ pub fn read_manifest(path: &Path) -> Result<BundleManifest, BundleError> {
 pub(crate) fn scan(
     path: &Path,
     extract_to: Option<&Path>,
+    signer: Signer,
     progress: &dyn Progress,
 ) -> Result<Verified, BundleError> {
     let total = fs::metadata(path).map(|m| m.len()).ok();
     let task = progress.task(&format!("verify {}", path.display()), total);
-    let result = scan_inner(path, extract_to, task.as_ref());
+    let result = scan_inner(path, extract_to, signer, task.as_ref());
     match &result {
         Ok(v) => task.finish(&format!(
             "{} members, {} images",
@@ -239,6 +257,7 @@ pub(crate) fn scan(
 fn scan_inner(
     path: &Path,
     extract_to: Option<&Path>,
+    signer: Signer,
     task: &dyn ProgressTask,
 ) -> Result<Verified, BundleError> {
     let mut tar = open_tar(path)?;
@@ -248,10 +267,15 @@ fn scan_inner(
     })?;
     let manifest = read_head(path, &mut entries)?;
     let mut pass = Pass::new(path, &manifest, extract_to);
+    let mut first = true;
     while let Some((name, entry)) = next_member(path, &mut entries)? {
+        // The signature (checked by `check_signature` before this pass) is not a manifest member.
+        if std::mem::take(&mut first) && name == super::MANIFEST_SIG {
+            continue;
+        }
         pass.member(&name, entry, task)?;
     }
-    pass.finish(manifest.clone())
+    pass.finish(manifest.clone(), signer)
 }
 
 /// State of one pass over the members after the manifest.
@@ -416,7 +440,7 @@ impl<'m> Pass<'m> {
         }
     }
 
-    fn finish(self, manifest: BundleManifest) -> Result<Verified, BundleError> {
+    fn finish(self, manifest: BundleManifest, signer: Signer) -> Result<Verified, BundleError> {
         if let Some(missing) = self.expected.get(self.next) {
             return Err(BundleError::Missing {
                 path: self.path.clone(),
@@ -432,6 +456,7 @@ impl<'m> Pass<'m> {
             self.kept.get(&format!("blobs/sha256/{hex}")).cloned()
         })?;
         Ok(Verified {
+            signer,
             config: self.text(CONFIG)?,
             manifest,
             index,

@@ -14,6 +14,7 @@ use atlas_install::config::Config;
 use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets};
 use atlas_install::incus::Client;
 use atlas_install::progress::Progress;
+use atlas_install::signing::Trust;
 use atlas_install::supply::ImageSupply;
 
 use crate::cli::{GlobalArgs, InstallArgs};
@@ -88,11 +89,15 @@ pub(super) struct Supply {
     pub bundle: Option<OpenedBundle>,
 }
 
-/// Opens and verifies `path` completely before anything touches Incus: a corrupt, foreign
-/// or wrong-version bundle is refused here.
-fn open_bundle(path: &Path, progress: &dyn Progress) -> Result<OpenedBundle> {
+/// Opens and verifies `path` completely before anything touches Incus: an unsigned or
+/// untrusted, corrupt, foreign or wrong-version bundle is refused here.
+fn open_bundle(path: &Path, trust: Trust, progress: &dyn Progress) -> Result<OpenedBundle> {
     let temp = std::env::temp_dir();
-    bundle::open_for_install(path, &Expect::this_binary(), &temp, progress).with_context(|| {
+    let expect = Expect {
+        trust,
+        ..Expect::this_binary()
+    };
+    bundle::open_for_install(path, &expect, &temp, progress).with_context(|| {
         format!(
             "bundle {}: refused before touching Incus. Nothing was changed",
             path.display()
@@ -115,7 +120,7 @@ pub(super) fn image_supply(
         });
     }
     if let Some(path) = &args.bundle {
-        let opened = open_bundle(path, progress)?;
+        let opened = open_bundle(path, super::signature::trust(&args.trust)?, progress)?;
         let images = ImageSupply {
             registry_mirror: None,
             download_mirror: None,
@@ -185,6 +190,17 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
 
 /// Plan, confirm and apply with the images `args` name; `base` says how (install or upgrade).
 pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> Result<ExitCode> {
+    // A bundle's signature first, before the config or Incus is even read.
+    if let Some(path) = &args.bundle {
+        let trust = super::signature::trust(&args.trust)?;
+        let (_, signer) = bundle::check_signature(path, &trust).with_context(|| {
+            format!(
+                "bundle {}: refused before touching Incus. Nothing was changed",
+                path.display()
+            )
+        })?;
+        eprintln!("bundle {}: {signer}", path.display());
+    }
     let ctx = Ctx::new(global)?;
     let supply = image_supply(args, &ctx.config, ctx.progress.as_ref())?;
     let upgrade = base.upgrade;

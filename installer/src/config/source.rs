@@ -11,7 +11,7 @@ use super::raw::RawConfig;
 
 /// `ATLAS_*` variables that are not config keys. Anything else under `ATLAS_` must map to a
 /// key, so that a typo in a variable name is an error instead of a silently ignored setting.
-pub const RESERVED_ENV: [&str; 7] = [
+pub const RESERVED_ENV: [&str; 9] = [
     "ATLAS_CONFIG",
     // The image cache directory (`--cache-dir`), a place on this machine, not a setting.
     "ATLAS_CACHE_DIR",
@@ -20,6 +20,10 @@ pub const RESERVED_ENV: [&str; 7] = [
     "ATLAS_TEST_REQUIRE_ALL",
     "ATLAS_TEST_STATE",
     "ATLAS_GIT_COMMIT",
+    // The password file of a signing key (`--sign-password-file`), and the release public
+    // keys a build embeds (read by the build, never by the binary).
+    "ATLAS_SIGN_PASSWORD_FILE",
+    "ATLAS_RELEASE_PUBKEYS",
 ];
 
 /// Test harness knobs live under this prefix and are never config keys.

@@ -313,6 +313,28 @@ impl Client {
         url
     }
 
+    /// [`Client::send_raw`] for a body read as a stream (an export, a download): an error
+    /// status is read whole and mapped like any other answer's.
+    pub(crate) async fn send_streaming(
+        &self,
+        req: Req,
+    ) -> Result<(reqwest::Response, String, String), IncusError> {
+        let (resp, method, path) = self.send_raw(req).await?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let env = decode_envelope(status, &bytes, &method, &path)?;
+            return Err(super::error::classify(
+                status,
+                env.error_code,
+                env.error,
+                &method,
+                &path,
+            ));
+        }
+        Ok((resp, method, path))
+    }
+
     /// Sends a request and returns the raw response, with write counting, logging and
     /// transport errors mapped. Error statuses are NOT mapped here.
     pub(crate) async fn send_raw(

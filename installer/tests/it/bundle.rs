@@ -17,6 +17,7 @@ use atlas_image::oci_layout::OciLayoutWriter;
 use atlas_image::progress::NoProgress;
 use atlas_image::source::{PullOptions, Source, pull};
 use atlas_install::bundle::{self, BundleError, CreateSpec, Expect};
+use atlas_install::signing::Trust;
 use sha2::{Digest as _, Sha256};
 
 use crate::common::{atlas, have_tool, require_all, run, stderr, stdout};
@@ -28,7 +29,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A layout with two images sharing their first layer: `one` = [l1], `two` = [l1, l2].
-fn small_layout(dir: &Path) {
+pub(crate) fn small_layout(dir: &Path) {
     let mut l1 = LayerBuilder::new();
     l1.file("etc/hello", 0o644, "shared layer\n").unwrap();
     // Incompressible, so the shared layer is the largest blob (what the damage tests hit).
@@ -70,7 +71,7 @@ fn small_layout(dir: &Path) {
 
 /// A small bundle made by the library from `small_layout` (a stand-in file as the binary:
 /// verification does not run it).
-fn small_bundle(dir: &Path) -> PathBuf {
+pub(crate) fn small_bundle(dir: &Path) -> PathBuf {
     small_layout(&dir.join("layout"));
     let fake_binary = dir.join("atlas-install");
     std::fs::write(&fake_binary, b"#!/bin/sh\necho stand-in\n").unwrap();
@@ -88,14 +89,14 @@ fn small_bundle(dir: &Path) -> PathBuf {
 
 /// One tar member as read back, for rewriting.
 #[derive(Clone)]
-struct Entry {
-    name: Vec<u8>,
-    kind: tar::EntryType,
-    mode: u32,
-    data: Vec<u8>,
+pub(crate) struct Entry {
+    pub name: Vec<u8>,
+    pub kind: tar::EntryType,
+    pub mode: u32,
+    pub data: Vec<u8>,
 }
 
-fn read_entries(path: &Path) -> Vec<Entry> {
+pub(crate) fn read_entries(path: &Path) -> Vec<Entry> {
     let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
     a.entries()
         .unwrap()
@@ -114,7 +115,7 @@ fn read_entries(path: &Path) -> Vec<Entry> {
 }
 
 /// Writes entries as given, names byte for byte (the tar crate refuses `..` in set_path).
-fn write_entries(path: &Path, entries: &[Entry]) {
+pub(crate) fn write_entries(path: &Path, entries: &[Entry]) {
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
     for e in entries {
         let mut h = tar::Header::new_ustar();
@@ -128,23 +129,33 @@ fn write_entries(path: &Path, entries: &[Entry]) {
     b.finish().unwrap();
 }
 
-fn name_of(e: &Entry) -> String {
+pub(crate) fn name_of(e: &Entry) -> String {
     String::from_utf8_lossy(&e.name).into_owned()
 }
 
 /// The manifest as JSON, edited by `f`, written back with a matching checksum member (what
 /// a deliberate forger, or another release, would produce).
-fn edit_manifest(entries: &mut [Entry], f: impl FnOnce(&mut serde_json::Value)) {
+pub(crate) fn edit_manifest(entries: &mut [Entry], f: impl FnOnce(&mut serde_json::Value)) {
     let mut m: serde_json::Value = serde_json::from_slice(&entries[0].data).unwrap();
     f(&mut m);
     entries[0].data = serde_json::to_vec_pretty(&m).unwrap();
     entries[1].data = format!("{}  atlas-bundle.json\n", sha256_hex(&entries[0].data)).into_bytes();
 }
 
+/// `bundle verify` of the structure: the small bundles here are unsigned (the signature
+/// tests below sign theirs).
 fn verify_cli(path: &Path) -> Output {
     run(atlas()
-        .args(["--progress", "none", "bundle", "verify"])
+        .args(["--progress", "none", "bundle", "verify", "--allow-unsigned"])
         .arg(path))
+}
+
+/// What this binary expects of a bundle, accepting the unsigned test bundles.
+fn unsigned_ok() -> Expect {
+    Expect {
+        trust: Trust::embedded().allowing_unsigned(true),
+        ..Expect::this_binary()
+    }
 }
 
 /// `bundle verify` refuses the file, naming `member` and saying `what`.
@@ -378,7 +389,7 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let good = small_bundle(tmp.path());
     let unpack = tmp.path().join("unpack");
-    let this = Expect::this_binary();
+    let this = unsigned_ok();
     let other_version = Expect {
         version: "0.0.0-other".to_owned(),
         ..this.clone()
@@ -454,7 +465,7 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
     );
 }
 
-fn registry_ready() -> bool {
+pub(crate) fn registry_ready() -> bool {
     let tools = ["skopeo", "umoci"].iter().all(|t| have_tool(t));
     let up = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
@@ -475,7 +486,7 @@ fn registry_ready() -> bool {
 
 /// images.lock pinning the embedded recipes' `latest` bases to the fixture images, digests
 /// computed from the manifest bytes the registry serves.
-fn fixture_lock(path: &Path) {
+pub(crate) fn fixture_lock(path: &Path) {
     let mut text = String::from("version = 1\n[images]\n");
     for (upstream, fixture) in [
         (
@@ -580,8 +591,7 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
     let in_place = skopeo_digest(&format!("oci-archive:{}:prometheus", out.display()));
     assert_eq!(in_place, prom["digest"].as_str().unwrap());
     let opened =
-        bundle::open_for_install(&out, &Expect::this_binary(), &t.join("unpack"), &NoProgress)
-            .unwrap();
+        bundle::open_for_install(&out, &unsigned_ok(), &t.join("unpack"), &NoProgress).unwrap();
     let dir = opened.layout.path();
     for img in images {
         let name = img["name"].as_str().unwrap();
@@ -729,6 +739,7 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
                 "--project",
                 &project,
                 command,
+                "--allow-unsigned",
                 "--bundle",
             ])
             .arg(&bad));

@@ -694,7 +694,7 @@ async fn grafana_user(base: &str, password: &str) -> u16 {
 
 /// A storage pool (dir, on a 16 MB tmpfs) without room for the bundle's images: `install
 /// --bundle` refuses before any change, saying how much it has and needs.
-async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
+async fn pool_too_small_is_refused(stack: &Stack, bundle: &str, trust_key: &str) {
     let mnt = stack.dir.path().join("tiny-pool");
     std::fs::create_dir_all(&mnt).expect("mkdir");
     let sh = |cmd: &mut Command| {
@@ -717,6 +717,8 @@ async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
             "install",
             "--yes",
             "--ignore-preflight",
+            "--trust-key",
+            trust_key,
             "--bundle",
             bundle,
         ])
@@ -755,6 +757,8 @@ async fn whole_stack_from_a_bundle() {
     let _cleanup = Cleanup(&stack);
     let bundle = stack.dir.path().join("atlas.bundle");
     let bundle_arg = bundle.to_str().expect("utf-8 path");
+    // Signed by the operator's own key (a throwaway one), trusted at install.
+    let key = crate::common::throwaway_key(stack.dir.path(), "operator");
     let o = stack.atlas(&[
         "bundle",
         "create",
@@ -764,9 +768,11 @@ async fn whole_stack_from_a_bundle() {
         &REGISTRY,
         "--download-mirror",
         DOWNLOADS,
+        "--sign",
+        key.secret.to_str().expect("utf-8 path"),
     ]);
     assert!(o.status.success(), "bundle create:\n{}", stderr(&o));
-    pool_too_small_is_refused(&stack, bundle_arg).await;
+    pool_too_small_is_refused(&stack, bundle_arg, &key.base64).await;
 
     // First prove the namespace really has no network: the same registry that served `bundle
     // create` a moment ago is unreachable from it.
@@ -789,6 +795,8 @@ async fn whole_stack_from_a_bundle() {
             "install",
             "--yes",
             "--ignore-preflight",
+            "--trust-key",
+            &key.base64,
             "--bundle",
             bundle_arg,
         ])
@@ -796,6 +804,13 @@ async fn whole_stack_from_a_bundle() {
     let o = install();
     let log = stderr(&o);
     assert!(o.status.success(), "install --bundle failed:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "signed by key ID {} (trusted with --trust-key)",
+            key.id
+        )),
+        "the signer is named: {log}"
+    );
     assert!(
         log.contains("verify "),
         "the bundle is verified first: {log}"
@@ -822,6 +837,8 @@ async fn whole_stack_from_a_bundle() {
         "upgrade",
         "--yes",
         "--ignore-preflight",
+        "--trust-key",
+        key.public.to_str().expect("utf-8 path"),
         "--bundle",
         bundle_arg,
     ]);

@@ -125,3 +125,37 @@ impl std::fmt::Display for FixtureRegistry {
         f.write_str(Self::get())
     }
 }
+
+/// A throwaway minisign key pair made for one test (unencrypted, like `minisign -G -W`):
+/// release keys never live in the repository.
+pub struct TestKey {
+    pub secret: std::path::PathBuf,
+    pub public: std::path::PathBuf,
+    /// The base64 public key line (`minisign -P`'s argument).
+    pub base64: String,
+    /// The key ID as minisign prints it.
+    pub id: String,
+}
+
+pub fn throwaway_key(dir: &Path, name: &str) -> TestKey {
+    let kp = minisign::KeyPair::generate_unencrypted_keypair().expect("key pair");
+    let public = kp.pk.to_box().unwrap().into_string();
+    let secret = kp.sk.to_box(None).unwrap().into_string();
+    let (sec, pubf) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    );
+    std::fs::write(&sec, &secret).unwrap();
+    std::fs::write(&pubf, &public).unwrap();
+    let base64 = public.lines().nth(1).unwrap().trim().to_owned();
+    let id = atlas_install::signing::PublicKey::from_base64(&base64)
+        .unwrap()
+        .id
+        .to_string();
+    TestKey {
+        secret: sec,
+        public: pubf,
+        base64,
+        id,
+    }
+}
