@@ -24,6 +24,7 @@ pub use alerting::{
 };
 pub use defaults::{DEFAULT_GRAFANA_DOMAIN, KindDefaults, SNAPSHOT_PATTERN, default_instance};
 pub use error::{ConfigError, Diagnostic, Location};
+pub use formats::prometheus_duration;
 pub use model::*;
 pub use secrets::{CLOUDFLARE_API_TOKEN_ENV, CLOUDFLARED_TOKEN_ENV};
 pub use source::RESERVED_ENV;
