@@ -651,6 +651,7 @@ fn has_userinfo(url: &str) -> bool {
 mod tests {
     use std::path::Path;
 
+    use super::super::tests::{errors, has};
     use super::super::{ConfigError, LoadOptions, from_layers, to_json, to_toml};
     use super::*;
 
@@ -663,21 +664,6 @@ mod tests {
             ..LoadOptions::default()
         };
         from_layers(Some("atlas.toml"), Some(text), base, &opts).map(|(c, _)| c)
-    }
-
-    fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
-        match load(text, env, Path::new("/nonexistent")) {
-            Ok(_) => panic!("expected errors for:\n{text}"),
-            Err(e) => e.diagnostics().iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    fn has(errs: &[String], want: &str) {
-        assert!(
-            errs.iter().any(|e| e.contains(want)),
-            "no error containing {want:?} in:\n{}",
-            errs.join("\n")
-        );
     }
 
     const ALL_KINDS: &str = r##"

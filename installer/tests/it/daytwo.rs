@@ -33,23 +33,13 @@ use serde_json::{Value, json};
 
 use crate::common::{client_or_skip, have_path, have_tool, require_all, stderr, stdout};
 use crate::stack::{Cleanup, Stack, caddy_status, fixtures_ready, free_port, has_tools};
+// The server keys the wiring sets: unset before (else someone else's), unset again after.
+use crate::wiring::SERVER_KEYS;
 
 const SMTP_PASSWORD: &str = "smtp-pass-for-the-stack-test";
 const HOOK_TOKEN: &str = "hook-token-for-the-stack-test";
 /// The sink's host part on the management network.
 const SINK_HOST: u8 = 250;
-
-/// Server keys the wiring sets; they must be unset before (someone else's otherwise) and are
-/// unset again after.
-const SERVER_KEYS: [&str; 7] = [
-    "core.https_address",
-    "loki.api.url",
-    "loki.types",
-    "loki.instance",
-    "logging.atlas.target.type",
-    "logging.atlas.target.address",
-    "logging.atlas.types",
-];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_alert_routes_and_status_on_the_fixture_stack() {
@@ -696,25 +686,8 @@ fn time_in(d: Duration) -> String {
     let secs = (std::time::SystemTime::now() + d)
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+        .as_secs();
+    atlas_install::engine::clock::rfc3339(secs)
 }
 
 // ---- LogQL ----

@@ -24,7 +24,7 @@ const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
 
 /// Server config keys any test here may touch; the guard restores each to its value before.
-const SERVER_KEYS: &[&str] = &[
+pub(crate) const SERVER_KEYS: &[&str] = &[
     "loki.api.url",
     "loki.types",
     "loki.instance",

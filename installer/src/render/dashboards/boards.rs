@@ -167,30 +167,51 @@ fn host(p: &Value) -> Value {
     ));
     b.row("Network");
     b.add(
-        Panel::timeseries(
+        traffic(
             "Network traffic",
             "Bytes per second by interface, as node-exporter sees them. It runs in a container of its own network namespace, so these are that container's interfaces; the Incus dashboard has every instance's traffic.",
             p,
-            "Bps",
-            &[
-                Q(
-                    &format!(
-                        r#"rate(node_network_receive_bytes_total{{device!="lo", {sel}}}[$__rate_interval])"#
-                    ),
-                    "in {{device}} {{instance}} {{member}}",
-                ),
-                Q(
-                    &format!(
-                        r#"rate(node_network_transmit_bytes_total{{device!="lo", {sel}}}[$__rate_interval])"#
-                    ),
-                    "out {{device}} {{instance}} {{member}}",
-                ),
-            ],
-            Steps("green", &[]),
+            "node_network",
+            sel,
+            None,
+            "{{device}} {{instance}} {{member}}",
         )
         .size(24, 8),
     );
     b.json()
+}
+
+/// Received and sent bytes per second of `metric` (`node_network`, `incus_network`) on every
+/// NIC but lo, summed `by` a label or per series.
+fn traffic(
+    title: &str,
+    description: &str,
+    p: &Value,
+    metric: &str,
+    sel: &str,
+    by: Option<&str>,
+    legend: &str,
+) -> Panel {
+    let query = |direction: &str| {
+        let rate = format!(
+            r#"rate({metric}_{direction}_bytes_total{{device!="lo", {sel}}}[$__rate_interval])"#
+        );
+        match by {
+            Some(by) => format!("sum by ({by}) ({rate})"),
+            None => rate,
+        }
+    };
+    Panel::timeseries(
+        title,
+        description,
+        p,
+        "Bps",
+        &[
+            Q(&query("receive"), &format!("in {legend}")),
+            Q(&query("transmit"), &format!("out {legend}")),
+        ],
+        Steps("green", &[]),
+    )
 }
 
 fn incus(config: &Config, p: &Value) -> Value {
@@ -316,26 +337,14 @@ fn incus(config: &Config, p: &Value) -> Value {
     ));
     b.row("Network");
     b.add(
-        Panel::timeseries(
+        traffic(
             "Network traffic",
             "Bytes per second per instance (every NIC but lo).",
             p,
-            "Bps",
-            &[
-                Q(
-                    &format!(
-                        r#"sum by (name) (rate(incus_network_receive_bytes_total{{device!="lo", {sel}}}[$__rate_interval]))"#
-                    ),
-                    "in {{name}}",
-                ),
-                Q(
-                    &format!(
-                        r#"sum by (name) (rate(incus_network_transmit_bytes_total{{device!="lo", {sel}}}[$__rate_interval]))"#
-                    ),
-                    "out {{name}}",
-                ),
-            ],
-            Steps("green", &[]),
+            "incus_network",
+            sel,
+            Some("name"),
+            "{{name}}",
         )
         .size(24, 8),
     );
@@ -649,26 +658,14 @@ fn mosquitto_row(config: &Config, p: &Value, b: &mut Board) {
         names.join("|")
     );
     b.add(
-        Panel::timeseries(
+        traffic(
             "MQTT container traffic",
             "Bytes per second through the broker's container (all its NICs but lo).",
             p,
-            "Bps",
-            &[
-                Q(
-                    &format!(
-                        r#"sum by (name) (rate(incus_network_receive_bytes_total{{device!="lo", {sel}}}[$__rate_interval]))"#
-                    ),
-                    "in {{name}}",
-                ),
-                Q(
-                    &format!(
-                        r#"sum by (name) (rate(incus_network_transmit_bytes_total{{device!="lo", {sel}}}[$__rate_interval]))"#
-                    ),
-                    "out {{name}}",
-                ),
-            ],
-            Steps("green", &[]),
+            "incus_network",
+            &sel,
+            Some("name"),
+            "{{name}}",
         )
         .size(8, 8),
     );
