@@ -111,11 +111,22 @@ receivers = ["hook"]
             https_port = free_port(),
         ),
     );
-    let _keys = ServerKeys(client.clone());
+    let mut keys = ServerKeys(client.clone(), Vec::new());
     let _cleanup = Cleanup(&stack);
 
     let o = stack.install();
+    // The certificate the wiring trusted, recorded in the project (read even if install
+    // failed, so the guard can remove it).
+    if let Ok(p) = client.get_project(&stack.project).await {
+        keys.1 = p
+            .value
+            .config
+            .get(atlas_install::engine::wiring::KEY_METRICS_CERTS)
+            .map(|v| v.split(',').map(String::from).collect())
+            .unwrap_or_default();
+    }
     assert!(o.status.success(), "install failed:\n{}", stderr(&o));
+    assert!(!keys.1.is_empty(), "the metrics certificate is recorded");
     let sink = Sink::start(&stack.nets[4], sink_ip, 24);
     let cfg = load_config(&stack);
     let pc = stack.project();
@@ -269,6 +280,20 @@ receivers = ["hook"]
                 .expect("dashboard JSON");
         assert_eq!(&pushed, b, "{path}");
     }
+
+    // destroy leaves the server as it was: no wiring key set, our certificate gone.
+    drop(sink);
+    let o = stack.atlas(&["destroy", "--delete-volumes", "--yes"]);
+    assert!(o.status.success(), "destroy: {}", stderr(&o));
+    let after = client.server().await.expect("server").value.config;
+    for k in SERVER_KEYS {
+        assert_eq!(after.get(*k).map_or("", String::as_str), "", "{k} left set");
+    }
+    let trusted = client.certificates().await.expect("certificates");
+    assert!(
+        !trusted.iter().any(|t| keys.1.contains(&t.fingerprint)),
+        "the metrics certificate is still trusted"
+    );
 }
 
 fn write_secret(path: &Path, value: &str) {
@@ -323,12 +348,14 @@ fn has_alert(body: &Value, name: &str) -> bool {
         .any(|a| a["labels"]["alertname"] == name)
 }
 
-/// Puts the server keys the wiring sets back to unset, in case `destroy` could not.
-struct ServerKeys(Client);
+/// Puts the server keys the wiring sets back to unset, and removes the metrics certificate
+/// it trusted, in case `destroy` could not.
+struct ServerKeys(Client, Vec<String>);
 
 impl Drop for ServerKeys {
     fn drop(&mut self) {
         let c = self.0.clone();
+        let certs = std::mem::take(&mut self.1);
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -344,6 +371,14 @@ impl Drop for ServerKeys {
                 if !set.is_empty() {
                     eprintln!("cleanup: unsetting server keys {:?}", set.keys());
                     let _ = c.patch_server_config(&set, None).await;
+                }
+                let trusted = c.certificates().await.unwrap_or_default();
+                for fp in certs
+                    .iter()
+                    .filter(|fp| trusted.iter().any(|t| t.fingerprint == **fp))
+                {
+                    eprintln!("cleanup: removing the metrics certificate {fp}");
+                    let _ = c.delete_certificate(fp).await;
                 }
             });
         })
@@ -482,8 +517,8 @@ fn promql_queries(boards: &[Value]) -> Vec<PanelQuery> {
     out
 }
 
-/// Runs the queries of `phase` with the variables substituted: each value as the variable's
-/// own query finds it (the first), or its current value, escaped as Grafana escapes a regex.
+/// Runs the queries of `phase` with the variables as a dashboard opens: their current value
+/// ("All" is the regex `.*`, which also matches series without the label).
 async fn check_queries(prom: &Prom, queries: &[PanelQuery], phase: Phase) {
     let mut empty = Vec::new();
     let mut checked = 0;
@@ -521,18 +556,21 @@ async fn substitute(prom: &Prom, expr: &str, vars: &[Value]) -> String {
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     for v in vars {
         let name = v["name"].as_str().unwrap().to_string();
-        let current = v["current"]["value"][0].as_str().unwrap_or("$__all");
-        let value = if current != "$__all" {
-            regex_escape(current)
-        } else {
-            let def = apply(v["definition"].as_str().unwrap(), &values);
-            let (selector, label) = parse_label_values(&def);
-            match prom.label_values(&selector, &label).await.first() {
-                Some(first) => regex_escape(first),
-                // No value at all (no `member` on a single server): "All" is `.*`.
-                None => v["allValue"].as_str().unwrap().to_string(),
-            }
+        let value = match v["current"]["value"][0].as_str().unwrap_or("$__all") {
+            "$__all" => v["allValue"].as_str().unwrap().to_string(),
+            current => regex_escape(current),
         };
+        // The variable's own query finds values (a single server has no `member`).
+        let def = apply(v["definition"].as_str().unwrap(), &values);
+        let (selector, label) = parse_label_values(&def);
+        let found = prom.label_values(&selector, &label).await;
+        assert!(
+            !found.is_empty() || label == "member",
+            "variable {name}: {def} finds nothing"
+        );
+        if let Some(c) = v["current"]["value"][0].as_str().filter(|c| *c != "$__all") {
+            assert!(found.iter().any(|f| f == c), "{name}: {c} not in {found:?}");
+        }
         values.insert(name, value);
     }
     values.insert("__rate_interval".into(), "1m".into());
