@@ -561,7 +561,7 @@ fn caddy_row(p: &Value, b: &mut Board) {
     b.row("Caddy");
     b.add(Panel::timeseries(
         "Requests by server and status",
-        "Per Caddy server (srv0, srv1, ... in Caddyfile order; one is the metrics listener Prometheus scrapes) and status code; 429 is a rate-limited request. Caddy before 2.9 has no host label.",
+        "Per Caddy server (srv0, srv1, ... in Caddyfile order; one is the metrics listener Prometheus scrapes) and status code; 429 is a rate-limited request. By server, not host: Caddy 2.6 has no host label, and newer ones add it only with the global `metrics { per_host }` option, which is not turned on here.",
         p,
         "reqps",
         &[Q(
