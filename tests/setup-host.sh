@@ -37,9 +37,11 @@ want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 for p in dnsmasq-base skopeo umoci docker-registry prometheus prometheus-alertmanager \
          prometheus-node-exporter caddy mosquitto mosquitto-clients musl-tools iproute2 \
          nftables curl ca-certificates file jq busybox-static attr zip time bc \
-         minisign golang-go; do
+         minisign golang-go nodejs; do
   want "$p"
 done
+# npm comes with some nodejs builds and is a package of its own in Debian's.
+command -v npm >/dev/null 2>&1 || want npm
 
 if ! dpkg -s incus-base >/dev/null 2>&1 || [ ${#need_pkgs[@]} -gt 0 ]; then
   add_backports
@@ -58,4 +60,8 @@ fi
 
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl
+# LogQL is checked with Grafana's own grammar (the Loki stand-in cannot run queries): the
+# versions pinned in tests/logql/package-lock.json, from the npm registry.
+(cd "$(dirname "$0")/logql" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+
 echo "setup-host.sh: host ready"

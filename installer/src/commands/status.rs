@@ -1,7 +1,9 @@
 //! `atlas-install status`: what is installed (the project, owned instances with state and
 //! addresses, volumes, networks, profiles, the installed version), the server wiring, and one
-//! health probe per instance. Read-only. Exit 0 when every service is healthy, 1 otherwise
-//! (nothing installed included). `--json` puts the same report on stdout.
+//! health probe per instance, the alerts firing in Alertmanager and where notifications go.
+//! Read-only. Exit 0 when every service is healthy, 1 otherwise (nothing installed
+//! included); firing alerts are reported, not counted. `--json` puts the same report on
+//! stdout.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -9,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
-use atlas_install::engine::{cluster, health, secrets, wiring};
+use atlas_install::engine::{alerts, cluster, health, secrets, wiring};
 use atlas_install::incus::{Client, OptionalExt as _, owner};
 use serde::Serialize;
 
@@ -30,7 +32,23 @@ struct Report {
     /// On a cluster: members that are not online, with the instances on them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     offline_members: Vec<cluster::OfflineMember>,
+    alerts: AlertsStatus,
     healthy: bool,
+}
+
+/// Alertmanager's alerts now, and where notifications go.
+#[derive(Debug, Default, Serialize)]
+struct AlertsStatus {
+    /// Every alert Alertmanager holds, firing first; `None` when they could not be read.
+    alerts: Option<Vec<alerts::Alert>>,
+    firing: usize,
+    /// Muted by the inhibition of a critical alert, or by a silence.
+    suppressed: usize,
+    /// Why the alerts could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    /// Empty: no receiver is configured and alerts stay in Alertmanager.
+    routes: Vec<alerts::Route>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +122,7 @@ async fn collect(config: &Config) -> Result<Report> {
             note: None,
         },
         offline_members: Vec::new(),
+        alerts: AlertsStatus::default(),
         healthy: false,
     };
     let Some(project) = client
@@ -207,7 +226,27 @@ async fn collect(config: &Config) -> Result<Report> {
         })
         .collect();
     report.wiring = wiring_status(&client, config).await;
+    report.alerts = alerts_status(&client, config).await;
     Ok(report)
+}
+
+/// Never fails the command: what cannot be read is said in `note`.
+async fn alerts_status(client: &Client, config: &Config) -> AlertsStatus {
+    let routes = alerts::routing(config);
+    match alerts::current(client, config).await {
+        Ok(list) => AlertsStatus {
+            firing: list.iter().filter(|a| a.firing()).count(),
+            suppressed: list.iter().filter(|a| !a.firing()).count(),
+            alerts: Some(list),
+            note: None,
+            routes,
+        },
+        Err(e) => AlertsStatus {
+            note: Some(e.to_string()),
+            routes,
+            ..AlertsStatus::default()
+        },
+    }
 }
 
 fn ipv4_addresses(state: &atlas_install::incus::InstanceState) -> Vec<String> {
@@ -349,6 +388,7 @@ fn print_human(r: &Report) {
     for c in &r.wiring.changes {
         let _ = writeln!(out, "  {c}");
     }
+    print_alerts(&mut out, &r.alerts);
     let probed: Vec<&health::HealthReport> = r
         .instances
         .iter()
@@ -361,5 +401,74 @@ fn print_human(r: &Report) {
         let _ = writeln!(out, "\nAll {} services healthy.", probed.len());
     } else {
         let _ = writeln!(out, "\n{bad} of {} services unhealthy.", probed.len());
+    }
+}
+
+fn print_alerts(out: &mut impl std::io::Write, a: &AlertsStatus) {
+    match &a.alerts {
+        None => {
+            let why = a.note.as_deref().unwrap_or("unknown");
+            let _ = writeln!(out, "Alerts: cannot be read ({why})");
+        }
+        Some(_) if a.firing == 0 => {
+            let _ = writeln!(out, "Alerts: none firing");
+        }
+        Some(list) => {
+            let firing: Vec<&alerts::Alert> = list.iter().filter(|x| x.firing()).collect();
+            let names: Vec<String> = firing
+                .iter()
+                .map(|x| format!("{} on {}", x.name, x.target))
+                .collect();
+            let plural = if a.firing == 1 { "" } else { "s" };
+            let _ = writeln!(
+                out,
+                "Alerts: {} alert{plural} firing: {}",
+                a.firing,
+                names.join(", ")
+            );
+            for x in firing {
+                let severity = x.severity.as_deref().unwrap_or("-");
+                let summary = x.summary.as_deref().unwrap_or("");
+                let _ = writeln!(
+                    out,
+                    "  {severity:8}  {} on {} since {}  {summary}",
+                    x.name, x.target, x.since
+                );
+            }
+        }
+    }
+    if let Some(list) = a.alerts.as_ref().filter(|_| a.suppressed > 0) {
+        let muted: Vec<String> = list
+            .iter()
+            .filter(|x| !x.firing())
+            .map(|x| {
+                let why = match x.inhibited_by.is_empty() {
+                    false => "inhibited by a critical alert",
+                    true => "silenced",
+                };
+                format!("{} on {} ({why})", x.name, x.target)
+            })
+            .collect();
+        let _ = writeln!(out, "  muted: {}", muted.join(", "));
+    }
+    if a.routes.is_empty() {
+        let _ = writeln!(
+            out,
+            "Notifications: none configured, so alerts stay in Alertmanager (and Grafana); add receivers and routes under [alertmanager] in atlas.toml"
+        );
+    } else {
+        let routes: Vec<String> = a
+            .routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} -> {} (repeated every {})",
+                    r.severity,
+                    r.receivers.join(", "),
+                    r.repeat_interval
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "Notifications: {}", routes.join("; "));
     }
 }

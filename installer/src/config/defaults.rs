@@ -255,6 +255,8 @@ impl Config {
                 group_wait: "30s".to_string(),
                 group_interval: "5m".to_string(),
                 repeat_interval: "4h".to_string(),
+                receivers: BTreeMap::new(),
+                routes: AlertRoutes::default(),
             },
             step_ca: StepCaConfig {
                 ca_name: "Atlas Internal CA".to_string(),

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::alerting::RawAlertmanager;
 use super::model::*;
 
 /// A section whose keys map one to one onto a model struct. `plain` fields replace the model
@@ -175,13 +176,6 @@ overlay!(RawPrometheus => PrometheusConfig {
 overlay!(RawLoki => LokiConfig {
     plain retention_period: String,
     plain retention_delete_delay: String,
-});
-
-overlay!(RawAlertmanager => AlertmanagerConfig {
-    plain group_wait: String,
-    plain group_interval: String,
-    plain repeat_interval: String,
-    opt webhook_url: String,
 });
 
 overlay!(RawStepCa => StepCaConfig {

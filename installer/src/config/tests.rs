@@ -23,14 +23,14 @@ fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     .map(|(c, _)| c)
 }
 
-fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+pub(super) fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
     match load_str(text, env) {
         Ok(_) => panic!("expected errors for:\n{text}"),
         Err(e) => e.diagnostics().iter().map(ToString::to_string).collect(),
     }
 }
 
-fn has(errs: &[String], want: &str) {
+pub(super) fn has(errs: &[String], want: &str) {
     assert!(
         errs.iter().any(|e| e.contains(want)),
         "no error containing {want:?} in:\n{}",

@@ -28,6 +28,7 @@ pub(crate) fn validate_with(c: &Config, is_set: &dyn Fn(&str) -> bool) -> Vec<Di
     shared_resources(c, &mut d);
     host_ports(c, is_set, &mut d);
     services(c, &mut d);
+    super::alerting::validate(c, &mut d);
     d
 }
 

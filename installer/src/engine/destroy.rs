@@ -95,6 +95,13 @@ pub async fn apply(
     let root = client.in_project("default");
     let project = client.in_project(&config.incus.project);
     let task = progress.task("destroy", Some(plan.delete.len() as u64));
+    // First: what atlas set on the server is recorded in the project, which the loop below
+    // may delete (undone after it, the server kept core.https_address, the logging keys and
+    // the trusted metrics certificate).
+    if let Err(e) = super::wiring::remove(client, config).await {
+        task.fail(&e.to_string());
+        return Err(e.into());
+    }
     let with_snapshots = true;
     for a in &plan.delete {
         task.set_message(&a.to_string());
@@ -106,10 +113,6 @@ pub async fn apply(
             return Err(e);
         }
         task.advance(1);
-    }
-    if let Err(e) = super::wiring::remove(client, config).await {
-        task.fail(&e.to_string());
-        return Err(e.into());
     }
     task.finish(&format!(
         "{} removed, {} kept",

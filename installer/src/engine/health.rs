@@ -144,7 +144,7 @@ pub fn probe_for(config: &Config, name: &str, inst: &Instance) -> Option<Probe> 
 
 /// Caddy: its metrics listener binds the management and production addresses only. Others:
 /// the first NIC on an Atlas bridge.
-fn probe_address(inst: &Instance) -> Option<std::net::Ipv4Addr> {
+pub(crate) fn probe_address(inst: &Instance) -> Option<std::net::Ipv4Addr> {
     let on = |role: NetworkRole| {
         inst.nics
             .iter()

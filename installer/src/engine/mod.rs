@@ -6,6 +6,7 @@
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
+pub mod alerts;
 pub mod backup;
 pub mod clock;
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod converge;
 pub mod desired;
 pub mod destroy;
 pub mod error;
+pub mod fetch;
 pub mod health;
 pub mod install;
 pub mod instances;

@@ -1,5 +1,6 @@
-//! Grafana: datasources provisioned from files, everything else through `GF_*` variables
-//! (they override grafana.ini, so the image's own ini stays untouched).
+//! Grafana: datasources and our dashboards (see `dashboards`) provisioned from files,
+//! everything else through `GF_*` variables (they override grafana.ini, so the image's own
+//! ini stays untouched).
 
 use serde_json::json;
 
@@ -56,7 +57,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             needs_root |= inst.tls;
             datasources.push(json!({
                 "name": if i == 0 { label.to_string() } else { format!("{label} ({name})") },
-                "uid": format!("atlas-{name}"),
+                "uid": super::datasource_uid(name),
                 "type": kind.as_str(),
                 "url": format!("{}://{}:{port}", if inst.tls { "https" } else { "http" }, hostname(name)),
                 // The first Prometheus is the default datasource, as in the seed.
@@ -70,6 +71,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         json!({"instance": ctx.name, "datasources": datasources}),
     )?;
     out.files.push(RenderedFile::config(DATASOURCES, text));
+    out.files.extend(super::dashboards::files(c));
     if needs_root {
         out.expected_files.push(expect_root(ServiceKind::Grafana));
     }

@@ -13,6 +13,7 @@ mod alertmanager;
 mod caddy;
 mod check;
 mod cloudflared;
+pub mod dashboards;
 mod grafana;
 mod hosts;
 mod loki;
@@ -23,7 +24,7 @@ pub mod paths;
 mod profiles;
 mod prometheus;
 mod step_ca;
-mod templates;
+pub(crate) mod templates;
 
 pub use hosts::{HostEntry, hosts_for};
 pub use passwd::{MOSQUITTO_PBKDF2_ITERATIONS, mosquitto_password_line, pbkdf2_hmac_sha512};
@@ -329,6 +330,16 @@ impl Ctx<'_> {
     pub fn template(&self, template: &str, ctx: serde_json::Value) -> Result<String, RenderError> {
         templates::render(self.env, template, ctx)
     }
+}
+
+/// Where Grafana's datasources are provisioned from.
+pub fn grafana_datasources_path() -> &'static str {
+    grafana::DATASOURCES
+}
+
+/// The uid of the Grafana datasource of a Prometheus or Loki instance; dashboards refer to it.
+pub fn datasource_uid(instance: &str) -> String {
+    format!("atlas-{instance}")
 }
 
 /// The name every Atlas instance has in every other instance's /etc/hosts.

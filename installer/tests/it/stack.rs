@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
 
-const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
+pub(crate) const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
@@ -28,7 +28,7 @@ const ROLES: [(&str, &str); 5] = [
     ("management", "mgt"),
 ];
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 }
 
 /// The fixture images are in the local registry (run-tests.sh builds them first).
-fn fixtures_ready() -> bool {
+pub(crate) fn fixtures_ready() -> bool {
     let ok = Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "--max-time", "5"])
         .arg(format!(
@@ -56,21 +56,21 @@ fn fixtures_ready() -> bool {
     ok
 }
 
-struct Stack {
-    project: String,
-    nets: Vec<String>,
+pub(crate) struct Stack {
+    pub(crate) project: String,
+    pub(crate) nets: Vec<String>,
     /// Third octet of the first of five consecutive 10.23x.y.0/24 ranges.
-    base: (u8, u8),
-    https_port: u16,
+    pub(crate) base: (u8, u8),
+    pub(crate) https_port: u16,
     http_port: u16,
     mqtt_port: u16,
-    dir: tempfile::TempDir,
-    client: Client,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) client: Client,
 }
 
 impl Stack {
     /// `tag` keeps two tests of one process apart (project, bridges, ranges).
-    async fn new(client: Client, tag: char) -> Stack {
+    pub(crate) async fn new(client: Client, tag: char) -> Stack {
         let pid = std::process::id();
         let taken: Vec<String> = client
             .networks()
@@ -105,6 +105,11 @@ impl Stack {
     }
 
     fn config(&self, allowed: &str) -> PathBuf {
+        self.config_with(allowed, "")
+    }
+
+    /// The test config with `extra` (TOML) laid over it, key by key.
+    pub(crate) fn config_with(&self, allowed: &str, extra: &str) -> PathBuf {
         let (second, third) = self.base;
         let mut t = format!(
             "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"incusbr0\"\n\n\
@@ -127,12 +132,14 @@ impl Stack {
                 third + i as u8
             );
         }
+        let mut table: toml::Table = t.parse().expect("test config");
+        merge(&mut table, extra.parse().expect("extra config"));
         let path = self.dir.path().join("atlas.toml");
-        std::fs::write(&path, t).expect("config");
+        std::fs::write(&path, table.to_string()).expect("config");
         path
     }
 
-    fn atlas(&self, args: &[&str]) -> Output {
+    pub(crate) fn atlas(&self, args: &[&str]) -> Output {
         self.run(atlas(), args, "")
     }
 
@@ -166,7 +173,7 @@ impl Stack {
         out
     }
 
-    fn install(&self) -> Output {
+    pub(crate) fn install(&self) -> Output {
         self.atlas(&[
             "install",
             "--yes",
@@ -176,11 +183,11 @@ impl Stack {
         ])
     }
 
-    fn project(&self) -> Client {
+    pub(crate) fn project(&self) -> Client {
         self.client.in_project(&self.project)
     }
 
-    async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
+    pub(crate) async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
         let state: Value = self
             .project()
             .get_path(&format!("/1.0/instances/{instance}/state"), true)
@@ -234,8 +241,20 @@ impl Stack {
     }
 }
 
+/// `over`'s keys replace `base`'s, tables merged key by key.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 /// Removes everything the test made, volumes included, even when the test failed.
-struct Cleanup<'a>(&'a Stack);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Stack);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -309,7 +328,7 @@ async fn through_caddy(port: u16) -> Result<u16, String> {
 }
 
 /// The same request until the answer settles (Caddy gets its internal certificate lazily).
-async fn caddy_status(port: u16) -> u16 {
+pub(crate) async fn caddy_status(port: u16) -> u16 {
     let mut last = Err(String::new());
     for _ in 0..20 {
         last = through_caddy(port).await;
@@ -355,7 +374,7 @@ async fn read_marker(pc: &Client) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn has_tools() -> bool {
+pub(crate) fn has_tools() -> bool {
     ["curl", "mosquitto_pub", "incus"]
         .iter()
         .all(|t| have_tool(t))

@@ -24,7 +24,7 @@ const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
 
 /// Server config keys any test here may touch; the guard restores each to its value before.
-const SERVER_KEYS: &[&str] = &[
+pub(crate) const SERVER_KEYS: &[&str] = &[
     "loki.api.url",
     "loki.types",
     "loki.instance",
@@ -35,7 +35,7 @@ const SERVER_KEYS: &[&str] = &[
 ];
 
 /// Tests that change server config wait for each other (the server is one for all).
-static SERVER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERVER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn unique(tag: &str) -> String {
     format!("t-wir-{}-{tag}", std::process::id())
