@@ -95,3 +95,5 @@ macro_rules! client_or_skip {
     };
 }
 pub(crate) use client_or_skip;
+
+pub mod hermetic;
