@@ -177,8 +177,10 @@ pub fn cidr_clashes(config: &Config, networks: &[Network], routes: &[Route]) -> 
             }
         }
         for r in routes {
-            let incus_bridge = networks.iter().any(|n| n.name == r.iface);
-            if r.iface == want.name || incus_bridge {
+            // A managed Incus network's range is checked above, where its owner is known;
+            // every other interface (the uplink, a host bridge Incus merely lists) counts.
+            let managed = networks.iter().any(|n| n.name == r.iface && n.managed);
+            if r.iface == want.name || managed {
                 continue;
             }
             if overlaps(cidr, r.dest) {
@@ -451,6 +453,8 @@ fn host_mount_problem(config: &Config, mountinfo: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -576,10 +580,23 @@ mod tests {
             iface: "eth1".into(),
             dest: "10.40.0.0/16".parse().unwrap(),
         };
-        let clashes = cidr_clashes(&cfg, &[], &[route]);
+        let clashes = cidr_clashes(&cfg, &[], &[route.clone()]);
         assert!(
             clashes.len() == 1 && clashes[0].contains("host route 10.40.0.0/16 on eth1"),
             "{clashes:?}"
+        );
+        // Incus lists every host interface, the uplink and unmanaged bridges too: listed
+        // is not managed, and the route still clashes.
+        let mut uplink = Network::bridge("eth1", BTreeMap::new());
+        uplink.kind = "physical".into();
+        uplink.managed = false;
+        let clashes = cidr_clashes(&cfg, &[uplink.clone()], &[route.clone()]);
+        assert_eq!(clashes.len(), 1, "{clashes:?}");
+        // A managed bridge's route is its own range, judged by the network check above.
+        uplink.managed = true;
+        assert_eq!(
+            cidr_clashes(&cfg, &[uplink], &[route]),
+            Vec::<String>::new()
         );
     }
 }

@@ -192,3 +192,56 @@ impl HostState {
         );
     }
 }
+
+/// The five Atlas network roles, with the short tag each bridge name ends in.
+pub const ROLES: [(&str, &str); 5] = [
+    ("development", "dev"),
+    ("testing", "tst"),
+    ("staging", "stg"),
+    ("production", "prd"),
+    ("management", "mgt"),
+];
+
+/// One test's Atlas install on the shared daemon: its project, its five bridges on free /24s
+/// and an external bridge of its own (never `incusbr0`, which the README demo's Caddy uses:
+/// Incus wants instance names unique per network).
+pub struct AtlasNames {
+    pub project: String,
+    /// `(role, bridge name, gateway/prefix)`, in [`ROLES`] order.
+    pub networks: Vec<(&'static str, String, Ipv4Net)>,
+    pub external: Bridge,
+}
+
+impl AtlasNames {
+    /// `tag`: a few letters and digits that keep this test apart from the others of this
+    /// process (project `t-<tag>-<pid>`, bridges `<tag><pid % 10000><role>`).
+    pub fn new(tag: &str) -> AtlasNames {
+        let pid = std::process::id();
+        let cidrs = free_subnets(ROLES.len());
+        AtlasNames {
+            project: format!("t-{tag}-{pid}"),
+            networks: ROLES
+                .iter()
+                .zip(cidrs)
+                .map(|((role, short), cidr)| (*role, format!("{tag}{}{short}", pid % 10000), cidr))
+                .collect(),
+            external: Bridge::create(&format!("{tag}x")),
+        }
+    }
+
+    pub fn bridge_names(&self) -> Vec<String> {
+        self.networks.iter().map(|(_, n, _)| n.clone()).collect()
+    }
+
+    /// `[incus]` and `[networks.*]` of atlas.toml for these names, on pool `default`.
+    pub fn toml(&self) -> String {
+        let mut t = format!(
+            "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"{}\"\n",
+            self.project, self.external.name
+        );
+        for (role, name, cidr) in &self.networks {
+            t += &format!("\n[networks.{role}]\nname = \"{name}\"\nipv4 = \"{cidr}\"\n");
+        }
+        t
+    }
+}

@@ -1,0 +1,185 @@
+//! Faults an unlucky operator meets, against the real incusd: ranges the host already routes,
+//! a daemon that never answers, two runs at once, a pool without room. Each is refused (or
+//! waited for) before the first write, with a message that says what and how to fix it, and
+//! the host's Incus is left exactly as it was (`HostState`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use ipnet::Ipv4Net;
+
+use crate::common::hermetic::{AtlasNames, HostState, free_subnets};
+use crate::common::{atlas, client_or_skip, stderr};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One test's install: its own names, ranges and external bridge, a config file using them,
+/// and a guard that removes whatever the test made (destroy, then the bridges), on panic too.
+struct Setup {
+    names: AtlasNames,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let s = Setup {
+            names: AtlasNames::new(tag),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        s.write("");
+        s
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("atlas.toml")
+    }
+
+    /// atlas.toml: these names, host ports nobody uses, no server wiring, then `extra`.
+    fn write(&self, extra: &str) {
+        let t = format!(
+            "{}\n[caddy]\nhttp_port = {}\nhttps_port = {}\nlisten_address = \"127.0.0.1\"\n\n\
+             [mosquitto]\nmqtt_port = {}\nlisten_address = \"127.0.0.1\"\n\n\
+             [node_exporter]\nfollow_host_mounts = false\n\n\
+             [integrations]\nincus_loki = false\nincus_metrics = false\n{extra}",
+            self.names.toml(),
+            free_port(),
+            free_port(),
+            free_port()
+        );
+        std::fs::write(self.config(), t).expect("write config");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = atlas();
+        c.arg("-c")
+            .arg(self.config())
+            .args(["--progress", "plain"])
+            .args(args)
+            .env("ATLAS_CACHE_DIR", self.dir.path().join("cache"));
+        c
+    }
+
+    fn atlas(&self, args: &[&str]) -> Output {
+        let o = self.command(args).output().expect("run atlas-install");
+        eprintln!("atlas-install {}: {}", args.join(" "), o.status);
+        o
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let o = self.atlas(&["destroy", "--delete-volumes", "--yes"]);
+        if !o.status.success() {
+            eprintln!("cleanup: destroy failed: {}", stderr(&o));
+        }
+        for n in self.names.bridge_names() {
+            crate::common::hermetic::delete_network(&n);
+        }
+    }
+}
+
+/// A Linux bridge with an address, made with `ip` (not Incus): what an operator's own bridge,
+/// a VPN or a docker network looks like. Removed on drop.
+struct HostLink(String);
+
+impl HostLink {
+    fn create(name: &str, cidr: Ipv4Net) -> HostLink {
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().expect("ip");
+            assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+        };
+        ip(&["link", "add", name, "type", "bridge"]);
+        let link = HostLink(name.to_string());
+        ip(&["addr", "add", &cidr.to_string(), "dev", name]);
+        ip(&["link", "set", name, "up"]);
+        link
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// The subnet of the host's uplink: the non-default route on the interface of the default
+/// route.
+fn uplink_subnet() -> Option<(String, Ipv4Net)> {
+    let text = std::fs::read_to_string("/proc/net/route").ok()?;
+    let default_iface = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 7 && f[1] == "00000000" && f[7] == "00000000")?[0]
+        .to_string();
+    atlas_install::engine::preflight::parse_routes(&text)
+        .into_iter()
+        .find(|r| r.iface == default_iface && r.dest.prefix_len() <= 30)
+        .map(|r| (r.iface, r.dest))
+}
+
+/// A range already routed on a host interface Incus does not manage, the uplink included, is
+/// refused by preflight naming the route; nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_routed_on_host_interfaces_are_refused_before_any_change() {
+    let _c = client_or_skip!();
+    let _turn = crate::engine::STACKS.lock().await;
+    let mut s = Setup::new("rr");
+    let before = HostState::read();
+    let gateway = |net: Ipv4Net| {
+        Ipv4Net::new(
+            std::net::Ipv4Addr::from(u32::from(net.network()) + 1),
+            net.prefix_len(),
+        )
+        .expect("net")
+    };
+
+    // An operator's bridge (not Incus') holding a range; staging wants the same range.
+    let taken = free_subnets(1)[0];
+    let link = HostLink::create(&format!("trr{}", std::process::id() % 100_000), taken);
+    s.names.networks[2].2 = gateway(taken);
+    s.write("");
+    let o = s.atlas(&[
+        "install",
+        "--yes",
+        "--ignore-preflight",
+        "--existing-images",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("host route {} on {}", taken.trunc(), link.0))
+            && err.contains("networks.staging.ipv4")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    HostState::read().assert_same(&before, "a refused install (host bridge)");
+
+    // The uplink's own subnet.
+    if let Some((iface, subnet)) = uplink_subnet() {
+        s.names.networks[2].2 = gateway(subnet);
+        s.write("");
+        let o = s.atlas(&[
+            "install",
+            "--yes",
+            "--ignore-preflight",
+            "--existing-images",
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("host route {subnet} on {iface}")),
+            "{err}"
+        );
+        HostState::read().assert_same(&before, "a refused install (uplink)");
+    } else {
+        eprintln!("no uplink subnet on this host: that half is not tried");
+    }
+}
