@@ -25,7 +25,12 @@ pub(crate) async fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PulledImage, PullError> {
-    let session = Session::new(reference, &opts.insecure_registries, &opts.auth)?;
+    let session = Session::new(
+        reference,
+        &opts.insecure_registries,
+        &opts.auth,
+        opts.read_timeout,
+    )?;
     let source_name = format!("docker://{reference}");
     let (bytes, digest) = fetch_manifest(&session, reference).await?;
     let what = format!("manifest {digest} of {source_name}");
@@ -398,7 +403,12 @@ fn observer_error(source_name: &str, digest: &Digest, source: io::Error) -> Pull
 /// The digest of what `reference`'s tag points to now (the index for multi-platform images),
 /// computed from the manifest bytes the registry serves.
 pub async fn resolve_digest(reference: &ImageRef, opts: &PullOptions) -> Result<Digest, PullError> {
-    let session = Session::new(reference, &opts.insecure_registries, &opts.auth)?;
+    let session = Session::new(
+        reference,
+        &opts.insecure_registries,
+        &opts.auth,
+        opts.read_timeout,
+    )?;
     let (bytes, digest) = fetch_manifest(&session, reference).await?;
     // Parsing refuses what is not an image (schema 1, artifacts) before it gets locked.
     Manifest::parse(

@@ -36,10 +36,18 @@ impl Ctx {
             .build()
             .context("starting the async runtime")?;
         // On a cluster the stack has per-member parts (see `cluster::expand`). A daemon that
-        // cannot be asked leaves the config as it is: preflight then says what is wrong.
-        let config = runtime
+        // cannot be asked leaves the config as it is: preflight then says what is wrong. One
+        // that takes the request and never answers is said now: asking again would only
+        // wait as long once more.
+        let config = match runtime
             .block_on(atlas_install::engine::cluster::expanded(&client, &config))
-            .map_or(config, |(c, _)| c);
+        {
+            Ok((c, _)) => c,
+            Err(e) if e.is_no_answer() => {
+                return Err(anyhow::Error::from(e).context("asking Incus whether it is a cluster"));
+            }
+            Err(_) => config,
+        };
         Ok(Ctx {
             config,
             client,

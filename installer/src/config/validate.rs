@@ -57,6 +57,14 @@ fn incus(c: &Config, d: &mut Vec<Diagnostic>) {
             "name an existing pool (`incus storage list`)",
         );
     }
+    if !(1..=3600).contains(&c.incus.request_timeout) {
+        push(
+            d,
+            "incus.request_timeout",
+            format!("{} seconds is outside 1-3600", c.incus.request_timeout),
+            "use a number of seconds like 60",
+        );
+    }
     if !c.incus.socket.is_empty() && !c.incus.socket.starts_with('/') {
         push(
             d,

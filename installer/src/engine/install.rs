@@ -893,10 +893,8 @@ impl Engine<'_> {
             })
             .collect();
         for id in running {
-            let path = format!("/1.0/operations/{id}/wait");
-            let wait = project.get_path::<serde_json::Value>(&path, true);
             // The operation's own outcome does not matter here, only that it is over.
-            let _ = tokio::time::timeout(Duration::from_secs(120), wait).await;
+            let _ = tokio::time::timeout(Duration::from_secs(120), project.wait(&id)).await;
         }
         Ok(())
     }

@@ -78,7 +78,8 @@ impl Client {
             &[pool, "volumes", "custom", volume, "backups", name, "export"],
         )
         .scope(Scope::Project)
-        .targeted();
+        .targeted()
+        .deadline(super::client::Deadline::Head);
         let (resp, method, path) = self.send_raw(req).await?;
         let status = resp.status().as_u16();
         if status >= 400 {

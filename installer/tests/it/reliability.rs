@@ -183,3 +183,54 @@ async fn ranges_routed_on_host_interfaces_are_refused_before_any_change() {
         eprintln!("no uplink subnet on this host: that half is not tried");
     }
 }
+
+/// A unix socket that accepts every connection and never answers: what a stuck daemon looks
+/// like from here. The connections are held (not closed) until the listener's thread ends.
+fn silent_socket(path: &std::path::Path) {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+}
+
+/// `status` and `install` against a daemon that never answers fail within the request
+/// timeout, naming the daemon and the request it did not answer.
+#[test]
+fn a_daemon_that_never_answers_is_named_within_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("silent.socket");
+    silent_socket(&socket);
+    for args in [
+        vec!["status"],
+        vec!["install", "--yes", "--ignore-preflight"],
+    ] {
+        let started = std::time::Instant::now();
+        let o = atlas()
+            .args(["--progress", "plain", "--incus-socket"])
+            .arg(&socket)
+            .args(&args)
+            .env("ATLAS_INCUS__REQUEST_TIMEOUT", "2")
+            .env("ATLAS_CACHE_DIR", dir.path().join("cache"))
+            .current_dir(dir.path())
+            .output()
+            .expect("run atlas-install");
+        let took = started.elapsed();
+        let err = stderr(&o);
+        eprintln!("{args:?}: {:.1}s\n{err}", took.as_secs_f64());
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("Incus at unix socket {}", socket.display()))
+                && err.contains("did not answer GET /1.0")
+                && err.contains("within 2 s")
+                && err.contains("incus.request_timeout"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(6),
+            "{args:?} took {took:?} with a 2 s timeout"
+        );
+    }
+}

@@ -167,7 +167,16 @@ async fn download(
         .map_err(BackupError::io("creating", &partial))?;
     let mut h = Sha256::new();
     let mut size = 0u64;
-    while let Some(chunk) = dl.stream.next().await {
+    // The head came in time; a body that stops flowing is the daemon not answering too.
+    let stall = pc.request_timeout();
+    loop {
+        let next = tokio::time::timeout(stall, dl.stream.next())
+            .await
+            .map_err(|_| pc.no_answer("GET", &format!("backup export of {temp}")))
+            .map_err(BackupError::incus(format!(
+                "downloading the backup of {temp}"
+            )))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(BackupError::incus(format!(
             "downloading the backup of {temp}"
         )))?;
