@@ -234,3 +234,47 @@ fn a_daemon_that_never_answers_is_named_within_the_timeout() {
         );
     }
 }
+
+/// Deleting a network that meets Incus 6.0's transient "Failed to delete bridge children
+/// interfaces" (another bridge's veths going away meanwhile) is tried again, as creating one
+/// is, instead of failing destroy half-way.
+#[tokio::test]
+async fn destroy_retries_the_transient_bridge_error() {
+    use crate::common::scripted::{ScriptedIncus, error, sync};
+    use atlas_install::engine::resource::{ResourceAddress, ResourceKind};
+    let deletes = std::sync::atomic::AtomicUsize::new(0);
+    let incus = ScriptedIncus::start(move |method, path| {
+        match (method, path.starts_with("/1.0/networks/tbr")) {
+            ("GET", true) => sync(serde_json::json!({
+                "name": "tbr", "type": "bridge", "managed": true,
+                "config": {"user.atlas.managed": "true", "user.atlas.project": "p"}
+            })),
+            ("DELETE", true) => match deletes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => error(
+                    500,
+                    "Failed to delete bridge children interfaces: Failed to get interface \"veth1\": no such device",
+                ),
+                _ => sync(serde_json::Value::Null),
+            },
+            _ => error(404, "not found"),
+        }
+    });
+    let c = atlas_install::incus::Client::unix_at(&incus.socket).expect("client");
+    let addr = ResourceAddress {
+        kind: ResourceKind::Network,
+        name: "tbr".into(),
+        pool: None,
+    };
+    atlas_install::engine::converge::delete(&c, &c.in_project("p"), &addr, false)
+        .await
+        .expect("deleted on the second try");
+    let deletes: Vec<String> = incus
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("DELETE"))
+        .cloned()
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+}

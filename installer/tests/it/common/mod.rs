@@ -97,3 +97,4 @@ macro_rules! client_or_skip {
 pub(crate) use client_or_skip;
 
 pub mod hermetic;
+pub mod scripted;
