@@ -580,7 +580,7 @@ mod tests {
             iface: "eth1".into(),
             dest: "10.40.0.0/16".parse().unwrap(),
         };
-        let clashes = cidr_clashes(&cfg, &[], &[route.clone()]);
+        let clashes = cidr_clashes(&cfg, &[], std::slice::from_ref(&route));
         assert!(
             clashes.len() == 1 && clashes[0].contains("host route 10.40.0.0/16 on eth1"),
             "{clashes:?}"
@@ -590,7 +590,7 @@ mod tests {
         let mut uplink = Network::bridge("eth1", BTreeMap::new());
         uplink.kind = "physical".into();
         uplink.managed = false;
-        let clashes = cidr_clashes(&cfg, &[uplink.clone()], &[route.clone()]);
+        let clashes = cidr_clashes(&cfg, &[uplink.clone()], std::slice::from_ref(&route));
         assert_eq!(clashes.len(), 1, "{clashes:?}");
         // A managed bridge's route is its own range, judged by the network check above.
         uplink.managed = true;

@@ -278,3 +278,114 @@ async fn destroy_retries_the_transient_bridge_error() {
         .collect();
     assert_eq!(deletes.len(), 2, "{deletes:?}");
 }
+
+/// A certificate named like ours that no Atlas project records: what `destroy` of earlier
+/// versions left behind. Removed on drop.
+struct LeftoverCert {
+    client: atlas_install::incus::Client,
+    fingerprint: String,
+}
+
+impl LeftoverCert {
+    async fn add(client: &atlas_install::incus::Client) -> LeftoverCert {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        let der = rcgen::CertificateParams::new(vec![
+            atlas_install::engine::wiring::METRICS_CERT_NAME.to_string(),
+        ])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert")
+        .der()
+        .to_vec();
+        let fingerprint = client
+            .add_certificate(
+                atlas_install::engine::wiring::METRICS_CERT_NAME,
+                "metrics",
+                &der,
+            )
+            .await
+            .expect("add the leftover certificate");
+        LeftoverCert {
+            client: client.clone(),
+            fingerprint,
+        }
+    }
+}
+
+impl Drop for LeftoverCert {
+    fn drop(&mut self) {
+        let (c, fp) = (self.client.clone(), self.fingerprint.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(c.delete_certificate(&fp))
+                .is_ok()
+        })
+        .join();
+    }
+}
+
+/// install wires the server (Incus logging to the stack's Loki, the metrics certificate,
+/// core.https_address); `destroy --delete-volumes` undoes all of it before the project that
+/// holds the records goes: the host's Incus (server config and trust store included) is
+/// exactly as before the install. A metrics certificate an earlier version left behind is
+/// named by install and destroy, with the command that removes it, and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_undoes_the_server_wiring_install_did() {
+    let c = client_or_skip!();
+    let _turn = crate::engine::STACKS.lock().await;
+    let _server = crate::wiring::SERVER_LOCK.lock().await;
+    if !crate::engine::have_busybox() {
+        return;
+    }
+    let server = c.server().await.expect("server").value;
+    let busy = crate::wiring::busy_server_keys(&server);
+    if !busy.is_empty() {
+        eprintln!(
+            "skipping: server keys {busy:?} are set on the shared daemon (another Atlas install?)"
+        );
+        return;
+    }
+    let env = crate::engine::Env::with_wiring(&c, 7).await;
+    let leftover = LeftoverCert::add(&c).await;
+    let before = HostState::read();
+
+    let cfg = env.config("");
+    env.project_with_images(&c, &cfg).await;
+    let o = env.atlas(&["install", "--yes"]).output().expect("install");
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let wired = c.server().await.expect("server").value;
+    assert!(
+        !crate::wiring::busy_server_keys(&wired).is_empty()
+            && wired.config.contains_key("core.https_address"),
+        "install wired the server: {:?}",
+        wired.config
+    );
+    let leftover_note = format!("incus config trust remove {}", leftover.fingerprint);
+    assert!(
+        err.contains("no Atlas project on this server records adding it")
+            && err.contains(&leftover_note),
+        "install names the leftover certificate: {err}"
+    );
+
+    let o = env
+        .atlas(&["destroy", "--delete-volumes", "--yes"])
+        .output()
+        .expect("destroy");
+    let (out, err) = (crate::common::stdout(&o), stderr(&o));
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("- server config core.https_address: set by atlas-install")
+            && out.contains("- certificate atlas-prometheus-metrics: trusted by atlas-install"),
+        "the plan lists the wiring it undoes: {out}"
+    );
+    assert!(
+        out.contains(&leftover_note),
+        "destroy names the leftover: {out}"
+    );
+    HostState::read().assert_same(&before, "install, then destroy --delete-volumes");
+    drop(leftover);
+}

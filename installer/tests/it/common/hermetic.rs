@@ -235,13 +235,24 @@ impl AtlasNames {
 
     /// `[incus]` and `[networks.*]` of atlas.toml for these names, on pool `default`.
     pub fn toml(&self) -> String {
-        let mut t = format!(
+        self.incus_toml() + &self.networks_toml()
+    }
+
+    /// The `[incus]` table alone (more of its keys may follow).
+    pub fn incus_toml(&self) -> String {
+        format!(
             "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"{}\"\n",
             self.project, self.external.name
-        );
-        for (role, name, cidr) in &self.networks {
-            t += &format!("\n[networks.{role}]\nname = \"{name}\"\nipv4 = \"{cidr}\"\n");
-        }
-        t
+        )
+    }
+
+    /// The `[networks.<role>]` tables.
+    pub fn networks_toml(&self) -> String {
+        self.networks
+            .iter()
+            .map(|(role, name, cidr)| {
+                format!("\n[networks.{role}]\nname = \"{name}\"\nipv4 = \"{cidr}\"\n")
+            })
+            .collect()
     }
 }
