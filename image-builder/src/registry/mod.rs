@@ -17,7 +17,7 @@ use crate::oci_layout::LayoutError;
 use crate::reference::{ImageRef, is_loopback_host};
 
 pub(crate) use pull::pull;
-pub use pull::resolve_digest;
+pub use pull::{image_manifest, resolve_digest};
 pub use push::{PushOptions, push_image, push_manifest_and_blobs};
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use oci_client::client::BlobResponse;
 use super::{RegistryError, Session, Target};
 use crate::cache::{BlobCache, Reservation};
 use crate::digest::Digest;
-use crate::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor, Manifest, OCI_MANIFEST};
+use crate::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor, ImageManifest, Manifest, OCI_MANIFEST};
 use crate::oci_layout::BlobStore;
 use crate::progress::{Progress, ProgressTask};
 use crate::reference::ImageRef;
@@ -397,6 +397,40 @@ fn observer_error(source_name: &str, digest: &Digest, source: io::Error) -> Pull
         source_name: source_name.to_owned(),
         digest: digest.clone(),
         source,
+    }
+}
+
+/// The image manifest `reference` names for `opts.platform` (through an index when the
+/// registry serves one), read without pulling any layer: what an image will take is known
+/// from its layers' sizes before anything is downloaded.
+pub async fn image_manifest(
+    reference: &ImageRef,
+    opts: &PullOptions,
+) -> Result<ImageManifest, PullError> {
+    let session = Session::new(
+        reference,
+        &opts.insecure_registries,
+        &opts.auth,
+        opts.read_timeout,
+    )?;
+    let source_name = format!("docker://{reference}");
+    let (bytes, digest) = fetch_manifest(&session, reference).await?;
+    let what = format!("manifest {digest} of {source_name}");
+    match Manifest::parse(&bytes, None, &what)? {
+        Manifest::Image(m) => Ok(*m),
+        Manifest::Index(index) => {
+            let chosen = select_platform(&index, &opts.platform, &source_name)?.clone();
+            let pinned = reference.with_digest(chosen.digest.clone());
+            let (child, child_digest) = fetch_manifest(&session, &pinned).await?;
+            let what = format!("manifest {child_digest} of {source_name}");
+            match Manifest::parse(&child, Some(&chosen.media_type), &what)? {
+                Manifest::Image(m) => Ok(*m),
+                Manifest::Index(_) => Err(PullError::NestedIndex {
+                    source_name,
+                    wanted: opts.platform.to_string(),
+                }),
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::cli::{DestroyArgs, GlobalArgs};
 
 pub fn run(global: &GlobalArgs, args: &DestroyArgs) -> Result<ExitCode> {
     let ctx = super::install::Ctx::new(global)?;
+    let _lock = ctx.lock(global, "destroy")?;
     let plan =
         ctx.runtime
             .block_on(destroy::plan(&ctx.client, &ctx.config, args.delete_volumes))?;

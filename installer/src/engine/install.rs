@@ -69,6 +69,9 @@ pub struct Options {
     /// Builds or takes every enabled service's image and points its alias at it. Without
     /// one, the aliases must already exist in the project (images imported beforehand).
     pub supply: Option<crate::supply::ImageSupply>,
+    /// Ask the supply's registries (manifests only) how large the images are, so preflight
+    /// can check the pool has room for them. `install` does; `plan` reads Incus only.
+    pub image_room: bool,
 }
 
 impl Default for Options {
@@ -81,6 +84,7 @@ impl Default for Options {
             rotate_secrets: false,
             health_timeout: Duration::from_secs(300),
             supply: None,
+            image_room: false,
         }
     }
 }
@@ -264,7 +268,123 @@ impl Engine<'_> {
             Ok(r) => task.finish(r.plan.to_string().lines().last().unwrap_or_default()),
             Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
         }
-        out
+        let mut report = out?;
+        self.check_room(&mut report).await?;
+        Ok(report)
+    }
+
+    /// The pool's room for what the plan creates (see [`preflight::capacity`]): too little
+    /// for the images is refused here, before the first write, whatever the host size.
+    async fn check_room(&self, report: &mut PlanReport) -> Result<(), EngineError> {
+        let pre = &report.preflight;
+        if pre.pool_driver.is_empty() {
+            return Ok(());
+        }
+        let task = self.progress.task("pool room", None);
+        let need = self.pool_need(report).await;
+        let (problems, warnings) = preflight::capacity(
+            &need,
+            &self.config.incus.storage_pool,
+            pre.pool_free_bytes,
+            pre.pool_thick,
+        );
+        if !problems.is_empty() {
+            task.fail("not enough");
+            return Err(EngineError::Preflight(problems));
+        }
+        let images: u64 = need.images.iter().map(|(_, b)| b).sum();
+        task.finish(&format!(
+            "{} image(s), at least {:.2}GB, of {:.2}GB free",
+            need.images.len(),
+            images as f64 / 1e9,
+            report.preflight.pool_free_bytes as f64 / 1e9
+        ));
+        for w in warnings {
+            self.progress.warn(&w);
+            report.preflight.warnings.push(w);
+        }
+        Ok(())
+    }
+
+    /// What the plan puts into the pool: an unpacked image per instance created (per image
+    /// on a copy-on-write pool), and the volumes created.
+    async fn pool_need(&self, report: &PlanReport) -> preflight::PoolNeed {
+        let per_image = report.preflight.pool_driver != "dir";
+        let mut need = preflight::PoolNeed::default();
+        let mut sizes: BTreeMap<String, Option<Result<u64, String>>> = BTreeMap::new();
+        for a in report
+            .plan
+            .actions
+            .iter()
+            .filter(|a| a.change == Change::Create)
+        {
+            match a.address.kind {
+                ResourceKind::Instance => {
+                    let Some(inst) = self.config.instances.get(&a.address.name) else {
+                        continue;
+                    };
+                    let service = inst.service.as_str().to_string();
+                    if per_image && sizes.contains_key(&service) {
+                        continue;
+                    }
+                    if !sizes.contains_key(&service) {
+                        let got = self.image_bytes(&service).await;
+                        sizes.insert(service.clone(), got);
+                    }
+                    match &sizes[&service] {
+                        Some(Ok(b)) => need
+                            .images
+                            .push((format!("the image of {}", a.address.name), *b)),
+                        Some(Err(why)) if !need.unknown.iter().any(|u| u.contains(&service)) => {
+                            need.unknown.push(format!("the image of {service} ({why})"))
+                        }
+                        _ => {}
+                    }
+                }
+                ResourceKind::Volume => {
+                    let size = a
+                        .resource
+                        .as_ref()
+                        .and_then(|r| r.body["config"]["size"].as_str())
+                        .and_then(|s| crate::config::Size::parse(s).ok());
+                    if let Some(s) = size {
+                        need.volumes.push((a.address.name.clone(), s.bytes));
+                    }
+                }
+                _ => {}
+            }
+        }
+        need
+    }
+
+    /// A lower bound of the bytes `service`'s image takes in the pool: from the supply
+    /// (registry or layout manifests), or the image already under its alias. `None`: not
+    /// asked (a plan does not ask registries).
+    async fn image_bytes(&self, service: &str) -> Option<Result<u64, String>> {
+        match &self.options.supply {
+            Some(supply) if self.options.image_room => {
+                Some(supply.image_bytes(service).await.map_err(|e| e.to_string()))
+            }
+            Some(_) => None,
+            None => {
+                let project = self.project();
+                let alias = state::image_alias(self.config, service);
+                let got = async {
+                    let a = project.get_image_alias(&alias).await.optional()?;
+                    match a {
+                        Some(a) => Ok(Some(project.get_image(&a.value.target).await?.value.size)),
+                        None => Ok(None),
+                    }
+                }
+                .await;
+                match got {
+                    Ok(Some(b)) => Some(Ok(b)),
+                    // A missing alias is reported by the plan itself.
+                    Ok(None) => None,
+                    Err(e) => Some(Err(IncusError::to_string(&e))),
+                }
+            }
+        }
     }
 
     async fn compute(

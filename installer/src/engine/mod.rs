@@ -16,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod install;
 pub mod instances;
+pub mod lock;
 pub mod netfile;
 pub mod plan;
 pub mod preflight;

@@ -389,3 +389,218 @@ async fn destroy_undoes_the_server_wiring_install_did() {
     HostState::read().assert_same(&before, "install, then destroy --delete-volumes");
     drop(leftover);
 }
+
+/// The lock record of `project` in the default project's config, as JSON, if any.
+async fn lock_record(c: &atlas_install::incus::Client, project: &str) -> Option<serde_json::Value> {
+    let p = c
+        .get_project("default")
+        .await
+        .expect("default project")
+        .value;
+    p.config
+        .get(&atlas_install::engine::lock::lock_key(project))
+        .map(|v| serde_json::from_str(v).expect("lock record is JSON"))
+}
+
+/// Removes the lock record of a project from the default project's config on drop (a test
+/// that fails half-way must not leave one there).
+struct LockKeyGone(String);
+
+impl Drop for LockKeyGone {
+    fn drop(&mut self) {
+        let key = atlas_install::engine::lock::lock_key(&self.0);
+        let _ = Command::new("incus")
+            .args(["project", "unset", "default", &key])
+            .output();
+    }
+}
+
+/// A child process killed (-9) and reaped on drop.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes a lock record for `project` as another host would (renewed `age` seconds ago).
+async fn foreign_lock(c: &atlas_install::incus::Client, project: &str, age: u64) {
+    let now = atlas_install::engine::clock::now_secs();
+    let record = serde_json::json!({
+        "token": "0123456789abcdef", "command": "install", "host": "elsewhere.example",
+        "boot_id": "b", "pid": 4242, "pid_start": 1, "started": now - age, "renewed": now - age,
+        "lease_seconds": atlas_install::engine::lock::LEASE.as_secs(),
+    });
+    let set = std::collections::BTreeMap::from([(
+        atlas_install::engine::lock::lock_key(project),
+        record.to_string(),
+    )]);
+    c.set_project_keys("default", &set, &[])
+        .await
+        .expect("write a foreign lock");
+}
+
+/// Two real processes on one project: while an install holds the lock (paused half-way), a
+/// second install, a destroy and a `--json` run are refused naming the holder, and one with
+/// `--lock-timeout` waits that long first; after the holder is killed -9 the next run takes
+/// the lock over at once and converges; a holder on another host counts until its lease runs
+/// out. No lock record is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_run_at_a_time_per_project_and_a_killed_holder_does_not_wedge_it() {
+    use std::io::BufRead as _;
+    let c = client_or_skip!();
+    let _turn = crate::engine::STACKS.lock().await;
+    if !crate::engine::have_busybox() {
+        return;
+    }
+    let env = crate::engine::Env::new(&c, 8).await;
+    let _no_record_left = LockKeyGone(env.project.clone());
+    let cfg = env.config("");
+    env.project_with_images(&c, &cfg).await;
+
+    // The holder: an install paused after its networks (ATLAS_TEST_PAUSE_AT).
+    let mut holder = KilledOnDrop(
+        env.atlas(&["install", "--yes"])
+            .env("ATLAS_TEST_PAUSE_AT", "after-networks")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the holder"),
+    );
+    let holder = &mut holder.0;
+    let lines = std::io::BufReader::new(holder.stderr.take().expect("stderr"));
+    let mut seen = Vec::new();
+    for line in lines.lines() {
+        let line = line.expect("line");
+        seen.push(line.clone());
+        if line.contains("paused at after-networks") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("paused at")),
+        "the holder did not get to its pause: {seen:?}"
+    );
+    let pid = holder.id();
+    let record = lock_record(&c, &env.project)
+        .await
+        .expect("the holder's lock");
+    assert_eq!(
+        (record["pid"].as_u64(), record["command"].as_str()),
+        (Some(pid as u64), Some("install"))
+    );
+
+    let refused = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let o = env.atlas(args).output().expect("run");
+        (o, started.elapsed())
+    };
+    let (o, took) = refused(&["install", "--yes"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "project {} is being changed by another atlas-install run",
+            env.project
+        )) && err.contains(&format!("atlas-install install (pid {pid} on host "))
+            && err.contains("--lock-timeout"),
+        "{err}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "refused at once: {took:?}"
+    );
+    let (o, _) = refused(&["destroy", "--yes"]);
+    assert!(
+        o.status.code() == Some(1) && stderr(&o).contains(&format!("pid {pid}")),
+        "destroy waits its turn too: {}",
+        stderr(&o)
+    );
+    let (o, _) = refused(&["install", "--yes", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("--json says why on stdout");
+    assert_eq!(v["error"], "locked", "{v}");
+    assert_eq!(v["holder"]["pid"], pid, "{v}");
+    assert_eq!(v["holder"]["command"], "install", "{v}");
+    let (o, took) = refused(&["install", "--yes", "--lock-timeout", "4"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("waiting up to 4 s for the lock")
+            && took >= std::time::Duration::from_secs(4),
+        "waited {took:?}: {}",
+        stderr(&o)
+    );
+
+    // kill -9: the record stays, but its process is gone; the next run takes over at once.
+    holder.kill().expect("kill -9");
+    holder.wait().expect("reap");
+    assert!(
+        lock_record(&c, &env.project).await.is_some(),
+        "a killed run cannot release"
+    );
+    let o = env.atlas(&["install", "--yes"]).output().expect("install");
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("taking over the lock of project {}", env.project))
+            && err.contains(&format!("its process {pid} on this host is gone")),
+        "{err}"
+    );
+    assert_eq!(lock_record(&c, &env.project).await, None, "released");
+
+    // A holder on another host: held while its lease runs, free once it ran out.
+    foreign_lock(&c, &env.project, 5).await;
+    let (o, _) = refused(&["install", "--yes"]);
+    assert!(
+        o.status.code() == Some(1) && stderr(&o).contains("pid 4242 on host elsewhere.example"),
+        "{}",
+        stderr(&o)
+    );
+    foreign_lock(&c, &env.project, 600).await;
+    let o = env.atlas(&["install", "--yes"]).output().expect("install");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("its lease ran out"), "{}", stderr(&o));
+    assert_eq!(lock_record(&c, &env.project).await, None, "released");
+}
+
+/// A registry install into a `dir` pool on a 16 MB tmpfs: preflight, knowing the images'
+/// sizes from the registry's manifests, refuses before the first write, even with
+/// `--ignore-preflight` (which skips host-size recommendations only); nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_install_into_a_pool_without_room_is_refused_before_any_change() {
+    let _c = client_or_skip!();
+    if !crate::stack::fixtures_ready() {
+        return;
+    }
+    let _turn = crate::engine::STACKS.lock().await;
+    let s = Setup::new("rp");
+    s.write("\n[images]\ndownload_mirror = \"file:///var/tmp/atlas-test/downloads\"\n");
+    let pool = crate::common::hermetic::TinyPool::create("rp", 16);
+    let before = HostState::read();
+    let o = s
+        .command(&[
+            "install",
+            "--yes",
+            "--ignore-preflight",
+            "--registry-mirror",
+            "127.0.0.1:5000",
+        ])
+        .env("ATLAS_INCUS__STORAGE_POOL", &pool.name)
+        .output()
+        .expect("install");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("storage pool {} has", pool.name))
+            && err.contains("images (unpacked, at least)")
+            && err.contains("Nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("pulling"),
+        "refused before pulling anything: {err}"
+    );
+    HostState::read().assert_same(&before, "an install refused for want of room");
+}

@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 }
 
 /// The fixture images are in the local registry (run-tests.sh builds them first).
-fn fixtures_ready() -> bool {
+pub(crate) fn fixtures_ready() -> bool {
     let ok = Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "--max-time", "5"])
         .arg(format!(
@@ -695,19 +695,7 @@ async fn grafana_user(base: &str, password: &str) -> u16 {
 /// A storage pool (dir, on a 16 MB tmpfs) without room for the bundle's images: `install
 /// --bundle` refuses before any change, saying how much it has and needs.
 async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
-    let mnt = stack.dir.path().join("tiny-pool");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
-    let sh = |cmd: &mut Command| {
-        let o = cmd.output().expect("run");
-        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
-    };
-    sh(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt));
-    let pool = format!("{}-tiny", stack.project);
-    sh(Command::new("incus")
-        .args(["storage", "create", &pool, "dir"])
-        .arg(format!("source={}", mnt.display())));
+    let pool = crate::common::hermetic::TinyPool::create("stk", 16);
     let o = atlas()
         .arg("-c")
         .arg(stack.dir.path().join("atlas.toml"))
@@ -720,17 +708,14 @@ async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
             "--bundle",
             bundle,
         ])
-        .env("ATLAS_INCUS__STORAGE_POOL", &pool)
+        .env("ATLAS_INCUS__STORAGE_POOL", &pool.name)
         .output()
         .expect("run atlas-install");
-    let _ = Command::new("incus")
-        .args(["storage", "delete", &pool])
-        .output();
-    let _ = Command::new("umount").arg(&mnt).output();
     let err = stderr(&o);
     assert!(!o.status.success(), "a pool without room must be refused");
     assert!(
-        err.contains(&format!("storage pool {pool} has")) && err.contains("Nothing was changed"),
+        err.contains(&format!("storage pool {} has", pool.name))
+            && err.contains("Nothing was changed"),
         "{err}"
     );
     assert!(

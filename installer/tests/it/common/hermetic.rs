@@ -256,3 +256,40 @@ impl AtlasNames {
             .collect()
     }
 }
+
+/// A `dir` storage pool on a tmpfs of `megabytes`: a pool without room. Pool and mount go on
+/// drop.
+pub struct TinyPool {
+    pub name: String,
+    mount: tempfile::TempDir,
+}
+
+impl TinyPool {
+    pub fn create(tag: &str, megabytes: u32) -> TinyPool {
+        let mount = tempfile::tempdir().expect("tempdir");
+        let name = format!("t-{tag}-{}-tiny", std::process::id());
+        let run = |cmd: &mut Command| {
+            let o = cmd.output().expect("run");
+            assert!(
+                o.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(mount.path()));
+        let pool = TinyPool { name, mount };
+        run(Command::new("incus")
+            .args(["storage", "create", &pool.name, "dir"])
+            .arg(format!("source={}", pool.mount.path().display())));
+        pool
+    }
+}
+
+impl Drop for TinyPool {
+    fn drop(&mut self) {
+        let _ = incus(&["storage", "delete", &self.name]);
+        let _ = Command::new("umount").arg(self.mount.path()).output();
+    }
+}
