@@ -250,7 +250,7 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
     } else {
         super::plan::print(&shown);
     }
-    let conflicts = report.conflicts();
+    let conflicts = report.conflict_details();
     if !conflicts.is_empty() {
         return Err(atlas_install::engine::EngineError::Conflicts(conflicts).into());
     }

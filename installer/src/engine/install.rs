@@ -118,6 +118,10 @@ pub struct PlanReport {
     pub images: BTreeMap<String, String>,
     /// `(instance, where)` on a cluster (a member, or a cluster group); empty otherwise.
     pub placement: Vec<(String, String)>,
+    /// The install record will be written: what the plan installs is not what the project
+    /// records (an earlier run stopped before recording it, e.g. killed during its health
+    /// checks). One write, which plan counts like any other.
+    pub record_pending: bool,
     #[serde(skip)]
     inner: Option<Box<Inner>>,
 }
@@ -133,14 +137,23 @@ struct Inner {
 impl PlanReport {
     /// Whether `install` would write anything.
     pub fn has_changes(&self) -> bool {
-        self.plan.has_changes() || !self.to_start.is_empty() || !self.wiring.is_empty()
+        self.plan.has_changes()
+            || !self.to_start.is_empty()
+            || !self.wiring.is_empty()
+            || self.record_pending
     }
 
+    /// The addresses of the objects in the way (`network mgmt`).
     pub fn conflicts(&self) -> Vec<String> {
         self.plan
             .conflicts()
             .map(|a| a.address.to_string())
             .collect()
+    }
+
+    /// The same, each with whose it is and what to do: for [`EngineError::Conflicts`].
+    pub fn conflict_details(&self) -> Vec<String> {
+        self.plan.conflicts().map(|a| a.conflict_detail()).collect()
     }
 }
 
@@ -160,6 +173,16 @@ impl std::fmt::Display for PlanReport {
         }
         for (instance, place) in &self.placement {
             writeln!(f, "  @ {instance} on {place}")?;
+        }
+        if self.record_pending && !self.plan.has_changes() {
+            writeln!(
+                f,
+                "  ~ install record (the last run stopped before recording what it installed: written now)"
+            )?;
+            return writeln!(
+                f,
+                "Plan: the install record to write, nothing else changes."
+            );
         }
         write!(f, "{}", self.plan)
     }
@@ -449,6 +472,13 @@ impl Engine<'_> {
                 )
             })
             .collect();
+        let record_pending = observation.project_exists && {
+            let want = install_record(&desired);
+            super::record::parse_records(&cfg.incus.project, &observation.project_config)
+                .ok()
+                .and_then(|r| r.current)
+                .is_none_or(|have| !have.same_install(&want))
+        };
         Ok(PlanReport {
             project: cfg.incus.project.clone(),
             preflight: pre,
@@ -458,6 +488,7 @@ impl Engine<'_> {
             notes,
             images,
             placement: placement.describe(cfg),
+            record_pending,
             inner: Some(Box::new(Inner {
                 server,
                 observation,
@@ -567,7 +598,7 @@ impl Engine<'_> {
     /// Applies a plan from [`Engine::plan`]. Conflicts abort before any write.
     pub async fn apply(&self, report: &PlanReport) -> Result<ApplyReport, EngineError> {
         let w0 = self.client.writes();
-        let conflicts = report.conflicts();
+        let conflicts = report.conflict_details();
         if !conflicts.is_empty() {
             return Err(EngineError::Conflicts(conflicts));
         }
@@ -699,16 +730,7 @@ impl Engine<'_> {
             )
         }?;
         self.checkpoint("after-images")?;
-        let images: BTreeMap<String, super::desired::ImageChoice> = desired
-            .payloads
-            .iter()
-            .map(|(n, p)| (n.clone(), p.image.clone()))
-            .collect();
-        let record = super::record::InstallRecord::from_resources(
-            env!("CARGO_PKG_VERSION"),
-            &desired.resources,
-            &images,
-        );
+        let record = install_record(&desired);
         let upgrade = from.as_ref().map(|from| Upgrade {
             from: from.clone(),
             snap: super::upgrade::snapshot_name(from, &record),
@@ -791,7 +813,7 @@ impl Engine<'_> {
                                 }
                             }
                             (Change::Conflict, _) => {
-                                return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                                return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
                             }
                             _ => {}
                         }
@@ -984,7 +1006,7 @@ impl Engine<'_> {
                 Change::Create => converge::create(root, project, r).await?,
                 Change::Update => converge::update(root, project, r).await?,
                 Change::Conflict => {
-                    return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                    return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
                 }
                 _ => continue,
             }
@@ -1138,6 +1160,20 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
         }
     }
     owners
+}
+
+/// What an install of `desired` records (for upgrade and rollback).
+fn install_record(desired: &DesiredState) -> super::record::InstallRecord {
+    let images: BTreeMap<String, super::desired::ImageChoice> = desired
+        .payloads
+        .iter()
+        .map(|(n, p)| (n.clone(), p.image.clone()))
+        .collect();
+    super::record::InstallRecord::from_resources(
+        env!("CARGO_PKG_VERSION"),
+        &desired.resources,
+        &images,
+    )
 }
 
 fn outcome(n: usize) -> String {

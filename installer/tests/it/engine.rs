@@ -59,6 +59,8 @@ pub(crate) struct Env {
     foreign_networks: Vec<String>,
     /// With a Loki (a test image serving /ready on 3100) and the server wiring on.
     wiring: bool,
+    /// With the wiring on: the server keys and trust store as they were, put back first.
+    server: Option<crate::common::hermetic::ServerGuard>,
 }
 
 impl Env {
@@ -79,6 +81,7 @@ impl Env {
             dir: tempfile::tempdir().expect("tempdir"),
             foreign_networks: Vec::new(),
             wiring: false,
+            server: None,
         }
     }
 
@@ -87,6 +90,9 @@ impl Env {
     pub(crate) async fn with_wiring(c: &Client, n: u8) -> Env {
         let mut env = Env::new(c, n).await;
         env.wiring = true;
+        env.server = Some(crate::common::hermetic::ServerGuard::remember(
+            crate::wiring::SERVER_KEYS,
+        ));
         env
     }
 
@@ -215,6 +221,8 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // Before Loki goes: Incus would wait on a Loki that is gone.
+        drop(self.server.take());
         if std::env::var_os("T_ENG_KEEP").is_some() {
             eprintln!(
                 "T_ENG_KEEP: leaving project {} and networks {:?}",

@@ -449,7 +449,6 @@ async fn foreign_lock(c: &atlas_install::incus::Client, project: &str, age: u64)
 /// out. No lock record is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_run_at_a_time_per_project_and_a_killed_holder_does_not_wedge_it() {
-    use std::io::BufRead as _;
     let c = client_or_skip!();
     let _turn = crate::engine::STACKS.lock().await;
     if !crate::engine::have_busybox() {
@@ -461,28 +460,10 @@ async fn one_run_at_a_time_per_project_and_a_killed_holder_does_not_wedge_it() {
     env.project_with_images(&c, &cfg).await;
 
     // The holder: an install paused after its networks (ATLAS_TEST_PAUSE_AT).
-    let mut holder = KilledOnDrop(
-        env.atlas(&["install", "--yes"])
-            .env("ATLAS_TEST_PAUSE_AT", "after-networks")
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn the holder"),
-    );
+    let mut install = env.atlas(&["install", "--yes"]);
+    install.env("ATLAS_TEST_PAUSE_AT", "after-networks");
+    let mut holder = paused(install, "paused at after-networks");
     let holder = &mut holder.0;
-    let lines = std::io::BufReader::new(holder.stderr.take().expect("stderr"));
-    let mut seen = Vec::new();
-    for line in lines.lines() {
-        let line = line.expect("line");
-        seen.push(line.clone());
-        if line.contains("paused at after-networks") {
-            break;
-        }
-    }
-    assert!(
-        seen.iter().any(|l| l.contains("paused at")),
-        "the holder did not get to its pause: {seen:?}"
-    );
     let pid = holder.id();
     let record = lock_record(&c, &env.project)
         .await
@@ -603,4 +584,121 @@ async fn a_registry_install_into_a_pool_without_room_is_refused_before_any_chang
         "refused before pulling anything: {err}"
     );
     HostState::read().assert_same(&before, "an install refused for want of room");
+}
+
+/// A network of this install's name that atlas-install manages for another Atlas project
+/// (its `user.atlas.project` key): the refusal names that project and says to leave it, not
+/// to remove it (which would break that install); nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_of_another_atlas_install_is_named_as_that_install_s() {
+    let _c = client_or_skip!();
+    let _turn = crate::engine::STACKS.lock().await;
+    let s = Setup::new("ow");
+    let name = s.names.networks[4].1.clone();
+    let other = format!("t-other-{}", std::process::id());
+    let o = Command::new("incus")
+        .args(["network", "create", &name])
+        .arg(format!("ipv4.address={}", free_subnets(1)[0]))
+        .args([
+            "ipv4.nat=false",
+            "ipv6.address=none",
+            "user.atlas.managed=true",
+        ])
+        .arg(format!("user.atlas.project={other}"))
+        .output()
+        .expect("incus");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = HostState::read();
+    let o = s.atlas(&[
+        "install",
+        "--yes",
+        "--ignore-preflight",
+        "--existing-images",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "network {name} (atlas-install manages it for the Atlas project {other}, whose install uses it: leave it"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("remove it") && !err.contains("Rename or remove"),
+        "no advice to remove another install's network: {err}"
+    );
+    HostState::read().assert_same(&before, "a refused install (another install's network)");
+}
+
+/// Spawns `cmd` and reads its stderr until a line holds `marker`: the process is then paused
+/// there (ATLAS_TEST_PAUSE_AT). Killed on drop.
+fn paused(mut cmd: Command, marker: &str) -> KilledOnDrop {
+    use std::io::BufRead as _;
+    let mut child = KilledOnDrop(
+        cmd.stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    let lines = std::io::BufReader::new(child.0.stderr.take().expect("stderr"));
+    let mut seen = Vec::new();
+    for line in lines.lines() {
+        let line = line.expect("line");
+        let found = line.contains(marker);
+        seen.push(line);
+        if found {
+            return child;
+        }
+    }
+    panic!("never got to {marker:?}: {seen:?}");
+}
+
+/// Killed during its health checks, a run has changed everything but the install record. The
+/// re-run's plan says so (`plan --detailed-exitcode` 2, the record to write), and the re-run
+/// makes exactly that one write; then the plan is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_during_health_checks_the_plan_and_the_writes_agree() {
+    let c = client_or_skip!();
+    let _turn = crate::engine::STACKS.lock().await;
+    if !crate::engine::have_busybox() {
+        return;
+    }
+    let env = crate::engine::Env::new(&c, 9).await;
+    let cfg = env.config("");
+    env.project_with_images(&c, &cfg).await;
+    let mut install = env.atlas(&["install", "--yes"]);
+    install.env("ATLAS_TEST_PAUSE_AT", "after-wiring");
+    drop(paused(install, "paused at after-wiring"));
+
+    let o = env
+        .atlas(&["plan", "--detailed-exitcode"])
+        .output()
+        .expect("plan");
+    let shown = crate::common::stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{shown}{}", stderr(&o));
+    assert!(shown.contains("~ install record"), "{shown}");
+    // A change to confirm, like any other.
+    let o = env
+        .atlas(&["install", "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("install");
+    assert!(
+        !o.status.success() && stderr(&o).contains("pass --yes"),
+        "{}",
+        stderr(&o)
+    );
+    let o = env
+        .atlas(&["install", "--json", "--yes"])
+        .output()
+        .expect("install");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("install --json");
+    assert_eq!(v["writes"], 1, "the record, and nothing else: {v}");
+    assert_eq!(v["report"]["record_pending"], true, "{v}");
+    let o = env
+        .atlas(&["plan", "--detailed-exitcode"])
+        .output()
+        .expect("plan");
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stdout(&o));
 }

@@ -257,39 +257,132 @@ impl AtlasNames {
     }
 }
 
-/// A `dir` storage pool on a tmpfs of `megabytes`: a pool without room. Pool and mount go on
-/// drop.
+/// A tmpfs of `megabytes` mounted on a fresh directory: a full disk on demand. Unmounted
+/// on drop.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(megabytes: u32) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            o.status.success(),
+            "mount a tmpfs: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).output();
+    }
+}
+
+/// A `dir` storage pool on a tmpfs of `megabytes`: a pool without room. The pool goes on
+/// drop, then the mount.
 pub struct TinyPool {
     pub name: String,
-    mount: tempfile::TempDir,
+    _mount: Tmpfs,
 }
 
 impl TinyPool {
     pub fn create(tag: &str, megabytes: u32) -> TinyPool {
-        let mount = tempfile::tempdir().expect("tempdir");
+        let mount = Tmpfs::mount(megabytes);
         let name = format!("t-{tag}-{}-tiny", std::process::id());
-        let run = |cmd: &mut Command| {
-            let o = cmd.output().expect("run");
-            assert!(
-                o.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(mount.path()));
-        let pool = TinyPool { name, mount };
-        run(Command::new("incus")
-            .args(["storage", "create", &pool.name, "dir"])
-            .arg(format!("source={}", pool.mount.path().display())));
-        pool
+        let o = incus(&[
+            "storage",
+            "create",
+            &name,
+            "dir",
+            &format!("source={}", mount.path().display()),
+        ]);
+        assert!(
+            o.status.success(),
+            "create pool {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        TinyPool {
+            name,
+            _mount: mount,
+        }
     }
 }
 
 impl Drop for TinyPool {
     fn drop(&mut self) {
         let _ = incus(&["storage", "delete", &self.name]);
-        let _ = Command::new("umount").arg(self.mount.path()).output();
+    }
+}
+
+/// Server-wide settings a test may change (wiring keys, trusted certificates), put back as
+/// they were on drop, on panic too: the server config and trust store are everyone's.
+pub struct ServerGuard {
+    /// Each key with its value before (`None`: unset).
+    keys: Vec<(String, Option<String>)>,
+    certificates: BTreeSet<String>,
+}
+
+fn server_state() -> (serde_json::Value, BTreeSet<String>) {
+    let server = incus(&["query", "/1.0"]);
+    let server: serde_json::Value = serde_json::from_slice(&server.stdout).unwrap_or_default();
+    let certs = incus(&["query", "/1.0/certificates?recursion=1"]);
+    let certs: serde_json::Value = serde_json::from_slice(&certs.stdout).unwrap_or_default();
+    let fps = certs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["fingerprint"].as_str().map(str::to_string))
+        .collect();
+    (server["config"].clone(), fps)
+}
+
+impl ServerGuard {
+    /// Remembers `keys` of the server config and the trusted certificates now.
+    pub fn remember(keys: &[&str]) -> ServerGuard {
+        let (config, certificates) = server_state();
+        ServerGuard {
+            keys: keys
+                .iter()
+                .map(|k| (k.to_string(), config[k].as_str().map(str::to_string)))
+                .collect(),
+            certificates,
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let (config, certificates) = server_state();
+        for (k, before) in &self.keys {
+            let now = config[k.as_str()].as_str().map(str::to_string);
+            if now == *before {
+                continue;
+            }
+            let o = match before {
+                Some(v) => incus(&["config", "set", k, v]),
+                None => incus(&["config", "unset", k]),
+            };
+            if !o.status.success() {
+                eprintln!(
+                    "cleanup: server key {k} not restored: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        for fp in certificates.difference(&self.certificates) {
+            let _ = incus(&["config", "trust", "remove", fp]);
+        }
     }
 }
