@@ -4,7 +4,8 @@
 //! Debian binaries), deploys it on the real incusd, and the services work together.
 //!
 //! Network: the test talks to 127.0.0.1 (registry, proxy devices) and to the bridges it
-//! creates itself; nothing else.
+//! creates itself (its five networks and its own external bridge, on ranges nothing on the
+//! host uses: `common::hermetic`); nothing else. So it runs beside the README demo.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
@@ -20,13 +21,6 @@ const REGISTRY: &str = "127.0.0.1:5000";
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
-const ROLES: [(&str, &str); 5] = [
-    ("development", "dev"),
-    ("testing", "tst"),
-    ("staging", "stg"),
-    ("production", "prd"),
-    ("management", "mgt"),
-];
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -59,8 +53,8 @@ pub(crate) fn fixtures_ready() -> bool {
 struct Stack {
     project: String,
     nets: Vec<String>,
-    /// Third octet of the first of five consecutive 10.23x.y.0/24 ranges.
-    base: (u8, u8),
+    /// Its project, bridges, ranges and external bridge.
+    names: crate::common::hermetic::AtlasNames,
     https_port: u16,
     http_port: u16,
     mqtt_port: u16,
@@ -71,31 +65,11 @@ struct Stack {
 impl Stack {
     /// `tag` keeps two tests of one process apart (project, bridges, ranges).
     async fn new(client: Client, tag: char) -> Stack {
-        let pid = std::process::id();
-        let taken: Vec<String> = client
-            .networks()
-            .await
-            .expect("networks")
-            .iter()
-            .filter_map(|n| n.config.get("ipv4.address").cloned())
-            .collect();
-        let second = 230 + (pid % 5) as u8;
-        let third = (0..40u8)
-            .map(|k| k * 5)
-            .find(|y| {
-                (0..5).all(|i| {
-                    let prefix = format!("10.{second}.{}.", y + i);
-                    !taken.iter().any(|t| t.starts_with(&prefix))
-                })
-            })
-            .expect("a free 10.23x range");
+        let names = crate::common::hermetic::AtlasNames::new(&format!("ts{tag}"));
         Stack {
-            project: format!("t-stack-{pid}-{tag}"),
-            nets: ROLES
-                .iter()
-                .map(|(_, r)| format!("ts{}{tag}{r}", pid % 10000))
-                .collect(),
-            base: (second, third),
+            project: names.project.clone(),
+            nets: names.bridge_names(),
+            names,
             https_port: free_port(),
             http_port: free_port(),
             mqtt_port: free_port(),
@@ -105,9 +79,8 @@ impl Stack {
     }
 
     fn config(&self, allowed: &str) -> PathBuf {
-        let (second, third) = self.base;
         let mut t = format!(
-            "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"incusbr0\"\n\n\
+            "{}\n\
              [caddy]\nhttp_port = {}\nhttps_port = {}\nlisten_address = \"127.0.0.1\"\n\
              # Debian's Caddy 2.6 has neither the PROXY protocol wrapper nor the rate-limit plugin.\n\
              proxy_protocol = false\n\n[caddy.rate_limit]\nenabled = false\n\n\
@@ -118,15 +91,12 @@ impl Stack {
              [integrations]\nincus_loki = false\nincus_metrics = false\n\n\
              [images]\ndownload_mirror = \"{DOWNLOADS}\"\n\n\
              [instances.grafana01.web]\nallowed_ip_range = [{allowed}]\n",
-            self.project, self.http_port, self.https_port, self.mqtt_port
+            self.names.incus_toml(),
+            self.http_port,
+            self.https_port,
+            self.mqtt_port
         );
-        for (i, (role, _)) in ROLES.iter().enumerate() {
-            t += &format!(
-                "\n[networks.{role}]\nname = \"{}\"\nipv4 = \"10.{second}.{}.1/24\"\n",
-                self.nets[i],
-                third + i as u8
-            );
-        }
+        t += &self.names.networks_toml();
         let path = self.dir.path().join("atlas.toml");
         std::fs::write(&path, t).expect("config");
         path
@@ -244,9 +214,7 @@ impl Drop for Cleanup<'_> {
             eprintln!("cleanup: destroy failed: {}", stderr(&o));
         }
         for n in &self.0.nets {
-            let _ = Command::new("incus")
-                .args(["network", "delete", n])
-                .output();
+            crate::common::hermetic::delete_network(n);
         }
     }
 }

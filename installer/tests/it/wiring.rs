@@ -912,9 +912,10 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
     let pc = c.in_project(&project);
     let pid = std::process::id();
     let bridge = format!("t-wir-br{}", pid % 10000);
-    let third = 10 + pid % 240;
-    let gateway = Ipv4Addr::new(10, 245, third as u8, 1);
-    let address = Ipv4Addr::new(10, 245, third as u8, 10);
+    // A range nothing on the host uses (routes, addresses, Incus networks).
+    let net = crate::common::hermetic::free_subnets(1)[0];
+    let gateway = net.addr();
+    let address = Ipv4Addr::from(u32::from(net.network()) + 10);
     g.networks.push(bridge.clone());
     c.create_network(&Network::bridge(
         &bridge,
