@@ -22,7 +22,7 @@ use atlas_install::render::{Credentials, MqttCredential};
 
 use crate::common::client_or_skip;
 use crate::common::hermetic::AtlasNames;
-use crate::common::{atlas, require_all, stderr, stdout};
+use crate::common::{atlas, free_port, require_all, stderr, stdout};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
@@ -35,14 +35,6 @@ pub(crate) const SERVICES: [(&str, &[u16]); 3] = [
 /// The tests take turns: the shared incusd of this machine times out state changes when
 /// several stacks churn at once, and races bridge creation against bridge deletion.
 pub(crate) static STACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// One test's names, ranges, ports and files.
 pub(crate) struct Env {

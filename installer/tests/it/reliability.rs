@@ -3,22 +3,13 @@
 //! waited for) before the first write, with a message that says what and how to fix it, and
 //! the host's Incus is left exactly as it was (`HostState`).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use ipnet::Ipv4Net;
 
 use crate::common::hermetic::{AtlasNames, HostState, free_subnets};
-use crate::common::{atlas, client_or_skip, stderr};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use crate::common::{atlas, client_or_skip, free_port, stderr};
 
 /// One test's install: its own names, ranges and external bridge, a config file using them,
 /// and a guard that removes whatever the test made (destroy, then the bridges), on panic too.
@@ -70,6 +61,19 @@ impl Setup {
         let o = self.command(args).output().expect("run atlas-install");
         eprintln!("atlas-install {}: {}", args.join(" "), o.status);
         o
+    }
+
+    /// `install` (host size and images aside) that must be refused: its stderr.
+    fn refused_install(&self) -> String {
+        let o = self.atlas(&[
+            "install",
+            "--yes",
+            "--ignore-preflight",
+            "--existing-images",
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        err
     }
 }
 
@@ -146,14 +150,7 @@ async fn ranges_routed_on_host_interfaces_are_refused_before_any_change() {
     let link = HostLink::create(&format!("trr{}", std::process::id() % 100_000), taken);
     s.names.networks[2].2 = gateway(taken);
     s.write("");
-    let o = s.atlas(&[
-        "install",
-        "--yes",
-        "--ignore-preflight",
-        "--existing-images",
-    ]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = s.refused_install();
     assert!(
         err.contains(&format!("host route {} on {}", taken.trunc(), link.0))
             && err.contains("networks.staging.ipv4")
@@ -166,14 +163,7 @@ async fn ranges_routed_on_host_interfaces_are_refused_before_any_change() {
     if let Some((iface, subnet)) = uplink_subnet() {
         s.names.networks[2].2 = gateway(subnet);
         s.write("");
-        let o = s.atlas(&[
-            "install",
-            "--yes",
-            "--ignore-preflight",
-            "--existing-images",
-        ]);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{err}");
+        let err = s.refused_install();
         assert!(
             err.contains(&format!("host route {subnet} on {iface}")),
             "{err}"
@@ -609,14 +599,7 @@ async fn a_network_of_another_atlas_install_is_named_as_that_install_s() {
         .expect("incus");
     assert!(o.status.success(), "{}", stderr(&o));
     let before = HostState::read();
-    let o = s.atlas(&[
-        "install",
-        "--yes",
-        "--ignore-preflight",
-        "--existing-images",
-    ]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = s.refused_install();
     assert!(
         err.contains(&format!(
             "network {name} (atlas-install manages it for the Atlas project {other}, whose install uses it: leave it"

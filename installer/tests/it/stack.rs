@@ -7,7 +7,7 @@
 //! creates itself (its five networks and its own external bridge, on ranges nothing on the
 //! host uses: `common::hermetic`); nothing else. So it runs beside the README demo.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -15,20 +15,12 @@ use std::time::{Duration, Instant};
 use atlas_install::incus::{Client, FileMeta, OptionalExt, StateAction};
 use serde_json::Value;
 
-use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
+use crate::common::{atlas, client_or_skip, free_port, have_tool, require_all, stderr, stdout};
 
 const REGISTRY: &str = "127.0.0.1:5000";
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// The fixture images are in the local registry (run-tests.sh builds them first).
 pub(crate) fn fixtures_ready() -> bool {
