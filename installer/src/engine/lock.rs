@@ -350,15 +350,6 @@ impl Drop for ProjectLock {
     }
 }
 
-/// Who holds the lock of `project` now (a stale record included, as it is), for `status`.
-pub async fn holder(client: &Client, project: &str) -> Result<Option<LockRecord>, IncusError> {
-    let p = client.in_project("default").get_project("default").await?;
-    Ok(p.value
-        .config
-        .get(&lock_key(project))
-        .and_then(|v| serde_json::from_str(v).ok()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
