@@ -56,6 +56,12 @@ pub struct GlobalArgs {
     /// Answer yes to confirmation prompts (needed when stdin is not a terminal).
     #[arg(long, short = 'y', global = true)]
     pub yes: bool,
+
+    /// Commands that change the project (install, upgrade, rollback, destroy, backup
+    /// snapshot|export|restore) take its lock, held in Incus; another run holding it makes
+    /// them wait this many seconds for it, then refuse naming the holder (0: refuse at once).
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -177,6 +177,14 @@ pub(crate) fn read_head_bytes<'a, R: Read>(
     let manifest = take(MANIFEST)?;
     let sum = take(MANIFEST_SUM)?;
     let m = BundleManifest::parse(path, &manifest, &sum)?;
+    // A name listed twice would pass the in-order check twice and then collide on disk.
+    let mut seen = BTreeSet::new();
+    if let Some(twice) = m.members.iter().find(|x| !seen.insert(x.name.as_str())) {
+        return Err(BundleError::Duplicate {
+            path: path.to_owned(),
+            name: twice.name.clone(),
+        });
+    }
     for required in [BINARY, LOCK, CONFIG, OCI_LAYOUT, OCI_INDEX] {
         if m.member(required).is_none() {
             return Err(BundleError::ManifestInvalid {
@@ -287,7 +295,8 @@ struct Pass<'m> {
     extract_to: Option<PathBuf>,
     /// Small members kept for the reference check (index.json, lock, config, manifests).
     kept: BTreeMap<String, Vec<u8>>,
-    blobs: BTreeSet<String>,
+    /// Blob members and their sizes, for the reference check.
+    blobs: BTreeMap<String, u64>,
 }
 
 impl<'m> Pass<'m> {
@@ -298,7 +307,7 @@ impl<'m> Pass<'m> {
             next: 0,
             extract_to: extract_to.map(Path::to_path_buf),
             kept: BTreeMap::new(),
-            blobs: BTreeSet::new(),
+            blobs: BTreeMap::new(),
         }
     }
 
@@ -361,7 +370,7 @@ impl<'m> Pass<'m> {
             error: source,
         })?;
         if blob_hex(name).is_some() {
-            self.blobs.insert(name.to_owned());
+            self.blobs.insert(name.to_owned(), size);
         }
         if keep {
             self.kept.insert(name.to_owned(), kept);
@@ -488,17 +497,18 @@ impl<'m> Pass<'m> {
     }
 }
 
-/// Every image's manifest, config and layers are present, and every blob is used by one.
+/// Every image's manifest, config and layers are present with the size their descriptor
+/// states, and every blob is used by one.
 fn check_references(
     path: &Path,
     index: &ImageIndex,
     kept: &BTreeMap<String, Vec<u8>>,
-    blobs: &BTreeSet<String>,
+    blobs: &BTreeMap<String, u64>,
 ) -> Result<(), BundleError> {
     let mut used = BTreeSet::new();
     for d in &index.manifests {
         let by = format!("index.json ({})", d.ref_name().unwrap_or("untagged image"));
-        let name = need_blob(path, blobs, &d.digest, &by)?;
+        let name = need_blob(path, blobs, d, &by)?;
         used.insert(name.clone());
         let bytes = kept.get(&name).map(Vec::as_slice).unwrap_or_default();
         let what = format!("image manifest {name}");
@@ -519,10 +529,10 @@ fn check_references(
             };
         let by = format!("the image {}", d.ref_name().unwrap_or(&name));
         for blob in std::iter::once(&m.config).chain(&m.layers) {
-            used.insert(need_blob(path, blobs, &blob.digest, &by)?);
+            used.insert(need_blob(path, blobs, blob, &by)?);
         }
     }
-    match blobs.difference(&used).next() {
+    match blobs.keys().find(|b| !used.contains(*b)) {
         Some(name) => Err(BundleError::Unreferenced {
             path: path.to_owned(),
             name: name.clone(),
@@ -531,21 +541,31 @@ fn check_references(
     }
 }
 
+/// The member `d` points at, which must hold exactly the bytes `d` says: a descriptor with
+/// another size (even with its digest right) makes every reader of the image fail later.
 fn need_blob(
     path: &Path,
-    blobs: &BTreeSet<String>,
-    digest: &Digest,
+    blobs: &BTreeMap<String, u64>,
+    d: &atlas_image::manifest::Descriptor,
     by: &str,
 ) -> Result<String, BundleError> {
-    let name = format!("blobs/sha256/{}", digest.hex());
-    if blobs.contains(&name) {
-        return Ok(name);
+    let name = format!("blobs/sha256/{}", d.digest.hex());
+    match blobs.get(&name) {
+        Some(&size) if size == d.size => Ok(name),
+        Some(&size) => Err(BundleError::BadMember {
+            path: path.to_owned(),
+            name,
+            reason: format!(
+                "{by} describes it as {} bytes, but it holds {size}: the image's descriptor is wrong, fetch or build the bundle again",
+                d.size
+            ),
+        }),
+        None => Err(BundleError::MissingBlob {
+            path: path.to_owned(),
+            digest: d.digest.clone(),
+            by: by.to_owned(),
+        }),
     }
-    Err(BundleError::MissingBlob {
-        path: path.to_owned(),
-        digest: digest.clone(),
-        by: by.to_owned(),
-    })
 }
 
 /// Copies `r` into `w` (and `keep`), hashing; returns the digest and byte count.

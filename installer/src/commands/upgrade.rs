@@ -22,6 +22,7 @@ pub fn run(global: &GlobalArgs, args: &UpgradeArgs) -> Result<ExitCode> {
 
 pub fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Result<ExitCode> {
     let ctx = Ctx::new(global)?;
+    let _lock = ctx.lock(global, "rollback")?;
     if !confirm(
         global,
         "return every service changed by the last upgrade to its previous image, files and data",

@@ -216,6 +216,7 @@ impl Config {
                 storage_pool: "local".to_string(),
                 external_network: "incusbr0".to_string(),
                 remote: None,
+                request_timeout: 60,
             },
             networks,
             instances,

@@ -50,6 +50,10 @@ pub struct IncusConfig {
     pub external_network: String,
     /// A remote Incus over HTTPS instead of the local socket.
     pub remote: Option<IncusRemote>,
+    /// Seconds one Incus API request may take before atlas-install gives up and says which
+    /// daemon did not answer what. Long work (image uploads, operations, exec) has its own
+    /// limits.
+    pub request_timeout: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -89,6 +89,8 @@ pub(crate) struct RawIncus {
     pub external_network: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RawRemote>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<u64>,
 }
 
 /// All four keys are needed to talk to a remote Incus safely, so none is optional.
@@ -115,6 +117,9 @@ impl RawIncus {
         if let Some(v) = self.external_network {
             m.external_network = v;
         }
+        if let Some(v) = self.request_timeout {
+            m.request_timeout = v;
+        }
         if let Some(r) = self.remote {
             m.remote = Some(IncusRemote {
                 url: r.url,
@@ -137,6 +142,7 @@ impl RawIncus {
                 client_key: r.client_key.clone(),
                 server_fingerprint: r.server_fingerprint.clone(),
             }),
+            request_timeout: Some(m.request_timeout),
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct Options {
     /// Builds or takes every enabled service's image and points its alias at it. Without
     /// one, the aliases must already exist in the project (images imported beforehand).
     pub supply: Option<crate::supply::ImageSupply>,
+    /// Ask the supply's registries (manifests only) how large the images are, so preflight
+    /// can check the pool has room for them. `install` does; `plan` reads Incus only.
+    pub image_room: bool,
 }
 
 impl Default for Options {
@@ -81,6 +84,7 @@ impl Default for Options {
             rotate_secrets: false,
             health_timeout: Duration::from_secs(300),
             supply: None,
+            image_room: false,
         }
     }
 }
@@ -114,6 +118,10 @@ pub struct PlanReport {
     pub images: BTreeMap<String, String>,
     /// `(instance, where)` on a cluster (a member, or a cluster group); empty otherwise.
     pub placement: Vec<(String, String)>,
+    /// The install record will be written: what the plan installs is not what the project
+    /// records (an earlier run stopped before recording it, e.g. killed during its health
+    /// checks). One write, which plan counts like any other.
+    pub record_pending: bool,
     #[serde(skip)]
     inner: Option<Box<Inner>>,
 }
@@ -129,14 +137,23 @@ struct Inner {
 impl PlanReport {
     /// Whether `install` would write anything.
     pub fn has_changes(&self) -> bool {
-        self.plan.has_changes() || !self.to_start.is_empty() || !self.wiring.is_empty()
+        self.plan.has_changes()
+            || !self.to_start.is_empty()
+            || !self.wiring.is_empty()
+            || self.record_pending
     }
 
+    /// The addresses of the objects in the way (`network mgmt`).
     pub fn conflicts(&self) -> Vec<String> {
         self.plan
             .conflicts()
             .map(|a| a.address.to_string())
             .collect()
+    }
+
+    /// The same, each with whose it is and what to do: for [`EngineError::Conflicts`].
+    pub fn conflict_details(&self) -> Vec<String> {
+        self.plan.conflicts().map(|a| a.conflict_detail()).collect()
     }
 }
 
@@ -156,6 +173,16 @@ impl std::fmt::Display for PlanReport {
         }
         for (instance, place) in &self.placement {
             writeln!(f, "  @ {instance} on {place}")?;
+        }
+        if self.record_pending && !self.plan.has_changes() {
+            writeln!(
+                f,
+                "  ~ install record (the last run stopped before recording what it installed: written now)"
+            )?;
+            return writeln!(
+                f,
+                "Plan: the install record to write, nothing else changes."
+            );
         }
         write!(f, "{}", self.plan)
     }
@@ -264,7 +291,123 @@ impl Engine<'_> {
             Ok(r) => task.finish(r.plan.to_string().lines().last().unwrap_or_default()),
             Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
         }
-        out
+        let mut report = out?;
+        self.check_room(&mut report).await?;
+        Ok(report)
+    }
+
+    /// The pool's room for what the plan creates (see [`preflight::capacity`]): too little
+    /// for the images is refused here, before the first write, whatever the host size.
+    async fn check_room(&self, report: &mut PlanReport) -> Result<(), EngineError> {
+        let pre = &report.preflight;
+        if pre.pool_driver.is_empty() {
+            return Ok(());
+        }
+        let task = self.progress.task("pool room", None);
+        let need = self.pool_need(report).await;
+        let (problems, warnings) = preflight::capacity(
+            &need,
+            &self.config.incus.storage_pool,
+            pre.pool_free_bytes,
+            pre.pool_thick,
+        );
+        if !problems.is_empty() {
+            task.fail("not enough");
+            return Err(EngineError::Preflight(problems));
+        }
+        let images: u64 = need.images.iter().map(|(_, b)| b).sum();
+        task.finish(&format!(
+            "{} image(s), at least {:.2}GB, of {:.2}GB free",
+            need.images.len(),
+            images as f64 / 1e9,
+            report.preflight.pool_free_bytes as f64 / 1e9
+        ));
+        for w in warnings {
+            self.progress.warn(&w);
+            report.preflight.warnings.push(w);
+        }
+        Ok(())
+    }
+
+    /// What the plan puts into the pool: an unpacked image per instance created (per image
+    /// on a copy-on-write pool), and the volumes created.
+    async fn pool_need(&self, report: &PlanReport) -> preflight::PoolNeed {
+        let per_image = report.preflight.pool_driver != "dir";
+        let mut need = preflight::PoolNeed::default();
+        let mut sizes: BTreeMap<String, Option<Result<u64, String>>> = BTreeMap::new();
+        for a in report
+            .plan
+            .actions
+            .iter()
+            .filter(|a| a.change == Change::Create)
+        {
+            match a.address.kind {
+                ResourceKind::Instance => {
+                    let Some(inst) = self.config.instances.get(&a.address.name) else {
+                        continue;
+                    };
+                    let service = inst.service.as_str().to_string();
+                    if per_image && sizes.contains_key(&service) {
+                        continue;
+                    }
+                    if !sizes.contains_key(&service) {
+                        let got = self.image_bytes(&service).await;
+                        sizes.insert(service.clone(), got);
+                    }
+                    match &sizes[&service] {
+                        Some(Ok(b)) => need
+                            .images
+                            .push((format!("the image of {}", a.address.name), *b)),
+                        Some(Err(why)) if !need.unknown.iter().any(|u| u.contains(&service)) => {
+                            need.unknown.push(format!("the image of {service} ({why})"))
+                        }
+                        _ => {}
+                    }
+                }
+                ResourceKind::Volume => {
+                    let size = a
+                        .resource
+                        .as_ref()
+                        .and_then(|r| r.body["config"]["size"].as_str())
+                        .and_then(|s| crate::config::Size::parse(s).ok());
+                    if let Some(s) = size {
+                        need.volumes.push((a.address.name.clone(), s.bytes));
+                    }
+                }
+                _ => {}
+            }
+        }
+        need
+    }
+
+    /// A lower bound of the bytes `service`'s image takes in the pool: from the supply
+    /// (registry or layout manifests), or the image already under its alias. `None`: not
+    /// asked (a plan does not ask registries).
+    async fn image_bytes(&self, service: &str) -> Option<Result<u64, String>> {
+        match &self.options.supply {
+            Some(supply) if self.options.image_room => {
+                Some(supply.image_bytes(service).await.map_err(|e| e.to_string()))
+            }
+            Some(_) => None,
+            None => {
+                let project = self.project();
+                let alias = state::image_alias(self.config, service);
+                let got = async {
+                    let a = project.get_image_alias(&alias).await.optional()?;
+                    match a {
+                        Some(a) => Ok(Some(project.get_image(&a.value.target).await?.value.size)),
+                        None => Ok(None),
+                    }
+                }
+                .await;
+                match got {
+                    Ok(Some(b)) => Some(Ok(b)),
+                    // A missing alias is reported by the plan itself.
+                    Ok(None) => None,
+                    Err(e) => Some(Err(IncusError::to_string(&e))),
+                }
+            }
+        }
     }
 
     async fn compute(
@@ -329,6 +472,13 @@ impl Engine<'_> {
                 )
             })
             .collect();
+        let record_pending = observation.project_exists && {
+            let want = install_record(&desired);
+            super::record::parse_records(&cfg.incus.project, &observation.project_config)
+                .ok()
+                .and_then(|r| r.current)
+                .is_none_or(|have| !have.same_install(&want))
+        };
         Ok(PlanReport {
             project: cfg.incus.project.clone(),
             preflight: pre,
@@ -338,6 +488,7 @@ impl Engine<'_> {
             notes,
             images,
             placement: placement.describe(cfg),
+            record_pending,
             inner: Some(Box::new(Inner {
                 server,
                 observation,
@@ -447,7 +598,7 @@ impl Engine<'_> {
     /// Applies a plan from [`Engine::plan`]. Conflicts abort before any write.
     pub async fn apply(&self, report: &PlanReport) -> Result<ApplyReport, EngineError> {
         let w0 = self.client.writes();
-        let conflicts = report.conflicts();
+        let conflicts = report.conflict_details();
         if !conflicts.is_empty() {
             return Err(EngineError::Conflicts(conflicts));
         }
@@ -579,16 +730,7 @@ impl Engine<'_> {
             )
         }?;
         self.checkpoint("after-images")?;
-        let images: BTreeMap<String, super::desired::ImageChoice> = desired
-            .payloads
-            .iter()
-            .map(|(n, p)| (n.clone(), p.image.clone()))
-            .collect();
-        let record = super::record::InstallRecord::from_resources(
-            env!("CARGO_PKG_VERSION"),
-            &desired.resources,
-            &images,
-        );
+        let record = install_record(&desired);
         let upgrade = from.as_ref().map(|from| Upgrade {
             from: from.clone(),
             snap: super::upgrade::snapshot_name(from, &record),
@@ -671,7 +813,7 @@ impl Engine<'_> {
                                 }
                             }
                             (Change::Conflict, _) => {
-                                return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                                return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
                             }
                             _ => {}
                         }
@@ -864,7 +1006,7 @@ impl Engine<'_> {
                 Change::Create => converge::create(root, project, r).await?,
                 Change::Update => converge::update(root, project, r).await?,
                 Change::Conflict => {
-                    return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                    return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
                 }
                 _ => continue,
             }
@@ -893,10 +1035,8 @@ impl Engine<'_> {
             })
             .collect();
         for id in running {
-            let path = format!("/1.0/operations/{id}/wait");
-            let wait = project.get_path::<serde_json::Value>(&path, true);
             // The operation's own outcome does not matter here, only that it is over.
-            let _ = tokio::time::timeout(Duration::from_secs(120), wait).await;
+            let _ = tokio::time::timeout(Duration::from_secs(120), project.wait(&id)).await;
         }
         Ok(())
     }
@@ -1020,6 +1160,20 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
         }
     }
     owners
+}
+
+/// What an install of `desired` records (for upgrade and rollback).
+fn install_record(desired: &DesiredState) -> super::record::InstallRecord {
+    let images: BTreeMap<String, super::desired::ImageChoice> = desired
+        .payloads
+        .iter()
+        .map(|(n, p)| (n.clone(), p.image.clone()))
+        .collect();
+    super::record::InstallRecord::from_resources(
+        env!("CARGO_PKG_VERSION"),
+        &desired.resources,
+        &images,
+    )
 }
 
 fn outcome(n: usize) -> String {

@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod health;
 pub mod install;
 pub mod instances;
+pub mod lock;
 pub mod netfile;
 pub mod plan;
 pub mod preflight;
@@ -47,9 +48,9 @@ pub async fn ensure_project(client: &Client, config: &Config) -> Result<(), Engi
     match p.actions.first().map(|a| &a.change) {
         Some(plan::Change::Create) => converge::create(&root, &root, &want).await,
         Some(plan::Change::Update) => converge::update(&root, &root, &want).await,
-        Some(plan::Change::Conflict) => {
-            Err(EngineError::Conflicts(vec![want.address().to_string()]))
-        }
+        Some(plan::Change::Conflict) => Err(EngineError::Conflicts(vec![plan::unmanaged(
+            &want.address(),
+        )])),
         _ => Ok(()),
     }
 }

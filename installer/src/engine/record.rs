@@ -179,7 +179,11 @@ pub async fn write(
     })
 }
 
-fn parse_records(project: &str, config: &BTreeMap<String, String>) -> Result<Records, RecordError> {
+/// The records in a project's config (as [`read`] gets it).
+pub fn parse_records(
+    project: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<Records, RecordError> {
     Ok(Records {
         current: parse_key(project, config, KEY_RECORD)?,
         previous: parse_key(project, config, KEY_PREVIOUS)?,

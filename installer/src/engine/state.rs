@@ -365,11 +365,12 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
             }
             continue;
         }
-        let mine = n.config.get(KEY_PROJECT).is_some_and(|p| p == pname);
-        let o = if mine {
-            classify(&n.config, None)
-        } else {
-            Observed::Foreign
+        let o = match n.config.get(KEY_PROJECT) {
+            Some(p) if p == pname => classify(&n.config, None),
+            Some(p) if matches!(classify(&n.config, None), Observed::Owned { .. }) => {
+                Observed::OtherProject { project: p.clone() }
+            }
+            _ => Observed::Foreign,
         };
         let a = addr(ResourceKind::Network, &n.name, None);
         if matches!(o, Observed::Owned { .. }) {

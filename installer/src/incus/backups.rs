@@ -78,7 +78,8 @@ impl Client {
             &[pool, "volumes", "custom", volume, "backups", name, "export"],
         )
         .scope(Scope::Project)
-        .targeted();
+        .targeted()
+        .deadline(super::client::Deadline::Head);
         let (resp, method, path) = self.send_streaming(req).await?;
         let length = resp.content_length();
         let endpoint = self.endpoint();

@@ -110,12 +110,10 @@ impl Client {
         let (resp, method, path) = self.send_raw(req).await?;
         let headers = resp.headers().clone();
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| IncusError::Transport {
-            endpoint: self.endpoint(),
-            method: method.clone(),
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.read_error(&e, &method, &path))?;
         if status >= 400 {
             let env = super::client::decode_envelope(status, &bytes, &method, &path)?;
             return Err(super::error::classify(

@@ -246,6 +246,96 @@ fn flipped_bundle(dir: &Path) -> (PathBuf, String) {
     (bad, name_of(&e[i]))
 }
 
+/// A small bundle whose image `one` says its layer is one byte longer than it is, with
+/// everything else made consistent again (the manifest blob renamed to its new digest,
+/// index.json and atlas-bundle.json re-digested): what a buggy or forging builder writes.
+/// Returns the file and the layer's member name.
+fn resized_descriptor_bundle(dir: &Path) -> (PathBuf, String) {
+    let mut e = read_entries(&small_bundle(dir));
+    let at = |e: &[Entry], name: &str| e.iter().position(|x| name_of(x) == name).unwrap();
+    let ii = at(&e, "index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&e[ii].data).unwrap();
+    let old_hex = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_string();
+    let old_name = format!("blobs/sha256/{old_hex}");
+    let mi = at(&e, &old_name);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&e[mi].data).unwrap();
+    let layer = format!(
+        "blobs/sha256/{}",
+        &manifest["layers"][0]["digest"].as_str().unwrap()[7..]
+    );
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    manifest["layers"][0]["size"] = (size + 1).into();
+    e[mi].data = serde_json::to_vec(&manifest).unwrap();
+    let new_hex = sha256_hex(&e[mi].data);
+    e[mi].name = format!("blobs/sha256/{new_hex}").into_bytes();
+    index["manifests"][0]["digest"] = format!("sha256:{new_hex}").into();
+    index["manifests"][0]["size"] = e[mi].data.len().into();
+    e[ii].data = serde_json::to_vec(&index).unwrap();
+    let (manifest_blob, index_json) = (e[mi].data.clone(), e[ii].data.clone());
+    edit_manifest(&mut e, |m| {
+        for r in m["members"].as_array_mut().unwrap() {
+            let (data, name) = if r["name"] == old_name.as_str() {
+                (&manifest_blob, format!("blobs/sha256/{new_hex}"))
+            } else if r["name"] == "index.json" {
+                (&index_json, "index.json".to_string())
+            } else {
+                continue;
+            };
+            r["name"] = name.into();
+            r["sha256"] = sha256_hex(data).into();
+            r["size"] = data.len().into();
+        }
+    });
+    let bad = dir.join("resized.bundle");
+    write_entries(&bad, &e);
+    (bad, layer)
+}
+
+/// A small bundle with its largest blob listed (and stored) twice, the manifest re-summed.
+fn duplicated_member_bundle(dir: &Path) -> (PathBuf, String) {
+    let mut e = read_entries(&small_bundle(dir));
+    let i = largest_blob(&e);
+    let name = name_of(&e[i]);
+    e.insert(i + 1, e[i].clone());
+    edit_manifest(&mut e, |m| {
+        let members = m["members"].as_array_mut().unwrap();
+        let j = members
+            .iter()
+            .position(|r| r["name"] == name.as_str())
+            .unwrap();
+        let twice = members[j].clone();
+        members.insert(j + 1, twice);
+    });
+    let bad = dir.join("duplicated.bundle");
+    write_entries(&bad, &e);
+    (bad, name)
+}
+
+#[test]
+fn descriptor_size_that_differs_from_its_blob_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bad, layer) = resized_descriptor_bundle(tmp.path());
+    assert_refused(&bad, &layer, "describes it as");
+    let err = stderr(&verify_cli(&bad));
+    assert!(err.contains("the image one"), "names the image: {err}");
+}
+
+#[test]
+fn member_listed_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bad, member) = duplicated_member_bundle(tmp.path());
+    assert_refused(&bad, &member, "appears twice");
+    let unpack = tmp.path().join("unpack");
+    std::fs::create_dir(&unpack).unwrap();
+    let e = open(&bad, &Expect::this_binary(), &unpack).expect_err("refused");
+    assert!(matches!(e, BundleError::Duplicate { .. }), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&unpack).unwrap().count(),
+        0,
+        "nothing unpacked"
+    );
+}
+
 #[test]
 fn flipped_byte_in_a_blob_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -728,9 +818,17 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (bad, member) = flipped_bundle(tmp.path());
+    let before = crate::common::hermetic::HostState::read();
     let project = format!("t-bnd-{}", std::process::id());
-    for command in ["install", "upgrade"] {
+    let damaged = [
+        flipped_bundle(tmp.path()),
+        resized_descriptor_bundle(tmp.path()),
+        duplicated_member_bundle(tmp.path()),
+    ];
+    for ((bad, member), command) in damaged
+        .iter()
+        .flat_map(|b| ["install", "upgrade"].map(|c| (b, c)))
+    {
         let o = run(atlas()
             .args([
                 "--progress",
@@ -742,11 +840,11 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
                 "--allow-unsigned",
                 "--bundle",
             ])
-            .arg(&bad));
+            .arg(bad));
         let err = stderr(&o);
         assert!(!o.status.success(), "{command} accepted a corrupt bundle");
         assert!(
-            err.contains("refused before touching Incus") && err.contains(&member),
+            err.contains("refused before touching Incus") && err.contains(member.as_str()),
             "{command}: {err}"
         );
         assert!(
@@ -754,4 +852,6 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
             "{command} created project {project}"
         );
     }
+    let after = crate::common::hermetic::HostState::read();
+    before.assert_same(&after, "refused bundle installs");
 }

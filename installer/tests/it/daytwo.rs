@@ -32,7 +32,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::common::{client_or_skip, have_path, have_tool, require_all, stderr, stdout};
-use crate::stack::{Cleanup, Stack, caddy_status, fixtures_ready, free_port, has_tools};
+use crate::common::free_port;
+use crate::stack::{Cleanup, Stack, caddy_status, fixtures_ready, has_tools};
 // The server keys the wiring sets: unset before (else someone else's), unset again after.
 use crate::wiring::SERVER_KEYS;
 
@@ -64,9 +65,16 @@ async fn dashboards_alert_routes_and_status_on_the_fixture_stack() {
         return;
     }
     let stack = Stack::new(client.clone(), 'd').await;
-    let (second, third) = stack.base;
-    let mgmt_net = third + 4;
-    let sink_ip = Ipv4Addr::new(10, second, mgmt_net, SINK_HOST);
+    let mgmt = stack
+        .names
+        .networks
+        .iter()
+        .find(|(role, _, _)| *role == "management")
+        .expect("a management network")
+        .2
+        .network()
+        .octets();
+    let sink_ip = Ipv4Addr::new(mgmt[0], mgmt[1], mgmt[2], SINK_HOST);
     write_secret(&stack.dir.path().join("smtp-password"), SMTP_PASSWORD);
     write_secret(&stack.dir.path().join("hook-token"), HOOK_TOKEN);
     stack.config_with(

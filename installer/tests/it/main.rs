@@ -15,6 +15,7 @@ mod image;
 mod incus;
 mod install_sh;
 mod release;
+mod reliability;
 mod render;
 mod sbom;
 mod signing;

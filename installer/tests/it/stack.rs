@@ -4,9 +4,10 @@
 //! Debian binaries), deploys it on the real incusd, and the services work together.
 //!
 //! Network: the test talks to 127.0.0.1 (registry, proxy devices) and to the bridges it
-//! creates itself; nothing else.
+//! creates itself (its five networks and its own external bridge, on ranges nothing on the
+//! host uses: `common::hermetic`); nothing else. So it runs beside the README demo.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -14,27 +15,12 @@ use std::time::{Duration, Instant};
 use atlas_install::incus::{Client, FileMeta, OptionalExt, StateAction};
 use serde_json::Value;
 
-use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
+use crate::common::{atlas, client_or_skip, free_port, have_tool, require_all, stderr, stdout};
 
 pub(crate) const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
-const ROLES: [(&str, &str); 5] = [
-    ("development", "dev"),
-    ("testing", "tst"),
-    ("staging", "stg"),
-    ("production", "prd"),
-    ("management", "mgt"),
-];
-
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// The fixture images are in the local registry (run-tests.sh builds them first).
 pub(crate) fn fixtures_ready() -> bool {
@@ -59,8 +45,8 @@ pub(crate) fn fixtures_ready() -> bool {
 pub(crate) struct Stack {
     pub(crate) project: String,
     pub(crate) nets: Vec<String>,
-    /// Third octet of the first of five consecutive 10.23x.y.0/24 ranges.
-    pub(crate) base: (u8, u8),
+    /// Its project, bridges, ranges and external bridge.
+    pub(crate) names: crate::common::hermetic::AtlasNames,
     pub(crate) https_port: u16,
     http_port: u16,
     mqtt_port: u16,
@@ -71,31 +57,11 @@ pub(crate) struct Stack {
 impl Stack {
     /// `tag` keeps two tests of one process apart (project, bridges, ranges).
     pub(crate) async fn new(client: Client, tag: char) -> Stack {
-        let pid = std::process::id();
-        let taken: Vec<String> = client
-            .networks()
-            .await
-            .expect("networks")
-            .iter()
-            .filter_map(|n| n.config.get("ipv4.address").cloned())
-            .collect();
-        let second = 230 + (pid % 5) as u8;
-        let third = (0..40u8)
-            .map(|k| k * 5)
-            .find(|y| {
-                (0..5).all(|i| {
-                    let prefix = format!("10.{second}.{}.", y + i);
-                    !taken.iter().any(|t| t.starts_with(&prefix))
-                })
-            })
-            .expect("a free 10.23x range");
+        let names = crate::common::hermetic::AtlasNames::new(&format!("ts{tag}"));
         Stack {
-            project: format!("t-stack-{pid}-{tag}"),
-            nets: ROLES
-                .iter()
-                .map(|(_, r)| format!("ts{}{tag}{r}", pid % 10000))
-                .collect(),
-            base: (second, third),
+            project: names.project.clone(),
+            nets: names.bridge_names(),
+            names,
             https_port: free_port(),
             http_port: free_port(),
             mqtt_port: free_port(),
@@ -110,9 +76,8 @@ impl Stack {
 
     /// The test config with `extra` (TOML) laid over it, key by key.
     pub(crate) fn config_with(&self, allowed: &str, extra: &str) -> PathBuf {
-        let (second, third) = self.base;
         let mut t = format!(
-            "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"incusbr0\"\n\n\
+            "{}\n\
              [caddy]\nhttp_port = {}\nhttps_port = {}\nlisten_address = \"127.0.0.1\"\n\
              # Debian's Caddy 2.6 has neither the PROXY protocol wrapper nor the rate-limit plugin.\n\
              proxy_protocol = false\n\n[caddy.rate_limit]\nenabled = false\n\n\
@@ -123,15 +88,12 @@ impl Stack {
              [integrations]\nincus_loki = false\nincus_metrics = false\n\n\
              [images]\ndownload_mirror = \"{DOWNLOADS}\"\n\n\
              [instances.grafana01.web]\nallowed_ip_range = [{allowed}]\n",
-            self.project, self.http_port, self.https_port, self.mqtt_port
+            self.names.incus_toml(),
+            self.http_port,
+            self.https_port,
+            self.mqtt_port
         );
-        for (i, (role, _)) in ROLES.iter().enumerate() {
-            t += &format!(
-                "\n[networks.{role}]\nname = \"{}\"\nipv4 = \"10.{second}.{}.1/24\"\n",
-                self.nets[i],
-                third + i as u8
-            );
-        }
+        t += &self.names.networks_toml();
         let mut table: toml::Table = t.parse().expect("test config");
         merge(&mut table, extra.parse().expect("extra config"));
         let path = self.dir.path().join("atlas.toml");
@@ -263,9 +225,7 @@ impl Drop for Cleanup<'_> {
             eprintln!("cleanup: destroy failed: {}", stderr(&o));
         }
         for n in &self.0.nets {
-            let _ = Command::new("incus")
-                .args(["network", "delete", n])
-                .output();
+            crate::common::hermetic::delete_network(n);
         }
     }
 }
@@ -714,19 +674,7 @@ async fn grafana_user(base: &str, password: &str) -> u16 {
 /// A storage pool (dir, on a 16 MB tmpfs) without room for the bundle's images: `install
 /// --bundle` refuses before any change, saying how much it has and needs.
 async fn pool_too_small_is_refused(stack: &Stack, bundle: &str, trust_key: &str) {
-    let mnt = stack.dir.path().join("tiny-pool");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
-    let sh = |cmd: &mut Command| {
-        let o = cmd.output().expect("run");
-        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
-    };
-    sh(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt));
-    let pool = format!("{}-tiny", stack.project);
-    sh(Command::new("incus")
-        .args(["storage", "create", &pool, "dir"])
-        .arg(format!("source={}", mnt.display())));
+    let pool = crate::common::hermetic::TinyPool::create("stk", 16);
     let o = atlas()
         .arg("-c")
         .arg(stack.dir.path().join("atlas.toml"))
@@ -741,17 +689,14 @@ async fn pool_too_small_is_refused(stack: &Stack, bundle: &str, trust_key: &str)
             "--bundle",
             bundle,
         ])
-        .env("ATLAS_INCUS__STORAGE_POOL", &pool)
+        .env("ATLAS_INCUS__STORAGE_POOL", &pool.name)
         .output()
         .expect("run atlas-install");
-    let _ = Command::new("incus")
-        .args(["storage", "delete", &pool])
-        .output();
-    let _ = Command::new("umount").arg(&mnt).output();
     let err = stderr(&o);
     assert!(!o.status.success(), "a pool without room must be refused");
     assert!(
-        err.contains(&format!("storage pool {pool} has")) && err.contains("Nothing was changed"),
+        err.contains(&format!("storage pool {} has", pool.name))
+            && err.contains("Nothing was changed"),
         "{err}"
     );
     assert!(

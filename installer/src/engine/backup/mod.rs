@@ -124,6 +124,12 @@ pub enum BackupError {
         dir.display()
     )]
     ExportExists { dir: PathBuf },
+    /// A tarball of this export's name is there already (not ours to overwrite, or remove).
+    #[error(
+        "{} is there already; export into an empty or new directory so nothing in it is overwritten. Nothing was changed",
+        path.display()
+    )]
+    ExportFileExists { path: PathBuf },
     /// The manifest is missing, unreadable or inconsistent.
     #[error("backup manifest {}: {why}. Nothing was restored", path.display())]
     Manifest { path: PathBuf, why: String },

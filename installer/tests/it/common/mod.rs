@@ -16,6 +16,15 @@ pub fn atlas() -> Command {
     cmd
 }
 
+/// A TCP port on 127.0.0.1 free right now (for host ports a test's stack publishes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("failed to spawn atlas-install")
 }
@@ -159,3 +168,6 @@ pub fn throwaway_key(dir: &Path, name: &str) -> TestKey {
         id,
     }
 }
+
+pub mod hermetic;
+pub mod scripted;
