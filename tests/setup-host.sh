@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host (root, no systemd) for atlas-install development and tests:
 # installs Incus from bookworm-backports, the OCI cross-check tools, the real service
-# binaries used to validate rendered configs, and musl-tools for the static build.
+# binaries used to validate rendered configs, musl-tools for the static build, and Go with
+# step-ca's library for the step-ca fixture (tests/fixtures/step-ca; gcc and libc6-dev are
+# only Recommends of golang-go, but cgo needs them).
 # Idempotent: safe to run again. Starts nothing; see tests/start-services.sh.
 set -euo pipefail
 
@@ -34,7 +36,8 @@ need_pkgs=()
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 for p in dnsmasq-base skopeo umoci docker-registry prometheus prometheus-alertmanager \
          prometheus-node-exporter caddy mosquitto mosquitto-clients musl-tools iproute2 \
-         nftables curl ca-certificates file jq busybox-static attr zip time bc; do
+         nftables curl ca-certificates file jq busybox-static attr zip time bc \
+         golang-go golang-github-smallstep-certificates-dev gcc libc6-dev; do
   want "$p"
 done
 
