@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
-use atlas_install::engine::{cluster, health, secrets, wiring};
+use atlas_install::engine::{certs, cluster, health, secrets, wiring};
 use atlas_install::incus::{Client, OptionalExt as _, owner};
 use serde::Serialize;
 
@@ -27,6 +27,9 @@ struct Report {
     networks: Vec<Named>,
     profiles: Vec<Named>,
     wiring: WiringStatus,
+    /// The TLS services' certificates from step-ca, and when `install` renews them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    certificates: Vec<certs::CertStatus>,
     /// On a cluster: members that are not online, with the instances on them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     offline_members: Vec<cluster::OfflineMember>,
@@ -104,6 +107,7 @@ async fn collect(config: &Config) -> Result<Report> {
             note: None,
         },
         offline_members: Vec::new(),
+        certificates: Vec::new(),
         healthy: false,
     };
     let Some(project) = client
@@ -207,6 +211,9 @@ async fn collect(config: &Config) -> Result<Report> {
         })
         .collect();
     report.wiring = wiring_status(&client, config).await;
+    report.certificates = certs::status(&client, config)
+        .await
+        .context("reading the services' certificates")?;
     Ok(report)
 }
 
@@ -348,6 +355,17 @@ fn print_human(r: &Report) {
     let _ = writeln!(out);
     for c in &r.wiring.changes {
         let _ = writeln!(out, "  {c}");
+    }
+    if !r.certificates.is_empty() {
+        let _ = writeln!(out, "Certificates (from step-ca):");
+    }
+    for c in &r.certificates {
+        let until = c
+            .expires
+            .as_deref()
+            .map(|e| format!(" until {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {}  {}{until}: {}", c.instance, c.state, c.detail);
     }
     let probed: Vec<&health::HealthReport> = r
         .instances

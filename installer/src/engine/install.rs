@@ -1,5 +1,7 @@
 //! The fixed sequence: preflight, client remotes, project (+ state bucket), networks,
-//! profiles, volumes, images, instances, server wiring, health gates. [`Engine::plan`]
+//! profiles, volumes, images, instances (each TLS service with its certificate from step-ca
+//! before it starts), certificates (step-ca's settings; renewals), server wiring, health
+//! gates. [`Engine::plan`]
 //! reads only; [`Engine::apply`] writes what the plan says, step by step, each step
 //! idempotent, so a run killed anywhere converges when run again.
 
@@ -15,6 +17,7 @@ use crate::incus::{Client, IncusError, OptionalExt, Server, StorageBucket};
 use crate::progress::{Progress, ProgressTask};
 use crate::render::{Credentials, MqttCredential};
 
+use super::certs::{self, CertChange, Issuer};
 use super::converge;
 use super::error::EngineError;
 use super::instances;
@@ -86,7 +89,7 @@ impl Default for Options {
 }
 
 /// The steps, in order, as shown in progress.
-pub const STEPS: [&str; 10] = [
+pub const STEPS: [&str; 11] = [
     "preflight",
     "remotes",
     "project",
@@ -95,6 +98,7 @@ pub const STEPS: [&str; 10] = [
     "volumes",
     "images",
     "instances",
+    "certificates",
     "wiring",
     "health",
 ];
@@ -108,7 +112,9 @@ pub struct PlanReport {
     /// Instances that exist unchanged but are not running: `install` starts them.
     pub to_start: Vec<String>,
     pub wiring: Vec<WiringChange>,
-    /// Lines about skipped or deferred parts (remotes, state bucket, certificates to come).
+    /// step-ca's settings, certificates to issue or renew, roots to push (see `certs`).
+    pub certificates: Vec<CertChange>,
+    /// Lines about skipped or deferred parts (remotes, state bucket).
     pub notes: Vec<String>,
     /// Image alias and fingerprint per instance.
     pub images: BTreeMap<String, String>,
@@ -129,7 +135,10 @@ struct Inner {
 impl PlanReport {
     /// Whether `install` would write anything.
     pub fn has_changes(&self) -> bool {
-        self.plan.has_changes() || !self.to_start.is_empty() || !self.wiring.is_empty()
+        self.plan.has_changes()
+            || !self.to_start.is_empty()
+            || !self.wiring.is_empty()
+            || !self.certificates.is_empty()
     }
 
     pub fn conflicts(&self) -> Vec<String> {
@@ -153,6 +162,9 @@ impl std::fmt::Display for PlanReport {
         }
         for w in &self.wiring {
             writeln!(f, "  ~ server {}: {}", w.what, w.detail)?;
+        }
+        for c in &self.certificates {
+            writeln!(f, "  {c}")?;
         }
         for (instance, place) in &self.placement {
             writeln!(f, "  @ {instance} on {place}")?;
@@ -300,9 +312,25 @@ impl Engine<'_> {
             .map(|a| a.address.name.clone())
             .collect();
         let wiring = match &secrets {
-            Some(s) => wiring::plan(&self.client, cfg, s).await?,
+            Some(s) => {
+                let root = match certs::step_ca_name(cfg) {
+                    Some(ca) if observation.instances.contains_key(ca) => {
+                        super::step_ca::root_pem(&self.project(), ca).await?
+                    }
+                    _ => None,
+                };
+                wiring::plan_with(&self.client, cfg, s, &wiring_options(cfg, root)?).await?
+            }
             None => Vec::new(),
         };
+        let certificates = certs::plan(
+            &self.client,
+            cfg,
+            &desired.payloads,
+            &observation.instances,
+            super::clock::now_secs(),
+        )
+        .await?;
         let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
         let mut notes = notes;
         notes.extend(self.remotes_note(&server)?);
@@ -335,6 +363,7 @@ impl Engine<'_> {
             plan,
             to_start,
             wiring,
+            certificates,
             notes,
             images,
             placement: placement.describe(cfg),
@@ -613,6 +642,14 @@ impl Engine<'_> {
             &inner.observation.observed,
             &inner.observation.owned_elsewhere,
         );
+        let issuer = Issuer::new(
+            &self.client,
+            cfg,
+            &secrets.credentials.step_ca_password,
+            self.options.health_timeout,
+            self.progress,
+        );
+        let mut converged = std::collections::BTreeSet::new();
         {
             let task = self.progress.task("instances", None);
             let t = task.as_ref();
@@ -640,8 +677,16 @@ impl Engine<'_> {
                         match (&a.change, &a.resource) {
                             (Change::Create | Change::Update, Some(r)) => {
                                 t.set_message(name);
-                                let payload = &desired.payloads[name];
                                 let existing = inner.observation.instances.get(name);
+                                let payload = &self
+                                    .with_step_ca_files(
+                                        &issuer,
+                                        name,
+                                        &desired.payloads[name],
+                                        existing,
+                                    )
+                                    .await?;
+                                converged.insert(name.clone());
                                 // On a cluster, created where the placement says.
                                 let target = inner.placement.target_for(name);
                                 let project = project.on_target(target.as_deref());
@@ -719,12 +764,40 @@ impl Engine<'_> {
         }
 
         {
+            let task = self.progress.task("certificates", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    issuer.ensure_ca().await?;
+                    let mut refreshed = Vec::new();
+                    for (name, payload) in &desired.payloads {
+                        if !converged.contains(name) && issuer.refresh(name, payload).await? {
+                            refreshed.push(name.as_str());
+                        }
+                    }
+                    t.finish(&match refreshed.is_empty() {
+                        true => "unchanged".to_string(),
+                        false => format!("{} renewed and restarted", refreshed.join(", ")),
+                    });
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-certificates")?;
+        {
             let task = self.progress.task("wiring", None);
             let t = task.as_ref();
             done(
                 t,
                 async {
-                    wiring::apply(&self.client, cfg, &secrets, self.progress).await?;
+                    let root = match certs::step_ca_name(cfg) {
+                        Some(_) => Some(issuer.root_pem().await?),
+                        None => None,
+                    };
+                    let opts = wiring_options(cfg, root)?;
+                    wiring::apply_with(&self.client, cfg, &secrets, &opts, self.progress).await?;
                     t.finish("done");
                     Ok(())
                 }
@@ -762,6 +835,25 @@ impl Engine<'_> {
         })
     }
 
+    /// `payload` with the files step-ca provides added (see `certs`): all of them when the
+    /// instance is created or rebuilt from another image (its root filesystem is new), what
+    /// is missing or due otherwise.
+    async fn with_step_ca_files(
+        &self,
+        issuer: &Issuer<'_>,
+        name: &str,
+        payload: &super::state::InstancePayload,
+        existing: Option<&crate::incus::Instance>,
+    ) -> Result<super::state::InstancePayload, EngineError> {
+        let fresh = existing.is_none_or(|i| {
+            i.config.get("volatile.base_image") != Some(&payload.image.fingerprint)
+        });
+        let mut out = payload.clone();
+        out.files
+            .extend(issuer.files_for(name, payload, fresh).await?);
+        Ok(out)
+    }
+
     /// The install record an upgrade starts from; none means there is nothing to upgrade.
     async fn installed(&self) -> Result<super::record::InstallRecord, EngineError> {
         let project = &self.config.incus.project;
@@ -790,7 +882,21 @@ impl Engine<'_> {
         let name = &r.name;
         let checkpoint = |name: &str| self.checkpoint(name);
         if let Some(i) = existing {
-            super::upgrade::guard(&self.client, &u.set, i, &u.from, &u.snap, self.progress).await?;
+            let also: Vec<String> = payload
+                .from_step_ca
+                .iter()
+                .map(|e| e.path.clone())
+                .collect();
+            super::upgrade::guard(
+                &self.client,
+                &u.set,
+                i,
+                &u.from,
+                &also,
+                &u.snap,
+                self.progress,
+            )
+            .await?;
             self.checkpoint("upgrade-guarded")?;
         }
         let replaced = async {
@@ -1020,6 +1126,23 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
         }
     }
     owners
+}
+
+/// The wiring's targets; Incus trusts the Atlas root (`root`) for a Loki that serves TLS.
+fn wiring_options(
+    config: &Config,
+    root: Option<String>,
+) -> Result<wiring::WiringOptions, EngineError> {
+    let mut opts = wiring::WiringOptions::from_config(config)?;
+    let loki_tls = opts
+        .loki_instance
+        .as_ref()
+        .and_then(|n| config.instances.get(n))
+        .is_some_and(|i| i.tls);
+    if loki_tls {
+        opts.loki_ca_pem = root;
+    }
+    Ok(opts)
 }
 
 fn outcome(n: usize) -> String {

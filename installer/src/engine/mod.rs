@@ -7,6 +7,7 @@
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
 pub mod backup;
+pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod converge;
@@ -25,6 +26,7 @@ pub mod resource;
 pub mod rotate;
 pub mod secrets;
 pub mod state;
+pub mod step_ca;
 pub mod upgrade;
 pub mod wiring;
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, NetworkRole};
 use crate::incus::{Client, Instance, OptionalExt};
-use crate::render::{Credentials, FileSource};
+use crate::render::{Credentials, ExpectedFile, FileSource};
 
 use super::desired::{DesiredInputs, ImageChoice, KEY_EXTERNAL_ADDRESS, KEY_PROJECT, desired};
 use super::error::EngineError;
@@ -59,8 +59,11 @@ pub struct InstancePayload {
     pub image: ImageChoice,
     /// Rendered files, the network file and the certificates that exist, in push order.
     pub files: Vec<PushFile>,
-    /// Files the config refers to that nobody can provide yet (step-ca issued ones).
+    /// Files the config refers to that nobody can provide yet.
     pub pending: Vec<String>,
+    /// Files that come from step-ca (its root; the service's certificate and key): pushed by
+    /// [`super::certs`] when missing or due, never part of the instance's hash.
+    pub from_step_ca: Vec<ExpectedFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +95,7 @@ pub fn build(
     for (name, inst) in config.enabled_instances() {
         let mut files: Vec<PushFile> = Vec::new();
         let mut pending = Vec::new();
+        let mut from_step_ca = Vec::new();
         let r = rendered.instances.get(name);
         for f in r.map(|r| r.files.as_slice()).unwrap_or_default() {
             files.push(PushFile {
@@ -134,6 +138,10 @@ pub fn build(
                 }
                 _ => None,
             };
+            if e.source.is_step_ca() {
+                from_step_ca.push(e.clone());
+                continue;
+            }
             match contents {
                 Some(c) => files.push(PushFile {
                     path: e.path.clone(),
@@ -166,6 +174,7 @@ pub fn build(
                 image,
                 files,
                 pending,
+                from_step_ca,
             },
         );
     }

@@ -228,6 +228,16 @@ pub enum FileSource {
     IncusServerCertificate,
 }
 
+impl FileSource {
+    /// Whether the file comes from step-ca (its root, or a certificate it issues).
+    pub fn is_step_ca(&self) -> bool {
+        matches!(
+            self,
+            FileSource::StepCaRoot | FileSource::ServiceCertificate | FileSource::ServiceKey
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("internal error in embedded template `{name}`: {source}")]
