@@ -15,5 +15,6 @@ mod incus;
 mod install_sh;
 mod render;
 mod stack;
+mod tls;
 mod upgrade;
 mod wiring;

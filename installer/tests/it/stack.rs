@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
 
-const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
+pub(crate) const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 }
 
 /// The fixture images are in the local registry (run-tests.sh builds them first).
-fn fixtures_ready() -> bool {
+pub(crate) fn fixtures_ready() -> bool {
     let ok = Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "--max-time", "5"])
         .arg(format!(
@@ -56,21 +56,21 @@ fn fixtures_ready() -> bool {
     ok
 }
 
-struct Stack {
-    project: String,
-    nets: Vec<String>,
+pub(crate) struct Stack {
+    pub(crate) project: String,
+    pub(crate) nets: Vec<String>,
     /// Third octet of the first of five consecutive 10.23x.y.0/24 ranges.
     base: (u8, u8),
     https_port: u16,
     http_port: u16,
-    mqtt_port: u16,
-    dir: tempfile::TempDir,
-    client: Client,
+    pub(crate) mqtt_port: u16,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) client: Client,
 }
 
 impl Stack {
     /// `tag` keeps two tests of one process apart (project, bridges, ranges).
-    async fn new(client: Client, tag: char) -> Stack {
+    pub(crate) async fn new(client: Client, tag: char) -> Stack {
         let pid = std::process::id();
         let taken: Vec<String> = client
             .networks()
@@ -105,13 +105,19 @@ impl Stack {
     }
 
     fn config(&self, allowed: &str) -> PathBuf {
+        self.config_with(allowed, "", "")
+    }
+
+    /// The stack's config with `mosquitto` lines added to `[mosquitto]` and `tail` (more
+    /// tables) at the end.
+    pub(crate) fn config_with(&self, allowed: &str, mosquitto: &str, tail: &str) -> PathBuf {
         let (second, third) = self.base;
         let mut t = format!(
             "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"incusbr0\"\n\n\
              [caddy]\nhttp_port = {}\nhttps_port = {}\nlisten_address = \"127.0.0.1\"\n\
              # Debian's Caddy 2.6 has neither the PROXY protocol wrapper nor the rate-limit plugin.\n\
              proxy_protocol = false\n\n[caddy.rate_limit]\nenabled = false\n\n\
-             [mosquitto]\nmqtt_port = {}\nlisten_address = \"127.0.0.1\"\n\n\
+             [mosquitto]\nmqtt_port = {}\nlisten_address = \"127.0.0.1\"\n{mosquitto}\n\
              # This host's / is a private mount (no systemd).\n\
              [node_exporter]\nfollow_host_mounts = false\n\n\
              # The daemon is shared with other tests: no server-wide wiring here.\n\
@@ -127,12 +133,13 @@ impl Stack {
                 third + i as u8
             );
         }
+        t += tail;
         let path = self.dir.path().join("atlas.toml");
         std::fs::write(&path, t).expect("config");
         path
     }
 
-    fn atlas(&self, args: &[&str]) -> Output {
+    pub(crate) fn atlas(&self, args: &[&str]) -> Output {
         self.run(atlas(), args, "")
     }
 
@@ -166,7 +173,7 @@ impl Stack {
         out
     }
 
-    fn install(&self) -> Output {
+    pub(crate) fn install(&self) -> Output {
         self.atlas(&[
             "install",
             "--yes",
@@ -176,11 +183,25 @@ impl Stack {
         ])
     }
 
-    fn project(&self) -> Client {
+    /// `upgrade --rotate-secrets` from the fixture registry.
+    pub(crate) fn upgrade_rotating(&self) -> Output {
+        self.atlas(&[
+            "upgrade",
+            "--yes",
+            "--ignore-preflight",
+            "--registry-mirror",
+            &REGISTRY,
+            "--rotate-secrets",
+            "--health-timeout",
+            "120",
+        ])
+    }
+
+    pub(crate) fn project(&self) -> Client {
         self.client.in_project(&self.project)
     }
 
-    async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
+    pub(crate) async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
         let state: Value = self
             .project()
             .get_path(&format!("/1.0/instances/{instance}/state"), true)
@@ -220,7 +241,7 @@ impl Stack {
         }
     }
 
-    async fn secret(&self, key: &str) -> String {
+    pub(crate) async fn secret(&self, key: &str) -> String {
         let p = self
             .client
             .get_project(&self.project)
@@ -235,7 +256,7 @@ impl Stack {
 }
 
 /// Removes everything the test made, volumes included, even when the test failed.
-struct Cleanup<'a>(&'a Stack);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Stack);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -251,7 +272,7 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-async fn http_get(url: &str) -> Result<(u16, String), String> {
+pub(crate) async fn http_get(url: &str) -> Result<(u16, String), String> {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -263,7 +284,7 @@ async fn http_get(url: &str) -> Result<(u16, String), String> {
 }
 
 /// Polls Prometheus until every job in `jobs` has a target with up == 1.
-async fn wait_for_up(prom: Ipv4Addr, jobs: &[&str]) -> Vec<(String, String)> {
+pub(crate) async fn wait_for_up(prom: Ipv4Addr, jobs: &[&str]) -> Vec<(String, String)> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut ups = Vec::new();
@@ -339,7 +360,7 @@ fn mqtt_pub(port: u16, user: &str, password: &str) -> Output {
         .expect("mosquitto_pub")
 }
 
-async fn restart_seconds(pc: &Client, name: &str) -> f64 {
+pub(crate) async fn restart_seconds(pc: &Client, name: &str) -> f64 {
     let t = Instant::now();
     pc.set_instance_state(name, StateAction::Restart, 30, false)
         .await
@@ -588,16 +609,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         keys_before,
         "keys untouched"
     );
-    let o = stack.atlas(&[
-        "upgrade",
-        "--yes",
-        "--ignore-preflight",
-        "--registry-mirror",
-        &REGISTRY,
-        "--rotate-secrets",
-        "--health-timeout",
-        "120",
-    ]);
+    let o = stack.upgrade_rotating();
     assert!(
         o.status.success(),
         "upgrade --rotate-secrets: {}",
@@ -667,7 +679,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
 }
 
 /// Whether `status` reports every service healthy within 10 s.
-async fn wait_healthy(stack: &Stack) -> bool {
+pub(crate) async fn wait_healthy(stack: &Stack) -> bool {
     for _ in 0..20 {
         if stack.atlas(&["status"]).status.success() {
             return true;
