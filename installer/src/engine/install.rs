@@ -169,6 +169,13 @@ impl std::fmt::Display for PlanReport {
         for (instance, place) in &self.placement {
             writeln!(f, "  @ {instance} on {place}")?;
         }
+        if self.has_changes() && !self.plan.has_changes() && self.plan.conflicts().next().is_none()
+        {
+            return writeln!(
+                f,
+                "Resources unchanged; install would make the changes above."
+            );
+        }
         write!(f, "{}", self.plan)
     }
 }
@@ -273,7 +280,7 @@ impl Engine<'_> {
         let task = self.progress.task("plan", None);
         let out = self.compute(server, pre).await;
         match &out {
-            Ok(r) => task.finish(r.plan.to_string().lines().last().unwrap_or_default()),
+            Ok(r) => task.finish(r.to_string().lines().last().unwrap_or_default()),
             Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
         }
         out

@@ -426,12 +426,16 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
 
     // 2. The real Prometheus scrapes the real exporters and has the ten alert rules.
     let prom = stack.address("prometheus01", "eth0").await;
-    let ups = wait_for_up(
-        prom,
-        &["prometheus", "node-exporter", "alertmanager", "caddy"],
-    )
-    .await;
-    for job in ["prometheus", "node-exporter", "alertmanager", "caddy"] {
+    // step-ca's metrics are on because the installer wrote metricsAddress into its ca.json.
+    let jobs = [
+        "prometheus",
+        "node-exporter",
+        "alertmanager",
+        "caddy",
+        "step-ca",
+    ];
+    let ups = wait_for_up(prom, &jobs).await;
+    for job in jobs {
         assert!(
             ups.iter().any(|(j, v)| j == job && v == "1"),
             "up{{job={job:?}}} != 1: {ups:?}"
