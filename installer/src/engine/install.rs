@@ -434,6 +434,12 @@ impl Engine<'_> {
             notes.push(format!("project {} does not exist yet: image aliases and secrets are resolved when it is created", cfg.incus.project));
         }
         for (name, p) in &desired.payloads {
+            if p.own_command {
+                notes.push(format!(
+                    "{name}: image {} ({}) carries no service spec (it was not built by this atlas-install), so it runs its own command line, not the one `render` shows; rebuild it with `atlas-install image build --import` (or install without --existing-images)",
+                    p.image.alias, p.image.fingerprint
+                ));
+            }
             if !p.pending.is_empty() {
                 notes.push(format!(
                     "{name}: {} come from step-ca later, not pushed now",
