@@ -313,8 +313,8 @@ mod tests {
         assert_eq!(count(ResourceKind::Network), 5);
         assert_eq!(
             count(ResourceKind::Volume),
-            6,
-            "six data volumes in the seed"
+            7,
+            "six data volumes in the seed, and Caddy's /data"
         );
         assert_eq!(
             count(ResourceKind::Instance),

@@ -2,10 +2,11 @@
 //! the fixed, idempotent sequence that applies it.
 //!
 //! - [`install::Engine::plan`] runs preflight and computes the [`plan::Plan`] from GETs only.
-//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, profiles, volumes,
+//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, volumes, profiles,
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
+pub mod adopt;
 pub mod backup;
 pub mod clock;
 pub mod cluster;
