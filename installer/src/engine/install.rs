@@ -1,7 +1,8 @@
 //! The fixed sequence: preflight, client remotes, project (+ state bucket), networks,
-//! volumes (before the profiles that mount them), profiles, images, instances, server wiring, health gates. [`Engine::plan`]
-//! reads only; [`Engine::apply`] writes what the plan says, step by step, each step
-//! idempotent, so a run killed anywhere converges when run again.
+//! volumes (before the profiles that mount them), profiles, images, instances, server
+//! wiring, health gates. [`Engine::plan`] reads only; [`Engine::apply`] writes what the plan
+//! says, step by step, each step idempotent, so a run killed anywhere converges when run
+//! again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
