@@ -117,6 +117,10 @@ pub struct InstallArgs {
     /// Go on even when the host is below the minimum CPU, memory or disk.
     #[arg(long)]
     pub ignore_preflight: bool,
+    /// How long each service has to pass its health check (upgrade: before it is put back
+    /// as it was).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub health_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -142,9 +146,6 @@ pub struct UpgradeArgs {
     /// Where the new images come from: a bundle, registries, or the aliases already in Incus.
     #[command(flatten)]
     pub source: InstallArgs,
-    /// How long each replaced service has to pass its health check before it is rolled back.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    pub health_timeout: u64,
     /// Generate new secrets (Grafana admin password, Mosquitto passwords, metrics
     /// certificate) and apply each the service's own way; the step-ca password is kept.
     #[arg(long)]

@@ -21,6 +21,7 @@ pub mod netfile;
 pub mod plan;
 pub mod preflight;
 pub mod record;
+pub mod redact;
 pub mod remotes;
 pub mod resource;
 pub mod rotate;
