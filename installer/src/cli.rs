@@ -125,9 +125,15 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 3 when preflight finds
+    /// problems (install would refuse), 1 on any other error. Without it: 0 for a plan, 1 for
+    /// preflight problems or an error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Plan as `install --ignore-preflight` would run: a host below the minimum CPU, memory
+    /// or disk is a warning, not a problem.
+    #[arg(long)]
+    pub ignore_preflight: bool,
     /// Plan with the images already under the aliases of `images.aliases`, as
     /// `install --existing-images` would (a missing alias is then an error).
     #[arg(long)]

@@ -191,7 +191,7 @@ impl Env {
             cmd.args(["--ignore-preflight", "--existing-images"]);
         }
         if args.first() == Some(&"plan") {
-            cmd.arg("--existing-images");
+            cmd.args(["--existing-images", "--ignore-preflight"]);
         }
         cmd.env("ATLAS_TEST_SECRETS_FILE", self.secrets_file());
         cmd

@@ -13,6 +13,7 @@ mod engine;
 mod image;
 mod incus;
 mod install_sh;
+mod plan;
 mod render;
 mod stack;
 mod upgrade;
