@@ -93,6 +93,9 @@ pub enum Command {
     /// Snapshot, list, export and restore the data volumes.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Name the generated secrets, or print one on purpose (no other command prints any).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -295,6 +298,18 @@ pub struct BundleCreateArgs {
     pub images_lock: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// The names of the secrets stored in the Atlas project (never their values).
+    List,
+    /// Print one secret's value on stdout, e.g. `grafana-admin-password` or
+    /// `mosquitto.atlas.password`.
+    Get {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

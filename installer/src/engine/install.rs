@@ -321,6 +321,9 @@ impl Engine<'_> {
         if let Some(n) = bucket_note(&pre, &observation) {
             notes.push(n);
         }
+        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
+            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
+        }
         for a in plan
             .actions
             .iter()

@@ -18,6 +18,7 @@ pub mod health;
 pub mod install;
 pub mod instances;
 pub mod netfile;
+pub mod outputs;
 pub mod plan;
 pub mod preflight;
 pub mod record;

@@ -19,7 +19,7 @@ mod grafana;
 mod hosts;
 mod loki;
 pub mod mosquitto;
-mod node_exporter;
+pub mod node_exporter;
 mod passwd;
 pub mod paths;
 mod profiles;
