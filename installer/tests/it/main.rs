@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod common;
 mod config;
+mod conformance;
 mod engine;
 mod image;
 mod incus;

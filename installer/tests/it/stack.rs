@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
 
-const REGISTRY: &str = "127.0.0.1:5000";
+pub(crate) const REGISTRY: &str = "127.0.0.1:5000";
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 }
 
 /// The fixture images are in the local registry (run-tests.sh builds them first).
-fn fixtures_ready() -> bool {
+pub(crate) fn fixtures_ready() -> bool {
     let ok = Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "--max-time", "5"])
         .arg(format!(
@@ -56,21 +56,21 @@ fn fixtures_ready() -> bool {
     ok
 }
 
-struct Stack {
-    project: String,
+pub(crate) struct Stack {
+    pub(crate) project: String,
     nets: Vec<String>,
     /// Third octet of the first of five consecutive 10.23x.y.0/24 ranges.
     base: (u8, u8),
     https_port: u16,
     http_port: u16,
     mqtt_port: u16,
-    dir: tempfile::TempDir,
-    client: Client,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) client: Client,
 }
 
 impl Stack {
     /// `tag` keeps two tests of one process apart (project, bridges, ranges).
-    async fn new(client: Client, tag: char) -> Stack {
+    pub(crate) async fn new(client: Client, tag: char) -> Stack {
         let pid = std::process::id();
         let taken: Vec<String> = client
             .networks()
@@ -104,7 +104,7 @@ impl Stack {
         }
     }
 
-    fn config(&self, allowed: &str) -> PathBuf {
+    pub(crate) fn config(&self, allowed: &str) -> PathBuf {
         let (second, third) = self.base;
         let mut t = format!(
             "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"incusbr0\"\n\n\
@@ -132,7 +132,7 @@ impl Stack {
         path
     }
 
-    fn atlas(&self, args: &[&str]) -> Output {
+    pub(crate) fn atlas(&self, args: &[&str]) -> Output {
         self.run(atlas(), args, "")
     }
 
@@ -153,7 +153,7 @@ impl Stack {
     }
 
     /// `cmd` (atlas-install, or what wraps it) on this stack's config and cache.
-    fn run(&self, mut cmd: Command, args: &[&str], label: &str) -> Output {
+    pub(crate) fn run(&self, mut cmd: Command, args: &[&str], label: &str) -> Output {
         let out = cmd
             .arg("-c")
             .arg(self.dir.path().join("atlas.toml"))
@@ -166,7 +166,7 @@ impl Stack {
         out
     }
 
-    fn install(&self) -> Output {
+    pub(crate) fn install(&self) -> Output {
         self.atlas(&[
             "install",
             "--yes",
@@ -176,11 +176,11 @@ impl Stack {
         ])
     }
 
-    fn project(&self) -> Client {
+    pub(crate) fn project(&self) -> Client {
         self.client.in_project(&self.project)
     }
 
-    async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
+    pub(crate) async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
         let state: Value = self
             .project()
             .get_path(&format!("/1.0/instances/{instance}/state"), true)
@@ -220,7 +220,7 @@ impl Stack {
         }
     }
 
-    async fn secret(&self, key: &str) -> String {
+    pub(crate) async fn secret(&self, key: &str) -> String {
         let p = self
             .client
             .get_project(&self.project)
@@ -235,7 +235,7 @@ impl Stack {
 }
 
 /// Removes everything the test made, volumes included, even when the test failed.
-struct Cleanup<'a>(&'a Stack);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Stack);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -355,7 +355,7 @@ async fn read_marker(pc: &Client) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn has_tools() -> bool {
+pub(crate) fn has_tools() -> bool {
     ["curl", "mosquitto_pub", "incus"]
         .iter()
         .all(|t| have_tool(t))
