@@ -11,6 +11,11 @@
 //!   are loaded; step-ca, for one, exits when it cannot decrypt its key).
 //!
 //! One line on stdout says what was seen; exit status 0 healthy, 1 not healthy, 2 usage.
+//!
+//! `atlas-init probe --body http://...` prints the answer's body on stdout instead (the line
+//! goes to stderr): a read-only look at a service's API from inside its container, for
+//! checks that need what it says, not only that it answers. An HTTP answer is read to its end
+//! (up to [`MAX_ANSWER`]) either way, so the service never sees its answer cut off.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -18,8 +23,10 @@ use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
-/// The status line and headers of any health answer fit; the body is not read.
+/// The status line and headers of any health answer fit.
 const MAX_HEAD: usize = 16 * 1024;
+/// The most of an answer that is read (a node-exporter's /metrics is a few hundred kB).
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 pub const EXIT_UNHEALTHY: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -43,12 +50,15 @@ pub enum Target {
 /// exit status. The outcome goes to stdout: that is what `incus exec` hands the installer.
 #[allow(clippy::print_stdout)]
 pub fn main(args: &[String]) -> u8 {
-    let target = match args {
-        [url] => parse(url),
-        _ => Err(
-            "usage: atlas-init probe http://HOST:PORT/PATH | https://HOST:PORT | tcp://HOST:PORT"
-                .into(),
-        ),
+    const USAGE: &str = "usage: atlas-init probe [--body] http://HOST:PORT/PATH | https://HOST:PORT | tcp://HOST:PORT";
+    let (body, target) = match args {
+        [url] => (false, parse(url)),
+        [flag, url] if flag == "--body" => match parse(url) {
+            Ok(t @ Target::Http { .. }) => (true, Ok(t)),
+            Ok(_) => (true, Err(format!("--body needs an http:// URL; {USAGE}"))),
+            Err(e) => (true, Err(e)),
+        },
+        _ => (false, Err(USAGE.into())),
     };
     let target = match target {
         Ok(t) => t,
@@ -57,6 +67,9 @@ pub fn main(args: &[String]) -> u8 {
             return EXIT_USAGE;
         }
     };
+    if body {
+        return print_body(&target);
+    }
     match run(&target) {
         Ok(seen) => {
             println!("{seen}");
@@ -64,6 +77,29 @@ pub fn main(args: &[String]) -> u8 {
         }
         Err(why) => {
             println!("{why}");
+            EXIT_UNHEALTHY
+        }
+    }
+}
+
+/// `--body`: the body on stdout, what was seen on stderr.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn print_body(target: &Target) -> u8 {
+    let Target::Http { addr, host, path } = target else {
+        return EXIT_USAGE;
+    };
+    match http_exchange(addr, host, path) {
+        Ok((status, body)) => {
+            let _ = std::io::stdout().write_all(&body);
+            eprintln!("GET http://{addr}{path}: HTTP {status}");
+            if (200..300).contains(&status) {
+                0
+            } else {
+                EXIT_UNHEALTHY
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
             EXIT_UNHEALTHY
         }
     }
@@ -128,13 +164,25 @@ fn connect(addr: &str) -> Result<TcpStream, String> {
 }
 
 fn http_get(addr: &str, host: &str, path: &str) -> Result<String, String> {
+    let (status, _) = http_exchange(addr, host, path)?;
+    Ok(format!("GET http://{addr}{path}: HTTP {status}"))
+}
+
+/// One HTTP/1.0 GET (so the answer ends with the connection, never chunked): the 2xx status
+/// and the body; anything else is an error naming what came back.
+fn http_exchange(addr: &str, host: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     let mut s = connect(addr)?;
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: atlas-init-probe\r\nAccept: */*\r\n\r\n"
     );
     s.write_all(request.as_bytes())
         .map_err(|e| format!("GET http://{addr}{path}: sending: {e}"))?;
-    let head = read_head(&mut s).map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+    let answer = read_answer(&mut s).map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(answer.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&answer[..split.min(MAX_HEAD)]).into_owned();
     let status = status_code(&head).ok_or_else(|| {
         format!(
             "GET http://{addr}{path}: not an HTTP answer: {}",
@@ -142,17 +190,18 @@ fn http_get(addr: &str, host: &str, path: &str) -> Result<String, String> {
         )
     })?;
     if (200..300).contains(&status) {
-        Ok(format!("GET http://{addr}{path}: HTTP {status}"))
+        Ok((status, answer[split..].to_vec()))
     } else {
         Err(format!("GET http://{addr}{path}: {}", first_line(&head)))
     }
 }
 
-/// Reads until the end of the headers, EOF or the size cap.
-fn read_head(s: &mut TcpStream) -> Result<String, String> {
+/// Reads the whole answer (until the server closes, an I/O timeout, or [`MAX_ANSWER`]):
+/// reading only the head and hanging up made servers log a broken pipe on every probe.
+fn read_answer(s: &mut TcpStream) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while buf.len() < MAX_HEAD && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    let mut chunk = [0u8; 64 * 1024];
+    while buf.len() < MAX_ANSWER {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -163,7 +212,7 @@ fn read_head(s: &mut TcpStream) -> Result<String, String> {
     if buf.is_empty() {
         return Err("the connection closed without an answer".into());
     }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    Ok(buf)
 }
 
 fn first_line(head: &str) -> &str {
@@ -344,6 +393,21 @@ mod tests {
         let junk = serve_once(b"SSH-2.0-OpenSSH\r\n");
         let e = run(&parse(&format!("http://{junk}/")).unwrap()).unwrap_err();
         assert!(e.contains("not an HTTP answer: SSH-2.0"), "{e}");
+    }
+
+    #[test]
+    fn the_whole_answer_is_read_and_its_body_kept() {
+        let big: &'static [u8] = Box::leak(
+            [
+                &b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"[..],
+                &vec![b'x'; 300 * 1024],
+            ]
+            .concat()
+            .into_boxed_slice(),
+        );
+        let addr = serve_once(big);
+        let (status, body) = http_exchange(&addr, &addr, "/metrics").unwrap();
+        assert_eq!((status, body.len()), (200, 300 * 1024));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `atlas-install status`: what is installed (the project, owned instances with state and
-//! addresses, volumes, networks, profiles, the installed version), the server wiring, and one
-//! health probe per instance. Read-only. Exit 0 when every service is healthy, 1 otherwise
+//! addresses, volumes, networks, profiles, the installed version), the server wiring, one
+//! health probe per instance, and the outputs (endpoints, step-ca's root fingerprint and how
+//! to trust it, how node-exporter sees the host; computed by `engine::outputs`). Read-only. Exit 0 when every service is healthy, 1 otherwise
 //! (nothing installed included). `--json` puts the same report on stdout.
 
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
-use atlas_install::engine::{certs, cluster, health, secrets, wiring};
+use atlas_install::engine::{certs, cluster, health, outputs, secrets, wiring};
 use atlas_install::incus::{Client, OptionalExt as _, owner};
 use serde::Serialize;
 
@@ -33,6 +34,9 @@ struct Report {
     /// On a cluster: members that are not online, with the instances on them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     offline_members: Vec<cluster::OfflineMember>,
+    /// Where things are reached and how to trust step-ca (absent when nothing is installed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<outputs::Outputs>,
     healthy: bool,
 }
 
@@ -108,6 +112,7 @@ async fn collect(config: &Config) -> Result<Report> {
         },
         offline_members: Vec::new(),
         certificates: Vec::new(),
+        outputs: None,
         healthy: false,
     };
     let Some(project) = client
@@ -214,6 +219,11 @@ async fn collect(config: &Config) -> Result<Report> {
     report.certificates = certs::status(&client, config)
         .await
         .context("reading the services' certificates")?;
+    report.outputs = Some(
+        outputs::collect(&client, config)
+            .await
+            .context("collecting the outputs")?,
+    );
     Ok(report)
 }
 
@@ -265,6 +275,59 @@ async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
         }
         Err(e) => unknown(e.to_string()),
     }
+}
+
+/// The Terraform-style outputs: endpoints, step-ca trust, host metrics.
+fn print_outputs(out: &mut impl std::io::Write, o: &outputs::Outputs) {
+    let _ = writeln!(out, "\nEndpoints:");
+    let width = o.endpoints.iter().map(|e| e.name.len()).max().unwrap_or(0);
+    for reach in ["public", "internal"] {
+        for e in o.endpoints.iter().filter(|e| e.reach == reach) {
+            let note = e
+                .note
+                .as_deref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {:width$}  {:8}  {}{note}", e.name, e.reach, e.url);
+        }
+    }
+    for s in &o.step_ca {
+        let _ = writeln!(out, "\nstep-ca {} ({}):", s.instance, s.ca_url);
+        match (&s.root_fingerprint, &s.bootstrap) {
+            (Some(fp), Some(cmd)) => {
+                let _ = writeln!(out, "  root fingerprint: {fp}");
+                let _ = writeln!(out, "  trust it:         {cmd}");
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "  root fingerprint: unknown ({})",
+                    s.note.as_deref().unwrap_or("not readable")
+                );
+            }
+        }
+        if let Some(acme) = &s.acme_directory {
+            let _ = writeln!(out, "  ACME directory:   {acme}");
+        }
+    }
+    for h in &o.host_metrics {
+        match &h.limitation {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nHost metrics: {} measures this host through /host, /host/proc and /host/sys.",
+                    h.instance
+                );
+            }
+            Some(why) => {
+                let _ = writeln!(out, "\nHost metrics: {why}.");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nSecrets are not shown here: `atlas-install secret list` names them, `atlas-install secret get NAME` prints one."
+    );
 }
 
 fn print_human(r: &Report) {
@@ -366,6 +429,9 @@ fn print_human(r: &Report) {
             .map(|e| format!(" until {e}"))
             .unwrap_or_default();
         let _ = writeln!(out, "  {}  {}{until}: {}", c.instance, c.state, c.detail);
+    }
+    if let Some(o) = &r.outputs {
+        print_outputs(&mut out, o);
     }
     let probed: Vec<&health::HealthReport> = r
         .instances

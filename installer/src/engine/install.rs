@@ -1,9 +1,9 @@
 //! The fixed sequence: preflight, client remotes, project (+ state bucket), networks,
-//! profiles, volumes, images, instances (each TLS service with its certificate from step-ca
-//! before it starts), certificates (step-ca's settings; renewals), server wiring, health
-//! gates. [`Engine::plan`]
-//! reads only; [`Engine::apply`] writes what the plan says, step by step, each step
-//! idempotent, so a run killed anywhere converges when run again.
+//! volumes (before the profiles that mount them), profiles, images, instances (each TLS
+//! service with its certificate from step-ca before it starts), certificates (step-ca's
+//! settings; renewals), server wiring, health gates. [`Engine::plan`] reads only;
+//! [`Engine::apply`] writes what the plan says, step by step, each step idempotent, so a run
+//! killed anywhere converges when run again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -88,14 +88,15 @@ impl Default for Options {
     }
 }
 
-/// The steps, in order, as shown in progress.
+/// The steps, in order, as shown in progress. Volumes come before profiles: a profile that
+/// gains a volume mounts it at once in the running instances that use it.
 pub const STEPS: [&str; 11] = [
     "preflight",
     "remotes",
     "project",
     "networks",
-    "profiles",
     "volumes",
+    "profiles",
     "images",
     "instances",
     "certificates",
@@ -354,6 +355,21 @@ impl Engine<'_> {
         if let Some(n) = bucket_note(&pre, &observation) {
             notes.push(n);
         }
+        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
+            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
+        }
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.address.kind == ResourceKind::Volume && a.change == Change::Create)
+        {
+            if let Some((instance, path)) = adoption(cfg, &observation, &a.address.name) {
+                notes.push(format!(
+                    "{instance}: {path} moves onto the new volume {}, which starts with a copy of what {instance} holds there now",
+                    a.address.name
+                ));
+            }
+        }
         let images = desired
             .payloads
             .iter()
@@ -470,6 +486,12 @@ impl Engine<'_> {
             notes.push(format!("project {} does not exist yet: image aliases and secrets are resolved when it is created", cfg.incus.project));
         }
         for (name, p) in &desired.payloads {
+            if p.own_command {
+                notes.push(format!(
+                    "{name}: image {} ({}) carries no service spec (it was not built by this atlas-install), so it runs its own command line, not the one `render` shows; rebuild it with `atlas-install image build --import` (or install without --existing-images)",
+                    p.image.alias, p.image.fingerprint
+                ));
+            }
             if !p.pending.is_empty() {
                 notes.push(format!(
                     "{name}: {} come from step-ca later, not pushed now",
@@ -564,8 +586,8 @@ impl Engine<'_> {
 
         for (label, kind) in [
             ("networks", ResourceKind::Network),
-            ("profiles", ResourceKind::Profile),
             ("volumes", ResourceKind::Volume),
+            ("profiles", ResourceKind::Profile),
         ] {
             {
                 let task = self.progress.task(label, None);
@@ -575,7 +597,7 @@ impl Engine<'_> {
                     async {
                         let n = match kind {
                             ResourceKind::Volume => {
-                                self.converge_volumes(&root, &project, plan, &inner.placement)
+                                self.converge_volumes(&root, &project, report, inner)
                                     .await?
                             }
                             _ => self.converge_kind(&root, &project, by_kind(kind)).await?,
@@ -935,14 +957,17 @@ impl Engine<'_> {
     }
 
     /// Volumes, each created on the member of the instance that mounts it: a local pool's
-    /// volume exists on one member only, and the instance must be there too.
+    /// volume exists on one member only, and the instance must be there too. A new volume
+    /// of an instance that exists already starts with what the instance holds at its mount
+    /// path ([`super::adopt`]).
     async fn converge_volumes(
         &self,
         root: &Client,
         project: &Client,
-        plan: &super::plan::Plan,
-        placement: &super::cluster::Placement,
+        report: &PlanReport,
+        inner: &Inner,
     ) -> Result<usize, EngineError> {
+        let plan = &report.plan;
         let owners = volume_owners(plan);
         let mut n = 0;
         for a in plan
@@ -952,14 +977,37 @@ impl Engine<'_> {
         {
             let target = owners
                 .get(&a.address.name)
-                .and_then(|i| placement.target_for(i))
+                .and_then(|i| inner.placement.target_for(i))
                 // A group is for instances; a volume needs a member, which only the
                 // instance's creation picks. Such volumes are made untargeted.
                 .filter(|t| !t.starts_with('@'));
             let project = project.on_target(target.as_deref());
-            n += self
-                .converge_kind(root, &project, std::iter::once(a))
-                .await?;
+            match (
+                &a.change,
+                &a.resource,
+                adoption(self.config, &inner.observation, &a.address.name),
+            ) {
+                (Change::Create, Some(r), Some((instance, path))) => {
+                    let got = super::adopt::create_with_contents(
+                        &project,
+                        r,
+                        instance,
+                        path,
+                        &report.preflight.pool_driver,
+                    )
+                    .await?;
+                    self.progress.info(&format!(
+                        "{instance}: {path} ({} files, {} bytes) copied onto its new volume {}; the old copy stays hidden under the volume in {instance}'s root filesystem until its next image change",
+                        got.files, got.bytes, r.name
+                    ));
+                    n += 1;
+                }
+                _ => {
+                    n += self
+                        .converge_kind(root, &project, std::iter::once(a))
+                        .await?;
+                }
+            }
         }
         Ok(n)
     }
@@ -1094,6 +1142,22 @@ impl Engine<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// `(instance, mount path)` when `volume` is the configured data volume of an instance that
+/// exists without anything mounted at that path: its contents there move onto the volume.
+fn adoption<'c>(config: &'c Config, obs: &Observation, volume: &str) -> Option<(&'c str, &'c str)> {
+    config
+        .enabled_instances()
+        .into_iter()
+        .filter_map(|(name, i)| Some((name, i.volume.as_ref()?)))
+        .find(|(_, v)| v.name == volume)
+        .filter(|(name, v)| {
+            obs.instances
+                .get(*name)
+                .is_some_and(|i| super::adopt::needs_adoption(i, &v.path))
+        })
+        .map(|(name, v)| (name, v.path.as_str()))
 }
 
 /// Custom volume name -> the instance that mounts it, through its own disk devices or those

@@ -2,10 +2,11 @@
 //! the fixed, idempotent sequence that applies it.
 //!
 //! - [`install::Engine::plan`] runs preflight and computes the [`plan::Plan`] from GETs only.
-//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, profiles, volumes,
+//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, volumes, profiles,
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
+pub mod adopt;
 pub mod backup;
 pub mod certs;
 pub mod clock;
@@ -18,9 +19,11 @@ pub mod health;
 pub mod install;
 pub mod instances;
 pub mod netfile;
+pub mod outputs;
 pub mod plan;
 pub mod preflight;
 pub mod record;
+pub mod redact;
 pub mod remotes;
 pub mod resource;
 pub mod rotate;

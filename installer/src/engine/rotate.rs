@@ -288,12 +288,16 @@ async fn step_ca(
             let again = change_pass(&project, name, &path, &staged, &staged, owner).await?;
             if again.exit_code != 0 {
                 let _ = project.delete_file(name, &staged).await;
+                let said = format!(
+                    "with the current password ({}) and with the one being rotated to ({})",
+                    first.stderr_str().trim(),
+                    again.stderr_str().trim()
+                );
+                let said = super::redact::excerpt(client, config, &said).await;
                 return Err(err(
                     &what,
                     format!(
-                        "`step crypto change-pass {path}` failed with the current password ({}) and with the one being rotated to ({}). The key was left as it was; check {current} against the key, then run again",
-                        first.stderr_str().trim(),
-                        again.stderr_str().trim()
+                        "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
                     ),
                 ));
             }

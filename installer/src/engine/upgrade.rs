@@ -303,7 +303,7 @@ pub(crate) async fn gate_one(
     let Some(probe) = super::health::probe_for(config, instance, inst) else {
         return Ok(());
     };
-    super::health::gate_probes(client, vec![probe], timeout, progress)
+    super::health::gate_probes(client, config, vec![probe], timeout, progress)
         .await
         .map_err(Into::into)
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::config::ServiceKind;
 
 use super::paths::service_user;
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand};
 
 pub const CONFIG: &str = "/etc/alertmanager/alertmanager.yml";
 
@@ -36,13 +36,13 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         .map_or("/alertmanager", |v| v.path.as_str());
     Ok(RenderedInstance {
         files: vec![file],
-        command: Some(vec![
+        command: Some(ServiceCommand::plain(&[
             "/bin/alertmanager".to_string(),
             format!("--config.file={CONFIG}"),
             format!("--storage.path={data}"),
             // Single node: no gossip listener on 9094.
             "--cluster.listen-address=".to_string(),
-        ]),
+        ])),
         ..Default::default()
     })
 }

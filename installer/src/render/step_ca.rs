@@ -4,7 +4,7 @@
 use crate::config::ServiceKind;
 
 use super::paths::service_user;
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand};
 
 /// Outside `/home/step` on purpose: that is the data volume, which a file pushed into the
 /// stopped container's root filesystem would sit underneath. The entrypoint (0.28 and later)
@@ -38,6 +38,16 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     if s.acme {
         env.insert("DOCKER_STEPCA_INIT_ACME".into(), "true".into());
     }
+    // The image's entrypoint initialises the CA on first start, then execs step-ca.
+    out.command = Some(ServiceCommand::wrapped(
+        &["/bin/bash", "/entrypoint.sh"],
+        &[
+            "step-ca".to_string(),
+            "--password-file".to_string(),
+            format!("{STEPPATH}/secrets/password"),
+            format!("{STEPPATH}/config/ca.json"),
+        ],
+    ));
     // No trailing newline: step reads the whole file as the password.
     out.files.push(RenderedFile::secret(
         PASSWORD_FILE,
