@@ -631,7 +631,7 @@ impl<'a> Issuer<'a> {
     ) -> Result<(String, String), EngineError> {
         let (key, csr) = key_and_request(names)
             .map_err(|e| EngineError::object(format!("certificate of {name}"), e))?;
-        let chain = step_ca::sign(&self.project(), &ca.name, &csr, &self.password).await?;
+        let chain = step_ca::sign(self.client, self.config, &ca.name, &csr, &self.password).await?;
         // What step-ca returned must be what the service will be judged by.
         match assess(
             chain.as_bytes(),

@@ -319,10 +319,14 @@ async fn step_ca(
         // Already re-encrypted by an interrupted run: the new password opens it.
         if let Err(again) = reencrypt_provisioner(&project, name, &staged, &staged).await? {
             let _ = project.delete_file(name, &staged).await;
+            let said = format!(
+                "neither the current password ({first}) nor the one being rotated to ({again})"
+            );
+            let said = super::redact::excerpt(client, config, &said).await;
             return Err(err(
                 &what,
                 format!(
-                    "the provisioner key in {} opens with neither the current password ({first}) nor the one being rotated to ({again}); the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
+                    "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
                     super::step_ca::CA_JSON
                 ),
             ));
@@ -340,11 +344,11 @@ async fn step_ca(
         )
         .await?;
     if mv.exit_code != 0 {
+        let said = super::redact::excerpt(client, config, mv.stderr_str().trim()).await;
         return Err(err(
             &what,
             format!(
-                "moving the new password file into place (`mv {staged} {current}`) failed: {}. The keys already have the new password, which stays stored as {KEY_STEP_CA_NEXT}: run again",
-                mv.stderr_str().trim()
+                "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {KEY_STEP_CA_NEXT}: run again"
             ),
         ));
     }

@@ -232,11 +232,13 @@ impl<'a> Scratch<'a> {
 /// Has step-ca01 sign `csr_pem` for [`CERT_LIFETIME`] through the JWK provisioner, which
 /// `password` opens; returns the certificate chain (leaf, then intermediate) in PEM.
 pub async fn sign(
-    project: &Client,
+    client: &Client,
+    config: &Config,
     name: &str,
     csr_pem: &str,
     password: &str,
 ) -> Result<String, EngineError> {
+    let project = &client.in_project(&config.incus.project);
     let mut scratch = Scratch::new(project, name).await?;
     let out = async {
         let csr = scratch
@@ -283,7 +285,10 @@ pub async fn sign(
     scratch.remove(&["certificate.crt"]).await;
     match out {
         Ok(Ok(chain)) => Ok(chain),
-        Ok(Err(why)) => Err(err(name, why)),
+        Ok(Err(why)) => Err(err(
+            name,
+            super::redact::excerpt(client, config, &why).await,
+        )),
         Err(e) => Err(EngineError::from(e)),
     }
 }

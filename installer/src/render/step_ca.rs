@@ -18,9 +18,9 @@ pub const PASSWORD_FILE: &str = "/etc/step-ca/password";
 pub const STEPPATH: &str = "/home/step";
 
 /// Port of step-ca's Prometheus listener (plain HTTP, `metricsAddress` in ca.json, step-ca
-/// 0.25.3 and later). The first-start initialisation has no variable for it:
-/// `"metricsAddress": ":9290"` must be added to `$STEPPATH/config/ca.json` after
-/// initialisation (by the step-ca recipe or the installer), then step-ca restarted.
+/// 0.25.3 and later). The first-start initialisation has no variable for it: the installer
+/// adds `"metricsAddress": ":9290"` to `$STEPPATH/config/ca.json` after initialisation and
+/// restarts step-ca (`engine::step_ca`).
 pub const STEP_CA_METRICS_PORT: u16 = 9290;
 
 pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
