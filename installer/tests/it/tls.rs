@@ -14,21 +14,16 @@ use std::time::Duration;
 use atlas_install::incus::{Client, FileMeta, StateAction};
 
 use crate::common::{client_or_skip, have_tool, stderr, stdout};
-use crate::stack::{Cleanup, Stack, fixtures_ready, wait_for_up};
+use crate::stack::{Cleanup, Stack, fixtures_ready};
 
 const ROOT: &str = "/home/step/certs/root_ca.crt";
 const PASSWORD_FILE: &str = "/home/step/secrets/password";
 const KEY_STEP: &str = "user.atlas.secret.step-ca-password";
 const KEY_MQTT: &str = "user.atlas.secret.mosquitto.atlas.password";
 
-/// Prometheus' own HTTPS needs `--web.config.file` on its command line, which reaches the
-/// process only once the rendered command line is applied (#14, item 1); until then its TLS
-/// stays off here, and its scrapes of Grafana and Loki over HTTPS are what is checked of it.
-const PROMETHEUS_TLS: bool = false;
-
 /// (instance, its certificate, its key, the key's owner) for every TLS service here.
-fn tls_services() -> Vec<(&'static str, &'static str, &'static str, (u32, u32))> {
-    let mut v = vec![
+fn tls_services() -> [(&'static str, &'static str, &'static str, (u32, u32)); 4] {
+    [
         (
             "grafana01",
             "/etc/grafana/tls/tls.crt",
@@ -47,16 +42,13 @@ fn tls_services() -> Vec<(&'static str, &'static str, &'static str, (u32, u32))>
             "/mosquitto/config/tls/tls.key",
             (1883, 1883),
         ),
-    ];
-    if PROMETHEUS_TLS {
-        v.push((
+        (
             "prometheus01",
             "/etc/prometheus/tls/tls.crt",
             "/etc/prometheus/tls/tls.key",
             (65534, 65534),
-        ));
-    }
-    v
+        ),
+    ]
 }
 
 fn free_port() -> u16 {
@@ -238,6 +230,38 @@ fn mqtts_roundtrip(ns: &Netns, ca: &Path, port: u16, password: &str) -> Result<S
     }
 }
 
+/// `up` per scrape job, asked of Prometheus over HTTPS from the namespace (trusting `ca`
+/// only), until every job of `jobs` is up or two minutes have passed.
+async fn up_over_https(ns: &Netns, ca: &Path, jobs: &[&str]) -> Vec<(String, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let o = ns
+            .cmd("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(ca)
+            .arg("https://prometheus01.incus:9090/api/v1/query?query=up")
+            .output()
+            .expect("curl");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let ups: Vec<(String, String)> = v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (s(&r["metric"]["job"]), s(&r["value"][1]))
+            })
+            .collect();
+        let all = jobs
+            .iter()
+            .all(|j| ups.iter().any(|(job, v)| job == j && v == "1"));
+        if all || std::time::Instant::now() > deadline {
+            return ups;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
 /// Runs `argv` in step-ca01 as the step user.
 async fn in_step_ca(c: &Client, argv: &[&str]) -> atlas_install::incus::ExecOutput {
     c.exec_as("step-ca01", argv, &Default::default(), Some((1000, 1000)))
@@ -356,7 +380,7 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     let mqtts_port = free_port();
     let tail = format!(
         "\n[instances.grafana01]\ntls = true\n\n[instances.loki01]\ntls = true\n\n\
-         [instances.prometheus01]\ntls = {PROMETHEUS_TLS}\n"
+         [instances.prometheus01]\ntls = true\n"
     );
     stack.config_with(
         "\"127.0.0.1/32\"",
@@ -368,7 +392,7 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     let pc = stack.project();
 
     // 1. A first install: each TLS service starts with a certificate step-ca signed.
-    let o = stack.atlas(&["plan"]);
+    let o = stack.atlas(&["plan", "--ignore-preflight"]);
     let plan = format!("{}{}", stdout(&o), stderr(&o));
     assert!(
         plan.contains("~ certificate loki01: issued by step-ca01 (90 days) before loki01 starts"),
@@ -473,9 +497,7 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     );
     curl_200(&ns, &root, "https://grafana01.incus:3000/api/health").await;
     curl_200(&ns, &root, "https://loki01.incus:3100/ready").await;
-    if PROMETHEUS_TLS {
-        curl_200(&ns, &root, "https://prometheus01.incus:9090/-/ready").await;
-    }
+    curl_200(&ns, &root, "https://prometheus01.incus:9090/-/ready").await;
     // By address too: Incus ships logs to Loki by address.
     curl_200(&ns, &root, &format!("https://{}:3100/ready", ips["loki01"])).await;
     let refused = curl(&ns, None, "https://grafana01.incus:3000/api/health");
@@ -498,11 +520,10 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     let wrong = mqtts_roundtrip(&ns, &root, 8883, "wrong-password");
     assert!(wrong.is_err(), "a wrong MQTT password over TLS");
 
-    // 4. Prometheus scrapes step-ca's metrics (metricsAddress written by the installer) and
-    // Grafana and Loki over HTTPS, trusting the root it was given.
-    let prom = ips["prometheus01"];
-    let jobs = ["step-ca", "grafana", "loki"];
-    let ups = wait_for_up(prom, &jobs).await;
+    // 4. Prometheus (itself over HTTPS now) scrapes step-ca's metrics (metricsAddress written
+    // by the installer), itself, Grafana and Loki over HTTPS, trusting the root it was given.
+    let jobs = ["step-ca", "prometheus", "grafana", "loki"];
+    let ups = up_over_https(&ns, &root, &jobs).await;
     for job in jobs {
         assert!(
             ups.iter().any(|(j, v)| j == job && v == "1"),
@@ -518,13 +539,13 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     let o = stack.install();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
-    let o = stack.atlas(&["plan", "--detailed-exitcode"]);
+    let o = stack.atlas(&["plan", "--detailed-exitcode", "--ignore-preflight"]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
 
     // 6. A certificate with less than a third of its life left: plan says so, install
     // re-issues it (90 days again) and restarts Loki, which then serves the new one.
     age_lokis_certificate(&stack, work.path(), ips["loki01"]).await;
-    let o = stack.atlas(&["plan", "--detailed-exitcode"]);
+    let o = stack.atlas(&["plan", "--detailed-exitcode", "--ignore-preflight"]);
     let plan = format!("{}{}", stdout(&o), stderr(&o));
     assert_eq!(o.status.code(), Some(2), "{plan}");
     assert!(
