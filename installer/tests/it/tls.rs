@@ -378,14 +378,12 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     let _turn = crate::engine::STACKS.lock().await;
     let stack = Stack::new(client, 't').await;
     let mqtts_port = free_port();
-    let tail = format!(
-        "\n[instances.grafana01]\ntls = true\n\n[instances.loki01]\ntls = true\n\n\
-         [instances.prometheus01]\ntls = true\n"
-    );
+    let tail = "\n[instances.grafana01]\ntls = true\n\n[instances.loki01]\ntls = true\n\n\
+                [instances.prometheus01]\ntls = true\n";
     stack.config_with(
         "\"127.0.0.1/32\"",
         &format!("tls = true\nmqtts_port = {mqtts_port}\n"),
-        &tail,
+        tail,
     );
     let _cleanup = Cleanup(&stack);
     let work = tempfile::tempdir().expect("tempdir");
