@@ -61,7 +61,7 @@ pub(crate) struct Stack {
     pub(crate) nets: Vec<String>,
     /// Third octet of the first of five consecutive 10.23x.y.0/24 ranges.
     base: (u8, u8),
-    https_port: u16,
+    pub(crate) https_port: u16,
     http_port: u16,
     pub(crate) mqtt_port: u16,
     pub(crate) dir: tempfile::TempDir,
@@ -330,7 +330,7 @@ async fn through_caddy(port: u16) -> Result<u16, String> {
 }
 
 /// The same request until the answer settles (Caddy gets its internal certificate lazily).
-async fn caddy_status(port: u16) -> u16 {
+pub(crate) async fn caddy_status(port: u16) -> u16 {
     let mut last = Err(String::new());
     for _ in 0..20 {
         last = through_caddy(port).await;
