@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host (root, no systemd) for atlas-install development and tests:
 # installs Incus from bookworm-backports, the OCI cross-check tools, the real service
-# binaries used to validate rendered configs, musl-tools for the static build, and the
+# binaries used to validate rendered configs, musl-tools for the static build, the
 # independent oracles of signatures and SBOMs: minisign (verifies what we sign) and golang-go
-# (`go version -m` reads the Go build info we list).
+# (`go version -m` reads the Go build info we list), and step-ca's library for the step-ca
+# fixture (tests/fixtures/step-ca; gcc and libc6-dev are only Recommends of golang-go, but
+# cgo needs them).
 # Idempotent: safe to run again. Starts nothing; see tests/start-services.sh.
 set -euo pipefail
 
@@ -37,7 +39,7 @@ want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 for p in dnsmasq-base skopeo umoci docker-registry prometheus prometheus-alertmanager \
          prometheus-node-exporter caddy mosquitto mosquitto-clients musl-tools iproute2 \
          nftables curl ca-certificates file jq busybox-static attr zip time bc \
-         minisign golang-go nodejs; do
+         minisign golang-go golang-github-smallstep-certificates-dev gcc libc6-dev nodejs; do
   want "$p"
 done
 # npm comes with some nodejs builds and is a package of its own in Debian's.

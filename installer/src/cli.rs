@@ -102,6 +102,9 @@ pub enum Command {
     /// Sign files and check signatures (minisign format), e.g. a release's SHA256SUMS.
     #[command(subcommand)]
     Signature(SignatureCommand),
+    /// Name the generated secrets, or print one on purpose (no other command prints any).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -126,6 +129,10 @@ pub struct InstallArgs {
     /// Go on even when the host is below the minimum CPU, memory or disk.
     #[arg(long)]
     pub ignore_preflight: bool,
+    /// How long each service has to pass its health check (upgrade: before it is put back
+    /// as it was).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub health_timeout: u64,
     #[command(flatten)]
     pub trust: TrustArgs,
 }
@@ -146,9 +153,15 @@ pub struct TrustArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 3 when preflight finds
+    /// problems (install would refuse), 1 on any other error. Without it: 0 for a plan, 1 for
+    /// preflight problems or an error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Plan as `install --ignore-preflight` would run: a host below the minimum CPU, memory
+    /// or disk is a warning, not a problem.
+    #[arg(long)]
+    pub ignore_preflight: bool,
     /// Plan with the images already under the aliases of `images.aliases`, as
     /// `install --existing-images` would (a missing alias is then an error).
     #[arg(long)]
@@ -167,9 +180,6 @@ pub struct UpgradeArgs {
     /// Where the new images come from: a bundle, registries, or the aliases already in Incus.
     #[command(flatten)]
     pub source: InstallArgs,
-    /// How long each replaced service has to pass its health check before it is rolled back.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    pub health_timeout: u64,
     /// Generate new secrets (Grafana admin password, Mosquitto passwords, metrics
     /// certificate) and apply each the service's own way; the step-ca password is kept.
     #[arg(long)]
@@ -368,6 +378,18 @@ pub enum SignatureCommand {
         trust: TrustArgs,
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// The names of the secrets stored in the Atlas project (never their values).
+    List,
+    /// Print one secret's value on stdout, e.g. `grafana-admin-password` or
+    /// `mosquitto.atlas.password`.
+    Get {
+        #[arg(value_name = "NAME")]
+        name: String,
     },
 }
 

@@ -247,7 +247,9 @@ pub fn split_answer(raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(body.to_vec())
 }
 
-/// Reads until the end of the headers, EOF or the size cap.
+/// Reads until the end of the headers, EOF or the size cap, then the rest of the answer
+/// (up to [`MAX_BODY`], discarded): hanging up after the head made servers log a broken pipe
+/// on every probe.
 fn read_head(s: &mut TcpStream) -> Result<String, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -261,6 +263,13 @@ fn read_head(s: &mut TcpStream) -> Result<String, String> {
     }
     if buf.is_empty() {
         return Err("the connection closed without an answer".into());
+    }
+    let mut drained = 0;
+    while drained < MAX_BODY {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }

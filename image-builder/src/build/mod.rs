@@ -55,6 +55,13 @@ pub use unified::{
 pub const ATLAS_LABEL: &str = "io.atlas.image";
 /// Label naming the service of an Atlas image.
 pub const SERVICE_LABEL: &str = "io.atlas.service";
+/// Label holding the image's [`ServiceSpec`] (the same document as its
+/// `/etc/atlas/service.json`, on one line): what the installer derives each instance's service
+/// spec from, so that the command line it renders replaces the image's and nothing else.
+pub const SERVICE_SPEC_LABEL: &str = "io.atlas.service.spec";
+/// The Incus image property carrying [`SERVICE_SPEC_LABEL`]'s value (`image.atlas.service.spec`
+/// on instances).
+pub const SERVICE_SPEC_PROPERTY: &str = "atlas.service.spec";
 /// Label holding the recipe hash of an Atlas image built from a recipe.
 pub const RECIPE_HASH_LABEL: &str = "io.atlas.recipe.hash";
 /// Label listing the plugins baked into an image: `id=sha256:…,…`.
@@ -409,6 +416,9 @@ impl AtlasImage {
         if let Some(h) = &self.spec.recipe_hash {
             p.insert("atlas.recipe.hash".to_owned(), h.clone());
         }
+        if let Some(line) = self.service.as_ref().and_then(|s| s.to_json_compact().ok()) {
+            p.insert(SERVICE_SPEC_PROPERTY.to_owned(), line);
+        }
         p
     }
 }
@@ -455,11 +465,19 @@ pub fn is_atlas_image(image: &PulledImage) -> bool {
 pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildError> {
     let what = format!("{} (from {})", spec.name, base.source);
     if is_atlas_image(base) {
+        // Built by us before: its service is in its label (images built before the label
+        // existed have none, and are installed with their own command line).
+        let service = base
+            .config
+            .config
+            .labels
+            .get(SERVICE_SPEC_LABEL)
+            .and_then(|s| ServiceSpec::from_json(s).ok());
         return Ok(AtlasImage {
             base: base.clone(),
             spec: spec.without_entries(),
             layer: None,
-            service: None,
+            service,
             config_bytes: base.config_bytes.clone(),
             config_digest: base.config_descriptor.digest.clone(),
             manifest_bytes: base.manifest_bytes.clone(),

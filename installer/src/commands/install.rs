@@ -251,6 +251,7 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
     let _lock = ctx.lock(global, if upgrade { "upgrade" } else { "install" })?;
     let options = Options {
         ignore_preflight: args.ignore_preflight,
+        health_timeout: std::time::Duration::from_secs(args.health_timeout),
         fail_at: test_hooks::fail_at(),
         pause_at: test_hooks::pause_at(),
         supply: supply.images.clone(),

@@ -17,6 +17,7 @@ mod plan;
 mod render;
 mod sbom;
 mod signature;
+mod secret;
 mod status;
 mod upgrade;
 
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bundle(cmd) => bundle::run(cmd, &global),
         Command::Backup(cmd) => backup::run(cmd, &global),
         Command::Signature(cmd) => signature::run(cmd, &global),
+        Command::Secret(cmd) => secret::run(cmd, &global),
     }
     .inspect(|_| drop(global))
 }

@@ -1,9 +1,10 @@
 //! `atlas-install status`: what is installed (the project, owned instances with state and
-//! addresses, volumes, networks, profiles, the installed version), the server wiring, and one
-//! health probe per instance, the alerts firing in Alertmanager and where notifications go.
-//! Read-only. Exit 0 when every service is healthy, 1 otherwise (nothing installed
-//! included); firing alerts are reported, not counted. `--json` puts the same report on
-//! stdout.
+//! addresses, volumes, networks, profiles, the installed version), the server wiring, one
+//! health probe per instance, the alerts firing in Alertmanager and where notifications go,
+//! the services' certificates, and the outputs (endpoints, step-ca's root fingerprint and how
+//! to trust it, how node-exporter sees the host; computed by `engine::outputs`). Read-only.
+//! Exit 0 when every service is healthy, 1 otherwise (nothing installed included); firing
+//! alerts are reported, not counted. `--json` puts the same report on stdout.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
-use atlas_install::engine::{alerts, cluster, health, secrets, wiring};
+use atlas_install::engine::{alerts, certs, cluster, health, outputs, secrets, wiring};
 use atlas_install::incus::{Client, OptionalExt as _, owner};
 use serde::Serialize;
 
@@ -29,10 +30,16 @@ struct Report {
     networks: Vec<Named>,
     profiles: Vec<Named>,
     wiring: WiringStatus,
+    /// The TLS services' certificates from step-ca, and when `install` renews them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    certificates: Vec<certs::CertStatus>,
     /// On a cluster: members that are not online, with the instances on them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     offline_members: Vec<cluster::OfflineMember>,
     alerts: AlertsStatus,
+    /// Where things are reached and how to trust step-ca (absent when nothing is installed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<outputs::Outputs>,
     healthy: bool,
 }
 
@@ -123,6 +130,8 @@ async fn collect(config: &Config) -> Result<Report> {
         },
         offline_members: Vec::new(),
         alerts: AlertsStatus::default(),
+        certificates: Vec::new(),
+        outputs: None,
         healthy: false,
     };
     let Some(project) = client
@@ -227,6 +236,14 @@ async fn collect(config: &Config) -> Result<Report> {
         .collect();
     report.wiring = wiring_status(&client, config).await;
     report.alerts = alerts_status(&client, config).await;
+    report.certificates = certs::status(&client, config)
+        .await
+        .context("reading the services' certificates")?;
+    report.outputs = Some(
+        outputs::collect(&client, config)
+            .await
+            .context("collecting the outputs")?,
+    );
     Ok(report)
 }
 
@@ -297,6 +314,59 @@ async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
         }
         Err(e) => unknown(e.to_string()),
     }
+}
+
+/// The Terraform-style outputs: endpoints, step-ca trust, host metrics.
+fn print_outputs(out: &mut impl std::io::Write, o: &outputs::Outputs) {
+    let _ = writeln!(out, "\nEndpoints:");
+    let width = o.endpoints.iter().map(|e| e.name.len()).max().unwrap_or(0);
+    for reach in ["public", "internal"] {
+        for e in o.endpoints.iter().filter(|e| e.reach == reach) {
+            let note = e
+                .note
+                .as_deref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {:width$}  {:8}  {}{note}", e.name, e.reach, e.url);
+        }
+    }
+    for s in &o.step_ca {
+        let _ = writeln!(out, "\nstep-ca {} ({}):", s.instance, s.ca_url);
+        match (&s.root_fingerprint, &s.bootstrap) {
+            (Some(fp), Some(cmd)) => {
+                let _ = writeln!(out, "  root fingerprint: {fp}");
+                let _ = writeln!(out, "  trust it:         {cmd}");
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "  root fingerprint: unknown ({})",
+                    s.note.as_deref().unwrap_or("not readable")
+                );
+            }
+        }
+        if let Some(acme) = &s.acme_directory {
+            let _ = writeln!(out, "  ACME directory:   {acme}");
+        }
+    }
+    for h in &o.host_metrics {
+        match &h.limitation {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nHost metrics: {} measures this host through /host, /host/proc and /host/sys.",
+                    h.instance
+                );
+            }
+            Some(why) => {
+                let _ = writeln!(out, "\nHost metrics: {why}.");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nSecrets are not shown here: `atlas-install secret list` names them, `atlas-install secret get NAME` prints one."
+    );
 }
 
 fn print_human(r: &Report) {
@@ -389,6 +459,20 @@ fn print_human(r: &Report) {
         let _ = writeln!(out, "  {c}");
     }
     print_alerts(&mut out, &r.alerts);
+    if !r.certificates.is_empty() {
+        let _ = writeln!(out, "Certificates (from step-ca):");
+    }
+    for c in &r.certificates {
+        let until = c
+            .expires
+            .as_deref()
+            .map(|e| format!(" until {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {}  {}{until}: {}", c.instance, c.state, c.detail);
+    }
+    if let Some(o) = &r.outputs {
+        print_outputs(&mut out, o);
+    }
     let probed: Vec<&health::HealthReport> = r
         .instances
         .iter()

@@ -14,7 +14,6 @@ pub fn run(global: &GlobalArgs, args: &UpgradeArgs) -> Result<ExitCode> {
     let options = Options {
         upgrade: true,
         rotate_secrets: args.rotate_secrets,
-        health_timeout: Duration::from_secs(args.health_timeout),
         ..Options::default()
     };
     super::install::apply(global, &args.source, options)

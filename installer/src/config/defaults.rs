@@ -34,11 +34,13 @@ impl ServiceKind {
             u8,
             u16,
         ) = match self {
+            // Not in the seed's storage table: Caddy keeps its internal CA, ACME account and
+            // certificates under /data (XDG_DATA_HOME), which must outlive its root filesystem.
             ServiceKind::Caddy => (
                 2,
                 "1GB",
-                None,
-                None,
+                Some(("1GB", "/data")),
+                Some(("@weekly", "4w")),
                 &[Production, Management, External],
                 10,
                 443,
@@ -318,7 +320,22 @@ mod tests {
             .filter_map(|i| i.volume.as_ref())
             .map(|v| v.size.bytes)
             .sum();
-        assert_eq!(vol, 167_000_000_000, "seed total storage is 167GB");
+        assert_eq!(
+            vol, 168_000_000_000,
+            "seed total storage is 167GB, plus Caddy's 1GB /data"
+        );
+        let caddy = c.instances["caddy01"]
+            .volume
+            .as_ref()
+            .expect("caddy01 has /data");
+        assert_eq!(
+            (caddy.name.as_str(), caddy.path.as_str()),
+            ("caddy01-data", "/data")
+        );
+        assert!(
+            !caddy.snapshots.enabled,
+            "snapshots off until enabled, as the seed"
+        );
         assert_eq!(c.networks.management.ipv4.to_string(), "10.50.0.1/24");
         assert_eq!(c.instances["caddy01"].nics.len(), 3);
         assert_eq!(

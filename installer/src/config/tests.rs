@@ -501,3 +501,30 @@ fn mirrors_must_be_what_they_are_used_as() {
     let ok = load_str("[images]\ndownload_mirror = \"file:///srv/dl\"\n", &[]).unwrap();
     assert_eq!(ok.images.download_mirror.as_deref(), Some("file:///srv/dl"));
 }
+
+#[test]
+fn tls_needs_step_ca_reachable_as_localhost() {
+    let errs = errors(
+        "[step_ca]\ndns_names = [\"step-ca01.incus\"]\n[mosquitto]\ntls = true\n",
+        &[],
+    );
+    has(
+        &errs,
+        "step_ca.dns_names: lacks \"localhost\", which the installer uses to have step-ca sign certificates (mosquitto.tls is on)",
+    );
+    let errs = errors(
+        "[instances.step-ca01]\nenabled = false\n[instances.loki01]\ntls = true\n",
+        &[],
+    );
+    has(
+        &errs,
+        "instances.loki01.tls: TLS certificates come from step-ca, which is disabled",
+    );
+    assert!(
+        load_str(
+            "[instances.loki01]\ntls = true\n[mosquitto]\ntls = true\n",
+            &[]
+        )
+        .is_ok()
+    );
+}

@@ -582,18 +582,34 @@ fn shared_resources(c: &Config, d: &mut Vec<Diagnostic>) {
             }
         }
     }
-    let tls_users: Vec<&str> = enabled
+    let mut tls_users: Vec<String> = enabled
         .iter()
         .filter(|(_, i)| i.tls)
-        .map(|(n, _)| *n)
+        .map(|(n, _)| format!("instances.{n}.tls"))
         .collect();
-    if !tls_users.is_empty() && c.instances_of(ServiceKind::StepCa).is_empty() {
-        push(
-            d,
-            format!("instances.{}.tls", tls_users[0]),
-            "TLS certificates come from step-ca, which is disabled",
-            "enable instances.step-ca01 or turn tls off",
-        );
+    if c.mosquitto.tls && !c.instances_of(ServiceKind::Mosquitto).is_empty() {
+        tls_users.push("mosquitto.tls".into());
+    }
+    if let Some(first) = tls_users.first() {
+        if c.instances_of(ServiceKind::StepCa).is_empty() {
+            push(
+                d,
+                first.clone(),
+                "TLS certificates come from step-ca, which is disabled",
+                "enable instances.step-ca01 or turn tls off",
+            );
+        } else if !c.step_ca.dns_names.iter().any(|n| n == "localhost") {
+            // The installer signs inside step-ca01 over https://localhost:9000, and step-ca
+            // accepts only tokens for, and serves only, its own names.
+            push(
+                d,
+                "step_ca.dns_names",
+                format!(
+                    "lacks \"localhost\", which the installer uses to have step-ca sign certificates ({first} is on)"
+                ),
+                "add \"localhost\" to step_ca.dns_names (a CA initialised without it keeps its names: turn tls off there)",
+            );
+        }
     }
     if c.instances_of(ServiceKind::StepCa).len() > 1 {
         push(

@@ -1,7 +1,9 @@
 //! The fixed sequence: preflight, client remotes, project (+ state bucket), networks,
-//! profiles, volumes, images, instances, server wiring, health gates. [`Engine::plan`]
-//! reads only; [`Engine::apply`] writes what the plan says, step by step, each step
-//! idempotent, so a run killed anywhere converges when run again.
+//! volumes (before the profiles that mount them), profiles, images, instances (each TLS
+//! service with its certificate from step-ca before it starts), certificates (step-ca's
+//! settings; renewals), server wiring, health gates. [`Engine::plan`] reads only;
+//! [`Engine::apply`] writes what the plan says, step by step, each step idempotent, so a run
+//! killed anywhere converges when run again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +17,7 @@ use crate::incus::{Client, IncusError, OptionalExt, Server, StorageBucket};
 use crate::progress::{Progress, ProgressTask};
 use crate::render::{Credentials, MqttCredential};
 
+use super::certs::{self, CertChange, Issuer};
 use super::converge;
 use super::error::EngineError;
 use super::instances;
@@ -89,16 +92,18 @@ impl Default for Options {
     }
 }
 
-/// The steps, in order, as shown in progress.
-pub const STEPS: [&str; 10] = [
+/// The steps, in order, as shown in progress. Volumes come before profiles: a profile that
+/// gains a volume mounts it at once in the running instances that use it.
+pub const STEPS: [&str; 11] = [
     "preflight",
     "remotes",
     "project",
     "networks",
-    "profiles",
     "volumes",
+    "profiles",
     "images",
     "instances",
+    "certificates",
     "wiring",
     "health",
 ];
@@ -112,7 +117,9 @@ pub struct PlanReport {
     /// Instances that exist unchanged but are not running: `install` starts them.
     pub to_start: Vec<String>,
     pub wiring: Vec<WiringChange>,
-    /// Lines about skipped or deferred parts (remotes, state bucket, certificates to come).
+    /// step-ca's settings, certificates to issue or renew, roots to push (see `certs`).
+    pub certificates: Vec<CertChange>,
+    /// Lines about skipped or deferred parts (remotes, state bucket).
     pub notes: Vec<String>,
     /// Image alias and fingerprint per instance.
     pub images: BTreeMap<String, String>,
@@ -141,6 +148,7 @@ impl PlanReport {
             || !self.to_start.is_empty()
             || !self.wiring.is_empty()
             || self.record_pending
+            || !self.certificates.is_empty()
     }
 
     /// The addresses of the objects in the way (`network mgmt`).
@@ -171,17 +179,23 @@ impl std::fmt::Display for PlanReport {
         for w in &self.wiring {
             writeln!(f, "  ~ server {}: {}", w.what, w.detail)?;
         }
+        for c in &self.certificates {
+            writeln!(f, "  {c}")?;
+        }
         for (instance, place) in &self.placement {
             writeln!(f, "  @ {instance} on {place}")?;
         }
-        if self.record_pending && !self.plan.has_changes() {
+        if self.record_pending {
             writeln!(
                 f,
                 "  ~ install record (the last run stopped before recording what it installed: written now)"
             )?;
+        }
+        if self.has_changes() && !self.plan.has_changes() && self.plan.conflicts().next().is_none()
+        {
             return writeln!(
                 f,
-                "Plan: the install record to write, nothing else changes."
+                "Resources unchanged; install would make the changes above."
             );
         }
         write!(f, "{}", self.plan)
@@ -288,7 +302,7 @@ impl Engine<'_> {
         let task = self.progress.task("plan", None);
         let out = self.compute(server, pre).await;
         match &out {
-            Ok(r) => task.finish(r.plan.to_string().lines().last().unwrap_or_default()),
+            Ok(r) => task.finish(r.to_string().lines().last().unwrap_or_default()),
             Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
         }
         let mut report = out?;
@@ -443,9 +457,25 @@ impl Engine<'_> {
             .map(|a| a.address.name.clone())
             .collect();
         let wiring = match &secrets {
-            Some(s) => wiring::plan(&self.client, cfg, s).await?,
+            Some(s) => {
+                let root = match certs::step_ca_name(cfg) {
+                    Some(ca) if observation.instances.contains_key(ca) => {
+                        super::step_ca::root_pem(&self.project(), ca).await?
+                    }
+                    _ => None,
+                };
+                wiring::plan_with(&self.client, cfg, s, &wiring_options(cfg, root)?).await?
+            }
             None => Vec::new(),
         };
+        let certificates = certs::plan(
+            &self.client,
+            cfg,
+            &desired.payloads,
+            &observation.instances,
+            super::clock::now_secs(),
+        )
+        .await?;
         let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
         let mut notes = notes;
         notes.extend(self.remotes_note(&server)?);
@@ -461,6 +491,21 @@ impl Engine<'_> {
         }
         if let Some(n) = bucket_note(&pre, &observation) {
             notes.push(n);
+        }
+        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
+            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
+        }
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.address.kind == ResourceKind::Volume && a.change == Change::Create)
+        {
+            if let Some((instance, path)) = adoption(cfg, &observation, &a.address.name) {
+                notes.push(format!(
+                    "{instance}: {path} moves onto the new volume {}, which starts with a copy of what {instance} holds there now",
+                    a.address.name
+                ));
+            }
         }
         let images = desired
             .payloads
@@ -485,6 +530,7 @@ impl Engine<'_> {
             plan,
             to_start,
             wiring,
+            certificates,
             notes,
             images,
             placement: placement.describe(cfg),
@@ -585,6 +631,12 @@ impl Engine<'_> {
             notes.push(format!("project {} does not exist yet: image aliases and secrets are resolved when it is created", cfg.incus.project));
         }
         for (name, p) in &desired.payloads {
+            if p.own_command {
+                notes.push(format!(
+                    "{name}: image {} ({}) carries no service spec (it was not built by this atlas-install), so it runs its own command line, not the one `render` shows; rebuild it with `atlas-install image build --import` (or install without --existing-images)",
+                    p.image.alias, p.image.fingerprint
+                ));
+            }
             if !p.pending.is_empty() {
                 notes.push(format!(
                     "{name}: {} come from step-ca later, not pushed now",
@@ -679,8 +731,8 @@ impl Engine<'_> {
 
         for (label, kind) in [
             ("networks", ResourceKind::Network),
-            ("profiles", ResourceKind::Profile),
             ("volumes", ResourceKind::Volume),
+            ("profiles", ResourceKind::Profile),
         ] {
             {
                 let task = self.progress.task(label, None);
@@ -690,7 +742,7 @@ impl Engine<'_> {
                     async {
                         let n = match kind {
                             ResourceKind::Volume => {
-                                self.converge_volumes(&root, &project, plan, &inner.placement)
+                                self.converge_volumes(&root, &project, report, inner)
                                     .await?
                             }
                             _ => self.converge_kind(&root, &project, by_kind(kind)).await?,
@@ -755,6 +807,14 @@ impl Engine<'_> {
             &inner.observation.observed,
             &inner.observation.owned_elsewhere,
         );
+        let issuer = Issuer::new(
+            &self.client,
+            cfg,
+            &secrets.credentials.step_ca_password,
+            self.options.health_timeout,
+            self.progress,
+        );
+        let mut converged = std::collections::BTreeSet::new();
         {
             let task = self.progress.task("instances", None);
             let t = task.as_ref();
@@ -782,8 +842,16 @@ impl Engine<'_> {
                         match (&a.change, &a.resource) {
                             (Change::Create | Change::Update, Some(r)) => {
                                 t.set_message(name);
-                                let payload = &desired.payloads[name];
                                 let existing = inner.observation.instances.get(name);
+                                let payload = &self
+                                    .with_step_ca_files(
+                                        &issuer,
+                                        name,
+                                        &desired.payloads[name],
+                                        existing,
+                                    )
+                                    .await?;
+                                converged.insert(name.clone());
                                 // On a cluster, created where the placement says.
                                 let target = inner.placement.target_for(name);
                                 let project = project.on_target(target.as_deref());
@@ -861,12 +929,40 @@ impl Engine<'_> {
         }
 
         {
+            let task = self.progress.task("certificates", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    issuer.ensure_ca().await?;
+                    let mut refreshed = Vec::new();
+                    for (name, payload) in &desired.payloads {
+                        if !converged.contains(name) && issuer.refresh(name, payload).await? {
+                            refreshed.push(name.as_str());
+                        }
+                    }
+                    t.finish(&match refreshed.is_empty() {
+                        true => "unchanged".to_string(),
+                        false => format!("{} renewed and restarted", refreshed.join(", ")),
+                    });
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-certificates")?;
+        {
             let task = self.progress.task("wiring", None);
             let t = task.as_ref();
             done(
                 t,
                 async {
-                    wiring::apply(&self.client, cfg, &secrets, self.progress).await?;
+                    let root = match certs::step_ca_name(cfg) {
+                        Some(_) => Some(issuer.root_pem().await?),
+                        None => None,
+                    };
+                    let opts = wiring_options(cfg, root)?;
+                    wiring::apply_with(&self.client, cfg, &secrets, &opts, self.progress).await?;
                     t.finish("done");
                     Ok(())
                 }
@@ -904,6 +1000,25 @@ impl Engine<'_> {
         })
     }
 
+    /// `payload` with the files step-ca provides added (see `certs`): all of them when the
+    /// instance is created or rebuilt from another image (its root filesystem is new), what
+    /// is missing or due otherwise.
+    async fn with_step_ca_files(
+        &self,
+        issuer: &Issuer<'_>,
+        name: &str,
+        payload: &super::state::InstancePayload,
+        existing: Option<&crate::incus::Instance>,
+    ) -> Result<super::state::InstancePayload, EngineError> {
+        let fresh = existing.is_none_or(|i| {
+            i.config.get("volatile.base_image") != Some(&payload.image.fingerprint)
+        });
+        let mut out = payload.clone();
+        out.files
+            .extend(issuer.files_for(name, payload, fresh).await?);
+        Ok(out)
+    }
+
     /// The install record an upgrade starts from; none means there is nothing to upgrade.
     async fn installed(&self) -> Result<super::record::InstallRecord, EngineError> {
         let project = &self.config.incus.project;
@@ -932,7 +1047,21 @@ impl Engine<'_> {
         let name = &r.name;
         let checkpoint = |name: &str| self.checkpoint(name);
         if let Some(i) = existing {
-            super::upgrade::guard(&self.client, &u.set, i, &u.from, &u.snap, self.progress).await?;
+            let also: Vec<String> = payload
+                .from_step_ca
+                .iter()
+                .map(|e| e.path.clone())
+                .collect();
+            super::upgrade::guard(
+                &self.client,
+                &u.set,
+                i,
+                &u.from,
+                &also,
+                &u.snap,
+                self.progress,
+            )
+            .await?;
             self.checkpoint("upgrade-guarded")?;
         }
         let replaced = async {
@@ -964,14 +1093,17 @@ impl Engine<'_> {
     }
 
     /// Volumes, each created on the member of the instance that mounts it: a local pool's
-    /// volume exists on one member only, and the instance must be there too.
+    /// volume exists on one member only, and the instance must be there too. A new volume
+    /// of an instance that exists already starts with what the instance holds at its mount
+    /// path ([`super::adopt`]).
     async fn converge_volumes(
         &self,
         root: &Client,
         project: &Client,
-        plan: &super::plan::Plan,
-        placement: &super::cluster::Placement,
+        report: &PlanReport,
+        inner: &Inner,
     ) -> Result<usize, EngineError> {
+        let plan = &report.plan;
         let owners = volume_owners(plan);
         let mut n = 0;
         for a in plan
@@ -981,14 +1113,37 @@ impl Engine<'_> {
         {
             let target = owners
                 .get(&a.address.name)
-                .and_then(|i| placement.target_for(i))
+                .and_then(|i| inner.placement.target_for(i))
                 // A group is for instances; a volume needs a member, which only the
                 // instance's creation picks. Such volumes are made untargeted.
                 .filter(|t| !t.starts_with('@'));
             let project = project.on_target(target.as_deref());
-            n += self
-                .converge_kind(root, &project, std::iter::once(a))
-                .await?;
+            match (
+                &a.change,
+                &a.resource,
+                adoption(self.config, &inner.observation, &a.address.name),
+            ) {
+                (Change::Create, Some(r), Some((instance, path))) => {
+                    let got = super::adopt::create_with_contents(
+                        &project,
+                        r,
+                        instance,
+                        path,
+                        &report.preflight.pool_driver,
+                    )
+                    .await?;
+                    self.progress.info(&format!(
+                        "{instance}: {path} ({} files, {} bytes) copied onto its new volume {}; the old copy stays hidden under the volume in {instance}'s root filesystem until its next image change",
+                        got.files, got.bytes, r.name
+                    ));
+                    n += 1;
+                }
+                _ => {
+                    n += self
+                        .converge_kind(root, &project, std::iter::once(a))
+                        .await?;
+                }
+            }
         }
         Ok(n)
     }
@@ -1123,6 +1278,22 @@ impl Engine<'_> {
     }
 }
 
+/// `(instance, mount path)` when `volume` is the configured data volume of an instance that
+/// exists without anything mounted at that path: its contents there move onto the volume.
+fn adoption<'c>(config: &'c Config, obs: &Observation, volume: &str) -> Option<(&'c str, &'c str)> {
+    config
+        .enabled_instances()
+        .into_iter()
+        .filter_map(|(name, i)| Some((name, i.volume.as_ref()?)))
+        .find(|(_, v)| v.name == volume)
+        .filter(|(name, v)| {
+            obs.instances
+                .get(*name)
+                .is_some_and(|i| super::adopt::needs_adoption(i, &v.path))
+        })
+        .map(|(name, v)| (name, v.path.as_str()))
+}
+
 /// Custom volume name -> the instance that mounts it, through its own disk devices or those
 /// of its profiles (a service's data volume usually sits in the service's profile).
 fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
@@ -1174,6 +1345,23 @@ fn install_record(desired: &DesiredState) -> super::record::InstallRecord {
         &desired.resources,
         &images,
     )
+}
+
+/// The wiring's targets; Incus trusts the Atlas root (`root`) for a Loki that serves TLS.
+fn wiring_options(
+    config: &Config,
+    root: Option<String>,
+) -> Result<wiring::WiringOptions, EngineError> {
+    let mut opts = wiring::WiringOptions::from_config(config)?;
+    let loki_tls = opts
+        .loki_instance
+        .as_ref()
+        .and_then(|n| config.instances.get(n))
+        .is_some_and(|i| i.tls);
+    if loki_tls {
+        opts.loki_ca_pem = root;
+    }
+    Ok(opts)
 }
 
 fn outcome(n: usize) -> String {

@@ -2,12 +2,14 @@
 //! the fixed, idempotent sequence that applies it.
 //!
 //! - [`install::Engine::plan`] runs preflight and computes the [`plan::Plan`] from GETs only.
-//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, profiles, volumes,
+//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, volumes, profiles,
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
 pub mod alerts;
+pub mod adopt;
 pub mod backup;
+pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod converge;
@@ -20,14 +22,17 @@ pub mod install;
 pub mod instances;
 pub mod lock;
 pub mod netfile;
+pub mod outputs;
 pub mod plan;
 pub mod preflight;
 pub mod record;
+pub mod redact;
 pub mod remotes;
 pub mod resource;
 pub mod rotate;
 pub mod secrets;
 pub mod state;
+pub mod step_ca;
 pub mod upgrade;
 pub mod wiring;
 

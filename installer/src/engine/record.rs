@@ -346,6 +346,7 @@ mod tests {
             ImageChoice {
                 alias: "atlas/grafana".into(),
                 fingerprint: "fp1".into(),
+                service: None,
             },
         )]);
         let r = InstallRecord::from_resources("0.1.0", &[inst, vol], &images);

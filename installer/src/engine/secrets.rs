@@ -189,6 +189,62 @@ pub async fn load(client: &Client, config: &Config) -> Result<Option<Secrets>, S
     assemble(project, config, &got.value.config).map(Some)
 }
 
+/// The names of the stored secrets (`user.atlas.secret.<name>`), sorted: what
+/// `atlas-install secret list` shows. Names only, never values.
+pub async fn stored_names(client: &Client, config: &Config) -> Result<Vec<String>, SecretsError> {
+    Ok(stored(client, config)
+        .await?
+        .into_keys()
+        .filter_map(|k| k.strip_prefix(SECRET_PREFIX).map(str::to_string))
+        .collect())
+}
+
+/// One stored secret by name: `atlas-install secret get NAME`, the one command that exists
+/// to show a secret. An unknown name is refused with the names there are.
+pub async fn stored_value(
+    client: &Client,
+    config: &Config,
+    name: &str,
+) -> Result<String, SecretsError> {
+    let all = stored(client, config).await?;
+    let key = format!("{SECRET_PREFIX}{name}");
+    all.get(&key).cloned().ok_or_else(|| {
+        let names: Vec<&str> = all
+            .keys()
+            .filter_map(|k| k.strip_prefix(SECRET_PREFIX))
+            .collect();
+        SecretsError::Invalid(format!(
+            "project `{}` stores no secret named `{name}`; stored: {}",
+            config.incus.project,
+            if names.is_empty() {
+                "none (install first)".to_string()
+            } else {
+                names.join(", ")
+            }
+        ))
+    })
+}
+
+async fn stored(
+    client: &Client,
+    config: &Config,
+) -> Result<BTreeMap<String, String>, SecretsError> {
+    let project = &config.incus.project;
+    let got = client
+        .get_project(project)
+        .await
+        .optional()?
+        .ok_or_else(|| SecretsError::MissingProject {
+            project: project.clone(),
+        })?;
+    Ok(got
+        .value
+        .config
+        .into_iter()
+        .filter(|(k, v)| k.starts_with(SECRET_PREFIX) && !v.is_empty())
+        .collect())
+}
+
 /// Read-only, for plans: the stored secrets completed with freshly generated values (not
 /// stored) for what is missing, and the names of those that would be generated.
 pub async fn preview(

@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::config::{DEFAULT_RECEIVER, LEGACY_WEBHOOK_RECEIVER, Receiver, ServiceKind, Severity};
 
 use super::paths::service_user;
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand};
 
 pub const CONFIG: &str = "/etc/alertmanager/alertmanager.yml";
 pub const SECRET_DIR: &str = "/etc/alertmanager/secrets";
@@ -109,13 +109,13 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         .map_or("/alertmanager", |v| v.path.as_str());
     Ok(RenderedInstance {
         files,
-        command: Some(vec![
+        command: Some(ServiceCommand::plain(&[
             "/bin/alertmanager".to_string(),
             format!("--config.file={CONFIG}"),
             format!("--storage.path={data}"),
             // Single node: no gossip listener on 9094.
             "--cluster.listen-address=".to_string(),
-        ]),
+        ])),
         ..Default::default()
     })
 }

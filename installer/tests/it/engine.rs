@@ -184,7 +184,7 @@ impl Env {
             cmd.args(["--ignore-preflight", "--existing-images"]);
         }
         if args.first() == Some(&"plan") {
-            cmd.arg("--existing-images");
+            cmd.args(["--existing-images", "--ignore-preflight"]);
         }
         cmd.env("ATLAS_TEST_SECRETS_FILE", self.secrets_file());
         cmd
@@ -741,7 +741,7 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
     );
     assert_eq!(
         inv["volumes"],
-        ["alertmanager01-data", "mosquitto01-data"],
+        ["alertmanager01-data", "caddy01-data", "mosquitto01-data"],
         "data volumes kept"
     );
     let o = env
@@ -848,7 +848,10 @@ async fn interrupted_runs_converge_without_duplicates() {
     let mut got = inv["instances"].clone();
     got.sort();
     assert_eq!(got, want_instances);
-    assert_eq!(inv["volumes"], ["alertmanager01-data", "mosquitto01-data"]);
+    assert_eq!(
+        inv["volumes"],
+        ["alertmanager01-data", "caddy01-data", "mosquitto01-data"]
+    );
     assert_eq!(inv["profiles"].len(), 4, "{inv:?}");
     let w0 = c.writes();
     let report = engine(&c, &cfg, None).plan().await.expect("plan");

@@ -273,7 +273,10 @@ fn dump(set: &RenderedSet) -> String {
     for (name, inst) in &set.instances {
         s.push_str(&format!("######## {name}\n"));
         if let Some(cmd) = &inst.command {
-            s.push_str(&format!("command: {cmd:?}\n"));
+            if !cmd.wrapper.is_empty() {
+                s.push_str(&format!("wrapper: {:?}\n", cmd.wrapper));
+            }
+            s.push_str(&format!("command: {:?}\n", cmd.argv));
         }
         for (k, v) in &inst.environment {
             let secret = if inst.secret_env.contains(k) {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 pub enum Role {
     Grafana,
     Loki,
-    StepCa,
     Cloudflared,
 }
 
@@ -18,7 +17,6 @@ impl Role {
         match self {
             Role::Grafana => "grafana",
             Role::Loki => "loki",
-            Role::StepCa => "step-ca",
             Role::Cloudflared => "cloudflared",
         }
     }
@@ -27,7 +25,6 @@ impl Role {
         Some(match s {
             "grafana" | "grafana-server" | "run.sh" => Role::Grafana,
             "loki" => Role::Loki,
-            "step-ca" | "entrypoint.sh" => Role::StepCa,
             "cloudflared" => Role::Cloudflared,
             _ => return None,
         })
@@ -63,12 +60,6 @@ pub struct Settings {
     pub role: Role,
     /// The main port (health endpoints).
     pub main: Listen,
-    /// A separate metrics port, when the product has one (step-ca).
-    pub metrics: Option<Listen>,
-    /// step-ca: where the CA lives ($STEPPATH).
-    pub step_path: Option<PathBuf>,
-    /// step-ca: `--password-file`, which must open the CA's keys.
-    pub password_file: Option<PathBuf>,
     /// cloudflared: a token was given (its value is never kept or printed).
     pub token_present: bool,
 }
@@ -90,7 +81,7 @@ pub fn plan(
         None => Role::parse(base).ok_or_else(|| {
             UsageError(format!(
                 "cannot tell the role from the program name {base:?}: install the binary as \
-                 grafana, run.sh, loki, step-ca or cloudflared, or pass --role ROLE"
+                 grafana, run.sh, loki or cloudflared, or pass --role ROLE"
             ))
         })?,
     };
@@ -106,7 +97,6 @@ pub fn plan(
     let settings = match role {
         Role::Grafana => grafana(env),
         Role::Loki => loki(&mut args, read),
-        Role::StepCa => step_ca(&args, env, read),
         Role::Cloudflared => cloudflared(&mut args, env, read)?,
     };
     Ok(Plan::Serve(settings))
@@ -131,9 +121,6 @@ fn grafana(env: &BTreeMap<String, String>) -> Settings {
             addr: join(addr, port),
             tls,
         },
-        metrics: None,
-        step_path: None,
-        password_file: None,
         token_present: false,
     }
 }
@@ -169,40 +156,6 @@ fn loki(args: &mut Vec<String>, read: &dyn Fn(&Path) -> Option<String>) -> Setti
             addr: join("0.0.0.0", &port),
             tls,
         },
-        metrics: None,
-        step_path: None,
-        password_file: None,
-        token_present: false,
-    }
-}
-
-/// step-ca: `step-ca [--password-file F] CONFIG`; CONFIG (ca.json) gives `address` and
-/// `metricsAddress`. Without a metricsAddress the stand-in still offers metrics on :9290,
-/// the port Atlas configures.
-fn step_ca(
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    read: &dyn Fn(&Path) -> Option<String>,
-) -> Settings {
-    let step_path = PathBuf::from(env.get("STEPPATH").map_or("/home/step", String::as_str));
-    let config = args
-        .iter()
-        .rev()
-        .find(|a| a.ends_with(".json"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| step_path.join("config/ca.json"));
-    let ca: serde_json::Value = read(&config)
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let addr = ca["address"].as_str().unwrap_or(":9000");
-    let metrics = ca["metricsAddress"].as_str().unwrap_or(":9290");
-    Settings {
-        role: Role::StepCa,
-        // The TLS material is generated at start under $STEPPATH (see tls.rs).
-        main: Listen::plain(go_addr(addr)),
-        metrics: Some(Listen::plain(go_addr(metrics))),
-        step_path: Some(step_path),
-        password_file: flag_value(&mut args.to_vec(), &["--password-file"]).map(PathBuf::from),
         token_present: false,
     }
 }
@@ -232,9 +185,6 @@ fn cloudflared(
     Ok(Settings {
         role: Role::Cloudflared,
         main: Listen::plain(go_addr(&metrics)),
-        metrics: None,
-        step_path: None,
-        password_file: None,
         token_present,
     })
 }
@@ -407,36 +357,6 @@ mod tests {
             (s.main.addr.as_str(), s.main.tls.is_none()),
             ("0.0.0.0:3100", true)
         );
-    }
-
-    #[test]
-    fn step_ca_reads_addresses_from_ca_json() {
-        let read = |p: &Path| {
-            (p == Path::new("/home/step/config/ca.json"))
-                .then(|| r#"{"address":":9443","metricsAddress":"127.0.0.1:9291"}"#.to_string())
-        };
-        let s = serve(plan(
-            &argv(&[
-                "/usr/local/bin/step-ca",
-                "--password-file",
-                "/home/step/secrets/password",
-                "/home/step/config/ca.json",
-            ]),
-            &env(&[("STEPPATH", "/home/step")]),
-            &read,
-        ));
-        assert_eq!(s.main.addr, "0.0.0.0:9443");
-        assert_eq!(
-            s.password_file.as_deref(),
-            Some(Path::new("/home/step/secrets/password"))
-        );
-        assert_eq!(s.metrics.unwrap().addr, "127.0.0.1:9291");
-        let s = serve(plan(&argv(&["step-ca"]), &env(&[]), &no_files));
-        assert_eq!(
-            (s.main.addr.as_str(), s.metrics.unwrap().addr.as_str()),
-            ("0.0.0.0:9000", "0.0.0.0:9290")
-        );
-        assert_eq!(s.step_path, Some(PathBuf::from("/home/step")));
     }
 
     #[test]

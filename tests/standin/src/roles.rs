@@ -1,8 +1,8 @@
 //! What each stand-in answers. Every body says it is a stand-in; none claims to be the product.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_json::json;
@@ -16,8 +16,6 @@ const KEEP_STREAMS: usize = 256;
 pub struct State {
     pub role: Role,
     pub token_present: bool,
-    /// step-ca: the root certificate, once the CA exists.
-    pub root_pem: OnceLock<String>,
     started: Instant,
     requests: AtomicU64,
     loki: Mutex<LokiState>,
@@ -51,7 +49,6 @@ impl State {
         State {
             role,
             token_present,
-            root_pem: OnceLock::new(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             loki: Mutex::new(LokiState::default()),
@@ -114,7 +111,6 @@ pub fn handle(state: &State, req: &Request) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let get = req.method == "GET" || req.method == "HEAD";
     match (state.role, req.path.as_str()) {
-        (Role::StepCa, "/metrics") => not_found(state),
         (_, "/metrics") if get => metrics(state),
         (Role::Grafana, "/api/health") if get => Response::json(
             200,
@@ -157,11 +153,6 @@ pub fn handle(state: &State, req: &Request) -> Response {
                 .collect();
             Response::json(200, &json!({"status": "success", "data": values}))
         }
-        (Role::StepCa, "/health") if get => Response::json(200, &json!({"status": "ok"})),
-        (Role::StepCa, "/roots.pem") if get => match state.root_pem.get() {
-            Some(pem) => Response::new(200, "application/x-pem-file", pem.clone()),
-            None => Response::text(503, "atlas stand-in for step-ca: no root yet\n"),
-        },
         _ => not_found(state),
     }
 }
@@ -186,15 +177,6 @@ fn grafana_set_password(state: &State, req: &Request) -> Response {
         a.password = new;
     }
     Response::json(200, &json!({"message": "User password updated"}))
-}
-
-/// step-ca's separate plain-HTTP metrics listener.
-pub fn handle_metrics_port(state: &State, req: &Request) -> Response {
-    state.requests.fetch_add(1, Ordering::Relaxed);
-    match req.path.as_str() {
-        "/metrics" if req.method == "GET" || req.method == "HEAD" => metrics(state),
-        _ => not_found(state),
-    }
 }
 
 fn not_found(state: &State) -> Response {
@@ -305,7 +287,7 @@ fn metrics(state: &State) -> Response {
              # TYPE standin_cloudflared_token_present gauge\nstandin_cloudflared_token_present {}\n",
             u8::from(state.token_present)
         )),
-        Role::Grafana | Role::StepCa => {}
+        Role::Grafana => {}
     }
     Response::new(200, "text/plain; version=0.0.4; charset=utf-8", m)
 }
@@ -427,24 +409,6 @@ mod tests {
         let values = values["data"].as_array().unwrap();
         assert_eq!(values.len(), KEEP_STREAMS);
         assert!(!values.contains(&json!("0")) && values.contains(&json!(KEEP_STREAMS.to_string())));
-    }
-
-    #[test]
-    fn step_ca_health_on_main_port_metrics_on_its_own() {
-        let s = State::new(Role::StepCa, false);
-        let r = handle(&s, &req("GET", "/health"));
-        assert_eq!((r.status, json_body(&r)), (200, json!({"status":"ok"})));
-        assert_eq!(handle(&s, &req("GET", "/metrics")).status, 404);
-        assert_eq!(handle(&s, &req("GET", "/roots.pem")).status, 503);
-        s.root_pem
-            .set("-----BEGIN CERTIFICATE-----\nx\n".into())
-            .unwrap();
-        assert!(
-            body(&handle(&s, &req("GET", "/roots.pem"))).starts_with("-----BEGIN CERTIFICATE-----")
-        );
-        let r = handle_metrics_port(&s, &req("GET", "/metrics"));
-        assert!(body(&r).contains("role=\"step-ca\""));
-        assert_eq!(handle_metrics_port(&s, &req("GET", "/health")).status, 404);
     }
 
     #[test]
