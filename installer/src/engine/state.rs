@@ -516,17 +516,7 @@ mod tests {
     #[test]
     fn payload_has_network_file_and_the_certificates_that_exist() {
         let cfg = Config::builtin();
-        let creds = Credentials {
-            grafana_admin_password: "pw".into(),
-            step_ca_password: "s".into(),
-            mosquitto: BTreeMap::from([(
-                "atlas".to_string(),
-                crate::render::MqttCredential {
-                    password: "m".into(),
-                    salt: [1; 12],
-                },
-            )]),
-        };
+        let creds = placeholder();
         let secrets = Secrets {
             credentials: creds.clone(),
             metrics_cert_pem: "CERT".into(),
@@ -609,17 +599,7 @@ mod tests {
     }
 
     fn build_with(cfg: &Config, spec: Option<atlas_image::init::ServiceSpec>) -> DesiredState {
-        let creds = Credentials {
-            grafana_admin_password: "pw".into(),
-            step_ca_password: "s".into(),
-            mosquitto: BTreeMap::from([(
-                "atlas".to_string(),
-                crate::render::MqttCredential {
-                    password: "m".into(),
-                    salt: [1; 12],
-                },
-            )]),
-        };
+        let creds = placeholder();
         let images: BTreeMap<String, ImageChoice> = cfg
             .enabled_instances()
             .into_iter()
