@@ -577,14 +577,17 @@ mod tests {
             ..secrets
         };
         let d2 = build(&cfg, &creds, Some(&other), &facts).unwrap();
-        let changed: Vec<&str> = d
-            .resources
+        assert_eq!(changed(&d, &d2), ["prometheus01"]);
+    }
+
+    /// Instances whose hash differs between two desired states.
+    fn changed<'a>(a: &'a DesiredState, b: &DesiredState) -> Vec<&'a str> {
+        a.resources
             .iter()
-            .zip(&d2.resources)
-            .filter(|(a, b)| a.hash != b.hash)
-            .map(|(a, _)| a.name.as_str())
-            .collect();
-        assert_eq!(changed, ["prometheus01"]);
+            .zip(&b.resources)
+            .filter(|(x, y)| x.hash != y.hash)
+            .map(|(x, _)| x.name.as_str())
+            .collect()
     }
 
     fn image_spec(entrypoint: &[&str], cmd: &[&str]) -> atlas_image::init::ServiceSpec {
@@ -671,14 +674,7 @@ mod tests {
                 .cmd
                 .contains(&"--storage.tsdb.retention.time=9d".to_string())
         );
-        let changed: Vec<&str> = d
-            .resources
-            .iter()
-            .zip(&d2.resources)
-            .filter(|(a, b)| a.hash != b.hash)
-            .map(|(a, _)| a.name.as_str())
-            .collect();
-        assert_eq!(changed, ["prometheus01"]);
+        assert_eq!(changed(&d, &d2), ["prometheus01"]);
         // A new image with another environment changes the spec too (no stale copy).
         let mut newer = of_image.clone();
         newer.env.push("NEW=1".into());
