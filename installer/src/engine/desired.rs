@@ -186,7 +186,9 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
     let rendered = inputs.rendered.instances.get(name);
     let mut config = serde_json::Map::new();
     let mut secret_keys = Vec::new();
-    if let Some(r) = rendered {
+    // With a service spec pushed, the environment travels in it (out of `incus config
+    // show`); otherwise the image's own command gets it as `environment.*`.
+    if let Some(r) = rendered.filter(|r| !pushes_spec(r, image)) {
         for (k, val) in &r.environment {
             let key = format!("environment.{k}");
             if r.secret_env.contains(k) {
@@ -247,6 +249,12 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
             .with_extra(extra)
             .with_secret_keys(secret_keys),
     )
+}
+
+/// Whether the instance gets `/etc/atlas/service.json` of its own: a rendered command, and an
+/// image that carries the spec to derive it from.
+pub fn pushes_spec(r: &crate::render::RenderedInstance, image: &ImageChoice) -> bool {
+    r.command.is_some() && image.service.is_some()
 }
 
 fn file_hash(contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {

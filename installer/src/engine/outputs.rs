@@ -84,9 +84,11 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
     let mut out = Vec::new();
     let c = &config.caddy;
     let port = |scheme_default: u16, p: u16| {
-        (p != scheme_default)
-            .then(|| format!(":{p}"))
-            .unwrap_or_default()
+        if p == scheme_default {
+            String::new()
+        } else {
+            format!(":{p}")
+        }
     };
     let has_caddy = !config.instances_of(ServiceKind::Caddy).is_empty();
     for (name, inst) in config.enabled_instances() {
@@ -342,7 +344,7 @@ mod tests {
             "host-proc": {"type": "disk", "source": "/proc", "path": "/host/proc"},
             "host-sys": {"type": "disk", "source": "/sys", "path": "/host/sys"},
         }));
-        let seen = host_metrics(&cfg, &[all.clone()]);
+        let seen = host_metrics(&cfg, std::slice::from_ref(&all));
         assert_eq!(
             (seen[0].host_mounts, seen[0].limitation.as_deref()),
             (true, None)

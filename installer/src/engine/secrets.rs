@@ -140,13 +140,7 @@ pub async fn load_or_generate(client: &Client, config: &Config) -> Result<Secret
     let project = &config.incus.project;
     let mut fresh: BTreeMap<String, String> = BTreeMap::new();
     for _ in 0..STORE_ATTEMPTS {
-        let got = client
-            .get_project(project)
-            .await
-            .optional()?
-            .ok_or_else(|| SecretsError::MissingProject {
-                project: project.clone(),
-            })?;
+        let got = the_project(client, project).await?;
         let stored = &got.value.config;
         let missing = missing_keys(config, stored)?;
         // Values generated in an earlier attempt are reused: a retry must not hand out a
@@ -229,20 +223,27 @@ async fn stored(
     client: &Client,
     config: &Config,
 ) -> Result<BTreeMap<String, String>, SecretsError> {
-    let project = &config.incus.project;
-    let got = client
-        .get_project(project)
-        .await
-        .optional()?
-        .ok_or_else(|| SecretsError::MissingProject {
-            project: project.clone(),
-        })?;
+    let got = the_project(client, &config.incus.project).await?;
     Ok(got
         .value
         .config
         .into_iter()
         .filter(|(k, v)| k.starts_with(SECRET_PREFIX) && !v.is_empty())
         .collect())
+}
+
+/// The Atlas project, where the secrets live; its absence says what to do.
+async fn the_project(
+    client: &Client,
+    project: &str,
+) -> Result<crate::incus::Etagged<crate::incus::Project>, SecretsError> {
+    client
+        .get_project(project)
+        .await
+        .optional()?
+        .ok_or_else(|| SecretsError::MissingProject {
+            project: project.to_string(),
+        })
 }
 
 /// Read-only, for plans: the stored secrets completed with freshly generated values (not

@@ -139,13 +139,12 @@ pub fn build(
             .get(name)
             .cloned()
             .unwrap_or_else(|| ImageChoice::unresolved(String::new()));
-        let command = r.and_then(|r| r.command.as_ref());
-        let own_command = match (command, &image.service) {
-            (Some(c), Some(of_image)) => {
-                files.push(service_file(name, &c.apply_to(of_image))?);
+        let own_command = match (r, &image.service) {
+            (Some(r), Some(of_image)) if super::desired::pushes_spec(r, &image) => {
+                files.push(service_file(name, r, of_image)?);
                 false
             }
-            (Some(_), None) => image.fingerprint != UNRESOLVED,
+            (Some(r), _) => r.command.is_some() && image.fingerprint != UNRESOLVED,
             (None, _) => false,
         };
         for e in r.map(|r| r.expected_files.as_slice()).unwrap_or_default() {
@@ -209,29 +208,44 @@ pub fn build(
     })
 }
 
-/// `/etc/atlas/service.json` from a derived spec; the spec is validated by the code atlas-init
-/// reads it with, so a file it would refuse is never pushed.
+/// `/etc/atlas/service.json`: the image's spec with the rendered command line and the
+/// rendered environment laid over the image's. Validated by the code atlas-init reads it
+/// with, so a file it would refuse is never pushed; readable by root alone (atlas-init reads
+/// it before dropping privileges) when the environment holds a secret.
 fn service_file(
     name: &str,
-    spec: &Result<atlas_image::init::ServiceSpec, atlas_image::init::SpecError>,
+    r: &crate::render::RenderedInstance,
+    of_image: &atlas_image::init::ServiceSpec,
 ) -> Result<PushFile, EngineError> {
-    let bad = |e: &dyn std::fmt::Display| {
+    let bad = |e: atlas_image::init::SpecError| {
         EngineError::object(
             format!("instance {name}"),
-            format!("its service spec (the image's with the rendered command) is invalid: {e}"),
+            format!(
+                "its service spec (the image's with the rendered command and environment) is invalid: {e}"
+            ),
         )
     };
-    let json = spec
-        .as_ref()
-        .map_err(|e| bad(e))?
-        .to_json()
-        .map_err(|e| bad(&e))?;
+    let command = r.command.as_ref().ok_or_else(|| {
+        EngineError::object(
+            format!("instance {name}"),
+            "internal error: no rendered command",
+        )
+    })?;
+    let mut spec = command.apply_to(of_image).map_err(bad)?;
+    for (k, v) in &r.environment {
+        spec.set_env(k, v);
+    }
+    let json = spec.to_json().map_err(bad)?;
     Ok(PushFile {
         path: SERVICE_FILE.to_string(),
         contents: json.into_bytes(),
         uid: 0,
         gid: 0,
-        mode: 0o644,
+        mode: if r.secret_env.is_empty() {
+            0o644
+        } else {
+            0o600
+        },
     })
 }
 
@@ -526,17 +540,7 @@ mod tests {
     #[test]
     fn payload_has_network_file_and_the_certificates_that_exist() {
         let cfg = Config::builtin();
-        let creds = Credentials {
-            grafana_admin_password: "pw".into(),
-            step_ca_password: "s".into(),
-            mosquitto: BTreeMap::from([(
-                "atlas".to_string(),
-                crate::render::MqttCredential {
-                    password: "m".into(),
-                    salt: [1; 12],
-                },
-            )]),
-        };
+        let creds = placeholder();
         let secrets = Secrets {
             credentials: creds.clone(),
             metrics_cert_pem: "CERT".into(),
@@ -597,14 +601,17 @@ mod tests {
             ..secrets
         };
         let d2 = build(&cfg, &creds, Some(&other), &facts).unwrap();
-        let changed: Vec<&str> = d
-            .resources
+        assert_eq!(changed(&d, &d2), ["prometheus01"]);
+    }
+
+    /// Instances whose hash differs between two desired states.
+    fn changed<'a>(a: &'a DesiredState, b: &DesiredState) -> Vec<&'a str> {
+        a.resources
             .iter()
-            .zip(&d2.resources)
-            .filter(|(a, b)| a.hash != b.hash)
-            .map(|(a, _)| a.name.as_str())
-            .collect();
-        assert_eq!(changed, ["prometheus01"]);
+            .zip(&b.resources)
+            .filter(|(x, y)| x.hash != y.hash)
+            .map(|(x, _)| x.name.as_str())
+            .collect()
     }
 
     fn image_spec(entrypoint: &[&str], cmd: &[&str]) -> atlas_image::init::ServiceSpec {
@@ -619,17 +626,7 @@ mod tests {
     }
 
     fn build_with(cfg: &Config, spec: Option<atlas_image::init::ServiceSpec>) -> DesiredState {
-        let creds = Credentials {
-            grafana_admin_password: "pw".into(),
-            step_ca_password: "s".into(),
-            mosquitto: BTreeMap::from([(
-                "atlas".to_string(),
-                crate::render::MqttCredential {
-                    password: "m".into(),
-                    salt: [1; 12],
-                },
-            )]),
-        };
+        let creds = placeholder();
         let images: BTreeMap<String, ImageChoice> = cfg
             .enabled_instances()
             .into_iter()
@@ -680,17 +677,37 @@ mod tests {
                 (c.wrapper.clone(), c.argv.clone()),
                 "{name}"
             );
-            // Everything but the command line stays the image's.
+            // User and working directory stay the image's; the rendered environment is laid
+            // over the image's, in the file and not in the instance's config.
             assert_eq!(
-                (spec.env, spec.user, spec.working_dir),
-                (
-                    of_image.env.clone(),
-                    of_image.user.clone(),
-                    of_image.working_dir.clone()
-                )
+                (spec.user.clone(), spec.working_dir.clone()),
+                (of_image.user.clone(), of_image.working_dir.clone())
             );
+            let mut env = of_image.clone();
+            for (k, v) in &r.environment {
+                env.set_env(k, v);
+            }
+            assert_eq!(spec.env, env.env, "{name}");
+            let body = &d.resources.iter().find(|x| x.name == *name).unwrap().body;
+            assert!(
+                !body["config"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .any(|k| k.starts_with("environment.")),
+                "{name}: {body}"
+            );
+            let file = d.payloads[name]
+                .files
+                .iter()
+                .find(|f| f.path == SERVICE_FILE)
+                .unwrap();
+            let secret = !r.secret_env.is_empty();
+            assert_eq!(file.mode, if secret { 0o600 } else { 0o644 }, "{name}");
             assert!(!d.payloads[name].own_command);
         }
+        let grafana = pushed_spec(&d, "grafana01").unwrap();
+        assert_eq!(grafana.env_var("GF_SECURITY_ADMIN_PASSWORD"), Some("pw"));
         // A new retention: Prometheus' spec (and hash) changes, nothing else.
         let mut cfg2 = cfg.clone();
         cfg2.prometheus.retention_time = "9d".into();
@@ -701,14 +718,7 @@ mod tests {
                 .cmd
                 .contains(&"--storage.tsdb.retention.time=9d".to_string())
         );
-        let changed: Vec<&str> = d
-            .resources
-            .iter()
-            .zip(&d2.resources)
-            .filter(|(a, b)| a.hash != b.hash)
-            .map(|(a, _)| a.name.as_str())
-            .collect();
-        assert_eq!(changed, ["prometheus01"]);
+        assert_eq!(changed(&d, &d2), ["prometheus01"]);
         // A new image with another environment changes the spec too (no stale copy).
         let mut newer = of_image.clone();
         newer.env.push("NEW=1".into());
@@ -727,6 +737,9 @@ mod tests {
         let d = build_with(&cfg, None);
         assert!(pushed_spec(&d, "prometheus01").is_none());
         assert!(d.payloads["prometheus01"].own_command);
+        // Its environment then goes where the image's own command finds it.
+        let grafana = d.resources.iter().find(|x| x.name == "grafana01").unwrap();
+        assert!(grafana.body["config"]["environment.GF_SECURITY_ADMIN_USER"].is_string());
         // Not resolved yet (first plan): nothing to say, the instance is created anyway.
         let ext = BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
         let unresolved: BTreeMap<String, ImageChoice> = cfg

@@ -106,6 +106,12 @@ async fn the_running_stack_does_what_it_was_configured_to_do() {
         .await;
     claims
         .check(
+            "the rendered environment reaches the service through its spec, out of the instance config",
+            environment_in_spec(&stack),
+        )
+        .await;
+    claims
+        .check(
             "Prometheus keeps data for the configured time and size",
             prometheus_retention(&stack),
         )
@@ -247,6 +253,38 @@ async fn argv_is_rendered(stack: &Stack) -> Result<(), String> {
     } else {
         Err(wrong.join("; "))
     }
+}
+
+async fn environment_in_spec(stack: &Stack) -> Result<(), String> {
+    let pc = stack.project();
+    let password = stack
+        .secret("user.atlas.secret.grafana-admin-password")
+        .await;
+    let pid = service_pid(&pc, "grafana01").await?;
+    let environ = nul_list(&proc_file(pid, "environ")?);
+    let want = format!("GF_SECURITY_ADMIN_PASSWORD={password}");
+    if !environ.contains(&want) {
+        return Err(
+            "Grafana's process has no GF_SECURITY_ADMIN_PASSWORD with the stored password".into(),
+        );
+    }
+    if !environ
+        .iter()
+        .any(|e| e == "GF_ANALYTICS_REPORTING_ENABLED=false")
+    {
+        return Err(format!(
+            "Grafana's process lacks the rendered settings: {environ:?}"
+        ));
+    }
+    let shown: Value = pc
+        .get_path("/1.0/instances/grafana01", true)
+        .await
+        .map_err(|e| e.to_string())?
+        .value;
+    if shown.to_string().contains(&password) {
+        return Err("the admin password is in grafana01's config (incus config show)".into());
+    }
+    Ok(())
 }
 
 /// GET `url` from inside `instance` (`atlas-init fetch`, run as the health probes are): the

@@ -793,6 +793,10 @@ async fn whole_stack_from_a_bundle() {
         "images come from the bundle's layout: {log}"
     );
     assert!(
+        !log.contains("carries no service spec"),
+        "the bundle's images keep their service spec, so the rendered commands apply: {log}"
+    );
+    assert!(
         !log.contains(&*REGISTRY) && !log.contains("docker://"),
         "no registry is contacted: {log}"
     );
