@@ -12,7 +12,7 @@
 //! Usage: `atlas-init [--root DIR] [--no-network]` (also `ATLAS_INIT_ROOT`,
 //! `ATLAS_INIT_NO_NETWORK=1`). `--root` relocates only atlas-init's own files (the two config
 //! files, passwd/group, resolv.conf, hosts) so tests can run it outside a container; the service
-//! itself still sees the real filesystem. `atlas-init probe [--body] URL` is the installer's
+//! itself still sees the real filesystem. `atlas-init probe URL` is the installer's
 //! health probe, run inside the container by `incus exec`, and `atlas-init fetch URL` reads a
 //! service's API the same way (see `probe.rs`).
 
