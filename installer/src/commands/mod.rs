@@ -16,8 +16,8 @@ mod install;
 mod plan;
 mod render;
 mod sbom;
-mod signature;
 mod secret;
+mod signature;
 mod status;
 mod upgrade;
 

@@ -6,8 +6,8 @@
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
-pub mod alerts;
 pub mod adopt;
+pub mod alerts;
 pub mod backup;
 pub mod certs;
 pub mod clock;
