@@ -120,7 +120,7 @@ receivers = ["hook"]
             https_port = free_port(),
         ),
     );
-    let mut keys = ServerKeys(client.clone(), Vec::new());
+    let mut keys = ServerKeys(client.clone(), Vec::new(), before.clone());
     let _cleanup = Cleanup(&stack);
 
     let o = stack.install();
@@ -374,14 +374,16 @@ fn has_alert(body: &Value, name: &str) -> bool {
         .any(|a| a["labels"]["alertname"] == name)
 }
 
-/// Puts the server keys the wiring sets back to unset, and removes the metrics certificate
-/// it trusted, in case `destroy` could not.
-struct ServerKeys(Client, Vec<String>);
+/// Puts the server keys the wiring sets back to what they were before the test (unset, or
+/// another install's values, which an unwired run never touches), and removes the metrics
+/// certificate it trusted, in case `destroy` could not.
+struct ServerKeys(Client, Vec<String>, BTreeMap<String, String>);
 
 impl Drop for ServerKeys {
     fn drop(&mut self) {
         let c = self.0.clone();
         let certs = std::mem::take(&mut self.1);
+        let before = std::mem::take(&mut self.2);
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -389,13 +391,14 @@ impl Drop for ServerKeys {
                 .expect("runtime");
             rt.block_on(async {
                 let Ok(now) = c.server().await else { return };
+                let was = |k: &str| before.get(k).cloned().unwrap_or_default();
                 let set: BTreeMap<String, String> = SERVER_KEYS
                     .iter()
-                    .filter(|k| now.value.config.get(**k).is_some_and(|v| !v.is_empty()))
-                    .map(|k| (k.to_string(), String::new()))
+                    .filter(|k| now.value.config.get(**k).cloned().unwrap_or_default() != was(k))
+                    .map(|k| (k.to_string(), was(k)))
                     .collect();
                 if !set.is_empty() {
-                    eprintln!("cleanup: unsetting server keys {:?}", set.keys());
+                    eprintln!("cleanup: putting server keys {:?} back", set.keys());
                     let _ = c.patch_server_config(&set, None).await;
                 }
                 let trusted = c.certificates().await.unwrap_or_default();
@@ -539,7 +542,16 @@ fn promql_queries(boards: &[Value]) -> Vec<PanelQuery> {
             }
         }
     }
-    assert!(out.len() > 40, "{} queries", out.len());
+    // Every dashboard but the logs one draws from Prometheus: each must have given queries
+    // (a board whose panels lost their datasource would silently check nothing).
+    for b in boards.iter().filter(|b| b["uid"] != "atlas-logs") {
+        let place = format!("{} /", b["uid"]);
+        assert!(
+            out.iter().any(|q| q.place.starts_with(&place)),
+            "dashboard {} has no Prometheus query",
+            b["uid"]
+        );
+    }
     out
 }
 
