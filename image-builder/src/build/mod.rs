@@ -37,8 +37,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::init::{NetworkSpec, ServiceSpec, SpecError};
-use crate::layer::LayerError;
-use crate::layer::deterministic::{BuiltLayer, EntrySpec, LayerBuilder};
+use crate::layer::deterministic::{BuiltLayer, EntrySpec, Item, LayerBuilder};
+use crate::layer::{LayerError, LayerIndex, Placer};
 use crate::manifest::{Descriptor, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 use crate::recipe::{Recipe, RuntimeSpec};
 use crate::source::PulledImage;
@@ -416,8 +416,21 @@ pub fn is_atlas_image(image: &PulledImage) -> bool {
         && image.config.config.entrypoint == ["/sbin/init"]
 }
 
-/// Builds the Atlas image of `spec` over `base`. Pure: reads no clock and no file.
+/// Builds the Atlas image of `spec` over `base`, reading the base layers once to learn its
+/// layout (see [`build_indexed`]). Reads no clock.
 pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildError> {
+    build_indexed(base, spec, &[])
+}
+
+/// Like [`build`], with base layer indexes taken while pulling ([`IndexingObserver`]); layers
+/// without one are indexed here. The Atlas layer is placed through the base's symlinks
+/// ([`Placer`]): on a usr-merged base, atlas-init goes to `usr/sbin/init` and `/sbin` stays
+/// the symlink it was.
+pub fn build_indexed(
+    base: &PulledImage,
+    spec: &AtlasSpec,
+    known: &[Option<LayerIndex>],
+) -> Result<AtlasImage, BuildError> {
     let what = format!("{} (from {})", spec.name, base.source);
     if is_atlas_image(base) {
         return Ok(AtlasImage {
@@ -442,7 +455,14 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
         },
         error,
     })?;
-    let layer = atlas_layer(&service, spec, &what)?;
+    let layers = unified::base_layers(&std::sync::Arc::new(base.clone()));
+    let flatten_err = |error| BuildError::Flatten {
+        what: what.clone(),
+        error,
+    };
+    let indexes = unified::complete_indexes(&layers, known.to_vec(), 0).map_err(flatten_err)?;
+    let placer = Placer::new(&indexes).map_err(flatten_err)?;
+    let layer = atlas_layer(&service, spec, &placer, &what)?;
     let config_bytes =
         config::image_config(base, spec, &service, &layer.diff_id).map_err(|detail| {
             BuildError::BaseConfig {
@@ -487,16 +507,19 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
 }
 
 /// The Atlas layer: init, service.json, the default network.json, the recipe's files, then
-/// what it copied from other images and its plugins.
+/// what it copied from other images and its plugins, each at the path `placer` resolves
+/// through the base's symlinks (missing parents become 0755 root-owned directories).
 pub fn atlas_layer(
     service: &ServiceSpec,
     spec: &AtlasSpec,
+    placer: &Placer,
     what: &str,
 ) -> Result<BuiltLayer, BuildError> {
     let layer_err = |error| BuildError::Layer {
         what: what.to_owned(),
         error,
     };
+    let at = |path: &str, dir: bool| placer.place(path, dir).map_err(layer_err);
     let init_files =
         crate::init::rootfs_files(service, Some(&NetworkSpec::default())).map_err(|error| {
             BuildError::Spec {
@@ -505,19 +528,27 @@ pub fn atlas_layer(
             }
         })?;
     let mut b = LayerBuilder::new();
-    b.dir("sbin", 0o755).map_err(layer_err)?;
-    b.dir("etc", 0o755).map_err(layer_err)?;
-    b.dir("etc/atlas", 0o755).map_err(layer_err)?;
     for f in init_files {
-        b.file(f.path, f.mode, f.contents.into_owned())
+        b.file(&at(f.path, false)?, f.mode, f.contents.into_owned())
             .map_err(layer_err)?;
     }
     for f in &spec.files {
-        b.file_owned(&f.dest, f.mode, f.uid, f.gid, f.contents.clone())
-            .map_err(layer_err)?;
+        b.file_owned(
+            &at(&f.dest, false)?,
+            f.mode,
+            f.uid,
+            f.gid,
+            f.contents.clone(),
+        )
+        .map_err(layer_err)?;
     }
     for e in &spec.entries {
-        b.entry(&e.path, e.spec.clone()).map_err(layer_err)?;
+        let mut entry = e.spec.clone();
+        if let Item::Hardlink(target) = &entry.item {
+            entry.item = Item::Hardlink(at(target, false)?);
+        }
+        let dir = entry.item == Item::Dir;
+        b.entry(&at(&e.path, dir)?, entry).map_err(layer_err)?;
     }
     b.build().map_err(layer_err)
 }

@@ -102,6 +102,88 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// Where the members of a new layer land on top of a merged stack, as an extraction that
+/// follows the image's symlinks puts them. On a usr-merged base (`sbin -> usr/sbin`) the file
+/// `/sbin/init` is `usr/sbin/init`: a layer that wrote `sbin/` as a directory would replace
+/// the symlink (a directory over a non-directory replaces it) and hide all of /usr/sbin.
+pub struct Placer<'a> {
+    tree: Tree<'a>,
+    indexes: &'a [LayerIndex],
+}
+
+impl<'a> Placer<'a> {
+    /// Merges `indexes` (bottom to top) as [`Plan::merge`] does.
+    pub fn new(indexes: &'a [LayerIndex]) -> Result<Placer<'a>, LayerError> {
+        let mut tree = Tree::default();
+        for (pos, index) in indexes.iter().enumerate() {
+            validate(index)?;
+            tree.apply(pos as u32, index)?;
+        }
+        Ok(Placer { tree, indexes })
+    }
+
+    /// `path` (from the image root, leading `/` optional) with its directories resolved: each
+    /// component that is a symlink in the image is followed (absolute targets from the image
+    /// root, `..` stops at the root, at most 40 links), each that does not exist is kept as
+    /// written (the new layer creates it). With `follow_last` the last component is resolved
+    /// too (a directory the layer creates or updates); without, it is kept (a file, link or
+    /// symlink replaces whatever is there). Returns the normalized path, `usr/sbin/init`.
+    pub fn place(&self, path: &str, follow_last: bool) -> Result<String, LayerError> {
+        let fail = |detail: String| LayerError::Select {
+            path: path.trim_start_matches('/').to_owned(),
+            detail,
+        };
+        let mut todo = components(path.as_bytes());
+        todo.reverse();
+        let mut cur: Vec<u8> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = todo.pop() {
+            match &part[..] {
+                b"" | b"." => continue,
+                b".." => {
+                    cur.truncate(super::path::parent(&cur).len());
+                    continue;
+                }
+                _ => {}
+            }
+            let next = super::path::join(&cur, &part);
+            let last = todo.iter().all(|p| p.is_empty() || p == b".");
+            match self
+                .tree
+                .paths
+                .get(&next[..])
+                .map(|n| (n.kind, n.entry, n.inode))
+            {
+                Some((NodeKind::Symlink, entry, inode)) if follow_last || !last => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(fail("too many levels of symbolic links".to_owned()));
+                    }
+                    let (layer, ord) = entry.unwrap_or(inode);
+                    let target = self.indexes[layer as usize]
+                        .get(ord as usize)
+                        .map(|e| e.link.to_vec())
+                        .unwrap_or_default();
+                    if target.starts_with(b"/") {
+                        cur.clear();
+                    }
+                    let mut more = components(&target);
+                    more.reverse();
+                    todo.extend(more);
+                }
+                Some((NodeKind::Other, _, _)) if !last => {
+                    return Err(fail(format!(
+                        "{} is a file in the image, not a directory",
+                        show_abs(&next)
+                    )));
+                }
+                _ => cur = next,
+            }
+        }
+        String::from_utf8(cur).map_err(|_| fail("a symlink on the way is not UTF-8".to_owned()))
+    }
+}
+
 #[derive(Default)]
 struct Tree<'a> {
     root: Option<Ref>,

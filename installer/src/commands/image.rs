@@ -127,7 +127,7 @@ async fn converted(
     let src = parse_source(source, reg)?;
     let cache = cache(reg)?;
     let (base, indexes) = pull_source(&src, &cache, reg, true, progress).await?;
-    let image = build::build(&base, &AtlasSpec::convert(&source_name(&src)))
+    let image = build::build_indexed(&base, &AtlasSpec::convert(&source_name(&src)), &indexes)
         .with_context(|| format!("converting {src}"))?;
     Ok((image, indexes))
 }
