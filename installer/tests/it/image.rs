@@ -1135,3 +1135,197 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
     );
     assert!(!t.join("oci-y").exists());
 }
+
+/// The fixture of every image shape registries serve (tests/fixtures: `atlas-fixtures/shapes`,
+/// an index with an attestation manifest over a usr-merged busybox root whose applets are hard
+/// links with `/usr/sbin/init` among them, a copy of busybox as `/usr/sbin/httpd` with
+/// `cap_net_bind_service=+ep`, and a zstd layer with a whiteout and an opaque directory),
+/// served by a registry that wants Bearer tokens, imported by `image import` and started in
+/// Incus. It runs: httpd serves port 80 as uid 1000, which only the file capability allows;
+/// `/sbin/init` (through the `/sbin -> usr/sbin` symlink, which is still a symlink) is
+/// atlas-init; the other applets are still hard links of busybox; getcap sees the capability.
+#[test]
+fn image_shapes_from_a_token_registry_run_with_links_and_capabilities() {
+    if !ready() || !have_tool("docker-registry") {
+        return;
+    }
+    let fixture = format!("{REGISTRY}/atlas-fixtures/shapes:1");
+    let served = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{fixture}"))
+        .output()
+        .unwrap();
+    if !served.status.success() {
+        assert!(
+            !require_all(),
+            "fixture {fixture} missing: run tests/fixtures/build-images.sh"
+        );
+        eprintln!("skipping: {fixture} not built (tests/fixtures/build-images.sh)");
+        return;
+    }
+    let index: serde_json::Value = serde_json::from_slice(&served.stdout).unwrap();
+    assert_eq!(
+        index["manifests"][1]["annotations"]["vnd.docker.reference.type"], "attestation-manifest",
+        "the fixture is an index with an attestation: {index}"
+    );
+    let pid = std::process::id();
+    let project = format!("t-shapes-{pid}");
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(reg) = rt.block_on(crate::common::registry::auth::start_token("bob", "builder"))
+    else {
+        return;
+    };
+    let image = format!("{}/atlas-fixtures/shapes:1", reg.addr);
+    let o = Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--preserve-digests"])
+        .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args(["--dest-creds", "bob:builder"])
+        .arg(format!("docker://{fixture}"))
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    reg.token_requests.lock().unwrap().clear();
+
+    let guard = Guard {
+        project: project.clone(),
+        bridge: true,
+    };
+    incus_ok(&["project", "create", &project]);
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "--incus-socket",
+            SOCKET,
+            "--project",
+            &project,
+        ])
+        .args([
+            "image",
+            "import",
+            &format!("docker://{image}"),
+            "--alias",
+            "shapes",
+        ])
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache")));
+    assert!(o.status.success(), "image import: {}", stderr(&o));
+    let scopes = reg.token_requests.lock().unwrap().clone();
+    assert!(
+        scopes
+            .iter()
+            .any(|(s, creds)| s == "repository:atlas-fixtures/shapes:pull" && !creds),
+        "pulled through the Bearer challenge (anonymous token): {scopes:?}"
+    );
+
+    let net = free_subnet();
+    incus_ok(&[
+        "network",
+        "create",
+        BRIDGE,
+        &format!("ipv4.address={net}.1/24"),
+        "ipv4.nat=false",
+        "ipv4.dhcp=false",
+        "ipv6.address=none",
+    ]);
+    let c = "t-shapes-c1";
+    incus_ok(&[
+        "init",
+        "shapes",
+        c,
+        "--project",
+        &project,
+        "--storage",
+        "default",
+        "--network",
+        BRIDGE,
+    ]);
+    let netfile = format!(
+        "{{\"version\":1,\"interfaces\":[{{\"name\":\"eth0\",\"ipv4\":\"{net}.10/24\",\"gateway4\":\"{net}.1\"}}]}}"
+    );
+    let mut push = Command::new("incus")
+        .args(["file", "push", "--project", &project, "-"])
+        .arg(format!("{c}/etc/atlas/network.json"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    push.stdin
+        .take()
+        .unwrap()
+        .write_all(netfile.as_bytes())
+        .unwrap();
+    assert!(push.wait().unwrap().success(), "push network.json");
+    incus_ok(&["start", "--project", &project, c]);
+    let log = || stdout(&incus(&["console", "--project", &project, c, "--show-log"]));
+    // The effect first: uid 1000 may bind port 80 only through the file capability.
+    let url = format!("http://{net}.10:80/");
+    let start = Instant::now();
+    let body = loop {
+        let o = Command::new("curl")
+            .args(["-sf", "-m", "2", &url])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break stdout(&o);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "httpd never answered on {url} (capability lost?); console: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(body, "served by a setcap'd busybox httpd as uid 1000\n");
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "--project", &project, c, "--"];
+        all.extend_from_slice(args);
+        incus_ok(&all)
+    };
+    let caps = exec(&["/usr/sbin/getcap", "/usr/sbin/httpd"]);
+    assert!(caps.contains("cap_net_bind_service=ep"), "getcap: {caps:?}");
+    let ps = exec(&["/usr/bin/ps", "-o", "user,args"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("httpd") && l.split_whitespace().next() == Some("www")),
+        "httpd runs as www (uid 1000): {ps}"
+    );
+    assert_eq!(
+        exec(&["/usr/bin/readlink", "/sbin"]).trim(),
+        "usr/sbin",
+        "/sbin is still the symlink"
+    );
+    assert!(exec(&["/usr/bin/cat", "/proc/1/cmdline"]).starts_with("/sbin/init"));
+    let init = exec(&["/usr/bin/sha256sum", "/sbin/init"]);
+    assert_eq!(
+        init.split_whitespace().next(),
+        Some(hex::encode(Sha256::digest(atlas_image::init::binary())).as_str()),
+        "/sbin/init is atlas-init"
+    );
+    let inode = |p: &str| {
+        exec(&["/usr/bin/stat", "-c", "%i %h", p])
+            .trim()
+            .to_string()
+    };
+    let (sh, ls, bb) = (
+        inode("/usr/bin/sh"),
+        inode("/usr/bin/ls"),
+        inode("/usr/bin/busybox"),
+    );
+    assert!(
+        sh == ls && ls == bb,
+        "applets are still hard links: {sh} {ls} {bb}"
+    );
+    assert_ne!(
+        inode("/usr/sbin/init").split(' ').next(),
+        bb.split(' ').next()
+    );
+    let etc = exec(&["/usr/bin/ls", "/etc", "/etc/conf.d"]);
+    assert!(
+        !etc.contains("old.conf") && !etc.contains("a.conf") && etc.contains("b.conf"),
+        "whiteout and opaque directory applied: {etc}"
+    );
+    drop(guard);
+    drop(reg);
+}

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
