@@ -456,9 +456,10 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
 
 fn registry_ready() -> bool {
     let tools = ["skopeo", "umoci"].iter().all(|t| have_tool(t));
+    let prom = crate::common::fixture_of("prometheus");
     let up = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{REGISTRY}/prom/prometheus:v2.42.0"))
+        .arg(format!("docker://{REGISTRY}/{prom}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -468,25 +469,20 @@ fn registry_ready() -> bool {
             !require_all(),
             "the fixture registry on {REGISTRY} is required (ATLAS_TEST_REQUIRE_ALL=1): run tests/start-services.sh and tests/fixtures/build-images.sh"
         );
-        eprintln!("skipping: fixture prom/prometheus:v2.42.0 not in {REGISTRY}");
+        eprintln!("skipping: fixture {prom} not in {REGISTRY}");
     }
     tools && up
 }
 
-/// images.lock pinning the embedded recipes' `latest` bases to the fixture images, digests
-/// computed from the manifest bytes the registry serves.
+/// images.lock pinning the embedded recipes' bases to the fixture images, digests computed
+/// from the manifest bytes the registry serves.
 fn fixture_lock(path: &Path) {
     let mut text = String::from("version = 1\n[images]\n");
-    for (upstream, fixture) in [
-        (
-            "docker.io/prom/prometheus:latest",
-            "prom/prometheus:v2.42.0",
-        ),
-        (
-            "docker.io/prom/node-exporter:latest",
-            "prom/node-exporter:v1.5.0",
-        ),
-    ] {
+    for service in ["prometheus", "node-exporter"] {
+        let (upstream, fixture) = (
+            crate::common::recipe_base(service),
+            crate::common::fixture_of(service),
+        );
         let raw = Command::new("skopeo")
             .args(["inspect", "--raw", "--tls-verify=false"])
             .arg(format!("docker://{REGISTRY}/{fixture}"))
@@ -574,8 +570,9 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
     };
     let prom = find("prometheus");
     assert_eq!(prom["role"], "atlas");
-    assert_eq!(prom["base"], "docker.io/prom/prometheus:latest");
-    assert_eq!(find("docker.io/prom/prometheus:latest")["role"], "base");
+    let base = crate::common::recipe_base("prometheus");
+    assert_eq!(prom["base"], base.as_str());
+    assert_eq!(find(&base)["role"], "base");
     // Read in place, as an oci-archive, and unpacked by the install path, as an oci: layout.
     let in_place = skopeo_digest(&format!("oci-archive:{}:prometheus", out.display()));
     assert_eq!(in_place, prom["digest"].as_str().unwrap());

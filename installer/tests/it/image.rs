@@ -857,7 +857,7 @@ fn fixture_digest(repo_tag: &str) -> Option<String> {
 }
 
 /// `image build SERVICE... --push docker://PREFIX --oci-layout DIR`: embedded recipes (their
-/// `:latest` bases pinned by a lock to the fixture images), each pushed to
+/// pinned bases locked to the fixture images), each pushed to
 /// PREFIX/<service>:<tag> and tagged <service> in the layout; a recipe with `[[copy]]`
 /// pulls its copy source through the mirror too; wrong service names and push targets fail
 /// before anything is pulled or written.
@@ -866,9 +866,10 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     if !registry_ready() {
         return;
     }
+    use crate::common::{fixture_of, recipe_base};
     let (Some(prom), Some(am)) = (
-        fixture_digest("prom/prometheus:v2.42.0"),
-        fixture_digest("prom/alertmanager:v0.25.0"),
+        fixture_digest(&fixture_of("prometheus")),
+        fixture_digest(&fixture_of("alertmanager")),
     ) else {
         return;
     };
@@ -879,9 +880,9 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     std::fs::write(
         &lock,
         format!(
-            "version = 1\n[images]\n\"docker.io/prom/prometheus:latest\" = \"{prom}\"\n\
-             \"docker.io/prom/alertmanager:latest\" = \"{am}\"\n\
-             \"docker.io/prom/prometheus:v2.42.0\" = \"{prom}\"\n"
+            "version = 1\n[images]\n\"{}\" = \"{prom}\"\n\"{}\" = \"{am}\"\n",
+            recipe_base("prometheus"),
+            recipe_base("alertmanager"),
         ),
     )
     .unwrap();
@@ -918,7 +919,8 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     for (img, service) in images.iter().zip(["prometheus", "alertmanager"]) {
         assert_eq!(img["service"], service);
         let digest = img["digest"].as_str().unwrap();
-        let dest = format!("{REGISTRY}/t-imgrec-{pid}/{service}:latest");
+        let tag = recipe_base(service).rsplit_once(':').unwrap().1.to_string();
+        let dest = format!("{REGISTRY}/t-imgrec-{pid}/{service}:{tag}");
         assert_eq!(img["pushed"], format!("{dest}@{digest}"));
         let o = Command::new("skopeo")
             .args(["inspect", "--tls-verify=false"])
@@ -943,9 +945,13 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     let recipe = dir.join("duo.toml");
     std::fs::write(
         &recipe,
-        "name = \"duo\"\n[base]\nimage = \"docker.io/prom/alertmanager:latest\"\n\
-         [[copy]]\nimage = \"docker.io/prom/prometheus:v2.42.0\"\nfrom = \"/bin/prometheus\"\nto = \"/opt/duo/\"\n\
-         [config]\nentrypoint = [\"/opt/duo/prometheus\"]\n[health]\nhttp = { port = 9090, path = \"/-/ready\" }\n",
+        format!(
+            "name = \"duo\"\n[base]\nimage = \"{}\"\n\
+             [[copy]]\nimage = \"{}\"\nfrom = \"/bin/prometheus\"\nto = \"/opt/duo/\"\n\
+             [config]\nentrypoint = [\"/opt/duo/prometheus\"]\n[health]\nhttp = {{ port = 9090, path = \"/-/ready\" }}\n",
+            recipe_base("alertmanager"),
+            recipe_base("prometheus"),
+        ),
     )
     .unwrap();
     let bundle = t.join("duo-oci");
@@ -1040,7 +1046,7 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
     if !registry_ready() || !have_tool("zip") {
         return;
     }
-    let Some(grafana) = fixture_digest("grafana/grafana:standin") else {
+    let Some(grafana) = fixture_digest(&crate::common::fixture_of("grafana")) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -1061,7 +1067,10 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
     let lock = t.join("images.lock");
     std::fs::write(
         &lock,
-        format!("version = 1\n[images]\n\"docker.io/grafana/grafana:standin\" = \"{grafana}\"\n"),
+        format!(
+            "version = 1\n[images]\n\"{}\" = \"{grafana}\"\n",
+            crate::common::recipe_base("grafana")
+        ),
     )
     .unwrap();
     let recipe_text = |sha: &str| {
@@ -1070,7 +1079,7 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
             .find(|(n, _)| *n == "grafana")
             .unwrap()
             .1;
-        embedded.replace("grafana/grafana:latest", "grafana/grafana:standin")
+        embedded.to_string()
             + &format!(
                 "\n[[plugin]]\nid = \"t-clock\"\nurl = \"plugins/t-clock.zip\"\nsha256 = \"sha256:{sha}\"\n"
             )

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use atlas_install::incus::{Client, FileMeta, OptionalExt, StateAction};
 use serde_json::Value;
 
-use crate::common::{atlas, client_or_skip, have_tool, require_all, stderr, stdout};
+use crate::common::{
+    atlas, client_or_skip, fixture_of, have_tool, recipe_base, require_all, stderr, stdout,
+};
 
 const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
@@ -36,13 +38,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The fixture images are in the local registry (run-tests.sh builds them first).
+/// The fixture images are in the local registry under the recipes' tags (run-tests.sh
+/// builds them first); says once what they cannot check.
 fn fixtures_ready() -> bool {
+    let (repo, tag) = fixture_of("prometheus")
+        .rsplit_once(':')
+        .map(|(r, t)| (r.to_string(), t.to_string()))
+        .expect("a tag");
     let ok = Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "--max-time", "5"])
-        .arg(format!(
-            "http://{REGISTRY}/v2/prom/prometheus/manifests/latest"
-        ))
+        .arg(format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"))
         .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
         .status()
         .is_ok_and(|s| s.success());
@@ -52,6 +57,8 @@ fn fixtures_ready() -> bool {
     );
     if !ok {
         eprintln!("skipping: no fixture images on {REGISTRY} (tests/fixtures/build-images.sh)");
+    } else {
+        crate::common::announce_fixture_gaps();
     }
     ok
 }
@@ -378,7 +385,10 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     let log = stderr(&o);
     assert!(log.contains("images:"), "{log}");
     assert!(
-        log.contains("not in images.lock: pinned docker.io/prom/prometheus:latest to sha256:"),
+        log.contains(&format!(
+            "not in images.lock: pinned {} to sha256:",
+            recipe_base("prometheus")
+        )),
         "first pull pins and says so: {log}"
     );
     assert!(
@@ -773,7 +783,7 @@ async fn whole_stack_from_a_bundle() {
     let o = stack.atlas_offline(&[
         "image",
         "convert",
-        &format!("docker://{REGISTRY}/prom/prometheus:latest"),
+        &format!("docker://{REGISTRY}/{}", fixture_of("prometheus")),
         "--insecure-registry",
         &REGISTRY,
         "--out",
