@@ -279,6 +279,11 @@ impl Images {
         }
         let mut atlas = AtlasSpec::from_recipe_with(&r.recipe, r.files.clone(), &sources)?;
         atlas.add_downloads(&r.recipe, &fetched)?;
+        if let Some(p) = &r.recipe.plugins {
+            // The plugin directory the service is pointed at must exist (Grafana's run.sh
+            // creates only its last component); a bundle carries no plugin choices.
+            atlas.add_plugins(p, &[])?;
+        }
         let image = build::build(&base, &atlas)?;
         let desc = tokio::task::block_in_place(|| self.write_atlas(&image))?;
         let mut notes = base_notes(&base_ref);
