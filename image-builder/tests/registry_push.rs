@@ -292,27 +292,10 @@ async fn bearer_tokens_anonymous_pull_and_authenticated_push() {
     let built = single_image_layout(&layout, "token", "v1", 10_000);
     let repo = unique_repo("token");
     let reference = format!("{}/{repo}:v1", reg.addr);
-    skopeo(&[
-        "copy",
-        "-q",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        "bob:builder",
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{reference}"),
-    ]);
-    reg.token_requests.lock().unwrap().clear();
     let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
-
     // Anonymous pull: the registry's 401 challenge sends us to the token service, which
     // hands out a pull-only token without credentials.
-    let img = pull_src(
-        &format!("docker://{reference}"),
-        &cache,
-        AuthSource::Anonymous,
-    )
-    .await
-    .unwrap();
+    let img = push_then_pull_anonymously(&reg, &layout, &reference, &cache).await;
     assert_eq!(img.manifest_digest, built.manifest_digest);
     let requests = reg.token_requests.lock().unwrap().clone();
     assert!(
@@ -409,26 +392,8 @@ async fn attested_index_with_zstd_layers_through_a_token_registry() {
     let (index, amd) = common::images::attested_layout(&layout, "attested", "v1");
     let repo = unique_repo("attested");
     let reference = format!("{}/{repo}:v1", reg.addr);
-    skopeo(&[
-        "copy",
-        "-q",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        "bob:builder",
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{reference}"),
-    ]);
-    reg.token_requests.lock().unwrap().clear();
     let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
-    let img = pull_src(
-        &format!("docker://{reference}"),
-        &cache,
-        AuthSource::Anonymous,
-    )
-    .await
-    .unwrap();
+    let img = push_then_pull_anonymously(&reg, &layout, &reference, &cache).await;
     assert_eq!(img.index_digest.as_ref(), Some(&index));
     assert_eq!(
         img.manifest_digest, amd.manifest_digest,
@@ -465,4 +430,33 @@ async fn attested_index_with_zstd_layers_through_a_token_registry() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
+}
+
+/// Pushes `layout`'s `v1` (every manifest of an index) as bob, forgets the token requests so
+/// far, and pulls `reference` back without credentials.
+async fn push_then_pull_anonymously(
+    reg: &common::auth_registry::AuthRegistry,
+    layout: &std::path::Path,
+    reference: &str,
+    cache: &BlobCache,
+) -> PulledImage {
+    skopeo(&[
+        "copy",
+        "-q",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "bob:builder",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{reference}"),
+    ]);
+    reg.token_requests.lock().unwrap().clear();
+    pull_src(
+        &format!("docker://{reference}"),
+        cache,
+        AuthSource::Anonymous,
+    )
+    .await
+    .unwrap()
 }

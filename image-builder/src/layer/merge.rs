@@ -63,12 +63,7 @@ impl<'a> Plan<'a> {
 
     /// Merges layer indexes, given bottom to top.
     pub fn merge(indexes: &'a [LayerIndex]) -> Result<Plan<'a>, LayerError> {
-        let mut tree = Tree::default();
-        for (pos, index) in indexes.iter().enumerate() {
-            validate(index)?;
-            tree.apply(pos as u32, index)?;
-        }
-        Ok(tree.into_plan(indexes))
+        Ok(Tree::merged(indexes)?.into_plan(indexes))
     }
 
     /// The plan of one path of the merged image and everything under it, as `COPY --from`
@@ -78,11 +73,7 @@ impl<'a> Plan<'a> {
         indexes: &'a [LayerIndex],
         path: &[u8],
     ) -> Result<(Plan<'a>, Vec<u8>), LayerError> {
-        let mut tree = Tree::default();
-        for (pos, index) in indexes.iter().enumerate() {
-            validate(index)?;
-            tree.apply(pos as u32, index)?;
-        }
+        let mut tree = Tree::merged(indexes)?;
         let resolved = tree.resolve(indexes, path)?;
         if !resolved.is_empty() {
             let mut inside = resolved.clone();
@@ -114,12 +105,10 @@ pub struct Placer<'a> {
 impl<'a> Placer<'a> {
     /// Merges `indexes` (bottom to top) as [`Plan::merge`] does.
     pub fn new(indexes: &'a [LayerIndex]) -> Result<Placer<'a>, LayerError> {
-        let mut tree = Tree::default();
-        for (pos, index) in indexes.iter().enumerate() {
-            validate(index)?;
-            tree.apply(pos as u32, index)?;
-        }
-        Ok(Placer { tree, indexes })
+        Ok(Placer {
+            tree: Tree::merged(indexes)?,
+            indexes,
+        })
     }
 
     /// `path` (from the image root, leading `/` optional) with its directories resolved: each
@@ -148,22 +137,13 @@ impl<'a> Placer<'a> {
             }
             let next = super::path::join(&cur, &part);
             let last = todo.iter().all(|p| p.is_empty() || p == b".");
-            match self
-                .tree
-                .paths
-                .get(&next[..])
-                .map(|n| (n.kind, n.entry, n.inode))
-            {
-                Some((NodeKind::Symlink, entry, inode)) if follow_last || !last => {
+            match self.tree.paths.get(&next[..]) {
+                Some(node) if node.kind == NodeKind::Symlink && (follow_last || !last) => {
                     hops += 1;
                     if hops > 40 {
                         return Err(fail("too many levels of symbolic links".to_owned()));
                     }
-                    let (layer, ord) = entry.unwrap_or(inode);
-                    let target = self.indexes[layer as usize]
-                        .get(ord as usize)
-                        .map(|e| e.link.to_vec())
-                        .unwrap_or_default();
+                    let target = link_target(self.indexes, node);
                     if target.starts_with(b"/") {
                         cur.clear();
                     }
@@ -171,7 +151,7 @@ impl<'a> Placer<'a> {
                     more.reverse();
                     todo.extend(more);
                 }
-                Some((NodeKind::Other, _, _)) if !last => {
+                Some(node) if node.kind == NodeKind::Other && !last => {
                     return Err(fail(format!(
                         "{} is a file in the image, not a directory",
                         show_abs(&next)
@@ -191,6 +171,16 @@ struct Tree<'a> {
 }
 
 impl<'a> Tree<'a> {
+    /// Every layer applied, bottom to top.
+    fn merged(indexes: &'a [LayerIndex]) -> Result<Tree<'a>, LayerError> {
+        let mut tree = Tree::default();
+        for (pos, index) in indexes.iter().enumerate() {
+            validate(index)?;
+            tree.apply(pos as u32, index)?;
+        }
+        Ok(tree)
+    }
+
     fn apply(&mut self, pos: u32, index: &'a LayerIndex) -> Result<(), LayerError> {
         let err = Errs {
             digest: &index.digest,
@@ -284,11 +274,7 @@ impl<'a> Tree<'a> {
             if hops > 40 {
                 return Err(fail("too many levels of symbolic links".to_owned()));
             }
-            let (layer, ord) = node.entry.unwrap_or(node.inode);
-            let target = indexes[layer as usize]
-                .get(ord as usize)
-                .map(|e| e.link.to_vec())
-                .unwrap_or_default();
+            let target = link_target(indexes, node);
             if target.starts_with(b"/") {
                 cur.clear();
             }
@@ -409,6 +395,15 @@ impl<'a> Tree<'a> {
         }
         plan
     }
+}
+
+/// The target a symlink node was written with.
+fn link_target(indexes: &[LayerIndex], node: &Node) -> Vec<u8> {
+    let (layer, ord) = node.entry.unwrap_or(node.inode);
+    indexes[layer as usize]
+        .get(ord as usize)
+        .map(|e| e.link.to_vec())
+        .unwrap_or_default()
 }
 
 fn components(path: &[u8]) -> Vec<Vec<u8>> {

@@ -256,6 +256,51 @@ fn wait_for_200(port: u16, within: Duration) -> (String, String) {
     }
 }
 
+/// Creates our bridge (a free /24, no NAT, no DHCP) and instance `name` from image `alias` on
+/// it, with a network.json giving it `<net>.10`; returns `<net>` (the first three octets).
+fn on_own_bridge(project: &str, alias: &str, name: &str) -> String {
+    let net = free_subnet();
+    incus_ok(&[
+        "network",
+        "create",
+        BRIDGE,
+        &format!("ipv4.address={net}.1/24"),
+        "ipv4.nat=false",
+        "ipv4.dhcp=false",
+        "ipv6.address=none",
+    ]);
+    incus_ok(&[
+        "init",
+        alias,
+        name,
+        "--project",
+        project,
+        "--storage",
+        "default",
+        "--network",
+        BRIDGE,
+    ]);
+    let netfile = format!(
+        "{{\"version\":1,\"interfaces\":[{{\"name\":\"eth0\",\"ipv4\":\"{net}.10/24\",\"gateway4\":\"{net}.1\"}}]}}"
+    );
+    let mut push = Command::new("incus")
+        .args(["file", "push", "--project", project, "-"])
+        .arg(format!("{name}/etc/atlas/network.json"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    push.stdin
+        .take()
+        .unwrap()
+        .write_all(netfile.as_bytes())
+        .unwrap();
+    assert!(
+        push.wait().unwrap().success(),
+        "incus file push network.json"
+    );
+    net
+}
+
 fn image_count(project: &str) -> usize {
     stdout(&incus(&[
         "image",
@@ -545,52 +590,8 @@ fn image_build_convert_import_launch_restart() {
 
     phase("imports done");
     // Launch on our own bridge with a static address, reached through a proxy device.
-    let net = free_subnet();
-    incus_ok(&[
-        "network",
-        "create",
-        BRIDGE,
-        &format!("ipv4.address={net}.1/24"),
-        "ipv4.nat=false",
-        "ipv4.dhcp=false",
-        "ipv6.address=none",
-    ]);
     let c = "t-img-c1";
-    incus_ok(&[
-        "init",
-        "web",
-        c,
-        "--project",
-        &project,
-        "--storage",
-        "default",
-        "--network",
-        BRIDGE,
-    ]);
-    let netfile = format!(
-        "{{\"version\":1,\"interfaces\":[{{\"name\":\"eth0\",\"ipv4\":\"{net}.10/24\",\"gateway4\":\"{net}.1\"}}]}}"
-    );
-    let mut push = Command::new("incus")
-        .args([
-            "file",
-            "push",
-            "--project",
-            &project,
-            "-",
-            &format!("{c}/etc/atlas/network.json"),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    push.stdin
-        .take()
-        .unwrap()
-        .write_all(netfile.as_bytes())
-        .unwrap();
-    assert!(
-        push.wait().unwrap().success(),
-        "incus file push network.json"
-    );
+    let net = on_own_bridge(&project, "web", c);
     let port = free_port();
     incus_ok(&[
         "config",
@@ -834,9 +835,9 @@ fn registry_ready() -> bool {
     reg
 }
 
-/// The digest of a fixture image in the local registry, from the manifest bytes it serves;
-/// `None` (skip, or fail under CI) when the fixture is missing.
-fn fixture_digest(repo_tag: &str) -> Option<String> {
+/// The manifest (or index) bytes the local registry serves for a fixture image; `None`
+/// (skip, or fail under CI) when the fixture is missing.
+fn fixture_manifest(repo_tag: &str) -> Option<Vec<u8>> {
     let raw = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{REGISTRY}/{repo_tag}"))
@@ -845,15 +846,17 @@ fn fixture_digest(repo_tag: &str) -> Option<String> {
     if !raw.status.success() {
         assert!(
             !require_all(),
-            "fixture {repo_tag} missing: run tests/start-services.sh"
+            "fixture {repo_tag} missing: run tests/fixtures/build-images.sh"
         );
         eprintln!("skipping: fixture {repo_tag} not in the registry");
         return None;
     }
-    Some(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(&raw.stdout))
-    ))
+    Some(raw.stdout)
+}
+
+/// The digest of a fixture image, from the manifest bytes the registry serves.
+fn fixture_digest(repo_tag: &str) -> Option<String> {
+    fixture_manifest(repo_tag).map(|raw| format!("sha256:{}", hex::encode(Sha256::digest(raw))))
 }
 
 /// `image build SERVICE... --push docker://PREFIX --oci-layout DIR`: embedded recipes (their
@@ -1159,20 +1162,10 @@ fn image_shapes_from_a_token_registry_run_with_links_and_capabilities() {
         return;
     }
     let fixture = format!("{REGISTRY}/atlas-fixtures/shapes:1");
-    let served = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{fixture}"))
-        .output()
-        .unwrap();
-    if !served.status.success() {
-        assert!(
-            !require_all(),
-            "fixture {fixture} missing: run tests/fixtures/build-images.sh"
-        );
-        eprintln!("skipping: {fixture} not built (tests/fixtures/build-images.sh)");
+    let Some(served) = fixture_manifest("atlas-fixtures/shapes:1") else {
         return;
-    }
-    let index: serde_json::Value = serde_json::from_slice(&served.stdout).unwrap();
+    };
+    let index: serde_json::Value = serde_json::from_slice(&served).unwrap();
     assert_eq!(
         index["manifests"][1]["annotations"]["vnd.docker.reference.type"], "attestation-manifest",
         "the fixture is an index with an attestation: {index}"
@@ -1229,43 +1222,8 @@ fn image_shapes_from_a_token_registry_run_with_links_and_capabilities() {
         "pulled through the Bearer challenge (anonymous token): {scopes:?}"
     );
 
-    let net = free_subnet();
-    incus_ok(&[
-        "network",
-        "create",
-        BRIDGE,
-        &format!("ipv4.address={net}.1/24"),
-        "ipv4.nat=false",
-        "ipv4.dhcp=false",
-        "ipv6.address=none",
-    ]);
     let c = "t-shapes-c1";
-    incus_ok(&[
-        "init",
-        "shapes",
-        c,
-        "--project",
-        &project,
-        "--storage",
-        "default",
-        "--network",
-        BRIDGE,
-    ]);
-    let netfile = format!(
-        "{{\"version\":1,\"interfaces\":[{{\"name\":\"eth0\",\"ipv4\":\"{net}.10/24\",\"gateway4\":\"{net}.1\"}}]}}"
-    );
-    let mut push = Command::new("incus")
-        .args(["file", "push", "--project", &project, "-"])
-        .arg(format!("{c}/etc/atlas/network.json"))
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    push.stdin
-        .take()
-        .unwrap()
-        .write_all(netfile.as_bytes())
-        .unwrap();
-    assert!(push.wait().unwrap().success(), "push network.json");
+    let net = on_own_bridge(&project, "shapes", c);
     incus_ok(&["start", "--project", &project, c]);
     let log = || stdout(&incus(&["console", "--project", &project, c, "--show-log"]));
     // The effect first: uid 1000 may bind port 80 only through the file capability.
