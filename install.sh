@@ -17,10 +17,16 @@
 #                            installed as is, with a warning (it is the operator's own file).
 #
 # Nothing is installed unless its sha256 matches SHA256SUMS; a binary already installed with
-# the right sha256 is not downloaded again. The whole script is one function called on the
-# last line, so a download cut short runs nothing.
+# the right sha256 is not downloaded again. SHA256SUMS itself is checked against its minisign
+# signature (SHA256SUMS.minisig, by the release key written into this script by
+# release/build.sh) when `minisign` is installed; without minisign, or in the repository's
+# copy (no key), the script says plainly that it could not check it. The whole script is one
+# function called on the last line, so a download cut short runs nothing.
 
 set -eu
+
+# The release's minisign public key; release/build.sh writes it into the released copy.
+release_pubkey=""
 
 say() {
     printf 'atlas-install.sh: %s\n' "$*" >&2
@@ -83,6 +89,35 @@ cleanup() {
     fi
 }
 
+# check_sums_signature SUMS SIG WHERE: SIG is the local path of SHA256SUMS.minisig (fetched
+# or next to a local file), WHERE names SHA256SUMS in messages. A bad signature, or a missing
+# one while this script carries a release key, stops everything.
+check_sums_signature() {
+    if [ -z "$release_pubkey" ]; then
+        say "warning: this install.sh carries no release key, so the signature of SHA256SUMS is NOT checked; the binary is checked only against SHA256SUMS"
+        return 0
+    fi
+    if ! command -v minisign >/dev/null 2>&1; then
+        say "warning: minisign is not installed, so the signature of SHA256SUMS ($3) is NOT checked: the binary is checked only against SHA256SUMS, which whoever controls that server could change too. Install minisign (e.g. apt-get install minisign) and run this again to check it."
+        return 0
+    fi
+    [ -f "$2" ] || die "$3 has no signature (SHA256SUMS.minisig), but this install.sh expects one by the release key; refusing. Nothing was installed."
+    if minisign -V -q -P "$release_pubkey" -m "$1" -x "$2" >/dev/null 2>&1; then
+        say "SHA256SUMS signature verified with minisign (release key $release_pubkey)"
+    else
+        die "$3 does not match its signature by the release key (changed, or signed by another key); refusing. Nothing was installed."
+    fi
+}
+
+# Fetches URL to FILE when the server has it; no file (and no error) when it does not.
+fetch_optional() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsSL --proto '=http,https' -o "$2" "$1" 2>/dev/null || rm -f "$2"
+    elif command -v wget >/dev/null 2>&1; then
+        wget -q -O "$2" "$1" 2>/dev/null || rm -f "$2"
+    fi
+}
+
 # Picks the asset name and its expected sha256 out of SHA256SUMS for this arch and version.
 expect_from_sums() {
     if [ "$version" = latest ]; then
@@ -118,9 +153,14 @@ main() {
 
     if [ -n "$base_url" ]; then
         fetch "$base_url/$version/SHA256SUMS" "$tmp_dir/SHA256SUMS"
+        if [ -n "$release_pubkey" ] && command -v minisign >/dev/null 2>&1; then
+            fetch_optional "$base_url/$version/SHA256SUMS.minisig" "$tmp_dir/SHA256SUMS.minisig"
+        fi
+        check_sums_signature "$tmp_dir/SHA256SUMS" "$tmp_dir/SHA256SUMS.minisig" "$base_url/$version/SHA256SUMS"
         expect_from_sums "$tmp_dir/SHA256SUMS" "$base_url/$version/SHA256SUMS"
     elif [ -f "$(dirname "$local_file")/SHA256SUMS" ]; then
         sums="$(dirname "$local_file")/SHA256SUMS"
+        check_sums_signature "$sums" "$sums.minisig" "$sums"
         entry=$(sums_entry "$sums" "$(basename "$local_file")")
         [ -n "$entry" ] || die "$sums has no line for $(basename "$local_file"); refusing to install an unlisted file"
         expected=${entry%% *}

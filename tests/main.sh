@@ -48,11 +48,13 @@ allowed_ip_range = ["127.0.0.1/32"]
 download_mirror = "file:///var/tmp/atlas-test/downloads"
 TOML
 "$bin" -c "$conf" --progress plain install --yes --ignore-preflight --registry-mirror 127.0.0.1:5000
+# status lists the endpoints, step-ca's root fingerprint and the command that trusts it.
 "$bin" -c "$conf" status
 cat <<TXT
-main.sh: the Atlas stack runs in Incus project atlas-demo (config: $conf).
-  Grafana:    https://grafana.atlas.localhost:8443/ (curl -k --resolve grafana.atlas.localhost:8443:127.0.0.1 ...)
-  MQTT:       127.0.0.1:1883 (user atlas; password in the project's user.atlas.secret.* keys)
-  Internal:   the addresses above, on the management bridge (Prometheus :9090, Loki :3100, Alertmanager :9093)
+main.sh: the Atlas stack runs in Incus project atlas-demo (config: $conf); the endpoints are listed above.
+  Grafana:    curl -k --resolve grafana.atlas.localhost:8443:127.0.0.1 https://grafana.atlas.localhost:8443/
+              (user admin; password: $bin -c $conf secret get grafana-admin-password)
+  MQTT:       user atlas; password: $bin -c $conf secret get mosquitto.atlas.password
+  Secrets:    $bin -c $conf secret list
 Remove it with: $bin -c $conf destroy --delete-volumes --yes
 TXT

@@ -18,7 +18,20 @@ trap 'bash tests/cluster/down.sh ci9 >/dev/null 2>&1 || true' EXIT
 export ATLAS_TEST_CLUSTER=/var/tmp/atlas-cluster/ci9/state
 # A missing tool or daemon fails the tests instead of skipping them.
 export ATLAS_TEST_REQUIRE_ALL=1
+# The tests must leave the host's Incus as they found it, failed ones included (server
+# config, trust store, networks, projects, pools, default-project images and profiles,
+# volumes: tests/incus-state.sh), also beside the README demo or any other install.
+state=$(mktemp -d)
+trap 'bash tests/cluster/down.sh ci9 >/dev/null 2>&1 || true; rm -rf "$state"' EXIT
+bash tests/incus-state.sh >"$state/before"
 # One test at a time per binary: the tests share one incusd, and its bridge creation races
 # with veths that other tests' containers remove (a flaky "Device ... does not exist").
-cargo test --workspace --locked -- --test-threads=1
+rc=0
+cargo test --workspace --locked -- --test-threads=1 || rc=$?
+bash tests/incus-state.sh >"$state/after"
+if ! diff -u "$state/before" "$state/after"; then
+  echo "run-tests.sh: the tests left the host's Incus changed (- before, + after)" >&2
+  exit 1
+fi
+[ "$rc" = 0 ] || exit "$rc"
 bash tests/build-static.sh >/dev/null

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host (root, no systemd) for atlas-install development and tests:
 # installs Incus from bookworm-backports, the OCI cross-check tools, the real service
-# binaries used to validate rendered configs, and musl-tools for the static build.
+# binaries used to validate rendered configs, musl-tools for the static build, the
+# independent oracles of signatures and SBOMs: minisign (verifies what we sign) and golang-go
+# (`go version -m` reads the Go build info we list), and step-ca's library for the step-ca
+# fixture (tests/fixtures/step-ca; gcc and libc6-dev are only Recommends of golang-go, but
+# cgo needs them).
 # Idempotent: safe to run again. Starts nothing; see tests/start-services.sh.
 set -euo pipefail
 
@@ -34,9 +38,12 @@ need_pkgs=()
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 for p in dnsmasq-base skopeo umoci docker-registry prometheus prometheus-alertmanager \
          prometheus-node-exporter caddy mosquitto mosquitto-clients musl-tools iproute2 \
-         nftables curl ca-certificates file jq busybox-static attr zip time bc libcap2-bin; do
+         nftables curl ca-certificates file jq busybox-static attr zip time bc libcap2-bin \
+         minisign golang-go golang-github-smallstep-certificates-dev gcc libc6-dev nodejs; do
   want "$p"
 done
+# npm comes with some nodejs builds and is a package of its own in Debian's.
+command -v npm >/dev/null 2>&1 || want npm
 
 if ! dpkg -s incus-base >/dev/null 2>&1 || [ ${#need_pkgs[@]} -gt 0 ]; then
   add_backports
@@ -55,4 +62,8 @@ fi
 
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl
+# LogQL is checked with Grafana's own grammar (the Loki stand-in cannot run queries): the
+# versions pinned in tests/logql/package-lock.json, from the npm registry.
+(cd "$(dirname "$0")/logql" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+
 echo "setup-host.sh: host ready"

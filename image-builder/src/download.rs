@@ -115,17 +115,27 @@ async fn copy_source(
                 "plain HTTP to {host_port} is refused: use https:// (or list the host as an insecure registry)"
             ));
         }
+        let limit = crate::registry::READ_TIMEOUT;
         let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .read_timeout(limit)
             .build()
             .map_err(|e| e.to_string())?;
-        let resp = client.get(parsed).send().await.map_err(|e| e.to_string())?;
+        let failed = |e: reqwest::Error| match e.is_timeout() && !e.is_connect() {
+            true => format!(
+                "{host_port} did not answer within {} s: it accepted the connection but sent nothing",
+                limit.as_secs()
+            ),
+            false => e.to_string(),
+        };
+        let resp = client.get(parsed).send().await.map_err(failed)?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("the server answered {status}"));
         }
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            sink(&chunk.map_err(|e| e.to_string())?)?;
+            sink(&chunk.map_err(failed)?)?;
         }
         return Ok(());
     }

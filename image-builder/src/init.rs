@@ -1,12 +1,15 @@
 //! atlas-init, our PID 1, and the two files that drive it.
 //!
 //! Every Atlas image carries the static binary [`binary()`] at [`INIT_PATH`] (`/sbin/init`,
-//! mode 0755, owned by root) and a [`ServiceSpec`] at [`SERVICE_CONFIG_PATH`]; the installer
-//! pushes a [`NetworkSpec`] to [`NETWORK_CONFIG_PATH`] before the first start (`incus file
-//! push` and the files API work on stopped instances). atlas-init refuses to start, with a
-//! message in the console log (`incus console NAME --show-log`), if either file is missing or
-//! invalid. Images converted from arbitrary OCI images should carry
-//! `NetworkSpec::default()` (only `lo`) so they boot without the installer. [`rootfs_files()`]
+//! mode 0755, owned by root) and a [`ServiceSpec`] at [`SERVICE_CONFIG_PATH`] (also in its
+//! label `io.atlas.service.spec` and Incus property `atlas.service.spec`). The installer
+//! replaces that file in each instance with the image's spec running the command line it
+//! rendered ([`ServiceSpec::with_command`]), and pushes a [`NetworkSpec`] to
+//! [`NETWORK_CONFIG_PATH`], both before the first start (`incus file push` and the files API
+//! work on stopped instances). atlas-init refuses to start, with a message in the console log
+//! (`incus console NAME --show-log`), if either file is missing or invalid. Images converted
+//! from arbitrary OCI images should carry `NetworkSpec::default()` (only `lo`) so they boot
+//! without the installer. [`rootfs_files()`]
 //! returns the entries to add to an image's rootfs.
 //!
 //! The types, the validation and the JSON reader/writer are the same source files atlas-init

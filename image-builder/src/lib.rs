@@ -21,4 +21,5 @@ pub mod plugin;
 pub mod recipe;
 pub mod reference;
 pub mod registry;
+pub mod sbom;
 pub mod source;

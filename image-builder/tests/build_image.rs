@@ -171,6 +171,13 @@ async fn build_is_reproducible_and_unified_tarball_is_complete() {
         ]
     );
     assert!(m.contains_key("rootfs/etc/atlas/network.json"));
+    // The same spec rides along as a label and an Incus property: the installer derives each
+    // instance's spec from it without reading the image's files.
+    let label = labels["io.atlas.service.spec"]
+        .as_str()
+        .expect("spec label");
+    assert_eq!(ServiceSpec::from_json(label).unwrap(), svc);
+    assert_eq!(a.incus_properties()["atlas.service.spec"], label);
 
     // A different recipe gives a different image.
     let mut other = recipe();
@@ -194,6 +201,9 @@ async fn build_is_reproducible_and_unified_tarball_is_complete() {
     let passed = build::build(&again, &AtlasSpec::convert("web")).unwrap();
     assert_eq!(passed.manifest_digest, a.manifest_digest);
     assert!(passed.layer.is_none());
+    // ... and keeps its service spec (read back from the label) for the installer.
+    assert_eq!(passed.service.as_ref(), Some(&svc));
+    assert_eq!(passed.incus_properties()["atlas.service.spec"], label);
     let meta = IncusMetadata::for_image(&passed);
     assert_eq!(
         meta.creation_date,

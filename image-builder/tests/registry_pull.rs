@@ -420,6 +420,41 @@ async fn registry_errors_say_what_and_where() {
     assert!(entries.is_empty(), "failed pulls wrote to the cache");
 }
 
+/// A registry that accepts connections and never answers: the pull fails once the read
+/// timeout passed, naming the registry and what was asked, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_never_answers_is_named_within_the_read_timeout() {
+    init_tls();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
+    let opts = PullOptions {
+        read_timeout: std::time::Duration::from_secs(2),
+        ..opts()
+    };
+    let started = std::time::Instant::now();
+    let err = pull_ref(&format!("127.0.0.1:{port}/x/y:1"), &cache, &opts)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "registry 127.0.0.1:{port} did not answer (manifest x/y:1) within 2 s: it accepted the connection but sent nothing; check the registry (or the mirror in front of it) and run again"
+        )
+    );
+    // Two reads wait: oci-client first asks /v2/ how to authenticate (that answer never
+    // comes either, and it goes on anonymously), then the manifest.
+    assert!(took < std::time::Duration::from_secs(7), "took {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_into_one_cache_download_each_blob_once() {
     init_tls();

@@ -56,6 +56,12 @@ pub struct GlobalArgs {
     /// Answer yes to confirmation prompts (needed when stdin is not a terminal).
     #[arg(long, short = 'y', global = true)]
     pub yes: bool,
+
+    /// Commands that change the project (install, upgrade, rollback, destroy, backup
+    /// snapshot|export|restore) take its lock, held in Incus; another run holding it makes
+    /// them wait this many seconds for it, then refuse naming the holder (0: refuse at once).
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +99,12 @@ pub enum Command {
     /// Snapshot, list, export and restore the data volumes.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Sign files and check signatures (minisign format), e.g. a release's SHA256SUMS.
+    #[command(subcommand)]
+    Signature(SignatureCommand),
+    /// Name the generated secrets, or print one on purpose (no other command prints any).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -117,13 +129,39 @@ pub struct InstallArgs {
     /// Go on even when the host is below the minimum CPU, memory or disk.
     #[arg(long)]
     pub ignore_preflight: bool,
+    /// How long each service has to pass its health check (upgrade: before it is put back
+    /// as it was).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub health_timeout: u64,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// Whose signatures a bundle may carry. Without these, only a release key embedded in this
+/// binary is accepted.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrustArgs {
+    /// Also accept signatures by this minisign public key: a `.pub` file or the base64 key
+    /// string (repeatable). For bundles you signed yourself (`bundle create --sign`).
+    #[arg(long, value_name = "PUBKEY")]
+    pub trust_key: Vec<String>,
+    /// Accept a bundle that carries no signature at all (one with a bad signature is still
+    /// refused).
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 3 when preflight finds
+    /// problems (install would refuse), 1 on any other error. Without it: 0 for a plan, 1 for
+    /// preflight problems or an error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Plan as `install --ignore-preflight` would run: a host below the minimum CPU, memory
+    /// or disk is a warning, not a problem.
+    #[arg(long)]
+    pub ignore_preflight: bool,
     /// Plan with the images already under the aliases of `images.aliases`, as
     /// `install --existing-images` would (a missing alias is then an error).
     #[arg(long)]
@@ -142,9 +180,6 @@ pub struct UpgradeArgs {
     /// Where the new images come from: a bundle, registries, or the aliases already in Incus.
     #[command(flatten)]
     pub source: InstallArgs,
-    /// How long each replaced service has to pass its health check before it is rolled back.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    pub health_timeout: u64,
     /// Generate new secrets (Grafana admin password, Mosquitto passwords, metrics
     /// certificate) and apply each the service's own way; the step-ca password is kept.
     #[arg(long)]
@@ -204,6 +239,15 @@ pub enum ImageCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Show an image in the Incus project (an alias such as atlas/prometheus, or a
+    /// fingerprint): its properties, or with --sbom the bill of materials recorded with it.
+    Inspect {
+        image: String,
+        /// Print the image's bill of materials (CycloneDX): a table of its components, or
+        /// the CycloneDX JSON document with --json.
+        #[arg(long)]
+        sbom: bool,
+    },
     /// Resolve every recipe's upstream tag to a digest and write images.lock (needs the registries).
     Lock {
         #[arg(long, short = 'o', value_name = "FILE", default_value = "images.lock")]
@@ -262,10 +306,20 @@ pub struct ImageBuildArgs {
 pub enum BundleCommand {
     /// Create an offline bundle: this binary, every base and Atlas image, the lock and a default config.
     Create(BundleCreateArgs),
-    /// Check a bundle's every member against its manifest, offline.
-    Verify { file: PathBuf },
+    /// Check a bundle's signature, then every member against its manifest, offline.
+    Verify {
+        file: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
     /// List a bundle's images, digests, sizes and versions (`--json` for machines).
-    Inspect { file: PathBuf },
+    Inspect {
+        file: PathBuf,
+        /// Print the bill of materials (CycloneDX) of this Atlas image of the bundle: a table,
+        /// or the CycloneDX JSON document with --json.
+        #[arg(long, value_name = "IMAGE")]
+        sbom: Option<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -288,6 +342,55 @@ pub struct BundleCreateArgs {
     pub images_lock: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Sign the bundle's manifest with this minisign secret key (`minisign -G` makes one);
+    /// installs then need the public key (`--trust-key`) unless it is a release key.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+/// How an encrypted signing key's password is given: a file, else asked on the terminal.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PasswordArgs {
+    /// File whose first line is the signing key's password (keep it 0600). Not needed for a
+    /// key made without one (`minisign -G -W`).
+    #[arg(long, env = "ATLAS_SIGN_PASSWORD_FILE", value_name = "FILE")]
+    pub sign_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SignatureCommand {
+    /// Sign files with a minisign secret key: writes FILE.minisig next to each (`minisign -V`
+    /// checks them).
+    Sign {
+        /// The minisign secret key.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Check FILE.minisig of each file against the embedded release keys and --trust-key.
+    Verify {
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// The names of the secrets stored in the Atlas project (never their values).
+    List,
+    /// Print one secret's value on stdout, e.g. `grafana-admin-password` or
+    /// `mosquitto.atlas.password`.
+    Get {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -24,6 +24,9 @@ use tokio::sync::mpsc;
 
 use crate::incus::{Client, ImageImport, IncusError, OptionalExt};
 
+/// The image property naming the unified tarball's bill of materials member and its sha256.
+pub const SBOM_PROPERTY: &str = "atlas.sbom";
+
 /// Bytes per chunk sent to Incus.
 pub const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the flattening thread and the HTTP body.
@@ -239,6 +242,15 @@ pub async fn import(
         properties: image.incus_properties(),
         ..ImageImport::default()
     };
+    // Where the bill of materials is (`image inspect --sbom` reads it back) and its sha256.
+    import.properties.insert(
+        SBOM_PROPERTY.to_owned(),
+        format!(
+            "{} sha256:{}",
+            atlas_image::build::SBOM_MEMBER,
+            hex::encode(Sha256::digest(prepared.sbom()))
+        ),
+    );
     import.properties.retain(|k, _| k != "type");
     let answer = client.import_image(body, &import).await;
     let produced = producer.await.map_err(|e| ImageOpsError::Stream {

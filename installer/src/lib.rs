@@ -11,6 +11,7 @@ pub mod engine;
 pub mod imageops;
 pub mod incus;
 pub mod render;
+pub mod signing;
 pub mod supply;
 
 pub use atlas_image::progress;

@@ -172,6 +172,82 @@ impl ImageSupply {
         Ok(supplied)
     }
 
+    /// A lower bound of the bytes the Atlas image of `service` takes once unpacked into a
+    /// storage pool: the (compressed) size of its layers, read from the layout's manifest, or
+    /// from the registries' manifests of its base and `[[copy]]` images (their layers make up
+    /// all of it but the small Atlas layer). Reads manifests only, pulls nothing.
+    pub async fn image_bytes(&self, service: &str) -> Result<u64, SupplyError> {
+        let recipe = recipe_for(service)?;
+        let layers = |m: &atlas_image::manifest::ImageManifest| -> u64 {
+            m.layers.iter().map(|l| l.size).sum()
+        };
+        if let Some(dir) = &self.layout {
+            let bad = |e: atlas_image::oci_layout::LayoutError| SupplyError::Pull {
+                service: service.to_string(),
+                reference: format!("oci:{}:{service}", dir.display()),
+                source: Box::new(e.into()),
+            };
+            let layout = atlas_image::oci_layout::OciLayout::open_dir(dir).map_err(bad)?;
+            let d = layout.resolve(Some(service)).map_err(bad)?;
+            let bytes = layout
+                .store()
+                .read_verified(&d.digest, d.size, "manifest")
+                .map_err(bad)?;
+            let m: atlas_image::manifest::ImageManifest =
+                serde_json::from_slice(&bytes).map_err(|e| SupplyError::Pull {
+                    service: service.to_string(),
+                    reference: format!("oci:{}:{service}", dir.display()),
+                    source: Box::new(
+                        atlas_image::manifest::ManifestError::Json {
+                            what: format!("manifest of {service}"),
+                            source: e,
+                        }
+                        .into(),
+                    ),
+                })?;
+            return Ok(layers(&m));
+        }
+        let cache = self.cache()?;
+        let pins = Pins::load(&Pins::file_in(cache.root()))?;
+        let mut refs = vec![
+            recipe
+                .base_ref()
+                .map_err(|e| bad_ref(service, "base.image", &e))?,
+        ];
+        for (i, c) in recipe.copies.iter().enumerate() {
+            refs.push(
+                ImageRef::parse(&c.image)
+                    .map_err(|e| bad_ref(service, &format!("copy[{i}].image"), &e))?,
+            );
+        }
+        let opts = PullOptions {
+            insecure_registries: self.insecure_registries.clone(),
+            ..PullOptions::default()
+        };
+        let mut total = 0;
+        for upstream in refs {
+            let known = upstream
+                .digest
+                .clone()
+                .or_else(|| self.lock.digest_for(&upstream).cloned())
+                .or_else(|| pins.get(&upstream).cloned());
+            let wanted = match known {
+                Some(d) => upstream.with_digest(d),
+                None => upstream.clone(),
+            };
+            let wanted = self.mirrored(&wanted);
+            let m = atlas_image::registry::image_manifest(&wanted, &opts)
+                .await
+                .map_err(|source| SupplyError::Pull {
+                    service: service.to_string(),
+                    reference: format!("docker://{wanted}"),
+                    source: Box::new(source),
+                })?;
+            total += layers(&m);
+        }
+        Ok(total)
+    }
+
     /// The Atlas image of `service`: from the layout when there is one, else built from the
     /// embedded recipe. The plugins are those of `[grafana] plugins` the recipe pins.
     async fn atlas_image(

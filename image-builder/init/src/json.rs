@@ -308,6 +308,42 @@ pub fn to_string_pretty(v: &Value) -> String {
     out
 }
 
+/// Serialises on one line without spaces (for values that must fit in one string, such as an
+/// image label or an Incus image property).
+pub fn to_string_compact(v: &Value) -> String {
+    let mut out = String::new();
+    write_compact(&mut out, v);
+    out
+}
+
+fn write_compact(out: &mut String, v: &Value) {
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_compact(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(fields) => {
+            out.push('{');
+            for (i, (k, item)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(out, k);
+                out.push(':');
+                write_compact(out, item);
+            }
+            out.push('}');
+        }
+        scalar => write_value(out, scalar, 0),
+    }
+}
+
 fn write_value(out: &mut String, v: &Value, indent: usize) {
     match v {
         Value::Null => out.push_str("null"),

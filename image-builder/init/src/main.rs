@@ -12,8 +12,9 @@
 //! Usage: `atlas-init [--root DIR] [--no-network]` (also `ATLAS_INIT_ROOT`,
 //! `ATLAS_INIT_NO_NETWORK=1`). `--root` relocates only atlas-init's own files (the two config
 //! files, passwd/group, resolv.conf, hosts) so tests can run it outside a container; the service
-//! itself still sees the real filesystem. `atlas-init probe URL` is the installer's health
-//! probe, run inside the container by `incus exec` (see `probe.rs`).
+//! itself still sees the real filesystem. `atlas-init probe URL` is the installer's
+//! health probe, run inside the container by `incus exec`, and `atlas-init fetch URL` reads a
+//! service's API the same way (see `probe.rs`).
 
 // json and spec are shared with the image builder, which uses their writing half; here only
 // the reading half runs.
@@ -66,8 +67,10 @@ fn fatal(message: impl Into<String>) -> Fatal {
 fn main() -> ExitCode {
     // `atlas-init probe URL` is a short-lived helper run by `incus exec`, not PID 1.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("probe") {
-        return ExitCode::from(probe::main(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("probe") => return ExitCode::from(probe::main(&args[1..])),
+        Some("fetch") => return ExitCode::from(probe::fetch_main(&args[1..])),
+        _ => {}
     }
     match run() {
         Ok(code) => ExitCode::from(code),

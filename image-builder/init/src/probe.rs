@@ -11,6 +11,10 @@
 //!   are loaded; step-ca, for one, exits when it cannot decrypt its key).
 //!
 //! One line on stdout says what was seen; exit status 0 healthy, 1 not healthy, 2 usage.
+//!
+//! `atlas-init fetch http://HOST:PORT/PATH` is the same GET, for the few reads the installer
+//! needs from a service's API (Alertmanager's alerts for `status`): on 2xx the body alone
+//! goes to stdout (at most [`MAX_BODY`]); otherwise one line says why, with exit status 1.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -20,6 +24,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// The status line and headers of any health answer fit; the body is not read.
 const MAX_HEAD: usize = 16 * 1024;
+
+/// A body `fetch` hands over whole; larger answers are refused, not cut (a cut JSON document
+/// would only fail later, less clearly).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
 pub const EXIT_UNHEALTHY: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -64,6 +72,36 @@ pub fn main(args: &[String]) -> u8 {
         }
         Err(why) => {
             println!("{why}");
+            EXIT_UNHEALTHY
+        }
+    }
+}
+
+/// `atlas-init fetch URL`: the body of a 2xx answer on stdout, as bytes.
+pub fn fetch_main(args: &[String]) -> u8 {
+    let mut out = std::io::stdout().lock();
+    let target = match args {
+        [url] => parse(url),
+        _ => Err("usage: atlas-init fetch http://HOST:PORT/PATH".into()),
+    };
+    let (addr, host, path) = match target {
+        Ok(Target::Http { addr, host, path }) => (addr, host, path),
+        Ok(_) => {
+            let _ = writeln!(out, "fetch takes an http:// URL");
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            let _ = writeln!(out, "{e}");
+            return EXIT_USAGE;
+        }
+    };
+    match http_body(&addr, &host, &path) {
+        Ok(body) => match out.write_all(&body).and_then(|()| out.flush()) {
+            Ok(()) => 0,
+            Err(_) => EXIT_UNHEALTHY,
+        },
+        Err(why) => {
+            let _ = writeln!(out, "{why}");
             EXIT_UNHEALTHY
         }
     }
@@ -148,7 +186,70 @@ fn http_get(addr: &str, host: &str, path: &str) -> Result<String, String> {
     }
 }
 
-/// Reads until the end of the headers, EOF or the size cap.
+/// GET with HTTP/1.0 (the server closes after the body, never chunks it); the body of a 2xx
+/// answer, up to its Content-Length when it gives one.
+pub fn http_body(addr: &str, host: &str, path: &str) -> Result<Vec<u8>, String> {
+    let what = format!("GET http://{addr}{path}");
+    let mut s = connect(addr)?;
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: atlas-init-fetch\r\nAccept: application/json\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("{what}: sending: {e}"))?;
+    let mut raw = Vec::new();
+    s.take((MAX_HEAD + MAX_BODY + 1) as u64)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{what}: reading the answer: {e}"))?;
+    split_answer(&raw).map_err(|e| format!("{what}: {e}"))
+}
+
+/// Status line, headers and body of a whole HTTP/1.x answer; the body when the status is 2xx.
+pub fn split_answer(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .filter(|&i| i <= MAX_HEAD)
+        .ok_or_else(|| match raw.is_empty() {
+            true => "the connection closed without an answer".to_string(),
+            false => "no complete HTTP header in the answer".to_string(),
+        })?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status =
+        status_code(&head).ok_or_else(|| format!("not an HTTP answer: {}", first_line(&head)))?;
+    let mut body = &raw[end + 4..];
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    if header("transfer-encoding").is_some_and(|v| !v.eq_ignore_ascii_case("identity")) {
+        return Err("the answer is chunked, which an HTTP/1.0 request never asks for".into());
+    }
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if body.len() < len {
+            return Err(format!(
+                "the answer ended after {} of its {len} bytes",
+                body.len()
+            ));
+        }
+        body = &body[..len];
+    }
+    if body.len() > MAX_BODY {
+        return Err(format!("the answer is larger than {MAX_BODY} bytes"));
+    }
+    if !(200..300).contains(&status) {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+        return Err(format!("{}: {}", first_line(&head), text.trim()));
+    }
+    Ok(body.to_vec())
+}
+
+/// Reads until the end of the headers, EOF or the size cap, then the rest of the answer
+/// (up to [`MAX_BODY`], discarded): hanging up after the head made servers log a broken pipe
+/// on every probe.
 fn read_head(s: &mut TcpStream) -> Result<String, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -162,6 +263,13 @@ fn read_head(s: &mut TcpStream) -> Result<String, String> {
     }
     if buf.is_empty() {
         return Err("the connection closed without an answer".into());
+    }
+    let mut drained = 0;
+    while drained < MAX_BODY {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
@@ -344,6 +452,28 @@ mod tests {
         let junk = serve_once(b"SSH-2.0-OpenSSH\r\n");
         let e = run(&parse(&format!("http://{junk}/")).unwrap()).unwrap_err();
         assert!(e.contains("not an HTTP answer: SSH-2.0"), "{e}");
+    }
+
+    #[test]
+    fn fetch_hands_over_the_body_of_a_2xx_only() {
+        let ok = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n[1,2,3]trailing");
+        assert_eq!(http_body(&ok, &ok, "/api/v2/alerts").unwrap(), b"[1,2,3]");
+        let closed = serve_once(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[]");
+        assert_eq!(http_body(&closed, &closed, "/").unwrap(), b"[]");
+        let bad = serve_once(b"HTTP/1.1 400 Bad Request\r\n\r\n{\"message\":\"bad filter\"}");
+        let e = http_body(&bad, &bad, "/").unwrap_err();
+        assert!(
+            e.contains("400 Bad Request") && e.contains("bad filter"),
+            "{e}"
+        );
+        let short = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n[1,");
+        let e = http_body(&short, &short, "/").unwrap_err();
+        assert!(e.contains("after 3 of its 10 bytes"), "{e}");
+        let chunked = serve_once(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
+        );
+        let e = http_body(&chunked, &chunked, "/").unwrap_err();
+        assert!(e.contains("chunked"), "{e}");
     }
 
     #[test]

@@ -124,6 +124,31 @@ impl ServiceSpec {
     /// Validates, then renders the file; a spec atlas-init would refuse is never written.
     pub fn to_json(&self) -> Result<String, SpecError> {
         self.validate()?;
+        Ok(json::to_string_pretty(&self.to_value()))
+    }
+
+    /// The same document on one line (an image label, an Incus image property); validated
+    /// like the file.
+    pub fn to_json_compact(&self) -> Result<String, SpecError> {
+        self.validate()?;
+        Ok(json::to_string_compact(&self.to_value()))
+    }
+
+    /// This spec running `argv` instead of its own command line, after `wrapper` (an
+    /// entrypoint script of the image that ends in `exec "$@"`; empty for none). Everything
+    /// else (environment, user, working directory, grace period) stays the image's, so a new
+    /// image brings its own and only the command line is replaced. Validated.
+    pub fn with_command(&self, wrapper: &[String], argv: &[String]) -> Result<Self, SpecError> {
+        let spec = ServiceSpec {
+            entrypoint: wrapper.to_vec(),
+            cmd: argv.to_vec(),
+            ..self.clone()
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn to_value(&self) -> Value {
         let mut f = vec![("version".to_string(), Value::Int(FORMAT_VERSION))];
         f.push(("entrypoint".into(), str_array(&self.entrypoint)));
         f.push(("cmd".into(), str_array(&self.cmd)));
@@ -138,7 +163,7 @@ impl ServiceSpec {
             "stop_grace_period".into(),
             Value::Int(self.stop_grace_period.into()),
         ));
-        Ok(json::to_string_pretty(&Value::Object(f)))
+        Value::Object(f)
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -830,6 +855,23 @@ mod tests {
         assert_eq!(s.env_var("PATH"), Some("/usr/bin:/bin"));
         assert_eq!(s.env_var("WITH_EQ"), Some("a=b"));
         assert_eq!(s.env_var("PAT"), None);
+    }
+
+    #[test]
+    fn compact_form_reads_back_and_commands_are_replaced_validated() {
+        let s = service();
+        let line = s.to_json_compact().unwrap();
+        assert!(!line.contains('\n') && !line.contains(": "), "{line}");
+        assert_eq!(ServiceSpec::from_json(&line).unwrap(), s);
+        let wrapped = s
+            .with_command(&["/entry.sh".into()], &["/bin/x".into(), "-y".into()])
+            .unwrap();
+        assert_eq!(wrapped.argv(), ["/entry.sh", "/bin/x", "-y"]);
+        assert_eq!((wrapped.env, wrapped.user), (s.env.clone(), s.user.clone()));
+        assert!(
+            err_of(s.with_command(&[], &[])).contains("cmd: entrypoint and cmd are both empty")
+        );
+        assert!(err_of(s.with_command(&[], &["a\0b".into()])).contains("cmd[0]: contains a NUL"));
     }
 
     #[test]

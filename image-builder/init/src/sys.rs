@@ -124,13 +124,25 @@ pub fn netlink_route_socket() -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// One past the highest signal number on Linux (`_NSIG`: 64 signals, real-time ones included).
+const NSIG: libc::c_int = 65;
+
 /// Arranges for the child to switch to `gid`/`groups`/`uid` (in the order setgroups, setgid,
-/// setuid: after setuid the others are no longer permitted) right before exec, with an empty
-/// signal mask (ours blocks the stop signals; the service must receive them).
+/// setuid: after setuid the others are no longer permitted) right before exec, with every
+/// signal at its default disposition and an empty signal mask, as tini and dumb-init hand
+/// over: ours blocks the stop signals, and whatever started us may have ignored some
+/// (`nohup`, a CI runner). exec keeps an ignored disposition, and a shell cannot even trap a
+/// signal that was ignored when it started, so the service would never see it.
 pub fn exec_as(cmd: &mut Command, uid: u32, gid: u32, groups: Vec<u32>) {
     let groups: Vec<libc::gid_t> = groups;
     let empty = SignalSet::new(&[]);
     let closure = move || -> io::Result<()> {
+        for sig in 1..NSIG {
+            // SAFETY: runs in the forked child before exec; signal(2) is async-signal-safe
+            // and takes plain integers. SIGKILL, SIGSTOP and the real-time signals libc
+            // reserves answer EINVAL, which is fine: they cannot be ignored by us anyway.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
         // SAFETY (all four): runs in the forked child before exec; each is a single
         // async-signal-safe syscall on memory owned by this closure, and nothing allocates.
         check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty.0, std::ptr::null_mut()) })?;

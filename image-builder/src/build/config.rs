@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     ATLAS_LABEL, AtlasSpec, BASE_DIGEST_LABEL, BASE_NAME_LABEL, RECIPE_HASH_LABEL, SERVICE_LABEL,
+    SERVICE_SPEC_LABEL,
 };
 use crate::init::{ServiceSpec, SpecError};
 use crate::manifest::{
@@ -122,6 +123,10 @@ pub(super) fn image_config(
         labels.insert(RECIPE_HASH_LABEL.to_owned(), h.clone());
     }
     labels.insert(SERVICE_LABEL.to_owned(), spec.name.clone());
+    labels.insert(
+        SERVICE_SPEC_LABEL.to_owned(),
+        service.to_json_compact().map_err(|e| e.to_string())?,
+    );
     let mut ports: BTreeMap<String, Value> = base.config.config.exposed_ports.clone();
     for p in &spec.runtime.ports {
         ports.insert(p.clone(), json!({}));

@@ -47,14 +47,21 @@ pub use config::{merge_env, service_spec};
 pub use copy::copied_entries;
 pub use publish::{push, write_oci_layout};
 pub use unified::{
-    IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, flatten_inputs,
-    incus_architecture, parse_rfc3339, write_unified,
+    IncusMetadata, IndexingObserver, NO_CREATION_DATE, PreparedUnified, SBOM_MEMBER,
+    flatten_inputs, incus_architecture, parse_rfc3339, write_unified,
 };
 
 /// Label (and config marker) set on every Atlas image; [`is_atlas_image`] looks for it.
 pub const ATLAS_LABEL: &str = "io.atlas.image";
 /// Label naming the service of an Atlas image.
 pub const SERVICE_LABEL: &str = "io.atlas.service";
+/// Label holding the image's [`ServiceSpec`] (the same document as its
+/// `/etc/atlas/service.json`, on one line): what the installer derives each instance's service
+/// spec from, so that the command line it renders replaces the image's and nothing else.
+pub const SERVICE_SPEC_LABEL: &str = "io.atlas.service.spec";
+/// The Incus image property carrying [`SERVICE_SPEC_LABEL`]'s value (`image.atlas.service.spec`
+/// on instances).
+pub const SERVICE_SPEC_PROPERTY: &str = "atlas.service.spec";
 /// Label holding the recipe hash of an Atlas image built from a recipe.
 pub const RECIPE_HASH_LABEL: &str = "io.atlas.recipe.hash";
 /// Label listing the plugins baked into an image: `id=sha256:…,…`.
@@ -347,6 +354,9 @@ pub struct AtlasImage {
     pub manifest_bytes: Vec<u8>,
     pub manifest_digest: Digest,
     pub layers: Vec<Descriptor>,
+    /// The Atlas layer's files with their sha256, for the bill of materials; `None` when the
+    /// base already is an Atlas image (passed through: built elsewhere).
+    pub own_files: Option<Vec<crate::sbom::OwnFile>>,
 }
 
 impl AtlasImage {
@@ -406,8 +416,43 @@ impl AtlasImage {
         if let Some(h) = &self.spec.recipe_hash {
             p.insert("atlas.recipe.hash".to_owned(), h.clone());
         }
+        if let Some(line) = self.service.as_ref().and_then(|s| s.to_json_compact().ok()) {
+            p.insert(SERVICE_SPEC_PROPERTY.to_owned(), line);
+        }
         p
     }
+}
+
+/// The bill of materials of `image` (CycloneDX JSON) from the indexes of all its layers,
+/// bottom to top (the base's, then the Atlas layer's), named `name`.
+pub fn sbom(image: &AtlasImage, indexes: &[LayerIndex], name: &str) -> Result<Vec<u8>, BuildError> {
+    let inventory =
+        crate::sbom::Inventory::of_layers(indexes).map_err(|error| BuildError::Flatten {
+            what: format!("the bill of materials of {name}"),
+            error,
+        })?;
+    let base = &image.base;
+    let labels = &base.config.config.labels;
+    let subject = crate::sbom::Subject {
+        name: name.to_owned(),
+        version: base.reference.as_ref().and_then(|r| r.tag.clone()),
+        digest: image.manifest_digest.to_string(),
+        base: match &image.own_files {
+            Some(_) => Some((base.source.clone(), base.manifest_digest.to_string())),
+            None => labels.get(BASE_NAME_LABEL).map(|n| {
+                (
+                    n.clone(),
+                    labels.get(BASE_DIGEST_LABEL).cloned().unwrap_or_default(),
+                )
+            }),
+        },
+    };
+    let own = match &image.own_files {
+        Some(files) => crate::sbom::Own::Files(files),
+        None if is_atlas_image(base) => crate::sbom::Own::PassedThrough,
+        None => crate::sbom::Own::None,
+    };
+    Ok(crate::sbom::cyclonedx(&subject, &inventory, own))
 }
 
 /// Whether `image` already carries atlas-init (built by us): its config says so.
@@ -433,16 +478,25 @@ pub fn build_indexed(
 ) -> Result<AtlasImage, BuildError> {
     let what = format!("{} (from {})", spec.name, base.source);
     if is_atlas_image(base) {
+        // Built by us before: its service is in its label (images built before the label
+        // existed have none, and are installed with their own command line).
+        let service = base
+            .config
+            .config
+            .labels
+            .get(SERVICE_SPEC_LABEL)
+            .and_then(|s| ServiceSpec::from_json(s).ok());
         return Ok(AtlasImage {
             base: base.clone(),
             spec: spec.without_entries(),
             layer: None,
-            service: None,
+            service,
             config_bytes: base.config_bytes.clone(),
             config_digest: base.config_descriptor.digest.clone(),
             manifest_bytes: base.manifest_bytes.clone(),
             manifest_digest: base.manifest_digest.clone(),
             layers: base.manifest.layers.clone(),
+            own_files: None,
         });
     }
     let service = service_spec(&base.config.config, spec).map_err(|error| BuildError::Spec {
@@ -462,7 +516,7 @@ pub fn build_indexed(
     };
     let indexes = unified::complete_indexes(&layers, known.to_vec(), 0).map_err(flatten_err)?;
     let placer = Placer::new(&indexes).map_err(flatten_err)?;
-    let layer = atlas_layer(&service, spec, &placer, &what)?;
+    let (layer, own_files) = atlas_layer(&service, spec, &placer, &what)?;
     let config_bytes =
         config::image_config(base, spec, &service, &layer.diff_id).map_err(|detail| {
             BuildError::BaseConfig {
@@ -503,18 +557,21 @@ pub fn build_indexed(
         manifest_digest: Digest::of_bytes(&manifest_bytes),
         manifest_bytes,
         layers,
+        own_files: Some(own_files),
     })
 }
 
 /// The Atlas layer: init, service.json, the default network.json, the recipe's files, then
 /// what it copied from other images and its plugins, each at the path `placer` resolves
-/// through the base's symlinks (missing parents become 0755 root-owned directories).
+/// through the base's symlinks (missing parents become 0755 root-owned directories); with
+/// its files' sha256 at those paths (for the bill of materials, hashed here where their bytes
+/// are in memory anyway).
 pub fn atlas_layer(
     service: &ServiceSpec,
     spec: &AtlasSpec,
     placer: &Placer,
     what: &str,
-) -> Result<BuiltLayer, BuildError> {
+) -> Result<(BuiltLayer, Vec<crate::sbom::OwnFile>), BuildError> {
     let layer_err = |error| BuildError::Layer {
         what: what.to_owned(),
         error,
@@ -528,19 +585,23 @@ pub fn atlas_layer(
             }
         })?;
     let mut b = LayerBuilder::new();
+    let mut own = Vec::new();
     for f in init_files {
-        b.file(&at(f.path, false)?, f.mode, f.contents.into_owned())
+        let origin = if f.path == crate::init::INIT_PATH {
+            "atlas-init"
+        } else {
+            "rendered"
+        };
+        let path = at(f.path, false)?;
+        own.push(own_file(&path, &f.contents, origin));
+        b.file(&path, f.mode, f.contents.into_owned())
             .map_err(layer_err)?;
     }
     for f in &spec.files {
-        b.file_owned(
-            &at(&f.dest, false)?,
-            f.mode,
-            f.uid,
-            f.gid,
-            f.contents.clone(),
-        )
-        .map_err(layer_err)?;
+        let path = at(&f.dest, false)?;
+        own.push(own_file(&path, &f.contents, "recipe file"));
+        b.file_owned(&path, f.mode, f.uid, f.gid, f.contents.clone())
+            .map_err(layer_err)?;
     }
     for e in &spec.entries {
         let mut entry = e.spec.clone();
@@ -548,9 +609,23 @@ pub fn atlas_layer(
             entry.item = Item::Hardlink(at(target, false)?);
         }
         let dir = entry.item == Item::Dir;
-        b.entry(&at(&e.path, dir)?, entry).map_err(layer_err)?;
+        let path = at(&e.path, dir)?;
+        if let Item::File(bytes) = &entry.item {
+            own.push(own_file(&path, bytes, "recipe content"));
+        }
+        b.entry(&path, entry).map_err(layer_err)?;
     }
-    b.build().map_err(layer_err)
+    own.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((b.build().map_err(layer_err)?, own))
+}
+
+fn own_file(path: &str, bytes: &[u8], origin: &'static str) -> crate::sbom::OwnFile {
+    crate::sbom::OwnFile {
+        path: format!("/{}", path.trim_start_matches('/')),
+        sha256: hex::encode(Sha256::digest(bytes)),
+        size: bytes.len() as u64,
+        origin,
+    }
 }
 
 /// The Atlas layer as a flattener input.

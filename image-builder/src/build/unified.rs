@@ -174,7 +174,12 @@ pub struct PreparedUnified {
     layers: Vec<Layer>,
     indexes: Vec<LayerIndex>,
     opts: FlattenOptions,
+    sbom: Vec<u8>,
 }
+
+/// The member of the unified tarball (next to `metadata.yaml`, outside `rootfs/`) holding the
+/// image's bill of materials: Incus keeps the tarball as the image, so it stays with it.
+pub const SBOM_MEMBER: &str = "sbom.cdx.json";
 
 impl PreparedUnified {
     /// Indexes every layer (in parallel, `threads` 0 = one per core) and merges the stack.
@@ -198,15 +203,26 @@ impl PreparedUnified {
             })?;
         Plan::merge(&indexes).map_err(|error| BuildError::Flatten { what, error })?;
         let meta = IncusMetadata::for_image(image);
+        // Read from the indexes (made in the pass that checked the layers): no extra read.
+        let sbom = super::sbom(image, &indexes, &image.spec.name)?;
         Ok(PreparedUnified {
             layers,
             indexes,
             opts: FlattenOptions {
                 prefix: Some("rootfs".to_owned()),
                 threads,
-                leading_files: vec![("metadata.yaml".to_owned(), meta.to_yaml().into_bytes())],
+                leading_files: vec![
+                    ("metadata.yaml".to_owned(), meta.to_yaml().into_bytes()),
+                    (SBOM_MEMBER.to_owned(), sbom.clone()),
+                ],
             },
+            sbom,
         })
+    }
+
+    /// The image's bill of materials (CycloneDX JSON), also written as [`SBOM_MEMBER`].
+    pub fn sbom(&self) -> &[u8] {
+        &self.sbom
     }
 
     /// Streams the tarball into `out`.

@@ -205,5 +205,6 @@ fn decode(bytes: &[u8]) -> Result<LayerIndex, String> {
         names,
         xattrs,
         entries,
+        contents: Default::default(),
     })
 }

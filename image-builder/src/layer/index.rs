@@ -112,6 +112,10 @@ pub struct LayerIndex {
     /// Extended attributes of the entries that have any.
     pub xattrs: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
     pub entries: Vec<IndexEntry>,
+    /// What the bill of materials reads from this layer, found in the same pass (package
+    /// databases, Go build info). Not in the cache format: a decoded index has none.
+    #[serde(default)]
+    pub contents: crate::sbom::LayerContents,
 }
 
 impl LayerIndex {
@@ -290,7 +294,10 @@ impl LayerIndex {
             names: Vec::new(),
             xattrs: Vec::new(),
             entries: Vec::new(),
+            contents: Default::default(),
         };
+        let mut scan = crate::sbom::Scanner::default();
+        let mut buf = Vec::new();
         let mut held: u64 = 0;
         let mut last: Option<Vec<u8>> = None;
         loop {
@@ -320,6 +327,23 @@ impl LayerIndex {
                 });
             }
             last = Some(member.path.clone());
+            let ordinal = index.entries.len() as u32;
+            if member.kind == EntryKind::Node(Kind::File)
+                && scan.wants(ordinal, &member.path, member.mode, member.size)
+            {
+                // The data passes through the decompressor anyway; only these files are kept.
+                buf.resize(64 * 1024, 0);
+                loop {
+                    let n = reader
+                        .read_data(&mut buf)
+                        .map_err(|f| ctx.fault(show(&member.path), f))?;
+                    if n == 0 {
+                        break;
+                    }
+                    scan.data(&buf[..n]);
+                }
+                scan.end();
+            }
             index.push(member);
         }
         reader
@@ -327,6 +351,7 @@ impl LayerIndex {
             .map_err(|f| ctx.fault(after(last.as_deref()), f))?;
         index.names.shrink_to_fit();
         index.entries.shrink_to_fit();
+        index.contents = scan.finish();
         Ok(index)
     }
 }

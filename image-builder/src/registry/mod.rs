@@ -17,7 +17,7 @@ use crate::oci_layout::LayoutError;
 use crate::reference::{ImageRef, is_loopback_host};
 
 pub(crate) use pull::pull;
-pub use pull::resolve_digest;
+pub use pull::{image_manifest, resolve_digest};
 pub use push::{PushOptions, push_image, push_manifest_and_blobs};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,14 @@ pub enum RegistryError {
         what: String,
         detail: String,
         hint: &'static str,
+    },
+    #[error(
+        "registry {registry} did not answer ({what}) within {seconds} s: it accepted the connection but sent nothing; check the registry (or the mirror in front of it) and run again"
+    )]
+    NoAnswer {
+        registry: String,
+        what: String,
+        seconds: u64,
     },
     #[error("registry {registry} failed {what}: {detail}")]
     Protocol {
@@ -92,13 +100,20 @@ pub(crate) struct Session {
     pub has_credentials: bool,
     pub registry: String,
     pub scheme: &'static str,
+    /// How long a read may wait for the registry (the answer's head, then each chunk).
+    pub read_timeout: Duration,
 }
+
+/// Default of [`crate::source::PullOptions::read_timeout`]: a registry that sends nothing for
+/// this long counts as not answering. Resets with every chunk, so big layers are fine.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Session {
     pub fn new(
         reference: &ImageRef,
         insecure: &[String],
         auth: &AuthSource,
+        read_timeout: Duration,
     ) -> Result<Self, RegistryError> {
         let registry = reference.registry.clone();
         let plain = plain_http_allowed(&registry, insecure);
@@ -114,7 +129,7 @@ impl Session {
             // Monolithic PUT streams a blob from its file with a known Content-Length.
             use_monolithic_push: true,
             connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(120)),
+            read_timeout: Some(read_timeout),
             ..ClientConfig::default()
         };
         let client = oci_client::Client::try_from(config).map_err(|e| RegistryError::Client {
@@ -133,6 +148,7 @@ impl Session {
             has_credentials,
             registry,
             scheme: if plain { "http" } else { "https" },
+            read_timeout,
         })
     }
 
@@ -206,6 +222,14 @@ impl Session {
                 what: what_s,
                 detail: format!("HTTP {code}: {}", message.trim()),
             },
+            // Connected and asked, nothing came back: not a connection problem.
+            OciDistributionError::RequestError(err) if err.is_timeout() && !err.is_connect() => {
+                RegistryError::NoAnswer {
+                    registry,
+                    what: what_s,
+                    seconds: self.read_timeout.as_secs(),
+                }
+            }
             OciDistributionError::RequestError(err) if err.is_connect() || err.is_timeout() => {
                 RegistryError::Connect {
                     registry,
@@ -307,7 +331,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let scheme = |r: &str, insecure: &[String]| {
             let r = ImageRef::parse(r).unwrap();
-            Session::new(&r, insecure, &AuthSource::Anonymous)
+            Session::new(&r, insecure, &AuthSource::Anonymous, READ_TIMEOUT)
                 .unwrap()
                 .scheme
         };

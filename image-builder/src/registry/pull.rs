@@ -11,7 +11,7 @@ use oci_client::client::BlobResponse;
 use super::{RegistryError, Session, Target};
 use crate::cache::{BlobCache, Reservation};
 use crate::digest::Digest;
-use crate::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor, Manifest, OCI_MANIFEST};
+use crate::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor, ImageManifest, Manifest, OCI_MANIFEST};
 use crate::oci_layout::BlobStore;
 use crate::progress::{Progress, ProgressTask};
 use crate::reference::ImageRef;
@@ -19,34 +19,26 @@ use crate::source::{
     Layer, LayerObserver, PullError, PullOptions, PulledImage, assemble, select_platform,
 };
 
+/// A session to `reference`'s registry with the pull's settings.
+fn session_for(reference: &ImageRef, opts: &PullOptions) -> Result<Session, RegistryError> {
+    Session::new(
+        reference,
+        &opts.insecure_registries,
+        &opts.auth,
+        opts.read_timeout,
+    )
+}
+
 pub(crate) async fn pull(
     reference: &ImageRef,
     cache: &BlobCache,
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PulledImage, PullError> {
-    let session = Session::new(reference, &opts.insecure_registries, &opts.auth)?;
+    let session = session_for(reference, opts)?;
     let source_name = format!("docker://{reference}");
-    let (bytes, digest) = fetch_manifest(&session, reference).await?;
-    let what = format!("manifest {digest} of {source_name}");
-    let (manifest, bytes, digest, index_digest) = match Manifest::parse(&bytes, None, &what)? {
-        Manifest::Image(m) => (*m, bytes, digest, None),
-        Manifest::Index(index) => {
-            let chosen = select_platform(&index, &opts.platform, &source_name)?.clone();
-            let pinned = reference.with_digest(chosen.digest.clone());
-            let (child, child_digest) = fetch_manifest(&session, &pinned).await?;
-            let what = format!("manifest {child_digest} of {source_name}");
-            match Manifest::parse(&child, Some(&chosen.media_type), &what)? {
-                Manifest::Image(m) => (*m, child, child_digest, Some(digest)),
-                Manifest::Index(_) => {
-                    return Err(PullError::NestedIndex {
-                        source_name,
-                        wanted: opts.platform.to_string(),
-                    });
-                }
-            }
-        }
-    };
+    let (manifest, bytes, digest, index_digest) =
+        platform_manifest(&session, reference, opts, &source_name).await?;
     let resolved = reference.with_digest(digest.clone());
     let oci_ref = resolved.to_oci();
 
@@ -395,10 +387,53 @@ fn observer_error(source_name: &str, digest: &Digest, source: io::Error) -> Pull
     }
 }
 
+/// The image manifest `reference` names for `opts.platform` (through an index when the
+/// registry serves one), read without pulling any layer: what an image will take is known
+/// from its layers' sizes before anything is downloaded.
+pub async fn image_manifest(
+    reference: &ImageRef,
+    opts: &PullOptions,
+) -> Result<ImageManifest, PullError> {
+    let session = session_for(reference, opts)?;
+    let source_name = format!("docker://{reference}");
+    let (manifest, ..) = platform_manifest(&session, reference, opts, &source_name).await?;
+    Ok(manifest)
+}
+
+/// The image manifest `reference` names for `opts.platform`, through an index when the
+/// registry serves one: the manifest, its bytes, its digest, and the index's digest if any.
+async fn platform_manifest(
+    session: &Session,
+    reference: &ImageRef,
+    opts: &PullOptions,
+    source_name: &str,
+) -> Result<(ImageManifest, Vec<u8>, Digest, Option<Digest>), PullError> {
+    let (bytes, digest) = fetch_manifest(session, reference).await?;
+    let what = format!("manifest {digest} of {source_name}");
+    Ok(match Manifest::parse(&bytes, None, &what)? {
+        Manifest::Image(m) => (*m, bytes, digest, None),
+        Manifest::Index(index) => {
+            let chosen = select_platform(&index, &opts.platform, source_name)?.clone();
+            let pinned = reference.with_digest(chosen.digest.clone());
+            let (child, child_digest) = fetch_manifest(session, &pinned).await?;
+            let what = format!("manifest {child_digest} of {source_name}");
+            match Manifest::parse(&child, Some(&chosen.media_type), &what)? {
+                Manifest::Image(m) => (*m, child, child_digest, Some(digest)),
+                Manifest::Index(_) => {
+                    return Err(PullError::NestedIndex {
+                        source_name: source_name.to_owned(),
+                        wanted: opts.platform.to_string(),
+                    });
+                }
+            }
+        }
+    })
+}
+
 /// The digest of what `reference`'s tag points to now (the index for multi-platform images),
 /// computed from the manifest bytes the registry serves.
 pub async fn resolve_digest(reference: &ImageRef, opts: &PullOptions) -> Result<Digest, PullError> {
-    let session = Session::new(reference, &opts.insecure_registries, &opts.auth)?;
+    let session = session_for(reference, opts)?;
     let (bytes, digest) = fetch_manifest(&session, reference).await?;
     // Parsing refuses what is not an image (schema 1, artifacts) before it gets locked.
     Manifest::parse(

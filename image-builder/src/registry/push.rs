@@ -58,7 +58,12 @@ pub async fn push_manifest_and_blobs(
     opts: &PushOptions,
     progress: &dyn Progress,
 ) -> Result<Digest, RegistryError> {
-    let session = Session::new(dest, &opts.insecure_registries, &opts.auth)?;
+    let session = Session::new(
+        dest,
+        &opts.insecure_registries,
+        &opts.auth,
+        super::READ_TIMEOUT,
+    )?;
     let digest = Digest::of_bytes(manifest_bytes);
     if let Some(pinned) = &dest.digest {
         if *pinned != digest {

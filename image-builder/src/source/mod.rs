@@ -198,6 +198,9 @@ pub struct PullOptions {
     pub observer: Option<Arc<dyn LayerObserver>>,
     /// Layers downloaded at once.
     pub concurrency: usize,
+    /// How long a registry may send nothing (no answer, or a stalled download) before the
+    /// pull fails naming it.
+    pub read_timeout: std::time::Duration,
 }
 
 impl Default for PullOptions {
@@ -208,6 +211,7 @@ impl Default for PullOptions {
             auth: AuthSource::Environment,
             observer: None,
             concurrency: 4,
+            read_timeout: crate::registry::READ_TIMEOUT,
         }
     }
 }
@@ -220,6 +224,7 @@ impl fmt::Debug for PullOptions {
             .field("auth", &self.auth)
             .field("observer", &self.observer.is_some())
             .field("concurrency", &self.concurrency)
+            .field("read_timeout", &self.read_timeout)
             .finish()
     }
 }

@@ -19,10 +19,36 @@ use atlas_image::init::{
 use crate::common::{prerequisites, require_all, run_ok, wait_until};
 
 const BRIDGE: &str = "t-init-br";
-const BRIDGE_CIDR: &str = "10.231.0.1/24";
-const GATEWAY: &str = "10.231.0.1";
-const CONTAINER_IP: &str = "10.231.0.10";
 const INSTANCE: &str = "t-init-web";
+
+/// The test bridge's gateway and the container's address, on a /24 nothing on the host uses.
+struct Net {
+    gateway: std::net::Ipv4Addr,
+    ip: std::net::Ipv4Addr,
+}
+
+/// Chosen once per process by looking at every route, address and Incus network of the host
+/// (not hoping 10.231.0.0/24 is free). The installer's tests pick theirs the same way
+/// (installer/tests/it/common/hermetic.rs); a shared test-support crate is to hold one copy.
+fn net() -> &'static Net {
+    static NET: std::sync::OnceLock<Net> = std::sync::OnceLock::new();
+    NET.get_or_init(|| {
+        let text = |cmd: &mut Command| {
+            String::from_utf8_lossy(&cmd.output().expect("run").stdout).into_owned()
+        };
+        let used = text(Command::new("ip").args(["-4", "route"]))
+            + &text(Command::new("ip").args(["-4", "addr"]))
+            + &text(Command::new("incus").args(["network", "list", "-f", "csv"]));
+        let third = (0..=255u8)
+            .map(|i| i.wrapping_add((std::process::id() % 256) as u8))
+            .find(|t| !used.contains(&format!("10.231.{t}.")))
+            .expect("a free /24 in 10.231.0.0/16");
+        Net {
+            gateway: std::net::Ipv4Addr::new(10, 231, third, 1),
+            ip: std::net::Ipv4Addr::new(10, 231, third, 10),
+        }
+    })
+}
 const ALIAS: &str = "t-init-busybox";
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -85,14 +111,14 @@ fn service_spec() -> ServiceSpec {
 fn network_spec() -> NetworkSpec {
     NetworkSpec {
         interfaces: vec![InterfaceSpec {
-            ipv4: Some(format!("{CONTAINER_IP}/24").parse().unwrap()),
-            gateway4: Some(GATEWAY.parse().unwrap()),
+            ipv4: Some(format!("{}/24", net().ip).parse().unwrap()),
+            gateway4: Some(net().gateway),
             ..InterfaceSpec::named("eth0")
         }],
-        dns: vec![GATEWAY.parse().unwrap()],
+        dns: vec![net().gateway.into()],
         search: vec!["t-init.internal".into()],
         hosts: vec![HostEntry {
-            ip: GATEWAY.parse().unwrap(),
+            ip: net().gateway.into(),
             names: vec!["gw.t-init.internal".into()],
         }],
     }
@@ -281,7 +307,7 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
         "network",
         "create",
         BRIDGE,
-        &format!("ipv4.address={BRIDGE_CIDR}"),
+        &format!("ipv4.address={}/24", net().gateway),
         "ipv4.nat=false",
         "ipv6.address=none",
     ];
@@ -321,7 +347,7 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
         "nic",
         &format!("network={BRIDGE}"),
         "name=eth0",
-        &format!("ipv4.address={CONTAINER_IP}"),
+        &format!("ipv4.address={}", net().ip),
         "--project",
         p,
     ]);
@@ -356,7 +382,7 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
         "hello from atlas-init\n",
         "through the proxy device (needs lo UP)"
     );
-    let direct = http_get(&format!("http://{CONTAINER_IP}:8080/"));
+    let direct = http_get(&format!("http://{}:8080/", net().ip));
     assert_eq!(
         direct.as_deref(),
         Some("hello from atlas-init\n"),
@@ -395,12 +421,12 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
     );
     let resolv = exec("cat /etc/resolv.conf");
     assert!(
-        resolv.contains(&format!("nameserver {GATEWAY}"))
+        resolv.contains(&format!("nameserver {}", net().gateway))
             && resolv.contains("search t-init.internal"),
         "{resolv}"
     );
     assert!(
-        exec("cat /etc/hosts").contains(&format!("{CONTAINER_IP}\t{INSTANCE}\n")),
+        exec("cat /etc/hosts").contains(&format!("{}\t{INSTANCE}\n", net().ip)),
         "own name in /etc/hosts"
     );
 
@@ -418,7 +444,9 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
     let log = incus_ok(&["console", INSTANCE, "--show-log", "--project", p]);
     assert!(
         log.contains(&format!(
-            "atlas-init: eth0 up: {CONTAINER_IP}/24 via {GATEWAY}"
+            "atlas-init: eth0 up: {}/24 via {}",
+            net().ip,
+            net().gateway
         )),
         "console log: {log}"
     );

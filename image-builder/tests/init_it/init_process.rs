@@ -100,6 +100,18 @@ impl Scenario {
         self.spawn(cmd)
     }
 
+    /// Like `start(None)`, started through `env ENV_ARGS...` (e.g. `--ignore-signal=HUP`): what
+    /// a runner such as `nohup` hands its children.
+    fn start_through_env(&self, env_args: &[&str]) -> Running {
+        let mut cmd = Command::new("env");
+        cmd.args(env_args)
+            .args(["unshare", "--pid", "--fork", "--mount-proc", "--net"])
+            .arg(&self.bin)
+            .arg("--root")
+            .arg(self.root());
+        self.spawn(cmd)
+    }
+
     /// Like `start(None)`, with the root prefix's etc/ bind-mounted read-only in the new
     /// mount namespace (the shell that does it execs atlas-init, which keeps PID 1).
     fn start_with_read_only_etc(&self) -> Running {
@@ -696,6 +708,80 @@ fn init_process_passes_sighup_through_unchanged() {
         "HUP\nTERM\n",
         "SIGHUP must reach the service as SIGHUP, and not stop it"
     );
+}
+
+/// Started with SIGHUP and SIGUSR2 ignored and SIGUSR1 blocked (as under `nohup`, or a runner
+/// that sets them so), atlas-init hands the service every signal at its default and an empty
+/// mask, as tini and dumb-init do: a shell can trap them, and they arrive.
+#[test]
+fn init_process_resets_inherited_signal_dispositions_and_mask_for_the_service() {
+    if !prerequisites(
+        "init_process_resets_inherited_signal_dispositions_and_mask_for_the_service",
+        &["unshare", "sh", "kill", "env"],
+        true,
+    ) {
+        return;
+    }
+    let s = Scenario::new();
+    s.service(&s.sh(concat!(
+        // The shell's own state, read by a builtin: while it waits for a child it blocks
+        // every signal, so a forked `grep` would see that instead.
+        "while read -r k v; do case $k in SigIgn:|SigBlk:) echo \"$k $v\" >> sigs;; esac; ",
+        "done < /proc/$$/status; ",
+        "trap 'echo HUP >> got' HUP; trap 'echo USR1 >> got' USR1; ",
+        "trap 'echo USR2 >> got' USR2; trap 'echo TERM >> got; exit 0' TERM; touch ready; ",
+        "while :; do sleep 0.05; done"
+    )));
+    let mut run = s.start_through_env(&[
+        "--ignore-signal=HUP",
+        "--ignore-signal=USR2",
+        "--block-signal=USR1",
+    ]);
+    let init = run.init_pid();
+    let status = fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // Bit n-1 is signal n: SIGHUP (1) and SIGUSR2 (12).
+    assert_eq!(
+        ignored & 0x801,
+        0x801,
+        "the test must start atlas-init with SIGHUP and SIGUSR2 ignored: {status}"
+    );
+    wait_for_file(&s.out().join("ready"));
+    let sigs = s.read_out("sigs");
+    let mask = |key: &str| {
+        sigs.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {key} in {sigs:?}"))
+    };
+    // Signals 32-34 belong to the C library (thread cancellation, timers): it refuses to let
+    // anyone change them, and a runner may hand them over ignored.
+    let libc_reserved = 0b111u64 << 31;
+    assert_eq!(
+        (mask("SigBlk:"), mask("SigIgn:") & !libc_reserved),
+        (0, 0),
+        "the service starts with no signal ignored or blocked: {sigs}"
+    );
+    for (sig, want) in [
+        ("HUP", "HUP\n"),
+        ("USR1", "HUP\nUSR1\n"),
+        ("USR2", "HUP\nUSR1\nUSR2\n"),
+    ] {
+        send_signal(init, sig);
+        wait_until(
+            &format!("the service to see SIG{sig}"),
+            Duration::from_secs(5),
+            || fs::read_to_string(s.out().join("got")).is_ok_and(|g| g == want),
+        );
+    }
+    send_signal(init, "TERM");
+    let (code, stderr) = run.finish(Duration::from_secs(10));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.read_out("got"), "HUP\nUSR1\nUSR2\nTERM\n");
 }
 
 #[test]

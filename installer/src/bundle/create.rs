@@ -7,10 +7,16 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
-use atlas_image::build::{self, AtlasSpec, BASE_NAME_LABEL, ExtraFile, is_atlas_image};
+use std::sync::Arc;
+
+use atlas_image::build::{
+    self, AtlasSpec, BASE_NAME_LABEL, ExtraFile, IndexingObserver, is_atlas_image,
+};
 use atlas_image::cache::BlobCache;
 use atlas_image::digest::{Digest, VerifyingReader};
+use atlas_image::layer::LayerIndex;
 use atlas_image::lock::ImagesLock;
+use atlas_image::manifest::OCI_LAYER_GZIP;
 use atlas_image::manifest::{Descriptor, ImageIndex, REF_NAME_ANNOTATION};
 use atlas_image::oci_layout::{OciLayout, OciLayoutWriter};
 use atlas_image::progress::{Progress, ProgressTask};
@@ -22,7 +28,7 @@ use atlas_image::source::{PullOptions, PulledImage, Source, pull};
 use super::manifest::{BundleManifest, FORMAT, Member, format_rfc3339, sum_line};
 use super::verify::copy_hashing;
 use super::{
-    BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SUM, OCI_INDEX, OCI_LAYOUT,
+    BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SIG, MANIFEST_SUM, OCI_INDEX, OCI_LAYOUT,
     ROLE_ANNOTATION, VERSION_ANNOTATION,
 };
 
@@ -62,6 +68,8 @@ pub struct CreateSpec {
     pub registry: Option<RegistrySource>,
     /// Seconds since the epoch, written as the creation time.
     pub created: u64,
+    /// Signs the manifest (`atlas-bundle.json.minisig`); `None` makes an unsigned bundle.
+    pub sign: Option<crate::signing::SecretKey>,
 }
 
 impl CreateSpec {
@@ -78,6 +86,7 @@ impl CreateSpec {
             recipes: Vec::new(),
             registry: None,
             created: super::manifest::now_secs(),
+            sign: None,
         }
     }
 }
@@ -108,8 +117,8 @@ pub async fn create(
     for r in &spec.recipes {
         images.add_recipe(r, spec, &mut lock, progress).await?;
     }
-    let layout = images.finish()?;
-    let members = staged_members(spec, &lock, &layout)?;
+    let (layout, sboms) = images.finish()?;
+    let members = staged_members(spec, &lock, &layout, sboms)?;
     let manifest = tokio::task::block_in_place(|| write_bundle(spec, &members, out, progress))?;
     let pinned = lock
         .iter()
@@ -153,6 +162,8 @@ struct Images {
     writer: OciLayoutWriter,
     entries: Vec<Descriptor>,
     origins: BTreeMap<String, String>,
+    /// Bills of materials of the Atlas images, by image name.
+    sboms: BTreeMap<String, Vec<u8>>,
     /// Needed by `pull` for its signature only: layouts are read in place.
     local_cache: BlobCache,
 }
@@ -168,6 +179,7 @@ impl Images {
             writer,
             entries: Vec::new(),
             origins: BTreeMap::new(),
+            sboms: BTreeMap::new(),
             local_cache,
         })
     }
@@ -210,8 +222,17 @@ impl Images {
                 path: dir.to_owned(),
                 tag: Some(name.to_owned()),
             };
-            let opts = PullOptions::default();
+            // Indexed while the pull checks the blobs: the bill of materials needs no extra read.
+            let observer = IndexingObserver::new();
+            let opts = PullOptions {
+                observer: Some(observer.clone()),
+                ..PullOptions::default()
+            };
             let image = pull(&source, &self.local_cache, &opts, progress).await?;
+            if is_atlas_image(&image) {
+                let atlas = build::build(&image, &AtlasSpec::convert(name))?;
+                self.add_sbom(name, &atlas, observer.take())?;
+            }
             let mut notes = role_notes(&image);
             if let Some(v) = d
                 .annotations
@@ -247,7 +268,8 @@ impl Images {
             recipe_err("building from recipes needs a registry (or --registry-mirror) to pull its base from".into())
         })?;
         let base_ref = r.recipe.base_ref().map_err(|e| recipe_err(e.into()))?;
-        let base = pull_base(&base_ref, reg, lock, progress).await?;
+        let observer = IndexingObserver::new();
+        let base = pull_base(&base_ref, reg, lock, Some(observer.clone()), progress).await?;
         let base_name = without_digest(&base_ref);
         let desc = self.copy_image(&base)?;
         self.push(desc, &base_name, &base.source, base_notes(&base_ref))?;
@@ -255,7 +277,7 @@ impl Images {
         let mut sources = Vec::new();
         for c in &r.recipe.copies {
             let cref = ImageRef::parse(&c.image).map_err(|e| recipe_err(e.into()))?;
-            sources.push(pull_base(&cref, reg, lock, progress).await?);
+            sources.push(pull_base(&cref, reg, lock, None, progress).await?);
         }
         // `[[download]]` files go into the Atlas layer, pinned in the bundle's lock.
         let mut fetched = Vec::new();
@@ -285,6 +307,21 @@ impl Images {
             atlas.add_plugins(p, &[])?;
         }
         let image = build::build(&base, &atlas)?;
+        let mut indexes = observer.take();
+        if let Some(l) = &image.layer {
+            // Our own layer, from memory.
+            let blob = &l.gzip[..];
+            indexes.resize(base.layers.len(), None);
+            indexes.push(Some(
+                LayerIndex::from_blob(&l.digest, Some(OCI_LAYER_GZIP), blob).map_err(|error| {
+                    build::BuildError::Flatten {
+                        what: format!("indexing the Atlas layer of {}", r.recipe.name),
+                        error,
+                    }
+                })?,
+            ));
+        }
+        self.add_sbom(&r.recipe.name, &image, indexes)?;
         let desc = tokio::task::block_in_place(|| self.write_atlas(&image))?;
         let mut notes = base_notes(&base_ref);
         notes.insert(ROLE_ANNOTATION.to_owned(), "atlas".to_owned());
@@ -295,6 +332,32 @@ impl Images {
             &format!("recipe {}", r.recipe.name),
             notes,
         )
+    }
+
+    /// The bill of materials of `image` from its layers' indexes (a layer the pull could not
+    /// index is indexed here; the flattener would read it for the same reason).
+    fn add_sbom(
+        &mut self,
+        name: &str,
+        image: &build::AtlasImage,
+        mut indexes: Vec<Option<LayerIndex>>,
+    ) -> Result<(), BundleError> {
+        let layers = build::flatten_inputs(image);
+        indexes.resize(layers.len(), None);
+        let mut full = Vec::with_capacity(layers.len());
+        for (slot, layer) in indexes.into_iter().zip(&layers) {
+            let index = match slot.filter(|i| i.digest == layer.digest) {
+                Some(i) => i,
+                None => layer.index().map_err(|error| build::BuildError::Flatten {
+                    what: format!("indexing a layer of {name}"),
+                    error,
+                })?,
+            };
+            full.push(index);
+        }
+        let sbom = build::sbom(image, &full, name)?;
+        self.sboms.insert(name.to_owned(), sbom);
+        Ok(())
     }
 
     /// The Atlas image's own blobs; its base's are in already.
@@ -313,12 +376,14 @@ impl Images {
         Ok(desc)
     }
 
-    /// Writes our index.json over the writer's; returns the layout directory.
-    fn finish(self) -> Result<PathBuf, BundleError> {
+    /// Writes our index.json over the writer's; returns the layout directory and the bills
+    /// of materials.
+    fn finish(self) -> Result<(PathBuf, BTreeMap<String, Vec<u8>>), BundleError> {
         let Images {
             root,
             writer,
             entries,
+            sboms,
             ..
         } = self;
         writer.finish()?;
@@ -335,7 +400,7 @@ impl Images {
             path,
             error: source,
         })?;
-        Ok(root)
+        Ok((root, sboms))
     }
 }
 
@@ -345,6 +410,7 @@ async fn pull_base(
     base: &ImageRef,
     reg: &RegistrySource,
     lock: &mut ImagesLock,
+    observer: Option<Arc<IndexingObserver>>,
     progress: &dyn Progress,
 ) -> Result<PulledImage, BundleError> {
     let known = base.digest.is_some() || lock.digest_for(base).is_some();
@@ -353,7 +419,11 @@ async fn pull_base(
         Some(m) => map_to_mirror(&wanted, m),
         None => wanted,
     };
-    let image = pull(&Source::Registry(target), &reg.cache, &reg.pull, progress).await?;
+    let mut opts = reg.pull.clone();
+    if let Some(o) = observer {
+        opts.observer = Some(o);
+    }
+    let image = pull(&Source::Registry(target), &reg.cache, &opts, progress).await?;
     if !known {
         let digest = image
             .index_digest
@@ -437,6 +507,7 @@ fn staged_members(
     spec: &CreateSpec,
     lock: &ImagesLock,
     layout: &Path,
+    sboms: BTreeMap<String, Vec<u8>>,
 ) -> Result<Vec<Staged>, BundleError> {
     let mut f = File::open(&spec.binary).map_err(io_err(&spec.binary))?;
     let (digest, size) = copy_hashing(
@@ -459,6 +530,9 @@ fn staged_members(
         staged_bytes(LOCK, lock.to_toml().into_bytes()),
         staged_bytes(CONFIG, spec.config.clone().into_bytes()),
     ];
+    for (name, bytes) in sboms {
+        out.push(staged_bytes(&super::sbom_member(&name), bytes));
+    }
     for name in [OCI_LAYOUT, OCI_INDEX] {
         let p = layout.join(name);
         out.push(staged_bytes(name, fs::read(&p).map_err(io_err(&p))?));
@@ -507,11 +581,15 @@ fn write_bundle(
         created: format_rfc3339(spec.created),
         members: members.iter().map(|s| s.member.clone()).collect(),
     };
-    let head = manifest.to_bytes();
-    let head = [
-        staged_bytes(MANIFEST, head.clone()),
-        staged_bytes(MANIFEST_SUM, sum_line(&head)),
+    let bytes = manifest.to_bytes();
+    let mut head = vec![
+        staged_bytes(MANIFEST, bytes.clone()),
+        staged_bytes(MANIFEST_SUM, sum_line(&bytes)),
     ];
+    if let Some(key) = &spec.sign {
+        let sig = super::signed::sign_manifest(key, &manifest, &bytes)?;
+        head.push(staged_bytes(MANIFEST_SIG, sig));
+    }
     let total: u64 = members.iter().map(|m| m.member.size).sum();
     let task = progress.task(&format!("write {}", out.display()), Some(total));
     let partial = Scratch::new(out, "partial");
@@ -523,7 +601,7 @@ fn write_bundle(
         })
     });
     match result {
-        Ok(()) => task.finish(&format!("{} members", members.len() + 2)),
+        Ok(()) => task.finish(&format!("{} members", members.len() + head.len())),
         Err(ref e) => task.fail(&e.to_string()),
     }
     result.map(|()| manifest)

@@ -64,6 +64,17 @@ pub fn inspect(path: &Path) -> Result<Inspection, BundleError> {
     })
 }
 
+/// The bill of materials of the bundle's Atlas image `name` (its member, checked against the
+/// manifest; run `bundle verify` to check the manifest's signature too).
+pub fn sbom(path: &Path, name: &str) -> Result<Vec<u8>, BundleError> {
+    let manifest = read_manifest(path)?;
+    let archive = ArchiveIndex::scan(path).map_err(|e| BundleError::NotABundle {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    read_checked(path, &archive, &manifest, &super::sbom_member(name))
+}
+
 /// A small member's bytes, refused unless they match the manifest's size and sha256.
 fn read_checked(
     path: &Path,

@@ -9,40 +9,52 @@
 //!                            member's name, size and sha256 (first, so a reader knows what
 //!                            to expect before the large members arrive)
 //! atlas-bundle.json.sha256   sha256sum line of the manifest: catches a damaged manifest
+//! atlas-bundle.json.minisig  (signed bundles) minisign signature of the manifest, which
+//!                            lists every other member's sha256: one signature covers all
 //! atlas-install              the binary that made the bundle (mode 0755)
 //! images.lock                the upstream digests the images were built from
 //! atlas.toml                 the commented default config (`config init`'s)
+//! sbom/<image>.cdx.json      bill of materials (CycloneDX JSON) of each Atlas image, read
+//!                            from its layers while they were pulled and built; listed in the
+//!                            manifest like every member, so the signature covers it
 //! oci-layout, index.json     an OCI image layout: one index entry per image, ref.name =
 //! blobs/sha256/<hex>...      service name (Atlas images) or upstream reference (bases);
 //!                            blobs shared between images are stored once
 //! ```
 //!
 //! Only regular files with plain relative names are allowed; [`verify`] refuses anything
-//! else and names the member at fault. The manifest is trusted only as far as its own
-//! checksum: the release's SHA256SUMS (which lists the bundle file) is what ties a bundle to
-//! a release.
+//! else and names the member at fault. The signature is checked before anything else, against
+//! the release keys embedded in the binary and the operator's `--trust-key`s
+//! ([`crate::signing::Trust`]); an unsigned bundle passes only with `--allow-unsigned`. The
+//! signature member is not listed in the manifest (it signs it), so `tar -xf BUNDLE
+//! atlas-bundle.json atlas-bundle.json.minisig && minisign -V -p KEY.pub -m atlas-bundle.json`
+//! checks it without us.
 
 mod create;
 mod inspect;
 mod manifest;
 mod open;
+mod signed;
 mod verify;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use create::{CreateSpec, Created, RecipeBuild, RegistrySource, create};
-pub use inspect::{BundleImage, Inspection, inspect};
+pub use inspect::{BundleImage, Inspection, inspect, sbom};
 pub use manifest::{BundleManifest, FORMAT, Member, format_rfc3339};
 pub use open::{
     Expect, OpenedBundle, UnpackedLayout, extract_binary, free_space, open_for_install,
 };
+pub use signed::check_signature;
 pub use verify::{Verified, read_manifest, verify};
 
 /// Name of the manifest member (always first).
 pub const MANIFEST: &str = "atlas-bundle.json";
 /// Name of the manifest's checksum member (always second).
 pub const MANIFEST_SUM: &str = "atlas-bundle.json.sha256";
+/// Name of the manifest's signature member (third, when the bundle is signed).
+pub const MANIFEST_SIG: &str = "atlas-bundle.json.minisig";
 /// The binary inside the bundle.
 pub const BINARY: &str = "atlas-install";
 pub const LOCK: &str = "images.lock";
@@ -53,6 +65,21 @@ pub const OCI_INDEX: &str = "index.json";
 pub const ROLE_ANNOTATION: &str = "io.atlas.bundle.role";
 /// Index annotation: the upstream tag an image was built from (what `inspect` calls version).
 pub const VERSION_ANNOTATION: &str = "org.opencontainers.image.version";
+
+/// The member holding the bill of materials of the Atlas image `name`.
+pub fn sbom_member(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("sbom/{safe}.cdx.json")
+}
 
 /// The architecture of this binary in release-asset terms (`x86_64`, `aarch64`).
 pub fn host_arch() -> &'static str {
@@ -171,6 +198,11 @@ pub enum BundleError {
         dir: PathBuf,
         needed: u64,
         available: u64,
+    },
+    #[error("{path}: {error}", path = path.display())]
+    Signature {
+        path: PathBuf,
+        error: crate::signing::SignatureError,
     },
     #[error("the bundle would hold no image: give an OCI layout or recipes to build")]
     NoImages,

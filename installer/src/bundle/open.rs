@@ -11,8 +11,9 @@ use atlas_image::source::Source;
 
 use super::inspect::BundleImage;
 use super::manifest::BundleManifest;
-use super::verify::{copy_hashing, next_member, open_tar, read_head, read_manifest, scan};
+use super::verify::{copy_hashing, next_member, open_tar, read_head, scan};
 use super::{BINARY, BundleError};
+use crate::signing::{Signer, Trust};
 
 /// Room left on top of the layout's bytes: file system overhead, and not filling the disk.
 const SPACE_MARGIN: u64 = 64 << 20;
@@ -22,14 +23,17 @@ const SPACE_MARGIN: u64 = 64 << 20;
 pub struct Expect {
     pub version: String,
     pub arch: String,
+    /// Whose signatures are accepted (and whether none is).
+    pub trust: Trust,
 }
 
 impl Expect {
-    /// This binary's version and architecture.
+    /// This binary's version and architecture, signed by a release key embedded in it.
     pub fn this_binary() -> Self {
         Self {
             version: crate::VERSION.to_owned(),
             arch: super::host_arch().to_owned(),
+            trust: Trust::embedded(),
         }
     }
 }
@@ -37,6 +41,8 @@ impl Expect {
 /// A verified bundle whose images are unpacked; the directory goes away when this is dropped.
 #[derive(Debug)]
 pub struct OpenedBundle {
+    /// Who signed the bundle (checked before anything else).
+    pub signer: Signer,
     pub manifest: BundleManifest,
     /// The lock the bundle's images were built with.
     pub lock: ImagesLock,
@@ -98,21 +104,23 @@ impl Drop for UnpackedLayout {
     }
 }
 
-/// Checks `bundle` against `expect`, then checks free space in `temp_parent`, then verifies
-/// every member while unpacking the OCI layout into a fresh directory under `temp_parent`.
-/// Any failure leaves nothing behind and names the member at fault.
+/// Checks `bundle`'s signature and identity against `expect`, then free space in
+/// `temp_parent`, then verifies every member while unpacking the OCI layout into a fresh
+/// directory under `temp_parent`. Any failure leaves nothing behind and names the member (or
+/// the signature) at fault.
 pub fn open_for_install(
     bundle: &Path,
     expect: &Expect,
     temp_parent: &Path,
     progress: &dyn Progress,
 ) -> Result<OpenedBundle, BundleError> {
-    let manifest = read_manifest(bundle)?;
+    let (manifest, signer) = super::signed::check_signature(bundle, &expect.trust)?;
     check_identity(bundle, &manifest, expect)?;
     check_space(temp_parent, manifest.layout_bytes() + SPACE_MARGIN)?;
     let layout = UnpackedLayout::create(temp_parent)?;
-    let v = scan(bundle, Some(layout.path()), progress)?;
+    let v = scan(bundle, Some(layout.path()), signer, progress)?;
     Ok(OpenedBundle {
+        signer: v.signer,
         manifest: v.manifest,
         lock: v.lock,
         images: v.images,

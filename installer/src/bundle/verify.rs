@@ -15,10 +15,13 @@ use atlas_image::progress::{Progress, ProgressTask};
 use super::inspect::{BundleImage, images_of};
 use super::manifest::BundleManifest;
 use super::{BINARY, BundleError, CONFIG, LOCK, MANIFEST, MANIFEST_SUM, OCI_INDEX, OCI_LAYOUT};
+use crate::signing::{Signer, Trust};
 
 /// What a successful pass proved and read.
 #[derive(Clone, Debug)]
 pub struct Verified {
+    /// Who signed the manifest (checked first).
+    pub signer: Signer,
     pub manifest: BundleManifest,
     pub index: ImageIndex,
     pub lock: ImagesLock,
@@ -27,9 +30,15 @@ pub struct Verified {
     pub config: String,
 }
 
-/// Checks every member of the bundle at `path`, offline. The error names the member at fault.
-pub fn verify(path: &Path, progress: &dyn Progress) -> Result<Verified, BundleError> {
-    scan(path, None, progress)
+/// Checks the bundle at `path` offline: its signature against `trust` first, then every
+/// member. The error names the member at fault.
+pub fn verify(
+    path: &Path,
+    trust: &Trust,
+    progress: &dyn Progress,
+) -> Result<Verified, BundleError> {
+    let (_, signer) = super::signed::check_signature(path, trust)?;
+    scan(path, None, signer, progress)
 }
 
 pub(crate) fn is_layout_member(name: &str) -> bool {
@@ -107,8 +116,8 @@ pub(crate) fn next_member<'a, R: Read>(
     Ok(Some((name, entry)))
 }
 
-/// Reads a small member whole (the manifest and its checksum).
-fn read_small<R: Read>(
+/// Reads a small member whole (the manifest, its checksum and signature).
+pub(crate) fn read_small<R: Read>(
     path: &Path,
     name: &str,
     entry: &mut tar::Entry<'_, R>,
@@ -144,6 +153,14 @@ pub(crate) fn read_head<'a, R: Read>(
     path: &Path,
     entries: &mut tar::Entries<'a, R>,
 ) -> Result<BundleManifest, BundleError> {
+    read_head_bytes(path, entries).map(|(m, _)| m)
+}
+
+/// [`read_head`], with the manifest's bytes as stored (what its signature signs).
+pub(crate) fn read_head_bytes<'a, R: Read>(
+    path: &Path,
+    entries: &mut tar::Entries<'a, R>,
+) -> Result<(BundleManifest, Vec<u8>), BundleError> {
     let mut take = |want: &str| -> Result<Vec<u8>, BundleError> {
         match next_member(path, entries)? {
             Some((name, mut e)) if name == want => read_small(path, &name, &mut e),
@@ -160,6 +177,14 @@ pub(crate) fn read_head<'a, R: Read>(
     let manifest = take(MANIFEST)?;
     let sum = take(MANIFEST_SUM)?;
     let m = BundleManifest::parse(path, &manifest, &sum)?;
+    // A name listed twice would pass the in-order check twice and then collide on disk.
+    let mut seen = BTreeSet::new();
+    if let Some(twice) = m.members.iter().find(|x| !seen.insert(x.name.as_str())) {
+        return Err(BundleError::Duplicate {
+            path: path.to_owned(),
+            name: twice.name.clone(),
+        });
+    }
     for required in [BINARY, LOCK, CONFIG, OCI_LAYOUT, OCI_INDEX] {
         if m.member(required).is_none() {
             return Err(BundleError::ManifestInvalid {
@@ -168,7 +193,7 @@ pub(crate) fn read_head<'a, R: Read>(
             });
         }
     }
-    Ok(m)
+    Ok((m, manifest))
 }
 
 /// Opens `path` as a tar archive (buffered: the pass is sequential).
@@ -220,11 +245,12 @@ pub fn read_manifest(path: &Path) -> Result<BundleManifest, BundleError> {
 pub(crate) fn scan(
     path: &Path,
     extract_to: Option<&Path>,
+    signer: Signer,
     progress: &dyn Progress,
 ) -> Result<Verified, BundleError> {
     let total = fs::metadata(path).map(|m| m.len()).ok();
     let task = progress.task(&format!("verify {}", path.display()), total);
-    let result = scan_inner(path, extract_to, task.as_ref());
+    let result = scan_inner(path, extract_to, signer, task.as_ref());
     match &result {
         Ok(v) => task.finish(&format!(
             "{} members, {} images",
@@ -239,6 +265,7 @@ pub(crate) fn scan(
 fn scan_inner(
     path: &Path,
     extract_to: Option<&Path>,
+    signer: Signer,
     task: &dyn ProgressTask,
 ) -> Result<Verified, BundleError> {
     let mut tar = open_tar(path)?;
@@ -248,10 +275,15 @@ fn scan_inner(
     })?;
     let manifest = read_head(path, &mut entries)?;
     let mut pass = Pass::new(path, &manifest, extract_to);
+    let mut first = true;
     while let Some((name, entry)) = next_member(path, &mut entries)? {
+        // The signature (checked by `check_signature` before this pass) is not a manifest member.
+        if std::mem::take(&mut first) && name == super::MANIFEST_SIG {
+            continue;
+        }
         pass.member(&name, entry, task)?;
     }
-    pass.finish(manifest.clone())
+    pass.finish(manifest.clone(), signer)
 }
 
 /// State of one pass over the members after the manifest.
@@ -263,7 +295,8 @@ struct Pass<'m> {
     extract_to: Option<PathBuf>,
     /// Small members kept for the reference check (index.json, lock, config, manifests).
     kept: BTreeMap<String, Vec<u8>>,
-    blobs: BTreeSet<String>,
+    /// Blob members and their sizes, for the reference check.
+    blobs: BTreeMap<String, u64>,
 }
 
 impl<'m> Pass<'m> {
@@ -274,7 +307,7 @@ impl<'m> Pass<'m> {
             next: 0,
             extract_to: extract_to.map(Path::to_path_buf),
             kept: BTreeMap::new(),
-            blobs: BTreeSet::new(),
+            blobs: BTreeMap::new(),
         }
     }
 
@@ -337,7 +370,7 @@ impl<'m> Pass<'m> {
             error: source,
         })?;
         if blob_hex(name).is_some() {
-            self.blobs.insert(name.to_owned());
+            self.blobs.insert(name.to_owned(), size);
         }
         if keep {
             self.kept.insert(name.to_owned(), kept);
@@ -416,7 +449,7 @@ impl<'m> Pass<'m> {
         }
     }
 
-    fn finish(self, manifest: BundleManifest) -> Result<Verified, BundleError> {
+    fn finish(self, manifest: BundleManifest, signer: Signer) -> Result<Verified, BundleError> {
         if let Some(missing) = self.expected.get(self.next) {
             return Err(BundleError::Missing {
                 path: self.path.clone(),
@@ -432,6 +465,7 @@ impl<'m> Pass<'m> {
             self.kept.get(&format!("blobs/sha256/{hex}")).cloned()
         })?;
         Ok(Verified {
+            signer,
             config: self.text(CONFIG)?,
             manifest,
             index,
@@ -463,17 +497,18 @@ impl<'m> Pass<'m> {
     }
 }
 
-/// Every image's manifest, config and layers are present, and every blob is used by one.
+/// Every image's manifest, config and layers are present with the size their descriptor
+/// states, and every blob is used by one.
 fn check_references(
     path: &Path,
     index: &ImageIndex,
     kept: &BTreeMap<String, Vec<u8>>,
-    blobs: &BTreeSet<String>,
+    blobs: &BTreeMap<String, u64>,
 ) -> Result<(), BundleError> {
     let mut used = BTreeSet::new();
     for d in &index.manifests {
         let by = format!("index.json ({})", d.ref_name().unwrap_or("untagged image"));
-        let name = need_blob(path, blobs, &d.digest, &by)?;
+        let name = need_blob(path, blobs, d, &by)?;
         used.insert(name.clone());
         let bytes = kept.get(&name).map(Vec::as_slice).unwrap_or_default();
         let what = format!("image manifest {name}");
@@ -494,10 +529,10 @@ fn check_references(
             };
         let by = format!("the image {}", d.ref_name().unwrap_or(&name));
         for blob in std::iter::once(&m.config).chain(&m.layers) {
-            used.insert(need_blob(path, blobs, &blob.digest, &by)?);
+            used.insert(need_blob(path, blobs, blob, &by)?);
         }
     }
-    match blobs.difference(&used).next() {
+    match blobs.keys().find(|b| !used.contains(*b)) {
         Some(name) => Err(BundleError::Unreferenced {
             path: path.to_owned(),
             name: name.clone(),
@@ -506,21 +541,31 @@ fn check_references(
     }
 }
 
+/// The member `d` points at, which must hold exactly the bytes `d` says: a descriptor with
+/// another size (even with its digest right) makes every reader of the image fail later.
 fn need_blob(
     path: &Path,
-    blobs: &BTreeSet<String>,
-    digest: &Digest,
+    blobs: &BTreeMap<String, u64>,
+    d: &atlas_image::manifest::Descriptor,
     by: &str,
 ) -> Result<String, BundleError> {
-    let name = format!("blobs/sha256/{}", digest.hex());
-    if blobs.contains(&name) {
-        return Ok(name);
+    let name = format!("blobs/sha256/{}", d.digest.hex());
+    match blobs.get(&name) {
+        Some(&size) if size == d.size => Ok(name),
+        Some(&size) => Err(BundleError::BadMember {
+            path: path.to_owned(),
+            name,
+            reason: format!(
+                "{by} describes it as {} bytes, but it holds {size}: the image's descriptor is wrong, fetch or build the bundle again",
+                d.size
+            ),
+        }),
+        None => Err(BundleError::MissingBlob {
+            path: path.to_owned(),
+            digest: d.digest.clone(),
+            by: by.to_owned(),
+        }),
     }
-    Err(BundleError::MissingBlob {
-        path: path.to_owned(),
-        digest: digest.clone(),
-        by: by.to_owned(),
-    })
 }
 
 /// Copies `r` into `w` (and `keep`), hashing; returns the digest and byte count.

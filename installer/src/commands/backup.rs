@@ -29,6 +29,7 @@ fn snapshot(global: &GlobalArgs, name: Option<&str>) -> Result<ExitCode> {
         backup::check_snapshot_name(n)?;
     }
     let ctx = super::install::Ctx::new(global)?;
+    let _lock = ctx.lock(global, "backup snapshot")?;
     let set = VolumeSet::from_config(&ctx.config);
     let taken = ctx.runtime.block_on(backup::snapshot(
         &ctx.client,
@@ -127,6 +128,7 @@ fn human_bytes(b: u64) -> String {
 
 fn export(global: &GlobalArgs, out: &Path) -> Result<ExitCode> {
     let ctx = super::install::Ctx::new(global)?;
+    let _lock = ctx.lock(global, "backup export")?;
     let set = VolumeSet::from_config(&ctx.config);
     let manifest = ctx.runtime.block_on(backup::export(
         &ctx.client,
@@ -159,6 +161,7 @@ fn restore(global: &GlobalArgs, dir: &Path) -> Result<ExitCode> {
     // Checked before anything is asked, connected to or touched.
     let manifest = backup::verify(dir, crate::ui::progress(global.progress).as_ref())?;
     let ctx = super::install::Ctx::new(global)?;
+    let _lock = ctx.lock(global, "backup restore")?;
     let set = VolumeSet::from_config(&ctx.config);
     eprintln!(
         "Backup of project {} taken {} by atlas-install {}:",

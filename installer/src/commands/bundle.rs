@@ -12,6 +12,7 @@ use atlas_image::lock::ImagesLock;
 use atlas_image::progress::Progress;
 use atlas_image::recipe::Recipe;
 use atlas_install::bundle::{self, CreateSpec, Inspection, RecipeBuild, RegistrySource};
+use atlas_install::signing::Trust;
 use serde_json::json;
 
 use crate::cli::{BundleCommand, BundleCreateArgs, GlobalArgs};
@@ -26,8 +27,20 @@ pub fn run(cmd: BundleCommand, global: &GlobalArgs) -> Result<ExitCode> {
     let progress = crate::ui::progress(global.progress);
     match cmd {
         BundleCommand::Create(args) => create(&args, global, progress),
-        BundleCommand::Verify { file } => verify(&file, global, progress.as_ref()),
-        BundleCommand::Inspect { file } => inspect(&file, global),
+        BundleCommand::Verify { file, trust } => {
+            let trust = super::signature::trust(&trust)?;
+            verify(&file, &trust, global, progress.as_ref())
+        }
+        BundleCommand::Inspect {
+            file,
+            sbom: Some(name),
+        } => {
+            let bytes = bundle::sbom(&file, &name)
+                .with_context(|| format!("{}: the bill of materials of {name}", file.display()))?;
+            super::sbom::print(&bytes, global.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Inspect { file, sbom: None } => inspect(&file, global),
     }
 }
 
@@ -36,7 +49,11 @@ fn create(
     global: &GlobalArgs,
     progress: Arc<dyn Progress>,
 ) -> Result<ExitCode> {
-    let spec = create_spec(args)?;
+    // The key first: a wrong password fails now, not after the images were built.
+    let mut spec = create_spec(args)?;
+    if let Some(key) = &args.sign {
+        spec.sign = Some(super::signature::load_key(key, &args.password)?);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,10 +75,14 @@ fn create(
             json!({"out": args.out, "bytes": size, "manifest": manifest})
         );
     } else {
+        let signed = match &spec.sign {
+            Some(k) => format!("signed by key ID {}", k.id),
+            None => "NOT signed".to_owned(),
+        };
         eprintln!(
-            "Wrote {} ({size} bytes, {} members): atlas-install {} for {}",
+            "Wrote {} ({size} bytes, {} members, {signed}): atlas-install {} for {}",
             args.out.display(),
-            manifest.members.len() + 2,
+            manifest.members.len() + 2 + usize::from(spec.sign.is_some()),
             manifest.version,
             manifest.arch
         );
@@ -110,20 +131,27 @@ fn recipes(services: &[String]) -> Result<Vec<RecipeBuild>> {
         .collect()
 }
 
-fn verify(file: &Path, global: &GlobalArgs, progress: &dyn Progress) -> Result<ExitCode> {
-    let v = bundle::verify(file, progress)
+fn verify(
+    file: &Path,
+    trust: &Trust,
+    global: &GlobalArgs,
+    progress: &dyn Progress,
+) -> Result<ExitCode> {
+    let v = bundle::verify(file, trust, progress)
         .with_context(|| format!("bundle {} failed verification", file.display()))?;
     let m = &v.manifest;
     if global.json {
         say!(
             "{}",
-            json!({"file": file, "ok": true, "version": m.version, "arch": m.arch,
-                   "created": m.created, "members": m.members.len() + 2, "images": v.images})
+            json!({"file": file, "ok": true, "signer": v.signer, "version": m.version,
+                   "arch": m.arch, "created": m.created, "members": m.members.len() + 2,
+                   "images": v.images})
         );
     } else {
         say!(
-            "OK {}: atlas-install {} ({}) for {}, created {}; {} members and {} images checked",
+            "OK {}: {}; atlas-install {} ({}) for {}, created {}; {} members and {} images checked",
             file.display(),
+            v.signer,
             m.version,
             m.git_commit,
             m.arch,

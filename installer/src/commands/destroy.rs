@@ -9,6 +9,7 @@ use crate::cli::{DestroyArgs, GlobalArgs};
 
 pub fn run(global: &GlobalArgs, args: &DestroyArgs) -> Result<ExitCode> {
     let ctx = super::install::Ctx::new(global)?;
+    let _lock = ctx.lock(global, "destroy")?;
     let plan =
         ctx.runtime
             .block_on(destroy::plan(&ctx.client, &ctx.config, args.delete_volumes))?;
@@ -18,7 +19,7 @@ pub fn run(global: &GlobalArgs, args: &DestroyArgs) -> Result<ExitCode> {
     } else {
         super::plan::print(&shown);
     }
-    if plan.delete.is_empty() {
+    if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     let what = if args.delete_volumes {
@@ -39,7 +40,7 @@ pub fn run(global: &GlobalArgs, args: &DestroyArgs) -> Result<ExitCode> {
     if global.json {
         super::plan::print(&format!(
             "{}\n",
-            serde_json::json!({"destroyed": plan.delete, "kept": plan.keep, "writes": writes})
+            serde_json::json!({"destroyed": plan.delete, "kept": plan.keep, "wiring": plan.wiring, "writes": writes})
         ));
     } else {
         eprintln!(

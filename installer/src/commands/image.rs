@@ -20,6 +20,7 @@ use atlas_image::source::{PullOptions, PulledImage, Source, pull};
 use atlas_install::imageops;
 use atlas_install::supply::{ImageSupply, RecipeBuild, chosen_plugins};
 use serde_json::json;
+use sha2::Digest as _;
 
 use crate::cli::{GlobalArgs, ImageBuildArgs, ImageCommand, RegistryArgs};
 
@@ -50,6 +51,7 @@ pub fn run(cmd: ImageCommand, global: &GlobalArgs) -> Result<ExitCode> {
             } => import(&source, &alias, &registry, global, progress).await,
             ImageCommand::Build(args) => build_cmd(&args, global, progress).await,
             ImageCommand::Lock { out, registry } => lock(&out, &registry, global).await,
+            ImageCommand::Inspect { image, sbom } => inspect(&image, sbom, global).await,
         }
     })
 }
@@ -232,6 +234,57 @@ async fn connect(global: &GlobalArgs) -> Result<atlas_install::incus::Client> {
             format!("Incus project {project:?}: create it (`incus project create {project}`) or pass --project NAME")
         })?;
     Ok(client)
+}
+
+/// `image inspect NAME [--sbom]`: the image's properties, or its recorded bill of materials
+/// (the unified tarball's `sbom.cdx.json`, checked against the sha256 the property records).
+async fn inspect(name: &str, sbom: bool, global: &GlobalArgs) -> Result<ExitCode> {
+    let client = connect(global).await?;
+    let fingerprint = match client.get_image_alias(name).await {
+        Ok(a) => a.value.target,
+        Err(e) if e.is_not_found() => name.to_owned(),
+        Err(e) => return Err(e).with_context(|| format!("image alias {name}")),
+    };
+    let image = client
+        .get_image(&fingerprint)
+        .await
+        .with_context(|| format!("no image {name} (alias or fingerprint) in the project"))?
+        .value;
+    if !sbom {
+        if global.json {
+            say!(
+                "{}",
+                serde_json::to_string(&image).context("encoding JSON")?
+            );
+        } else {
+            say!("image        {} ({})", name, image.fingerprint);
+            for (k, v) in &image.properties {
+                say!("{k:<28} {v}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let recorded = image.properties.get(imageops::SBOM_PROPERTY).with_context(|| {
+        format!("image {name} has no bill of materials (imported before atlas-install recorded one, or not by atlas-install): import it again")
+    })?;
+    let (member, sum) = recorded.split_once(" sha256:").with_context(|| {
+        format!(
+            "image {name}: property {} is {recorded:?}",
+            imageops::SBOM_PROPERTY
+        )
+    })?;
+    let bytes = client
+        .image_leading_file(&image.fingerprint, member)
+        .await?
+        .with_context(|| format!("image {name}: its tarball has no {member}"))?;
+    let actual = hex::encode(sha2::Sha256::digest(&bytes));
+    if actual != sum {
+        bail!(
+            "image {name}: {member} has sha256 {actual}, but the image records {sum}: it does not belong to this image"
+        );
+    }
+    super::sbom::print(&bytes, global.json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn import_built(

@@ -11,9 +11,10 @@ use atlas_image::cache::BlobCache;
 use atlas_image::lock::ImagesLock;
 use atlas_install::bundle::{self, Expect, OpenedBundle};
 use atlas_install::config::Config;
-use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets};
+use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets, lock};
 use atlas_install::incus::Client;
 use atlas_install::progress::Progress;
+use atlas_install::signing::Trust;
 use atlas_install::supply::ImageSupply;
 
 use crate::cli::{GlobalArgs, InstallArgs};
@@ -36,10 +37,18 @@ impl Ctx {
             .build()
             .context("starting the async runtime")?;
         // On a cluster the stack has per-member parts (see `cluster::expand`). A daemon that
-        // cannot be asked leaves the config as it is: preflight then says what is wrong.
-        let config = runtime
+        // cannot be asked leaves the config as it is: preflight then says what is wrong. One
+        // that takes the request and never answers is said now: asking again would only
+        // wait as long once more.
+        let config = match runtime
             .block_on(atlas_install::engine::cluster::expanded(&client, &config))
-            .map_or(config, |(c, _)| c);
+        {
+            Ok((c, _)) => c,
+            Err(e) if e.is_no_answer() => {
+                return Err(anyhow::Error::from(e).context("asking Incus whether it is a cluster"));
+            }
+            Err(_) => config,
+        };
         Ok(Ctx {
             config,
             client,
@@ -49,6 +58,34 @@ impl Ctx {
         })
     }
 
+    /// Takes the project's lock for `command` (see `engine::lock`), through a client of its
+    /// own so its writes are not counted as the run's. Held until the guard drops. With
+    /// `--json`, a refusal also prints the holder on stdout.
+    pub fn lock(&self, global: &GlobalArgs, command: &str) -> Result<Locked> {
+        let client = Client::from_config(&self.config.incus).context("connecting to Incus")?;
+        let wait = std::time::Duration::from_secs(global.lock_timeout);
+        let taken = self.runtime.block_on(lock::acquire(
+            &client,
+            &self.config.incus.project,
+            command,
+            wait,
+            self.progress.as_ref(),
+        ));
+        match taken {
+            Ok(l) => Ok(Locked {
+                lock: Some(l),
+                runtime: self.runtime.handle().clone(),
+            }),
+            Err(e) => {
+                if let (true, lock::LockError::Held { project, holder }) = (global.json, &e) {
+                    let out = serde_json::json!({"error": "locked", "project": project, "holder": holder});
+                    super::plan::print(&format!("{}\n", serde_json::to_string_pretty(&out)?));
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     pub fn engine(&self, options: Options) -> Engine<'_> {
         Engine {
             client: self.client.clone(),
@@ -56,6 +93,26 @@ impl Ctx {
             secrets: self.secrets.as_ref(),
             progress: self.progress.as_ref(),
             options,
+        }
+    }
+}
+
+/// The project's lock while a command runs: released when dropped (an error or panic
+/// included); a killed process leaves a record the stale-lock rule frees.
+pub(super) struct Locked {
+    lock: Option<lock::ProjectLock>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        if let Some(l) = self.lock.take() {
+            let project = l.project().to_string();
+            if let Err(e) = self.runtime.block_on(l.release()) {
+                eprintln!(
+                    "warning: could not release the lock of project {project} ({e}); the next run takes it over once this process is gone"
+                );
+            }
         }
     }
 }
@@ -84,15 +141,21 @@ pub(super) fn confirm(global: &GlobalArgs, question: &str) -> Result<bool> {
 /// from registries, or the aliases already in Incus (`images: None`).
 pub(super) struct Supply {
     pub images: Option<ImageSupply>,
-    /// Holds the unpacked bundle layout; dropping it removes the directory.
+    /// Holds the unpacked bundle layout for as long as the install reads it; dropping it
+    /// removes the directory. Never read: it is here for its lifetime.
+    #[allow(dead_code)]
     pub bundle: Option<OpenedBundle>,
 }
 
-/// Opens and verifies `path` completely before anything touches Incus: a corrupt, foreign
-/// or wrong-version bundle is refused here.
-fn open_bundle(path: &Path, progress: &dyn Progress) -> Result<OpenedBundle> {
+/// Opens and verifies `path` completely before anything touches Incus: an unsigned or
+/// untrusted, corrupt, foreign or wrong-version bundle is refused here.
+fn open_bundle(path: &Path, trust: Trust, progress: &dyn Progress) -> Result<OpenedBundle> {
     let temp = std::env::temp_dir();
-    bundle::open_for_install(path, &Expect::this_binary(), &temp, progress).with_context(|| {
+    let expect = Expect {
+        trust,
+        ..Expect::this_binary()
+    };
+    bundle::open_for_install(path, &expect, &temp, progress).with_context(|| {
         format!(
             "bundle {}: refused before touching Incus. Nothing was changed",
             path.display()
@@ -115,7 +178,7 @@ pub(super) fn image_supply(
         });
     }
     if let Some(path) = &args.bundle {
-        let opened = open_bundle(path, progress)?;
+        let opened = open_bundle(path, super::signature::trust(&args.trust)?, progress)?;
         let images = ImageSupply {
             registry_mirror: None,
             download_mirror: None,
@@ -165,34 +228,34 @@ pub(super) fn image_supply(
     })
 }
 
-/// The storage pool must hold the bundle's images once more (unpacked into Incus).
-fn check_pool_space(supply: &Supply, free: u64, pool: &str) -> Result<()> {
-    let Some(b) = &supply.bundle else {
-        return Ok(());
-    };
-    let need = b.manifest.layout_bytes().saturating_mul(2);
-    if free < need {
-        bail!(
-            "storage pool {pool} has {free} bytes free; installing this bundle needs about {need} (its images, unpacked). Free space in the pool or use another (incus.storage_pool). Nothing was changed."
-        );
-    }
-    Ok(())
-}
-
 pub fn run(global: &GlobalArgs, args: &InstallArgs) -> Result<ExitCode> {
     apply(global, args, Options::default())
 }
 
 /// Plan, confirm and apply with the images `args` name; `base` says how (install or upgrade).
 pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> Result<ExitCode> {
+    // A bundle's signature first, before the config or Incus is even read.
+    if let Some(path) = &args.bundle {
+        let trust = super::signature::trust(&args.trust)?;
+        let (_, signer) = bundle::check_signature(path, &trust).with_context(|| {
+            format!(
+                "bundle {}: refused before touching Incus. Nothing was changed",
+                path.display()
+            )
+        })?;
+        eprintln!("bundle {}: {signer}", path.display());
+    }
     let ctx = Ctx::new(global)?;
     let supply = image_supply(args, &ctx.config, ctx.progress.as_ref())?;
     let upgrade = base.upgrade;
+    let _lock = ctx.lock(global, if upgrade { "upgrade" } else { "install" })?;
     let options = Options {
         ignore_preflight: args.ignore_preflight,
+        health_timeout: std::time::Duration::from_secs(args.health_timeout),
         fail_at: test_hooks::fail_at(),
         pause_at: test_hooks::pause_at(),
         supply: supply.images.clone(),
+        image_room: true,
         ..base
     };
     let engine = ctx.engine(options);
@@ -204,15 +267,10 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
     } else {
         super::plan::print(&shown);
     }
-    let conflicts = report.conflicts();
+    let conflicts = report.conflict_details();
     if !conflicts.is_empty() {
         return Err(atlas_install::engine::EngineError::Conflicts(conflicts).into());
     }
-    check_pool_space(
-        &supply,
-        report.preflight.pool_free_bytes,
-        &ctx.config.incus.storage_pool,
-    )?;
     if base_rotates(&engine.options) {
         eprintln!(
             "  ~ secrets: new Grafana admin password, step-ca key password, Mosquitto passwords and metrics certificate"

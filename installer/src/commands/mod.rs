@@ -15,6 +15,9 @@ mod image;
 mod install;
 mod plan;
 mod render;
+mod sbom;
+mod secret;
+mod signature;
 mod status;
 mod upgrade;
 
@@ -33,6 +36,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Image(cmd) => image::run(cmd, &global),
         Command::Bundle(cmd) => bundle::run(cmd, &global),
         Command::Backup(cmd) => backup::run(cmd, &global),
+        Command::Signature(cmd) => signature::run(cmd, &global),
+        Command::Secret(cmd) => secret::run(cmd, &global),
     }
     .inspect(|_| drop(global))
 }

@@ -1,13 +1,35 @@
-//! `atlas-install plan`: what `install` would change, from reads only. `--detailed-exitcode`
-//! exits 0 without changes, 2 with changes, 1 on error; `--json` prints the plan as JSON.
+//! `atlas-install plan`: preflight, then what `install` would change, from reads only.
+//! `--detailed-exitcode` exits 0 without changes, 2 with changes, 3 when preflight finds
+//! problems (install would refuse), 1 on any other error; `--json` prints the plan (or the
+//! preflight problems) as JSON.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use atlas_install::engine::Options;
+use atlas_install::engine::{EngineError, Options};
 
 use crate::cli::{GlobalArgs, PlanArgs};
+
+/// `--detailed-exitcode`: preflight found problems, so `install` would refuse.
+const EXIT_PREFLIGHT: u8 = 3;
+
+/// Preflight problems, as the plan's output: what `install` would refuse on, and how to fix it.
+fn print_problems(json: bool, problems: &[String]) -> Result<()> {
+    if json {
+        let out = serde_json::json!({"preflight_problems": problems, "has_changes": null});
+        print(&format!("{}\n", serde_json::to_string_pretty(&out)?));
+        return Ok(());
+    }
+    let mut text = String::from(
+        "Preflight found problems: `install` would refuse, and nothing was planned. Fix them, or pass --ignore-preflight where the problem is the host's size:\n",
+    );
+    for p in problems {
+        text.push_str(&format!("  problem: {p}\n"));
+    }
+    print(&text);
+    Ok(())
+}
 
 /// Writes to stdout (the plan is the command's output).
 pub(super) fn print(text: &str) {
@@ -31,12 +53,21 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
         }),
     };
     let engine = ctx.engine(Options {
-        ignore_preflight: true,
+        ignore_preflight: args.ignore_preflight,
         supply,
         ..Options::default()
     });
     let w0 = ctx.client.writes();
-    let report = ctx.runtime.block_on(engine.plan())?;
+    let report = match ctx.runtime.block_on(engine.plan()) {
+        Err(EngineError::Preflight(problems)) => {
+            print_problems(global.json, &problems)?;
+            return Ok(ExitCode::from(match args.detailed_exitcode {
+                true => EXIT_PREFLIGHT,
+                false => 1,
+            }));
+        }
+        other => other?,
+    };
     let writes = ctx.client.writes() - w0;
     if global.json {
         let out = serde_json::json!({"report": report, "has_changes": report.has_changes(), "writes": writes});

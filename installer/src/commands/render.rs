@@ -91,7 +91,18 @@ fn write_set(set: &RenderedSet, out: &Path) -> Result<()> {
             "# Service settings for this instance (not a file in the container).\n# Secret values are not written here.\n",
         );
         if let Some(cmd) = &inst.command {
-            toml.push_str(&format!("command = {}\n", serde_json::to_string(cmd)?));
+            // What /proc/PID/cmdline of the service shows; the installer runs it through the
+            // image's /etc/atlas/service.json (its environment, user and working directory).
+            toml.push_str(&format!(
+                "command = {}\n",
+                serde_json::to_string(&cmd.argv)?
+            ));
+            if !cmd.wrapper.is_empty() {
+                toml.push_str(&format!(
+                    "# Started through the image's entrypoint script, which then execs the command.\nwrapper = {}\n",
+                    serde_json::to_string(&cmd.wrapper)?
+                ));
+            }
         }
         toml.push_str("\n[environment]\n");
         for (k, v) in &inst.environment {

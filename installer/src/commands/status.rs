@@ -1,7 +1,10 @@
 //! `atlas-install status`: what is installed (the project, owned instances with state and
-//! addresses, volumes, networks, profiles, the installed version), the server wiring, and one
-//! health probe per instance. Read-only. Exit 0 when every service is healthy, 1 otherwise
-//! (nothing installed included). `--json` puts the same report on stdout.
+//! addresses, volumes, networks, profiles, the installed version), the server wiring, one
+//! health probe per instance, the alerts firing in Alertmanager and where notifications go,
+//! the services' certificates, and the outputs (endpoints, step-ca's root fingerprint and how
+//! to trust it, how node-exporter sees the host; computed by `engine::outputs`). Read-only.
+//! Exit 0 when every service is healthy, 1 otherwise (nothing installed included); firing
+//! alerts are reported, not counted. `--json` puts the same report on stdout.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -9,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
-use atlas_install::engine::{cluster, health, secrets, wiring};
+use atlas_install::engine::{alerts, certs, cluster, health, outputs, secrets, wiring};
 use atlas_install::incus::{Client, OptionalExt as _, owner};
 use serde::Serialize;
 
@@ -27,10 +30,32 @@ struct Report {
     networks: Vec<Named>,
     profiles: Vec<Named>,
     wiring: WiringStatus,
+    /// The TLS services' certificates from step-ca, and when `install` renews them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    certificates: Vec<certs::CertStatus>,
     /// On a cluster: members that are not online, with the instances on them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     offline_members: Vec<cluster::OfflineMember>,
+    alerts: AlertsStatus,
+    /// Where things are reached and how to trust step-ca (absent when nothing is installed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<outputs::Outputs>,
     healthy: bool,
+}
+
+/// Alertmanager's alerts now, and where notifications go.
+#[derive(Debug, Default, Serialize)]
+struct AlertsStatus {
+    /// Every alert Alertmanager holds, firing first; `None` when they could not be read.
+    alerts: Option<Vec<alerts::Alert>>,
+    firing: usize,
+    /// Muted by the inhibition of a critical alert, or by a silence.
+    suppressed: usize,
+    /// Why the alerts could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    /// Empty: no receiver is configured and alerts stay in Alertmanager.
+    routes: Vec<alerts::Route>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +129,9 @@ async fn collect(config: &Config) -> Result<Report> {
             note: None,
         },
         offline_members: Vec::new(),
+        alerts: AlertsStatus::default(),
+        certificates: Vec::new(),
+        outputs: None,
         healthy: false,
     };
     let Some(project) = client
@@ -207,7 +235,35 @@ async fn collect(config: &Config) -> Result<Report> {
         })
         .collect();
     report.wiring = wiring_status(&client, config).await;
+    report.alerts = alerts_status(&client, config).await;
+    report.certificates = certs::status(&client, config)
+        .await
+        .context("reading the services' certificates")?;
+    report.outputs = Some(
+        outputs::collect(&client, config)
+            .await
+            .context("collecting the outputs")?,
+    );
     Ok(report)
+}
+
+/// Never fails the command: what cannot be read is said in `note`.
+async fn alerts_status(client: &Client, config: &Config) -> AlertsStatus {
+    let routes = alerts::routing(config);
+    match alerts::current(client, config).await {
+        Ok(list) => AlertsStatus {
+            firing: list.iter().filter(|a| a.firing()).count(),
+            suppressed: list.iter().filter(|a| !a.firing()).count(),
+            alerts: Some(list),
+            note: None,
+            routes,
+        },
+        Err(e) => AlertsStatus {
+            note: Some(e.to_string()),
+            routes,
+            ..AlertsStatus::default()
+        },
+    }
 }
 
 fn ipv4_addresses(state: &atlas_install::incus::InstanceState) -> Vec<String> {
@@ -258,6 +314,59 @@ async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
         }
         Err(e) => unknown(e.to_string()),
     }
+}
+
+/// The Terraform-style outputs: endpoints, step-ca trust, host metrics.
+fn print_outputs(out: &mut impl std::io::Write, o: &outputs::Outputs) {
+    let _ = writeln!(out, "\nEndpoints:");
+    let width = o.endpoints.iter().map(|e| e.name.len()).max().unwrap_or(0);
+    for reach in ["public", "internal"] {
+        for e in o.endpoints.iter().filter(|e| e.reach == reach) {
+            let note = e
+                .note
+                .as_deref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {:width$}  {:8}  {}{note}", e.name, e.reach, e.url);
+        }
+    }
+    for s in &o.step_ca {
+        let _ = writeln!(out, "\nstep-ca {} ({}):", s.instance, s.ca_url);
+        match (&s.root_fingerprint, &s.bootstrap) {
+            (Some(fp), Some(cmd)) => {
+                let _ = writeln!(out, "  root fingerprint: {fp}");
+                let _ = writeln!(out, "  trust it:         {cmd}");
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "  root fingerprint: unknown ({})",
+                    s.note.as_deref().unwrap_or("not readable")
+                );
+            }
+        }
+        if let Some(acme) = &s.acme_directory {
+            let _ = writeln!(out, "  ACME directory:   {acme}");
+        }
+    }
+    for h in &o.host_metrics {
+        match &h.limitation {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nHost metrics: {} measures this host through /host, /host/proc and /host/sys.",
+                    h.instance
+                );
+            }
+            Some(why) => {
+                let _ = writeln!(out, "\nHost metrics: {why}.");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nSecrets are not shown here: `atlas-install secret list` names them, `atlas-install secret get NAME` prints one."
+    );
 }
 
 fn print_human(r: &Report) {
@@ -349,6 +458,21 @@ fn print_human(r: &Report) {
     for c in &r.wiring.changes {
         let _ = writeln!(out, "  {c}");
     }
+    print_alerts(&mut out, &r.alerts);
+    if !r.certificates.is_empty() {
+        let _ = writeln!(out, "Certificates (from step-ca):");
+    }
+    for c in &r.certificates {
+        let until = c
+            .expires
+            .as_deref()
+            .map(|e| format!(" until {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {}  {}{until}: {}", c.instance, c.state, c.detail);
+    }
+    if let Some(o) = &r.outputs {
+        print_outputs(&mut out, o);
+    }
     let probed: Vec<&health::HealthReport> = r
         .instances
         .iter()
@@ -361,5 +485,74 @@ fn print_human(r: &Report) {
         let _ = writeln!(out, "\nAll {} services healthy.", probed.len());
     } else {
         let _ = writeln!(out, "\n{bad} of {} services unhealthy.", probed.len());
+    }
+}
+
+fn print_alerts(out: &mut impl std::io::Write, a: &AlertsStatus) {
+    match &a.alerts {
+        None => {
+            let why = a.note.as_deref().unwrap_or("unknown");
+            let _ = writeln!(out, "Alerts: cannot be read ({why})");
+        }
+        Some(_) if a.firing == 0 => {
+            let _ = writeln!(out, "Alerts: none firing");
+        }
+        Some(list) => {
+            let firing: Vec<&alerts::Alert> = list.iter().filter(|x| x.firing()).collect();
+            let names: Vec<String> = firing
+                .iter()
+                .map(|x| format!("{} on {}", x.name, x.target))
+                .collect();
+            let plural = if a.firing == 1 { "" } else { "s" };
+            let _ = writeln!(
+                out,
+                "Alerts: {} alert{plural} firing: {}",
+                a.firing,
+                names.join(", ")
+            );
+            for x in firing {
+                let severity = x.severity.as_deref().unwrap_or("-");
+                let summary = x.summary.as_deref().unwrap_or("");
+                let _ = writeln!(
+                    out,
+                    "  {severity:8}  {} on {} since {}  {summary}",
+                    x.name, x.target, x.since
+                );
+            }
+        }
+    }
+    if let Some(list) = a.alerts.as_ref().filter(|_| a.suppressed > 0) {
+        let muted: Vec<String> = list
+            .iter()
+            .filter(|x| !x.firing())
+            .map(|x| {
+                let why = match x.inhibited_by.is_empty() {
+                    false => "inhibited by a critical alert",
+                    true => "silenced",
+                };
+                format!("{} on {} ({why})", x.name, x.target)
+            })
+            .collect();
+        let _ = writeln!(out, "  muted: {}", muted.join(", "));
+    }
+    if a.routes.is_empty() {
+        let _ = writeln!(
+            out,
+            "Notifications: none configured, so alerts stay in Alertmanager (and Grafana); add receivers and routes under [alertmanager] in atlas.toml"
+        );
+    } else {
+        let routes: Vec<String> = a
+            .routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} -> {} (repeated every {})",
+                    r.severity,
+                    r.receivers.join(", "),
+                    r.repeat_interval
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "Notifications: {}", routes.join("; "));
     }
 }

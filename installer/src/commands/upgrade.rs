@@ -14,7 +14,6 @@ pub fn run(global: &GlobalArgs, args: &UpgradeArgs) -> Result<ExitCode> {
     let options = Options {
         upgrade: true,
         rotate_secrets: args.rotate_secrets,
-        health_timeout: Duration::from_secs(args.health_timeout),
         ..Options::default()
     };
     super::install::apply(global, &args.source, options)
@@ -22,6 +21,7 @@ pub fn run(global: &GlobalArgs, args: &UpgradeArgs) -> Result<ExitCode> {
 
 pub fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Result<ExitCode> {
     let ctx = Ctx::new(global)?;
+    let _lock = ctx.lock(global, "rollback")?;
     if !confirm(
         global,
         "return every service changed by the last upgrade to its previous image, files and data",

@@ -34,11 +34,13 @@ impl ServiceKind {
             u8,
             u16,
         ) = match self {
+            // Not in the seed's storage table: Caddy keeps its internal CA, ACME account and
+            // certificates under /data (XDG_DATA_HOME), which must outlive its root filesystem.
             ServiceKind::Caddy => (
                 2,
                 "1GB",
-                None,
-                None,
+                Some(("1GB", "/data")),
+                Some(("@weekly", "4w")),
                 &[Production, Management, External],
                 10,
                 443,
@@ -216,6 +218,7 @@ impl Config {
                 storage_pool: "local".to_string(),
                 external_network: "incusbr0".to_string(),
                 remote: None,
+                request_timeout: 60,
             },
             networks,
             instances,
@@ -255,6 +258,8 @@ impl Config {
                 group_wait: "30s".to_string(),
                 group_interval: "5m".to_string(),
                 repeat_interval: "4h".to_string(),
+                receivers: BTreeMap::new(),
+                routes: AlertRoutes::default(),
             },
             step_ca: StepCaConfig {
                 ca_name: "Atlas Internal CA".to_string(),
@@ -315,7 +320,22 @@ mod tests {
             .filter_map(|i| i.volume.as_ref())
             .map(|v| v.size.bytes)
             .sum();
-        assert_eq!(vol, 167_000_000_000, "seed total storage is 167GB");
+        assert_eq!(
+            vol, 168_000_000_000,
+            "seed total storage is 167GB, plus Caddy's 1GB /data"
+        );
+        let caddy = c.instances["caddy01"]
+            .volume
+            .as_ref()
+            .expect("caddy01 has /data");
+        assert_eq!(
+            (caddy.name.as_str(), caddy.path.as_str()),
+            ("caddy01-data", "/data")
+        );
+        assert!(
+            !caddy.snapshots.enabled,
+            "snapshots off until enabled, as the seed"
+        );
         assert_eq!(c.networks.management.ipv4.to_string(), "10.50.0.1/24");
         assert_eq!(c.instances["caddy01"].nics.len(), 3);
         assert_eq!(

@@ -6,6 +6,7 @@
 //! when they are TOML (numbers, booleans, arrays), else as text. Variables that are not keys
 //! are listed in [`RESERVED_ENV`]; any other `ATLAS_*` variable that names no key is an error.
 
+mod alerting;
 mod defaults;
 mod error;
 mod formats;
@@ -18,8 +19,12 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use alerting::{
+    DEFAULT_RECEIVER, LEGACY_WEBHOOK_RECEIVER, RECEIVER_SECRET_ENV_PREFIX, secret_env_name,
+};
 pub use defaults::{DEFAULT_GRAFANA_DOMAIN, KindDefaults, SNAPSHOT_PATTERN, default_instance};
 pub use error::{ConfigError, Diagnostic, Location};
+pub use formats::prometheus_duration;
 pub use model::*;
 pub use secrets::{CLOUDFLARE_API_TOKEN_ENV, CLOUDFLARED_TOKEN_ENV};
 pub use source::RESERVED_ENV;
@@ -162,9 +167,21 @@ pub fn to_toml(c: &Config) -> String {
         toml::to_string_pretty(&file).expect("the file schema serializes")
     };
     let s = redacted(&c.secrets);
+    let receivers = match c.secrets.receivers.is_empty() {
+        true => String::new(),
+        false => format!(
+            ", receiver secrets of {} = \"<redacted>\"",
+            c.secrets
+                .receivers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     format!(
         "# Effective configuration (defaults < file < ATLAS_* environment < flags).\n\
-         # secrets: cloudflare_api_token = {}, cloudflared_token = {}\n\n{body}",
+         # secrets: cloudflare_api_token = {}, cloudflared_token = {}{receivers}\n\n{body}",
         s["cloudflare_api_token"], s["cloudflared_token"]
     )
 }
@@ -179,9 +196,15 @@ pub fn to_json(c: &Config) -> serde_json::Value {
 
 fn redacted(s: &Secrets) -> serde_json::Value {
     let mark = |v: &Option<String>| if v.is_some() { "<redacted>" } else { "<unset>" };
+    let receivers: serde_json::Map<String, serde_json::Value> = s
+        .receivers
+        .keys()
+        .map(|k| (k.clone(), "<redacted>".into()))
+        .collect();
     serde_json::json!({
         "cloudflare_api_token": mark(&s.cloudflare_api_token),
         "cloudflared_token": mark(&s.cloudflared_token),
+        "receivers": receivers,
     })
 }
 

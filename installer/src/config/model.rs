@@ -50,6 +50,10 @@ pub struct IncusConfig {
     pub external_network: String,
     /// A remote Incus over HTTPS instead of the local socket.
     pub remote: Option<IncusRemote>,
+    /// Seconds one Incus API request may take before atlas-install gives up and says which
+    /// daemon did not answer what. Long work (image uploads, operations, exec) has its own
+    /// limits.
+    pub request_timeout: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -443,11 +447,101 @@ pub struct LokiConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertmanagerConfig {
-    /// Optional webhook receiver for every alert; none = alerts are kept in Alertmanager only.
+    /// Shorthand kept from earlier versions: one webhook for every alert, rendered into
+    /// alertmanager.yml (which then holds it as a secret). Exclusive with `receivers`.
     pub webhook_url: Option<String>,
     pub group_wait: String,
     pub group_interval: String,
     pub repeat_interval: String,
+    /// Where notifications go, by name (`[alertmanager.receivers.<name>]`). None: alerts stay
+    /// in Alertmanager (and Grafana), as `status` says.
+    #[serde(default)]
+    pub receivers: BTreeMap<String, Receiver>,
+    /// Which receivers each severity goes to, and how often a firing alert is repeated.
+    #[serde(default)]
+    pub routes: AlertRoutes,
+}
+
+/// A notification receiver. Its one secret (SMTP password, Slack webhook URL, webhook bearer
+/// token) is never part of it: it comes from the environment or the `*_file` key, into
+/// [`Secrets::receivers`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Receiver {
+    Email(EmailReceiver),
+    Slack(SlackReceiver),
+    Webhook(WebhookReceiver),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailReceiver {
+    /// `host:port` of the SMTP server.
+    pub smarthost: String,
+    pub from: String,
+    pub to: Vec<String>,
+    /// SMTP AUTH user; its password is the receiver's secret.
+    pub auth_username: Option<String>,
+    pub auth_password_file: Option<String>,
+    /// STARTTLS required before anything is sent (Alertmanager's default).
+    pub require_tls: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlackReceiver {
+    /// `#channel` (or a user); empty: the webhook's own channel.
+    pub channel: Option<String>,
+    /// The incoming-webhook URL is the receiver's secret.
+    pub webhook_url_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookReceiver {
+    /// Where Alertmanager POSTs its JSON. Configuration, not a secret: a credential goes in
+    /// the bearer token.
+    pub url: String,
+    pub bearer_token_file: Option<String>,
+}
+
+/// The two severities the alert rules use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    Warning,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 2] = [Severity::Critical, Severity::Warning];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertRoutes {
+    pub critical: Option<SeverityRoute>,
+    pub warning: Option<SeverityRoute>,
+}
+
+impl AlertRoutes {
+    pub fn get(&self, s: Severity) -> Option<&SeverityRoute> {
+        match s {
+            Severity::Critical => self.critical.as_ref(),
+            Severity::Warning => self.warning.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeverityRoute {
+    /// Names in `alertmanager.receivers`; each gets every alert of the severity.
+    pub receivers: Vec<String>,
+    /// Overrides `alertmanager.repeat_interval` for this severity.
+    pub repeat_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -519,6 +613,8 @@ pub struct ImagesConfig {
 pub struct Secrets {
     pub cloudflare_api_token: Option<String>,
     pub cloudflared_token: Option<String>,
+    /// The secret of each alert receiver that has one, by receiver name.
+    pub receivers: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -527,6 +623,7 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("cloudflare_api_token", &mark(&self.cloudflare_api_token))
             .field("cloudflared_token", &mark(&self.cloudflared_token))
+            .field("receivers", &self.receivers.keys().collect::<Vec<_>>())
             .finish()
     }
 }

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::alerting::RawAlertmanager;
 use super::model::*;
 
 /// A section whose keys map one to one onto a model struct. `plain` fields replace the model
@@ -88,6 +89,8 @@ pub(crate) struct RawIncus {
     pub external_network: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RawRemote>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<u64>,
 }
 
 /// All four keys are needed to talk to a remote Incus safely, so none is optional.
@@ -114,6 +117,9 @@ impl RawIncus {
         if let Some(v) = self.external_network {
             m.external_network = v;
         }
+        if let Some(v) = self.request_timeout {
+            m.request_timeout = v;
+        }
         if let Some(r) = self.remote {
             m.remote = Some(IncusRemote {
                 url: r.url,
@@ -136,6 +142,7 @@ impl RawIncus {
                 client_key: r.client_key.clone(),
                 server_fingerprint: r.server_fingerprint.clone(),
             }),
+            request_timeout: Some(m.request_timeout),
         }
     }
 }
@@ -175,13 +182,6 @@ overlay!(RawPrometheus => PrometheusConfig {
 overlay!(RawLoki => LokiConfig {
     plain retention_period: String,
     plain retention_delete_delay: String,
-});
-
-overlay!(RawAlertmanager => AlertmanagerConfig {
-    plain group_wait: String,
-    plain group_interval: String,
-    plain repeat_interval: String,
-    opt webhook_url: String,
 });
 
 overlay!(RawStepCa => StepCaConfig {

@@ -28,7 +28,7 @@ pub(crate) fn resolve(mut raw: RawConfig, secrets: Secrets, diags: &mut Vec<Diag
         s.apply(&mut c.loki);
     }
     if let Some(s) = raw.alertmanager.take() {
-        s.apply(&mut c.alertmanager);
+        s.apply(&mut c.alertmanager, diags);
     }
     if let Some(s) = raw.step_ca.take() {
         s.apply(&mut c.step_ca);

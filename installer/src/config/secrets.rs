@@ -1,5 +1,5 @@
-//! The two secrets: taken from the environment or from a file the config names, never from
-//! the config itself. A token file others can read is worth a warning, not a refusal (the
+//! The secrets (the two tokens, and each alert receiver's): taken from the environment or
+//! from a file the config names, never from the config itself. A token file others can read is worth a warning, not a refusal (the
 //! operator may share the host on purpose).
 
 use std::path::{Path, PathBuf};
@@ -29,6 +29,8 @@ pub(crate) fn resolve(
         .as_ref()
         .and_then(|c| c.cloudflare_api_token_file.clone());
     let tunnel_file = raw.cloudflared.as_ref().and_then(|c| c.token_file.clone());
+    let receivers =
+        super::alerting::resolve_secrets(env, raw.alertmanager.as_ref(), base, diags, warnings);
     Secrets {
         cloudflare_api_token: from_env(CLOUDFLARE_API_TOKEN_ENV).or_else(|| {
             api_file.and_then(|f| {
@@ -39,10 +41,11 @@ pub(crate) fn resolve(
             tunnel_file
                 .and_then(|f| read_token("cloudflared.token_file", &f, base, diags, warnings))
         }),
+        receivers,
     }
 }
 
-fn read_token(
+pub(super) fn read_token(
     key: &str,
     file: &str,
     base: &Path,

@@ -11,7 +11,7 @@ use super::raw::RawConfig;
 
 /// `ATLAS_*` variables that are not config keys. Anything else under `ATLAS_` must map to a
 /// key, so that a typo in a variable name is an error instead of a silently ignored setting.
-pub const RESERVED_ENV: [&str; 7] = [
+pub const RESERVED_ENV: [&str; 9] = [
     "ATLAS_CONFIG",
     // The image cache directory (`--cache-dir`), a place on this machine, not a setting.
     "ATLAS_CACHE_DIR",
@@ -20,6 +20,10 @@ pub const RESERVED_ENV: [&str; 7] = [
     "ATLAS_TEST_REQUIRE_ALL",
     "ATLAS_TEST_STATE",
     "ATLAS_GIT_COMMIT",
+    // The password file of a signing key (`--sign-password-file`), and the release public
+    // keys a build embeds (read by the build, never by the binary).
+    "ATLAS_SIGN_PASSWORD_FILE",
+    "ATLAS_RELEASE_PUBKEYS",
 ];
 
 /// Test harness knobs live under this prefix and are never config keys.
@@ -138,7 +142,10 @@ impl Source {
             let Some(rest) = var.strip_prefix("ATLAS_") else {
                 continue;
             };
-            if RESERVED_ENV.contains(&var.as_str()) || var.starts_with(RESERVED_ENV_PREFIX) {
+            if RESERVED_ENV.contains(&var.as_str())
+                || var.starts_with(RESERVED_ENV_PREFIX)
+                || var.starts_with(super::alerting::RECEIVER_SECRET_ENV_PREFIX)
+            {
                 continue;
             }
             let location = Location::Env {
@@ -284,6 +291,7 @@ impl Source {
 
     /// Refuses secrets written inline, without ever repeating their value.
     pub fn take_inline_secrets(&mut self, diags: &mut Vec<Diagnostic>) {
+        self.take_inline_receiver_secrets(diags);
         for (path, how) in INLINE_SECRETS {
             let (section, key) = path.split_once('.').expect("static paths have a section");
             let removed = self
@@ -306,6 +314,51 @@ impl Source {
                     help: Some(how.to_string()),
                 });
             }
+        }
+    }
+
+    /// The same for alert receivers: their one secret never goes in the file either.
+    fn take_inline_receiver_secrets(&mut self, diags: &mut Vec<Diagnostic>) {
+        let Some(receivers) = self
+            .table
+            .get_mut("alertmanager")
+            .and_then(|v| v.as_table_mut())
+            .and_then(|t| t.get_mut("receivers"))
+            .and_then(|v| v.as_table_mut())
+        else {
+            return;
+        };
+        let mut found = Vec::new();
+        for (name, r) in receivers.iter_mut() {
+            let Some(t) = r.as_table_mut() else { continue };
+            for key in super::alerting::INLINE_RECEIVER_SECRETS {
+                if t.remove(key).is_some() {
+                    found.push((name.clone(), key));
+                }
+            }
+        }
+        for (name, key) in found {
+            let path = format!("alertmanager.receivers.{name}.{key}");
+            let env = super::alerting::secret_env_name(&name);
+            let help = match key {
+                "webhook_url" | "api_url" => format!(
+                    "a Slack receiver reads its webhook URL from webhook_url_file (a file, mode 0600) or {env}; a generic webhook takes `url` (not a secret) and a token from bearer_token_file"
+                ),
+                "bearer_token" => {
+                    format!(
+                        "put the token in a file (mode 0600) named by bearer_token_file, or set {env}"
+                    )
+                }
+                _ => format!(
+                    "put the password in a file (mode 0600) named by auth_password_file, or set {env}"
+                ),
+            };
+            diags.push(Diagnostic {
+                location: self.locate(&path, true),
+                path,
+                message: "secrets are not accepted in the config file (it gets copied, shown and committed)".into(),
+                help: Some(help),
+            });
         }
     }
 

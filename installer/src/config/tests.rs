@@ -23,14 +23,14 @@ fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     .map(|(c, _)| c)
 }
 
-fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+pub(super) fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
     match load_str(text, env) {
         Ok(_) => panic!("expected errors for:\n{text}"),
         Err(e) => e.diagnostics().iter().map(ToString::to_string).collect(),
     }
 }
 
-fn has(errs: &[String], want: &str) {
+pub(super) fn has(errs: &[String], want: &str) {
     assert!(
         errs.iter().any(|e| e.contains(want)),
         "no error containing {want:?} in:\n{}",
@@ -500,4 +500,31 @@ fn mirrors_must_be_what_they_are_used_as() {
     has(&errs, "file:///srv/atlas-downloads");
     let ok = load_str("[images]\ndownload_mirror = \"file:///srv/dl\"\n", &[]).unwrap();
     assert_eq!(ok.images.download_mirror.as_deref(), Some("file:///srv/dl"));
+}
+
+#[test]
+fn tls_needs_step_ca_reachable_as_localhost() {
+    let errs = errors(
+        "[step_ca]\ndns_names = [\"step-ca01.incus\"]\n[mosquitto]\ntls = true\n",
+        &[],
+    );
+    has(
+        &errs,
+        "step_ca.dns_names: lacks \"localhost\", which the installer uses to have step-ca sign certificates (mosquitto.tls is on)",
+    );
+    let errs = errors(
+        "[instances.step-ca01]\nenabled = false\n[instances.loki01]\ntls = true\n",
+        &[],
+    );
+    has(
+        &errs,
+        "instances.loki01.tls: TLS certificates come from step-ca, which is disabled",
+    );
+    assert!(
+        load_str(
+            "[instances.loki01]\ntls = true\n[mosquitto]\ntls = true\n",
+            &[]
+        )
+        .is_ok()
+    );
 }

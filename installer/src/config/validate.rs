@@ -28,6 +28,7 @@ pub(crate) fn validate_with(c: &Config, is_set: &dyn Fn(&str) -> bool) -> Vec<Di
     shared_resources(c, &mut d);
     host_ports(c, is_set, &mut d);
     services(c, &mut d);
+    super::alerting::validate(c, &mut d);
     d
 }
 
@@ -55,6 +56,14 @@ fn incus(c: &Config, d: &mut Vec<Diagnostic>) {
             "incus.storage_pool",
             format!("storage pool name {e}"),
             "name an existing pool (`incus storage list`)",
+        );
+    }
+    if !(1..=3600).contains(&c.incus.request_timeout) {
+        push(
+            d,
+            "incus.request_timeout",
+            format!("{} seconds is outside 1-3600", c.incus.request_timeout),
+            "use a number of seconds like 60",
         );
     }
     if !c.incus.socket.is_empty() && !c.incus.socket.starts_with('/') {
@@ -180,6 +189,33 @@ fn networks(n: &Networks, external: &str, is_set: &dyn Fn(&str) -> bool, d: &mut
     }
 }
 
+/// IPv4 ranges no bridge can use: the kernel, or every host, treats them specially.
+const SPECIAL_V4: [(&str, &str); 5] = [
+    (
+        "0.0.0.0/8",
+        "unspecified (\"this network\", never a destination)",
+    ),
+    ("127.0.0.0/8", "loopback (every host keeps it for itself)"),
+    (
+        "169.254.0.0/16",
+        "link-local (not routed, taken by automatic addressing)",
+    ),
+    ("224.0.0.0/4", "multicast (group addresses, not hosts)"),
+    (
+        "240.0.0.0/4",
+        "reserved (class E and the broadcast address, not usable)",
+    ),
+];
+
+/// Which special range `net` reaches into, and what it is.
+pub(crate) fn special_v4(net: &ipnet::Ipv4Net) -> Option<(ipnet::Ipv4Net, &'static str)> {
+    let net = net.trunc();
+    SPECIAL_V4.iter().find_map(|(range, what)| {
+        let range: ipnet::Ipv4Net = range.parse().ok()?;
+        (range.contains(&net.network()) || net.contains(&range.network())).then_some((range, *what))
+    })
+}
+
 fn gateway_v4(p: &str, net: &ipnet::Ipv4Net, d: &mut Vec<Diagnostic>) {
     let path = format!("{p}.ipv4");
     let example = format!(
@@ -187,7 +223,14 @@ fn gateway_v4(p: &str, net: &ipnet::Ipv4Net, d: &mut Vec<Diagnostic>) {
         Ipv4Addr::from(u32::from(net.network()).saturating_add(1)),
         net.prefix_len()
     );
-    if net.prefix_len() > 30 {
+    if let Some((range, what)) = special_v4(net) {
+        push(
+            d,
+            path,
+            format!("{} is inside {range}, which is {what}", net.trunc()),
+            "use a private range (RFC 1918), e.g. 10.60.0.1/24",
+        );
+    } else if net.prefix_len() > 30 {
         push(
             d,
             path,
@@ -539,18 +582,34 @@ fn shared_resources(c: &Config, d: &mut Vec<Diagnostic>) {
             }
         }
     }
-    let tls_users: Vec<&str> = enabled
+    let mut tls_users: Vec<String> = enabled
         .iter()
         .filter(|(_, i)| i.tls)
-        .map(|(n, _)| *n)
+        .map(|(n, _)| format!("instances.{n}.tls"))
         .collect();
-    if !tls_users.is_empty() && c.instances_of(ServiceKind::StepCa).is_empty() {
-        push(
-            d,
-            format!("instances.{}.tls", tls_users[0]),
-            "TLS certificates come from step-ca, which is disabled",
-            "enable instances.step-ca01 or turn tls off",
-        );
+    if c.mosquitto.tls && !c.instances_of(ServiceKind::Mosquitto).is_empty() {
+        tls_users.push("mosquitto.tls".into());
+    }
+    if let Some(first) = tls_users.first() {
+        if c.instances_of(ServiceKind::StepCa).is_empty() {
+            push(
+                d,
+                first.clone(),
+                "TLS certificates come from step-ca, which is disabled",
+                "enable instances.step-ca01 or turn tls off",
+            );
+        } else if !c.step_ca.dns_names.iter().any(|n| n == "localhost") {
+            // The installer signs inside step-ca01 over https://localhost:9000, and step-ca
+            // accepts only tokens for, and serves only, its own names.
+            push(
+                d,
+                "step_ca.dns_names",
+                format!(
+                    "lacks \"localhost\", which the installer uses to have step-ca sign certificates ({first} is on)"
+                ),
+                "add \"localhost\" to step_ca.dns_names (a CA initialised without it keeps its names: turn tls off there)",
+            );
+        }
     }
     if c.instances_of(ServiceKind::StepCa).len() > 1 {
         push(
@@ -920,6 +979,39 @@ mod tests {
     #[test]
     fn builtin_is_valid() {
         assert_eq!(validate(&Config::builtin()), Vec::new());
+    }
+
+    #[test]
+    fn special_ranges_are_refused_with_what_they_are() {
+        for (cidr, range, what) in [
+            ("127.0.0.1/8", "127.0.0.0/8", "loopback"),
+            ("127.5.0.1/24", "127.0.0.0/8", "loopback"),
+            ("224.0.0.1/24", "224.0.0.0/4", "multicast"),
+            ("169.254.10.1/24", "169.254.0.0/16", "link-local"),
+            ("0.0.0.1/24", "0.0.0.0/8", "unspecified"),
+            ("240.0.0.1/24", "240.0.0.0/4", "reserved"),
+            // Wider than a special range and covering it.
+            ("96.0.0.1/3", "127.0.0.0/8", "loopback"),
+        ] {
+            let mut c = Config::builtin();
+            c.networks.staging.ipv4 = cidr.parse().unwrap();
+            let p = problems(&c);
+            assert!(
+                p.iter().any(|m| m.starts_with("networks.staging.ipv4: ")
+                    && m.contains(&format!("is inside {range}, which is {what}"))),
+                "{cidr}: {p:?}"
+            );
+        }
+        for ok in [
+            "10.60.0.1/24",
+            "172.16.5.1/24",
+            "192.168.7.1/24",
+            "100.64.1.1/24",
+        ] {
+            let mut c = Config::builtin();
+            c.networks.staging.ipv4 = ok.parse().unwrap();
+            assert_eq!(problems(&c), Vec::<String>::new(), "{ok}");
+        }
     }
 
     #[test]

@@ -79,23 +79,34 @@ pub async fn create(root: &Client, project: &Client, r: &Resource) -> Result<(),
     }
 }
 
-/// Incus 6.0 scans every bridge's interfaces while creating one; a veth or bridge that
-/// vanishes meanwhile (another instance or network going away) fails the create with
-/// "Failed to delete bridge children interfaces". Nothing was created then: try again.
-async fn create_network(root: &Client, n: &Network) -> Result<(), IncusError> {
-    let net = root.in_project("default");
+/// Incus 6.0 scans every bridge's interfaces while creating or deleting one; a veth or bridge
+/// that vanishes meanwhile (another instance or network going away) fails the call with
+/// "Failed to delete bridge children interfaces", having changed nothing: try again.
+async fn bridge_race_retried<F, Fut>(mut call: F) -> Result<(), IncusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), IncusError>>,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match super::cluster::create_network(&net, n).await {
+        match call().await {
             Err(IncusError::Api { ref message, .. })
-                if attempt < 3 && message.contains("bridge children") =>
+                if attempt < BRIDGE_RACE_ATTEMPTS && message.contains("bridge children") =>
             {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             other => return other,
         }
     }
+}
+
+/// Tries of a network create or delete that meets the bridge race.
+pub const BRIDGE_RACE_ATTEMPTS: u32 = 3;
+
+async fn create_network(root: &Client, n: &Network) -> Result<(), IncusError> {
+    let net = root.in_project("default");
+    bridge_race_retried(|| super::cluster::create_network(&net, n)).await
 }
 
 /// Brings an owned object to the desired body (read-modify-write with the ETag).
@@ -251,7 +262,7 @@ pub async fn delete(
             if !owned(&n.value.config) {
                 return Err(refuse());
             }
-            net.delete_network(&addr.name).await
+            bridge_race_retried(|| net.delete_network(&addr.name)).await
         }
         ResourceKind::Project => {
             let Some(p) = root

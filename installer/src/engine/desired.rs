@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use atlas_image::init::ServiceSpec;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -37,6 +38,20 @@ pub struct ImageChoice {
     pub alias: String,
     /// Fingerprint the alias points to; part of the instance's hash so a new image replaces it.
     pub fingerprint: String,
+    /// The image's own service spec (its `atlas.service.spec` property): what the instance's
+    /// spec is derived from. `None` for an image not resolved yet, or one built without it.
+    pub service: Option<ServiceSpec>,
+}
+
+impl ImageChoice {
+    /// An image that is not known yet (the project or the alias does not exist yet).
+    pub fn unresolved(alias: String) -> ImageChoice {
+        ImageChoice {
+            alias,
+            fingerprint: super::state::UNRESOLVED.to_string(),
+            service: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +186,9 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
     let rendered = inputs.rendered.instances.get(name);
     let mut config = serde_json::Map::new();
     let mut secret_keys = Vec::new();
-    if let Some(r) = rendered {
+    // With a service spec pushed, the environment travels in it (out of `incus config
+    // show`); otherwise the image's own command gets it as `environment.*`.
+    if let Some(r) = rendered.filter(|r| !pushes_spec(r, image)) {
         for (k, val) in &r.environment {
             let key = format!("environment.{k}");
             if r.secret_env.contains(k) {
@@ -212,7 +229,8 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
         "devices": devices,
     });
     // Files and the image are not part of the body, but a change to either must reach the
-    // container: they go into its hash.
+    // container: they go into its hash. The command line travels as a file (the service
+    // spec, among the extra files), so it is hashed exactly as it is pushed.
     let mut extra = BTreeMap::new();
     extra.insert("image".to_string(), image.fingerprint.clone());
     if let Some(r) = rendered {
@@ -221,9 +239,6 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
                 format!("file:{}", f.path),
                 file_hash(&f.contents, f.mode, f.uid, f.gid),
             );
-        }
-        if let Some(cmd) = &r.command {
-            extra.insert("command".to_string(), cmd.join("\u{0}"));
         }
     }
     for (path, hash) in inputs.extra_files.get(name).into_iter().flatten() {
@@ -234,6 +249,12 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
             .with_extra(extra)
             .with_secret_keys(secret_keys),
     )
+}
+
+/// Whether the instance gets `/etc/atlas/service.json` of its own: a rendered command, and an
+/// image that carries the spec to derive it from.
+pub fn pushes_spec(r: &crate::render::RenderedInstance, image: &ImageChoice) -> bool {
+    r.command.is_some() && image.service.is_some()
 }
 
 fn file_hash(contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
@@ -274,6 +295,7 @@ mod tests {
                     ImageChoice {
                         alias: format!("atlas/{}", i.service.as_str()),
                         fingerprint: fp.into(),
+                        service: None,
                     },
                 )
             })
@@ -299,8 +321,8 @@ mod tests {
         assert_eq!(count(ResourceKind::Network), 5);
         assert_eq!(
             count(ResourceKind::Volume),
-            6,
-            "six data volumes in the seed"
+            7,
+            "six data volumes in the seed, and Caddy's /data"
         );
         assert_eq!(
             count(ResourceKind::Instance),

@@ -1,5 +1,11 @@
 //! `destroy`: what atlas owns, in reverse step order. Data volumes (and the project holding
 //! them) stay unless asked; foreign objects are never touched.
+//!
+//! 1. Server wiring first: the keys and certificates atlas set for this project are undone
+//!    while the project still holds the records of them (and before Loki goes, so Incus
+//!    stops shipping events to it).
+//! 2. Instances, profiles, volumes, networks, then the project (with its images and state
+//!    bucket), each retried while Incus reports a transient bridge error.
 
 use serde::Serialize;
 
@@ -15,14 +21,30 @@ use super::state;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DestroyPlan {
+    /// Server wiring undone first (keys reset, certificates untrusted), with notes about what
+    /// looks like ours but is left alone.
+    pub wiring: super::wiring::Removal,
     /// Owned objects to delete, in deletion order.
     pub delete: Vec<ResourceAddress>,
     /// Owned objects kept (data volumes without --delete-volumes, and their project).
     pub keep: Vec<ResourceAddress>,
 }
 
+impl DestroyPlan {
+    /// Whether applying it would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty() && self.wiring.changes.is_empty()
+    }
+}
+
 impl std::fmt::Display for DestroyPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for n in &self.wiring.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        for w in &self.wiring.changes {
+            writeln!(f, "  - {}: {}", w.what, w.detail)?;
+        }
         for a in &self.delete {
             writeln!(f, "  - {a}")?;
         }
@@ -32,13 +54,14 @@ impl std::fmt::Display for DestroyPlan {
                 "  = {a} (kept; --delete-volumes removes data volumes and their snapshots)"
             )?;
         }
-        if self.delete.is_empty() {
+        if self.is_empty() {
             return writeln!(f, "Nothing to destroy.");
         }
         writeln!(
             f,
-            "Plan: {} to destroy, {} kept.",
+            "Plan: {} to destroy, {} server setting(s) to undo, {} kept.",
             self.delete.len(),
+            self.wiring.changes.len(),
             self.keep.len()
         )
     }
@@ -80,7 +103,12 @@ pub async fn plan(
             delete.push(a)
         }
     }
-    Ok(DestroyPlan { delete, keep })
+    let wiring = super::wiring::removal(client, config).await?;
+    Ok(DestroyPlan {
+        wiring,
+        delete,
+        keep,
+    })
 }
 
 /// Deletes what `plan` lists. The project goes last, with the images in it and the state
@@ -95,7 +123,19 @@ pub async fn apply(
     let root = client.in_project("default");
     let project = client.in_project(&config.incus.project);
     let task = progress.task("destroy", Some(plan.delete.len() as u64));
+    // First: what atlas set on the server is recorded in the project, which the loop below
+    // may delete (undone after it, the server kept core.https_address, the logging keys and
+    // the trusted metrics certificate).
+    if let Err(e) = super::wiring::remove(client, config).await {
+        task.fail(&e.to_string());
+        return Err(e.into());
+    }
     let with_snapshots = true;
+    task.set_message("server wiring");
+    if let Err(e) = super::wiring::remove(client, config).await {
+        task.fail(&e.to_string());
+        return Err(e.into());
+    }
     for a in &plan.delete {
         task.set_message(&a.to_string());
         if a.kind == ResourceKind::Project {
@@ -106,10 +146,6 @@ pub async fn apply(
             return Err(e);
         }
         task.advance(1);
-    }
-    if let Err(e) = super::wiring::remove(client, config).await {
-        task.fail(&e.to_string());
-        return Err(e.into());
     }
     task.finish(&format!(
         "{} removed, {} kept",

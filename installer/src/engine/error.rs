@@ -16,9 +16,10 @@ pub enum EngineError {
     /// A host or server check failed; nothing was changed.
     #[error("preflight failed, nothing was changed:\n{}", .0.join("\n"))]
     Preflight(Vec<String>),
-    /// Objects with our names that atlas does not own; nothing was changed.
+    /// Objects with our names that this install does not own (each line says whose, and what
+    /// to do); nothing was changed.
     #[error(
-        "these objects exist but are not managed by atlas-install (no user.atlas.managed key), nothing was changed:\n{}\nRename or remove them, or choose other names in atlas.toml.",
+        "these objects exist but are not this install's, nothing was changed:\n{}",
         .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n")
     )]
     Conflicts(Vec<String>),

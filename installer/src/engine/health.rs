@@ -144,7 +144,7 @@ pub fn probe_for(config: &Config, name: &str, inst: &Instance) -> Option<Probe> 
 
 /// Caddy: its metrics listener binds the management and production addresses only. Others:
 /// the first NIC on an Atlas bridge.
-fn probe_address(inst: &Instance) -> Option<std::net::Ipv4Addr> {
+pub(crate) fn probe_address(inst: &Instance) -> Option<std::net::Ipv4Addr> {
     let on = |role: NetworkRole| {
         inst.nics
             .iter()
@@ -238,12 +238,14 @@ pub async fn gate(
     timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<(), HealthError> {
-    gate_probes(client, probes(config), timeout, progress).await
+    gate_probes(client, config, probes(config), timeout, progress).await
 }
 
-/// [`gate`] over explicit probes.
+/// [`gate`] over explicit probes. A failure's console-log excerpt is cut of every secret
+/// value of `config`'s deployment ([`super::redact`]).
 pub async fn gate_probes(
     client: &Client,
+    config: &Config,
     probes: Vec<Probe>,
     timeout: Duration,
     progress: &dyn Progress,
@@ -271,8 +273,28 @@ pub async fn gate_probes(
     }
     failures.sort_by_key(|(i, _)| *i);
     match failures.into_iter().next() {
-        Some((_, e)) => Err(e),
+        Some((_, e)) => Err(e.redacted(client, config).await),
         None => Ok(()),
+    }
+}
+
+impl HealthError {
+    /// The same error with the log excerpt and the probe's words cut of secrets.
+    async fn redacted(self, client: &Client, config: &Config) -> HealthError {
+        match self {
+            HealthError::Unhealthy {
+                instance,
+                waited,
+                reason,
+                log_tail,
+            } => HealthError::Unhealthy {
+                reason: super::redact::excerpt(client, config, &reason).await,
+                log_tail: super::redact::excerpt(client, config, &log_tail).await,
+                instance,
+                waited,
+            },
+            other => other,
+        }
     }
 }
 

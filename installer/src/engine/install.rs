@@ -1,7 +1,9 @@
 //! The fixed sequence: preflight, client remotes, project (+ state bucket), networks,
-//! profiles, volumes, images, instances, server wiring, health gates. [`Engine::plan`]
-//! reads only; [`Engine::apply`] writes what the plan says, step by step, each step
-//! idempotent, so a run killed anywhere converges when run again.
+//! volumes (before the profiles that mount them), profiles, images, instances (each TLS
+//! service with its certificate from step-ca before it starts), certificates (step-ca's
+//! settings; renewals), server wiring, health gates. [`Engine::plan`] reads only;
+//! [`Engine::apply`] writes what the plan says, step by step, each step idempotent, so a run
+//! killed anywhere converges when run again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +17,7 @@ use crate::incus::{Client, IncusError, OptionalExt, Server, StorageBucket};
 use crate::progress::{Progress, ProgressTask};
 use crate::render::{Credentials, MqttCredential};
 
+use super::certs::{self, CertChange, Issuer};
 use super::converge;
 use super::error::EngineError;
 use super::instances;
@@ -69,6 +72,9 @@ pub struct Options {
     /// Builds or takes every enabled service's image and points its alias at it. Without
     /// one, the aliases must already exist in the project (images imported beforehand).
     pub supply: Option<crate::supply::ImageSupply>,
+    /// Ask the supply's registries (manifests only) how large the images are, so preflight
+    /// can check the pool has room for them. `install` does; `plan` reads Incus only.
+    pub image_room: bool,
 }
 
 impl Default for Options {
@@ -81,20 +87,23 @@ impl Default for Options {
             rotate_secrets: false,
             health_timeout: Duration::from_secs(300),
             supply: None,
+            image_room: false,
         }
     }
 }
 
-/// The steps, in order, as shown in progress.
-pub const STEPS: [&str; 10] = [
+/// The steps, in order, as shown in progress. Volumes come before profiles: a profile that
+/// gains a volume mounts it at once in the running instances that use it.
+pub const STEPS: [&str; 11] = [
     "preflight",
     "remotes",
     "project",
     "networks",
-    "profiles",
     "volumes",
+    "profiles",
     "images",
     "instances",
+    "certificates",
     "wiring",
     "health",
 ];
@@ -108,12 +117,18 @@ pub struct PlanReport {
     /// Instances that exist unchanged but are not running: `install` starts them.
     pub to_start: Vec<String>,
     pub wiring: Vec<WiringChange>,
-    /// Lines about skipped or deferred parts (remotes, state bucket, certificates to come).
+    /// step-ca's settings, certificates to issue or renew, roots to push (see `certs`).
+    pub certificates: Vec<CertChange>,
+    /// Lines about skipped or deferred parts (remotes, state bucket).
     pub notes: Vec<String>,
     /// Image alias and fingerprint per instance.
     pub images: BTreeMap<String, String>,
     /// `(instance, where)` on a cluster (a member, or a cluster group); empty otherwise.
     pub placement: Vec<(String, String)>,
+    /// The install record will be written: what the plan installs is not what the project
+    /// records (an earlier run stopped before recording it, e.g. killed during its health
+    /// checks). One write, which plan counts like any other.
+    pub record_pending: bool,
     #[serde(skip)]
     inner: Option<Box<Inner>>,
 }
@@ -129,14 +144,24 @@ struct Inner {
 impl PlanReport {
     /// Whether `install` would write anything.
     pub fn has_changes(&self) -> bool {
-        self.plan.has_changes() || !self.to_start.is_empty() || !self.wiring.is_empty()
+        self.plan.has_changes()
+            || !self.to_start.is_empty()
+            || !self.wiring.is_empty()
+            || self.record_pending
+            || !self.certificates.is_empty()
     }
 
+    /// The addresses of the objects in the way (`network mgmt`).
     pub fn conflicts(&self) -> Vec<String> {
         self.plan
             .conflicts()
             .map(|a| a.address.to_string())
             .collect()
+    }
+
+    /// The same, each with whose it is and what to do: for [`EngineError::Conflicts`].
+    pub fn conflict_details(&self) -> Vec<String> {
+        self.plan.conflicts().map(|a| a.conflict_detail()).collect()
     }
 }
 
@@ -154,8 +179,24 @@ impl std::fmt::Display for PlanReport {
         for w in &self.wiring {
             writeln!(f, "  ~ server {}: {}", w.what, w.detail)?;
         }
+        for c in &self.certificates {
+            writeln!(f, "  {c}")?;
+        }
         for (instance, place) in &self.placement {
             writeln!(f, "  @ {instance} on {place}")?;
+        }
+        if self.record_pending {
+            writeln!(
+                f,
+                "  ~ install record (the last run stopped before recording what it installed: written now)"
+            )?;
+        }
+        if self.has_changes() && !self.plan.has_changes() && self.plan.conflicts().next().is_none()
+        {
+            return writeln!(
+                f,
+                "Resources unchanged; install would make the changes above."
+            );
         }
         write!(f, "{}", self.plan)
     }
@@ -261,10 +302,126 @@ impl Engine<'_> {
         let task = self.progress.task("plan", None);
         let out = self.compute(server, pre).await;
         match &out {
-            Ok(r) => task.finish(r.plan.to_string().lines().last().unwrap_or_default()),
+            Ok(r) => task.finish(r.to_string().lines().last().unwrap_or_default()),
             Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
         }
-        out
+        let mut report = out?;
+        self.check_room(&mut report).await?;
+        Ok(report)
+    }
+
+    /// The pool's room for what the plan creates (see [`preflight::capacity`]): too little
+    /// for the images is refused here, before the first write, whatever the host size.
+    async fn check_room(&self, report: &mut PlanReport) -> Result<(), EngineError> {
+        let pre = &report.preflight;
+        if pre.pool_driver.is_empty() {
+            return Ok(());
+        }
+        let task = self.progress.task("pool room", None);
+        let need = self.pool_need(report).await;
+        let (problems, warnings) = preflight::capacity(
+            &need,
+            &self.config.incus.storage_pool,
+            pre.pool_free_bytes,
+            pre.pool_thick,
+        );
+        if !problems.is_empty() {
+            task.fail("not enough");
+            return Err(EngineError::Preflight(problems));
+        }
+        let images: u64 = need.images.iter().map(|(_, b)| b).sum();
+        task.finish(&format!(
+            "{} image(s), at least {:.2}GB, of {:.2}GB free",
+            need.images.len(),
+            images as f64 / 1e9,
+            report.preflight.pool_free_bytes as f64 / 1e9
+        ));
+        for w in warnings {
+            self.progress.warn(&w);
+            report.preflight.warnings.push(w);
+        }
+        Ok(())
+    }
+
+    /// What the plan puts into the pool: an unpacked image per instance created (per image
+    /// on a copy-on-write pool), and the volumes created.
+    async fn pool_need(&self, report: &PlanReport) -> preflight::PoolNeed {
+        let per_image = report.preflight.pool_driver != "dir";
+        let mut need = preflight::PoolNeed::default();
+        let mut sizes: BTreeMap<String, Option<Result<u64, String>>> = BTreeMap::new();
+        for a in report
+            .plan
+            .actions
+            .iter()
+            .filter(|a| a.change == Change::Create)
+        {
+            match a.address.kind {
+                ResourceKind::Instance => {
+                    let Some(inst) = self.config.instances.get(&a.address.name) else {
+                        continue;
+                    };
+                    let service = inst.service.as_str().to_string();
+                    if per_image && sizes.contains_key(&service) {
+                        continue;
+                    }
+                    if !sizes.contains_key(&service) {
+                        let got = self.image_bytes(&service).await;
+                        sizes.insert(service.clone(), got);
+                    }
+                    match &sizes[&service] {
+                        Some(Ok(b)) => need
+                            .images
+                            .push((format!("the image of {}", a.address.name), *b)),
+                        Some(Err(why)) if !need.unknown.iter().any(|u| u.contains(&service)) => {
+                            need.unknown.push(format!("the image of {service} ({why})"))
+                        }
+                        _ => {}
+                    }
+                }
+                ResourceKind::Volume => {
+                    let size = a
+                        .resource
+                        .as_ref()
+                        .and_then(|r| r.body["config"]["size"].as_str())
+                        .and_then(|s| crate::config::Size::parse(s).ok());
+                    if let Some(s) = size {
+                        need.volumes.push((a.address.name.clone(), s.bytes));
+                    }
+                }
+                _ => {}
+            }
+        }
+        need
+    }
+
+    /// A lower bound of the bytes `service`'s image takes in the pool: from the supply
+    /// (registry or layout manifests), or the image already under its alias. `None`: not
+    /// asked (a plan does not ask registries).
+    async fn image_bytes(&self, service: &str) -> Option<Result<u64, String>> {
+        match &self.options.supply {
+            Some(supply) if self.options.image_room => {
+                Some(supply.image_bytes(service).await.map_err(|e| e.to_string()))
+            }
+            Some(_) => None,
+            None => {
+                let project = self.project();
+                let alias = state::image_alias(self.config, service);
+                let got = async {
+                    let a = project.get_image_alias(&alias).await.optional()?;
+                    match a {
+                        Some(a) => Ok(Some(project.get_image(&a.value.target).await?.value.size)),
+                        None => Ok(None),
+                    }
+                }
+                .await;
+                match got {
+                    Ok(Some(b)) => Some(Ok(b)),
+                    // A missing alias is reported by the plan itself.
+                    Ok(None) => None,
+                    Err(e) => Some(Err(IncusError::to_string(&e))),
+                }
+            }
+        }
     }
 
     async fn compute(
@@ -300,9 +457,25 @@ impl Engine<'_> {
             .map(|a| a.address.name.clone())
             .collect();
         let wiring = match &secrets {
-            Some(s) => wiring::plan(&self.client, cfg, s).await?,
+            Some(s) => {
+                let root = match certs::step_ca_name(cfg) {
+                    Some(ca) if observation.instances.contains_key(ca) => {
+                        super::step_ca::root_pem(&self.project(), ca).await?
+                    }
+                    _ => None,
+                };
+                wiring::plan_with(&self.client, cfg, s, &wiring_options(cfg, root)?).await?
+            }
             None => Vec::new(),
         };
+        let certificates = certs::plan(
+            &self.client,
+            cfg,
+            &desired.payloads,
+            &observation.instances,
+            super::clock::now_secs(),
+        )
+        .await?;
         let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
         let mut notes = notes;
         notes.extend(self.remotes_note(&server)?);
@@ -319,6 +492,21 @@ impl Engine<'_> {
         if let Some(n) = bucket_note(&pre, &observation) {
             notes.push(n);
         }
+        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
+            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
+        }
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.address.kind == ResourceKind::Volume && a.change == Change::Create)
+        {
+            if let Some((instance, path)) = adoption(cfg, &observation, &a.address.name) {
+                notes.push(format!(
+                    "{instance}: {path} moves onto the new volume {}, which starts with a copy of what {instance} holds there now",
+                    a.address.name
+                ));
+            }
+        }
         let images = desired
             .payloads
             .iter()
@@ -329,15 +517,24 @@ impl Engine<'_> {
                 )
             })
             .collect();
+        let record_pending = observation.project_exists && {
+            let want = install_record(&desired);
+            super::record::parse_records(&cfg.incus.project, &observation.project_config)
+                .ok()
+                .and_then(|r| r.current)
+                .is_none_or(|have| !have.same_install(&want))
+        };
         Ok(PlanReport {
             project: cfg.incus.project.clone(),
             preflight: pre,
             plan,
             to_start,
             wiring,
+            certificates,
             notes,
             images,
             placement: placement.describe(cfg),
+            record_pending,
             inner: Some(Box::new(Inner {
                 server,
                 observation,
@@ -434,6 +631,12 @@ impl Engine<'_> {
             notes.push(format!("project {} does not exist yet: image aliases and secrets are resolved when it is created", cfg.incus.project));
         }
         for (name, p) in &desired.payloads {
+            if p.own_command {
+                notes.push(format!(
+                    "{name}: image {} ({}) carries no service spec (it was not built by this atlas-install), so it runs its own command line, not the one `render` shows; rebuild it with `atlas-install image build --import` (or install without --existing-images)",
+                    p.image.alias, p.image.fingerprint
+                ));
+            }
             if !p.pending.is_empty() {
                 notes.push(format!(
                     "{name}: {} come from step-ca later, not pushed now",
@@ -447,7 +650,7 @@ impl Engine<'_> {
     /// Applies a plan from [`Engine::plan`]. Conflicts abort before any write.
     pub async fn apply(&self, report: &PlanReport) -> Result<ApplyReport, EngineError> {
         let w0 = self.client.writes();
-        let conflicts = report.conflicts();
+        let conflicts = report.conflict_details();
         if !conflicts.is_empty() {
             return Err(EngineError::Conflicts(conflicts));
         }
@@ -528,8 +731,8 @@ impl Engine<'_> {
 
         for (label, kind) in [
             ("networks", ResourceKind::Network),
-            ("profiles", ResourceKind::Profile),
             ("volumes", ResourceKind::Volume),
+            ("profiles", ResourceKind::Profile),
         ] {
             {
                 let task = self.progress.task(label, None);
@@ -539,7 +742,7 @@ impl Engine<'_> {
                     async {
                         let n = match kind {
                             ResourceKind::Volume => {
-                                self.converge_volumes(&root, &project, plan, &inner.placement)
+                                self.converge_volumes(&root, &project, report, inner)
                                     .await?
                             }
                             _ => self.converge_kind(&root, &project, by_kind(kind)).await?,
@@ -579,16 +782,7 @@ impl Engine<'_> {
             )
         }?;
         self.checkpoint("after-images")?;
-        let images: BTreeMap<String, super::desired::ImageChoice> = desired
-            .payloads
-            .iter()
-            .map(|(n, p)| (n.clone(), p.image.clone()))
-            .collect();
-        let record = super::record::InstallRecord::from_resources(
-            env!("CARGO_PKG_VERSION"),
-            &desired.resources,
-            &images,
-        );
+        let record = install_record(&desired);
         let upgrade = from.as_ref().map(|from| Upgrade {
             from: from.clone(),
             snap: super::upgrade::snapshot_name(from, &record),
@@ -613,6 +807,14 @@ impl Engine<'_> {
             &inner.observation.observed,
             &inner.observation.owned_elsewhere,
         );
+        let issuer = Issuer::new(
+            &self.client,
+            cfg,
+            &secrets.credentials.step_ca_password,
+            self.options.health_timeout,
+            self.progress,
+        );
+        let mut converged = std::collections::BTreeSet::new();
         {
             let task = self.progress.task("instances", None);
             let t = task.as_ref();
@@ -640,8 +842,16 @@ impl Engine<'_> {
                         match (&a.change, &a.resource) {
                             (Change::Create | Change::Update, Some(r)) => {
                                 t.set_message(name);
-                                let payload = &desired.payloads[name];
                                 let existing = inner.observation.instances.get(name);
+                                let payload = &self
+                                    .with_step_ca_files(
+                                        &issuer,
+                                        name,
+                                        &desired.payloads[name],
+                                        existing,
+                                    )
+                                    .await?;
+                                converged.insert(name.clone());
                                 // On a cluster, created where the placement says.
                                 let target = inner.placement.target_for(name);
                                 let project = project.on_target(target.as_deref());
@@ -671,7 +881,7 @@ impl Engine<'_> {
                                 }
                             }
                             (Change::Conflict, _) => {
-                                return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                                return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
                             }
                             _ => {}
                         }
@@ -719,12 +929,40 @@ impl Engine<'_> {
         }
 
         {
+            let task = self.progress.task("certificates", None);
+            let t = task.as_ref();
+            done(
+                t,
+                async {
+                    issuer.ensure_ca().await?;
+                    let mut refreshed = Vec::new();
+                    for (name, payload) in &desired.payloads {
+                        if !converged.contains(name) && issuer.refresh(name, payload).await? {
+                            refreshed.push(name.as_str());
+                        }
+                    }
+                    t.finish(&match refreshed.is_empty() {
+                        true => "unchanged".to_string(),
+                        false => format!("{} renewed and restarted", refreshed.join(", ")),
+                    });
+                    Ok(())
+                }
+                .await,
+            )
+        }?;
+        self.checkpoint("after-certificates")?;
+        {
             let task = self.progress.task("wiring", None);
             let t = task.as_ref();
             done(
                 t,
                 async {
-                    wiring::apply(&self.client, cfg, &secrets, self.progress).await?;
+                    let root = match certs::step_ca_name(cfg) {
+                        Some(_) => Some(issuer.root_pem().await?),
+                        None => None,
+                    };
+                    let opts = wiring_options(cfg, root)?;
+                    wiring::apply_with(&self.client, cfg, &secrets, &opts, self.progress).await?;
                     t.finish("done");
                     Ok(())
                 }
@@ -762,6 +1000,25 @@ impl Engine<'_> {
         })
     }
 
+    /// `payload` with the files step-ca provides added (see `certs`): all of them when the
+    /// instance is created or rebuilt from another image (its root filesystem is new), what
+    /// is missing or due otherwise.
+    async fn with_step_ca_files(
+        &self,
+        issuer: &Issuer<'_>,
+        name: &str,
+        payload: &super::state::InstancePayload,
+        existing: Option<&crate::incus::Instance>,
+    ) -> Result<super::state::InstancePayload, EngineError> {
+        let fresh = existing.is_none_or(|i| {
+            i.config.get("volatile.base_image") != Some(&payload.image.fingerprint)
+        });
+        let mut out = payload.clone();
+        out.files
+            .extend(issuer.files_for(name, payload, fresh).await?);
+        Ok(out)
+    }
+
     /// The install record an upgrade starts from; none means there is nothing to upgrade.
     async fn installed(&self) -> Result<super::record::InstallRecord, EngineError> {
         let project = &self.config.incus.project;
@@ -790,7 +1047,21 @@ impl Engine<'_> {
         let name = &r.name;
         let checkpoint = |name: &str| self.checkpoint(name);
         if let Some(i) = existing {
-            super::upgrade::guard(&self.client, &u.set, i, &u.from, &u.snap, self.progress).await?;
+            let also: Vec<String> = payload
+                .from_step_ca
+                .iter()
+                .map(|e| e.path.clone())
+                .collect();
+            super::upgrade::guard(
+                &self.client,
+                &u.set,
+                i,
+                &u.from,
+                &also,
+                &u.snap,
+                self.progress,
+            )
+            .await?;
             self.checkpoint("upgrade-guarded")?;
         }
         let replaced = async {
@@ -822,14 +1093,17 @@ impl Engine<'_> {
     }
 
     /// Volumes, each created on the member of the instance that mounts it: a local pool's
-    /// volume exists on one member only, and the instance must be there too.
+    /// volume exists on one member only, and the instance must be there too. A new volume
+    /// of an instance that exists already starts with what the instance holds at its mount
+    /// path ([`super::adopt`]).
     async fn converge_volumes(
         &self,
         root: &Client,
         project: &Client,
-        plan: &super::plan::Plan,
-        placement: &super::cluster::Placement,
+        report: &PlanReport,
+        inner: &Inner,
     ) -> Result<usize, EngineError> {
+        let plan = &report.plan;
         let owners = volume_owners(plan);
         let mut n = 0;
         for a in plan
@@ -839,14 +1113,37 @@ impl Engine<'_> {
         {
             let target = owners
                 .get(&a.address.name)
-                .and_then(|i| placement.target_for(i))
+                .and_then(|i| inner.placement.target_for(i))
                 // A group is for instances; a volume needs a member, which only the
                 // instance's creation picks. Such volumes are made untargeted.
                 .filter(|t| !t.starts_with('@'));
             let project = project.on_target(target.as_deref());
-            n += self
-                .converge_kind(root, &project, std::iter::once(a))
-                .await?;
+            match (
+                &a.change,
+                &a.resource,
+                adoption(self.config, &inner.observation, &a.address.name),
+            ) {
+                (Change::Create, Some(r), Some((instance, path))) => {
+                    let got = super::adopt::create_with_contents(
+                        &project,
+                        r,
+                        instance,
+                        path,
+                        &report.preflight.pool_driver,
+                    )
+                    .await?;
+                    self.progress.info(&format!(
+                        "{instance}: {path} ({} files, {} bytes) copied onto its new volume {}; the old copy stays hidden under the volume in {instance}'s root filesystem until its next image change",
+                        got.files, got.bytes, r.name
+                    ));
+                    n += 1;
+                }
+                _ => {
+                    n += self
+                        .converge_kind(root, &project, std::iter::once(a))
+                        .await?;
+                }
+            }
         }
         Ok(n)
     }
@@ -864,7 +1161,7 @@ impl Engine<'_> {
                 Change::Create => converge::create(root, project, r).await?,
                 Change::Update => converge::update(root, project, r).await?,
                 Change::Conflict => {
-                    return Err(EngineError::Conflicts(vec![a.address.to_string()]));
+                    return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
                 }
                 _ => continue,
             }
@@ -893,10 +1190,8 @@ impl Engine<'_> {
             })
             .collect();
         for id in running {
-            let path = format!("/1.0/operations/{id}/wait");
-            let wait = project.get_path::<serde_json::Value>(&path, true);
             // The operation's own outcome does not matter here, only that it is over.
-            let _ = tokio::time::timeout(Duration::from_secs(120), wait).await;
+            let _ = tokio::time::timeout(Duration::from_secs(120), project.wait(&id)).await;
         }
         Ok(())
     }
@@ -983,6 +1278,22 @@ impl Engine<'_> {
     }
 }
 
+/// `(instance, mount path)` when `volume` is the configured data volume of an instance that
+/// exists without anything mounted at that path: its contents there move onto the volume.
+fn adoption<'c>(config: &'c Config, obs: &Observation, volume: &str) -> Option<(&'c str, &'c str)> {
+    config
+        .enabled_instances()
+        .into_iter()
+        .filter_map(|(name, i)| Some((name, i.volume.as_ref()?)))
+        .find(|(_, v)| v.name == volume)
+        .filter(|(name, v)| {
+            obs.instances
+                .get(*name)
+                .is_some_and(|i| super::adopt::needs_adoption(i, &v.path))
+        })
+        .map(|(name, v)| (name, v.path.as_str()))
+}
+
 /// Custom volume name -> the instance that mounts it, through its own disk devices or those
 /// of its profiles (a service's data volume usually sits in the service's profile).
 fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
@@ -1020,6 +1331,37 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
         }
     }
     owners
+}
+
+/// What an install of `desired` records (for upgrade and rollback).
+fn install_record(desired: &DesiredState) -> super::record::InstallRecord {
+    let images: BTreeMap<String, super::desired::ImageChoice> = desired
+        .payloads
+        .iter()
+        .map(|(n, p)| (n.clone(), p.image.clone()))
+        .collect();
+    super::record::InstallRecord::from_resources(
+        env!("CARGO_PKG_VERSION"),
+        &desired.resources,
+        &images,
+    )
+}
+
+/// The wiring's targets; Incus trusts the Atlas root (`root`) for a Loki that serves TLS.
+fn wiring_options(
+    config: &Config,
+    root: Option<String>,
+) -> Result<wiring::WiringOptions, EngineError> {
+    let mut opts = wiring::WiringOptions::from_config(config)?;
+    let loki_tls = opts
+        .loki_instance
+        .as_ref()
+        .and_then(|n| config.instances.get(n))
+        .is_some_and(|i| i.tls);
+    if loki_tls {
+        opts.loki_ca_pem = root;
+    }
+    Ok(opts)
 }
 
 fn outcome(n: usize) -> String {

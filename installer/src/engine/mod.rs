@@ -2,29 +2,37 @@
 //! the fixed, idempotent sequence that applies it.
 //!
 //! - [`install::Engine::plan`] runs preflight and computes the [`plan::Plan`] from GETs only.
-//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, profiles, volumes,
+//! - [`install::Engine::apply`] runs the steps (remotes, project, networks, volumes, profiles,
 //!   images, instances, wiring, health), each idempotent; conflicts abort before any write.
 //! - [`destroy`] removes what atlas owns, in reverse order.
 
+pub mod adopt;
+pub mod alerts;
 pub mod backup;
+pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod converge;
 pub mod desired;
 pub mod destroy;
 pub mod error;
+pub mod fetch;
 pub mod health;
 pub mod install;
 pub mod instances;
+pub mod lock;
 pub mod netfile;
+pub mod outputs;
 pub mod plan;
 pub mod preflight;
 pub mod record;
+pub mod redact;
 pub mod remotes;
 pub mod resource;
 pub mod rotate;
 pub mod secrets;
 pub mod state;
+pub mod step_ca;
 pub mod upgrade;
 pub mod wiring;
 
@@ -45,9 +53,9 @@ pub async fn ensure_project(client: &Client, config: &Config) -> Result<(), Engi
     match p.actions.first().map(|a| &a.change) {
         Some(plan::Change::Create) => converge::create(&root, &root, &want).await,
         Some(plan::Change::Update) => converge::update(&root, &root, &want).await,
-        Some(plan::Change::Conflict) => {
-            Err(EngineError::Conflicts(vec![want.address().to_string()]))
-        }
+        Some(plan::Change::Conflict) => Err(EngineError::Conflicts(vec![plan::unmanaged(
+            &want.address(),
+        )])),
         _ => Ok(()),
     }
 }

@@ -31,6 +31,30 @@ pub struct Action {
     /// The desired object, absent for deletions.
     #[serde(skip)]
     pub resource: Option<Resource>,
+    /// For a conflict with an object atlas-install manages for another Atlas project: that
+    /// project (its install uses the object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl Action {
+    /// A conflict in words: whose the object is, and what to do about it.
+    pub fn conflict_detail(&self) -> String {
+        match &self.owner {
+            Some(p) => format!(
+                "{} (atlas-install manages it for the Atlas project {p}, whose install uses it: leave it, and give this install other names in atlas.toml)",
+                self.address
+            ),
+            None => unmanaged(&self.address),
+        }
+    }
+}
+
+/// An object in the way that atlas-install does not manage, in words.
+pub fn unmanaged(address: &ResourceAddress) -> String {
+    format!(
+        "{address} (exists but is not managed by atlas-install: no user.atlas.managed key; rename or remove it, or choose another name in atlas.toml)"
+    )
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -90,9 +114,10 @@ pub fn diff(
     let mut actions: Vec<Action> = desired
         .iter()
         .map(|r| {
-            let change = match observed.get(&r.address()).unwrap_or(&Observed::Absent) {
+            let seen = observed.get(&r.address()).unwrap_or(&Observed::Absent);
+            let change = match seen {
                 Observed::Absent => Change::Create,
-                Observed::Foreign => Change::Conflict,
+                Observed::Foreign | Observed::OtherProject { .. } => Change::Conflict,
                 Observed::Owned { hash, .. } if hash.as_deref() == Some(r.hash.as_str()) => {
                     Change::Unchanged
                 }
@@ -102,6 +127,10 @@ pub fn diff(
                 address: r.address(),
                 change,
                 resource: Some(r.clone()),
+                owner: match seen {
+                    Observed::OtherProject { project } => Some(project.clone()),
+                    _ => None,
+                },
             }
         })
         .collect();
@@ -116,6 +145,7 @@ pub fn diff(
             address: addr.clone(),
             change,
             resource: None,
+            owner: None,
         });
     }
     // Creations and updates run in step order; deletions run after, in reverse step order,
@@ -145,11 +175,12 @@ impl fmt::Display for Plan {
                 Change::KeepData => {
                     " (data volume no longer configured: kept; remove it by hand if unwanted)"
                 }
-                Change::Conflict => {
-                    " (exists but is not managed by atlas-install: rename it or remove it)"
-                }
                 _ => "",
             };
+            if a.change == Change::Conflict {
+                writeln!(f, "  {sign} {}", a.conflict_detail())?;
+                continue;
+            }
             writeln!(f, "  {sign} {}{note}", a.address)?;
         }
         if !self.has_changes() && self.conflicts().next().is_none() {
@@ -261,7 +292,7 @@ mod tests {
             pool: Some("local".into()),
         };
         let plan = diff(
-            &[inst, prof, vol, net],
+            &[inst, prof, vol, net.clone()],
             &observed,
             &[
                 gone_profile.clone(),
@@ -291,6 +322,21 @@ mod tests {
         assert!(
             text.contains("! network management (exists but is not managed"),
             "{text}"
+        );
+        // The same name, managed by atlas-install for another Atlas project: named as
+        // that install's, not as something to remove.
+        let mut other = observed.clone();
+        other.insert(
+            net.address(),
+            Observed::OtherProject {
+                project: "atlas-demo".into(),
+            },
+        );
+        let theirs = diff(std::slice::from_ref(&net), &other, &[]).to_string();
+        assert!(
+            theirs.contains("! network management (atlas-install manages it for the Atlas project atlas-demo, whose install uses it: leave it")
+                && !theirs.contains("remove it"),
+            "{theirs}"
         );
         assert!(
             text.contains(

@@ -1,6 +1,11 @@
 //! Step 1: read-only checks before anything is written. Daemon and capabilities, storage
 //! pool, external bridge, host size against the seed's table, host ports the proxy devices
-//! take, and network CIDRs against existing networks and host routes.
+//! take, network CIDRs against existing networks and host routes, and (once the plan says
+//! what gets created) whether the pool has room for it ([`capacity`]).
+//!
+//! Two kinds of finding: host-size *recommendations* (the seed's table), which
+//! `--ignore-preflight` turns into warnings, and checks that predict a certain failure
+//! (no room for the images, a port taken, a range in use), which nothing turns off.
 //!
 //! Host CPU and memory come from Incus (`GET /1.0/resources`: the daemon's host, which is
 //! also right for a remote Incus); disk is the storage pool's free space
@@ -36,6 +41,9 @@ pub struct PreflightReport {
     pub memory_bytes: u64,
     pub pool_free_bytes: u64,
     pub pool_driver: String,
+    /// Whether the pool allocates a volume's whole size when it is created (LVM without a
+    /// thin pool): then volumes need their room up front, like images.
+    pub pool_thick: bool,
     pub warnings: Vec<String>,
     /// Members, roles, status and groups when the server is a cluster member.
     pub cluster: super::cluster::ClusterInfo,
@@ -177,8 +185,10 @@ pub fn cidr_clashes(config: &Config, networks: &[Network], routes: &[Route]) -> 
             }
         }
         for r in routes {
-            let incus_bridge = networks.iter().any(|n| n.name == r.iface);
-            if r.iface == want.name || incus_bridge {
+            // A managed Incus network's range is checked above, where its owner is known;
+            // every other interface (the uplink, a host bridge Incus merely lists) counts.
+            let managed = networks.iter().any(|n| n.name == r.iface && n.managed);
+            if r.iface == want.name || managed {
                 continue;
             }
             if overlaps(cidr, r.dest) {
@@ -313,6 +323,12 @@ pub async fn run(
         )),
         Some(pool) => {
             report.pool_driver = pool.value.driver.clone();
+            report.pool_thick = pool.value.driver == "lvm"
+                && pool
+                    .value
+                    .config
+                    .get("lvm.use_thinpool")
+                    .is_some_and(|v| v == "false");
             let res = root.storage_pool_resources(pool_name).await?;
             report.pool_free_bytes = res.space.free();
         }
@@ -396,6 +412,61 @@ pub async fn run(
     }
 }
 
+/// What an install will put into the storage pool, from its plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolNeed {
+    /// `(what, bytes)` of every image the pool must unpack: one per instance created on a
+    /// `dir` pool (each gets its own copy), one per image on copy-on-write pools.
+    pub images: Vec<(String, u64)>,
+    /// `(volume, declared size)` of the volumes created.
+    pub volumes: Vec<(String, u64)>,
+    /// Images whose size could not be told, and why (their room is not checked).
+    pub unknown: Vec<String>,
+}
+
+fn gb(b: u64) -> String {
+    format!("{:.2}GB", b as f64 / 1e9)
+}
+
+/// Whether pool `pool` has room for `need`: `(problems, warnings)`. The images' room is
+/// certain to be needed (their layers' compressed size is a lower bound of what they take
+/// unpacked), so too little is a problem that `--ignore-preflight` does not turn off; so are
+/// volumes on a pool that allocates them whole. Volumes on thin pools (dir, btrfs, zfs, thin
+/// LVM) only take what their data grows to: too little room for their declared size is a
+/// warning.
+pub fn capacity(need: &PoolNeed, pool: &str, free: u64, thick: bool) -> (Vec<String>, Vec<String>) {
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    let images: u64 = need.images.iter().map(|(_, b)| b).sum();
+    let volumes: u64 = need.volumes.iter().map(|(_, b)| b).sum();
+    let certain = images + if thick { volumes } else { 0 };
+    if certain > free {
+        let what = match thick {
+            true => format!(
+                "its {} images and {} volumes",
+                need.images.len(),
+                need.volumes.len()
+            ),
+            false => format!("its {} images (unpacked, at least)", need.images.len()),
+        };
+        problems.push(format!(
+            "storage pool {pool} has {} free ({free} bytes); this install needs {} ({certain} bytes) for {what}, so it would fail half-way. Free space in the pool, or use a larger one (incus.storage_pool). Nothing was changed",
+            gb(free),
+            gb(certain)
+        ));
+    } else if !thick && images + volumes > free {
+        warnings.push(format!(
+            "storage pool {pool}: {} free; the data volumes may grow to {} besides the {} the images take",
+            gb(free),
+            gb(volumes),
+            gb(images)
+        ));
+    }
+    for u in &need.unknown {
+        warnings.push(format!("storage pool {pool}: room for {u} not checked"));
+    }
+    (problems, warnings)
+}
+
 /// Incus wants instance names unique on a network (they are its DNS names there): an
 /// instance of another project named like one of ours on the external network would make
 /// ours fail to start, after everything else was created. Caught here instead.
@@ -451,6 +522,8 @@ fn host_mount_problem(config: &Config, mountinfo: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -500,6 +573,39 @@ mod tests {
         assert!(host_mount_problem(&c, shared).is_none());
         c.node_exporter.follow_host_mounts = false;
         assert!(host_mount_problem(&c, private).is_none());
+    }
+
+    #[test]
+    fn images_without_room_are_a_problem_volumes_on_thin_pools_a_warning() {
+        let need = PoolNeed {
+            images: vec![("a".into(), 40), ("b".into(), 40)],
+            volumes: vec![("v".into(), 1_000)],
+            unknown: vec![],
+        };
+        let (p, w) = capacity(&need, "tiny", 60, false);
+        assert!(
+            p.len() == 1
+                && p[0].contains("storage pool tiny has")
+                && p[0].contains("80 bytes")
+                && p[0].contains("Nothing was changed"),
+            "{p:?}"
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let (p, w) = capacity(&need, "tiny", 100, false);
+        assert!(p.is_empty() && w[0].contains("may grow"), "{p:?} {w:?}");
+        // A pool that allocates volumes whole needs their room now.
+        let (p, _) = capacity(&need, "lvm", 100, true);
+        assert!(
+            p[0].contains("1080 bytes") && p[0].contains("volumes"),
+            "{p:?}"
+        );
+        let (p, w) = capacity(&need, "big", 10_000, true);
+        assert!(p.is_empty() && w.is_empty());
+        let unknown = PoolNeed {
+            unknown: vec!["the image of grafana (registry down)".into()],
+            ..PoolNeed::default()
+        };
+        assert!(capacity(&unknown, "p", 0, false).1[0].contains("not checked"));
     }
 
     #[test]
@@ -576,10 +682,23 @@ mod tests {
             iface: "eth1".into(),
             dest: "10.40.0.0/16".parse().unwrap(),
         };
-        let clashes = cidr_clashes(&cfg, &[], &[route]);
+        let clashes = cidr_clashes(&cfg, &[], std::slice::from_ref(&route));
         assert!(
             clashes.len() == 1 && clashes[0].contains("host route 10.40.0.0/16 on eth1"),
             "{clashes:?}"
+        );
+        // Incus lists every host interface, the uplink and unmanaged bridges too: listed
+        // is not managed, and the route still clashes.
+        let mut uplink = Network::bridge("eth1", BTreeMap::new());
+        uplink.kind = "physical".into();
+        uplink.managed = false;
+        let clashes = cidr_clashes(&cfg, &[uplink.clone()], std::slice::from_ref(&route));
+        assert_eq!(clashes.len(), 1, "{clashes:?}");
+        // A managed bridge's route is its own range, judged by the network check above.
+        uplink.managed = true;
+        assert_eq!(
+            cidr_clashes(&cfg, &[uplink], &[route]),
+            Vec::<String>::new()
         );
     }
 }

@@ -179,7 +179,11 @@ pub async fn write(
     })
 }
 
-fn parse_records(project: &str, config: &BTreeMap<String, String>) -> Result<Records, RecordError> {
+/// The records in a project's config (as [`read`] gets it).
+pub fn parse_records(
+    project: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<Records, RecordError> {
     Ok(Records {
         current: parse_key(project, config, KEY_RECORD)?,
         previous: parse_key(project, config, KEY_PREVIOUS)?,
@@ -342,6 +346,7 @@ mod tests {
             ImageChoice {
                 alias: "atlas/grafana".into(),
                 fingerprint: "fp1".into(),
+                service: None,
             },
         )]);
         let r = InstallRecord::from_resources("0.1.0", &[inst, vol], &images);

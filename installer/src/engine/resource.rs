@@ -213,6 +213,11 @@ pub enum Observed {
     },
     /// Exists without our ownership key: never changed or deleted by atlas.
     Foreign,
+    /// Managed by atlas-install for another Atlas project (a network, which lives outside
+    /// projects): that install's, never changed or deleted by this one.
+    OtherProject {
+        project: String,
+    },
 }
 
 impl Observed {

@@ -5,8 +5,10 @@
 //! drops the old one. Grafana reads its admin password from the environment on its very first
 //! start only, so its password is changed through Grafana's HTTP API with the current one,
 //! and stored only once Grafana accepts the new one. step-ca's password encrypts the CA's
-//! keys: each key is re-encrypted inside the running step-ca with `step crypto change-pass`,
-//! then `$STEPPATH/secrets/password` (what step-ca reads at start) is replaced. Keys and
+//! keys and its JWK provisioner's key (one password, as the upstream initialisation sets
+//! them): each is re-encrypted inside the running step-ca with `step crypto change-pass`,
+//! then `$STEPPATH/secrets/password` (what step-ca reads at start) is replaced; the upgrade
+//! that follows restarts step-ca on it. Keys and
 //! password file live on step-ca's volume together, so a volume snapshot or restore always
 //! holds a matching pair. The stored copy only seeds a first initialisation.
 //!
@@ -24,6 +26,7 @@ use crate::progress::Progress;
 
 use super::error::EngineError;
 use super::secrets::{self, KEY_GRAFANA_ADMIN, KEY_METRICS_CERT, KEY_STEP_CA};
+use super::step_ca::reencrypt_provisioner;
 
 /// Where the Grafana password being rotated to waits until Grafana has it.
 pub const KEY_GRAFANA_NEXT: &str = "user.atlas.secret.grafana-admin-password.next";
@@ -62,9 +65,9 @@ pub async fn rotate(
     // One CA per project: the first step-ca holds the keys.
     if let Some((name, _)) = config.instances_of(ServiceKind::StepCa).into_iter().next() {
         step_ca(client, config, name, &stored, progress).await?;
-        rotation
-            .rotated
-            .push(format!("{KEY_STEP_CA} (keys re-encrypted in {name})"));
+        rotation.rotated.push(format!(
+            "{KEY_STEP_CA} (CA and provisioner keys re-encrypted in {name})"
+        ));
     }
     for (name, _) in config.instances_of(ServiceKind::Grafana) {
         grafana(client, config, name, &stored, progress).await?;
@@ -285,12 +288,16 @@ async fn step_ca(
             let again = change_pass(&project, name, &path, &staged, &staged, owner).await?;
             if again.exit_code != 0 {
                 let _ = project.delete_file(name, &staged).await;
+                let said = format!(
+                    "with the current password ({}) and with the one being rotated to ({})",
+                    first.stderr_str().trim(),
+                    again.stderr_str().trim()
+                );
+                let said = super::redact::excerpt(client, config, &said).await;
                 return Err(err(
                     &what,
                     format!(
-                        "`step crypto change-pass {path}` failed with the current password ({}) and with the one being rotated to ({}). The key was left as it was; check {current} against the key, then run again",
-                        first.stderr_str().trim(),
-                        again.stderr_str().trim()
+                        "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
                     ),
                 ));
             }
@@ -306,10 +313,45 @@ async fn step_ca(
             ),
         ));
     }
-    project
-        .push_file(name, &current, new.clone().into_bytes(), secret)
+    // The JWK provisioner's key (in ca.json) has the same password: the installer signs the
+    // services' certificates with it.
+    if let Err(first) = reencrypt_provisioner(&project, name, &current, &staged).await? {
+        // Already re-encrypted by an interrupted run: the new password opens it.
+        if let Err(again) = reencrypt_provisioner(&project, name, &staged, &staged).await? {
+            let _ = project.delete_file(name, &staged).await;
+            let said = format!(
+                "neither the current password ({first}) nor the one being rotated to ({again})"
+            );
+            let said = super::redact::excerpt(client, config, &said).await;
+            return Err(err(
+                &what,
+                format!(
+                    "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
+                    super::step_ca::CA_JSON
+                ),
+            ));
+        }
+    }
+    // The staged file (new, so made 0600) replaces the one step-ca starts with in one rename:
+    // overwriting it through Incus would keep its mode (0644, as the upstream entrypoint
+    // leaves it) and could leave half a file.
+    let mv = project
+        .exec_as(
+            name,
+            &["mv", "-f", &staged, &current],
+            &Default::default(),
+            Some(owner),
+        )
         .await?;
-    project.delete_file(name, &staged).await.optional()?;
+    if mv.exit_code != 0 {
+        let said = super::redact::excerpt(client, config, mv.stderr_str().trim()).await;
+        return Err(err(
+            &what,
+            format!(
+                "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {KEY_STEP_CA_NEXT}: run again"
+            ),
+        ));
+    }
     client
         .set_project_keys(
             &config.incus.project,

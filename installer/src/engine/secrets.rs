@@ -140,13 +140,7 @@ pub async fn load_or_generate(client: &Client, config: &Config) -> Result<Secret
     let project = &config.incus.project;
     let mut fresh: BTreeMap<String, String> = BTreeMap::new();
     for _ in 0..STORE_ATTEMPTS {
-        let got = client
-            .get_project(project)
-            .await
-            .optional()?
-            .ok_or_else(|| SecretsError::MissingProject {
-                project: project.clone(),
-            })?;
+        let got = the_project(client, project).await?;
         let stored = &got.value.config;
         let missing = missing_keys(config, stored)?;
         // Values generated in an earlier attempt are reused: a retry must not hand out a
@@ -187,6 +181,69 @@ pub async fn load(client: &Client, config: &Config) -> Result<Option<Secrets>, S
         return Ok(None);
     }
     assemble(project, config, &got.value.config).map(Some)
+}
+
+/// The names of the stored secrets (`user.atlas.secret.<name>`), sorted: what
+/// `atlas-install secret list` shows. Names only, never values.
+pub async fn stored_names(client: &Client, config: &Config) -> Result<Vec<String>, SecretsError> {
+    Ok(stored(client, config)
+        .await?
+        .into_keys()
+        .filter_map(|k| k.strip_prefix(SECRET_PREFIX).map(str::to_string))
+        .collect())
+}
+
+/// One stored secret by name: `atlas-install secret get NAME`, the one command that exists
+/// to show a secret. An unknown name is refused with the names there are.
+pub async fn stored_value(
+    client: &Client,
+    config: &Config,
+    name: &str,
+) -> Result<String, SecretsError> {
+    let all = stored(client, config).await?;
+    let key = format!("{SECRET_PREFIX}{name}");
+    all.get(&key).cloned().ok_or_else(|| {
+        let names: Vec<&str> = all
+            .keys()
+            .filter_map(|k| k.strip_prefix(SECRET_PREFIX))
+            .collect();
+        SecretsError::Invalid(format!(
+            "project `{}` stores no secret named `{name}`; stored: {}",
+            config.incus.project,
+            if names.is_empty() {
+                "none (install first)".to_string()
+            } else {
+                names.join(", ")
+            }
+        ))
+    })
+}
+
+async fn stored(
+    client: &Client,
+    config: &Config,
+) -> Result<BTreeMap<String, String>, SecretsError> {
+    let got = the_project(client, &config.incus.project).await?;
+    Ok(got
+        .value
+        .config
+        .into_iter()
+        .filter(|(k, v)| k.starts_with(SECRET_PREFIX) && !v.is_empty())
+        .collect())
+}
+
+/// The Atlas project, where the secrets live; its absence says what to do.
+async fn the_project(
+    client: &Client,
+    project: &str,
+) -> Result<crate::incus::Etagged<crate::incus::Project>, SecretsError> {
+    client
+        .get_project(project)
+        .await
+        .optional()?
+        .ok_or_else(|| SecretsError::MissingProject {
+            project: project.to_string(),
+        })
 }
 
 /// Read-only, for plans: the stored secrets completed with freshly generated values (not

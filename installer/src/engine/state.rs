@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, NetworkRole};
 use crate::incus::{Client, Instance, OptionalExt};
-use crate::render::{Credentials, FileSource};
+use crate::render::{Credentials, ExpectedFile, FileSource};
 
 use super::desired::{DesiredInputs, ImageChoice, KEY_EXTERNAL_ADDRESS, KEY_PROJECT, desired};
 use super::error::EngineError;
@@ -20,6 +20,8 @@ use super::secrets::Secrets;
 
 /// Where the network file for atlas-init goes in every container.
 pub const NETWORK_FILE: &str = "/etc/atlas/network.json";
+/// The service spec atlas-init starts: the image's own, with the rendered command line.
+pub const SERVICE_FILE: &str = "/etc/atlas/service.json";
 
 /// Fingerprint shown for an image that cannot be looked up yet (the project does not exist).
 pub const UNRESOLVED: &str = "unresolved";
@@ -59,8 +61,14 @@ pub struct InstancePayload {
     pub image: ImageChoice,
     /// Rendered files, the network file and the certificates that exist, in push order.
     pub files: Vec<PushFile>,
-    /// Files the config refers to that nobody can provide yet (step-ca issued ones).
+    /// Files the config refers to that nobody can provide yet.
     pub pending: Vec<String>,
+    /// Files that come from step-ca (its root; the service's certificate and key): pushed by
+    /// [`super::certs`] when missing or due, never part of the instance's hash.
+    pub from_step_ca: Vec<ExpectedFile>,
+    /// The rendered command line cannot be applied: the image carries no service spec to
+    /// derive one from, so the instance runs the image's own command (plan says so).
+    pub own_command: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +100,7 @@ pub fn build(
     for (name, inst) in config.enabled_instances() {
         let mut files: Vec<PushFile> = Vec::new();
         let mut pending = Vec::new();
+        let mut from_step_ca = Vec::new();
         let r = rendered.instances.get(name);
         for f in r.map(|r| r.files.as_slice()).unwrap_or_default() {
             files.push(PushFile {
@@ -125,6 +134,19 @@ pub fn build(
             gid: 0,
             mode: 0o644,
         });
+        let image = facts
+            .images
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| ImageChoice::unresolved(String::new()));
+        let own_command = match (r, &image.service) {
+            (Some(r), Some(of_image)) if super::desired::pushes_spec(r, &image) => {
+                files.push(service_file(name, r, of_image)?);
+                false
+            }
+            (Some(r), _) => r.command.is_some() && image.fingerprint != UNRESOLVED,
+            (None, _) => false,
+        };
         for e in r.map(|r| r.expected_files.as_slice()).unwrap_or_default() {
             let contents = match (&e.source, secrets) {
                 (FileSource::IncusMetricsCertificate, Some(s)) => Some(s.metrics_cert_pem.clone()),
@@ -134,6 +156,10 @@ pub fn build(
                 }
                 _ => None,
             };
+            if e.source.is_step_ca() {
+                from_step_ca.push(e.clone());
+                continue;
+            }
             match contents {
                 Some(c) => files.push(PushFile {
                     path: e.path.clone(),
@@ -156,16 +182,14 @@ pub fn build(
                 .map(|f| (f.path.clone(), hash_file(f)))
                 .collect(),
         );
-        let image = facts.images.get(name).cloned().unwrap_or(ImageChoice {
-            alias: String::new(),
-            fingerprint: UNRESOLVED.to_string(),
-        });
         payloads.insert(
             name.to_string(),
             InstancePayload {
                 image,
                 files,
                 pending,
+                from_step_ca,
+                own_command,
             },
         );
     }
@@ -181,6 +205,47 @@ pub fn build(
     Ok(DesiredState {
         resources: desired(&inputs)?,
         payloads,
+    })
+}
+
+/// `/etc/atlas/service.json`: the image's spec with the rendered command line and the
+/// rendered environment laid over the image's. Validated by the code atlas-init reads it
+/// with, so a file it would refuse is never pushed; readable by root alone (atlas-init reads
+/// it before dropping privileges) when the environment holds a secret.
+fn service_file(
+    name: &str,
+    r: &crate::render::RenderedInstance,
+    of_image: &atlas_image::init::ServiceSpec,
+) -> Result<PushFile, EngineError> {
+    let bad = |e: atlas_image::init::SpecError| {
+        EngineError::object(
+            format!("instance {name}"),
+            format!(
+                "its service spec (the image's with the rendered command and environment) is invalid: {e}"
+            ),
+        )
+    };
+    let command = r.command.as_ref().ok_or_else(|| {
+        EngineError::object(
+            format!("instance {name}"),
+            "internal error: no rendered command",
+        )
+    })?;
+    let mut spec = command.apply_to(of_image).map_err(bad)?;
+    for (k, v) in &r.environment {
+        spec.set_env(k, v);
+    }
+    let json = spec.to_json().map_err(bad)?;
+    Ok(PushFile {
+        path: SERVICE_FILE.to_string(),
+        contents: json.into_bytes(),
+        uid: 0,
+        gid: 0,
+        mode: if r.secret_env.is_empty() {
+            0o644
+        } else {
+            0o600
+        },
     })
 }
 
@@ -203,6 +268,7 @@ pub async fn resolve_images(
     supplied: bool,
 ) -> Result<BTreeMap<String, ImageChoice>, EngineError> {
     let mut out = BTreeMap::new();
+    let mut specs: BTreeMap<String, Option<atlas_image::init::ServiceSpec>> = BTreeMap::new();
     for (name, inst) in config.enabled_instances() {
         let service = inst.service.as_str();
         let alias = image_alias(config, service);
@@ -223,9 +289,52 @@ pub async fn resolve_images(
         } else {
             UNRESOLVED.to_string()
         };
-        out.insert(name.to_string(), ImageChoice { alias, fingerprint });
+        if fingerprint == UNRESOLVED {
+            out.insert(name.to_string(), ImageChoice::unresolved(alias));
+            continue;
+        }
+        if !specs.contains_key(&fingerprint) {
+            let spec = image_service_spec(project, &alias, &fingerprint).await?;
+            specs.insert(fingerprint.clone(), spec);
+        }
+        let service = specs[&fingerprint].clone();
+        out.insert(
+            name.to_string(),
+            ImageChoice {
+                alias,
+                fingerprint,
+                service,
+            },
+        );
     }
     Ok(out)
+}
+
+/// The image's own service spec, from its `atlas.service.spec` property (`None` when it has
+/// none: not built by atlas-install, or by one from before the property).
+async fn image_service_spec(
+    project: &Client,
+    alias: &str,
+    fingerprint: &str,
+) -> Result<Option<atlas_image::init::ServiceSpec>, EngineError> {
+    let image = project.get_image(fingerprint).await?.value;
+    let Some(text) = image
+        .properties
+        .get(atlas_image::build::SERVICE_SPEC_PROPERTY)
+    else {
+        return Ok(None);
+    };
+    atlas_image::init::ServiceSpec::from_json(text)
+        .map(Some)
+        .map_err(|e| {
+            EngineError::object(
+                format!("image {alias} ({fingerprint})"),
+                format!(
+                    "its property {} is not a service spec atlas-init would run ({e}); rebuild the image with atlas-install",
+                    atlas_image::build::SERVICE_SPEC_PROPERTY
+                ),
+            )
+        })
 }
 
 /// Addresses on the external bridge: the one recorded on an existing instance, else the
@@ -365,11 +474,12 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
             }
             continue;
         }
-        let mine = n.config.get(KEY_PROJECT).is_some_and(|p| p == pname);
-        let o = if mine {
-            classify(&n.config, None)
-        } else {
-            Observed::Foreign
+        let o = match n.config.get(KEY_PROJECT) {
+            Some(p) if p == pname => classify(&n.config, None),
+            Some(p) if matches!(classify(&n.config, None), Observed::Owned { .. }) => {
+                Observed::OtherProject { project: p.clone() }
+            }
+            _ => Observed::Foreign,
         };
         let a = addr(ResourceKind::Network, &n.name, None);
         if matches!(o, Observed::Owned { .. }) {
@@ -430,17 +540,7 @@ mod tests {
     #[test]
     fn payload_has_network_file_and_the_certificates_that_exist() {
         let cfg = Config::builtin();
-        let creds = Credentials {
-            grafana_admin_password: "pw".into(),
-            step_ca_password: "s".into(),
-            mosquitto: BTreeMap::from([(
-                "atlas".to_string(),
-                crate::render::MqttCredential {
-                    password: "m".into(),
-                    salt: [1; 12],
-                },
-            )]),
-        };
+        let creds = placeholder();
         let secrets = Secrets {
             credentials: creds.clone(),
             metrics_cert_pem: "CERT".into(),
@@ -455,6 +555,7 @@ mod tests {
                     ImageChoice {
                         alias: "a".into(),
                         fingerprint: "f".into(),
+                        service: None,
                     },
                 )
             })
@@ -500,13 +601,178 @@ mod tests {
             ..secrets
         };
         let d2 = build(&cfg, &creds, Some(&other), &facts).unwrap();
-        let changed: Vec<&str> = d
-            .resources
+        assert_eq!(changed(&d, &d2), ["prometheus01"]);
+    }
+
+    /// Instances whose hash differs between two desired states.
+    fn changed<'a>(a: &'a DesiredState, b: &DesiredState) -> Vec<&'a str> {
+        a.resources
             .iter()
-            .zip(&d2.resources)
-            .filter(|(a, b)| a.hash != b.hash)
-            .map(|(a, _)| a.name.as_str())
+            .zip(&b.resources)
+            .filter(|(x, y)| x.hash != y.hash)
+            .map(|(x, _)| x.name.as_str())
+            .collect()
+    }
+
+    fn image_spec(entrypoint: &[&str], cmd: &[&str]) -> atlas_image::init::ServiceSpec {
+        atlas_image::init::ServiceSpec {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into(), "FROM_IMAGE=1".into()],
+            working_dir: Some("/prometheus".into()),
+            user: Some("65534:65534".into()),
+            stop_grace_period: 10,
+        }
+    }
+
+    fn build_with(cfg: &Config, spec: Option<atlas_image::init::ServiceSpec>) -> DesiredState {
+        let creds = placeholder();
+        let images: BTreeMap<String, ImageChoice> = cfg
+            .enabled_instances()
+            .into_iter()
+            .map(|(n, _)| {
+                let choice = ImageChoice {
+                    alias: "a".into(),
+                    fingerprint: "f".into(),
+                    service: spec.clone(),
+                };
+                (n.to_string(), choice)
+            })
             .collect();
-        assert_eq!(changed, ["prometheus01"]);
+        let ext = BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
+        let facts = Facts {
+            images: &images,
+            external: Some("10.199.0.1/24".parse().unwrap()),
+            external_addresses: &ext,
+            server_cert_pem: "",
+        };
+        build(cfg, &creds, None, &facts).unwrap()
+    }
+
+    fn pushed_spec(d: &DesiredState, name: &str) -> Option<atlas_image::init::ServiceSpec> {
+        let f = d.payloads[name]
+            .files
+            .iter()
+            .find(|f| f.path == SERVICE_FILE)?;
+        Some(
+            atlas_image::init::ServiceSpec::from_json(std::str::from_utf8(&f.contents).unwrap())
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_rendered_command_is_pushed_as_the_images_spec_with_that_command() {
+        let cfg = Config::builtin();
+        let of_image = image_spec(&["/bin/prometheus"], &["--storage.tsdb.retention.time=15d"]);
+        let d = build_with(&cfg, Some(of_image.clone()));
+        let rendered = crate::render::render(&cfg, &placeholder()).unwrap();
+        for (name, r) in &rendered.instances {
+            let c = r
+                .command
+                .as_ref()
+                .expect("every service renders its command");
+            let spec = pushed_spec(&d, name).expect("service.json pushed");
+            assert_eq!(
+                (spec.entrypoint.clone(), spec.cmd.clone()),
+                (c.wrapper.clone(), c.argv.clone()),
+                "{name}"
+            );
+            // User and working directory stay the image's; the rendered environment is laid
+            // over the image's, in the file and not in the instance's config.
+            assert_eq!(
+                (spec.user.clone(), spec.working_dir.clone()),
+                (of_image.user.clone(), of_image.working_dir.clone())
+            );
+            let mut env = of_image.clone();
+            for (k, v) in &r.environment {
+                env.set_env(k, v);
+            }
+            assert_eq!(spec.env, env.env, "{name}");
+            let body = &d.resources.iter().find(|x| x.name == *name).unwrap().body;
+            assert!(
+                !body["config"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .any(|k| k.starts_with("environment.")),
+                "{name}: {body}"
+            );
+            let file = d.payloads[name]
+                .files
+                .iter()
+                .find(|f| f.path == SERVICE_FILE)
+                .unwrap();
+            let secret = !r.secret_env.is_empty();
+            assert_eq!(file.mode, if secret { 0o600 } else { 0o644 }, "{name}");
+            assert!(!d.payloads[name].own_command);
+        }
+        let grafana = pushed_spec(&d, "grafana01").unwrap();
+        assert_eq!(grafana.env_var("GF_SECURITY_ADMIN_PASSWORD"), Some("pw"));
+        // A new retention: Prometheus' spec (and hash) changes, nothing else.
+        let mut cfg2 = cfg.clone();
+        cfg2.prometheus.retention_time = "9d".into();
+        let d2 = build_with(&cfg2, Some(of_image.clone()));
+        assert!(
+            pushed_spec(&d2, "prometheus01")
+                .unwrap()
+                .cmd
+                .contains(&"--storage.tsdb.retention.time=9d".to_string())
+        );
+        assert_eq!(changed(&d, &d2), ["prometheus01"]);
+        // A new image with another environment changes the spec too (no stale copy).
+        let mut newer = of_image.clone();
+        newer.env.push("NEW=1".into());
+        let d3 = build_with(&cfg, Some(newer));
+        assert!(
+            pushed_spec(&d3, "prometheus01")
+                .unwrap()
+                .env
+                .contains(&"NEW=1".to_string())
+        );
+    }
+
+    #[test]
+    fn an_image_without_a_spec_keeps_its_command_and_says_so() {
+        let cfg = Config::builtin();
+        let d = build_with(&cfg, None);
+        assert!(pushed_spec(&d, "prometheus01").is_none());
+        assert!(d.payloads["prometheus01"].own_command);
+        // Its environment then goes where the image's own command finds it.
+        let grafana = d.resources.iter().find(|x| x.name == "grafana01").unwrap();
+        assert!(grafana.body["config"]["environment.GF_SECURITY_ADMIN_USER"].is_string());
+        // Not resolved yet (first plan): nothing to say, the instance is created anyway.
+        let ext = BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
+        let unresolved: BTreeMap<String, ImageChoice> = cfg
+            .enabled_instances()
+            .into_iter()
+            .map(|(n, _)| (n.to_string(), ImageChoice::unresolved("a".into())))
+            .collect();
+        let d = build(
+            &cfg,
+            &placeholder(),
+            None,
+            &Facts {
+                images: &unresolved,
+                external: Some("10.199.0.1/24".parse().unwrap()),
+                external_addresses: &ext,
+                server_cert_pem: "",
+            },
+        )
+        .unwrap();
+        assert!(!d.payloads["prometheus01"].own_command);
+    }
+
+    fn placeholder() -> Credentials {
+        Credentials {
+            grafana_admin_password: "pw".into(),
+            step_ca_password: "s".into(),
+            mosquitto: BTreeMap::from([(
+                "atlas".to_string(),
+                crate::render::MqttCredential {
+                    password: "m".into(),
+                    salt: [1; 12],
+                },
+            )]),
+        }
     }
 }

@@ -111,7 +111,9 @@ async fn write_saved(
 }
 
 /// Before `existing` is replaced: snapshots its data volumes as `snap` and saves its image,
-/// config, devices, profiles and the files the previous install pushed (`from`). When state
+/// config, devices, profiles and the files the previous install pushed (`from`), with those of
+/// `also` it has (step-ca's root, the service's certificate and key: not in the record, since
+/// they change apart from installs). When state
 /// saved under the same `snap` is there, this is a re-run of an interrupted upgrade: it and
 /// the volume snapshots of the first attempt, which hold the data from before any change,
 /// are kept. Otherwise a volume snapshot of that name is a leftover of an upgrade rolled back
@@ -121,6 +123,7 @@ pub(crate) async fn guard(
     set: &VolumeSet,
     existing: &crate::incus::Instance,
     from: &InstallRecord,
+    also: &[String],
     snap: &str,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
@@ -141,12 +144,18 @@ pub(crate) async fn guard(
         return Ok(());
     }
     let mut files = Vec::new();
-    let paths = from.services.get(instance).map(|s| s.files.keys());
-    for path in paths.into_iter().flatten() {
-        let (bytes, meta) = project
-            .pull_file_with_meta(instance, path)
-            .await
-            .map_err(err)?;
+    let recorded = from.services.get(instance).map(|s| s.files.keys());
+    for (path, required) in recorded
+        .into_iter()
+        .flatten()
+        .map(|p| (p, true))
+        .chain(also.iter().map(|p| (p, false)))
+    {
+        let (bytes, meta) = match project.pull_file_with_meta(instance, path).await {
+            Ok(f) => f,
+            Err(e) if !required && e.is_not_found() => continue,
+            Err(e) => return Err(err(e)),
+        };
         files.push(SavedFile {
             path: path.clone(),
             uid: meta.uid,
@@ -294,7 +303,7 @@ pub(crate) async fn gate_one(
     let Some(probe) = super::health::probe_for(config, instance, inst) else {
         return Ok(());
     };
-    super::health::gate_probes(client, vec![probe], timeout, progress)
+    super::health::gate_probes(client, config, vec![probe], timeout, progress)
         .await
         .map_err(Into::into)
 }

@@ -12,7 +12,13 @@
 //! [`KEY_SERVER_KEYS`] (JSON object key -> value atlas wrote) and [`KEY_METRICS_CERTS`]
 //! (fingerprints of certificates atlas trusted). A key whose current value is not the recorded
 //! one belongs to the operator and is never changed or reset. `remove` must therefore run
-//! before the project is deleted.
+//! before the project is deleted (destroy runs it first of all).
+//!
+//! Other Atlas projects on the same server keep records of their own: a key or a certificate
+//! one of them recorded is that install's, and messages say so. A certificate named
+//! [`METRICS_CERT_NAME`] that no project records was most likely left by an earlier version's
+//! destroy (which deleted the project before undoing the wiring): it is named with the command
+//! that removes it, never removed silently (an operator may have added it by hand).
 //!
 //! Conflicts are found before anything is written: a refused apply changes nothing.
 //! Cluster members each have their own `core.https_address`; this module sets the one of the
@@ -376,17 +382,72 @@ struct Observed {
     server: crate::incus::Etagged<Server>,
     project: Option<crate::incus::Etagged<Project>>,
     certs: Vec<Certificate>,
+    /// What every other project on the server recorded (other Atlas installs).
+    others: Vec<(String, Records)>,
 }
 
 async fn observe(client: &Client, config: &Config) -> Result<Observed, WiringError> {
     let server = client.server().await?;
     let project = client.get_project(&config.incus.project).await.optional()?;
     let certs = client.certificates().await?;
+    let others = client
+        .projects()
+        .await?
+        .into_iter()
+        .filter(|p| p.name != config.incus.project)
+        .map(|p| (p.name.clone(), Records::read(Some(&p))))
+        .filter(|(_, r)| *r != Records::default())
+        .collect();
     Ok(Observed {
         server,
         project,
         certs,
+        others,
     })
+}
+
+impl Observed {
+    /// The other Atlas project that recorded setting `key` to `value`, if any.
+    fn key_owner(&self, key: &str, value: &str) -> Option<&str> {
+        self.others
+            .iter()
+            .find(|(_, r)| r.keys.get(key).map(String::as_str) == Some(value))
+            .map(|(p, _)| p.as_str())
+    }
+
+    /// The other Atlas project that recorded trusting certificate `fp`, if any.
+    fn cert_owner(&self, fp: &str) -> Option<&str> {
+        self.others
+            .iter()
+            .find(|(_, r)| r.certs.contains(fp))
+            .map(|(p, _)| p.as_str())
+    }
+
+    /// Who set `key` to `value`, for a conflict message.
+    fn setter(&self, key: &str, value: &str) -> String {
+        match self.key_owner(key, value) {
+            Some(p) => format!(
+                "set by the Atlas install of project {p}, which uses it; that install keeps it until it is destroyed"
+            ),
+            None => format!(
+                "not set by atlas-install for any project on this server; if an earlier atlas-install destroy left it behind (before this version destroy did not undo it), unset it: `incus config unset {key}`"
+            ),
+        }
+    }
+
+    /// What a certificate with our name that our project did not record is, and what to do.
+    fn foreign_cert_note(&self, fp: &str) -> String {
+        match self.cert_owner(fp) {
+            Some(p) => format!(
+                "certificate {METRICS_CERT_NAME} ({}) belongs to the Atlas install of project {p}: left as it is",
+                short_fp(fp)
+            ),
+            None => format!(
+                "certificate {METRICS_CERT_NAME} ({}) is trusted but no Atlas project on this server records adding it: most likely an earlier atlas-install destroy left it behind (before this version destroy did not remove it). atlas-install leaves it; if no Prometheus of yours uses it, remove it: `incus config trust remove {fp}`",
+                short_fp(fp)
+            ),
+        }
+    }
 }
 
 fn compute(
@@ -437,7 +498,11 @@ fn compute(
             c.changes.push(WiringChange::new(
                 WiringAction::Conflict,
                 format!("server config {key}"),
-                logging_conflict(key, &have, want),
+                format!(
+                    "{} ({})",
+                    logging_conflict(key, &have, want),
+                    obs.setter(key, &have)
+                ),
             ));
             continue;
         };
@@ -460,6 +525,14 @@ fn compute(
             ip,
             port,
         );
+        if let Some(x) = c
+            .changes
+            .iter_mut()
+            .find(|x| x.is_conflict() && x.what == format!("server config {HTTPS_ADDRESS}"))
+        {
+            let have = current(HTTPS_ADDRESS);
+            x.detail = format!("{} ({})", x.detail, obs.setter(HTTPS_ADDRESS, &have));
+        }
         desired.insert(
             HTTPS_ADDRESS.to_string(),
             c.records_after
@@ -738,10 +811,7 @@ async fn apply_inner(
         progress.info(note);
     }
     for fp in &c.foreign_named {
-        progress.info(&format!(
-            "a certificate named {METRICS_CERT_NAME} that atlas-install did not add ({}) is left as it is",
-            short_fp(fp)
-        ));
+        progress.info(&obs.foreign_cert_note(fp));
     }
     if c.changes.is_empty()
         && c.records_after == c.records_before
@@ -854,35 +924,85 @@ fn records_on_disk_match(obs: &Observed, want: &Records) -> bool {
     have == before
 }
 
+/// What [`remove`] would undo, and what it leaves that looks like ours (for destroy's plan).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Removal {
+    /// Keys reset and certificates removed, in that order.
+    pub changes: Vec<WiringChange>,
+    /// Certificates with our name this project did not record: said, left alone.
+    pub notes: Vec<String>,
+}
+
+impl Removal {
+    fn compute(obs: &Observed) -> (Removal, BTreeMap<String, String>, Vec<String>) {
+        let records = Records::read(obs.project.as_ref().map(|p| &p.value));
+        let server = &obs.server.value.config;
+        let reset: BTreeMap<String, String> = records
+            .keys
+            .iter()
+            .filter(|(k, v)| server.get(*k) == Some(*v))
+            .map(|(k, _)| (k.clone(), String::new()))
+            .collect();
+        let untrust: Vec<String> = records
+            .certs
+            .iter()
+            .filter(|fp| obs.certs.iter().any(|c| &c.fingerprint == *fp))
+            .cloned()
+            .collect();
+        let mut out = Removal::default();
+        for k in reset.keys() {
+            out.changes.push(WiringChange::new(
+                WiringAction::Unset,
+                format!("server config {k}"),
+                "set by atlas-install for this project",
+            ));
+        }
+        for fp in &untrust {
+            out.changes.push(WiringChange::new(
+                WiringAction::Untrust,
+                format!("certificate {METRICS_CERT_NAME}"),
+                format!(
+                    "trusted by atlas-install for this project, {}",
+                    short_fp(fp)
+                ),
+            ));
+        }
+        out.notes = obs
+            .certs
+            .iter()
+            .filter(|c| c.name == METRICS_CERT_NAME && !records.certs.contains(&c.fingerprint))
+            .map(|c| obs.foreign_cert_note(&c.fingerprint))
+            .collect();
+        (out, reset, untrust)
+    }
+}
+
+/// What [`remove`] would do, from GETs only.
+pub async fn removal(client: &Client, config: &Config) -> Result<Removal, WiringError> {
+    let obs = observe(client, config).await?;
+    Ok(Removal::compute(&obs).0)
+}
+
 /// Undoes what atlas set: server keys still holding the value atlas wrote are reset, the
-/// certificates atlas trusted are removed, and the records go. Run before deleting the project.
+/// certificates atlas trusted are removed, and the records go. Run before deleting the project
+/// (the records live there); destroy runs it before anything else, so Incus stops shipping
+/// events to the Loki that is about to go.
 pub async fn remove(client: &Client, config: &Config) -> Result<(), WiringError> {
-    let Some(project) = client.get_project(&config.incus.project).await.optional()? else {
+    let obs = observe(client, config).await?;
+    let Some(project) = &obs.project else {
         return Ok(());
     };
-    let records = Records::read(Some(&project.value));
-    if records == Records::default() {
+    if Records::read(Some(&project.value)) == Records::default() {
         return Ok(());
     }
-    let server = client.server().await?;
-    let reset: BTreeMap<String, String> = records
-        .keys
-        .iter()
-        .filter(|(k, v)| server.value.config.get(*k) == Some(*v))
-        .map(|(k, _)| (k.clone(), String::new()))
-        .collect();
+    let (_, reset, untrust) = Removal::compute(&obs);
     if !reset.is_empty() {
         client
-            .patch_server_config(&reset, server.etag.as_deref())
+            .patch_server_config(&reset, obs.server.etag.as_deref())
             .await?;
     }
-    if !records.certs.is_empty() {
-        let trusted = client.certificates().await?;
-        for fp in &records.certs {
-            if trusted.iter().any(|c| &c.fingerprint == fp) {
-                client.delete_certificate(fp).await.optional()?;
-            }
-        }
+    for fp in &untrust {
+        client.delete_certificate(fp).await.optional()?;
     }
     let mut proj = project.value.clone();
     Records::default().write_into(&mut proj.config);
@@ -1041,6 +1161,7 @@ mod tests {
                 etag: None,
             }),
             certs,
+            others: Vec::new(),
         }
     }
 

@@ -78,20 +78,9 @@ impl Client {
             &[pool, "volumes", "custom", volume, "backups", name, "export"],
         )
         .scope(Scope::Project)
-        .targeted();
-        let (resp, method, path) = self.send_raw(req).await?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let env = super::client::decode_envelope(status, &bytes, &method, &path)?;
-            return Err(super::error::classify(
-                status,
-                env.error_code,
-                env.error,
-                &method,
-                &path,
-            ));
-        }
+        .targeted()
+        .deadline(super::client::Deadline::Head);
+        let (resp, method, path) = self.send_streaming(req).await?;
         let length = resp.content_length();
         let endpoint = self.endpoint();
         let stream = resp.bytes_stream().map(move |r| {

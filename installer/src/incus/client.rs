@@ -52,6 +52,7 @@ pub(crate) struct Inner {
     log: RwLock<Option<RequestLog>>,
     op_timeout: RwLock<Duration>,
     wait_chunk: RwLock<Duration>,
+    request_timeout: RwLock<Duration>,
 }
 
 /// Typed client of the Incus REST API. Cheap to clone; clones share the connection pool, the
@@ -92,6 +93,23 @@ pub(crate) enum Payload {
     Bytes(Vec<u8>),
 }
 
+/// How long a request may take before the daemon counts as not answering. A daemon that
+/// accepts a connection and never answers would otherwise hold a run forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// The whole exchange, answer read, within the client's request timeout.
+    Call,
+    /// A long poll the daemon holds open on purpose (`GET .../wait?timeout=N`): the request
+    /// timeout on top of those N seconds.
+    Wait(Duration),
+    /// The answer's head within the request timeout; its body is streamed by the caller,
+    /// which watches for stalls itself.
+    Head,
+    /// A body streamed up (an image, a backup): it takes as long as its size needs, so only
+    /// the connection's own limits apply.
+    Upload,
+}
+
 /// One request, built by the resource modules.
 pub(crate) struct Req {
     method: Method,
@@ -105,6 +123,7 @@ pub(crate) struct Req {
     observing: bool,
     payload: Payload,
     headers: HeaderMap,
+    deadline: Deadline,
 }
 
 impl Req {
@@ -125,6 +144,7 @@ impl Req {
             observing: false,
             payload: Payload::None,
             headers: HeaderMap::new(),
+            deadline: Deadline::Call,
         }
     }
     pub(crate) fn get(path: &str, names: &[&str]) -> Req {
@@ -153,6 +173,11 @@ impl Req {
     }
     pub(crate) fn body_stream(mut self, body: reqwest::Body) -> Req {
         self.payload = Payload::Stream(body);
+        self.deadline = Deadline::Upload;
+        self
+    }
+    pub(crate) fn deadline(mut self, deadline: Deadline) -> Req {
+        self.deadline = deadline;
         self
     }
     pub(crate) fn body_bytes(mut self, body: Vec<u8>) -> Req {
@@ -197,6 +222,8 @@ pub(crate) struct Answer {
 }
 
 const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default of [`Client::set_request_timeout`] (and of `incus.request_timeout`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest single `GET .../wait`: shorter than the HTTP timeouts between here and the daemon.
 const WAIT_CHUNK: Duration = Duration::from_secs(30);
 
@@ -212,6 +239,7 @@ impl Client {
                 log: RwLock::new(None),
                 op_timeout: RwLock::new(DEFAULT_OPERATION_TIMEOUT),
                 wait_chunk: RwLock::new(WAIT_CHUNK),
+                request_timeout: RwLock::new(DEFAULT_REQUEST_TIMEOUT),
             }),
             project: None,
             target: None,
@@ -267,6 +295,48 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner()) = timeout;
     }
 
+    /// How long one request may take (default [`DEFAULT_REQUEST_TIMEOUT`]) before it fails
+    /// with [`IncusError::NoAnswer`]. Uploads, operation waits (each chunk gets this on top
+    /// of what the daemon holds it) and streamed downloads keep their own pace.
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        *self
+            .inner
+            .request_timeout
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = timeout.max(Duration::from_secs(1));
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        *self
+            .inner
+            .request_timeout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The error for a request to this daemon that got no answer in time.
+    pub(crate) fn no_answer(&self, method: &str, path: &str) -> IncusError {
+        IncusError::NoAnswer {
+            endpoint: self.endpoint(),
+            method: method.to_string(),
+            path: path.to_string(),
+            seconds: self.request_timeout().as_secs(),
+        }
+    }
+
+    /// A failed read of an answer's body: a timeout is the daemon not answering.
+    pub(crate) fn read_error(&self, e: &reqwest::Error, method: &str, path: &str) -> IncusError {
+        if e.is_timeout() {
+            return self.no_answer(method, path);
+        }
+        IncusError::Transport {
+            endpoint: self.endpoint(),
+            method: method.to_string(),
+            path: path.to_string(),
+            message: e.to_string(),
+        }
+    }
+
     /// Longest single `GET .../wait` (default 30 s); an operation that outlasts it is waited
     /// for again, up to the operation timeout. Tests shorten it to cover that path.
     pub fn set_wait_chunk(&self, chunk: Duration) {
@@ -313,6 +383,28 @@ impl Client {
         url
     }
 
+    /// [`Client::send_raw`] for a body read as a stream (an export, a download): an error
+    /// status is read whole and mapped like any other answer's.
+    pub(crate) async fn send_streaming(
+        &self,
+        req: Req,
+    ) -> Result<(reqwest::Response, String, String), IncusError> {
+        let (resp, method, path) = self.send_raw(req).await?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let env = decode_envelope(status, &bytes, &method, &path)?;
+            return Err(super::error::classify(
+                status,
+                env.error_code,
+                env.error,
+                &method,
+                &path,
+            ));
+        }
+        Ok((resp, method, path))
+    }
+
     /// Sends a request and returns the raw response, with write counting, logging and
     /// transport errors mapped. Error statuses are NOT mapped here.
     pub(crate) async fn send_raw(
@@ -339,11 +431,17 @@ impl Client {
         {
             log(&method, &path);
         }
+        let limit = self.request_timeout();
         let mut builder = self
             .inner
             .http
             .request(req.method.clone(), url)
             .headers(req.headers);
+        match req.deadline {
+            Deadline::Call => builder = builder.timeout(limit),
+            Deadline::Wait(held) => builder = builder.timeout(limit + held),
+            Deadline::Head | Deadline::Upload => {}
+        }
         builder = match req.payload {
             Payload::None => builder,
             Payload::Json(b) => builder.header(CONTENT_TYPE, "application/json").body(b),
@@ -354,8 +452,17 @@ impl Client {
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .body(b),
         };
-        match builder.send().await {
+        let sent = match req.deadline {
+            Deadline::Head => tokio::time::timeout(limit, builder.send())
+                .await
+                .map_err(|_| self.no_answer(&method, &path))?,
+            _ => builder.send().await,
+        };
+        match sent {
             Ok(resp) => Ok((resp, method, path)),
+            // Connected, asked, and no answer: the daemon is stuck (a connect timeout is
+            // "unreachable", below).
+            Err(e) if e.is_timeout() && !e.is_connect() => Err(self.no_answer(&method, &path)),
             Err(e) => Err(super::transport::map_send_error(
                 &self.inner.endpoint,
                 &method,
@@ -374,12 +481,10 @@ impl Client {
             .get(ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|e| IncusError::Transport {
-            endpoint: self.endpoint(),
-            method: method.clone(),
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.read_error(&e, &method, &path))?;
         let envelope = decode_envelope(status, &bytes, &method, &path)?;
         if envelope.kind == "error" || status >= 400 {
             let message = if envelope.error.is_empty() {
@@ -521,15 +626,14 @@ impl Client {
                 .clamp(1, chunk);
             let req = Req::get("/1.0/operations", &[id, "wait"])
                 .scope(Scope::Project)
-                .query("timeout", left.to_string());
+                .query("timeout", left.to_string())
+                .deadline(Deadline::Wait(Duration::from_secs(left)));
             let (resp, wmethod, wpath) = self.send_raw(req).await?;
             let status = resp.status().as_u16();
-            let bytes = resp.bytes().await.map_err(|e| IncusError::Transport {
-                endpoint: self.endpoint(),
-                method: wmethod.clone(),
-                path: wpath.clone(),
-                message: e.to_string(),
-            })?;
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| self.read_error(&e, &wmethod, &wpath))?;
             let envelope = decode_envelope(status, &bytes, &wmethod, &wpath)?;
             match parse_wait(status, envelope) {
                 WaitAnswer::Done(op) => return op_result(op, method, path),

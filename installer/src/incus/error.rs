@@ -108,6 +108,17 @@ pub enum IncusError {
         message: String,
     },
 
+    /// The daemon took the request and gave no answer in time (stuck, or overloaded).
+    #[error(
+        "Incus at {endpoint} did not answer {method} {path} within {seconds} s: the daemon accepted the request but is stuck or overloaded. Check it (`incus info`, its log), then run again; incus.request_timeout in atlas.toml raises the limit"
+    )]
+    NoAnswer {
+        endpoint: String,
+        method: String,
+        path: String,
+        seconds: u64,
+    },
+
     /// A value we were asked to send cannot be expressed (e.g. a bad header value).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -130,6 +141,11 @@ impl IncusError {
 
     pub fn is_already_exists(&self) -> bool {
         matches!(self, IncusError::AlreadyExists { .. })
+    }
+
+    /// The daemon took a request and did not answer in time.
+    pub fn is_no_answer(&self) -> bool {
+        matches!(self, IncusError::NoAnswer { .. })
     }
 }
 

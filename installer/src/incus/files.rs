@@ -6,6 +6,21 @@ use reqwest::Method;
 use super::client::{Client, Req, Scope};
 use super::error::IncusError;
 
+/// Owner and mode from the `X-Incus-uid/gid/mode` headers of a files API answer.
+fn meta_of(headers: &reqwest::header::HeaderMap) -> FileMeta {
+    let num = |k: &str, radix: u32| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), radix).ok())
+    };
+    FileMeta::new(
+        num("x-incus-uid", 10).unwrap_or(0),
+        num("x-incus-gid", 10).unwrap_or(0),
+        num("x-incus-mode", 8).unwrap_or(0o644),
+    )
+}
+
 /// Owner and mode of a pushed file or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileMeta {
@@ -31,7 +46,65 @@ fn file_req(name: &str, path: &str, kind: &str, meta: FileMeta) -> Result<Req, I
         .header("x-incus-mode", &format!("{:04o}", meta.mode))
 }
 
+/// What a path in an instance is, as the files API answers a GET on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileEntry {
+    File {
+        contents: Vec<u8>,
+        meta: FileMeta,
+    },
+    /// The names in the directory.
+    Dir {
+        names: Vec<String>,
+        meta: FileMeta,
+    },
+    Symlink {
+        target: String,
+        meta: FileMeta,
+    },
+}
+
 impl Client {
+    /// Reads a file, a directory listing or a symlink's target, with owner and mode. On a
+    /// stopped instance this is its root filesystem alone (custom volumes are mounted only
+    /// while it runs).
+    pub async fn read_entry(&self, instance: &str, path: &str) -> Result<FileEntry, IncusError> {
+        let req = Req::get("/1.0/instances", &[instance, "files"])
+            .scope(Scope::Project)
+            .query("path", path);
+        let (bytes, headers) = self.get_raw_with_headers(req).await?;
+        let meta = meta_of(&headers);
+        let kind = headers
+            .get("x-incus-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("file");
+        match kind {
+            "directory" => {
+                let env: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| IncusError::Decode {
+                        method: "GET".into(),
+                        path: format!("{instance}:{path}"),
+                        message: format!("a directory listing that is not JSON: {e}"),
+                    })?;
+                let names = env["metadata"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect();
+                Ok(FileEntry::Dir { names, meta })
+            }
+            "symlink" => Ok(FileEntry::Symlink {
+                target: String::from_utf8_lossy(&bytes).into_owned(),
+                meta,
+            }),
+            _ => Ok(FileEntry::File {
+                contents: bytes,
+                meta,
+            }),
+        }
+    }
+
     /// Writes (overwrites) a file. The parent directory must exist (else NotFound).
     pub async fn push_file(
         &self,
@@ -84,18 +157,7 @@ impl Client {
             .scope(Scope::Project)
             .query("path", path);
         let (bytes, headers) = self.get_raw_with_headers(req).await?;
-        let num = |k: &str, radix: u32| {
-            headers
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), radix).ok())
-        };
-        let meta = FileMeta::new(
-            num("x-incus-uid", 10).unwrap_or(0),
-            num("x-incus-gid", 10).unwrap_or(0),
-            num("x-incus-mode", 8).unwrap_or(0o644),
-        );
-        Ok((bytes, meta))
+        Ok((bytes, meta_of(&headers)))
     }
 
     /// A GET whose success body is raw bytes and whose failure is the JSON error shape.
@@ -110,12 +172,10 @@ impl Client {
         let (resp, method, path) = self.send_raw(req).await?;
         let headers = resp.headers().clone();
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| IncusError::Transport {
-            endpoint: self.endpoint(),
-            method: method.clone(),
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.read_error(&e, &method, &path))?;
         if status >= 400 {
             let env = super::client::decode_envelope(status, &bytes, &method, &path)?;
             return Err(super::error::classify(

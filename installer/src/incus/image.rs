@@ -126,6 +126,62 @@ impl Client {
             .await
     }
 
+    /// A file from the front of an image's unified tarball (`metadata.yaml`, `sbom.cdx.json`):
+    /// the export is streamed and dropped as soon as the member is read, or once `rootfs/`
+    /// begins without it (`None`). Images we import are uncompressed tars with these members
+    /// first, so only their first kilobytes travel.
+    pub async fn image_leading_file(
+        &self,
+        fingerprint: &str,
+        member: &str,
+    ) -> Result<Option<Vec<u8>>, IncusError> {
+        use futures_util::StreamExt as _;
+        let req = Req::get("/1.0/images", &[fingerprint, "export"]).scope(Scope::Project);
+        let (resp, method, path) = self.send_streaming(req).await?;
+        let endpoint = self.endpoint();
+        let mut stream = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        // Reads until `buf` holds `need` bytes; false when the export ends first.
+        let mut fill = async |buf: &mut Vec<u8>, need: usize| -> Result<bool, IncusError> {
+            while buf.len() < need {
+                match stream.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        return Err(IncusError::Transport {
+                            endpoint: endpoint.clone(),
+                            method: method.clone(),
+                            path: path.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                    None => return Ok(false),
+                }
+            }
+            Ok(true)
+        };
+        // Leading files are small; a larger one is not ours.
+        const MAX: usize = 64 << 20;
+        let mut at = 0usize;
+        loop {
+            if !fill(&mut buf, at + 512).await? {
+                return Ok(None);
+            }
+            let Leading::Entry { name, size, file } = leading_entry(&buf[at..at + 512]) else {
+                return Ok(None);
+            };
+            if size > MAX || name.starts_with("rootfs") {
+                return Ok(None);
+            }
+            if name == member && file {
+                let end = at + 512 + size;
+                return Ok(fill(&mut buf, end)
+                    .await?
+                    .then(|| buf[at + 512..end].to_vec()));
+            }
+            at += 512 + size.div_ceil(512) * 512;
+        }
+    }
+
     pub async fn delete_image(&self, fingerprint: &str) -> Result<(), IncusError> {
         let req = Req::new(Method::DELETE, "/1.0/images", &[fingerprint]).scope(Scope::Project);
         self.write(req).await.map(|_| ())
@@ -169,6 +225,39 @@ impl Client {
     pub async fn delete_image_alias(&self, name: &str) -> Result<(), IncusError> {
         let req = Req::new(Method::DELETE, "/1.0/images/aliases", &[name]).scope(Scope::Project);
         self.write(req).await.map(|_| ())
+    }
+}
+
+enum Leading {
+    End,
+    Entry {
+        name: String,
+        size: usize,
+        file: bool,
+    },
+}
+
+/// A ustar header block: name (with its prefix), size, and whether it is a regular file.
+fn leading_entry(h: &[u8]) -> Leading {
+    if h.iter().all(|b| *b == 0) {
+        return Leading::End;
+    }
+    let field = |r: std::ops::Range<usize>| {
+        let f = &h[r];
+        let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
+        String::from_utf8_lossy(&f[..end]).into_owned()
+    };
+    let (name, prefix) = (field(0..100), field(345..500));
+    let name = if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    };
+    let size = usize::from_str_radix(field(124..136).trim(), 8).unwrap_or(usize::MAX / 2);
+    Leading::Entry {
+        name: name.trim_start_matches("./").to_owned(),
+        size,
+        file: matches!(h[156], b'0' | 0),
     }
 }
 

@@ -54,7 +54,7 @@ pub use cluster::{
 };
 pub use error::{IncusError, OptionalExt};
 pub use exec::ExecOutput;
-pub use files::FileMeta;
+pub use files::{FileEntry, FileMeta};
 pub use image::{Image, ImageAlias, ImageAliasRef, ImageImport};
 pub use instance::{
     Address, Instance, InstanceCreate, InstanceSource, InstanceState, NetworkState, StateAction,

@@ -148,6 +148,7 @@ impl Client {
                 Client::unix(explicit)?
             }
         };
+        client.set_request_timeout(Duration::from_secs(cfg.request_timeout));
         Ok(client.in_project(&cfg.project))
     }
 }

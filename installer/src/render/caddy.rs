@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::config::{NetworkRole, ServiceKind, TlsIssuer};
 
 use super::paths::{expect_root, step_ca_root};
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance, check, hostname};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand, check, hostname};
 
 pub const CADDYFILE: &str = "/etc/caddy/Caddyfile";
 /// ACME directory of the internal step-ca (its `acme` provisioner).
@@ -120,6 +120,14 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         }),
     )?;
     out.files.push(RenderedFile::config(CADDYFILE, text));
+    out.command = Some(ServiceCommand::plain(&[
+        "caddy",
+        "run",
+        "--config",
+        CADDYFILE,
+        "--adapter",
+        "caddyfile",
+    ]));
     if issuer == "step-ca" || upstream_tls {
         out.expected_files.push(expect_root(ServiceKind::Caddy));
     }

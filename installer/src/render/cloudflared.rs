@@ -5,7 +5,7 @@
 use crate::config::ServiceKind;
 
 use super::paths::service_user;
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand};
 
 pub const TOKEN_FILE: &str = "/etc/cloudflared/token";
 
@@ -26,20 +26,16 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             uid,
             gid,
         )],
-        command: Some(
-            [
-                "cloudflared",
-                "--no-autoupdate",
-                "tunnel",
-                "--metrics",
-                &metrics,
-                "run",
-                "--token-file",
-                TOKEN_FILE,
-            ]
-            .map(String::from)
-            .to_vec(),
-        ),
+        command: Some(ServiceCommand::plain(&[
+            "cloudflared",
+            "--no-autoupdate",
+            "tunnel",
+            "--metrics",
+            &metrics,
+            "run",
+            "--token-file",
+            TOKEN_FILE,
+        ])),
         ..Default::default()
     })
 }

@@ -1,14 +1,25 @@
-//! Grafana: datasources provisioned from files, everything else through `GF_*` variables
-//! (they override grafana.ini, so the image's own ini stays untouched).
+//! Grafana: datasources and our dashboards (see `dashboards`) provisioned from files,
+//! everything else through `GF_*` variables (they override grafana.ini, so the image's own
+//! ini stays untouched).
 
 use serde_json::json;
 
 use crate::config::ServiceKind;
 
 use super::paths::{expect_root, expect_service_cert, service_cert, step_ca_root};
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance, hostname};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand, hostname};
 
 pub const DATASOURCES: &str = "/etc/grafana/provisioning/datasources/atlas.yaml";
+/// Grafana's home (binaries, public assets) and its ini file in the upstream image.
+const HOME: &str = "/usr/share/grafana";
+const INI: &str = "/etc/grafana/grafana.ini";
+
+fn data_dir<'a>(ctx: &'a Ctx) -> &'a str {
+    ctx.inst
+        .volume
+        .as_ref()
+        .map_or("/var/lib/grafana", |v| v.path.as_str())
+}
 
 pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     let c = ctx.config;
@@ -30,6 +41,8 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     set("GF_PLUGINS_PREINSTALL_DISABLED", "true");
     set("GF_NEWS_NEWS_FEED_ENABLED", "false");
     set("GF_USERS_ALLOW_SIGN_UP", "false");
+    // Grafana's data directory is wherever its volume is mounted.
+    set("GF_PATHS_DATA", data_dir(ctx));
     if let Some(web) = &ctx.inst.web {
         set("GF_SERVER_DOMAIN", &web.domain);
         set("GF_SERVER_ROOT_URL", &format!("https://{}/", web.domain));
@@ -56,7 +69,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             needs_root |= inst.tls;
             datasources.push(json!({
                 "name": if i == 0 { label.to_string() } else { format!("{label} ({name})") },
-                "uid": format!("atlas-{name}"),
+                "uid": super::datasource_uid(name),
                 "type": kind.as_str(),
                 "url": format!("{}://{}:{port}", if inst.tls { "https" } else { "http" }, hostname(name)),
                 // The first Prometheus is the default datasource, as in the seed.
@@ -70,6 +83,17 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         json!({"instance": ctx.name, "datasources": datasources}),
     )?;
     out.files.push(RenderedFile::config(DATASOURCES, text));
+    out.files.extend(super::dashboards::files(c));
+    // What the image's /run.sh ends in (`exec grafana server ...`), run directly: the script
+    // only re-exports the GF_PATHS_* variables, which Grafana reads itself.
+    out.command = Some(ServiceCommand::plain(&[
+        "grafana",
+        "server",
+        &format!("--homepath={HOME}"),
+        &format!("--config={INI}"),
+        "--packaging=docker",
+        "cfg:default.log.mode=console",
+    ]));
     if needs_root {
         out.expected_files.push(expect_root(ServiceKind::Grafana));
     }

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::config::ServiceKind;
 
 use super::paths::{expect_service_cert, service_cert};
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand};
 
 /// The path the upstream image's command reads.
 pub const CONFIG: &str = "/etc/loki/local-config.yaml";
@@ -30,9 +30,9 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         }),
     )?;
     out.files.push(RenderedFile::config(CONFIG, text));
-    out.command = Some(vec![
+    out.command = Some(ServiceCommand::plain(&[
         "/usr/bin/loki".to_string(),
         format!("-config.file={CONFIG}"),
-    ]);
+    ]));
     Ok(out)
 }

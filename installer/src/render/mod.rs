@@ -7,23 +7,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use atlas_image::init::{ServiceSpec, SpecError};
+
 use crate::config::{Config, Instance, ServiceKind};
 
 mod alertmanager;
 mod caddy;
 mod check;
 mod cloudflared;
+pub mod dashboards;
 mod grafana;
 mod hosts;
 mod loki;
 pub mod mosquitto;
-mod node_exporter;
+pub mod node_exporter;
 mod passwd;
 pub mod paths;
 mod profiles;
 mod prometheus;
 mod step_ca;
-mod templates;
+pub(crate) mod templates;
 
 pub use hosts::{HostEntry, hosts_for};
 pub use passwd::{MOSQUITTO_PBKDF2_ITERATIONS, mosquitto_password_line, pbkdf2_hmac_sha512};
@@ -78,8 +81,10 @@ pub struct RenderedInstance {
     pub environment: BTreeMap<String, String>,
     /// Names in `environment` whose values are secrets (never print them).
     pub secret_env: BTreeSet<String>,
-    /// Full argv replacing the image's entrypoint+cmd; `None` keeps the image's.
-    pub command: Option<Vec<String>>,
+    /// The command line the service runs, replacing the image's: it reaches the container
+    /// as `/etc/atlas/service.json` (the image's own spec with this command), which our PID 1
+    /// starts. `None` keeps the image's (only for images that carry no spec of their own).
+    pub command: Option<ServiceCommand>,
     /// Files the configuration refers to that the installer pushes later (certificates, keys).
     pub expected_files: Vec<ExpectedFile>,
 }
@@ -140,10 +145,66 @@ impl RenderedInstance {
             field(v.as_bytes());
         }
         field(b"command");
-        for a in self.command.iter().flatten() {
-            field(a.as_bytes());
+        if let Some(c) = &self.command {
+            for a in &c.wrapper {
+                field(a.as_bytes());
+            }
+            field(b"argv");
+            for a in &c.argv {
+                field(a.as_bytes());
+            }
         }
         hex::encode(h.finalize())
+    }
+}
+
+/// What a container runs: `argv`, started through `wrapper` when the image's own entrypoint
+/// script must run first (Mosquitto's chown of its data, step-ca's first-start initialisation:
+/// scripts that end in `exec "$@"`, so the process that runs is `argv` itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceCommand {
+    /// The image's entrypoint script and its arguments; empty for none.
+    pub wrapper: Vec<String>,
+    /// The service's command line, as the running process shows it in `/proc/PID/cmdline`.
+    pub argv: Vec<String>,
+}
+
+impl ServiceCommand {
+    /// `argv`, run directly.
+    pub fn plain<S: AsRef<str>>(argv: &[S]) -> ServiceCommand {
+        ServiceCommand {
+            wrapper: Vec::new(),
+            argv: argv.iter().map(|a| a.as_ref().to_string()).collect(),
+        }
+    }
+
+    /// `argv`, exec'd by the image's entrypoint script `wrapper`.
+    pub fn wrapped<S: AsRef<str>, T: AsRef<str>>(wrapper: &[S], argv: &[T]) -> ServiceCommand {
+        ServiceCommand {
+            wrapper: wrapper.iter().map(|a| a.as_ref().to_string()).collect(),
+            argv: argv.iter().map(|a| a.as_ref().to_string()).collect(),
+        }
+    }
+
+    /// The image's service spec running this command instead of its own (the environment,
+    /// user, working directory and grace period stay the image's). Fails on a command that
+    /// atlas-init would refuse.
+    pub fn apply_to(&self, image: &ServiceSpec) -> Result<ServiceSpec, SpecError> {
+        image.with_command(&self.wrapper, &self.argv)
+    }
+
+    /// The checks atlas-init makes on a command line (not empty, no NUL byte), before any
+    /// image is known.
+    fn check(&self) -> Result<(), SpecError> {
+        let bare = ServiceSpec {
+            entrypoint: Vec::new(),
+            cmd: vec!["/".into()],
+            env: Vec::new(),
+            working_dir: None,
+            user: None,
+            stop_grace_period: atlas_image::init::DEFAULT_STOP_GRACE_PERIOD,
+        };
+        self.apply_to(&bare).map(|_| ())
     }
 }
 
@@ -228,6 +289,16 @@ pub enum FileSource {
     IncusServerCertificate,
 }
 
+impl FileSource {
+    /// Whether the file comes from step-ca (its root, or a certificate it issues).
+    pub fn is_step_ca(&self) -> bool {
+        matches!(
+            self,
+            FileSource::StepCaRoot | FileSource::ServiceCertificate | FileSource::ServiceKey
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("internal error in embedded template `{name}`: {source}")]
@@ -273,6 +344,12 @@ pub enum RenderError {
         second: String,
         field: String,
     },
+    #[error("{instance}: the rendered command line cannot run: {source}")]
+    Command {
+        instance: String,
+        #[source]
+        source: SpecError,
+    },
     #[error("internal error: profile template for {kind} produced invalid TOML: {source}")]
     ProfileToml {
         kind: String,
@@ -306,6 +383,12 @@ pub fn render(config: &Config, creds: &Credentials) -> Result<RenderedSet, Rende
             ServiceKind::Cloudflared => cloudflared::render(&ctx)?,
         };
         out.service = Some(inst.service);
+        if let Some(c) = &out.command {
+            c.check().map_err(|source| RenderError::Command {
+                instance: name.to_string(),
+                source,
+            })?;
+        }
         // The operator's own environment for the instance wins over ours.
         for (k, v) in &inst.environment {
             out.environment.insert(k.clone(), v.clone());
@@ -329,6 +412,16 @@ impl Ctx<'_> {
     pub fn template(&self, template: &str, ctx: serde_json::Value) -> Result<String, RenderError> {
         templates::render(self.env, template, ctx)
     }
+}
+
+/// Where Grafana's datasources are provisioned from.
+pub fn grafana_datasources_path() -> &'static str {
+    grafana::DATASOURCES
+}
+
+/// The uid of the Grafana datasource of a Prometheus or Loki instance; dashboards refer to it.
+pub fn datasource_uid(instance: &str) -> String {
+    format!("atlas-{instance}")
 }
 
 /// The name every Atlas instance has in every other instance's /etc/hosts.

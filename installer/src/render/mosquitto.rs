@@ -6,7 +6,7 @@ use crate::config::ServiceKind;
 
 use super::passwd::mosquitto_password_line;
 use super::paths::{expect_root, expect_service_cert, service_cert, service_user, step_ca_root};
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance, check};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand, check};
 
 pub const CONFIG: &str = "/mosquitto/config/mosquitto.conf";
 pub const PASSWORD_FILE: &str = "/mosquitto/config/passwd";
@@ -64,6 +64,11 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     )?;
     let (uid, gid) = service_user(ServiceKind::Mosquitto);
     out.files.push(RenderedFile::config(CONFIG, text));
+    // The image's entrypoint hands /mosquitto to the broker's user, then execs the broker.
+    out.command = Some(ServiceCommand::wrapped(
+        &["/docker-entrypoint.sh"],
+        &["/usr/sbin/mosquitto", "-c", CONFIG],
+    ));
     out.files
         .push(RenderedFile::secret(PASSWORD_FILE, lines, uid, gid));
     Ok(out)

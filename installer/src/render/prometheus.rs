@@ -9,7 +9,8 @@ use super::paths::*;
 use super::step_ca::STEP_CA_METRICS_PORT;
 use super::templates::ALERT_RULES;
 use super::{
-    Ctx, ExpectedFile, FileSource, RenderError, RenderedFile, RenderedInstance, hostname, targets,
+    Ctx, ExpectedFile, FileSource, RenderError, RenderedFile, RenderedInstance, ServiceCommand,
+    hostname, targets,
 };
 
 pub const CONFIG: &str = "/etc/prometheus/prometheus.yml";
@@ -164,7 +165,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         out.expected_files
             .extend(expect_service_cert(ServiceKind::Prometheus));
     }
-    out.command = Some(cmd);
+    out.command = Some(ServiceCommand::plain(&cmd));
     Ok(out)
 }
 

@@ -4,7 +4,7 @@
 use crate::config::ServiceKind;
 
 use super::paths::service_user;
-use super::{Ctx, RenderError, RenderedFile, RenderedInstance};
+use super::{Ctx, RenderError, RenderedFile, RenderedInstance, ServiceCommand};
 
 /// Outside `/home/step` on purpose: that is the data volume, which a file pushed into the
 /// stopped container's root filesystem would sit underneath. The entrypoint (0.28 and later)
@@ -18,9 +18,9 @@ pub const PASSWORD_FILE: &str = "/etc/step-ca/password";
 pub const STEPPATH: &str = "/home/step";
 
 /// Port of step-ca's Prometheus listener (plain HTTP, `metricsAddress` in ca.json, step-ca
-/// 0.25.3 and later). The first-start initialisation has no variable for it:
-/// `"metricsAddress": ":9290"` must be added to `$STEPPATH/config/ca.json` after
-/// initialisation (by the step-ca recipe or the installer), then step-ca restarted.
+/// 0.25.3 and later). The first-start initialisation has no variable for it: the installer
+/// adds `"metricsAddress": ":9290"` to `$STEPPATH/config/ca.json` after initialisation and
+/// restarts step-ca (`engine::step_ca`).
 pub const STEP_CA_METRICS_PORT: u16 = 9290;
 
 pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
@@ -38,6 +38,16 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     if s.acme {
         env.insert("DOCKER_STEPCA_INIT_ACME".into(), "true".into());
     }
+    // The image's entrypoint initialises the CA on first start, then execs step-ca.
+    out.command = Some(ServiceCommand::wrapped(
+        &["/bin/bash", "/entrypoint.sh"],
+        &[
+            "step-ca".to_string(),
+            "--password-file".to_string(),
+            format!("{STEPPATH}/secrets/password"),
+            format!("{STEPPATH}/config/ca.json"),
+        ],
+    ));
     // No trailing newline: step reads the whole file as the password.
     out.files.push(RenderedFile::secret(
         PASSWORD_FILE,

@@ -211,7 +211,7 @@ fn retention_goes_to_flags_and_config() {
     c.prometheus.retention_size = Some("90GB".to_string().try_into().unwrap());
     c.loki.retention_period = "168h".into();
     let set = render(&c, &creds()).unwrap();
-    let cmd = set.instances["prometheus01"].command.clone().unwrap();
+    let cmd = set.instances["prometheus01"].command.clone().unwrap().argv;
     assert!(
         cmd.contains(&"--storage.tsdb.retention.time=7d".to_string()),
         "{cmd:?}"
@@ -241,12 +241,15 @@ fn digest_is_stable_and_sees_every_change() {
     let mut env = base.clone();
     env.environment.insert("X".into(), "1".into());
     let mut cmd = base.clone();
-    cmd.command.as_mut().unwrap().push("--x".into());
+    cmd.command.as_mut().unwrap().argv.push("--x".into());
+    let mut wrapper = base.clone();
+    wrapper.command.as_mut().unwrap().wrapper.push("/x".into());
     for (what, changed) in [
         ("content", content),
         ("mode", mode),
         ("env", env),
         ("command", cmd),
+        ("wrapper", wrapper),
     ] {
         assert_ne!(base.digest(), changed.digest(), "{what} change not seen");
     }
@@ -324,6 +327,12 @@ fn recipes_run_the_rendered_command_by_default() {
             .iter()
             .chain(&recipe.config.cmd)
             .flatten()
+            .cloned()
+            .collect();
+        let rendered: Vec<String> = rendered
+            .wrapper
+            .iter()
+            .chain(&rendered.argv)
             .cloned()
             .collect();
         assert_eq!(baked, rendered, "images/{service}.toml");

@@ -705,3 +705,70 @@ fn bad_snapshot_name_and_missing_export_are_clear_errors() {
         "{err}"
     );
 }
+
+/// An export into a disk that fills up half-way (a 1 MB tmpfs; the first volume's tarball
+/// fits, the second's 4 MB of noise do not) fails saying so and leaves the directory as it
+/// was: no `.partial`, no half set of tarballs, no manifest; nothing left in Incus either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_into_a_full_disk_removes_what_it_wrote() {
+    let c = client_or_skip!();
+    if !have_busybox() {
+        return;
+    }
+    let g = Guard::new(5);
+    let pc = stack(&c, &g).await;
+    let small = "alertmanager01-data";
+    pc.create_volume(POOL, &StorageVolume::filesystem(small, BTreeMap::new()))
+        .await
+        .expect("create the small volume");
+    sh(
+        &pc,
+        &format!("/bin/busybox head -c 4000000 /dev/urandom > {MOUNT}/noise"),
+    )
+    .await;
+    let volumes_before = volumes(&pc).await;
+    let disk = crate::common::hermetic::Tmpfs::mount(1);
+    let out = disk.path().join("export");
+    let set = VolumeSet {
+        project: g.project.clone(),
+        pool: POOL.into(),
+        volumes: vec![
+            backup::DataVolume {
+                volume: small.into(),
+                instance: "alertmanager01".into(),
+            },
+            backup::DataVolume {
+                volume: VOLUME.into(),
+                instance: INSTANCE.into(),
+            },
+        ],
+    };
+    let e = backup::export(&c, &set, &out, &NoProgress)
+        .await
+        .expect_err("the disk is full");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("No space left on device") && msg.contains(".partial"),
+        "{msg}"
+    );
+    assert!(
+        !out.exists(),
+        "the export directory it made is gone, with everything in it: {:?}",
+        std::fs::read_dir(&out).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    // Into a directory that was there before: it stays, empty as it was.
+    std::fs::create_dir(&out).expect("mkdir");
+    backup::export(&c, &set, &out, &NoProgress)
+        .await
+        .expect_err("the disk is still full");
+    assert_eq!(
+        std::fs::read_dir(&out).expect("read").count(),
+        0,
+        "nothing left in the directory"
+    );
+    assert_eq!(
+        volumes(&pc).await,
+        volumes_before,
+        "no snapshot or temporary volume left"
+    );
+}

@@ -17,6 +17,7 @@ use atlas_image::oci_layout::OciLayoutWriter;
 use atlas_image::progress::NoProgress;
 use atlas_image::source::{PullOptions, Source, pull};
 use atlas_install::bundle::{self, BundleError, CreateSpec, Expect};
+use atlas_install::signing::Trust;
 use sha2::{Digest as _, Sha256};
 
 use crate::common::{atlas, have_tool, require_all, run, stderr, stdout};
@@ -28,7 +29,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A layout with two images sharing their first layer: `one` = [l1], `two` = [l1, l2].
-fn small_layout(dir: &Path) {
+pub(crate) fn small_layout(dir: &Path) {
     let mut l1 = LayerBuilder::new();
     l1.file("etc/hello", 0o644, "shared layer\n").unwrap();
     // Incompressible, so the shared layer is the largest blob (what the damage tests hit).
@@ -70,7 +71,7 @@ fn small_layout(dir: &Path) {
 
 /// A small bundle made by the library from `small_layout` (a stand-in file as the binary:
 /// verification does not run it).
-fn small_bundle(dir: &Path) -> PathBuf {
+pub(crate) fn small_bundle(dir: &Path) -> PathBuf {
     small_layout(&dir.join("layout"));
     let fake_binary = dir.join("atlas-install");
     std::fs::write(&fake_binary, b"#!/bin/sh\necho stand-in\n").unwrap();
@@ -88,14 +89,14 @@ fn small_bundle(dir: &Path) -> PathBuf {
 
 /// One tar member as read back, for rewriting.
 #[derive(Clone)]
-struct Entry {
-    name: Vec<u8>,
-    kind: tar::EntryType,
-    mode: u32,
-    data: Vec<u8>,
+pub(crate) struct Entry {
+    pub name: Vec<u8>,
+    pub kind: tar::EntryType,
+    pub mode: u32,
+    pub data: Vec<u8>,
 }
 
-fn read_entries(path: &Path) -> Vec<Entry> {
+pub(crate) fn read_entries(path: &Path) -> Vec<Entry> {
     let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
     a.entries()
         .unwrap()
@@ -114,7 +115,7 @@ fn read_entries(path: &Path) -> Vec<Entry> {
 }
 
 /// Writes entries as given, names byte for byte (the tar crate refuses `..` in set_path).
-fn write_entries(path: &Path, entries: &[Entry]) {
+pub(crate) fn write_entries(path: &Path, entries: &[Entry]) {
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
     for e in entries {
         let mut h = tar::Header::new_ustar();
@@ -128,23 +129,33 @@ fn write_entries(path: &Path, entries: &[Entry]) {
     b.finish().unwrap();
 }
 
-fn name_of(e: &Entry) -> String {
+pub(crate) fn name_of(e: &Entry) -> String {
     String::from_utf8_lossy(&e.name).into_owned()
 }
 
 /// The manifest as JSON, edited by `f`, written back with a matching checksum member (what
 /// a deliberate forger, or another release, would produce).
-fn edit_manifest(entries: &mut [Entry], f: impl FnOnce(&mut serde_json::Value)) {
+pub(crate) fn edit_manifest(entries: &mut [Entry], f: impl FnOnce(&mut serde_json::Value)) {
     let mut m: serde_json::Value = serde_json::from_slice(&entries[0].data).unwrap();
     f(&mut m);
     entries[0].data = serde_json::to_vec_pretty(&m).unwrap();
     entries[1].data = format!("{}  atlas-bundle.json\n", sha256_hex(&entries[0].data)).into_bytes();
 }
 
+/// `bundle verify` of the structure: the small bundles here are unsigned (the signature
+/// tests below sign theirs).
 fn verify_cli(path: &Path) -> Output {
     run(atlas()
-        .args(["--progress", "none", "bundle", "verify"])
+        .args(["--progress", "none", "bundle", "verify", "--allow-unsigned"])
         .arg(path))
+}
+
+/// What this binary expects of a bundle, accepting the unsigned test bundles.
+fn unsigned_ok() -> Expect {
+    Expect {
+        trust: Trust::embedded().allowing_unsigned(true),
+        ..Expect::this_binary()
+    }
 }
 
 /// `bundle verify` refuses the file, naming `member` and saying `what`.
@@ -233,6 +244,96 @@ fn flipped_bundle(dir: &Path) -> (PathBuf, String) {
     let bad = dir.join("bad.bundle");
     write_entries(&bad, &e);
     (bad, name_of(&e[i]))
+}
+
+/// A small bundle whose image `one` says its layer is one byte longer than it is, with
+/// everything else made consistent again (the manifest blob renamed to its new digest,
+/// index.json and atlas-bundle.json re-digested): what a buggy or forging builder writes.
+/// Returns the file and the layer's member name.
+fn resized_descriptor_bundle(dir: &Path) -> (PathBuf, String) {
+    let mut e = read_entries(&small_bundle(dir));
+    let at = |e: &[Entry], name: &str| e.iter().position(|x| name_of(x) == name).unwrap();
+    let ii = at(&e, "index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&e[ii].data).unwrap();
+    let old_hex = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_string();
+    let old_name = format!("blobs/sha256/{old_hex}");
+    let mi = at(&e, &old_name);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&e[mi].data).unwrap();
+    let layer = format!(
+        "blobs/sha256/{}",
+        &manifest["layers"][0]["digest"].as_str().unwrap()[7..]
+    );
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    manifest["layers"][0]["size"] = (size + 1).into();
+    e[mi].data = serde_json::to_vec(&manifest).unwrap();
+    let new_hex = sha256_hex(&e[mi].data);
+    e[mi].name = format!("blobs/sha256/{new_hex}").into_bytes();
+    index["manifests"][0]["digest"] = format!("sha256:{new_hex}").into();
+    index["manifests"][0]["size"] = e[mi].data.len().into();
+    e[ii].data = serde_json::to_vec(&index).unwrap();
+    let (manifest_blob, index_json) = (e[mi].data.clone(), e[ii].data.clone());
+    edit_manifest(&mut e, |m| {
+        for r in m["members"].as_array_mut().unwrap() {
+            let (data, name) = if r["name"] == old_name.as_str() {
+                (&manifest_blob, format!("blobs/sha256/{new_hex}"))
+            } else if r["name"] == "index.json" {
+                (&index_json, "index.json".to_string())
+            } else {
+                continue;
+            };
+            r["name"] = name.into();
+            r["sha256"] = sha256_hex(data).into();
+            r["size"] = data.len().into();
+        }
+    });
+    let bad = dir.join("resized.bundle");
+    write_entries(&bad, &e);
+    (bad, layer)
+}
+
+/// A small bundle with its largest blob listed (and stored) twice, the manifest re-summed.
+fn duplicated_member_bundle(dir: &Path) -> (PathBuf, String) {
+    let mut e = read_entries(&small_bundle(dir));
+    let i = largest_blob(&e);
+    let name = name_of(&e[i]);
+    e.insert(i + 1, e[i].clone());
+    edit_manifest(&mut e, |m| {
+        let members = m["members"].as_array_mut().unwrap();
+        let j = members
+            .iter()
+            .position(|r| r["name"] == name.as_str())
+            .unwrap();
+        let twice = members[j].clone();
+        members.insert(j + 1, twice);
+    });
+    let bad = dir.join("duplicated.bundle");
+    write_entries(&bad, &e);
+    (bad, name)
+}
+
+#[test]
+fn descriptor_size_that_differs_from_its_blob_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bad, layer) = resized_descriptor_bundle(tmp.path());
+    assert_refused(&bad, &layer, "describes it as");
+    let err = stderr(&verify_cli(&bad));
+    assert!(err.contains("the image one"), "names the image: {err}");
+}
+
+#[test]
+fn member_listed_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bad, member) = duplicated_member_bundle(tmp.path());
+    assert_refused(&bad, &member, "appears twice");
+    let unpack = tmp.path().join("unpack");
+    std::fs::create_dir(&unpack).unwrap();
+    let e = open(&bad, &Expect::this_binary(), &unpack).expect_err("refused");
+    assert!(matches!(e, BundleError::Duplicate { .. }), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&unpack).unwrap().count(),
+        0,
+        "nothing unpacked"
+    );
 }
 
 #[test]
@@ -378,7 +479,7 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let good = small_bundle(tmp.path());
     let unpack = tmp.path().join("unpack");
-    let this = Expect::this_binary();
+    let this = unsigned_ok();
     let other_version = Expect {
         version: "0.0.0-other".to_owned(),
         ..this.clone()
@@ -454,7 +555,7 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
     );
 }
 
-fn registry_ready() -> bool {
+pub(crate) fn registry_ready() -> bool {
     let tools = ["skopeo", "umoci"].iter().all(|t| have_tool(t));
     let prom = crate::common::fixture_of("prometheus");
     let up = Command::new("skopeo")
@@ -476,7 +577,7 @@ fn registry_ready() -> bool {
 
 /// images.lock pinning the embedded recipes' bases to the fixture images, digests computed
 /// from the manifest bytes the registry serves.
-fn fixture_lock(path: &Path) {
+pub(crate) fn fixture_lock(path: &Path) {
     let mut text = String::from("version = 1\n[images]\n");
     for service in ["prometheus", "node-exporter"] {
         let (upstream, fixture) = (
@@ -577,8 +678,7 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
     let in_place = skopeo_digest(&format!("oci-archive:{}:prometheus", out.display()));
     assert_eq!(in_place, prom["digest"].as_str().unwrap());
     let opened =
-        bundle::open_for_install(&out, &Expect::this_binary(), &t.join("unpack"), &NoProgress)
-            .unwrap();
+        bundle::open_for_install(&out, &unsigned_ok(), &t.join("unpack"), &NoProgress).unwrap();
     let dir = opened.layout.path();
     for img in images {
         let name = img["name"].as_str().unwrap();
@@ -715,9 +815,17 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (bad, member) = flipped_bundle(tmp.path());
+    let before = crate::common::hermetic::HostState::read();
     let project = format!("t-bnd-{}", std::process::id());
-    for command in ["install", "upgrade"] {
+    let damaged = [
+        flipped_bundle(tmp.path()),
+        resized_descriptor_bundle(tmp.path()),
+        duplicated_member_bundle(tmp.path()),
+    ];
+    for ((bad, member), command) in damaged
+        .iter()
+        .flat_map(|b| ["install", "upgrade"].map(|c| (b, c)))
+    {
         let o = run(atlas()
             .args([
                 "--progress",
@@ -726,13 +834,14 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
                 "--project",
                 &project,
                 command,
+                "--allow-unsigned",
                 "--bundle",
             ])
-            .arg(&bad));
+            .arg(bad));
         let err = stderr(&o);
         assert!(!o.status.success(), "{command} accepted a corrupt bundle");
         assert!(
-            err.contains("refused before touching Incus") && err.contains(&member),
+            err.contains("refused before touching Incus") && err.contains(member.as_str()),
             "{command}: {err}"
         );
         assert!(
@@ -740,4 +849,6 @@ fn install_and_upgrade_refuse_a_corrupt_bundle_and_change_nothing() {
             "{command} created project {project}"
         );
     }
+    let after = crate::common::hermetic::HostState::read();
+    before.assert_same(&after, "refused bundle installs");
 }

@@ -66,6 +66,26 @@ fn bad_cidr_is_refused() {
     );
 }
 
+/// Ranges a bridge cannot use are refused at the key, saying what the range is.
+#[test]
+fn loopback_multicast_link_local_and_unspecified_ranges_are_refused() {
+    for (cidr, why) in [
+        ("127.0.0.1/8", "127.0.0.0/8, which is loopback"),
+        ("224.0.0.1/24", "224.0.0.0/4, which is multicast"),
+        ("169.254.3.1/24", "169.254.0.0/16, which is link-local"),
+        ("0.0.0.1/24", "0.0.0.0/8, which is unspecified"),
+    ] {
+        refused(
+            &format!("[networks.management]\nipv4 = \"{cidr}\"\n"),
+            &[
+                "atlas.toml:2:8: networks.management.ipv4: ",
+                why,
+                "use a private range",
+            ],
+        );
+    }
+}
+
 #[test]
 fn overlapping_networks_are_refused() {
     refused(

@@ -1,7 +1,8 @@
 //! The install engine against the real incusd: full install, converged re-runs with zero
 //! writes, interrupted runs, foreign objects, bad input, destroy. Each test has its own
-//! project (`t-eng-<pid>-<n>`), bridges (`te<n>...`), CIDRs (10.24<n>.y.0/24, checked free),
-//! host ports and image aliases, and a guard deletes all of it with a fresh client.
+//! project (`t-te<n>-<pid>`), bridges (`te<n>...`), external bridge, free /24s (see
+//! `common::hermetic`), host ports and image aliases, and a guard deletes all of it with a
+//! fresh client.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -20,7 +21,8 @@ use atlas_install::progress::NoProgress;
 use atlas_install::render::{Credentials, MqttCredential};
 
 use crate::common::client_or_skip;
-use crate::common::{atlas, require_all, stderr, stdout};
+use crate::common::hermetic::AtlasNames;
+use crate::common::{atlas, free_port, require_all, stderr, stdout};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
@@ -30,25 +32,9 @@ pub(crate) const SERVICES: [(&str, &[u16]); 3] = [
     ("mosquitto", &[1883]),
     ("alertmanager", &[9093]),
 ];
-const ROLES: [(&str, &str); 5] = [
-    ("development", "dev"),
-    ("testing", "tst"),
-    ("staging", "stg"),
-    ("production", "prd"),
-    ("management", "mgt"),
-];
-
 /// The tests take turns: the shared incusd of this machine times out state changes when
 /// several stacks churn at once, and races bridge creation against bridge deletion.
 pub(crate) static STACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// One test's names, ranges, ports and files.
 pub(crate) struct Env {
@@ -56,81 +42,85 @@ pub(crate) struct Env {
     pub(crate) project: String,
     nets: Vec<String>,
     cidrs: Vec<String>,
+    /// Its project, bridges and external bridge (removed after the guard's cleanup).
+    names: AtlasNames,
     caddy_ports: (u16, u16),
     mqtt_port: u16,
     dir: tempfile::TempDir,
     /// Foreign objects the test made itself.
     foreign_networks: Vec<String>,
+    /// With a Loki (a test image serving /ready on 3100) and the server wiring on.
+    wiring: bool,
+    /// With the wiring on: the server keys and trust store as they were, put back first.
+    server: Option<crate::common::hermetic::ServerGuard>,
 }
 
 impl Env {
-    pub(crate) async fn new(c: &Client, n: u8) -> Env {
-        let pid = std::process::id();
-        let project = format!("t-eng-{pid}-{n}");
-        let nets: Vec<String> = ROLES
-            .iter()
-            .map(|(_, r)| format!("te{n}{}{r}", pid % 10000))
-            .collect();
-        let taken: Vec<ipnet::Ipv4Net> = c
-            .networks()
-            .await
-            .expect("networks")
-            .iter()
-            .filter_map(|n| n.config.get("ipv4.address")?.parse::<ipnet::Ipv4Net>().ok())
-            .map(|n| n.trunc())
-            .chain(routes())
-            .collect();
-        let base = (pid % 40) as u8 * 5;
-        let third = (0..50u8)
-            .map(|k| (base + k * 5) % 250)
-            .find(|y| {
-                (0..5).all(|i| {
-                    !taken
-                        .iter()
-                        .any(|t| overlap(t, &format!("10.24{n}.{}.0/24", y + i)))
-                })
-            })
-            .expect("a free 10.24x range");
-        let cidrs = (0..5)
-            .map(|i| format!("10.24{n}.{}.1/24", third + i))
-            .collect();
+    pub(crate) async fn new(_c: &Client, n: u8) -> Env {
+        let names = AtlasNames::new(&format!("te{n}"));
         Env {
             n,
-            project,
-            nets,
-            cidrs,
+            project: names.project.clone(),
+            nets: names.bridge_names(),
+            cidrs: names
+                .networks
+                .iter()
+                .map(|(_, _, c)| c.to_string())
+                .collect(),
+            names,
             caddy_ports: (free_port(), free_port()),
             mqtt_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             foreign_networks: Vec::new(),
+            wiring: false,
+            server: None,
         }
+    }
+
+    /// Like [`Env::new`], with loki01 (a test image) and both integrations on: install wires
+    /// the server (Incus logging to that Loki, the metrics certificate, core.https_address).
+    pub(crate) async fn with_wiring(c: &Client, n: u8) -> Env {
+        let mut env = Env::new(c, n).await;
+        env.wiring = true;
+        env.server = Some(crate::common::hermetic::ServerGuard::remember(
+            crate::wiring::SERVER_KEYS,
+        ));
+        env
+    }
+
+    /// The test services of this env and the ports each serves.
+    fn services(&self) -> Vec<(&'static str, &'static [u16])> {
+        let mut all = SERVICES.to_vec();
+        if self.wiring {
+            all.push(("loki", &[3100]));
+        }
+        all
     }
 
     pub(crate) fn alias(&self, service: &str) -> String {
-        format!("t-eng-{}-{}/{service}", std::process::id(), self.n)
+        format!("{}/{service}", self.project)
     }
 
     /// atlas.toml for this test: three instances (caddy, mosquitto, alertmanager). Server
-    /// wiring is off: Loki is not deployed here, and the daemon is shared with other tests
-    /// (tests/it/wiring.rs covers the wiring on its own, restoring what it changes).
+    /// wiring is off unless [`Env::with_wiring`] (then loki01 too): the daemon is shared with
+    /// other tests (tests/it/wiring.rs covers the wiring on its own, restoring what it changes).
     fn toml(&self, extra: &str) -> String {
         let mut t = format!(
-            "[incus]\nsocket = \"{SOCKET}\"\nproject = \"{}\"\nstorage_pool = \"{POOL}\"\nexternal_network = \"incusbr0\"\n\n\
+            "{}socket = \"{SOCKET}\"\n\n\
              [caddy]\nhttp_port = {}\nhttps_port = {}\nlisten_address = \"127.0.0.1\"\n\n\
              [mosquitto]\nmqtt_port = {}\nlisten_address = \"127.0.0.1\"\n\n\
              [instances.mosquitto01.snapshots]\nenabled = true\n\n\
-             [integrations]\nincus_loki = false\nincus_metrics = false\n\n[images.aliases]\n",
-            self.project, self.caddy_ports.0, self.caddy_ports.1, self.mqtt_port
+             [integrations]\nincus_loki = {w}\nincus_metrics = {w}\n\n[images.aliases]\n",
+            self.names.incus_toml(),
+            self.caddy_ports.0,
+            self.caddy_ports.1,
+            self.mqtt_port,
+            w = self.wiring,
         );
-        for (s, _) in SERVICES {
+        for (s, _) in self.services() {
             t += &format!("{s} = \"{}\"\n", self.alias(s));
         }
-        for (i, (role, _)) in ROLES.iter().enumerate() {
-            t += &format!(
-                "\n[networks.{role}]\nname = \"{}\"\nipv4 = \"{}\"\n",
-                self.nets[i], self.cidrs[i]
-            );
-        }
+        t += &self.names.networks_toml();
         // node-exporter is off: its host-root bind mount cannot be set up in a nested container.
         for off in [
             "grafana01",
@@ -139,6 +129,9 @@ impl Env {
             "node-exporter01",
             "step-ca01",
         ] {
+            if off == "loki01" && self.wiring {
+                continue;
+            }
             t += &format!("\n[instances.{off}]\nenabled = false\n");
         }
         t + extra
@@ -191,7 +184,7 @@ impl Env {
             cmd.args(["--ignore-preflight", "--existing-images"]);
         }
         if args.first() == Some(&"plan") {
-            cmd.arg("--existing-images");
+            cmd.args(["--existing-images", "--ignore-preflight"]);
         }
         cmd.env("ATLAS_TEST_SECRETS_FILE", self.secrets_file());
         cmd
@@ -203,7 +196,7 @@ impl Env {
             .await
             .expect("ensure project");
         let pc = c.in_project(&self.project);
-        for (service, ports) in SERVICES {
+        for (service, ports) in self.services() {
             let tarball = image_tarball(service, ports);
             let body =
                 reqwest::Body::from(tokio::fs::File::open(tarball).await.expect("open image"));
@@ -218,22 +211,10 @@ impl Env {
     }
 }
 
-fn overlap(a: &ipnet::Ipv4Net, b: &str) -> bool {
-    let b: ipnet::Ipv4Net = b.parse().expect("cidr");
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
-fn routes() -> Vec<ipnet::Ipv4Net> {
-    atlas_install::engine::preflight::parse_routes(
-        &std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
-    )
-    .into_iter()
-    .map(|r| r.dest)
-    .collect()
-}
-
 impl Drop for Env {
     fn drop(&mut self) {
+        // Before Loki goes: Incus would wait on a Loki that is gone.
+        drop(self.server.take());
         if std::env::var_os("T_ENG_KEEP").is_some() {
             eprintln!(
                 "T_ENG_KEEP: leaving project {} and networks {:?}",
@@ -760,7 +741,7 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
     );
     assert_eq!(
         inv["volumes"],
-        ["alertmanager01-data", "mosquitto01-data"],
+        ["alertmanager01-data", "caddy01-data", "mosquitto01-data"],
         "data volumes kept"
     );
     let o = env
@@ -867,7 +848,10 @@ async fn interrupted_runs_converge_without_duplicates() {
     let mut got = inv["instances"].clone();
     got.sort();
     assert_eq!(got, want_instances);
-    assert_eq!(inv["volumes"], ["alertmanager01-data", "mosquitto01-data"]);
+    assert_eq!(
+        inv["volumes"],
+        ["alertmanager01-data", "caddy01-data", "mosquitto01-data"]
+    );
     assert_eq!(inv["profiles"].len(), 4, "{inv:?}");
     let w0 = c.writes();
     let report = engine(&c, &cfg, None).plan().await.expect("plan");
@@ -887,7 +871,7 @@ async fn foreign_object_with_our_name_is_reported_and_untouched() {
     let mut env = Env::new(&c, 3).await;
     // A bridge with our management network's name but no atlas keys, on another free range.
     let name = env.nets[4].clone();
-    let foreign_cidr = format!("10.24{}.{}.1/24", env.n, 250 - (std::process::id() % 5));
+    let foreign_cidr = crate::common::hermetic::free_subnets(1)[0].to_string();
     let cfg_map: BTreeMap<String, String> = [
         ("ipv4.address", foreign_cidr.as_str()),
         ("ipv4.nat", "false"),

@@ -190,32 +190,12 @@ fn build(recipe: &Path, cache: &Path, extra: &[&str]) -> Output {
         .args(extra))
 }
 
-/// A /24 in 10.240-249.x that no host route or address uses yet.
+/// The first three octets of a /24 nothing on the host uses (`common::hermetic`).
 fn free_subnet() -> String {
-    let routes = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args(["-4", "route"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned()
-        + &String::from_utf8_lossy(
-            &Command::new("ip")
-                .args(["-4", "addr"])
-                .output()
-                .unwrap()
-                .stdout,
-        );
-    let pid = std::process::id();
-    for i in 0..250u32 {
-        let (a, b) = (240 + (pid + i) % 10, (pid / 10 + i) % 250 + 1);
-        let net = format!("10.{a}.{b}.");
-        if !routes.contains(&net) {
-            return format!("10.{a}.{b}");
-        }
-    }
-    panic!("no free 10.24x.y.0/24");
+    let o = crate::common::hermetic::free_subnets(1)[0]
+        .network()
+        .octets();
+    format!("{}.{}.{}", o[0], o[1], o[2])
 }
 
 fn free_port() -> u16 {

@@ -345,7 +345,7 @@ async fn network_etag_update_and_stale_etag() {
     let mut g = Guard::new(&c);
     let pid = std::process::id();
     let name = format!("t-incus-br{}", pid % 10000);
-    let cidr = format!("10.231.{}.1/24", pid % 250);
+    let cidr = crate::common::hermetic::free_subnets(1)[0].to_string();
     g.networks.push(name.clone());
     let cfg = map(&[
         ("ipv4.address", &cidr),

@@ -15,12 +15,12 @@ use crate::common::{have_tool, stderr, stdout};
 const ARCH: &str = std::env::consts::ARCH;
 
 /// Files by URL path; `short` paths announce their full length but send half the body.
-struct Server {
-    base: String,
+pub(crate) struct Server {
+    pub base: String,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
-fn serve(files: BTreeMap<String, Vec<u8>>, short: Vec<String>) -> Server {
+pub(crate) fn serve(files: BTreeMap<String, Vec<u8>>, short: Vec<String>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -103,9 +103,20 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../install.sh")
 }
 
-fn run_sh(base: &str, bin_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+pub(crate) fn run_sh(base: &str, bin_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    run_script(&script(), base, bin_dir, env, args)
+}
+
+/// Runs `script` (the repository's install.sh, or a release's copy) like `run_sh`.
+pub(crate) fn run_script(
+    script: &Path,
+    base: &str,
+    bin_dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
     let mut cmd = Command::new("sh");
-    cmd.arg(script())
+    cmd.arg(script)
         .args(args)
         .env("ATLAS_INSTALL_BASE_URL", base)
         .env("ATLAS_INSTALL_BIN_DIR", bin_dir)
@@ -122,7 +133,7 @@ fn ready() -> bool {
 }
 
 /// Nothing but what the test put there: no binary, no partial download.
-fn assert_nothing_installed(bin_dir: &Path) {
+pub(crate) fn assert_nothing_installed(bin_dir: &Path) {
     let left: Vec<_> = std::fs::read_dir(bin_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())

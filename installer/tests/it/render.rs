@@ -23,6 +23,9 @@ const STEP_CA_PW: &str = "test-step-ca-pw";
 const MQTT_PW: &str = "test-mqtt-pw";
 const CF_API_TOKEN: &str = "test-cf-api-token";
 const TUNNEL_TOKEN: &str = "test-tunnel-token";
+const SMTP_PW: &str = "test-smtp-pw";
+const SLACK_URL: &str = "https://hooks.slack.com/services/test-slack-secret";
+const HOOK_TOKEN: &str = "test-hook-token";
 
 fn creds() -> Credentials {
     Credentials {
@@ -202,7 +205,66 @@ fn variants() -> Vec<(&'static str, Config)> {
     other.alertmanager.webhook_url = Some("https://hooks.example.org/atlas/T0KEN".into());
     other.prometheus.retention_size = Some("90GB".to_string().try_into().unwrap());
     v.push(("stepca-webhook", other));
+    v.push(("receivers", with_receivers()));
     v
+}
+
+/// Every receiver kind (email with and without SMTP AUTH, Slack, webhook with and without a
+/// bearer token) on routes by severity, with their secrets.
+fn with_receivers() -> Config {
+    use atlas_install::config::{
+        AlertRoutes, EmailReceiver, Receiver, SeverityRoute, SlackReceiver, WebhookReceiver,
+    };
+    let mut c = Config::builtin();
+    let a = &mut c.alertmanager;
+    let email = |auth: bool| {
+        Receiver::Email(EmailReceiver {
+            smarthost: "smtp.example.org:587".into(),
+            from: "Atlas <atlas@example.org>".into(),
+            to: vec!["oncall@example.org".into(), "ops@example.org".into()],
+            auth_username: auth.then(|| "atlas@example.org".into()),
+            auth_password_file: None,
+            require_tls: auth,
+        })
+    };
+    a.receivers.insert("oncall".into(), email(true));
+    a.receivers.insert("relay".into(), email(false));
+    a.receivers.insert(
+        "chat".into(),
+        Receiver::Slack(SlackReceiver {
+            channel: Some("#alerts".into()),
+            webhook_url_file: None,
+        }),
+    );
+    a.receivers.insert(
+        "pager".into(),
+        Receiver::Webhook(WebhookReceiver {
+            url: "https://hooks.example.org/alerts".into(),
+            bearer_token_file: None,
+        }),
+    );
+    a.receivers.insert(
+        "audit".into(),
+        Receiver::Webhook(WebhookReceiver {
+            url: "http://audit.example.internal:8080/".into(),
+            bearer_token_file: None,
+        }),
+    );
+    a.routes = AlertRoutes {
+        critical: Some(SeverityRoute {
+            receivers: vec!["oncall".into(), "chat".into(), "pager".into()],
+            repeat_interval: Some("1h".into()),
+        }),
+        warning: Some(SeverityRoute {
+            receivers: vec!["chat".into(), "relay".into(), "audit".into()],
+            repeat_interval: None,
+        }),
+    };
+    let s = &mut c.secrets.receivers;
+    s.insert("oncall".into(), SMTP_PW.into());
+    s.insert("chat".into(), SLACK_URL.into());
+    s.insert("pager".into(), HOOK_TOKEN.into());
+    c
 }
 
 /// Everything rendered, as reviewable text (secret files included: the test secrets are fixed).
@@ -211,7 +273,10 @@ fn dump(set: &RenderedSet) -> String {
     for (name, inst) in &set.instances {
         s.push_str(&format!("######## {name}\n"));
         if let Some(cmd) = &inst.command {
-            s.push_str(&format!("command: {cmd:?}\n"));
+            if !cmd.wrapper.is_empty() {
+                s.push_str(&format!("wrapper: {:?}\n", cmd.wrapper));
+            }
+            s.push_str(&format!("command: {:?}\n", cmd.argv));
         }
         for (k, v) in &inst.environment {
             let secret = if inst.secret_env.contains(k) {
@@ -236,6 +301,11 @@ fn dump(set: &RenderedSet) -> String {
                 f.gid,
                 if f.secret { ", secret" } else { "" }
             ));
+            if f.path.starts_with(render::dashboards::DIR) {
+                // Large and checked on their own (render::dashboards tests, the stack test).
+                s.push_str(&format!("<dashboard JSON, {} bytes>\n", f.contents.len()));
+                continue;
+            }
             s.push_str(&String::from_utf8_lossy(&f.contents));
             if !f.contents.ends_with(b"\n") {
                 s.push_str("\n<no newline at end>\n");
@@ -552,7 +622,8 @@ fn amtool_accepts_every_variant() {
     }
     for (name, config) in variants() {
         let set = rendered(&config);
-        let tree = container_tree(&set.instances["alertmanager01"]);
+        let am = &set.instances["alertmanager01"];
+        let tree = container_tree(am);
         let out = Command::new("amtool")
             .args(["check-config"])
             .arg(tree.path().join("etc/alertmanager/alertmanager.yml"))
@@ -564,19 +635,119 @@ fn amtool_accepts_every_variant() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(out.status.success(), "variant {name}: {text}");
-        assert!(text.contains("1 receivers"), "{text}");
-        let y = yaml_of(
-            &set.instances["alertmanager01"],
-            "/etc/alertmanager/alertmanager.yml",
+        assert!(text.contains("1 inhibit rules"), "{text}");
+        let y = yaml_of(am, "/etc/alertmanager/alertmanager.yml");
+        let receivers: Vec<&str> = y["receivers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            text.contains(&format!("{} receivers", receivers.len())),
+            "{text}"
         );
-        let webhook = &y["receivers"][0]["webhook_configs"][0]["url"];
-        assert_eq!(
-            webhook.as_str().is_some(),
-            name == "stepca-webhook",
-            "variant {name}"
-        );
-        assert_eq!(y["route"]["receiver"], y["receivers"][0]["name"]);
+        assert!(receivers.contains(&y["route"]["receiver"].as_str().unwrap()));
+        match name {
+            "stepca-webhook" => {
+                assert_eq!(y["route"]["receiver"], "webhook");
+                assert!(y["receivers"][1]["webhook_configs"][0]["url"].is_string());
+            }
+            "receivers" => {}
+            _ => {
+                assert_eq!(receivers, ["default"], "variant {name}");
+                assert!(y["route"]["routes"].is_null(), "variant {name}");
+            }
+        }
     }
+}
+
+/// Every receiver kind: routed by severity, each secret in a 0600 file of its own that the
+/// config points at, and none of them in alertmanager.yml (which `render --out` may show).
+#[test]
+fn receivers_are_routed_by_severity_with_secrets_in_their_own_files() {
+    let set = rendered(&with_receivers());
+    let am = &set.instances["alertmanager01"];
+    let config = am
+        .files
+        .iter()
+        .find(|f| f.path == "/etc/alertmanager/alertmanager.yml")
+        .unwrap();
+    assert!(!config.secret && config.mode == 0o644, "{config:?}");
+    let text = String::from_utf8_lossy(&config.contents);
+    for secret in [SMTP_PW, SLACK_URL, HOOK_TOKEN] {
+        assert!(!text.contains(secret), "{secret} in alertmanager.yml");
+    }
+    for (receiver, secret) in [
+        ("oncall", SMTP_PW),
+        ("chat", SLACK_URL),
+        ("pager", HOOK_TOKEN),
+    ] {
+        let path = format!("/etc/alertmanager/secrets/{receiver}");
+        let f = am.files.iter().find(|f| f.path == path).expect(&path);
+        assert!(f.secret, "{f:?}");
+        assert_eq!((f.mode, f.uid, f.gid), (0o600, 65534, 65534), "{path}");
+        assert_eq!(f.contents, secret.as_bytes(), "{path}: exactly the secret");
+    }
+    let y = yaml_of(am, "/etc/alertmanager/alertmanager.yml");
+    let by_name = |n: &str| {
+        y["receivers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("no receiver {n}"))
+            .clone()
+    };
+    let oncall = &by_name("oncall")["email_configs"][0];
+    assert_eq!(
+        oncall["auth_password_file"],
+        "/etc/alertmanager/secrets/oncall"
+    );
+    assert_eq!(oncall["to"], "oncall@example.org, ops@example.org");
+    assert_eq!(oncall["require_tls"], true);
+    let relay = &by_name("relay")["email_configs"][0];
+    assert!(relay["auth_username"].is_null() && relay["auth_password_file"].is_null());
+    assert_eq!(
+        by_name("chat")["slack_configs"][0]["api_url_file"],
+        "/etc/alertmanager/secrets/chat"
+    );
+    let pager = &by_name("pager")["webhook_configs"][0];
+    assert_eq!(
+        pager["http_config"]["authorization"]["credentials_file"],
+        "/etc/alertmanager/secrets/pager"
+    );
+    assert!(by_name("audit")["webhook_configs"][0]["http_config"].is_null());
+    let routes: Vec<(String, String, Option<String>)> = y["route"]["routes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["continue"], true, "{r:?}");
+            (
+                r["matchers"][0].as_str().unwrap().to_string(),
+                r["receiver"].as_str().unwrap().to_string(),
+                r["repeat_interval"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    let want = [
+        ("severity=\"critical\"", "oncall", Some("1h")),
+        ("severity=\"critical\"", "chat", Some("1h")),
+        ("severity=\"critical\"", "pager", Some("1h")),
+        ("severity=\"warning\"", "chat", None),
+        ("severity=\"warning\"", "relay", None),
+        ("severity=\"warning\"", "audit", None),
+    ];
+    let want: Vec<(String, String, Option<String>)> = want
+        .iter()
+        .map(|(m, r, i)| (m.to_string(), r.to_string(), i.map(String::from)))
+        .collect();
+    assert_eq!(routes, want);
+    assert_eq!(
+        y["route"]["receiver"], "default",
+        "the rest stays in Alertmanager"
+    );
 }
 
 /// Caddyfile blocks Debian's caddy 2.6 cannot load: the ratelimit and Cloudflare DNS plugins,
@@ -1310,6 +1481,44 @@ fn render_command_writes_container_paths_and_keeps_secrets_private() {
         std::fs::metadata(&passwd).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// `render --out` with an email receiver: the SMTP password (from the environment) lands in
+/// its own 0600 file, alertmanager.yml stays 0644 without it, and nothing printed has it.
+#[test]
+fn render_command_keeps_receiver_secrets_in_their_own_private_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("atlas.toml");
+    std::fs::write(
+        &cfg,
+        "[alertmanager.receivers.oncall]\nkind = \"email\"\nsmarthost = \"smtp.example.org:587\"\n\
+         from = \"atlas@example.org\"\nto = [\"oncall@example.org\"]\nauth_username = \"atlas\"\n\
+         [alertmanager.routes.critical]\nreceivers = [\"oncall\"]\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run(atlas()
+        .arg("-c")
+        .arg(&cfg)
+        .args(["render", "--out"])
+        .arg(&out_dir)
+        .env("ATLAS_RECEIVER_SECRET_ONCALL", "smtp-pw-from-env"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let am = out_dir.join("alertmanager01/etc/alertmanager");
+    let secret = am.join("secrets/oncall");
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "smtp-pw-from-env"
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&secret), 0o600);
+    let config = am.join("alertmanager.yml");
+    assert_eq!(mode(&config), 0o644);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(!text.contains("smtp-pw-from-env"), "{text}");
+    assert!(text.contains("auth_password_file: \"/etc/alertmanager/secrets/oncall\""));
+    let printed = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!printed.contains("smtp-pw-from-env"), "{printed}");
 }
 
 /// Incus objects this test created, removed in reverse order even when the test fails.

@@ -4,9 +4,10 @@
 //! Debian binaries), deploys it on the real incusd, and the services work together.
 //!
 //! Network: the test talks to 127.0.0.1 (registry, proxy devices) and to the bridges it
-//! creates itself; nothing else.
+//! creates itself (its five networks and its own external bridge, on ranges nothing on the
+//! host uses: `common::hermetic`); nothing else. So it runs beside the README demo.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -15,35 +16,21 @@ use atlas_install::incus::{Client, FileMeta, OptionalExt, StateAction};
 use serde_json::Value;
 
 use crate::common::{
-    atlas, client_or_skip, fixture_of, have_tool, recipe_base, require_all, stderr, stdout,
+    atlas, client_or_skip, fixture_of, free_port, have_tool, recipe_base, require_all, stderr,
+    stdout,
 };
 
-const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
+pub(crate) const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
 /// base64 of `{"a":"atlas-fixture","t":"6a9e2d7e-…","s":"c2VjcmV0"}`: a tunnel token whose
 /// account tag makes the cloudflared fixture connect (tests/fixtures/README.md).
-const FIXTURE_TUNNEL_TOKEN: &str = "eyJhIjoiYXRsYXMtZml4dHVyZSIsInQiOiI2YTllMmQ3ZS05YzQ4LTQwMWItYmRmZC1hYjIxOWQzZDRkZjUiLCJzIjoiYzJWamNtVjAifQ==";
-const ROLES: [(&str, &str); 5] = [
-    ("development", "dev"),
-    ("testing", "tst"),
-    ("staging", "stg"),
-    ("production", "prd"),
-    ("management", "mgt"),
-];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub(crate) const FIXTURE_TUNNEL_TOKEN: &str = "eyJhIjoiYXRsYXMtZml4dHVyZSIsInQiOiI2YTllMmQ3ZS05YzQ4LTQwMWItYmRmZC1hYjIxOWQzZDRkZjUiLCJzIjoiYzJWamNtVjAifQ==";
 
 /// The fixture images are in the local registry under the recipes' tags (run-tests.sh
 /// builds them first); says once what they cannot check.
-fn fixtures_ready() -> bool {
+pub(crate) fn fixtures_ready() -> bool {
     let (repo, tag) = fixture_of("prometheus")
         .rsplit_once(':')
         .map(|(r, t)| (r.to_string(), t.to_string()))
@@ -66,46 +53,26 @@ fn fixtures_ready() -> bool {
     ok
 }
 
-struct Stack {
-    project: String,
-    nets: Vec<String>,
-    /// Third octet of the first of five consecutive 10.23x.y.0/24 ranges.
-    base: (u8, u8),
-    https_port: u16,
+pub(crate) struct Stack {
+    pub(crate) project: String,
+    pub(crate) nets: Vec<String>,
+    /// Its project, bridges, ranges and external bridge.
+    pub(crate) names: crate::common::hermetic::AtlasNames,
+    pub(crate) https_port: u16,
     http_port: u16,
-    mqtt_port: u16,
-    dir: tempfile::TempDir,
-    client: Client,
+    pub(crate) mqtt_port: u16,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) client: Client,
 }
 
 impl Stack {
     /// `tag` keeps two tests of one process apart (project, bridges, ranges).
-    async fn new(client: Client, tag: char) -> Stack {
-        let pid = std::process::id();
-        let taken: Vec<String> = client
-            .networks()
-            .await
-            .expect("networks")
-            .iter()
-            .filter_map(|n| n.config.get("ipv4.address").cloned())
-            .collect();
-        let second = 230 + (pid % 5) as u8;
-        let third = (0..40u8)
-            .map(|k| k * 5)
-            .find(|y| {
-                (0..5).all(|i| {
-                    let prefix = format!("10.{second}.{}.", y + i);
-                    !taken.iter().any(|t| t.starts_with(&prefix))
-                })
-            })
-            .expect("a free 10.23x range");
+    pub(crate) async fn new(client: Client, tag: char) -> Stack {
+        let names = crate::common::hermetic::AtlasNames::new(&format!("ts{tag}"));
         Stack {
-            project: format!("t-stack-{pid}-{tag}"),
-            nets: ROLES
-                .iter()
-                .map(|(_, r)| format!("ts{}{tag}{r}", pid % 10000))
-                .collect(),
-            base: (second, third),
+            project: names.project.clone(),
+            nets: names.bridge_names(),
+            names,
             https_port: free_port(),
             http_port: free_port(),
             mqtt_port: free_port(),
@@ -114,10 +81,14 @@ impl Stack {
         }
     }
 
-    fn config(&self, allowed: &str) -> PathBuf {
-        let (second, third) = self.base;
+    pub(crate) fn config(&self, allowed: &str) -> PathBuf {
+        self.config_with(allowed, "")
+    }
+
+    /// The test config with `extra` (TOML) laid over it, key by key.
+    pub(crate) fn config_with(&self, allowed: &str, extra: &str) -> PathBuf {
         let mut t = format!(
-            "[incus]\nproject = \"{}\"\nstorage_pool = \"default\"\nexternal_network = \"incusbr0\"\n\n\
+            "{}\n\
              # A tunnel token the cloudflared fixture connects with (tests/fixtures/README.md).\n\
              [cloudflared]\ntoken_file = \"cloudflared-token\"\n\n\
              [caddy]\nhttp_port = {}\nhttps_port = {}\nlisten_address = \"127.0.0.1\"\n\
@@ -130,25 +101,24 @@ impl Stack {
              [integrations]\nincus_loki = false\nincus_metrics = false\n\n\
              [images]\ndownload_mirror = \"{DOWNLOADS}\"\n\n\
              [instances.grafana01.web]\nallowed_ip_range = [{allowed}]\n",
-            self.project, self.http_port, self.https_port, self.mqtt_port
+            self.names.incus_toml(),
+            self.http_port,
+            self.https_port,
+            self.mqtt_port
         );
-        for (i, (role, _)) in ROLES.iter().enumerate() {
-            t += &format!(
-                "\n[networks.{role}]\nname = \"{}\"\nipv4 = \"10.{second}.{}.1/24\"\n",
-                self.nets[i],
-                third + i as u8
-            );
-        }
+        t += &self.names.networks_toml();
+        let mut table: toml::Table = t.parse().expect("test config");
+        merge(&mut table, extra.parse().expect("extra config"));
         let token = self.dir.path().join("cloudflared-token");
         std::fs::write(&token, FIXTURE_TUNNEL_TOKEN).expect("token file");
         std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .expect("chmod token file");
         let path = self.dir.path().join("atlas.toml");
-        std::fs::write(&path, t).expect("config");
+        std::fs::write(&path, table.to_string()).expect("config");
         path
     }
 
-    fn atlas(&self, args: &[&str]) -> Output {
+    pub(crate) fn atlas(&self, args: &[&str]) -> Output {
         self.run(atlas(), args, "")
     }
 
@@ -169,7 +139,7 @@ impl Stack {
     }
 
     /// `cmd` (atlas-install, or what wraps it) on this stack's config and cache.
-    fn run(&self, mut cmd: Command, args: &[&str], label: &str) -> Output {
+    pub(crate) fn run(&self, mut cmd: Command, args: &[&str], label: &str) -> Output {
         let out = cmd
             .arg("-c")
             .arg(self.dir.path().join("atlas.toml"))
@@ -182,7 +152,7 @@ impl Stack {
         out
     }
 
-    fn install(&self) -> Output {
+    pub(crate) fn install(&self) -> Output {
         self.atlas(&[
             "install",
             "--yes",
@@ -192,11 +162,25 @@ impl Stack {
         ])
     }
 
-    fn project(&self) -> Client {
+    /// `upgrade --rotate-secrets` from the fixture registry.
+    pub(crate) fn upgrade_rotating(&self) -> Output {
+        self.atlas(&[
+            "upgrade",
+            "--yes",
+            "--ignore-preflight",
+            "--registry-mirror",
+            &REGISTRY,
+            "--rotate-secrets",
+            "--health-timeout",
+            "120",
+        ])
+    }
+
+    pub(crate) fn project(&self) -> Client {
         self.client.in_project(&self.project)
     }
 
-    async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
+    pub(crate) async fn address(&self, instance: &str, nic: &str) -> Ipv4Addr {
         let state: Value = self
             .project()
             .get_path(&format!("/1.0/instances/{instance}/state"), true)
@@ -236,7 +220,7 @@ impl Stack {
         }
     }
 
-    async fn secret(&self, key: &str) -> String {
+    pub(crate) async fn secret(&self, key: &str) -> String {
         let p = self
             .client
             .get_project(&self.project)
@@ -250,8 +234,20 @@ impl Stack {
     }
 }
 
+/// `over`'s keys replace `base`'s, tables merged key by key.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 /// Removes everything the test made, volumes included, even when the test failed.
-struct Cleanup<'a>(&'a Stack);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Stack);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -268,14 +264,12 @@ impl Drop for Cleanup<'_> {
             std::thread::sleep(Duration::from_secs(3));
         }
         for n in &self.0.nets {
-            let _ = Command::new("incus")
-                .args(["network", "delete", n])
-                .output();
+            crate::common::hermetic::delete_network(n);
         }
     }
 }
 
-async fn http_get(url: &str) -> Result<(u16, String), String> {
+pub(crate) async fn http_get(url: &str) -> Result<(u16, String), String> {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -287,7 +281,7 @@ async fn http_get(url: &str) -> Result<(u16, String), String> {
 }
 
 /// Polls Prometheus until every job in `jobs` has a target with up == 1.
-async fn wait_for_up(prom: Ipv4Addr, jobs: &[&str]) -> Vec<(String, String)> {
+pub(crate) async fn wait_for_up(prom: Ipv4Addr, jobs: &[&str]) -> Vec<(String, String)> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut ups = Vec::new();
@@ -333,7 +327,7 @@ async fn through_caddy(port: u16) -> Result<u16, String> {
 }
 
 /// The same request until the answer settles (Caddy gets its internal certificate lazily).
-async fn caddy_status(port: u16) -> u16 {
+pub(crate) async fn caddy_status(port: u16) -> u16 {
     let mut last = Err(String::new());
     for _ in 0..20 {
         last = through_caddy(port).await;
@@ -363,7 +357,7 @@ fn mqtt_pub(port: u16, user: &str, password: &str) -> Output {
         .expect("mosquitto_pub")
 }
 
-async fn restart_seconds(pc: &Client, name: &str) -> f64 {
+pub(crate) async fn restart_seconds(pc: &Client, name: &str) -> f64 {
     let t = Instant::now();
     pc.set_instance_state(name, StateAction::Restart, 30, false)
         .await
@@ -379,7 +373,7 @@ async fn read_marker(pc: &Client) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn has_tools() -> bool {
+pub(crate) fn has_tools() -> bool {
     ["curl", "mosquitto_pub", "incus"]
         .iter()
         .all(|t| have_tool(t))
@@ -435,12 +429,16 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
 
     // 2. The real Prometheus scrapes the real exporters and has the ten alert rules.
     let prom = stack.address("prometheus01", "eth0").await;
-    let ups = wait_for_up(
-        prom,
-        &["prometheus", "node-exporter", "alertmanager", "caddy"],
-    )
-    .await;
-    for job in ["prometheus", "node-exporter", "alertmanager", "caddy"] {
+    // step-ca's metrics are on because the installer wrote metricsAddress into its ca.json.
+    let jobs = [
+        "prometheus",
+        "node-exporter",
+        "alertmanager",
+        "caddy",
+        "step-ca",
+    ];
+    let ups = wait_for_up(prom, &jobs).await;
+    for job in jobs {
         assert!(
             ups.iter().any(|(j, v)| j == job && v == "1"),
             "up{{job={job:?}}} != 1: {ups:?}"
@@ -518,7 +516,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     let o = stack.install();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
-    let o = stack.atlas(&["plan", "--detailed-exitcode"]);
+    let o = stack.atlas(&["plan", "--detailed-exitcode", "--ignore-preflight"]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert_eq!(
         read_marker(&pc).await,
@@ -618,16 +616,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         keys_before,
         "keys untouched"
     );
-    let o = stack.atlas(&[
-        "upgrade",
-        "--yes",
-        "--ignore-preflight",
-        "--registry-mirror",
-        &REGISTRY,
-        "--rotate-secrets",
-        "--health-timeout",
-        "120",
-    ]);
+    let o = stack.upgrade_rotating();
     assert!(
         o.status.success(),
         "upgrade --rotate-secrets: {}",
@@ -872,7 +861,7 @@ async fn grafana_serves_the_provisioned_datasources(stack: &Stack) {
 }
 
 /// Whether `status` reports every service healthy within 10 s.
-async fn wait_healthy(stack: &Stack) -> bool {
+pub(crate) async fn wait_healthy(stack: &Stack) -> bool {
     for _ in 0..20 {
         if stack.atlas(&["status"]).status.success() {
             return true;
@@ -899,20 +888,8 @@ async fn grafana_user(base: &str, password: &str) -> u16 {
 
 /// A storage pool (dir, on a 16 MB tmpfs) without room for the bundle's images: `install
 /// --bundle` refuses before any change, saying how much it has and needs.
-async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
-    let mnt = stack.dir.path().join("tiny-pool");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
-    let sh = |cmd: &mut Command| {
-        let o = cmd.output().expect("run");
-        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
-    };
-    sh(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt));
-    let pool = format!("{}-tiny", stack.project);
-    sh(Command::new("incus")
-        .args(["storage", "create", &pool, "dir"])
-        .arg(format!("source={}", mnt.display())));
+async fn pool_too_small_is_refused(stack: &Stack, bundle: &str, trust_key: &str) {
+    let pool = crate::common::hermetic::TinyPool::create("stk", 16);
     let o = atlas()
         .arg("-c")
         .arg(stack.dir.path().join("atlas.toml"))
@@ -922,20 +899,19 @@ async fn pool_too_small_is_refused(stack: &Stack, bundle: &str) {
             "install",
             "--yes",
             "--ignore-preflight",
+            "--trust-key",
+            trust_key,
             "--bundle",
             bundle,
         ])
-        .env("ATLAS_INCUS__STORAGE_POOL", &pool)
+        .env("ATLAS_INCUS__STORAGE_POOL", &pool.name)
         .output()
         .expect("run atlas-install");
-    let _ = Command::new("incus")
-        .args(["storage", "delete", &pool])
-        .output();
-    let _ = Command::new("umount").arg(&mnt).output();
     let err = stderr(&o);
     assert!(!o.status.success(), "a pool without room must be refused");
     assert!(
-        err.contains(&format!("storage pool {pool} has")) && err.contains("Nothing was changed"),
+        err.contains(&format!("storage pool {} has", pool.name))
+            && err.contains("Nothing was changed"),
         "{err}"
     );
     assert!(
@@ -960,6 +936,8 @@ async fn whole_stack_from_a_bundle() {
     let _cleanup = Cleanup(&stack);
     let bundle = stack.dir.path().join("atlas.bundle");
     let bundle_arg = bundle.to_str().expect("utf-8 path");
+    // Signed by the operator's own key (a throwaway one), trusted at install.
+    let key = crate::common::throwaway_key(stack.dir.path(), "operator");
     let o = stack.atlas(&[
         "bundle",
         "create",
@@ -969,9 +947,11 @@ async fn whole_stack_from_a_bundle() {
         &REGISTRY,
         "--download-mirror",
         DOWNLOADS,
+        "--sign",
+        key.secret.to_str().expect("utf-8 path"),
     ]);
     assert!(o.status.success(), "bundle create:\n{}", stderr(&o));
-    pool_too_small_is_refused(&stack, bundle_arg).await;
+    pool_too_small_is_refused(&stack, bundle_arg, &key.base64).await;
 
     // First prove the namespace really has no network: the same registry that served `bundle
     // create` a moment ago is unreachable from it.
@@ -994,6 +974,8 @@ async fn whole_stack_from_a_bundle() {
             "install",
             "--yes",
             "--ignore-preflight",
+            "--trust-key",
+            &key.base64,
             "--bundle",
             bundle_arg,
         ])
@@ -1002,12 +984,23 @@ async fn whole_stack_from_a_bundle() {
     let log = stderr(&o);
     assert!(o.status.success(), "install --bundle failed:\n{log}");
     assert!(
+        log.contains(&format!(
+            "signed by key ID {} (trusted with --trust-key)",
+            key.id
+        )),
+        "the signer is named: {log}"
+    );
+    assert!(
         log.contains("verify "),
         "the bundle is verified first: {log}"
     );
     assert!(
         log.contains("import oci:"),
         "images come from the bundle's layout: {log}"
+    );
+    assert!(
+        !log.contains("carries no service spec"),
+        "the bundle's images keep their service spec, so the rendered commands apply: {log}"
     );
     assert!(
         !log.contains(&*REGISTRY) && !log.contains("docker://"),
@@ -1027,6 +1020,8 @@ async fn whole_stack_from_a_bundle() {
         "upgrade",
         "--yes",
         "--ignore-preflight",
+        "--trust-key",
+        key.public.to_str().expect("utf-8 path"),
         "--bundle",
         bundle_arg,
     ]);

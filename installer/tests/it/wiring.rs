@@ -24,7 +24,7 @@ const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
 
 /// Server config keys any test here may touch; the guard restores each to its value before.
-const SERVER_KEYS: &[&str] = &[
+pub(crate) const SERVER_KEYS: &[&str] = &[
     "loki.api.url",
     "loki.types",
     "loki.instance",
@@ -35,7 +35,17 @@ const SERVER_KEYS: &[&str] = &[
 ];
 
 /// Tests that change server config wait for each other (the server is one for all).
-static SERVER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERVER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The wiring keys someone else holds on the shared daemon right now (the README demo, an
+/// operator): a test that sets them would only measure their settings, or clobber them.
+pub(crate) fn busy_server_keys(server: &atlas_install::incus::Server) -> Vec<&'static str> {
+    SERVER_KEYS
+        .iter()
+        .copied()
+        .filter(|k| server.config.get(*k).is_some_and(|v| !v.is_empty()))
+        .collect()
+}
 
 fn unique(tag: &str) -> String {
     format!("t-wir-{}-{tag}", std::process::id())
@@ -439,10 +449,7 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
     let mut g = Guard::default();
     g.remember_server_keys(&c).await;
     let before = c.server().await.expect("server").value;
-    let busy: Vec<&&str> = SERVER_KEYS
-        .iter()
-        .filter(|k| before.config.get(**k).is_some_and(|v| !v.is_empty()))
-        .collect();
+    let busy = busy_server_keys(&before);
     if !busy.is_empty() {
         // Someone else's test (or the operator) holds these right now: the test would only
         // measure their settings. Not a failure of this code.
@@ -739,10 +746,7 @@ async fn https_address_set_by_the_operator_is_left_alone() {
     let mut g = Guard::default();
     g.remember_server_keys(&c).await;
     let before = c.server().await.expect("server").value;
-    if SERVER_KEYS
-        .iter()
-        .any(|k| before.config.get(*k).is_some_and(|v| !v.is_empty()))
-    {
+    if !busy_server_keys(&before).is_empty() {
         eprintln!("skipping: wiring keys are set on the shared daemon right now");
         return;
     }
@@ -908,9 +912,10 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
     let pc = c.in_project(&project);
     let pid = std::process::id();
     let bridge = format!("t-wir-br{}", pid % 10000);
-    let third = 10 + pid % 240;
-    let gateway = Ipv4Addr::new(10, 245, third as u8, 1);
-    let address = Ipv4Addr::new(10, 245, third as u8, 10);
+    // A range nothing on the host uses (routes, addresses, Incus networks).
+    let net = crate::common::hermetic::free_subnets(1)[0];
+    let gateway = net.addr();
+    let address = Ipv4Addr::from(u32::from(net.network()) + 10);
     g.networks.push(bridge.clone());
     c.create_network(&Network::bridge(
         &bridge,

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 pub enum Role {
     Grafana,
     Loki,
-    StepCa,
     Cloudflared,
 }
 
@@ -18,7 +17,6 @@ impl Role {
         match self {
             Role::Grafana => "grafana",
             Role::Loki => "loki",
-            Role::StepCa => "step-ca",
             Role::Cloudflared => "cloudflared",
         }
     }
@@ -27,7 +25,6 @@ impl Role {
         Some(match s {
             "grafana" | "grafana-server" | "run.sh" => Role::Grafana,
             "loki" => Role::Loki,
-            "step-ca" | "entrypoint.sh" => Role::StepCa,
             "cloudflared" => Role::Cloudflared,
             _ => return None,
         })
@@ -63,12 +60,6 @@ pub struct Settings {
     pub role: Role,
     /// The main port (health endpoints).
     pub main: Listen,
-    /// A separate metrics port, when the product has one (step-ca).
-    pub metrics: Option<Listen>,
-    /// step-ca: where the CA lives ($STEPPATH).
-    pub step_path: Option<PathBuf>,
-    /// step-ca: `--password-file`, which must open the CA's keys.
-    pub password_file: Option<PathBuf>,
     /// What only one role needs (its parsed command line, its config file).
     pub setup: Setup,
 }
@@ -76,7 +67,6 @@ pub struct Settings {
 /// Role-specific start-up input, checked when the role starts (`main::run`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Setup {
-    None,
     Grafana(crate::grafana::Paths),
     /// Loki's `-config.file` path and text (`None` when it could not be read).
     Loki(Option<(String, Option<String>)>),
@@ -100,7 +90,7 @@ pub fn plan(
         None => Role::parse(base).ok_or_else(|| {
             UsageError(format!(
                 "cannot tell the role from the program name {base:?}: install the binary as \
-                 grafana, run.sh, loki, step-ca or cloudflared, or pass --role ROLE"
+                 grafana, run.sh, loki or cloudflared, or pass --role ROLE"
             ))
         })?,
     };
@@ -110,13 +100,6 @@ pub fn plan(
             role.name()
         ))
     };
-    if role == Role::StepCa
-        && args
-            .iter()
-            .any(|a| a == "version" || a == "--version" || a == "-version")
-    {
-        return Ok(version());
-    }
     let settings = match role {
         Role::Grafana => {
             let mut full = vec![base.to_string()];
@@ -138,15 +121,11 @@ pub fn plan(
             crate::loki::check_flags(&args).map_err(UsageError)?;
             loki(&mut args, read)
         }
-        Role::StepCa => step_ca(&args, env, read),
         Role::Cloudflared => match crate::cloudflared::parse(&args, env).map_err(UsageError)? {
             crate::cloudflared::Command::Version => return Ok(version()),
             crate::cloudflared::Command::Run(run) => Settings {
                 role: Role::Cloudflared,
                 main: Listen::plain(go_addr(&run.metrics)),
-                metrics: None,
-                step_path: None,
-                password_file: None,
                 setup: Setup::Tunnel(run),
             },
         },
@@ -173,9 +152,6 @@ fn grafana(env: &BTreeMap<String, String>, paths: crate::grafana::Paths) -> Sett
             addr: join(addr, port),
             tls,
         },
-        metrics: None,
-        step_path: None,
-        password_file: None,
         setup: Setup::Grafana(paths),
     }
 }
@@ -211,41 +187,7 @@ fn loki(args: &mut Vec<String>, read: &dyn Fn(&Path) -> Option<String>) -> Setti
             addr: join("0.0.0.0", &port),
             tls,
         },
-        metrics: None,
-        step_path: None,
-        password_file: None,
         setup: Setup::Loki(file.map(|f| (f, text))),
-    }
-}
-
-/// step-ca: `step-ca [--password-file F] CONFIG`; CONFIG (ca.json) gives `address` and
-/// `metricsAddress`. Without a metricsAddress the stand-in still offers metrics on :9290,
-/// the port Atlas configures.
-fn step_ca(
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    read: &dyn Fn(&Path) -> Option<String>,
-) -> Settings {
-    let step_path = PathBuf::from(env.get("STEPPATH").map_or("/home/step", String::as_str));
-    let config = args
-        .iter()
-        .rev()
-        .find(|a| a.ends_with(".json"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| step_path.join("config/ca.json"));
-    let ca: serde_json::Value = read(&config)
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let addr = ca["address"].as_str().unwrap_or(":9000");
-    let metrics = ca["metricsAddress"].as_str().unwrap_or(":9290");
-    Settings {
-        role: Role::StepCa,
-        // The TLS material is generated at start under $STEPPATH (see tls.rs).
-        main: Listen::plain(go_addr(addr)),
-        metrics: Some(Listen::plain(go_addr(metrics))),
-        step_path: Some(step_path),
-        password_file: flag_value(&mut args.to_vec(), &["--password-file"]).map(PathBuf::from),
-        setup: Setup::None,
     }
 }
 
@@ -417,36 +359,6 @@ mod tests {
             (s.main.addr.as_str(), s.main.tls.is_none()),
             ("0.0.0.0:3100", true)
         );
-    }
-
-    #[test]
-    fn step_ca_reads_addresses_from_ca_json() {
-        let read = |p: &Path| {
-            (p == Path::new("/home/step/config/ca.json"))
-                .then(|| r#"{"address":":9443","metricsAddress":"127.0.0.1:9291"}"#.to_string())
-        };
-        let s = serve(plan(
-            &argv(&[
-                "/usr/local/bin/step-ca",
-                "--password-file",
-                "/home/step/secrets/password",
-                "/home/step/config/ca.json",
-            ]),
-            &env(&[("STEPPATH", "/home/step")]),
-            &read,
-        ));
-        assert_eq!(s.main.addr, "0.0.0.0:9443");
-        assert_eq!(
-            s.password_file.as_deref(),
-            Some(Path::new("/home/step/secrets/password"))
-        );
-        assert_eq!(s.metrics.unwrap().addr, "127.0.0.1:9291");
-        let s = serve(plan(&argv(&["step-ca"]), &env(&[]), &no_files));
-        assert_eq!(
-            (s.main.addr.as_str(), s.metrics.unwrap().addr.as_str()),
-            ("0.0.0.0:9000", "0.0.0.0:9290")
-        );
-        assert_eq!(s.step_path, Some(PathBuf::from("/home/step")));
     }
 
     #[test]

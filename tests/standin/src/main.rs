@@ -1,4 +1,4 @@
-//! atlas-standin: a test fixture standing in for Grafana, Loki, step-ca and cloudflared where
+//! atlas-standin: a test fixture standing in for Grafana, Loki and cloudflared where
 //! no real binary is available. It answers their health and metrics endpoints on their ports
 //! and says in every answer that it is a stand-in. The role comes from argv[0] (the binary is
 //! installed under the upstream program paths) or `--role`.
@@ -9,7 +9,6 @@ mod grafana;
 mod http;
 mod loki;
 mod roles;
-mod stepkey;
 mod tls;
 
 use std::io::Write;
@@ -18,28 +17,12 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use args::{Listen, Plan, Role, Settings, Setup};
+use args::{Listen, Plan, Settings, Setup};
 use http::{Handler, Transport};
 use roles::State;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    // Installed as `step` too: the step CLI's `crypto change-pass` (see stepkey.rs).
-    if argv
-        .first()
-        .is_some_and(|a| a.rsplit('/').next() == Some("step"))
-    {
-        return match stepkey::step_cli(&argv[1..]) {
-            Ok(line) => {
-                let _ = writeln!(std::io::stdout(), "{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let env = std::env::vars().collect();
     let read = |p: &Path| std::fs::read_to_string(p).ok();
     let settings = match args::plan(&argv, &env, &read) {
@@ -66,29 +49,14 @@ fn run(s: Settings) -> Result<(), String> {
     exit_on_stop_signals()?;
     let state = Arc::new(State::new(s.role));
     start_role(&state, &s.setup)?;
-    let main_transport = match (s.role, &s.main.tls) {
-        (Role::StepCa, _) => {
-            let dir = s.step_path.as_deref().unwrap_or(Path::new("/home/step"));
-            stepkey::check_or_create(dir, s.password_file.as_deref())?;
-            let (cfg, root_pem) = tls::step_ca(dir, &step_ca_names())?;
-            let _ = state.root_pem.set(root_pem);
-            Transport::Tls(cfg)
-        }
-        (_, Some((cert, key))) => Transport::Tls(tls::from_pem_files(cert, key)?),
-        (_, None) => Transport::Plain,
+    let main_transport = match &s.main.tls {
+        Some((cert, key)) => Transport::Tls(tls::from_pem_files(cert, key)?),
+        None => Transport::Plain,
     };
     let main = bind(&s.main)?;
-    let mut metrics_note = String::new();
-    if let Some(m) = &s.metrics {
-        let listener = bind(m)?;
-        metrics_note = format!(", metrics on {}", bound(&listener));
-        let st = state.clone();
-        let h: Handler = Arc::new(move |r| roles::handle_metrics_port(&st, r));
-        std::thread::spawn(move || http::serve(listener, Transport::Plain, h));
-    }
     // The bound address (not the requested one), so tests can ask for port 0.
     eprintln!(
-        "atlas-standin: stand-in for {} (not the real product) listening on {}{metrics_note}",
+        "atlas-standin: stand-in for {} (not the real product) listening on {}",
         s.role.name(),
         bound(&main),
     );
@@ -101,7 +69,6 @@ fn run(s: Settings) -> Result<(), String> {
 fn start_role(state: &State, setup: &Setup) -> Result<(), String> {
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     match setup {
-        Setup::None => {}
         Setup::Grafana(paths) => {
             let mut log = |line: String| eprintln!("atlas-standin (grafana): {line}");
             let g = grafana::start(paths, &env, &mut log)?;
@@ -154,24 +121,6 @@ fn bound(l: &TcpListener) -> String {
 
 fn bind(l: &Listen) -> Result<TcpListener, String> {
     TcpListener::bind(&l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))
-}
-
-/// The names step-ca's certificate is for: those the upstream entrypoint would initialise
-/// with, plus loopback so local health probes verify.
-fn step_ca_names() -> Vec<String> {
-    let mut names: Vec<String> = std::env::var("DOCKER_STEPCA_INIT_DNS_NAMES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(String::from)
-        .collect();
-    for n in ["localhost", "127.0.0.1"] {
-        if !names.iter().any(|x| x == n) {
-            names.push(n.to_string());
-        }
-    }
-    names
 }
 
 /// SIGTERM (forwarded by our PID 1), SIGINT and SIGPWR (Incus' halt signal, should we ever

@@ -15,8 +15,6 @@ const KEEP_STREAMS: usize = 256;
 
 pub struct State {
     pub role: Role,
-    /// step-ca: the root certificate, once the CA exists.
-    pub root_pem: OnceLock<String>,
     /// Grafana: the started server (admin user, datasources, dashboards).
     pub grafana: OnceLock<crate::grafana::Grafana>,
     /// cloudflared: when the tunnel's connections register (never, for a token that does
@@ -33,6 +31,10 @@ struct LokiState {
     entries: u64,
     bytes: u64,
     unparsed: u64,
+    /// Lines and line bytes of JSON pushes, as Loki's distributor counts them (per tenant;
+    /// without auth Loki's one tenant is `fake`).
+    lines: u64,
+    line_bytes: u64,
     streams: VecDeque<BTreeMap<String, String>>,
 }
 
@@ -45,7 +47,6 @@ impl State {
     pub fn new(role: Role) -> Self {
         State {
             role,
-            root_pem: OnceLock::new(),
             grafana: OnceLock::new(),
             tunnel: OnceLock::new(),
             started: Instant::now(),
@@ -73,7 +74,6 @@ pub fn handle(state: &State, req: &Request) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let get = req.method == "GET" || req.method == "HEAD";
     match (state.role, req.path.as_str()) {
-        (Role::StepCa, "/metrics") => not_found(state),
         (_, "/metrics") if get => metrics(state),
         (Role::Grafana, _) => match state.grafana.get().and_then(|g| g.handle(req)) {
             Some(r) => r,
@@ -111,20 +111,6 @@ pub fn handle(state: &State, req: &Request) -> Response {
                 .collect();
             Response::json(200, &json!({"status": "success", "data": values}))
         }
-        (Role::StepCa, "/health") if get => Response::json(200, &json!({"status": "ok"})),
-        (Role::StepCa, "/roots.pem") if get => match state.root_pem.get() {
-            Some(pem) => Response::new(200, "application/x-pem-file", pem.clone()),
-            None => Response::text(503, "atlas stand-in for step-ca: no root yet\n"),
-        },
-        _ => not_found(state),
-    }
-}
-
-/// step-ca's separate plain-HTTP metrics listener.
-pub fn handle_metrics_port(state: &State, req: &Request) -> Response {
-    state.requests.fetch_add(1, Ordering::Relaxed);
-    match req.path.as_str() {
-        "/metrics" if req.method == "GET" || req.method == "HEAD" => metrics(state),
         _ => not_found(state),
     }
 }
@@ -176,7 +162,16 @@ fn loki_push(state: &State, req: &Request) -> Response {
                     .collect()
             })
             .unwrap_or_default();
-        l.entries += s["values"].as_array().map_or(0, |v| v.len() as u64);
+        let values = s["values"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        l.entries += values.len() as u64;
+        l.lines += values.len() as u64;
+        l.line_bytes += values
+            .iter()
+            .map(|v| v[1].as_str().map_or(0, str::len) as u64)
+            .sum::<u64>();
         if l.streams.len() == KEEP_STREAMS {
             l.streams.pop_front();
         }
@@ -211,13 +206,24 @@ fn metrics(state: &State) -> Response {
             ] {
                 m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
             }
+            // Loki's own names: the series appear with a tenant's first lines, as in Loki.
+            if l.lines > 0 {
+                for (name, help, v) in [
+                    ("loki_distributor_lines_received_total", "The total number of lines received per tenant", l.lines),
+                    ("loki_distributor_bytes_received_total", "The total number of uncompressed bytes received per tenant", l.line_bytes),
+                ] {
+                    m.push_str(&format!(
+                        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{tenant=\"fake\"}} {v}\n"
+                    ));
+                }
+            }
         }
         Role::Cloudflared => m.push_str(&format!(
             "# HELP cloudflared_tunnel_ha_connections Number of active ha connections\n\
              # TYPE cloudflared_tunnel_ha_connections gauge\ncloudflared_tunnel_ha_connections {}\n",
             state.tunnel_connections()
         )),
-        Role::Grafana | Role::StepCa => {}
+        Role::Grafana => {}
     }
     Response::new(200, "text/plain; version=0.0.4; charset=utf-8", m)
 }
@@ -293,6 +299,11 @@ mod tests {
     fn loki_counts_pushes_and_keeps_label_sets() {
         let s = State::new(Role::Loki);
         assert_eq!(handle(&s, &req("GET", "/ready")).status, 200);
+        let before = body(&handle(&s, &req("GET", "/metrics")));
+        assert!(
+            !before.contains("loki_distributor"),
+            "no tenant yet: {before}"
+        );
         let r = handle(
             &s,
             &push(
@@ -316,6 +327,11 @@ mod tests {
 
         let m = body(&handle(&s, &req("GET", "/metrics")));
         assert!(m.contains("standin_loki_push_total 4\n"), "{m}");
+        assert!(
+            m.contains("loki_distributor_lines_received_total{tenant=\"fake\"} 3\n")
+                && m.contains("loki_distributor_bytes_received_total{tenant=\"fake\"} 3\n"),
+            "{m}"
+        );
         assert!(m.contains("standin_loki_push_entries_total 3\n"), "{m}");
         assert!(m.contains("standin_loki_push_unparsed_total 1\n"), "{m}");
 
@@ -339,24 +355,6 @@ mod tests {
         let values = values["data"].as_array().unwrap();
         assert_eq!(values.len(), KEEP_STREAMS);
         assert!(!values.contains(&json!("0")) && values.contains(&json!(KEEP_STREAMS.to_string())));
-    }
-
-    #[test]
-    fn step_ca_health_on_main_port_metrics_on_its_own() {
-        let s = State::new(Role::StepCa);
-        let r = handle(&s, &req("GET", "/health"));
-        assert_eq!((r.status, json_body(&r)), (200, json!({"status":"ok"})));
-        assert_eq!(handle(&s, &req("GET", "/metrics")).status, 404);
-        assert_eq!(handle(&s, &req("GET", "/roots.pem")).status, 503);
-        s.root_pem
-            .set("-----BEGIN CERTIFICATE-----\nx\n".into())
-            .unwrap();
-        assert!(
-            body(&handle(&s, &req("GET", "/roots.pem"))).starts_with("-----BEGIN CERTIFICATE-----")
-        );
-        let r = handle_metrics_port(&s, &req("GET", "/metrics"));
-        assert!(body(&r).contains("role=\"step-ca\""));
-        assert_eq!(handle_metrics_port(&s, &req("GET", "/health")).status, 404);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! `backup export`: one tarball per data volume, from a fresh snapshot so the services keep
 //! running, streamed to disk, and a manifest written last (an interrupted export has none).
+//! Every file is written under a temporary name (`.partial`) and renamed once complete; an
+//! export that fails (a full disk, a lost daemon) removes every file it wrote, so the
+//! directory is as it was: no half set of archives is ever mistaken for a backup.
 //!
 //! Per volume: snapshot `atlas-export-<time>`, copy it to the temporary volume
 //! `<volume>-atlas-export` (Incus backs up volumes, not snapshots), back that up, download
@@ -48,12 +51,22 @@ pub async fn export(
     }
     let pc = client.in_project(&set.project);
     let present = existing_volumes(&pc, set, progress).await?;
-    std::fs::create_dir_all(out).map_err(BackupError::io("creating", out))?;
+    // A failed export removes what it wrote: so it must not write over anything.
+    if let Some(path) = present
+        .iter()
+        .map(|v| out.join(file_name(&v.volume)))
+        .find(|p| p.exists())
+    {
+        return Err(BackupError::ExportFileExists { path });
+    }
+    let mut written = Written::new(out)?;
     let now = super::super::clock::now_secs();
     let snapshot = format!("{SNAPSHOT_PREFIX}{}", super::super::clock::compact(now));
     let mut volumes = Vec::new();
     for v in &present {
-        volumes.push(export_volume(&pc, &set.pool, v, &snapshot, out, progress).await?);
+        let entry = export_volume(&pc, &set.pool, v, &snapshot, out, progress).await?;
+        written.files.push(out.join(&entry.file));
+        volumes.push(entry);
     }
     let manifest = Manifest {
         format: FORMAT,
@@ -64,7 +77,47 @@ pub async fn export(
         volumes,
     };
     manifest.write(out)?;
+    written.keep();
     Ok(manifest)
+}
+
+/// The files an export wrote so far, removed on drop unless [`Written::keep`] (an error, or
+/// a panic, on the way), with the directory when the export created it.
+struct Written {
+    files: Vec<PathBuf>,
+    created: Option<PathBuf>,
+    kept: bool,
+}
+
+impl Written {
+    fn new(out: &Path) -> Result<Written, BackupError> {
+        let created = (!out.exists()).then(|| out.to_path_buf());
+        std::fs::create_dir_all(out).map_err(BackupError::io("creating", out))?;
+        Ok(Written {
+            files: Vec::new(),
+            created,
+            kept: false,
+        })
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Some(dir) = &self.created {
+            // Only when empty: nothing of anyone else's goes.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// File name of a volume's tarball in the export directory.
@@ -162,25 +215,53 @@ async fn download(
         task.set_total(n);
     }
     let partial = PathBuf::from(format!("{}.partial", path.display()));
-    let mut f = tokio::fs::File::create(&partial)
+    let got = stream_to(&mut dl, pc, temp, &partial, task).await;
+    if got.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return got;
+    }
+    tokio::fs::rename(&partial, path)
         .await
-        .map_err(BackupError::io("creating", &partial))?;
+        .map_err(BackupError::io("writing", path))?;
+    got
+}
+
+/// Writes the download into `partial` (synced), hashing it: its sha256 and size.
+async fn stream_to(
+    dl: &mut crate::incus::BackupDownload,
+    pc: &Client,
+    temp: &str,
+    partial: &Path,
+    task: &dyn ProgressTask,
+) -> Result<(String, u64), BackupError> {
+    let mut f = tokio::fs::File::create(partial)
+        .await
+        .map_err(BackupError::io("creating", partial))?;
     let mut h = Sha256::new();
     let mut size = 0u64;
-    while let Some(chunk) = dl.stream.next().await {
+    // The head came in time; a body that stops flowing is the daemon not answering too.
+    let stall = pc.request_timeout();
+    loop {
+        let next = tokio::time::timeout(stall, dl.stream.next())
+            .await
+            .map_err(|_| pc.no_answer("GET", &format!("backup export of {temp}")))
+            .map_err(BackupError::incus(format!(
+                "downloading the backup of {temp}"
+            )))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(BackupError::incus(format!(
             "downloading the backup of {temp}"
         )))?;
         h.update(&chunk);
         f.write_all(&chunk)
             .await
-            .map_err(BackupError::io("writing", &partial))?;
+            .map_err(BackupError::io("writing", partial))?;
         size += chunk.len() as u64;
         task.advance(chunk.len() as u64);
     }
     if dl.length.is_some_and(|n| n != size) {
         return Err(BackupError::Corrupt {
-            path: partial,
+            path: partial.to_path_buf(),
             why: format!(
                 "the download ended after {size} of {} bytes",
                 dl.length.unwrap_or_default()
@@ -189,11 +270,7 @@ async fn download(
     }
     f.sync_all()
         .await
-        .map_err(BackupError::io("writing", &partial))?;
-    drop(f);
-    tokio::fs::rename(&partial, path)
-        .await
-        .map_err(BackupError::io("writing", path))?;
+        .map_err(BackupError::io("writing", partial))?;
     Ok((hex::encode(h.finalize()), size))
 }
 

@@ -101,8 +101,17 @@ impl Manifest {
             path: path.clone(),
             why: e.to_string(),
         })?;
-        std::fs::write(&tmp, text).map_err(BackupError::io("writing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(BackupError::io("writing", &path))
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &text)?;
+                f.sync_all()
+            })
+            .map_err(BackupError::io("writing", &tmp))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(BackupError::io("writing", &path)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 

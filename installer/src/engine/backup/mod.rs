@@ -124,6 +124,12 @@ pub enum BackupError {
         dir.display()
     )]
     ExportExists { dir: PathBuf },
+    /// A tarball of this export's name is there already (not ours to overwrite, or remove).
+    #[error(
+        "{} is there already; export into an empty or new directory so nothing in it is overwritten. Nothing was changed",
+        path.display()
+    )]
+    ExportFileExists { path: PathBuf },
     /// The manifest is missing, unreadable or inconsistent.
     #[error("backup manifest {}: {why}. Nothing was restored", path.display())]
     Manifest { path: PathBuf, why: String },
@@ -417,14 +423,14 @@ mod tests {
         let cfg = Config::builtin();
         let set = VolumeSet::from_config(&cfg);
         assert_eq!(set.project, cfg.incus.project);
-        assert_eq!(set.volumes.len(), 6, "{:?}", set.volumes);
+        assert_eq!(set.volumes.len(), 7, "{:?}", set.volumes);
         assert!(
             set.volumes
                 .iter()
                 .all(|v| v.volume == format!("{}-data", v.instance))
         );
-        let only = set.only(&["grafana01", "caddy01"]);
-        assert_eq!(only.volumes.len(), 1, "caddy has no data volume");
+        let only = set.only(&["grafana01", "node-exporter01"]);
+        assert_eq!(only.volumes.len(), 1, "node-exporter has no data volume");
         assert_eq!(only.volumes[0].volume, "grafana01-data");
     }
 

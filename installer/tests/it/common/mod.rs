@@ -18,6 +18,15 @@ pub fn atlas() -> Command {
     cmd
 }
 
+/// A TCP port on 127.0.0.1 free right now (for host ports a test's stack publishes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("failed to spawn atlas-install")
 }
@@ -184,3 +193,40 @@ pub fn announce_fixture_gaps() {
         );
     });
 }
+
+/// A throwaway minisign key pair made for one test (unencrypted, like `minisign -G -W`):
+/// release keys never live in the repository.
+pub struct TestKey {
+    pub secret: std::path::PathBuf,
+    pub public: std::path::PathBuf,
+    /// The base64 public key line (`minisign -P`'s argument).
+    pub base64: String,
+    /// The key ID as minisign prints it.
+    pub id: String,
+}
+
+pub fn throwaway_key(dir: &Path, name: &str) -> TestKey {
+    let kp = minisign::KeyPair::generate_unencrypted_keypair().expect("key pair");
+    let public = kp.pk.to_box().unwrap().into_string();
+    let secret = kp.sk.to_box(None).unwrap().into_string();
+    let (sec, pubf) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    );
+    std::fs::write(&sec, &secret).unwrap();
+    std::fs::write(&pubf, &public).unwrap();
+    let base64 = public.lines().nth(1).unwrap().trim().to_owned();
+    let id = atlas_install::signing::PublicKey::from_base64(&base64)
+        .unwrap()
+        .id
+        .to_string();
+    TestKey {
+        secret: sec,
+        public: pubf,
+        base64,
+        id,
+    }
+}
+
+pub mod hermetic;
+pub mod scripted;
