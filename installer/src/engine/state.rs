@@ -708,7 +708,8 @@ mod tests {
         }
         let grafana = pushed_spec(&d, "grafana01").unwrap();
         assert_eq!(grafana.env_var("GF_SECURITY_ADMIN_PASSWORD"), Some("pw"));
-        // A new retention: Prometheus' spec (and hash) changes, nothing else.
+        // A new retention: Prometheus' spec (and hash) changes, and Grafana's, whose Services
+        // dashboard draws the retention line (render::dashboards); nothing else.
         let mut cfg2 = cfg.clone();
         cfg2.prometheus.retention_time = "9d".into();
         let d2 = build_with(&cfg2, Some(of_image.clone()));
@@ -718,7 +719,7 @@ mod tests {
                 .cmd
                 .contains(&"--storage.tsdb.retention.time=9d".to_string())
         );
-        assert_eq!(changed(&d, &d2), ["prometheus01"]);
+        assert_eq!(changed(&d, &d2), ["prometheus01", "grafana01"]);
         // A new image with another environment changes the spec too (no stale copy).
         let mut newer = of_image.clone();
         newer.env.push("NEW=1".into());
