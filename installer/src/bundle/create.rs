@@ -306,8 +306,10 @@ impl Images {
             // creates only its last component); a bundle carries no plugin choices.
             atlas.add_plugins(p, &[])?;
         }
-        let image = build::build(&base, &atlas)?;
+        // The base's indexes from the pull serve both the layout (placing our layer through
+        // the base's symlinks) and the bill of materials: no extra read.
         let mut indexes = observer.take();
+        let image = build::build_indexed(&base, &atlas, &indexes)?;
         if let Some(l) = &image.layer {
             // Our own layer, from memory.
             let blob = &l.gzip[..];
