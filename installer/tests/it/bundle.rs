@@ -578,27 +578,8 @@ pub(crate) fn registry_ready() -> bool {
 /// images.lock pinning the embedded recipes' bases to the fixture images, digests computed
 /// from the manifest bytes the registry serves.
 pub(crate) fn fixture_lock(path: &Path) {
-    let mut text = String::from("version = 1\n[images]\n");
-    for service in ["prometheus", "node-exporter"] {
-        let (upstream, fixture) = (
-            crate::common::recipe_base(service),
-            crate::common::fixture_of(service),
-        );
-        let raw = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{REGISTRY}/{fixture}"))
-            .output()
-            .unwrap();
-        assert!(
-            raw.status.success(),
-            "{}",
-            String::from_utf8_lossy(&raw.stderr)
-        );
-        text.push_str(&format!(
-            "\"{upstream}\" = \"sha256:{}\"\n",
-            sha256_hex(&raw.stdout)
-        ));
-    }
+    let text = crate::common::fixture_lock_text(&["prometheus", "node-exporter"], "")
+        .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(path, text).unwrap();
 }
 

@@ -460,80 +460,24 @@ async fn variant(pc: &Client, instance: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{instance}: no variant line"))
 }
 
-/// An images.lock pinning every recipe base to its fixture's `-v2` twin, by the digest of
-/// the manifest bytes the registry serves for that tag.
-async fn v2_lock(dir: &Path) -> Result<std::path::PathBuf, String> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut lines = String::from("version = 1\n\n[images]\n");
-    for service in [
-        "alertmanager",
-        "caddy",
-        "cloudflared",
-        "grafana",
-        "loki",
-        "mosquitto",
-        "node-exporter",
-        "prometheus",
-        "step-ca",
-    ] {
-        let recipe = std::fs::read_to_string(format!(
-            "{}/../images/{service}.toml",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .map_err(|e| e.to_string())?;
-        let base = recipe
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("image = "))
-            .map(|v| v.trim_matches('"').to_string())
-            .ok_or_else(|| format!("{service}: no base image"))?;
-        let repo = base
-            .strip_prefix("docker.io/")
-            .and_then(|r| r.rsplit_once(':'))
-            .map(|(r, _)| r.to_string())
-            .ok_or_else(|| format!("{base}: not docker.io/REPO:TAG"))?;
-        let tags: Value = http
-            .get(format!("http://{REGISTRY}/v2/{repo}/tags/list"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v2 = tags["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .find(|t| t.ends_with("-v2"))
-            .ok_or_else(|| format!("{repo} has no -v2 tag: {tags}"))?;
-        let manifest = http
-            .get(format!("http://{REGISTRY}/v2/{repo}/manifests/{v2}"))
-            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())?;
-        let digest = {
-            use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(&manifest))
-        };
-        lines.push_str(&format!("\"{base}\" = \"sha256:{digest}\"\n"));
-    }
+/// An images.lock pinning every recipe base to its fixture's `-v2` twin.
+fn v2_lock(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let services: Vec<String> = atlas_image::recipe::Recipe::embedded()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let services: Vec<&str> = services.iter().map(String::as_str).collect();
+    let text = crate::common::fixture_lock_text(&services, "-v2")?;
     let path = dir.join("images-v2.lock");
-    std::fs::write(&path, lines).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
 }
 
 async fn caddy_root_survives(stack: &Stack) -> Result<(), String> {
     let pc = stack.project();
     let before = caddy_root(&pc).await?;
-    let lock = v2_lock(stack.dir.path()).await?;
+    let lock = v2_lock(stack.dir.path())?;
     let o = stack.atlas(&[
         "upgrade",
         "--yes",

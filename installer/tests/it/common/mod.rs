@@ -153,6 +153,31 @@ pub fn fixture_of(service: &str) -> String {
         .to_string()
 }
 
+/// An images.lock pinning the recipe base of each of `services` to the fixture image under
+/// the recipe's tag plus `suffix` (`""`, or `"-v2"` for the upgrade twins), by the digest of
+/// the manifest bytes the registry serves for that tag (the index, where it serves one).
+pub fn fixture_lock_text(services: &[&str], suffix: &str) -> Result<String, String> {
+    use sha2::Digest as _;
+    let mut text = String::from("version = 1\n[images]\n");
+    for service in services {
+        let fixture = format!("{FixtureRegistry}/{}{suffix}", fixture_of(service));
+        let raw = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{fixture}"))
+            .output()
+            .map_err(|e| format!("skopeo: {e}"))?;
+        if !raw.status.success() {
+            return Err(format!("{fixture}: {}", stderr(&raw)));
+        }
+        let digest = hex::encode(sha2::Sha256::digest(&raw.stdout));
+        text.push_str(&format!(
+            "\"{}\" = \"sha256:{digest}\"\n",
+            recipe_base(service)
+        ));
+    }
+    Ok(text)
+}
+
 /// Says once per run, on stderr, what the fixture images under the recipes' tags really are
 /// and which config features of the pinned releases they cannot check (their labels
 /// `org.atlas.fixture.real-version` and `org.atlas.fixture.unchecked`, tests/fixtures).
