@@ -38,7 +38,7 @@ need_pkgs=()
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 for p in dnsmasq-base skopeo umoci docker-registry prometheus prometheus-alertmanager \
          prometheus-node-exporter caddy mosquitto mosquitto-clients musl-tools iproute2 \
-         nftables curl ca-certificates file jq busybox-static attr zip time bc \
+         nftables curl ca-certificates file jq busybox-static attr zip time bc libcap2-bin \
          minisign golang-go golang-github-smallstep-certificates-dev gcc libc6-dev nodejs; do
   want "$p"
 done

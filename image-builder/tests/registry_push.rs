@@ -292,27 +292,10 @@ async fn bearer_tokens_anonymous_pull_and_authenticated_push() {
     let built = single_image_layout(&layout, "token", "v1", 10_000);
     let repo = unique_repo("token");
     let reference = format!("{}/{repo}:v1", reg.addr);
-    skopeo(&[
-        "copy",
-        "-q",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        "bob:builder",
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{reference}"),
-    ]);
-    reg.token_requests.lock().unwrap().clear();
     let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
-
     // Anonymous pull: the registry's 401 challenge sends us to the token service, which
     // hands out a pull-only token without credentials.
-    let img = pull_src(
-        &format!("docker://{reference}"),
-        &cache,
-        AuthSource::Anonymous,
-    )
-    .await
-    .unwrap();
+    let img = push_then_pull_anonymously(&reg, &layout, &reference, &cache).await;
     assert_eq!(img.manifest_digest, built.manifest_digest);
     let requests = reg.token_requests.lock().unwrap().clone();
     assert!(
@@ -389,4 +372,91 @@ fn pull_push_and_lock_futures_are_send() {
         &push_opts(AuthSource::Anonymous),
         &NoProgress,
     ));
+}
+
+/// What Docker Hub serves for the official images, behind the Bearer challenge: an index
+/// whose first entry is a BuildKit attestation manifest (unknown/unknown), then the image,
+/// whose layers are gzip and zstd. The pull takes the linux/amd64 image (pinned by the
+/// index digest), never the attestation, and the image builds and flattens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attested_index_with_zstd_layers_through_a_token_registry() {
+    init_tls();
+    if !have_tool("skopeo") {
+        return;
+    }
+    let Some(reg) = common::auth_registry::start_token("bob", "builder").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let (index, amd) = common::images::attested_layout(&layout, "attested", "v1");
+    let repo = unique_repo("attested");
+    let reference = format!("{}/{repo}:v1", reg.addr);
+    let cache = BlobCache::open(tmp.path().join("cache")).unwrap();
+    let img = push_then_pull_anonymously(&reg, &layout, &reference, &cache).await;
+    assert_eq!(img.index_digest.as_ref(), Some(&index));
+    assert_eq!(
+        img.manifest_digest, amd.manifest_digest,
+        "the image, not its attestation"
+    );
+    assert_eq!(
+        img.layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect::<Vec<_>>(),
+        [
+            atlas_image::manifest::OCI_LAYER_GZIP,
+            atlas_image::manifest::OCI_LAYER_ZSTD
+        ]
+    );
+    let requests = reg.token_requests.lock().unwrap().clone();
+    assert!(
+        requests.contains(&(format!("repository:{repo}:pull"), false)),
+        "the Bearer challenge was followed: {requests:?}"
+    );
+    let image =
+        atlas_image::build::build(&img, &atlas_image::build::AtlasSpec::convert("attested"))
+            .unwrap();
+    let mut out = Vec::new();
+    atlas_image::build::write_unified(&image, &mut out, 0).unwrap();
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&out[..]).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    for want in [
+        "rootfs/sbin/init",
+        "rootfs/layer0/hello.txt",
+        "rootfs/layer1/blob.bin",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+}
+
+/// Pushes `layout`'s `v1` (every manifest of an index) as bob, forgets the token requests so
+/// far, and pulls `reference` back without credentials.
+async fn push_then_pull_anonymously(
+    reg: &common::auth_registry::AuthRegistry,
+    layout: &std::path::Path,
+    reference: &str,
+    cache: &BlobCache,
+) -> PulledImage {
+    skopeo(&[
+        "copy",
+        "-q",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "bob:builder",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{reference}"),
+    ]);
+    reg.token_requests.lock().unwrap().clear();
+    pull_src(
+        &format!("docker://{reference}"),
+        cache,
+        AuthSource::Anonymous,
+    )
+    .await
+    .unwrap()
 }

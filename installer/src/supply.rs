@@ -267,7 +267,7 @@ impl ImageSupply {
             // A bundle holds finished Atlas images: building over one passes it through (its
             // `[[copy]]` files and plugins are in it already).
             let spec = AtlasSpec::convert(service);
-            let image = build::build(&base, &spec).map_err(build_err(service))?;
+            let image = build::build_indexed(&base, &spec, &indexes).map_err(build_err(service))?;
             return Ok(Built {
                 image,
                 indexes,
@@ -353,7 +353,7 @@ impl ImageSupply {
                 spec.add_plugins(p, &fetched).map_err(build_err(service))
             })?;
         }
-        let image = build::build(&base, &spec).map_err(build_err(service))?;
+        let image = build::build_indexed(&base, &spec, &indexes).map_err(build_err(service))?;
         Ok(Built {
             image,
             indexes,

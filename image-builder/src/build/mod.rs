@@ -37,8 +37,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::init::{NetworkSpec, ServiceSpec, SpecError};
-use crate::layer::deterministic::{BuiltLayer, EntrySpec, LayerBuilder};
-use crate::layer::{LayerError, LayerIndex};
+use crate::layer::deterministic::{BuiltLayer, EntrySpec, Item, LayerBuilder};
+use crate::layer::{LayerError, LayerIndex, Placer};
 use crate::manifest::{Descriptor, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 use crate::recipe::{Recipe, RuntimeSpec};
 use crate::source::PulledImage;
@@ -461,8 +461,21 @@ pub fn is_atlas_image(image: &PulledImage) -> bool {
         && image.config.config.entrypoint == ["/sbin/init"]
 }
 
-/// Builds the Atlas image of `spec` over `base`. Pure: reads no clock and no file.
+/// Builds the Atlas image of `spec` over `base`, reading the base layers once to learn its
+/// layout (see [`build_indexed`]). Reads no clock.
 pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildError> {
+    build_indexed(base, spec, &[])
+}
+
+/// Like [`build`], with base layer indexes taken while pulling ([`IndexingObserver`]); layers
+/// without one are indexed here. The Atlas layer is placed through the base's symlinks
+/// ([`Placer`]): on a usr-merged base, atlas-init goes to `usr/sbin/init` and `/sbin` stays
+/// the symlink it was.
+pub fn build_indexed(
+    base: &PulledImage,
+    spec: &AtlasSpec,
+    known: &[Option<LayerIndex>],
+) -> Result<AtlasImage, BuildError> {
     let what = format!("{} (from {})", spec.name, base.source);
     if is_atlas_image(base) {
         // Built by us before: its service is in its label (images built before the label
@@ -496,7 +509,14 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
         },
         error,
     })?;
-    let (layer, own_files) = atlas_layer(&service, spec, &what)?;
+    let layers = unified::base_layers(&std::sync::Arc::new(base.clone()));
+    let flatten_err = |error| BuildError::Flatten {
+        what: what.clone(),
+        error,
+    };
+    let indexes = unified::complete_indexes(&layers, known.to_vec(), 0).map_err(flatten_err)?;
+    let placer = Placer::new(&indexes).map_err(flatten_err)?;
+    let (layer, own_files) = atlas_layer(&service, spec, &placer, &what)?;
     let config_bytes =
         config::image_config(base, spec, &service, &layer.diff_id).map_err(|detail| {
             BuildError::BaseConfig {
@@ -542,17 +562,21 @@ pub fn build(base: &PulledImage, spec: &AtlasSpec) -> Result<AtlasImage, BuildEr
 }
 
 /// The Atlas layer: init, service.json, the default network.json, the recipe's files, then
-/// what it copied from other images and its plugins; with its files' sha256 (for the bill of
-/// materials, hashed here where their bytes are in memory anyway).
+/// what it copied from other images and its plugins, each at the path `placer` resolves
+/// through the base's symlinks (missing parents become 0755 root-owned directories); with
+/// its files' sha256 at those paths (for the bill of materials, hashed here where their bytes
+/// are in memory anyway).
 pub fn atlas_layer(
     service: &ServiceSpec,
     spec: &AtlasSpec,
+    placer: &Placer,
     what: &str,
 ) -> Result<(BuiltLayer, Vec<crate::sbom::OwnFile>), BuildError> {
     let layer_err = |error| BuildError::Layer {
         what: what.to_owned(),
         error,
     };
+    let at = |path: &str, dir: bool| placer.place(path, dir).map_err(layer_err);
     let init_files =
         crate::init::rootfs_files(service, Some(&NetworkSpec::default())).map_err(|error| {
             BuildError::Spec {
@@ -562,29 +586,34 @@ pub fn atlas_layer(
         })?;
     let mut b = LayerBuilder::new();
     let mut own = Vec::new();
-    b.dir("sbin", 0o755).map_err(layer_err)?;
-    b.dir("etc", 0o755).map_err(layer_err)?;
-    b.dir("etc/atlas", 0o755).map_err(layer_err)?;
     for f in init_files {
         let origin = if f.path == crate::init::INIT_PATH {
             "atlas-init"
         } else {
             "rendered"
         };
-        own.push(own_file(f.path, &f.contents, origin));
-        b.file(f.path, f.mode, f.contents.into_owned())
+        let path = at(f.path, false)?;
+        own.push(own_file(&path, &f.contents, origin));
+        b.file(&path, f.mode, f.contents.into_owned())
             .map_err(layer_err)?;
     }
     for f in &spec.files {
-        own.push(own_file(&f.dest, &f.contents, "recipe file"));
-        b.file_owned(&f.dest, f.mode, f.uid, f.gid, f.contents.clone())
+        let path = at(&f.dest, false)?;
+        own.push(own_file(&path, &f.contents, "recipe file"));
+        b.file_owned(&path, f.mode, f.uid, f.gid, f.contents.clone())
             .map_err(layer_err)?;
     }
     for e in &spec.entries {
-        if let crate::layer::deterministic::Item::File(bytes) = &e.spec.item {
-            own.push(own_file(&e.path, bytes, "recipe content"));
+        let mut entry = e.spec.clone();
+        if let Item::Hardlink(target) = &entry.item {
+            entry.item = Item::Hardlink(at(target, false)?);
         }
-        b.entry(&e.path, e.spec.clone()).map_err(layer_err)?;
+        let dir = entry.item == Item::Dir;
+        let path = at(&e.path, dir)?;
+        if let Item::File(bytes) = &entry.item {
+            own.push(own_file(&path, bytes, "recipe content"));
+        }
+        b.entry(&path, entry).map_err(layer_err)?;
     }
     own.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((b.build().map_err(layer_err)?, own))

@@ -134,6 +134,38 @@ pub(crate) fn base_layers(base: &Arc<PulledImage>) -> Vec<Layer> {
         .collect()
 }
 
+/// One index per layer: those of `known` that belong to the layer at their position (others
+/// are ignored, not trusted), the rest indexed here (in parallel, `threads` 0 = one per core).
+pub(crate) fn complete_indexes(
+    layers: &[Layer],
+    known: Vec<Option<LayerIndex>>,
+    threads: usize,
+) -> Result<Vec<LayerIndex>, LayerError> {
+    let mut slots = known;
+    slots.resize_with(layers.len(), || None);
+    slots.truncate(layers.len());
+    for (slot, layer) in slots.iter_mut().zip(layers) {
+        if slot.as_ref().is_some_and(|i| i.digest != layer.digest) {
+            *slot = None;
+        }
+    }
+    let missing: Vec<Layer> = layers
+        .iter()
+        .zip(&slots)
+        .filter(|(_, s)| s.is_none())
+        .map(|(l, _)| l.clone())
+        .collect();
+    let mut fresh = index_layers(&missing, threads)?.into_iter();
+    slots
+        .into_iter()
+        .map(|s| s.or_else(|| fresh.next()))
+        .collect::<Option<_>>()
+        .ok_or(LayerError::IndexCount {
+            count: layers.len(),
+            indexes: 0,
+        })
+}
+
 /// A unified tarball whose every layer was read and checked (indexed and merged) but of
 /// which nothing was written yet: once this exists, only a blob that changes under us or
 /// the output can still fail. Callers that must not start a side effect (an Incus import)
@@ -164,35 +196,10 @@ impl PreparedUnified {
     ) -> Result<PreparedUnified, BuildError> {
         let what = format!("converting {}", image.base.source);
         let layers = flatten_inputs(image);
-        let mut slots: Vec<Option<LayerIndex>> = known;
-        slots.resize_with(layers.len(), || None);
-        for (slot, layer) in slots.iter_mut().zip(&layers) {
-            if slot.as_ref().is_some_and(|i| i.digest != layer.digest) {
-                *slot = None;
-            }
-        }
-        let missing: Vec<Layer> = layers
-            .iter()
-            .zip(&slots)
-            .filter(|(_, s)| s.is_none())
-            .map(|(l, _)| l.clone())
-            .collect();
-        let mut fresh = index_layers(&missing, threads)
-            .map_err(|error| BuildError::Flatten {
+        let indexes =
+            complete_indexes(&layers, known, threads).map_err(|error| BuildError::Flatten {
                 what: what.clone(),
                 error,
-            })?
-            .into_iter();
-        let indexes: Vec<LayerIndex> = slots
-            .into_iter()
-            .map(|s| s.or_else(|| fresh.next()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| BuildError::Flatten {
-                what: what.clone(),
-                error: LayerError::IndexCount {
-                    count: layers.len(),
-                    indexes: 0,
-                },
             })?;
         Plan::merge(&indexes).map_err(|error| BuildError::Flatten { what, error })?;
         let meta = IncusMetadata::for_image(image);

@@ -63,12 +63,7 @@ impl<'a> Plan<'a> {
 
     /// Merges layer indexes, given bottom to top.
     pub fn merge(indexes: &'a [LayerIndex]) -> Result<Plan<'a>, LayerError> {
-        let mut tree = Tree::default();
-        for (pos, index) in indexes.iter().enumerate() {
-            validate(index)?;
-            tree.apply(pos as u32, index)?;
-        }
-        Ok(tree.into_plan(indexes))
+        Ok(Tree::merged(indexes)?.into_plan(indexes))
     }
 
     /// The plan of one path of the merged image and everything under it, as `COPY --from`
@@ -78,11 +73,7 @@ impl<'a> Plan<'a> {
         indexes: &'a [LayerIndex],
         path: &[u8],
     ) -> Result<(Plan<'a>, Vec<u8>), LayerError> {
-        let mut tree = Tree::default();
-        for (pos, index) in indexes.iter().enumerate() {
-            validate(index)?;
-            tree.apply(pos as u32, index)?;
-        }
+        let mut tree = Tree::merged(indexes)?;
         let resolved = tree.resolve(indexes, path)?;
         if !resolved.is_empty() {
             let mut inside = resolved.clone();
@@ -102,6 +93,77 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// Where the members of a new layer land on top of a merged stack, as an extraction that
+/// follows the image's symlinks puts them. On a usr-merged base (`sbin -> usr/sbin`) the file
+/// `/sbin/init` is `usr/sbin/init`: a layer that wrote `sbin/` as a directory would replace
+/// the symlink (a directory over a non-directory replaces it) and hide all of /usr/sbin.
+pub struct Placer<'a> {
+    tree: Tree<'a>,
+    indexes: &'a [LayerIndex],
+}
+
+impl<'a> Placer<'a> {
+    /// Merges `indexes` (bottom to top) as [`Plan::merge`] does.
+    pub fn new(indexes: &'a [LayerIndex]) -> Result<Placer<'a>, LayerError> {
+        Ok(Placer {
+            tree: Tree::merged(indexes)?,
+            indexes,
+        })
+    }
+
+    /// `path` (from the image root, leading `/` optional) with its directories resolved: each
+    /// component that is a symlink in the image is followed (absolute targets from the image
+    /// root, `..` stops at the root, at most 40 links), each that does not exist is kept as
+    /// written (the new layer creates it). With `follow_last` the last component is resolved
+    /// too (a directory the layer creates or updates); without, it is kept (a file, link or
+    /// symlink replaces whatever is there). Returns the normalized path, `usr/sbin/init`.
+    pub fn place(&self, path: &str, follow_last: bool) -> Result<String, LayerError> {
+        let fail = |detail: String| LayerError::Select {
+            path: path.trim_start_matches('/').to_owned(),
+            detail,
+        };
+        let mut todo = components(path.as_bytes());
+        todo.reverse();
+        let mut cur: Vec<u8> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = todo.pop() {
+            match &part[..] {
+                b"" | b"." => continue,
+                b".." => {
+                    cur.truncate(super::path::parent(&cur).len());
+                    continue;
+                }
+                _ => {}
+            }
+            let next = super::path::join(&cur, &part);
+            let last = todo.iter().all(|p| p.is_empty() || p == b".");
+            match self.tree.paths.get(&next[..]) {
+                Some(node) if node.kind == NodeKind::Symlink && (follow_last || !last) => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(fail("too many levels of symbolic links".to_owned()));
+                    }
+                    let target = link_target(self.indexes, node);
+                    if target.starts_with(b"/") {
+                        cur.clear();
+                    }
+                    let mut more = components(&target);
+                    more.reverse();
+                    todo.extend(more);
+                }
+                Some(node) if node.kind == NodeKind::Other && !last => {
+                    return Err(fail(format!(
+                        "{} is a file in the image, not a directory",
+                        show_abs(&next)
+                    )));
+                }
+                _ => cur = next,
+            }
+        }
+        String::from_utf8(cur).map_err(|_| fail("a symlink on the way is not UTF-8".to_owned()))
+    }
+}
+
 #[derive(Default)]
 struct Tree<'a> {
     root: Option<Ref>,
@@ -109,6 +171,16 @@ struct Tree<'a> {
 }
 
 impl<'a> Tree<'a> {
+    /// Every layer applied, bottom to top.
+    fn merged(indexes: &'a [LayerIndex]) -> Result<Tree<'a>, LayerError> {
+        let mut tree = Tree::default();
+        for (pos, index) in indexes.iter().enumerate() {
+            validate(index)?;
+            tree.apply(pos as u32, index)?;
+        }
+        Ok(tree)
+    }
+
     fn apply(&mut self, pos: u32, index: &'a LayerIndex) -> Result<(), LayerError> {
         let err = Errs {
             digest: &index.digest,
@@ -202,11 +274,7 @@ impl<'a> Tree<'a> {
             if hops > 40 {
                 return Err(fail("too many levels of symbolic links".to_owned()));
             }
-            let (layer, ord) = node.entry.unwrap_or(node.inode);
-            let target = indexes[layer as usize]
-                .get(ord as usize)
-                .map(|e| e.link.to_vec())
-                .unwrap_or_default();
+            let target = link_target(indexes, node);
             if target.starts_with(b"/") {
                 cur.clear();
             }
@@ -327,6 +395,15 @@ impl<'a> Tree<'a> {
         }
         plan
     }
+}
+
+/// The target a symlink node was written with.
+fn link_target(indexes: &[LayerIndex], node: &Node) -> Vec<u8> {
+    let (layer, ord) = node.entry.unwrap_or(node.inode);
+    indexes[layer as usize]
+        .get(ord as usize)
+        .map(|e| e.link.to_vec())
+        .unwrap_or_default()
 }
 
 fn components(path: &[u8]) -> Vec<Vec<u8>> {

@@ -79,7 +79,7 @@ pub use extract::{Extracted, extract_subtree};
 pub use index::{
     EntryKind, EntryRef, IndexEntry, Indexer, LayerIndex, MAX_ENTRIES, MAX_INDEX_BYTES, Span,
 };
-pub use merge::Plan;
+pub use merge::{Placer, Plan};
 pub use path::MAX_PATH;
 pub use tar_read::{Kind, MAX_ENTRY_SIZE, MAX_EXTENSION};
 

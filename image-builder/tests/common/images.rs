@@ -203,3 +203,68 @@ pub fn multi_arch_layout(dir: &Path, seed: &str, tag: &str) -> (Digest, BuiltIma
     w.finish().unwrap();
     (desc.digest, amd, arm)
 }
+
+/// A layout tagged `tag` with an index the way BuildKit pushes it (Docker Hub's official
+/// images): an attestation manifest (platform unknown/unknown, an in-toto SBOM layer,
+/// `vnd.docker.reference.type: attestation-manifest`) listed before the linux/amd64 image
+/// (gzip + zstd layers) it describes. Returns the index digest and the image.
+pub fn attested_layout(dir: &Path, seed: &str, tag: &str) -> (Digest, BuiltImage) {
+    let mut w = OciLayoutWriter::create(dir).unwrap();
+    let amd = build_image(&mut w, seed, &Platform::linux_amd64(), None, 4096);
+    let sbom = serde_json::to_vec(&serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": "https://spdx.dev/Document",
+        "subject": [{"name": seed, "digest": {"sha256": amd.manifest_digest.hex()}}],
+        "predicate": {"spdxVersion": "SPDX-2.3", "name": seed},
+    }))
+    .unwrap();
+    let sbom_digest = w.add_bytes(&sbom).unwrap();
+    let config = br#"{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = w.add_bytes(config).unwrap();
+    let mut layer = Descriptor::new(
+        "application/vnd.in-toto+json",
+        sbom_digest,
+        sbom.len() as u64,
+    );
+    layer.annotations = Some(BTreeMap::from([(
+        "in-toto.io/predicate-type".to_owned(),
+        "https://spdx.dev/Document".to_owned(),
+    )]));
+    let att = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::OCI_MANIFEST,
+        "config": Descriptor::new(manifest::OCI_CONFIG, config_digest, config.len() as u64),
+        "layers": [layer],
+    }))
+    .unwrap();
+    let att_digest = w.add_bytes(&att).unwrap();
+    let mut att_entry = Descriptor::new(manifest::OCI_MANIFEST, att_digest, att.len() as u64);
+    att_entry.platform = Some(Platform::new("unknown", "unknown", None));
+    att_entry.annotations = Some(BTreeMap::from([
+        (
+            "vnd.docker.reference.digest".to_owned(),
+            amd.manifest_digest.to_string(),
+        ),
+        (
+            "vnd.docker.reference.type".to_owned(),
+            "attestation-manifest".to_owned(),
+        ),
+    ]));
+    let mut amd_entry = Descriptor::new(
+        manifest::OCI_MANIFEST,
+        amd.manifest_digest.clone(),
+        amd.manifest_bytes.len() as u64,
+    );
+    amd_entry.platform = Some(Platform::linux_amd64());
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::OCI_INDEX,
+        "manifests": [att_entry, amd_entry],
+    }))
+    .unwrap();
+    let desc = w
+        .add_manifest(&index, manifest::OCI_INDEX, Some(tag), None)
+        .unwrap();
+    w.finish().unwrap();
+    (desc.digest, amd)
+}

@@ -4,5 +4,6 @@ mod common;
 mod deterministic;
 mod hostile;
 mod memory;
+mod placement;
 mod semantics;
 mod umoci;

@@ -301,8 +301,15 @@ impl Images {
         }
         let mut atlas = AtlasSpec::from_recipe_with(&r.recipe, r.files.clone(), &sources)?;
         atlas.add_downloads(&r.recipe, &fetched)?;
-        let image = build::build(&base, &atlas)?;
+        if let Some(p) = &r.recipe.plugins {
+            // The plugin directory the service is pointed at must exist (Grafana's run.sh
+            // creates only its last component); a bundle carries no plugin choices.
+            atlas.add_plugins(p, &[])?;
+        }
+        // The base's indexes from the pull serve both the layout (placing our layer through
+        // the base's symlinks) and the bill of materials: no extra read.
         let mut indexes = observer.take();
+        let image = build::build_indexed(&base, &atlas, &indexes)?;
         if let Some(l) = &image.layer {
             // Our own layer, from memory.
             let blob = &l.gzip[..];

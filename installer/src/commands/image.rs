@@ -129,7 +129,7 @@ async fn converted(
     let src = parse_source(source, reg)?;
     let cache = cache(reg)?;
     let (base, indexes) = pull_source(&src, &cache, reg, true, progress).await?;
-    let image = build::build(&base, &AtlasSpec::convert(&source_name(&src)))
+    let image = build::build_indexed(&base, &AtlasSpec::convert(&source_name(&src)), &indexes)
         .with_context(|| format!("converting {src}"))?;
     Ok((image, indexes))
 }
@@ -788,18 +788,20 @@ mod tests {
     #[test]
     fn push_targets() {
         let caddy = Recipe::embedded_for("caddy").unwrap().unwrap();
+        // The pushed image keeps the tag of the upstream release the recipe pins.
+        let tag = caddy.base_ref().unwrap().tag.unwrap();
         let t = |p: &str, several: bool| push_target(p, &caddy, several).map(|r| r.to_string());
         assert_eq!(
             t("docker://127.0.0.1:5000/atlas", true).unwrap(),
-            "127.0.0.1:5000/atlas/caddy:2"
+            format!("127.0.0.1:5000/atlas/caddy:{tag}")
         );
         assert_eq!(
             t("docker://127.0.0.1:5000/atlas/", false).unwrap(),
-            "127.0.0.1:5000/atlas/caddy:2"
+            format!("127.0.0.1:5000/atlas/caddy:{tag}")
         );
         assert_eq!(
             t("docker://127.0.0.1:5000", false).unwrap(),
-            "127.0.0.1:5000/caddy:2"
+            format!("127.0.0.1:5000/caddy:{tag}")
         );
         assert_eq!(
             t("docker://reg.example:5000/x/web:v1", false).unwrap(),

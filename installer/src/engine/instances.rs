@@ -212,19 +212,31 @@ async fn mkdir_parents(project: &Client, instance: &str, path: &str) -> Result<(
     Ok(())
 }
 
-/// Writes the final content hash: the instance is complete.
+/// How often the stamp is read and written again when Incus changed the instance in between.
+const STAMP_ATTEMPTS: usize = 5;
+
+/// Writes the final content hash: the instance is complete. Incus changes the instance on
+/// its own right after a start (`volatile.*`, and again each time `boot.autorestart` restarts
+/// a service that exits), so a write that finds it changed reads it again: a service that
+/// fails at start is reported by the health gate, naming it, not as an ETag conflict here.
 async fn stamp(project: &Client, name: &str, hash: &str) -> Result<(), EngineError> {
     let err = |e: IncusError| EngineError::object(format!("instance {name}"), e);
-    let Some(cur) = project.get_instance(name).await.optional().map_err(err)? else {
-        return Err(EngineError::object(
-            format!("instance {name}"),
-            "vanished while being installed",
-        ));
-    };
-    let mut next = cur.value.clone();
-    next.config.insert(KEY_HASH.to_string(), hash.to_string());
-    project
-        .update_instance(&next, cur.etag.as_deref())
-        .await
-        .map_err(err)
+    let mut attempt = 1;
+    loop {
+        let Some(cur) = project.get_instance(name).await.optional().map_err(err)? else {
+            return Err(EngineError::object(
+                format!("instance {name}"),
+                "vanished while being installed",
+            ));
+        };
+        let mut next = cur.value.clone();
+        next.config.insert(KEY_HASH.to_string(), hash.to_string());
+        match project.update_instance(&next, cur.etag.as_deref()).await {
+            Err(IncusError::PreconditionFailed { .. }) if attempt < STAMP_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other.map_err(err),
+        }
+    }
 }

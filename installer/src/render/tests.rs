@@ -302,3 +302,39 @@ fn mqtt_user_names_cannot_split_the_password_file() {
     let err = render(&c, &cr).unwrap_err().to_string();
     assert!(err.contains("cannot contain `:`"), "{err}");
 }
+
+/// With the default settings, the command line each recipe bakes into its image is the one
+/// the render produces, so a service runs right even where only the image's own command
+/// runs (a converted image, `incus launch`): cloudflared reads the token file the installer
+/// pushes, Loki the config it renders.
+#[test]
+fn recipes_run_the_rendered_command_by_default() {
+    let mut c = Config::builtin();
+    c.secrets.cloudflared_token = Some("t0ken".into());
+    c.instances.get_mut("cloudflared01").unwrap().enabled = true;
+    let set = render(&c, &creds()).unwrap();
+    for (instance, service) in [("cloudflared01", "cloudflared"), ("loki01", "loki")] {
+        let rendered = set.instances[instance]
+            .command
+            .clone()
+            .unwrap_or_else(|| panic!("{instance} renders a command"));
+        let recipe = atlas_image::recipe::Recipe::embedded_for(service)
+            .unwrap()
+            .unwrap();
+        let baked: Vec<String> = recipe
+            .config
+            .entrypoint
+            .iter()
+            .chain(&recipe.config.cmd)
+            .flatten()
+            .cloned()
+            .collect();
+        let rendered: Vec<String> = rendered
+            .wrapper
+            .iter()
+            .chain(&rendered.argv)
+            .cloned()
+            .collect();
+        assert_eq!(baked, rendered, "images/{service}.toml");
+    }
+}

@@ -557,9 +557,10 @@ fn open_for_install_refuses_other_versions_and_arches_and_leaves_nothing() {
 
 pub(crate) fn registry_ready() -> bool {
     let tools = ["skopeo", "umoci"].iter().all(|t| have_tool(t));
+    let prom = crate::common::fixture_of("prometheus");
     let up = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{REGISTRY}/prom/prometheus:v2.42.0"))
+        .arg(format!("docker://{REGISTRY}/{prom}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -569,40 +570,16 @@ pub(crate) fn registry_ready() -> bool {
             !require_all(),
             "the fixture registry on {REGISTRY} is required (ATLAS_TEST_REQUIRE_ALL=1): run tests/start-services.sh and tests/fixtures/build-images.sh"
         );
-        eprintln!("skipping: fixture prom/prometheus:v2.42.0 not in {REGISTRY}");
+        eprintln!("skipping: fixture {prom} not in {REGISTRY}");
     }
     tools && up
 }
 
-/// images.lock pinning the embedded recipes' `latest` bases to the fixture images, digests
-/// computed from the manifest bytes the registry serves.
+/// images.lock pinning the embedded recipes' bases to the fixture images, digests computed
+/// from the manifest bytes the registry serves.
 pub(crate) fn fixture_lock(path: &Path) {
-    let mut text = String::from("version = 1\n[images]\n");
-    for (upstream, fixture) in [
-        (
-            "docker.io/prom/prometheus:latest",
-            "prom/prometheus:v2.42.0",
-        ),
-        (
-            "docker.io/prom/node-exporter:latest",
-            "prom/node-exporter:v1.5.0",
-        ),
-    ] {
-        let raw = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{REGISTRY}/{fixture}"))
-            .output()
-            .unwrap();
-        assert!(
-            raw.status.success(),
-            "{}",
-            String::from_utf8_lossy(&raw.stderr)
-        );
-        text.push_str(&format!(
-            "\"{upstream}\" = \"sha256:{}\"\n",
-            sha256_hex(&raw.stdout)
-        ));
-    }
+    let text = crate::common::fixture_lock_text(&["prometheus", "node-exporter"], "")
+        .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(path, text).unwrap();
 }
 
@@ -675,8 +652,9 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
     };
     let prom = find("prometheus");
     assert_eq!(prom["role"], "atlas");
-    assert_eq!(prom["base"], "docker.io/prom/prometheus:latest");
-    assert_eq!(find("docker.io/prom/prometheus:latest")["role"], "base");
+    let base = crate::common::recipe_base("prometheus");
+    assert_eq!(prom["base"], base.as_str());
+    assert_eq!(find(&base)["role"], "base");
     // Read in place, as an oci-archive, and unpacked by the install path, as an oci: layout.
     let in_place = skopeo_digest(&format!("oci-archive:{}:prometheus", out.display()));
     assert_eq!(in_place, prom["digest"].as_str().unwrap());

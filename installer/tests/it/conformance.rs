@@ -1,11 +1,12 @@
 //! Conformance: what runs is what was configured. One fixture stack (prometheus,
-//! alertmanager, node-exporter, caddy and mosquitto are the real Debian binaries; grafana,
-//! loki, step-ca and cloudflared the stand-ins), installed with non-default settings and
-//! cloudflared enabled, then each claim checked against the running service, never against
-//! a rendered file: the process's own argv and environment (read from `/proc` on the host,
-//! under the container's PID 1 as the Incus API names it), the services' APIs (read from
-//! inside the stack by `incus exec` of atlas-init's probe mode: nothing from the host's
-//! default route), the bytes Caddy keeps, and what the installer prints.
+//! alertmanager, node-exporter, caddy and mosquitto are the real Debian binaries, step-ca the
+//! real one built from Debian's packages; grafana, loki and cloudflared the strict stand-ins),
+//! installed with non-default settings and cloudflared enabled, then each claim checked
+//! against the running service, never against a rendered file: the process's own argv and
+//! environment (read from `/proc` on the host, under the container's PID 1 as the Incus API
+//! names it), the services' APIs (read from inside the stack by `incus exec` of atlas-init's
+//! probe mode: nothing from the host's default route), the bytes Caddy keeps, and what the
+//! installer prints.
 //!
 //! Each claim is a function of its own; all run, and a failure names every claim that did
 //! not hold. Claims that another piece of work completes are listed in [`PENDING`] and say
@@ -26,8 +27,9 @@ use crate::stack::{Cleanup, REGISTRY, Stack, fixtures_ready, has_tools};
 /// work lands: the claim then covers it.
 const PENDING: &[(&str, &str)] = &[];
 
-/// The fixture tunnel token (the stand-in only checks one is given; not a real credential).
-const TUNNEL_TOKEN: &str = "eyJhIjoiYXRsYXMtY29uZm9ybWFuY2UtZml4dHVyZS10b2tlbiJ9";
+/// The tunnel token the stack's config gives cloudflared (a fixture token that connects to
+/// the fixture edge; not a real credential).
+const TUNNEL_TOKEN: &str = crate::stack::FIXTURE_TUNNEL_TOKEN;
 const RETENTION_TIME: &str = "9d";
 const RETENTION_SIZE: &str = "3GB";
 /// How Prometheus shows it back: its size units are powers of 1024.
@@ -65,20 +67,15 @@ impl Claims {
     }
 }
 
-/// The stack's config with the settings these claims check, and a tunnel token file.
+/// The stack's config (cloudflared enabled with a token file of the fixture token) with the
+/// settings these claims check.
 fn configure(stack: &Stack) {
-    let path = stack.config("\"127.0.0.1/32\"");
-    let token = stack.dir.path().join("cloudflared-token");
-    std::fs::write(&token, TUNNEL_TOKEN).expect("token file");
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("token mode");
-    let mut text = std::fs::read_to_string(&path).expect("config");
-    text.push_str(&format!(
-        "\n[prometheus]\nretention_time = \"{RETENTION_TIME}\"\nretention_size = \"{RETENTION_SIZE}\"\n\n\
-         [cloudflared]\ntoken_file = \"{}\"\n",
-        token.display()
-    ));
-    std::fs::write(&path, text).expect("config");
+    stack.config_with(
+        "\"127.0.0.1/32\"",
+        &format!(
+            "[prometheus]\nretention_time = \"{RETENTION_TIME}\"\nretention_size = \"{RETENTION_SIZE}\"\n"
+        ),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,15 +410,25 @@ async fn cloudflared_has_token(stack: &Stack) -> Result<(), String> {
     if held != TUNNEL_TOKEN.as_bytes() {
         return Err(format!("{token_file} holds {} other bytes", held.len()));
     }
+    // Only that token connects to the (fixture) edge: /ready says so once the tunnel's
+    // connections are registered, as cloudflared's readiness endpoint does.
     let ip = stack.address("cloudflared01", "eth0").await;
-    let metrics = get_inside(&pc, "cloudflared01", &format!("http://{ip}:2000/metrics")).await?;
-    if !metrics
-        .lines()
-        .any(|l| l == "standin_cloudflared_token_present 1")
-    {
-        return Err(format!("cloudflared does not report a token: {metrics}"));
+    let url = format!("http://{ip}:2000/ready");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = get_inside(&pc, "cloudflared01", &url)
+            .await
+            .and_then(|b| serde_json::from_str::<Value>(&b).map_err(|e| format!("{e}: {b}")));
+        match ready {
+            Ok(v) if v["readyConnections"].as_u64().is_some_and(|n| n > 0) => return Ok(()),
+            other if Instant::now() > deadline => {
+                return Err(format!(
+                    "cloudflared is not connected with the token: {other:?}"
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
     }
-    Ok(())
 }
 
 /// Caddy's internal root certificate (Caddy makes it at its first start).
@@ -453,80 +460,24 @@ async fn variant(pc: &Client, instance: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{instance}: no variant line"))
 }
 
-/// An images.lock pinning every recipe base to its fixture's `-v2` twin, by the digest of
-/// the manifest bytes the registry serves for that tag.
-async fn v2_lock(dir: &Path) -> Result<std::path::PathBuf, String> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut lines = String::from("version = 1\n\n[images]\n");
-    for service in [
-        "alertmanager",
-        "caddy",
-        "cloudflared",
-        "grafana",
-        "loki",
-        "mosquitto",
-        "node-exporter",
-        "prometheus",
-        "step-ca",
-    ] {
-        let recipe = std::fs::read_to_string(format!(
-            "{}/../images/{service}.toml",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .map_err(|e| e.to_string())?;
-        let base = recipe
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("image = "))
-            .map(|v| v.trim_matches('"').to_string())
-            .ok_or_else(|| format!("{service}: no base image"))?;
-        let repo = base
-            .strip_prefix("docker.io/")
-            .and_then(|r| r.rsplit_once(':'))
-            .map(|(r, _)| r.to_string())
-            .ok_or_else(|| format!("{base}: not docker.io/REPO:TAG"))?;
-        let tags: Value = http
-            .get(format!("http://{REGISTRY}/v2/{repo}/tags/list"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v2 = tags["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .find(|t| t.ends_with("-v2"))
-            .ok_or_else(|| format!("{repo} has no -v2 tag: {tags}"))?;
-        let manifest = http
-            .get(format!("http://{REGISTRY}/v2/{repo}/manifests/{v2}"))
-            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())?;
-        let digest = {
-            use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(&manifest))
-        };
-        lines.push_str(&format!("\"{base}\" = \"sha256:{digest}\"\n"));
-    }
+/// An images.lock pinning every recipe base to its fixture's `-v2` twin.
+fn v2_lock(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let services: Vec<String> = atlas_image::recipe::Recipe::embedded()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let services: Vec<&str> = services.iter().map(String::as_str).collect();
+    let text = crate::common::fixture_lock_text(&services, "-v2")?;
     let path = dir.join("images-v2.lock");
-    std::fs::write(&path, lines).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
 }
 
 async fn caddy_root_survives(stack: &Stack) -> Result<(), String> {
     let pc = stack.project();
     let before = caddy_root(&pc).await?;
-    let lock = v2_lock(stack.dir.path()).await?;
+    let lock = v2_lock(stack.dir.path())?;
     let o = stack.atlas(&[
         "upgrade",
         "--yes",

@@ -236,6 +236,51 @@ fn wait_for_200(port: u16, within: Duration) -> (String, String) {
     }
 }
 
+/// Creates our bridge (a free /24, no NAT, no DHCP) and instance `name` from image `alias` on
+/// it, with a network.json giving it `<net>.10`; returns `<net>` (the first three octets).
+fn on_own_bridge(project: &str, alias: &str, name: &str) -> String {
+    let net = free_subnet();
+    incus_ok(&[
+        "network",
+        "create",
+        BRIDGE,
+        &format!("ipv4.address={net}.1/24"),
+        "ipv4.nat=false",
+        "ipv4.dhcp=false",
+        "ipv6.address=none",
+    ]);
+    incus_ok(&[
+        "init",
+        alias,
+        name,
+        "--project",
+        project,
+        "--storage",
+        "default",
+        "--network",
+        BRIDGE,
+    ]);
+    let netfile = format!(
+        "{{\"version\":1,\"interfaces\":[{{\"name\":\"eth0\",\"ipv4\":\"{net}.10/24\",\"gateway4\":\"{net}.1\"}}]}}"
+    );
+    let mut push = Command::new("incus")
+        .args(["file", "push", "--project", project, "-"])
+        .arg(format!("{name}/etc/atlas/network.json"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    push.stdin
+        .take()
+        .unwrap()
+        .write_all(netfile.as_bytes())
+        .unwrap();
+    assert!(
+        push.wait().unwrap().success(),
+        "incus file push network.json"
+    );
+    net
+}
+
 fn image_count(project: &str) -> usize {
     stdout(&incus(&[
         "image",
@@ -525,52 +570,8 @@ fn image_build_convert_import_launch_restart() {
 
     phase("imports done");
     // Launch on our own bridge with a static address, reached through a proxy device.
-    let net = free_subnet();
-    incus_ok(&[
-        "network",
-        "create",
-        BRIDGE,
-        &format!("ipv4.address={net}.1/24"),
-        "ipv4.nat=false",
-        "ipv4.dhcp=false",
-        "ipv6.address=none",
-    ]);
     let c = "t-img-c1";
-    incus_ok(&[
-        "init",
-        "web",
-        c,
-        "--project",
-        &project,
-        "--storage",
-        "default",
-        "--network",
-        BRIDGE,
-    ]);
-    let netfile = format!(
-        "{{\"version\":1,\"interfaces\":[{{\"name\":\"eth0\",\"ipv4\":\"{net}.10/24\",\"gateway4\":\"{net}.1\"}}]}}"
-    );
-    let mut push = Command::new("incus")
-        .args([
-            "file",
-            "push",
-            "--project",
-            &project,
-            "-",
-            &format!("{c}/etc/atlas/network.json"),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    push.stdin
-        .take()
-        .unwrap()
-        .write_all(netfile.as_bytes())
-        .unwrap();
-    assert!(
-        push.wait().unwrap().success(),
-        "incus file push network.json"
-    );
+    let net = on_own_bridge(&project, "web", c);
     let port = free_port();
     incus_ok(&[
         "config",
@@ -814,9 +815,9 @@ fn registry_ready() -> bool {
     reg
 }
 
-/// The digest of a fixture image in the local registry, from the manifest bytes it serves;
-/// `None` (skip, or fail under CI) when the fixture is missing.
-fn fixture_digest(repo_tag: &str) -> Option<String> {
+/// The manifest (or index) bytes the local registry serves for a fixture image; `None`
+/// (skip, or fail under CI) when the fixture is missing.
+fn fixture_manifest(repo_tag: &str) -> Option<Vec<u8>> {
     let raw = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{REGISTRY}/{repo_tag}"))
@@ -825,19 +826,21 @@ fn fixture_digest(repo_tag: &str) -> Option<String> {
     if !raw.status.success() {
         assert!(
             !require_all(),
-            "fixture {repo_tag} missing: run tests/start-services.sh"
+            "fixture {repo_tag} missing: run tests/fixtures/build-images.sh"
         );
         eprintln!("skipping: fixture {repo_tag} not in the registry");
         return None;
     }
-    Some(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(&raw.stdout))
-    ))
+    Some(raw.stdout)
+}
+
+/// The digest of a fixture image, from the manifest bytes the registry serves.
+fn fixture_digest(repo_tag: &str) -> Option<String> {
+    fixture_manifest(repo_tag).map(|raw| format!("sha256:{}", hex::encode(Sha256::digest(raw))))
 }
 
 /// `image build SERVICE... --push docker://PREFIX --oci-layout DIR`: embedded recipes (their
-/// `:latest` bases pinned by a lock to the fixture images), each pushed to
+/// pinned bases locked to the fixture images), each pushed to
 /// PREFIX/<service>:<tag> and tagged <service> in the layout; a recipe with `[[copy]]`
 /// pulls its copy source through the mirror too; wrong service names and push targets fail
 /// before anything is pulled or written.
@@ -846,9 +849,10 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     if !registry_ready() {
         return;
     }
+    use crate::common::{fixture_of, recipe_base};
     let (Some(prom), Some(am)) = (
-        fixture_digest("prom/prometheus:v2.42.0"),
-        fixture_digest("prom/alertmanager:v0.25.0"),
+        fixture_digest(&fixture_of("prometheus")),
+        fixture_digest(&fixture_of("alertmanager")),
     ) else {
         return;
     };
@@ -859,9 +863,9 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     std::fs::write(
         &lock,
         format!(
-            "version = 1\n[images]\n\"docker.io/prom/prometheus:latest\" = \"{prom}\"\n\
-             \"docker.io/prom/alertmanager:latest\" = \"{am}\"\n\
-             \"docker.io/prom/prometheus:v2.42.0\" = \"{prom}\"\n"
+            "version = 1\n[images]\n\"{}\" = \"{prom}\"\n\"{}\" = \"{am}\"\n",
+            recipe_base("prometheus"),
+            recipe_base("alertmanager"),
         ),
     )
     .unwrap();
@@ -898,7 +902,8 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     for (img, service) in images.iter().zip(["prometheus", "alertmanager"]) {
         assert_eq!(img["service"], service);
         let digest = img["digest"].as_str().unwrap();
-        let dest = format!("{REGISTRY}/t-imgrec-{pid}/{service}:latest");
+        let tag = recipe_base(service).rsplit_once(':').unwrap().1.to_string();
+        let dest = format!("{REGISTRY}/t-imgrec-{pid}/{service}:{tag}");
         assert_eq!(img["pushed"], format!("{dest}@{digest}"));
         let o = Command::new("skopeo")
             .args(["inspect", "--tls-verify=false"])
@@ -923,9 +928,13 @@ fn image_build_several_services_push_prefix_and_oci_layout() {
     let recipe = dir.join("duo.toml");
     std::fs::write(
         &recipe,
-        "name = \"duo\"\n[base]\nimage = \"docker.io/prom/alertmanager:latest\"\n\
-         [[copy]]\nimage = \"docker.io/prom/prometheus:v2.42.0\"\nfrom = \"/bin/prometheus\"\nto = \"/opt/duo/\"\n\
-         [config]\nentrypoint = [\"/opt/duo/prometheus\"]\n[health]\nhttp = { port = 9090, path = \"/-/ready\" }\n",
+        format!(
+            "name = \"duo\"\n[base]\nimage = \"{}\"\n\
+             [[copy]]\nimage = \"{}\"\nfrom = \"/bin/prometheus\"\nto = \"/opt/duo/\"\n\
+             [config]\nentrypoint = [\"/opt/duo/prometheus\"]\n[health]\nhttp = {{ port = 9090, path = \"/-/ready\" }}\n",
+            recipe_base("alertmanager"),
+            recipe_base("prometheus"),
+        ),
     )
     .unwrap();
     let bundle = t.join("duo-oci");
@@ -1020,7 +1029,7 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
     if !registry_ready() || !have_tool("zip") {
         return;
     }
-    let Some(grafana) = fixture_digest("grafana/grafana:standin") else {
+    let Some(grafana) = fixture_digest(&crate::common::fixture_of("grafana")) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -1041,7 +1050,10 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
     let lock = t.join("images.lock");
     std::fs::write(
         &lock,
-        format!("version = 1\n[images]\n\"docker.io/grafana/grafana:standin\" = \"{grafana}\"\n"),
+        format!(
+            "version = 1\n[images]\n\"{}\" = \"{grafana}\"\n",
+            crate::common::recipe_base("grafana")
+        ),
     )
     .unwrap();
     let recipe_text = |sha: &str| {
@@ -1050,7 +1062,7 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
             .find(|(n, _)| *n == "grafana")
             .unwrap()
             .1;
-        embedded.replace("grafana/grafana:latest", "grafana/grafana:standin")
+        embedded.to_string()
             + &format!(
                 "\n[[plugin]]\nid = \"t-clock\"\nurl = \"plugins/t-clock.zip\"\nsha256 = \"sha256:{sha}\"\n"
             )
@@ -1114,4 +1126,153 @@ fn image_build_bakes_the_plugins_the_config_chooses() {
         stderr(&o)
     );
     assert!(!t.join("oci-y").exists());
+}
+
+/// The fixture of every image shape registries serve (tests/fixtures: `atlas-fixtures/shapes`,
+/// an index with an attestation manifest over a usr-merged busybox root whose applets are hard
+/// links with `/usr/sbin/init` among them, a copy of busybox as `/usr/sbin/httpd` with
+/// `cap_net_bind_service=+ep`, and a zstd layer with a whiteout and an opaque directory),
+/// served by a registry that wants Bearer tokens, imported by `image import` and started in
+/// Incus. It runs: httpd serves port 80 as uid 1000, which only the file capability allows;
+/// `/sbin/init` (through the `/sbin -> usr/sbin` symlink, which is still a symlink) is
+/// atlas-init; the other applets are still hard links of busybox; getcap sees the capability.
+#[test]
+fn image_shapes_from_a_token_registry_run_with_links_and_capabilities() {
+    if !ready() || !have_tool("docker-registry") {
+        return;
+    }
+    let fixture = format!("{REGISTRY}/atlas-fixtures/shapes:1");
+    let Some(served) = fixture_manifest("atlas-fixtures/shapes:1") else {
+        return;
+    };
+    let index: serde_json::Value = serde_json::from_slice(&served).unwrap();
+    assert_eq!(
+        index["manifests"][1]["annotations"]["vnd.docker.reference.type"], "attestation-manifest",
+        "the fixture is an index with an attestation: {index}"
+    );
+    let pid = std::process::id();
+    let project = format!("t-shapes-{pid}");
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(reg) = rt.block_on(crate::common::registry::auth::start_token("bob", "builder"))
+    else {
+        return;
+    };
+    let image = format!("{}/atlas-fixtures/shapes:1", reg.addr);
+    let o = Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--preserve-digests"])
+        .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args(["--dest-creds", "bob:builder"])
+        .arg(format!("docker://{fixture}"))
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    reg.token_requests.lock().unwrap().clear();
+
+    let guard = Guard {
+        project: project.clone(),
+        bridge: true,
+    };
+    incus_ok(&["project", "create", &project]);
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "--incus-socket",
+            SOCKET,
+            "--project",
+            &project,
+        ])
+        .args([
+            "image",
+            "import",
+            &format!("docker://{image}"),
+            "--alias",
+            "shapes",
+        ])
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache")));
+    assert!(o.status.success(), "image import: {}", stderr(&o));
+    let scopes = reg.token_requests.lock().unwrap().clone();
+    assert!(
+        scopes
+            .iter()
+            .any(|(s, creds)| s == "repository:atlas-fixtures/shapes:pull" && !creds),
+        "pulled through the Bearer challenge (anonymous token): {scopes:?}"
+    );
+
+    let c = "t-shapes-c1";
+    let net = on_own_bridge(&project, "shapes", c);
+    incus_ok(&["start", "--project", &project, c]);
+    let log = || stdout(&incus(&["console", "--project", &project, c, "--show-log"]));
+    // The effect first: uid 1000 may bind port 80 only through the file capability.
+    let url = format!("http://{net}.10:80/");
+    let start = Instant::now();
+    let body = loop {
+        let o = Command::new("curl")
+            .args(["-sf", "-m", "2", &url])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break stdout(&o);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "httpd never answered on {url} (capability lost?); console: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(body, "served by a setcap'd busybox httpd as uid 1000\n");
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "--project", &project, c, "--"];
+        all.extend_from_slice(args);
+        incus_ok(&all)
+    };
+    let caps = exec(&["/usr/sbin/getcap", "/usr/sbin/httpd"]);
+    assert!(caps.contains("cap_net_bind_service=ep"), "getcap: {caps:?}");
+    let ps = exec(&["/usr/bin/ps", "-o", "user,args"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("httpd") && l.split_whitespace().next() == Some("www")),
+        "httpd runs as www (uid 1000): {ps}"
+    );
+    assert_eq!(
+        exec(&["/usr/bin/readlink", "/sbin"]).trim(),
+        "usr/sbin",
+        "/sbin is still the symlink"
+    );
+    assert!(exec(&["/usr/bin/cat", "/proc/1/cmdline"]).starts_with("/sbin/init"));
+    let init = exec(&["/usr/bin/sha256sum", "/sbin/init"]);
+    assert_eq!(
+        init.split_whitespace().next(),
+        Some(hex::encode(Sha256::digest(atlas_image::init::binary())).as_str()),
+        "/sbin/init is atlas-init"
+    );
+    let inode = |p: &str| {
+        exec(&["/usr/bin/stat", "-c", "%i %h", p])
+            .trim()
+            .to_string()
+    };
+    let (sh, ls, bb) = (
+        inode("/usr/bin/sh"),
+        inode("/usr/bin/ls"),
+        inode("/usr/bin/busybox"),
+    );
+    assert!(
+        sh == ls && ls == bb,
+        "applets are still hard links: {sh} {ls} {bb}"
+    );
+    assert_ne!(
+        inode("/usr/sbin/init").split(' ').next(),
+        bb.split(' ').next()
+    );
+    let etc = exec(&["/usr/bin/ls", "/etc", "/etc/conf.d"]);
+    assert!(
+        !etc.contains("old.conf") && !etc.contains("a.conf") && etc.contains("b.conf"),
+        "whiteout and opaque directory applied: {etc}"
+    );
+    drop(guard);
+    drop(reg);
 }

@@ -556,7 +556,7 @@ async fn a_registry_install_into_a_pool_without_room_is_refused_before_any_chang
             "--yes",
             "--ignore-preflight",
             "--registry-mirror",
-            "127.0.0.1:5000",
+            &crate::stack::REGISTRY,
         ])
         .env("ATLAS_INCUS__STORAGE_POOL", &pool.name)
         .output()

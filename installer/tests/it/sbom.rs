@@ -230,7 +230,10 @@ fn fixture_image_sbom_matches_dpkg_query_and_go_version_m() {
     let tmp = tempfile::tempdir().unwrap();
     incus_ok(&["project", "create", &project]);
     let _guard = Guard(project.clone());
-    let src = format!("docker://{REGISTRY}/prom/prometheus:v2.42.0");
+    let src = format!(
+        "docker://{REGISTRY}/{}",
+        crate::common::fixture_of("prometheus")
+    );
     let o = run(atlas()
         .args([
             "--progress",

@@ -15,20 +15,29 @@ use std::time::{Duration, Instant};
 use atlas_install::incus::{Client, FileMeta, OptionalExt, StateAction};
 use serde_json::Value;
 
-use crate::common::{atlas, client_or_skip, free_port, have_tool, require_all, stderr, stdout};
+use crate::common::{
+    atlas, client_or_skip, fixture_of, free_port, have_tool, recipe_base, require_all, stderr,
+    stdout,
+};
 
 pub(crate) const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 /// Where tests/fixtures/build-images.sh lays the recipes' downloads (Caddy's plugin build;
 /// here the Debian binary), as a `file://` download mirror.
 const DOWNLOADS: &str = "file:///var/tmp/atlas-test/downloads";
+/// base64 of `{"a":"atlas-fixture","t":"6a9e2d7e-…","s":"c2VjcmV0"}`: a tunnel token whose
+/// account tag makes the cloudflared fixture connect (tests/fixtures/README.md).
+pub(crate) const FIXTURE_TUNNEL_TOKEN: &str = "eyJhIjoiYXRsYXMtZml4dHVyZSIsInQiOiI2YTllMmQ3ZS05YzQ4LTQwMWItYmRmZC1hYjIxOWQzZDRkZjUiLCJzIjoiYzJWamNtVjAifQ==";
 
-/// The fixture images are in the local registry (run-tests.sh builds them first).
+/// The fixture images are in the local registry under the recipes' tags (run-tests.sh
+/// builds them first); says once what they cannot check.
 pub(crate) fn fixtures_ready() -> bool {
+    let (repo, tag) = fixture_of("prometheus")
+        .rsplit_once(':')
+        .map(|(r, t)| (r.to_string(), t.to_string()))
+        .expect("a tag");
     let ok = Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "--max-time", "5"])
-        .arg(format!(
-            "http://{REGISTRY}/v2/prom/prometheus/manifests/latest"
-        ))
+        .arg(format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"))
         .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
         .status()
         .is_ok_and(|s| s.success());
@@ -38,6 +47,8 @@ pub(crate) fn fixtures_ready() -> bool {
     );
     if !ok {
         eprintln!("skipping: no fixture images on {REGISTRY} (tests/fixtures/build-images.sh)");
+    } else {
+        crate::common::announce_fixture_gaps();
     }
     ok
 }
@@ -78,6 +89,8 @@ impl Stack {
     pub(crate) fn config_with(&self, allowed: &str, extra: &str) -> PathBuf {
         let mut t = format!(
             "{}\n\
+             # A tunnel token the cloudflared fixture connects with (tests/fixtures/README.md).\n\
+             [cloudflared]\ntoken_file = \"cloudflared-token\"\n\n\
              [caddy]\nhttp_port = {}\nhttps_port = {}\nlisten_address = \"127.0.0.1\"\n\
              # Debian's Caddy 2.6 has neither the PROXY protocol wrapper nor the rate-limit plugin.\n\
              proxy_protocol = false\n\n[caddy.rate_limit]\nenabled = false\n\n\
@@ -96,6 +109,10 @@ impl Stack {
         t += &self.names.networks_toml();
         let mut table: toml::Table = t.parse().expect("test config");
         merge(&mut table, extra.parse().expect("extra config"));
+        let token = self.dir.path().join("cloudflared-token");
+        std::fs::write(&token, FIXTURE_TUNNEL_TOKEN).expect("token file");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod token file");
         let path = self.dir.path().join("atlas.toml");
         std::fs::write(&path, table.to_string()).expect("config");
         path
@@ -234,9 +251,17 @@ pub(crate) struct Cleanup<'a>(pub(crate) &'a Stack);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        let o = self.0.atlas(&["destroy", "--delete-volumes", "--yes"]);
-        if !o.status.success() {
-            eprintln!("cleanup: destroy failed: {}", stderr(&o));
+        // An instance whose service crash-loops can be busy with Incus' own restart: again.
+        for attempt in 1..=3 {
+            let o = self.0.atlas(&["destroy", "--delete-volumes", "--yes"]);
+            if o.status.success() {
+                break;
+            }
+            eprintln!(
+                "cleanup: destroy failed (attempt {attempt}): {}",
+                stderr(&o)
+            );
+            std::thread::sleep(Duration::from_secs(3));
         }
         for n in &self.0.nets {
             crate::common::hermetic::delete_network(n);
@@ -371,7 +396,10 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     let log = stderr(&o);
     assert!(log.contains("images:"), "{log}");
     assert!(
-        log.contains("not in images.lock: pinned docker.io/prom/prometheus:latest to sha256:"),
+        log.contains(&format!(
+            "not in images.lock: pinned {} to sha256:",
+            recipe_base("prometheus")
+        )),
         "first pull pins and says so: {log}"
     );
     assert!(
@@ -389,12 +417,15 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         "node-exporter01",
         "mosquitto01",
         "caddy01",
+        "cloudflared01",
     ] {
         assert!(
             log.contains(&format!("health {i}")),
             "{i} not health-gated: {log}"
         );
     }
+    layouts_kept(&stack).await;
+    grafana_serves_the_provisioned_datasources(&stack).await;
 
     // 2. The real Prometheus scrapes the real exporters and has the ten alert rules.
     let prom = stack.address("prometheus01", "eth0").await;
@@ -604,14 +635,8 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         !log.contains(&after[0]) && !log.contains(&before[0]) && !log.contains(&after[1]),
         "no password in the output"
     );
-    // The stand-in keeps its admin password in its data volume from the first start on and
-    // ignores the environment after that, as Grafana does: only the API call changes it.
-    let kept = stack
-        .project()
-        .pull_file("grafana01", "/var/lib/grafana/atlas-standin-admin-password")
-        .await
-        .expect("the stand-in's stored admin password");
-    assert_eq!(String::from_utf8_lossy(&kept), after[0]);
+    // Grafana (and the stand-in) keeps the admin password in its data volume from the first
+    // start on and ignores the environment after that: only the API call changed it.
     let grafana = stack.grafana_base().await;
     assert_eq!(
         grafana_user(&grafana, &after[0]).await,
@@ -651,6 +676,187 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     assert!(
         !old.status.success(),
         "the old mqtt password must be refused"
+    );
+
+    // 9. What the real services refuse stops them, and the install's health gate says which.
+    refused_inputs_fail_the_health_gate(&stack).await;
+}
+
+/// Pushes `bytes` to `path` in `instance` with `meta`.
+async fn put(stack: &Stack, instance: &str, path: &str, bytes: &[u8], meta: FileMeta) {
+    stack
+        .project()
+        .push_file(instance, path, bytes.to_vec(), meta)
+        .await
+        .unwrap_or_else(|e| panic!("push {instance}{path}: {e}"));
+}
+
+/// With one input broken inside a stopped instance, `install` (which starts it again) fails
+/// its health gate naming the instance and showing the service's own complaint; with the
+/// input restored, the next install is healthy again.
+async fn health_gate_names(stack: &Stack, instance: &str, path: &str, broken: &[u8], says: &str) {
+    let pc = stack.project();
+    let (original, meta) = pc
+        .pull_file_with_meta(instance, path)
+        .await
+        .unwrap_or_else(|e| panic!("{instance}{path}: {e}"));
+    crate::engine::stop(&pc, instance).await;
+    put(stack, instance, path, broken, meta).await;
+    let install = || {
+        stack.atlas(&[
+            "install",
+            "--yes",
+            "--ignore-preflight",
+            "--registry-mirror",
+            &REGISTRY,
+        ])
+    };
+    let o = install();
+    let log = stderr(&o);
+    assert!(!o.status.success(), "{instance} with {path} broken: {log}");
+    assert!(
+        log.contains(&format!("{instance} did not become healthy")) && log.contains(says),
+        "the health gate names {instance} and shows why ({says}): {log}"
+    );
+    crate::engine::stop(&pc, instance).await;
+    put(stack, instance, path, &original, meta).await;
+    let o = install();
+    assert!(o.status.success(), "{instance} restored: {}", stderr(&o));
+}
+
+async fn refused_inputs_fail_the_health_gate(stack: &Stack) {
+    // A datasource file Grafana cannot parse: Grafana exits at start.
+    health_gate_names(
+        stack,
+        "grafana01",
+        "/etc/grafana/provisioning/datasources/atlas.yaml",
+        b"apiVersion: 1\ndatasources:\n  - name: [unclosed\n",
+        "Datasource provisioning error",
+    )
+    .await;
+    // A key Loki does not have where it stands (retention_period belongs to limits_config).
+    let pc = stack.project();
+    let config = pc
+        .pull_file("loki01", "/etc/loki/local-config.yaml")
+        .await
+        .expect("loki config");
+    let text = String::from_utf8(config).expect("utf-8");
+    let misplaced = text.replacen("compactor:\n", "compactor:\n  retention_period: 720h\n", 1);
+    assert_ne!(misplaced, text, "the rendered config has a compactor block");
+    health_gate_names(
+        stack,
+        "loki01",
+        "/etc/loki/local-config.yaml",
+        misplaced.as_bytes(),
+        "field retention_period not found in type compactor.Config",
+    )
+    .await;
+    // No tunnel token: cloudflared exits without one.
+    health_gate_names(
+        stack,
+        "cloudflared01",
+        "/etc/cloudflared/token",
+        b"",
+        "requires the ID or name of the tunnel",
+    )
+    .await;
+}
+
+/// The Atlas layer over the shapes the fixtures have: on cloudflared's usr-merged distroless
+/// base `/sbin` is still the symlink to usr/sbin and `/sbin/init` is atlas-init; on the
+/// alpine-like Mosquitto base, whose `/sbin/init` was a symlink to busybox, `/sbin/init` is
+/// atlas-init and busybox is untouched.
+async fn layouts_kept(stack: &Stack) {
+    let pc = stack.project();
+    let init = atlas_image::init::binary();
+    let sbin = pc
+        .pull_file("cloudflared01", "/sbin")
+        .await
+        .expect("cloudflared01:/sbin");
+    // For a symlink the files API answers with its target (resolved), for a directory with
+    // a listing.
+    assert_eq!(
+        String::from_utf8_lossy(&sbin).trim_start_matches('/'),
+        "usr/sbin",
+        "cloudflared01: /sbin is the base's symlink"
+    );
+    for instance in ["cloudflared01", "mosquitto01"] {
+        let bytes = pc
+            .pull_file(instance, "/sbin/init")
+            .await
+            .unwrap_or_else(|e| panic!("{instance}:/sbin/init: {e}"));
+        assert!(bytes == init, "{instance}: /sbin/init is atlas-init");
+    }
+    let busybox = pc
+        .pull_file("mosquitto01", "/bin/busybox")
+        .await
+        .expect("mosquitto01:/bin/busybox");
+    assert!(
+        busybox.starts_with(b"\x7fELF") && busybox != init,
+        "mosquitto01: busybox kept"
+    );
+}
+
+/// Grafana reads its datasources from the file the installer pushed: both are served on its
+/// API with the uids, types and URLs the render wrote, Prometheus the default.
+async fn grafana_serves_the_provisioned_datasources(stack: &Stack) {
+    let base = stack.grafana_base().await;
+    let password = stack
+        .secret("user.atlas.secret.grafana-admin-password")
+        .await;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = c
+        .get(format!("{base}/api/datasources"))
+        .basic_auth("admin", Some(&password))
+        .send()
+        .await
+        .expect("GET /api/datasources");
+    assert_eq!(r.status().as_u16(), 200);
+    let list: Value = r.json().await.expect("json");
+    let find = |uid: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["uid"] == uid)
+            .unwrap_or_else(|| panic!("no datasource {uid}: {list}"))
+            .clone()
+    };
+    let prom = find("atlas-prometheus01");
+    assert_eq!(
+        (prom["type"].as_str(), prom["isDefault"].as_bool()),
+        (Some("prometheus"), Some(true))
+    );
+    assert!(
+        prom["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("prometheus01") && u.ends_with(":9090")),
+        "{prom}"
+    );
+    let loki = find("atlas-loki01");
+    assert_eq!(
+        (loki["type"].as_str(), loki["isDefault"].as_bool()),
+        (Some("loki"), Some(false))
+    );
+    assert!(
+        loki["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("loki01") && u.ends_with(":3100")),
+        "{loki}"
+    );
+    let r = c
+        .get(format!("{base}/api/datasources"))
+        .basic_auth("admin", Some("wrong"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the API wants the admin's password"
     );
 }
 
@@ -752,7 +958,7 @@ async fn whole_stack_from_a_bundle() {
     let o = stack.atlas_offline(&[
         "image",
         "convert",
-        &format!("docker://{REGISTRY}/prom/prometheus:latest"),
+        &format!("docker://{REGISTRY}/{}", fixture_of("prometheus")),
         "--insecure-registry",
         &REGISTRY,
         "--out",

@@ -52,7 +52,7 @@ pub enum Plan {
     /// Print this line and exit 0 (e.g. `cloudflared version`).
     Print(String),
     /// Serve until SIGTERM.
-    Serve(Settings),
+    Serve(Box<Settings>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +60,17 @@ pub struct Settings {
     pub role: Role,
     /// The main port (health endpoints).
     pub main: Listen,
-    /// cloudflared: a token was given (its value is never kept or printed).
-    pub token_present: bool,
+    /// What only one role needs (its parsed command line, its config file).
+    pub setup: Setup,
+}
+
+/// Role-specific start-up input, checked when the role starts (`main::run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setup {
+    Grafana(crate::grafana::Paths),
+    /// Loki's `-config.file` path and text (`None` when it could not be read).
+    Loki(Option<(String, Option<String>)>),
+    Tunnel(crate::cloudflared::Run),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -85,25 +94,47 @@ pub fn plan(
             ))
         })?,
     };
-    if args
-        .iter()
-        .any(|a| a == "version" || a == "--version" || a == "-version")
-    {
-        return Ok(Plan::Print(format!(
+    let version = || {
+        Plan::Print(format!(
             "{} version standin (atlas stand-in, not the real product)",
             role.name()
-        )));
-    }
-    let settings = match role {
-        Role::Grafana => grafana(env),
-        Role::Loki => loki(&mut args, read),
-        Role::Cloudflared => cloudflared(&mut args, env, read)?,
+        ))
     };
-    Ok(Plan::Serve(settings))
+    let settings = match role {
+        Role::Grafana => {
+            let mut full = vec![base.to_string()];
+            full.extend(args);
+            match crate::grafana::parse(&full, env).map_err(UsageError)? {
+                crate::grafana::Command::Version => return Ok(version()),
+                crate::grafana::Command::ResetAdminPassword(paths, pw) => {
+                    return crate::grafana::reset_admin_password(&paths, &pw)
+                        .map(Plan::Print)
+                        .map_err(UsageError);
+                }
+                crate::grafana::Command::Server(paths) => grafana(env, paths),
+            }
+        }
+        Role::Loki => {
+            if args.iter().any(|a| a == "-version" || a == "--version") {
+                return Ok(version());
+            }
+            crate::loki::check_flags(&args).map_err(UsageError)?;
+            loki(&mut args, read)
+        }
+        Role::Cloudflared => match crate::cloudflared::parse(&args, env).map_err(UsageError)? {
+            crate::cloudflared::Command::Version => return Ok(version()),
+            crate::cloudflared::Command::Run(run) => Settings {
+                role: Role::Cloudflared,
+                main: Listen::plain(go_addr(&run.metrics)),
+                setup: Setup::Tunnel(run),
+            },
+        },
+    };
+    Ok(Plan::Serve(Box::new(settings)))
 }
 
 /// Grafana takes its server settings from `GF_SERVER_*` (they override grafana.ini).
-fn grafana(env: &BTreeMap<String, String>) -> Settings {
+fn grafana(env: &BTreeMap<String, String>, paths: crate::grafana::Paths) -> Settings {
     let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
     let addr = get("GF_SERVER_HTTP_ADDR").map_or("0.0.0.0", String::as_str);
     let port = get("GF_SERVER_HTTP_PORT").map_or("3000", String::as_str);
@@ -121,7 +152,7 @@ fn grafana(env: &BTreeMap<String, String>) -> Settings {
             addr: join(addr, port),
             tls,
         },
-        token_present: false,
+        setup: Setup::Grafana(paths),
     }
 }
 
@@ -130,10 +161,10 @@ fn grafana(env: &BTreeMap<String, String>) -> Settings {
 fn loki(args: &mut Vec<String>, read: &dyn Fn(&Path) -> Option<String>) -> Settings {
     let mut port = "3100".to_string();
     let mut tls = None;
-    if let Some(text) =
-        flag_value(args, &["-config.file", "--config.file"]).and_then(|p| read(Path::new(&p)))
-    {
-        let cfg = yaml_scalars(&text);
+    let file = flag_value(args, &["-config.file", "--config.file"]);
+    let text = file.as_deref().and_then(|p| read(Path::new(p)));
+    if let Some(text) = &text {
+        let cfg = yaml_scalars(text);
         if let Some(p) = cfg.get("server.http_listen_port") {
             port = p.clone();
         }
@@ -156,37 +187,8 @@ fn loki(args: &mut Vec<String>, read: &dyn Fn(&Path) -> Option<String>) -> Setti
             addr: join("0.0.0.0", &port),
             tls,
         },
-        token_present: false,
+        setup: Setup::Loki(file.map(|f| (f, text))),
     }
-}
-
-/// cloudflared: `--metrics ADDR` (or `TUNNEL_METRICS`); the token through `--token`,
-/// `--token-file` or `TUNNEL_TOKEN`. A named token file that cannot be read is fatal, as upstream.
-fn cloudflared(
-    args: &mut Vec<String>,
-    env: &BTreeMap<String, String>,
-    read: &dyn Fn(&Path) -> Option<String>,
-) -> Result<Settings, UsageError> {
-    let metrics = flag_value(args, &["--metrics"])
-        .or_else(|| env.get("TUNNEL_METRICS").cloned())
-        .unwrap_or_else(|| "0.0.0.0:2000".to_string());
-    let token_present = match flag_value(args, &["--token-file"])
-        .or_else(|| env.get("TUNNEL_TOKEN_FILE").cloned())
-    {
-        Some(f) => match read(Path::new(&f)) {
-            Some(t) if !t.trim().is_empty() => true,
-            _ => return Err(UsageError(format!("cannot read a tunnel token from {f}"))),
-        },
-        None => {
-            flag_value(args, &["--token"]).is_some()
-                || env.get("TUNNEL_TOKEN").is_some_and(|t| !t.is_empty())
-        }
-    };
-    Ok(Settings {
-        role: Role::Cloudflared,
-        main: Listen::plain(go_addr(&metrics)),
-        token_present,
-    })
 }
 
 /// Removes `name VALUE` or `name=VALUE` from args and returns VALUE (last one wins).
@@ -282,7 +284,7 @@ mod tests {
 
     fn serve(p: Result<Plan, UsageError>) -> Settings {
         match p {
-            Ok(Plan::Serve(s)) => s,
+            Ok(Plan::Serve(s)) => *s,
             other => panic!("expected Serve, got {other:?}"),
         }
     }
@@ -360,13 +362,11 @@ mod tests {
     }
 
     #[test]
-    fn cloudflared_version_metrics_and_token_file() {
+    fn cloudflared_version_and_run() {
         assert!(matches!(
             plan(&argv(&["cloudflared", "--no-autoupdate", "version"]), &env(&[]), &no_files),
             Ok(Plan::Print(s)) if s.contains("stand-in")
         ));
-        let read =
-            |p: &Path| (p == Path::new("/etc/cloudflared/token")).then(|| "secret\n".to_string());
         let s = serve(plan(
             &argv(&[
                 "cloudflared",
@@ -379,28 +379,23 @@ mod tests {
                 "/etc/cloudflared/token",
             ]),
             &env(&[]),
-            &read,
-        ));
-        assert_eq!(
-            (s.main.addr.as_str(), s.token_present),
-            ("0.0.0.0:2001", true)
-        );
-        let err = plan(
-            &argv(&["cloudflared", "tunnel", "run", "--token-file=/missing"]),
-            &env(&[]),
-            &read,
-        )
-        .unwrap_err();
-        assert!(err.0.contains("/missing"));
-        assert!(!err.0.contains("secret"));
-        let s = serve(plan(
-            &argv(&["cloudflared", "tunnel", "run"]),
-            &env(&[]),
             &no_files,
         ));
-        assert_eq!(
-            (s.main.addr.as_str(), s.token_present),
-            ("0.0.0.0:2000", false)
+        assert_eq!(s.main.addr, "0.0.0.0:2001");
+        assert!(
+            matches!(s.setup, Setup::Tunnel(r) if r.token_file.as_deref() == Some("/etc/cloudflared/token"))
+        );
+        // A flag of `tunnel` after `run` is a usage error, as upstream.
+        let err = plan(
+            &argv(&["cloudflared", "tunnel", "run", "--metrics", "0.0.0.0:2000"]),
+            &env(&[]),
+            &no_files,
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("flag provided but not defined: -metrics"),
+            "{}",
+            err.0
         );
     }
 

@@ -4,7 +4,10 @@
 //! installed under the upstream program paths) or `--role`.
 
 mod args;
+mod cloudflared;
+mod grafana;
 mod http;
+mod loki;
 mod roles;
 mod tls;
 
@@ -14,7 +17,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use args::{Listen, Plan, Role, Settings};
+use args::{Listen, Plan, Settings, Setup};
 use http::{Handler, Transport};
 use roles::State;
 
@@ -27,7 +30,7 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stdout(), "{line}");
             return ExitCode::SUCCESS;
         }
-        Ok(Plan::Serve(s)) => s,
+        Ok(Plan::Serve(s)) => *s,
         Err(e) => {
             eprintln!("atlas-standin: {}", e.0);
             return ExitCode::from(2);
@@ -44,10 +47,8 @@ fn main() -> ExitCode {
 
 fn run(s: Settings) -> Result<(), String> {
     exit_on_stop_signals()?;
-    let state = Arc::new(State::new(s.role, s.token_present));
-    if s.role == Role::Grafana {
-        state.init_grafana(&std::env::vars().collect());
-    }
+    let state = Arc::new(State::new(s.role));
+    start_role(&state, &s.setup)?;
     let main_transport = match &s.main.tls {
         Some((cert, key)) => Transport::Tls(tls::from_pem_files(cert, key)?),
         None => Transport::Plain,
@@ -61,6 +62,55 @@ fn run(s: Settings) -> Result<(), String> {
     );
     let h: Handler = Arc::new(move |r| roles::handle(&state, r));
     http::serve(main, main_transport, h);
+    Ok(())
+}
+
+/// What a role does before it listens, failing as the product does (config, token, data).
+fn start_role(state: &State, setup: &Setup) -> Result<(), String> {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    match setup {
+        Setup::Grafana(paths) => {
+            let mut log = |line: String| eprintln!("atlas-standin (grafana): {line}");
+            let g = grafana::start(paths, &env, &mut log)?;
+            eprintln!(
+                "atlas-standin (grafana): provisioned {} datasources, {} dashboards",
+                g.datasources.len(),
+                g.dashboards.len()
+            );
+            let _ = state.grafana.set(g);
+        }
+        Setup::Loki(file) => {
+            let (path, text) = file.clone().ok_or(
+                "failed parsing config: -config.file is required (the atlas stand-in needs a config file)",
+            )?;
+            let text = text.ok_or_else(|| {
+                format!("failed parsing config: {path}: open {path}: cannot read the file")
+            })?;
+            let checked = loki::check_config(&path, &text)?;
+            loki::make_dirs(&checked.dirs)?;
+        }
+        Setup::Tunnel(run) => {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+                    std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                    _ => e.to_string(),
+                })
+            };
+            let token = cloudflared::token(run, &read)?;
+            let at = token
+                .connects()
+                .then(|| std::time::Instant::now() + cloudflared::CONNECT_DELAY);
+            if at.is_none() {
+                eprintln!(
+                    "atlas-standin (cloudflared): the token does not reach the fixture edge (account tag {:?}, not {:?}): /ready stays 503",
+                    token.account,
+                    cloudflared::FIXTURE_ACCOUNT
+                );
+            }
+            let _ = state.tunnel.set(at);
+        }
+    }
     Ok(())
 }
 

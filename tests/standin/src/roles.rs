@@ -1,8 +1,8 @@
 //! What each stand-in answers. Every body says it is a stand-in; none claims to be the product.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_json::json;
@@ -15,20 +15,14 @@ const KEEP_STREAMS: usize = 256;
 
 pub struct State {
     pub role: Role,
-    pub token_present: bool,
+    /// Grafana: the started server (admin user, datasources, dashboards).
+    pub grafana: OnceLock<crate::grafana::Grafana>,
+    /// cloudflared: when the tunnel's connections register (never, for a token that does
+    /// not reach the fixture edge).
+    pub tunnel: OnceLock<Option<Instant>>,
     started: Instant,
     requests: AtomicU64,
     loki: Mutex<LokiState>,
-    /// Grafana: the admin login, and where its password is kept.
-    grafana_admin: Mutex<Option<GrafanaAdmin>>,
-}
-
-/// Like Grafana, the admin password comes from `GF_SECURITY_ADMIN_PASSWORD` on the very first
-/// start only; it is kept in the data directory and changes only through the HTTP API.
-struct GrafanaAdmin {
-    user: String,
-    password: String,
-    file: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -44,60 +38,29 @@ struct LokiState {
     streams: VecDeque<BTreeMap<String, String>>,
 }
 
+/// The connector ID `/ready` reports (random per process upstream; fixed here).
+const CONNECTOR_ID: &str = "00000000-0000-4000-8000-00000000a71a";
+/// HA connections a connected cloudflared holds (upstream's default `--ha-connections`).
+const HA_CONNECTIONS: u32 = 4;
+
 impl State {
-    pub fn new(role: Role, token_present: bool) -> Self {
+    pub fn new(role: Role) -> Self {
         State {
             role,
-            token_present,
+            grafana: OnceLock::new(),
+            tunnel: OnceLock::new(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             loki: Mutex::new(LokiState::default()),
-            grafana_admin: Mutex::new(None),
         }
     }
 
-    /// Grafana: the admin login from the data directory, or from the environment on the first
-    /// start (then written there).
-    pub fn init_grafana(&self, env: &BTreeMap<String, String>) {
-        let get = |k: &str, d: &str| env.get(k).cloned().unwrap_or_else(|| d.to_string());
-        let dir = std::path::PathBuf::from(get("GF_PATHS_DATA", "/var/lib/grafana"));
-        let file = dir.join("atlas-standin-admin-password");
-        let password = match std::fs::read_to_string(&file) {
-            Ok(p) => p,
-            Err(_) => {
-                let p = get("GF_SECURITY_ADMIN_PASSWORD", "admin");
-                let _ = std::fs::write(&file, &p);
-                p
-            }
-        };
-        *self.admin() = Some(GrafanaAdmin {
-            user: get("GF_SECURITY_ADMIN_USER", "admin"),
-            password,
-            file: Some(file),
-        });
-    }
-
-    fn admin(&self) -> std::sync::MutexGuard<'_, Option<GrafanaAdmin>> {
-        self.grafana_admin.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether the request's basic auth is the admin's current login.
-    fn is_admin(&self, req: &Request) -> bool {
-        let Some(b64) = req
-            .header("authorization")
-            .and_then(|v| v.strip_prefix("Basic "))
-        else {
-            return false;
-        };
-        let Ok(raw) =
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
-        else {
-            return false;
-        };
-        let given = String::from_utf8_lossy(&raw).to_string();
-        self.admin()
-            .as_ref()
-            .is_some_and(|a| given == format!("{}:{}", a.user, a.password))
+    /// cloudflared: registered connections now.
+    fn tunnel_connections(&self) -> u32 {
+        match self.tunnel.get() {
+            Some(Some(at)) if Instant::now() >= *at => HA_CONNECTIONS,
+            _ => 0,
+        }
     }
 
     fn loki(&self) -> std::sync::MutexGuard<'_, LokiState> {
@@ -112,25 +75,20 @@ pub fn handle(state: &State, req: &Request) -> Response {
     let get = req.method == "GET" || req.method == "HEAD";
     match (state.role, req.path.as_str()) {
         (_, "/metrics") if get => metrics(state),
-        (Role::Grafana, "/api/health") if get => Response::json(
-            200,
-            &json!({"database": "ok", "version": "standin", "commit": "atlas-standin",
-                    "standin": "atlas stand-in for Grafana, not Grafana"}),
-        ),
-        (Role::Grafana, "/api/user") if get => match state.is_admin(req) {
-            true => Response::json(200, &json!({"login": "admin", "standin": true})),
-            false => Response::json(401, &json!({"message": "invalid username or password"})),
+        (Role::Grafana, _) => match state.grafana.get().and_then(|g| g.handle(req)) {
+            Some(r) => r,
+            None => not_found(state),
         },
-        (Role::Grafana, "/api/admin/users/1/password") if req.method == "PUT" => {
-            grafana_set_password(state, req)
+        (Role::Loki, "/ready") if get => Response::text(200, "ready\n"),
+        (Role::Cloudflared, "/ready") if get => {
+            let n = state.tunnel_connections();
+            let status = if n > 0 { 200 } else { 503 };
+            Response::json(
+                status,
+                &json!({"status": status, "readyConnections": n,
+                        "connectorId": CONNECTOR_ID}),
+            )
         }
-        (Role::Grafana, "/" | "/login") if get => Response::new(
-            200,
-            "text/html; charset=utf-8",
-            "<!doctype html><html><head><title>Atlas stand-in for Grafana</title></head>\
-             <body><h1>Atlas stand-in for Grafana</h1><p>This test fixture is not Grafana.</p></body></html>\n",
-        ),
-        (Role::Loki | Role::Cloudflared, "/ready") if get => Response::text(200, "ready\n"),
         (Role::Loki, "/loki/api/v1/push") if req.method == "POST" => loki_push(state, req),
         (Role::Loki, "/loki/api/v1/labels") if get => {
             let names: BTreeSet<String> = state
@@ -155,28 +113,6 @@ pub fn handle(state: &State, req: &Request) -> Response {
         }
         _ => not_found(state),
     }
-}
-
-/// `PUT /api/admin/users/1/password` `{"password": ...}` with the admin's basic auth.
-fn grafana_set_password(state: &State, req: &Request) -> Response {
-    if !state.is_admin(req) {
-        return Response::json(401, &json!({"message": "invalid username or password"}));
-    }
-    let Some(new) = serde_json::from_slice::<serde_json::Value>(&req.body)
-        .ok()
-        .and_then(|v| v["password"].as_str().map(str::to_string))
-        .filter(|p| p.len() >= 4)
-    else {
-        return Response::json(400, &json!({"message": "bad request data"}));
-    };
-    let mut admin = state.admin();
-    if let Some(a) = admin.as_mut() {
-        if let Some(f) = &a.file {
-            let _ = std::fs::write(f, &new);
-        }
-        a.password = new;
-    }
-    Response::json(200, &json!({"message": "User password updated"}))
 }
 
 fn not_found(state: &State) -> Response {
@@ -283,9 +219,9 @@ fn metrics(state: &State) -> Response {
             }
         }
         Role::Cloudflared => m.push_str(&format!(
-            "# HELP standin_cloudflared_token_present Whether a tunnel token was given (its value is never used).\n\
-             # TYPE standin_cloudflared_token_present gauge\nstandin_cloudflared_token_present {}\n",
-            u8::from(state.token_present)
+            "# HELP cloudflared_tunnel_ha_connections Number of active ha connections\n\
+             # TYPE cloudflared_tunnel_ha_connections gauge\ncloudflared_tunnel_ha_connections {}\n",
+            state.tunnel_connections()
         )),
         Role::Grafana => {}
     }
@@ -324,7 +260,18 @@ mod tests {
 
     #[test]
     fn grafana_health_login_and_metrics() {
-        let s = State::new(Role::Grafana, false);
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("grafana.ini"), "").unwrap();
+        let paths = crate::grafana::Paths {
+            home: t.path().into(),
+            config: t.path().join("grafana.ini"),
+            data: t.path().join("data"),
+            provisioning: t.path().join("provisioning"),
+            plugins: t.path().join("plugins"),
+        };
+        let s = State::new(Role::Grafana);
+        let g = crate::grafana::start(&paths, &BTreeMap::new(), &mut |_| {}).unwrap();
+        assert!(s.grafana.set(g).is_ok());
         let r = handle(&s, &req("GET", "/api/health"));
         assert_eq!(r.status, 200);
         let j = json_body(&r);
@@ -337,21 +284,20 @@ mod tests {
             assert_eq!(r.status, 200);
             assert!(body(&r).contains("Atlas stand-in for Grafana"));
         }
+        assert_eq!(handle(&s, &req("GET", "/api/datasources")).status, 401);
         let r = handle(&s, &req("GET", "/metrics"));
         assert!(body(&r).contains("standin_info{role=\"grafana\",version=\"standin\"} 1"));
-        // /api/health, /, /login and this request.
         assert!(
-            body(&r).contains("standin_http_requests_total 4\n"),
+            body(&r).contains("standin_http_requests_total 5\n"),
             "{}",
             body(&r)
         );
         assert_eq!(handle(&s, &req("GET", "/ready")).status, 404);
-        assert_eq!(handle(&s, &req("POST", "/api/health")).status, 404);
     }
 
     #[test]
     fn loki_counts_pushes_and_keeps_label_sets() {
-        let s = State::new(Role::Loki, false);
+        let s = State::new(Role::Loki);
         assert_eq!(handle(&s, &req("GET", "/ready")).status, 200);
         let before = body(&handle(&s, &req("GET", "/metrics")));
         assert!(
@@ -400,7 +346,7 @@ mod tests {
 
     #[test]
     fn loki_keeps_only_recent_streams() {
-        let s = State::new(Role::Loki, false);
+        let s = State::new(Role::Loki);
         for i in 0..KEEP_STREAMS + 5 {
             let b = format!(r#"{{"streams":[{{"stream":{{"n":"{i}"}},"values":[]}}]}}"#);
             assert_eq!(handle(&s, &push(&b, "application/json")).status, 204);
@@ -412,81 +358,31 @@ mod tests {
     }
 
     #[test]
-    fn cloudflared_ready_and_token_gauge() {
-        let s = State::new(Role::Cloudflared, true);
-        assert_eq!(body(&handle(&s, &req("GET", "/ready"))), "ready\n");
+    fn cloudflared_is_ready_only_once_connected() {
+        let s = State::new(Role::Cloudflared);
+        let r = handle(&s, &req("GET", "/ready"));
+        assert_eq!(r.status, 503);
+        assert_eq!(json_body(&r)["readyConnections"], 0);
+        assert!(s.tunnel.set(Some(Instant::now())).is_ok());
+        let r = handle(&s, &req("GET", "/ready"));
+        assert_eq!(
+            (r.status, json_body(&r)["readyConnections"].clone()),
+            (200, json!(4))
+        );
         assert!(
             body(&handle(&s, &req("GET", "/metrics")))
-                .contains("standin_cloudflared_token_present 1\n")
+                .contains("cloudflared_tunnel_ha_connections 4\n")
         );
-        let s = State::new(Role::Cloudflared, false);
-        assert!(
-            body(&handle(&s, &req("GET", "/metrics")))
-                .contains("standin_cloudflared_token_present 0\n")
-        );
+        let never = State::new(Role::Cloudflared);
+        assert!(never.tunnel.set(None).is_ok());
+        assert_eq!(handle(&never, &req("GET", "/ready")).status, 503);
     }
 
     #[test]
     fn unknown_paths_name_the_stand_in() {
-        let s = State::new(Role::Loki, false);
+        let s = State::new(Role::Loki);
         let r = handle(&s, &req("GET", "/nope"));
         assert_eq!(r.status, 404);
         assert!(body(&r).contains("atlas stand-in for loki"));
-    }
-
-    #[test]
-    fn grafana_admin_password_changes_only_through_the_api_and_survives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = BTreeMap::from([
-            (
-                "GF_PATHS_DATA".to_string(),
-                dir.path().display().to_string(),
-            ),
-            (
-                "GF_SECURITY_ADMIN_PASSWORD".to_string(),
-                "first".to_string(),
-            ),
-        ]);
-        let auth = |pw: &str| {
-            let b = base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                format!("admin:{pw}"),
-            );
-            vec![("Authorization".to_string(), format!("Basic {b}"))]
-        };
-        let with = |method: &str, path: &str, pw: &str, body: &str| Request {
-            headers: auth(pw),
-            body: body.as_bytes().to_vec(),
-            ..req(method, path)
-        };
-        let s = State::new(Role::Grafana, false);
-        s.init_grafana(&env);
-        assert_eq!(
-            handle(&s, &with("GET", "/api/user", "first", "")).status,
-            200
-        );
-        assert_eq!(
-            handle(&s, &with("GET", "/api/user", "wrong", "")).status,
-            401
-        );
-        let set = r#"{"password":"second"}"#;
-        let path = "/api/admin/users/1/password";
-        assert_eq!(handle(&s, &with("PUT", path, "wrong", set)).status, 401);
-        assert_eq!(handle(&s, &with("PUT", path, "first", set)).status, 200);
-        assert_eq!(
-            handle(&s, &with("GET", "/api/user", "first", "")).status,
-            401
-        );
-        // A restart with the old password still in the environment keeps the new one.
-        let again = State::new(Role::Grafana, false);
-        again.init_grafana(&env);
-        assert_eq!(
-            handle(&again, &with("GET", "/api/user", "second", "")).status,
-            200
-        );
-        assert_eq!(
-            handle(&again, &with("GET", "/api/user", "first", "")).status,
-            401
-        );
     }
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -133,6 +135,88 @@ impl std::fmt::Display for FixtureRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(Self::get())
     }
+}
+
+/// The upstream image the embedded recipe of `service` pins (`docker.io/prom/prometheus:v3.14.0`).
+pub fn recipe_base(service: &str) -> String {
+    atlas_image::recipe::Recipe::embedded_for(service)
+        .unwrap_or_else(|| panic!("no embedded recipe {service}"))
+        .expect("embedded recipe")
+        .base
+        .image
+}
+
+/// The same image as the fixture registry serves it (`prom/prometheus:v3.14.0`).
+pub fn fixture_of(service: &str) -> String {
+    recipe_base(service)
+        .trim_start_matches("docker.io/")
+        .to_string()
+}
+
+/// An images.lock pinning the recipe base of each of `services` to the fixture image under
+/// the recipe's tag plus `suffix` (`""`, or `"-v2"` for the upgrade twins), by the digest of
+/// the manifest bytes the registry serves for that tag (the index, where it serves one).
+pub fn fixture_lock_text(services: &[&str], suffix: &str) -> Result<String, String> {
+    use sha2::Digest as _;
+    let mut text = String::from("version = 1\n[images]\n");
+    for service in services {
+        let fixture = format!("{FixtureRegistry}/{}{suffix}", fixture_of(service));
+        let raw = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{fixture}"))
+            .output()
+            .map_err(|e| format!("skopeo: {e}"))?;
+        if !raw.status.success() {
+            return Err(format!("{fixture}: {}", stderr(&raw)));
+        }
+        let digest = hex::encode(sha2::Sha256::digest(&raw.stdout));
+        text.push_str(&format!(
+            "\"{}\" = \"sha256:{digest}\"\n",
+            recipe_base(service)
+        ));
+    }
+    Ok(text)
+}
+
+/// Says once per run, on stderr, what the fixture images under the recipes' tags really are
+/// and which config features of the pinned releases they cannot check (their labels
+/// `org.atlas.fixture.real-version` and `org.atlas.fixture.unchecked`, tests/fixtures).
+pub fn announce_fixture_gaps() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lines = Vec::new();
+        for recipe in atlas_image::recipe::Recipe::embedded().expect("embedded recipes") {
+            let fixture = fixture_of(&recipe.name);
+            let o = Command::new("skopeo")
+                .args(["inspect", "--config", "--tls-verify=false"])
+                .args(["--override-os", "linux", "--override-arch", "amd64"])
+                .arg(format!("docker://{FixtureRegistry}/{fixture}"))
+                .output();
+            let labels = o
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .map(|v| v["config"]["Labels"].clone())
+                .unwrap_or_default();
+            let real = labels["org.atlas.fixture.real-version"].as_str();
+            let unchecked = labels["org.atlas.fixture.unchecked"].as_str().unwrap_or("");
+            match real {
+                Some(real) => lines.push(format!(
+                    "  {}: the fixture is {real}; not checked: {}",
+                    recipe.base.image,
+                    if unchecked.is_empty() { "-" } else { unchecked }
+                )),
+                None => lines.push(format!(
+                    "  {}: no fixture label (not built by cargo xtask fixtures?)",
+                    recipe.base.image
+                )),
+            }
+        }
+        eprintln!(
+            "fixture images stand in for the pinned releases (tests/fixtures/README.md):\n{}",
+            lines.join("\n")
+        );
+    });
 }
 
 /// A throwaway minisign key pair made for one test (unencrypted, like `minisign -G -W`):
