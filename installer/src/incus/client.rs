@@ -190,6 +190,26 @@ impl Req {
         self.headers.insert(HeaderName::from_static(name), v);
         Ok(self)
     }
+    /// A copy to send again, unless the body is a stream (it can be read once).
+    fn resendable(&self) -> Option<Req> {
+        let payload = match &self.payload {
+            Payload::None => Payload::None,
+            Payload::Json(b) => Payload::Json(b.clone()),
+            Payload::Bytes(b) => Payload::Bytes(b.clone()),
+            Payload::Stream(_) => return None,
+        };
+        Some(Req {
+            method: self.method.clone(),
+            segments: self.segments.clone(),
+            query: self.query.clone(),
+            scope: self.scope,
+            targeted: self.targeted,
+            observing: self.observing,
+            payload,
+            headers: self.headers.clone(),
+            deadline: self.deadline,
+        })
+    }
     pub(crate) fn if_match(mut self, etag: Option<&str>) -> Result<Req, IncusError> {
         if let Some(etag) = etag {
             let v = HeaderValue::from_str(etag)
@@ -226,6 +246,11 @@ const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest single `GET .../wait`: shorter than the HTTP timeouts between here and the daemon.
 const WAIT_CHUNK: Duration = Duration::from_secs(30);
+/// How long a write refused because its instance is busy with another operation is tried
+/// again, and the pause between tries. A stop waits for the service to end (Incus' default
+/// is 30 s before it kills), so a little more than that.
+const BUSY_WAIT: Duration = Duration::from_secs(45);
+const BUSY_PAUSE: Duration = Duration::from_millis(500);
 
 impl Client {
     pub(crate) fn from_parts(http: reqwest::Client, base: Url, endpoint: Endpoint) -> Client {
@@ -560,28 +585,60 @@ impl Client {
     /// A writing call: sync answers give their metadata, async ones are waited for and give
     /// the finished operation's metadata.
     pub(crate) async fn write(&self, req: Req) -> Result<Value, IncusError> {
-        let (answer, method, path) = self.call(req).await?;
-        if answer.envelope.kind != "async" {
-            return Ok(answer.envelope.metadata);
-        }
-        let op = self.wait_started(&answer.envelope, &method, &path).await?;
-        Ok(op.metadata)
+        self.busy_retried(req, |answer, method, path| async move {
+            if answer.envelope.kind != "async" {
+                return Ok(answer.envelope.metadata);
+            }
+            let op = self.wait_started(&answer.envelope, &method, &path).await?;
+            Ok(op.metadata)
+        })
+        .await
     }
 
     /// Like [`Client::write`] but returns the finished operation itself.
     pub(crate) async fn write_op(&self, req: Req) -> Result<Operation, IncusError> {
-        let (answer, method, path) = self.call(req).await?;
-        if answer.envelope.kind != "async" {
-            return Err(IncusError::Decode {
-                method,
-                path,
-                message: format!(
-                    "expected a background operation, got a {} answer",
-                    answer.envelope.kind
-                ),
-            });
+        self.busy_retried(req, |answer, method, path| async move {
+            if answer.envelope.kind != "async" {
+                return Err(IncusError::Decode {
+                    method,
+                    path,
+                    message: format!(
+                        "expected a background operation, got a {} answer",
+                        answer.envelope.kind
+                    ),
+                });
+            }
+            self.wait_started(&answer.envelope, &method, &path).await
+        })
+        .await
+    }
+
+    /// Sends a writing call and finishes it with `then`; while Incus answers that the
+    /// instance is busy with another operation (a stop or an autorestart still running,
+    /// [`IncusError::is_instance_busy`]), which changed nothing, sends it again after a pause,
+    /// up to [`BUSY_WAIT`] in all. A streamed body is sent once.
+    async fn busy_retried<T, F, Fut>(&self, req: Req, then: F) -> Result<T, IncusError>
+    where
+        F: Fn(Answer, String, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, IncusError>>,
+    {
+        let start = Instant::now();
+        let mut next = Some(req);
+        loop {
+            let req = next.take().expect("a request to send");
+            let again = req.resendable();
+            let result = match self.call(req).await {
+                Ok((answer, method, path)) => then(answer, method, path).await,
+                Err(e) => Err(e),
+            };
+            match (result, again) {
+                (Err(e), Some(again)) if e.is_instance_busy() && start.elapsed() < BUSY_WAIT => {
+                    tokio::time::sleep(BUSY_PAUSE).await;
+                    next = Some(again);
+                }
+                (result, _) => return result,
+            }
         }
-        self.wait_started(&answer.envelope, &method, &path).await
     }
 
     async fn wait_started(

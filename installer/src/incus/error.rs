@@ -147,6 +147,17 @@ impl IncusError {
     pub fn is_no_answer(&self) -> bool {
         matches!(self, IncusError::NoAnswer { .. })
     }
+
+    /// Incus refused to start an operation on an instance because another one (a stop, a
+    /// restart by autorestart, a start) still runs on it: "Instance is busy running a "stop"
+    /// operation". Nothing was changed; the same request succeeds once that one is done.
+    pub fn is_instance_busy(&self) -> bool {
+        let message = match self {
+            IncusError::Api { message, .. } | IncusError::Operation { message, .. } => message,
+            _ => return false,
+        };
+        message.contains("Instance is busy running a")
+    }
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

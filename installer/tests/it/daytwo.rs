@@ -280,8 +280,15 @@ receivers = ["hook"]
     // warning for another container is not.
     inhibition(&stack, am_ip, &sink).await;
 
-    // LogQL: Grafana's grammar accepts every query of the Logs dashboard.
-    check_logql(&boards);
+    // LogQL: Grafana's grammar accepts every query of the Logs dashboard. An unwired run
+    // has no Logs dashboard; parsing needs no Loki, so it checks the one a wired stack gets.
+    if wired {
+        check_logql(&boards);
+    } else {
+        let mut as_wired = cfg.clone();
+        as_wired.integrations.incus_loki = true;
+        check_logql(&atlas_install::render::dashboards::dashboards(&as_wired));
+    }
 
     // What Grafana finds in its container: the provider and the dashboards it points at.
     let provider = pc

@@ -269,6 +269,74 @@ async fn destroy_retries_the_transient_bridge_error() {
     assert_eq!(deletes.len(), 2, "{deletes:?}");
 }
 
+/// Incus refuses an instance update while another operation runs on the instance (seen in
+/// the upgrade test: an autorestart's stop still running): "Instance is busy running a "stop"
+/// operation", an operation that failed having changed nothing. The client sends the same
+/// request again until Incus takes it; any other failure is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_while_the_instance_is_busy_is_sent_again() {
+    use crate::common::scripted::{ScriptedIncus, error, sync};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const BUSY: &str =
+        "Failed to create instance update operation: Instance is busy running a \"stop\" operation";
+    let puts = AtomicUsize::new(0);
+    let incus = ScriptedIncus::start(move |method, path| {
+        let op = |n: usize| format!("op-{n}");
+        match method {
+            "PUT" if path.starts_with("/1.0/instances/busy?") => {
+                let n = puts.fetch_add(1, SeqCst);
+                (
+                    202,
+                    serde_json::json!({
+                        "type": "async", "status": "Operation created", "status_code": 100,
+                        "operation": format!("/1.0/operations/{}", op(n)),
+                        "metadata": {"id": op(n), "status": "Running", "status_code": 103},
+                    }),
+                )
+            }
+            "PUT" if path.starts_with("/1.0/instances/broken?") => error(400, "Invalid config"),
+            // The first two updates fail as busy, the third is done.
+            "GET" if path.starts_with("/1.0/operations/op-") => {
+                let busy = !path.starts_with("/1.0/operations/op-2/");
+                sync(serde_json::json!({
+                    "id": "op", "class": "task", "description": "Updating instance",
+                    "status": if busy { "Failure" } else { "Success" },
+                    "status_code": if busy { 400 } else { 200 },
+                    "err": if busy { BUSY } else { "" },
+                }))
+            }
+            _ => error(404, "not found"),
+        }
+    });
+    let c = atlas_install::incus::Client::unix_at(&incus.socket)
+        .expect("client")
+        .in_project("p");
+    let instance = |name: &str| {
+        serde_json::from_value::<atlas_install::incus::Instance>(serde_json::json!({"name": name}))
+            .expect("instance")
+    };
+    c.update_instance(&instance("busy"), None)
+        .await
+        .expect("updated on the third try");
+    let seen = incus.seen.lock().unwrap().clone();
+    let puts: Vec<&String> = seen.iter().filter(|r| r.starts_with("PUT")).collect();
+    assert_eq!(puts.len(), 3, "{seen:?}");
+
+    let e = c
+        .update_instance(&instance("broken"), None)
+        .await
+        .expect_err("a refused config stays refused");
+    assert!(e.to_string().contains("Invalid config"), "{e}");
+    let broken = incus
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("PUT /1.0/instances/broken"))
+        .count();
+    assert_eq!(broken, 1, "sent once");
+}
+
 /// A certificate named like ours that no Atlas project records: what `destroy` of earlier
 /// versions left behind. Removed on drop.
 struct LeftoverCert {
