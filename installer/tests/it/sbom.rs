@@ -365,8 +365,9 @@ fn sha256_of(bytes: &[u8]) -> String {
 }
 
 /// A document from our writer with every kind of component it writes: deb and apk packages
-/// (source, license), an operating system, a Go binary with a replaced module and build
-/// settings, a pre-1.18 Go binary, atlas-init and a rendered file, a base image.
+/// (source, license; one in two databases), an operating system, a Go binary with a replaced
+/// module and build settings, a pre-1.18 Go binary, atlas-init, a rendered file and a Go
+/// binary of our own layer, a base image.
 fn every_kind_of_component() -> Vec<u8> {
     use atlas_image::sbom::{GoModule, Inventory, OsPackage, Own, OwnFile, Subject, cyclonedx};
     let module = |path: &str, version: &str| GoModule {
@@ -401,15 +402,26 @@ fn every_kind_of_component() -> Vec<u8> {
     };
     let inv = Inventory {
         os: (Some("debian".to_owned()), Some("12".to_owned())),
+        // libc6 twice: in dpkg's status and in a distroless status.d file.
         packages: vec![
             package("deb", "libc6", "2.36-9+deb12u7", None),
+            OsPackage {
+                database: "/var/lib/dpkg/status.d/libc6".to_owned(),
+                ..package("deb", "libc6", "2.36-9+deb12u7", None)
+            },
             package("apk", "musl", "1.2.5-r0", Some("MIT")),
         ],
-        go: vec![("/bin/app".to_owned(), go), ("/bin/old".to_owned(), legacy)],
+        // /usr/bin/caddy: a Go binary our own layer brings (caddy's recipe downloads it).
+        go: vec![
+            ("/bin/app".to_owned(), go.clone()),
+            ("/bin/old".to_owned(), legacy),
+            ("/usr/bin/caddy".to_owned(), go),
+        ],
     };
     let own = [
         ("/sbin/atlas-init", "atlas-init"),
         ("/etc/atlas/service.json", "rendered"),
+        ("/usr/bin/caddy", "recipe content"),
     ]
     .map(|(path, origin)| OwnFile {
         path: path.to_owned(),
