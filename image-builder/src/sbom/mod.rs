@@ -248,6 +248,27 @@ fn own_component(f: &OwnFile) -> Value {
     c
 }
 
+/// Adds `c` to `components`; when one with its `bom-ref` is there already (a package listed
+/// in two databases, a Go binary our own layer brings), adds `c`'s hashes and properties to
+/// that one instead, as every bom-ref must be unique within the BOM (CycloneDX).
+fn add_component(components: &mut Vec<Value>, c: Value) {
+    let Some(old) = components.iter_mut().find(|x| x["bom-ref"] == c["bom-ref"]) else {
+        components.push(c);
+        return;
+    };
+    for key in ["hashes", "properties"] {
+        for v in c[key].as_array().into_iter().flatten() {
+            if !old[key].is_array() {
+                old[key] = json!([]);
+            }
+            let list = old[key].as_array_mut().expect("made an array above");
+            if !list.contains(v) {
+                list.push(v.clone());
+            }
+        }
+    }
+}
+
 /// Our own layer, as far as it is known.
 #[derive(Clone, Copy, Debug)]
 pub enum Own<'a> {
@@ -271,14 +292,18 @@ pub fn cyclonedx(subject: &Subject, inv: &Inventory, own: Own<'_>) -> Vec<u8> {
         );
     }
     for p in &inv.packages {
-        components.push(package_component(p, &inv.os));
+        add_component(&mut components, package_component(p, &inv.os));
     }
     for (path, info) in &inv.go {
         dependencies.push(go_components(path, info, &mut components));
     }
     let mut props = Vec::new();
     match own {
-        Own::Files(files) => components.extend(files.iter().map(own_component)),
+        Own::Files(files) => {
+            for f in files {
+                add_component(&mut components, own_component(f));
+            }
+        }
         Own::PassedThrough => props.push(prop(
             "atlas:own-layer",
             "passed through from a finished Atlas image: its files are not listed one by one",
@@ -329,4 +354,80 @@ pub fn cyclonedx(subject: &Subject, inv: &Inventory, own: Own<'_>) -> Vec<u8> {
     let mut out = serde_json::to_vec_pretty(&doc).expect("a JSON value always serializes");
     out.push(b'\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A package in two databases and a Go binary our own layer brings are one component
+    /// each, with what both sources say: every bom-ref is unique within the BOM.
+    #[test]
+    fn one_component_per_bom_ref() {
+        let package = |database: &str| OsPackage {
+            kind: "deb".to_owned(),
+            name: "libc6".to_owned(),
+            version: "2.36-9".to_owned(),
+            arch: "amd64".to_owned(),
+            source: None,
+            license: None,
+            database: database.to_owned(),
+        };
+        let go = GoBuildInfo {
+            toolchain: "go1.22.2".to_owned(),
+            path: "caddy".to_owned(),
+            ..GoBuildInfo::default()
+        };
+        let inv = Inventory {
+            os: (None, None),
+            packages: vec![package("/var/lib/dpkg/status"), package("/status.d/libc6")],
+            go: vec![("/usr/bin/caddy".to_owned(), go)],
+        };
+        let own = [OwnFile {
+            path: "/usr/bin/caddy".to_owned(),
+            sha256: "ab".repeat(32),
+            size: 1,
+            origin: "recipe content",
+        }];
+        let subject = Subject {
+            name: "caddy".to_owned(),
+            version: None,
+            digest: format!("sha256:{}", "cd".repeat(32)),
+            base: None,
+        };
+        let doc: Value =
+            serde_json::from_slice(&cyclonedx(&subject, &inv, Own::Files(&own))).expect("JSON");
+        let components = doc["components"].as_array().expect("components");
+        let refs: Vec<&str> = components
+            .iter()
+            .map(|c| c["bom-ref"].as_str().expect("bom-ref"))
+            .collect();
+        let mut unique = refs.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), refs.len(), "{refs:?}");
+        let props = |c: &Value, name: &str| -> Vec<String> {
+            c["properties"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["name"] == name)
+                .map(|p| p["value"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        let libc = &components[0];
+        assert_eq!(
+            props(libc, "atlas:package-database"),
+            ["/var/lib/dpkg/status", "/status.d/libc6"]
+        );
+        let caddy = components
+            .iter()
+            .find(|c| c["bom-ref"] == "file:/usr/bin/caddy")
+            .expect("caddy");
+        assert_eq!(caddy["type"], "application");
+        assert_eq!(props(caddy, "go:toolchain"), ["go1.22.2"]);
+        assert_eq!(props(caddy, "atlas:origin"), ["recipe content"]);
+        assert_eq!(props(caddy, "atlas:path"), ["/usr/bin/caddy"]);
+        assert_eq!(caddy["hashes"][0]["content"], "ab".repeat(32).as_str());
+    }
 }

@@ -20,7 +20,7 @@ use atlas_install::bundle::{self, BundleError, CreateSpec, Expect};
 use atlas_install::signing::Trust;
 use sha2::{Digest as _, Sha256};
 
-use crate::common::{atlas, have_tool, require_all, run, stderr, stdout};
+use crate::common::{atlas, cyclonedx, have_tool, require_all, run, stderr, stdout};
 
 const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 
@@ -634,6 +634,21 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
         carried.iter().collect::<Vec<_>>(),
         given.iter().collect::<Vec<_>>()
     );
+    // Each Atlas image's bill of materials, as the bundle carries it, checked by an
+    // independent CycloneDX tool against the schema of the specVersion it declares.
+    if cyclonedx::validator_ready() {
+        let mut sboms = Vec::new();
+        for e in entries.iter().filter(|e| e.name.starts_with(b"sbom/")) {
+            let name = String::from_utf8_lossy(&e.name).replace('/', "-");
+            cyclonedx::assert_valid(t, &name, &e.data);
+            sboms.push(name);
+        }
+        sboms.sort();
+        assert_eq!(
+            sboms,
+            ["sbom-node-exporter.cdx.json", "sbom-prometheus.cdx.json"]
+        );
+    }
     // The binary inside is this binary, byte for byte.
     let bin = entries.iter().find(|e| e.name == b"atlas-install").unwrap();
     let me = std::fs::read(env!("CARGO_BIN_EXE_atlas-install")).unwrap();

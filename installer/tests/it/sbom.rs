@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 
 use atlas_image::sbom::gobuild::{ElfScan, GoBuildInfo};
 
-use crate::common::{atlas, have_tool, require_all, run, stderr, stdout};
+use crate::common::{atlas, cyclonedx, have_tool, require_all, run, stderr, stdout};
 
 const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 
@@ -259,6 +259,11 @@ fn fixture_image_sbom_matches_dpkg_query_and_go_version_m() {
     assert!(o.status.success(), "image inspect --sbom: {}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(doc["bomFormat"], "CycloneDX");
+    // The document as recorded with the image, checked by an independent tool against the
+    // official schema of the specVersion it declares.
+    if cyclonedx::validator_ready() {
+        cyclonedx::assert_valid(tmp.path(), "prom.cdx.json", &o.stdout);
+    }
     let listed = deb_packages(&doc);
     if listed.is_empty() {
         assert!(
@@ -352,4 +357,132 @@ fn fixture_image_sbom_matches_dpkg_query_and_go_version_m() {
             .any(|c| c["name"] == "atlas-init" && c["hashes"][0]["alg"] == "SHA-256"),
         "{doc}"
     );
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A document from our writer with every kind of component it writes: deb and apk packages
+/// (source, license; one in two databases), an operating system, a Go binary with a replaced
+/// module and build settings, a pre-1.18 Go binary, atlas-init, a rendered file and a Go
+/// binary of our own layer, a base image.
+fn every_kind_of_component() -> Vec<u8> {
+    use atlas_image::sbom::{GoModule, Inventory, OsPackage, Own, OwnFile, Subject, cyclonedx};
+    let module = |path: &str, version: &str| GoModule {
+        path: path.to_owned(),
+        version: version.to_owned(),
+        sum: format!("h1:{}=", sha256_of(path.as_bytes())),
+        replace: None,
+    };
+    let package = |kind: &str, name: &str, version: &str, license: Option<&str>| OsPackage {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        version: version.to_owned(),
+        arch: "amd64".to_owned(),
+        source: Some(format!("{name}-src")),
+        license: license.map(str::to_owned),
+        database: "/var/lib/dpkg/status".to_owned(),
+    };
+    let mut replaced = module("example.com/lib", "v1.2.3");
+    replaced.replace = Some(Box::new(module("example.com/fork", "v1.2.4")));
+    let go = GoBuildInfo {
+        toolchain: "go1.22.2".to_owned(),
+        path: "example.com/app/cmd/app".to_owned(),
+        main: Some(module("example.com/app", "v0.1.0")),
+        deps: vec![replaced, module("golang.org/x/sys", "v0.20.0")],
+        settings: vec![("-ldflags".to_owned(), "-s -w".to_owned())],
+        legacy: false,
+    };
+    let legacy = GoBuildInfo {
+        toolchain: "go1.17".to_owned(),
+        legacy: true,
+        ..GoBuildInfo::default()
+    };
+    let inv = Inventory {
+        os: (Some("debian".to_owned()), Some("12".to_owned())),
+        // libc6 twice: in dpkg's status and in a distroless status.d file.
+        packages: vec![
+            package("deb", "libc6", "2.36-9+deb12u7", None),
+            OsPackage {
+                database: "/var/lib/dpkg/status.d/libc6".to_owned(),
+                ..package("deb", "libc6", "2.36-9+deb12u7", None)
+            },
+            package("apk", "musl", "1.2.5-r0", Some("MIT")),
+        ],
+        // /usr/bin/caddy: a Go binary our own layer brings (caddy's recipe downloads it).
+        go: vec![
+            ("/bin/app".to_owned(), go.clone()),
+            ("/bin/old".to_owned(), legacy),
+            ("/usr/bin/caddy".to_owned(), go),
+        ],
+    };
+    let own = [
+        ("/sbin/atlas-init", "atlas-init"),
+        ("/etc/atlas/service.json", "rendered"),
+        ("/usr/bin/caddy", "recipe content"),
+    ]
+    .map(|(path, origin)| OwnFile {
+        path: path.to_owned(),
+        sha256: sha256_of(path.as_bytes()),
+        size: path.len() as u64,
+        origin,
+    });
+    let subject = Subject {
+        name: "prometheus".to_owned(),
+        version: Some("v3.5.0".to_owned()),
+        digest: format!("sha256:{}", sha256_of(b"manifest")),
+        base: Some((
+            "quay.io/prometheus/prometheus:v3.5.0".to_owned(),
+            format!("sha256:{}", sha256_of(b"base manifest")),
+        )),
+    };
+    cyclonedx(&subject, &inv, Own::Files(&own))
+}
+
+/// The independent validator accepts what our writer makes, and refuses a component without
+/// a `type` (the schema), a dependency on a `bom-ref` the document does not have (the
+/// library's model) and a `bom-ref` used twice (the specification's rule), saying which.
+#[test]
+fn cyclonedx_validator_accepts_our_documents_and_refuses_broken_ones() {
+    if !cyclonedx::validator_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let good = every_kind_of_component();
+    cyclonedx::assert_valid(tmp.path(), "good.cdx.json", &good);
+    let doc: serde_json::Value = serde_json::from_slice(&good).unwrap();
+
+    let mut untyped = doc.clone();
+    let c = untyped["components"][1].as_object_mut().unwrap();
+    assert!(c.remove("type").is_some());
+    let mut dangling = doc.clone();
+    dangling["dependencies"][0]["dependsOn"]
+        .as_array_mut()
+        .unwrap()
+        .push("pkg:deb/debian/nowhere@1".into());
+    let mut twice = doc.clone();
+    twice["components"][2]["bom-ref"] = doc["components"][1]["bom-ref"].clone();
+    for (name, broken, says) in [
+        (
+            "untyped",
+            untyped,
+            "at components/1: 'type' is a required property",
+        ),
+        ("dangling", dangling, "UnknownComponentDependencyException"),
+        ("twice", twice, "is not unique within the BOM"),
+    ] {
+        let file = tmp.path().join(format!("{name}.cdx.json"));
+        std::fs::write(&file, serde_json::to_vec(&broken).unwrap()).unwrap();
+        let o = cyclonedx::validate(&file);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{name}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(stdout(&o).contains(says), "{name}: {}", stdout(&o));
+    }
 }
