@@ -11,6 +11,7 @@ use atlas_image::cache::BlobCache;
 use atlas_image::lock::ImagesLock;
 use atlas_install::bundle::{self, Expect, OpenedBundle};
 use atlas_install::config::Config;
+use atlas_install::deployment::Deployment;
 use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets, lock};
 use atlas_install::incus::Client;
 use atlas_install::progress::Progress;
@@ -22,6 +23,8 @@ use crate::cli::{GlobalArgs, InstallArgs};
 /// Everything a command needs to drive the engine.
 pub(super) struct Ctx {
     pub config: Config,
+    /// The config on this server or cluster (read once).
+    pub deployment: Deployment,
     pub client: Client,
     pub progress: Arc<dyn Progress>,
     pub secrets: Box<dyn SecretSource>,
@@ -36,21 +39,20 @@ impl Ctx {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        // On a cluster the stack has per-member parts (see `cluster::expand`). A daemon that
-        // cannot be asked leaves the config as it is: preflight then says what is wrong. One
-        // that takes the request and never answers is said now: asking again would only
+        // On a cluster the stack has per-member parts (see `deployment`). A daemon that
+        // cannot be asked gives a standalone deployment: preflight then says what is wrong.
+        // One that takes the request and never answers is said now: asking again would only
         // wait as long once more.
-        let config = match runtime
-            .block_on(atlas_install::engine::cluster::expanded(&client, &config))
-        {
-            Ok((c, _)) => c,
+        let deployment = match runtime.block_on(Deployment::read(&client, &config)) {
+            Ok(d) => d,
             Err(e) if e.is_no_answer() => {
                 return Err(anyhow::Error::from(e).context("asking Incus whether it is a cluster"));
             }
-            Err(_) => config,
+            Err(_) => Deployment::standalone(&config),
         };
         Ok(Ctx {
             config,
+            deployment,
             client,
             progress: crate::ui::progress(global.progress),
             secrets: test_hooks::secrets()?,
@@ -89,7 +91,7 @@ impl Ctx {
     pub fn engine(&self, options: Options) -> Engine<'_> {
         Engine {
             client: self.client.clone(),
-            config: &self.config,
+            deployment: self.deployment.clone(),
             secrets: self.secrets.as_ref(),
             progress: self.progress.as_ref(),
             options,

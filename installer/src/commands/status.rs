@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
+use atlas_install::deployment::Deployment;
 use atlas_install::engine::{alerts, certs, cluster, health, outputs, secrets, wiring};
 use atlas_install::incus::{Client, OptionalExt as _, owner};
 use serde::Serialize;
@@ -145,14 +146,14 @@ async fn collect(config: &Config) -> Result<Report> {
     report.installed = true;
     report.version = project.value.config.get(owner::VERSION).cloned();
 
-    let (expanded, info) = cluster::expanded(&client, config)
+    let d = Deployment::read(&client, config)
         .await
         .context("reading the cluster members")?;
-    let config = &expanded;
-    report.offline_members = cluster::offline_members(&client, config, &info)
+    let info = &d.cluster;
+    report.offline_members = cluster::offline_members(&client, config, info)
         .await
         .context("listing the instances on offline members")?;
-    let health = health::check(&client, config)
+    let health = health::check(&client, &d)
         .await
         .context("probing the services")?;
     let by_name: BTreeMap<&str, &health::HealthReport> =
@@ -234,13 +235,13 @@ async fn collect(config: &Config) -> Result<Report> {
             name: p.name,
         })
         .collect();
-    report.wiring = wiring_status(&client, config).await;
+    report.wiring = wiring_status(&client, &d).await;
     report.alerts = alerts_status(&client, config).await;
-    report.certificates = certs::status(&client, config)
+    report.certificates = certs::status(&client, &d)
         .await
         .context("reading the services' certificates")?;
     report.outputs = Some(
-        outputs::collect(&client, config)
+        outputs::collect(&client, &d)
             .await
             .context("collecting the outputs")?,
     );
@@ -282,7 +283,8 @@ fn ipv4_addresses(state: &atlas_install::incus::InstanceState) -> Vec<String> {
 
 /// The wiring plan, when the secrets it compares against are stored. Never fails the command:
 /// status reports what it can.
-async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
+async fn wiring_status(client: &Client, d: &Deployment) -> WiringStatus {
+    let config = &d.config;
     let unknown = |note: String| WiringStatus {
         state: "unknown".into(),
         changes: Vec::new(),
@@ -297,7 +299,7 @@ async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
         }
         Err(e) => return unknown(format!("reading the stored secrets: {e}")),
     };
-    match wiring::plan(client, config, &secrets).await {
+    match wiring::plan(client, d, &secrets).await {
         Ok(changes) => {
             let state = if changes.is_empty() {
                 "converged"

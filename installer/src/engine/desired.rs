@@ -8,13 +8,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::deployment::Deployment;
 use crate::render::{ProfileSpec, RenderedSet};
 
 use super::resource::{Resource, ResourceKind};
 
 /// Inputs beyond the config: what render produced and which image each instance runs.
 pub struct DesiredInputs<'a> {
-    pub config: &'a Config,
+    pub deployment: &'a Deployment,
     pub rendered: &'a RenderedSet,
     pub profiles: &'a [ProfileSpec],
     /// Image alias (in the Atlas project) per instance name.
@@ -64,13 +65,13 @@ pub enum DesiredError {
 
 /// Everything that should exist, in step order.
 pub fn desired(inputs: &DesiredInputs<'_>) -> Result<Vec<Resource>, DesiredError> {
-    let cfg = inputs.config;
+    let d = inputs.deployment;
     let v = inputs.version;
-    let mut out = vec![project(cfg, v)];
-    out.extend(networks(cfg, v));
+    let mut out = vec![project(&d.config, v)];
+    out.extend(networks(&d.config, v));
     out.extend(inputs.profiles.iter().map(|p| profile(p, v)));
-    out.extend(volumes(cfg, v));
-    for (name, _) in cfg.enabled_instances() {
+    out.extend(volumes(d, v));
+    for (name, _) in d.enabled_instances() {
         out.push(instance(inputs, name)?);
     }
     Ok(out)
@@ -135,9 +136,9 @@ fn profile(p: &ProfileSpec, v: &str) -> Resource {
     Resource::new(ResourceKind::Profile, &p.name, None, body, v)
 }
 
-fn volumes(cfg: &Config, v: &str) -> Vec<Resource> {
-    let pool = cfg.incus.storage_pool.as_str();
-    cfg.enabled_instances()
+fn volumes(d: &Deployment, v: &str) -> Vec<Resource> {
+    let pool = d.config.incus.storage_pool.as_str();
+    d.enabled_instances()
         .into_iter()
         .filter_map(|(name, inst)| inst.volume.as_ref().map(|vol| (name, inst, vol)))
         .map(|(name, inst, vol)| {
@@ -177,8 +178,11 @@ fn volumes(cfg: &Config, v: &str) -> Vec<Resource> {
 }
 
 fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredError> {
-    let cfg = inputs.config;
-    let inst = &cfg.instances[name];
+    let d = inputs.deployment;
+    let cfg = &d.config;
+    let inst = d
+        .instance(name)
+        .ok_or_else(|| DesiredError::MissingImage(name.to_string()))?;
     let image = inputs
         .images
         .get(name)
@@ -197,7 +201,7 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
             config.insert(key, Value::String(val.clone()));
         }
     }
-    let mut devices = crate::render::instance_devices(cfg, name);
+    let mut devices = crate::render::instance_devices(d, name);
     if let Some(addr) = inputs.external_addresses.get(name) {
         config.insert(
             KEY_EXTERNAL_ADDRESS.to_string(),
@@ -284,8 +288,9 @@ mod tests {
     }
 
     fn build(cfg: &Config, creds: &Credentials, fp: &str) -> Vec<Resource> {
-        let rendered = crate::render::render(cfg, creds).unwrap();
-        let profiles = crate::render::profiles(cfg).unwrap();
+        let d = Deployment::standalone(cfg);
+        let rendered = crate::render::render(&d, creds).unwrap();
+        let profiles = crate::render::profiles(&d).unwrap();
         let images = cfg
             .enabled_instances()
             .into_iter()
@@ -301,7 +306,7 @@ mod tests {
             })
             .collect();
         let inputs = DesiredInputs {
-            config: cfg,
+            deployment: &d,
             rendered: &rendered,
             profiles: &profiles,
             images: &images,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::deployment::Deployment;
 use crate::incus::{Client, IncusError, OptionalExt, Server, StorageBucket};
 use crate::progress::{Progress, ProgressTask};
 use crate::render::{Credentials, MqttCredential};
@@ -138,7 +139,6 @@ struct Inner {
     server: Server,
     observation: Observation,
     secrets: Option<Secrets>,
-    placement: super::cluster::Placement,
 }
 
 impl PlanReport {
@@ -213,7 +213,8 @@ pub struct ApplyReport {
 pub struct Engine<'a> {
     /// Scoped to the Atlas project (`Client::from_config` gives that).
     pub client: Client,
-    pub config: &'a Config,
+    /// The config and how it lands on this server or cluster.
+    pub deployment: Deployment,
     pub secrets: &'a dyn SecretSource,
     pub progress: &'a dyn Progress,
     pub options: Options,
@@ -251,12 +252,17 @@ fn placeholder_credentials(config: &Config) -> Credentials {
 }
 
 impl Engine<'_> {
+    /// The config as the user wrote it.
+    fn cfg(&self) -> &Config {
+        &self.deployment.config
+    }
+
     fn root(&self) -> Client {
         self.client.in_project("default")
     }
 
     fn project(&self) -> Client {
-        self.client.in_project(&self.config.incus.project)
+        self.client.in_project(&self.cfg().incus.project)
     }
 
     fn checkpoint(&self, name: &str) -> Result<(), EngineError> {
@@ -276,15 +282,18 @@ impl Engine<'_> {
     /// Preflight and the plan, from GETs only (the secret store is read when the project
     /// exists; it writes only what is missing, e.g. a new Mosquitto user).
     pub async fn plan(&self) -> Result<PlanReport, EngineError> {
-        let cfg = self.config;
         let (server, pre) = {
             let task = self.progress.task("preflight", None);
             let t = task.as_ref();
             done(
                 t,
                 async {
-                    let r =
-                        preflight::run(&self.client, cfg, self.options.ignore_preflight).await?;
+                    let r = preflight::run(
+                        &self.client,
+                        &self.deployment,
+                        self.options.ignore_preflight,
+                    )
+                    .await?;
                     t.finish(&format!(
                         "Incus {}, {} cores, {:.1}GB memory",
                         r.1.server_version,
@@ -321,7 +330,7 @@ impl Engine<'_> {
         let need = self.pool_need(report).await;
         let (problems, warnings) = preflight::capacity(
             &need,
-            &self.config.incus.storage_pool,
+            &self.cfg().incus.storage_pool,
             pre.pool_free_bytes,
             pre.pool_thick,
         );
@@ -357,7 +366,7 @@ impl Engine<'_> {
         {
             match a.address.kind {
                 ResourceKind::Instance => {
-                    let Some(inst) = self.config.instances.get(&a.address.name) else {
+                    let Some(inst) = self.cfg().instances.get(&a.address.name) else {
                         continue;
                     };
                     let service = inst.service.as_str().to_string();
@@ -405,7 +414,7 @@ impl Engine<'_> {
             Some(_) => None,
             None => {
                 let project = self.project();
-                let alias = state::image_alias(self.config, service);
+                let alias = state::image_alias(self.cfg(), service);
                 let got = async {
                     let a = project.get_image_alias(&alias).await.optional()?;
                     match a {
@@ -429,7 +438,7 @@ impl Engine<'_> {
         server: Server,
         pre: PreflightReport,
     ) -> Result<PlanReport, EngineError> {
-        let cfg = self.config;
+        let cfg = self.cfg();
         let observation = state::observe(&self.root(), cfg).await?;
         let secrets = if observation.project_exists {
             Some(self.secrets.load_or_generate(&self.project(), cfg).await?)
@@ -464,30 +473,29 @@ impl Engine<'_> {
                     }
                     _ => None,
                 };
-                wiring::plan_with(&self.client, cfg, s, &wiring_options(cfg, root)?).await?
+                let opts = wiring_options(&self.deployment, root)?;
+                wiring::plan_with(&self.client, cfg, s, &opts).await?
             }
             None => Vec::new(),
         };
         let certificates = certs::plan(
             &self.client,
-            cfg,
+            &self.deployment,
             &desired.payloads,
             &observation.instances,
             super::clock::now_secs(),
         )
         .await?;
-        let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
+        let d = &self.deployment;
         let mut notes = notes;
         notes.extend(self.remotes_note(&server)?);
         if pre.cluster.clustered
-            && !cfg.integrations.incus_loki
-            && self
-                .config
-                .instances_of(crate::config::ServiceKind::Loki)
+            && !d.incus_loki()
+            && d.instances_of(crate::config::ServiceKind::Loki)
                 .iter()
-                .any(|(_, i)| i.published_on.is_none())
+                .any(|(n, _)| d.published_on(n).is_none())
         {
-            notes.push(super::cluster::LOKI_ON_A_GROUP.to_string());
+            notes.push(crate::deployment::LOKI_ON_A_GROUP.to_string());
         }
         if let Some(n) = bucket_note(&pre, &observation) {
             notes.push(n);
@@ -533,13 +541,14 @@ impl Engine<'_> {
             certificates,
             notes,
             images,
-            placement: placement.describe(cfg),
+            placement: d
+                .placement
+                .describe(d.enabled_instances().into_iter().map(|(n, _)| n)),
             record_pending,
             inner: Some(Box::new(Inner {
                 server,
                 observation,
                 secrets,
-                placement,
             })),
         })
     }
@@ -555,7 +564,7 @@ impl Engine<'_> {
             return Ok(());
         };
         let mut services: Vec<&str> = self
-            .config
+            .deployment
             .enabled_instances()
             .into_iter()
             .map(|(_, i)| i.service.as_str())
@@ -565,13 +574,13 @@ impl Engine<'_> {
         let mut imported = 0;
         for service in services {
             task.set_message(&format!("{service}: pulling and building"));
-            let alias = state::image_alias(self.config, service);
+            let alias = state::image_alias(self.cfg(), service);
             let got = supply
                 .ensure(
                     project,
                     service,
                     &alias,
-                    &self.config.grafana.plugins,
+                    &self.cfg().grafana.plugins,
                     self.progress,
                 )
                 .await
@@ -605,10 +614,10 @@ impl Engine<'_> {
         obs: &Observation,
         secrets: Option<&Secrets>,
     ) -> Result<(DesiredState, Vec<String>), EngineError> {
-        let cfg = self.config;
+        let cfg = self.cfg();
         let images = state::resolve_images(
             &self.project(),
-            cfg,
+            &self.deployment,
             obs.project_exists,
             self.options.supply.is_some(),
         )
@@ -625,7 +634,7 @@ impl Engine<'_> {
             external_addresses: &external,
             server_cert_pem: &server.environment.certificate,
         };
-        let desired = state::build(cfg, &creds, secrets, &facts)?;
+        let desired = state::build(&self.deployment, &creds, secrets, &facts)?;
         let mut notes = Vec::new();
         if !obs.project_exists {
             notes.push(format!("project {} does not exist yet: image aliases and secrets are resolved when it is created", cfg.incus.project));
@@ -667,7 +676,7 @@ impl Engine<'_> {
                 "internal error: the plan was not computed by this engine",
             )
         })?;
-        let (root, project, cfg) = (self.root(), self.project(), self.config);
+        let (root, project, cfg) = (self.root(), self.project(), self.cfg());
         let from = match self.options.upgrade {
             true => Some(self.installed().await?),
             false => None,
@@ -720,7 +729,7 @@ impl Engine<'_> {
                         .await?;
                     let bucket = self.ensure_bucket(&inner.server).await?;
                     // The member chosen for the stack now, so later runs keep it there.
-                    super::cluster::record(&self.client, cfg, &inner.placement).await?;
+                    super::cluster::record(&self.client, cfg, &self.deployment.placement).await?;
                     t.finish(&format!("{}; {bucket}", outcome(n)));
                     Ok(())
                 }
@@ -809,7 +818,7 @@ impl Engine<'_> {
         );
         let issuer = Issuer::new(
             &self.client,
-            cfg,
+            &self.deployment,
             &secrets.credentials.step_ca_password,
             self.options.health_timeout,
             self.progress,
@@ -829,7 +838,7 @@ impl Engine<'_> {
                         .filter(|a| a.address.kind == ResourceKind::Instance)
                         .collect();
                     if upgrade.is_some() {
-                        let order = super::upgrade::order(cfg);
+                        let order = super::upgrade::order(&self.deployment);
                         actions.sort_by_key(|a| {
                             order
                                 .iter()
@@ -853,8 +862,9 @@ impl Engine<'_> {
                                     .await?;
                                 converged.insert(name.clone());
                                 // On a cluster, created where the placement says.
-                                let target = inner.placement.target_for(name);
-                                let project = project.on_target(target.as_deref());
+                                let target = self.deployment.placement.target_for(name);
+                                let project =
+                                    project.on_target(target.map(|t| t.query()).as_deref());
                                 match &upgrade {
                                     Some(u) => {
                                         self.replace_guarded(&project, r, payload, existing, u)
@@ -961,7 +971,7 @@ impl Engine<'_> {
                         Some(_) => Some(issuer.root_pem().await?),
                         None => None,
                     };
-                    let opts = wiring_options(cfg, root)?;
+                    let opts = wiring_options(&self.deployment, root)?;
                     wiring::apply_with(&self.client, cfg, &secrets, &opts, self.progress).await?;
                     t.finish("done");
                     Ok(())
@@ -978,7 +988,7 @@ impl Engine<'_> {
                 async {
                     super::health::gate(
                         &self.client,
-                        cfg,
+                        &self.deployment,
                         self.options.health_timeout,
                         self.progress,
                     )
@@ -1021,7 +1031,7 @@ impl Engine<'_> {
 
     /// The install record an upgrade starts from; none means there is nothing to upgrade.
     async fn installed(&self) -> Result<super::record::InstallRecord, EngineError> {
-        let project = &self.config.incus.project;
+        let project = &self.cfg().incus.project;
         super::record::read(&self.client, project)
             .await
             .map_err(|e| EngineError::object("install record", e))?
@@ -1068,7 +1078,7 @@ impl Engine<'_> {
             instances::converge(project, r, payload, existing, &checkpoint).await?;
             super::upgrade::gate_one(
                 &self.client,
-                self.config,
+                &self.deployment,
                 name,
                 self.options.health_timeout,
                 self.progress,
@@ -1111,17 +1121,16 @@ impl Engine<'_> {
             .iter()
             .filter(|a| a.address.kind == ResourceKind::Volume)
         {
+            // A group is for instances; a volume needs a member, which only the
+            // instance's creation picks. Such volumes are made untargeted.
             let target = owners
                 .get(&a.address.name)
-                .and_then(|i| inner.placement.target_for(i))
-                // A group is for instances; a volume needs a member, which only the
-                // instance's creation picks. Such volumes are made untargeted.
-                .filter(|t| !t.starts_with('@'));
+                .and_then(|i| self.deployment.placement.member_for(i));
             let project = project.on_target(target.as_deref());
             match (
                 &a.change,
                 &a.resource,
-                adoption(self.config, &inner.observation, &a.address.name),
+                adoption(self.cfg(), &inner.observation, &a.address.name),
             ) {
                 (Change::Create, Some(r), Some((instance, path))) => {
                     let got = super::adopt::create_with_contents(
@@ -1199,7 +1208,7 @@ impl Engine<'_> {
     /// The state bucket where the server can serve it. A server that cannot is recorded on
     /// the project, so later runs neither try nor write again.
     async fn ensure_bucket(&self, server: &Server) -> Result<String, EngineError> {
-        let (root, project, cfg) = (self.root(), self.project(), self.config);
+        let (root, project, cfg) = (self.root(), self.project(), self.cfg());
         let pool = &cfg.incus.storage_pool;
         let skipped = "state bucket skipped: needs MinIO on the host or Incus 7.0+; state is kept as project user.atlas.* keys".to_string();
         if !server.supports_local_buckets() {
@@ -1272,7 +1281,7 @@ impl Engine<'_> {
     async fn record_bucket_state(&self, state: &str) -> Result<(), EngineError> {
         let set = BTreeMap::from([(KEY_BUCKET_STATE.to_string(), state.to_string())]);
         self.root()
-            .set_project_keys(&self.config.incus.project, &set, &[])
+            .set_project_keys(&self.cfg().incus.project, &set, &[])
             .await?;
         Ok(())
     }
@@ -1349,10 +1358,11 @@ fn install_record(desired: &DesiredState) -> super::record::InstallRecord {
 
 /// The wiring's targets; Incus trusts the Atlas root (`root`) for a Loki that serves TLS.
 fn wiring_options(
-    config: &Config,
+    d: &Deployment,
     root: Option<String>,
 ) -> Result<wiring::WiringOptions, EngineError> {
-    let mut opts = wiring::WiringOptions::from_config(config)?;
+    let config = &d.config;
+    let mut opts = wiring::WiringOptions::of(d)?;
     let loki_tls = opts
         .loki_instance
         .as_ref()

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{Config, NetworkRole, ServiceKind};
+use crate::deployment::Deployment;
 use crate::incus::{Client, Network, OptionalExt, Server};
 
 use super::error::EngineError;
@@ -46,7 +47,7 @@ pub struct PreflightReport {
     pub pool_thick: bool,
     pub warnings: Vec<String>,
     /// Members, roles, status and groups when the server is a cluster member.
-    pub cluster: super::cluster::ClusterInfo,
+    pub cluster: crate::deployment::ClusterInfo,
     /// The external bridge's gateway and prefix, when the config uses it.
     #[serde(skip)]
     pub external: Option<Ipv4Net>,
@@ -280,9 +281,10 @@ fn port_problems(config: &Config, own: &[String]) -> Vec<String> {
 /// Runs every check. `ignore_size` turns below-minimum host size into warnings.
 pub async fn run(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     ignore_size: bool,
 ) -> Result<(Server, PreflightReport), EngineError> {
+    let config = &d.config;
     let root = client.in_project("default");
     let server = client
         .server()
@@ -298,9 +300,14 @@ pub async fn run(
         ..PreflightReport::default()
     };
     let mut problems = Vec::new();
-    if report.clustered {
-        report.cluster = super::cluster::detect(client).await?;
-        problems.extend(super::cluster::check(client, config, &report.cluster).await?);
+    if report.clustered && !d.is_clustered() {
+        problems.push(format!(
+            "Incus at {} is a cluster member, but its membership could not be read when this run started; run again",
+            client.endpoint()
+        ));
+    } else if report.clustered {
+        report.cluster = d.cluster.clone();
+        problems.extend(super::cluster::check(client, d).await?);
     }
     if server.auth != "trusted" {
         problems.push(format!(

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, NetworkRole};
+use crate::deployment::Deployment;
 use crate::incus::{Client, Instance, OptionalExt};
 use crate::render::{Credentials, ExpectedFile, FileSource};
 
@@ -88,16 +89,16 @@ pub struct Facts<'a> {
 
 /// Renders everything and builds the desired resources and payloads.
 pub fn build(
-    config: &Config,
+    d: &Deployment,
     creds: &Credentials,
     secrets: Option<&Secrets>,
     facts: &Facts<'_>,
 ) -> Result<DesiredState, EngineError> {
-    let rendered = crate::render::render(config, creds)?;
-    let profiles = crate::render::profiles(config)?;
+    let rendered = crate::render::render(d, creds)?;
+    let profiles = crate::render::profiles(d)?;
     let mut payloads = BTreeMap::new();
     let mut extra_files: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (name, inst) in config.enabled_instances() {
+    for (name, inst) in d.enabled_instances() {
         let mut files: Vec<PushFile> = Vec::new();
         let mut pending = Vec::new();
         let mut from_step_ca = Vec::new();
@@ -123,7 +124,7 @@ pub fn build(
             }),
             _ => None,
         };
-        let spec = network_spec(config, name, external)?;
+        let spec = network_spec(d, name, external)?;
         let json = spec
             .to_json()
             .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
@@ -194,7 +195,7 @@ pub fn build(
         );
     }
     let inputs = DesiredInputs {
-        config,
+        deployment: d,
         rendered: &rendered,
         profiles: &profiles,
         images: facts.images,
@@ -263,13 +264,14 @@ pub fn image_alias(config: &Config, service: &str) -> String {
 /// project exists nothing can be resolved: the plan then shows the alias unresolved.
 pub async fn resolve_images(
     project: &Client,
-    config: &Config,
+    d: &Deployment,
     project_exists: bool,
     supplied: bool,
 ) -> Result<BTreeMap<String, ImageChoice>, EngineError> {
+    let config = &d.config;
     let mut out = BTreeMap::new();
     let mut specs: BTreeMap<String, Option<atlas_image::init::ServiceSpec>> = BTreeMap::new();
-    for (name, inst) in config.enabled_instances() {
+    for (name, inst) in d.enabled_instances() {
         let service = inst.service.as_str();
         let alias = image_alias(config, service);
         let fingerprint = if project_exists {
@@ -568,7 +570,13 @@ mod tests {
             external_addresses: &ext,
             server_cert_pem: "SERVER",
         };
-        let d = build(&cfg, &creds, Some(&secrets), &facts).unwrap();
+        let d = build(
+            &Deployment::standalone(&cfg),
+            &creds,
+            Some(&secrets),
+            &facts,
+        )
+        .unwrap();
         let prom = &d.payloads["prometheus01"];
         let paths: Vec<&str> = prom.files.iter().map(|f| f.path.as_str()).collect();
         assert!(paths.contains(&NETWORK_FILE), "{paths:?}");
@@ -600,7 +608,7 @@ mod tests {
             metrics_key_pem: "KEY2".into(),
             ..secrets
         };
-        let d2 = build(&cfg, &creds, Some(&other), &facts).unwrap();
+        let d2 = build(&Deployment::standalone(&cfg), &creds, Some(&other), &facts).unwrap();
         assert_eq!(changed(&d, &d2), ["prometheus01"]);
     }
 
@@ -646,7 +654,7 @@ mod tests {
             external_addresses: &ext,
             server_cert_pem: "",
         };
-        build(cfg, &creds, None, &facts).unwrap()
+        build(&Deployment::standalone(cfg), &creds, None, &facts).unwrap()
     }
 
     fn pushed_spec(d: &DesiredState, name: &str) -> Option<atlas_image::init::ServiceSpec> {
@@ -665,7 +673,8 @@ mod tests {
         let cfg = Config::builtin();
         let of_image = image_spec(&["/bin/prometheus"], &["--storage.tsdb.retention.time=15d"]);
         let d = build_with(&cfg, Some(of_image.clone()));
-        let rendered = crate::render::render(&cfg, &placeholder()).unwrap();
+        let rendered =
+            crate::render::render(&Deployment::standalone(&cfg), &placeholder()).unwrap();
         for (name, r) in &rendered.instances {
             let c = r
                 .command
@@ -708,7 +717,8 @@ mod tests {
         }
         let grafana = pushed_spec(&d, "grafana01").unwrap();
         assert_eq!(grafana.env_var("GF_SECURITY_ADMIN_PASSWORD"), Some("pw"));
-        // A new retention: Prometheus' spec (and hash) changes, nothing else.
+        // A new retention: Prometheus' spec (and hash) changes, and Grafana's Host dashboard,
+        // which shows the retention (#18); nothing else.
         let mut cfg2 = cfg.clone();
         cfg2.prometheus.retention_time = "9d".into();
         let d2 = build_with(&cfg2, Some(of_image.clone()));
@@ -718,7 +728,7 @@ mod tests {
                 .cmd
                 .contains(&"--storage.tsdb.retention.time=9d".to_string())
         );
-        assert_eq!(changed(&d, &d2), ["prometheus01"]);
+        assert_eq!(changed(&d, &d2), ["prometheus01", "grafana01"]);
         // A new image with another environment changes the spec too (no stale copy).
         let mut newer = of_image.clone();
         newer.env.push("NEW=1".into());
@@ -748,7 +758,7 @@ mod tests {
             .map(|(n, _)| (n.to_string(), ImageChoice::unresolved("a".into())))
             .collect();
         let d = build(
-            &cfg,
+            &Deployment::standalone(&cfg),
             &placeholder(),
             None,
             &Facts {

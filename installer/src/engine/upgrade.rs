@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::config::Config;
+use crate::deployment::Deployment;
 use crate::incus::{Client, IncusError, StateAction};
 use crate::progress::Progress;
 
@@ -39,9 +39,8 @@ pub fn snapshot_name(from: &InstallRecord, to: &InstallRecord) -> String {
 }
 
 /// The enabled instances in the order an upgrade replaces them.
-pub fn order(config: &Config) -> Vec<String> {
-    config
-        .enabled_instances()
+pub fn order(d: &Deployment) -> Vec<String> {
+    d.enabled_instances()
         .into_iter()
         .map(|(n, _)| n.to_string())
         .collect()
@@ -292,18 +291,18 @@ async fn retire_snapshots(
 /// The health gate of one instance (instances without a probe pass).
 pub(crate) async fn gate_one(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     instance: &str,
     timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
-    let Some(inst) = config.instances.get(instance) else {
+    let Some(inst) = d.instance(instance) else {
         return Ok(());
     };
-    let Some(probe) = super::health::probe_for(config, instance, inst) else {
+    let Some(probe) = super::health::probe_for(&d.config, instance, inst) else {
         return Ok(());
     };
-    super::health::gate_probes(client, config, vec![probe], timeout, progress)
+    super::health::gate_probes(client, &d.config, vec![probe], timeout, progress)
         .await
         .map_err(Into::into)
 }
@@ -349,10 +348,11 @@ pub struct RollbackReport {
 /// rollback that cannot be complete changes nothing.
 pub async fn rollback(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     health_timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<RollbackReport, EngineError> {
+    let config = &d.config;
     let project_name = &config.incus.project;
     let project = client.in_project(project_name);
     let recs = record::read(client, project_name)
@@ -376,7 +376,7 @@ pub async fn rollback(
         .collect();
     let mut targets = Vec::new();
     let mut missing = Vec::new();
-    for name in order(config).into_iter().rev() {
+    for name in order(d).into_iter().rev() {
         if !changed.contains(&name) || !existing.contains(&name) {
             continue;
         }
@@ -417,7 +417,7 @@ pub async fn rollback(
         let task = progress.task(&format!("rollback {name}"), None);
         let out = async {
             restore(client, &set, name, &snap).await?;
-            gate_one(client, config, name, health_timeout, progress).await?;
+            gate_one(client, d, name, health_timeout, progress).await?;
             // Used: out of the way of a later upgrade between the same two installs.
             write_saved(client, project_name, name, None).await?;
             let _ = retire_snapshots(&project, &set.only(&[name.as_str()]), &snap).await;

@@ -33,6 +33,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::config::{Config, NetworkRole, ServiceKind};
+use crate::deployment::Deployment;
 use crate::incus::{Certificate, Client, IncusError, OptionalExt as _, Project, Server};
 use crate::progress::Progress;
 
@@ -124,7 +125,7 @@ impl fmt::Display for WiringChange {
     }
 }
 
-/// What the wiring aims at. [`WiringOptions::from_config`] derives it from atlas.toml; tests
+/// What the wiring aims at. [`WiringOptions::of`] derives it from the deployment; tests
 /// (and a later `--incus-https-address`) can point it elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WiringOptions {
@@ -150,15 +151,17 @@ pub struct WiringOptions {
 pub const LOKI_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl WiringOptions {
-    pub fn from_config(config: &Config) -> Result<WiringOptions, WiringError> {
+    /// The wiring `d` asks for (its config's integrations, on its server or cluster).
+    pub fn of(d: &Deployment) -> Result<WiringOptions, WiringError> {
+        let config = &d.config;
         let integ = &config.integrations;
-        let clustered = !config.cluster_members.is_empty();
+        let clustered = !d.members.is_empty();
         let metrics_endpoint = (integ.incus_metrics && !clustered).then(|| {
             let gw = config.networks.management.gateway();
             (IpAddr::V4(gw), integ.incus_https_port)
         });
-        let (loki_url, loki_instance) = if integ.incus_loki {
-            let (name, url) = loki_url(config)?;
+        let (loki_url, loki_instance) = if d.incus_loki() {
+            let (name, url) = loki_url(d)?;
             (Some(url), Some(name))
         } else {
             (None, None)
@@ -176,8 +179,8 @@ impl WiringOptions {
 
 /// `http://<IPv4 of the first enabled Loki on the management network>:3100`. By address: the
 /// host has no resolver for `.incus` names.
-fn loki_url(config: &Config) -> Result<(String, String), WiringError> {
-    let Some((name, inst)) = config.instances_of(ServiceKind::Loki).into_iter().next() else {
+fn loki_url(d: &Deployment) -> Result<(String, String), WiringError> {
+    let Some((name, inst)) = d.instances_of(ServiceKind::Loki).into_iter().next() else {
         return Err(WiringError::Config(
             "integrations.incus_loki is on but no Loki instance is enabled: enable loki01 or set \
              integrations.incus_loki = false"
@@ -197,8 +200,8 @@ fn loki_url(config: &Config) -> Result<(String, String), WiringError> {
         })?;
     let scheme = if inst.tls { "https" } else { "http" };
     // On a cluster every member ships logs, over the published address of Loki's member.
-    let url = match &inst.published_on {
-        Some(m) => format!("{scheme}://{}", m.at(super::cluster::LOKI_PORT)),
+    let url = match d.published_on(name) {
+        Some(m) => format!("{scheme}://{}", m.at(crate::deployment::ports::LOKI_PORT)),
         None => format!("{scheme}://{ip}:{}", ServiceKind::Loki.defaults().port),
     };
     Ok((name.to_string(), url))
@@ -713,16 +716,10 @@ fn metrics_certificate(
 /// [`WiringAction::Conflict`].
 pub async fn plan(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     secrets: &Secrets,
 ) -> Result<Vec<WiringChange>, WiringError> {
-    plan_with(
-        client,
-        config,
-        secrets,
-        &WiringOptions::from_config(config)?,
-    )
-    .await
+    plan_with(client, &d.config, secrets, &WiringOptions::of(d)?).await
 }
 
 pub async fn plan_with(
@@ -739,19 +736,13 @@ pub async fn plan_with(
 /// stand in the way, saying what to do.
 pub async fn apply(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     secrets: &Secrets,
     progress: &dyn Progress,
 ) -> Result<(), WiringError> {
-    apply_with(
-        client,
-        config,
-        secrets,
-        &WiringOptions::from_config(config)?,
-        progress,
-    )
-    .await
-    .map(|_| ())
+    apply_with(client, &d.config, secrets, &WiringOptions::of(d)?, progress)
+        .await
+        .map(|_| ())
 }
 
 /// [`apply`] with explicit targets; returns the changes made.
@@ -1063,7 +1054,8 @@ mod tests {
         let mut cfg = Config::builtin();
         cfg.integrations.incus_loki = true;
         cfg.integrations.incus_metrics = true;
-        let o = WiringOptions::from_config(&cfg).unwrap();
+        let of = |cfg: &Config| WiringOptions::of(&Deployment::standalone(cfg));
+        let o = of(&cfg).unwrap();
         assert_eq!(o.loki_url.as_deref(), Some("http://10.50.0.13:3100"));
         assert_eq!(
             o.metrics_endpoint,
@@ -1071,14 +1063,14 @@ mod tests {
         );
         cfg.integrations.incus_metrics = false;
         cfg.instances.get_mut("loki01").unwrap().enabled = false;
-        let e = WiringOptions::from_config(&cfg).unwrap_err().to_string();
+        let e = of(&cfg).unwrap_err().to_string();
         assert!(
             e.contains("integrations.incus_loki") && e.contains("loki01"),
             "{e}"
         );
         cfg.integrations.incus_loki = false;
         assert_eq!(
-            WiringOptions::from_config(&cfg).unwrap(),
+            of(&cfg).unwrap(),
             WiringOptions {
                 metrics_endpoint: None,
                 cluster_metrics: false,

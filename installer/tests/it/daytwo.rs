@@ -184,7 +184,9 @@ receivers = ["hook"]
     assert!(service_down(&s).is_none(), "{}", s["alerts"]);
 
     // ServiceDown, the real way: node-exporter01 stops; pending first, then firing.
-    let boards = atlas_install::render::dashboards::dashboards(&cfg);
+    let boards = atlas_install::render::dashboards::dashboards(
+        &atlas_install::deployment::Deployment::standalone(&cfg),
+    );
     let queries: Vec<PanelQuery> = promql_queries(&boards)
         .into_iter()
         .filter(|q| wired || !needs_wiring(&q.expr))

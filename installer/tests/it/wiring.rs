@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atlas_install::config::{Config, NetworkRole, ServiceKind};
+use atlas_install::deployment::Deployment;
 use atlas_install::engine::secrets::{self, SecretsError};
 use atlas_install::engine::{health, wiring};
 use atlas_install::incus::{
@@ -966,7 +967,8 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
     );
     pc.create_instance(&create).await.expect("create instance");
     let spec =
-        atlas_install::engine::netfile::network_spec(&cfg, name, None).expect("network spec");
+        atlas_install::engine::netfile::network_spec(&Deployment::standalone(&cfg), name, None)
+            .expect("network spec");
     pc.push_file(
         name,
         "/etc/atlas/network.json",
@@ -981,11 +983,18 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
 
     let gate_cfg = cfg.clone();
     let start = Instant::now();
-    health::gate(&pc, &gate_cfg, Duration::from_secs(60), &NoProgress)
-        .await
-        .expect("gate passes on a serving instance");
+    health::gate(
+        &pc,
+        &Deployment::standalone(&gate_cfg),
+        Duration::from_secs(60),
+        &NoProgress,
+    )
+    .await
+    .expect("gate passes on a serving instance");
     eprintln!("health gate passed after {:?}", start.elapsed());
-    let reports = health::check(&pc, &gate_cfg).await.expect("check");
+    let reports = health::check(&pc, &Deployment::standalone(&gate_cfg))
+        .await
+        .expect("check");
     assert_eq!(reports.len(), 1);
     assert!(reports[0].healthy, "{:?}", reports[0]);
     assert!(
@@ -1024,9 +1033,14 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
         .await
         .expect("stop");
     let start = Instant::now();
-    let e = health::gate(&pc, &gate_cfg, Duration::from_secs(8), &NoProgress)
-        .await
-        .expect_err("stopped instance");
+    let e = health::gate(
+        &pc,
+        &Deployment::standalone(&gate_cfg),
+        Duration::from_secs(8),
+        &NoProgress,
+    )
+    .await
+    .expect_err("stopped instance");
     let took = start.elapsed();
     assert!(
         took < Duration::from_secs(12),
@@ -1042,7 +1056,9 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
         msg.contains(MARKER),
         "the console log tail must be in the error: {msg}"
     );
-    let reports = health::check(&pc, &gate_cfg).await.expect("check");
+    let reports = health::check(&pc, &Deployment::standalone(&gate_cfg))
+        .await
+        .expect("check");
     assert!(
         !reports[0].healthy && reports[0].detail.contains("Stopped"),
         "{:?}",
