@@ -7,13 +7,16 @@
 //! Progress is reported through [`progress::Progress`]; the binary draws it.
 
 pub mod bundle;
+pub mod clock;
 pub mod config;
 pub mod deployment;
 pub mod engine;
+pub mod hmac;
 pub mod imageops;
 pub mod incus;
 pub mod render;
 pub mod signing;
+pub mod state;
 pub mod supply;
 
 pub use atlas_image::progress;

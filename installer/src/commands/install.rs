@@ -370,6 +370,7 @@ mod test_hooks {
             },
             metrics_cert_pem: s("metrics_cert_pem"),
             metrics_key_pem: s("metrics_key_pem"),
+            hash_key: s("hash_key"),
         };
         Ok(Box::new(Fixed(secrets)))
     }

@@ -14,7 +14,8 @@ use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
 use atlas_install::deployment::Deployment;
 use atlas_install::engine::{alerts, certs, cluster, health, outputs, secrets, wiring};
-use atlas_install::incus::{Client, OptionalExt as _, owner};
+use atlas_install::incus::{Client, OptionalExt as _};
+use atlas_install::state::keys;
 use serde::Serialize;
 
 use crate::cli::GlobalArgs;
@@ -144,7 +145,7 @@ async fn collect(config: &Config) -> Result<Report> {
         return Ok(report);
     };
     report.installed = true;
-    report.version = project.value.config.get(owner::VERSION).cloned();
+    report.version = project.value.config.get(keys::VERSION).cloned();
 
     let d = Deployment::read(&client, config)
         .await
@@ -164,8 +165,8 @@ async fn collect(config: &Config) -> Result<Report> {
             Err(_) => Vec::new(),
         };
         report.instances.push(InstanceStatus {
-            managed: owner::is_owned(&inst.config),
-            state: inst.status.clone(),
+            managed: keys::is_owned(&inst.config),
+            state: inst.status.to_string(),
             addresses,
             image: inst.config.get("image.description").cloned(),
             health: by_name.get(inst.name.as_str()).map(|h| (*h).clone()),
@@ -201,7 +202,7 @@ async fn collect(config: &Config) -> Result<Report> {
         .unwrap_or_default()
         .into_iter()
         .map(|v| Named {
-            managed: owner::is_owned(&v.config),
+            managed: keys::is_owned(&v.config),
             detail: Some(format!("pool {pool}")),
             name: v.name,
         })
@@ -216,9 +217,9 @@ async fn collect(config: &Config) -> Result<Report> {
         .await
         .context("listing networks")?
         .into_iter()
-        .filter(|n| owner::is_owned(&n.config) || wanted.contains(&n.name.as_str()))
+        .filter(|n| keys::is_owned(&n.config) || wanted.contains(&n.name.as_str()))
         .map(|n| Named {
-            managed: owner::is_owned(&n.config),
+            managed: keys::is_owned(&n.config),
             detail: n.config.get("ipv4.address").cloned(),
             name: n.name,
         })
@@ -230,7 +231,7 @@ async fn collect(config: &Config) -> Result<Report> {
         .into_iter()
         .filter(|p| p.name != "default")
         .map(|p| Named {
-            managed: owner::is_owned(&p.config),
+            managed: keys::is_owned(&p.config),
             detail: None,
             name: p.name,
         })

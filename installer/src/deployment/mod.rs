@@ -23,12 +23,9 @@ pub mod ports;
 use std::collections::BTreeMap;
 
 use crate::config::{self, Config, Instance, ServiceKind};
-use crate::incus::{Client, IncusError, OptionalExt as _};
+use crate::incus::{Client, IncusError};
 
 pub use cluster::{ClusterInfo, MemberAddress, Placement, Target, per_member_name};
-
-/// Project config key holding the member the stack was placed on at first install.
-pub const KEY_PLACEMENT_MEMBER: &str = "user.atlas.placement.member";
 
 /// What the engine says when a Loki on a cluster group leaves Incus logging off.
 pub const LOKI_ON_A_GROUP: &str = "Loki is placed on a cluster group, so the member whose address every member would ship Incus logs to is not known in advance: integrations.incus_loki is skipped; pin Loki with `member = \"...\"` to have it";
@@ -192,13 +189,9 @@ impl Deployment {
 
 /// The member recorded at first install, if any (GET only).
 pub async fn stored_member(client: &Client, config: &Config) -> Result<Option<String>, IncusError> {
-    let root = client.on_target(None);
-    Ok(root
-        .get_project(&config.incus.project)
-        .await
-        .optional()?
-        .and_then(|p| p.value.config.get(KEY_PLACEMENT_MEMBER).cloned())
-        .filter(|s| !s.is_empty()))
+    Ok(crate::state::read(client, &config.incus.project)
+        .await?
+        .and_then(|s| s.placement_member))
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl std::fmt::Display for Reason {
             Reason::Due {
                 left: 0, not_after, ..
             } => {
-                write!(f, "expired {}", super::clock::rfc3339(*not_after))
+                write!(f, "expired {}", crate::clock::rfc3339(*not_after))
             }
             Reason::Due {
                 not_after,
@@ -90,7 +90,7 @@ impl std::fmt::Display for Reason {
                     "{} of its {} {unit} left, less than a third (expires {})",
                     left / div,
                     lifetime / div,
-                    super::clock::rfc3339(*not_after)
+                    crate::clock::rfc3339(*not_after)
                 )
             }
         }
@@ -438,7 +438,7 @@ pub async fn status(client: &Client, d: &Deployment) -> Result<Vec<CertStatus>, 
                     key.as_deref(),
                     &r,
                     &names_for(d, name),
-                    super::clock::now_secs(),
+                    crate::clock::now_secs(),
                 ),
                 None => CertState::Issue(Reason::Untrusted("the root does not parse".into())),
             },
@@ -449,10 +449,10 @@ pub async fn status(client: &Client, d: &Deployment) -> Result<Vec<CertStatus>, 
                 CertStatus {
                     instance: name.to_string(),
                     state: "fresh".into(),
-                    expires: Some(super::clock::rfc3339(not_after)),
+                    expires: Some(crate::clock::rfc3339(not_after)),
                     detail: format!(
                         "`install` re-issues it from {} (a third of its lifetime left)",
-                        super::clock::rfc3339(not_after.saturating_sub(lifetime / 3))
+                        crate::clock::rfc3339(not_after.saturating_sub(lifetime / 3))
                     ),
                 }
             }
@@ -464,7 +464,7 @@ pub async fn status(client: &Client, d: &Deployment) -> Result<Vec<CertStatus>, 
                 }
                 .into(),
                 expires: match why {
-                    Reason::Due { not_after, .. } => Some(super::clock::rfc3339(not_after)),
+                    Reason::Due { not_after, .. } => Some(crate::clock::rfc3339(not_after)),
                     _ => None,
                 },
                 detail: format!("the next `install` issues a new one: {why}"),
@@ -599,7 +599,7 @@ impl<'a> Issuer<'a> {
                             key.as_deref(),
                             &ca.root_der,
                             &names,
-                            super::clock::now_secs(),
+                            crate::clock::now_secs(),
                         ),
                     }
                 }
@@ -635,7 +635,7 @@ impl<'a> Issuer<'a> {
             Some(key.as_bytes()),
             &ca.root_der,
             names,
-            super::clock::now_secs(),
+            crate::clock::now_secs(),
         ) {
             CertState::Fresh { .. } => Ok((key, chain)),
             CertState::Issue(why) => Err(EngineError::object(

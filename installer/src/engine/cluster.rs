@@ -18,7 +18,7 @@ use crate::incus::{ClusterMember, IncusError, Network, OptionalExt, StoragePool}
 use super::error::EngineError;
 use crate::incus::Client;
 
-pub use crate::deployment::KEY_PLACEMENT_MEMBER;
+use crate::state::keys::PLACEMENT_MEMBER as KEY_PLACEMENT_MEMBER;
 
 /// Members that are not online, each with what to do about it.
 pub fn member_problems(info: &ClusterInfo) -> Vec<String> {
@@ -240,8 +240,9 @@ pub async fn ensure_member_config(
         .map(|()| true)
 }
 
-/// Stores a newly chosen default member in the Atlas project (which must exist). No write
-/// when there is nothing to record.
+/// Stores a newly chosen default member in the Atlas project's state (the project must
+/// exist). No write when there is nothing to record, or when someone recorded one meanwhile
+/// (the first choice wins, so nothing moves).
 pub async fn record(
     client: &Client,
     config: &Config,
@@ -250,29 +251,14 @@ pub async fn record(
     let (true, Some(member)) = (placement.record, &placement.default_member) else {
         return Ok(());
     };
-    let root = client.on_target(None);
-    let project = &config.incus.project;
-    for _ in 0..3 {
-        let got = root.get_project(project).await?;
-        if let Some(have) = got.value.config.get(KEY_PLACEMENT_MEMBER)
-            && !have.is_empty()
-        {
-            // Someone recorded one meanwhile; the first choice wins so nothing moves.
-            return Ok(());
+    crate::state::update(client, &config.incus.project, |s| {
+        if s.placement_member.is_none() {
+            s.placement_member = Some(member.clone());
         }
-        let mut next = got.value.clone();
-        next.config
-            .insert(KEY_PLACEMENT_MEMBER.to_string(), member.clone());
-        match root.update_project(&next, got.etag.as_deref()).await {
-            Ok(()) => return Ok(()),
-            Err(IncusError::PreconditionFailed { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(EngineError::object(
-        format!("project {project}"),
-        format!("kept changing while {KEY_PLACEMENT_MEMBER} was recorded; run again"),
-    ))
+        Ok::<(), crate::state::StateError>(())
+    })
+    .await?;
+    Ok(())
 }
 
 /// Creates a network: the plain way on a standalone server, the cluster way (pending on

@@ -7,18 +7,19 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 
-use crate::incus::{Client, IncusError, Network, OptionalExt, Profile, Project, StorageVolume};
+use crate::incus::{
+    Client, IncusError, InstanceStatus, Network, OptionalExt, Profile, Project, StorageVolume,
+};
 
 use super::error::EngineError;
-use super::resource::{
-    KEY_HASH, KEY_MANAGED, KEY_VERSION, Resource, ResourceAddress, ResourceKind,
-};
+use super::resource::{Resource, ResourceAddress, ResourceKind};
+use crate::state::keys;
 
 /// Whether a key on an existing object survives our update although we do not set it.
 pub(crate) fn kept_key(key: &str) -> bool {
     key.starts_with("volatile.")
         || key.starts_with("image.")
-        || (key.starts_with("user.atlas.") && ![KEY_MANAGED, KEY_VERSION, KEY_HASH].contains(&key))
+        || (key.starts_with(keys::PREFIX) && !keys::STAMP.contains(&key))
 }
 
 /// The desired config laid over the kept keys of the current one.
@@ -123,7 +124,7 @@ pub async fn update(root: &Client, project: &Client, r: &Resource) -> Result<(),
         ResourceKind::Project => {
             let want: Project = typed(r)?;
             let have = root.get_project(&r.name).await.map_err(&err)?;
-            if !crate::incus::owner::is_owned(&have.value.config) {
+            if !crate::state::keys::is_owned(&have.value.config) {
                 return Err(foreign());
             }
             let mut next = have.value.clone();
@@ -137,7 +138,7 @@ pub async fn update(root: &Client, project: &Client, r: &Resource) -> Result<(),
             let net = root.in_project("default");
             let want: Network = typed(r)?;
             let have = net.get_network(&r.name).await.map_err(&err)?;
-            if !crate::incus::owner::is_owned(&have.value.config) {
+            if !crate::state::keys::is_owned(&have.value.config) {
                 return Err(foreign());
             }
             let mut next = have.value.clone();
@@ -150,7 +151,7 @@ pub async fn update(root: &Client, project: &Client, r: &Resource) -> Result<(),
         ResourceKind::Profile => {
             let want: Profile = typed(r)?;
             let have = project.get_profile(&r.name).await.map_err(&err)?;
-            if !crate::incus::owner::is_owned(&have.value.config) {
+            if !crate::state::keys::is_owned(&have.value.config) {
                 return Err(foreign());
             }
             let mut next = have.value.clone();
@@ -166,7 +167,7 @@ pub async fn update(root: &Client, project: &Client, r: &Resource) -> Result<(),
             let pool = r.pool.as_deref().unwrap_or_default();
             let want: StorageVolume = typed(r)?;
             let have = project.get_volume(pool, &r.name).await.map_err(&err)?;
-            if !crate::incus::owner::is_owned(&have.value.config) {
+            if !crate::state::keys::is_owned(&have.value.config) {
                 return Err(foreign());
             }
             let mut next = have.value.clone();
@@ -193,7 +194,7 @@ pub async fn delete(
     with_snapshots: bool,
 ) -> Result<(), EngineError> {
     let err = named(addr);
-    let owned = |c: &BTreeMap<String, String>| crate::incus::owner::is_owned(c);
+    let owned = |c: &BTreeMap<String, String>| crate::state::keys::is_owned(c);
     let refuse = || EngineError::object(addr, "is not managed by atlas-install; left untouched");
     let res = match addr.kind {
         ResourceKind::Instance => {
@@ -208,7 +209,7 @@ pub async fn delete(
             if !owned(&i.value.config) {
                 return Err(refuse());
             }
-            if i.value.status != "Stopped" {
+            if i.value.status != InstanceStatus::Stopped {
                 stop(project, &addr.name).await.map_err(&err)?;
             }
             project.delete_instance(&addr.name).await
@@ -303,9 +304,9 @@ pub(crate) async fn change_state(
     force: bool,
 ) -> Result<(), IncusError> {
     let want = if action == crate::incus::StateAction::Stop {
-        "Stopped"
+        InstanceStatus::Stopped
     } else {
-        "Running"
+        InstanceStatus::Running
     };
     let first = match project.set_instance_state(name, action, 30, force).await {
         Ok(()) => return Ok(()),

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use atlas_image::init::ServiceSpec;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::deployment::Deployment;
 use crate::render::{ProfileSpec, RenderedSet};
 
 use super::resource::{Resource, ResourceKind};
+use crate::state::keys;
 
 /// Inputs beyond the config: what render produced and which image each instance runs.
 pub struct DesiredInputs<'a> {
@@ -23,16 +23,13 @@ pub struct DesiredInputs<'a> {
     /// Extra files per instance the engine pushes besides rendered ones (network file for
     /// our PID 1, certificates), as (path, sha256 hex of contents).
     pub extra_files: &'a BTreeMap<String, Vec<(String, String)>>,
+    /// Key of the HMACs that stand for the files in the hash ([`file_digest`]).
+    pub hash_key: &'a str,
     /// Address chosen per instance on the external bridge (Caddy's outside NIC); recorded on
     /// the instance as `user.atlas.external-address` so re-runs keep it.
     pub external_addresses: &'a BTreeMap<String, std::net::Ipv4Addr>,
     pub version: &'a str,
 }
-
-/// Project that owns a server-wide object (networks): several Atlas installs may share a host.
-pub const KEY_PROJECT: &str = "user.atlas.project";
-/// Caddy's address on the external bridge, chosen once.
-pub const KEY_EXTERNAL_ADDRESS: &str = "user.atlas.external-address";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageChoice {
@@ -115,7 +112,7 @@ fn networks(cfg: &Config, v: &str) -> Vec<Resource> {
                 },
             });
             let mut body = body;
-            body["config"][KEY_PROJECT] = json!(cfg.incus.project);
+            body["config"][keys::NETWORK_PROJECT] = json!(cfg.incus.project);
             if n.ipv6.is_some() {
                 // Incus refuses a NIC's static `ipv6.address` unless the bridge hands out
                 // stateful DHCPv6 addresses.
@@ -204,7 +201,7 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
     let mut devices = crate::render::instance_devices(d, name);
     if let Some(addr) = inputs.external_addresses.get(name) {
         config.insert(
-            KEY_EXTERNAL_ADDRESS.to_string(),
+            keys::EXTERNAL_ADDRESS.to_string(),
             Value::String(addr.to_string()),
         );
         // A reservation on the bridge, so no other NIC gets the address Caddy uses.
@@ -241,7 +238,7 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
         for f in &r.files {
             extra.insert(
                 format!("file:{}", f.path),
-                file_hash(&f.contents, f.mode, f.uid, f.gid),
+                file_digest(inputs.hash_key, &f.contents, f.mode, f.uid, f.gid),
             );
         }
     }
@@ -261,11 +258,14 @@ pub fn pushes_spec(r: &crate::render::RenderedInstance, image: &ImageChoice) -> 
     r.command.is_some() && image.service.is_some()
 }
 
-fn file_hash(contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
-    let mut h = Sha256::new();
-    h.update(contents);
-    h.update(format!("\0{mode:o}:{uid}:{gid}"));
-    hex::encode(h.finalize())
+/// What stands for a pushed file in hashes and install records: an HMAC of its contents,
+/// mode and owner under the project's hash key (a secret), so that no stored hash can be
+/// used to guess what a file holds (a weak password in it, say).
+pub fn file_digest(key: &str, contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
+    crate::hmac::sha256_hex(
+        key.as_bytes(),
+        &[contents, format!("\0{mode:o}:{uid}:{gid}").as_bytes()],
+    )
 }
 
 #[cfg(test)]
@@ -307,6 +307,7 @@ mod tests {
             .collect();
         let inputs = DesiredInputs {
             deployment: &d,
+            hash_key: "k",
             rendered: &rendered,
             profiles: &profiles,
             images: &images,

@@ -34,7 +34,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::{Config, Instance, NetworkRole, ServiceKind};
 use crate::deployment::Deployment;
-use crate::incus::{Client, IncusError};
+use crate::incus::{Client, IncusError, InstanceStatus};
 use crate::progress::{Progress, ProgressTask};
 
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +322,7 @@ async fn wait_healthy(
         // A stopped container will not come up by waiting: say so early. Seen twice, so a
         // restart by `boot.autorestart` in between is not mistaken for a crash.
         match client.instance_state(&probe.instance).await {
-            Ok(s) if s.status == "Running" => stopped_seen = 0,
+            Ok(s) if s.status == InstanceStatus::Running => stopped_seen = 0,
             Ok(s) => {
                 stopped_seen += 1;
                 if stopped_seen >= 2 {
@@ -356,7 +356,7 @@ fn round(d: Duration) -> Duration {
 pub async fn check(client: &Client, d: &Deployment) -> Result<Vec<HealthReport>, HealthError> {
     // One listing instead of a state call per instance; a stopped or missing instance is
     // reported as such rather than as a refused connection.
-    let status: std::collections::BTreeMap<String, String> = client
+    let status: std::collections::BTreeMap<String, InstanceStatus> = client
         .instances()
         .await?
         .into_iter()
@@ -378,9 +378,11 @@ pub async fn check(client: &Client, d: &Deployment) -> Result<Vec<HealthReport>,
         let client = client.clone();
         let state = status.get(&probe.instance).cloned();
         set.spawn(async move {
-            let r = match state.as_deref() {
+            let r = match state {
                 None => Err("the instance does not exist".to_string()),
-                Some("Running") => probe_once(&client, &probe.instance, &probe.check).await,
+                Some(InstanceStatus::Running) => {
+                    probe_once(&client, &probe.instance, &probe.check).await
+                }
                 Some(other) => Err(format!("the instance is {other}")),
             };
             let (healthy, detail) = match r {

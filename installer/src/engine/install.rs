@@ -17,6 +17,7 @@ use crate::deployment::Deployment;
 use crate::incus::{Client, IncusError, OptionalExt, Server, StorageBucket};
 use crate::progress::{Progress, ProgressTask};
 use crate::render::{Credentials, MqttCredential};
+use crate::state::{BucketSupport, InstallRecord, ServiceRecord, keys};
 
 use super::certs::{self, CertChange, Issuer};
 use super::converge;
@@ -32,9 +33,6 @@ use super::wiring::{self, WiringChange};
 
 /// Name of the state bucket, where the server can serve local buckets.
 pub const STATE_BUCKET: &str = "atlas-state";
-/// Project key recording that the server cannot serve the state bucket (so re-runs do not
-/// try, and write, again).
-pub const KEY_BUCKET_STATE: &str = "user.atlas.state-bucket";
 
 /// Boxed future of [`SecretSource::load_or_generate`].
 pub type SecretsFuture<'a> =
@@ -461,7 +459,7 @@ impl Engine<'_> {
                 observation
                     .instances
                     .get(&a.address.name)
-                    .is_some_and(|i| i.status != "Running")
+                    .is_some_and(|i| !i.is_running())
             })
             .map(|a| a.address.name.clone())
             .collect();
@@ -483,7 +481,7 @@ impl Engine<'_> {
             &self.deployment,
             &desired.payloads,
             &observation.instances,
-            super::clock::now_secs(),
+            crate::clock::now_secs(),
         )
         .await?;
         let d = &self.deployment;
@@ -527,7 +525,8 @@ impl Engine<'_> {
             .collect();
         let record_pending = observation.project_exists && {
             let want = install_record(&desired);
-            super::record::parse_records(&cfg.incus.project, &observation.project_config)
+            crate::state::ProjectState::from_config(&observation.project_config)
+                .records(&cfg.incus.project)
                 .ok()
                 .and_then(|r| r.current)
                 .is_none_or(|have| !have.same_install(&want))
@@ -633,6 +632,7 @@ impl Engine<'_> {
             external: pre.external,
             external_addresses: &external,
             server_cert_pem: &server.environment.certificate,
+            hash_key: secrets.map_or("planned", |s| s.hash_key.as_str()),
         };
         let desired = state::build(&self.deployment, &creds, secrets, &facts)?;
         let mut notes = Vec::new();
@@ -1000,7 +1000,7 @@ impl Engine<'_> {
             )
         }?;
         // What is installed now, for upgrade and rollback; unchanged installs write nothing.
-        super::record::write(&self.client, &cfg.incus.project, &record)
+        crate::state::record::write(&self.client, &cfg.incus.project, &record)
             .await
             .map_err(|e| EngineError::object("install record", e))?;
         let writes = self.client.writes() - w0;
@@ -1030,9 +1030,9 @@ impl Engine<'_> {
     }
 
     /// The install record an upgrade starts from; none means there is nothing to upgrade.
-    async fn installed(&self) -> Result<super::record::InstallRecord, EngineError> {
+    async fn installed(&self) -> Result<InstallRecord, EngineError> {
         let project = &self.cfg().incus.project;
-        super::record::read(&self.client, project)
+        crate::state::record::read(&self.client, project)
             .await
             .map_err(|e| EngineError::object("install record", e))?
             .current
@@ -1214,12 +1214,11 @@ impl Engine<'_> {
         if !server.supports_local_buckets() {
             return Ok(skipped);
         }
-        let p = root.get_project(&cfg.incus.project).await?;
-        if p.value
-            .config
-            .get(KEY_BUCKET_STATE)
-            .is_some_and(|v| v == "unsupported" || v == "blocked")
-        {
+        let recorded = crate::state::read(&root, &cfg.incus.project)
+            .await?
+            .map(|s| s.bucket)
+            .unwrap_or_default();
+        if recorded.skipped() {
             return Ok(skipped);
         }
         if project
@@ -1233,10 +1232,7 @@ impl Engine<'_> {
         let bucket = StorageBucket {
             name: STATE_BUCKET.into(),
             description: "Atlas state (managed by atlas-install)".into(),
-            config: BTreeMap::from([(
-                super::resource::KEY_MANAGED.to_string(),
-                "true".to_string(),
-            )]),
+            config: BTreeMap::from([(keys::MANAGED.to_string(), "true".to_string())]),
             ..StorageBucket::default()
         };
         match project.create_bucket(pool, &bucket).await {
@@ -1246,7 +1242,7 @@ impl Engine<'_> {
                     "{skipped} ({})",
                     reason.lines().next().unwrap_or_default()
                 ));
-                self.record_bucket_state("unsupported").await?;
+                self.record_bucket_state(BucketSupport::Unsupported).await?;
                 Ok(skipped)
             }
             // Not listed, yet "already exists": on 6.0 a creation that failed for want of
@@ -1254,11 +1250,12 @@ impl Engine<'_> {
             // Recorded, so that re-runs neither try nor write again.
             Err(e) if e.is_already_exists() => {
                 self.progress.warn(&format!(
-                    "{skipped}; Incus refuses to create it: {} (a leftover of an earlier failed attempt: remove that directory on the host, then `incus project unset {} {KEY_BUCKET_STATE}`, to let a later run create the bucket)",
+                    "{skipped}; Incus refuses to create it: {} (a leftover of an earlier failed attempt: remove that directory on the host, then `incus project unset {} {}`, to let a later run create the bucket)",
                     e.to_string().lines().next().unwrap_or_default(),
-                    cfg.incus.project
+                    cfg.incus.project,
+                    keys::STATE_BUCKET
                 ));
-                self.record_bucket_state("blocked").await?;
+                self.record_bucket_state(BucketSupport::Blocked).await?;
                 Ok(skipped)
             }
             Err(e) => Err(EngineError::object(
@@ -1271,18 +1268,19 @@ impl Engine<'_> {
 
 /// The snapshots of the upgrade in progress.
 struct Upgrade {
-    from: super::record::InstallRecord,
+    from: InstallRecord,
     snap: String,
     set: super::backup::VolumeSet,
 }
 
 impl Engine<'_> {
-    /// Records on the project why the state bucket is not there (`unsupported`, `blocked`).
-    async fn record_bucket_state(&self, state: &str) -> Result<(), EngineError> {
-        let set = BTreeMap::from([(KEY_BUCKET_STATE.to_string(), state.to_string())]);
-        self.root()
-            .set_project_keys(&self.cfg().incus.project, &set, &[])
-            .await?;
+    /// Records in the project's state why the state bucket is not there.
+    async fn record_bucket_state(&self, state: BucketSupport) -> Result<(), EngineError> {
+        crate::state::update(&self.root(), &self.cfg().incus.project, |s| {
+            s.bucket = state;
+            Ok::<(), crate::state::StateError>(())
+        })
+        .await?;
         Ok(())
     }
 }
@@ -1342,18 +1340,35 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
     owners
 }
 
-/// What an install of `desired` records (for upgrade and rollback).
-fn install_record(desired: &DesiredState) -> super::record::InstallRecord {
-    let images: BTreeMap<String, super::desired::ImageChoice> = desired
-        .payloads
+/// What an install of `desired` records (for upgrade and rollback): per instance, the image
+/// and file digests its hash was computed from.
+fn install_record(desired: &DesiredState) -> InstallRecord {
+    let services = desired
+        .resources
         .iter()
-        .map(|(n, p)| (n.clone(), p.image.clone()))
+        .filter(|r| r.kind == ResourceKind::Instance)
+        .map(|r| {
+            let choice = desired.payloads.get(&r.name).map(|p| &p.image);
+            let files = r
+                .extra_hashes
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("file:")?.to_string(), v.clone())))
+                .collect();
+            let fingerprint = r
+                .extra_hashes
+                .get("image")
+                .cloned()
+                .or_else(|| choice.map(|c| c.fingerprint.clone()))
+                .unwrap_or_default();
+            let service = ServiceRecord {
+                image_fingerprint: fingerprint,
+                image: choice.map(|c| c.alias.clone()).unwrap_or_default(),
+                files,
+            };
+            (r.name.clone(), service)
+        })
         .collect();
-    super::record::InstallRecord::from_resources(
-        env!("CARGO_PKG_VERSION"),
-        &desired.resources,
-        &images,
-    )
+    InstallRecord::new(crate::VERSION, services)
 }
 
 /// The wiring's targets; Incus trusts the Atlas root (`root`) for a Loki that serves TLS.
@@ -1384,10 +1399,9 @@ fn outcome(n: usize) -> String {
 
 fn bucket_note(pre: &PreflightReport, obs: &Observation) -> Option<String> {
     if !pre.local_buckets
-        || obs
-            .project_config
-            .get(KEY_BUCKET_STATE)
-            .is_some_and(|v| v == "unsupported" || v == "blocked")
+        || crate::state::ProjectState::from_config(&obs.project_config)
+            .bucket
+            .skipped()
     {
         return Some("state bucket skipped: needs MinIO on the host or Incus 7.0+; state is kept as project user.atlas.* keys".into());
     }

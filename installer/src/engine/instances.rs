@@ -7,14 +7,15 @@
 use std::collections::BTreeMap;
 
 use crate::incus::{
-    Client, FileMeta, IncusError, Instance, InstanceCreate, InstanceSource, OptionalExt,
-    StateAction,
+    Client, FileMeta, IncusError, Instance, InstanceCreate, InstanceSource, InstanceStatus,
+    OptionalExt, StateAction,
 };
 
 use super::converge::merged;
 use super::error::EngineError;
-use super::resource::{KEY_HASH, Resource};
+use super::resource::Resource;
 use super::state::InstancePayload;
+use crate::state::keys;
 
 /// Hash value of an instance whose files or config are not all in place yet.
 pub const PENDING: &str = "pending";
@@ -50,7 +51,7 @@ pub async fn converge(
         Some(i) if i.config.get("volatile.base_image").is_some_and(|b| b != fp) => {
             // A new image: the root filesystem is rebuilt from it. The instance itself stays,
             // with its addresses, devices and snapshots (an upgrade's way back).
-            if i.status != "Stopped" {
+            if i.status != InstanceStatus::Stopped {
                 super::converge::stop(project, name).await.map_err(err)?;
             }
             project.rebuild_instance(name, fp).await.map_err(err)?;
@@ -67,7 +68,7 @@ pub async fn converge(
     checkpoint("files-pushed")?;
     let current = project.get_instance(name).await.map_err(err)?;
     let mut want_config = string_map(&r.body["config"]);
-    want_config.insert(KEY_HASH.to_string(), PENDING.to_string());
+    want_config.insert(keys::HASH.to_string(), PENDING.to_string());
     let want_devices = devices(&r.body["devices"]);
     let want_profiles = profiles(r);
     let config = merged(&current.value.config, &want_config);
@@ -89,7 +90,7 @@ pub async fn converge(
             .await
             .map_err(err)?;
     }
-    let action = if current.value.status == "Running" {
+    let action = if current.value.is_running() {
         StateAction::Restart
     } else {
         StateAction::Start
@@ -104,7 +105,7 @@ pub async fn converge(
 /// Starts an unchanged instance that is not running (stopped by hand, or a crash between
 /// start and stamp of an earlier run cannot cause this: the stamp comes last).
 pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, EngineError> {
-    if i.status == "Running" {
+    if i.is_running() {
         return Ok(false);
     }
     super::converge::change_state(project, &i.name, StateAction::Start, false)
@@ -118,7 +119,7 @@ pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, Engi
 async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<bool, EngineError> {
     let name = &r.name;
     let mut config = string_map(&r.body["config"]);
-    config.insert(KEY_HASH.to_string(), PENDING.to_string());
+    config.insert(keys::HASH.to_string(), PENDING.to_string());
     let create = InstanceCreate {
         name: name.clone(),
         kind: "container".into(),
@@ -139,7 +140,7 @@ async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<boo
                 .get_instance(name)
                 .await
                 .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
-            if !crate::incus::owner::is_owned(&i.value.config) {
+            if !crate::state::keys::is_owned(&i.value.config) {
                 return Err(EngineError::object(
                     format!("instance {name}"),
                     "exists but is not managed by atlas-install; nothing was changed",
@@ -222,7 +223,7 @@ async fn stamp(project: &Client, name: &str, hash: &str) -> Result<(), EngineErr
         ));
     };
     let mut next = cur.value.clone();
-    next.config.insert(KEY_HASH.to_string(), hash.to_string());
+    next.config.insert(keys::HASH.to_string(), hash.to_string());
     project
         .update_instance(&next, cur.etag.as_deref())
         .await

@@ -23,7 +23,7 @@ use crate::deployment::Deployment;
 use crate::incus::{Client, Network, OptionalExt, Server};
 
 use super::error::EngineError;
-use super::resource::KEY_MANAGED;
+use crate::state::keys;
 
 /// The seed's host table: (minimum, recommended).
 pub const CPU_CORES: (u64, u64) = (4, 8);
@@ -160,7 +160,7 @@ pub fn cidr_clashes(config: &Config, networks: &[Network], routes: &[Route]) -> 
     for (role, want) in config.networks.iter() {
         let cidr = want.ipv4.trunc();
         for n in networks {
-            let owned = n.config.get(KEY_MANAGED).is_some_and(|v| v == "true");
+            let owned = n.config.get(keys::MANAGED).is_some_and(|v| v == "true");
             if n.name == want.name && owned {
                 continue;
             }
@@ -249,7 +249,7 @@ async fn own_listeners(project: &Client, project_exists: bool) -> Result<Vec<Str
     }
     let mut out = Vec::new();
     for p in project.profiles().await? {
-        if !crate::incus::owner::is_owned(&p.config) {
+        if !crate::state::keys::is_owned(&p.config) {
             continue;
         }
         for d in p.devices.values() {
@@ -677,7 +677,7 @@ mod tests {
             "management",
             [("ipv4.address".to_string(), "10.50.0.1/24".to_string())].into(),
         );
-        ours.config.insert(KEY_MANAGED.into(), "true".into());
+        ours.config.insert(keys::MANAGED.into(), "true".into());
         let clashes = cidr_clashes(&cfg, &[foreign, ours], &[]);
         assert_eq!(clashes.len(), 1, "{clashes:?}");
         assert!(

@@ -12,10 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Config keys atlas writes on everything it owns.
-pub const KEY_MANAGED: &str = "user.atlas.managed";
-pub const KEY_VERSION: &str = "user.atlas.version";
-pub const KEY_HASH: &str = "user.atlas.hash";
+use crate::state::keys;
 
 /// Kinds in the fixed step order; `destroy` walks them backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -106,7 +103,7 @@ impl Resource {
     /// Adds inputs that are not part of the body (rendered files, image) to the hash.
     pub fn with_extra(mut self, extra: BTreeMap<String, String>) -> Resource {
         self.extra_hashes = extra;
-        let version = self.body["config"][KEY_VERSION]
+        let version = self.body["config"][keys::VERSION]
             .as_str()
             .unwrap_or_default()
             .to_string();
@@ -119,7 +116,7 @@ impl Resource {
     fn restamp(&mut self, version: &str) {
         let mut unstamped = self.body.clone();
         if let Some(cfg) = unstamped.get_mut("config").and_then(Value::as_object_mut) {
-            for k in [KEY_MANAGED, KEY_VERSION, KEY_HASH] {
+            for k in keys::STAMP {
                 cfg.remove(k);
             }
         }
@@ -195,9 +192,12 @@ fn stamp(body: &mut Value, version: &str, hash: &str) {
             .entry("config")
             .or_insert_with(|| Value::Object(Default::default()));
         if let Some(cfg) = cfg.as_object_mut() {
-            cfg.insert(KEY_MANAGED.to_string(), Value::String("true".to_string()));
-            cfg.insert(KEY_VERSION.to_string(), Value::String(version.to_string()));
-            cfg.insert(KEY_HASH.to_string(), Value::String(hash.to_string()));
+            cfg.insert(keys::MANAGED.to_string(), Value::String("true".to_string()));
+            cfg.insert(
+                keys::VERSION.to_string(),
+                Value::String(version.to_string()),
+            );
+            cfg.insert(keys::HASH.to_string(), Value::String(hash.to_string()));
         }
     }
 }
@@ -229,12 +229,12 @@ impl Observed {
         let Some(cfg) = config else {
             return Observed::Foreign;
         };
-        if cfg.get(KEY_MANAGED).and_then(Value::as_str) != Some("true") {
+        if cfg.get(keys::MANAGED).and_then(Value::as_str) != Some("true") {
             return Observed::Foreign;
         }
         Observed::Owned {
             hash: cfg
-                .get(KEY_HASH)
+                .get(keys::HASH)
                 .and_then(Value::as_str)
                 .map(str::to_string),
             etag,
@@ -275,8 +275,8 @@ mod tests {
             "1",
         );
         assert_ne!(a.hash, c.hash);
-        assert_eq!(a.body["config"][KEY_HASH], a.hash.as_str());
-        assert_eq!(a.body["config"][KEY_MANAGED], "true");
+        assert_eq!(a.body["config"][keys::HASH], a.hash.as_str());
+        assert_eq!(a.body["config"][keys::MANAGED], "true");
     }
 
     #[test]
@@ -286,7 +286,7 @@ mod tests {
         extra.insert("file:/etc/x".to_string(), "abc".to_string());
         let b = a.clone().with_extra(extra);
         assert_ne!(a.hash, b.hash);
-        assert_eq!(b.body["config"][KEY_HASH], b.hash.as_str());
+        assert_eq!(b.body["config"][keys::HASH], b.hash.as_str());
     }
 
     #[test]

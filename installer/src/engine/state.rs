@@ -6,18 +6,18 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, NetworkRole};
 use crate::deployment::Deployment;
 use crate::incus::{Client, Instance, OptionalExt};
 use crate::render::{Credentials, ExpectedFile, FileSource};
 
-use super::desired::{DesiredInputs, ImageChoice, KEY_EXTERNAL_ADDRESS, KEY_PROJECT, desired};
+use super::desired::{DesiredInputs, ImageChoice, desired};
 use super::error::EngineError;
 use super::netfile::{ExternalNet, network_spec};
 use super::resource::{Observed, Resource, ResourceAddress, ResourceKind};
 use super::secrets::Secrets;
+use crate::state::keys;
 
 /// Where the network file for atlas-init goes in every container.
 pub const NETWORK_FILE: &str = "/etc/atlas/network.json";
@@ -49,11 +49,8 @@ impl std::fmt::Debug for PushFile {
     }
 }
 
-fn hash_file(f: &PushFile) -> String {
-    let mut h = Sha256::new();
-    h.update(&f.contents);
-    h.update(format!("\0{:o}:{}:{}", f.mode, f.uid, f.gid));
-    hex::encode(h.finalize())
+fn hash_file(key: &str, f: &PushFile) -> String {
+    super::desired::file_digest(key, &f.contents, f.mode, f.uid, f.gid)
 }
 
 /// What an instance gets besides its Incus body.
@@ -85,6 +82,8 @@ pub struct Facts<'a> {
     pub external_addresses: &'a BTreeMap<String, Ipv4Addr>,
     /// PEM of the Incus server certificate (Prometheus pins it).
     pub server_cert_pem: &'a str,
+    /// The project's hash key (see `desired::file_digest`).
+    pub hash_key: &'a str,
 }
 
 /// Renders everything and builds the desired resources and payloads.
@@ -180,7 +179,7 @@ pub fn build(
                     f.path == NETWORK_FILE
                         || !r.is_some_and(|r| r.files.iter().any(|x| x.path == f.path))
                 })
-                .map(|f| (f.path.clone(), hash_file(f)))
+                .map(|f| (f.path.clone(), hash_file(facts.hash_key, f)))
                 .collect(),
         );
         payloads.insert(
@@ -196,6 +195,7 @@ pub fn build(
     }
     let inputs = DesiredInputs {
         deployment: d,
+        hash_key: facts.hash_key,
         rendered: &rendered,
         profiles: &profiles,
         images: facts.images,
@@ -359,7 +359,7 @@ pub async fn external_addresses(
     for name in wanting {
         match existing
             .get(name)
-            .and_then(|i| i.config.get(KEY_EXTERNAL_ADDRESS))
+            .and_then(|i| i.config.get(keys::EXTERNAL_ADDRESS))
             .and_then(|a| a.parse().ok())
         {
             Some(a) => {
@@ -476,7 +476,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
             }
             continue;
         }
-        let o = match n.config.get(KEY_PROJECT) {
+        let o = match n.config.get(keys::NETWORK_PROJECT) {
             Some(p) if p == pname => classify(&n.config, None),
             Some(p) if matches!(classify(&n.config, None), Observed::Owned { .. }) => {
                 Observed::OtherProject { project: p.clone() }
@@ -547,6 +547,7 @@ mod tests {
             credentials: creds.clone(),
             metrics_cert_pem: "CERT".into(),
             metrics_key_pem: "KEY".into(),
+            hash_key: "k".into(),
         };
         let images: BTreeMap<String, ImageChoice> = cfg
             .enabled_instances()
@@ -569,6 +570,7 @@ mod tests {
             external: Some("10.199.0.1/24".parse().unwrap()),
             external_addresses: &ext,
             server_cert_pem: "SERVER",
+            hash_key: "k",
         };
         let d = build(
             &Deployment::standalone(&cfg),
@@ -587,7 +589,7 @@ mod tests {
             .expect("metrics key pushed");
         assert_eq!(key.mode & 0o077, 0, "the key is private");
         let caddy = d.resources.iter().find(|r| r.name == "caddy01").unwrap();
-        assert_eq!(caddy.body["config"][KEY_EXTERNAL_ADDRESS], "10.199.0.254");
+        assert_eq!(caddy.body["config"][keys::EXTERNAL_ADDRESS], "10.199.0.254");
         assert_eq!(
             caddy.body["devices"]["eth2"]["ipv4.address"],
             "10.199.0.254"
@@ -610,6 +612,59 @@ mod tests {
         };
         let d2 = build(&Deployment::standalone(&cfg), &creds, Some(&other), &facts).unwrap();
         assert_eq!(changed(&d, &d2), ["prometheus01"]);
+    }
+
+    #[test]
+    fn pushed_files_stand_in_hashes_as_keyed_digests_only() {
+        use sha2::Digest as _;
+        let cfg = Config::builtin();
+        let d = Deployment::standalone(&cfg);
+        let images: BTreeMap<String, ImageChoice> = cfg
+            .enabled_instances()
+            .into_iter()
+            .map(|(n, _)| (n.to_string(), ImageChoice::unresolved("a".into())))
+            .collect();
+        let ext = BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
+        let with_key = |hash_key| {
+            build(
+                &d,
+                &placeholder(),
+                None,
+                &Facts {
+                    images: &images,
+                    external: Some("10.199.0.1/24".parse().unwrap()),
+                    external_addresses: &ext,
+                    server_cert_pem: "",
+                    hash_key,
+                },
+            )
+            .unwrap()
+        };
+        let (a, b) = (with_key("key-one"), with_key("key-two"));
+        let grafana = |x: &DesiredState| {
+            x.resources
+                .iter()
+                .find(|r| r.name == "grafana01")
+                .unwrap()
+                .clone()
+        };
+        let (ga, gb) = (grafana(&a), grafana(&b));
+        assert_ne!(ga.hash, gb.hash, "the key is part of every file's digest");
+        // No stored digest is the plain SHA-256 of what the file holds (here Grafana's admin
+        // password, in its environment file or spec): nothing to test guesses against.
+        let rendered =
+            crate::render::render(&d, &placeholder()).unwrap().instances["grafana01"].clone();
+        for f in &rendered.files {
+            let mut h = sha2::Sha256::new();
+            h.update(&f.contents);
+            h.update(format!("\0{:o}:{}:{}", f.mode, f.uid, f.gid));
+            let plain = hex::encode(h.finalize());
+            assert!(!ga.extra_hashes.values().any(|v| *v == plain), "{}", f.path);
+            assert_eq!(
+                ga.extra_hashes[&format!("file:{}", f.path)],
+                super::super::desired::file_digest("key-one", &f.contents, f.mode, f.uid, f.gid)
+            );
+        }
     }
 
     /// Instances whose hash differs between two desired states.
@@ -653,6 +708,7 @@ mod tests {
             external: Some("10.199.0.1/24".parse().unwrap()),
             external_addresses: &ext,
             server_cert_pem: "",
+            hash_key: "k",
         };
         build(&Deployment::standalone(cfg), &creds, None, &facts).unwrap()
     }
@@ -766,6 +822,7 @@ mod tests {
                 external: Some("10.199.0.1/24".parse().unwrap()),
                 external_addresses: &ext,
                 server_cert_pem: "",
+                hash_key: "k",
             },
         )
         .unwrap();

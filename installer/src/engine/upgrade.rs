@@ -24,7 +24,8 @@ use crate::progress::Progress;
 
 use super::backup::{self, IfExists, VolumeSet};
 use super::error::EngineError;
-use super::record::{self, InstallRecord};
+use crate::state::record::{self, InstallRecord};
+use crate::state::{SavedFile, SavedInstance, keys};
 
 /// Short, stable name of an install: its version and a digest of what it runs.
 pub fn release_tag(r: &InstallRecord) -> String {
@@ -46,66 +47,30 @@ pub fn order(d: &Deployment) -> Vec<String> {
         .collect()
 }
 
-/// Project key holding what an instance was before an upgrade replaced it.
-fn saved_key(instance: &str) -> String {
-    format!("user.atlas.upgrade.{instance}")
-}
-
-/// An instance as it was before an upgrade touched it: enough to rebuild it as it was.
-/// Kept in the project's config (small: rendered files are a few kB per service), so it
-/// survives a killed installer and serves a later `rollback`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct Saved {
-    snap: String,
-    image: String,
-    config: BTreeMap<String, String>,
-    devices: crate::incus::Devices,
-    profiles: Vec<String>,
-    files: Vec<SavedFile>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct SavedFile {
-    path: String,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    base64: String,
-}
-
 async fn read_saved(
     client: &Client,
     project: &str,
     instance: &str,
-) -> Result<Option<Saved>, EngineError> {
-    let p = client.get_project(project).await?;
-    Ok(p.value
-        .config
-        .get(&saved_key(instance))
-        .and_then(|v| serde_json::from_str(v).ok()))
+) -> Result<Option<SavedInstance>, EngineError> {
+    Ok(crate::state::read(client, project)
+        .await?
+        .and_then(|s| s.upgrades.get(instance).cloned()))
 }
 
 async fn write_saved(
     client: &Client,
     project: &str,
     instance: &str,
-    saved: Option<&Saved>,
+    saved: Option<&SavedInstance>,
 ) -> Result<(), EngineError> {
-    let key = saved_key(instance);
-    match saved {
-        Some(s) => {
-            let v = serde_json::to_string(s)
-                .map_err(|e| EngineError::object(format!("instance {instance}"), e))?;
-            client
-                .set_project_keys(project, &BTreeMap::from([(key, v)]), &[])
-                .await?
-        }
-        None => {
-            client
-                .set_project_keys(project, &BTreeMap::new(), &[&key])
-                .await?
-        }
-    }
+    crate::state::update(client, project, |s| {
+        match saved {
+            Some(v) => s.upgrades.insert(instance.to_string(), v.clone()),
+            None => s.upgrades.remove(instance),
+        };
+        Ok::<(), crate::state::StateError>(())
+    })
+    .await?;
     Ok(())
 }
 
@@ -163,7 +128,7 @@ pub(crate) async fn guard(
             base64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
         });
     }
-    let saved = Saved {
+    let saved = SavedInstance {
         snap: snap.to_string(),
         image: existing
             .config
@@ -201,12 +166,12 @@ pub(crate) async fn restore(
                 format!("instance {instance}"),
                 format!(
                     "no state saved before upgrade {snap} (project key {})",
-                    saved_key(instance)
+                    keys::upgrade(instance)
                 ),
             )
         })?;
     let current = project.get_instance(instance).await.map_err(err)?;
-    if current.value.status != "Stopped" {
+    if current.value.status != crate::incus::InstanceStatus::Stopped {
         super::converge::stop(&project, instance)
             .await
             .map_err(err)?;
@@ -277,7 +242,7 @@ async fn retire_snapshots(
     vols: &VolumeSet,
     snap: &str,
 ) -> Result<(), IncusError> {
-    let stamp = super::clock::compact(super::clock::now_secs());
+    let stamp = crate::clock::compact(crate::clock::now_secs());
     for v in &vols.volumes {
         if has_snapshot(project, &vols.pool, &v.volume, snap).await? {
             project
@@ -320,7 +285,7 @@ pub(crate) fn failed(
         ),
         Err(e) => format!(
             "returning {instance} to what it was failed too: {e}. What it was is intact: its volume snapshots `{snap}` (incus storage volume snapshot restore) and its image, config and files in the project key {} (`atlas-install upgrade` again goes on from there).",
-            saved_key(instance)
+            keys::upgrade(instance)
         ),
     };
     EngineError::Upgrade {
@@ -401,7 +366,7 @@ pub async fn rollback(
     let set = VolumeSet::from_config(config);
     let safety_name = format!(
         "pre-rollback-{}",
-        super::clock::compact(super::clock::now_secs())
+        crate::clock::compact(crate::clock::now_secs())
     );
     let names: Vec<&str> = targets.iter().map(String::as_str).collect();
     let kept = backup::snapshot_with(
@@ -446,7 +411,7 @@ pub async fn rollback(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::record::ServiceRecord;
+    use crate::state::ServiceRecord;
 
     fn rec(version: &str, fp: &str) -> InstallRecord {
         InstallRecord::new(

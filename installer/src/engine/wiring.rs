@@ -8,9 +8,8 @@
 //! `apply` would change without writing. `remove(...)` undoes what atlas set (for destroy).
 //!
 //! Ownership: server config keys and trusted certificates carry no marker of their own, so
-//! atlas records what it set in the Atlas project's config before setting it:
-//! [`KEY_SERVER_KEYS`] (JSON object key -> value atlas wrote) and [`KEY_METRICS_CERTS`]
-//! (fingerprints of certificates atlas trusted). A key whose current value is not the recorded
+//! atlas records what it set in the Atlas project's state before setting it
+//! ([`WiringRecords`]: key -> value atlas wrote, fingerprints of certificates atlas trusted). A key whose current value is not the recorded
 //! one belongs to the operator and is never changed or reset. `remove` must therefore run
 //! before the project is deleted (destroy runs it first of all).
 //!
@@ -38,14 +37,8 @@ use crate::incus::{Certificate, Client, IncusError, OptionalExt as _, Project, S
 use crate::progress::Progress;
 
 use super::secrets::{METRICS_CERT_CN, Secrets, SecretsError};
+use crate::state::{StateError, WiringRecords};
 
-/// Project key: JSON object of the server config keys atlas set, with the value it set.
-pub const KEY_SERVER_KEYS: &str = "user.atlas.server-keys";
-/// Project key: comma-separated fingerprints of the certificates atlas trusted.
-pub const KEY_METRICS_CERTS: &str = "user.atlas.metrics-certificates";
-/// Project key: comma-separated server keys atlas set to a value the server then dropped as
-/// its default (6.0.4 keeps no `loki.types` equal to `lifecycle,logging`): unset counts as set.
-pub const KEY_SERVER_DEFAULTS: &str = "user.atlas.server-keys-default";
 /// Name of the trusted metrics certificate.
 pub const METRICS_CERT_NAME: &str = METRICS_CERT_CN;
 /// `logging.<name>.*` target name on servers with `server_logging`.
@@ -298,71 +291,8 @@ fn split_listen(listen: &str) -> Option<(Option<IpAddr>, u16)> {
     Some((Some(host.parse().ok()?), port))
 }
 
-/// What atlas recorded in the project about its own wiring.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Records {
-    keys: BTreeMap<String, String>,
-    certs: BTreeSet<String>,
-    defaults: BTreeSet<String>,
-}
-
-impl Records {
-    fn read(project: Option<&Project>) -> Records {
-        let Some(p) = project else {
-            return Records::default();
-        };
-        // A garbled record is treated as "atlas set nothing": it then only leaves things alone.
-        let keys = p
-            .config
-            .get(KEY_SERVER_KEYS)
-            .and_then(|v| serde_json::from_str::<BTreeMap<String, String>>(v).ok())
-            .unwrap_or_default();
-        let list = |key: &str| -> BTreeSet<String> {
-            p.config
-                .get(key)
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Records {
-            keys,
-            certs: list(KEY_METRICS_CERTS),
-            defaults: list(KEY_SERVER_DEFAULTS),
-        }
-    }
-
-    /// Whether `key` counts as holding atlas' `value` although the server shows it unset.
-    fn defaulted(&self, key: &str, value: &str) -> bool {
-        self.defaults.contains(key) && self.keys.get(key).map(String::as_str) == Some(value)
-    }
-
-    /// The project config with these records (keys dropped when empty).
-    fn write_into(&self, config: &mut BTreeMap<String, String>) {
-        if self.keys.is_empty() {
-            config.remove(KEY_SERVER_KEYS);
-        } else {
-            let json = serde_json::to_string(&self.keys).unwrap_or_default();
-            config.insert(KEY_SERVER_KEYS.to_string(), json);
-        }
-        let mut list = |key: &str, set: &BTreeSet<String>| {
-            if set.is_empty() {
-                config.remove(key);
-            } else {
-                config.insert(
-                    key.to_string(),
-                    set.iter().cloned().collect::<Vec<_>>().join(","),
-                );
-            }
-        };
-        list(KEY_METRICS_CERTS, &self.certs);
-        list(KEY_SERVER_DEFAULTS, &self.defaults);
-    }
-}
+/// What atlas recorded in the project about its own wiring (the project state's).
+type Records = WiringRecords;
 
 /// Everything apply needs, computed from GETs only.
 struct Computed {
@@ -398,7 +328,7 @@ async fn observe(client: &Client, config: &Config) -> Result<Observed, WiringErr
         .await?
         .into_iter()
         .filter(|p| p.name != config.incus.project)
-        .map(|p| (p.name.clone(), Records::read(Some(&p))))
+        .map(|p| (p.name.clone(), Records::from_config(&p.config)))
         .filter(|(_, r)| *r != Records::default())
         .collect();
     Ok(Observed {
@@ -410,6 +340,14 @@ async fn observe(client: &Client, config: &Config) -> Result<Observed, WiringErr
 }
 
 impl Observed {
+    /// This project's records.
+    fn records(&self) -> Records {
+        self.project
+            .as_ref()
+            .map(|p| Records::from_config(&p.value.config))
+            .unwrap_or_default()
+    }
+
     /// The other Atlas project that recorded setting `key` to `value`, if any.
     fn key_owner(&self, key: &str, value: &str) -> Option<&str> {
         self.others
@@ -460,7 +398,7 @@ fn compute(
 ) -> Result<Computed, WiringError> {
     let server = &obs.server.value;
     let current = |k: &str| server.config.get(k).cloned().unwrap_or_default();
-    let records = Records::read(obs.project.as_ref().map(|p| &p.value));
+    let records = obs.records();
     let mut c = Computed {
         changes: Vec::new(),
         patch: BTreeMap::new(),
@@ -810,19 +748,15 @@ async fn apply_inner(
     {
         return Ok(Vec::new());
     }
-    let project = obs.project.as_ref().ok_or_else(|| {
-        WiringError::Config(format!(
+    if obs.project.is_none() {
+        return Err(WiringError::Config(format!(
             "the Incus project `{}` does not exist; server wiring records what it sets there, so create it first",
             config.incus.project
-        ))
-    })?;
+        )));
+    }
     // Record first: a crash after the server write still leaves atlas knowing what it owns.
-    let mut etag = project.etag.clone();
-    let mut proj = project.value.clone();
     if !records_on_disk_match(&obs, &c.records_before) {
-        c.records_before.write_into(&mut proj.config);
-        client.update_project(&proj, etag.as_deref()).await?;
-        etag = None;
+        write_records(client, config, &c.records_before).await?;
     }
     let mut c = c;
     if !c.patch.is_empty() {
@@ -849,13 +783,7 @@ async fn apply_inner(
         client.delete_certificate(fp).await.optional()?;
     }
     if c.records_after != c.records_before {
-        if etag.is_none() {
-            let fresh = client.get_project(&config.incus.project).await?;
-            proj = fresh.value;
-            etag = fresh.etag;
-        }
-        c.records_after.write_into(&mut proj.config);
-        client.update_project(&proj, etag.as_deref()).await?;
+        write_records(client, config, &c.records_after).await?;
     }
     Ok(c.changes)
 }
@@ -905,14 +833,24 @@ async fn wait_for_loki(
 }
 
 fn records_on_disk_match(obs: &Observed, want: &Records) -> bool {
-    let mut have = obs
-        .project
-        .as_ref()
-        .map(|p| p.value.config.clone())
-        .unwrap_or_default();
-    let before = have.clone();
-    want.write_into(&mut have);
-    have == before
+    obs.records() == *want
+}
+
+/// Stores `records` as this project's wiring records (nothing sent when they are already).
+async fn write_records(
+    client: &Client,
+    config: &Config,
+    records: &Records,
+) -> Result<(), WiringError> {
+    crate::state::update(client, &config.incus.project, |s| {
+        s.wiring = records.clone();
+        Ok::<(), StateError>(())
+    })
+    .await
+    .map_err(|e| match e {
+        StateError::Incus(e) => WiringError::Incus(e),
+        other => WiringError::Config(other.to_string()),
+    })
 }
 
 /// What [`remove`] would undo, and what it leaves that looks like ours (for destroy's plan).
@@ -926,7 +864,7 @@ pub struct Removal {
 
 impl Removal {
     fn compute(obs: &Observed) -> (Removal, BTreeMap<String, String>, Vec<String>) {
-        let records = Records::read(obs.project.as_ref().map(|p| &p.value));
+        let records = obs.records();
         let server = &obs.server.value.config;
         let reset: BTreeMap<String, String> = records
             .keys
@@ -983,7 +921,7 @@ pub async fn remove(client: &Client, config: &Config) -> Result<(), WiringError>
     let Some(project) = &obs.project else {
         return Ok(());
     };
-    if Records::read(Some(&project.value)) == Records::default() {
+    if Records::from_config(&project.value.config) == Records::default() {
         return Ok(());
     }
     let (_, reset, untrust) = Removal::compute(&obs);
@@ -995,12 +933,7 @@ pub async fn remove(client: &Client, config: &Config) -> Result<(), WiringError>
     for fp in &untrust {
         client.delete_certificate(fp).await.optional()?;
     }
-    let mut proj = project.value.clone();
-    Records::default().write_into(&mut proj.config);
-    client
-        .update_project(&proj, project.etag.as_deref())
-        .await?;
-    Ok(())
+    write_records(client, config, &Records::default()).await
 }
 
 /// PEM of the Incus server certificate, which Prometheus pins (`INCUS_SERVER_CERT`).
@@ -1167,6 +1100,7 @@ mod tests {
             },
             metrics_cert_pem: cert,
             metrics_key_pem: key,
+            hash_key: "k".into(),
         }
     }
 

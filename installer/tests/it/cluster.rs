@@ -14,15 +14,14 @@ use std::time::{Duration, Instant};
 use atlas_install::config::Config;
 use atlas_install::config::Placement as Pin;
 use atlas_install::deployment::cluster::{detect, member_host};
-use atlas_install::deployment::{
-    ClusterInfo, Deployment, KEY_PLACEMENT_MEMBER, Placement, Target, per_member_name,
-};
+use atlas_install::deployment::{ClusterInfo, Deployment, Placement, Target, per_member_name};
 use atlas_install::engine::cluster;
 use atlas_install::incus::{
     Client, ImageImport, InstanceCreate, InstanceSource, Network, OptionalExt, Project,
     StoragePool, StorageVolume,
 };
 use atlas_install::progress::NoProgress;
+use atlas_install::state::keys::PLACEMENT_MEMBER as KEY_PLACEMENT_MEMBER;
 
 /// One member as `up.sh` recorded it.
 #[derive(Debug, Clone)]

@@ -130,7 +130,7 @@ receivers = ["hook"]
         keys.1 = p
             .value
             .config
-            .get(atlas_install::engine::wiring::KEY_METRICS_CERTS)
+            .get(atlas_install::state::keys::METRICS_CERTS)
             .map(|v| v.split(',').map(String::from).collect())
             .unwrap_or_default();
     }
@@ -753,7 +753,7 @@ fn time_in(d: Duration) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    atlas_install::engine::clock::rfc3339(secs)
+    atlas_install::clock::rfc3339(secs)
 }
 
 // ---- LogQL ----

@@ -167,6 +167,7 @@ impl Env {
             "mosquitto": {"atlas": s.credentials.mosquitto["atlas"].password},
             "metrics_cert_pem": s.metrics_cert_pem,
             "metrics_key_pem": s.metrics_key_pem,
+            "hash_key": s.hash_key,
         });
         std::fs::write(&path, v.to_string()).expect("write secrets");
         path
@@ -307,6 +308,7 @@ fn test_secrets() -> Secrets {
             },
             metrics_cert_pem: cert.pem(),
             metrics_key_pem: key.serialize_pem(),
+            hash_key: "t-eng-hash-key".into(),
         }
     })
     .clone()

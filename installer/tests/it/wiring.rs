@@ -17,6 +17,7 @@ use atlas_install::incus::{
     Client, FileMeta, ImageImport, InstanceCreate, InstanceSource, Network, Project, StateAction,
 };
 use atlas_install::progress::NoProgress;
+use atlas_install::state::keys::{self, secrets as name};
 
 use crate::common::client_or_skip;
 use crate::common::require_all;
@@ -217,22 +218,25 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
     );
     let stored = c.get_project(&project).await.expect("project").value.config;
     assert_eq!(
-        stored[secrets::KEY_GRAFANA_ADMIN],
+        stored[&keys::secret(name::GRAFANA_ADMIN)],
         s.credentials.grafana_admin_password
     );
-    assert_eq!(stored[secrets::KEY_STEP_CA], s.credentials.step_ca_password);
     assert_eq!(
-        stored[secrets::KEY_METRICS_CERT],
+        stored[&keys::secret(name::STEP_CA)],
+        s.credentials.step_ca_password
+    );
+    assert_eq!(
+        stored[&keys::secret(name::METRICS_CERT)],
         s.metrics_cert_pem,
         "PEM with newlines survives the project config"
     );
-    assert_eq!(stored[secrets::KEY_METRICS_KEY], s.metrics_key_pem);
+    assert_eq!(stored[&keys::secret(name::METRICS_KEY)], s.metrics_key_pem);
     for user in ["atlas", "sensor"] {
         assert_eq!(
-            stored[&secrets::mosquitto_password_key(user)],
+            stored[&keys::secret(&name::mosquitto_password(user))],
             s.credentials.mosquitto[user].password
         );
-        assert!(stored.contains_key(&secrets::mosquitto_salt_key(user)));
+        assert!(stored.contains_key(&keys::secret(&name::mosquitto_salt(user))));
     }
     assert_ne!(
         s.credentials.mosquitto["atlas"].password,
@@ -295,8 +299,8 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
     assert_eq!(
         added,
         vec![
-            &secrets::mosquitto_password_key("newcomer"),
-            &secrets::mosquitto_salt_key("newcomer")
+            &keys::secret(&name::mosquitto_password("newcomer")),
+            &keys::secret(&name::mosquitto_salt("newcomer"))
         ]
     );
     assert!(
@@ -309,8 +313,10 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
     let got = c.get_project(&project).await.expect("project");
     let mut p = got.value.clone();
     let bad_salt = "bm90LXR3ZWx2ZS1ieXRlcy1sb25n";
-    p.config
-        .insert(secrets::mosquitto_salt_key("sensor"), bad_salt.into());
+    p.config.insert(
+        keys::secret(&name::mosquitto_salt("sensor")),
+        bad_salt.into(),
+    );
     c.update_project(&p, got.etag.as_deref())
         .await
         .expect("damage");
@@ -320,7 +326,8 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
         .expect_err("damaged salt");
     let msg = e.to_string();
     assert!(
-        msg.contains(&secrets::mosquitto_salt_key("sensor")) && msg.contains("incus project unset"),
+        msg.contains(&keys::secret(&name::mosquitto_salt("sensor")))
+            && msg.contains("incus project unset"),
         "{msg}"
     );
     assert!(
@@ -554,7 +561,7 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         Some(v) if !v.is_empty() => assert_eq!(v, "lifecycle,logging"),
         _ => assert!(
             records
-                .get(wiring::KEY_SERVER_DEFAULTS)
+                .get(keys::SERVER_DEFAULTS)
                 .is_some_and(|d| d.split(',').any(|k| k == types_key)),
             "{types_key} unset and not recorded as defaulted: {records:?}"
         ),
@@ -573,11 +580,11 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         (wiring::METRICS_CERT_NAME, "metrics")
     );
     assert!(
-        records[wiring::KEY_SERVER_KEYS].contains("core.https_address"),
+        records[keys::SERVER_KEYS].contains("core.https_address"),
         "{:?}",
-        records.get(wiring::KEY_SERVER_KEYS)
+        records.get(keys::SERVER_KEYS)
     );
-    assert_eq!(records[wiring::KEY_METRICS_CERTS], fp);
+    assert_eq!(records[keys::METRICS_CERTS], fp);
 
     // Converged: no write, nothing planned.
     let w1 = c.writes();
@@ -712,9 +719,9 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
     );
     let records = c.get_project(&project).await.expect("project").value.config;
     for k in [
-        wiring::KEY_SERVER_KEYS,
-        wiring::KEY_METRICS_CERTS,
-        wiring::KEY_SERVER_DEFAULTS,
+        keys::SERVER_KEYS,
+        keys::METRICS_CERTS,
+        keys::SERVER_DEFAULTS,
     ] {
         assert!(
             !records.contains_key(k),
