@@ -26,7 +26,7 @@ use super::instances;
 use super::plan::{Change, Plan, diff};
 use super::preflight::{self, PreflightReport};
 use super::remotes::{self, RemotesOutcome};
-use super::resource::{ResourceAddress, ResourceKind};
+use super::resource::{Body, ResourceAddress, ResourceKind};
 use super::secrets::{Secrets, SecretsError};
 use super::state::{self, DesiredState, Facts, Observation};
 use super::wiring::{self, WiringChange};
@@ -389,7 +389,7 @@ impl Engine<'_> {
                     let size = a
                         .resource
                         .as_ref()
-                        .and_then(|r| r.body["config"]["size"].as_str())
+                        .and_then(|r| r.body.config().get("size"))
                         .and_then(|s| crate::config::Size::parse(s).ok());
                     if let Some(s) = size {
                         need.volumes.push((a.address.name.clone(), s.bytes));
@@ -1054,7 +1054,7 @@ impl Engine<'_> {
         existing: Option<&crate::incus::Instance>,
         u: &Upgrade,
     ) -> Result<(), EngineError> {
-        let name = &r.name;
+        let name = r.name();
         let checkpoint = |name: &str| self.checkpoint(name);
         if let Some(i) = existing {
             let also: Vec<String> = payload
@@ -1143,7 +1143,7 @@ impl Engine<'_> {
                     .await?;
                     self.progress.info(&format!(
                         "{instance}: {path} ({} files, {} bytes) copied onto its new volume {}; the old copy stays hidden under the volume in {instance}'s root filesystem until its next image change",
-                        got.files, got.bytes, r.name
+                        got.files, got.bytes, r.name()
                     ));
                     n += 1;
                 }
@@ -1304,17 +1304,13 @@ fn adoption<'c>(config: &'c Config, obs: &Observation, volume: &str) -> Option<(
 /// Custom volume name -> the instance that mounts it, through its own disk devices or those
 /// of its profiles (a service's data volume usually sits in the service's profile).
 fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
-    let volumes_of = |body: &serde_json::Value| -> Vec<String> {
-        body["devices"]
-            .as_object()
-            .map(|devices| {
-                devices
-                    .values()
-                    .filter(|d| d["type"] == "disk" && d.get("pool").is_some())
-                    .filter_map(|d| d["source"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let volumes_of = |body: &Body| -> Vec<String> {
+        body.devices()
+            .into_iter()
+            .flat_map(|devices| devices.values())
+            .filter(|d| d.get("type").is_some_and(|t| t == "disk") && d.contains_key("pool"))
+            .filter_map(|d| d.get("source").cloned())
+            .collect()
     };
     let resources = || {
         plan.actions
@@ -1328,9 +1324,11 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
     let mut owners = BTreeMap::new();
     for (a, r) in resources().filter(|(a, _)| a.address.kind == ResourceKind::Instance) {
         let mut mounted = volumes_of(&r.body);
-        for p in r.body["profiles"].as_array().into_iter().flatten() {
-            if let Some(v) = p.as_str().and_then(|p| by_profile.get(p)) {
-                mounted.extend(v.iter().cloned());
+        if let Body::Instance(i) = &r.body {
+            for p in &i.profiles {
+                if let Some(v) = by_profile.get(p.as_str()) {
+                    mounted.extend(v.iter().cloned());
+                }
             }
         }
         for v in mounted {
@@ -1346,9 +1344,9 @@ fn install_record(desired: &DesiredState) -> InstallRecord {
     let services = desired
         .resources
         .iter()
-        .filter(|r| r.kind == ResourceKind::Instance)
+        .filter(|r| r.kind() == ResourceKind::Instance)
         .map(|r| {
-            let choice = desired.payloads.get(&r.name).map(|p| &p.image);
+            let choice = desired.payloads.get(r.name()).map(|p| &p.image);
             let files = r
                 .extra_hashes
                 .iter()
@@ -1365,7 +1363,7 @@ fn install_record(desired: &DesiredState) -> InstallRecord {
                 image: choice.map(|c| c.alias.clone()).unwrap_or_default(),
                 files,
             };
-            (r.name.clone(), service)
+            (r.name().to_string(), service)
         })
         .collect();
     InstallRecord::new(crate::VERSION, services)

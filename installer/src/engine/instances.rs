@@ -4,8 +4,6 @@
 //! changed and finishes. An image change rebuilds the root filesystem in place (data lives
 //! in separate custom volumes, which stay; so do the instance's snapshots).
 
-use std::collections::BTreeMap;
-
 use crate::incus::{
     Client, FileMeta, IncusError, Instance, InstanceCreate, InstanceSource, InstanceStatus,
     OptionalExt, StateAction,
@@ -13,7 +11,7 @@ use crate::incus::{
 
 use super::converge::merged;
 use super::error::EngineError;
-use super::resource::Resource;
+use super::resource::{Body, Resource};
 use super::state::InstancePayload;
 use crate::state::keys;
 
@@ -23,16 +21,15 @@ pub const PENDING: &str = "pending";
 /// Hooks between the sub-steps, for failure injection in tests.
 pub type Checkpoint<'a> = &'a (dyn Fn(&str) -> Result<(), EngineError> + Sync);
 
-fn string_map(v: &serde_json::Value) -> BTreeMap<String, String> {
-    serde_json::from_value(v.clone()).unwrap_or_default()
-}
-
-fn devices(v: &serde_json::Value) -> crate::incus::Devices {
-    serde_json::from_value(v.clone()).unwrap_or_default()
-}
-
-fn profiles(r: &Resource) -> Vec<String> {
-    serde_json::from_value(r.body["profiles"].clone()).unwrap_or_default()
+/// The creation body of an instance resource.
+fn body(r: &Resource) -> Result<&InstanceCreate, EngineError> {
+    match &r.body {
+        Body::Instance(b) => Ok(b),
+        _ => Err(EngineError::object(
+            r.address(),
+            "internal error: not an instance",
+        )),
+    }
 }
 
 /// Creates or brings an owned instance to `r`. `existing` comes from the plan's observation.
@@ -43,7 +40,8 @@ pub async fn converge(
     existing: Option<&Instance>,
     checkpoint: Checkpoint<'_>,
 ) -> Result<(), EngineError> {
-    let name = &r.name;
+    let want = body(r)?;
+    let name = &want.name;
     let err = |e: IncusError| EngineError::object(format!("instance {name}"), e);
     let fp = &payload.image.fingerprint;
     let mut fresh = false;
@@ -58,7 +56,7 @@ pub async fn converge(
         }
         Some(_) => {}
         None => {
-            fresh = create(project, r, fp).await?;
+            fresh = create(project, want, fp).await?;
         }
     }
     checkpoint("instance-created")?;
@@ -67,24 +65,21 @@ pub async fn converge(
     }
     checkpoint("files-pushed")?;
     let current = project.get_instance(name).await.map_err(err)?;
-    let mut want_config = string_map(&r.body["config"]);
+    let mut want_config = want.config.clone();
     want_config.insert(keys::HASH.to_string(), PENDING.to_string());
-    let want_devices = devices(&r.body["devices"]);
-    let want_profiles = profiles(r);
     let config = merged(&current.value.config, &want_config);
     if !fresh
         && (current.value.config != config
-            || current.value.devices != want_devices
-            || current.value.profiles != want_profiles)
+            || current.value.devices != want.devices
+            || current.value.profiles != want.profiles)
     {
-        let mut next = current.value.clone();
-        next.config = config;
-        next.devices = want_devices;
-        next.profiles = want_profiles;
-        next.description = r.body["description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let next = Instance {
+            config,
+            devices: want.devices.clone(),
+            profiles: want.profiles.clone(),
+            description: want.description.clone(),
+            ..current.value.clone()
+        };
         project
             .update_instance(&next, current.etag.as_deref())
             .await
@@ -114,25 +109,23 @@ pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, Engi
     Ok(true)
 }
 
-/// Creates the instance stopped. Returns false when it appeared since the plan (then it is
-/// handled as an existing one, which is fine only when it is ours).
-async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<bool, EngineError> {
-    let name = &r.name;
-    let mut config = string_map(&r.body["config"]);
-    config.insert(keys::HASH.to_string(), PENDING.to_string());
-    let create = InstanceCreate {
-        name: name.clone(),
-        kind: "container".into(),
+/// Creates the instance stopped, from the image `fingerprint` (the one its hash names, not
+/// whatever its alias points at by now). Returns false when it appeared since the plan
+/// (then it is handled as an existing one, which is fine only when it is ours).
+async fn create(
+    project: &Client,
+    want: &InstanceCreate,
+    fingerprint: &str,
+) -> Result<bool, EngineError> {
+    let name = &want.name;
+    let mut create = InstanceCreate {
         source: InstanceSource::fingerprint(fingerprint),
-        profiles: profiles(r),
-        config,
-        devices: devices(&r.body["devices"]),
-        description: r.body["description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
         start: false,
+        ..want.clone()
     };
+    create
+        .config
+        .insert(keys::HASH.to_string(), PENDING.to_string());
     match project.create_instance(&create).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_already_exists() => {
@@ -140,7 +133,7 @@ async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<boo
                 .get_instance(name)
                 .await
                 .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
-            if !crate::state::keys::is_owned(&i.value.config) {
+            if !keys::is_owned(&i.value.config) {
                 return Err(EngineError::object(
                     format!("instance {name}"),
                     "exists but is not managed by atlas-install; nothing was changed",

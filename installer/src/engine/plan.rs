@@ -213,16 +213,19 @@ impl fmt::Display for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::engine::resource::Body;
+    use crate::incus::{InstanceCreate, InstanceSource, Network, Profile, StorageVolume};
 
     fn res(kind: ResourceKind, name: &str) -> Resource {
-        Resource::new(
-            kind,
-            name,
-            None,
-            json!({"name": name, "config": {}}),
-            "0.1.0",
-        )
+        let body = match kind {
+            ResourceKind::Network => Body::Network(Network::bridge(name, Default::default())),
+            ResourceKind::Profile => Body::Profile(Profile::new(name)),
+            ResourceKind::Instance => {
+                Body::Instance(InstanceCreate::container(name, InstanceSource::alias("a")))
+            }
+            _ => unreachable!("not used here"),
+        };
+        Resource::new(body, None, "0.1.0")
     }
 
     #[test]
@@ -254,10 +257,11 @@ mod tests {
         let prof = res(ResourceKind::Profile, "grafana");
         let inst = res(ResourceKind::Instance, "grafana01");
         let vol = Resource::new(
-            ResourceKind::Volume,
-            "grafana01-data",
+            Body::Volume(StorageVolume::filesystem(
+                "grafana01-data",
+                Default::default(),
+            )),
             Some("local"),
-            json!({}),
             "0.1.0",
         );
         let mut observed = BTreeMap::new();

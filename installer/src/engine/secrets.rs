@@ -126,7 +126,7 @@ pub enum SecretsError {
 impl From<StateError> for SecretsError {
     fn from(e: StateError) -> SecretsError {
         match e {
-            StateError::Incus(e) => SecretsError::Incus(e),
+            StateError::Incus(e) => SecretsError::Incus(*e),
             StateError::MissingProject { project } => SecretsError::MissingProject { project },
             other => SecretsError::Invalid(other.to_string()),
         }

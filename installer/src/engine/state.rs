@@ -412,14 +412,8 @@ pub struct Observation {
     pub project_config: BTreeMap<String, String>,
 }
 
-fn as_json_map(m: &BTreeMap<String, String>) -> serde_json::Map<String, Value> {
-    m.iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect()
-}
-
 fn classify(config: &BTreeMap<String, String>, etag: Option<String>) -> Observed {
-    Observed::from_config(Some(&as_json_map(config)), etag)
+    Observed::from_config(config, etag)
 }
 
 /// The project alone (for [`super::ensure_project`]).
@@ -588,10 +582,10 @@ mod tests {
             .find(|f| f.contents == b"KEY")
             .expect("metrics key pushed");
         assert_eq!(key.mode & 0o077, 0, "the key is private");
-        let caddy = d.resources.iter().find(|r| r.name == "caddy01").unwrap();
-        assert_eq!(caddy.body["config"][keys::EXTERNAL_ADDRESS], "10.199.0.254");
+        let caddy = d.resources.iter().find(|r| r.name() == "caddy01").unwrap();
+        assert_eq!(caddy.body.config()[keys::EXTERNAL_ADDRESS], "10.199.0.254");
         assert_eq!(
-            caddy.body["devices"]["eth2"]["ipv4.address"],
+            caddy.body.devices().unwrap()["eth2"]["ipv4.address"],
             "10.199.0.254"
         );
         let net = String::from_utf8(
@@ -644,7 +638,7 @@ mod tests {
         let grafana = |x: &DesiredState| {
             x.resources
                 .iter()
-                .find(|r| r.name == "grafana01")
+                .find(|r| r.name() == "grafana01")
                 .unwrap()
                 .clone()
         };
@@ -673,7 +667,7 @@ mod tests {
             .iter()
             .zip(&b.resources)
             .filter(|(x, y)| x.hash != y.hash)
-            .map(|(x, _)| x.name.as_str())
+            .map(|(x, _)| x.name())
             .collect()
     }
 
@@ -753,14 +747,10 @@ mod tests {
                 env.set_env(k, v);
             }
             assert_eq!(spec.env, env.env, "{name}");
-            let body = &d.resources.iter().find(|x| x.name == *name).unwrap().body;
+            let body = &d.resources.iter().find(|x| x.name() == name).unwrap().body;
             assert!(
-                !body["config"]
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .any(|k| k.starts_with("environment.")),
-                "{name}: {body}"
+                !body.config().keys().any(|k| k.starts_with("environment.")),
+                "{name}: {body:?}"
             );
             let file = d.payloads[name]
                 .files
@@ -804,8 +794,17 @@ mod tests {
         assert!(pushed_spec(&d, "prometheus01").is_none());
         assert!(d.payloads["prometheus01"].own_command);
         // Its environment then goes where the image's own command finds it.
-        let grafana = d.resources.iter().find(|x| x.name == "grafana01").unwrap();
-        assert!(grafana.body["config"]["environment.GF_SECURITY_ADMIN_USER"].is_string());
+        let grafana = d
+            .resources
+            .iter()
+            .find(|x| x.name() == "grafana01")
+            .unwrap();
+        assert!(
+            grafana
+                .body
+                .config()
+                .contains_key("environment.GF_SECURITY_ADMIN_USER")
+        );
         // Not resolved yet (first plan): nothing to say, the instance is created anyway.
         let ext = BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
         let unresolved: BTreeMap<String, ImageChoice> = cfg

@@ -848,7 +848,7 @@ async fn write_records(
     })
     .await
     .map_err(|e| match e {
-        StateError::Incus(e) => WiringError::Incus(e),
+        StateError::Incus(e) => WiringError::Incus(*e),
         other => WiringError::Config(other.to_string()),
     })
 }

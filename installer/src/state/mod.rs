@@ -280,8 +280,9 @@ impl ProjectState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// Boxed: unboxed, every closure handed to [`update`] would return a large `Result`.
     #[error(transparent)]
-    Incus(#[from] IncusError),
+    Incus(Box<IncusError>),
     #[error(
         "the Incus project `{project}` does not exist, and atlas-install keeps its state (secrets, \
          install records) in its config; it is created by install step 3 (or check \
@@ -293,6 +294,12 @@ pub enum StateError {
          attempts); run again"
     )]
     Contended { project: String },
+}
+
+impl From<IncusError> for StateError {
+    fn from(e: IncusError) -> StateError {
+        StateError::Incus(Box::new(e))
+    }
 }
 
 /// The state of `project`; `None` when the project does not exist (GET only).

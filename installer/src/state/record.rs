@@ -47,8 +47,9 @@ pub struct Records {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// Boxed, so that every `Result` of this module stays small.
     #[error(transparent)]
-    Incus(#[from] IncusError),
+    Incus(Box<IncusError>),
     #[error(
         "the Incus project `{project}` does not exist; the install record lives in its config, \
          so it can only be written after the project is created (install step 3)"
@@ -63,8 +64,14 @@ pub enum RecordError {
         key: String,
         why: String,
     },
-    #[error(transparent)]
-    State(StateError),
+    #[error("project `{project}` kept changing while the install record was written; run again")]
+    Contended { project: String },
+}
+
+impl From<IncusError> for RecordError {
+    fn from(e: IncusError) -> RecordError {
+        RecordError::Incus(Box::new(e))
+    }
 }
 
 impl From<StateError> for RecordError {
@@ -72,7 +79,7 @@ impl From<StateError> for RecordError {
         match e {
             StateError::Incus(e) => RecordError::Incus(e),
             StateError::MissingProject { project } => RecordError::MissingProject { project },
-            other => RecordError::State(other),
+            StateError::Contended { project } => RecordError::Contended { project },
         }
     }
 }
