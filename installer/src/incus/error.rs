@@ -143,6 +143,18 @@ impl IncusError {
         matches!(self, IncusError::AlreadyExists { .. })
     }
 
+    /// Incus refused a change of an instance because another one of its operations runs
+    /// ("Instance is busy running a stop operation"): it changed nothing, and a moment
+    /// later the same request goes through.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            IncusError::Api { message, .. } | IncusError::Operation { message, .. } => {
+                message.contains("is busy running a")
+            }
+            _ => false,
+        }
+    }
+
     /// The daemon took a request and did not answer in time.
     pub fn is_no_answer(&self) -> bool {
         matches!(self, IncusError::NoAnswer { .. })

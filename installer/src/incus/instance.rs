@@ -250,6 +250,29 @@ pub struct Address {
 
 const INSTANCES: &str = "/1.0/instances";
 
+/// Pauses between tries of an instance change Incus refused as busy (see
+/// [`IncusError::is_busy`]): about 10 s in all, longer than its own state changes take to
+/// let go of the instance, short enough that a stuck one is still said soon.
+const BUSY_PAUSES_MS: [u64; 5] = [250, 500, 1000, 2000, 4000];
+
+/// Runs `call` again while Incus answers that the instance is busy with another operation,
+/// after each pause of [`BUSY_PAUSES_MS`]; any other outcome is returned at once.
+async fn busy_retried<F, Fut>(mut call: F) -> Result<(), IncusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), IncusError>>,
+{
+    for pause in BUSY_PAUSES_MS {
+        match call().await {
+            Err(e) if e.is_busy() => {
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            other => return other,
+        }
+    }
+    call().await
+}
+
 impl Client {
     pub async fn instances(&self) -> Result<Vec<Instance>, IncusError> {
         self.get_value(
@@ -292,18 +315,24 @@ impl Client {
         instance: &Instance,
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::PUT, INSTANCES, &[&instance.name])
-            .scope(Scope::Project)
-            .json(instance)?
-            .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        busy_retried(|| async {
+            let req = Req::new(Method::PUT, INSTANCES, &[&instance.name])
+                .scope(Scope::Project)
+                .json(instance)?
+                .if_match(etag)?;
+            self.write(req).await.map(|_| ())
+        })
+        .await
     }
 
     /// Deletes a stopped instance.
     pub async fn delete_instance(&self, name: &str) -> Result<(), IncusError> {
-        self.write(Req::new(Method::DELETE, INSTANCES, &[name]).scope(Scope::Project))
-            .await
-            .map(|_| ())
+        busy_retried(|| async {
+            self.write(Req::new(Method::DELETE, INSTANCES, &[name]).scope(Scope::Project))
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     pub async fn instance_state(&self, name: &str) -> Result<InstanceState, IncusError> {
@@ -321,20 +350,67 @@ impl Client {
     ) -> Result<(), IncusError> {
         let body =
             serde_json::json!({ "action": action.as_str(), "timeout": timeout_s, "force": force });
-        let req = Req::new(Method::PUT, INSTANCES, &[name, "state"])
-            .scope(Scope::Project)
-            .json(&body)?;
-        self.write(req).await.map(|_| ())
+        busy_retried(|| async {
+            let req = Req::new(Method::PUT, INSTANCES, &[name, "state"])
+                .scope(Scope::Project)
+                .json(&body)?;
+            self.write(req).await.map(|_| ())
+        })
+        .await
     }
 
     /// Replaces the root filesystem of a stopped instance with image `fingerprint`, keeping
     /// its config, devices and snapshots.
     pub async fn rebuild_instance(&self, name: &str, fingerprint: &str) -> Result<(), IncusError> {
-        let req = Req::new(Method::POST, INSTANCES, &[name, "rebuild"])
-            .scope(Scope::Project)
-            .json(&serde_json::json!({
-                "source": { "type": "image", "fingerprint": fingerprint }
-            }))?;
-        self.write(req).await.map(|_| ())
+        let body = serde_json::json!({
+            "source": { "type": "image", "fingerprint": fingerprint }
+        });
+        busy_retried(|| async {
+            let req = Req::new(Method::POST, INSTANCES, &[name, "rebuild"])
+                .scope(Scope::Project)
+                .json(&body)?;
+            self.write(req).await.map(|_| ())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn api(message: &str) -> IncusError {
+        IncusError::Api {
+            status: 500,
+            code: 500,
+            message: message.into(),
+            method: "PUT".into(),
+            path: "/1.0/instances/a/state".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_instance_is_asked_again_and_other_errors_are_not() {
+        let tries = AtomicU32::new(0);
+        let out = busy_retried(|| async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(api("Instance is busy running a \"stop\" operation")),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        assert!(out.is_ok());
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+
+        let tries = AtomicU32::new(0);
+        let out = busy_retried(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(api("Failed to start: no such device"))
+        })
+        .await;
+        assert!(out.is_err());
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "not busy: asked once");
     }
 }
