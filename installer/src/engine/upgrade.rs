@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::Digest as _;
 
 use crate::deployment::Deployment;
-use crate::incus::{Client, IncusError, StateAction};
+use crate::incus::{Client, IncusError, OptionalExt, StateAction};
 use crate::progress::Progress;
 
 use super::backup::{self, IfExists, VolumeSet};
@@ -395,6 +395,7 @@ pub async fn rollback(
         }
         out?;
     }
+    restore_aliases(&project, &previous, &targets).await?;
     let back = InstallRecord::new(&previous.version, previous.services.clone());
     record::write(client, project_name, &back)
         .await
@@ -406,6 +407,42 @@ pub async fn rollback(
         instances: targets,
         safety_snapshots: kept.into_iter().map(|t| (t.volume, t.snapshot)).collect(),
     })
+}
+
+/// Points each alias the previous install chose the images of `targets` by back at the image
+/// it chose. Left on the upgrade's images, the next `install` (which resolves aliases) would
+/// put the services rolled back on them again.
+async fn restore_aliases(
+    project: &Client,
+    previous: &InstallRecord,
+    targets: &[String],
+) -> Result<(), EngineError> {
+    let wanted: BTreeMap<&str, &str> = targets
+        .iter()
+        .filter_map(|name| previous.services.get(name))
+        .filter(|s| !s.image.is_empty() && !s.image_fingerprint.is_empty())
+        .map(|s| (s.image.as_str(), s.image_fingerprint.as_str()))
+        .collect();
+    for (alias, fingerprint) in wanted {
+        let err = |e| EngineError::object(format!("image alias {alias}"), e);
+        match project
+            .get_image_alias(alias)
+            .await
+            .optional()
+            .map_err(err)?
+        {
+            Some(a) if a.value.target == fingerprint => {}
+            Some(a) => project
+                .update_image_alias(alias, fingerprint, &a.value.description, a.etag.as_deref())
+                .await
+                .map_err(err)?,
+            None => project
+                .create_image_alias(alias, fingerprint, "")
+                .await
+                .map_err(err)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
