@@ -128,6 +128,9 @@ pub struct PlanReport {
     /// records (an earlier run stopped before recording it, e.g. killed during its health
     /// checks). One write, which plan counts like any other.
     pub record_pending: bool,
+    /// sha256 over what Incus held when the plan was made and everything it decided (see
+    /// [`fingerprint`]): a saved plan applies only while this is still what a plan finds.
+    pub fingerprint: String,
     #[serde(skip)]
     inner: Option<Box<Inner>>,
 }
@@ -159,7 +162,7 @@ impl PlanReport {
 
     /// The same, each with whose it is and what to do: for [`EngineError::Conflicts`].
     pub fn conflict_details(&self) -> Vec<String> {
-        self.plan.conflicts().map(|a| a.conflict_detail()).collect()
+        self.plan.conflict_details()
     }
 }
 
@@ -531,7 +534,7 @@ impl Engine<'_> {
                 .and_then(|r| r.current)
                 .is_none_or(|have| !have.same_install(&want))
         };
-        Ok(PlanReport {
+        let mut report = PlanReport {
             project: cfg.incus.project.clone(),
             preflight: pre,
             plan,
@@ -544,12 +547,16 @@ impl Engine<'_> {
                 .placement
                 .describe(d.enabled_instances().into_iter().map(|(n, _)| n)),
             record_pending,
-            inner: Some(Box::new(Inner {
-                server,
-                observation,
-                secrets,
-            })),
-        })
+            fingerprint: String::new(),
+            inner: None,
+        };
+        report.fingerprint = fingerprint(&observation, &report);
+        report.inner = Some(Box::new(Inner {
+            server,
+            observation,
+            secrets,
+        }));
+        Ok(report)
     }
 
     /// Builds (or takes) the image of every enabled service, one after another, and points
@@ -810,12 +817,8 @@ impl Engine<'_> {
             ));
         }
 
-        // Instance hashes depend on secrets and images, known for sure only now.
-        let instance_plan = diff(
-            &desired.resources,
-            &inner.observation.observed,
-            &inner.observation.owned_elsewhere,
-        );
+        // The plan's instance actions, each with its body as this run resolved it.
+        let instance_actions = planned_instances(plan, &desired)?;
         let issuer = Issuer::new(
             &self.client,
             &self.deployment,
@@ -832,11 +835,7 @@ impl Engine<'_> {
                 async {
                     let mut n = 0;
                     let checkpoint = |name: &str| self.checkpoint(name);
-                    let mut actions: Vec<_> = instance_plan
-                        .actions
-                        .iter()
-                        .filter(|a| a.address.kind == ResourceKind::Instance)
-                        .collect();
+                    let mut actions: Vec<_> = instance_actions.iter().collect();
                     if upgrade.is_some() {
                         let order = super::upgrade::order(&self.deployment);
                         actions.sort_by_key(|a| {
@@ -848,7 +847,17 @@ impl Engine<'_> {
                     }
                     for a in actions {
                         let name = &a.address.name;
-                        match (&a.change, &a.resource) {
+                        if a.change == Change::Unchanged && a.inputs_moved {
+                            t.set_message(name);
+                            self.progress.info(&format!(
+                                "instance {name}: its image or secrets changed earlier in this run: updated"
+                            ));
+                        }
+                        let change = match a.inputs_moved {
+                            true => &Change::Update,
+                            false => &a.change,
+                        };
+                        match (change, &a.resource) {
                             (Change::Create | Change::Update, Some(r)) => {
                                 t.set_message(name);
                                 let existing = inner.observation.instances.get(name);
@@ -891,7 +900,7 @@ impl Engine<'_> {
                                 }
                             }
                             (Change::Conflict, _) => {
-                                return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
+                                return Err(EngineError::Conflicts(plan.conflict_details()));
                             }
                             _ => {}
                         }
@@ -904,7 +913,7 @@ impl Engine<'_> {
         }?;
         self.checkpoint("after-instances")?;
 
-        let removals: Vec<&ResourceAddress> = instance_plan
+        let removals: Vec<&ResourceAddress> = plan
             .actions
             .iter()
             .filter(|a| a.change == Change::Delete)
@@ -927,11 +936,7 @@ impl Engine<'_> {
                 )
             }?;
         }
-        for a in instance_plan
-            .actions
-            .iter()
-            .filter(|a| a.change == Change::KeepData)
-        {
+        for a in plan.actions.iter().filter(|a| a.change == Change::KeepData) {
             self.progress.info(&format!(
                 "{} is no longer configured: kept (delete it by hand if unwanted)",
                 a.address
@@ -1299,6 +1304,72 @@ fn adoption<'c>(config: &'c Config, obs: &Observation, volume: &str) -> Option<(
                 .is_some_and(|i| super::adopt::needs_adoption(i, &v.path))
         })
         .map(|(name, v)| (name, v.path.as_str()))
+}
+
+/// One instance action of the plan, with the body this run resolved for it.
+struct InstanceAction {
+    address: ResourceAddress,
+    change: Change,
+    resource: Option<super::resource::Resource>,
+    /// Planned unchanged, but what it is built from moved in this run's own earlier steps:
+    /// the images step pointed its alias at another image, or its secrets were rotated.
+    inputs_moved: bool,
+}
+
+/// The plan's instance actions, in its order, with their bodies from `desired`: the plan
+/// decided what happens to each (nothing is compared with Incus again); `desired` only
+/// fills in what could not be known while planning (secrets and images before the project
+/// existed, an image the images step built).
+fn planned_instances(
+    plan: &Plan,
+    desired: &DesiredState,
+) -> Result<Vec<InstanceAction>, EngineError> {
+    plan.actions
+        .iter()
+        .filter(|a| a.address.kind == ResourceKind::Instance)
+        .map(|a| {
+            let resource = match &a.resource {
+                None => None,
+                Some(planned) => {
+                    let r = desired.resources.iter().find(|r| r.address() == a.address);
+                    let r = r.ok_or_else(|| {
+                        EngineError::object(
+                            &a.address,
+                            "internal error: planned, but not in the desired state",
+                        )
+                    })?;
+                    Some((planned.hash != r.hash, r.clone()))
+                }
+            };
+            Ok(InstanceAction {
+                address: a.address.clone(),
+                change: a.change.clone(),
+                inputs_moved: a.change == Change::Unchanged
+                    && resource.as_ref().is_some_and(|(moved, _)| *moved),
+                resource: resource.map(|(_, r)| r),
+            })
+        })
+        .collect()
+}
+
+/// sha256 over what Incus held (every object the plan read, the images the aliases named)
+/// and what the plan decides (each action, the instances to start, the server wiring, the
+/// certificates, the record). Preflight's measurements (free memory, disk) are left out:
+/// they move on their own.
+fn fingerprint(obs: &Observation, r: &PlanReport) -> String {
+    use sha2::{Digest, Sha256};
+    let decided = serde_json::json!({
+        "incus": obs.fingerprint(),
+        "plan": r.plan,
+        "hashes": r.plan.actions.iter().map(|a| a.resource.as_ref().map(|r| &r.hash)).collect::<Vec<_>>(),
+        "to_start": r.to_start,
+        "wiring": r.wiring,
+        "certificates": r.certificates,
+        "images": r.images,
+        "placement": r.placement,
+        "record_pending": r.record_pending,
+    });
+    hex::encode(Sha256::digest(decided.to_string()))
 }
 
 /// Custom volume name -> the instance that mounts it, through its own disk devices or those

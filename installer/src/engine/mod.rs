@@ -28,6 +28,7 @@ pub mod redact;
 pub mod remotes;
 pub mod resource;
 pub mod rotate;
+pub mod saved;
 pub mod secrets;
 pub mod state;
 pub mod step_ca;
@@ -51,9 +52,7 @@ pub async fn ensure_project(client: &Client, config: &Config) -> Result<(), Engi
     match p.actions.first().map(|a| &a.change) {
         Some(plan::Change::Create) => converge::create(&root, &root, &want).await,
         Some(plan::Change::Update) => converge::update(&root, &root, &want).await,
-        Some(plan::Change::Conflict) => Err(EngineError::Conflicts(vec![plan::unmanaged(
-            &want.address(),
-        )])),
+        Some(plan::Change::Conflict) => Err(EngineError::Conflicts(p.conflict_details())),
         _ => Ok(()),
     }
 }

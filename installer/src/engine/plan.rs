@@ -51,7 +51,7 @@ impl Action {
 }
 
 /// An object in the way that atlas-install does not manage, in words.
-pub fn unmanaged(address: &ResourceAddress) -> String {
+fn unmanaged(address: &ResourceAddress) -> String {
     format!(
         "{address} (exists but is not managed by atlas-install: no user.atlas.managed key; rename or remove it, or choose another name in atlas.toml)"
     )
@@ -81,6 +81,12 @@ impl Plan {
 
     pub fn conflicts(&self) -> impl Iterator<Item = &Action> {
         self.actions.iter().filter(|a| a.change == Change::Conflict)
+    }
+
+    /// Every conflict in words, whose the object is and what to do about it: the one form
+    /// `plan`, `install` and apply report them in ([`super::EngineError::Conflicts`]).
+    pub fn conflict_details(&self) -> Vec<String> {
+        self.conflicts().map(Action::conflict_detail).collect()
     }
 
     /// Counts per change kind, for the one-line summary.

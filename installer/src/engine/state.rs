@@ -410,6 +410,24 @@ pub struct Observation {
     pub instances: BTreeMap<String, Instance>,
     /// Project config (state keys such as the bucket outcome).
     pub project_config: BTreeMap<String, String>,
+    /// Everything read about each object above (its whole body, an instance's status), by
+    /// address: what a saved plan's fingerprint is taken of (see [`Observation::fingerprint`]).
+    pub seen: BTreeMap<String, serde_json::Value>,
+}
+
+impl Observation {
+    /// sha256 over what was read: equal for two observations when Incus held the same
+    /// objects, in the same state, both times.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(&self.seen).expect("JSON values always serialize");
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn saw(&mut self, a: &ResourceAddress, body: &impl serde::Serialize) {
+        let v = serde_json::to_value(body).unwrap_or_default();
+        self.seen.insert(a.to_string(), v);
+    }
 }
 
 fn classify(config: &BTreeMap<String, String>, etag: Option<String>) -> Observed {
@@ -454,19 +472,17 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
         Some(p) => {
             obs.project_exists = true;
             obs.project_config = p.value.config.clone();
-            obs.observed.insert(
-                addr(ResourceKind::Project, pname, None),
-                classify(&p.value.config, p.etag),
-            );
+            let a = addr(ResourceKind::Project, pname, None);
+            obs.saw(&a, &p.value);
+            obs.observed.insert(a, classify(&p.value.config, p.etag));
         }
     }
     for n in root.in_project("default").networks().await? {
         if !n.managed {
             if config.networks.iter().any(|(_, w)| w.name == n.name) {
-                obs.observed.insert(
-                    addr(ResourceKind::Network, &n.name, None),
-                    Observed::Foreign,
-                );
+                let a = addr(ResourceKind::Network, &n.name, None);
+                obs.saw(&a, &n);
+                obs.observed.insert(a, Observed::Foreign);
             }
             continue;
         }
@@ -478,8 +494,13 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
             _ => Observed::Foreign,
         };
         let a = addr(ResourceKind::Network, &n.name, None);
+        let named = config.networks.iter().any(|(_, w)| w.name == n.name);
         if matches!(o, Observed::Owned { .. }) {
             obs.owned_elsewhere.push(a.clone());
+        }
+        // Bridges of other installs or of nobody, not named here, do not make a plan stale.
+        if named || matches!(o, Observed::Owned { .. }) {
+            obs.saw(&a, &n);
         }
         obs.observed.insert(a, o);
     }
@@ -492,6 +513,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
         if matches!(o, Observed::Owned { .. }) {
             obs.owned_elsewhere.push(a.clone());
         }
+        obs.saw(&a, &p);
         obs.observed.insert(a, o);
     }
     if root.get_storage_pool(pool).await.optional()?.is_some() {
@@ -504,6 +526,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
             if matches!(o, Observed::Owned { .. }) {
                 obs.owned_elsewhere.push(a.clone());
             }
+            obs.saw(&a, &v);
             obs.observed.insert(a, o);
         }
     }
@@ -513,6 +536,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
         if matches!(o, Observed::Owned { .. }) {
             obs.owned_elsewhere.push(a.clone());
         }
+        obs.saw(&a, &(&i, &i.status));
         obs.observed.insert(a, o);
         obs.instances.insert(i.name.clone(), i);
     }
