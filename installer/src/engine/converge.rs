@@ -1,6 +1,6 @@
-//! Create, update and delete of what atlas owns, through one trait, [`IncusObject`]: each
+//! Create, update and delete of what atlas owns, through one trait, `IncusObject`: each
 //! kind says where it lives and how it is read and written; the rule that atlas never writes
-//! what it does not own (no `user.atlas.managed` key) is stated once, in [`look`]. Updates are
+//! what it does not own (no `user.atlas.managed` key) is stated once, in `look`. Updates are
 //! read-modify-write with the ETag, and keep the keys Incus or other parts of atlas own on the
 //! object (`volatile.*`, `image.*`, the project state's `user.atlas.*` keys on the project).
 

@@ -129,7 +129,7 @@ pub struct PlanReport {
     /// checks). One write, which plan counts like any other.
     pub record_pending: bool,
     /// sha256 over what Incus held when the plan was made and everything it decided (see
-    /// [`fingerprint`]): a saved plan applies only while this is still what a plan finds.
+    /// `fingerprint`): a saved plan applies only while this is still what a plan finds.
     pub fingerprint: String,
     #[serde(skip)]
     inner: Option<Box<Inner>>,
