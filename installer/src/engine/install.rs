@@ -5,7 +5,7 @@
 //! [`Engine::apply`] writes what the plan says, step by step, each step idempotent, so a run
 //! killed anywhere converges when run again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -663,27 +663,11 @@ impl Engine<'_> {
         Ok((desired, notes))
     }
 
-    /// Applies a plan from [`Engine::plan`]. Conflicts abort before any write.
+    /// Applies a plan from [`Engine::plan`], as it is: the steps of the module docs, in
+    /// order, each under its own progress task. Conflicts abort before any write.
     pub async fn apply(&self, report: &PlanReport) -> Result<ApplyReport, EngineError> {
         let w0 = self.client.writes();
-        let conflicts = report.conflict_details();
-        if !conflicts.is_empty() {
-            return Err(EngineError::Conflicts(conflicts));
-        }
-        if report
-            .inner
-            .as_ref()
-            .is_some_and(|i| i.observation.project_exists)
-        {
-            self.settle().await?;
-        }
-        let inner = report.inner.as_ref().ok_or_else(|| {
-            EngineError::object(
-                "plan",
-                "internal error: the plan was not computed by this engine",
-            )
-        })?;
-        let (root, project, cfg) = (self.root(), self.project(), self.cfg());
+        let run = self.checks(report).await?;
         let from = match self.options.upgrade {
             true => Some(self.installed().await?),
             false => None,
@@ -691,134 +675,24 @@ impl Engine<'_> {
         // After the checks, before anything else: the steps below render with the new ones.
         let rotated = from.is_some() && self.options.rotate_secrets;
         if rotated {
-            let task = self.progress.task("secrets", None);
-            let out = super::rotate::rotate(&self.client, cfg, self.progress).await;
-            done(
-                task.as_ref(),
-                out.map(|r| task.finish(&format!("{} rotated", r.rotated.len()))),
-            )?;
+            self.rotate_secrets().await?;
         }
-        let plan = &report.plan;
-        let by_kind = |k: ResourceKind| {
-            plan.actions
-                .iter()
-                .filter(move |a| a.address.kind == k && a.resource.is_some())
-        };
-
-        {
-            let task = self.progress.task("remotes", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let r = remotes::ensure(&inner.server, false)
-                        .map_err(|e| EngineError::object("incus client config", e))?;
-                    t.finish(match &r {
-                        RemotesOutcome::Skipped(m) => m.as_str(),
-                        RemotesOutcome::Present => "present",
-                        RemotesOutcome::Added(_) => "added",
-                    });
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.remotes(&run).await?;
         self.checkpoint("after-remotes")?;
-
-        {
-            let task = self.progress.task("project", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let n = self
-                        .converge_kind(&root, &project, by_kind(ResourceKind::Project))
-                        .await?;
-                    let bucket = self.ensure_bucket(&inner.server).await?;
-                    // The member chosen for the stack now, so later runs keep it there.
-                    super::cluster::record(&self.client, cfg, &self.deployment.placement).await?;
-                    t.finish(&format!("{}; {bucket}", outcome(n)));
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.project_step(&run).await?;
         self.checkpoint("after-project")?;
-
         for (label, kind) in [
             ("networks", ResourceKind::Network),
             ("volumes", ResourceKind::Volume),
             ("profiles", ResourceKind::Profile),
         ] {
-            {
-                let task = self.progress.task(label, None);
-                let t = task.as_ref();
-                done(
-                    t,
-                    async {
-                        let n = match kind {
-                            ResourceKind::Volume => {
-                                self.converge_volumes(&root, &project, report, inner)
-                                    .await?
-                            }
-                            _ => self.converge_kind(&root, &project, by_kind(kind)).await?,
-                        };
-                        t.finish(&outcome(n));
-                        Ok(())
-                    }
-                    .await,
-                )
-            }?;
+            self.objects(&run, label, kind).await?;
             self.checkpoint(&format!("after-{label}"))?;
         }
-
-        let (desired, secrets) = {
-            let task = self.progress.task("images", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let secrets = match &inner.secrets {
-                        Some(s) if !rotated => s.clone(),
-                        _ => self.secrets.load_or_generate(&project, cfg).await?,
-                    };
-                    self.supply_images(&project, t).await?;
-                    let pre = &report.preflight;
-                    let obs = Observation {
-                        project_exists: true,
-                        ..inner.observation.clone()
-                    };
-                    let (desired, _) = self
-                        .desired(&inner.server, pre, &obs, Some(&secrets))
-                        .await?;
-                    t.finish(&format!("{} resolved", desired.payloads.len()));
-                    Ok((desired, secrets))
-                }
-                .await,
-            )
-        }?;
+        let (desired, secrets) = self.images(&run, rotated).await?;
         self.checkpoint("after-images")?;
         let record = install_record(&desired);
-        let upgrade = from.as_ref().map(|from| Upgrade {
-            from: from.clone(),
-            snap: super::upgrade::snapshot_name(from, &record),
-            set: super::backup::VolumeSet::from_config(cfg),
-        });
-        if let (Some(from), Some(u)) = (&from, &upgrade) {
-            let changing = from.changed_services(&record);
-            self.progress.info(&format!(
-                "upgrade {} -> {}: {}",
-                super::upgrade::release_tag(from),
-                super::upgrade::release_tag(&record),
-                match changing.is_empty() {
-                    true => "no service changes".to_string(),
-                    false => format!("{} change (snapshots {})", changing.join(", "), u.snap),
-                }
-            ));
-        }
-
-        // The plan's instance actions, each with its body as this run resolved it.
-        let instance_actions = planned_instances(plan, &desired)?;
+        let upgrade = from.map(|from| self.upgrade_from(from, &record));
         let issuer = Issuer::new(
             &self.client,
             &self.deployment,
@@ -826,186 +700,18 @@ impl Engine<'_> {
             self.options.health_timeout,
             self.progress,
         );
-        let mut converged = std::collections::BTreeSet::new();
-        {
-            let task = self.progress.task("instances", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let mut n = 0;
-                    let checkpoint = |name: &str| self.checkpoint(name);
-                    let mut actions: Vec<_> = instance_actions.iter().collect();
-                    if upgrade.is_some() {
-                        let order = super::upgrade::order(&self.deployment);
-                        actions.sort_by_key(|a| {
-                            order
-                                .iter()
-                                .position(|n| *n == a.address.name)
-                                .unwrap_or(usize::MAX)
-                        });
-                    }
-                    for a in actions {
-                        let name = &a.address.name;
-                        if a.change == Change::Unchanged && a.inputs_moved {
-                            t.set_message(name);
-                            self.progress.info(&format!(
-                                "instance {name}: its image or secrets changed earlier in this run: updated"
-                            ));
-                        }
-                        let change = match a.inputs_moved {
-                            true => &Change::Update,
-                            false => &a.change,
-                        };
-                        match (change, &a.resource) {
-                            (Change::Create | Change::Update, Some(r)) => {
-                                t.set_message(name);
-                                let existing = inner.observation.instances.get(name);
-                                let payload = &self
-                                    .with_step_ca_files(
-                                        &issuer,
-                                        name,
-                                        &desired.payloads[name],
-                                        existing,
-                                    )
-                                    .await?;
-                                converged.insert(name.clone());
-                                // On a cluster, created where the placement says.
-                                let target = self.deployment.placement.target_for(name);
-                                let project =
-                                    project.on_target(target.map(|t| t.query()).as_deref());
-                                match &upgrade {
-                                    Some(u) => {
-                                        self.replace_guarded(&project, r, payload, existing, u)
-                                            .await?
-                                    }
-                                    None => {
-                                        instances::converge(
-                                            &project,
-                                            r,
-                                            payload,
-                                            existing,
-                                            &checkpoint,
-                                        )
-                                        .await?
-                                    }
-                                }
-                                n += 1;
-                            }
-                            (Change::Unchanged, _) => {
-                                if let Some(i) = inner.observation.instances.get(name)
-                                    && instances::ensure_running(&project, i).await?
-                                {
-                                    n += 1;
-                                }
-                            }
-                            (Change::Conflict, _) => {
-                                return Err(EngineError::Conflicts(plan.conflict_details()));
-                            }
-                            _ => {}
-                        }
-                    }
-                    t.finish(&outcome(n));
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        let converged = self
+            .instances(&run, &desired, &issuer, upgrade.as_ref())
+            .await?;
         self.checkpoint("after-instances")?;
-
-        let removals: Vec<&ResourceAddress> = plan
-            .actions
-            .iter()
-            .filter(|a| a.change == Change::Delete)
-            .map(|a| &a.address)
-            .collect();
-        if !removals.is_empty() {
-            {
-                let task = self.progress.task("removals", None);
-                let t = task.as_ref();
-                done(
-                    t,
-                    async {
-                        for a in &removals {
-                            converge::delete(&root, &project, a, false).await?;
-                        }
-                        t.finish(&format!("{} removed", removals.len()));
-                        Ok(())
-                    }
-                    .await,
-                )
-            }?;
-        }
-        for a in plan.actions.iter().filter(|a| a.change == Change::KeepData) {
-            self.progress.info(&format!(
-                "{} is no longer configured: kept (delete it by hand if unwanted)",
-                a.address
-            ));
-        }
-
-        {
-            let task = self.progress.task("certificates", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    issuer.ensure_ca().await?;
-                    let mut refreshed = Vec::new();
-                    for (name, payload) in &desired.payloads {
-                        if !converged.contains(name) && issuer.refresh(name, payload).await? {
-                            refreshed.push(name.as_str());
-                        }
-                    }
-                    t.finish(&match refreshed.is_empty() {
-                        true => "unchanged".to_string(),
-                        false => format!("{} renewed and restarted", refreshed.join(", ")),
-                    });
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.removals(&run).await?;
+        self.certificates(&issuer, &desired, &converged).await?;
         self.checkpoint("after-certificates")?;
-        {
-            let task = self.progress.task("wiring", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let root = match certs::step_ca_name(cfg) {
-                        Some(_) => Some(issuer.root_pem().await?),
-                        None => None,
-                    };
-                    let opts = wiring_options(&self.deployment, root)?;
-                    wiring::apply_with(&self.client, cfg, &secrets, &opts, self.progress).await?;
-                    t.finish("done");
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.wiring(&issuer, &secrets).await?;
         self.checkpoint("after-wiring")?;
-        {
-            let task = self.progress.task("health", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    super::health::gate(
-                        &self.client,
-                        &self.deployment,
-                        self.options.health_timeout,
-                        self.progress,
-                    )
-                    .await?;
-                    t.finish("done");
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.health().await?;
         // What is installed now, for upgrade and rollback; unchanged installs write nothing.
-        crate::state::record::write(&self.client, &cfg.incus.project, &record)
+        crate::state::record::write(&self.client, &self.cfg().incus.project, &record)
             .await
             .map_err(|e| EngineError::object("install record", e))?;
         let writes = self.client.writes() - w0;
@@ -1013,6 +719,324 @@ impl Engine<'_> {
             writes,
             changed: writes > 0,
         })
+    }
+
+    /// Runs one step under a progress task of its own: `body` finishes it, an error fails
+    /// it with its first line.
+    async fn step<T>(
+        &self,
+        name: &str,
+        body: impl AsyncFnOnce(&dyn ProgressTask) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let task = self.progress.task(name, None);
+        let out = body(task.as_ref()).await;
+        done(task.as_ref(), out)
+    }
+
+    /// Step 1: conflicts refuse before the first write; operations an interrupted run left
+    /// running are waited for.
+    async fn checks<'r>(&self, report: &'r PlanReport) -> Result<Run<'r>, EngineError> {
+        let conflicts = report.conflict_details();
+        if !conflicts.is_empty() {
+            return Err(EngineError::Conflicts(conflicts));
+        }
+        let inner = report.inner.as_deref().ok_or_else(|| {
+            EngineError::object(
+                "plan",
+                "internal error: the plan was not computed by this engine",
+            )
+        })?;
+        if inner.observation.project_exists {
+            self.settle().await?;
+        }
+        Ok(Run {
+            report,
+            inner,
+            root: self.root(),
+            project: self.project(),
+        })
+    }
+
+    /// With `upgrade --rotate-secrets`: new secrets, before anything renders with them.
+    async fn rotate_secrets(&self) -> Result<(), EngineError> {
+        self.step("secrets", async |t| {
+            let r = super::rotate::rotate(&self.client, self.cfg(), self.progress).await?;
+            t.finish(&format!("{} rotated", r.rotated.len()));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 2: the Incus client's remotes for the user.
+    async fn remotes(&self, run: &Run<'_>) -> Result<(), EngineError> {
+        self.step("remotes", async |t| {
+            let r = remotes::ensure(&run.inner.server, false)
+                .map_err(|e| EngineError::object("incus client config", e))?;
+            t.finish(match &r {
+                RemotesOutcome::Skipped(m) => m.as_str(),
+                RemotesOutcome::Present => "present",
+                RemotesOutcome::Added(_) => "added",
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 3: the project, the state bucket, and the member chosen for the stack (so later
+    /// runs keep it there).
+    async fn project_step(&self, run: &Run<'_>) -> Result<(), EngineError> {
+        self.step("project", async |t| {
+            let n = self
+                .converge_kind(&run.root, &run.project, run.of_kind(ResourceKind::Project))
+                .await?;
+            let bucket = self.ensure_bucket(&run.inner.server).await?;
+            super::cluster::record(&self.client, self.cfg(), &self.deployment.placement).await?;
+            t.finish(&format!("{}; {bucket}", outcome(n)));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Steps 4 to 6: networks, volumes, profiles.
+    async fn objects(
+        &self,
+        run: &Run<'_>,
+        label: &str,
+        kind: ResourceKind,
+    ) -> Result<(), EngineError> {
+        self.step(label, async |t| {
+            let n = match kind {
+                ResourceKind::Volume => self.converge_volumes(run).await?,
+                _ => {
+                    self.converge_kind(&run.root, &run.project, run.of_kind(kind))
+                        .await?
+                }
+            };
+            t.finish(&outcome(n));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 7: the images built or taken, then the instance bodies resolved with the images
+    /// and secrets now known.
+    async fn images(
+        &self,
+        run: &Run<'_>,
+        rotated: bool,
+    ) -> Result<(DesiredState, Secrets), EngineError> {
+        self.step("images", async |t| {
+            let secrets = match &run.inner.secrets {
+                Some(s) if !rotated => s.clone(),
+                _ => {
+                    self.secrets
+                        .load_or_generate(&run.project, self.cfg())
+                        .await?
+                }
+            };
+            self.supply_images(&run.project, t).await?;
+            let obs = Observation {
+                project_exists: true,
+                ..run.inner.observation.clone()
+            };
+            let (desired, _) = self
+                .desired(
+                    &run.inner.server,
+                    &run.report.preflight,
+                    &obs,
+                    Some(&secrets),
+                )
+                .await?;
+            t.finish(&format!("{} resolved", desired.payloads.len()));
+            Ok((desired, secrets))
+        })
+        .await
+    }
+
+    /// What an upgrade from `from` to `record` keeps its snapshots as; said once.
+    fn upgrade_from(&self, from: InstallRecord, record: &InstallRecord) -> Upgrade {
+        let u = Upgrade {
+            snap: super::upgrade::snapshot_name(&from, record),
+            set: super::backup::VolumeSet::from_config(self.cfg()),
+            from,
+        };
+        let changing = u.from.changed_services(record);
+        self.progress.info(&format!(
+            "upgrade {} -> {}: {}",
+            super::upgrade::release_tag(&u.from),
+            super::upgrade::release_tag(record),
+            match changing.is_empty() {
+                true => "no service changes".to_string(),
+                false => format!("{} change (snapshots {})", changing.join(", "), u.snap),
+            }
+        ));
+        u
+    }
+
+    /// Step 8: the plan's instance actions, with the bodies resolved in step 7; an upgrade
+    /// replaces them one at a time in dependency order. Returns the instances converged.
+    async fn instances(
+        &self,
+        run: &Run<'_>,
+        desired: &DesiredState,
+        issuer: &Issuer<'_>,
+        upgrade: Option<&Upgrade>,
+    ) -> Result<BTreeSet<String>, EngineError> {
+        let mut actions = planned_instances(&run.report.plan, desired)?;
+        if upgrade.is_some() {
+            let order = super::upgrade::order(&self.deployment);
+            actions.sort_by_key(|a| {
+                order
+                    .iter()
+                    .position(|n| *n == a.address.name)
+                    .unwrap_or(usize::MAX)
+            });
+        }
+        self.step("instances", async |t| {
+            let (mut n, mut converged) = (0, BTreeSet::new());
+            for a in &actions {
+                if self.instance(run, a, desired, issuer, upgrade, t).await? {
+                    if a.writes() {
+                        converged.insert(a.address.name.clone());
+                    }
+                    n += 1;
+                }
+            }
+            t.finish(&outcome(n));
+            Ok(converged)
+        })
+        .await
+    }
+
+    /// One instance action of step 8. Returns whether anything was written.
+    async fn instance(
+        &self,
+        run: &Run<'_>,
+        a: &InstanceAction,
+        desired: &DesiredState,
+        issuer: &Issuer<'_>,
+        upgrade: Option<&Upgrade>,
+        t: &dyn ProgressTask,
+    ) -> Result<bool, EngineError> {
+        let name = &a.address.name;
+        let existing = run.inner.observation.instances.get(name);
+        let Some(r) = a.resource.as_ref().filter(|_| a.writes()) else {
+            return match (&a.change, existing) {
+                (Change::Conflict, _) => {
+                    Err(EngineError::Conflicts(run.report.plan.conflict_details()))
+                }
+                (Change::Unchanged, Some(i)) => instances::ensure_running(&run.project, i).await,
+                _ => Ok(false),
+            };
+        };
+        t.set_message(name);
+        if a.inputs_moved {
+            self.progress.info(&format!(
+                "instance {name}: its image or secrets changed earlier in this run: updated"
+            ));
+        }
+        let payload = &self
+            .with_step_ca_files(issuer, name, &desired.payloads[name], existing)
+            .await?;
+        // On a cluster, created where the placement says.
+        let target = self.deployment.placement.target_for(name);
+        let project = run.project.on_target(target.map(|t| t.query()).as_deref());
+        match upgrade {
+            Some(u) => {
+                self.replace_guarded(&project, r, payload, existing, u)
+                    .await?
+            }
+            None => {
+                let checkpoint = |name: &str| self.checkpoint(name);
+                instances::converge(&project, r, payload, existing, &checkpoint).await?
+            }
+        }
+        Ok(true)
+    }
+
+    /// Step 9: what the config no longer names, in the plan's order (instances before the
+    /// profiles and networks they use); data volumes are kept and said so.
+    async fn removals(&self, run: &Run<'_>) -> Result<(), EngineError> {
+        let plan = &run.report.plan;
+        for a in plan.actions.iter().filter(|a| a.change == Change::KeepData) {
+            self.progress.info(&format!(
+                "{} is no longer configured: kept (delete it by hand if unwanted)",
+                a.address
+            ));
+        }
+        let removals: Vec<&ResourceAddress> = plan
+            .actions
+            .iter()
+            .filter(|a| a.change == Change::Delete)
+            .map(|a| &a.address)
+            .collect();
+        if removals.is_empty() {
+            return Ok(());
+        }
+        self.step("removals", async |t| {
+            for a in &removals {
+                converge::delete(&run.root, &run.project, a, false).await?;
+            }
+            t.finish(&format!("{} removed", removals.len()));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 10: step-ca's settings; certificates renewed where the instance step did not
+    /// already push new ones.
+    async fn certificates(
+        &self,
+        issuer: &Issuer<'_>,
+        desired: &DesiredState,
+        converged: &BTreeSet<String>,
+    ) -> Result<(), EngineError> {
+        self.step("certificates", async |t| {
+            issuer.ensure_ca().await?;
+            let mut refreshed = Vec::new();
+            for (name, payload) in &desired.payloads {
+                if !converged.contains(name) && issuer.refresh(name, payload).await? {
+                    refreshed.push(name.as_str());
+                }
+            }
+            t.finish(&match refreshed.is_empty() {
+                true => "unchanged".to_string(),
+                false => format!("{} renewed and restarted", refreshed.join(", ")),
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 11: the server's logging to Loki and its metrics certificate.
+    async fn wiring(&self, issuer: &Issuer<'_>, secrets: &Secrets) -> Result<(), EngineError> {
+        self.step("wiring", async |t| {
+            let root = match certs::step_ca_name(self.cfg()) {
+                Some(_) => Some(issuer.root_pem().await?),
+                None => None,
+            };
+            let opts = wiring_options(&self.deployment, root)?;
+            wiring::apply_with(&self.client, self.cfg(), secrets, &opts, self.progress).await?;
+            t.finish("done");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 12: every service's health gate.
+    async fn health(&self) -> Result<(), EngineError> {
+        self.step("health", async |t| {
+            super::health::gate(
+                &self.client,
+                &self.deployment,
+                self.options.health_timeout,
+                self.progress,
+            )
+            .await?;
+            t.finish("done");
+            Ok(())
+        })
+        .await
     }
 
     /// `payload` with the files step-ca provides added (see `certs`): all of them when the
@@ -1111,13 +1135,8 @@ impl Engine<'_> {
     /// volume exists on one member only, and the instance must be there too. A new volume
     /// of an instance that exists already starts with what the instance holds at its mount
     /// path ([`super::adopt`]).
-    async fn converge_volumes(
-        &self,
-        root: &Client,
-        project: &Client,
-        report: &PlanReport,
-        inner: &Inner,
-    ) -> Result<usize, EngineError> {
+    async fn converge_volumes(&self, run: &Run<'_>) -> Result<usize, EngineError> {
+        let (root, project, report, inner) = (&run.root, &run.project, run.report, run.inner);
         let plan = &report.plan;
         let owners = volume_owners(plan);
         let mut n = 0;
@@ -1304,6 +1323,32 @@ fn adoption<'c>(config: &'c Config, obs: &Observation, volume: &str) -> Option<(
                 .is_some_and(|i| super::adopt::needs_adoption(i, &v.path))
         })
         .map(|(name, v)| (name, v.path.as_str()))
+}
+
+/// What the apply steps share: the plan, what it was computed from, and the clients.
+struct Run<'r> {
+    report: &'r PlanReport,
+    inner: &'r Inner,
+    root: Client,
+    project: Client,
+}
+
+impl<'r> Run<'r> {
+    /// The plan's actions on objects of `kind` that have a body.
+    fn of_kind(&self, kind: ResourceKind) -> impl Iterator<Item = &'r super::plan::Action> {
+        self.report
+            .plan
+            .actions
+            .iter()
+            .filter(move |a| a.address.kind == kind && a.resource.is_some())
+    }
+}
+
+impl InstanceAction {
+    /// Whether the instance is created or brought to its body.
+    fn writes(&self) -> bool {
+        self.inputs_moved || matches!(self.change, Change::Create | Change::Update)
+    }
 }
 
 /// One instance action of the plan, with the body this run resolved for it.
