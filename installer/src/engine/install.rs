@@ -454,31 +454,8 @@ impl Engine<'_> {
             &observation.observed,
             &observation.owned_elsewhere,
         );
-        let to_start = plan
-            .actions
-            .iter()
-            .filter(|a| a.address.kind == ResourceKind::Instance && a.change == Change::Unchanged)
-            .filter(|a| {
-                observation
-                    .instances
-                    .get(&a.address.name)
-                    .is_some_and(|i| !i.is_running())
-            })
-            .map(|a| a.address.name.clone())
-            .collect();
-        let wiring = match &secrets {
-            Some(s) => {
-                let root = match certs::step_ca_name(cfg) {
-                    Some(ca) if observation.instances.contains_key(ca) => {
-                        super::step_ca::root_pem(&self.project(), ca).await?
-                    }
-                    _ => None,
-                };
-                let opts = wiring_options(&self.deployment, root)?;
-                wiring::plan_with(&self.client, cfg, s, &opts).await?
-            }
-            None => Vec::new(),
-        };
+        let to_start = to_start(&plan, &observation);
+        let wiring = self.wiring_plan(&observation, secrets.as_ref()).await?;
         let certificates = certs::plan(
             &self.client,
             &self.deployment,
@@ -487,35 +464,8 @@ impl Engine<'_> {
             crate::clock::now_secs(),
         )
         .await?;
-        let d = &self.deployment;
         let mut notes = notes;
-        notes.extend(self.remotes_note(&server)?);
-        if pre.cluster.clustered
-            && !d.incus_loki()
-            && d.instances_of(crate::config::ServiceKind::Loki)
-                .iter()
-                .any(|(n, _)| d.published_on(n).is_none())
-        {
-            notes.push(crate::deployment::LOKI_ON_A_GROUP.to_string());
-        }
-        if let Some(n) = bucket_note(&pre, &observation) {
-            notes.push(n);
-        }
-        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
-            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
-        }
-        for a in plan
-            .actions
-            .iter()
-            .filter(|a| a.address.kind == ResourceKind::Volume && a.change == Change::Create)
-        {
-            if let Some((instance, path)) = adoption(cfg, &observation, &a.address.name) {
-                notes.push(format!(
-                    "{instance}: {path} moves onto the new volume {}, which starts with a copy of what {instance} holds there now",
-                    a.address.name
-                ));
-            }
-        }
+        notes.extend(self.plan_notes(&server, &pre, &observation, &plan)?);
         let images = desired
             .payloads
             .iter()
@@ -526,14 +476,8 @@ impl Engine<'_> {
                 )
             })
             .collect();
-        let record_pending = observation.project_exists && {
-            let want = install_record(&desired);
-            crate::state::ProjectState::from_config(&observation.project_config)
-                .records(&cfg.incus.project)
-                .ok()
-                .and_then(|r| r.current)
-                .is_none_or(|have| !have.same_install(&want))
-        };
+        let record_pending = record_pending(cfg, &observation, &desired);
+        let d = &self.deployment;
         let mut report = PlanReport {
             project: cfg.incus.project.clone(),
             preflight: pre,
@@ -557,6 +501,64 @@ impl Engine<'_> {
             secrets,
         }));
         Ok(report)
+    }
+
+    /// The server-level changes install would make (none before the secrets exist).
+    async fn wiring_plan(
+        &self,
+        observation: &Observation,
+        secrets: Option<&Secrets>,
+    ) -> Result<Vec<WiringChange>, EngineError> {
+        let Some(s) = secrets else {
+            return Ok(Vec::new());
+        };
+        let cfg = self.cfg();
+        let root = match certs::step_ca_name(cfg) {
+            Some(ca) if observation.instances.contains_key(ca) => {
+                super::step_ca::root_pem(&self.project(), ca).await?
+            }
+            _ => None,
+        };
+        let opts = wiring_options(&self.deployment, root)?;
+        Ok(wiring::plan_with(&self.client, cfg, s, &opts).await?)
+    }
+
+    /// Lines about what the plan skips, defers or moves (remotes, Loki on a cluster group,
+    /// the state bucket, node-exporter's host mounts, data moving onto new volumes).
+    fn plan_notes(
+        &self,
+        server: &Server,
+        pre: &PreflightReport,
+        observation: &Observation,
+        plan: &Plan,
+    ) -> Result<Vec<String>, EngineError> {
+        let (d, cfg) = (&self.deployment, self.cfg());
+        let mut notes: Vec<String> = self.remotes_note(server)?.into_iter().collect();
+        if pre.cluster.clustered
+            && !d.incus_loki()
+            && d.instances_of(crate::config::ServiceKind::Loki)
+                .iter()
+                .any(|(n, _)| d.published_on(n).is_none())
+        {
+            notes.push(crate::deployment::LOKI_ON_A_GROUP.to_string());
+        }
+        notes.extend(bucket_note(pre, observation));
+        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
+            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
+        }
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.address.kind == ResourceKind::Volume && a.change == Change::Create)
+        {
+            if let Some((instance, path)) = adoption(cfg, observation, &a.address.name) {
+                notes.push(format!(
+                    "{instance}: {path} moves onto the new volume {}, which starts with a copy of what {instance} holds there now",
+                    a.address.name
+                ));
+            }
+        }
+        Ok(notes)
     }
 
     /// Builds (or takes) the image of every enabled service, one after another, and points
@@ -1348,6 +1350,34 @@ impl InstanceAction {
     /// Whether the instance is created or brought to its body.
     fn writes(&self) -> bool {
         self.inputs_moved || matches!(self.change, Change::Create | Change::Update)
+    }
+}
+
+/// Instances that exist unchanged but are not running: install starts them.
+fn to_start(plan: &Plan, observation: &Observation) -> Vec<String> {
+    plan.actions
+        .iter()
+        .filter(|a| a.address.kind == ResourceKind::Instance && a.change == Change::Unchanged)
+        .filter(|a| {
+            observation
+                .instances
+                .get(&a.address.name)
+                .is_some_and(|i| !i.is_running())
+        })
+        .map(|a| a.address.name.clone())
+        .collect()
+}
+
+/// Whether the project records another install than `desired` (an earlier run stopped
+/// before recording it): then install writes the record.
+fn record_pending(cfg: &Config, observation: &Observation, desired: &DesiredState) -> bool {
+    observation.project_exists && {
+        let want = install_record(desired);
+        crate::state::ProjectState::from_config(&observation.project_config)
+            .records(&cfg.incus.project)
+            .ok()
+            .and_then(|r| r.current)
+            .is_none_or(|have| !have.same_install(&want))
     }
 }
 

@@ -98,100 +98,20 @@ pub fn build(
     let mut payloads = BTreeMap::new();
     let mut extra_files: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (name, inst) in d.enabled_instances() {
-        let mut files: Vec<PushFile> = Vec::new();
-        let mut pending = Vec::new();
-        let mut from_step_ca = Vec::new();
         let r = rendered.instances.get(name);
-        for f in r.map(|r| r.files.as_slice()).unwrap_or_default() {
-            files.push(PushFile {
-                path: f.path.clone(),
-                contents: f.contents.clone(),
-                uid: f.uid,
-                gid: f.gid,
-                mode: f.mode,
-            });
-        }
-        let external = match (
-            inst.nics.iter().any(|n| n.network == NetworkRole::External),
-            facts.external,
-            facts.external_addresses.get(name),
-        ) {
-            (true, Some(net), Some(addr)) => Some(ExternalNet {
-                gateway: net.addr(),
-                prefix: net.prefix_len(),
-                address: *addr,
-            }),
-            _ => None,
-        };
-        let spec = network_spec(d, name, external)?;
-        let json = spec
-            .to_json()
-            .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
-        files.push(PushFile {
-            path: NETWORK_FILE.to_string(),
-            contents: json.into_bytes(),
-            uid: 0,
-            gid: 0,
-            mode: 0o644,
-        });
-        let image = facts
-            .images
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| ImageChoice::unresolved(String::new()));
-        let own_command = match (r, &image.service) {
-            (Some(r), Some(of_image)) if super::desired::pushes_spec(r, &image) => {
-                files.push(service_file(name, r, of_image)?);
-                false
-            }
-            (Some(r), _) => r.command.is_some() && image.fingerprint != UNRESOLVED,
-            (None, _) => false,
-        };
-        for e in r.map(|r| r.expected_files.as_slice()).unwrap_or_default() {
-            let contents = match (&e.source, secrets) {
-                (FileSource::IncusMetricsCertificate, Some(s)) => Some(s.metrics_cert_pem.clone()),
-                (FileSource::IncusMetricsKey, Some(s)) => Some(s.metrics_key_pem.clone()),
-                (FileSource::IncusServerCertificate, _) if !facts.server_cert_pem.is_empty() => {
-                    Some(facts.server_cert_pem.to_string())
-                }
-                _ => None,
-            };
-            if e.source.is_step_ca() {
-                from_step_ca.push(e.clone());
-                continue;
-            }
-            match contents {
-                Some(c) => files.push(PushFile {
-                    path: e.path.clone(),
-                    contents: c.into_bytes(),
-                    uid: e.uid,
-                    gid: e.gid,
-                    mode: e.mode,
-                }),
-                None => pending.push(e.path.clone()),
-            }
-        }
-        extra_files.insert(
-            name.to_string(),
-            files
-                .iter()
-                .filter(|f| {
-                    f.path == NETWORK_FILE
-                        || !r.is_some_and(|r| r.files.iter().any(|x| x.path == f.path))
-                })
-                .map(|f| (f.path.clone(), hash_file(facts.hash_key, f)))
-                .collect(),
-        );
-        payloads.insert(
-            name.to_string(),
-            InstancePayload {
-                image,
-                files,
-                pending,
-                from_step_ca,
-                own_command,
-            },
-        );
+        let p = payload(d, name, inst, r, secrets, facts)?;
+        // Files render does not show (network file, spec, certificates) go into the hash.
+        let extra = p
+            .files
+            .iter()
+            .filter(|f| {
+                f.path == NETWORK_FILE
+                    || !r.is_some_and(|r| r.files.iter().any(|x| x.path == f.path))
+            })
+            .map(|f| (f.path.clone(), hash_file(facts.hash_key, f)))
+            .collect();
+        extra_files.insert(name.to_string(), extra);
+        payloads.insert(name.to_string(), p);
     }
     let inputs = DesiredInputs {
         deployment: d,
@@ -207,6 +127,115 @@ pub fn build(
         resources: desired(&inputs)?,
         payloads,
     })
+}
+
+/// What goes into instance `name` besides its body: the rendered files, its network file,
+/// its service spec, the certificates that exist; what step-ca provides later is listed.
+fn payload(
+    d: &Deployment,
+    name: &str,
+    inst: &crate::config::Instance,
+    r: Option<&crate::render::RenderedInstance>,
+    secrets: Option<&Secrets>,
+    facts: &Facts<'_>,
+) -> Result<InstancePayload, EngineError> {
+    let mut files: Vec<PushFile> = r
+        .map(|r| r.files.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|f| PushFile {
+            path: f.path.clone(),
+            contents: f.contents.clone(),
+            uid: f.uid,
+            gid: f.gid,
+            mode: f.mode,
+        })
+        .collect();
+    files.push(network_file(d, name, inst, facts)?);
+    let image = facts
+        .images
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| ImageChoice::unresolved(String::new()));
+    let own_command = match (r, &image.service) {
+        (Some(r), Some(of_image)) if super::desired::pushes_spec(r, &image) => {
+            files.push(service_file(name, r, of_image)?);
+            false
+        }
+        (Some(r), _) => r.command.is_some() && image.fingerprint != UNRESOLVED,
+        (None, _) => false,
+    };
+    let (mut pending, mut from_step_ca) = (Vec::new(), Vec::new());
+    for e in r.map(|r| r.expected_files.as_slice()).unwrap_or_default() {
+        if e.source.is_step_ca() {
+            from_step_ca.push(e.clone());
+            continue;
+        }
+        match expected_contents(e, secrets, facts) {
+            Some(c) => files.push(PushFile {
+                path: e.path.clone(),
+                contents: c.into_bytes(),
+                uid: e.uid,
+                gid: e.gid,
+                mode: e.mode,
+            }),
+            None => pending.push(e.path.clone()),
+        }
+    }
+    Ok(InstancePayload {
+        image,
+        files,
+        pending,
+        from_step_ca,
+        own_command,
+    })
+}
+
+/// The network file atlas-init applies: fixed addresses on every NIC.
+fn network_file(
+    d: &Deployment,
+    name: &str,
+    inst: &crate::config::Instance,
+    facts: &Facts<'_>,
+) -> Result<PushFile, EngineError> {
+    let external = match (
+        inst.nics.iter().any(|n| n.network == NetworkRole::External),
+        facts.external,
+        facts.external_addresses.get(name),
+    ) {
+        (true, Some(net), Some(addr)) => Some(ExternalNet {
+            gateway: net.addr(),
+            prefix: net.prefix_len(),
+            address: *addr,
+        }),
+        _ => None,
+    };
+    let json = network_spec(d, name, external)?
+        .to_json()
+        .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
+    Ok(PushFile {
+        path: NETWORK_FILE.to_string(),
+        contents: json.into_bytes(),
+        uid: 0,
+        gid: 0,
+        mode: 0o644,
+    })
+}
+
+/// The contents of an expected file that exist now (none yet: it is pending).
+fn expected_contents(
+    e: &ExpectedFile,
+    secrets: Option<&Secrets>,
+    facts: &Facts<'_>,
+) -> Option<String> {
+    match (&e.source, secrets) {
+        (FileSource::IncusMetricsCertificate, Some(s)) => Some(s.metrics_cert_pem.clone()),
+        (FileSource::IncusMetricsKey, Some(s)) => Some(s.metrics_key_pem.clone()),
+        (FileSource::IncusServerCertificate, _) if !facts.server_cert_pem.is_empty() => {
+            Some(facts.server_cert_pem.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// `/etc/atlas/service.json`: the image's spec with the rendered command line and the
