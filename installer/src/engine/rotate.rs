@@ -295,34 +295,8 @@ async fn step_ca(
     project
         .push_file(name, &staged, new.clone().into_bytes(), secret)
         .await?;
-    let mut changed = 0;
-    for key in ["root_ca_key", "intermediate_ca_key"] {
-        let path = format!("{STEPPATH}/secrets/{key}");
-        if project.pull_file(name, &path).await.optional()?.is_none() {
-            continue;
-        }
-        let first = change_pass(&project, name, &path, &current, &staged, owner).await?;
-        if first.exit_code != 0 {
-            // Already re-encrypted by an interrupted run: the new password opens it.
-            let again = change_pass(&project, name, &path, &staged, &staged, owner).await?;
-            if again.exit_code != 0 {
-                let _ = project.delete_file(name, &staged).await;
-                let said = format!(
-                    "with the current password ({}) and with the one being rotated to ({})",
-                    first.stderr_str().trim(),
-                    again.stderr_str().trim()
-                );
-                let said = super::redact::excerpt(client, config, &said).await;
-                return Err(err(
-                    &what,
-                    format!(
-                        "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
-                    ),
-                ));
-            }
-        }
-        changed += 1;
-    }
+    let paths = (current.as_str(), staged.as_str());
+    let changed = reencrypt_keys(client, config, &project, name, paths, owner, &what).await?;
     if changed == 0 {
         let _ = project.delete_file(name, &staged).await;
         return Err(err(
@@ -334,44 +308,8 @@ async fn step_ca(
     }
     // The JWK provisioner's key (in ca.json) has the same password: the installer signs the
     // services' certificates with it.
-    if let Err(first) = reencrypt_provisioner(&project, name, &current, &staged).await? {
-        // Already re-encrypted by an interrupted run: the new password opens it.
-        if let Err(again) = reencrypt_provisioner(&project, name, &staged, &staged).await? {
-            let _ = project.delete_file(name, &staged).await;
-            let said = format!(
-                "neither the current password ({first}) nor the one being rotated to ({again})"
-            );
-            let said = super::redact::excerpt(client, config, &said).await;
-            return Err(err(
-                &what,
-                format!(
-                    "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
-                    super::step_ca::CA_JSON
-                ),
-            ));
-        }
-    }
-    // The staged file (new, so made 0600) replaces the one step-ca starts with in one rename:
-    // overwriting it through Incus would keep its mode (0644, as the upstream entrypoint
-    // leaves it) and could leave half a file.
-    let mv = project
-        .exec_as(
-            name,
-            &["mv", "-f", &staged, &current],
-            &Default::default(),
-            Some(owner),
-        )
-        .await?;
-    if mv.exit_code != 0 {
-        let said = super::redact::excerpt(client, config, mv.stderr_str().trim()).await;
-        return Err(err(
-            &what,
-            format!(
-                "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {}: run again",
-                keys::secret(name::STEP_CA_NEXT)
-            ),
-        ));
-    }
+    provisioner(client, config, &project, name, paths, &what).await?;
+    move_into_place(client, config, &project, name, paths, owner, &what).await?;
     store(client, &config.incus.project, |s| {
         s.set(name::STEP_CA, new.clone());
         s.remove(name::STEP_CA_NEXT);
@@ -381,6 +319,114 @@ async fn step_ca(
         "{name}: {changed} key(s) re-encrypted with `step crypto change-pass`"
     ));
     Ok(())
+}
+
+/// `(current, staged)`: the password file step-ca starts with, and the new one beside it.
+type PasswordFiles<'a> = (&'a str, &'a str);
+
+/// Re-encrypts step-ca's CA keys from the current password to the staged one (or finds
+/// them already re-encrypted by an interrupted run). Returns how many keys there were.
+async fn reencrypt_keys(
+    client: &Client,
+    config: &Config,
+    project: &Client,
+    name: &str,
+    (current, staged): PasswordFiles<'_>,
+    owner: (u32, u32),
+    what: &str,
+) -> Result<usize, EngineError> {
+    use crate::render::STEPPATH;
+    let mut changed = 0;
+    for key in ["root_ca_key", "intermediate_ca_key"] {
+        let path = format!("{STEPPATH}/secrets/{key}");
+        if project.pull_file(name, &path).await.optional()?.is_none() {
+            continue;
+        }
+        let first = change_pass(project, name, &path, current, staged, owner).await?;
+        if first.exit_code != 0 {
+            // Already re-encrypted by an interrupted run: the new password opens it.
+            let again = change_pass(project, name, &path, staged, staged, owner).await?;
+            if again.exit_code != 0 {
+                let _ = project.delete_file(name, staged).await;
+                let said = format!(
+                    "with the current password ({}) and with the one being rotated to ({})",
+                    first.stderr_str().trim(),
+                    again.stderr_str().trim()
+                );
+                let said = super::redact::excerpt(client, config, &said).await;
+                return Err(err(
+                    what,
+                    format!(
+                        "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
+                    ),
+                ));
+            }
+        }
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// Re-encrypts the JWK provisioner's key in ca.json (or finds it done by an interrupted run).
+async fn provisioner(
+    client: &Client,
+    config: &Config,
+    project: &Client,
+    name: &str,
+    (current, staged): PasswordFiles<'_>,
+    what: &str,
+) -> Result<(), EngineError> {
+    let Err(first) = reencrypt_provisioner(project, name, current, staged).await? else {
+        return Ok(());
+    };
+    // Already re-encrypted by an interrupted run: the new password opens it.
+    let Err(again) = reencrypt_provisioner(project, name, staged, staged).await? else {
+        return Ok(());
+    };
+    let _ = project.delete_file(name, staged).await;
+    let said =
+        format!("neither the current password ({first}) nor the one being rotated to ({again})");
+    let said = super::redact::excerpt(client, config, &said).await;
+    Err(err(
+        what,
+        format!(
+            "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
+            super::step_ca::CA_JSON
+        ),
+    ))
+}
+
+/// The staged file (new, so made 0600) replaces the one step-ca starts with in one rename:
+/// overwriting it through Incus would keep its mode (0644, as the upstream entrypoint
+/// leaves it) and could leave half a file.
+async fn move_into_place(
+    client: &Client,
+    config: &Config,
+    project: &Client,
+    name: &str,
+    (current, staged): PasswordFiles<'_>,
+    owner: (u32, u32),
+    what: &str,
+) -> Result<(), EngineError> {
+    let mv = project
+        .exec_as(
+            name,
+            &["mv", "-f", staged, current],
+            &Default::default(),
+            Some(owner),
+        )
+        .await?;
+    if mv.exit_code == 0 {
+        return Ok(());
+    }
+    let said = super::redact::excerpt(client, config, mv.stderr_str().trim()).await;
+    Err(err(
+        what,
+        format!(
+            "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {}: run again",
+            keys::secret(name::STEP_CA_NEXT)
+        ),
+    ))
 }
 
 /// `step crypto change-pass KEY` inside `name`, as the key's owner, from the password in

@@ -396,8 +396,6 @@ fn compute(
     secrets: &Secrets,
     opts: &WiringOptions,
 ) -> Result<Computed, WiringError> {
-    let server = &obs.server.value;
-    let current = |k: &str| server.config.get(k).cloned().unwrap_or_default();
     let records = obs.records();
     let mut c = Computed {
         changes: Vec::new(),
@@ -409,24 +407,51 @@ fn compute(
         foreign_named: Vec::new(),
         notes: Vec::new(),
     };
+    let mut desired = logging_wanted(&obs.server.value, opts);
+    logging(&mut c, obs, &desired, &records);
+    metrics(&mut c, obs, secrets, opts, &records, &mut desired)?;
+    unwanted(&mut c, obs, &desired, &records);
+    Ok(c)
+}
 
-    let mut desired: BTreeMap<String, String> = BTreeMap::new();
-    if let Some(url) = &opts.loki_url {
-        let instance = Some(server.environment.server_name.as_str())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("incus");
-        // `loki.instance` is cluster-wide: one member's name would label every member's
-        // logs. Left unset on a cluster (each event carries its `location`).
-        let instance = if server.is_clustered() { "" } else { instance };
-        desired.extend(logging_keys(
-            server.supports_server_logging(),
-            url,
-            opts.loki_ca_pem.as_deref(),
-            instance,
-        ));
-    }
-    for (key, want) in &desired {
-        let have = current(key);
+/// The server's value of `key` ("" when unset).
+fn server_value(obs: &Observed, key: &str) -> String {
+    obs.server
+        .value
+        .config
+        .get(key)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The logging keys that send the server's events to Loki, when that integration is on.
+fn logging_wanted(server: &Server, opts: &WiringOptions) -> BTreeMap<String, String> {
+    let Some(url) = &opts.loki_url else {
+        return BTreeMap::new();
+    };
+    let instance = Some(server.environment.server_name.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("incus");
+    // `loki.instance` is cluster-wide: one member's name would label every member's
+    // logs. Left unset on a cluster (each event carries its `location`).
+    let instance = if server.is_clustered() { "" } else { instance };
+    logging_keys(
+        server.supports_server_logging(),
+        url,
+        opts.loki_ca_pem.as_deref(),
+        instance,
+    )
+}
+
+/// Each wanted logging key: set, updated when atlas set it, a conflict when someone else did.
+fn logging(
+    c: &mut Computed,
+    obs: &Observed,
+    desired: &BTreeMap<String, String>,
+    records: &Records,
+) {
+    for (key, want) in desired {
+        let have = server_value(obs, key);
         let ours = records.keys.get(key) == Some(&have);
         if &have == want || (have.is_empty() && records.defaulted(key, want)) {
             continue;
@@ -456,22 +481,27 @@ fn compute(
         c.records_before.keys.insert(key.clone(), want.clone());
         c.records_after.keys.insert(key.clone(), want.clone());
     }
+}
 
+/// The metrics endpoint (core.https_address) and the metrics certificate, or, with the
+/// integration off, the certificates atlas trusted taken away.
+fn metrics(
+    c: &mut Computed,
+    obs: &Observed,
+    secrets: &Secrets,
+    opts: &WiringOptions,
+    records: &Records,
+    desired: &mut BTreeMap<String, String>,
+) -> Result<(), WiringError> {
     if let Some((ip, port)) = opts.metrics_endpoint {
-        https_address(
-            &mut c,
-            &current(HTTPS_ADDRESS),
-            &current(METRICS_ADDRESS),
-            &records,
-            ip,
-            port,
-        );
+        let have = server_value(obs, HTTPS_ADDRESS);
+        let metrics_addr = server_value(obs, METRICS_ADDRESS);
+        https_address(c, &have, &metrics_addr, records, ip, port);
         if let Some(x) = c
             .changes
             .iter_mut()
             .find(|x| x.is_conflict() && x.what == format!("server config {HTTPS_ADDRESS}"))
         {
-            let have = current(HTTPS_ADDRESS);
             x.detail = format!("{} ({})", x.detail, obs.setter(HTTPS_ADDRESS, &have));
         }
         desired.insert(
@@ -482,30 +512,38 @@ fn compute(
                 .cloned()
                 .unwrap_or_default(),
         );
-        metrics_certificate(&mut c, obs, secrets, &records)?;
-    } else if opts.cluster_metrics {
-        metrics_certificate(&mut c, obs, secrets, &records)?;
-    } else {
-        // Integration off: certificates atlas trusted go.
-        for fp in &records.certs {
-            if obs.certs.iter().any(|x| &x.fingerprint == fp) {
-                c.untrust.push(fp.clone());
-                c.changes.push(WiringChange::new(
-                    WiringAction::Untrust,
-                    format!("certificate {METRICS_CERT_NAME}"),
-                    short_fp(fp),
-                ));
-            }
-        }
-        c.records_after.certs.clear();
+        return metrics_certificate(c, obs, secrets, records);
     }
+    if opts.cluster_metrics {
+        return metrics_certificate(c, obs, secrets, records);
+    }
+    // Integration off: certificates atlas trusted go.
+    for fp in &records.certs {
+        if obs.certs.iter().any(|x| &x.fingerprint == fp) {
+            c.untrust.push(fp.clone());
+            c.changes.push(WiringChange::new(
+                WiringAction::Untrust,
+                format!("certificate {METRICS_CERT_NAME}"),
+                short_fp(fp),
+            ));
+        }
+    }
+    c.records_after.certs.clear();
+    Ok(())
+}
 
-    // Keys atlas set earlier that are no longer wanted: reset when still atlas' value.
+/// Keys atlas set earlier that are no longer wanted: reset when still atlas' value.
+fn unwanted(
+    c: &mut Computed,
+    obs: &Observed,
+    desired: &BTreeMap<String, String>,
+    records: &Records,
+) {
     for (key, val) in &records.keys {
         if desired.contains_key(key) {
             continue;
         }
-        if &current(key) == val {
+        if &server_value(obs, key) == val {
             c.changes.push(WiringChange::new(
                 WiringAction::Unset,
                 format!("server config {key}"),
@@ -516,7 +554,6 @@ fn compute(
         c.records_after.keys.remove(key);
         c.records_after.defaults.remove(key);
     }
-    Ok(c)
 }
 
 fn https_address(
