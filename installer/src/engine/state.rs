@@ -481,6 +481,47 @@ pub async fn observe_project(
     Ok(BTreeMap::from([(a, o)]))
 }
 
+/// The bridges: owned by this project, by another Atlas project, or foreign (only those the
+/// config names). Bridges of nobody that the config does not name are not recorded.
+async fn observe_networks(
+    root: &Client,
+    config: &Config,
+    obs: &mut Observation,
+) -> Result<(), EngineError> {
+    let pname = &config.incus.project;
+    for n in root.in_project("default").networks().await? {
+        let a = ResourceAddress {
+            kind: ResourceKind::Network,
+            name: n.name.clone(),
+            pool: None,
+        };
+        let named = config.networks.iter().any(|(_, w)| w.name == n.name);
+        if !n.managed {
+            if named {
+                obs.saw(&a, &n);
+                obs.observed.insert(a, Observed::Foreign);
+            }
+            continue;
+        }
+        let o = match n.config.get(keys::NETWORK_PROJECT) {
+            Some(p) if p == pname => classify(&n.config, None),
+            Some(p) if matches!(classify(&n.config, None), Observed::Owned { .. }) => {
+                Observed::OtherProject { project: p.clone() }
+            }
+            _ => Observed::Foreign,
+        };
+        if matches!(o, Observed::Owned { .. }) {
+            obs.owned_elsewhere.push(a.clone());
+        }
+        // Bridges of other installs or of nobody, not named here, do not make a plan stale.
+        if named || matches!(o, Observed::Owned { .. }) {
+            obs.saw(&a, &n);
+        }
+        obs.observed.insert(a, o);
+    }
+    Ok(())
+}
+
 /// Reads the project, its owned networks, profiles, volumes and instances.
 pub async fn observe(root: &Client, config: &Config) -> Result<Observation, EngineError> {
     let pname = &config.incus.project;
@@ -506,33 +547,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
             obs.observed.insert(a, classify(&p.value.config, p.etag));
         }
     }
-    for n in root.in_project("default").networks().await? {
-        if !n.managed {
-            if config.networks.iter().any(|(_, w)| w.name == n.name) {
-                let a = addr(ResourceKind::Network, &n.name, None);
-                obs.saw(&a, &n);
-                obs.observed.insert(a, Observed::Foreign);
-            }
-            continue;
-        }
-        let o = match n.config.get(keys::NETWORK_PROJECT) {
-            Some(p) if p == pname => classify(&n.config, None),
-            Some(p) if matches!(classify(&n.config, None), Observed::Owned { .. }) => {
-                Observed::OtherProject { project: p.clone() }
-            }
-            _ => Observed::Foreign,
-        };
-        let a = addr(ResourceKind::Network, &n.name, None);
-        let named = config.networks.iter().any(|(_, w)| w.name == n.name);
-        if matches!(o, Observed::Owned { .. }) {
-            obs.owned_elsewhere.push(a.clone());
-        }
-        // Bridges of other installs or of nobody, not named here, do not make a plan stale.
-        if named || matches!(o, Observed::Owned { .. }) {
-            obs.saw(&a, &n);
-        }
-        obs.observed.insert(a, o);
-    }
+    observe_networks(root, config, &mut obs).await?;
     if !obs.project_exists {
         return Ok(obs);
     }

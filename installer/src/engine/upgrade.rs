@@ -332,8 +332,59 @@ pub async fn rollback(
         ));
     };
     let snap = snapshot_name(&previous, &current);
-    let changed = previous.changed_services(&current);
-    let existing: Vec<String> = project
+    let targets = targets(client, d, &previous, &current, &snap).await?;
+    let set = VolumeSet::from_config(config);
+    let safety_name = format!(
+        "pre-rollback-{}",
+        crate::clock::compact(crate::clock::now_secs())
+    );
+    let names: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let kept = backup::snapshot_with(
+        client,
+        &set.only(&names),
+        &safety_name,
+        IfExists::Fail,
+        progress,
+    )
+    .await
+    .map_err(|e| EngineError::object("safety snapshot before rollback", e))?;
+    for name in &targets {
+        let task = progress.task(&format!("rollback {name}"), None);
+        let out = back_one(client, d, &set, name, &snap, health_timeout, progress).await;
+        match &out {
+            Ok(()) => task.finish(&format!("back on {}", previous.version)),
+            Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
+        }
+        out?;
+    }
+    restore_aliases(&project, &previous, &targets).await?;
+    let back = InstallRecord::new(&previous.version, previous.services.clone());
+    record::write(client, project_name, &back)
+        .await
+        .map_err(|e| EngineError::object("install record", e))?;
+    Ok(RollbackReport {
+        from: release_tag(&current),
+        to: release_tag(&previous),
+        snapshot: snap,
+        instances: targets,
+        safety_snapshots: kept.into_iter().map(|t| (t.volume, t.snapshot)).collect(),
+    })
+}
+
+/// The instances a rollback from `current` to `previous` returns, in reverse upgrade order:
+/// those that changed and exist. Refused, changing nothing, when one of them has nothing
+/// saved from upgrade `snap`.
+async fn targets(
+    client: &Client,
+    d: &Deployment,
+    previous: &InstallRecord,
+    current: &InstallRecord,
+    snap: &str,
+) -> Result<Vec<String>, EngineError> {
+    let project_name = &d.config.incus.project;
+    let changed = previous.changed_services(current);
+    let existing: Vec<String> = client
+        .in_project(project_name)
         .instances()
         .await?
         .into_iter()
@@ -363,50 +414,27 @@ pub async fn rollback(
             ),
         ));
     }
-    let set = VolumeSet::from_config(config);
-    let safety_name = format!(
-        "pre-rollback-{}",
-        crate::clock::compact(crate::clock::now_secs())
-    );
-    let names: Vec<&str> = targets.iter().map(String::as_str).collect();
-    let kept = backup::snapshot_with(
-        client,
-        &set.only(&names),
-        &safety_name,
-        IfExists::Fail,
-        progress,
-    )
-    .await
-    .map_err(|e| EngineError::object("safety snapshot before rollback", e))?;
-    for name in &targets {
-        let task = progress.task(&format!("rollback {name}"), None);
-        let out = async {
-            restore(client, &set, name, &snap).await?;
-            gate_one(client, d, name, health_timeout, progress).await?;
-            // Used: out of the way of a later upgrade between the same two installs.
-            write_saved(client, project_name, name, None).await?;
-            let _ = retire_snapshots(&project, &set.only(&[name.as_str()]), &snap).await;
-            Ok::<(), EngineError>(())
-        }
-        .await;
-        match &out {
-            Ok(()) => task.finish(&format!("back on {}", previous.version)),
-            Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
-        }
-        out?;
-    }
-    restore_aliases(&project, &previous, &targets).await?;
-    let back = InstallRecord::new(&previous.version, previous.services.clone());
-    record::write(client, project_name, &back)
-        .await
-        .map_err(|e| EngineError::object("install record", e))?;
-    Ok(RollbackReport {
-        from: release_tag(&current),
-        to: release_tag(&previous),
-        snapshot: snap,
-        instances: targets,
-        safety_snapshots: kept.into_iter().map(|t| (t.volume, t.snapshot)).collect(),
-    })
+    Ok(targets)
+}
+
+/// One instance of a rollback: back to what upgrade `snap` kept, health-gated; what was kept
+/// is then retired, out of the way of a later upgrade between the same two installs.
+async fn back_one(
+    client: &Client,
+    d: &Deployment,
+    set: &VolumeSet,
+    name: &str,
+    snap: &str,
+    health_timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<(), EngineError> {
+    let project_name = &d.config.incus.project;
+    restore(client, set, name, snap).await?;
+    gate_one(client, d, name, health_timeout, progress).await?;
+    write_saved(client, project_name, name, None).await?;
+    let project = client.in_project(project_name);
+    let _ = retire_snapshots(&project, &set.only(&[name]), snap).await;
+    Ok(())
 }
 
 /// Points each alias the previous install chose the images of `targets` by back at the image
