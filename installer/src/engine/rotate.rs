@@ -295,8 +295,17 @@ async fn step_ca(
     project
         .push_file(name, &staged, new.clone().into_bytes(), secret)
         .await?;
-    let paths = (current.as_str(), staged.as_str());
-    let changed = reencrypt_keys(client, config, &project, name, paths, owner, &what).await?;
+    let rekey = Rekey {
+        client,
+        config,
+        project: project.clone(),
+        name,
+        current: &current,
+        staged: &staged,
+        owner,
+        what: &what,
+    };
+    let changed = rekey.keys().await?;
     if changed == 0 {
         let _ = project.delete_file(name, &staged).await;
         return Err(err(
@@ -308,8 +317,8 @@ async fn step_ca(
     }
     // The JWK provisioner's key (in ca.json) has the same password: the installer signs the
     // services' certificates with it.
-    provisioner(client, config, &project, name, paths, &what).await?;
-    move_into_place(client, config, &project, name, paths, owner, &what).await?;
+    rekey.provisioner().await?;
+    rekey.move_into_place().await?;
     store(client, &config.incus.project, |s| {
         s.set(name::STEP_CA, new.clone());
         s.remove(name::STEP_CA_NEXT);
@@ -321,112 +330,109 @@ async fn step_ca(
     Ok(())
 }
 
-/// `(current, staged)`: the password file step-ca starts with, and the new one beside it.
-type PasswordFiles<'a> = (&'a str, &'a str);
-
-/// Re-encrypts step-ca's CA keys from the current password to the staged one (or finds
-/// them already re-encrypted by an interrupted run). Returns how many keys there were.
-async fn reencrypt_keys(
-    client: &Client,
-    config: &Config,
-    project: &Client,
-    name: &str,
-    (current, staged): PasswordFiles<'_>,
+/// Moving step-ca `name` from the password in file `current` to the one staged beside it.
+struct Rekey<'a> {
+    client: &'a Client,
+    config: &'a Config,
+    project: Client,
+    name: &'a str,
+    current: &'a str,
+    staged: &'a str,
+    /// Owner of the keys and the password files.
     owner: (u32, u32),
-    what: &str,
-) -> Result<usize, EngineError> {
-    use crate::render::STEPPATH;
-    let mut changed = 0;
-    for key in ["root_ca_key", "intermediate_ca_key"] {
-        let path = format!("{STEPPATH}/secrets/{key}");
-        if project.pull_file(name, &path).await.optional()?.is_none() {
-            continue;
-        }
-        let first = change_pass(project, name, &path, current, staged, owner).await?;
-        if first.exit_code != 0 {
-            // Already re-encrypted by an interrupted run: the new password opens it.
-            let again = change_pass(project, name, &path, staged, staged, owner).await?;
-            if again.exit_code != 0 {
-                let _ = project.delete_file(name, staged).await;
-                let said = format!(
-                    "with the current password ({}) and with the one being rotated to ({})",
-                    first.stderr_str().trim(),
-                    again.stderr_str().trim()
-                );
-                let said = super::redact::excerpt(client, config, &said).await;
-                return Err(err(
-                    what,
-                    format!(
-                        "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
-                    ),
-                ));
+    /// What is rotated, for errors.
+    what: &'a str,
+}
+
+impl Rekey<'_> {
+    /// Re-encrypts step-ca's CA keys from the current password to the staged one (or finds
+    /// them already re-encrypted by an interrupted run). Returns how many keys there were.
+    async fn keys(&self) -> Result<usize, EngineError> {
+        use crate::render::STEPPATH;
+        let (project, name, what) = (&self.project, self.name, self.what);
+        let (current, staged, owner) = (self.current, self.staged, self.owner);
+        let mut changed = 0;
+        for key in ["root_ca_key", "intermediate_ca_key"] {
+            let path = format!("{STEPPATH}/secrets/{key}");
+            if project.pull_file(name, &path).await.optional()?.is_none() {
+                continue;
             }
+            let first = change_pass(project, name, &path, current, staged, owner).await?;
+            if first.exit_code != 0 {
+                // Already re-encrypted by an interrupted run: the new password opens it.
+                let again = change_pass(project, name, &path, staged, staged, owner).await?;
+                if again.exit_code != 0 {
+                    let _ = project.delete_file(name, staged).await;
+                    let said = format!(
+                        "with the current password ({}) and with the one being rotated to ({})",
+                        first.stderr_str().trim(),
+                        again.stderr_str().trim()
+                    );
+                    let said = super::redact::excerpt(self.client, self.config, &said).await;
+                    return Err(err(
+                        what,
+                        format!(
+                            "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
+                        ),
+                    ));
+                }
+            }
+            changed += 1;
         }
-        changed += 1;
+        Ok(changed)
     }
-    Ok(changed)
-}
 
-/// Re-encrypts the JWK provisioner's key in ca.json (or finds it done by an interrupted run).
-async fn provisioner(
-    client: &Client,
-    config: &Config,
-    project: &Client,
-    name: &str,
-    (current, staged): PasswordFiles<'_>,
-    what: &str,
-) -> Result<(), EngineError> {
-    let Err(first) = reencrypt_provisioner(project, name, current, staged).await? else {
-        return Ok(());
-    };
-    // Already re-encrypted by an interrupted run: the new password opens it.
-    let Err(again) = reencrypt_provisioner(project, name, staged, staged).await? else {
-        return Ok(());
-    };
-    let _ = project.delete_file(name, staged).await;
-    let said =
-        format!("neither the current password ({first}) nor the one being rotated to ({again})");
-    let said = super::redact::excerpt(client, config, &said).await;
-    Err(err(
-        what,
-        format!(
-            "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
-            super::step_ca::CA_JSON
-        ),
-    ))
-}
-
-/// The staged file (new, so made 0600) replaces the one step-ca starts with in one rename:
-/// overwriting it through Incus would keep its mode (0644, as the upstream entrypoint
-/// leaves it) and could leave half a file.
-async fn move_into_place(
-    client: &Client,
-    config: &Config,
-    project: &Client,
-    name: &str,
-    (current, staged): PasswordFiles<'_>,
-    owner: (u32, u32),
-    what: &str,
-) -> Result<(), EngineError> {
-    let mv = project
-        .exec_as(
-            name,
-            &["mv", "-f", staged, current],
-            &Default::default(),
-            Some(owner),
-        )
-        .await?;
-    if mv.exit_code == 0 {
-        return Ok(());
+    /// Re-encrypts the JWK provisioner's key in ca.json (or finds it done by an interrupted run).
+    async fn provisioner(&self) -> Result<(), EngineError> {
+        let (project, name, what) = (&self.project, self.name, self.what);
+        let (current, staged) = (self.current, self.staged);
+        let Err(first) = reencrypt_provisioner(project, name, current, staged).await? else {
+            return Ok(());
+        };
+        // Already re-encrypted by an interrupted run: the new password opens it.
+        let Err(again) = reencrypt_provisioner(project, name, staged, staged).await? else {
+            return Ok(());
+        };
+        let _ = project.delete_file(name, staged).await;
+        let said = format!(
+            "neither the current password ({first}) nor the one being rotated to ({again})"
+        );
+        let said = super::redact::excerpt(self.client, self.config, &said).await;
+        Err(err(
+            what,
+            format!(
+                "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
+                super::step_ca::CA_JSON
+            ),
+        ))
     }
-    let said = super::redact::excerpt(client, config, mv.stderr_str().trim()).await;
-    Err(err(
-        what,
-        format!(
-            "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {}: run again",
-            keys::secret(name::STEP_CA_NEXT)
-        ),
-    ))
+
+    /// The staged file (new, so made 0600) replaces the one step-ca starts with in one rename:
+    /// overwriting it through Incus would keep its mode (0644, as the upstream entrypoint
+    /// leaves it) and could leave half a file.
+    async fn move_into_place(&self) -> Result<(), EngineError> {
+        let (project, name, what) = (&self.project, self.name, self.what);
+        let (current, staged, owner) = (self.current, self.staged, self.owner);
+        let mv = project
+            .exec_as(
+                name,
+                &["mv", "-f", staged, current],
+                &Default::default(),
+                Some(owner),
+            )
+            .await?;
+        if mv.exit_code == 0 {
+            return Ok(());
+        }
+        let said = super::redact::excerpt(self.client, self.config, mv.stderr_str().trim()).await;
+        Err(err(
+            what,
+            format!(
+                "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {}: run again",
+                keys::secret(name::STEP_CA_NEXT)
+            ),
+        ))
+    }
 }
 
 /// `step crypto change-pass KEY` inside `name`, as the key's owner, from the password in

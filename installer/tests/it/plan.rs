@@ -159,39 +159,38 @@ async fn a_saved_plan_is_applied_as_it_is_and_refused_once_stale() {
         .await
         .expect("edit the profile");
     let (host, project) = (HostState::read(), project_view(&pc).await);
-    let o = run(&["install", "--plan", &second]);
-    assert!(!o.status.success(), "a stale plan is refused");
-    assert!(
-        stderr(&o).contains(&format!("Incus changed since plan {second} was saved"))
-            && stderr(&o).contains("Nothing was changed"),
-        "{}",
-        stderr(&o)
-    );
-    host.assert_same(&HostState::read(), "a refused saved plan");
-    assert_eq!(
-        project_view(&pc).await,
-        project,
-        "a refused plan wrote nothing"
-    );
+    // Refused with `why`, and nothing in the host's Incus or the project changed.
+    let refused = async |plan: &str, why: String| {
+        let o = run(&["install", "--plan", plan]);
+        assert!(!o.status.success(), "{plan} is refused");
+        assert!(
+            stderr(&o).contains(&why) && stderr(&o).contains("Nothing was changed"),
+            "{}",
+            stderr(&o)
+        );
+        host.assert_same(&HostState::read(), "a refused saved plan");
+        assert_eq!(
+            project_view(&pc).await,
+            project,
+            "a refused plan wrote nothing"
+        );
+    };
+    refused(
+        &second,
+        format!("Incus changed since plan {second} was saved"),
+    )
+    .await;
 
     // Planned again, then the config changes: refused as well.
     let third = file("third.json");
     let o = run(&["plan", "--out", &third]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     env.config("\n[instances.alertmanager01]\nmemory = \"256MB\"\n");
-    let o = run(&["install", "--plan", &third]);
-    assert!(!o.status.success(), "a plan of another config is refused");
-    assert!(
-        stderr(&o).contains(&format!("the config changed since plan {third} was saved")),
-        "{}",
-        stderr(&o)
-    );
-    host.assert_same(&HostState::read(), "a refused saved plan");
-    assert_eq!(
-        project_view(&pc).await,
-        project,
-        "a refused plan wrote nothing"
-    );
+    refused(
+        &third,
+        format!("the config changed since plan {third} was saved"),
+    )
+    .await;
 
     // With the config it was made from, the same plan applies: what it planned happens.
     env.config(memory);
