@@ -113,7 +113,7 @@ async fn a_saved_plan_is_applied_as_it_is_and_refused_once_stale() {
         assert!(!text.contains(secret), "a secret in the saved plan");
     }
     let saved: serde_json::Value = serde_json::from_str(&text).expect("saved plan is JSON");
-    let planned: Vec<String> = saved["plan"]["plan"]["actions"]
+    let mut planned: Vec<String> = saved["plan"]["plan"]["actions"]
         .as_array()
         .expect("actions")
         .iter()
@@ -125,6 +125,7 @@ async fn a_saved_plan_is_applied_as_it_is_and_refused_once_stale() {
                 .to_string()
         })
         .collect();
+    planned.sort();
     assert_eq!(
         planned,
         ["alertmanager01", "caddy01", "mosquitto01"],
