@@ -749,19 +749,8 @@ async fn apply_inner(
     progress: &dyn Progress,
 ) -> Result<Vec<WiringChange>, WiringError> {
     let obs = observe(client, config).await?;
-    let c = compute(&obs, secrets, opts)?;
-    let conflicts: Vec<String> = c
-        .changes
-        .iter()
-        .filter(|x| x.is_conflict())
-        .map(|x| format!("- {}", x.detail))
-        .collect();
-    if !conflicts.is_empty() {
-        return Err(WiringError::Refused(format!(
-            "server wiring refused, nothing was changed:\n{}",
-            conflicts.join("\n")
-        )));
-    }
+    let mut c = compute(&obs, secrets, opts)?;
+    refuse_conflicts(&c)?;
     if let Some(url) = opts
         .loki_url
         .as_deref()
@@ -795,12 +784,41 @@ async fn apply_inner(
     if !records_on_disk_match(&obs, &c.records_before) {
         write_records(client, config, &c.records_before).await?;
     }
-    let mut c = c;
+    write_server(client, &obs, &mut c).await?;
+    if c.records_after != c.records_before {
+        write_records(client, config, &c.records_after).await?;
+    }
+    Ok(c.changes)
+}
+
+/// Conflicts (keys someone else set) refuse the whole wiring before any write.
+fn refuse_conflicts(c: &Computed) -> Result<(), WiringError> {
+    let conflicts: Vec<String> = c
+        .changes
+        .iter()
+        .filter(|x| x.is_conflict())
+        .map(|x| format!("- {}", x.detail))
+        .collect();
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    Err(WiringError::Refused(format!(
+        "server wiring refused, nothing was changed:\n{}",
+        conflicts.join("\n")
+    )))
+}
+
+/// The server keys patched (learning which values the server keeps only as its default:
+/// it drops them), the metrics certificate trusted, the ones no longer wanted untrusted.
+async fn write_server(
+    client: &Client,
+    obs: &Observed,
+    c: &mut Computed,
+) -> Result<(), WiringError> {
     if !c.patch.is_empty() {
         client
             .patch_server_config(&c.patch, obs.server.etag.as_deref())
             .await?;
-        // Learn which values the server keeps only as its default (it drops them).
         let now = client.server().await?.value;
         for (key, val) in &c.patch {
             let stored = now.config.get(key).is_some_and(|v| !v.is_empty());
@@ -819,10 +837,7 @@ async fn apply_inner(
     for fp in &c.untrust {
         client.delete_certificate(fp).await.optional()?;
     }
-    if c.records_after != c.records_before {
-        write_records(client, config, &c.records_after).await?;
-    }
-    Ok(c.changes)
+    Ok(())
 }
 
 /// Incus 6.0 hands every event to its Loki sender over an unbuffered channel and retries a
