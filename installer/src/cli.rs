@@ -135,6 +135,10 @@ pub struct InstallArgs {
     pub health_timeout: u64,
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// Apply exactly the plan `plan --out FILE` saved, without asking; refused, changing
+    /// nothing, when the config or Incus changed since.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
 }
 
 /// Whose signatures a bundle may carry. Without these, only a release key embedded in this
@@ -166,6 +170,9 @@ pub struct PlanArgs {
     /// `install --existing-images` would (a missing alias is then an error).
     #[arg(long)]
     pub existing_images: bool,
+    /// Save the plan to FILE, for `install --plan FILE` to apply exactly it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

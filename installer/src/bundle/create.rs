@@ -85,7 +85,7 @@ impl CreateSpec {
             layouts: Vec::new(),
             recipes: Vec::new(),
             registry: None,
-            created: super::manifest::now_secs(),
+            created: crate::clock::now_secs(),
             sign: None,
         }
     }

@@ -1,5 +1,7 @@
 //! `atlas-install install`: preflight, plan, confirm, apply the fixed sequence. A converged
-//! host gets zero writing API calls, and says so.
+//! host gets zero writing API calls, and says so. With `--plan FILE`, the plan `plan --out`
+//! saved is applied as it is, without asking, and refused (nothing written) when the config
+//! or Incus changed since.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::Path;
@@ -11,6 +13,8 @@ use atlas_image::cache::BlobCache;
 use atlas_image::lock::ImagesLock;
 use atlas_install::bundle::{self, Expect, OpenedBundle};
 use atlas_install::config::Config;
+use atlas_install::deployment::Deployment;
+use atlas_install::engine::saved::SavedPlan;
 use atlas_install::engine::{Engine, Options, SecretSource, StoredSecrets, lock};
 use atlas_install::incus::Client;
 use atlas_install::progress::Progress;
@@ -22,6 +26,8 @@ use crate::cli::{GlobalArgs, InstallArgs};
 /// Everything a command needs to drive the engine.
 pub(super) struct Ctx {
     pub config: Config,
+    /// The config on this server or cluster (read once).
+    pub deployment: Deployment,
     pub client: Client,
     pub progress: Arc<dyn Progress>,
     pub secrets: Box<dyn SecretSource>,
@@ -36,21 +42,20 @@ impl Ctx {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        // On a cluster the stack has per-member parts (see `cluster::expand`). A daemon that
-        // cannot be asked leaves the config as it is: preflight then says what is wrong. One
-        // that takes the request and never answers is said now: asking again would only
+        // On a cluster the stack has per-member parts (see `deployment`). A daemon that
+        // cannot be asked gives a standalone deployment: preflight then says what is wrong.
+        // One that takes the request and never answers is said now: asking again would only
         // wait as long once more.
-        let config = match runtime
-            .block_on(atlas_install::engine::cluster::expanded(&client, &config))
-        {
-            Ok((c, _)) => c,
+        let deployment = match runtime.block_on(Deployment::read(&client, &config)) {
+            Ok(d) => d,
             Err(e) if e.is_no_answer() => {
                 return Err(anyhow::Error::from(e).context("asking Incus whether it is a cluster"));
             }
-            Err(_) => config,
+            Err(_) => Deployment::standalone(&config),
         };
         Ok(Ctx {
             config,
+            deployment,
             client,
             progress: crate::ui::progress(global.progress),
             secrets: test_hooks::secrets()?,
@@ -89,7 +94,7 @@ impl Ctx {
     pub fn engine(&self, options: Options) -> Engine<'_> {
         Engine {
             client: self.client.clone(),
-            config: &self.config,
+            deployment: self.deployment.clone(),
             secrets: self.secrets.as_ref(),
             progress: self.progress.as_ref(),
             options,
@@ -246,6 +251,10 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
         eprintln!("bundle {}: {signer}", path.display());
     }
     let ctx = Ctx::new(global)?;
+    let saved = match &args.plan {
+        Some(path) => Some(saved_plan(path, args, &base, &ctx.config)?),
+        None => None,
+    };
     let supply = image_supply(args, &ctx.config, ctx.progress.as_ref())?;
     let upgrade = base.upgrade;
     let _lock = ctx.lock(global, if upgrade { "upgrade" } else { "install" })?;
@@ -271,12 +280,18 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
     if !conflicts.is_empty() {
         return Err(atlas_install::engine::EngineError::Conflicts(conflicts).into());
     }
+    if let (Some(path), Some(saved)) = (&args.plan, &saved) {
+        saved.check_current(path, &report)?;
+        eprintln!("Applying the saved plan {}.", path.display());
+    }
     if base_rotates(&engine.options) {
         eprintln!(
             "  ~ secrets: new Grafana admin password, step-ca key password, Mosquitto passwords and metrics certificate"
         );
     }
-    if (report.has_changes() || base_rotates(&engine.options))
+    // A saved plan was confirmed when it was saved and reviewed.
+    if saved.is_none()
+        && (report.has_changes() || base_rotates(&engine.options))
         && !confirm(global, "apply these changes")?
     {
         eprintln!("Cancelled. Nothing was changed.");
@@ -297,6 +312,24 @@ pub(super) fn apply(global: &GlobalArgs, args: &InstallArgs, base: Options) -> R
         eprintln!("Installed: {writes} writing API calls.");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The saved plan at `path`, checked against how install runs and the config it loaded, before
+/// anything touches Incus.
+fn saved_plan(
+    path: &Path,
+    args: &InstallArgs,
+    base: &Options,
+    config: &Config,
+) -> Result<SavedPlan> {
+    if base.upgrade {
+        bail!(
+            "upgrade does not take a saved plan (it snapshots and replaces services one at a time); run `atlas-install upgrade` without --plan. Nothing was changed."
+        );
+    }
+    let saved = SavedPlan::read(path, args.existing_images, args.ignore_preflight)?;
+    saved.check_config(path, config)?;
+    Ok(saved)
 }
 
 fn base_rotates(options: &Options) -> bool {
@@ -368,6 +401,7 @@ mod test_hooks {
             },
             metrics_cert_pem: s("metrics_cert_pem"),
             metrics_key_pem: s("metrics_key_pem"),
+            hash_key: s("hash_key"),
         };
         Ok(Box::new(Fixed(secrets)))
     }

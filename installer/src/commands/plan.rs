@@ -1,12 +1,13 @@
 //! `atlas-install plan`: preflight, then what `install` would change, from reads only.
 //! `--detailed-exitcode` exits 0 without changes, 2 with changes, 3 when preflight finds
 //! problems (install would refuse), 1 on any other error; `--json` prints the plan (or the
-//! preflight problems) as JSON.
+//! preflight problems) as JSON; `--out FILE` saves it for `install --plan FILE`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use atlas_install::engine::saved::SavedPlan;
 use atlas_install::engine::{EngineError, Options};
 
 use crate::cli::{GlobalArgs, PlanArgs};
@@ -75,9 +76,24 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
     } else {
         print(&report.to_string());
     }
-    let conflicts = report.conflicts();
+    let conflicts = report.conflict_details();
     if !conflicts.is_empty() {
         return Err(atlas_install::engine::EngineError::Conflicts(conflicts).into());
+    }
+    if let Some(path) = &args.out {
+        SavedPlan::new(
+            &ctx.config,
+            &report,
+            args.existing_images,
+            args.ignore_preflight,
+        )
+        .write(path)
+        .with_context(|| format!("saving the plan to {}", path.display()))?;
+        eprintln!(
+            "Plan saved to {}: `atlas-install install --plan {}` applies exactly it.",
+            path.display(),
+            path.display()
+        );
     }
     Ok(match (args.detailed_exitcode, report.has_changes()) {
         (true, true) => ExitCode::from(2),

@@ -21,7 +21,9 @@ pub fn run(global: &GlobalArgs, args: &RenderArgs) -> Result<ExitCode> {
     // The installer keeps the generated secrets in Incus; until there is an installed stack
     // to read them from, `render` shows the files with freshly generated ones.
     let creds = fresh_credentials(&config.mosquitto.users);
-    let set = atlas_install::render::render(&config, &creds)
+    // Offline: the config as it lands on a single server.
+    let deployment = atlas_install::deployment::Deployment::standalone(&config);
+    let set = atlas_install::render::render(&deployment, &creds)
         .context("rendering the service configuration")?;
     write_set(&set, &args.out)?;
     let files: usize = set.instances.values().map(|i| i.files.len()).sum();

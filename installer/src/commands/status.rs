@@ -12,8 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use atlas_install::config::Config;
+use atlas_install::deployment::Deployment;
 use atlas_install::engine::{alerts, certs, cluster, health, outputs, secrets, wiring};
-use atlas_install::incus::{Client, OptionalExt as _, owner};
+use atlas_install::incus::{Client, OptionalExt as _};
+use atlas_install::state::keys;
 use serde::Serialize;
 
 use crate::cli::GlobalArgs;
@@ -143,16 +145,16 @@ async fn collect(config: &Config) -> Result<Report> {
         return Ok(report);
     };
     report.installed = true;
-    report.version = project.value.config.get(owner::VERSION).cloned();
+    report.version = project.value.config.get(keys::VERSION).cloned();
 
-    let (expanded, info) = cluster::expanded(&client, config)
+    let d = Deployment::read(&client, config)
         .await
         .context("reading the cluster members")?;
-    let config = &expanded;
-    report.offline_members = cluster::offline_members(&client, config, &info)
+    let info = &d.cluster;
+    report.offline_members = cluster::offline_members(&client, config, info)
         .await
         .context("listing the instances on offline members")?;
-    let health = health::check(&client, config)
+    let health = health::check(&client, &d)
         .await
         .context("probing the services")?;
     let by_name: BTreeMap<&str, &health::HealthReport> =
@@ -163,8 +165,8 @@ async fn collect(config: &Config) -> Result<Report> {
             Err(_) => Vec::new(),
         };
         report.instances.push(InstanceStatus {
-            managed: owner::is_owned(&inst.config),
-            state: inst.status.clone(),
+            managed: keys::is_owned(&inst.config),
+            state: inst.status.to_string(),
             addresses,
             image: inst.config.get("image.description").cloned(),
             health: by_name.get(inst.name.as_str()).map(|h| (*h).clone()),
@@ -200,7 +202,7 @@ async fn collect(config: &Config) -> Result<Report> {
         .unwrap_or_default()
         .into_iter()
         .map(|v| Named {
-            managed: owner::is_owned(&v.config),
+            managed: keys::is_owned(&v.config),
             detail: Some(format!("pool {pool}")),
             name: v.name,
         })
@@ -215,9 +217,9 @@ async fn collect(config: &Config) -> Result<Report> {
         .await
         .context("listing networks")?
         .into_iter()
-        .filter(|n| owner::is_owned(&n.config) || wanted.contains(&n.name.as_str()))
+        .filter(|n| keys::is_owned(&n.config) || wanted.contains(&n.name.as_str()))
         .map(|n| Named {
-            managed: owner::is_owned(&n.config),
+            managed: keys::is_owned(&n.config),
             detail: n.config.get("ipv4.address").cloned(),
             name: n.name,
         })
@@ -229,18 +231,18 @@ async fn collect(config: &Config) -> Result<Report> {
         .into_iter()
         .filter(|p| p.name != "default")
         .map(|p| Named {
-            managed: owner::is_owned(&p.config),
+            managed: keys::is_owned(&p.config),
             detail: None,
             name: p.name,
         })
         .collect();
-    report.wiring = wiring_status(&client, config).await;
+    report.wiring = wiring_status(&client, &d).await;
     report.alerts = alerts_status(&client, config).await;
-    report.certificates = certs::status(&client, config)
+    report.certificates = certs::status(&client, &d)
         .await
         .context("reading the services' certificates")?;
     report.outputs = Some(
-        outputs::collect(&client, config)
+        outputs::collect(&client, &d)
             .await
             .context("collecting the outputs")?,
     );
@@ -282,7 +284,8 @@ fn ipv4_addresses(state: &atlas_install::incus::InstanceState) -> Vec<String> {
 
 /// The wiring plan, when the secrets it compares against are stored. Never fails the command:
 /// status reports what it can.
-async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
+async fn wiring_status(client: &Client, d: &Deployment) -> WiringStatus {
+    let config = &d.config;
     let unknown = |note: String| WiringStatus {
         state: "unknown".into(),
         changes: Vec::new(),
@@ -297,7 +300,7 @@ async fn wiring_status(client: &Client, config: &Config) -> WiringStatus {
         }
         Err(e) => return unknown(format!("reading the stored secrets: {e}")),
     };
-    match wiring::plan(client, config, &secrets).await {
+    match wiring::plan(client, d, &secrets).await {
         Ok(changes) => {
             let state = if changes.is_empty() {
                 "converged"

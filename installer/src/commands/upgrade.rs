@@ -33,7 +33,7 @@ pub fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Result<ExitCode> {
         .runtime
         .block_on(atlas_install::engine::upgrade::rollback(
             &ctx.client,
-            &ctx.config,
+            &ctx.deployment,
             Duration::from_secs(args.health_timeout),
             ctx.progress.as_ref(),
         ))?;

@@ -186,8 +186,6 @@ pub fn default_instance(
         tls: false,
         environment: BTreeMap::new(),
         placement: None,
-        member_address: None,
-        published_on: None,
     }
 }
 
@@ -298,7 +296,6 @@ impl Config {
                 aliases: BTreeMap::new(),
             },
             secrets: Secrets::default(),
-            cluster_members: Vec::new(),
         }
     }
 }

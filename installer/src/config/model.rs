@@ -32,10 +32,6 @@ pub struct Config {
     /// Secrets resolved from the environment or `*_file` paths. Never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
-    /// On an Incus cluster, every member and its API address; set by
-    /// `engine::cluster::expand`, never read from atlas.toml. Empty on a single server.
-    #[serde(skip)]
-    pub cluster_members: Vec<MemberAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,38 +210,10 @@ pub struct Instance {
     /// Extra environment for the service (merged over the recipe's).
     pub environment: BTreeMap<String, String>,
     /// Where the instance runs on an Incus cluster; `None`: on the member chosen at first
-    /// install (recorded in the project, see `engine::cluster`). Ignored on a single server.
+    /// install (recorded in the project, see `deployment::Placement`). Ignored on a single
+    /// server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
-    /// Set only on the per-member copies `engine::cluster::expand` makes (never read from
-    /// atlas.toml): the member it runs on and that member's address, where a proxy device
-    /// exposes its metrics port to Prometheus on other members.
-    #[serde(skip)]
-    pub member_address: Option<MemberAddress>,
-    /// Set only by `engine::cluster::expand` on Loki: the member it runs on, where a proxy
-    /// device publishes its port so that every member's Incus can ship logs to it.
-    #[serde(skip)]
-    pub published_on: Option<MemberAddress>,
-}
-
-/// A cluster member and the address other members reach it on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MemberAddress {
-    pub member: String,
-    pub host: String,
-    /// `host:port` of its Incus API (`core.https_address`, the cluster address), which also
-    /// serves `/1.0/metrics`.
-    pub api: String,
-}
-
-impl MemberAddress {
-    /// `host:port` on the member's address (`[v6]:port` for an IPv6 one).
-    pub fn at(&self, port: u16) -> String {
-        match self.host.contains(':') {
-            true => format!("[{}]:{port}", self.host),
-            false => format!("{}:{port}", self.host),
-        }
-    }
 }
 
 /// A cluster member or cluster group an instance is pinned to (`member = "m2"` or
@@ -259,7 +227,7 @@ pub enum Placement {
 
 impl Placement {
     /// The `?target=` value Incus takes for it (`m2`, `@edge`).
-    pub fn target(&self) -> String {
+    pub fn query(&self) -> String {
         match self {
             Placement::Member(m) => m.clone(),
             Placement::Group(g) => format!("@{g}"),
@@ -631,26 +599,39 @@ impl std::fmt::Debug for Secrets {
 impl Config {
     /// Enabled instances in dependency order (step-ca, stores, then Grafana and Caddy).
     pub fn enabled_instances(&self) -> Vec<(&str, &Instance)> {
-        let mut v: Vec<_> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| i.enabled)
-            .map(|(n, i)| (n.as_str(), i))
-            .collect();
-        v.sort_by_key(|(n, i)| {
-            (
-                ServiceKind::ALL.iter().position(|k| *k == i.service),
-                n.to_string(),
-            )
-        });
-        v
+        enabled_in(&self.instances)
     }
 
     /// Instances of one service kind that are enabled, by name.
     pub fn instances_of(&self, kind: ServiceKind) -> Vec<(&str, &Instance)> {
-        self.enabled_instances()
-            .into_iter()
-            .filter(|(_, i)| i.service == kind)
-            .collect()
+        of_kind(&self.instances, kind)
     }
+}
+
+/// The enabled ones of `instances` in dependency order (step-ca, stores, then Grafana and
+/// Caddy), by name within a service: the order everything is created and upgraded in.
+pub fn enabled_in(instances: &BTreeMap<String, Instance>) -> Vec<(&str, &Instance)> {
+    let mut v: Vec<_> = instances
+        .iter()
+        .filter(|(_, i)| i.enabled)
+        .map(|(n, i)| (n.as_str(), i))
+        .collect();
+    v.sort_by_key(|(n, i)| {
+        (
+            ServiceKind::ALL.iter().position(|k| *k == i.service),
+            n.to_string(),
+        )
+    });
+    v
+}
+
+/// The enabled ones of `instances` of one service kind, by name.
+pub fn of_kind(
+    instances: &BTreeMap<String, Instance>,
+    kind: ServiceKind,
+) -> Vec<(&str, &Instance)> {
+    enabled_in(instances)
+        .into_iter()
+        .filter(|(_, i)| i.service == kind)
+        .collect()
 }

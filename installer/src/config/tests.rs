@@ -463,7 +463,7 @@ fn cluster_placement_member_or_group() {
         c.instances["loki01"]
             .placement
             .as_ref()
-            .map(Placement::target),
+            .map(Placement::query),
         Some("@storage".to_string())
     );
     assert_eq!(c.instances["prometheus01"].placement, None);

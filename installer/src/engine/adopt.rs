@@ -14,8 +14,6 @@
 //!
 //! An interrupted run finds the volume (imported and owned) or not (nothing happened yet).
 
-use std::collections::BTreeMap;
-
 use crate::incus::{Client, FileEntry, FileMeta, IncusError};
 
 use super::error::EngineError;
@@ -75,21 +73,23 @@ pub async fn create_with_contents(
             format!("instance {instance}"),
             format!(
                 "{path} holds {} files ({} bytes), more than atlas-install moves onto volume {} through the API ({MAX_BYTES} bytes, {MAX_ENTRIES} entries). Nothing was changed. Create the volume yourself with a copy of {path} (incus storage volume create, then copy the files in), then run install again",
-                adopted.files, adopted.bytes, r.name
+                adopted.files,
+                adopted.bytes,
+                r.name()
             ),
         ));
     }
     let tarball = backup_tarball(r, pool_driver, &items).map_err(|e| {
         EngineError::object(
-            format!("volume {}", r.name),
+            format!("volume {}", r.name()),
             format!("building its contents: {e}"),
         )
     })?;
     let pool = r.pool.as_deref().unwrap_or_default();
     project
-        .import_volume_backup(pool, &r.name, reqwest::Body::from(tarball))
+        .import_volume_backup(pool, r.name(), reqwest::Body::from(tarball))
         .await
-        .map_err(|e| EngineError::object(format!("volume {}", r.name), e))?;
+        .map_err(|e| EngineError::object(format!("volume {}", r.name()), e))?;
     Ok(adopted)
 }
 
@@ -145,16 +145,15 @@ fn header(kind: tar::EntryType, meta: FileMeta, size: usize, mtime: u64) -> tar:
 /// `backup/volume/`. Strings in the YAML are JSON-quoted (valid YAML, any content).
 fn backup_tarball(r: &Resource, pool_driver: &str, items: &[Item]) -> std::io::Result<Vec<u8>> {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-    let config: BTreeMap<String, String> =
-        serde_json::from_value(r.body["config"].clone()).unwrap_or_default();
+    let config = r.body.config();
     let mut index = format!(
         "name: {name}\nbackend: {backend}\npool: {pool}\noptimized: false\noptimized_header: false\ntype: \"custom\"\nconfig:\n  volume:\n    name: {name}\n    description: {description}\n    type: \"custom\"\n    content_type: \"filesystem\"\n    config:\n",
-        name = q(&r.name),
+        name = q(r.name()),
         backend = q(pool_driver),
         pool = q(r.pool.as_deref().unwrap_or_default()),
-        description = q(r.body["description"].as_str().unwrap_or_default()),
+        description = q(r.body.description()),
     );
-    for (k, v) in &config {
+    for (k, v) in config {
         index.push_str(&format!("      {}: {}\n", q(k), q(v)));
     }
     let now = std::time::SystemTime::now()
@@ -193,21 +192,24 @@ fn backup_tarball(r: &Resource, pool_driver: &str, items: &[Item]) -> std::io::R
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::engine::resource::ResourceKind;
+    use crate::engine::resource::Body;
 
     fn volume() -> Resource {
-        Resource::new(
-            ResourceKind::Volume,
+        let mut v = crate::incus::StorageVolume::filesystem(
             "caddy01-data",
-            Some("local"),
-            serde_json::json!({
-                "name": "caddy01-data",
-                "description": "Data of caddy01 (managed by atlas-install)",
-                "config": {"size": "1GB", "snapshots.pattern": "auto-{{creation_date}}"},
-            }),
-            "0.1.0",
-        )
+            BTreeMap::from([
+                ("size".to_string(), "1GB".to_string()),
+                (
+                    "snapshots.pattern".to_string(),
+                    "auto-{{creation_date}}".to_string(),
+                ),
+            ]),
+        );
+        v.description = "Data of caddy01 (managed by atlas-install)".into();
+        Resource::new(Body::Volume(v), Some("local"), "0.1.0")
     }
 
     #[test]

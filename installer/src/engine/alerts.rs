@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Receiver, ServiceKind, Severity};
-use crate::incus::Client;
+use crate::incus::{Client, InstanceStatus};
 
 use super::fetch::{self, FetchError};
 use super::health::probe_address;
@@ -72,10 +72,10 @@ pub async fn current(client: &Client, config: &Config) -> Result<Vec<Alert>, Ale
         .ok_or(AlertsError::NoAlertmanager)?;
     let ip = probe_address(inst).ok_or_else(|| AlertsError::NoAddress(name.to_string()))?;
     if let Ok(state) = client.instance_state(name).await {
-        if state.status != "Running" {
+        if state.status != InstanceStatus::Running {
             return Err(AlertsError::NotRunning {
                 instance: name.to_string(),
-                state: state.status,
+                state: state.status.to_string(),
             });
         }
     }

@@ -27,6 +27,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::{Config, ServiceKind};
+use crate::deployment::Deployment;
 use crate::incus::{Client, Instance, OptionalExt as _, StateAction};
 use crate::progress::Progress;
 use crate::render::{ExpectedFile, FileSource, hostname};
@@ -72,7 +73,7 @@ impl std::fmt::Display for Reason {
             Reason::Due {
                 left: 0, not_after, ..
             } => {
-                write!(f, "expired {}", super::clock::rfc3339(*not_after))
+                write!(f, "expired {}", crate::clock::rfc3339(*not_after))
             }
             Reason::Due {
                 not_after,
@@ -89,7 +90,7 @@ impl std::fmt::Display for Reason {
                     "{} of its {} {unit} left, less than a third (expires {})",
                     left / div,
                     lifetime / div,
-                    super::clock::rfc3339(*not_after)
+                    crate::clock::rfc3339(*not_after)
                 )
             }
         }
@@ -117,14 +118,14 @@ impl std::fmt::Display for CertChange {
 /// The names a service's certificate carries: `<instance>.incus`, `<instance>` and every fixed
 /// address (the host reaches services by address, Incus ships logs to Loki by address), plus
 /// the member address it is published on in a cluster.
-pub fn names_for(config: &Config, name: &str) -> Vec<String> {
+pub fn names_for(d: &Deployment, name: &str) -> Vec<String> {
     let mut out = vec![hostname(name), name.to_string()];
-    if let Some(inst) = config.instances.get(name) {
+    if let Some(inst) = d.instance(name) {
         for n in &inst.nics {
             out.extend(n.ipv4.map(|a| a.to_string()));
             out.extend(n.ipv6.map(|a| a.to_string()));
         }
-        if let Some(m) = &inst.published_on {
+        if let Some(m) = d.published_on(name) {
             out.push(m.host.trim_matches(['[', ']']).to_string());
         }
     }
@@ -289,11 +290,12 @@ pub fn step_ca_name(config: &Config) -> Option<&str> {
 /// What [`Issuer`] would do, from GETs only: `instances` are the ones that exist.
 pub async fn plan(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     payloads: &BTreeMap<String, InstancePayload>,
     instances: &BTreeMap<String, Instance>,
     now: u64,
 ) -> Result<Vec<CertChange>, EngineError> {
+    let config = &d.config;
     let Some(ca_name) = step_ca_name(config) else {
         return Ok(Vec::new());
     };
@@ -353,16 +355,8 @@ pub async fn plan(
             });
         }
         if let Some((cert, key)) = w.cert
-            && let CertState::Issue(why) = current_state(
-                &project,
-                name,
-                cert,
-                key,
-                root,
-                &names_for(config, name),
-                now,
-            )
-            .await?
+            && let CertState::Issue(why) =
+                current_state(&project, name, cert, key, root, &names_for(d, name), now).await?
         {
             out.push(CertChange {
                 what: format!("certificate {name}"),
@@ -411,7 +405,8 @@ pub struct CertStatus {
 }
 
 /// The certificate of every TLS service, judged as `install` will judge it (GETs only).
-pub async fn status(client: &Client, config: &Config) -> Result<Vec<CertStatus>, EngineError> {
+pub async fn status(client: &Client, d: &Deployment) -> Result<Vec<CertStatus>, EngineError> {
+    let config = &d.config;
     let Some(ca_name) = step_ca_name(config) else {
         return Ok(Vec::new());
     };
@@ -442,8 +437,8 @@ pub async fn status(client: &Client, config: &Config) -> Result<Vec<CertStatus>,
                     c,
                     key.as_deref(),
                     &r,
-                    &names_for(config, name),
-                    super::clock::now_secs(),
+                    &names_for(d, name),
+                    crate::clock::now_secs(),
                 ),
                 None => CertState::Issue(Reason::Untrusted("the root does not parse".into())),
             },
@@ -454,10 +449,10 @@ pub async fn status(client: &Client, config: &Config) -> Result<Vec<CertStatus>,
                 CertStatus {
                     instance: name.to_string(),
                     state: "fresh".into(),
-                    expires: Some(super::clock::rfc3339(not_after)),
+                    expires: Some(crate::clock::rfc3339(not_after)),
                     detail: format!(
                         "`install` re-issues it from {} (a third of its lifetime left)",
-                        super::clock::rfc3339(not_after.saturating_sub(lifetime / 3))
+                        crate::clock::rfc3339(not_after.saturating_sub(lifetime / 3))
                     ),
                 }
             }
@@ -469,7 +464,7 @@ pub async fn status(client: &Client, config: &Config) -> Result<Vec<CertStatus>,
                 }
                 .into(),
                 expires: match why {
-                    Reason::Due { not_after, .. } => Some(super::clock::rfc3339(not_after)),
+                    Reason::Due { not_after, .. } => Some(crate::clock::rfc3339(not_after)),
                     _ => None,
                 },
                 detail: format!("the next `install` issues a new one: {why}"),
@@ -483,6 +478,7 @@ pub async fn status(client: &Client, config: &Config) -> Result<Vec<CertStatus>,
 /// is made ready on first need.
 pub struct Issuer<'a> {
     client: &'a Client,
+    d: &'a Deployment,
     config: &'a Config,
     /// Opens the JWK provisioner's key: the step-ca password (one password for keys and
     /// provisioner, as the upstream initialisation makes it; rotated together).
@@ -501,14 +497,15 @@ struct Ca {
 impl<'a> Issuer<'a> {
     pub fn new(
         client: &'a Client,
-        config: &'a Config,
+        d: &'a Deployment,
         password: &str,
         timeout: Duration,
         progress: &'a dyn Progress,
     ) -> Issuer<'a> {
         Issuer {
             client,
-            config,
+            d,
+            config: &d.config,
             password: password.to_string(),
             timeout,
             progress,
@@ -530,7 +527,7 @@ impl<'a> Issuer<'a> {
                         "TLS certificates come from step-ca, which is not enabled",
                     )
                 })?;
-                step_ca::ensure_config(self.client, self.config, name, self.timeout, self.progress)
+                step_ca::ensure_config(self.client, self.d, name, self.timeout, self.progress)
                     .await?;
                 let root_pem =
                     step_ca::root_pem(&self.project(), name)
@@ -589,7 +586,7 @@ impl<'a> Issuer<'a> {
             }
         }
         if let Some((cert, key)) = w.cert {
-            let names = names_for(self.config, name);
+            let names = names_for(self.d, name);
             let state = match fresh {
                 true => CertState::Issue(Reason::Missing),
                 false => {
@@ -602,7 +599,7 @@ impl<'a> Issuer<'a> {
                             key.as_deref(),
                             &ca.root_der,
                             &names,
-                            super::clock::now_secs(),
+                            crate::clock::now_secs(),
                         ),
                     }
                 }
@@ -638,7 +635,7 @@ impl<'a> Issuer<'a> {
             Some(key.as_bytes()),
             &ca.root_der,
             names,
-            super::clock::now_secs(),
+            crate::clock::now_secs(),
         ) {
             CertState::Fresh { .. } => Ok((key, chain)),
             CertState::Issue(why) => Err(EngineError::object(

@@ -4,17 +4,18 @@
 use std::collections::BTreeMap;
 
 use atlas_image::init::ServiceSpec;
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::deployment::Deployment;
 use crate::render::{ProfileSpec, RenderedSet};
 
-use super::resource::{Resource, ResourceKind};
+use super::resource::{Body, Resource};
+use crate::incus::{InstanceCreate, InstanceSource, Network, Profile, Project, StorageVolume};
+use crate::state::keys;
 
 /// Inputs beyond the config: what render produced and which image each instance runs.
 pub struct DesiredInputs<'a> {
-    pub config: &'a Config,
+    pub deployment: &'a Deployment,
     pub rendered: &'a RenderedSet,
     pub profiles: &'a [ProfileSpec],
     /// Image alias (in the Atlas project) per instance name.
@@ -22,16 +23,13 @@ pub struct DesiredInputs<'a> {
     /// Extra files per instance the engine pushes besides rendered ones (network file for
     /// our PID 1, certificates), as (path, sha256 hex of contents).
     pub extra_files: &'a BTreeMap<String, Vec<(String, String)>>,
+    /// Key of the HMACs that stand for the files in the hash ([`file_digest`]).
+    pub hash_key: &'a str,
     /// Address chosen per instance on the external bridge (Caddy's outside NIC); recorded on
     /// the instance as `user.atlas.external-address` so re-runs keep it.
     pub external_addresses: &'a BTreeMap<String, std::net::Ipv4Addr>,
     pub version: &'a str,
 }
-
-/// Project that owns a server-wide object (networks): several Atlas installs may share a host.
-pub const KEY_PROJECT: &str = "user.atlas.project";
-/// Caddy's address on the external bridge, chosen once.
-pub const KEY_EXTERNAL_ADDRESS: &str = "user.atlas.external-address";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageChoice {
@@ -64,13 +62,13 @@ pub enum DesiredError {
 
 /// Everything that should exist, in step order.
 pub fn desired(inputs: &DesiredInputs<'_>) -> Result<Vec<Resource>, DesiredError> {
-    let cfg = inputs.config;
+    let d = inputs.deployment;
     let v = inputs.version;
-    let mut out = vec![project(cfg, v)];
-    out.extend(networks(cfg, v));
+    let mut out = vec![project(&d.config, v)];
+    out.extend(networks(&d.config, v));
     out.extend(inputs.profiles.iter().map(|p| profile(p, v)));
-    out.extend(volumes(cfg, v));
-    for (name, _) in cfg.enabled_instances() {
+    out.extend(volumes(d, v));
+    for (name, _) in d.enabled_instances() {
         out.push(instance(inputs, name)?);
     }
     Ok(out)
@@ -81,110 +79,101 @@ pub fn project_resource(cfg: &Config, v: &str) -> Resource {
     project(cfg, v)
 }
 
+fn strings<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 fn project(cfg: &Config, v: &str) -> Resource {
-    let body = json!({
-        "name": cfg.incus.project,
-        "description": "Atlas observability stack (managed by atlas-install)",
-        "config": {
-            "features.images": "true",
-            "features.profiles": "true",
-            "features.storage.volumes": "true",
-            "features.storage.buckets": "true",
-            "features.networks": "false",
-        },
-    });
-    Resource::new(ResourceKind::Project, &cfg.incus.project, None, body, v)
+    let mut p = Project::new(&cfg.incus.project);
+    p.description = "Atlas observability stack (managed by atlas-install)".into();
+    p.config = strings([
+        ("features.images", "true".into()),
+        ("features.profiles", "true".into()),
+        ("features.storage.volumes", "true".into()),
+        ("features.storage.buckets", "true".into()),
+        ("features.networks", "false".into()),
+    ]);
+    Resource::new(Body::Project(p), None, v)
 }
 
 fn networks(cfg: &Config, v: &str) -> Vec<Resource> {
     cfg.networks
         .iter()
         .map(|(role, n)| {
-            let body = json!({
-                "name": n.name,
-                "type": "bridge",
-                "description": format!("Atlas {} network (managed by atlas-install)", role.as_str()),
-                "config": {
-                    "ipv4.address": n.ipv4.to_string(),
-                    "ipv4.nat": n.ipv4_nat.to_string(),
-                    "ipv6.address": n.ipv6.map(|a| a.to_string()).unwrap_or_else(|| "none".to_string()),
-                    "ipv6.nat": (n.ipv6.is_some() && n.ipv6_nat).to_string(),
-                    // dnsmasq answers `<instance>.incus` names on every Atlas bridge.
-                    "dns.domain": "incus",
-                },
-            });
-            let mut body = body;
-            body["config"][KEY_PROJECT] = json!(cfg.incus.project);
+            let mut config = strings([
+                ("ipv4.address", n.ipv4.to_string()),
+                ("ipv4.nat", n.ipv4_nat.to_string()),
+                (
+                    "ipv6.address",
+                    n.ipv6.map_or_else(|| "none".to_string(), |a| a.to_string()),
+                ),
+                ("ipv6.nat", (n.ipv6.is_some() && n.ipv6_nat).to_string()),
+                // dnsmasq answers `<instance>.incus` names on every Atlas bridge.
+                ("dns.domain", "incus".into()),
+                (keys::NETWORK_PROJECT, cfg.incus.project.clone()),
+            ]);
             if n.ipv6.is_some() {
                 // Incus refuses a NIC's static `ipv6.address` unless the bridge hands out
                 // stateful DHCPv6 addresses.
-                body["config"]["ipv6.dhcp.stateful"] = json!("true");
+                config.insert("ipv6.dhcp.stateful".into(), "true".into());
             }
-            Resource::new(ResourceKind::Network, &n.name, None, body, v)
+            let mut net = Network::bridge(&n.name, config);
+            net.description = format!("Atlas {} network (managed by atlas-install)", role.as_str());
+            Resource::new(Body::Network(net), None, v)
         })
         .collect()
 }
 
 fn profile(p: &ProfileSpec, v: &str) -> Resource {
-    let body = json!({
-        "name": p.name,
-        "description": p.description,
-        "config": p.config,
-        "devices": p.devices,
-    });
-    Resource::new(ResourceKind::Profile, &p.name, None, body, v)
+    let mut body = Profile::new(&p.name);
+    body.description = p.description.clone();
+    body.config = p.config.clone();
+    body.devices = p.devices.clone();
+    Resource::new(Body::Profile(body), None, v)
 }
 
-fn volumes(cfg: &Config, v: &str) -> Vec<Resource> {
-    let pool = cfg.incus.storage_pool.as_str();
-    cfg.enabled_instances()
+fn volumes(d: &Deployment, v: &str) -> Vec<Resource> {
+    let pool = d.config.incus.storage_pool.as_str();
+    d.enabled_instances()
         .into_iter()
         .filter_map(|(name, inst)| inst.volume.as_ref().map(|vol| (name, inst, vol)))
         .map(|(name, inst, vol)| {
-            let mut config = serde_json::Map::new();
-            config.insert("size".into(), Value::String(vol.size.text.clone()));
             // A fresh volume belongs to root; services that drop privileges (Prometheus as
             // nobody, step-ca as step, ...) could not write their data directory. Incus
             // applies these on creation only, so existing data keeps its owners.
             let (uid, gid) = crate::render::paths::service_user(inst.service);
-            config.insert("initial.uid".into(), Value::String(uid.to_string()));
-            config.insert("initial.gid".into(), Value::String(gid.to_string()));
-            config.insert("initial.mode".into(), Value::String("0750".into()));
+            let mut config = strings([
+                ("size", vol.size.text.clone()),
+                ("initial.uid", uid.to_string()),
+                ("initial.gid", gid.to_string()),
+                ("initial.mode", "0750".into()),
+            ]);
             if vol.snapshots.enabled {
-                config.insert(
-                    "snapshots.schedule".into(),
-                    Value::String(vol.snapshots.schedule.clone()),
-                );
-                config.insert(
-                    "snapshots.expiry".into(),
-                    Value::String(vol.snapshots.expiry.clone()),
-                );
-                config.insert(
-                    "snapshots.pattern".into(),
-                    Value::String(vol.snapshots.pattern.clone()),
-                );
+                config.extend(strings([
+                    ("snapshots.schedule", vol.snapshots.schedule.clone()),
+                    ("snapshots.expiry", vol.snapshots.expiry.clone()),
+                    ("snapshots.pattern", vol.snapshots.pattern.clone()),
+                ]));
             }
-            let body = json!({
-                "name": vol.name,
-                "type": "custom",
-                "content_type": "filesystem",
-                "description": format!("Data of {name} (managed by atlas-install)"),
-                "config": config,
-            });
-            Resource::new(ResourceKind::Volume, &vol.name, Some(pool), body, v)
+            let mut body = StorageVolume::filesystem(&vol.name, config);
+            body.description = format!("Data of {name} (managed by atlas-install)");
+            Resource::new(Body::Volume(body), Some(pool), v)
         })
         .collect()
 }
 
 fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredError> {
-    let cfg = inputs.config;
-    let inst = &cfg.instances[name];
+    let d = inputs.deployment;
+    let cfg = &d.config;
+    let inst = d
+        .instance(name)
+        .ok_or_else(|| DesiredError::MissingImage(name.to_string()))?;
     let image = inputs
         .images
         .get(name)
         .ok_or_else(|| DesiredError::MissingImage(name.to_string()))?;
     let rendered = inputs.rendered.instances.get(name);
-    let mut config = serde_json::Map::new();
+    let mut config = BTreeMap::new();
     let mut secret_keys = Vec::new();
     // With a service spec pushed, the environment travels in it (out of `incus config
     // show`); otherwise the image's own command gets it as `environment.*`.
@@ -194,40 +183,33 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
             if r.secret_env.contains(k) {
                 secret_keys.push(key.clone());
             }
-            config.insert(key, Value::String(val.clone()));
+            config.insert(key, val.clone());
         }
     }
-    let mut devices = crate::render::instance_devices(cfg, name);
+    let mut devices = crate::render::instance_devices(d, name);
     if let Some(addr) = inputs.external_addresses.get(name) {
-        config.insert(
-            KEY_EXTERNAL_ADDRESS.to_string(),
-            Value::String(addr.to_string()),
-        );
+        config.insert(keys::EXTERNAL_ADDRESS.to_string(), addr.to_string());
         // A reservation on the bridge, so no other NIC gets the address Caddy uses.
         for (i, nic) in inst.nics.iter().enumerate() {
             if nic.network == crate::config::NetworkRole::External {
                 let dev = format!("eth{i}");
                 devices.insert(
                     dev.clone(),
-                    BTreeMap::from([
-                        ("type".to_string(), "nic".to_string()),
-                        ("name".to_string(), dev),
-                        ("network".to_string(), cfg.incus.external_network.clone()),
-                        ("ipv4.address".to_string(), addr.to_string()),
+                    strings([
+                        ("type", "nic".into()),
+                        ("name", dev),
+                        ("network", cfg.incus.external_network.clone()),
+                        ("ipv4.address", addr.to_string()),
                     ]),
                 );
             }
         }
     }
-    let body = json!({
-        "name": name,
-        "type": "container",
-        "description": format!("Atlas {} (managed by atlas-install)", inst.service.as_str()),
-        "source": {"type": "image", "alias": image.alias},
-        "profiles": ["default", inst.profile],
-        "config": config,
-        "devices": devices,
-    });
+    let mut body = InstanceCreate::container(name, InstanceSource::alias(&image.alias));
+    body.description = format!("Atlas {} (managed by atlas-install)", inst.service.as_str());
+    body.profiles = vec!["default".to_string(), inst.profile.clone()];
+    body.config = config;
+    body.devices = devices;
     // Files and the image are not part of the body, but a change to either must reach the
     // container: they go into its hash. The command line travels as a file (the service
     // spec, among the extra files), so it is hashed exactly as it is pushed.
@@ -237,18 +219,16 @@ fn instance(inputs: &DesiredInputs<'_>, name: &str) -> Result<Resource, DesiredE
         for f in &r.files {
             extra.insert(
                 format!("file:{}", f.path),
-                file_hash(&f.contents, f.mode, f.uid, f.gid),
+                file_digest(inputs.hash_key, &f.contents, f.mode, f.uid, f.gid),
             );
         }
     }
     for (path, hash) in inputs.extra_files.get(name).into_iter().flatten() {
         extra.insert(format!("file:{path}"), hash.clone());
     }
-    Ok(
-        Resource::new(ResourceKind::Instance, name, None, body, inputs.version)
-            .with_extra(extra)
-            .with_secret_keys(secret_keys),
-    )
+    Ok(Resource::new(Body::Instance(body), None, inputs.version)
+        .with_extra(extra)
+        .with_secret_keys(secret_keys))
 }
 
 /// Whether the instance gets `/etc/atlas/service.json` of its own: a rendered command, and an
@@ -257,16 +237,20 @@ pub fn pushes_spec(r: &crate::render::RenderedInstance, image: &ImageChoice) -> 
     r.command.is_some() && image.service.is_some()
 }
 
-fn file_hash(contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
-    let mut h = Sha256::new();
-    h.update(contents);
-    h.update(format!("\0{mode:o}:{uid}:{gid}"));
-    hex::encode(h.finalize())
+/// What stands for a pushed file in hashes and install records: an HMAC of its contents,
+/// mode and owner under the project's hash key (a secret), so that no stored hash can be
+/// used to guess what a file holds (a weak password in it, say).
+pub fn file_digest(key: &str, contents: &[u8], mode: u32, uid: u32, gid: u32) -> String {
+    crate::hmac::sha256_hex(
+        key.as_bytes(),
+        &[contents, format!("\0{mode:o}:{uid}:{gid}").as_bytes()],
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::resource::ResourceKind;
     use crate::render::{Credentials, MqttCredential};
 
     fn creds(pw: &str) -> Credentials {
@@ -284,8 +268,9 @@ mod tests {
     }
 
     fn build(cfg: &Config, creds: &Credentials, fp: &str) -> Vec<Resource> {
-        let rendered = crate::render::render(cfg, creds).unwrap();
-        let profiles = crate::render::profiles(cfg).unwrap();
+        let d = Deployment::standalone(cfg);
+        let rendered = crate::render::render(&d, creds).unwrap();
+        let profiles = crate::render::profiles(&d).unwrap();
         let images = cfg
             .enabled_instances()
             .into_iter()
@@ -301,7 +286,8 @@ mod tests {
             })
             .collect();
         let inputs = DesiredInputs {
-            config: cfg,
+            deployment: &d,
+            hash_key: "k",
             rendered: &rendered,
             profiles: &profiles,
             images: &images,
@@ -316,7 +302,7 @@ mod tests {
     fn builtin_config_gives_the_seed_objects_in_step_order() {
         let cfg = Config::builtin();
         let all = build(&cfg, &creds("pw"), "f1");
-        let count = |k| all.iter().filter(|r| r.kind == k).count();
+        let count = |k| all.iter().filter(|r| r.kind() == k).count();
         assert_eq!(count(ResourceKind::Project), 1);
         assert_eq!(count(ResourceKind::Network), 5);
         assert_eq!(
@@ -329,7 +315,7 @@ mod tests {
             8,
             "cloudflared is off without a token"
         );
-        let kinds: Vec<_> = all.iter().map(|r| r.kind).collect();
+        let kinds: Vec<_> = all.iter().map(|r| r.kind()).collect();
         let mut sorted = kinds.clone();
         sorted.sort();
         assert_eq!(kinds, sorted, "resources come in step order");
@@ -345,7 +331,7 @@ mod tests {
             x.iter()
                 .zip(y)
                 .filter(|(p, q)| p.hash != q.hash)
-                .map(|(p, _)| p.name.clone())
+                .map(|(p, _)| p.name().to_string())
                 .collect()
         };
         assert_eq!(
@@ -368,7 +354,7 @@ mod tests {
     fn secret_environment_is_marked_and_redacted() {
         let cfg = Config::builtin();
         let all = build(&cfg, &creds("hunter2-secret"), "f1");
-        let grafana = all.iter().find(|r| r.name == "grafana01").unwrap();
+        let grafana = all.iter().find(|r| r.name() == "grafana01").unwrap();
         assert!(
             grafana
                 .secret_keys

@@ -43,6 +43,8 @@ pub enum EngineError {
     #[error("server wiring: {0}")]
     Wiring(Box<WiringError>),
     #[error(transparent)]
+    State(Box<crate::state::StateError>),
+    #[error(transparent)]
     Health(Box<HealthError>),
     /// A step could not converge an object; says which.
     #[error("{object}: {message}")]
@@ -90,4 +92,5 @@ boxed_from!(
     SecretsError => Secrets,
     WiringError => Wiring,
     HealthError => Health,
+    crate::state::StateError => State,
 );

@@ -33,7 +33,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::{Config, Instance, NetworkRole, ServiceKind};
-use crate::incus::{Client, IncusError};
+use crate::deployment::Deployment;
+use crate::incus::{Client, IncusError, InstanceStatus};
 use crate::progress::{Progress, ProgressTask};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +106,10 @@ const MAX_DELAY: Duration = Duration::from_secs(4);
 const LOG_LINES: usize = 30;
 
 /// The probe of every enabled instance, in dependency order.
-pub fn probes(config: &Config) -> Vec<Probe> {
-    config
-        .enabled_instances()
+pub fn probes(d: &Deployment) -> Vec<Probe> {
+    d.enabled_instances()
         .into_iter()
-        .filter_map(|(name, inst)| probe_for(config, name, inst))
+        .filter_map(|(name, inst)| probe_for(&d.config, name, inst))
         .collect()
 }
 
@@ -234,11 +234,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// in dependency order.
 pub async fn gate(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<(), HealthError> {
-    gate_probes(client, config, probes(config), timeout, progress).await
+    gate_probes(client, &d.config, probes(d), timeout, progress).await
 }
 
 /// [`gate`] over explicit probes. A failure's console-log excerpt is cut of every secret
@@ -322,7 +322,7 @@ async fn wait_healthy(
         // A stopped container will not come up by waiting: say so early. Seen twice, so a
         // restart by `boot.autorestart` in between is not mistaken for a crash.
         match client.instance_state(&probe.instance).await {
-            Ok(s) if s.status == "Running" => stopped_seen = 0,
+            Ok(s) if s.status == InstanceStatus::Running => stopped_seen = 0,
             Ok(s) => {
                 stopped_seen += 1;
                 if stopped_seen >= 2 {
@@ -353,18 +353,18 @@ fn round(d: Duration) -> Duration {
 }
 
 /// Probes every enabled instance once (concurrently), for `status`.
-pub async fn check(client: &Client, config: &Config) -> Result<Vec<HealthReport>, HealthError> {
+pub async fn check(client: &Client, d: &Deployment) -> Result<Vec<HealthReport>, HealthError> {
     // One listing instead of a state call per instance; a stopped or missing instance is
     // reported as such rather than as a refused connection.
-    let status: std::collections::BTreeMap<String, String> = client
+    let status: std::collections::BTreeMap<String, InstanceStatus> = client
         .instances()
         .await?
         .into_iter()
         .map(|i| (i.name, i.status))
         .collect();
     let mut set = tokio::task::JoinSet::new();
-    let probes = probes(config);
-    let mut reports: Vec<HealthReport> = config
+    let probes = probes(d);
+    let mut reports: Vec<HealthReport> = d
         .enabled_instances()
         .into_iter()
         .filter(|(n, _)| !probes.iter().any(|p| p.instance == *n))
@@ -378,9 +378,11 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<HealthReport>
         let client = client.clone();
         let state = status.get(&probe.instance).cloned();
         set.spawn(async move {
-            let r = match state.as_deref() {
+            let r = match state {
                 None => Err("the instance does not exist".to_string()),
-                Some("Running") => probe_once(&client, &probe.instance, &probe.check).await,
+                Some(InstanceStatus::Running) => {
+                    probe_once(&client, &probe.instance, &probe.check).await
+                }
                 Some(other) => Err(format!("the instance is {other}")),
             };
             let (healthy, detail) = match r {
@@ -525,7 +527,7 @@ mod tests {
     use super::*;
 
     fn urls(config: &Config) -> Vec<(String, String)> {
-        probes(config)
+        probes(&Deployment::standalone(config))
             .into_iter()
             .map(|p| (p.instance, p.check.to_string()))
             .collect()
@@ -550,7 +552,7 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(got, want);
-        let mqtt = probes(&cfg)
+        let mqtt = probes(&Deployment::standalone(&cfg))
             .into_iter()
             .find(|p| p.instance == "mosquitto01");
         assert_eq!(mqtt.unwrap().check.url(), "tcp://10.40.0.17:1883");

@@ -5,7 +5,7 @@
 //! [`Engine::apply`] writes what the plan says, step by step, each step idempotent, so a run
 //! killed anywhere converges when run again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -13,9 +13,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::deployment::Deployment;
 use crate::incus::{Client, IncusError, OptionalExt, Server, StorageBucket};
 use crate::progress::{Progress, ProgressTask};
 use crate::render::{Credentials, MqttCredential};
+use crate::state::{BucketSupport, InstallRecord, ServiceRecord, keys};
 
 use super::certs::{self, CertChange, Issuer};
 use super::converge;
@@ -24,16 +26,13 @@ use super::instances;
 use super::plan::{Change, Plan, diff};
 use super::preflight::{self, PreflightReport};
 use super::remotes::{self, RemotesOutcome};
-use super::resource::{ResourceAddress, ResourceKind};
+use super::resource::{Body, ResourceAddress, ResourceKind};
 use super::secrets::{Secrets, SecretsError};
 use super::state::{self, DesiredState, Facts, Observation};
 use super::wiring::{self, WiringChange};
 
 /// Name of the state bucket, where the server can serve local buckets.
 pub const STATE_BUCKET: &str = "atlas-state";
-/// Project key recording that the server cannot serve the state bucket (so re-runs do not
-/// try, and write, again).
-pub const KEY_BUCKET_STATE: &str = "user.atlas.state-bucket";
 
 /// Boxed future of [`SecretSource::load_or_generate`].
 pub type SecretsFuture<'a> =
@@ -129,6 +128,9 @@ pub struct PlanReport {
     /// records (an earlier run stopped before recording it, e.g. killed during its health
     /// checks). One write, which plan counts like any other.
     pub record_pending: bool,
+    /// sha256 over what Incus held when the plan was made and everything it decided (see
+    /// `fingerprint`): a saved plan applies only while this is still what a plan finds.
+    pub fingerprint: String,
     #[serde(skip)]
     inner: Option<Box<Inner>>,
 }
@@ -138,7 +140,6 @@ struct Inner {
     server: Server,
     observation: Observation,
     secrets: Option<Secrets>,
-    placement: super::cluster::Placement,
 }
 
 impl PlanReport {
@@ -161,7 +162,7 @@ impl PlanReport {
 
     /// The same, each with whose it is and what to do: for [`EngineError::Conflicts`].
     pub fn conflict_details(&self) -> Vec<String> {
-        self.plan.conflicts().map(|a| a.conflict_detail()).collect()
+        self.plan.conflict_details()
     }
 }
 
@@ -213,7 +214,8 @@ pub struct ApplyReport {
 pub struct Engine<'a> {
     /// Scoped to the Atlas project (`Client::from_config` gives that).
     pub client: Client,
-    pub config: &'a Config,
+    /// The config and how it lands on this server or cluster.
+    pub deployment: Deployment,
     pub secrets: &'a dyn SecretSource,
     pub progress: &'a dyn Progress,
     pub options: Options,
@@ -251,12 +253,17 @@ fn placeholder_credentials(config: &Config) -> Credentials {
 }
 
 impl Engine<'_> {
+    /// The config as the user wrote it.
+    fn cfg(&self) -> &Config {
+        &self.deployment.config
+    }
+
     fn root(&self) -> Client {
         self.client.in_project("default")
     }
 
     fn project(&self) -> Client {
-        self.client.in_project(&self.config.incus.project)
+        self.client.in_project(&self.cfg().incus.project)
     }
 
     fn checkpoint(&self, name: &str) -> Result<(), EngineError> {
@@ -276,15 +283,18 @@ impl Engine<'_> {
     /// Preflight and the plan, from GETs only (the secret store is read when the project
     /// exists; it writes only what is missing, e.g. a new Mosquitto user).
     pub async fn plan(&self) -> Result<PlanReport, EngineError> {
-        let cfg = self.config;
         let (server, pre) = {
             let task = self.progress.task("preflight", None);
             let t = task.as_ref();
             done(
                 t,
                 async {
-                    let r =
-                        preflight::run(&self.client, cfg, self.options.ignore_preflight).await?;
+                    let r = preflight::run(
+                        &self.client,
+                        &self.deployment,
+                        self.options.ignore_preflight,
+                    )
+                    .await?;
                     t.finish(&format!(
                         "Incus {}, {} cores, {:.1}GB memory",
                         r.1.server_version,
@@ -321,7 +331,7 @@ impl Engine<'_> {
         let need = self.pool_need(report).await;
         let (problems, warnings) = preflight::capacity(
             &need,
-            &self.config.incus.storage_pool,
+            &self.cfg().incus.storage_pool,
             pre.pool_free_bytes,
             pre.pool_thick,
         );
@@ -357,7 +367,7 @@ impl Engine<'_> {
         {
             match a.address.kind {
                 ResourceKind::Instance => {
-                    let Some(inst) = self.config.instances.get(&a.address.name) else {
+                    let Some(inst) = self.cfg().instances.get(&a.address.name) else {
                         continue;
                     };
                     let service = inst.service.as_str().to_string();
@@ -382,7 +392,7 @@ impl Engine<'_> {
                     let size = a
                         .resource
                         .as_ref()
-                        .and_then(|r| r.body["config"]["size"].as_str())
+                        .and_then(|r| r.body.config().get("size"))
                         .and_then(|s| crate::config::Size::parse(s).ok());
                     if let Some(s) = size {
                         need.volumes.push((a.address.name.clone(), s.bytes));
@@ -405,7 +415,7 @@ impl Engine<'_> {
             Some(_) => None,
             None => {
                 let project = self.project();
-                let alias = state::image_alias(self.config, service);
+                let alias = state::image_alias(self.cfg(), service);
                 let got = async {
                     let a = project.get_image_alias(&alias).await.optional()?;
                     match a {
@@ -429,7 +439,7 @@ impl Engine<'_> {
         server: Server,
         pre: PreflightReport,
     ) -> Result<PlanReport, EngineError> {
-        let cfg = self.config;
+        let cfg = self.cfg();
         let observation = state::observe(&self.root(), cfg).await?;
         let secrets = if observation.project_exists {
             Some(self.secrets.load_or_generate(&self.project(), cfg).await?)
@@ -444,69 +454,18 @@ impl Engine<'_> {
             &observation.observed,
             &observation.owned_elsewhere,
         );
-        let to_start = plan
-            .actions
-            .iter()
-            .filter(|a| a.address.kind == ResourceKind::Instance && a.change == Change::Unchanged)
-            .filter(|a| {
-                observation
-                    .instances
-                    .get(&a.address.name)
-                    .is_some_and(|i| i.status != "Running")
-            })
-            .map(|a| a.address.name.clone())
-            .collect();
-        let wiring = match &secrets {
-            Some(s) => {
-                let root = match certs::step_ca_name(cfg) {
-                    Some(ca) if observation.instances.contains_key(ca) => {
-                        super::step_ca::root_pem(&self.project(), ca).await?
-                    }
-                    _ => None,
-                };
-                wiring::plan_with(&self.client, cfg, s, &wiring_options(cfg, root)?).await?
-            }
-            None => Vec::new(),
-        };
+        let to_start = to_start(&plan, &observation);
+        let wiring = self.wiring_plan(&observation, secrets.as_ref()).await?;
         let certificates = certs::plan(
             &self.client,
-            cfg,
+            &self.deployment,
             &desired.payloads,
             &observation.instances,
-            super::clock::now_secs(),
+            crate::clock::now_secs(),
         )
         .await?;
-        let placement = super::cluster::placement(&self.client, cfg, &pre.cluster).await?;
         let mut notes = notes;
-        notes.extend(self.remotes_note(&server)?);
-        if pre.cluster.clustered
-            && !cfg.integrations.incus_loki
-            && self
-                .config
-                .instances_of(crate::config::ServiceKind::Loki)
-                .iter()
-                .any(|(_, i)| i.published_on.is_none())
-        {
-            notes.push(super::cluster::LOKI_ON_A_GROUP.to_string());
-        }
-        if let Some(n) = bucket_note(&pre, &observation) {
-            notes.push(n);
-        }
-        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
-            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
-        }
-        for a in plan
-            .actions
-            .iter()
-            .filter(|a| a.address.kind == ResourceKind::Volume && a.change == Change::Create)
-        {
-            if let Some((instance, path)) = adoption(cfg, &observation, &a.address.name) {
-                notes.push(format!(
-                    "{instance}: {path} moves onto the new volume {}, which starts with a copy of what {instance} holds there now",
-                    a.address.name
-                ));
-            }
-        }
+        notes.extend(self.plan_notes(&server, &pre, &observation, &plan)?);
         let images = desired
             .payloads
             .iter()
@@ -517,14 +476,9 @@ impl Engine<'_> {
                 )
             })
             .collect();
-        let record_pending = observation.project_exists && {
-            let want = install_record(&desired);
-            super::record::parse_records(&cfg.incus.project, &observation.project_config)
-                .ok()
-                .and_then(|r| r.current)
-                .is_none_or(|have| !have.same_install(&want))
-        };
-        Ok(PlanReport {
+        let record_pending = record_pending(cfg, &observation, &desired);
+        let d = &self.deployment;
+        let mut report = PlanReport {
             project: cfg.incus.project.clone(),
             preflight: pre,
             plan,
@@ -533,15 +487,78 @@ impl Engine<'_> {
             certificates,
             notes,
             images,
-            placement: placement.describe(cfg),
+            placement: d
+                .placement
+                .describe(d.enabled_instances().into_iter().map(|(n, _)| n)),
             record_pending,
-            inner: Some(Box::new(Inner {
-                server,
-                observation,
-                secrets,
-                placement,
-            })),
-        })
+            fingerprint: String::new(),
+            inner: None,
+        };
+        report.fingerprint = fingerprint(&observation, &report);
+        report.inner = Some(Box::new(Inner {
+            server,
+            observation,
+            secrets,
+        }));
+        Ok(report)
+    }
+
+    /// The server-level changes install would make (none before the secrets exist).
+    async fn wiring_plan(
+        &self,
+        observation: &Observation,
+        secrets: Option<&Secrets>,
+    ) -> Result<Vec<WiringChange>, EngineError> {
+        let Some(s) = secrets else {
+            return Ok(Vec::new());
+        };
+        let cfg = self.cfg();
+        let root = match certs::step_ca_name(cfg) {
+            Some(ca) if observation.instances.contains_key(ca) => {
+                super::step_ca::root_pem(&self.project(), ca).await?
+            }
+            _ => None,
+        };
+        let opts = wiring_options(&self.deployment, root)?;
+        Ok(wiring::plan_with(&self.client, cfg, s, &opts).await?)
+    }
+
+    /// Lines about what the plan skips, defers or moves (remotes, Loki on a cluster group,
+    /// the state bucket, node-exporter's host mounts, data moving onto new volumes).
+    fn plan_notes(
+        &self,
+        server: &Server,
+        pre: &PreflightReport,
+        observation: &Observation,
+        plan: &Plan,
+    ) -> Result<Vec<String>, EngineError> {
+        let (d, cfg) = (&self.deployment, self.cfg());
+        let mut notes: Vec<String> = self.remotes_note(server)?.into_iter().collect();
+        if pre.cluster.clustered
+            && !d.incus_loki()
+            && d.instances_of(crate::config::ServiceKind::Loki)
+                .iter()
+                .any(|(n, _)| d.published_on(n).is_none())
+        {
+            notes.push(crate::deployment::LOKI_ON_A_GROUP.to_string());
+        }
+        notes.extend(bucket_note(pre, observation));
+        for (name, _) in cfg.instances_of(crate::config::ServiceKind::NodeExporter) {
+            notes.extend(super::outputs::follow_host_mounts_note(cfg, name));
+        }
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.address.kind == ResourceKind::Volume && a.change == Change::Create)
+        {
+            if let Some((instance, path)) = adoption(cfg, observation, &a.address.name) {
+                notes.push(format!(
+                    "{instance}: {path} moves onto the new volume {}, which starts with a copy of what {instance} holds there now",
+                    a.address.name
+                ));
+            }
+        }
+        Ok(notes)
     }
 
     /// Builds (or takes) the image of every enabled service, one after another, and points
@@ -555,7 +572,7 @@ impl Engine<'_> {
             return Ok(());
         };
         let mut services: Vec<&str> = self
-            .config
+            .deployment
             .enabled_instances()
             .into_iter()
             .map(|(_, i)| i.service.as_str())
@@ -565,13 +582,13 @@ impl Engine<'_> {
         let mut imported = 0;
         for service in services {
             task.set_message(&format!("{service}: pulling and building"));
-            let alias = state::image_alias(self.config, service);
+            let alias = state::image_alias(self.cfg(), service);
             let got = supply
                 .ensure(
                     project,
                     service,
                     &alias,
-                    &self.config.grafana.plugins,
+                    &self.cfg().grafana.plugins,
                     self.progress,
                 )
                 .await
@@ -605,10 +622,10 @@ impl Engine<'_> {
         obs: &Observation,
         secrets: Option<&Secrets>,
     ) -> Result<(DesiredState, Vec<String>), EngineError> {
-        let cfg = self.config;
+        let cfg = self.cfg();
         let images = state::resolve_images(
             &self.project(),
-            cfg,
+            &self.deployment,
             obs.project_exists,
             self.options.supply.is_some(),
         )
@@ -624,8 +641,9 @@ impl Engine<'_> {
             external: pre.external,
             external_addresses: &external,
             server_cert_pem: &server.environment.certificate,
+            hash_key: secrets.map_or("planned", |s| s.hash_key.as_str()),
         };
-        let desired = state::build(cfg, &creds, secrets, &facts)?;
+        let desired = state::build(&self.deployment, &creds, secrets, &facts)?;
         let mut notes = Vec::new();
         if !obs.project_exists {
             notes.push(format!("project {} does not exist yet: image aliases and secrets are resolved when it is created", cfg.incus.project));
@@ -647,27 +665,11 @@ impl Engine<'_> {
         Ok((desired, notes))
     }
 
-    /// Applies a plan from [`Engine::plan`]. Conflicts abort before any write.
+    /// Applies a plan from [`Engine::plan`], as it is: the steps of the module docs, in
+    /// order, each under its own progress task. Conflicts abort before any write.
     pub async fn apply(&self, report: &PlanReport) -> Result<ApplyReport, EngineError> {
         let w0 = self.client.writes();
-        let conflicts = report.conflict_details();
-        if !conflicts.is_empty() {
-            return Err(EngineError::Conflicts(conflicts));
-        }
-        if report
-            .inner
-            .as_ref()
-            .is_some_and(|i| i.observation.project_exists)
-        {
-            self.settle().await?;
-        }
-        let inner = report.inner.as_ref().ok_or_else(|| {
-            EngineError::object(
-                "plan",
-                "internal error: the plan was not computed by this engine",
-            )
-        })?;
-        let (root, project, cfg) = (self.root(), self.project(), self.config);
+        let run = self.checks(report).await?;
         let from = match self.options.upgrade {
             true => Some(self.installed().await?),
             false => None,
@@ -675,322 +677,43 @@ impl Engine<'_> {
         // After the checks, before anything else: the steps below render with the new ones.
         let rotated = from.is_some() && self.options.rotate_secrets;
         if rotated {
-            let task = self.progress.task("secrets", None);
-            let out = super::rotate::rotate(&self.client, cfg, self.progress).await;
-            done(
-                task.as_ref(),
-                out.map(|r| task.finish(&format!("{} rotated", r.rotated.len()))),
-            )?;
+            self.rotate_secrets().await?;
         }
-        let plan = &report.plan;
-        let by_kind = |k: ResourceKind| {
-            plan.actions
-                .iter()
-                .filter(move |a| a.address.kind == k && a.resource.is_some())
-        };
-
-        {
-            let task = self.progress.task("remotes", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let r = remotes::ensure(&inner.server, false)
-                        .map_err(|e| EngineError::object("incus client config", e))?;
-                    t.finish(match &r {
-                        RemotesOutcome::Skipped(m) => m.as_str(),
-                        RemotesOutcome::Present => "present",
-                        RemotesOutcome::Added(_) => "added",
-                    });
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.remotes(&run).await?;
         self.checkpoint("after-remotes")?;
-
-        {
-            let task = self.progress.task("project", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let n = self
-                        .converge_kind(&root, &project, by_kind(ResourceKind::Project))
-                        .await?;
-                    let bucket = self.ensure_bucket(&inner.server).await?;
-                    // The member chosen for the stack now, so later runs keep it there.
-                    super::cluster::record(&self.client, cfg, &inner.placement).await?;
-                    t.finish(&format!("{}; {bucket}", outcome(n)));
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.project_step(&run).await?;
         self.checkpoint("after-project")?;
-
         for (label, kind) in [
             ("networks", ResourceKind::Network),
             ("volumes", ResourceKind::Volume),
             ("profiles", ResourceKind::Profile),
         ] {
-            {
-                let task = self.progress.task(label, None);
-                let t = task.as_ref();
-                done(
-                    t,
-                    async {
-                        let n = match kind {
-                            ResourceKind::Volume => {
-                                self.converge_volumes(&root, &project, report, inner)
-                                    .await?
-                            }
-                            _ => self.converge_kind(&root, &project, by_kind(kind)).await?,
-                        };
-                        t.finish(&outcome(n));
-                        Ok(())
-                    }
-                    .await,
-                )
-            }?;
+            self.objects(&run, label, kind).await?;
             self.checkpoint(&format!("after-{label}"))?;
         }
-
-        let (desired, secrets) = {
-            let task = self.progress.task("images", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let secrets = match &inner.secrets {
-                        Some(s) if !rotated => s.clone(),
-                        _ => self.secrets.load_or_generate(&project, cfg).await?,
-                    };
-                    self.supply_images(&project, t).await?;
-                    let pre = &report.preflight;
-                    let obs = Observation {
-                        project_exists: true,
-                        ..inner.observation.clone()
-                    };
-                    let (desired, _) = self
-                        .desired(&inner.server, pre, &obs, Some(&secrets))
-                        .await?;
-                    t.finish(&format!("{} resolved", desired.payloads.len()));
-                    Ok((desired, secrets))
-                }
-                .await,
-            )
-        }?;
+        let (desired, secrets) = self.images(&run, rotated).await?;
         self.checkpoint("after-images")?;
         let record = install_record(&desired);
-        let upgrade = from.as_ref().map(|from| Upgrade {
-            from: from.clone(),
-            snap: super::upgrade::snapshot_name(from, &record),
-            set: super::backup::VolumeSet::from_config(cfg),
-        });
-        if let (Some(from), Some(u)) = (&from, &upgrade) {
-            let changing = from.changed_services(&record);
-            self.progress.info(&format!(
-                "upgrade {} -> {}: {}",
-                super::upgrade::release_tag(from),
-                super::upgrade::release_tag(&record),
-                match changing.is_empty() {
-                    true => "no service changes".to_string(),
-                    false => format!("{} change (snapshots {})", changing.join(", "), u.snap),
-                }
-            ));
-        }
-
-        // Instance hashes depend on secrets and images, known for sure only now.
-        let instance_plan = diff(
-            &desired.resources,
-            &inner.observation.observed,
-            &inner.observation.owned_elsewhere,
-        );
+        let upgrade = from.map(|from| self.upgrade_from(from, &record));
         let issuer = Issuer::new(
             &self.client,
-            cfg,
+            &self.deployment,
             &secrets.credentials.step_ca_password,
             self.options.health_timeout,
             self.progress,
         );
-        let mut converged = std::collections::BTreeSet::new();
-        {
-            let task = self.progress.task("instances", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let mut n = 0;
-                    let checkpoint = |name: &str| self.checkpoint(name);
-                    let mut actions: Vec<_> = instance_plan
-                        .actions
-                        .iter()
-                        .filter(|a| a.address.kind == ResourceKind::Instance)
-                        .collect();
-                    if upgrade.is_some() {
-                        let order = super::upgrade::order(cfg);
-                        actions.sort_by_key(|a| {
-                            order
-                                .iter()
-                                .position(|n| *n == a.address.name)
-                                .unwrap_or(usize::MAX)
-                        });
-                    }
-                    for a in actions {
-                        let name = &a.address.name;
-                        match (&a.change, &a.resource) {
-                            (Change::Create | Change::Update, Some(r)) => {
-                                t.set_message(name);
-                                let existing = inner.observation.instances.get(name);
-                                let payload = &self
-                                    .with_step_ca_files(
-                                        &issuer,
-                                        name,
-                                        &desired.payloads[name],
-                                        existing,
-                                    )
-                                    .await?;
-                                converged.insert(name.clone());
-                                // On a cluster, created where the placement says.
-                                let target = inner.placement.target_for(name);
-                                let project = project.on_target(target.as_deref());
-                                match &upgrade {
-                                    Some(u) => {
-                                        self.replace_guarded(&project, r, payload, existing, u)
-                                            .await?
-                                    }
-                                    None => {
-                                        instances::converge(
-                                            &project,
-                                            r,
-                                            payload,
-                                            existing,
-                                            &checkpoint,
-                                        )
-                                        .await?
-                                    }
-                                }
-                                n += 1;
-                            }
-                            (Change::Unchanged, _) => {
-                                if let Some(i) = inner.observation.instances.get(name)
-                                    && instances::ensure_running(&project, i).await?
-                                {
-                                    n += 1;
-                                }
-                            }
-                            (Change::Conflict, _) => {
-                                return Err(EngineError::Conflicts(vec![a.conflict_detail()]));
-                            }
-                            _ => {}
-                        }
-                    }
-                    t.finish(&outcome(n));
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        let converged = self
+            .instances(&run, &desired, &issuer, upgrade.as_ref())
+            .await?;
         self.checkpoint("after-instances")?;
-
-        let removals: Vec<&ResourceAddress> = instance_plan
-            .actions
-            .iter()
-            .filter(|a| a.change == Change::Delete)
-            .map(|a| &a.address)
-            .collect();
-        if !removals.is_empty() {
-            {
-                let task = self.progress.task("removals", None);
-                let t = task.as_ref();
-                done(
-                    t,
-                    async {
-                        for a in &removals {
-                            converge::delete(&root, &project, a, false).await?;
-                        }
-                        t.finish(&format!("{} removed", removals.len()));
-                        Ok(())
-                    }
-                    .await,
-                )
-            }?;
-        }
-        for a in instance_plan
-            .actions
-            .iter()
-            .filter(|a| a.change == Change::KeepData)
-        {
-            self.progress.info(&format!(
-                "{} is no longer configured: kept (delete it by hand if unwanted)",
-                a.address
-            ));
-        }
-
-        {
-            let task = self.progress.task("certificates", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    issuer.ensure_ca().await?;
-                    let mut refreshed = Vec::new();
-                    for (name, payload) in &desired.payloads {
-                        if !converged.contains(name) && issuer.refresh(name, payload).await? {
-                            refreshed.push(name.as_str());
-                        }
-                    }
-                    t.finish(&match refreshed.is_empty() {
-                        true => "unchanged".to_string(),
-                        false => format!("{} renewed and restarted", refreshed.join(", ")),
-                    });
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.removals(&run).await?;
+        self.certificates(&issuer, &desired, &converged).await?;
         self.checkpoint("after-certificates")?;
-        {
-            let task = self.progress.task("wiring", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    let root = match certs::step_ca_name(cfg) {
-                        Some(_) => Some(issuer.root_pem().await?),
-                        None => None,
-                    };
-                    let opts = wiring_options(cfg, root)?;
-                    wiring::apply_with(&self.client, cfg, &secrets, &opts, self.progress).await?;
-                    t.finish("done");
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.wiring(&issuer, &secrets).await?;
         self.checkpoint("after-wiring")?;
-        {
-            let task = self.progress.task("health", None);
-            let t = task.as_ref();
-            done(
-                t,
-                async {
-                    super::health::gate(
-                        &self.client,
-                        cfg,
-                        self.options.health_timeout,
-                        self.progress,
-                    )
-                    .await?;
-                    t.finish("done");
-                    Ok(())
-                }
-                .await,
-            )
-        }?;
+        self.health().await?;
         // What is installed now, for upgrade and rollback; unchanged installs write nothing.
-        super::record::write(&self.client, &cfg.incus.project, &record)
+        crate::state::record::write(&self.client, &self.cfg().incus.project, &record)
             .await
             .map_err(|e| EngineError::object("install record", e))?;
         let writes = self.client.writes() - w0;
@@ -998,6 +721,324 @@ impl Engine<'_> {
             writes,
             changed: writes > 0,
         })
+    }
+
+    /// Runs one step under a progress task of its own: `body` finishes it, an error fails
+    /// it with its first line.
+    async fn step<T>(
+        &self,
+        name: &str,
+        body: impl AsyncFnOnce(&dyn ProgressTask) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let task = self.progress.task(name, None);
+        let out = body(task.as_ref()).await;
+        done(task.as_ref(), out)
+    }
+
+    /// Step 1: conflicts refuse before the first write; operations an interrupted run left
+    /// running are waited for.
+    async fn checks<'r>(&self, report: &'r PlanReport) -> Result<Run<'r>, EngineError> {
+        let conflicts = report.conflict_details();
+        if !conflicts.is_empty() {
+            return Err(EngineError::Conflicts(conflicts));
+        }
+        let inner = report.inner.as_deref().ok_or_else(|| {
+            EngineError::object(
+                "plan",
+                "internal error: the plan was not computed by this engine",
+            )
+        })?;
+        if inner.observation.project_exists {
+            self.settle().await?;
+        }
+        Ok(Run {
+            report,
+            inner,
+            root: self.root(),
+            project: self.project(),
+        })
+    }
+
+    /// With `upgrade --rotate-secrets`: new secrets, before anything renders with them.
+    async fn rotate_secrets(&self) -> Result<(), EngineError> {
+        self.step("secrets", async |t| {
+            let r = super::rotate::rotate(&self.client, self.cfg(), self.progress).await?;
+            t.finish(&format!("{} rotated", r.rotated.len()));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 2: the Incus client's remotes for the user.
+    async fn remotes(&self, run: &Run<'_>) -> Result<(), EngineError> {
+        self.step("remotes", async |t| {
+            let r = remotes::ensure(&run.inner.server, false)
+                .map_err(|e| EngineError::object("incus client config", e))?;
+            t.finish(match &r {
+                RemotesOutcome::Skipped(m) => m.as_str(),
+                RemotesOutcome::Present => "present",
+                RemotesOutcome::Added(_) => "added",
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 3: the project, the state bucket, and the member chosen for the stack (so later
+    /// runs keep it there).
+    async fn project_step(&self, run: &Run<'_>) -> Result<(), EngineError> {
+        self.step("project", async |t| {
+            let n = self
+                .converge_kind(&run.root, &run.project, run.of_kind(ResourceKind::Project))
+                .await?;
+            let bucket = self.ensure_bucket(&run.inner.server).await?;
+            super::cluster::record(&self.client, self.cfg(), &self.deployment.placement).await?;
+            t.finish(&format!("{}; {bucket}", outcome(n)));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Steps 4 to 6: networks, volumes, profiles.
+    async fn objects(
+        &self,
+        run: &Run<'_>,
+        label: &str,
+        kind: ResourceKind,
+    ) -> Result<(), EngineError> {
+        self.step(label, async |t| {
+            let n = match kind {
+                ResourceKind::Volume => self.converge_volumes(run).await?,
+                _ => {
+                    self.converge_kind(&run.root, &run.project, run.of_kind(kind))
+                        .await?
+                }
+            };
+            t.finish(&outcome(n));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 7: the images built or taken, then the instance bodies resolved with the images
+    /// and secrets now known.
+    async fn images(
+        &self,
+        run: &Run<'_>,
+        rotated: bool,
+    ) -> Result<(DesiredState, Secrets), EngineError> {
+        self.step("images", async |t| {
+            let secrets = match &run.inner.secrets {
+                Some(s) if !rotated => s.clone(),
+                _ => {
+                    self.secrets
+                        .load_or_generate(&run.project, self.cfg())
+                        .await?
+                }
+            };
+            self.supply_images(&run.project, t).await?;
+            let obs = Observation {
+                project_exists: true,
+                ..run.inner.observation.clone()
+            };
+            let (desired, _) = self
+                .desired(
+                    &run.inner.server,
+                    &run.report.preflight,
+                    &obs,
+                    Some(&secrets),
+                )
+                .await?;
+            t.finish(&format!("{} resolved", desired.payloads.len()));
+            Ok((desired, secrets))
+        })
+        .await
+    }
+
+    /// What an upgrade from `from` to `record` keeps its snapshots as; said once.
+    fn upgrade_from(&self, from: InstallRecord, record: &InstallRecord) -> Upgrade {
+        let u = Upgrade {
+            snap: super::upgrade::snapshot_name(&from, record),
+            set: super::backup::VolumeSet::from_config(self.cfg()),
+            from,
+        };
+        let changing = u.from.changed_services(record);
+        self.progress.info(&format!(
+            "upgrade {} -> {}: {}",
+            super::upgrade::release_tag(&u.from),
+            super::upgrade::release_tag(record),
+            match changing.is_empty() {
+                true => "no service changes".to_string(),
+                false => format!("{} change (snapshots {})", changing.join(", "), u.snap),
+            }
+        ));
+        u
+    }
+
+    /// Step 8: the plan's instance actions, with the bodies resolved in step 7; an upgrade
+    /// replaces them one at a time in dependency order. Returns the instances converged.
+    async fn instances(
+        &self,
+        run: &Run<'_>,
+        desired: &DesiredState,
+        issuer: &Issuer<'_>,
+        upgrade: Option<&Upgrade>,
+    ) -> Result<BTreeSet<String>, EngineError> {
+        let mut actions = planned_instances(&run.report.plan, desired)?;
+        if upgrade.is_some() {
+            let order = super::upgrade::order(&self.deployment);
+            actions.sort_by_key(|a| {
+                order
+                    .iter()
+                    .position(|n| *n == a.address.name)
+                    .unwrap_or(usize::MAX)
+            });
+        }
+        self.step("instances", async |t| {
+            let (mut n, mut converged) = (0, BTreeSet::new());
+            for a in &actions {
+                if self.instance(run, a, desired, issuer, upgrade, t).await? {
+                    if a.writes() {
+                        converged.insert(a.address.name.clone());
+                    }
+                    n += 1;
+                }
+            }
+            t.finish(&outcome(n));
+            Ok(converged)
+        })
+        .await
+    }
+
+    /// One instance action of step 8. Returns whether anything was written.
+    async fn instance(
+        &self,
+        run: &Run<'_>,
+        a: &InstanceAction,
+        desired: &DesiredState,
+        issuer: &Issuer<'_>,
+        upgrade: Option<&Upgrade>,
+        t: &dyn ProgressTask,
+    ) -> Result<bool, EngineError> {
+        let name = &a.address.name;
+        let existing = run.inner.observation.instances.get(name);
+        let Some(r) = a.resource.as_ref().filter(|_| a.writes()) else {
+            return match (&a.change, existing) {
+                (Change::Conflict, _) => {
+                    Err(EngineError::Conflicts(run.report.plan.conflict_details()))
+                }
+                (Change::Unchanged, Some(i)) => instances::ensure_running(&run.project, i).await,
+                _ => Ok(false),
+            };
+        };
+        t.set_message(name);
+        if a.inputs_moved {
+            self.progress.info(&format!(
+                "instance {name}: its image or secrets changed earlier in this run: updated"
+            ));
+        }
+        let payload = &self
+            .with_step_ca_files(issuer, name, &desired.payloads[name], existing)
+            .await?;
+        // On a cluster, created where the placement says.
+        let target = self.deployment.placement.target_for(name);
+        let project = run.project.on_target(target.map(|t| t.query()).as_deref());
+        match upgrade {
+            Some(u) => {
+                self.replace_guarded(&project, r, payload, existing, u)
+                    .await?
+            }
+            None => {
+                let checkpoint = |name: &str| self.checkpoint(name);
+                instances::converge(&project, r, payload, existing, &checkpoint).await?
+            }
+        }
+        Ok(true)
+    }
+
+    /// Step 9: what the config no longer names, in the plan's order (instances before the
+    /// profiles and networks they use); data volumes are kept and said so.
+    async fn removals(&self, run: &Run<'_>) -> Result<(), EngineError> {
+        let plan = &run.report.plan;
+        for a in plan.actions.iter().filter(|a| a.change == Change::KeepData) {
+            self.progress.info(&format!(
+                "{} is no longer configured: kept (delete it by hand if unwanted)",
+                a.address
+            ));
+        }
+        let removals: Vec<&ResourceAddress> = plan
+            .actions
+            .iter()
+            .filter(|a| a.change == Change::Delete)
+            .map(|a| &a.address)
+            .collect();
+        if removals.is_empty() {
+            return Ok(());
+        }
+        self.step("removals", async |t| {
+            for a in &removals {
+                converge::delete(&run.root, &run.project, a, false).await?;
+            }
+            t.finish(&format!("{} removed", removals.len()));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 10: step-ca's settings; certificates renewed where the instance step did not
+    /// already push new ones.
+    async fn certificates(
+        &self,
+        issuer: &Issuer<'_>,
+        desired: &DesiredState,
+        converged: &BTreeSet<String>,
+    ) -> Result<(), EngineError> {
+        self.step("certificates", async |t| {
+            issuer.ensure_ca().await?;
+            let mut refreshed = Vec::new();
+            for (name, payload) in &desired.payloads {
+                if !converged.contains(name) && issuer.refresh(name, payload).await? {
+                    refreshed.push(name.as_str());
+                }
+            }
+            t.finish(&match refreshed.is_empty() {
+                true => "unchanged".to_string(),
+                false => format!("{} renewed and restarted", refreshed.join(", ")),
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 11: the server's logging to Loki and its metrics certificate.
+    async fn wiring(&self, issuer: &Issuer<'_>, secrets: &Secrets) -> Result<(), EngineError> {
+        self.step("wiring", async |t| {
+            let root = match certs::step_ca_name(self.cfg()) {
+                Some(_) => Some(issuer.root_pem().await?),
+                None => None,
+            };
+            let opts = wiring_options(&self.deployment, root)?;
+            wiring::apply_with(&self.client, self.cfg(), secrets, &opts, self.progress).await?;
+            t.finish("done");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Step 12: every service's health gate.
+    async fn health(&self) -> Result<(), EngineError> {
+        self.step("health", async |t| {
+            super::health::gate(
+                &self.client,
+                &self.deployment,
+                self.options.health_timeout,
+                self.progress,
+            )
+            .await?;
+            t.finish("done");
+            Ok(())
+        })
+        .await
     }
 
     /// `payload` with the files step-ca provides added (see `certs`): all of them when the
@@ -1020,9 +1061,9 @@ impl Engine<'_> {
     }
 
     /// The install record an upgrade starts from; none means there is nothing to upgrade.
-    async fn installed(&self) -> Result<super::record::InstallRecord, EngineError> {
-        let project = &self.config.incus.project;
-        super::record::read(&self.client, project)
+    async fn installed(&self) -> Result<InstallRecord, EngineError> {
+        let project = &self.cfg().incus.project;
+        crate::state::record::read(&self.client, project)
             .await
             .map_err(|e| EngineError::object("install record", e))?
             .current
@@ -1044,7 +1085,7 @@ impl Engine<'_> {
         existing: Option<&crate::incus::Instance>,
         u: &Upgrade,
     ) -> Result<(), EngineError> {
-        let name = &r.name;
+        let name = r.name();
         let checkpoint = |name: &str| self.checkpoint(name);
         if let Some(i) = existing {
             let also: Vec<String> = payload
@@ -1068,7 +1109,7 @@ impl Engine<'_> {
             instances::converge(project, r, payload, existing, &checkpoint).await?;
             super::upgrade::gate_one(
                 &self.client,
-                self.config,
+                &self.deployment,
                 name,
                 self.options.health_timeout,
                 self.progress,
@@ -1096,13 +1137,8 @@ impl Engine<'_> {
     /// volume exists on one member only, and the instance must be there too. A new volume
     /// of an instance that exists already starts with what the instance holds at its mount
     /// path ([`super::adopt`]).
-    async fn converge_volumes(
-        &self,
-        root: &Client,
-        project: &Client,
-        report: &PlanReport,
-        inner: &Inner,
-    ) -> Result<usize, EngineError> {
+    async fn converge_volumes(&self, run: &Run<'_>) -> Result<usize, EngineError> {
+        let (root, project, report, inner) = (&run.root, &run.project, run.report, run.inner);
         let plan = &report.plan;
         let owners = volume_owners(plan);
         let mut n = 0;
@@ -1111,17 +1147,16 @@ impl Engine<'_> {
             .iter()
             .filter(|a| a.address.kind == ResourceKind::Volume)
         {
+            // A group is for instances; a volume needs a member, which only the
+            // instance's creation picks. Such volumes are made untargeted.
             let target = owners
                 .get(&a.address.name)
-                .and_then(|i| inner.placement.target_for(i))
-                // A group is for instances; a volume needs a member, which only the
-                // instance's creation picks. Such volumes are made untargeted.
-                .filter(|t| !t.starts_with('@'));
+                .and_then(|i| self.deployment.placement.member_for(i));
             let project = project.on_target(target.as_deref());
             match (
                 &a.change,
                 &a.resource,
-                adoption(self.config, &inner.observation, &a.address.name),
+                adoption(self.cfg(), &inner.observation, &a.address.name),
             ) {
                 (Change::Create, Some(r), Some((instance, path))) => {
                     let got = super::adopt::create_with_contents(
@@ -1134,7 +1169,7 @@ impl Engine<'_> {
                     .await?;
                     self.progress.info(&format!(
                         "{instance}: {path} ({} files, {} bytes) copied onto its new volume {}; the old copy stays hidden under the volume in {instance}'s root filesystem until its next image change",
-                        got.files, got.bytes, r.name
+                        got.files, got.bytes, r.name()
                     ));
                     n += 1;
                 }
@@ -1199,18 +1234,17 @@ impl Engine<'_> {
     /// The state bucket where the server can serve it. A server that cannot is recorded on
     /// the project, so later runs neither try nor write again.
     async fn ensure_bucket(&self, server: &Server) -> Result<String, EngineError> {
-        let (root, project, cfg) = (self.root(), self.project(), self.config);
+        let (root, project, cfg) = (self.root(), self.project(), self.cfg());
         let pool = &cfg.incus.storage_pool;
         let skipped = "state bucket skipped: needs MinIO on the host or Incus 7.0+; state is kept as project user.atlas.* keys".to_string();
         if !server.supports_local_buckets() {
             return Ok(skipped);
         }
-        let p = root.get_project(&cfg.incus.project).await?;
-        if p.value
-            .config
-            .get(KEY_BUCKET_STATE)
-            .is_some_and(|v| v == "unsupported" || v == "blocked")
-        {
+        let recorded = crate::state::read(&root, &cfg.incus.project)
+            .await?
+            .map(|s| s.bucket)
+            .unwrap_or_default();
+        if recorded.skipped() {
             return Ok(skipped);
         }
         if project
@@ -1224,10 +1258,7 @@ impl Engine<'_> {
         let bucket = StorageBucket {
             name: STATE_BUCKET.into(),
             description: "Atlas state (managed by atlas-install)".into(),
-            config: BTreeMap::from([(
-                super::resource::KEY_MANAGED.to_string(),
-                "true".to_string(),
-            )]),
+            config: BTreeMap::from([(keys::MANAGED.to_string(), "true".to_string())]),
             ..StorageBucket::default()
         };
         match project.create_bucket(pool, &bucket).await {
@@ -1237,7 +1268,7 @@ impl Engine<'_> {
                     "{skipped} ({})",
                     reason.lines().next().unwrap_or_default()
                 ));
-                self.record_bucket_state("unsupported").await?;
+                self.record_bucket_state(BucketSupport::Unsupported).await?;
                 Ok(skipped)
             }
             // Not listed, yet "already exists": on 6.0 a creation that failed for want of
@@ -1245,11 +1276,12 @@ impl Engine<'_> {
             // Recorded, so that re-runs neither try nor write again.
             Err(e) if e.is_already_exists() => {
                 self.progress.warn(&format!(
-                    "{skipped}; Incus refuses to create it: {} (a leftover of an earlier failed attempt: remove that directory on the host, then `incus project unset {} {KEY_BUCKET_STATE}`, to let a later run create the bucket)",
+                    "{skipped}; Incus refuses to create it: {} (a leftover of an earlier failed attempt: remove that directory on the host, then `incus project unset {} {}`, to let a later run create the bucket)",
                     e.to_string().lines().next().unwrap_or_default(),
-                    cfg.incus.project
+                    cfg.incus.project,
+                    keys::STATE_BUCKET
                 ));
-                self.record_bucket_state("blocked").await?;
+                self.record_bucket_state(BucketSupport::Blocked).await?;
                 Ok(skipped)
             }
             Err(e) => Err(EngineError::object(
@@ -1262,18 +1294,19 @@ impl Engine<'_> {
 
 /// The snapshots of the upgrade in progress.
 struct Upgrade {
-    from: super::record::InstallRecord,
+    from: InstallRecord,
     snap: String,
     set: super::backup::VolumeSet,
 }
 
 impl Engine<'_> {
-    /// Records on the project why the state bucket is not there (`unsupported`, `blocked`).
-    async fn record_bucket_state(&self, state: &str) -> Result<(), EngineError> {
-        let set = BTreeMap::from([(KEY_BUCKET_STATE.to_string(), state.to_string())]);
-        self.root()
-            .set_project_keys(&self.config.incus.project, &set, &[])
-            .await?;
+    /// Records in the project's state why the state bucket is not there.
+    async fn record_bucket_state(&self, state: BucketSupport) -> Result<(), EngineError> {
+        crate::state::update(&self.root(), &self.cfg().incus.project, |s| {
+            s.bucket = state;
+            Ok::<(), crate::state::StateError>(())
+        })
+        .await?;
         Ok(())
     }
 }
@@ -1294,20 +1327,136 @@ fn adoption<'c>(config: &'c Config, obs: &Observation, volume: &str) -> Option<(
         .map(|(name, v)| (name, v.path.as_str()))
 }
 
+/// What the apply steps share: the plan, what it was computed from, and the clients.
+struct Run<'r> {
+    report: &'r PlanReport,
+    inner: &'r Inner,
+    root: Client,
+    project: Client,
+}
+
+impl<'r> Run<'r> {
+    /// The plan's actions on objects of `kind` that have a body.
+    fn of_kind(&self, kind: ResourceKind) -> impl Iterator<Item = &'r super::plan::Action> {
+        self.report
+            .plan
+            .actions
+            .iter()
+            .filter(move |a| a.address.kind == kind && a.resource.is_some())
+    }
+}
+
+impl InstanceAction {
+    /// Whether the instance is created or brought to its body.
+    fn writes(&self) -> bool {
+        self.inputs_moved || matches!(self.change, Change::Create | Change::Update)
+    }
+}
+
+/// Instances that exist unchanged but are not running: install starts them.
+fn to_start(plan: &Plan, observation: &Observation) -> Vec<String> {
+    plan.actions
+        .iter()
+        .filter(|a| a.address.kind == ResourceKind::Instance && a.change == Change::Unchanged)
+        .filter(|a| {
+            observation
+                .instances
+                .get(&a.address.name)
+                .is_some_and(|i| !i.is_running())
+        })
+        .map(|a| a.address.name.clone())
+        .collect()
+}
+
+/// Whether the project records another install than `desired` (an earlier run stopped
+/// before recording it): then install writes the record.
+fn record_pending(cfg: &Config, observation: &Observation, desired: &DesiredState) -> bool {
+    observation.project_exists && {
+        let want = install_record(desired);
+        crate::state::ProjectState::from_config(&observation.project_config)
+            .records(&cfg.incus.project)
+            .ok()
+            .and_then(|r| r.current)
+            .is_none_or(|have| !have.same_install(&want))
+    }
+}
+
+/// One instance action of the plan, with the body this run resolved for it.
+struct InstanceAction {
+    address: ResourceAddress,
+    change: Change,
+    resource: Option<super::resource::Resource>,
+    /// Planned unchanged, but what it is built from moved in this run's own earlier steps:
+    /// the images step pointed its alias at another image, or its secrets were rotated.
+    inputs_moved: bool,
+}
+
+/// The plan's instance actions, in its order, with their bodies from `desired`: the plan
+/// decided what happens to each (nothing is compared with Incus again); `desired` only
+/// fills in what could not be known while planning (secrets and images before the project
+/// existed, an image the images step built).
+fn planned_instances(
+    plan: &Plan,
+    desired: &DesiredState,
+) -> Result<Vec<InstanceAction>, EngineError> {
+    plan.actions
+        .iter()
+        .filter(|a| a.address.kind == ResourceKind::Instance)
+        .map(|a| {
+            let resource = match &a.resource {
+                None => None,
+                Some(planned) => {
+                    let r = desired.resources.iter().find(|r| r.address() == a.address);
+                    let r = r.ok_or_else(|| {
+                        EngineError::object(
+                            &a.address,
+                            "internal error: planned, but not in the desired state",
+                        )
+                    })?;
+                    Some((planned.hash != r.hash, r.clone()))
+                }
+            };
+            Ok(InstanceAction {
+                address: a.address.clone(),
+                change: a.change.clone(),
+                inputs_moved: a.change == Change::Unchanged
+                    && resource.as_ref().is_some_and(|(moved, _)| *moved),
+                resource: resource.map(|(_, r)| r),
+            })
+        })
+        .collect()
+}
+
+/// sha256 over what Incus held (every object the plan read, the images the aliases named)
+/// and what the plan decides (each action, the instances to start, the server wiring, the
+/// certificates, the record). Preflight's measurements (free memory, disk) are left out:
+/// they move on their own.
+fn fingerprint(obs: &Observation, r: &PlanReport) -> String {
+    use sha2::{Digest, Sha256};
+    let decided = serde_json::json!({
+        "incus": obs.fingerprint(),
+        "plan": r.plan,
+        "hashes": r.plan.actions.iter().map(|a| a.resource.as_ref().map(|r| &r.hash)).collect::<Vec<_>>(),
+        "to_start": r.to_start,
+        "wiring": r.wiring,
+        "certificates": r.certificates,
+        "images": r.images,
+        "placement": r.placement,
+        "record_pending": r.record_pending,
+    });
+    hex::encode(Sha256::digest(decided.to_string()))
+}
+
 /// Custom volume name -> the instance that mounts it, through its own disk devices or those
 /// of its profiles (a service's data volume usually sits in the service's profile).
 fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
-    let volumes_of = |body: &serde_json::Value| -> Vec<String> {
-        body["devices"]
-            .as_object()
-            .map(|devices| {
-                devices
-                    .values()
-                    .filter(|d| d["type"] == "disk" && d.get("pool").is_some())
-                    .filter_map(|d| d["source"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let volumes_of = |body: &Body| -> Vec<String> {
+        body.devices()
+            .into_iter()
+            .flat_map(|devices| devices.values())
+            .filter(|d| d.get("type").is_some_and(|t| t == "disk") && d.contains_key("pool"))
+            .filter_map(|d| d.get("source").cloned())
+            .collect()
     };
     let resources = || {
         plan.actions
@@ -1321,9 +1470,11 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
     let mut owners = BTreeMap::new();
     for (a, r) in resources().filter(|(a, _)| a.address.kind == ResourceKind::Instance) {
         let mut mounted = volumes_of(&r.body);
-        for p in r.body["profiles"].as_array().into_iter().flatten() {
-            if let Some(v) = p.as_str().and_then(|p| by_profile.get(p)) {
-                mounted.extend(v.iter().cloned());
+        if let Body::Instance(i) = &r.body {
+            for p in &i.profiles {
+                if let Some(v) = by_profile.get(p.as_str()) {
+                    mounted.extend(v.iter().cloned());
+                }
             }
         }
         for v in mounted {
@@ -1333,26 +1484,44 @@ fn volume_owners(plan: &super::plan::Plan) -> BTreeMap<String, String> {
     owners
 }
 
-/// What an install of `desired` records (for upgrade and rollback).
-fn install_record(desired: &DesiredState) -> super::record::InstallRecord {
-    let images: BTreeMap<String, super::desired::ImageChoice> = desired
-        .payloads
+/// What an install of `desired` records (for upgrade and rollback): per instance, the image
+/// and file digests its hash was computed from.
+fn install_record(desired: &DesiredState) -> InstallRecord {
+    let services = desired
+        .resources
         .iter()
-        .map(|(n, p)| (n.clone(), p.image.clone()))
+        .filter(|r| r.kind() == ResourceKind::Instance)
+        .map(|r| {
+            let choice = desired.payloads.get(r.name()).map(|p| &p.image);
+            let files = r
+                .extra_hashes
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("file:")?.to_string(), v.clone())))
+                .collect();
+            let fingerprint = r
+                .extra_hashes
+                .get("image")
+                .cloned()
+                .or_else(|| choice.map(|c| c.fingerprint.clone()))
+                .unwrap_or_default();
+            let service = ServiceRecord {
+                image_fingerprint: fingerprint,
+                image: choice.map(|c| c.alias.clone()).unwrap_or_default(),
+                files,
+            };
+            (r.name().to_string(), service)
+        })
         .collect();
-    super::record::InstallRecord::from_resources(
-        env!("CARGO_PKG_VERSION"),
-        &desired.resources,
-        &images,
-    )
+    InstallRecord::new(crate::VERSION, services)
 }
 
 /// The wiring's targets; Incus trusts the Atlas root (`root`) for a Loki that serves TLS.
 fn wiring_options(
-    config: &Config,
+    d: &Deployment,
     root: Option<String>,
 ) -> Result<wiring::WiringOptions, EngineError> {
-    let mut opts = wiring::WiringOptions::from_config(config)?;
+    let config = &d.config;
+    let mut opts = wiring::WiringOptions::of(d)?;
     let loki_tls = opts
         .loki_instance
         .as_ref()
@@ -1374,10 +1543,9 @@ fn outcome(n: usize) -> String {
 
 fn bucket_note(pre: &PreflightReport, obs: &Observation) -> Option<String> {
     if !pre.local_buckets
-        || obs
-            .project_config
-            .get(KEY_BUCKET_STATE)
-            .is_some_and(|v| v == "unsupported" || v == "blocked")
+        || crate::state::ProjectState::from_config(&obs.project_config)
+            .bucket
+            .skipped()
     {
         return Some("state bucket skipped: needs MinIO on the host or Incus 7.0+; state is kept as project user.atlas.* keys".into());
     }

@@ -4,17 +4,16 @@
 //! changed and finishes. An image change rebuilds the root filesystem in place (data lives
 //! in separate custom volumes, which stay; so do the instance's snapshots).
 
-use std::collections::BTreeMap;
-
 use crate::incus::{
-    Client, FileMeta, IncusError, Instance, InstanceCreate, InstanceSource, OptionalExt,
-    StateAction,
+    Client, FileMeta, IncusError, Instance, InstanceCreate, InstanceSource, InstanceStatus,
+    OptionalExt, StateAction,
 };
 
 use super::converge::merged;
 use super::error::EngineError;
-use super::resource::{KEY_HASH, Resource};
+use super::resource::{Body, Resource};
 use super::state::InstancePayload;
+use crate::state::keys;
 
 /// Hash value of an instance whose files or config are not all in place yet.
 pub const PENDING: &str = "pending";
@@ -22,16 +21,15 @@ pub const PENDING: &str = "pending";
 /// Hooks between the sub-steps, for failure injection in tests.
 pub type Checkpoint<'a> = &'a (dyn Fn(&str) -> Result<(), EngineError> + Sync);
 
-fn string_map(v: &serde_json::Value) -> BTreeMap<String, String> {
-    serde_json::from_value(v.clone()).unwrap_or_default()
-}
-
-fn devices(v: &serde_json::Value) -> crate::incus::Devices {
-    serde_json::from_value(v.clone()).unwrap_or_default()
-}
-
-fn profiles(r: &Resource) -> Vec<String> {
-    serde_json::from_value(r.body["profiles"].clone()).unwrap_or_default()
+/// The creation body of an instance resource.
+fn body(r: &Resource) -> Result<&InstanceCreate, EngineError> {
+    match &r.body {
+        Body::Instance(b) => Ok(b),
+        _ => Err(EngineError::object(
+            r.address(),
+            "internal error: not an instance",
+        )),
+    }
 }
 
 /// Creates or brings an owned instance to `r`. `existing` comes from the plan's observation.
@@ -42,7 +40,8 @@ pub async fn converge(
     existing: Option<&Instance>,
     checkpoint: Checkpoint<'_>,
 ) -> Result<(), EngineError> {
-    let name = &r.name;
+    let want = body(r)?;
+    let name = &want.name;
     let err = |e: IncusError| EngineError::object(format!("instance {name}"), e);
     let fp = &payload.image.fingerprint;
     let mut fresh = false;
@@ -50,14 +49,14 @@ pub async fn converge(
         Some(i) if i.config.get("volatile.base_image").is_some_and(|b| b != fp) => {
             // A new image: the root filesystem is rebuilt from it. The instance itself stays,
             // with its addresses, devices and snapshots (an upgrade's way back).
-            if i.status != "Stopped" {
+            if i.status != InstanceStatus::Stopped {
                 super::converge::stop(project, name).await.map_err(err)?;
             }
             project.rebuild_instance(name, fp).await.map_err(err)?;
         }
         Some(_) => {}
         None => {
-            fresh = create(project, r, fp).await?;
+            fresh = create(project, want, fp).await?;
         }
     }
     checkpoint("instance-created")?;
@@ -66,30 +65,27 @@ pub async fn converge(
     }
     checkpoint("files-pushed")?;
     let current = project.get_instance(name).await.map_err(err)?;
-    let mut want_config = string_map(&r.body["config"]);
-    want_config.insert(KEY_HASH.to_string(), PENDING.to_string());
-    let want_devices = devices(&r.body["devices"]);
-    let want_profiles = profiles(r);
+    let mut want_config = want.config.clone();
+    want_config.insert(keys::HASH.to_string(), PENDING.to_string());
     let config = merged(&current.value.config, &want_config);
     if !fresh
         && (current.value.config != config
-            || current.value.devices != want_devices
-            || current.value.profiles != want_profiles)
+            || current.value.devices != want.devices
+            || current.value.profiles != want.profiles)
     {
-        let mut next = current.value.clone();
-        next.config = config;
-        next.devices = want_devices;
-        next.profiles = want_profiles;
-        next.description = r.body["description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let next = Instance {
+            config,
+            devices: want.devices.clone(),
+            profiles: want.profiles.clone(),
+            description: want.description.clone(),
+            ..current.value.clone()
+        };
         project
             .update_instance(&next, current.etag.as_deref())
             .await
             .map_err(err)?;
     }
-    let action = if current.value.status == "Running" {
+    let action = if current.value.is_running() {
         StateAction::Restart
     } else {
         StateAction::Start
@@ -104,7 +100,7 @@ pub async fn converge(
 /// Starts an unchanged instance that is not running (stopped by hand, or a crash between
 /// start and stamp of an earlier run cannot cause this: the stamp comes last).
 pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, EngineError> {
-    if i.status == "Running" {
+    if i.is_running() {
         return Ok(false);
     }
     super::converge::change_state(project, &i.name, StateAction::Start, false)
@@ -113,25 +109,23 @@ pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, Engi
     Ok(true)
 }
 
-/// Creates the instance stopped. Returns false when it appeared since the plan (then it is
-/// handled as an existing one, which is fine only when it is ours).
-async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<bool, EngineError> {
-    let name = &r.name;
-    let mut config = string_map(&r.body["config"]);
-    config.insert(KEY_HASH.to_string(), PENDING.to_string());
-    let create = InstanceCreate {
-        name: name.clone(),
-        kind: "container".into(),
+/// Creates the instance stopped, from the image `fingerprint` (the one its hash names, not
+/// whatever its alias points at by now). Returns false when it appeared since the plan
+/// (then it is handled as an existing one, which is fine only when it is ours).
+async fn create(
+    project: &Client,
+    want: &InstanceCreate,
+    fingerprint: &str,
+) -> Result<bool, EngineError> {
+    let name = &want.name;
+    let mut create = InstanceCreate {
         source: InstanceSource::fingerprint(fingerprint),
-        profiles: profiles(r),
-        config,
-        devices: devices(&r.body["devices"]),
-        description: r.body["description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
         start: false,
+        ..want.clone()
     };
+    create
+        .config
+        .insert(keys::HASH.to_string(), PENDING.to_string());
     match project.create_instance(&create).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_already_exists() => {
@@ -139,7 +133,7 @@ async fn create(project: &Client, r: &Resource, fingerprint: &str) -> Result<boo
                 .get_instance(name)
                 .await
                 .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
-            if !crate::incus::owner::is_owned(&i.value.config) {
+            if !keys::is_owned(&i.value.config) {
                 return Err(EngineError::object(
                     format!("instance {name}"),
                     "exists but is not managed by atlas-install; nothing was changed",
@@ -230,7 +224,7 @@ async fn stamp(project: &Client, name: &str, hash: &str) -> Result<(), EngineErr
             ));
         };
         let mut next = cur.value.clone();
-        next.config.insert(KEY_HASH.to_string(), hash.to_string());
+        next.config.insert(keys::HASH.to_string(), hash.to_string());
         match project.update_instance(&next, cur.etag.as_deref()).await {
             Err(IncusError::PreconditionFailed { .. }) if attempt < STAMP_ATTEMPTS => {
                 attempt += 1;

@@ -1,10 +1,10 @@
 //! One changing run at a time per Atlas project, the lock held in Incus itself: so two hosts
 //! (or two shells) driving one remote server or cluster see the same lock.
 //!
-//! The lock is the key [`lock_key`] (`user.atlas.lock.<project>`) in the config of Incus'
-//! `default` project, which always exists (the Atlas project may not, yet). Its value is a
-//! [`LockRecord`] as JSON. Taking, renewing and releasing it are compare-and-swap writes
-//! under the project's ETag: of two runs that read a free lock, one write wins, the other
+//! The lock is a [`LockRecord`] kept by the project state (`state::lock`: the key
+//! `user.atlas.lock.<project>` of Incus' `default` project, which always exists; the Atlas
+//! project may not, yet). Taking, renewing and releasing it are compare-and-swap writes
+//! under that project's ETag: of two runs that read a free lock, one write wins, the other
 //! gets HTTP 412 and reads again.
 //!
 //! Stale-lock rule (a killed run cannot wedge the project):
@@ -25,26 +25,18 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::incus::{Client, IncusError};
 use crate::progress::Progress;
+pub use crate::state::lock::LockRecord;
 
-use super::clock::{now_secs, rfc3339};
+use crate::clock::{now_secs, rfc3339};
 
-/// Prefix of the lock keys in the `default` project's config.
-pub const KEY_LOCK_PREFIX: &str = "user.atlas.lock.";
 /// How long a holder elsewhere keeps the lock without renewing it.
 pub const LEASE: Duration = Duration::from_secs(60);
 /// How often a holder renews its lease.
 pub const RENEW_EVERY: Duration = Duration::from_secs(15);
 /// How often a waiting run looks again.
 pub const WAIT_STEP: Duration = Duration::from_secs(2);
-
-/// The config key that holds the lock of Atlas project `project`.
-pub fn lock_key(project: &str) -> String {
-    format!("{KEY_LOCK_PREFIX}{project}")
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -58,25 +50,6 @@ pub enum LockError {
         #[source]
         source: Box<IncusError>,
     },
-}
-
-/// Who holds the lock, since when, and until when it counts (the key's value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockRecord {
-    /// Random per run: what tells our own record from another run's.
-    pub token: String,
-    /// `install`, `destroy`, ...
-    pub command: String,
-    pub host: String,
-    /// `/proc/sys/kernel/random/boot_id` of the holder's host.
-    pub boot_id: String,
-    pub pid: u32,
-    /// Start time of the holder's process (clock ticks after boot, `/proc/<pid>/stat`).
-    pub pid_start: u64,
-    /// Seconds since the epoch.
-    pub started: u64,
-    pub renewed: u64,
-    pub lease_seconds: u64,
 }
 
 impl std::fmt::Display for LockRecord {
@@ -179,11 +152,11 @@ enum Found {
     Stale(String),
 }
 
-fn judge(value: Option<&String>, me: &Me, now: u64) -> Found {
+fn judge(value: Option<Result<LockRecord, String>>, me: &Me, now: u64) -> Found {
     let Some(v) = value else {
         return Found::Free;
     };
-    match serde_json::from_str::<LockRecord>(v) {
+    match v {
         Err(e) => Found::Stale(format!("its record is unreadable ({e})")),
         Ok(r) => match r.stale(me, now, process_start) {
             Some(why) => Found::Stale(format!("{r}: {why}")),
@@ -228,14 +201,15 @@ pub async fn acquire(
 ) -> Result<ProjectLock, LockError> {
     let root = client.in_project("default");
     let me = Me::this_process();
-    let key = lock_key(project);
     let err = incus_err(project);
     let started = std::time::Instant::now();
     let mut said_waiting = false;
     loop {
-        let p = root.get_project("default").await.map_err(&err)?;
+        let view = crate::state::lock::read(&root, project)
+            .await
+            .map_err(&err)?;
         let now = now_secs();
-        match judge(p.value.config.get(&key), &me, now) {
+        match judge(view.record(), &me, now) {
             Found::Held(holder) => {
                 if started.elapsed() >= wait {
                     return Err(LockError::Held {
@@ -259,14 +233,13 @@ pub async fn acquire(
             Found::Free => {}
         }
         let record = LockRecord::new(&me, command, now);
-        let mut next = p.value.clone();
-        next.config.insert(
-            key.clone(),
-            serde_json::to_string(&record).unwrap_or_default(),
-        );
-        match root.update_project(&next, p.etag.as_deref()).await {
+        match view.swap(&root, Some(&record)).await {
             Ok(()) => {
-                let renewal = tokio::spawn(renew(root.clone(), key.clone(), record.token.clone()));
+                let renewal = tokio::spawn(renew(
+                    root.clone(),
+                    project.to_string(),
+                    record.token.clone(),
+                ));
                 return Ok(ProjectLock {
                     client: root,
                     project: project.to_string(),
@@ -282,11 +255,11 @@ pub async fn acquire(
 }
 
 /// Rewrites our record with a fresh `renewed` every [`RENEW_EVERY`], as long as it is ours.
-async fn renew(root: Client, key: String, token: String) {
+async fn renew(root: Client, project: String, token: String) {
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
         // A failed renewal is tried again at the next tick; the lease outlasts several.
-        let _ = update_ours(&root, &key, &token, |mut r| {
+        let _ = update_ours(&root, &project, &token, |mut r| {
             r.renewed = now_secs();
             Some(r)
         })
@@ -298,30 +271,20 @@ async fn renew(root: Client, key: String, token: String) {
 /// default project changed meanwhile. Does nothing when the record is not ours any more.
 async fn update_ours(
     root: &Client,
-    key: &str,
+    project: &str,
     token: &str,
     f: impl Fn(LockRecord) -> Option<LockRecord>,
 ) -> Result<(), IncusError> {
     loop {
-        let p = root.get_project("default").await?;
-        let Some(mine) = p
-            .value
-            .config
-            .get(key)
-            .and_then(|v| serde_json::from_str::<LockRecord>(v).ok())
+        let view = crate::state::lock::read(root, project).await?;
+        let Some(mine) = view
+            .record()
+            .and_then(Result::ok)
             .filter(|r| r.token == token)
         else {
             return Ok(());
         };
-        let mut next = p.value.clone();
-        match f(mine) {
-            Some(r) => next.config.insert(
-                key.to_string(),
-                serde_json::to_string(&r).unwrap_or_default(),
-            ),
-            None => next.config.remove(key),
-        };
-        match root.update_project(&next, p.etag.as_deref()).await {
+        match view.swap(root, f(mine).as_ref()).await {
             Err(IncusError::PreconditionFailed { .. }) => continue,
             other => return other,
         }
@@ -336,11 +299,9 @@ impl ProjectLock {
     /// Stops renewing and removes the record (if it is still ours).
     pub async fn release(self) -> Result<(), LockError> {
         self.renewal.abort();
-        update_ours(&self.client, &lock_key(&self.project), &self.token, |_| {
-            None
-        })
-        .await
-        .map_err(incus_err(&self.project))
+        update_ours(&self.client, &self.project, &self.token, |_| None)
+            .await
+            .map_err(incus_err(&self.project))
     }
 }
 
@@ -401,8 +362,8 @@ mod tests {
     #[test]
     fn unreadable_and_absent_records() {
         assert!(matches!(judge(None, &me(), 0), Found::Free));
-        let bad = "not json".to_string();
-        assert!(matches!(judge(Some(&bad), &me(), 0), Found::Stale(w) if w.contains("unreadable")));
+        let bad = Err("expected value".to_string());
+        assert!(matches!(judge(Some(bad), &me(), 0), Found::Stale(w) if w.contains("unreadable")));
     }
 
     #[test]
@@ -413,7 +374,10 @@ mod tests {
             shown.contains("atlas-install install (pid 100 on host h1) since 2025-"),
             "{shown}"
         );
-        assert_eq!(lock_key("atlas-demo"), "user.atlas.lock.atlas-demo");
+        assert_eq!(
+            crate::state::keys::lock("atlas-demo"),
+            "user.atlas.lock.atlas-demo"
+        );
     }
 
     #[test]

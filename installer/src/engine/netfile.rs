@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use atlas_image::init::{HostEntry, InterfaceSpec, Ipv4Cidr, Ipv6Cidr, NetworkSpec, SpecError};
 
-use crate::config::{Config, NetworkRole};
+use crate::config::NetworkRole;
+use crate::deployment::Deployment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetfileError {
@@ -18,6 +19,8 @@ pub enum NetfileError {
         index: usize,
         network: String,
     },
+    #[error("{0}: no such instance in the deployment (internal error)")]
+    Unknown(String),
     #[error("{instance}: the external network needs its address resolved first (internal error)")]
     UnresolvedExternal { instance: String },
     #[error("{instance}: network file refused: {source}")]
@@ -41,11 +44,14 @@ pub struct ExternalNet {
 /// external network when the instance has one (Caddy needs the outside for ACME), else through
 /// its first NIC; every Atlas bridge runs dnsmasq on its gateway.
 pub fn network_spec(
-    config: &Config,
+    d: &Deployment,
     instance: &str,
     external: Option<ExternalNet>,
 ) -> Result<NetworkSpec, NetfileError> {
-    let inst = &config.instances[instance];
+    let config = &d.config;
+    let Some(inst) = d.instance(instance) else {
+        return Err(NetfileError::Unknown(instance.to_string()));
+    };
     let route_via = inst
         .nics
         .iter()
@@ -87,7 +93,7 @@ pub fn network_spec(
         spec.interfaces.push(iface);
     }
     spec.search.push("incus".to_string());
-    spec.hosts = crate::render::hosts_for(config, instance)
+    spec.hosts = crate::render::hosts_for(d, instance)
         .into_iter()
         .map(|h| HostEntry {
             ip: h.address,
@@ -104,10 +110,11 @@ pub fn network_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn prometheus_gets_its_fixed_address_gateway_and_hosts() {
-        let cfg = Config::builtin();
+        let cfg = Deployment::standalone(&Config::builtin());
         let spec = network_spec(&cfg, "prometheus01", None).unwrap();
         assert_eq!(spec.interfaces.len(), 1);
         let eth0 = &spec.interfaces[0];
@@ -132,7 +139,7 @@ mod tests {
 
     #[test]
     fn caddy_routes_through_the_external_network() {
-        let cfg = Config::builtin();
+        let cfg = Deployment::standalone(&Config::builtin());
         assert!(matches!(
             network_spec(&cfg, "caddy01", None),
             Err(NetfileError::UnresolvedExternal { .. })

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::{Config, ServiceKind};
+use crate::deployment::{Deployment, ports};
 use crate::incus::{Client, IncusError, Instance, OptionalExt as _};
 use crate::render::{STEPPATH, hostname};
 
@@ -65,22 +66,23 @@ pub struct HostMetrics {
 
 /// Everything, from the configuration and Incus (GETs only). Never fails for a service
 /// that cannot answer: its part says why.
-pub async fn collect(client: &Client, config: &Config) -> Result<Outputs, IncusError> {
+pub async fn collect(client: &Client, d: &Deployment) -> Result<Outputs, IncusError> {
     let instances = client.instances().await?;
     let mut step_ca = Vec::new();
-    for (name, _) in config.instances_of(ServiceKind::StepCa) {
+    for (name, _) in d.instances_of(ServiceKind::StepCa) {
         let running = instances.iter().any(|i| i.name == name && i.is_running());
-        step_ca.push(step_ca_trust(client, config, name, running).await);
+        step_ca.push(step_ca_trust(client, &d.config, name, running).await);
     }
     Ok(Outputs {
-        endpoints: endpoints(config),
+        endpoints: endpoints(d),
         step_ca,
-        host_metrics: host_metrics(config, &instances),
+        host_metrics: host_metrics(d, &instances),
     })
 }
 
 /// Where each service is reached. Pure: from the configuration alone.
-pub fn endpoints(config: &Config) -> Vec<Endpoint> {
+pub fn endpoints(d: &Deployment) -> Vec<Endpoint> {
+    let config = &d.config;
     let mut out = Vec::new();
     let c = &config.caddy;
     let port = |scheme_default: u16, p: u16| {
@@ -90,8 +92,8 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
             format!(":{p}")
         }
     };
-    let has_caddy = !config.instances_of(ServiceKind::Caddy).is_empty();
-    for (name, inst) in config.enabled_instances() {
+    let has_caddy = !d.instances_of(ServiceKind::Caddy).is_empty();
+    for (name, inst) in d.enabled_instances() {
         let Some(web) = inst.web.as_ref().filter(|_| has_caddy) else {
             continue;
         };
@@ -106,7 +108,7 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
         });
     }
     let m = &config.mosquitto;
-    if !config.instances_of(ServiceKind::Mosquitto).is_empty() {
+    if !d.instances_of(ServiceKind::Mosquitto).is_empty() {
         out.push(Endpoint {
             name: "mqtt".into(),
             url: format!("mqtt://{}:{}", m.listen_address, m.mqtt_port),
@@ -122,7 +124,7 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
             });
         }
     }
-    for (name, inst) in config.enabled_instances() {
+    for (name, inst) in d.enabled_instances() {
         let Some((scheme, port, path)) = internal(config, inst) else {
             continue;
         };
@@ -163,11 +165,7 @@ fn internal(
         ServiceKind::Loki => (tls, 3100, "/"),
         ServiceKind::Alertmanager => ("http", 9093, "/"),
         ServiceKind::StepCa => ("https", 9000, ""),
-        ServiceKind::NodeExporter => (
-            "http",
-            crate::engine::cluster::NODE_EXPORTER_PORT,
-            "/metrics",
-        ),
+        ServiceKind::NodeExporter => ("http", ports::NODE_EXPORTER_PORT, "/metrics"),
         ServiceKind::Cloudflared => ("http", config.cloudflared.metrics_port, "/metrics"),
         ServiceKind::Caddy => ("http", config.caddy.admin_port, "/metrics"),
         ServiceKind::Mosquitto => return None,
@@ -228,10 +226,10 @@ pub fn root_fingerprint(pem: &[u8]) -> Option<String> {
 
 /// What each node-exporter sees of the host: its profile's mounts as Incus has them
 /// (expanded devices), and what `node_exporter.follow_host_mounts = false` leaves out.
-pub fn host_metrics(config: &Config, instances: &[Instance]) -> Vec<HostMetrics> {
+pub fn host_metrics(d: &Deployment, instances: &[Instance]) -> Vec<HostMetrics> {
     use crate::render::node_exporter::{HOST_PROC, HOST_ROOT, HOST_SYS};
-    config
-        .instances_of(ServiceKind::NodeExporter)
+    let config = &d.config;
+    d.instances_of(ServiceKind::NodeExporter)
         .into_iter()
         .map(|(name, _)| {
             let Some(inst) = instances.iter().find(|i| i.name == name) else {
@@ -290,7 +288,7 @@ mod tests {
         let mut c = Config::builtin();
         c.caddy.https_port = 8443;
         c.mosquitto.tls = true;
-        let e = endpoints(&c);
+        let e = endpoints(&Deployment::standalone(&c));
         let url = |n: &str| e.iter().find(|x| x.name == n).map(|x| x.url.as_str());
         assert_eq!(
             url("grafana01"),
@@ -312,7 +310,7 @@ mod tests {
         assert_eq!(grafana_internal, ["public", "internal"]);
         c.caddy.https_port = 443;
         assert_eq!(
-            endpoints(&c)[0].url,
+            endpoints(&Deployment::standalone(&c))[0].url,
             "https://grafana.atlas.localhost/",
             "no port for 443"
         );
@@ -344,14 +342,14 @@ mod tests {
             "host-proc": {"type": "disk", "source": "/proc", "path": "/host/proc"},
             "host-sys": {"type": "disk", "source": "/sys", "path": "/host/sys"},
         }));
-        let seen = host_metrics(&cfg, std::slice::from_ref(&all));
+        let seen = host_metrics(&Deployment::standalone(&cfg), std::slice::from_ref(&all));
         assert_eq!(
             (seen[0].host_mounts, seen[0].limitation.as_deref()),
             (true, None)
         );
         let mut cfg2 = cfg.clone();
         cfg2.node_exporter.follow_host_mounts = false;
-        let seen = host_metrics(&cfg2, &[all]);
+        let seen = host_metrics(&Deployment::standalone(&cfg2), &[all]);
         assert!(
             seen[0]
                 .limitation
@@ -362,7 +360,7 @@ mod tests {
         let partial = with(serde_json::json!({
             "host-root": {"type": "disk", "source": "/", "path": "/host"},
         }));
-        let seen = host_metrics(&cfg, &[partial]);
+        let seen = host_metrics(&Deployment::standalone(&cfg), &[partial]);
         assert!(!seen[0].host_mounts);
         let why = seen[0].limitation.as_deref().unwrap();
         assert!(

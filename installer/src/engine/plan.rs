@@ -51,7 +51,7 @@ impl Action {
 }
 
 /// An object in the way that atlas-install does not manage, in words.
-pub fn unmanaged(address: &ResourceAddress) -> String {
+fn unmanaged(address: &ResourceAddress) -> String {
     format!(
         "{address} (exists but is not managed by atlas-install: no user.atlas.managed key; rename or remove it, or choose another name in atlas.toml)"
     )
@@ -81,6 +81,12 @@ impl Plan {
 
     pub fn conflicts(&self) -> impl Iterator<Item = &Action> {
         self.actions.iter().filter(|a| a.change == Change::Conflict)
+    }
+
+    /// Every conflict in words, whose the object is and what to do about it: the one form
+    /// `plan`, `install` and apply report them in ([`super::EngineError::Conflicts`]).
+    pub fn conflict_details(&self) -> Vec<String> {
+        self.conflicts().map(Action::conflict_detail).collect()
     }
 
     /// Counts per change kind, for the one-line summary.
@@ -213,16 +219,19 @@ impl fmt::Display for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::engine::resource::Body;
+    use crate::incus::{InstanceCreate, InstanceSource, Network, Profile, StorageVolume};
 
     fn res(kind: ResourceKind, name: &str) -> Resource {
-        Resource::new(
-            kind,
-            name,
-            None,
-            json!({"name": name, "config": {}}),
-            "0.1.0",
-        )
+        let body = match kind {
+            ResourceKind::Network => Body::Network(Network::bridge(name, Default::default())),
+            ResourceKind::Profile => Body::Profile(Profile::new(name)),
+            ResourceKind::Instance => {
+                Body::Instance(InstanceCreate::container(name, InstanceSource::alias("a")))
+            }
+            _ => unreachable!("not used here"),
+        };
+        Resource::new(body, None, "0.1.0")
     }
 
     #[test]
@@ -254,10 +263,11 @@ mod tests {
         let prof = res(ResourceKind::Profile, "grafana");
         let inst = res(ResourceKind::Instance, "grafana01");
         let vol = Resource::new(
-            ResourceKind::Volume,
-            "grafana01-data",
+            Body::Volume(StorageVolume::filesystem(
+                "grafana01-data",
+                Default::default(),
+            )),
             Some("local"),
-            json!({}),
             "0.1.0",
         );
         let mut observed = BTreeMap::new();

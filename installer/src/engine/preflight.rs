@@ -19,10 +19,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{Config, NetworkRole, ServiceKind};
+use crate::deployment::Deployment;
 use crate::incus::{Client, Network, OptionalExt, Server};
 
 use super::error::EngineError;
-use super::resource::KEY_MANAGED;
+use crate::state::keys;
 
 /// The seed's host table: (minimum, recommended).
 pub const CPU_CORES: (u64, u64) = (4, 8);
@@ -46,7 +47,7 @@ pub struct PreflightReport {
     pub pool_thick: bool,
     pub warnings: Vec<String>,
     /// Members, roles, status and groups when the server is a cluster member.
-    pub cluster: super::cluster::ClusterInfo,
+    pub cluster: crate::deployment::ClusterInfo,
     /// The external bridge's gateway and prefix, when the config uses it.
     #[serde(skip)]
     pub external: Option<Ipv4Net>,
@@ -159,7 +160,7 @@ pub fn cidr_clashes(config: &Config, networks: &[Network], routes: &[Route]) -> 
     for (role, want) in config.networks.iter() {
         let cidr = want.ipv4.trunc();
         for n in networks {
-            let owned = n.config.get(KEY_MANAGED).is_some_and(|v| v == "true");
+            let owned = n.config.get(keys::MANAGED).is_some_and(|v| v == "true");
             if n.name == want.name && owned {
                 continue;
             }
@@ -248,7 +249,7 @@ async fn own_listeners(project: &Client, project_exists: bool) -> Result<Vec<Str
     }
     let mut out = Vec::new();
     for p in project.profiles().await? {
-        if !crate::incus::owner::is_owned(&p.config) {
+        if !crate::state::keys::is_owned(&p.config) {
             continue;
         }
         for d in p.devices.values() {
@@ -280,10 +281,9 @@ fn port_problems(config: &Config, own: &[String]) -> Vec<String> {
 /// Runs every check. `ignore_size` turns below-minimum host size into warnings.
 pub async fn run(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     ignore_size: bool,
 ) -> Result<(Server, PreflightReport), EngineError> {
-    let root = client.in_project("default");
     let server = client
         .server()
         .await
@@ -297,10 +297,34 @@ pub async fn run(
         server_logging: server.supports_server_logging(),
         ..PreflightReport::default()
     };
+    let mut problems = server_problems(client, d, &server, &mut report).await?;
+    problems.extend(pool_problems(client, &d.config, &mut report).await?);
+    problems.extend(size_problems(client, &d.config, &mut report, ignore_size).await?);
+    problems.extend(external_problems(client, &d.config, &mut report).await?);
+    problems.extend(host_problems(client, &d.config, &mut report).await?);
+    if problems.is_empty() {
+        Ok((server, report))
+    } else {
+        Err(EngineError::Preflight(problems))
+    }
+}
+
+/// The server: cluster membership as read at the start, trust, API extensions.
+async fn server_problems(
+    client: &Client,
+    d: &Deployment,
+    server: &Server,
+    report: &mut PreflightReport,
+) -> Result<Vec<String>, EngineError> {
     let mut problems = Vec::new();
-    if report.clustered {
-        report.cluster = super::cluster::detect(client).await?;
-        problems.extend(super::cluster::check(client, config, &report.cluster).await?);
+    if report.clustered && !d.is_clustered() {
+        problems.push(format!(
+            "Incus at {} is a cluster member, but its membership could not be read when this run started; run again",
+            client.endpoint()
+        ));
+    } else if report.clustered {
+        report.cluster = d.cluster.clone();
+        problems.extend(super::cluster::check(client, d).await?);
     }
     if server.auth != "trusted" {
         problems.push(format!(
@@ -316,66 +340,109 @@ pub async fn run(
             ));
         }
     }
+    Ok(problems)
+}
+
+/// The storage pool: that it exists, its driver and free space.
+async fn pool_problems(
+    client: &Client,
+    config: &Config,
+    report: &mut PreflightReport,
+) -> Result<Vec<String>, EngineError> {
+    let root = client.in_project("default");
     let pool_name = &config.incus.storage_pool;
-    match root.get_storage_pool(pool_name).await.optional()? {
-        None => problems.push(format!(
+    let Some(pool) = root.get_storage_pool(pool_name).await.optional()? else {
+        // No pool: the disk check cannot run; the problem says why.
+        report.pool_free_bytes = u64::MAX;
+        return Ok(vec![format!(
             "storage pool {pool_name} does not exist; create it (`incus storage create {pool_name} dir`) or set incus.storage_pool in atlas.toml to an existing pool (`incus storage list`)"
-        )),
-        Some(pool) => {
-            report.pool_driver = pool.value.driver.clone();
-            report.pool_thick = pool.value.driver == "lvm"
-                && pool
-                    .value
-                    .config
-                    .get("lvm.use_thinpool")
-                    .is_some_and(|v| v == "false");
-            let res = root.storage_pool_resources(pool_name).await?;
-            report.pool_free_bytes = res.space.free();
-        }
-    }
+        )]);
+    };
+    report.pool_driver = pool.value.driver.clone();
+    report.pool_thick = pool.value.driver == "lvm"
+        && pool
+            .value
+            .config
+            .get("lvm.use_thinpool")
+            .is_some_and(|v| v == "false");
+    let res = root.storage_pool_resources(pool_name).await?;
+    report.pool_free_bytes = res.space.free();
+    Ok(Vec::new())
+}
+
+/// The host's size against the seed's minimum (warnings with `ignore_size`).
+async fn size_problems(
+    client: &Client,
+    config: &Config,
+    report: &mut PreflightReport,
+    ignore_size: bool,
+) -> Result<Vec<String>, EngineError> {
+    let root = client.in_project("default");
     let resources: Value = root.get_path::<Value>("/1.0/resources", false).await?.value;
     report.cpu_cores = resources["cpu"]["total"].as_u64().unwrap_or(0);
     report.memory_bytes = resources["memory"]["total"].as_u64().unwrap_or(0);
-    if report.pool_driver.is_empty() {
-        // No pool: the disk check cannot run; the pool problem above says why.
-        report.pool_free_bytes = u64::MAX;
-    }
     let size = HostSize {
         cpu_cores: report.cpu_cores,
         memory_bytes: report.memory_bytes,
         disk_free_bytes: report.pool_free_bytes,
     };
-    let (size_errors, size_warnings) = judge_size(size, pool_name);
+    let (size_errors, size_warnings) = judge_size(size, &config.incus.storage_pool);
     report.warnings.extend(size_warnings);
-    if ignore_size {
-        report.warnings.extend(
-            size_errors
-                .into_iter()
-                .map(|e| format!("{e} (ignored: --ignore-preflight)")),
-        );
-    } else {
-        problems.extend(size_errors);
+    if !ignore_size {
+        return Ok(size_errors);
     }
+    report.warnings.extend(
+        size_errors
+            .into_iter()
+            .map(|e| format!("{e} (ignored: --ignore-preflight)")),
+    );
+    Ok(Vec::new())
+}
 
+/// The external network Caddy's outside NIC joins, when an instance has one.
+async fn external_problems(
+    client: &Client,
+    config: &Config,
+    report: &mut PreflightReport,
+) -> Result<Vec<String>, EngineError> {
     let uses_external = config
         .enabled_instances()
         .iter()
         .any(|(_, i)| i.nics.iter().any(|n| n.network == NetworkRole::External));
-    if uses_external {
-        let ext = &config.incus.external_network;
-        match root.get_network(ext).await.optional()? {
-            None => problems.push(format!(
-                "external network {ext} (Caddy's outside NIC) does not exist; create it (`incus network create {ext}`) or set incus.external_network in atlas.toml"
-            )),
-            Some(n) => match n.value.config.get("ipv4.address").and_then(|a| a.parse::<Ipv4Net>().ok()) {
-                Some(net) => report.external = Some(net),
-                None => problems.push(format!(
-                    "external network {ext} has no IPv4 address (ipv4.address); Caddy needs one there, give the bridge an IPv4 range or choose another incus.external_network"
-                )),
-            },
-        }
+    if !uses_external {
+        return Ok(Vec::new());
     }
+    let ext = &config.incus.external_network;
+    let root = client.in_project("default");
+    Ok(match root.get_network(ext).await.optional()? {
+        None => vec![format!(
+            "external network {ext} (Caddy's outside NIC) does not exist; create it (`incus network create {ext}`) or set incus.external_network in atlas.toml"
+        )],
+        Some(n) => match n
+            .value
+            .config
+            .get("ipv4.address")
+            .and_then(|a| a.parse::<Ipv4Net>().ok())
+        {
+            Some(net) => {
+                report.external = Some(net);
+                Vec::new()
+            }
+            None => vec![format!(
+                "external network {ext} has no IPv4 address (ipv4.address); Caddy needs one there, give the bridge an IPv4 range or choose another incus.external_network"
+            )],
+        },
+    })
+}
 
+/// Clashes with what the host already has: address ranges and routes, DNS names, and (on
+/// this machine only) host ports and the host mount node-exporter needs.
+async fn host_problems(
+    client: &Client,
+    config: &Config,
+    report: &mut PreflightReport,
+) -> Result<Vec<String>, EngineError> {
+    let root = client.in_project("default");
     let networks = root.networks().await?;
     let local = client.endpoint().starts_with("unix socket");
     let routes = if local {
@@ -383,33 +450,28 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    problems.extend(cidr_clashes(config, &networks, &routes));
+    let mut problems = cidr_clashes(config, &networks, &routes);
     problems.extend(dns_name_clashes(
         config,
         &client.instances_all_projects().await?,
     ));
-
-    if local {
-        let project_exists = root
-            .get_project(&config.incus.project)
-            .await
-            .optional()?
-            .is_some();
-        let own = own_listeners(&client.in_project(&config.incus.project), project_exists).await?;
-        problems.extend(port_problems(config, &own));
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        problems.extend(host_mount_problem(config, &mountinfo));
-    } else {
+    if !local {
         report.warnings.push(
             "remote Incus: host port and route checks skipped (they only see this machine)"
                 .to_string(),
         );
+        return Ok(problems);
     }
-    if problems.is_empty() {
-        Ok((server, report))
-    } else {
-        Err(EngineError::Preflight(problems))
-    }
+    let project_exists = root
+        .get_project(&config.incus.project)
+        .await
+        .optional()?
+        .is_some();
+    let own = own_listeners(&client.in_project(&config.incus.project), project_exists).await?;
+    problems.extend(port_problems(config, &own));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    problems.extend(host_mount_problem(config, &mountinfo));
+    Ok(problems)
 }
 
 /// What an install will put into the storage pool, from its plan.
@@ -670,7 +732,7 @@ mod tests {
             "management",
             [("ipv4.address".to_string(), "10.50.0.1/24".to_string())].into(),
         );
-        ours.config.insert(KEY_MANAGED.into(), "true".into());
+        ours.config.insert(keys::MANAGED.into(), "true".into());
         let clashes = cidr_clashes(&cfg, &[foreign, ours], &[]);
         assert_eq!(clashes.len(), 1, "{clashes:?}");
         assert!(

@@ -5,16 +5,14 @@
 //! excerpt is only built when something failed), so a secret generated or rotated in another
 //! run is covered too.
 //!
-//! What counts: every value stored under `user.atlas.secret.*` in the Atlas project (those
-//! being rotated to, `.next`, included), the tokens from the configuration (Cloudflare API,
+//! What counts: every secret stored in the Atlas project's state (those being rotated to,
+//! `.next`, included), the tokens from the configuration (Cloudflare API,
 //! tunnel) and the Alertmanager webhook URL. Multi-line values (private keys) are also cut
 //! line by line. Values shorter than [`MIN_LEN`] are not searched for: they would mask
 //! ordinary words, and nothing generated is that short.
 
 use crate::config::Config;
-use crate::incus::{Client, OptionalExt as _};
-
-use super::secrets::SECRET_PREFIX;
+use crate::incus::Client;
 
 /// What a secret is replaced with.
 pub const MASK: &str = "<redacted>";
@@ -55,17 +53,12 @@ impl Redactor {
         client: &Client,
         config: &Config,
     ) -> Result<Redactor, crate::incus::IncusError> {
-        let stored = client
-            .get_project(&config.incus.project)
-            .await
-            .optional()?
-            .map(|p| p.value.config)
-            .unwrap_or_default();
-        let stored = stored
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(SECRET_PREFIX))
-            .map(|(_, v)| v);
-        Ok(Redactor::new(stored.chain(of_config(config))))
+        let state = crate::state::read(client, &config.incus.project).await?;
+        let stored: Vec<String> = state
+            .iter()
+            .flat_map(|s| s.secrets.values().map(str::to_string))
+            .collect();
+        Ok(Redactor::new(stored.into_iter().chain(of_config(config))))
     }
 
     pub fn redact(&self, text: &str) -> String {

@@ -24,14 +24,12 @@ use crate::config::{Config, ServiceKind};
 use crate::incus::{Client, OptionalExt as _};
 use crate::progress::Progress;
 
-use super::error::EngineError;
-use super::secrets::{self, KEY_GRAFANA_ADMIN, KEY_METRICS_CERT, KEY_STEP_CA};
-use super::step_ca::reencrypt_provisioner;
+use crate::state::keys::{self, secrets as name};
+use crate::state::{SecretStore, StateError};
 
-/// Where the Grafana password being rotated to waits until Grafana has it.
-pub const KEY_GRAFANA_NEXT: &str = "user.atlas.secret.grafana-admin-password.next";
-/// Where the step-ca password being rotated to waits until every key is re-encrypted.
-pub const KEY_STEP_CA_NEXT: &str = "user.atlas.secret.step-ca-password.next";
+use super::error::EngineError;
+use super::secrets;
+use super::step_ca::reencrypt_provisioner;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Rotation {
@@ -51,8 +49,11 @@ pub async fn rotate(
     progress: &dyn Progress,
 ) -> Result<Rotation, EngineError> {
     let project = &config.incus.project;
-    let stored = client.get_project(project).await?.value.config;
-    if !stored.contains_key(KEY_GRAFANA_ADMIN) {
+    let stored = crate::state::read(client, project)
+        .await?
+        .map(|s| s.secrets)
+        .unwrap_or_default();
+    if !stored.has(name::GRAFANA_ADMIN) {
         return Err(err(
             "secrets",
             format!("project {project} stores no secrets yet: install first. Nothing was changed."),
@@ -66,29 +67,38 @@ pub async fn rotate(
     if let Some((name, _)) = config.instances_of(ServiceKind::StepCa).into_iter().next() {
         step_ca(client, config, name, &stored, progress).await?;
         rotation.rotated.push(format!(
-            "{KEY_STEP_CA} (CA and provisioner keys re-encrypted in {name})"
+            "{} (CA and provisioner keys re-encrypted in {name})",
+            keys::secret(name::STEP_CA)
         ));
     }
     for (name, _) in config.instances_of(ServiceKind::Grafana) {
         grafana(client, config, name, &stored, progress).await?;
-        rotation
-            .rotated
-            .push(format!("{KEY_GRAFANA_ADMIN} (through {name}'s API)"));
+        rotation.rotated.push(format!(
+            "{} (through {name}'s API)",
+            keys::secret(name::GRAFANA_ADMIN)
+        ));
     }
     let mut fresh = BTreeMap::new();
-    let mut keys = vec![KEY_METRICS_CERT.to_string()];
-    keys.extend(
+    let mut names = vec![name::METRICS_CERT.to_string()];
+    names.extend(
         config
             .mosquitto
             .users
             .iter()
-            .map(|u| secrets::mosquitto_password_key(u)),
+            .map(|u| name::mosquitto_password(u)),
     );
-    for key in &keys {
-        fresh.extend(secrets::generate_for(key).map_err(|e| err(key, e))?);
+    for n in &names {
+        fresh.extend(secrets::generate_for(n).map_err(|e| err(n, e))?);
     }
-    client.set_project_keys(project, &fresh, &[]).await?;
-    rotation.rotated.extend(keys);
+    store(client, project, |s| {
+        for (n, v) in &fresh {
+            s.set(n, v.clone());
+        }
+    })
+    .await?;
+    rotation
+        .rotated
+        .extend(names.iter().map(|n| keys::secret(n)));
     let kept = if rotation.kept.is_empty() {
         String::new()
     } else {
@@ -107,7 +117,7 @@ async fn grafana(
     client: &Client,
     config: &Config,
     name: &str,
-    stored: &BTreeMap<String, String>,
+    stored: &SecretStore,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
     let what = format!("the Grafana admin password of {name}");
@@ -126,8 +136,11 @@ async fn grafana(
         Some(super::health::Check::Http { url }) => url.trim_end_matches("/api/health").to_string(),
         _ => return Err(err(&what, "no HTTP address")),
     };
-    let old = stored.get(KEY_GRAFANA_ADMIN).cloned().unwrap_or_default();
-    let new = pending_password(client, config, stored, KEY_GRAFANA_NEXT).await?;
+    let old = stored
+        .get(name::GRAFANA_ADMIN)
+        .unwrap_or_default()
+        .to_string();
+    let new = pending_password(client, config, stored, name::GRAFANA_NEXT).await?;
     let http = super::health::probe_client()?;
     let user = &config.grafana.admin_user;
     // The HTTP status of `GET /api/user` as the admin with `pw` (0: no answer).
@@ -149,7 +162,8 @@ async fn grafana(
                 return Err(err(
                     &what,
                     format!(
-                        "{name} accepts neither the stored admin password nor the one being rotated to; reset it inside the container (`grafana cli admin reset-admin-password`), store it as {KEY_GRAFANA_ADMIN} and run again"
+                        "{name} accepts neither the stored admin password nor the one being rotated to; reset it inside the container (`grafana cli admin reset-admin-password`), store it as {} and run again",
+                        keys::secret(name::GRAFANA_ADMIN)
                     ),
                 ));
             }
@@ -180,14 +194,11 @@ async fn grafana(
         }
     }
     progress.info(&format!("{name}: admin password changed through its API"));
-    client
-        .set_project_keys(
-            &config.incus.project,
-            &BTreeMap::from([(KEY_GRAFANA_ADMIN.to_string(), new)]),
-            &[KEY_GRAFANA_NEXT],
-        )
-        .await?;
-    Ok(())
+    store(client, &config.incus.project, |s| {
+        s.set(name::GRAFANA_ADMIN, new.clone());
+        s.remove(name::GRAFANA_NEXT);
+    })
+    .await
 }
 
 /// Refuses, changing nothing, when `name` is not running: `why` says why it must be.
@@ -217,21 +228,29 @@ async fn require_running(
 async fn pending_password(
     client: &Client,
     config: &Config,
-    stored: &BTreeMap<String, String>,
+    stored: &SecretStore,
     next: &str,
 ) -> Result<String, EngineError> {
     if let Some(n) = stored.get(next) {
-        return Ok(n.clone());
+        return Ok(n.to_string());
     }
     let n = secrets::password();
-    client
-        .set_project_keys(
-            &config.incus.project,
-            &BTreeMap::from([(next.to_string(), n.clone())]),
-            &[],
-        )
-        .await?;
+    store(client, &config.incus.project, |s| s.set(next, n.clone())).await?;
     Ok(n)
+}
+
+/// Changes the stored secrets of `project` with `change`.
+async fn store(
+    client: &Client,
+    project: &str,
+    change: impl Fn(&mut SecretStore),
+) -> Result<(), EngineError> {
+    crate::state::update(client, project, |s| {
+        change(&mut s.secrets);
+        Ok::<(), StateError>(())
+    })
+    .await
+    .map_err(EngineError::from)
 }
 
 /// Re-encrypts step-ca's keys with a new password inside the running instance, then
@@ -240,7 +259,7 @@ async fn step_ca(
     client: &Client,
     config: &Config,
     name: &str,
-    stored: &BTreeMap<String, String>,
+    stored: &SecretStore,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
     use crate::incus::FileMeta;
@@ -270,40 +289,23 @@ async fn step_ca(
             )
         })?;
     let owner = (meta.uid, meta.gid);
-    let new = pending_password(client, config, stored, KEY_STEP_CA_NEXT).await?;
+    let new = pending_password(client, config, stored, name::STEP_CA_NEXT).await?;
     // The staged and the final password file alike: the key owner's, 0600.
     let secret = FileMeta::new(owner.0, owner.1, 0o600);
     project
         .push_file(name, &staged, new.clone().into_bytes(), secret)
         .await?;
-    let mut changed = 0;
-    for key in ["root_ca_key", "intermediate_ca_key"] {
-        let path = format!("{STEPPATH}/secrets/{key}");
-        if project.pull_file(name, &path).await.optional()?.is_none() {
-            continue;
-        }
-        let first = change_pass(&project, name, &path, &current, &staged, owner).await?;
-        if first.exit_code != 0 {
-            // Already re-encrypted by an interrupted run: the new password opens it.
-            let again = change_pass(&project, name, &path, &staged, &staged, owner).await?;
-            if again.exit_code != 0 {
-                let _ = project.delete_file(name, &staged).await;
-                let said = format!(
-                    "with the current password ({}) and with the one being rotated to ({})",
-                    first.stderr_str().trim(),
-                    again.stderr_str().trim()
-                );
-                let said = super::redact::excerpt(client, config, &said).await;
-                return Err(err(
-                    &what,
-                    format!(
-                        "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
-                    ),
-                ));
-            }
-        }
-        changed += 1;
-    }
+    let rekey = Rekey {
+        client,
+        config,
+        project: project.clone(),
+        name,
+        current: &current,
+        staged: &staged,
+        owner,
+        what: &what,
+    };
+    let changed = rekey.keys().await?;
     if changed == 0 {
         let _ = project.delete_file(name, &staged).await;
         return Err(err(
@@ -315,54 +317,122 @@ async fn step_ca(
     }
     // The JWK provisioner's key (in ca.json) has the same password: the installer signs the
     // services' certificates with it.
-    if let Err(first) = reencrypt_provisioner(&project, name, &current, &staged).await? {
-        // Already re-encrypted by an interrupted run: the new password opens it.
-        if let Err(again) = reencrypt_provisioner(&project, name, &staged, &staged).await? {
-            let _ = project.delete_file(name, &staged).await;
-            let said = format!(
-                "neither the current password ({first}) nor the one being rotated to ({again})"
-            );
-            let said = super::redact::excerpt(client, config, &said).await;
-            return Err(err(
-                &what,
-                format!(
-                    "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
-                    super::step_ca::CA_JSON
-                ),
-            ));
-        }
-    }
-    // The staged file (new, so made 0600) replaces the one step-ca starts with in one rename:
-    // overwriting it through Incus would keep its mode (0644, as the upstream entrypoint
-    // leaves it) and could leave half a file.
-    let mv = project
-        .exec_as(
-            name,
-            &["mv", "-f", &staged, &current],
-            &Default::default(),
-            Some(owner),
-        )
-        .await?;
-    if mv.exit_code != 0 {
-        let said = super::redact::excerpt(client, config, mv.stderr_str().trim()).await;
-        return Err(err(
-            &what,
-            format!(
-                "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {KEY_STEP_CA_NEXT}: run again"
-            ),
-        ));
-    }
-    client
-        .set_project_keys(
-            &config.incus.project,
-            &BTreeMap::from([(KEY_STEP_CA.to_string(), new)]),
-            &[KEY_STEP_CA_NEXT],
-        )
-        .await?;
+    rekey.provisioner().await?;
+    rekey.move_into_place().await?;
+    store(client, &config.incus.project, |s| {
+        s.set(name::STEP_CA, new.clone());
+        s.remove(name::STEP_CA_NEXT);
+    })
+    .await?;
     progress.info(&format!(
         "{name}: {changed} key(s) re-encrypted with `step crypto change-pass`"
     ));
     Ok(())
+}
+
+/// Moving step-ca `name` from the password in file `current` to the one staged beside it.
+struct Rekey<'a> {
+    client: &'a Client,
+    config: &'a Config,
+    project: Client,
+    name: &'a str,
+    current: &'a str,
+    staged: &'a str,
+    /// Owner of the keys and the password files.
+    owner: (u32, u32),
+    /// What is rotated, for errors.
+    what: &'a str,
+}
+
+impl Rekey<'_> {
+    /// Re-encrypts step-ca's CA keys from the current password to the staged one (or finds
+    /// them already re-encrypted by an interrupted run). Returns how many keys there were.
+    async fn keys(&self) -> Result<usize, EngineError> {
+        use crate::render::STEPPATH;
+        let (project, name, what) = (&self.project, self.name, self.what);
+        let (current, staged, owner) = (self.current, self.staged, self.owner);
+        let mut changed = 0;
+        for key in ["root_ca_key", "intermediate_ca_key"] {
+            let path = format!("{STEPPATH}/secrets/{key}");
+            if project.pull_file(name, &path).await.optional()?.is_none() {
+                continue;
+            }
+            let first = change_pass(project, name, &path, current, staged, owner).await?;
+            if first.exit_code != 0 {
+                // Already re-encrypted by an interrupted run: the new password opens it.
+                let again = change_pass(project, name, &path, staged, staged, owner).await?;
+                if again.exit_code != 0 {
+                    let _ = project.delete_file(name, staged).await;
+                    let said = format!(
+                        "with the current password ({}) and with the one being rotated to ({})",
+                        first.stderr_str().trim(),
+                        again.stderr_str().trim()
+                    );
+                    let said = super::redact::excerpt(self.client, self.config, &said).await;
+                    return Err(err(
+                        what,
+                        format!(
+                            "`step crypto change-pass {path}` failed {said}. The key was left as it was; check {current} against the key, then run again"
+                        ),
+                    ));
+                }
+            }
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    /// Re-encrypts the JWK provisioner's key in ca.json (or finds it done by an interrupted run).
+    async fn provisioner(&self) -> Result<(), EngineError> {
+        let (project, name, what) = (&self.project, self.name, self.what);
+        let (current, staged) = (self.current, self.staged);
+        let Err(first) = reencrypt_provisioner(project, name, current, staged).await? else {
+            return Ok(());
+        };
+        // Already re-encrypted by an interrupted run: the new password opens it.
+        let Err(again) = reencrypt_provisioner(project, name, staged, staged).await? else {
+            return Ok(());
+        };
+        let _ = project.delete_file(name, staged).await;
+        let said = format!(
+            "neither the current password ({first}) nor the one being rotated to ({again})"
+        );
+        let said = super::redact::excerpt(self.client, self.config, &said).await;
+        Err(err(
+            what,
+            format!(
+                "the provisioner key in {} opens with {said}; the CA keys already have the new one. Re-encrypt it with `step crypto change-pass` by hand, then run again",
+                super::step_ca::CA_JSON
+            ),
+        ))
+    }
+
+    /// The staged file (new, so made 0600) replaces the one step-ca starts with in one rename:
+    /// overwriting it through Incus would keep its mode (0644, as the upstream entrypoint
+    /// leaves it) and could leave half a file.
+    async fn move_into_place(&self) -> Result<(), EngineError> {
+        let (project, name, what) = (&self.project, self.name, self.what);
+        let (current, staged, owner) = (self.current, self.staged, self.owner);
+        let mv = project
+            .exec_as(
+                name,
+                &["mv", "-f", staged, current],
+                &Default::default(),
+                Some(owner),
+            )
+            .await?;
+        if mv.exit_code == 0 {
+            return Ok(());
+        }
+        let said = super::redact::excerpt(self.client, self.config, mv.stderr_str().trim()).await;
+        Err(err(
+            what,
+            format!(
+                "moving the new password file into place (`mv {staged} {current}`) failed: {said}. The keys already have the new password, which stays stored as {}: run again",
+                keys::secret(name::STEP_CA_NEXT)
+            ),
+        ))
+    }
 }
 
 /// `step crypto change-pass KEY` inside `name`, as the key's owner, from the password in

@@ -1,17 +1,18 @@
-//! Generated secrets of a deployment: made once, stored in Incus (the Atlas project's
-//! `user.atlas.secret.*` config keys), reused on every re-run and upgrade, never printed.
+//! Generated secrets of a deployment: made once, stored in Incus (the Atlas project's state,
+//! [`crate::state::SecretStore`]), reused on every re-run and upgrade, never printed.
 //!
 //! CONTRACT (the install sequence relies on it):
 //! - `load_or_generate(client, config)` returns the stored [`Secrets`] and generates and
 //!   stores what is missing (a new Mosquitto user, a first install). It is the only writer.
 //!   Must be called after the project exists. Zero writes when everything is stored.
 //! - `Secrets::credentials()` gives what `render::render` needs.
-//! - The metrics client certificate (ECDSA P-384, rcgen, 10 years) and its key live here too.
+//! - The metrics client certificate (ECDSA P-384, rcgen, 10 years) and its key live here too,
+//!   and the key of the HMACs that stand for pushed files in hashes, records and saved plans.
 //!
-//! Layout in the project config (values are never logged; errors name keys, never values):
-//! - `user.atlas.secret.grafana-admin-password`, `user.atlas.secret.step-ca-password`
-//! - `user.atlas.secret.mosquitto.<user>.password` and `.salt` (base64 of 12 bytes)
-//! - `user.atlas.secret.metrics-certificate` and `.metrics-key` (PEM)
+//! Names in the store (values are never logged; errors name keys, never values): see
+//! [`crate::state::keys::secrets`]: `grafana-admin-password`, `step-ca-password`,
+//! `mosquitto.<user>.password` and `.salt` (base64 of 12 bytes), `metrics-certificate` and
+//! `metrics-key` (PEM), `hash-key`.
 //!
 //! Anyone who can read the project can read these; that is anyone with Incus admin rights,
 //! who could read them from inside the containers anyway.
@@ -34,31 +35,17 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
-use crate::incus::{Client, IncusError, OptionalExt as _};
+use crate::incus::{Client, IncusError};
 use crate::render::{Credentials, MqttCredential};
+use crate::state::keys::{self, secrets as name};
+use crate::state::{SecretStore, StateError};
 
-/// Prefix of every stored secret in the project config.
-pub const SECRET_PREFIX: &str = "user.atlas.secret.";
-pub const KEY_GRAFANA_ADMIN: &str = "user.atlas.secret.grafana-admin-password";
-pub const KEY_STEP_CA: &str = "user.atlas.secret.step-ca-password";
-pub const KEY_METRICS_CERT: &str = "user.atlas.secret.metrics-certificate";
-pub const KEY_METRICS_KEY: &str = "user.atlas.secret.metrics-key";
 /// Common name of the client certificate Prometheus presents to Incus' `/1.0/metrics`.
 pub const METRICS_CERT_CN: &str = "atlas-prometheus-metrics";
 /// Length of generated passwords: 43 alphanumeric characters carry over 256 bits, and
 /// contain nothing any config format, command line or URL needs to quote.
 const PASSWORD_LEN: usize = 43;
 const METRICS_CERT_YEARS: i32 = 10;
-/// Attempts at storing new secrets when someone else changes the project in between.
-const STORE_ATTEMPTS: usize = 3;
-
-pub fn mosquitto_password_key(user: &str) -> String {
-    format!("{SECRET_PREFIX}mosquitto.{user}.password")
-}
-
-pub fn mosquitto_salt_key(user: &str) -> String {
-    format!("{SECRET_PREFIX}mosquitto.{user}.salt")
-}
 
 #[derive(Clone)]
 pub struct Secrets {
@@ -67,6 +54,8 @@ pub struct Secrets {
     pub metrics_cert_pem: String,
     /// PEM of its private key (pushed 0600 into the Prometheus container).
     pub metrics_key_pem: String,
+    /// Key of the HMACs standing for pushed files (see [`Secrets::file_digest`]).
+    pub hash_key: String,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -86,7 +75,7 @@ impl Secrets {
 
     /// DER of the metrics client certificate (what Incus is given, base64-encoded).
     pub fn metrics_cert_der(&self) -> Result<Vec<u8>, SecretsError> {
-        cert_der(&self.metrics_cert_pem, KEY_METRICS_CERT)
+        cert_der(&self.metrics_cert_pem, &keys::secret(name::METRICS_CERT))
     }
 
     /// Incus' fingerprint of the metrics certificate (SHA-256 of the DER, hex).
@@ -134,63 +123,57 @@ pub enum SecretsError {
     },
 }
 
+impl From<StateError> for SecretsError {
+    fn from(e: StateError) -> SecretsError {
+        match e {
+            StateError::Incus(e) => SecretsError::Incus(*e),
+            StateError::MissingProject { project } => SecretsError::MissingProject { project },
+            other => SecretsError::Invalid(other.to_string()),
+        }
+    }
+}
+
 /// Reads the stored secrets, generates and stores what is missing, and returns them all.
 /// Zero writes when everything is stored.
 pub async fn load_or_generate(client: &Client, config: &Config) -> Result<Secrets, SecretsError> {
     let project = &config.incus.project;
+    // Values generated in an earlier attempt are reused: a retry must not hand out a
+    // different password than the one a concurrent writer may already have seen.
     let mut fresh: BTreeMap<String, String> = BTreeMap::new();
-    for _ in 0..STORE_ATTEMPTS {
-        let got = the_project(client, project).await?;
-        let stored = &got.value.config;
-        let missing = missing_keys(config, stored)?;
-        // Values generated in an earlier attempt are reused: a retry must not hand out a
-        // different password than the one a concurrent writer may already have seen.
-        for key in &missing {
-            if !fresh.contains_key(key) {
-                fresh.extend(generate_for(key)?);
+    crate::state::update(client, project, |s| {
+        let missing = missing_names(config, &s.secrets)?;
+        for n in &missing {
+            if !fresh.contains_key(n) {
+                fresh.extend(generate_for(n)?);
             }
         }
-        if missing.is_empty() {
-            return assemble(project, config, stored);
-        }
-        let mut next = got.value.clone();
-        for key in &missing {
-            if let Some(v) = fresh.get(key) {
-                next.config.insert(key.clone(), v.clone());
+        for n in &missing {
+            if let Some(v) = fresh.get(n) {
+                s.secrets.set(n, v.clone());
             }
         }
-        match client.update_project(&next, got.etag.as_deref()).await {
-            Ok(()) => return assemble(project, config, &next.config),
-            Err(IncusError::PreconditionFailed { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(SecretsError::Invalid(format!(
-        "project `{project}` kept changing while new secrets were stored ({STORE_ATTEMPTS} attempts); run again"
-    )))
+        assemble(project, config, &s.secrets)
+    })
+    .await
 }
 
 /// Read-only, for plans: the stored secrets when every one the config needs is there; `None`
 /// when the project does not exist or something would still be generated.
 pub async fn load(client: &Client, config: &Config) -> Result<Option<Secrets>, SecretsError> {
     let project = &config.incus.project;
-    let Some(got) = client.get_project(project).await.optional()? else {
+    let Some(s) = crate::state::read(client, project).await? else {
         return Ok(None);
     };
-    if !missing_keys(config, &got.value.config)?.is_empty() {
+    if !missing_names(config, &s.secrets)?.is_empty() {
         return Ok(None);
     }
-    assemble(project, config, &got.value.config).map(Some)
+    assemble(project, config, &s.secrets).map(Some)
 }
 
 /// The names of the stored secrets (`user.atlas.secret.<name>`), sorted: what
 /// `atlas-install secret list` shows. Names only, never values.
 pub async fn stored_names(client: &Client, config: &Config) -> Result<Vec<String>, SecretsError> {
-    Ok(stored(client, config)
-        .await?
-        .into_keys()
-        .filter_map(|k| k.strip_prefix(SECRET_PREFIX).map(str::to_string))
-        .collect())
+    Ok(stored(client, config).await?.names())
 }
 
 /// One stored secret by name: `atlas-install secret get NAME`, the one command that exists
@@ -198,17 +181,13 @@ pub async fn stored_names(client: &Client, config: &Config) -> Result<Vec<String
 pub async fn stored_value(
     client: &Client,
     config: &Config,
-    name: &str,
+    secret: &str,
 ) -> Result<String, SecretsError> {
     let all = stored(client, config).await?;
-    let key = format!("{SECRET_PREFIX}{name}");
-    all.get(&key).cloned().ok_or_else(|| {
-        let names: Vec<&str> = all
-            .keys()
-            .filter_map(|k| k.strip_prefix(SECRET_PREFIX))
-            .collect();
+    all.get(secret).map(str::to_string).ok_or_else(|| {
+        let names = all.names();
         SecretsError::Invalid(format!(
-            "project `{}` stores no secret named `{name}`; stored: {}",
+            "project `{}` stores no secret named `{secret}`; stored: {}",
             config.incus.project,
             if names.is_empty() {
                 "none (install first)".to_string()
@@ -219,31 +198,15 @@ pub async fn stored_value(
     })
 }
 
-async fn stored(
-    client: &Client,
-    config: &Config,
-) -> Result<BTreeMap<String, String>, SecretsError> {
-    let got = the_project(client, &config.incus.project).await?;
-    Ok(got
-        .value
-        .config
-        .into_iter()
-        .filter(|(k, v)| k.starts_with(SECRET_PREFIX) && !v.is_empty())
-        .collect())
-}
-
-/// The Atlas project, where the secrets live; its absence says what to do.
-async fn the_project(
-    client: &Client,
-    project: &str,
-) -> Result<crate::incus::Etagged<crate::incus::Project>, SecretsError> {
-    client
-        .get_project(project)
-        .await
-        .optional()?
+/// The store of the Atlas project, whose absence says what to do.
+async fn stored(client: &Client, config: &Config) -> Result<SecretStore, SecretsError> {
+    let project = &config.incus.project;
+    Ok(crate::state::read(client, project)
+        .await?
         .ok_or_else(|| SecretsError::MissingProject {
             project: project.to_string(),
-        })
+        })?
+        .secrets)
 }
 
 /// Read-only, for plans: the stored secrets completed with freshly generated values (not
@@ -253,63 +216,56 @@ pub async fn preview(
     config: &Config,
 ) -> Result<(Secrets, Vec<String>), SecretsError> {
     let project = &config.incus.project;
-    let mut stored = match client.get_project(project).await.optional()? {
-        Some(got) => got.value.config,
-        None => BTreeMap::new(),
-    };
-    let missing = missing_keys(config, &stored)?;
+    let mut stored = crate::state::read(client, project)
+        .await?
+        .map(|s| s.secrets)
+        .unwrap_or_default();
+    let missing = missing_names(config, &stored)?;
     let mut generated = BTreeMap::new();
-    for key in &missing {
-        if !generated.contains_key(key) {
-            generated.extend(generate_for(key)?);
+    for n in &missing {
+        if !generated.contains_key(n) {
+            generated.extend(generate_for(n)?);
         }
     }
-    stored.extend(generated);
-    let names = missing
-        .iter()
-        .map(|k| k.trim_start_matches(SECRET_PREFIX).to_string())
-        .collect();
-    Ok((assemble(project, config, &stored)?, names))
+    for (n, v) in generated {
+        stored.set(&n, v);
+    }
+    Ok((assemble(project, config, &stored)?, missing))
 }
 
-/// Every key the config needs, in a fixed order.
-fn wanted_keys(config: &Config) -> Result<Vec<String>, SecretsError> {
-    let mut keys = vec![KEY_GRAFANA_ADMIN.to_string(), KEY_STEP_CA.to_string()];
+/// Every secret the config needs, in a fixed order.
+fn wanted_names(config: &Config) -> Result<Vec<String>, SecretsError> {
+    let mut names = vec![name::GRAFANA_ADMIN.to_string(), name::STEP_CA.to_string()];
     for user in &config.mosquitto.users {
         check_user(user)?;
-        keys.push(mosquitto_password_key(user));
-        keys.push(mosquitto_salt_key(user));
+        names.push(name::mosquitto_password(user));
+        names.push(name::mosquitto_salt(user));
     }
-    keys.push(KEY_METRICS_CERT.to_string());
-    keys.push(KEY_METRICS_KEY.to_string());
-    Ok(keys)
+    names.push(name::METRICS_CERT.to_string());
+    names.push(name::METRICS_KEY.to_string());
+    names.push(name::HASH_KEY.to_string());
+    Ok(names)
 }
 
-fn missing_keys(
-    config: &Config,
-    stored: &BTreeMap<String, String>,
-) -> Result<Vec<String>, SecretsError> {
-    let mut missing: Vec<String> = wanted_keys(config)?
+fn missing_names(config: &Config, stored: &SecretStore) -> Result<Vec<String>, SecretsError> {
+    let mut missing: Vec<String> = wanted_names(config)?
         .into_iter()
-        .filter(|k| stored.get(k).is_none_or(|v| v.is_empty()))
+        .filter(|n| !stored.has(n))
         .collect();
     // The certificate and its key only make sense together: one without the other gets a new pair.
-    let has = |k: &str| stored.get(k).is_some_and(|v| !v.is_empty());
-    let half = has(KEY_METRICS_CERT) != has(KEY_METRICS_KEY);
-    if half {
-        for k in [KEY_METRICS_CERT, KEY_METRICS_KEY] {
-            if !missing.iter().any(|m| m == k) {
-                missing.push(k.to_string());
-            }
-        }
-    }
+    let mut pairs = vec![(
+        name::METRICS_CERT.to_string(),
+        name::METRICS_KEY.to_string(),
+    )];
     // Same for a Mosquitto user's salt and password.
     for user in &config.mosquitto.users {
-        let (p, s) = (mosquitto_password_key(user), mosquitto_salt_key(user));
-        if has(&p) != has(&s) {
-            for k in [p, s] {
-                if !missing.contains(&k) {
-                    missing.push(k);
+        pairs.push((name::mosquitto_password(user), name::mosquitto_salt(user)));
+    }
+    for (a, b) in pairs {
+        if stored.has(&a) != stored.has(&b) {
+            for n in [a, b] {
+                if !missing.contains(&n) {
+                    missing.push(n);
                 }
             }
         }
@@ -329,25 +285,18 @@ fn check_user(user: &str) -> Result<(), SecretsError> {
     Ok(())
 }
 
-/// New values for `key` and, for halves of a pair, for its partner.
-pub(crate) fn generate_for(key: &str) -> Result<BTreeMap<String, String>, SecretsError> {
+/// New values for secret `secret` and, for halves of a pair, for its partner.
+pub(crate) fn generate_for(secret: &str) -> Result<BTreeMap<String, String>, SecretsError> {
     let mut out = BTreeMap::new();
-    if key == KEY_METRICS_CERT || key == KEY_METRICS_KEY {
+    if secret == name::METRICS_CERT || secret == name::METRICS_KEY {
         let (cert, pk) = generate_metrics_certificate()?;
-        out.insert(KEY_METRICS_CERT.to_string(), cert);
-        out.insert(KEY_METRICS_KEY.to_string(), pk);
-    } else if let Some(user) = key
-        .strip_prefix(SECRET_PREFIX)
-        .and_then(|k| k.strip_prefix("mosquitto."))
-        .and_then(|k| {
-            k.strip_suffix(".password")
-                .or_else(|| k.strip_suffix(".salt"))
-        })
-    {
-        out.insert(mosquitto_password_key(user), password());
-        out.insert(mosquitto_salt_key(user), STANDARD.encode(salt()));
+        out.insert(name::METRICS_CERT.to_string(), cert);
+        out.insert(name::METRICS_KEY.to_string(), pk);
+    } else if let Some(user) = name::mosquitto_user(secret) {
+        out.insert(name::mosquitto_password(user), password());
+        out.insert(name::mosquitto_salt(user), STANDARD.encode(salt()));
     } else {
-        out.insert(key.to_string(), password());
+        out.insert(secret.to_string(), password());
     }
     Ok(out)
 }
@@ -390,74 +339,53 @@ pub fn generate_metrics_certificate() -> Result<(String, String), SecretsError> 
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// UTC calendar date `days` days before now, from the system clock (no date library).
+/// UTC calendar date `days` days before now, from the system clock.
 fn civil_date_days_ago(days: u64) -> (i32, u8, u8) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    civil_from_days((secs / 86_400).saturating_sub(days) as i64)
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as i32, month as u8, day as u8)
+    let (y, m, d) = crate::clock::date(crate::clock::now_secs().saturating_sub(days * 86_400));
+    (y as i32, m as u8, d as u8)
 }
 
 /// Builds [`Secrets`] from a complete store, checking every value (never echoing it).
-fn assemble(
-    project: &str,
-    config: &Config,
-    stored: &BTreeMap<String, String>,
-) -> Result<Secrets, SecretsError> {
-    let corrupt = |key: &str, why: &str| SecretsError::Corrupt {
+fn assemble(project: &str, config: &Config, stored: &SecretStore) -> Result<Secrets, SecretsError> {
+    let corrupt = |secret: &str, why: &str| SecretsError::Corrupt {
         project: project.to_string(),
-        key: key.to_string(),
+        key: keys::secret(secret),
         why: why.to_string(),
     };
-    let get = |key: &str| -> Result<String, SecretsError> {
+    let get = |secret: &str| -> Result<String, SecretsError> {
         stored
-            .get(key)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .ok_or_else(|| corrupt(key, "it is missing"))
+            .get(secret)
+            .map(str::to_string)
+            .ok_or_else(|| corrupt(secret, "it is missing"))
     };
     let mut mosquitto = BTreeMap::new();
     for user in &config.mosquitto.users {
-        let salt_key = mosquitto_salt_key(user);
+        let salt_name = name::mosquitto_salt(user);
         let salt: [u8; 12] = STANDARD
-            .decode(get(&salt_key)?.trim())
+            .decode(get(&salt_name)?.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| corrupt(&salt_key, "not the base64 of 12 bytes"))?;
+            .ok_or_else(|| corrupt(&salt_name, "not the base64 of 12 bytes"))?;
         mosquitto.insert(
             user.clone(),
             MqttCredential {
-                password: get(&mosquitto_password_key(user))?,
+                password: get(&name::mosquitto_password(user))?,
                 salt,
             },
         );
     }
     let secrets = Secrets {
         credentials: Credentials {
-            grafana_admin_password: get(KEY_GRAFANA_ADMIN)?,
-            step_ca_password: get(KEY_STEP_CA)?,
+            grafana_admin_password: get(name::GRAFANA_ADMIN)?,
+            step_ca_password: get(name::STEP_CA)?,
             mosquitto,
         },
-        metrics_cert_pem: get(KEY_METRICS_CERT)?,
-        metrics_key_pem: get(KEY_METRICS_KEY)?,
+        metrics_cert_pem: get(name::METRICS_CERT)?,
+        metrics_key_pem: get(name::METRICS_KEY)?,
+        hash_key: get(name::HASH_KEY)?,
     };
     check_pair(&secrets.metrics_cert_pem, &secrets.metrics_key_pem)
-        .map_err(|why| corrupt(KEY_METRICS_CERT, &why))?;
+        .map_err(|why| corrupt(name::METRICS_CERT, &why))?;
     Ok(secrets)
 }
 
@@ -472,16 +400,17 @@ fn cert_der(pem: &str, key: &str) -> Result<Vec<u8>, SecretsError> {
 fn check_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
     let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|_| "no PEM certificate".to_string())?;
+    let key_name = keys::secret(name::METRICS_KEY);
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|_| format!("{KEY_METRICS_KEY} holds no PEM private key"))?;
+        .map_err(|_| format!("{key_name} holds no PEM private key"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|_| format!("{KEY_METRICS_KEY} is not a usable private key"))?;
+        .map_err(|_| format!("{key_name} is not a usable private key"))?;
     rustls::sign::CertifiedKey::new(vec![cert], signing)
         .keys_match()
-        .map_err(|_| format!("the certificate does not belong to the key in {KEY_METRICS_KEY}"))
+        .map_err(|_| format!("the certificate does not belong to the key in {key_name}"))
 }
 
 #[cfg(test)]
@@ -494,19 +423,14 @@ mod tests {
         c
     }
 
-    fn complete_store(config: &Config) -> BTreeMap<String, String> {
-        let mut s = BTreeMap::new();
-        for k in wanted_keys(config).unwrap() {
-            s.extend(generate_for(&k).unwrap());
+    fn complete_store(config: &Config) -> SecretStore {
+        let mut s = SecretStore::default();
+        for n in wanted_names(config).unwrap() {
+            for (k, v) in generate_for(&n).unwrap() {
+                s.set(&k, v);
+            }
         }
         s
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_453), (2025, 12, 31));
     }
 
     #[test]
@@ -549,23 +473,31 @@ mod tests {
     fn missing_keys_cover_users_and_pairs() {
         let cfg = config_with_users(&["atlas", "sensor"]);
         let mut store = complete_store(&cfg);
-        assert!(missing_keys(&cfg, &store).unwrap().is_empty());
+        assert!(missing_names(&cfg, &store).unwrap().is_empty());
         let more = config_with_users(&["atlas", "sensor", "new"]);
         assert_eq!(
-            missing_keys(&more, &store).unwrap(),
-            vec![mosquitto_password_key("new"), mosquitto_salt_key("new")]
+            missing_names(&more, &store).unwrap(),
+            vec![name::mosquitto_password("new"), name::mosquitto_salt("new")]
         );
-        store.remove(KEY_METRICS_KEY);
-        let m = missing_keys(&cfg, &store).unwrap();
+        store.remove(name::METRICS_KEY);
+        let m = missing_names(&cfg, &store).unwrap();
         assert!(
-            m.contains(&KEY_METRICS_CERT.to_string()) && m.contains(&KEY_METRICS_KEY.to_string()),
+            m.contains(&name::METRICS_CERT.to_string())
+                && m.contains(&name::METRICS_KEY.to_string()),
             "{m:?}"
         );
-        store.insert(mosquitto_salt_key("atlas"), String::new());
+        store.set(&name::mosquitto_salt("atlas"), String::new());
         assert!(
-            missing_keys(&cfg, &store)
+            missing_names(&cfg, &store)
                 .unwrap()
-                .contains(&mosquitto_password_key("atlas"))
+                .contains(&name::mosquitto_password("atlas"))
+        );
+        // The hash key is one of them too.
+        store.remove(name::HASH_KEY);
+        assert!(
+            missing_names(&cfg, &store)
+                .unwrap()
+                .contains(&name::HASH_KEY.to_string())
         );
         assert!(check_user("a b").is_err() && check_user("").is_err());
     }
@@ -585,17 +517,17 @@ mod tests {
         assert!(!shown.contains("PRIVATE KEY"));
         assert_eq!(s.metrics_fingerprint().unwrap().len(), 64);
 
-        store.insert(mosquitto_salt_key("atlas"), "c2hvcnQ=".into());
+        store.set(&name::mosquitto_salt("atlas"), "c2hvcnQ=".into());
         let e = assemble("atlas", &cfg, &store).unwrap_err().to_string();
         assert!(
-            e.contains(&mosquitto_salt_key("atlas"))
+            e.contains(&keys::secret(&name::mosquitto_salt("atlas")))
                 && e.contains("12 bytes")
                 && !e.contains("c2hvcnQ"),
             "{e}"
         );
         let mut store = complete_store(&cfg);
         let (_, other_key) = generate_metrics_certificate().unwrap();
-        store.insert(KEY_METRICS_KEY.into(), other_key.clone());
+        store.set(name::METRICS_KEY, other_key.clone());
         let e = assemble("atlas", &cfg, &store).unwrap_err().to_string();
         assert!(
             e.contains("does not belong") && !e.contains("PRIVATE"),

@@ -6,17 +6,18 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, NetworkRole};
+use crate::deployment::Deployment;
 use crate::incus::{Client, Instance, OptionalExt};
 use crate::render::{Credentials, ExpectedFile, FileSource};
 
-use super::desired::{DesiredInputs, ImageChoice, KEY_EXTERNAL_ADDRESS, KEY_PROJECT, desired};
+use super::desired::{DesiredInputs, ImageChoice, desired};
 use super::error::EngineError;
 use super::netfile::{ExternalNet, network_spec};
 use super::resource::{Observed, Resource, ResourceAddress, ResourceKind};
 use super::secrets::Secrets;
+use crate::state::keys;
 
 /// Where the network file for atlas-init goes in every container.
 pub const NETWORK_FILE: &str = "/etc/atlas/network.json";
@@ -48,11 +49,8 @@ impl std::fmt::Debug for PushFile {
     }
 }
 
-fn hash_file(f: &PushFile) -> String {
-    let mut h = Sha256::new();
-    h.update(&f.contents);
-    h.update(format!("\0{:o}:{}:{}", f.mode, f.uid, f.gid));
-    hex::encode(h.finalize())
+fn hash_file(key: &str, f: &PushFile) -> String {
+    super::desired::file_digest(key, &f.contents, f.mode, f.uid, f.gid)
 }
 
 /// What an instance gets besides its Incus body.
@@ -84,117 +82,40 @@ pub struct Facts<'a> {
     pub external_addresses: &'a BTreeMap<String, Ipv4Addr>,
     /// PEM of the Incus server certificate (Prometheus pins it).
     pub server_cert_pem: &'a str,
+    /// The project's hash key (see `desired::file_digest`).
+    pub hash_key: &'a str,
 }
 
 /// Renders everything and builds the desired resources and payloads.
 pub fn build(
-    config: &Config,
+    d: &Deployment,
     creds: &Credentials,
     secrets: Option<&Secrets>,
     facts: &Facts<'_>,
 ) -> Result<DesiredState, EngineError> {
-    let rendered = crate::render::render(config, creds)?;
-    let profiles = crate::render::profiles(config)?;
+    let rendered = crate::render::render(d, creds)?;
+    let profiles = crate::render::profiles(d)?;
     let mut payloads = BTreeMap::new();
     let mut extra_files: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (name, inst) in config.enabled_instances() {
-        let mut files: Vec<PushFile> = Vec::new();
-        let mut pending = Vec::new();
-        let mut from_step_ca = Vec::new();
+    for (name, inst) in d.enabled_instances() {
         let r = rendered.instances.get(name);
-        for f in r.map(|r| r.files.as_slice()).unwrap_or_default() {
-            files.push(PushFile {
-                path: f.path.clone(),
-                contents: f.contents.clone(),
-                uid: f.uid,
-                gid: f.gid,
-                mode: f.mode,
-            });
-        }
-        let external = match (
-            inst.nics.iter().any(|n| n.network == NetworkRole::External),
-            facts.external,
-            facts.external_addresses.get(name),
-        ) {
-            (true, Some(net), Some(addr)) => Some(ExternalNet {
-                gateway: net.addr(),
-                prefix: net.prefix_len(),
-                address: *addr,
-            }),
-            _ => None,
-        };
-        let spec = network_spec(config, name, external)?;
-        let json = spec
-            .to_json()
-            .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
-        files.push(PushFile {
-            path: NETWORK_FILE.to_string(),
-            contents: json.into_bytes(),
-            uid: 0,
-            gid: 0,
-            mode: 0o644,
-        });
-        let image = facts
-            .images
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| ImageChoice::unresolved(String::new()));
-        let own_command = match (r, &image.service) {
-            (Some(r), Some(of_image)) if super::desired::pushes_spec(r, &image) => {
-                files.push(service_file(name, r, of_image)?);
-                false
-            }
-            (Some(r), _) => r.command.is_some() && image.fingerprint != UNRESOLVED,
-            (None, _) => false,
-        };
-        for e in r.map(|r| r.expected_files.as_slice()).unwrap_or_default() {
-            let contents = match (&e.source, secrets) {
-                (FileSource::IncusMetricsCertificate, Some(s)) => Some(s.metrics_cert_pem.clone()),
-                (FileSource::IncusMetricsKey, Some(s)) => Some(s.metrics_key_pem.clone()),
-                (FileSource::IncusServerCertificate, _) if !facts.server_cert_pem.is_empty() => {
-                    Some(facts.server_cert_pem.to_string())
-                }
-                _ => None,
-            };
-            if e.source.is_step_ca() {
-                from_step_ca.push(e.clone());
-                continue;
-            }
-            match contents {
-                Some(c) => files.push(PushFile {
-                    path: e.path.clone(),
-                    contents: c.into_bytes(),
-                    uid: e.uid,
-                    gid: e.gid,
-                    mode: e.mode,
-                }),
-                None => pending.push(e.path.clone()),
-            }
-        }
-        extra_files.insert(
-            name.to_string(),
-            files
-                .iter()
-                .filter(|f| {
-                    f.path == NETWORK_FILE
-                        || !r.is_some_and(|r| r.files.iter().any(|x| x.path == f.path))
-                })
-                .map(|f| (f.path.clone(), hash_file(f)))
-                .collect(),
-        );
-        payloads.insert(
-            name.to_string(),
-            InstancePayload {
-                image,
-                files,
-                pending,
-                from_step_ca,
-                own_command,
-            },
-        );
+        let p = payload(d, name, inst, r, secrets, facts)?;
+        // Files render does not show (network file, spec, certificates) go into the hash.
+        let extra = p
+            .files
+            .iter()
+            .filter(|f| {
+                f.path == NETWORK_FILE
+                    || !r.is_some_and(|r| r.files.iter().any(|x| x.path == f.path))
+            })
+            .map(|f| (f.path.clone(), hash_file(facts.hash_key, f)))
+            .collect();
+        extra_files.insert(name.to_string(), extra);
+        payloads.insert(name.to_string(), p);
     }
     let inputs = DesiredInputs {
-        config,
+        deployment: d,
+        hash_key: facts.hash_key,
         rendered: &rendered,
         profiles: &profiles,
         images: facts.images,
@@ -206,6 +127,115 @@ pub fn build(
         resources: desired(&inputs)?,
         payloads,
     })
+}
+
+/// What goes into instance `name` besides its body: the rendered files, its network file,
+/// its service spec, the certificates that exist; what step-ca provides later is listed.
+fn payload(
+    d: &Deployment,
+    name: &str,
+    inst: &crate::config::Instance,
+    r: Option<&crate::render::RenderedInstance>,
+    secrets: Option<&Secrets>,
+    facts: &Facts<'_>,
+) -> Result<InstancePayload, EngineError> {
+    let mut files: Vec<PushFile> = r
+        .map(|r| r.files.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|f| PushFile {
+            path: f.path.clone(),
+            contents: f.contents.clone(),
+            uid: f.uid,
+            gid: f.gid,
+            mode: f.mode,
+        })
+        .collect();
+    files.push(network_file(d, name, inst, facts)?);
+    let image = facts
+        .images
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| ImageChoice::unresolved(String::new()));
+    let own_command = match (r, &image.service) {
+        (Some(r), Some(of_image)) if super::desired::pushes_spec(r, &image) => {
+            files.push(service_file(name, r, of_image)?);
+            false
+        }
+        (Some(r), _) => r.command.is_some() && image.fingerprint != UNRESOLVED,
+        (None, _) => false,
+    };
+    let (mut pending, mut from_step_ca) = (Vec::new(), Vec::new());
+    for e in r.map(|r| r.expected_files.as_slice()).unwrap_or_default() {
+        if e.source.is_step_ca() {
+            from_step_ca.push(e.clone());
+            continue;
+        }
+        match expected_contents(e, secrets, facts) {
+            Some(c) => files.push(PushFile {
+                path: e.path.clone(),
+                contents: c.into_bytes(),
+                uid: e.uid,
+                gid: e.gid,
+                mode: e.mode,
+            }),
+            None => pending.push(e.path.clone()),
+        }
+    }
+    Ok(InstancePayload {
+        image,
+        files,
+        pending,
+        from_step_ca,
+        own_command,
+    })
+}
+
+/// The network file atlas-init applies: fixed addresses on every NIC.
+fn network_file(
+    d: &Deployment,
+    name: &str,
+    inst: &crate::config::Instance,
+    facts: &Facts<'_>,
+) -> Result<PushFile, EngineError> {
+    let external = match (
+        inst.nics.iter().any(|n| n.network == NetworkRole::External),
+        facts.external,
+        facts.external_addresses.get(name),
+    ) {
+        (true, Some(net), Some(addr)) => Some(ExternalNet {
+            gateway: net.addr(),
+            prefix: net.prefix_len(),
+            address: *addr,
+        }),
+        _ => None,
+    };
+    let json = network_spec(d, name, external)?
+        .to_json()
+        .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
+    Ok(PushFile {
+        path: NETWORK_FILE.to_string(),
+        contents: json.into_bytes(),
+        uid: 0,
+        gid: 0,
+        mode: 0o644,
+    })
+}
+
+/// The contents of an expected file that exist now (none yet: it is pending).
+fn expected_contents(
+    e: &ExpectedFile,
+    secrets: Option<&Secrets>,
+    facts: &Facts<'_>,
+) -> Option<String> {
+    match (&e.source, secrets) {
+        (FileSource::IncusMetricsCertificate, Some(s)) => Some(s.metrics_cert_pem.clone()),
+        (FileSource::IncusMetricsKey, Some(s)) => Some(s.metrics_key_pem.clone()),
+        (FileSource::IncusServerCertificate, _) if !facts.server_cert_pem.is_empty() => {
+            Some(facts.server_cert_pem.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// `/etc/atlas/service.json`: the image's spec with the rendered command line and the
@@ -263,13 +293,14 @@ pub fn image_alias(config: &Config, service: &str) -> String {
 /// project exists nothing can be resolved: the plan then shows the alias unresolved.
 pub async fn resolve_images(
     project: &Client,
-    config: &Config,
+    d: &Deployment,
     project_exists: bool,
     supplied: bool,
 ) -> Result<BTreeMap<String, ImageChoice>, EngineError> {
+    let config = &d.config;
     let mut out = BTreeMap::new();
     let mut specs: BTreeMap<String, Option<atlas_image::init::ServiceSpec>> = BTreeMap::new();
-    for (name, inst) in config.enabled_instances() {
+    for (name, inst) in d.enabled_instances() {
         let service = inst.service.as_str();
         let alias = image_alias(config, service);
         let fingerprint = if project_exists {
@@ -357,7 +388,7 @@ pub async fn external_addresses(
     for name in wanting {
         match existing
             .get(name)
-            .and_then(|i| i.config.get(KEY_EXTERNAL_ADDRESS))
+            .and_then(|i| i.config.get(keys::EXTERNAL_ADDRESS))
             .and_then(|a| a.parse().ok())
         {
             Some(a) => {
@@ -408,16 +439,28 @@ pub struct Observation {
     pub instances: BTreeMap<String, Instance>,
     /// Project config (state keys such as the bucket outcome).
     pub project_config: BTreeMap<String, String>,
+    /// Everything read about each object above (its whole body, an instance's status), by
+    /// address: what a saved plan's fingerprint is taken of (see [`Observation::fingerprint`]).
+    pub seen: BTreeMap<String, serde_json::Value>,
 }
 
-fn as_json_map(m: &BTreeMap<String, String>) -> serde_json::Map<String, Value> {
-    m.iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect()
+impl Observation {
+    /// sha256 over what was read: equal for two observations when Incus held the same
+    /// objects, in the same state, both times.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(&self.seen).expect("JSON values always serialize");
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn saw(&mut self, a: &ResourceAddress, body: &impl serde::Serialize) {
+        let v = serde_json::to_value(body).unwrap_or_default();
+        self.seen.insert(a.to_string(), v);
+    }
 }
 
 fn classify(config: &BTreeMap<String, String>, etag: Option<String>) -> Observed {
-    Observed::from_config(Some(&as_json_map(config)), etag)
+    Observed::from_config(config, etag)
 }
 
 /// The project alone (for [`super::ensure_project`]).
@@ -436,6 +479,47 @@ pub async fn observe_project(
         Some(p) => classify(&p.value.config, p.etag),
     };
     Ok(BTreeMap::from([(a, o)]))
+}
+
+/// The bridges: owned by this project, by another Atlas project, or foreign (only those the
+/// config names). Bridges of nobody that the config does not name are not recorded.
+async fn observe_networks(
+    root: &Client,
+    config: &Config,
+    obs: &mut Observation,
+) -> Result<(), EngineError> {
+    let pname = &config.incus.project;
+    for n in root.in_project("default").networks().await? {
+        let a = ResourceAddress {
+            kind: ResourceKind::Network,
+            name: n.name.clone(),
+            pool: None,
+        };
+        let named = config.networks.iter().any(|(_, w)| w.name == n.name);
+        if !n.managed {
+            if named {
+                obs.saw(&a, &n);
+                obs.observed.insert(a, Observed::Foreign);
+            }
+            continue;
+        }
+        let o = match n.config.get(keys::NETWORK_PROJECT) {
+            Some(p) if p == pname => classify(&n.config, None),
+            Some(p) if matches!(classify(&n.config, None), Observed::Owned { .. }) => {
+                Observed::OtherProject { project: p.clone() }
+            }
+            _ => Observed::Foreign,
+        };
+        if matches!(o, Observed::Owned { .. }) {
+            obs.owned_elsewhere.push(a.clone());
+        }
+        // Bridges of other installs or of nobody, not named here, do not make a plan stale.
+        if named || matches!(o, Observed::Owned { .. }) {
+            obs.saw(&a, &n);
+        }
+        obs.observed.insert(a, o);
+    }
+    Ok(())
 }
 
 /// Reads the project, its owned networks, profiles, volumes and instances.
@@ -458,35 +542,12 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
         Some(p) => {
             obs.project_exists = true;
             obs.project_config = p.value.config.clone();
-            obs.observed.insert(
-                addr(ResourceKind::Project, pname, None),
-                classify(&p.value.config, p.etag),
-            );
+            let a = addr(ResourceKind::Project, pname, None);
+            obs.saw(&a, &p.value);
+            obs.observed.insert(a, classify(&p.value.config, p.etag));
         }
     }
-    for n in root.in_project("default").networks().await? {
-        if !n.managed {
-            if config.networks.iter().any(|(_, w)| w.name == n.name) {
-                obs.observed.insert(
-                    addr(ResourceKind::Network, &n.name, None),
-                    Observed::Foreign,
-                );
-            }
-            continue;
-        }
-        let o = match n.config.get(KEY_PROJECT) {
-            Some(p) if p == pname => classify(&n.config, None),
-            Some(p) if matches!(classify(&n.config, None), Observed::Owned { .. }) => {
-                Observed::OtherProject { project: p.clone() }
-            }
-            _ => Observed::Foreign,
-        };
-        let a = addr(ResourceKind::Network, &n.name, None);
-        if matches!(o, Observed::Owned { .. }) {
-            obs.owned_elsewhere.push(a.clone());
-        }
-        obs.observed.insert(a, o);
-    }
+    observe_networks(root, config, &mut obs).await?;
     if !obs.project_exists {
         return Ok(obs);
     }
@@ -496,6 +557,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
         if matches!(o, Observed::Owned { .. }) {
             obs.owned_elsewhere.push(a.clone());
         }
+        obs.saw(&a, &p);
         obs.observed.insert(a, o);
     }
     if root.get_storage_pool(pool).await.optional()?.is_some() {
@@ -508,6 +570,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
             if matches!(o, Observed::Owned { .. }) {
                 obs.owned_elsewhere.push(a.clone());
             }
+            obs.saw(&a, &v);
             obs.observed.insert(a, o);
         }
     }
@@ -517,6 +580,7 @@ pub async fn observe(root: &Client, config: &Config) -> Result<Observation, Engi
         if matches!(o, Observed::Owned { .. }) {
             obs.owned_elsewhere.push(a.clone());
         }
+        obs.saw(&a, &(&i, &i.status));
         obs.observed.insert(a, o);
         obs.instances.insert(i.name.clone(), i);
     }
@@ -545,6 +609,7 @@ mod tests {
             credentials: creds.clone(),
             metrics_cert_pem: "CERT".into(),
             metrics_key_pem: "KEY".into(),
+            hash_key: "k".into(),
         };
         let images: BTreeMap<String, ImageChoice> = cfg
             .enabled_instances()
@@ -567,8 +632,15 @@ mod tests {
             external: Some("10.199.0.1/24".parse().unwrap()),
             external_addresses: &ext,
             server_cert_pem: "SERVER",
+            hash_key: "k",
         };
-        let d = build(&cfg, &creds, Some(&secrets), &facts).unwrap();
+        let d = build(
+            &Deployment::standalone(&cfg),
+            &creds,
+            Some(&secrets),
+            &facts,
+        )
+        .unwrap();
         let prom = &d.payloads["prometheus01"];
         let paths: Vec<&str> = prom.files.iter().map(|f| f.path.as_str()).collect();
         assert!(paths.contains(&NETWORK_FILE), "{paths:?}");
@@ -578,10 +650,10 @@ mod tests {
             .find(|f| f.contents == b"KEY")
             .expect("metrics key pushed");
         assert_eq!(key.mode & 0o077, 0, "the key is private");
-        let caddy = d.resources.iter().find(|r| r.name == "caddy01").unwrap();
-        assert_eq!(caddy.body["config"][KEY_EXTERNAL_ADDRESS], "10.199.0.254");
+        let caddy = d.resources.iter().find(|r| r.name() == "caddy01").unwrap();
+        assert_eq!(caddy.body.config()[keys::EXTERNAL_ADDRESS], "10.199.0.254");
         assert_eq!(
-            caddy.body["devices"]["eth2"]["ipv4.address"],
+            caddy.body.devices().unwrap()["eth2"]["ipv4.address"],
             "10.199.0.254"
         );
         let net = String::from_utf8(
@@ -600,8 +672,61 @@ mod tests {
             metrics_key_pem: "KEY2".into(),
             ..secrets
         };
-        let d2 = build(&cfg, &creds, Some(&other), &facts).unwrap();
+        let d2 = build(&Deployment::standalone(&cfg), &creds, Some(&other), &facts).unwrap();
         assert_eq!(changed(&d, &d2), ["prometheus01"]);
+    }
+
+    #[test]
+    fn pushed_files_stand_in_hashes_as_keyed_digests_only() {
+        use sha2::Digest as _;
+        let cfg = Config::builtin();
+        let d = Deployment::standalone(&cfg);
+        let images: BTreeMap<String, ImageChoice> = cfg
+            .enabled_instances()
+            .into_iter()
+            .map(|(n, _)| (n.to_string(), ImageChoice::unresolved("a".into())))
+            .collect();
+        let ext = BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
+        let with_key = |hash_key| {
+            build(
+                &d,
+                &placeholder(),
+                None,
+                &Facts {
+                    images: &images,
+                    external: Some("10.199.0.1/24".parse().unwrap()),
+                    external_addresses: &ext,
+                    server_cert_pem: "",
+                    hash_key,
+                },
+            )
+            .unwrap()
+        };
+        let (a, b) = (with_key("key-one"), with_key("key-two"));
+        let grafana = |x: &DesiredState| {
+            x.resources
+                .iter()
+                .find(|r| r.name() == "grafana01")
+                .unwrap()
+                .clone()
+        };
+        let (ga, gb) = (grafana(&a), grafana(&b));
+        assert_ne!(ga.hash, gb.hash, "the key is part of every file's digest");
+        // No stored digest is the plain SHA-256 of what the file holds (here Grafana's admin
+        // password, in its environment file or spec): nothing to test guesses against.
+        let rendered =
+            crate::render::render(&d, &placeholder()).unwrap().instances["grafana01"].clone();
+        for f in &rendered.files {
+            let mut h = sha2::Sha256::new();
+            h.update(&f.contents);
+            h.update(format!("\0{:o}:{}:{}", f.mode, f.uid, f.gid));
+            let plain = hex::encode(h.finalize());
+            assert!(!ga.extra_hashes.values().any(|v| *v == plain), "{}", f.path);
+            assert_eq!(
+                ga.extra_hashes[&format!("file:{}", f.path)],
+                super::super::desired::file_digest("key-one", &f.contents, f.mode, f.uid, f.gid)
+            );
+        }
     }
 
     /// Instances whose hash differs between two desired states.
@@ -610,7 +735,7 @@ mod tests {
             .iter()
             .zip(&b.resources)
             .filter(|(x, y)| x.hash != y.hash)
-            .map(|(x, _)| x.name.as_str())
+            .map(|(x, _)| x.name())
             .collect()
     }
 
@@ -645,8 +770,9 @@ mod tests {
             external: Some("10.199.0.1/24".parse().unwrap()),
             external_addresses: &ext,
             server_cert_pem: "",
+            hash_key: "k",
         };
-        build(cfg, &creds, None, &facts).unwrap()
+        build(&Deployment::standalone(cfg), &creds, None, &facts).unwrap()
     }
 
     fn pushed_spec(d: &DesiredState, name: &str) -> Option<atlas_image::init::ServiceSpec> {
@@ -665,7 +791,8 @@ mod tests {
         let cfg = Config::builtin();
         let of_image = image_spec(&["/bin/prometheus"], &["--storage.tsdb.retention.time=15d"]);
         let d = build_with(&cfg, Some(of_image.clone()));
-        let rendered = crate::render::render(&cfg, &placeholder()).unwrap();
+        let rendered =
+            crate::render::render(&Deployment::standalone(&cfg), &placeholder()).unwrap();
         for (name, r) in &rendered.instances {
             let c = r
                 .command
@@ -688,14 +815,10 @@ mod tests {
                 env.set_env(k, v);
             }
             assert_eq!(spec.env, env.env, "{name}");
-            let body = &d.resources.iter().find(|x| x.name == *name).unwrap().body;
+            let body = &d.resources.iter().find(|x| x.name() == name).unwrap().body;
             assert!(
-                !body["config"]
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .any(|k| k.starts_with("environment.")),
-                "{name}: {body}"
+                !body.config().keys().any(|k| k.starts_with("environment.")),
+                "{name}: {body:?}"
             );
             let file = d.payloads[name]
                 .files
@@ -739,8 +862,17 @@ mod tests {
         assert!(pushed_spec(&d, "prometheus01").is_none());
         assert!(d.payloads["prometheus01"].own_command);
         // Its environment then goes where the image's own command finds it.
-        let grafana = d.resources.iter().find(|x| x.name == "grafana01").unwrap();
-        assert!(grafana.body["config"]["environment.GF_SECURITY_ADMIN_USER"].is_string());
+        let grafana = d
+            .resources
+            .iter()
+            .find(|x| x.name() == "grafana01")
+            .unwrap();
+        assert!(
+            grafana
+                .body
+                .config()
+                .contains_key("environment.GF_SECURITY_ADMIN_USER")
+        );
         // Not resolved yet (first plan): nothing to say, the instance is created anyway.
         let ext = BTreeMap::from([("caddy01".to_string(), Ipv4Addr::new(10, 199, 0, 254))]);
         let unresolved: BTreeMap<String, ImageChoice> = cfg
@@ -749,7 +881,7 @@ mod tests {
             .map(|(n, _)| (n.to_string(), ImageChoice::unresolved("a".into())))
             .collect();
         let d = build(
-            &cfg,
+            &Deployment::standalone(&cfg),
             &placeholder(),
             None,
             &Facts {
@@ -757,6 +889,7 @@ mod tests {
                 external: Some("10.199.0.1/24".parse().unwrap()),
                 external_addresses: &ext,
                 server_cert_pem: "",
+                hash_key: "k",
             },
         )
         .unwrap();

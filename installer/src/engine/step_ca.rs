@@ -25,6 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::deployment::Deployment;
 use crate::incus::{Client, ExecOutput, FileMeta, IncusError, OptionalExt as _};
 use crate::progress::Progress;
 use crate::render::STEP_CA_METRICS_PORT;
@@ -121,12 +122,12 @@ pub enum ConfigState {
 /// it changed.
 pub async fn ensure_config(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     name: &str,
     timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<bool, EngineError> {
-    let project = client.in_project(&config.incus.project);
+    let project = client.in_project(d.project());
     let pulled = match project
         .pull_file_with_meta(name, CA_JSON)
         .await
@@ -135,7 +136,7 @@ pub async fn ensure_config(
         Some(p) => p,
         None => {
             // First start: the entrypoint initialises the CA before step-ca serves.
-            super::upgrade::gate_one(client, config, name, timeout, progress).await?;
+            super::upgrade::gate_one(client, d, name, timeout, progress).await?;
             project
                 .pull_file_with_meta(name, CA_JSON)
                 .await
@@ -163,7 +164,7 @@ pub async fn ensure_config(
     super::converge::change_state(&project, name, crate::incus::StateAction::Restart, false)
         .await
         .map_err(|e| err(name, e))?;
-    super::upgrade::gate_one(client, config, name, timeout, progress).await?;
+    super::upgrade::gate_one(client, d, name, timeout, progress).await?;
     Ok(true)
 }
 

@@ -18,13 +18,14 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::config::Config;
-use crate::incus::{Client, IncusError, StateAction};
+use crate::deployment::Deployment;
+use crate::incus::{Client, IncusError, OptionalExt, StateAction};
 use crate::progress::Progress;
 
 use super::backup::{self, IfExists, VolumeSet};
 use super::error::EngineError;
-use super::record::{self, InstallRecord};
+use crate::state::record::{self, InstallRecord};
+use crate::state::{SavedFile, SavedInstance, keys};
 
 /// Short, stable name of an install: its version and a digest of what it runs.
 pub fn release_tag(r: &InstallRecord) -> String {
@@ -39,74 +40,37 @@ pub fn snapshot_name(from: &InstallRecord, to: &InstallRecord) -> String {
 }
 
 /// The enabled instances in the order an upgrade replaces them.
-pub fn order(config: &Config) -> Vec<String> {
-    config
-        .enabled_instances()
+pub fn order(d: &Deployment) -> Vec<String> {
+    d.enabled_instances()
         .into_iter()
         .map(|(n, _)| n.to_string())
         .collect()
-}
-
-/// Project key holding what an instance was before an upgrade replaced it.
-fn saved_key(instance: &str) -> String {
-    format!("user.atlas.upgrade.{instance}")
-}
-
-/// An instance as it was before an upgrade touched it: enough to rebuild it as it was.
-/// Kept in the project's config (small: rendered files are a few kB per service), so it
-/// survives a killed installer and serves a later `rollback`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct Saved {
-    snap: String,
-    image: String,
-    config: BTreeMap<String, String>,
-    devices: crate::incus::Devices,
-    profiles: Vec<String>,
-    files: Vec<SavedFile>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct SavedFile {
-    path: String,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    base64: String,
 }
 
 async fn read_saved(
     client: &Client,
     project: &str,
     instance: &str,
-) -> Result<Option<Saved>, EngineError> {
-    let p = client.get_project(project).await?;
-    Ok(p.value
-        .config
-        .get(&saved_key(instance))
-        .and_then(|v| serde_json::from_str(v).ok()))
+) -> Result<Option<SavedInstance>, EngineError> {
+    Ok(crate::state::read(client, project)
+        .await?
+        .and_then(|s| s.upgrades.get(instance).cloned()))
 }
 
 async fn write_saved(
     client: &Client,
     project: &str,
     instance: &str,
-    saved: Option<&Saved>,
+    saved: Option<&SavedInstance>,
 ) -> Result<(), EngineError> {
-    let key = saved_key(instance);
-    match saved {
-        Some(s) => {
-            let v = serde_json::to_string(s)
-                .map_err(|e| EngineError::object(format!("instance {instance}"), e))?;
-            client
-                .set_project_keys(project, &BTreeMap::from([(key, v)]), &[])
-                .await?
-        }
-        None => {
-            client
-                .set_project_keys(project, &BTreeMap::new(), &[&key])
-                .await?
-        }
-    }
+    crate::state::update(client, project, |s| {
+        match saved {
+            Some(v) => s.upgrades.insert(instance.to_string(), v.clone()),
+            None => s.upgrades.remove(instance),
+        };
+        Ok::<(), crate::state::StateError>(())
+    })
+    .await?;
     Ok(())
 }
 
@@ -164,7 +128,7 @@ pub(crate) async fn guard(
             base64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
         });
     }
-    let saved = Saved {
+    let saved = SavedInstance {
         snap: snap.to_string(),
         image: existing
             .config
@@ -202,12 +166,12 @@ pub(crate) async fn restore(
                 format!("instance {instance}"),
                 format!(
                     "no state saved before upgrade {snap} (project key {})",
-                    saved_key(instance)
+                    keys::upgrade(instance)
                 ),
             )
         })?;
     let current = project.get_instance(instance).await.map_err(err)?;
-    if current.value.status != "Stopped" {
+    if current.value.status != crate::incus::InstanceStatus::Stopped {
         super::converge::stop(&project, instance)
             .await
             .map_err(err)?;
@@ -278,7 +242,7 @@ async fn retire_snapshots(
     vols: &VolumeSet,
     snap: &str,
 ) -> Result<(), IncusError> {
-    let stamp = super::clock::compact(super::clock::now_secs());
+    let stamp = crate::clock::compact(crate::clock::now_secs());
     for v in &vols.volumes {
         if has_snapshot(project, &vols.pool, &v.volume, snap).await? {
             project
@@ -292,18 +256,18 @@ async fn retire_snapshots(
 /// The health gate of one instance (instances without a probe pass).
 pub(crate) async fn gate_one(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     instance: &str,
     timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
-    let Some(inst) = config.instances.get(instance) else {
+    let Some(inst) = d.instance(instance) else {
         return Ok(());
     };
-    let Some(probe) = super::health::probe_for(config, instance, inst) else {
+    let Some(probe) = super::health::probe_for(&d.config, instance, inst) else {
         return Ok(());
     };
-    super::health::gate_probes(client, config, vec![probe], timeout, progress)
+    super::health::gate_probes(client, &d.config, vec![probe], timeout, progress)
         .await
         .map_err(Into::into)
 }
@@ -321,7 +285,7 @@ pub(crate) fn failed(
         ),
         Err(e) => format!(
             "returning {instance} to what it was failed too: {e}. What it was is intact: its volume snapshots `{snap}` (incus storage volume snapshot restore) and its image, config and files in the project key {} (`atlas-install upgrade` again goes on from there).",
-            saved_key(instance)
+            keys::upgrade(instance)
         ),
     };
     EngineError::Upgrade {
@@ -349,10 +313,11 @@ pub struct RollbackReport {
 /// rollback that cannot be complete changes nothing.
 pub async fn rollback(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     health_timeout: Duration,
     progress: &dyn Progress,
 ) -> Result<RollbackReport, EngineError> {
+    let config = &d.config;
     let project_name = &config.incus.project;
     let project = client.in_project(project_name);
     let recs = record::read(client, project_name)
@@ -367,8 +332,59 @@ pub async fn rollback(
         ));
     };
     let snap = snapshot_name(&previous, &current);
-    let changed = previous.changed_services(&current);
-    let existing: Vec<String> = project
+    let targets = targets(client, d, &previous, &current, &snap).await?;
+    let set = VolumeSet::from_config(config);
+    let safety_name = format!(
+        "pre-rollback-{}",
+        crate::clock::compact(crate::clock::now_secs())
+    );
+    let names: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let kept = backup::snapshot_with(
+        client,
+        &set.only(&names),
+        &safety_name,
+        IfExists::Fail,
+        progress,
+    )
+    .await
+    .map_err(|e| EngineError::object("safety snapshot before rollback", e))?;
+    for name in &targets {
+        let task = progress.task(&format!("rollback {name}"), None);
+        let out = back_one(client, d, &set, name, &snap, health_timeout, progress).await;
+        match &out {
+            Ok(()) => task.finish(&format!("back on {}", previous.version)),
+            Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
+        }
+        out?;
+    }
+    restore_aliases(&project, &previous, &targets).await?;
+    let back = InstallRecord::new(&previous.version, previous.services.clone());
+    record::write(client, project_name, &back)
+        .await
+        .map_err(|e| EngineError::object("install record", e))?;
+    Ok(RollbackReport {
+        from: release_tag(&current),
+        to: release_tag(&previous),
+        snapshot: snap,
+        instances: targets,
+        safety_snapshots: kept.into_iter().map(|t| (t.volume, t.snapshot)).collect(),
+    })
+}
+
+/// The instances a rollback from `current` to `previous` returns, in reverse upgrade order:
+/// those that changed and exist. Refused, changing nothing, when one of them has nothing
+/// saved from upgrade `snap`.
+async fn targets(
+    client: &Client,
+    d: &Deployment,
+    previous: &InstallRecord,
+    current: &InstallRecord,
+    snap: &str,
+) -> Result<Vec<String>, EngineError> {
+    let project_name = &d.config.incus.project;
+    let changed = previous.changed_services(current);
+    let existing: Vec<String> = client
+        .in_project(project_name)
         .instances()
         .await?
         .into_iter()
@@ -376,7 +392,7 @@ pub async fn rollback(
         .collect();
     let mut targets = Vec::new();
     let mut missing = Vec::new();
-    for name in order(config).into_iter().rev() {
+    for name in order(d).into_iter().rev() {
         if !changed.contains(&name) || !existing.contains(&name) {
             continue;
         }
@@ -398,55 +414,69 @@ pub async fn rollback(
             ),
         ));
     }
-    let set = VolumeSet::from_config(config);
-    let safety_name = format!(
-        "pre-rollback-{}",
-        super::clock::compact(super::clock::now_secs())
-    );
-    let names: Vec<&str> = targets.iter().map(String::as_str).collect();
-    let kept = backup::snapshot_with(
-        client,
-        &set.only(&names),
-        &safety_name,
-        IfExists::Fail,
-        progress,
-    )
-    .await
-    .map_err(|e| EngineError::object("safety snapshot before rollback", e))?;
-    for name in &targets {
-        let task = progress.task(&format!("rollback {name}"), None);
-        let out = async {
-            restore(client, &set, name, &snap).await?;
-            gate_one(client, config, name, health_timeout, progress).await?;
-            // Used: out of the way of a later upgrade between the same two installs.
-            write_saved(client, project_name, name, None).await?;
-            let _ = retire_snapshots(&project, &set.only(&[name.as_str()]), &snap).await;
-            Ok::<(), EngineError>(())
+    Ok(targets)
+}
+
+/// One instance of a rollback: back to what upgrade `snap` kept, health-gated; what was kept
+/// is then retired, out of the way of a later upgrade between the same two installs.
+async fn back_one(
+    client: &Client,
+    d: &Deployment,
+    set: &VolumeSet,
+    name: &str,
+    snap: &str,
+    health_timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<(), EngineError> {
+    let project_name = &d.config.incus.project;
+    restore(client, set, name, snap).await?;
+    gate_one(client, d, name, health_timeout, progress).await?;
+    write_saved(client, project_name, name, None).await?;
+    let project = client.in_project(project_name);
+    let _ = retire_snapshots(&project, &set.only(&[name]), snap).await;
+    Ok(())
+}
+
+/// Points each alias the previous install chose the images of `targets` by back at the image
+/// it chose. Left on the upgrade's images, the next `install` (which resolves aliases) would
+/// put the services rolled back on them again.
+async fn restore_aliases(
+    project: &Client,
+    previous: &InstallRecord,
+    targets: &[String],
+) -> Result<(), EngineError> {
+    let wanted: BTreeMap<&str, &str> = targets
+        .iter()
+        .filter_map(|name| previous.services.get(name))
+        .filter(|s| !s.image.is_empty() && !s.image_fingerprint.is_empty())
+        .map(|s| (s.image.as_str(), s.image_fingerprint.as_str()))
+        .collect();
+    for (alias, fingerprint) in wanted {
+        let err = |e| EngineError::object(format!("image alias {alias}"), e);
+        match project
+            .get_image_alias(alias)
+            .await
+            .optional()
+            .map_err(err)?
+        {
+            Some(a) if a.value.target == fingerprint => {}
+            Some(a) => project
+                .update_image_alias(alias, fingerprint, &a.value.description, a.etag.as_deref())
+                .await
+                .map_err(err)?,
+            None => project
+                .create_image_alias(alias, fingerprint, "")
+                .await
+                .map_err(err)?,
         }
-        .await;
-        match &out {
-            Ok(()) => task.finish(&format!("back on {}", previous.version)),
-            Err(e) => task.fail(e.to_string().lines().next().unwrap_or_default()),
-        }
-        out?;
     }
-    let back = InstallRecord::new(&previous.version, previous.services.clone());
-    record::write(client, project_name, &back)
-        .await
-        .map_err(|e| EngineError::object("install record", e))?;
-    Ok(RollbackReport {
-        from: release_tag(&current),
-        to: release_tag(&previous),
-        snapshot: snap,
-        instances: targets,
-        safety_snapshots: kept.into_iter().map(|t| (t.volume, t.snapshot)).collect(),
-    })
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::record::ServiceRecord;
+    use crate::state::ServiceRecord;
 
     fn rec(version: &str, fp: &str) -> InstallRecord {
         InstallRecord::new(

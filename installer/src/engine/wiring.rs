@@ -8,9 +8,8 @@
 //! `apply` would change without writing. `remove(...)` undoes what atlas set (for destroy).
 //!
 //! Ownership: server config keys and trusted certificates carry no marker of their own, so
-//! atlas records what it set in the Atlas project's config before setting it:
-//! [`KEY_SERVER_KEYS`] (JSON object key -> value atlas wrote) and [`KEY_METRICS_CERTS`]
-//! (fingerprints of certificates atlas trusted). A key whose current value is not the recorded
+//! atlas records what it set in the Atlas project's state before setting it
+//! ([`WiringRecords`]: key -> value atlas wrote, fingerprints of certificates atlas trusted). A key whose current value is not the recorded
 //! one belongs to the operator and is never changed or reset. `remove` must therefore run
 //! before the project is deleted (destroy runs it first of all).
 //!
@@ -33,18 +32,13 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::config::{Config, NetworkRole, ServiceKind};
+use crate::deployment::Deployment;
 use crate::incus::{Certificate, Client, IncusError, OptionalExt as _, Project, Server};
 use crate::progress::Progress;
 
 use super::secrets::{METRICS_CERT_CN, Secrets, SecretsError};
+use crate::state::{StateError, WiringRecords};
 
-/// Project key: JSON object of the server config keys atlas set, with the value it set.
-pub const KEY_SERVER_KEYS: &str = "user.atlas.server-keys";
-/// Project key: comma-separated fingerprints of the certificates atlas trusted.
-pub const KEY_METRICS_CERTS: &str = "user.atlas.metrics-certificates";
-/// Project key: comma-separated server keys atlas set to a value the server then dropped as
-/// its default (6.0.4 keeps no `loki.types` equal to `lifecycle,logging`): unset counts as set.
-pub const KEY_SERVER_DEFAULTS: &str = "user.atlas.server-keys-default";
 /// Name of the trusted metrics certificate.
 pub const METRICS_CERT_NAME: &str = METRICS_CERT_CN;
 /// `logging.<name>.*` target name on servers with `server_logging`.
@@ -124,7 +118,7 @@ impl fmt::Display for WiringChange {
     }
 }
 
-/// What the wiring aims at. [`WiringOptions::from_config`] derives it from atlas.toml; tests
+/// What the wiring aims at. [`WiringOptions::of`] derives it from the deployment; tests
 /// (and a later `--incus-https-address`) can point it elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WiringOptions {
@@ -150,15 +144,17 @@ pub struct WiringOptions {
 pub const LOKI_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl WiringOptions {
-    pub fn from_config(config: &Config) -> Result<WiringOptions, WiringError> {
+    /// The wiring `d` asks for (its config's integrations, on its server or cluster).
+    pub fn of(d: &Deployment) -> Result<WiringOptions, WiringError> {
+        let config = &d.config;
         let integ = &config.integrations;
-        let clustered = !config.cluster_members.is_empty();
+        let clustered = !d.members.is_empty();
         let metrics_endpoint = (integ.incus_metrics && !clustered).then(|| {
             let gw = config.networks.management.gateway();
             (IpAddr::V4(gw), integ.incus_https_port)
         });
-        let (loki_url, loki_instance) = if integ.incus_loki {
-            let (name, url) = loki_url(config)?;
+        let (loki_url, loki_instance) = if d.incus_loki() {
+            let (name, url) = loki_url(d)?;
             (Some(url), Some(name))
         } else {
             (None, None)
@@ -176,8 +172,8 @@ impl WiringOptions {
 
 /// `http://<IPv4 of the first enabled Loki on the management network>:3100`. By address: the
 /// host has no resolver for `.incus` names.
-fn loki_url(config: &Config) -> Result<(String, String), WiringError> {
-    let Some((name, inst)) = config.instances_of(ServiceKind::Loki).into_iter().next() else {
+fn loki_url(d: &Deployment) -> Result<(String, String), WiringError> {
+    let Some((name, inst)) = d.instances_of(ServiceKind::Loki).into_iter().next() else {
         return Err(WiringError::Config(
             "integrations.incus_loki is on but no Loki instance is enabled: enable loki01 or set \
              integrations.incus_loki = false"
@@ -197,8 +193,8 @@ fn loki_url(config: &Config) -> Result<(String, String), WiringError> {
         })?;
     let scheme = if inst.tls { "https" } else { "http" };
     // On a cluster every member ships logs, over the published address of Loki's member.
-    let url = match &inst.published_on {
-        Some(m) => format!("{scheme}://{}", m.at(super::cluster::LOKI_PORT)),
+    let url = match d.published_on(name) {
+        Some(m) => format!("{scheme}://{}", m.at(crate::deployment::ports::LOKI_PORT)),
         None => format!("{scheme}://{ip}:{}", ServiceKind::Loki.defaults().port),
     };
     Ok((name.to_string(), url))
@@ -295,71 +291,8 @@ fn split_listen(listen: &str) -> Option<(Option<IpAddr>, u16)> {
     Some((Some(host.parse().ok()?), port))
 }
 
-/// What atlas recorded in the project about its own wiring.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Records {
-    keys: BTreeMap<String, String>,
-    certs: BTreeSet<String>,
-    defaults: BTreeSet<String>,
-}
-
-impl Records {
-    fn read(project: Option<&Project>) -> Records {
-        let Some(p) = project else {
-            return Records::default();
-        };
-        // A garbled record is treated as "atlas set nothing": it then only leaves things alone.
-        let keys = p
-            .config
-            .get(KEY_SERVER_KEYS)
-            .and_then(|v| serde_json::from_str::<BTreeMap<String, String>>(v).ok())
-            .unwrap_or_default();
-        let list = |key: &str| -> BTreeSet<String> {
-            p.config
-                .get(key)
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Records {
-            keys,
-            certs: list(KEY_METRICS_CERTS),
-            defaults: list(KEY_SERVER_DEFAULTS),
-        }
-    }
-
-    /// Whether `key` counts as holding atlas' `value` although the server shows it unset.
-    fn defaulted(&self, key: &str, value: &str) -> bool {
-        self.defaults.contains(key) && self.keys.get(key).map(String::as_str) == Some(value)
-    }
-
-    /// The project config with these records (keys dropped when empty).
-    fn write_into(&self, config: &mut BTreeMap<String, String>) {
-        if self.keys.is_empty() {
-            config.remove(KEY_SERVER_KEYS);
-        } else {
-            let json = serde_json::to_string(&self.keys).unwrap_or_default();
-            config.insert(KEY_SERVER_KEYS.to_string(), json);
-        }
-        let mut list = |key: &str, set: &BTreeSet<String>| {
-            if set.is_empty() {
-                config.remove(key);
-            } else {
-                config.insert(
-                    key.to_string(),
-                    set.iter().cloned().collect::<Vec<_>>().join(","),
-                );
-            }
-        };
-        list(KEY_METRICS_CERTS, &self.certs);
-        list(KEY_SERVER_DEFAULTS, &self.defaults);
-    }
-}
+/// What atlas recorded in the project about its own wiring (the project state's).
+type Records = WiringRecords;
 
 /// Everything apply needs, computed from GETs only.
 struct Computed {
@@ -395,7 +328,7 @@ async fn observe(client: &Client, config: &Config) -> Result<Observed, WiringErr
         .await?
         .into_iter()
         .filter(|p| p.name != config.incus.project)
-        .map(|p| (p.name.clone(), Records::read(Some(&p))))
+        .map(|p| (p.name.clone(), Records::from_config(&p.config)))
         .filter(|(_, r)| *r != Records::default())
         .collect();
     Ok(Observed {
@@ -407,6 +340,14 @@ async fn observe(client: &Client, config: &Config) -> Result<Observed, WiringErr
 }
 
 impl Observed {
+    /// This project's records.
+    fn records(&self) -> Records {
+        self.project
+            .as_ref()
+            .map(|p| Records::from_config(&p.value.config))
+            .unwrap_or_default()
+    }
+
     /// The other Atlas project that recorded setting `key` to `value`, if any.
     fn key_owner(&self, key: &str, value: &str) -> Option<&str> {
         self.others
@@ -455,9 +396,7 @@ fn compute(
     secrets: &Secrets,
     opts: &WiringOptions,
 ) -> Result<Computed, WiringError> {
-    let server = &obs.server.value;
-    let current = |k: &str| server.config.get(k).cloned().unwrap_or_default();
-    let records = Records::read(obs.project.as_ref().map(|p| &p.value));
+    let records = obs.records();
     let mut c = Computed {
         changes: Vec::new(),
         patch: BTreeMap::new(),
@@ -468,24 +407,51 @@ fn compute(
         foreign_named: Vec::new(),
         notes: Vec::new(),
     };
+    let mut desired = logging_wanted(&obs.server.value, opts);
+    logging(&mut c, obs, &desired, &records);
+    metrics(&mut c, obs, secrets, opts, &records, &mut desired)?;
+    unwanted(&mut c, obs, &desired, &records);
+    Ok(c)
+}
 
-    let mut desired: BTreeMap<String, String> = BTreeMap::new();
-    if let Some(url) = &opts.loki_url {
-        let instance = Some(server.environment.server_name.as_str())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("incus");
-        // `loki.instance` is cluster-wide: one member's name would label every member's
-        // logs. Left unset on a cluster (each event carries its `location`).
-        let instance = if server.is_clustered() { "" } else { instance };
-        desired.extend(logging_keys(
-            server.supports_server_logging(),
-            url,
-            opts.loki_ca_pem.as_deref(),
-            instance,
-        ));
-    }
-    for (key, want) in &desired {
-        let have = current(key);
+/// The server's value of `key` ("" when unset).
+fn server_value(obs: &Observed, key: &str) -> String {
+    obs.server
+        .value
+        .config
+        .get(key)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The logging keys that send the server's events to Loki, when that integration is on.
+fn logging_wanted(server: &Server, opts: &WiringOptions) -> BTreeMap<String, String> {
+    let Some(url) = &opts.loki_url else {
+        return BTreeMap::new();
+    };
+    let instance = Some(server.environment.server_name.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("incus");
+    // `loki.instance` is cluster-wide: one member's name would label every member's
+    // logs. Left unset on a cluster (each event carries its `location`).
+    let instance = if server.is_clustered() { "" } else { instance };
+    logging_keys(
+        server.supports_server_logging(),
+        url,
+        opts.loki_ca_pem.as_deref(),
+        instance,
+    )
+}
+
+/// Each wanted logging key: set, updated when atlas set it, a conflict when someone else did.
+fn logging(
+    c: &mut Computed,
+    obs: &Observed,
+    desired: &BTreeMap<String, String>,
+    records: &Records,
+) {
+    for (key, want) in desired {
+        let have = server_value(obs, key);
         let ours = records.keys.get(key) == Some(&have);
         if &have == want || (have.is_empty() && records.defaulted(key, want)) {
             continue;
@@ -515,22 +481,27 @@ fn compute(
         c.records_before.keys.insert(key.clone(), want.clone());
         c.records_after.keys.insert(key.clone(), want.clone());
     }
+}
 
+/// The metrics endpoint (core.https_address) and the metrics certificate, or, with the
+/// integration off, the certificates atlas trusted taken away.
+fn metrics(
+    c: &mut Computed,
+    obs: &Observed,
+    secrets: &Secrets,
+    opts: &WiringOptions,
+    records: &Records,
+    desired: &mut BTreeMap<String, String>,
+) -> Result<(), WiringError> {
     if let Some((ip, port)) = opts.metrics_endpoint {
-        https_address(
-            &mut c,
-            &current(HTTPS_ADDRESS),
-            &current(METRICS_ADDRESS),
-            &records,
-            ip,
-            port,
-        );
+        let have = server_value(obs, HTTPS_ADDRESS);
+        let metrics_addr = server_value(obs, METRICS_ADDRESS);
+        https_address(c, &have, &metrics_addr, records, ip, port);
         if let Some(x) = c
             .changes
             .iter_mut()
             .find(|x| x.is_conflict() && x.what == format!("server config {HTTPS_ADDRESS}"))
         {
-            let have = current(HTTPS_ADDRESS);
             x.detail = format!("{} ({})", x.detail, obs.setter(HTTPS_ADDRESS, &have));
         }
         desired.insert(
@@ -541,30 +512,38 @@ fn compute(
                 .cloned()
                 .unwrap_or_default(),
         );
-        metrics_certificate(&mut c, obs, secrets, &records)?;
-    } else if opts.cluster_metrics {
-        metrics_certificate(&mut c, obs, secrets, &records)?;
-    } else {
-        // Integration off: certificates atlas trusted go.
-        for fp in &records.certs {
-            if obs.certs.iter().any(|x| &x.fingerprint == fp) {
-                c.untrust.push(fp.clone());
-                c.changes.push(WiringChange::new(
-                    WiringAction::Untrust,
-                    format!("certificate {METRICS_CERT_NAME}"),
-                    short_fp(fp),
-                ));
-            }
-        }
-        c.records_after.certs.clear();
+        return metrics_certificate(c, obs, secrets, records);
     }
+    if opts.cluster_metrics {
+        return metrics_certificate(c, obs, secrets, records);
+    }
+    // Integration off: certificates atlas trusted go.
+    for fp in &records.certs {
+        if obs.certs.iter().any(|x| &x.fingerprint == fp) {
+            c.untrust.push(fp.clone());
+            c.changes.push(WiringChange::new(
+                WiringAction::Untrust,
+                format!("certificate {METRICS_CERT_NAME}"),
+                short_fp(fp),
+            ));
+        }
+    }
+    c.records_after.certs.clear();
+    Ok(())
+}
 
-    // Keys atlas set earlier that are no longer wanted: reset when still atlas' value.
+/// Keys atlas set earlier that are no longer wanted: reset when still atlas' value.
+fn unwanted(
+    c: &mut Computed,
+    obs: &Observed,
+    desired: &BTreeMap<String, String>,
+    records: &Records,
+) {
     for (key, val) in &records.keys {
         if desired.contains_key(key) {
             continue;
         }
-        if &current(key) == val {
+        if &server_value(obs, key) == val {
             c.changes.push(WiringChange::new(
                 WiringAction::Unset,
                 format!("server config {key}"),
@@ -575,7 +554,6 @@ fn compute(
         c.records_after.keys.remove(key);
         c.records_after.defaults.remove(key);
     }
-    Ok(c)
 }
 
 fn https_address(
@@ -713,16 +691,10 @@ fn metrics_certificate(
 /// [`WiringAction::Conflict`].
 pub async fn plan(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     secrets: &Secrets,
 ) -> Result<Vec<WiringChange>, WiringError> {
-    plan_with(
-        client,
-        config,
-        secrets,
-        &WiringOptions::from_config(config)?,
-    )
-    .await
+    plan_with(client, &d.config, secrets, &WiringOptions::of(d)?).await
 }
 
 pub async fn plan_with(
@@ -739,19 +711,13 @@ pub async fn plan_with(
 /// stand in the way, saying what to do.
 pub async fn apply(
     client: &Client,
-    config: &Config,
+    d: &Deployment,
     secrets: &Secrets,
     progress: &dyn Progress,
 ) -> Result<(), WiringError> {
-    apply_with(
-        client,
-        config,
-        secrets,
-        &WiringOptions::from_config(config)?,
-        progress,
-    )
-    .await
-    .map(|_| ())
+    apply_with(client, &d.config, secrets, &WiringOptions::of(d)?, progress)
+        .await
+        .map(|_| ())
 }
 
 /// [`apply`] with explicit targets; returns the changes made.
@@ -783,19 +749,8 @@ async fn apply_inner(
     progress: &dyn Progress,
 ) -> Result<Vec<WiringChange>, WiringError> {
     let obs = observe(client, config).await?;
-    let c = compute(&obs, secrets, opts)?;
-    let conflicts: Vec<String> = c
-        .changes
-        .iter()
-        .filter(|x| x.is_conflict())
-        .map(|x| format!("- {}", x.detail))
-        .collect();
-    if !conflicts.is_empty() {
-        return Err(WiringError::Refused(format!(
-            "server wiring refused, nothing was changed:\n{}",
-            conflicts.join("\n")
-        )));
-    }
+    let mut c = compute(&obs, secrets, opts)?;
+    refuse_conflicts(&c)?;
     if let Some(url) = opts
         .loki_url
         .as_deref()
@@ -819,26 +774,51 @@ async fn apply_inner(
     {
         return Ok(Vec::new());
     }
-    let project = obs.project.as_ref().ok_or_else(|| {
-        WiringError::Config(format!(
+    if obs.project.is_none() {
+        return Err(WiringError::Config(format!(
             "the Incus project `{}` does not exist; server wiring records what it sets there, so create it first",
             config.incus.project
-        ))
-    })?;
-    // Record first: a crash after the server write still leaves atlas knowing what it owns.
-    let mut etag = project.etag.clone();
-    let mut proj = project.value.clone();
-    if !records_on_disk_match(&obs, &c.records_before) {
-        c.records_before.write_into(&mut proj.config);
-        client.update_project(&proj, etag.as_deref()).await?;
-        etag = None;
+        )));
     }
-    let mut c = c;
+    // Record first: a crash after the server write still leaves atlas knowing what it owns.
+    if !records_on_disk_match(&obs, &c.records_before) {
+        write_records(client, config, &c.records_before).await?;
+    }
+    write_server(client, &obs, &mut c).await?;
+    if c.records_after != c.records_before {
+        write_records(client, config, &c.records_after).await?;
+    }
+    Ok(c.changes)
+}
+
+/// Conflicts (keys someone else set) refuse the whole wiring before any write.
+fn refuse_conflicts(c: &Computed) -> Result<(), WiringError> {
+    let conflicts: Vec<String> = c
+        .changes
+        .iter()
+        .filter(|x| x.is_conflict())
+        .map(|x| format!("- {}", x.detail))
+        .collect();
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    Err(WiringError::Refused(format!(
+        "server wiring refused, nothing was changed:\n{}",
+        conflicts.join("\n")
+    )))
+}
+
+/// The server keys patched (learning which values the server keeps only as its default:
+/// it drops them), the metrics certificate trusted, the ones no longer wanted untrusted.
+async fn write_server(
+    client: &Client,
+    obs: &Observed,
+    c: &mut Computed,
+) -> Result<(), WiringError> {
     if !c.patch.is_empty() {
         client
             .patch_server_config(&c.patch, obs.server.etag.as_deref())
             .await?;
-        // Learn which values the server keeps only as its default (it drops them).
         let now = client.server().await?.value;
         for (key, val) in &c.patch {
             let stored = now.config.get(key).is_some_and(|v| !v.is_empty());
@@ -857,16 +837,7 @@ async fn apply_inner(
     for fp in &c.untrust {
         client.delete_certificate(fp).await.optional()?;
     }
-    if c.records_after != c.records_before {
-        if etag.is_none() {
-            let fresh = client.get_project(&config.incus.project).await?;
-            proj = fresh.value;
-            etag = fresh.etag;
-        }
-        c.records_after.write_into(&mut proj.config);
-        client.update_project(&proj, etag.as_deref()).await?;
-    }
-    Ok(c.changes)
+    Ok(())
 }
 
 /// Incus 6.0 hands every event to its Loki sender over an unbuffered channel and retries a
@@ -914,14 +885,24 @@ async fn wait_for_loki(
 }
 
 fn records_on_disk_match(obs: &Observed, want: &Records) -> bool {
-    let mut have = obs
-        .project
-        .as_ref()
-        .map(|p| p.value.config.clone())
-        .unwrap_or_default();
-    let before = have.clone();
-    want.write_into(&mut have);
-    have == before
+    obs.records() == *want
+}
+
+/// Stores `records` as this project's wiring records (nothing sent when they are already).
+async fn write_records(
+    client: &Client,
+    config: &Config,
+    records: &Records,
+) -> Result<(), WiringError> {
+    crate::state::update(client, &config.incus.project, |s| {
+        s.wiring = records.clone();
+        Ok::<(), StateError>(())
+    })
+    .await
+    .map_err(|e| match e {
+        StateError::Incus(e) => WiringError::Incus(*e),
+        other => WiringError::Config(other.to_string()),
+    })
 }
 
 /// What [`remove`] would undo, and what it leaves that looks like ours (for destroy's plan).
@@ -935,7 +916,7 @@ pub struct Removal {
 
 impl Removal {
     fn compute(obs: &Observed) -> (Removal, BTreeMap<String, String>, Vec<String>) {
-        let records = Records::read(obs.project.as_ref().map(|p| &p.value));
+        let records = obs.records();
         let server = &obs.server.value.config;
         let reset: BTreeMap<String, String> = records
             .keys
@@ -992,7 +973,7 @@ pub async fn remove(client: &Client, config: &Config) -> Result<(), WiringError>
     let Some(project) = &obs.project else {
         return Ok(());
     };
-    if Records::read(Some(&project.value)) == Records::default() {
+    if Records::from_config(&project.value.config) == Records::default() {
         return Ok(());
     }
     let (_, reset, untrust) = Removal::compute(&obs);
@@ -1004,12 +985,7 @@ pub async fn remove(client: &Client, config: &Config) -> Result<(), WiringError>
     for fp in &untrust {
         client.delete_certificate(fp).await.optional()?;
     }
-    let mut proj = project.value.clone();
-    Records::default().write_into(&mut proj.config);
-    client
-        .update_project(&proj, project.etag.as_deref())
-        .await?;
-    Ok(())
+    write_records(client, config, &Records::default()).await
 }
 
 /// PEM of the Incus server certificate, which Prometheus pins (`INCUS_SERVER_CERT`).
@@ -1063,7 +1039,8 @@ mod tests {
         let mut cfg = Config::builtin();
         cfg.integrations.incus_loki = true;
         cfg.integrations.incus_metrics = true;
-        let o = WiringOptions::from_config(&cfg).unwrap();
+        let of = |cfg: &Config| WiringOptions::of(&Deployment::standalone(cfg));
+        let o = of(&cfg).unwrap();
         assert_eq!(o.loki_url.as_deref(), Some("http://10.50.0.13:3100"));
         assert_eq!(
             o.metrics_endpoint,
@@ -1071,14 +1048,14 @@ mod tests {
         );
         cfg.integrations.incus_metrics = false;
         cfg.instances.get_mut("loki01").unwrap().enabled = false;
-        let e = WiringOptions::from_config(&cfg).unwrap_err().to_string();
+        let e = of(&cfg).unwrap_err().to_string();
         assert!(
             e.contains("integrations.incus_loki") && e.contains("loki01"),
             "{e}"
         );
         cfg.integrations.incus_loki = false;
         assert_eq!(
-            WiringOptions::from_config(&cfg).unwrap(),
+            of(&cfg).unwrap(),
             WiringOptions {
                 metrics_endpoint: None,
                 cluster_metrics: false,
@@ -1175,6 +1152,7 @@ mod tests {
             },
             metrics_cert_pem: cert,
             metrics_key_pem: key,
+            hash_key: "k".into(),
         }
     }
 

@@ -28,13 +28,12 @@ pub struct Instance {
     pub ephemeral: bool,
     #[serde(default, deserialize_with = "super::client::nullable")]
     pub stateful: bool,
-    /// `Running`, `Stopped`, ...
     #[serde(
         default,
         skip_serializing,
         deserialize_with = "super::client::nullable"
     )]
-    pub status: String,
+    pub status: InstanceStatus,
     #[serde(
         rename = "type",
         default,
@@ -68,7 +67,68 @@ pub struct Instance {
 
 impl Instance {
     pub fn is_running(&self) -> bool {
-        self.status == "Running"
+        self.status == InstanceStatus::Running
+    }
+}
+
+/// What an instance is doing, as Incus says it (`status` of an instance or its state).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum InstanceStatus {
+    Running,
+    Stopped,
+    Frozen,
+    Error,
+    /// Anything else Incus may say (a transition), as said.
+    Other(String),
+    /// No status in the answer.
+    #[default]
+    Unknown,
+}
+
+impl From<String> for InstanceStatus {
+    fn from(s: String) -> InstanceStatus {
+        match s.as_str() {
+            "Running" => InstanceStatus::Running,
+            "Stopped" => InstanceStatus::Stopped,
+            "Frozen" => InstanceStatus::Frozen,
+            "Error" => InstanceStatus::Error,
+            "" => InstanceStatus::Unknown,
+            _ => InstanceStatus::Other(s),
+        }
+    }
+}
+
+impl InstanceStatus {
+    /// Incus' word for it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            InstanceStatus::Running => "Running",
+            InstanceStatus::Stopped => "Stopped",
+            InstanceStatus::Frozen => "Frozen",
+            InstanceStatus::Error => "Error",
+            InstanceStatus::Other(s) => s,
+            InstanceStatus::Unknown => "",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for InstanceStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// So that `status == "Running"` reads as Incus' own word.
+impl PartialEq<&str> for InstanceStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -157,7 +217,7 @@ impl StateAction {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct InstanceState {
     #[serde(default, deserialize_with = "super::client::nullable")]
-    pub status: String,
+    pub status: InstanceStatus,
     #[serde(default, deserialize_with = "super::client::nullable")]
     pub pid: i64,
     #[serde(default, deserialize_with = "super::client::nullable")]
@@ -270,11 +330,12 @@ impl Client {
     /// Replaces the root filesystem of a stopped instance with image `fingerprint`, keeping
     /// its config, devices and snapshots.
     pub async fn rebuild_instance(&self, name: &str, fingerprint: &str) -> Result<(), IncusError> {
+        let body = serde_json::json!({
+            "source": { "type": "image", "fingerprint": fingerprint }
+        });
         let req = Req::new(Method::POST, INSTANCES, &[name, "rebuild"])
             .scope(Scope::Project)
-            .json(&serde_json::json!({
-                "source": { "type": "image", "fingerprint": fingerprint }
-            }))?;
+            .json(&body)?;
         self.write(req).await.map(|_| ())
     }
 }

@@ -13,10 +13,11 @@
 //! ```no_run
 //! # async fn f(client: &atlas_install::incus::Client, want: atlas_install::incus::Profile)
 //! #     -> Result<(), atlas_install::incus::IncusError> {
-//! use atlas_install::incus::{OptionalExt, owner};
+//! use atlas_install::incus::OptionalExt;
+//! use atlas_install::state::keys;
 //! match client.get_profile(&want.name).await.optional()? {
 //!     None => client.create_profile(&want).await?,
-//!     Some(have) if !owner::is_owned(&have.value.config) => { /* foreign: report, touch nothing */ }
+//!     Some(have) if !keys::is_owned(&have.value.config) => { /* foreign: report, touch nothing */ }
 //!     Some(have) if have.value.config != want.config || have.value.devices != want.devices => {
 //!         let mut next = have.value.clone(); // keeps fields we do not model
 //!         next.config = want.config.clone();
@@ -57,7 +58,8 @@ pub use exec::ExecOutput;
 pub use files::{FileEntry, FileMeta};
 pub use image::{Image, ImageAlias, ImageAliasRef, ImageImport};
 pub use instance::{
-    Address, Instance, InstanceCreate, InstanceSource, InstanceState, NetworkState, StateAction,
+    Address, Instance, InstanceCreate, InstanceSource, InstanceState, InstanceStatus, NetworkState,
+    StateAction,
 };
 pub use network::Network;
 pub use operation::Operation;
@@ -71,20 +73,3 @@ pub use transport::{
     PinnedServer, RemoteSpec, cert_fingerprint, discover_socket, parse_fingerprint,
     socket_candidates, tls_config,
 };
-
-/// Keys atlas puts on every object it owns; anything without them is foreign and left alone.
-pub mod owner {
-    /// `"true"` on every object atlas created.
-    pub const MANAGED: &str = "user.atlas.managed";
-    /// atlas-install version that last wrote the object.
-    pub const VERSION: &str = "user.atlas.version";
-    /// Hash of the desired state the object was written from.
-    pub const HASH: &str = "user.atlas.hash";
-
-    use std::collections::BTreeMap;
-
-    /// Whether a config map carries the managed marker.
-    pub fn is_owned(config: &BTreeMap<String, String>) -> bool {
-        config.get(MANAGED).is_some_and(|v| v == "true")
-    }
-}

@@ -37,7 +37,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             TlsIssuer::StepCa => "step-ca",
         }
     };
-    if issuer == "step-ca" && c.instances_of(ServiceKind::StepCa).is_empty() {
+    if issuer == "step-ca" && ctx.d.instances_of(ServiceKind::StepCa).is_empty() {
         return Err(RenderError::MissingService {
             instance: ctx.name.to_string(),
             service: "step-ca".to_string(),
@@ -54,7 +54,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
     }
     let mut sites = Vec::new();
     let mut upstream_tls = false;
-    for (name, inst) in c.enabled_instances() {
+    for (name, inst) in ctx.d.enabled_instances() {
         let Some(web) = &inst.web else { continue };
         check::word(&format!("instances.{name}.web.domain"), &web.domain)?;
         for p in &web.login_paths {

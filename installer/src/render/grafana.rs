@@ -65,7 +65,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         (ServiceKind::Prometheus, "Prometheus", 9090),
         (ServiceKind::Loki, "Loki", 3100),
     ] {
-        for (i, (name, inst)) in c.instances_of(kind).into_iter().enumerate() {
+        for (i, (name, inst)) in ctx.d.instances_of(kind).into_iter().enumerate() {
             needs_root |= inst.tls;
             datasources.push(json!({
                 "name": if i == 0 { label.to_string() } else { format!("{label} ({name})") },
@@ -83,7 +83,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
         json!({"instance": ctx.name, "datasources": datasources}),
     )?;
     out.files.push(RenderedFile::config(DATASOURCES, text));
-    out.files.extend(super::dashboards::files(c));
+    out.files.extend(super::dashboards::files(ctx.d));
     // What the image's /run.sh ends in (`exec grafana server ...`), run directly: the script
     // only re-exports the GF_PATHS_* variables, which Grafana reads itself.
     out.command = Some(ServiceCommand::plain(&[

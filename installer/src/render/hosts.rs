@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::Config;
+use crate::deployment::Deployment;
 
 use super::hostname;
 
@@ -18,16 +18,16 @@ pub struct HostEntry {
 
 /// Entries for every other enabled instance, as seen from `viewer`, sorted by instance name.
 /// Instances without a fixed address are left out (nothing can name them reliably).
-pub fn hosts_for(config: &Config, viewer: &str) -> Vec<HostEntry> {
-    let Some(me) = config.instances.get(viewer) else {
+pub fn hosts_for(d: &Deployment, viewer: &str) -> Vec<HostEntry> {
+    let Some(me) = d.instance(viewer) else {
         return Vec::new();
     };
     let mine: Vec<_> = me.nics.iter().map(|n| n.network).collect();
     let mut out = Vec::new();
-    for (name, inst) in &config.instances {
+    for (name, inst) in d.instances() {
         // Per-member copies on a cluster share one bridge address on different members and
         // are reached at their member's address instead: not by name.
-        if name == viewer || !inst.enabled || inst.member_address.is_some() {
+        if name == viewer || !inst.enabled || d.member_of(name).is_some() {
             continue;
         }
         let with_v4 = || inst.nics.iter().filter(|n| n.ipv4.is_some());
@@ -45,7 +45,7 @@ pub fn hosts_for(config: &Config, viewer: &str) -> Vec<HostEntry> {
             });
         }
         if let Some(v6) = nic.ipv6.filter(|_| {
-            config
+            d.config
                 .networks
                 .get(nic.network)
                 .is_some_and(|n| n.ipv6.is_some())
@@ -62,6 +62,7 @@ pub fn hosts_for(config: &Config, viewer: &str) -> Vec<HostEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn addr(entries: &[HostEntry], name: &str) -> Option<String> {
         entries
@@ -72,7 +73,7 @@ mod tests {
 
     #[test]
     fn each_viewer_gets_the_address_on_a_shared_network() {
-        let c = Config::builtin();
+        let c = Deployment::standalone(&Config::builtin());
         let prom = hosts_for(&c, "prometheus01");
         // Prometheus is on management: Caddy's management address, where its metrics listen.
         assert_eq!(addr(&prom, "caddy01").as_deref(), Some("10.50.0.10"));

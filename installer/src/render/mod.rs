@@ -1,7 +1,7 @@
 //! Every service configuration file, rendered from the config with the templates embedded
 //! from `assets/`, and the Incus profiles from `profiles/`.
 //!
-//! [`render`] is pure: the same [`Config`] and [`Credentials`] give byte-identical output (no
+//! [`render`] is pure: the same [`Deployment`] and [`Credentials`] give byte-identical output (no
 //! clock, no randomness, no I/O), so the installer can hash it to decide whether anything changed.
 //! Generated secrets come in through [`Credentials`]; the installer creates and stores them.
 
@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use atlas_image::init::{ServiceSpec, SpecError};
 
 use crate::config::{Config, Instance, ServiceKind};
+use crate::deployment::Deployment;
 
 mod alertmanager;
 mod caddy;
@@ -359,13 +360,14 @@ pub enum RenderError {
 }
 
 /// Renders every enabled instance's files, environment and command.
-pub fn render(config: &Config, creds: &Credentials) -> Result<RenderedSet, RenderError> {
+pub fn render(d: &Deployment, creds: &Credentials) -> Result<RenderedSet, RenderError> {
     let env = templates::environment();
     let mut set = RenderedSet::default();
-    for (name, inst) in config.enabled_instances() {
+    for (name, inst) in d.enabled_instances() {
         check::instance_name(name)?;
         let ctx = Ctx {
-            config,
+            d,
+            config: &d.config,
             creds,
             env: &env,
             name,
@@ -401,6 +403,9 @@ pub fn render(config: &Config, creds: &Credentials) -> Result<RenderedSet, Rende
 
 /// What each service renderer gets.
 pub(crate) struct Ctx<'a> {
+    /// The deployment: its instances are the ones rendered and referred to.
+    pub d: &'a Deployment,
+    /// The config's settings (`d.config`).
     pub config: &'a Config,
     pub creds: &'a Credentials,
     pub env: &'a minijinja::Environment<'static>,
@@ -430,9 +435,8 @@ pub fn hostname(instance: &str) -> String {
 }
 
 /// `<instance>.incus:<port>` of every enabled instance of a kind.
-pub(crate) fn targets(config: &Config, kind: ServiceKind, port: u16) -> Vec<String> {
-    config
-        .instances_of(kind)
+pub(crate) fn targets(d: &Deployment, kind: ServiceKind, port: u16) -> Vec<String> {
+    d.instances_of(kind)
         .into_iter()
         .map(|(n, _)| format!("{}:{port}", hostname(n)))
         .collect()

@@ -4,31 +4,16 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use sha2::{Digest, Sha512};
+use sha2::Sha512;
 
 /// Mosquitto's own default. The passwords are generated with well over 128 bits of entropy, so
 /// more stretching would only slow down every client connect.
 pub const MOSQUITTO_PBKDF2_ITERATIONS: u32 = 101;
 
-const BLOCK: usize = 128;
 const OUT: usize = 64;
 
 fn hmac_sha512(key: &[u8], parts: &[&[u8]]) -> [u8; OUT] {
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..OUT].copy_from_slice(&Sha512::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha512::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    for p in parts {
-        inner.update(p);
-    }
-    let mut outer = Sha512::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    crate::hmac::hmac::<Sha512>(key, parts).into()
 }
 
 /// PBKDF2 (RFC 8018) with HMAC-SHA512, one 64-byte block: all Mosquitto needs.
@@ -84,7 +69,7 @@ mod tests {
         let long = [7u8; 200];
         assert_eq!(
             hmac_sha512(&long, &[b"x"]),
-            hmac_sha512(&Sha512::digest(long), &[b"x"])
+            hmac_sha512(&<Sha512 as sha2::Digest>::digest(long), &[b"x"])
         );
     }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{Config, Instance, NetworkRole, ServiceKind};
+use crate::deployment::{Deployment, MemberAddress, ports};
 
 use super::{RenderError, templates};
 
@@ -23,10 +24,10 @@ pub struct ProfileSpec {
 }
 
 /// Every profile the enabled instances use, sorted by name.
-pub fn profiles(config: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
+pub fn profiles(d: &Deployment) -> Result<Vec<ProfileSpec>, RenderError> {
     let env = templates::environment();
     let mut by_profile: BTreeMap<&str, Vec<(&str, &Instance)>> = BTreeMap::new();
-    for (name, inst) in config.enabled_instances() {
+    for (name, inst) in d.enabled_instances() {
         by_profile
             .entry(inst.profile.as_str())
             .or_default()
@@ -60,7 +61,7 @@ pub fn profiles(config: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
         let exclusive = users.len() == 1;
         let kind = inst.service;
         let names: Vec<&str> = users.iter().map(|(n, _)| *n).collect();
-        let ctx = profile_context(config, profile, first, inst, exclusive, &names)?;
+        let ctx = profile_context(d, profile, first, inst, exclusive, &names)?;
         let template = format!("profiles/{}.toml.j2", kind.as_str());
         let text = templates::render(&env, &template, ctx)?;
         let spec: ProfileSpec =
@@ -77,17 +78,18 @@ pub fn profiles(config: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
 /// addresses and its data volume (they override the profile's devices of the same name).
 /// Empty when the instance has its profile to itself.
 pub fn instance_devices(
-    config: &Config,
+    d: &Deployment,
     instance: &str,
 ) -> BTreeMap<String, BTreeMap<String, String>> {
-    let Some(inst) = config.instances.get(instance) else {
+    let Some(inst) = d.instance(instance) else {
         return BTreeMap::new();
     };
+    let config = &d.config;
     let mut devices = BTreeMap::new();
-    // A per-member copy on a cluster (see `engine::cluster::expand`): its metrics port on the
-    // member's address, for Prometheus on another member (bridges are per member).
-    if let (Some(m), ServiceKind::NodeExporter) = (&inst.member_address, inst.service) {
-        let port = crate::engine::cluster::NODE_EXPORTER_PORT;
+    // A per-member copy on a cluster (see `deployment`): its metrics port on the member's
+    // address, for Prometheus on another member (bridges are per member).
+    if let (Some(m), ServiceKind::NodeExporter) = (d.member_of(instance), inst.service) {
+        let port = ports::NODE_EXPORTER_PORT;
         devices.insert(
             "metrics".to_string(),
             proxy_on_member(m, port, &format!("127.0.0.1:{port}")),
@@ -95,19 +97,19 @@ pub fn instance_devices(
     }
     // Loki on a cluster: published on its member's address for every member's Incus.
     if let (Some(m), Some(ip)) = (
-        &inst.published_on,
+        d.published_on(instance),
         inst.nics
             .iter()
             .find(|n| n.network != crate::config::NetworkRole::External)
             .and_then(|n| n.ipv4),
     ) {
-        let port = crate::engine::cluster::LOKI_PORT;
+        let port = ports::LOKI_PORT;
         devices.insert(
             "loki".to_string(),
             proxy_on_member(m, port, &format!("{ip}:{port}")),
         );
     }
-    let sharing = config
+    let sharing = d
         .enabled_instances()
         .iter()
         .filter(|(_, i)| i.profile == inst.profile)
@@ -150,11 +152,7 @@ pub fn instance_devices(
 
 /// A proxy device listening on `port` of the cluster member's address (in the member's
 /// network namespace) and connecting to `connect` inside the container.
-fn proxy_on_member(
-    m: &crate::config::MemberAddress,
-    port: u16,
-    connect: &str,
-) -> BTreeMap<String, String> {
+fn proxy_on_member(m: &MemberAddress, port: u16, connect: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("type".to_string(), "proxy".to_string()),
         ("bind".to_string(), "host".to_string()),
@@ -191,7 +189,7 @@ fn nics(config: &Config, inst: &Instance, with_addresses: bool) -> Vec<Value> {
 }
 
 fn profile_context(
-    config: &Config,
+    d: &Deployment,
     profile: &str,
     first: &str,
     inst: &Instance,
@@ -201,12 +199,9 @@ fn profile_context(
     let kind = inst.service;
     // Per-member copies are named once, so a member joining does not change the profile.
     let mut named: Vec<String> = Vec::new();
+    let config = &d.config;
     for u in users {
-        let label = match config
-            .instances
-            .get(*u)
-            .and_then(|i| i.member_address.as_ref())
-        {
+        let label = match d.member_of(u) {
             Some(m) => format!(
                 "{} on every member",
                 u.trim_end_matches(&format!("-{}", m.member))

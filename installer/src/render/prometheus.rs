@@ -38,24 +38,24 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
 
     for (kind, port) in [(ServiceKind::Grafana, 3000), (ServiceKind::Loki, 3100)] {
         jobs.extend(jobs_by_tls(
-            c.instances_of(kind),
+            ctx.d.instances_of(kind),
             kind.as_str(),
             port,
             &root,
         ));
     }
-    let caddy = targets(c, ServiceKind::Caddy, c.caddy.admin_port);
+    let caddy = targets(ctx.d, ServiceKind::Caddy, c.caddy.admin_port);
     if !caddy.is_empty() {
         jobs.push(job("caddy", false, "/metrics", caddy, None));
     }
     // step-ca's API port (9000) answers /health with JSON, which Prometheus cannot parse; its
     // Prometheus metrics come from a separate plain-HTTP listener (`metricsAddress` in ca.json).
-    let step_ca = targets(c, ServiceKind::StepCa, STEP_CA_METRICS_PORT);
+    let step_ca = targets(ctx.d, ServiceKind::StepCa, STEP_CA_METRICS_PORT);
     if !step_ca.is_empty() {
         jobs.push(job("step-ca", false, "/metrics", step_ca, None));
     }
-    jobs.extend(node_exporter_job(c));
-    let alertmanager = targets(c, ServiceKind::Alertmanager, 9093);
+    jobs.extend(node_exporter_job(ctx.d));
+    let alertmanager = targets(ctx.d, ServiceKind::Alertmanager, 9093);
     if !alertmanager.is_empty() {
         jobs.push(job("alertmanager", false, "/metrics", alertmanager, None));
     }
@@ -71,14 +71,15 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             "key_file": INCUS_METRICS_KEY,
             "server_name": INCUS_TLS_SERVER_NAME,
         }));
-        if c.cluster_members.is_empty() {
+        if ctx.d.members.is_empty() {
             let target = format!("{gateway}:{}", c.integrations.incus_https_port);
             jobs.push(job("incus", true, "/1.0/metrics", vec![target], tls));
         } else {
             // Every member on its cluster address, labelled by member.
             let mut j = job("incus", true, "/1.0/metrics", Vec::new(), tls);
             j["groups"] = json!(
-                c.cluster_members
+                ctx.d
+                    .members
                     .iter()
                     .map(|m| json!({"targets": [m.api], "labels": {"member": m.member}}))
                     .collect::<Vec<_>>()
@@ -110,7 +111,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             },
         ]);
     }
-    let cloudflared = targets(c, ServiceKind::Cloudflared, c.cloudflared.metrics_port);
+    let cloudflared = targets(ctx.d, ServiceKind::Cloudflared, c.cloudflared.metrics_port);
     if !cloudflared.is_empty() {
         jobs.push(job("cloudflared", false, "/metrics", cloudflared, None));
     }
@@ -121,7 +122,7 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
             "instance": ctx.name,
             "scrape_interval": c.prometheus.scrape_interval,
             "evaluation_interval": c.prometheus.evaluation_interval,
-            "alertmanagers": targets(c, ServiceKind::Alertmanager, 9093),
+            "alertmanagers": targets(ctx.d, ServiceKind::Alertmanager, 9093),
             "jobs": jobs,
         }),
     )?;
@@ -172,16 +173,16 @@ pub(super) fn render(ctx: &Ctx) -> Result<RenderedInstance, RenderError> {
 /// node-exporter: by name on a single host; on a cluster each member's copy at the member's
 /// address (its proxy device), in a target group labelled `member`, so every series, and
 /// every alert from the rules, says which member it is about.
-fn node_exporter_job(c: &crate::config::Config) -> Option<Value> {
-    let port = crate::engine::cluster::NODE_EXPORTER_PORT;
-    let exporters = c.instances_of(ServiceKind::NodeExporter);
+fn node_exporter_job(d: &crate::deployment::Deployment) -> Option<Value> {
+    let port = crate::deployment::ports::NODE_EXPORTER_PORT;
+    let exporters = d.instances_of(ServiceKind::NodeExporter);
     if exporters.is_empty() {
         return None;
     }
     let mut local = Vec::new();
     let mut groups = Vec::new();
-    for (name, inst) in exporters {
-        match &inst.member_address {
+    for (name, _) in exporters {
+        match d.member_of(name) {
             Some(m) => groups.push(json!({
                 "targets": [m.at(port)],
                 "labels": {"member": m.member},

@@ -6,6 +6,20 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::config::{Config, TlsIssuer};
 
+// These tests are about what the config does: on a single server, the deployment is the
+// config as it is.
+fn render(c: &Config, cr: &Credentials) -> Result<RenderedSet, RenderError> {
+    super::render(&Deployment::standalone(c), cr)
+}
+
+fn profiles(c: &Config) -> Result<Vec<ProfileSpec>, RenderError> {
+    super::profiles(&Deployment::standalone(c))
+}
+
+fn instance_devices(c: &Config, instance: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    super::instance_devices(&Deployment::standalone(c), instance)
+}
+
 fn creds() -> Credentials {
     Credentials {
         grafana_admin_password: "gpw-secret".into(),

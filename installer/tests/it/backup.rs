@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use atlas_install::config::{Config, LoadOptions};
 use atlas_install::engine::backup::{self, BackupError, IfExists, VolumeSet};
-use atlas_install::engine::record::{self, InstallRecord, RecordError, ServiceRecord};
 use atlas_install::incus::{
     Client, ImageImport, InstanceCreate, InstanceSource, OptionalExt, Project, StateAction,
     StorageVolume,
 };
 use atlas_install::progress::NoProgress;
+use atlas_install::state::record::{self, InstallRecord, RecordError, ServiceRecord};
 use sha2::{Digest, Sha256};
 
 use crate::common::{atlas, client_or_skip, require_all, stderr, stdout};
@@ -284,6 +284,7 @@ async fn status(pc: &Client) -> String {
         .expect("instance")
         .value
         .status
+        .to_string()
 }
 
 async fn sh(pc: &Client, script: &str) -> String {
@@ -670,7 +671,7 @@ async fn install_record_rotates_in_the_project_config() {
         p.value.config
     );
     assert_eq!(
-        serde_json::from_str::<InstallRecord>(&p.value.config[record::KEY_RECORD])
+        serde_json::from_str::<InstallRecord>(&p.value.config[atlas_install::state::keys::RECORD])
             .expect("stored JSON"),
         v2
     );

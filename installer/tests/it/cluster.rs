@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 
 use atlas_install::config::Config;
 use atlas_install::config::Placement as Pin;
-use atlas_install::engine::cluster::{self, ClusterInfo, KEY_PLACEMENT_MEMBER, Placement};
+use atlas_install::deployment::cluster::{detect, member_host};
+use atlas_install::deployment::{ClusterInfo, Deployment, Placement, Target, per_member_name};
+use atlas_install::engine::cluster;
 use atlas_install::incus::{
     Client, ImageImport, InstanceCreate, InstanceSource, Network, OptionalExt, Project,
     StoragePool, StorageVolume,
 };
 use atlas_install::progress::NoProgress;
+use atlas_install::state::keys::PLACEMENT_MEMBER as KEY_PLACEMENT_MEMBER;
 
 /// One member as `up.sh` recorded it.
 #[derive(Debug, Clone)]
@@ -170,6 +173,20 @@ impl Drop for Guard {
     }
 }
 
+/// Preflight's cluster problems, with the deployment read now (as a run reads it).
+async fn check(client: &Client, config: &Config) -> Vec<String> {
+    let d = Deployment::read(client, config).await.expect("deployment");
+    cluster::check(client, &d).await.expect("check")
+}
+
+/// Where the instances of `config` go, as a run reads it now (the recorded member included).
+async fn placement(client: &Client, config: &Config) -> Placement {
+    Deployment::read(client, config)
+        .await
+        .expect("deployment")
+        .placement
+}
+
 /// Re-reads the cluster until `ok` holds (heartbeats take seconds), up to `limit`.
 async fn wait_for(
     client: &Client,
@@ -179,7 +196,7 @@ async fn wait_for(
 ) -> ClusterInfo {
     let start = Instant::now();
     loop {
-        let info = cluster::detect(client).await.expect("detect");
+        let info = detect(client).await.expect("detect");
         if ok(&info) {
             return info;
         }
@@ -324,9 +341,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     let mut config = Config::builtin();
     config.incus.storage_pool = half_pool.clone();
     config.incus.project = project.clone();
-    let problems = cluster::check(&client, &config, &info)
-        .await
-        .expect("check");
+    let problems = check(&client, &config).await;
     for m in &names[1..] {
         assert!(
             problems.iter().any(|p| p.contains(&format!(
@@ -343,9 +358,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     assert_eq!(done.defined_on, names[1..].to_vec());
     assert!(done.created);
     config.incus.storage_pool = pool_name.clone();
-    let problems = cluster::check(&client, &config, &info)
-        .await
-        .expect("check");
+    let problems = check(&client, &config).await;
     assert!(problems.is_empty(), "{problems:?}");
     eprintln!("pools ok after {:?}", t0.elapsed());
 
@@ -409,9 +422,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         .create_project(&Project::new(&project))
         .await
         .expect("project");
-    let p = cluster::placement(&client, &config, &info)
-        .await
-        .expect("placement");
+    let p = placement(&client, &config).await;
     assert_eq!(p.default_member.as_deref(), Some(first.name.as_str()));
     assert!(p.record);
     cluster::record(&client, &config, &p).await.expect("record");
@@ -419,15 +430,13 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     assert_eq!(stored.config[KEY_PLACEMENT_MEMBER], first.name);
     // Asked through another member now: the stack stays where it was put.
     let other = Client::unix_at(&state.members[1].socket).expect("second member client");
-    let other_info = cluster::detect(&other).await.expect("detect via member 2");
+    let other_info = detect(&other).await.expect("detect via member 2");
     assert_eq!(other_info.local, state.members[1].name);
-    let p2: Placement = cluster::placement(&other, &config, &other_info)
-        .await
-        .expect("placement again");
+    let p2: Placement = placement(&other, &config).await;
     assert!(!p2.record);
     assert_eq!(
-        p2.target_for("grafana01").as_deref(),
-        Some(first.name.as_str())
+        p2.target_for("grafana01"),
+        Some(Target::Member(first.name.clone()))
     );
     let writes = other.writes();
     cluster::record(&other, &config, &p2)
@@ -450,7 +459,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     run_script("member.sh", &[&state.prefix, "stop", &victim.name]);
     guard.stopped = Some((state.prefix.clone(), victim.name.clone()));
     let stopped_at = Instant::now();
-    let info = wait_for(&client, Duration::from_secs(60), "member offline", |i| {
+    wait_for(&client, Duration::from_secs(60), "member offline", |i| {
         i.member(&victim.name).is_some_and(|m| !m.is_online())
     })
     .await;
@@ -459,9 +468,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         victim.name,
         stopped_at.elapsed()
     );
-    let problems = cluster::check(&client, &config, &info)
-        .await
-        .expect("check");
+    let problems = check(&client, &config).await;
     assert!(
         problems.iter().any(|p| p
             .starts_with(&format!("cluster member {} is OFFLINE", victim.name))
@@ -504,20 +511,13 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         .expect("network")
         .value;
     assert!(got.locations.contains(&newcomer), "{:?}", got.locations);
-    assert!(
-        cluster::check(&client, &config, &info)
-            .await
-            .expect("check")
-            .is_empty()
-    );
+    assert!(check(&client, &config).await.is_empty());
     // Monitoring follows: a re-run adds the newcomer's exporter and its scrape target, and
     // changes nothing else.
     monitoring.member_added(&client, &newcomer, &grown).await;
     eprintln!("new member monitored after {:?}", t0.elapsed());
     // The recorded placement does not move because a member arrived.
-    let p3 = cluster::placement(&client, &config, &info)
-        .await
-        .expect("placement");
+    let p3 = placement(&client, &config).await;
     assert_eq!(p3.default_member.as_deref(), Some(first.name.as_str()));
     assert!(!p3.record);
     eprintln!("join ok after {:?}", t0.elapsed());
@@ -586,7 +586,7 @@ async fn engine_install_on_the_cluster(
     env.project_with_images(client, &cfg).await;
     let pc = client.in_project(&cfg.incus.project);
 
-    let e = crate::engine::engine(client, &cfg, None);
+    let e = crate::engine::engine(client, &cfg, None).await;
     let report = e.plan().await.expect("plan on the cluster");
     let placement: BTreeMap<String, String> = report.placement.iter().cloned().collect();
     assert_eq!(
@@ -645,7 +645,7 @@ async fn engine_install_on_the_cluster(
 
     // Converged: nothing to do, and doing it writes nothing.
     let (w0, p0) = (client.writes(), client.probes());
-    let e = crate::engine::engine(client, &cfg, None);
+    let e = crate::engine::engine(client, &cfg, None).await;
     let again = e.plan().await.expect("plan again");
     assert!(!again.has_changes(), "a converged cluster install: {again}");
     e.apply(&again).await.expect("re-run");
@@ -705,11 +705,10 @@ impl Monitoring {
         atlas_install::engine::ensure_project(client, &m.base)
             .await
             .expect("project");
-        let cfg = m.expanded(client).await;
-        let (w, _) = m.run(client, &cfg).await;
+        let (w, _) = m.run(client).await;
         assert!(w > 0);
         // Converged: nothing to do, and doing it writes nothing.
-        let (w, changed) = m.run(client, &cfg).await;
+        let (w, changed) = m.run(client).await;
         assert_eq!(
             (w, changed.len()),
             (0, 0),
@@ -718,17 +717,10 @@ impl Monitoring {
         m
     }
 
-    async fn expanded(&self, client: &Client) -> Config {
-        cluster::expanded(client, &self.base)
-            .await
-            .expect("expand for the cluster")
-            .0
-    }
-
     /// plan + apply with the fixture registry as image source; the writes and what the
-    /// plan changed.
-    async fn run(&self, client: &Client, cfg: &Config) -> (u64, Vec<String>) {
-        let mut e = crate::engine::engine(client, cfg, None);
+    /// plan changed. The engine reads the deployment (one exporter per member) itself.
+    async fn run(&self, client: &Client) -> (u64, Vec<String>) {
+        let mut e = crate::engine::engine(client, &self.base, None).await;
         e.options.health_timeout = Duration::from_secs(120);
         e.options.supply = Some(atlas_install::supply::ImageSupply {
             registry_mirror: Some(crate::common::FixtureRegistry.to_string()),
@@ -801,7 +793,7 @@ impl Monitoring {
     async fn every_member_logs_to_loki(&self, client: &Client, members: &[String]) {
         let pc = client.in_project(&self.base.incus.project);
         for m in members {
-            let name = cluster::per_member_name("node-exporter01", m);
+            let name = per_member_name("node-exporter01", m);
             pc.set_instance_state(&name, atlas_install::incus::StateAction::Restart, 30, true)
                 .await
                 .unwrap_or_else(|e| panic!("restart {name}: {e}"));
@@ -850,10 +842,9 @@ impl Monitoring {
     }
 
     async fn member_added(self, client: &Client, newcomer: &str, grown: &ClusterState) {
-        let cfg = self.expanded(client).await;
-        let (_, mut changed) = self.run(client, &cfg).await;
+        let (_, mut changed) = self.run(client).await;
         changed.sort();
-        let exporter = cluster::per_member_name("node-exporter01", newcomer);
+        let exporter = per_member_name("node-exporter01", newcomer);
         assert_eq!(
             changed,
             vec![
@@ -869,11 +860,11 @@ impl Monitoring {
     }
 
     async fn destroy(&self, client: &Client) {
-        let cfg = self.expanded(client).await;
-        let plan = atlas_install::engine::destroy::plan(client, &cfg, true)
+        let cfg = &self.base;
+        let plan = atlas_install::engine::destroy::plan(client, cfg, true)
             .await
             .expect("destroy plan");
-        atlas_install::engine::destroy::apply(client, &cfg, &plan, &NoProgress)
+        atlas_install::engine::destroy::apply(client, cfg, &plan, &NoProgress)
             .await
             .expect("destroy monitoring");
     }
@@ -891,7 +882,7 @@ impl ClusterStack {
     /// A member is down: preflight (so `plan` and `install`) names it and the instances on
     /// it, refuses, and changes nothing.
     async fn while_member_is_down(&self, client: &Client, member: &str) {
-        let info = cluster::detect(client).await.expect("detect");
+        let info = detect(client).await.expect("detect");
         let down = cluster::offline_members(client, &self.cfg, &info)
             .await
             .expect("offline members");
@@ -899,7 +890,7 @@ impl ClusterStack {
         assert_eq!(down[0].member, member);
         assert_eq!(down[0].instances, vec!["mosquitto01".to_string()]);
         let w0 = client.writes();
-        let mut e = crate::engine::engine(client, &self.cfg, None);
+        let mut e = crate::engine::engine(client, &self.cfg, None).await;
         e.options.ignore_preflight = false;
         let err = e
             .plan()
@@ -923,7 +914,7 @@ impl ClusterStack {
     /// converges; then the stack is destroyed.
     async fn after_member_is_back(self, client: &Client) {
         let pc = client.in_project(&self.cfg.incus.project);
-        let e = crate::engine::engine(client, &self.cfg, None);
+        let e = crate::engine::engine(client, &self.cfg, None).await;
         let report = e.plan().await.expect("plan after the member is back");
         assert!(
             !report.plan.has_changes(),
@@ -994,16 +985,14 @@ async fn instances_land_where_placed(
         .get_mut("loki01")
         .expect("loki01")
         .placement = Some(Pin::Group("default".into()));
-    let info = cluster::detect(client).await.expect("detect");
-    let placement = cluster::placement(client, &config, &info)
-        .await
-        .expect("placement");
+    let placement = placement(client, &config).await;
     let default_member = placement.default_member.clone().expect("a default member");
 
     for (atlas_name, with_volume) in [("grafana01", true), ("loki01", false), ("caddy01", true)] {
         let target = placement
             .target_for(atlas_name)
-            .expect("clustered: a target");
+            .expect("clustered: a target")
+            .query();
         let name = format!("{prefix}-{}", atlas_name.trim_end_matches("01"));
         let mut create = InstanceCreate::container(&name, InstanceSource::alias(&alias));
         create.devices.insert(
@@ -1050,19 +1039,12 @@ async fn instances_land_where_placed(
 #[tokio::test]
 async fn standalone_server_is_not_a_cluster() {
     let c = crate::common::client_or_skip!();
-    let info = cluster::detect(&c).await.expect("detect");
+    let info = detect(&c).await.expect("detect");
     assert_eq!(info, ClusterInfo::default());
     let mut config = Config::builtin();
     config.incus.project = format!("t-cl-{}-none", std::process::id());
-    assert!(
-        cluster::check(&c, &config, &info)
-            .await
-            .expect("check")
-            .is_empty()
-    );
-    let p = cluster::placement(&c, &config, &info)
-        .await
-        .expect("placement");
+    assert!(check(&c, &config).await.is_empty());
+    let p = placement(&c, &config).await;
     assert_eq!(p.target_for("grafana01"), None);
 
     let name = format!("tcl{}", std::process::id() % 100_000);
@@ -1089,7 +1071,7 @@ async fn standalone_server_is_not_a_cluster() {
 async fn member_addresses(client: &Client, state: &ClusterState, info: &ClusterInfo) {
     let mut wanted = Vec::new();
     for m in &info.members {
-        let host = cluster::member_host(m).expect("member address");
+        let host = member_host(m).expect("member address");
         let want = map(&[("core.metrics_address", &format!("{host}:8444"))]);
         assert!(
             cluster::ensure_member_config(client, &m.server_name, &want)

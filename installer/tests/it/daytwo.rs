@@ -130,7 +130,7 @@ receivers = ["hook"]
         keys.1 = p
             .value
             .config
-            .get(atlas_install::engine::wiring::KEY_METRICS_CERTS)
+            .get(atlas_install::state::keys::METRICS_CERTS)
             .map(|v| v.split(',').map(String::from).collect())
             .unwrap_or_default();
     }
@@ -184,7 +184,9 @@ receivers = ["hook"]
     assert!(service_down(&s).is_none(), "{}", s["alerts"]);
 
     // ServiceDown, the real way: node-exporter01 stops; pending first, then firing.
-    let boards = atlas_install::render::dashboards::dashboards(&cfg);
+    let boards = atlas_install::render::dashboards::dashboards(
+        &atlas_install::deployment::Deployment::standalone(&cfg),
+    );
     let queries: Vec<PanelQuery> = promql_queries(&boards)
         .into_iter()
         .filter(|q| wired || !needs_wiring(&q.expr))
@@ -287,7 +289,9 @@ receivers = ["hook"]
     } else {
         let mut as_wired = cfg.clone();
         as_wired.integrations.incus_loki = true;
-        check_logql(&atlas_install::render::dashboards::dashboards(&as_wired));
+        check_logql(&atlas_install::render::dashboards::dashboards(
+            &atlas_install::deployment::Deployment::standalone(&as_wired),
+        ));
     }
 
     // What Grafana finds in its container: the provider and the dashboards it points at.
@@ -770,7 +774,7 @@ fn time_in(d: Duration) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    atlas_install::engine::clock::rfc3339(secs)
+    atlas_install::clock::rfc3339(secs)
 }
 
 // ---- LogQL ----

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use atlas_install::config::{Config, LoadOptions};
+use atlas_install::deployment::Deployment;
 use atlas_install::engine::install::SecretsFuture;
 use atlas_install::engine::secrets::Secrets;
 use atlas_install::engine::{Engine, EngineError, Options, SecretSource};
@@ -166,6 +167,7 @@ impl Env {
             "mosquitto": {"atlas": s.credentials.mosquitto["atlas"].password},
             "metrics_cert_pem": s.metrics_cert_pem,
             "metrics_key_pem": s.metrics_key_pem,
+            "hash_key": s.hash_key,
         });
         std::fs::write(&path, v.to_string()).expect("write secrets");
         path
@@ -306,6 +308,7 @@ fn test_secrets() -> Secrets {
             },
             metrics_cert_pem: cert.pem(),
             metrics_key_pem: key.serialize_pem(),
+            hash_key: "t-eng-hash-key".into(),
         }
     })
     .clone()
@@ -323,10 +326,12 @@ impl SecretSource for TestSecrets {
     }
 }
 
-pub(crate) fn engine<'a>(c: &Client, cfg: &'a Config, fail_at: Option<&str>) -> Engine<'a> {
+/// The engine as the binary builds it: the config on this server (or cluster), read now.
+pub(crate) async fn engine(c: &Client, cfg: &Config, fail_at: Option<&str>) -> Engine<'static> {
+    let deployment = Deployment::read(c, cfg).await.expect("read the deployment");
     Engine {
         client: c.in_project(&cfg.incus.project),
-        config: cfg,
+        deployment,
         secrets: &TestSecrets,
         progress: &NoProgress,
         options: Options {
@@ -341,7 +346,7 @@ pub(crate) fn engine<'a>(c: &Client, cfg: &'a Config, fail_at: Option<&str>) -> 
 /// plan + apply through the library; returns the writes of the whole run.
 async fn install(c: &Client, cfg: &Config, fail_at: Option<&str>) -> Result<u64, EngineError> {
     let w0 = c.writes();
-    let e = engine(c, cfg, fail_at);
+    let e = engine(c, cfg, fail_at).await;
     let report = e.plan().await?;
     e.apply(&report).await?;
     Ok(c.writes() - w0)
@@ -596,7 +601,8 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
         .await
         .expect("pull");
     let rendered =
-        atlas_install::render::render(&cfg, &test_secrets().credentials).expect("render");
+        atlas_install::render::render(&Deployment::standalone(&cfg), &test_secrets().credentials)
+            .expect("render");
     let want = &rendered.instances["mosquitto01"]
         .files
         .iter()
@@ -647,7 +653,7 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
 
     // Converged: the plan is empty and a re-run makes zero writing calls.
     let started = Instant::now();
-    let e = engine(&c, &cfg, None);
+    let e = engine(&c, &cfg, None).await;
     let w0 = c.writes();
     let report = e.plan().await.expect("plan");
     assert!(!report.has_changes(), "{report}");
@@ -692,7 +698,7 @@ async fn full_install_converges_reruns_with_zero_writes_and_destroys() {
 
     // One value changes one object.
     let cfg2 = env.config("\n[instances.alertmanager01]\nmemory = \"192MB\"\n");
-    let e2 = engine(&c, &cfg2, None);
+    let e2 = engine(&c, &cfg2, None).await;
     let report = e2.plan().await.expect("plan");
     assert_eq!(report.plan.changed(), ["profile alertmanager"], "{report}");
     let o = env
@@ -854,7 +860,7 @@ async fn interrupted_runs_converge_without_duplicates() {
     );
     assert_eq!(inv["profiles"].len(), 4, "{inv:?}");
     let w0 = c.writes();
-    let report = engine(&c, &cfg, None).plan().await.expect("plan");
+    let report = engine(&c, &cfg, None).await.plan().await.expect("plan");
     assert!(!report.has_changes(), "{report}");
     assert_eq!(c.writes(), w0);
     let o = env
@@ -888,7 +894,7 @@ async fn foreign_object_with_our_name_is_reported_and_untouched() {
     let cfg = env.config("");
 
     let w0 = c.writes();
-    let e = engine(&c, &cfg, None);
+    let e = engine(&c, &cfg, None).await;
     let report = e.plan().await.expect("plan shows the conflict");
     assert_eq!(report.conflicts(), [format!("network {name}")]);
     assert!(
@@ -1044,7 +1050,7 @@ async fn bad_input_is_a_clear_error_and_changes_nothing() {
     // but never a partial change.
     let e = Engine {
         options: Options::default(),
-        ..engine(&c, &cfg, None)
+        ..engine(&c, &cfg, None).await
     };
     let w0 = c.writes();
     if let Err(err) = e.plan().await {

@@ -456,7 +456,7 @@ async fn lock_record(c: &atlas_install::incus::Client, project: &str) -> Option<
         .expect("default project")
         .value;
     p.config
-        .get(&atlas_install::engine::lock::lock_key(project))
+        .get(&atlas_install::state::keys::lock(project))
         .map(|v| serde_json::from_str(v).expect("lock record is JSON"))
 }
 
@@ -466,7 +466,7 @@ struct LockKeyGone(String);
 
 impl Drop for LockKeyGone {
     fn drop(&mut self) {
-        let key = atlas_install::engine::lock::lock_key(&self.0);
+        let key = atlas_install::state::keys::lock(&self.0);
         let _ = Command::new("incus")
             .args(["project", "unset", "default", &key])
             .output();
@@ -485,14 +485,14 @@ impl Drop for KilledOnDrop {
 
 /// Writes a lock record for `project` as another host would (renewed `age` seconds ago).
 async fn foreign_lock(c: &atlas_install::incus::Client, project: &str, age: u64) {
-    let now = atlas_install::engine::clock::now_secs();
+    let now = atlas_install::clock::now_secs();
     let record = serde_json::json!({
         "token": "0123456789abcdef", "command": "install", "host": "elsewhere.example",
         "boot_id": "b", "pid": 4242, "pid_start": 1, "started": now - age, "renewed": now - age,
         "lease_seconds": atlas_install::engine::lock::LEASE.as_secs(),
     });
     let set = std::collections::BTreeMap::from([(
-        atlas_install::engine::lock::lock_key(project),
+        atlas_install::state::keys::lock(project),
         record.to_string(),
     )]);
     c.set_project_keys("default", &set, &[])

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use atlas_install::config::{Config, ServiceKind, TlsIssuer, default_instance};
+use atlas_install::deployment::Deployment;
 use atlas_install::render::{
     self, Credentials, ExpectedFile, FileSource, MqttCredential, RenderedInstance, RenderedSet,
 };
@@ -44,8 +45,8 @@ fn creds() -> Credentials {
 /// The default config and the variants the issue names, plus the other branches of the
 /// templates (step-ca issuer, webhook, public domain with an allowlist, retention size).
 /// The built-in config on a 3-member cluster: one node-exporter per member.
-fn on_cluster() -> Config {
-    use atlas_install::engine::cluster::{ClusterInfo, expand};
+fn on_cluster() -> Deployment {
+    use atlas_install::deployment::ClusterInfo;
     use atlas_install::incus::ClusterMember;
     let members = (1..=3)
         .map(|i| ClusterMember {
@@ -61,7 +62,7 @@ fn on_cluster() -> Config {
         members,
         groups: Vec::new(),
     };
-    expand(&Config::builtin(), &info, None)
+    Deployment::new(&Config::builtin(), info, None)
 }
 
 /// On a cluster Prometheus scrapes each member's node-exporter at the member's address (its
@@ -69,14 +70,14 @@ fn on_cluster() -> Config {
 #[test]
 fn cluster_node_exporters_are_scraped_per_member() {
     let cfg = on_cluster();
-    assert!(!cfg.instances.contains_key("node-exporter01"));
-    assert!(cfg.integrations.incus_metrics && cfg.integrations.incus_loki);
+    assert!(cfg.instance("node-exporter01").is_none());
+    assert!(cfg.config.integrations.incus_metrics && cfg.incus_loki());
     // Loki is published on its member's address (m1, where the stack goes), and that is the
     // URL every member's Incus ships logs to.
     let loki = atlas_install::render::instance_devices(&cfg, "loki01");
     assert_eq!(loki["loki"]["listen"], "tcp:198.51.100.11:3100", "{loki:?}");
     assert_eq!(loki["loki"]["connect"], "tcp:10.50.0.13:3100", "{loki:?}");
-    let opts = atlas_install::engine::wiring::WiringOptions::from_config(&cfg).unwrap();
+    let opts = atlas_install::engine::wiring::WiringOptions::of(&cfg).unwrap();
     assert_eq!(opts.loki_url.as_deref(), Some("http://198.51.100.11:3100"));
     let set = rendered(&cfg);
     let prom = String::from_utf8(
@@ -120,7 +121,7 @@ fn cluster_node_exporters_are_scraped_per_member() {
     assert_eq!(groups("incus"), at_port(8443));
     for i in 1..=3 {
         let name = format!("node-exporter01-m{i}");
-        let inst = &cfg.instances[&name];
+        let inst = cfg.instance(&name).expect("per-member copy");
         assert_eq!(
             inst.placement,
             Some(atlas_install::config::Placement::Member(format!("m{i}")))
@@ -135,8 +136,20 @@ fn cluster_node_exporters_are_scraped_per_member() {
     }
 }
 
-fn variants() -> Vec<(&'static str, Config)> {
-    let mut v = vec![("default", Config::builtin()), ("cluster", on_cluster())];
+/// Every variant as deployed: the single-server configs of [`configs`], and the built-in
+/// one on a 3-member cluster.
+fn variants() -> Vec<(&'static str, Deployment)> {
+    let mut v: Vec<(&'static str, Deployment)> = configs()
+        .into_iter()
+        .map(|(n, c)| (n, Deployment::standalone(&c)))
+        .collect();
+    v.insert(1, ("cluster", on_cluster()));
+    v
+}
+
+/// The default config and the variants on a single server.
+fn configs() -> Vec<(&'static str, Config)> {
+    let mut v = vec![("default", Config::builtin())];
 
     let mut tls = Config::builtin();
     for name in ["grafana01", "prometheus01", "loki01"] {
@@ -315,8 +328,13 @@ fn dump(set: &RenderedSet) -> String {
     s
 }
 
-fn rendered(config: &Config) -> RenderedSet {
-    render::render(config, &creds()).expect("render")
+fn rendered(d: &Deployment) -> RenderedSet {
+    render::render(d, &creds()).expect("render")
+}
+
+/// `config` on a single server.
+fn standalone(config: &Config) -> Deployment {
+    Deployment::standalone(config)
 }
 
 #[test]
@@ -326,7 +344,7 @@ fn render_snapshots() {
         insta::assert_snapshot!(format!("render_{name}"), dump(&set));
         let profiles = render::profiles(&config).expect("profiles");
         let mut devices = BTreeMap::new();
-        for n in config.instances.keys() {
+        for n in config.instances().keys() {
             let d = render::instance_devices(&config, n);
             if !d.is_empty() {
                 devices.insert(n.clone(), d);
@@ -471,7 +489,7 @@ fn promtool_notices_a_missing_certificate() {
     if !have_tool("promtool") || !have_mount_namespace("/etc/prometheus") {
         return;
     }
-    let set = rendered(&Config::builtin());
+    let set = rendered(&standalone(&Config::builtin()));
     let tree = container_tree(&set.instances["prometheus01"]);
     std::fs::remove_file(tree.path().join("etc/prometheus/incus/metrics.key")).unwrap();
     let (ok, out) = in_container_paths(
@@ -494,7 +512,7 @@ fn promtool_notices_a_missing_certificate() {
 
 #[test]
 fn alert_rules_are_the_ten_of_the_seed() {
-    let set = rendered(&Config::builtin());
+    let set = rendered(&standalone(&Config::builtin()));
     let file = set.instances["prometheus01"]
         .files
         .iter()
@@ -666,7 +684,7 @@ fn amtool_accepts_every_variant() {
 /// config points at, and none of them in alertmanager.yml (which `render --out` may show).
 #[test]
 fn receivers_are_routed_by_severity_with_secrets_in_their_own_files() {
-    let set = rendered(&with_receivers());
+    let set = rendered(&standalone(&with_receivers()));
     let am = &set.instances["alertmanager01"];
     let config = am
         .files
@@ -1125,7 +1143,7 @@ fn mosquitto_runs_the_rendered_config_and_checks_passwords() {
     if !have_tool("mosquitto") || !have_tool("mosquitto_pub") || !have_tool("mosquitto_sub") {
         return;
     }
-    let b = start_broker(&rendered(&Config::builtin()));
+    let b = start_broker(&rendered(&standalone(&Config::builtin())));
     let port = b.mqtt;
     let (ok, out) = mqtt(
         "mosquitto_pub",
@@ -1340,7 +1358,7 @@ fn grafana_datasources_and_phone_home_off() {
 
 #[test]
 fn profiles_carry_the_seed_resource_table() {
-    let config = Config::builtin();
+    let config = standalone(&Config::builtin());
     let profiles = render::profiles(&config).unwrap();
     let by: BTreeMap<&str, &render::ProfileSpec> =
         profiles.iter().map(|p| (p.name.as_str(), p)).collect();
@@ -1604,7 +1622,7 @@ fn incus_accepts_every_rendered_profile() {
         profiles: vec![],
     };
     // Cloudflared on too, so all nine profiles are checked; TLS on for the MQTTS proxy device.
-    let mut config = variants()
+    let mut config = configs()
         .into_iter()
         .find(|(n, _)| *n == "cloudflared")
         .unwrap()
@@ -1698,7 +1716,7 @@ fn incus_accepts_every_rendered_profile() {
             scratch.volumes.push(v.name.clone());
         }
     }
-    let profiles = render::profiles(&config).unwrap();
+    let profiles = render::profiles(&standalone(&config)).unwrap();
     assert_eq!(profiles.len(), 9, "one profile per service kind");
     for spec in &profiles {
         let (ok, out) = incus(&[&["profile", "create", &spec.name][..], &p].concat(), None);

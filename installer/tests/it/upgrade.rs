@@ -209,6 +209,29 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         serde_json::from_slice(&o.stdout).expect("rollback --json on stdout");
     assert_eq!(report["instances"], serde_json::json!(["mosquitto01"]));
     assert_eq!(version(&pc, "mosquitto01").await, "v2");
+    // Its alias points at the v2 image again, so the next install keeps it there.
+    let runs = pc
+        .get_instance("mosquitto01")
+        .await
+        .expect("instance")
+        .value
+        .config["volatile.base_image"]
+        .clone();
+    let alias = pc
+        .get_image_alias(&env.alias("mosquitto"))
+        .await
+        .expect("alias");
+    assert_eq!(
+        alias.value.target, runs,
+        "the alias is back on the v2 image"
+    );
+    let o = run(&env, &["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "nothing to do after a rollback: {}",
+        crate::common::stdout(&o)
+    );
     assert_eq!(
         version(&pc, "caddy01").await,
         "v2",

@@ -10,12 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atlas_install::config::{Config, NetworkRole, ServiceKind};
+use atlas_install::deployment::Deployment;
 use atlas_install::engine::secrets::{self, SecretsError};
 use atlas_install::engine::{health, wiring};
 use atlas_install::incus::{
     Client, FileMeta, ImageImport, InstanceCreate, InstanceSource, Network, Project, StateAction,
 };
 use atlas_install::progress::NoProgress;
+use atlas_install::state::keys::{self, secrets as name};
 
 use crate::common::client_or_skip;
 use crate::common::require_all;
@@ -216,22 +218,25 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
     );
     let stored = c.get_project(&project).await.expect("project").value.config;
     assert_eq!(
-        stored[secrets::KEY_GRAFANA_ADMIN],
+        stored[&keys::secret(name::GRAFANA_ADMIN)],
         s.credentials.grafana_admin_password
     );
-    assert_eq!(stored[secrets::KEY_STEP_CA], s.credentials.step_ca_password);
     assert_eq!(
-        stored[secrets::KEY_METRICS_CERT],
+        stored[&keys::secret(name::STEP_CA)],
+        s.credentials.step_ca_password
+    );
+    assert_eq!(
+        stored[&keys::secret(name::METRICS_CERT)],
         s.metrics_cert_pem,
         "PEM with newlines survives the project config"
     );
-    assert_eq!(stored[secrets::KEY_METRICS_KEY], s.metrics_key_pem);
+    assert_eq!(stored[&keys::secret(name::METRICS_KEY)], s.metrics_key_pem);
     for user in ["atlas", "sensor"] {
         assert_eq!(
-            stored[&secrets::mosquitto_password_key(user)],
+            stored[&keys::secret(&name::mosquitto_password(user))],
             s.credentials.mosquitto[user].password
         );
-        assert!(stored.contains_key(&secrets::mosquitto_salt_key(user)));
+        assert!(stored.contains_key(&keys::secret(&name::mosquitto_salt(user))));
     }
     assert_ne!(
         s.credentials.mosquitto["atlas"].password,
@@ -294,8 +299,8 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
     assert_eq!(
         added,
         vec![
-            &secrets::mosquitto_password_key("newcomer"),
-            &secrets::mosquitto_salt_key("newcomer")
+            &keys::secret(&name::mosquitto_password("newcomer")),
+            &keys::secret(&name::mosquitto_salt("newcomer"))
         ]
     );
     assert!(
@@ -308,8 +313,10 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
     let got = c.get_project(&project).await.expect("project");
     let mut p = got.value.clone();
     let bad_salt = "bm90LXR3ZWx2ZS1ieXRlcy1sb25n";
-    p.config
-        .insert(secrets::mosquitto_salt_key("sensor"), bad_salt.into());
+    p.config.insert(
+        keys::secret(&name::mosquitto_salt("sensor")),
+        bad_salt.into(),
+    );
     c.update_project(&p, got.etag.as_deref())
         .await
         .expect("damage");
@@ -319,7 +326,8 @@ async fn secrets_are_generated_once_stored_in_the_project_and_extended_per_user(
         .expect_err("damaged salt");
     let msg = e.to_string();
     assert!(
-        msg.contains(&secrets::mosquitto_salt_key("sensor")) && msg.contains("incus project unset"),
+        msg.contains(&keys::secret(&name::mosquitto_salt("sensor")))
+            && msg.contains("incus project unset"),
         "{msg}"
     );
     assert!(
@@ -553,7 +561,7 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         Some(v) if !v.is_empty() => assert_eq!(v, "lifecycle,logging"),
         _ => assert!(
             records
-                .get(wiring::KEY_SERVER_DEFAULTS)
+                .get(keys::SERVER_DEFAULTS)
                 .is_some_and(|d| d.split(',').any(|k| k == types_key)),
             "{types_key} unset and not recorded as defaulted: {records:?}"
         ),
@@ -572,11 +580,11 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         (wiring::METRICS_CERT_NAME, "metrics")
     );
     assert!(
-        records[wiring::KEY_SERVER_KEYS].contains("core.https_address"),
+        records[keys::SERVER_KEYS].contains("core.https_address"),
         "{:?}",
-        records.get(wiring::KEY_SERVER_KEYS)
+        records.get(keys::SERVER_KEYS)
     );
-    assert_eq!(records[wiring::KEY_METRICS_CERTS], fp);
+    assert_eq!(records[keys::METRICS_CERTS], fp);
 
     // Converged: no write, nothing planned.
     let w1 = c.writes();
@@ -711,9 +719,9 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
     );
     let records = c.get_project(&project).await.expect("project").value.config;
     for k in [
-        wiring::KEY_SERVER_KEYS,
-        wiring::KEY_METRICS_CERTS,
-        wiring::KEY_SERVER_DEFAULTS,
+        keys::SERVER_KEYS,
+        keys::METRICS_CERTS,
+        keys::SERVER_DEFAULTS,
     ] {
         assert!(
             !records.contains_key(k),
@@ -966,7 +974,8 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
     );
     pc.create_instance(&create).await.expect("create instance");
     let spec =
-        atlas_install::engine::netfile::network_spec(&cfg, name, None).expect("network spec");
+        atlas_install::engine::netfile::network_spec(&Deployment::standalone(&cfg), name, None)
+            .expect("network spec");
     pc.push_file(
         name,
         "/etc/atlas/network.json",
@@ -981,11 +990,18 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
 
     let gate_cfg = cfg.clone();
     let start = Instant::now();
-    health::gate(&pc, &gate_cfg, Duration::from_secs(60), &NoProgress)
-        .await
-        .expect("gate passes on a serving instance");
+    health::gate(
+        &pc,
+        &Deployment::standalone(&gate_cfg),
+        Duration::from_secs(60),
+        &NoProgress,
+    )
+    .await
+    .expect("gate passes on a serving instance");
     eprintln!("health gate passed after {:?}", start.elapsed());
-    let reports = health::check(&pc, &gate_cfg).await.expect("check");
+    let reports = health::check(&pc, &Deployment::standalone(&gate_cfg))
+        .await
+        .expect("check");
     assert_eq!(reports.len(), 1);
     assert!(reports[0].healthy, "{:?}", reports[0]);
     assert!(
@@ -1024,9 +1040,14 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
         .await
         .expect("stop");
     let start = Instant::now();
-    let e = health::gate(&pc, &gate_cfg, Duration::from_secs(8), &NoProgress)
-        .await
-        .expect_err("stopped instance");
+    let e = health::gate(
+        &pc,
+        &Deployment::standalone(&gate_cfg),
+        Duration::from_secs(8),
+        &NoProgress,
+    )
+    .await
+    .expect_err("stopped instance");
     let took = start.elapsed();
     assert!(
         took < Duration::from_secs(12),
@@ -1042,7 +1063,9 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
         msg.contains(MARKER),
         "the console log tail must be in the error: {msg}"
     );
-    let reports = health::check(&pc, &gate_cfg).await.expect("check");
+    let reports = health::check(&pc, &Deployment::standalone(&gate_cfg))
+        .await
+        .expect("check");
     assert!(
         !reports[0].healthy && reports[0].detail.contains("Stopped"),
         "{:?}",

@@ -60,8 +60,8 @@ pub async fn export(
         return Err(BackupError::ExportFileExists { path });
     }
     let mut written = Written::new(out)?;
-    let now = super::super::clock::now_secs();
-    let snapshot = format!("{SNAPSHOT_PREFIX}{}", super::super::clock::compact(now));
+    let now = crate::clock::now_secs();
+    let snapshot = format!("{SNAPSHOT_PREFIX}{}", crate::clock::compact(now));
     let mut volumes = Vec::new();
     for v in &present {
         let entry = export_volume(&pc, &set.pool, v, &snapshot, out, progress).await?;
@@ -71,7 +71,7 @@ pub async fn export(
     let manifest = Manifest {
         format: FORMAT,
         atlas_version: crate::VERSION.to_string(),
-        created_at: super::super::clock::rfc3339(now),
+        created_at: crate::clock::rfc3339(now),
         project: set.project.clone(),
         pool: set.pool.clone(),
         volumes,

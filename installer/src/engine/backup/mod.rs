@@ -198,7 +198,7 @@ pub enum IfExists {
 
 /// Default snapshot name: `backup-20261126T140607Z`.
 pub fn default_snapshot_name() -> String {
-    format!("backup-{}", super::clock::compact(super::clock::now_secs()))
+    format!("backup-{}", crate::clock::compact(crate::clock::now_secs()))
 }
 
 /// Snapshots every existing volume of `set` as `name` (default [`default_snapshot_name`]).

@@ -83,7 +83,7 @@ pub async fn restore_verified(
     }
     check_server(client).await?;
     let pc = client.in_project(&set.project);
-    let stamp = super::super::clock::compact(super::super::clock::now_secs());
+    let stamp = crate::clock::compact(crate::clock::now_secs());
     let mut done: Vec<RestoredVolume> = Vec::new();
     for e in &manifest.volumes {
         match restore_volume(&pc, &set.pool, e, dir, &stamp, progress).await {

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::config::{Config, ServiceKind, prometheus_duration};
+use crate::deployment::Deployment;
 
 use super::Sources;
 use super::board::{Board, Panel, Q, Steps, ds, label_var};
@@ -23,20 +24,21 @@ pub(crate) const RESTARTS_IN_10M: f64 = 5.0; // ServiceFlapping
 /// The filesystems the disk rules look at.
 const REAL_FS: &str = r#"fstype!~"tmpfs|ramfs|squashfs|overlay|nsfs""#;
 
-pub(super) fn all(config: &Config, sources: &Sources) -> Vec<Value> {
+pub(super) fn all(d: &Deployment, sources: &Sources) -> Vec<Value> {
+    let config = &d.config;
     let mut out = Vec::new();
     if let Some(uid) = &sources.prometheus {
         let p = ds("prometheus", uid);
-        if !config.instances_of(ServiceKind::NodeExporter).is_empty() {
+        if !d.instances_of(ServiceKind::NodeExporter).is_empty() {
             out.push(host(&p));
         }
         if config.integrations.incus_metrics {
             out.push(incus(config, &p));
         }
-        out.push(services(config, &p));
+        out.push(services(d, &p));
         out.push(alerts(config, &p));
     }
-    if let (Some(uid), true) = (&sources.loki, config.integrations.incus_loki) {
+    if let (Some(uid), true) = (&sources.loki, d.incus_loki()) {
         out.push(logs(&ds("loki", uid)));
     }
     out
@@ -332,7 +334,8 @@ fn incus(config: &Config, p: &Value) -> Value {
     b.json()
 }
 
-fn services(config: &Config, p: &Value) -> Value {
+fn services(d: &Deployment, p: &Value) -> Value {
+    let config = &d.config;
     let mut b = Board::new(
         "atlas-services",
         "Atlas / Services",
@@ -418,7 +421,7 @@ fn services(config: &Config, p: &Value) -> Value {
         ],
         Steps("green", &[]),
     ));
-    if !config.instances_of(ServiceKind::Loki).is_empty() {
+    if !d.instances_of(ServiceKind::Loki).is_empty() {
         b.row("Loki");
         b.add(Panel::timeseries(
             "Log lines received",
@@ -443,11 +446,11 @@ fn services(config: &Config, p: &Value) -> Value {
             Steps("green", &[]),
         ));
     }
-    if !config.instances_of(ServiceKind::Caddy).is_empty() {
+    if !d.instances_of(ServiceKind::Caddy).is_empty() {
         caddy_row(p, &mut b);
     }
     mosquitto_row(config, p, &mut b);
-    if !config.instances_of(ServiceKind::StepCa).is_empty() {
+    if !d.instances_of(ServiceKind::StepCa).is_empty() {
         b.row("step-ca");
         b.add(
             Panel::stat(

@@ -17,7 +17,8 @@ mod boards;
 
 use serde_json::Value;
 
-use crate::config::{Config, ServiceKind};
+use crate::config::ServiceKind;
+use crate::deployment::Deployment;
 
 use super::{RenderedFile, datasource_uid};
 
@@ -40,13 +41,8 @@ pub(crate) struct Sources {
 }
 
 impl Sources {
-    fn of(config: &Config) -> Sources {
-        let first = |k: ServiceKind| {
-            config
-                .instances_of(k)
-                .first()
-                .map(|(n, _)| datasource_uid(n))
-        };
+    fn of(d: &Deployment) -> Sources {
+        let first = |k: ServiceKind| d.instances_of(k).first().map(|(n, _)| datasource_uid(n));
         Sources {
             prometheus: first(ServiceKind::Prometheus),
             loki: first(ServiceKind::Loki),
@@ -56,13 +52,13 @@ impl Sources {
 
 /// Every dashboard, as the JSON Grafana provisions (by uid). Dashboards without their
 /// datasource are left out.
-pub fn dashboards(config: &Config) -> Vec<Value> {
-    boards::all(config, &Sources::of(config))
+pub fn dashboards(d: &Deployment) -> Vec<Value> {
+    boards::all(d, &Sources::of(d))
 }
 
 /// The provider file and one JSON file per dashboard.
-pub(super) fn files(config: &Config) -> Vec<RenderedFile> {
-    let boards = dashboards(config);
+pub(super) fn files(d: &Deployment) -> Vec<RenderedFile> {
+    let boards = dashboards(d);
     if boards.is_empty() {
         return Vec::new();
     }

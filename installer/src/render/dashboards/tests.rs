@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::boards::*;
 use super::*;
 use crate::config::{Config, Size};
+use crate::deployment::Deployment;
 use crate::render::{Credentials, RenderedFile, render};
 
 fn rendered_grafana(config: &Config) -> Vec<RenderedFile> {
@@ -23,7 +24,7 @@ fn rendered_grafana(config: &Config) -> Vec<RenderedFile> {
             },
         )]),
     };
-    let mut set = render(config, &creds).expect("render");
+    let mut set = render(&Deployment::standalone(config), &creds).expect("render");
     set.instances.remove("grafana01").expect("grafana01").files
 }
 
@@ -224,7 +225,7 @@ fn without_their_source_dashboards_are_left_out() {
     let mut c = Config::builtin();
     c.integrations.incus_loki = false;
     c.integrations.incus_metrics = false;
-    let uids: Vec<String> = dashboards(&c)
+    let uids: Vec<String> = dashboards(&Deployment::standalone(&c))
         .iter()
         .map(|b| b["uid"].as_str().unwrap().to_string())
         .collect();
@@ -291,7 +292,7 @@ fn thresholds_are_the_alert_rules() {
         .collect();
     assert_eq!(table, file);
     // And the panels carry them: the disk panel's steps are 10 and 20.
-    let host = &dashboards(&Config::builtin())[0];
+    let host = &dashboards(&Deployment::standalone(&Config::builtin()))[0];
     let disk = host["panels"]
         .as_array()
         .unwrap()
@@ -311,7 +312,7 @@ fn thresholds_are_the_alert_rules() {
 #[test]
 fn retention_thresholds_follow_the_config() {
     let (_, sized) = all_variants().remove(2);
-    let services = dashboards(&sized)
+    let services = dashboards(&Deployment::standalone(&sized))
         .into_iter()
         .find(|b| b["uid"] == "atlas-services")
         .unwrap();
@@ -341,7 +342,7 @@ fn retention_thresholds_follow_the_config() {
 #[test]
 fn panels_allowed_to_be_empty_are_few_and_named() {
     let mut named = Vec::new();
-    for b in dashboards(&Config::builtin()) {
+    for b in dashboards(&Deployment::standalone(&Config::builtin())) {
         for p in b["panels"].as_array().unwrap() {
             if p["fieldConfig"]["defaults"].get(NO_VALUE_KEY).is_some() {
                 named.push(format!(

@@ -1,4 +1,5 @@
-//! UTC timestamps from the system clock, for records and snapshot names (no date library).
+//! UTC timestamps from the system clock, for records, snapshot names, bundle manifests and
+//! plain progress lines (no date library): the one copy of the civil-date arithmetic.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,12 @@ fn civil(secs: u64) -> (i64, u32, u32, u64, u64, u64) {
     (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `(year, month, day)` of `secs` since the epoch, in UTC.
+pub fn date(secs: u64) -> (i64, u32, u32) {
+    let (y, m, d, ..) = civil(secs);
+    (y, m, d)
+}
+
 /// RFC 3339: `2026-11-26T14:06:07Z`.
 pub fn rfc3339(secs: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(secs);
@@ -49,5 +56,7 @@ mod tests {
         assert_eq!(rfc3339(951_827_696), "2000-02-29T12:34:56Z");
         assert_eq!(compact(1_795_701_967), "20261126T140607Z");
         assert_eq!(rfc3339(1_795_701_967), "2026-11-26T14:06:07Z");
+        assert_eq!(date(19_782 * 86_400), (2024, 2, 29));
+        assert_eq!(date(20_453 * 86_400 + 86_399), (2025, 12, 31));
     }
 }
