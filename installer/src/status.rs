@@ -223,8 +223,7 @@ async fn instances(
             addresses,
             image: inst.config.get("image.description").cloned(),
             health: by_name.get(inst.name.as_str()).map(|h| (*h).clone()),
-            location: Some(inst.location.clone())
-                .filter(|l| d.cluster.clustered && !l.is_empty()),
+            location: Some(inst.location.clone()).filter(|l| d.cluster.clustered && !l.is_empty()),
             name: inst.name,
         });
     }

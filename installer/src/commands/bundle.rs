@@ -153,16 +153,16 @@ fn inspect(printer: &Printer, file: &Path) -> Result<ExitCode> {
 fn print_inspection(printer: &Printer, i: &Inspection) -> Result<()> {
     let m = &i.manifest;
     printer.line(format_args!("bundle   {} ({} bytes)", i.file, i.file_size))?;
-    printer.line(format_args!("version  {} (commit {})", m.version, m.git_commit))?;
+    printer.line(format_args!(
+        "version  {} (commit {})",
+        m.version, m.git_commit
+    ))?;
     printer.line(format_args!("arch     {}", m.arch))?;
     printer.line(format_args!("created  {}", m.created))?;
     printer.line("")?;
     printer.line(format_args!(
         "{:<40} {:<6} {:<20} {:>12}  DIGEST",
-        "IMAGE",
-        "ROLE",
-        "VERSION",
-        "BYTES"
+        "IMAGE", "ROLE", "VERSION", "BYTES"
     ))?;
     for img in &i.images {
         printer.line(format_args!(

@@ -123,7 +123,12 @@ async fn converted(
     Ok((image, indexes))
 }
 
-async fn convert(ctx: &Context<'_>, source: &str, out: &Path, reg: &RegistryArgs) -> Result<ExitCode> {
+async fn convert(
+    ctx: &Context<'_>,
+    source: &str,
+    out: &Path,
+    reg: &RegistryArgs,
+) -> Result<ExitCode> {
     let (printer, progress) = (ctx.printer, ctx.progress());
     let (image, indexes) = converted(source, reg, progress).await?;
     let to_stdout = out == Path::new("-");
@@ -239,7 +244,10 @@ async fn inspect(ctx: &Context<'_>, name: &str, sbom: bool) -> Result<ExitCode> 
         if printer.json_mode() {
             printer.json_line(&image)?;
         } else {
-            printer.line(format_args!("image        {} ({})", name, image.fingerprint))?;
+            printer.line(format_args!(
+                "image        {} ({})",
+                name, image.fingerprint
+            ))?;
             for (k, v) in &image.properties {
                 printer.line(format_args!("{k:<28} {v}"))?;
             }

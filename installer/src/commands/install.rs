@@ -99,8 +99,7 @@ pub(super) fn apply(ctx: &Context, args: &InstallArgs, base: Options) -> Result<
     // A bundle's signature first, before the config or Incus is even read.
     if let Some(path) = &args.bundle {
         let trust = super::signature::trust(&args.trust)?;
-        let (_, signer) =
-            bundle::check_signature(path, &trust).with_context(|| refused(path))?;
+        let (_, signer) = bundle::check_signature(path, &trust).with_context(|| refused(path))?;
         printer.note(format_args!("bundle {}: {signer}", path.display()));
     }
     // The config, Incus and the deployment are read before anything else is looked at.

@@ -8,7 +8,6 @@ use atlas_install::engine::{SecretSource, StoredSecrets};
 #[cfg(debug_assertions)]
 use atlas_install::{config::Config, incus::Client};
 
-
 #[cfg(debug_assertions)]
 pub fn fail_at() -> Option<String> {
     std::env::var("ATLAS_TEST_FAIL_AT")
@@ -39,9 +38,8 @@ pub fn secrets() -> Result<Box<dyn SecretSource>> {
     let Some(path) = std::env::var_os("ATLAS_TEST_SECRETS_FILE") else {
         return Ok(Box::new(StoredSecrets));
     };
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading ATLAS_TEST_SECRETS_FILE {}", path.to_string_lossy())
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading ATLAS_TEST_SECRETS_FILE {}", path.to_string_lossy()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).context("ATLAS_TEST_SECRETS_FILE is not JSON")?;
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
