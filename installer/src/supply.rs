@@ -670,3 +670,47 @@ async fn current_with_digest(
         .filter(|i| i.value.properties.get(DIGEST_PROPERTY).map(String::as_str) == Some(digest))
         .map(|i| i.value.fingerprint))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_config_and_insecure_registries_add_up() {
+        let flags = ImageSettings {
+            registry_mirror: Some("mirror.flag:5000".into()),
+            insecure_registries: vec!["flag.example".into()],
+            cache_dir: Some("/flag/cache".into()),
+            ..ImageSettings::default()
+        };
+        let config = ImagesConfig {
+            registry_mirror: Some("mirror.config".into()),
+            download_mirror: Some("file:///config".into()),
+            insecure_registries: vec!["config.example".into()],
+            lock_file: Some("/config/images.lock".into()),
+            aliases: Default::default(),
+        };
+        let s = flags.over((&config).into());
+        assert_eq!(s.registry_mirror.as_deref(), Some("mirror.flag:5000"));
+        assert_eq!(s.download_mirror.as_deref(), Some("file:///config"));
+        assert_eq!(s.insecure_registries, ["flag.example", "config.example"]);
+        assert_eq!(s.cache_dir.as_deref(), Some(Path::new("/flag/cache")));
+        assert_eq!(
+            s.lock_file.as_deref(),
+            Some(Path::new("/config/images.lock"))
+        );
+    }
+
+    #[test]
+    fn no_settings_mean_the_embedded_lock_and_the_default_cache() {
+        let s = ImageSupply::from_settings(ImageSettings::default()).unwrap();
+        assert_eq!(s.cache_dir, BlobCache::default_dir());
+        assert!(s.registry_mirror.is_none() && s.layout.is_none());
+        let e = ImageSupply::from_settings(ImageSettings {
+            lock_file: Some("/nonexistent/images.lock".into()),
+            ..ImageSettings::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "images lock /nonexistent/images.lock");
+    }
+}

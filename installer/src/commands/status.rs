@@ -288,3 +288,29 @@ fn print_alerts(out: &mut String, a: &AlertsStatus) {
         let _ = writeln!(out, "Notifications: {}", routes.join("; "));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_lists_mark_what_atlas_does_not_manage() {
+        let items = [
+            Named {
+                name: "grafana01-data".into(),
+                managed: true,
+                detail: Some("pool default".into()),
+            },
+            Named {
+                name: "atlas-mgmt".into(),
+                managed: false,
+                detail: None,
+            },
+        ];
+        assert_eq!(
+            named_list(&items),
+            "grafana01-data (pool default), atlas-mgmt [not managed by atlas]"
+        );
+        assert_eq!(named_list(&[]), "(none)");
+    }
+}
