@@ -3,6 +3,7 @@
 //! - [`config`]: `atlas.toml`, defaults, validation: exactly what the user wrote.
 //! - [`deployment`]: the config with the facts read from Incus (cluster members, placement).
 //! - [`render`]: every service's configuration files from the deployment.
+//! - [`status`]: what is installed and how it is doing, read from Incus.
 //!
 //! Progress is reported through [`progress::Progress`]; the binary draws it.
 
@@ -17,6 +18,7 @@ pub mod incus;
 pub mod render;
 pub mod signing;
 pub mod state;
+pub mod status;
 pub mod supply;
 
 pub use atlas_image::progress;

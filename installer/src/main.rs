@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod printer;
 mod ui;
 
 use std::process::ExitCode;
@@ -23,10 +24,11 @@ fn main() -> ExitCode {
     // One TLS stack and one crypto provider for the whole process (reqwest, oci-client, Incus).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = cli::Cli::parse();
-    match commands::run(cli) {
+    let printer = printer::Printer::new(&cli.global);
+    match commands::run(cli, &printer) {
         Ok(code) => code,
         Err(err) => {
-            ui::print_error(&err);
+            printer.error(&err);
             ExitCode::FAILURE
         }
     }

@@ -4,19 +4,20 @@
 //! the Incus project under its alias; an alias that already points at the same Atlas image
 //! (same manifest digest) is left alone without streaming anything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use atlas_image::build::{self, AtlasImage, AtlasSpec, BuildError, IndexingObserver};
 use atlas_image::cache::{BlobCache, CacheError};
 use atlas_image::layer::LayerIndex;
-use atlas_image::lock::ImagesLock;
+use atlas_image::lock::{ImagesLock, LockError};
 use atlas_image::progress::Progress;
 use atlas_image::recipe::{PluginSource, Recipe, RecipeError};
 use atlas_image::reference::ImageRef;
 use atlas_image::registry::map_to_mirror;
 use atlas_image::source::{PullError, PullOptions, PulledImage, Source, pull};
 
+use crate::config::ImagesConfig;
 use crate::imageops::{self, ImageOpsError, Pins};
 use crate::incus::{Client, IncusError, OptionalExt};
 
@@ -77,6 +78,14 @@ pub enum SupplyError {
         missing: String,
         pinned: String,
     },
+    #[error("images lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: LockError,
+    },
+    #[error(transparent)]
+    EmbeddedLock(LockError),
     #[error("image alias {alias}: {source}")]
     Incus {
         alias: String,
@@ -98,6 +107,46 @@ pub struct ImageSupply {
     pub lock: ImagesLock,
     /// Ready Atlas images in an OCI layout (tagged with the service name): no registry at all.
     pub layout: Option<PathBuf>,
+}
+
+/// How images are reached, as the operator set it in one place (the command line, or the
+/// config's `[images]`): everything optional, so two places can be layered.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSettings {
+    pub registry_mirror: Option<String>,
+    pub download_mirror: Option<String>,
+    pub insecure_registries: Vec<String>,
+    pub cache_dir: Option<PathBuf>,
+    /// Replaces the embedded images.lock.
+    pub lock_file: Option<PathBuf>,
+}
+
+impl From<&ImagesConfig> for ImageSettings {
+    fn from(c: &ImagesConfig) -> ImageSettings {
+        ImageSettings {
+            registry_mirror: c.registry_mirror.clone(),
+            download_mirror: c.download_mirror.clone(),
+            insecure_registries: c.insecure_registries.clone(),
+            cache_dir: None,
+            lock_file: c.lock_file.clone().map(Into::into),
+        }
+    }
+}
+
+impl ImageSettings {
+    /// These settings where set, `under`'s elsewhere; insecure registries are both lists
+    /// (these first).
+    pub fn over(self, under: ImageSettings) -> ImageSettings {
+        let mut insecure_registries = self.insecure_registries;
+        insecure_registries.extend(under.insecure_registries);
+        ImageSettings {
+            registry_mirror: self.registry_mirror.or(under.registry_mirror),
+            download_mirror: self.download_mirror.or(under.download_mirror),
+            insecure_registries,
+            cache_dir: self.cache_dir.or(under.cache_dir),
+            lock_file: self.lock_file.or(under.lock_file),
+        }
+    }
 }
 
 /// What [`ImageSupply::ensure`] did for one service.
@@ -138,6 +187,38 @@ pub struct Built {
 pub type Indexes = Vec<Option<LayerIndex>>;
 
 impl ImageSupply {
+    /// Images built from the recipes over upstream images reached as `settings` say: the
+    /// lock file it names (else the embedded one), the default cache unless it names one.
+    pub fn from_settings(settings: ImageSettings) -> Result<ImageSupply, SupplyError> {
+        let lock = match &settings.lock_file {
+            Some(p) => ImagesLock::load(p).map_err(|source| SupplyError::Lock {
+                path: p.clone(),
+                source,
+            })?,
+            None => ImagesLock::embedded().map_err(SupplyError::EmbeddedLock)?,
+        };
+        Ok(ImageSupply {
+            registry_mirror: settings.registry_mirror,
+            download_mirror: settings.download_mirror,
+            insecure_registries: settings.insecure_registries,
+            cache_dir: settings.cache_dir.unwrap_or_else(BlobCache::default_dir),
+            lock,
+            layout: None,
+        })
+    }
+
+    /// The ready Atlas images of an OCI layout (an unpacked bundle's): no registry at all.
+    pub fn from_layout(layout: &Path, lock: ImagesLock) -> ImageSupply {
+        ImageSupply {
+            registry_mirror: None,
+            download_mirror: None,
+            insecure_registries: Vec::new(),
+            cache_dir: layout.join(".cache"),
+            lock,
+            layout: Some(layout.to_path_buf()),
+        }
+    }
+
     /// Makes `alias` in `client`'s project point at the current Atlas image of `service`.
     pub async fn ensure(
         &self,
@@ -588,4 +669,48 @@ async fn current_with_digest(
     Ok(image
         .filter(|i| i.value.properties.get(DIGEST_PROPERTY).map(String::as_str) == Some(digest))
         .map(|i| i.value.fingerprint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_config_and_insecure_registries_add_up() {
+        let flags = ImageSettings {
+            registry_mirror: Some("mirror.flag:5000".into()),
+            insecure_registries: vec!["flag.example".into()],
+            cache_dir: Some("/flag/cache".into()),
+            ..ImageSettings::default()
+        };
+        let config = ImagesConfig {
+            registry_mirror: Some("mirror.config".into()),
+            download_mirror: Some("file:///config".into()),
+            insecure_registries: vec!["config.example".into()],
+            lock_file: Some("/config/images.lock".into()),
+            aliases: Default::default(),
+        };
+        let s = flags.over((&config).into());
+        assert_eq!(s.registry_mirror.as_deref(), Some("mirror.flag:5000"));
+        assert_eq!(s.download_mirror.as_deref(), Some("file:///config"));
+        assert_eq!(s.insecure_registries, ["flag.example", "config.example"]);
+        assert_eq!(s.cache_dir.as_deref(), Some(Path::new("/flag/cache")));
+        assert_eq!(
+            s.lock_file.as_deref(),
+            Some(Path::new("/config/images.lock"))
+        );
+    }
+
+    #[test]
+    fn no_settings_mean_the_embedded_lock_and_the_default_cache() {
+        let s = ImageSupply::from_settings(ImageSettings::default()).unwrap();
+        assert_eq!(s.cache_dir, BlobCache::default_dir());
+        assert!(s.registry_mirror.is_none() && s.layout.is_none());
+        let e = ImageSupply::from_settings(ImageSettings {
+            lock_file: Some("/nonexistent/images.lock".into()),
+            ..ImageSettings::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "images lock /nonexistent/images.lock");
+    }
 }

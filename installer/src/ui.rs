@@ -21,15 +21,6 @@ pub fn progress(mode: ProgressMode) -> Arc<dyn Progress> {
     }
 }
 
-/// Prints an error and its causes, one per line, the way an operator reads them.
-pub fn print_error(err: &anyhow::Error) {
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {err}");
-    for cause in err.chain().skip(1) {
-        let _ = writeln!(stderr, "  caused by: {cause}");
-    }
-}
-
 /// `2026-11-26T10:43:38Z`, now.
 fn utc_now() -> String {
     atlas_install::clock::rfc3339(atlas_install::clock::now_secs())

@@ -7,56 +7,49 @@ use std::process::ExitCode;
 use anyhow::Result;
 use atlas_install::engine::backup::{self, VolumeListing, VolumeSet};
 
-use crate::cli::{BackupCommand, GlobalArgs};
+use super::Context;
+use crate::cli::BackupCommand;
 
-pub fn run(cmd: BackupCommand, global: &GlobalArgs) -> Result<ExitCode> {
+pub fn run(ctx: &Context, cmd: BackupCommand) -> Result<ExitCode> {
     match cmd {
-        BackupCommand::Snapshot { name } => snapshot(global, name.as_deref()),
-        BackupCommand::List => list(global),
-        BackupCommand::Export { out } => export(global, &out),
-        BackupCommand::Restore { dir } => restore(global, &dir),
+        BackupCommand::Snapshot { name } => snapshot(ctx, name.as_deref()),
+        BackupCommand::List => list(ctx),
+        BackupCommand::Export { out } => export(ctx, &out),
+        BackupCommand::Restore { dir } => restore(ctx, &dir),
     }
 }
 
-fn json_out(value: &impl serde::Serialize) -> Result<()> {
-    super::plan::print(&format!("{}\n", serde_json::to_string_pretty(value)?));
-    Ok(())
-}
-
-fn snapshot(global: &GlobalArgs, name: Option<&str>) -> Result<ExitCode> {
+fn snapshot(ctx: &Context, name: Option<&str>) -> Result<ExitCode> {
     if let Some(n) = name {
         // Before connecting: a bad name is the operator's to fix, whatever Incus holds.
         backup::check_snapshot_name(n)?;
     }
-    let ctx = super::install::Ctx::new(global)?;
-    let _lock = ctx.lock(global, "backup snapshot")?;
-    let set = VolumeSet::from_config(&ctx.config);
-    let taken = ctx.runtime.block_on(backup::snapshot(
-        &ctx.client,
-        &set,
-        name,
-        ctx.progress.as_ref(),
-    ))?;
-    if global.json {
-        json_out(&serde_json::json!({ "snapshots": taken }))?;
+    ctx.deployment()?;
+    let _lock = ctx.lock("backup snapshot")?;
+    let set = VolumeSet::from_config(ctx.config()?);
+    let taken = ctx.block_on(backup::snapshot(ctx.client()?, &set, name, ctx.progress()))??;
+    if ctx.printer.json_mode() {
+        ctx.printer
+            .json(&serde_json::json!({ "snapshots": taken }))?;
     } else {
         for t in &taken {
-            eprintln!("Snapshot {}/{}", t.volume, t.snapshot);
+            ctx.printer
+                .note(format_args!("Snapshot {}/{}", t.volume, t.snapshot));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(global: &GlobalArgs) -> Result<ExitCode> {
-    let ctx = super::install::Ctx::new(global)?;
-    let set = VolumeSet::from_config(&ctx.config);
-    let listing = ctx.runtime.block_on(backup::list(&ctx.client, &set))?;
-    if global.json {
-        json_out(
+fn list(ctx: &Context) -> Result<ExitCode> {
+    ctx.deployment()?;
+    let set = VolumeSet::from_config(ctx.config()?);
+    let listing = ctx.block_on(backup::list(ctx.client()?, &set))??;
+    if ctx.printer.json_mode() {
+        ctx.printer.json(
             &serde_json::json!({ "project": set.project, "pool": set.pool, "volumes": listing }),
         )?;
     } else {
-        super::plan::print(&table(&listing));
+        ctx.printer.text(&table(&listing))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -126,77 +119,80 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn export(global: &GlobalArgs, out: &Path) -> Result<ExitCode> {
-    let ctx = super::install::Ctx::new(global)?;
-    let _lock = ctx.lock(global, "backup export")?;
-    let set = VolumeSet::from_config(&ctx.config);
-    let manifest = ctx.runtime.block_on(backup::export(
-        &ctx.client,
-        &set,
-        out,
-        ctx.progress.as_ref(),
-    ))?;
-    if global.json {
-        json_out(&manifest)?;
-    } else {
-        for e in &manifest.volumes {
-            eprintln!(
-                "{}: {} ({}, sha256 {})",
-                e.volume,
-                out.join(&e.file).display(),
-                human_bytes(e.size),
-                e.sha256
-            );
-        }
-        eprintln!(
-            "Exported {} volumes; manifest: {}",
-            manifest.volumes.len(),
-            out.join(backup::MANIFEST).display()
-        );
+fn export(ctx: &Context, out: &Path) -> Result<ExitCode> {
+    let printer = ctx.printer;
+    ctx.deployment()?;
+    let _lock = ctx.lock("backup export")?;
+    let set = VolumeSet::from_config(ctx.config()?);
+    let manifest = ctx.block_on(backup::export(ctx.client()?, &set, out, ctx.progress()))??;
+    if printer.json_mode() {
+        printer.json(&manifest)?;
+        return Ok(ExitCode::SUCCESS);
     }
+    for e in &manifest.volumes {
+        printer.note(format_args!(
+            "{}: {} ({}, sha256 {})",
+            e.volume,
+            out.join(&e.file).display(),
+            human_bytes(e.size),
+            e.sha256
+        ));
+    }
+    printer.note(format_args!(
+        "Exported {} volumes; manifest: {}",
+        manifest.volumes.len(),
+        out.join(backup::MANIFEST).display()
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(global: &GlobalArgs, dir: &Path) -> Result<ExitCode> {
+fn restore(ctx: &Context, dir: &Path) -> Result<ExitCode> {
+    let printer = ctx.printer;
     // Checked before anything is asked, connected to or touched.
-    let manifest = backup::verify(dir, crate::ui::progress(global.progress).as_ref())?;
-    let ctx = super::install::Ctx::new(global)?;
-    let _lock = ctx.lock(global, "backup restore")?;
-    let set = VolumeSet::from_config(&ctx.config);
-    eprintln!(
+    let manifest = backup::verify(dir, ctx.progress())?;
+    ctx.deployment()?;
+    let _lock = ctx.lock("backup restore")?;
+    let set = VolumeSet::from_config(ctx.config()?);
+    printer.note(format_args!(
         "Backup of project {} taken {} by atlas-install {}:",
         manifest.project, manifest.created_at, manifest.atlas_version
-    );
+    ));
     for e in &manifest.volumes {
-        eprintln!("  {} (instance {}) from {}", e.volume, e.instance, e.file);
+        printer.note(format_args!(
+            "  {} (instance {}) from {}",
+            e.volume, e.instance, e.file
+        ));
     }
-    eprintln!(
+    printer.note(format_args!(
         "Into project {} (pool {}): running instances using these volumes are stopped and \
          started again; the data each volume holds now is kept as snapshot pre-restore-<time>.",
         set.project, set.pool
-    );
-    if !super::install::confirm(global, "restore these volumes")? {
-        eprintln!("Cancelled. Nothing was changed.");
+    ));
+    if !printer.confirm("restore these volumes")? {
+        printer.note("Cancelled. Nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
-    let report = ctx.runtime.block_on(backup::restore_verified(
-        &ctx.client,
+    let report = ctx.block_on(backup::restore_verified(
+        ctx.client()?,
         &set,
         dir,
         manifest,
-        ctx.progress.as_ref(),
-    ))?;
-    if global.json {
-        json_out(&report.volumes)?;
-    } else {
-        for v in &report.volumes {
-            match &v.safety_snapshot {
-                Some(s) => eprintln!(
-                    "Restored {}; its former data is in snapshot {}/{s}",
-                    v.volume, v.volume
-                ),
-                None => eprintln!("Restored {} (created from the backup)", v.volume),
-            }
+        ctx.progress(),
+    ))??;
+    if printer.json_mode() {
+        printer.json(&report.volumes)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for v in &report.volumes {
+        match &v.safety_snapshot {
+            Some(s) => printer.note(format_args!(
+                "Restored {}; its former data is in snapshot {}/{s}",
+                v.volume, v.volume
+            )),
+            None => printer.note(format_args!(
+                "Restored {} (created from the backup)",
+                v.volume
+            )),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,35 +1,27 @@
 //! `atlas-install bundle create|verify|inspect`. Results on stdout (`--json` for machines),
 //! progress and notes on stderr.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use atlas_image::build;
 use atlas_image::lock::ImagesLock;
-use atlas_image::progress::Progress;
 use atlas_image::recipe::Recipe;
 use atlas_install::bundle::{self, CreateSpec, Inspection, RecipeBuild, RegistrySource};
 use atlas_install::signing::Trust;
 use serde_json::json;
 
-use crate::cli::{BundleCommand, BundleCreateArgs, GlobalArgs};
+use super::Context;
+use crate::cli::{BundleCommand, BundleCreateArgs};
+use crate::printer::Printer;
 
-macro_rules! say {
-    ($($arg:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")?
-    };
-}
-
-pub fn run(cmd: BundleCommand, global: &GlobalArgs) -> Result<ExitCode> {
-    let progress = crate::ui::progress(global.progress);
+pub fn run(ctx: &Context, cmd: BundleCommand) -> Result<ExitCode> {
     match cmd {
-        BundleCommand::Create(args) => create(&args, global, progress),
+        BundleCommand::Create(args) => create(ctx, &args),
         BundleCommand::Verify { file, trust } => {
             let trust = super::signature::trust(&trust)?;
-            verify(&file, &trust, global, progress.as_ref())
+            verify(ctx, &file, &trust)
         }
         BundleCommand::Inspect {
             file,
@@ -37,55 +29,45 @@ pub fn run(cmd: BundleCommand, global: &GlobalArgs) -> Result<ExitCode> {
         } => {
             let bytes = bundle::sbom(&file, &name)
                 .with_context(|| format!("{}: the bill of materials of {name}", file.display()))?;
-            super::sbom::print(&bytes, global.json)?;
+            super::sbom::print(ctx.printer, &bytes)?;
             Ok(ExitCode::SUCCESS)
         }
-        BundleCommand::Inspect { file, sbom: None } => inspect(&file, global),
+        BundleCommand::Inspect { file, sbom: None } => inspect(ctx.printer, &file),
     }
 }
 
-fn create(
-    args: &BundleCreateArgs,
-    global: &GlobalArgs,
-    progress: Arc<dyn Progress>,
-) -> Result<ExitCode> {
+fn create(ctx: &Context, args: &BundleCreateArgs) -> Result<ExitCode> {
+    let printer = ctx.printer;
     // The key first: a wrong password fails now, not after the images were built.
     let mut spec = create_spec(args)?;
     if let Some(key) = &args.sign {
         spec.sign = Some(super::signature::load_key(key, &args.password)?);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let created = rt
-        .block_on(bundle::create(&spec, &args.out, progress.as_ref()))
+    let created = ctx
+        .block_on(bundle::create(&spec, &args.out, ctx.progress()))?
         .with_context(|| format!("creating bundle {}", args.out.display()))?;
     // Always said, whatever --progress: these digests were not chosen, only observed.
     for (base, digest) in &created.pinned {
-        eprintln!(
-            "warning: {base} is not in the images lock: pinned to {digest} as pulled, in the bundle's images.lock"
-        );
+        printer.warn(format_args!(
+            "{base} is not in the images lock: pinned to {digest} as pulled, in the bundle's images.lock"
+        ));
     }
     let manifest = created.manifest;
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
-    if global.json {
-        say!(
-            "{}",
-            json!({"out": args.out, "bytes": size, "manifest": manifest})
-        );
+    if printer.json_mode() {
+        printer.line(json!({"out": args.out, "bytes": size, "manifest": manifest}))?;
     } else {
         let signed = match &spec.sign {
             Some(k) => format!("signed by key ID {}", k.id),
             None => "NOT signed".to_owned(),
         };
-        eprintln!(
+        printer.note(format_args!(
             "Wrote {} ({size} bytes, {} members, {signed}): atlas-install {} for {}",
             args.out.display(),
             manifest.members.len() + 2 + usize::from(spec.sign.is_some()),
             manifest.version,
             manifest.arch
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -131,24 +113,19 @@ fn recipes(services: &[String]) -> Result<Vec<RecipeBuild>> {
         .collect()
 }
 
-fn verify(
-    file: &Path,
-    trust: &Trust,
-    global: &GlobalArgs,
-    progress: &dyn Progress,
-) -> Result<ExitCode> {
-    let v = bundle::verify(file, trust, progress)
+fn verify(ctx: &Context, file: &Path, trust: &Trust) -> Result<ExitCode> {
+    let printer = ctx.printer;
+    let v = bundle::verify(file, trust, ctx.progress())
         .with_context(|| format!("bundle {} failed verification", file.display()))?;
     let m = &v.manifest;
-    if global.json {
-        say!(
-            "{}",
+    if printer.json_mode() {
+        printer.line(
             json!({"file": file, "ok": true, "signer": v.signer, "version": m.version,
                    "arch": m.arch, "created": m.created, "members": m.members.len() + 2,
-                   "images": v.images})
-        );
+                   "images": v.images}),
+        )?;
     } else {
-        say!(
+        printer.line(format_args!(
             "OK {}: {}; atlas-install {} ({}) for {}, created {}; {} members and {} images checked",
             file.display(),
             v.signer,
@@ -158,49 +135,49 @@ fn verify(
             m.created,
             m.members.len() + 2,
             v.images.len()
-        );
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(file: &Path, global: &GlobalArgs) -> Result<ExitCode> {
+fn inspect(printer: &Printer, file: &Path) -> Result<ExitCode> {
     let i = bundle::inspect(file).with_context(|| format!("inspecting {}", file.display()))?;
-    if global.json {
-        say!("{}", serde_json::to_string(&i).context("encoding JSON")?);
+    if printer.json_mode() {
+        printer.json_line(&i)?;
         return Ok(ExitCode::SUCCESS);
     }
-    print_inspection(&i)?;
+    print_inspection(printer, &i)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_inspection(i: &Inspection) -> Result<()> {
+fn print_inspection(printer: &Printer, i: &Inspection) -> Result<()> {
     let m = &i.manifest;
-    say!("bundle   {} ({} bytes)", i.file, i.file_size);
-    say!("version  {} (commit {})", m.version, m.git_commit);
-    say!("arch     {}", m.arch);
-    say!("created  {}", m.created);
-    say!("");
-    say!(
+    printer.line(format_args!("bundle   {} ({} bytes)", i.file, i.file_size))?;
+    printer.line(format_args!(
+        "version  {} (commit {})",
+        m.version, m.git_commit
+    ))?;
+    printer.line(format_args!("arch     {}", m.arch))?;
+    printer.line(format_args!("created  {}", m.created))?;
+    printer.line("")?;
+    printer.line(format_args!(
         "{:<40} {:<6} {:<20} {:>12}  DIGEST",
-        "IMAGE",
-        "ROLE",
-        "VERSION",
-        "BYTES"
-    );
+        "IMAGE", "ROLE", "VERSION", "BYTES"
+    ))?;
     for img in &i.images {
-        say!(
+        printer.line(format_args!(
             "{:<40} {:<6} {:<20} {:>12}  {}",
             img.name,
             img.role,
             img.version.as_deref().unwrap_or("-"),
             img.size,
             img.digest
-        );
+        ))?;
     }
-    say!("");
-    say!(
+    printer.line("")?;
+    printer.line(format_args!(
         "(a listing, not a check: run `atlas-install bundle verify {}`)",
         i.file
-    );
+    ))?;
     Ok(())
 }

@@ -4,22 +4,24 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 use atlas_install::config::{self, ConfigError};
 
-use crate::cli::{ConfigCommand, GlobalArgs};
+use super::Context;
+use crate::cli::ConfigCommand;
+use crate::printer::Printer;
 
-pub fn run(cmd: ConfigCommand, global: &GlobalArgs) -> Result<ExitCode> {
+pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<ExitCode> {
     match cmd {
-        ConfigCommand::Init { out, force } => init(&out, force),
-        ConfigCommand::Show => show(global),
-        ConfigCommand::Validate => validate(global),
+        ConfigCommand::Init { out, force } => init(ctx.printer, &out, force),
+        ConfigCommand::Show => show(ctx),
+        ConfigCommand::Validate => validate(ctx),
     }
 }
 
 /// Writes the commented defaults. Refuses to replace a file unless told to: it may hold the
 /// operator's only copy of their settings.
-fn init(out: &Path, force: bool) -> Result<ExitCode> {
+fn init(printer: &Printer, out: &Path, force: bool) -> Result<ExitCode> {
     if out.exists() && !force {
         bail!(
             "{} already exists; nothing was written (use --force to overwrite it)",
@@ -28,10 +30,10 @@ fn init(out: &Path, force: bool) -> Result<ExitCode> {
     }
     write_file(out, config::DEFAULT_FILE.as_bytes())
         .with_context(|| format!("cannot write {}", out.display()))?;
-    eprintln!(
+    printer.note(format_args!(
         "wrote {} (every setting at its default; edit it, then run `atlas-install config validate`)",
         out.display()
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -65,32 +67,28 @@ fn write_file(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn show(global: &GlobalArgs) -> Result<ExitCode> {
-    let cfg = super::load_config(global)?;
-    let mut stdout = std::io::stdout().lock();
-    if global.json {
-        serde_json::to_writer_pretty(&mut stdout, &config::to_json(&cfg))?;
-        writeln!(stdout)?;
+fn show(ctx: &Context) -> Result<ExitCode> {
+    let cfg = ctx.config()?;
+    if ctx.printer.json_mode() {
+        ctx.printer.json(&config::to_json(cfg))?;
     } else {
-        write!(stdout, "{}", config::to_toml(&cfg))?;
+        ctx.printer.text(&config::to_toml(cfg))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(global: &GlobalArgs) -> Result<ExitCode> {
-    let loaded = config::load(&super::load_options(global)?);
+fn validate(ctx: &Context) -> Result<ExitCode> {
+    let printer = ctx.printer;
+    let loaded = config::load(&ctx.load_options()?);
     match loaded {
         Ok(l) => {
-            super::print_warnings(&l.warnings);
-            let mut stdout = std::io::stdout().lock();
-            if global.json {
-                writeln!(
-                    stdout,
-                    "{}",
-                    serde_json::json!({ "ok": true, "file": l.source_name, "warnings": l.warnings })
+            ctx.print_warnings(&l.warnings);
+            if printer.json_mode() {
+                printer.line(
+                    serde_json::json!({ "ok": true, "file": l.source_name, "warnings": l.warnings }),
                 )?;
             } else {
-                writeln!(stdout, "ok: {}", l.source_name)?;
+                printer.line(format_args!("ok: {}", l.source_name))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -98,20 +96,19 @@ fn validate(global: &GlobalArgs) -> Result<ExitCode> {
             origin,
             diagnostics,
         }) => {
-            if global.json {
-                let v = serde_json::json!({ "ok": false, "file": origin, "problems": diagnostics });
-                writeln!(std::io::stdout().lock(), "{v}")?;
+            if printer.json_mode() {
+                printer.line(
+                    serde_json::json!({ "ok": false, "file": origin, "problems": diagnostics }),
+                )?;
             }
             let n = diagnostics.len();
-            let mut stderr = std::io::stderr().lock();
             for d in &diagnostics {
-                writeln!(stderr, "error: {d}")?;
+                printer.note(format_args!("error: {d}"));
             }
-            writeln!(
-                stderr,
+            printer.note(format_args!(
                 "{origin}: {n} problem{} found; nothing was changed",
                 if n == 1 { "" } else { "s" }
-            )?;
+            ));
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),

@@ -5,19 +5,20 @@ use std::process::ExitCode;
 use anyhow::Result;
 use atlas_install::engine::destroy;
 
-use crate::cli::{DestroyArgs, GlobalArgs};
+use super::Context;
+use crate::cli::DestroyArgs;
 
-pub fn run(global: &GlobalArgs, args: &DestroyArgs) -> Result<ExitCode> {
-    let ctx = super::install::Ctx::new(global)?;
-    let _lock = ctx.lock(global, "destroy")?;
-    let plan =
-        ctx.runtime
-            .block_on(destroy::plan(&ctx.client, &ctx.config, args.delete_volumes))?;
+pub fn run(ctx: &Context, args: &DestroyArgs) -> Result<ExitCode> {
+    let printer = ctx.printer;
+    ctx.deployment()?;
+    let (config, client) = (ctx.config()?, ctx.client()?);
+    let _lock = ctx.lock("destroy")?;
+    let plan = ctx.block_on(destroy::plan(client, config, args.delete_volumes))??;
     let shown = plan.to_string();
-    if global.json {
-        eprint!("{shown}");
+    if printer.json_mode() {
+        printer.note_text(&shown);
     } else {
-        super::plan::print(&shown);
+        printer.text(&shown)?;
     }
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
@@ -27,27 +28,21 @@ pub fn run(global: &GlobalArgs, args: &DestroyArgs) -> Result<ExitCode> {
     } else {
         "destroy these objects"
     };
-    if !super::install::confirm(global, what)? {
-        eprintln!("Cancelled. Nothing was changed.");
+    if !printer.confirm(what)? {
+        printer.note("Cancelled. Nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
-    let writes = ctx.runtime.block_on(destroy::apply(
-        &ctx.client,
-        &ctx.config,
-        &plan,
-        ctx.progress.as_ref(),
-    ))?;
-    if global.json {
-        super::plan::print(&format!(
-            "{}\n",
-            serde_json::json!({"destroyed": plan.delete, "kept": plan.keep, "wiring": plan.wiring, "writes": writes})
-        ));
+    let writes = ctx.block_on(destroy::apply(client, config, &plan, ctx.progress()))??;
+    if printer.json_mode() {
+        printer.line(
+            serde_json::json!({"destroyed": plan.delete, "kept": plan.keep, "wiring": plan.wiring, "writes": writes}),
+        )?;
     } else {
-        eprintln!(
+        printer.note(format_args!(
             "Destroyed {} objects ({writes} writing API calls); kept {}.",
             plan.delete.len(),
             plan.keep.len()
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,6 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use atlas_image::build::{self, AtlasImage, AtlasSpec, IndexingObserver, PreparedUnified};
@@ -22,38 +21,28 @@ use atlas_install::supply::{ImageSupply, RecipeBuild, chosen_plugins};
 use serde_json::json;
 use sha2::Digest as _;
 
-use crate::cli::{GlobalArgs, ImageBuildArgs, ImageCommand, RegistryArgs};
+use super::Context;
+use crate::cli::{ImageBuildArgs, ImageCommand, RegistryArgs};
+use crate::printer::Printer;
 
-/// A line of the command's result on stdout (a closed pipe is an error, not a panic).
-macro_rules! say {
-    ($($arg:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")?
-    };
-}
-
-pub fn run(cmd: ImageCommand, global: &GlobalArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let progress = crate::ui::progress(global.progress);
-    rt.block_on(async {
+pub fn run(ctx: &Context, cmd: ImageCommand) -> Result<ExitCode> {
+    ctx.block_on(async {
         match cmd {
             ImageCommand::Convert {
                 source,
                 out,
                 registry,
-            } => convert(&source, &out, &registry, global, progress).await,
+            } => convert(ctx, &source, &out, &registry).await,
             ImageCommand::Import {
                 source,
                 alias,
                 registry,
-            } => import(&source, &alias, &registry, global, progress).await,
-            ImageCommand::Build(args) => build_cmd(&args, global, progress).await,
-            ImageCommand::Lock { out, registry } => lock(&out, &registry, global).await,
-            ImageCommand::Inspect { image, sbom } => inspect(&image, sbom, global).await,
+            } => import(ctx, &source, &alias, &registry).await,
+            ImageCommand::Build(args) => build_cmd(ctx, &args).await,
+            ImageCommand::Lock { out, registry } => lock(ctx.printer, &out, &registry).await,
+            ImageCommand::Inspect { image, sbom } => inspect(ctx, &image, sbom).await,
         }
-    })
+    })?
 }
 
 pub(super) fn cache(reg: &RegistryArgs) -> Result<BlobCache> {
@@ -135,20 +124,20 @@ async fn converted(
 }
 
 async fn convert(
+    ctx: &Context<'_>,
     source: &str,
     out: &Path,
     reg: &RegistryArgs,
-    global: &GlobalArgs,
-    progress: Arc<dyn Progress>,
 ) -> Result<ExitCode> {
-    let (image, indexes) = converted(source, reg, progress.as_ref()).await?;
+    let (printer, progress) = (ctx.printer, ctx.progress());
+    let (image, indexes) = converted(source, reg, progress).await?;
     let to_stdout = out == Path::new("-");
     let task = progress.task(&format!("write {}", out.display()), None);
     let stats = tokio::task::block_in_place(|| -> Result<_> {
         // Every layer is checked before the output is opened: bad input leaves no file.
         let prepared = PreparedUnified::with_indexes(&image, indexes, 0)?;
         if to_stdout {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, printer.stream());
             let stats = prepared.write(&mut w)?;
             w.flush().context("writing to stdout")?;
             return Ok(stats);
@@ -164,16 +153,16 @@ async fn convert(
         "image_digest": image.manifest_digest.to_string(),
         "base_digest": image.base.manifest_digest.to_string(),
     });
-    if global.json && !to_stdout {
-        say!("{summary}");
+    if printer.json_mode() && !to_stdout {
+        printer.line(summary)?;
     } else {
-        eprintln!(
+        printer.note(format_args!(
             "Wrote {} ({} bytes, {} entries): Incus unified tarball of {}",
             out.display(),
             stats.tar_bytes,
             stats.entries,
             image.base.source
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -222,8 +211,8 @@ fn write_file_atomically<T>(
 }
 
 /// The Incus client of the config, checked to answer and to have the project.
-async fn connect(global: &GlobalArgs) -> Result<atlas_install::incus::Client> {
-    let config = super::load_config(global)?;
+async fn connect(ctx: &Context<'_>) -> Result<atlas_install::incus::Client> {
+    let config = ctx.config()?;
     let client = atlas_install::incus::Client::from_config(&config.incus)?;
     client.server().await.context("connecting to Incus")?;
     let project = client.project().to_owned();
@@ -238,8 +227,9 @@ async fn connect(global: &GlobalArgs) -> Result<atlas_install::incus::Client> {
 
 /// `image inspect NAME [--sbom]`: the image's properties, or its recorded bill of materials
 /// (the unified tarball's `sbom.cdx.json`, checked against the sha256 the property records).
-async fn inspect(name: &str, sbom: bool, global: &GlobalArgs) -> Result<ExitCode> {
-    let client = connect(global).await?;
+async fn inspect(ctx: &Context<'_>, name: &str, sbom: bool) -> Result<ExitCode> {
+    let printer = ctx.printer;
+    let client = connect(ctx).await?;
     let fingerprint = match client.get_image_alias(name).await {
         Ok(a) => a.value.target,
         Err(e) if e.is_not_found() => name.to_owned(),
@@ -251,15 +241,15 @@ async fn inspect(name: &str, sbom: bool, global: &GlobalArgs) -> Result<ExitCode
         .with_context(|| format!("no image {name} (alias or fingerprint) in the project"))?
         .value;
     if !sbom {
-        if global.json {
-            say!(
-                "{}",
-                serde_json::to_string(&image).context("encoding JSON")?
-            );
+        if printer.json_mode() {
+            printer.json_line(&image)?;
         } else {
-            say!("image        {} ({})", name, image.fingerprint);
+            printer.line(format_args!(
+                "image        {} ({})",
+                name, image.fingerprint
+            ))?;
             for (k, v) in &image.properties {
-                say!("{k:<28} {v}");
+                printer.line(format_args!("{k:<28} {v}"))?;
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -283,7 +273,7 @@ async fn inspect(name: &str, sbom: bool, global: &GlobalArgs) -> Result<ExitCode
             "image {name}: {member} has sha256 {actual}, but the image records {sum}: it does not belong to this image"
         );
     }
-    super::sbom::print(&bytes, global.json)?;
+    super::sbom::print(printer, &bytes)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -292,20 +282,19 @@ async fn import_built(
     image: &AtlasImage,
     indexes: Indexes,
     aliases: &[String],
-    global: &GlobalArgs,
-    progress: &dyn Progress,
+    printer: &Printer,
+    json: bool,
 ) -> Result<imageops::ImportOutcome> {
+    let progress = printer.progress();
     let outcome = imageops::import(client, image, indexes, aliases, progress).await?;
     let fp = &outcome.fingerprint;
-    if global.json {
+    if json {
         let aliases: Vec<_> = outcome
             .aliases
             .iter()
             .map(|(a, c)| json!({"name": a, "change": c.as_str()}))
             .collect();
-        say!(
-            "{}",
-            json!({
+        printer.line(json!({
                 "fingerprint": fp,
                 "created": outcome.created,
                 "project": client.project(),
@@ -313,10 +302,9 @@ async fn import_built(
                 "aliases": aliases,
                 "image_digest": image.manifest_digest.to_string(),
                 "properties": imageops::properties_json(&image.incus_properties()),
-            })
-        );
+        }))?;
     } else {
-        say!("{fp}");
+        printer.line(fp)?;
         let what = if outcome.created {
             format!(
                 "imported into project {} ({} bytes streamed)",
@@ -326,25 +314,26 @@ async fn import_built(
         } else {
             format!("already in project {}; reused", client.project())
         };
-        eprintln!("Image {fp} {what}");
+        printer.note(format_args!("Image {fp} {what}"));
         for (a, c) in &outcome.aliases {
-            eprintln!("Alias {a}: {}", c.as_str());
+            printer.note(format_args!("Alias {a}: {}", c.as_str()));
         }
     }
     Ok(outcome)
 }
 
 async fn import(
+    ctx: &Context<'_>,
     source: &str,
     aliases: &[String],
     reg: &RegistryArgs,
-    global: &GlobalArgs,
-    progress: Arc<dyn Progress>,
 ) -> Result<ExitCode> {
+    let printer = ctx.printer;
     // Reach Incus first: a wrong socket or project should fail before a long pull.
-    let client = connect(global).await?;
-    let (image, indexes) = converted(source, reg, progress.as_ref()).await?;
-    import_built(&client, &image, indexes, aliases, global, progress.as_ref()).await?;
+    let client = connect(ctx).await?;
+    let (image, indexes) = converted(source, reg, ctx.progress()).await?;
+    let json = printer.json_mode();
+    import_built(&client, &image, indexes, aliases, printer, json).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -465,11 +454,8 @@ fn push_target(push: &str, recipe: &Recipe, several: bool) -> Result<ImageRef> {
     })
 }
 
-async fn build_cmd(
-    args: &ImageBuildArgs,
-    global: &GlobalArgs,
-    progress: Arc<dyn Progress>,
-) -> Result<ExitCode> {
+async fn build_cmd(ctx: &Context<'_>, args: &ImageBuildArgs) -> Result<ExitCode> {
+    let printer = ctx.printer;
     let reg = &args.registry;
     let cache = cache(reg)?;
     let lock = match &args.images_lock {
@@ -485,14 +471,7 @@ async fn build_cmd(
         layout: None,
     };
     // The config is read at most once, and only when needed (which services, which plugins).
-    let loaded = std::cell::OnceCell::new();
-    let config = || -> Result<atlas_install::config::Config> {
-        if let Some(c) = loaded.get() {
-            return Ok(Clone::clone(c));
-        }
-        let c = super::load_config(global)?;
-        Ok(loaded.get_or_init(|| c).clone())
-    };
+    let config = || -> Result<atlas_install::config::Config> { Ok(ctx.config()?.clone()) };
     let list = recipes(args, &config)?;
     let several = list.len() > 1;
     let plugins: Vec<Vec<PluginSource>> = list
@@ -518,7 +497,7 @@ async fn build_cmd(
         .collect::<Result<_>>()?;
     let mut results = Vec::new();
     let client = match args.import {
-        true => Some(connect(global).await?),
+        true => Some(connect(ctx).await?),
         false => None,
     };
     let mut failed = Vec::new();
@@ -528,8 +507,7 @@ async fn build_cmd(
             supply: &supply,
             cache: &cache,
             client: client.as_ref(),
-            global,
-            progress: progress.as_ref(),
+            printer,
         };
         let target = Target {
             root: root.as_deref(),
@@ -540,14 +518,14 @@ async fn build_cmd(
             Ok(entry) => results.push(entry),
             // With several services, one failure does not stop the others.
             Err(e) if several => {
-                eprintln!("error: {}: {e:#}", recipe.name);
+                printer.note(format_args!("error: {}: {e:#}", recipe.name));
                 failed.push(recipe.name.clone());
             }
             Err(e) => return Err(e),
         }
     }
-    if global.json {
-        say!("{}", json!({ "images": results, "failed": failed }));
+    if printer.json_mode() {
+        printer.line(json!({ "images": results, "failed": failed }))?;
     }
     if !failed.is_empty() {
         bail!(
@@ -575,14 +553,14 @@ struct BuildStep<'a> {
     supply: &'a ImageSupply,
     cache: &'a BlobCache,
     client: Option<&'a atlas_install::incus::Client>,
-    global: &'a GlobalArgs,
-    progress: &'a dyn Progress,
+    printer: &'a Printer,
 }
 
 impl BuildStep<'_> {
     async fn run(&self, recipe: &Recipe, target: &Target<'_>) -> Result<serde_json::Value> {
         let (root, dest) = (target.root, target.dest);
-        let (args, reg, progress) = (self.args, &self.args.registry, self.progress);
+        let (args, reg, printer) = (self.args, &self.args.registry, self.printer);
+        let progress = printer.progress();
         let plugin_dir = match root {
             Some(r) => r.to_path_buf(),
             None => std::env::current_dir().context("cannot determine the working directory")?,
@@ -597,7 +575,7 @@ impl BuildStep<'_> {
         };
         let built = self.supply.build_recipe(&job, progress).await?;
         for note in &built.pinned {
-            eprintln!("warning: {note}");
+            printer.warn(note);
         }
         let (image, indexes) = (built.image, built.indexes);
         let mut entry = json!({
@@ -630,34 +608,26 @@ impl BuildStep<'_> {
         }
         if let Some(client) = self.client {
             let alias = format!("atlas/{}", recipe.name);
-            let quiet = quiet(self.global);
+            // With --json off, so the nested import does not print its own JSON.
             let out = import_built(
                 client,
                 &image,
                 indexes,
                 std::slice::from_ref(&alias),
-                &quiet,
-                progress,
+                printer,
+                false,
             )
             .await?;
             entry["fingerprint"] = json!(out.fingerprint);
         }
-        if !self.global.json {
-            say!("{} {}", recipe.name, image.manifest_digest);
+        if !printer.json_mode() {
+            printer.line(format_args!("{} {}", recipe.name, image.manifest_digest))?;
         }
         Ok(entry)
     }
 }
 
-/// The global args with --json off, so a nested import does not print its own JSON.
-fn quiet(global: &GlobalArgs) -> GlobalArgs {
-    GlobalArgs {
-        json: false,
-        ..global.clone()
-    }
-}
-
-async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<ExitCode> {
+async fn lock(printer: &Printer, out: &Path, reg: &RegistryArgs) -> Result<ExitCode> {
     let mut refs: Vec<ImageRef> = Vec::new();
     let mut downloads = Vec::new();
     for r in Recipe::embedded()? {
@@ -699,7 +669,7 @@ async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<Exi
         f.write_all(lock.to_toml().as_bytes())?;
         Ok(())
     })?;
-    if global.json {
+    if printer.json_mode() {
         let images: serde_json::Map<_, _> = lock
             .iter()
             .map(|(k, d)| (k.to_owned(), json!(d.to_string())))
@@ -708,17 +678,14 @@ async fn lock(out: &Path, reg: &RegistryArgs, global: &GlobalArgs) -> Result<Exi
             .files()
             .map(|(k, d)| (k.to_owned(), json!(d.to_string())))
             .collect();
-        say!(
-            "{}",
-            json!({ "out": out, "images": images, "files": files })
-        );
+        printer.line(json!({ "out": out, "images": images, "files": files }))?;
     } else {
-        eprintln!(
+        printer.note(format_args!(
             "Wrote {} with {} images and {} downloads",
             out.display(),
             lock.len(),
             lock.files().count()
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

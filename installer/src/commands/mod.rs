@@ -1,15 +1,18 @@
-//! One module per command; each takes its parsed arguments and returns an exit code.
+//! One module per command; each takes the [`Context`] and its parsed arguments and returns
+//! an exit code.
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command};
+use crate::printer::Printer;
 
 mod backup;
 mod bundle;
 mod completions;
 mod config;
+mod context;
 mod destroy;
 mod image;
 mod install;
@@ -19,62 +22,28 @@ mod sbom;
 mod secret;
 mod signature;
 mod status;
+mod test_hooks;
 mod upgrade;
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
+pub use context::Context;
+
+pub fn run(cli: Cli, printer: &Printer) -> Result<ExitCode> {
     let global = cli.global;
+    let ctx = Context::new(&global, printer);
     match cli.command {
-        Command::Completions { shell } => completions::run(shell),
-        Command::Install(args) => install::run(&global, &args),
-        Command::Plan(args) => plan::run(&global, &args),
-        Command::Status => status::run(&global),
-        Command::Destroy(args) => destroy::run(&global, &args),
-        Command::Upgrade(args) => upgrade::run(&global, &args),
-        Command::Rollback(args) => upgrade::rollback(&global, &args),
-        Command::Render(args) => render::run(&global, &args),
-        Command::Config(cmd) => config::run(cmd, &global),
-        Command::Image(cmd) => image::run(cmd, &global),
-        Command::Bundle(cmd) => bundle::run(cmd, &global),
-        Command::Backup(cmd) => backup::run(cmd, &global),
-        Command::Signature(cmd) => signature::run(cmd, &global),
-        Command::Secret(cmd) => secret::run(cmd, &global),
-    }
-    .inspect(|_| drop(global))
-}
-
-/// The effective config for a command: defaults < file < ATLAS_* env < flags. Every problem
-/// is reported at once; warnings (e.g. a token file others can read) go to stderr.
-pub fn load_config(global: &GlobalArgs) -> Result<atlas_install::config::Config> {
-    let loaded = atlas_install::config::load(&load_options(global)?)?;
-    print_warnings(&loaded.warnings);
-    Ok(loaded.config)
-}
-
-pub fn load_options(global: &GlobalArgs) -> Result<atlas_install::config::LoadOptions> {
-    let mut env = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        let Some(k) = k.to_str().filter(|k| k.starts_with("ATLAS_")) else {
-            continue;
-        };
-        let Some(v) = v.to_str() else {
-            anyhow::bail!("environment variable {k} is not valid UTF-8");
-        };
-        env.push((k.to_string(), v.to_string()));
-    }
-    Ok(atlas_install::config::LoadOptions {
-        file: global.config.clone(),
-        cwd: std::env::current_dir().context("cannot determine the working directory")?,
-        env,
-        project: global.project.clone(),
-        incus_socket: global
-            .incus_socket
-            .as_ref()
-            .map(|p| p.display().to_string()),
-    })
-}
-
-pub fn print_warnings(warnings: &[String]) {
-    for w in warnings {
-        eprintln!("warning: {w}");
+        Command::Completions { shell } => completions::run(&ctx, shell),
+        Command::Install(args) => install::run(&ctx, &args),
+        Command::Plan(args) => plan::run(&ctx, &args),
+        Command::Status => status::run(&ctx),
+        Command::Destroy(args) => destroy::run(&ctx, &args),
+        Command::Upgrade(args) => upgrade::run(&ctx, &args),
+        Command::Rollback(args) => upgrade::rollback(&ctx, &args),
+        Command::Render(args) => render::run(&ctx, &args),
+        Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Image(cmd) => image::run(&ctx, cmd),
+        Command::Bundle(cmd) => bundle::run(&ctx, cmd),
+        Command::Backup(cmd) => backup::run(&ctx, cmd),
+        Command::Signature(cmd) => signature::run(&ctx, cmd),
+        Command::Secret(cmd) => secret::run(&ctx, cmd),
     }
 }

@@ -14,24 +14,25 @@ use atlas_install::render::{Credentials, MqttCredential, RenderedSet};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 
-use crate::cli::{GlobalArgs, RenderArgs};
+use super::Context;
+use crate::cli::RenderArgs;
 
-pub fn run(global: &GlobalArgs, args: &RenderArgs) -> Result<ExitCode> {
-    let config = super::load_config(global)?;
+pub fn run(ctx: &Context, args: &RenderArgs) -> Result<ExitCode> {
+    let config = ctx.config()?;
     // The installer keeps the generated secrets in Incus; until there is an installed stack
     // to read them from, `render` shows the files with freshly generated ones.
     let creds = fresh_credentials(&config.mosquitto.users);
     // Offline: the config as it lands on a single server.
-    let deployment = atlas_install::deployment::Deployment::standalone(&config);
+    let deployment = atlas_install::deployment::Deployment::standalone(config);
     let set = atlas_install::render::render(&deployment, &creds)
         .context("rendering the service configuration")?;
     write_set(&set, &args.out)?;
     let files: usize = set.instances.values().map(|i| i.files.len()).sum();
-    eprintln!(
+    ctx.printer.note(format_args!(
         "Wrote {files} files for {} instances under {} (secrets are freshly generated and stored 0600; an install generates its own).",
         set.instances.len(),
         args.out.display()
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 

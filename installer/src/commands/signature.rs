@@ -1,7 +1,7 @@
 //! `atlas-install signature sign|verify`, and the signing key and trust flags the bundle,
 //! install and upgrade commands share.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,16 +9,19 @@ use anyhow::{Context as _, Result, bail};
 use atlas_install::signing::{PublicKey, SIG_SUFFIX, SecretKey, Trust};
 use serde_json::json;
 
-use crate::cli::{GlobalArgs, PasswordArgs, SignatureCommand, TrustArgs};
+use super::Context;
+use crate::cli::{PasswordArgs, SignatureCommand, TrustArgs};
+use crate::printer::Printer;
 
-pub fn run(cmd: SignatureCommand, global: &GlobalArgs) -> Result<ExitCode> {
+pub fn run(ctx: &Context, cmd: SignatureCommand) -> Result<ExitCode> {
+    let printer = ctx.printer;
     match cmd {
         SignatureCommand::Sign {
             key,
             password,
             files,
-        } => sign(&key, &password, &files, global),
-        SignatureCommand::Verify { trust: t, files } => verify(&trust(&t)?, &files, global),
+        } => sign(&key, &password, &files, printer),
+        SignatureCommand::Verify { trust: t, files } => verify(&trust(&t)?, &files, printer),
     }
 }
 
@@ -61,7 +64,7 @@ fn sign(
     key: &Path,
     password: &PasswordArgs,
     files: &[PathBuf],
-    global: &GlobalArgs,
+    printer: &Printer,
 ) -> Result<ExitCode> {
     let key = load_key(key, password)?;
     let mut out = Vec::new();
@@ -76,22 +79,22 @@ fn sign(
         let dest = sig_path(f);
         write_new(&dest, &sig)?;
         out.push(json!({"file": f, "signature": dest, "key_id": key.id}));
-        if !global.json {
-            eprintln!(
+        if !printer.json_mode() {
+            printer.note(format_args!(
                 "Signed {} with key ID {}: {}",
                 f.display(),
                 key.id,
                 dest.display()
-            );
+            ));
         }
     }
-    if global.json {
-        writeln!(std::io::stdout().lock(), "{}", json!(out)).context("writing to stdout")?;
+    if printer.json_mode() {
+        printer.line(json!(out))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(trust: &Trust, files: &[PathBuf], global: &GlobalArgs) -> Result<ExitCode> {
+fn verify(trust: &Trust, files: &[PathBuf], printer: &Printer) -> Result<ExitCode> {
     let mut out = Vec::new();
     for f in files {
         let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
@@ -102,15 +105,14 @@ fn verify(trust: &Trust, files: &[PathBuf], global: &GlobalArgs) -> Result<ExitC
             Err(e) => return Err(e).with_context(|| format!("reading {}", sig_file.display())),
         };
         let signer = trust.check(&f.display().to_string(), &data, sig.as_deref())?;
-        if global.json {
+        if printer.json_mode() {
             out.push(json!({"file": f, "signer": signer}));
         } else {
-            writeln!(std::io::stdout().lock(), "OK {}: {signer}", f.display())
-                .context("writing to stdout")?;
+            printer.line(format_args!("OK {}: {signer}", f.display()))?;
         }
     }
-    if global.json {
-        writeln!(std::io::stdout().lock(), "{}", json!(out)).context("writing to stdout")?;
+    if printer.json_mode() {
+        printer.line(json!(out))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,40 +7,38 @@ use std::time::Duration;
 use anyhow::Result;
 use atlas_install::engine::Options;
 
-use super::install::{Ctx, confirm};
-use crate::cli::{GlobalArgs, RollbackArgs, UpgradeArgs};
+use super::Context;
+use crate::cli::{RollbackArgs, UpgradeArgs};
 
-pub fn run(global: &GlobalArgs, args: &UpgradeArgs) -> Result<ExitCode> {
+pub fn run(ctx: &Context, args: &UpgradeArgs) -> Result<ExitCode> {
     let options = Options {
         upgrade: true,
         rotate_secrets: args.rotate_secrets,
         ..Options::default()
     };
-    super::install::apply(global, &args.source, options)
+    super::install::apply(ctx, &args.source, options)
 }
 
-pub fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Result<ExitCode> {
-    let ctx = Ctx::new(global)?;
-    let _lock = ctx.lock(global, "rollback")?;
-    if !confirm(
-        global,
+pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
+    let printer = ctx.printer;
+    let deployment = ctx.deployment()?;
+    let _lock = ctx.lock("rollback")?;
+    if !printer.confirm(
         "return every service changed by the last upgrade to its previous image, files and data",
     )? {
-        eprintln!("Cancelled. Nothing was changed.");
+        printer.note("Cancelled. Nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
-    let report = ctx
-        .runtime
-        .block_on(atlas_install::engine::upgrade::rollback(
-            &ctx.client,
-            &ctx.deployment,
-            Duration::from_secs(args.health_timeout),
-            ctx.progress.as_ref(),
-        ))?;
-    if global.json {
-        super::plan::print(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+    let report = ctx.block_on(atlas_install::engine::upgrade::rollback(
+        ctx.client()?,
+        deployment,
+        Duration::from_secs(args.health_timeout),
+        ctx.progress(),
+    ))??;
+    if printer.json_mode() {
+        printer.json(&report)?;
     } else {
-        eprintln!(
+        printer.note(format_args!(
             "Rolled back from {} to {}: {}. The data from before the rollback is kept in {}.",
             report.from,
             report.to,
@@ -51,7 +49,7 @@ pub fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Result<ExitCode> {
                 .map(|(v, s)| format!("{v}/{s}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
