@@ -30,6 +30,16 @@ fn profiles_error(c: &Config) -> String {
     profiles(c).unwrap_err().to_string()
 }
 
+/// How grafana01 is served on the web.
+fn grafana_web(c: &mut Config) -> &mut crate::config::WebRoute {
+    c.instances
+        .get_mut("grafana01")
+        .unwrap()
+        .web
+        .as_mut()
+        .unwrap()
+}
+
 /// Asserts that `err` says every one of `parts`.
 fn assert_says(err: &str, parts: &[&str]) {
     assert!(parts.iter().all(|p| err.contains(p)), "{err}");
@@ -283,27 +293,14 @@ fn digest_is_stable_and_sees_every_change() {
 #[test]
 fn values_that_would_break_a_caddyfile_are_refused() {
     let mut c = Config::builtin();
-    c.instances
-        .get_mut("grafana01")
-        .unwrap()
-        .web
-        .as_mut()
-        .unwrap()
-        .login_paths
-        .push("/log in".into());
+    grafana_web(&mut c).login_paths.push("/log in".into());
     let err = render_error(&c);
     assert!(
         err.starts_with("instances.grafana01.web.login_paths = \"/log in\" cannot be used"),
         "{err}"
     );
     let mut c = Config::builtin();
-    c.instances
-        .get_mut("grafana01")
-        .unwrap()
-        .web
-        .as_mut()
-        .unwrap()
-        .domain = "grafana.example.org {".into();
+    grafana_web(&mut c).domain = "grafana.example.org {".into();
     assert!(render_error(&c).starts_with("instances.grafana01.web.domain"));
 }
 
