@@ -122,46 +122,24 @@ impl<'a> Placer<'a> {
             path: path.trim_start_matches('/').to_owned(),
             detail,
         };
-        let mut todo = components(path.as_bytes());
-        todo.reverse();
-        let mut cur: Vec<u8> = Vec::new();
-        let mut hops = 0;
-        while let Some(part) = todo.pop() {
-            match &part[..] {
-                b"" | b"." => continue,
-                b".." => {
-                    cur.truncate(super::path::parent(&cur).len());
-                    continue;
-                }
-                _ => {}
-            }
-            let next = super::path::join(&cur, &part);
-            let last = todo.iter().all(|p| p.is_empty() || p == b".");
-            match self.tree.paths.get(&next[..]) {
-                Some(node) if node.kind == NodeKind::Symlink && (follow_last || !last) => {
-                    hops += 1;
-                    if hops > 40 {
-                        return Err(fail("too many levels of symbolic links".to_owned()));
-                    }
-                    let target = link_target(self.indexes, node);
-                    if target.starts_with(b"/") {
-                        cur.clear();
-                    }
-                    let mut more = components(&target);
-                    more.reverse();
-                    todo.extend(more);
-                }
-                Some(node) if node.kind == NodeKind::Other && !last => {
-                    return Err(fail(format!(
-                        "{} is a file in the image, not a directory",
-                        show_abs(&next)
-                    )));
-                }
-                _ => cur = next,
-            }
-        }
+        let walk = Walk::Placing { follow_last };
+        let cur = self
+            .tree
+            .walk(self.indexes, path.as_bytes(), walk)
+            .map_err(fail)?;
         String::from_utf8(cur).map_err(|_| fail("a symlink on the way is not UTF-8".to_owned()))
     }
+}
+
+/// How [`Tree::walk`] treats the components of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// A path read from the image (`COPY --from`): every component must exist, and every
+    /// symlink is followed, the last component's too.
+    Existing,
+    /// A path a new layer writes: a component that does not exist is kept as written (the
+    /// layer creates it); the last one is followed only with `follow_last`.
+    Placing { follow_last: bool },
 }
 
 #[derive(Default)]
@@ -240,11 +218,19 @@ impl<'a> Tree<'a> {
 
     /// Follows symlinks in `path` (at most 40, like the kernel) to the path it names.
     fn resolve(&self, indexes: &[LayerIndex], path: &[u8]) -> Result<Vec<u8>, LayerError> {
-        let fail = |detail: String| LayerError::Select {
-            path: show(path),
-            detail,
-        };
-        let mut todo: Vec<Vec<u8>> = components(path);
+        self.walk(indexes, path, Walk::Existing)
+            .map_err(|detail| LayerError::Select {
+                path: show(path),
+                detail,
+            })
+    }
+
+    /// `path` (from the image root) with the symlinks met on the way followed as `walk` says:
+    /// absolute targets from the image root, `..` stopping at the root, at most 40 links like
+    /// the kernel. Returns the normalized path, or why there is none (the detail of a
+    /// [`LayerError::Select`]).
+    fn walk(&self, indexes: &[LayerIndex], path: &[u8], walk: Walk) -> Result<Vec<u8>, String> {
+        let mut todo = components(path);
         todo.reverse();
         let mut cur: Vec<u8> = Vec::new();
         let mut hops = 0;
@@ -252,35 +238,43 @@ impl<'a> Tree<'a> {
             match &part[..] {
                 b"" | b"." => continue,
                 b".." => {
-                    let up = super::path::parent(&cur).len();
-                    cur.truncate(up);
+                    cur.truncate(super::path::parent(&cur).len());
                     continue;
                 }
                 _ => {}
             }
             let next = super::path::join(&cur, &part);
-            let node = self
-                .paths
-                .get(&next[..])
-                .ok_or_else(|| fail(format!("{} does not exist", show_abs(&next))))?;
-            if node.kind != NodeKind::Symlink {
-                if node.kind != NodeKind::Dir && !todo.is_empty() {
-                    return Err(fail(format!("{} is not a directory", show_abs(&next))));
+            let last = todo.iter().all(|p| p.is_empty() || p == b".");
+            let follow = match walk {
+                Walk::Existing => true,
+                Walk::Placing { follow_last } => follow_last || !last,
+            };
+            match (self.paths.get(&next[..]), walk) {
+                (Some(node), _) if node.kind == NodeKind::Symlink && follow => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err("too many levels of symbolic links".to_owned());
+                    }
+                    let target = link_target(indexes, node);
+                    if target.starts_with(b"/") {
+                        cur.clear();
+                    }
+                    todo.extend(components(&target).into_iter().rev());
                 }
-                cur = next;
-                continue;
+                (None, Walk::Existing) => {
+                    return Err(format!("{} does not exist", show_abs(&next)));
+                }
+                (Some(node), Walk::Existing) if node.kind != NodeKind::Dir && !todo.is_empty() => {
+                    return Err(format!("{} is not a directory", show_abs(&next)));
+                }
+                (Some(node), Walk::Placing { .. }) if node.kind == NodeKind::Other && !last => {
+                    return Err(format!(
+                        "{} is a file in the image, not a directory",
+                        show_abs(&next)
+                    ));
+                }
+                _ => cur = next,
             }
-            hops += 1;
-            if hops > 40 {
-                return Err(fail("too many levels of symbolic links".to_owned()));
-            }
-            let target = link_target(indexes, node);
-            if target.starts_with(b"/") {
-                cur.clear();
-            }
-            let mut more = components(&target);
-            more.reverse();
-            todo.extend(more);
         }
         Ok(cur)
     }
@@ -485,6 +479,120 @@ impl Errs<'_> {
                 entry,
                 parent,
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Layer, index_layers};
+
+    /// One layer: a usr-merged base (`sbin -> usr/sbin`, `lib -> /usr/lib`, `up -> ../../usr`)
+    /// with the file `usr/sbin/init`, the file `etc/hostname`, and the loop `a -> b -> a`.
+    fn usr_merged() -> Vec<LayerIndex> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, link: Option<&str>| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(if kind == tar::EntryType::Regular {
+                0o644
+            } else {
+                0o755
+            });
+            h.set_size(0);
+            h.set_mtime(0);
+            if let Some(l) = link {
+                h.set_link_name(l).expect("link name");
+            }
+            b.append_data(&mut h, path, &[][..]).expect("append");
+        };
+        add("usr/sbin", tar::EntryType::Directory, None);
+        add("usr/lib", tar::EntryType::Directory, None);
+        add("usr/sbin/init", tar::EntryType::Regular, None);
+        add("etc/hostname", tar::EntryType::Regular, None);
+        for (path, target) in [
+            ("sbin", "usr/sbin"),
+            ("lib", "/usr/lib"),
+            ("up", "../../usr"),
+            ("a", "b"),
+            ("b", "a"),
+        ] {
+            add(path, tar::EntryType::Symlink, Some(target));
+        }
+        let blob = b.into_inner().expect("tar");
+        let digest = format!("sha256:{:064x}", 1);
+        index_layers(&[Layer::from_bytes(digest, None, blob)], 1).expect("index")
+    }
+
+    fn walk(indexes: &[LayerIndex], path: &str, walk: Walk) -> Result<String, String> {
+        let tree = Tree::merged(indexes).expect("merge");
+        let got = tree.walk(indexes, path.as_bytes(), walk)?;
+        Ok(String::from_utf8(got).expect("utf-8"))
+    }
+
+    const EXISTING: Walk = Walk::Existing;
+    const FILE: Walk = Walk::Placing { follow_last: false };
+    const DIR: Walk = Walk::Placing { follow_last: true };
+
+    #[test]
+    fn both_walks_follow_symlinks_on_the_way() {
+        let idx = usr_merged();
+        for w in [EXISTING, FILE, DIR] {
+            assert_eq!(walk(&idx, "/sbin/init", w).as_deref(), Ok("usr/sbin/init"));
+            assert_eq!(
+                walk(&idx, "up/sbin/./init", w).as_deref(),
+                Ok("usr/sbin/init")
+            );
+        }
+        assert_eq!(walk(&idx, "lib/x/../", DIR).as_deref(), Ok("usr/lib"));
+    }
+
+    #[test]
+    fn the_last_symlink_is_followed_unless_a_file_replaces_it() {
+        let idx = usr_merged();
+        assert_eq!(walk(&idx, "sbin", EXISTING).as_deref(), Ok("usr/sbin"));
+        assert_eq!(walk(&idx, "sbin", DIR).as_deref(), Ok("usr/sbin"));
+        assert_eq!(walk(&idx, "sbin", FILE).as_deref(), Ok("sbin"));
+        assert_eq!(walk(&idx, "sbin/", FILE).as_deref(), Ok("sbin"));
+    }
+
+    #[test]
+    fn missing_components_exist_only_for_a_new_layer() {
+        let idx = usr_merged();
+        assert_eq!(
+            walk(&idx, "sbin/new/tool", FILE).as_deref(),
+            Ok("usr/sbin/new/tool")
+        );
+        assert_eq!(
+            walk(&idx, "sbin/new/tool", EXISTING),
+            Err("/usr/sbin/new does not exist".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_file_is_not_a_directory_in_either_walk() {
+        let idx = usr_merged();
+        assert_eq!(
+            walk(&idx, "etc/hostname/x", EXISTING),
+            Err("/etc/hostname is not a directory".to_owned())
+        );
+        assert_eq!(
+            walk(&idx, "etc/hostname/x", FILE),
+            Err("/etc/hostname is a file in the image, not a directory".to_owned())
+        );
+        assert_eq!(
+            walk(&idx, "etc/hostname", FILE).as_deref(),
+            Ok("etc/hostname")
+        );
+    }
+
+    #[test]
+    fn a_symlink_loop_ends_after_forty_links() {
+        let idx = usr_merged();
+        for w in [EXISTING, FILE, DIR] {
+            let e = walk(&idx, "a/x", w).unwrap_err();
+            assert_eq!(e, "too many levels of symbolic links");
         }
     }
 }

@@ -12,41 +12,29 @@ use super::raw::*;
 
 pub(crate) fn resolve(mut raw: RawConfig, secrets: Secrets, diags: &mut Vec<Diagnostic>) -> Config {
     let mut c = Config::builtin();
-    if let Some(s) = raw.incus.take() {
-        s.apply(&mut c.incus);
+    // Each section the file has sets the keys it names over the builtin's.
+    macro_rules! apply {
+        ($($section:ident),+) => {$(
+            if let Some(s) = raw.$section.take() {
+                s.apply(&mut c.$section);
+            }
+        )+};
     }
-    if let Some(s) = raw.caddy.take() {
-        s.apply(&mut c.caddy);
-    }
-    if let Some(s) = raw.grafana.take() {
-        s.apply(&mut c.grafana);
-    }
-    if let Some(s) = raw.prometheus.take() {
-        s.apply(&mut c.prometheus);
-    }
-    if let Some(s) = raw.loki.take() {
-        s.apply(&mut c.loki);
-    }
+    apply!(
+        incus,
+        caddy,
+        grafana,
+        prometheus,
+        loki,
+        step_ca,
+        mosquitto,
+        cloudflared,
+        node_exporter,
+        integrations,
+        images
+    );
     if let Some(s) = raw.alertmanager.take() {
         s.apply(&mut c.alertmanager, diags);
-    }
-    if let Some(s) = raw.step_ca.take() {
-        s.apply(&mut c.step_ca);
-    }
-    if let Some(s) = raw.mosquitto.take() {
-        s.apply(&mut c.mosquitto);
-    }
-    if let Some(s) = raw.cloudflared.take() {
-        s.apply(&mut c.cloudflared);
-    }
-    if let Some(s) = raw.node_exporter.take() {
-        s.apply(&mut c.node_exporter);
-    }
-    if let Some(s) = raw.integrations.take() {
-        s.apply(&mut c.integrations);
-    }
-    if let Some(s) = raw.images.take() {
-        s.apply(&mut c.images);
     }
     if let Some(mut nets) = raw.networks.take() {
         for role in NetworkRole::MANAGED {

@@ -485,54 +485,46 @@ fn remove_at(table: &mut toml::Table, segs: &[Seg]) -> bool {
 }
 
 fn index_item(item: &toml_edit::Item, path: &[Seg], out: &mut HashMap<String, Spans>) {
+    if let Some(t) = item.as_table_like() {
+        index_table(t, path, out);
+        return;
+    }
     match item {
-        toml_edit::Item::Table(t) => {
-            for (k, _) in t.iter() {
-                if let Some((key, v)) = t.get_key_value(k) {
-                    index_entry(key, v, path, out);
-                }
-            }
-        }
-        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
-            for (k, _) in t.iter() {
-                if let Some((key, v)) = t.get_key_value(k) {
-                    index_entry(key, v, path, out);
-                }
-            }
-        }
         toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
             for (i, v) in a.iter().enumerate() {
-                let mut p = path.to_vec();
-                p.push(Seg::Index(i));
-                out.insert(
-                    render_path(&p),
-                    Spans {
-                        key: None,
-                        value: v.span(),
-                    },
-                );
+                index_element(path, i, v.span(), out);
             }
         }
         toml_edit::Item::ArrayOfTables(a) => {
             for (i, t) in a.iter().enumerate() {
-                let mut p = path.to_vec();
-                p.push(Seg::Index(i));
-                out.insert(
-                    render_path(&p),
-                    Spans {
-                        key: None,
-                        value: t.span(),
-                    },
-                );
-                for (k, _) in t.iter() {
-                    if let Some((key, v)) = t.get_key_value(k) {
-                        index_entry(key, v, &p, out);
-                    }
-                }
+                let p = index_element(path, i, t.span(), out);
+                index_table(t, &p, out);
             }
         }
         _ => {}
     }
+}
+
+/// Every entry of a table or inline table at `path`.
+fn index_table(t: &dyn toml_edit::TableLike, path: &[Seg], out: &mut HashMap<String, Spans>) {
+    for (k, _) in t.iter() {
+        if let Some((key, v)) = t.get_key_value(k) {
+            index_entry(key, v, path, out);
+        }
+    }
+}
+
+/// Element `i` of the array at `path` (it has no key of its own); returns its path.
+fn index_element(
+    path: &[Seg],
+    i: usize,
+    value: Option<Range<usize>>,
+    out: &mut HashMap<String, Spans>,
+) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(Seg::Index(i));
+    out.insert(render_path(&p), Spans { key: None, value });
+    p
 }
 
 fn index_entry(

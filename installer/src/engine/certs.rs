@@ -300,47 +300,75 @@ pub async fn plan(
         return Ok(Vec::new());
     };
     let project = client.in_project(&config.incus.project);
-    let mut out = Vec::new();
     let state = match instances.contains_key(ca_name) {
         true => step_ca::config_change(&project, ca_name).await?,
         false => None,
     };
-    match state {
-        Some(ConfigState::Current) => {}
-        Some(ConfigState::Changes) => out.push(CertChange {
-            what: format!("step-ca {ca_name}"),
-            detail: format!(
-                "ca.json gets metricsAddress :{} and service certificates of up to {} (step-ca restarts)",
-                crate::render::STEP_CA_METRICS_PORT,
-                step_ca::MAX_CERT_DURATION
-            ),
-        }),
-        None => out.push(CertChange {
-            what: format!("step-ca {ca_name}"),
-            detail: "ca.json gets metricsAddress and the service certificates' lifetime after its first start".into(),
-        }),
-    }
+    let mut out: Vec<CertChange> = ca_change(ca_name, state).into_iter().collect();
     let root = match state {
         Some(_) => step_ca::root_pem(&project, ca_name).await?,
         None => None,
     };
     for (name, payload) in payloads {
         let w = wanted(payload);
-        if w.root.is_none() && w.cert.is_none() {
-            continue;
-        }
-        let (Some(root), true) = (&root, instances.contains_key(name)) else {
-            if w.cert.is_some() {
-                out.push(CertChange {
-                    what: format!("certificate {name}"),
-                    detail: format!(
-                        "issued by {ca_name} ({} days) before {name} starts",
-                        days(CERT_LIFETIME.as_secs())
-                    ),
-                });
+        match (&root, instances.contains_key(name)) {
+            (Some(root), true) => {
+                let held = Held {
+                    project: &project,
+                    name,
+                    root,
+                };
+                out.extend(held.changes(d, ca_name, &w, now).await?);
             }
-            continue;
-        };
+            // No CA answering yet, or no instance: its certificate comes before it starts.
+            _ if w.cert.is_some() => out.push(CertChange {
+                what: format!("certificate {name}"),
+                detail: format!(
+                    "issued by {ca_name} ({} days) before {name} starts",
+                    days(CERT_LIFETIME.as_secs())
+                ),
+            }),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// What step-ca's own config gets, from its [`ConfigState`] (`None`: not started yet).
+fn ca_change(ca_name: &str, state: Option<ConfigState>) -> Option<CertChange> {
+    let detail = match state {
+        Some(ConfigState::Current) => return None,
+        Some(ConfigState::Changes) => format!(
+            "ca.json gets metricsAddress :{} and service certificates of up to {} (step-ca restarts)",
+            crate::render::STEP_CA_METRICS_PORT,
+            step_ca::MAX_CERT_DURATION
+        ),
+        None => "ca.json gets metricsAddress and the service certificates' lifetime after its first start".into(),
+    };
+    Some(CertChange {
+        what: format!("step-ca {ca_name}"),
+        detail,
+    })
+}
+
+/// An existing instance, seen while step-ca answers with its `root` (PEM).
+struct Held<'a> {
+    project: &'a Client,
+    name: &'a str,
+    root: &'a str,
+}
+
+impl Held<'_> {
+    /// The root and certificate changes the instance needs, from what it holds now.
+    async fn changes(
+        &self,
+        d: &Deployment,
+        ca_name: &str,
+        w: &Wanted<'_>,
+        now: u64,
+    ) -> Result<Vec<CertChange>, EngineError> {
+        let (project, name, root) = (self.project, self.name, self.root);
+        let mut out = Vec::new();
         if let Some(e) = w.root
             && project
                 .pull_file(name, &e.path)
@@ -356,7 +384,7 @@ pub async fn plan(
         }
         if let Some((cert, key)) = w.cert
             && let CertState::Issue(why) =
-                current_state(&project, name, cert, key, root, &names_for(d, name), now).await?
+                current_state(project, name, cert, key, root, &names_for(d, name), now).await?
         {
             out.push(CertChange {
                 what: format!("certificate {name}"),
@@ -366,8 +394,8 @@ pub async fn plan(
                 ),
             });
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// [`assess`] of what `name` holds now.
@@ -660,12 +688,7 @@ impl<'a> Issuer<'a> {
         for f in &files {
             super::instances::push(&project, name, f).await?;
         }
-        let running = project
-            .get_instance(name)
-            .await
-            .optional()?
-            .is_some_and(|i| i.value.is_running());
-        if running {
+        if project.instance_is_running(name).await? {
             super::converge::change_state(&project, name, StateAction::Restart, false)
                 .await
                 .map_err(|e| EngineError::object(format!("instance {name}"), e))?;

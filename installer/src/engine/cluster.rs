@@ -298,6 +298,19 @@ mod tests {
         assert_eq!(opts.loki_url.as_deref(), Some("http://[fd00:5::11]:3100"));
     }
 
+    /// grafana01 pinned to member m1 and loki01 to group edge, on a cluster of three online
+    /// members seen from m2.
+    fn pinned_on_three_members() -> (Config, ClusterInfo) {
+        let mut cfg = Config::builtin();
+        cfg.instances.get_mut("grafana01").unwrap().placement = Some(Pin::Member("m1".into()));
+        cfg.instances.get_mut("loki01").unwrap().placement = Some(Pin::Group("edge".into()));
+        let info = cluster(
+            "m2",
+            &[("m1", "Online"), ("m2", "Online"), ("m3", "Online")],
+        );
+        (cfg, info)
+    }
+
     #[test]
     fn unknown_member_group_and_departed_recorded_member_are_problems() {
         let mut cfg = Config::builtin();
@@ -317,25 +330,13 @@ mod tests {
         );
         assert!(has(&["member m7", "incus project unset atlas"]), "{p:?}");
         // Members and groups that exist, and a recorded member still there: no problem.
-        let mut cfg = Config::builtin();
-        cfg.instances.get_mut("grafana01").unwrap().placement = Some(Pin::Member("m1".into()));
-        cfg.instances.get_mut("loki01").unwrap().placement = Some(Pin::Group("edge".into()));
-        let info = cluster(
-            "m2",
-            &[("m1", "Online"), ("m2", "Online"), ("m3", "Online")],
-        );
+        let (cfg, info) = pinned_on_three_members();
         assert!(placement_problems(&cfg, &info, Some("m2")).is_empty());
     }
 
     #[test]
     fn misplaced_instances_are_noted_not_moved() {
-        let mut cfg = Config::builtin();
-        cfg.instances.get_mut("grafana01").unwrap().placement = Some(Pin::Member("m1".into()));
-        cfg.instances.get_mut("loki01").unwrap().placement = Some(Pin::Group("edge".into()));
-        let info = cluster(
-            "m2",
-            &[("m1", "Online"), ("m2", "Online"), ("m3", "Online")],
-        );
+        let (cfg, info) = pinned_on_three_members();
         let p = Placement::resolve(&cfg.instances, &info, Some("m2"));
         let at = |n: &str, m: &str| (n.to_string(), m.to_string());
         let notes = misplaced(

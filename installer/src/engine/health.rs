@@ -216,19 +216,6 @@ fn probe_verdict(instance: &str, code: i64, stdout: &str, stderr: &str) -> Resul
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
-}
-
 /// Waits until every enabled instance answers its probe, each with its own progress task and
 /// retries with backoff; the whole gate gives up after `timeout`. Returns the first failure
 /// in dependency order.
@@ -441,34 +428,12 @@ fn last_lines(text: &str, n: usize) -> String {
         .join("\n")
 }
 
-/// `GET /1.0/instances/<name>/console` (the log, raw bytes, not a JSON envelope). The typed
-/// client has no call for it yet, so this goes through its HTTP connection directly.
+/// The instance's console log (where atlas-init and the service write), as text.
 pub async fn console_log(client: &Client, instance: &str) -> Result<String, String> {
-    let inner = &client.inner;
-    let mut url = inner.base.clone();
-    url.path_segments_mut()
-        .map_err(|_| "the Incus base URL cannot take a path".to_string())?
-        .clear()
-        .extend(["1.0", "instances", instance, "console"]);
-    url.query_pairs_mut()
-        .append_pair("project", client.project());
-    let resp = inner
-        .http
-        .get(url)
-        .send()
+    let bytes = client
+        .instance_console_log(instance)
         .await
-        .map_err(|e| error_chain(&e))?;
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
-    if !status.is_success() {
-        let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| {
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
-            });
-        return Err(format!("HTTP {status}: {msg}"));
-    }
+        .map_err(|e| e.to_string())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

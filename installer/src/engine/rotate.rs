@@ -124,14 +124,8 @@ async fn grafana(
     let Some(inst) = config.instances.get(name) else {
         return Ok(());
     };
-    require_running(
-        client,
-        config,
-        name,
-        &what,
-        "Grafana takes a new admin password only through its API",
-    )
-    .await?;
+    let why = "Grafana takes a new admin password only through its API";
+    require_running(&client.in_project(&config.incus.project), name, &what, why).await?;
     let base = match super::health::probe_for(config, name, inst).map(|p| p.check) {
         Some(super::health::Check::Http { url }) => url.trim_end_matches("/api/health").to_string(),
         _ => return Err(err(&what, "no HTTP address")),
@@ -141,57 +135,15 @@ async fn grafana(
         .unwrap_or_default()
         .to_string();
     let new = pending_password(client, config, stored, name::GRAFANA_NEXT).await?;
-    let http = super::health::probe_client()?;
-    let user = &config.grafana.admin_user;
-    // The HTTP status of `GET /api/user` as the admin with `pw` (0: no answer).
-    let status = |pw: String| {
-        let (http, url, user) = (http.clone(), format!("{base}/api/user"), user.clone());
-        async move {
-            http.get(url)
-                .basic_auth(user, Some(pw))
-                .send()
-                .await
-                .map_or(0, |r| r.status().as_u16())
-        }
+    let api = GrafanaAdmin {
+        http: super::health::probe_client()?,
+        base,
+        user: config.grafana.admin_user.clone(),
     };
-    let ok = |code: u16| (200..300).contains(&code);
-    if !ok(status(new.clone()).await) {
-        match status(old.clone()).await {
-            code if ok(code) => {}
-            401 | 403 => {
-                return Err(err(
-                    &what,
-                    format!(
-                        "{name} accepts neither the stored admin password nor the one being rotated to; reset it inside the container (`grafana cli admin reset-admin-password`), store it as {} and run again",
-                        keys::secret(name::GRAFANA_ADMIN)
-                    ),
-                ));
-            }
-            other => {
-                return Err(err(
-                    &what,
-                    format!(
-                        "{name} does not answer Grafana's API as expected (GET {base}/api/user: HTTP {other}); nothing was rotated"
-                    ),
-                ));
-            }
-        }
-        let r = http
-            .put(format!("{base}/api/admin/users/1/password"))
-            .basic_auth(user, Some(&old))
-            .json(&serde_json::json!({ "password": new }))
-            .send()
+    if !api.accepts(&new).await {
+        api.change(name, &old, &new)
             .await
-            .map_err(|e| err(&what, e))?;
-        if !r.status().is_success() || !ok(status(new.clone()).await) {
-            return Err(err(
-                &what,
-                format!(
-                    "{name} refused the new password (HTTP {}); the stored one still works",
-                    r.status()
-                ),
-            ));
-        }
+            .map_err(|why| err(&what, why))?;
     }
     progress.info(&format!("{name}: admin password changed through its API"));
     store(client, &config.incus.project, |s| {
@@ -201,21 +153,74 @@ async fn grafana(
     .await
 }
 
-/// Refuses, changing nothing, when `name` is not running: `why` says why it must be.
+/// Grafana's HTTP API as its admin user.
+struct GrafanaAdmin {
+    http: reqwest::Client,
+    /// `http://<address>:<port>`, without a trailing `/`.
+    base: String,
+    user: String,
+}
+
+impl GrafanaAdmin {
+    /// The HTTP status of `GET /api/user` as the admin with `pw` (0: no answer).
+    async fn status(&self, pw: &str) -> u16 {
+        self.http
+            .get(format!("{}/api/user", self.base))
+            .basic_auth(&self.user, Some(pw))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+
+    async fn accepts(&self, pw: &str) -> bool {
+        (200..300).contains(&self.status(pw).await)
+    }
+
+    /// Changes the admin password of instance `name` from `old` to `new`, once Grafana has
+    /// shown it accepts `old`; the error says, in words, why not and what to do.
+    async fn change(&self, name: &str, old: &str, new: &str) -> Result<(), String> {
+        let base = &self.base;
+        match self.status(old).await {
+            code if (200..300).contains(&code) => {}
+            401 | 403 => {
+                return Err(format!(
+                    "{name} accepts neither the stored admin password nor the one being rotated to; reset it inside the container (`grafana cli admin reset-admin-password`), store it as {} and run again",
+                    keys::secret(name::GRAFANA_ADMIN)
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "{name} does not answer Grafana's API as expected (GET {base}/api/user: HTTP {other}); nothing was rotated"
+                ));
+            }
+        }
+        let r = self
+            .http
+            .put(format!("{base}/api/admin/users/1/password"))
+            .basic_auth(&self.user, Some(old))
+            .json(&serde_json::json!({ "password": new }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() || !self.accepts(new).await {
+            return Err(format!(
+                "{name} refused the new password (HTTP {}); the stored one still works",
+                r.status()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses, changing nothing, when `name` is not running in `project` (a client in the
+/// deployment's project): `why` says why it must be.
 async fn require_running(
-    client: &Client,
-    config: &Config,
+    project: &Client,
     name: &str,
     what: &str,
     why: &str,
 ) -> Result<(), EngineError> {
-    let running = client
-        .in_project(&config.incus.project)
-        .get_instance(name)
-        .await
-        .optional()?
-        .is_some_and(|i| i.value.is_running());
-    if running {
+    if project.instance_is_running(name).await? {
         return Ok(());
     }
     Err(err(
@@ -266,14 +271,8 @@ async fn step_ca(
     use crate::render::STEPPATH;
     let what = format!("the step-ca key password of {name}");
     let project = client.in_project(&config.incus.project);
-    require_running(
-        client,
-        config,
-        name,
-        &what,
-        "its keys are re-encrypted inside it",
-    )
-    .await?;
+    let why = "its keys are re-encrypted inside it";
+    require_running(&project, name, &what, why).await?;
     let current = format!("{STEPPATH}/secrets/password");
     let staged = format!("{STEPPATH}/secrets/password.atlas-next");
     let (_, meta) = project

@@ -10,9 +10,9 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Req, Scope};
+use super::client::{Client, Req, Scope, nullable};
 use super::error::IncusError;
-use super::storage::Usage;
+use super::storage::{IN_POOL, ON_VOLUME, Usage};
 
 const POOLS: &str = "/1.0/storage-pools";
 
@@ -20,7 +20,7 @@ const POOLS: &str = "/1.0/storage-pools";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VolumeState {
     /// `None` when the driver cannot tell (a `dir` pool without quotas).
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub usage: Option<Usage>,
 }
 
@@ -55,15 +55,12 @@ impl Client {
             "optimized_storage": false,
             "compression_algorithm": compression,
         });
-        let req = Req::new(
-            Method::POST,
-            POOLS,
-            &[pool, "volumes", "custom", volume, "backups"],
-        )
-        .scope(Scope::Project)
-        .targeted()
-        .json(&body)?;
-        self.write(req).await.map(|_| ())
+        let parent = [pool, "volumes", "custom", volume, "backups"];
+        ON_VOLUME
+            .under(&parent)
+            .create(self, &body)
+            .await
+            .map(|_| ())
     }
 
     /// Starts the download of a backup's tarball; the caller drains [`BackupDownload::stream`].
@@ -103,14 +100,8 @@ impl Client {
         volume: &str,
         name: &str,
     ) -> Result<(), IncusError> {
-        let req = Req::new(
-            Method::DELETE,
-            POOLS,
-            &[pool, "volumes", "custom", volume, "backups", name],
-        )
-        .scope(Scope::Project)
-        .targeted();
-        self.write(req).await.map(|_| ())
+        let parent = [pool, "volumes", "custom", volume, "backups"];
+        ON_VOLUME.under(&parent).delete(self, name).await
     }
 
     /// Creates custom volume `name` from a backup tarball streamed as `body` (waits for it).
@@ -155,11 +146,8 @@ impl Client {
             "content_type": "filesystem",
             "source": src,
         });
-        let req = Req::new(Method::POST, POOLS, &[pool, "volumes", "custom"])
-            .scope(Scope::Project)
-            .targeted()
-            .json(&body)?;
-        self.write(req).await.map(|_| ())
+        let volumes = IN_POOL.under(&[pool, "volumes", "custom"]);
+        volumes.create(self, &body).await.map(|_| ())
     }
 
     pub async fn volume_state(&self, pool: &str, volume: &str) -> Result<VolumeState, IncusError> {

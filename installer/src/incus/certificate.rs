@@ -3,44 +3,44 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Req};
+use super::client::{Client, Scope, nullable};
 use super::error::IncusError;
+use super::resource::Collection;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Certificate {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     /// `client`, `metrics`, ...
-    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
+    #[serde(rename = "type", default, deserialize_with = "nullable")]
     pub kind: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub fingerprint: String,
     /// PEM.
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub certificate: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub restricted: bool,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub projects: Vec<String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
 
+const CERTIFICATES: Collection = Collection::new("/1.0/certificates", Scope::Global, &[]);
+
 impl Client {
     pub async fn certificates(&self) -> Result<Vec<Certificate>, IncusError> {
-        self.get_value(Req::get("/1.0/certificates", &[]).query("recursion", "1"))
-            .await
+        CERTIFICATES.list(self).await
     }
 
     pub async fn get_certificate(&self, fingerprint: &str) -> Result<Certificate, IncusError> {
-        self.get_value(Req::get("/1.0/certificates", &[fingerprint]))
-            .await
+        Ok(CERTIFICATES.get(self, fingerprint).await?.value)
     }
 
     /// Trusts `der` as `kind` (`metrics` for a scraper). Incus 6.0.4 wants base64 DER, not
@@ -56,18 +56,11 @@ impl Client {
             "type": kind,
             "certificate": base64::engine::general_purpose::STANDARD.encode(der),
         });
-        let req = Req::new(Method::POST, "/1.0/certificates", &[]).json(&body)?;
-        self.write(req).await?;
+        CERTIFICATES.create(self, &body).await?;
         Ok(super::transport::cert_fingerprint(der))
     }
 
     pub async fn delete_certificate(&self, fingerprint: &str) -> Result<(), IncusError> {
-        self.write(Req::new(
-            Method::DELETE,
-            "/1.0/certificates",
-            &[fingerprint],
-        ))
-        .await
-        .map(|_| ())
+        CERTIFICATES.delete(self, fingerprint).await
     }
 }

@@ -169,23 +169,12 @@ impl Client {
         &self,
         req: Req,
     ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), IncusError> {
-        let (resp, method, path) = self.send_raw(req).await?;
+        let (resp, method, path) = self.send_streaming(req).await?;
         let headers = resp.headers().clone();
-        let status = resp.status().as_u16();
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| self.read_error(&e, &method, &path))?;
-        if status >= 400 {
-            let env = super::client::decode_envelope(status, &bytes, &method, &path)?;
-            return Err(super::error::classify(
-                status,
-                env.error_code,
-                env.error,
-                &method,
-                &path,
-            ));
-        }
         Ok((bytes.to_vec(), headers))
     }
 }

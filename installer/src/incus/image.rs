@@ -6,26 +6,27 @@ use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Etagged, Req, Scope};
+use super::client::{Client, Etagged, Req, Scope, nullable};
 use super::error::IncusError;
+use super::resource::Collection;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub fingerprint: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub aliases: Vec<ImageAliasRef>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub properties: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub architecture: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub size: u64,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub public: bool,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub auto_update: bool,
     /// `container` or `virtual-machine`.
-    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
+    #[serde(rename = "type", default, deserialize_with = "nullable")]
     pub kind: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -34,19 +35,19 @@ pub struct Image {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageAliasRef {
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageAlias {
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
     /// Fingerprint the alias points at.
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub target: String,
-    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
+    #[serde(rename = "type", default, deserialize_with = "nullable")]
     pub kind: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -69,6 +70,9 @@ fn form_encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Strin
     u.query_pairs_mut().extend_pairs(pairs);
     u.query().unwrap_or("").to_string()
 }
+
+const IMAGES: Collection = Collection::new("/1.0/images", Scope::Project, &[]);
+const ALIASES: Collection = Collection::new("/1.0/images/aliases", Scope::Project, &[]);
 
 impl Client {
     /// `POST /1.0/images` with a unified tarball (`metadata.yaml` + `rootfs/`) streamed as the
@@ -113,17 +117,11 @@ impl Client {
     }
 
     pub async fn images(&self) -> Result<Vec<Image>, IncusError> {
-        self.get_value(
-            Req::get("/1.0/images", &[])
-                .scope(Scope::Project)
-                .query("recursion", "1"),
-        )
-        .await
+        IMAGES.list(self).await
     }
 
     pub async fn get_image(&self, fingerprint: &str) -> Result<Etagged<Image>, IncusError> {
-        self.get_tagged(Req::get("/1.0/images", &[fingerprint]).scope(Scope::Project))
-            .await
+        IMAGES.get(self, fingerprint).await
     }
 
     /// A file from the front of an image's unified tarball (`metadata.yaml`, `sbom.cdx.json`):
@@ -183,13 +181,11 @@ impl Client {
     }
 
     pub async fn delete_image(&self, fingerprint: &str) -> Result<(), IncusError> {
-        let req = Req::new(Method::DELETE, "/1.0/images", &[fingerprint]).scope(Scope::Project);
-        self.write(req).await.map(|_| ())
+        IMAGES.delete(self, fingerprint).await
     }
 
     pub async fn get_image_alias(&self, name: &str) -> Result<Etagged<ImageAlias>, IncusError> {
-        self.get_tagged(Req::get("/1.0/images/aliases", &[name]).scope(Scope::Project))
-            .await
+        ALIASES.get(self, name).await
     }
 
     pub async fn create_image_alias(
@@ -200,10 +196,7 @@ impl Client {
     ) -> Result<(), IncusError> {
         let body =
             serde_json::json!({ "name": name, "target": target, "description": description });
-        let req = Req::new(Method::POST, "/1.0/images/aliases", &[])
-            .scope(Scope::Project)
-            .json(&body)?;
-        self.write(req).await.map(|_| ())
+        ALIASES.create(self, &body).await.map(|_| ())
     }
 
     /// Points an existing alias at another image (upgrades).
@@ -215,16 +208,11 @@ impl Client {
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
         let body = serde_json::json!({ "target": target, "description": description });
-        let req = Req::new(Method::PUT, "/1.0/images/aliases", &[name])
-            .scope(Scope::Project)
-            .json(&body)?
-            .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        ALIASES.update(self, name, &body, etag).await
     }
 
     pub async fn delete_image_alias(&self, name: &str) -> Result<(), IncusError> {
-        let req = Req::new(Method::DELETE, "/1.0/images/aliases", &[name]).scope(Scope::Project);
-        self.write(req).await.map(|_| ())
+        ALIASES.delete(self, name).await
     }
 }
 

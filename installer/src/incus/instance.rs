@@ -7,59 +7,44 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Etagged, Req, Scope};
-use super::error::IncusError;
+use super::client::{Client, Etagged, Req, Scope, nullable};
+use super::error::{IncusError, OptionalExt as _};
 use super::profile::Devices;
+use super::resource::{Call, Collection};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub architecture: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub devices: Devices,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub profiles: Vec<String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub ephemeral: bool,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub stateful: bool,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub status: InstanceStatus,
     #[serde(
         rename = "type",
         default,
         skip_serializing,
-        deserialize_with = "super::client::nullable"
+        deserialize_with = "nullable"
     )]
     pub kind: String,
     /// Cluster member the instance is on.
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub location: String,
     /// Config with the profiles applied.
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub expanded_config: BTreeMap<String, String>,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub expanded_devices: Devices,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -216,11 +201,11 @@ impl StateAction {
 /// `GET /1.0/instances/<n>/state`: runtime state, addresses.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct InstanceState {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub status: InstanceStatus,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub pid: i64,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub network: Option<BTreeMap<String, NetworkState>>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -228,36 +213,33 @@ pub struct InstanceState {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct NetworkState {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub addresses: Vec<Address>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub state: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub hwaddr: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Address {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub family: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub address: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub netmask: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub scope: String,
 }
 
 const INSTANCES: &str = "/1.0/instances";
+/// A create is placed on the view's target (a member or `@group`).
+const COLLECTION: Collection = Collection::new(INSTANCES, Scope::Project, &[Call::Create]);
 
 impl Client {
     pub async fn instances(&self) -> Result<Vec<Instance>, IncusError> {
-        self.get_value(
-            Req::get(INSTANCES, &[])
-                .scope(Scope::Project)
-                .query("recursion", "1"),
-        )
-        .await
+        COLLECTION.list(self).await
     }
 
     /// Every instance of every project (each with its `project` in `extra`).
@@ -271,18 +253,19 @@ impl Client {
     }
 
     pub async fn get_instance(&self, name: &str) -> Result<Etagged<Instance>, IncusError> {
-        self.get_tagged(Req::get(INSTANCES, &[name]).scope(Scope::Project))
-            .await
+        COLLECTION.get(self, name).await
+    }
+
+    /// Whether `name` exists and is running.
+    pub async fn instance_is_running(&self, name: &str) -> Result<bool, IncusError> {
+        let got = self.get_instance(name).await.optional()?;
+        Ok(got.is_some_and(|i| i.value.is_running()))
     }
 
     /// Creates (and waits for) an instance; placed on the member or `@group` of
     /// [`Client::on_target`]. A duplicate name is [`IncusError::AlreadyExists`].
     pub async fn create_instance(&self, create: &InstanceCreate) -> Result<(), IncusError> {
-        let req = Req::new(Method::POST, INSTANCES, &[])
-            .scope(Scope::Project)
-            .targeted()
-            .json(create)?;
-        self.write(req).await.map(|_| ())
+        COLLECTION.create(self, create).await.map(|_| ())
     }
 
     /// PUT: replaces config, devices, profiles, description (a running instance applies
@@ -292,22 +275,24 @@ impl Client {
         instance: &Instance,
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::PUT, INSTANCES, &[&instance.name])
-            .scope(Scope::Project)
-            .json(instance)?
-            .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        COLLECTION
+            .update(self, &instance.name, instance, etag)
+            .await
     }
 
     /// Deletes a stopped instance.
     pub async fn delete_instance(&self, name: &str) -> Result<(), IncusError> {
-        self.write(Req::new(Method::DELETE, INSTANCES, &[name]).scope(Scope::Project))
-            .await
-            .map(|_| ())
+        COLLECTION.delete(self, name).await
     }
 
     pub async fn instance_state(&self, name: &str) -> Result<InstanceState, IncusError> {
         self.get_value(Req::get(INSTANCES, &[name, "state"]).scope(Scope::Project))
+            .await
+    }
+
+    /// `GET /1.0/instances/<n>/console`: the console log, raw bytes (not a JSON envelope).
+    pub async fn instance_console_log(&self, name: &str) -> Result<Vec<u8>, IncusError> {
+        self.get_raw(Req::get(INSTANCES, &[name, "console"]).scope(Scope::Project))
             .await
     }
 

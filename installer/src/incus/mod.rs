@@ -42,6 +42,7 @@ mod network;
 mod operation;
 mod profile;
 mod project;
+mod resource;
 mod server;
 mod storage;
 mod transport;

@@ -3,48 +3,32 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Etagged, Req, Scope};
+use super::client::{Client, Etagged, Scope, nullable};
 use super::error::IncusError;
+use super::resource::{Collection, MEMBER_DEFINED};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Network {
     pub name: String,
     /// `bridge`, `macvlan`, ... (`physical` etc. for host interfaces).
-    #[serde(rename = "type", default, deserialize_with = "super::client::nullable")]
+    #[serde(rename = "type", default, deserialize_with = "nullable")]
     pub kind: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
     /// False for host interfaces Incus merely sees.
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub managed: bool,
     /// `Created`, `Pending` (cluster: defined on some members only), `Errored`, ...
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub status: String,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub used_by: Vec<String>,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub locations: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -61,29 +45,21 @@ impl Network {
     }
 }
 
+/// Member-defined: reads, creates and updates take the view's target.
+const NETWORKS: Collection =
+    Collection::new("/1.0/networks", Scope::DefaultProject, MEMBER_DEFINED);
+
 impl Client {
     pub async fn networks(&self) -> Result<Vec<Network>, IncusError> {
-        let req = Req::get("/1.0/networks", &[])
-            .scope(Scope::DefaultProject)
-            .query("recursion", "1");
-        self.get_value(req).await
+        NETWORKS.list(self).await
     }
 
     pub async fn get_network(&self, name: &str) -> Result<Etagged<Network>, IncusError> {
-        self.get_tagged(
-            Req::get("/1.0/networks", &[name])
-                .scope(Scope::DefaultProject)
-                .targeted(),
-        )
-        .await
+        NETWORKS.get(self, name).await
     }
 
     pub async fn create_network(&self, network: &Network) -> Result<(), IncusError> {
-        let req = Req::new(Method::POST, "/1.0/networks", &[])
-            .scope(Scope::DefaultProject)
-            .targeted()
-            .json(network)?;
-        self.write(req).await.map(|_| ())
+        NETWORKS.create(self, network).await.map(|_| ())
     }
 
     pub async fn update_network(
@@ -91,17 +67,11 @@ impl Client {
         network: &Network,
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::PUT, "/1.0/networks", &[&network.name])
-            .scope(Scope::DefaultProject)
-            .targeted()
-            .json(network)?
-            .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        NETWORKS.update(self, &network.name, network, etag).await
     }
 
     pub async fn delete_network(&self, name: &str) -> Result<(), IncusError> {
-        let req = Req::new(Method::DELETE, "/1.0/networks", &[name]).scope(Scope::DefaultProject);
-        self.write(req).await.map(|_| ())
+        NETWORKS.delete(self, name).await
     }
 }
 

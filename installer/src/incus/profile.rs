@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Etagged, Req, Scope};
+use super::client::{Client, Etagged, Scope, nullable};
 use super::error::IncusError;
+use super::resource::Collection;
 
 /// Devices by name, each a map of keys (`type`, `path`, `pool`, ...).
 pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
@@ -15,17 +15,13 @@ pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub devices: Devices,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub used_by: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -40,26 +36,19 @@ impl Profile {
     }
 }
 
+const PROFILES: Collection = Collection::new("/1.0/profiles", Scope::Project, &[]);
+
 impl Client {
     pub async fn profiles(&self) -> Result<Vec<Profile>, IncusError> {
-        self.get_value(
-            Req::get("/1.0/profiles", &[])
-                .scope(Scope::Project)
-                .query("recursion", "1"),
-        )
-        .await
+        PROFILES.list(self).await
     }
 
     pub async fn get_profile(&self, name: &str) -> Result<Etagged<Profile>, IncusError> {
-        self.get_tagged(Req::get("/1.0/profiles", &[name]).scope(Scope::Project))
-            .await
+        PROFILES.get(self, name).await
     }
 
     pub async fn create_profile(&self, profile: &Profile) -> Result<(), IncusError> {
-        let req = Req::new(Method::POST, "/1.0/profiles", &[])
-            .scope(Scope::Project)
-            .json(profile)?;
-        self.write(req).await.map(|_| ())
+        PROFILES.create(self, profile).await.map(|_| ())
     }
 
     /// PUT: replaces config, devices and description.
@@ -68,15 +57,10 @@ impl Client {
         profile: &Profile,
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::PUT, "/1.0/profiles", &[&profile.name])
-            .scope(Scope::Project)
-            .json(profile)?
-            .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        PROFILES.update(self, &profile.name, profile, etag).await
     }
 
     pub async fn delete_profile(&self, name: &str) -> Result<(), IncusError> {
-        let req = Req::new(Method::DELETE, "/1.0/profiles", &[name]).scope(Scope::Project);
-        self.write(req).await.map(|_| ())
+        PROFILES.delete(self, name).await
     }
 }

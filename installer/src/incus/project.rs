@@ -2,25 +2,21 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Etagged, Req};
+use super::client::{Client, Etagged, Scope, nullable};
 use super::error::IncusError;
+use super::resource::Collection;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Project {
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub used_by: Vec<String>,
     /// Fields this client does not know, kept so an update sends them back unchanged.
     #[serde(flatten)]
@@ -36,20 +32,20 @@ impl Project {
     }
 }
 
+const PROJECTS: Collection = Collection::new("/1.0/projects", Scope::Global, &[]);
+
 impl Client {
     pub async fn projects(&self) -> Result<Vec<Project>, IncusError> {
-        self.get_value(Req::get("/1.0/projects", &[]).query("recursion", "1"))
-            .await
+        PROJECTS.list(self).await
     }
 
     pub async fn get_project(&self, name: &str) -> Result<Etagged<Project>, IncusError> {
-        self.get_tagged(Req::get("/1.0/projects", &[name])).await
+        PROJECTS.get(self, name).await
     }
 
     /// A duplicate answers [`IncusError::AlreadyExists`].
     pub async fn create_project(&self, project: &Project) -> Result<(), IncusError> {
-        let req = Req::new(Method::POST, "/1.0/projects", &[]).json(project)?;
-        self.write(req).await.map(|_| ())
+        PROJECTS.create(self, project).await.map(|_| ())
     }
 
     pub async fn update_project(
@@ -57,10 +53,7 @@ impl Client {
         project: &Project,
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::PUT, "/1.0/projects", &[&project.name])
-            .json(project)?
-            .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        PROJECTS.update(self, &project.name, project, etag).await
     }
 
     /// Sets `set` and removes `unset` among the project's config keys, leaving the others,
@@ -82,8 +75,6 @@ impl Client {
     }
 
     pub async fn delete_project(&self, name: &str) -> Result<(), IncusError> {
-        self.write(Req::new(Method::DELETE, "/1.0/projects", &[name]))
-            .await
-            .map(|_| ())
+        PROJECTS.delete(self, name).await
     }
 }

@@ -6,21 +6,21 @@ use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Etagged, Req, Scope};
+use super::client::{Client, Etagged, Req, Scope, nullable};
 use super::error::IncusError;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Server {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub api_extensions: Vec<String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub api_version: String,
     /// "trusted" when our credentials are accepted.
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub auth: String,
     #[serde(default, deserialize_with = "string_map")]
     pub config: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub environment: Environment,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -28,33 +28,33 @@ pub struct Server {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub server_version: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub server_name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub server_clustered: bool,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub kernel: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub kernel_version: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub kernel_architecture: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub architectures: Vec<String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub firewall: String,
     /// Storage drivers of the pools in use, comma separated (`dir`, `zfs | btrfs`).
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub storage: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub storage_supported_drivers: Vec<StorageDriver>,
     /// PEM of the server certificate.
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub certificate: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub certificate_fingerprint: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub addresses: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -66,21 +66,21 @@ pub struct StorageDriver {
         rename = "Name",
         alias = "name",
         default,
-        deserialize_with = "super::client::nullable"
+        deserialize_with = "nullable"
     )]
     pub name: String,
     #[serde(
         rename = "Version",
         alias = "version",
         default,
-        deserialize_with = "super::client::nullable"
+        deserialize_with = "nullable"
     )]
     pub version: String,
     #[serde(
         rename = "Remote",
         alias = "remote",
         default,
-        deserialize_with = "super::client::nullable"
+        deserialize_with = "nullable"
     )]
     pub remote: bool,
 }

@@ -7,35 +7,24 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{Client, Etagged, Req, Scope};
+use super::client::{Client, Etagged, Req, Scope, nullable};
 use super::error::IncusError;
+use super::resource::{Call, Collection, MEMBER_DEFINED};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoragePool {
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub driver: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub status: String,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub locations: Vec<String>,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub used_by: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -44,17 +33,17 @@ pub struct StoragePool {
 /// `GET /1.0/storage-pools/<pool>/resources`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolResources {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub space: Usage,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub inodes: Usage,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub used: u64,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub total: u64,
 }
 
@@ -71,29 +60,21 @@ pub struct StorageVolume {
     /// `filesystem` or `block`.
     #[serde(default = "filesystem")]
     pub content_type: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
     /// `size`, `snapshots.schedule`, `snapshots.expiry`, `snapshots.pattern`, `user.*`, ...
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
     #[serde(
         rename = "type",
         default,
         skip_serializing,
-        deserialize_with = "super::client::nullable"
+        deserialize_with = "nullable"
     )]
     pub kind: String,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub location: String,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub used_by: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -122,13 +103,13 @@ impl StorageVolume {
 pub struct VolumeSnapshot {
     /// The snapshot's own name (`snap0`), without the volume prefix.
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub created_at: Option<String>,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub expires_at: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -137,21 +118,13 @@ pub struct VolumeSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StorageBucket {
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub s3_url: String,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(default, skip_serializing, deserialize_with = "nullable")]
     pub location: String,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -160,21 +133,13 @@ pub struct StorageBucket {
 /// The admin key Incus returns when it creates a bucket. Holds a secret: Debug redacts it.
 #[derive(Clone, Default, PartialEq, Deserialize)]
 pub struct BucketKey {
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub name: String,
-    #[serde(default, deserialize_with = "super::client::nullable")]
+    #[serde(default, deserialize_with = "nullable")]
     pub role: String,
-    #[serde(
-        rename = "access-key",
-        default,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(rename = "access-key", default, deserialize_with = "nullable")]
     pub access_key: String,
-    #[serde(
-        rename = "secret-key",
-        default,
-        deserialize_with = "super::client::nullable"
-    )]
+    #[serde(rename = "secret-key", default, deserialize_with = "nullable")]
     pub secret_key: String,
 }
 
@@ -190,21 +155,40 @@ impl std::fmt::Debug for BucketKey {
 }
 
 const POOLS: &str = "/1.0/storage-pools";
+/// Pools are server-wide and member-defined.
+const POOL_COLLECTION: Collection = Collection::new(POOLS, Scope::Global, MEMBER_DEFINED);
+/// What lives in a pool (volumes, their snapshots, buckets) is in a project and on a member:
+/// every call goes to the view's target but the listing of a pool's volumes.
+pub(super) const IN_POOL: Collection = Collection::new(
+    POOLS,
+    Scope::Project,
+    &[Call::Get, Call::Create, Call::Update, Call::Delete],
+);
+/// What hangs off a volume (snapshots, backups) is on its member, listings included.
+pub(super) const ON_VOLUME: Collection = Collection::new(
+    POOLS,
+    Scope::Project,
+    &[
+        Call::List,
+        Call::Get,
+        Call::Create,
+        Call::Update,
+        Call::Delete,
+    ],
+);
 
 impl Client {
     pub async fn storage_pools(&self) -> Result<Vec<StoragePool>, IncusError> {
-        self.get_value(Req::get(POOLS, &[]).query("recursion", "1"))
-            .await
+        POOL_COLLECTION.list(self).await
     }
 
     pub async fn get_storage_pool(&self, name: &str) -> Result<Etagged<StoragePool>, IncusError> {
-        self.get_tagged(Req::get(POOLS, &[name]).targeted()).await
+        POOL_COLLECTION.get(self, name).await
     }
 
     /// On a cluster: first once per member via [`Client::on_target`], then without target.
     pub async fn create_storage_pool(&self, pool: &StoragePool) -> Result<(), IncusError> {
-        let req = Req::new(Method::POST, POOLS, &[]).targeted().json(pool)?;
-        self.write(req).await.map(|_| ())
+        POOL_COLLECTION.create(self, pool).await.map(|_| ())
     }
 
     pub async fn update_storage_pool(
@@ -212,17 +196,11 @@ impl Client {
         pool: &StoragePool,
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::PUT, POOLS, &[&pool.name])
-            .targeted()
-            .json(pool)?
-            .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        POOL_COLLECTION.update(self, &pool.name, pool, etag).await
     }
 
     pub async fn delete_storage_pool(&self, name: &str) -> Result<(), IncusError> {
-        self.write(Req::new(Method::DELETE, POOLS, &[name]))
-            .await
-            .map(|_| ())
+        POOL_COLLECTION.delete(self, name).await
     }
 
     /// Space and inodes of a pool (per member with [`Client::on_target`]).
@@ -233,10 +211,8 @@ impl Client {
 
     /// The custom volumes of a pool, without their snapshots.
     pub async fn volumes(&self, pool: &str) -> Result<Vec<StorageVolume>, IncusError> {
-        let req = Req::get(POOLS, &[pool, "volumes", "custom"])
-            .scope(Scope::Project)
-            .query("recursion", "1");
-        Ok(without_snapshots(self.get_value(req).await?))
+        let volumes = IN_POOL.under(&[pool, "volumes", "custom"]);
+        Ok(without_snapshots(volumes.list(self).await?))
     }
 
     pub async fn get_volume(
@@ -244,10 +220,10 @@ impl Client {
         pool: &str,
         name: &str,
     ) -> Result<Etagged<StorageVolume>, IncusError> {
-        let req = Req::get(POOLS, &[pool, "volumes", "custom", name])
-            .scope(Scope::Project)
-            .targeted();
-        self.get_tagged(req).await
+        IN_POOL
+            .under(&[pool, "volumes", "custom"])
+            .get(self, name)
+            .await
     }
 
     /// A duplicate answers [`IncusError::AlreadyExists`].
@@ -256,11 +232,8 @@ impl Client {
         pool: &str,
         volume: &StorageVolume,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::POST, POOLS, &[pool, "volumes", "custom"])
-            .scope(Scope::Project)
-            .targeted()
-            .json(volume)?;
-        self.write(req).await.map(|_| ())
+        let volumes = IN_POOL.under(&[pool, "volumes", "custom"]);
+        volumes.create(self, volume).await.map(|_| ())
     }
 
     pub async fn update_volume(
@@ -269,23 +242,13 @@ impl Client {
         volume: &StorageVolume,
         etag: Option<&str>,
     ) -> Result<(), IncusError> {
-        let req = Req::new(
-            Method::PUT,
-            POOLS,
-            &[pool, "volumes", "custom", &volume.name],
-        )
-        .scope(Scope::Project)
-        .targeted()
-        .json(volume)?
-        .if_match(etag)?;
-        self.write(req).await.map(|_| ())
+        let volumes = IN_POOL.under(&[pool, "volumes", "custom"]);
+        volumes.update(self, &volume.name, volume, etag).await
     }
 
     pub async fn delete_volume(&self, pool: &str, name: &str) -> Result<(), IncusError> {
-        let req = Req::new(Method::DELETE, POOLS, &[pool, "volumes", "custom", name])
-            .scope(Scope::Project)
-            .targeted();
-        self.write(req).await.map(|_| ())
+        let volumes = IN_POOL.under(&[pool, "volumes", "custom"]);
+        volumes.delete(self, name).await
     }
 
     pub async fn volume_snapshots(
@@ -293,11 +256,8 @@ impl Client {
         pool: &str,
         volume: &str,
     ) -> Result<Vec<VolumeSnapshot>, IncusError> {
-        let req = Req::get(POOLS, &[pool, "volumes", "custom", volume, "snapshots"])
-            .scope(Scope::Project)
-            .targeted()
-            .query("recursion", "1");
-        let mut snaps: Vec<VolumeSnapshot> = self.get_value(req).await?;
+        let parent = [pool, "volumes", "custom", volume, "snapshots"];
+        let mut snaps: Vec<VolumeSnapshot> = ON_VOLUME.under(&parent).list(self).await?;
         // Some versions name snapshots "<volume>/<snap>".
         for s in &mut snaps {
             if let Some((_, own)) = s.name.rsplit_once('/') {
@@ -319,15 +279,12 @@ impl Client {
         if let Some(at) = expires_at {
             body["expires_at"] = Value::String(at.to_string());
         }
-        let req = Req::new(
-            Method::POST,
-            POOLS,
-            &[pool, "volumes", "custom", volume, "snapshots"],
-        )
-        .scope(Scope::Project)
-        .targeted()
-        .json(&body)?;
-        self.write(req).await.map(|_| ())
+        let parent = [pool, "volumes", "custom", volume, "snapshots"];
+        ON_VOLUME
+            .under(&parent)
+            .create(self, &body)
+            .await
+            .map(|_| ())
     }
 
     pub async fn delete_volume_snapshot(
@@ -336,14 +293,8 @@ impl Client {
         volume: &str,
         snapshot: &str,
     ) -> Result<(), IncusError> {
-        let req = Req::new(
-            Method::DELETE,
-            POOLS,
-            &[pool, "volumes", "custom", volume, "snapshots", snapshot],
-        )
-        .scope(Scope::Project)
-        .targeted();
-        self.write(req).await.map(|_| ())
+        let parent = [pool, "volumes", "custom", volume, "snapshots"];
+        ON_VOLUME.under(&parent).delete(self, snapshot).await
     }
 
     /// Renames a snapshot of a custom volume.
@@ -372,11 +323,9 @@ impl Client {
         volume: &str,
         snapshot: &str,
     ) -> Result<(), IncusError> {
-        let req = Req::new(Method::PUT, POOLS, &[pool, "volumes", "custom", volume])
-            .scope(Scope::Project)
-            .targeted()
-            .json(&serde_json::json!({ "restore": snapshot }))?;
-        self.write(req).await.map(|_| ())
+        let body = serde_json::json!({ "restore": snapshot });
+        let volumes = IN_POOL.under(&[pool, "volumes", "custom"]);
+        volumes.update(self, volume, &body, None).await
     }
 
     pub async fn get_bucket(
@@ -384,12 +333,7 @@ impl Client {
         pool: &str,
         name: &str,
     ) -> Result<Etagged<StorageBucket>, IncusError> {
-        self.get_tagged(
-            Req::get(POOLS, &[pool, "buckets", name])
-                .scope(Scope::Project)
-                .targeted(),
-        )
-        .await
+        IN_POOL.under(&[pool, "buckets"]).get(self, name).await
     }
 
     /// Creates a bucket and returns its admin key. A server that cannot serve buckets on this
@@ -400,21 +344,14 @@ impl Client {
         pool: &str,
         bucket: &StorageBucket,
     ) -> Result<BucketKey, IncusError> {
-        let req = Req::new(Method::POST, POOLS, &[pool, "buckets"])
-            .scope(Scope::Project)
-            .targeted()
-            .json(bucket)?;
-        match self.write(req).await {
+        match IN_POOL.under(&[pool, "buckets"]).create(self, bucket).await {
             Ok(v) => super::client::decode(v, "POST", &format!("{POOLS}/{pool}/buckets")),
             Err(e) => Err(bucket_unsupported(pool, e)),
         }
     }
 
     pub async fn delete_bucket(&self, pool: &str, name: &str) -> Result<(), IncusError> {
-        let req = Req::new(Method::DELETE, POOLS, &[pool, "buckets", name])
-            .scope(Scope::Project)
-            .targeted();
-        self.write(req).await.map(|_| ())
+        IN_POOL.under(&[pool, "buckets"]).delete(self, name).await
     }
 }
 

@@ -20,6 +20,31 @@ fn instance_devices(c: &Config, instance: &str) -> BTreeMap<String, BTreeMap<Str
     super::instance_devices(&Deployment::standalone(c), instance)
 }
 
+/// Why `c` cannot be rendered with the test credentials.
+fn render_error(c: &Config) -> String {
+    render(c, &creds()).unwrap_err().to_string()
+}
+
+/// Why `c`'s profiles cannot be rendered.
+fn profiles_error(c: &Config) -> String {
+    profiles(c).unwrap_err().to_string()
+}
+
+/// How grafana01 is served on the web.
+fn grafana_web(c: &mut Config) -> &mut crate::config::WebRoute {
+    c.instances
+        .get_mut("grafana01")
+        .unwrap()
+        .web
+        .as_mut()
+        .unwrap()
+}
+
+/// Asserts that `err` says every one of `parts`.
+fn assert_says(err: &str, parts: &[&str]) {
+    assert!(parts.iter().all(|p| err.contains(p)), "{err}");
+}
+
 fn creds() -> Credentials {
     Credentials {
         grafana_admin_password: "gpw-secret".into(),
@@ -133,15 +158,17 @@ fn disabled_instances_are_not_rendered() {
 fn cloudflared_without_token_names_the_fix() {
     let mut c = Config::builtin();
     c.instances.get_mut("cloudflared01").unwrap().enabled = true;
-    let err = render(&c, &creds()).unwrap_err().to_string();
+    let err = render_error(&c);
     assert!(
         err.starts_with("cloudflared01 needs a Cloudflare tunnel token"),
         "{err}"
     );
-    assert!(
-        err.contains("cloudflared.token_file")
-            && err.contains("instances.cloudflared01.enabled = false"),
-        "{err}"
+    assert_says(
+        &err,
+        &[
+            "cloudflared.token_file",
+            "instances.cloudflared01.enabled = false",
+        ],
     );
 }
 
@@ -149,11 +176,8 @@ fn cloudflared_without_token_names_the_fix() {
 fn missing_mqtt_credential_is_an_error() {
     let mut c = Config::builtin();
     c.mosquitto.users.push("sensors".into());
-    let err = render(&c, &creds()).unwrap_err().to_string();
-    assert!(
-        err.contains("mosquitto01") && err.contains("`sensors`"),
-        "{err}"
-    );
+    let err = render_error(&c);
+    assert_says(&err, &["mosquitto01", "`sensors`"]);
 }
 
 #[test]
@@ -162,7 +186,7 @@ fn caddy_without_internal_addresses_is_an_error() {
     for nic in &mut c.instances.get_mut("caddy01").unwrap().nics {
         nic.ipv4 = None;
     }
-    let err = render(&c, &creds()).unwrap_err().to_string();
+    let err = render_error(&c);
     assert_eq!(
         err,
         "caddy01 needs a fixed IPv4 address on its management network (Caddy serves its metrics there for Prometheus); \
@@ -175,7 +199,7 @@ fn step_ca_issuer_needs_step_ca() {
     let mut c = Config::builtin();
     c.caddy.tls_fallback = TlsIssuer::StepCa;
     c.instances.get_mut("step-ca01").unwrap().enabled = false;
-    let err = render(&c, &creds()).unwrap_err().to_string();
+    let err = render_error(&c);
     assert!(
         err.starts_with("caddy01 needs an enabled step-ca instance"),
         "{err}"
@@ -190,7 +214,7 @@ fn shared_profiles_must_agree_on_limits() {
         crate::config::default_instance(ServiceKind::Grafana, "grafana02", &c.networks, 10);
     g2.cpu = 4;
     c.instances.insert("grafana02".into(), g2);
-    let err = profiles(&c).unwrap_err().to_string();
+    let err = profiles_error(&c);
     assert_eq!(
         err,
         "profile `grafana` is shared by grafana01 and grafana02, which differ in cpu; \
@@ -211,11 +235,8 @@ fn host_ports_cannot_be_shared() {
     let m2 =
         crate::config::default_instance(ServiceKind::Mosquitto, "mosquitto02", &c.networks, 10);
     c.instances.insert("mosquitto02".into(), m2);
-    let err = profiles(&c).unwrap_err().to_string();
-    assert!(
-        err.contains("mosquitto01 and mosquitto02") && err.contains("host ports"),
-        "{err}"
-    );
+    let err = profiles_error(&c);
+    assert_says(&err, &["mosquitto01 and mosquitto02", "host ports"]);
 }
 
 #[test]
@@ -272,33 +293,15 @@ fn digest_is_stable_and_sees_every_change() {
 #[test]
 fn values_that_would_break_a_caddyfile_are_refused() {
     let mut c = Config::builtin();
-    c.instances
-        .get_mut("grafana01")
-        .unwrap()
-        .web
-        .as_mut()
-        .unwrap()
-        .login_paths
-        .push("/log in".into());
-    let err = render(&c, &creds()).unwrap_err().to_string();
+    grafana_web(&mut c).login_paths.push("/log in".into());
+    let err = render_error(&c);
     assert!(
         err.starts_with("instances.grafana01.web.login_paths = \"/log in\" cannot be used"),
         "{err}"
     );
     let mut c = Config::builtin();
-    c.instances
-        .get_mut("grafana01")
-        .unwrap()
-        .web
-        .as_mut()
-        .unwrap()
-        .domain = "grafana.example.org {".into();
-    assert!(
-        render(&c, &creds())
-            .unwrap_err()
-            .to_string()
-            .starts_with("instances.grafana01.web.domain")
-    );
+    grafana_web(&mut c).domain = "grafana.example.org {".into();
+    assert!(render_error(&c).starts_with("instances.grafana01.web.domain"));
 }
 
 #[test]
