@@ -453,9 +453,8 @@ pub async fn console_log(client: &Client, instance: &str) -> Result<String, Stri
     url.query_pairs_mut()
         .append_pair("project", client.project());
     let resp = inner
-        .http
-        .get(url)
-        .send()
+        .daemon
+        .execute(reqwest::Request::new(reqwest::Method::GET, url))
         .await
         .map_err(|e| error_chain(&e))?;
     let status = resp.status();
