@@ -31,10 +31,16 @@ pub struct Etagged<T> {
 /// Where the daemon is.
 #[derive(Debug, Clone)]
 pub(crate) enum Endpoint {
-    Unix { path: PathBuf },
-    Remote { url: String },
+    Unix {
+        path: PathBuf,
+    },
+    Remote {
+        url: String,
+    },
     /// A daemon of the caller's own ([`Client::with_daemon`]), named for messages.
-    Other { name: String },
+    Other {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Endpoint {

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// Boxed future of [`Daemon::execute`].
-pub type Exchange<'a> = Pin<Box<dyn Future<Output = reqwest::Result<reqwest::Response>> + Send + 'a>>;
+pub type Exchange<'a> =
+    Pin<Box<dyn Future<Output = reqwest::Result<reqwest::Response>> + Send + 'a>>;
 
 /// Something that answers Incus API requests.
 pub trait Daemon: Send + Sync {

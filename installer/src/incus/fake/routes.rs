@@ -50,15 +50,18 @@ pub(crate) fn answer(s: &mut State, a: &Asked<'_>) -> Answer {
         .path_segments()
         .into_iter()
         .flatten()
-        .map(|p| {
-            percent_decode(p)
-        })
+        .map(|p| percent_decode(p))
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let out = match segs.as_slice() {
         ["1.0"] => server(s, a),
-        ["1.0", "cluster"] if a.method == Method::GET => Some(Answer::sync(200, recorded().cluster.metadata().clone())),
-        ["1.0", "resources"] if a.method == Method::GET => Some(Answer::sync(200, recorded().resources.metadata().clone())),
+        ["1.0", "cluster"] if a.method == Method::GET => {
+            Some(Answer::sync(200, recorded().cluster.metadata().clone()))
+        }
+        ["1.0", "resources"] if a.method == Method::GET => {
+            Some(Answer::sync(200, recorded().resources.metadata().clone()))
+        }
+        ["1.0", "operations"] if a.method == Method::GET => Some(operations(s)),
         ["1.0", "operations", id] => operation(s, a, id, false),
         ["1.0", "operations", id, "wait"] => operation(s, a, id, true),
         ["1.0", "storage-pools", pool, "resources"] if a.method == Method::GET => {
@@ -83,6 +86,13 @@ pub(crate) fn answer(s: &mut State, a: &Asked<'_>) -> Answer {
             Some(Answer::sync(200, json!(all)))
         }
         ["1.0", "instances", name, "state"] => state(s, a, name),
+        // No instance of the fake ever runs, so no bridge has handed out a lease.
+        ["1.0", "networks", name, "leases"] if a.method == Method::GET => {
+            Some(match s.object(Kind::Network, "default", name) {
+                Some(_) => Answer::sync(200, json!([])),
+                None => Kind::Network.not_found(name),
+            })
+        }
         ["1.0", "images", "aliases", rest @ ..] => collection(s, a, Kind::Alias, rest),
         ["1.0", coll, rest @ ..] => match kind_of(coll) {
             Some(kind) => collection(s, a, kind, rest),
@@ -155,7 +165,12 @@ fn collection(s: &mut State, a: &Asked<'_>, kind: Kind, rest: &[&str]) -> Option
         let r = recorded();
         match (a.method.as_str(), rest) {
             ("GET", []) => return Some(r.error_404_in_missing_project.error_answer(String::new())),
-            (_, [_]) => return Some(r.error_get_in_missing_project.error_about("rec-missing", &project)),
+            (_, [_]) => {
+                return Some(
+                    r.error_get_in_missing_project
+                        .error_about("rec-missing", &project),
+                );
+            }
             _ => {}
         }
     }
@@ -199,7 +214,9 @@ fn create(s: &mut State, a: &Asked<'_>, kind: Kind, project: &str) -> Answer {
     };
     match s.try_create(kind, project, body) {
         // Refusals recorded from a background operation's wait come the same way.
-        Err(e) if kind == Kind::Instance && e.status < 300 => s.failed_operation("Creating instance", e),
+        Err(e) if kind == Kind::Instance && e.status < 300 => {
+            s.failed_operation("Creating instance", e)
+        }
         Err(e) => e,
         Ok(_) => {
             let r = recorded();
@@ -230,11 +247,20 @@ fn writable(kind: Kind, k: &str) -> bool {
     match kind {
         Kind::Instance => matches!(
             k,
-            "config" | "devices" | "profiles" | "description" | "ephemeral" | "stateful" | "architecture"
+            "config"
+                | "devices"
+                | "profiles"
+                | "description"
+                | "ephemeral"
+                | "stateful"
+                | "architecture"
         ),
         Kind::Alias => matches!(k, "target" | "description"),
         Kind::Profile => matches!(k, "config" | "devices" | "description"),
-        Kind::Certificate => matches!(k, "name" | "type" | "restricted" | "projects" | "description"),
+        Kind::Certificate => matches!(
+            k,
+            "name" | "type" | "restricted" | "projects" | "description"
+        ),
         _ => matches!(k, "config" | "description"),
     }
 }
@@ -310,12 +336,20 @@ fn delete(s: &mut State, kind: Kind, project: &str, name: &str) -> Answer {
 }
 
 fn holds_objects(s: &State, project: &str) -> bool {
-    [Kind::Instance, Kind::Profile, Kind::Volume, Kind::Image, Kind::Alias]
-        .iter()
-        .any(|k| {
-            s.effective(*k, project) == project
-                && s.names(*k, project).iter().any(|n| !(*k == Kind::Profile && n == "default"))
-        })
+    [
+        Kind::Instance,
+        Kind::Profile,
+        Kind::Volume,
+        Kind::Image,
+        Kind::Alias,
+    ]
+    .iter()
+    .any(|k| {
+        s.effective(*k, project) == project
+            && s.names(*k, project)
+                .iter()
+                .any(|n| !(*k == Kind::Profile && n == "default"))
+    })
 }
 
 fn server(s: &mut State, a: &Asked<'_>) -> Option<Answer> {
@@ -424,7 +458,10 @@ fn bucket(a: &Asked<'_>, rest: &[&str]) -> Option<Answer> {
             let env = rec.envelope();
             let message = match env["type"].as_str() {
                 Some("error") => env["error"].as_str().unwrap_or_default().to_string(),
-                _ => env["metadata"]["err"].as_str().unwrap_or_default().to_string(),
+                _ => env["metadata"]["err"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             };
             Some(match message.is_empty() || rec.status() < 400 {
                 true => Answer::error(501, "bucket creation is not modelled"),
@@ -443,4 +480,27 @@ fn stale(sent: &str, current: &str) -> Answer {
     let prefix = text.split(": ").next().unwrap_or_default();
     let bare = |t: &str| t.trim_matches('"').to_string();
     r.error_answer(format!("{prefix}: {} vs {}", bare(sent), bare(current)))
+}
+
+/// `GET /1.0/operations`: URLs by status (`success`, `failure`), as recorded; the fake's
+/// operations are all over by the time anyone asks.
+fn operations(s: &State) -> Answer {
+    let mut by: serde_json::Map<String, Value> = serde_json::Map::new();
+    for (id, op) in &s.operations {
+        let status = op["status"].as_str().unwrap_or("Success").to_lowercase();
+        let url = json!(format!("/1.0/operations/{id}"));
+        match by.get_mut(&status).and_then(Value::as_array_mut) {
+            Some(l) => l.push(url),
+            None => {
+                by.insert(status, json!([url]));
+            }
+        }
+    }
+    let mut ans = Answer::sync(200, Value::Object(by));
+    ans.body = {
+        let mut b = recorded().operations_list.envelope().clone();
+        b["metadata"] = ans.body["metadata"].take();
+        b
+    };
+    ans
 }

@@ -124,10 +124,15 @@ mod tests {
     fn same_value_same_placeholder_and_keys_kept() {
         let fp = "a".repeat(64);
         let mut s = Scrubber::new(vec![("rec-42".into(), "rec".into())]);
-        let v = s.value(json!({"fingerprint": fp, "operation": format!("/1.0/images/{fp}?project=rec-42"),
-            "server_name": "myhost", "n": 3, "rec-42": "x"}));
+        let v = s.value(
+            json!({"fingerprint": fp, "operation": format!("/1.0/images/{fp}?project=rec-42"),
+            "server_name": "myhost", "n": 3, "rec-42": "x"}),
+        );
         assert_eq!(v["fingerprint"], format!("{:064x}", 1));
-        assert_eq!(v["operation"], format!("/1.0/images/{:064x}?project=rec", 1));
+        assert_eq!(
+            v["operation"],
+            format!("/1.0/images/{:064x}?project=rec", 1)
+        );
         assert_eq!(v["server_name"], "<host>");
         assert_eq!(v["n"], 3);
         assert_eq!(v["rec"], "x");

@@ -149,11 +149,11 @@ impl State {
             races: Vec::new(),
             failed_waits: BTreeMap::new(),
         };
-        let default = r.projects_list.metadata().as_array().and_then(|l| {
-            l.iter()
-                .find(|p| p["name"] == "default")
-                .cloned()
-        });
+        let default = r
+            .projects_list
+            .metadata()
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["name"] == "default").cloned());
         let mut default = default.unwrap_or_else(|| r.project.metadata().clone());
         default["used_by"] = json!([]);
         s.put(Kind::Project, "", "default", default);
@@ -163,7 +163,12 @@ impl State {
             let name = pool["name"].as_str().unwrap_or_default().to_string();
             s.put(Kind::Pool, "", &name, pool);
         }
-        s.put(Kind::Profile, "default", "default", default_profile("default", true));
+        s.put(
+            Kind::Profile,
+            "default",
+            "default",
+            default_profile("default", true),
+        );
         // The host's own networks (its uplink, the seed's incusbr0), as recorded.
         for net in r.networks_list.metadata().as_array().into_iter().flatten() {
             let name = net["name"].as_str().unwrap_or_default().to_string();
@@ -203,7 +208,12 @@ impl State {
         self.objects.get(&State::key(kind, &p, name))
     }
 
-    pub(crate) fn object_mut(&mut self, kind: Kind, project: &str, name: &str) -> Option<&mut Value> {
+    pub(crate) fn object_mut(
+        &mut self,
+        kind: Kind,
+        project: &str,
+        name: &str,
+    ) -> Option<&mut Value> {
         let p = self.effective(kind, project);
         self.objects.get_mut(&State::key(kind, &p, name))
     }
@@ -331,7 +341,10 @@ impl State {
 
     fn new_instance(&mut self, project: &str, body: &Value, obj: &mut Value) -> Result<(), Answer> {
         let profiles: Vec<String> = match body["profiles"].as_array() {
-            Some(l) => l.iter().filter_map(|p| p.as_str().map(str::to_string)).collect(),
+            Some(l) => l
+                .iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect(),
             None => vec!["default".into()],
         };
         for p in &profiles {
@@ -382,7 +395,8 @@ impl State {
         let mut config = Map::new();
         let mut devices = Map::new();
         for p in obj["profiles"].as_array().cloned().unwrap_or_default() {
-            let Some(profile) = self.object(Kind::Profile, project, p.as_str().unwrap_or("")) else {
+            let Some(profile) = self.object(Kind::Profile, project, p.as_str().unwrap_or(""))
+            else {
                 continue;
             };
             config.extend(profile["config"].as_object().cloned().unwrap_or_default());
@@ -428,7 +442,10 @@ impl State {
     /// answers `failure` (6.0.4: HTTP 200 with the error object, as recorded).
     pub(crate) fn failed_operation(&mut self, description: &str, failure: Answer) -> Answer {
         let started = self.operation(description, Value::Null);
-        let id = started.body["metadata"]["id"].as_str().unwrap_or_default().to_string();
+        let id = started.body["metadata"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if let Some(op) = self.operations.get_mut(&id) {
             op["status"] = json!("Failure");
             op["status_code"] = json!(400);
@@ -452,7 +469,8 @@ impl State {
         body["operation"] = json!(format!("/1.0/operations/{id}"));
         let mut running = op.clone();
         running["status"] = r.instance_post_async.envelope()["metadata"]["status"].clone();
-        running["status_code"] = r.instance_post_async.envelope()["metadata"]["status_code"].clone();
+        running["status_code"] =
+            r.instance_post_async.envelope()["metadata"]["status_code"].clone();
         body["metadata"] = running;
         self.operations.insert(id, op);
         Answer {
@@ -494,12 +512,14 @@ fn overlay(kind: Kind, body: &Value) -> Value {
 
 /// The `default` profile of a project (the server's own has the root disk).
 fn default_profile(project: &str, with_root: bool) -> Value {
-    let listed = recorded().profiles_list.metadata().as_array().and_then(|l| {
-        l.iter()
-            .find(|p| p["name"] == "default")
-            .cloned()
-    });
-    let mut p = listed.unwrap_or_else(|| json!({"name": "default", "config": {}, "devices": {}, "description": ""}));
+    let listed = recorded()
+        .profiles_list
+        .metadata()
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["name"] == "default").cloned());
+    let mut p = listed.unwrap_or_else(
+        || json!({"name": "default", "config": {}, "devices": {}, "description": ""}),
+    );
     p["project"] = json!(project);
     p["used_by"] = json!([]);
     if with_root {
@@ -527,7 +547,13 @@ fn certificate(body: &Value, obj: &mut Value) -> Result<(), Answer> {
         return Err(recorded().error_certificate_pem.error_about("", ""));
     };
     obj["fingerprint"] = json!(hex::encode(Sha256::digest(der)));
-    for k in ["type", "restricted", "projects", "description", "certificate"] {
+    for k in [
+        "type",
+        "restricted",
+        "projects",
+        "description",
+        "certificate",
+    ] {
         if let Some(v) = body.get(k) {
             obj[k] = v.clone();
         }
