@@ -199,3 +199,6 @@ impl Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

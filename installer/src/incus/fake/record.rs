@@ -541,12 +541,12 @@ async fn record_storage(rec: &Recorder, n: &Names, q: &str) {
         &got,
         n,
     );
-    let body = json!({"name": "rec-bucket", "description": "", "config": {}});
+    let bucket = json!({"name": "rec-bucket", "description": "", "config": {}});
     let got = rec
         .json(
             Method::POST,
             &format!("/1.0/storage-pools/{}/buckets?{q}", n.pool),
-            &body,
+            &bucket,
         )
         .await;
     let got = if got.body["type"] == "async" {
@@ -564,7 +564,7 @@ async fn record_storage(rec: &Recorder, n: &Names, q: &str) {
     };
     rec.save(
         "bucket_post",
-        json!({"method": "POST", "path": "/1.0/storage-pools/default/buckets", "body": body}),
+        json!({"method": "POST", "path": "/1.0/storage-pools/default/buckets", "body": bucket}),
         &got,
         n,
     );

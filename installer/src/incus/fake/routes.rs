@@ -50,7 +50,7 @@ pub(crate) fn answer(s: &mut State, a: &Asked<'_>) -> Answer {
         .path_segments()
         .into_iter()
         .flatten()
-        .map(|p| percent_decode(p))
+        .map(percent_decode)
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let out = match segs.as_slice() {
