@@ -5,20 +5,26 @@
 //!
 //! Modelled: the server (`/1.0`, its config by PUT/PATCH with ETags), projects (with the
 //! `features.*` that send profiles, images and volumes to `default`, and the `default`
-//! profile a new project gets), networks, profiles, storage pools (read only) and custom
+//! profile a new project gets), networks (the host's own as recorded, and their leases:
+//! none, no instance of the fake runs), profiles, storage pools (read only) and custom
 //! volumes, images and aliases, instances (create from an image alias or fingerprint,
-//! update, state changes), certificates, `/1.0/cluster` (not clustered), `/1.0/resources`,
-//! background operations with `GET /1.0/operations/<id>/wait`.
+//! update, state changes, which take effect at once), certificates (base64 DER),
+//! `/1.0/cluster` (not clustered), `/1.0/resources`, background operations with
+//! `GET /1.0/operations/<id>/wait` and `GET /1.0/operations`, storage buckets as this
+//! 6.0.4 host on a dir pool without MinIO serves them (none; creation refused).
 //!
-//! Refused as the daemon refuses: an unknown object (404 with Incus' message), a
-//! duplicate (409), a stale `If-Match` (412), anything in a project that does not exist,
-//! an instance from an image or with a profile that does not exist, deleting a running
-//! instance or a project that still holds objects.
+//! Refused as the daemon refuses, with its recorded status and words: an unknown object
+//! (404), a duplicate (409, or 500 for profiles and projects; for instances the operation
+//! fails), a stale `If-Match` (412), reading or creating in a project that does not exist
+//! (a list there is empty, as on the daemon), an instance without a root disk, from an
+//! image or with a profile that does not exist, a PEM certificate; also deleting a running
+//! instance or a project that still holds objects, and an alias to a missing image (these
+//! words are not recorded: written from what Incus says, to be checked by a re-recording).
 //!
 //! Not modelled (answered 501 and listed in [`FakeIncus::unmodelled`], so a test that
 //! reaches them fails loudly): file push/pull, exec, console, image upload, exports,
-//! backups, snapshots, buckets, renames, cluster members, metrics.
-//! `used_by` lists stay empty.
+//! backups, snapshots, renames, cluster members, metrics. `used_by` lists stay empty;
+//! server config keys are not validated.
 
 #[cfg(test)]
 mod record;
@@ -46,8 +52,8 @@ pub struct FakeIncus {
 }
 
 impl FakeIncus {
-    /// A fresh Incus as just installed: the `default` project and profile, the `default`
-    /// storage pool (`dir`), no networks of its own, not clustered.
+    /// A fresh Incus as the recorded host had it: the `default` project and profile, its
+    /// storage pools, its own networks (the uplink, `incusbr0`), not clustered.
     pub fn new() -> Arc<FakeIncus> {
         Arc::new(FakeIncus {
             state: Mutex::new(State::new()),
