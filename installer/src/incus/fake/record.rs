@@ -223,6 +223,18 @@ async fn record() {
 
 async fn record_all(rec: &Recorder, n: &Names) {
     let q = format!("project={}", n.project);
+    record_project(rec, n).await;
+    record_network(rec, n).await;
+    record_profile(rec, n, &q).await;
+    record_storage(rec, n, &q).await;
+    record_image(rec, n, &q).await;
+    record_instance(rec, n, &q).await;
+    record_instance_reads(rec, n, &q).await;
+    record_certificate_and_host(rec, n).await;
+}
+
+/// The server, a project, its duplicate and missing ones.
+async fn record_project(rec: &Recorder, n: &Names) {
     // The server.
     let got = rec.ask(Method::GET, "/1.0", None).await;
     rec.save("server", json!({"method": "GET", "path": "/1.0"}), &got, n);
@@ -307,6 +319,10 @@ async fn record_all(rec: &Recorder, n: &Names) {
         &got,
         n,
     );
+}
+
+/// The host's networks, then a bridge of the recorder's own.
+async fn record_network(rec: &Recorder, n: &Names) {
     // The host's networks as a fresh daemon has them (before the recorder's own).
     let mut got = rec
         .ask(
@@ -380,6 +396,10 @@ async fn record_all(rec: &Recorder, n: &Names) {
         &got,
         n,
     );
+}
+
+/// A profile in the project, a write with a stale ETag, the lists.
+async fn record_profile(rec: &Recorder, n: &Names, q: &str) {
     // A profile in the project, then a write with a stale ETag.
     let body = json!({"name": n.profile, "description": "recorder", "config": {"user.recorded": "yes"},
         "devices": {"eth0": {"type": "nic", "nictype": "bridged", "parent": n.bridge, "name": "eth0"}}});
@@ -450,8 +470,10 @@ async fn record_all(rec: &Recorder, n: &Names) {
         &got,
         n,
     );
-    record_storage(rec, n, &q).await;
-    record_image_and_instance(rec, n, &q).await;
+}
+
+/// A metrics certificate (PEM refused, base64 DER taken), then what the host says of itself.
+async fn record_certificate_and_host(rec: &Recorder, n: &Names) {
     let body = json!({"name": format!("{}-cert", n.project), "type": "metrics", "restricted": false,
         "certificate": n.cert_pem, "projects": []});
     // PEM is refused: 6.0.4 wants base64 DER.
@@ -527,6 +549,38 @@ async fn record_storage(rec: &Recorder, n: &Names, q: &str) {
         &dup,
         n,
     );
+    let path = format!(
+        "/1.0/storage-pools/{}/volumes/custom/{}?{q}",
+        n.pool, n.volume
+    );
+    let got = rec.ask(Method::GET, &path, None).await;
+    rec.save(
+        "volume",
+        json!({"method": "GET", "path": path, "posted": body}),
+        &got,
+        n,
+    );
+    let got = rec
+        .ask(
+            Method::GET,
+            &format!(
+                "/1.0/storage-pools/{}/volumes/custom?{q}&recursion=1",
+                n.pool
+            ),
+            None,
+        )
+        .await;
+    rec.save(
+        "volumes_list",
+        json!({"method": "GET", "path": "/1.0/storage-pools/default/volumes/custom?recursion=1"}),
+        &got,
+        n,
+    );
+    record_buckets(rec, n, q).await;
+}
+
+/// Buckets: 6.0 on a dir pool needs MinIO on the host; what it says without.
+async fn record_buckets(rec: &Recorder, n: &Names, q: &str) {
     // Buckets: 6.0 on a dir pool needs MinIO on the host; what it says without.
     let got = rec
         .ask(
@@ -576,36 +630,9 @@ async fn record_storage(rec: &Recorder, n: &Names, q: &str) {
         )
         .await;
     }
-    let path = format!(
-        "/1.0/storage-pools/{}/volumes/custom/{}?{q}",
-        n.pool, n.volume
-    );
-    let got = rec.ask(Method::GET, &path, None).await;
-    rec.save(
-        "volume",
-        json!({"method": "GET", "path": path, "posted": body}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!(
-                "/1.0/storage-pools/{}/volumes/custom?{q}&recursion=1",
-                n.pool
-            ),
-            None,
-        )
-        .await;
-    rec.save(
-        "volumes_list",
-        json!({"method": "GET", "path": "/1.0/storage-pools/default/volumes/custom?recursion=1"}),
-        &got,
-        n,
-    );
 }
 
-async fn record_image_and_instance(rec: &Recorder, n: &Names, q: &str) {
+async fn record_image(rec: &Recorder, n: &Names, q: &str) {
     let got = rec
         .ask(
             Method::POST,
@@ -678,6 +705,10 @@ async fn record_image_and_instance(rec: &Recorder, n: &Names, q: &str) {
         &got,
         n,
     );
+}
+
+/// A stopped instance: refused without a root disk, made with one, its duplicate.
+async fn record_instance(rec: &Recorder, n: &Names, q: &str) {
     let body = json!({"name": n.instance, "type": "container", "description": "",
         "source": {"type": "image", "alias": n.alias},
         "profiles": [n.profile], "config": {"user.recorded": "yes"}, "devices": {}, "start": false});
@@ -759,6 +790,10 @@ async fn record_image_and_instance(rec: &Recorder, n: &Names, q: &str) {
         &got,
         n,
     );
+}
+
+/// The instance read back, lists, and missing objects.
+async fn record_instance_reads(rec: &Recorder, n: &Names, q: &str) {
     let got = rec
         .ask(
             Method::GET,
