@@ -101,3 +101,6 @@ pub async fn ensure_project(client: &Client, config: &Config) -> Result<(), Engi
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::daemon::{Daemon, Http};
 use super::error::{IncusError, classify, looks_like_duplicate};
 use super::operation::{Operation, WaitAnswer, parse_wait};
 
@@ -30,8 +31,16 @@ pub struct Etagged<T> {
 /// Where the daemon is.
 #[derive(Debug, Clone)]
 pub(crate) enum Endpoint {
-    Unix { path: PathBuf },
-    Remote { url: String },
+    Unix {
+        path: PathBuf,
+    },
+    Remote {
+        url: String,
+    },
+    /// A daemon of the caller's own ([`Client::with_daemon`]), named for messages.
+    Other {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
@@ -39,12 +48,13 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Unix { path } => write!(f, "unix socket {}", path.display()),
             Endpoint::Remote { url } => write!(f, "{url}"),
+            Endpoint::Other { name } => write!(f, "{name}"),
         }
     }
 }
 
 pub(crate) struct Inner {
-    pub(crate) http: reqwest::Client,
+    pub(crate) daemon: Arc<dyn Daemon>,
     pub(crate) base: Url,
     pub(crate) endpoint: Endpoint,
     writes: AtomicU64,
@@ -254,9 +264,24 @@ const BUSY_PAUSE: Duration = Duration::from_millis(500);
 
 impl Client {
     pub(crate) fn from_parts(http: reqwest::Client, base: Url, endpoint: Endpoint) -> Client {
+        Client::over(Arc::new(Http(http)), base, endpoint)
+    }
+
+    /// A client whose requests `daemon` answers (a fake Incus in tests): every typed call
+    /// goes through the same request building and answer mapping as on the real socket.
+    /// `name` stands for the endpoint in messages.
+    pub fn with_daemon(daemon: Arc<dyn Daemon>, name: &str) -> Client {
+        let base = Url::parse("http://incus").expect("a constant URL");
+        let endpoint = Endpoint::Other {
+            name: name.to_string(),
+        };
+        Client::over(daemon, base, endpoint)
+    }
+
+    fn over(daemon: Arc<dyn Daemon>, base: Url, endpoint: Endpoint) -> Client {
         Client {
             inner: Arc::new(Inner {
-                http,
+                daemon,
                 base,
                 endpoint,
                 writes: AtomicU64::new(0),
@@ -437,6 +462,7 @@ impl Client {
         req: Req,
     ) -> Result<(reqwest::Response, String, String), IncusError> {
         let url = self.url(&req);
+        let deadline = req.deadline;
         let method = req.method.to_string();
         let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
@@ -457,31 +483,12 @@ impl Client {
             log(&method, &path);
         }
         let limit = self.request_timeout();
-        let mut builder = self
-            .inner
-            .http
-            .request(req.method.clone(), url)
-            .headers(req.headers);
-        match req.deadline {
-            Deadline::Call => builder = builder.timeout(limit),
-            Deadline::Wait(held) => builder = builder.timeout(limit + held),
-            Deadline::Head | Deadline::Upload => {}
-        }
-        builder = match req.payload {
-            Payload::None => builder,
-            Payload::Json(b) => builder.header(CONTENT_TYPE, "application/json").body(b),
-            Payload::Stream(b) => builder
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .body(b),
-            Payload::Bytes(b) => builder
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .body(b),
-        };
-        let sent = match req.deadline {
-            Deadline::Head => tokio::time::timeout(limit, builder.send())
+        let request = build_request(req, url, limit);
+        let sent = match deadline {
+            Deadline::Head => tokio::time::timeout(limit, self.inner.daemon.execute(request))
                 .await
                 .map_err(|_| self.no_answer(&method, &path))?,
-            _ => builder.send().await,
+            _ => self.inner.daemon.execute(request).await,
         };
         match sent {
             Ok(resp) => Ok((resp, method, path)),
@@ -740,6 +747,29 @@ impl Client {
             }
         }
     }
+}
+
+/// The HTTP request of `req`, with the timeout its deadline asks for (the daemon honours a
+/// request's own timeout).
+fn build_request(req: Req, url: Url, limit: Duration) -> reqwest::Request {
+    let mut request = reqwest::Request::new(req.method, url);
+    *request.headers_mut() = req.headers;
+    *request.timeout_mut() = match req.deadline {
+        Deadline::Call => Some(limit),
+        Deadline::Wait(held) => Some(limit + held),
+        Deadline::Head | Deadline::Upload => None,
+    };
+    let (kind, body) = match req.payload {
+        Payload::None => return request,
+        Payload::Json(b) => ("application/json", reqwest::Body::from(b)),
+        Payload::Stream(b) => ("application/octet-stream", b),
+        Payload::Bytes(b) => ("application/octet-stream", reqwest::Body::from(b)),
+    };
+    request
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    *request.body_mut() = Some(body);
+    request
 }
 
 fn op_result(op: Operation, method: &str, path: &str) -> Result<Operation, IncusError> {

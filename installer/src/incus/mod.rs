@@ -33,8 +33,11 @@ mod backups;
 mod certificate;
 mod client;
 mod cluster;
+mod daemon;
 mod error;
 mod exec;
+#[cfg(any(test, feature = "fake-incus"))]
+pub mod fake;
 mod files;
 mod image;
 mod instance;
@@ -54,6 +57,7 @@ pub use cluster::{
     Cluster, ClusterCreate, ClusterGroup, ClusterMember, MemberConfigKey, NETWORK_MEMBER_KEYS,
     POOL_MEMBER_KEYS, split_member_keys,
 };
+pub use daemon::{Daemon, Exchange};
 pub use error::{IncusError, OptionalExt};
 pub use exec::ExecOutput;
 pub use files::{FileEntry, FileMeta};

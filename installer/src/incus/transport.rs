@@ -373,6 +373,7 @@ fn unreachable_hint(endpoint: &Endpoint, kind: std::io::ErrorKind) -> String {
             "Check that {url} is right, that the server listens there (`core.https_address`), \
              and that no firewall is in between."
         ),
+        (Endpoint::Other { name }, _) => format!("{name} did not answer."),
     }
 }
 
