@@ -10,18 +10,16 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 use atlas_image::build::{self, AtlasSpec, BuildError};
 use atlas_image::cache::BlobCache;
 use atlas_image::digest::Digest;
-use atlas_image::manifest::{self, Descriptor};
 use atlas_image::oci_layout::OciLayoutWriter;
 use atlas_image::platform::Platform;
 use atlas_image::progress::NoProgress;
 use atlas_image::recipe::Recipe;
 use atlas_image::source::{PullOptions, PulledImage, Source, pull};
-use common::images::{Comp, build_image_with};
+use common::images::{Comp, Layer, build_image_with, umoci_unpack, write_image};
 use common::*;
 
 const RECIPE: &str = r#"
@@ -131,38 +129,15 @@ fn plugin_layout(dir: &Path) -> Digest {
         m("opt/plug/lib/c.so", Regular, 0o644, b"added later"),
     ]);
     let mut w = OciLayoutWriter::create(dir).unwrap();
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for raw in [lower, upper] {
-        diff_ids.push(Digest::of_bytes(&raw).to_string());
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut e, &raw).unwrap();
-        let gz = e.finish().unwrap();
-        let d = w.add_bytes(&gz).unwrap();
-        descs.push(Descriptor::new(
-            manifest::OCI_LAYER_GZIP,
-            d,
-            gz.len() as u64,
-        ));
-    }
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/x"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
-    let cd = w.add_bytes(&config).unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": manifest::OCI_MANIFEST,
-        "config": Descriptor::new(manifest::OCI_CONFIG, cd, config.len() as u64),
-        "layers": descs,
-    }))
-    .unwrap();
-    let d = w
-        .add_manifest(&manifest, manifest::OCI_MANIFEST, Some("1"), None)
-        .unwrap();
+    let config =
+        serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/x"]}});
+    let layers = [
+        Layer::compress(&lower, Comp::Gzip),
+        Layer::compress(&upper, Comp::Gzip),
+    ];
+    let d = write_image(&mut w, &layers, config, "1");
     w.finish().unwrap();
-    d.digest
+    d
 }
 
 fn base_layout(dir: &Path) {
@@ -316,17 +291,7 @@ async fn copy_takes_a_tree_and_a_linked_file_out_of_another_image() {
     let oci = tmp.path().join("oci");
     build::write_oci_layout(&a, &oci, Some("web")).unwrap();
     let bundle = tmp.path().join("bundle");
-    let o = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:web", oci.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    umoci_unpack(&oci, "web", &bundle, false);
     let rootfs = bundle.join("rootfs");
     let meta = |p: &str| fs::symlink_metadata(rootfs.join(p)).unwrap();
     assert_eq!(

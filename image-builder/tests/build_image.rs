@@ -19,7 +19,7 @@ use atlas_image::recipe::Recipe;
 use atlas_image::reference::ImageRef;
 use atlas_image::registry::{PushOptions, push_image};
 use atlas_image::source::{PullOptions, PulledImage, Source, pull};
-use common::images::{Comp, build_image_with};
+use common::images::{Comp, build_image_with, umoci_unpack};
 use common::*;
 
 const RECIPE: &str = r#"
@@ -283,17 +283,7 @@ async fn build_from_two_caches_via_registry_push_and_umoci() {
     let oci = tmp.path().join("oci");
     build::write_oci_layout(&a, &oci, Some("web")).unwrap();
     let bundle = tmp.path().join("bundle");
-    let o = Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:web", oci.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    umoci_unpack(&oci, "web", &bundle, true);
     let init = std::fs::read(bundle.join("rootfs/sbin/init")).unwrap();
     assert_eq!(init, atlas_image::init::binary());
     let svc = std::fs::read_to_string(bundle.join("rootfs/etc/atlas/service.json")).unwrap();

@@ -16,14 +16,14 @@ use std::process::Command;
 
 use atlas_image::build::{self, AtlasSpec, ExtraFile};
 use atlas_image::cache::BlobCache;
-use atlas_image::manifest::{self, Descriptor};
 use atlas_image::oci_layout::OciLayoutWriter;
 use atlas_image::platform::Platform;
 use atlas_image::progress::NoProgress;
 use atlas_image::recipe::Recipe;
 use atlas_image::source::{PullOptions, PulledImage, Source, pull};
+use atlas_test_support::skip::have_root;
 use common::have_tool;
-use common::images::Comp;
+use common::images::{Comp, Layer, umoci_unpack, write_image};
 use layers::{Flat, layer, parse};
 
 /// `cap_net_bind_service=+ep` as setcap(8) stores it (VFS_CAP_REVISION_2, 20 bytes).
@@ -82,39 +82,15 @@ fn base_layout(dir: &Path, second: Comp) {
         .file("etc/conf.d/b.conf", 0o644, b"layer 2")
         .tar();
     let mut w = OciLayoutWriter::create(dir).unwrap();
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for (raw, comp) in [(l1, Comp::Gzip), (l2, second)] {
-        diff_ids.push(atlas_image::digest::Digest::of_bytes(&raw).to_string());
-        let (blob, media) = match comp {
-            Comp::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                std::io::Write::write_all(&mut e, &raw).unwrap();
-                (e.finish().unwrap(), manifest::OCI_LAYER_GZIP)
-            }
-            Comp::Zstd => (
-                zstd::encode_all(&raw[..], 3).unwrap(),
-                manifest::OCI_LAYER_ZSTD,
-            ),
-        };
-        let d = w.add_bytes(&blob).unwrap();
-        descs.push(Descriptor::new(media, d, blob.len() as u64));
-    }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
         "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
-    let config = serde_json::to_vec(&config).unwrap();
-    let cd = w.add_bytes(&config).unwrap();
-    let m = serde_json::json!({
-        "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
-        "config": Descriptor::new(manifest::OCI_CONFIG, cd, config.len() as u64),
-        "layers": descs,
-    });
-    let m = serde_json::to_vec(&m).unwrap();
-    w.add_manifest(&m, manifest::OCI_MANIFEST, Some("1"), None)
-        .unwrap();
+    let layers = [
+        Layer::compress(&l1, Comp::Gzip),
+        Layer::compress(&l2, second),
+    ];
+    write_image(&mut w, &layers, config, "1");
     w.finish().unwrap();
 }
 
@@ -218,13 +194,10 @@ async fn umoci_unpacks_the_atlas_image_of_a_usr_merged_base_with_capabilities() 
     if !have_tool("umoci") || !have_tool("getcap") {
         return;
     }
-    let root = nix_is_root();
-    if !root {
-        assert!(
-            !common::require_all(),
-            "this test needs root (umoci without --rootless)"
-        );
-        eprintln!("skipping: umoci sets file capabilities only as root");
+    if !have_root(
+        "umoci without --rootless",
+        "umoci sets file capabilities only as root",
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -234,17 +207,7 @@ async fn umoci_unpacks_the_atlas_image_of_a_usr_merged_base_with_capabilities() 
     let oci = tmp.path().join("oci");
     build::write_oci_layout(&image, &oci, Some("shapes")).unwrap();
     let bundle = tmp.path().join("bundle");
-    let o = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:shapes", oci.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    umoci_unpack(&oci, "shapes", &bundle, false);
     let r = bundle.join("rootfs");
     assert!(
         std::fs::symlink_metadata(r.join("sbin"))
@@ -264,11 +227,4 @@ async fn umoci_unpacks_the_atlas_image_of_a_usr_merged_base_with_capabilities() 
         .unwrap();
     let caps = String::from_utf8_lossy(&o.stdout);
     assert!(caps.contains("cap_net_bind_service"), "getcap: {caps:?}");
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

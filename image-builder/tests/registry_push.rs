@@ -278,13 +278,18 @@ async fn basic_auth_from_an_auth_file() {
     assert_eq!(Digest::of_bytes(raw.as_bytes()), built.manifest_digest);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bearer_tokens_anonymous_pull_and_authenticated_push() {
+/// skopeo and a registry with bearer tokens (push for bob:builder), or None (skip).
+async fn token_registry() -> Option<common::auth_registry::AuthRegistry> {
     init_tls();
     if !have_tool("skopeo") {
-        return;
+        return None;
     }
-    let Some(reg) = common::auth_registry::start_token("bob", "builder").await else {
+    common::auth_registry::start_token("bob", "builder").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_anonymous_pull_and_authenticated_push() {
+    let Some(reg) = token_registry().await else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -380,11 +385,7 @@ fn pull_push_and_lock_futures_are_send() {
 /// index digest), never the attestation, and the image builds and flattens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attested_index_with_zstd_layers_through_a_token_registry() {
-    init_tls();
-    if !have_tool("skopeo") {
-        return;
-    }
-    let Some(reg) = common::auth_registry::start_token("bob", "builder").await else {
+    let Some(reg) = token_registry().await else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

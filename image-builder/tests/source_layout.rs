@@ -11,7 +11,10 @@ use atlas_image::oci_layout::{LayoutError, OciLayoutWriter};
 use atlas_image::platform::Platform;
 use atlas_image::progress::NoProgress;
 use atlas_image::source::{PullError, PullOptions, PulledImage, Source, pull};
-use common::images::{Comp, build_image, build_image_with, multi_arch_layout, single_image_layout};
+use common::images::{
+    Comp, build_image, build_image_with, multi_arch_layout, single_image_layout, umoci_stat,
+    umoci_unpack,
+};
 use common::*;
 
 fn opts() -> PullOptions {
@@ -261,28 +264,9 @@ async fn written_layout_is_read_by_skopeo_and_umoci() {
     );
     let tags = String::from_utf8_lossy(&ls.stdout);
     assert!(tags.contains("copy") && tags.contains("copy2"), "{tags}");
-    let stat = Command::new("umoci")
-        .args(["stat", "--image"])
-        .arg(format!("{}:copy", out.display()))
-        .output()
-        .unwrap();
-    assert!(
-        stat.status.success(),
-        "umoci stat: {}",
-        String::from_utf8_lossy(&stat.stderr)
-    );
+    umoci_stat(&out, "copy");
     let bundle = tmp.path().join("bundle");
-    let unpack = Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:copy", out.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        unpack.status.success(),
-        "umoci unpack: {}",
-        String::from_utf8_lossy(&unpack.stderr)
-    );
+    umoci_unpack(&out, "copy", &bundle, true);
     let hello = std::fs::read_to_string(bundle.join("rootfs/layer1/hello.txt")).unwrap();
     assert_eq!(hello, "hello from write layer 1\n");
 }

@@ -7,9 +7,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// Under CI (`ATLAS_TEST_REQUIRE_ALL=1`) a missing tool or privilege fails the test.
-pub fn require_all() -> bool {
-    std::env::var("ATLAS_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
+pub use atlas_test_support::require_all;
 
 pub fn have_tool(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -15,6 +14,10 @@ use atlas_image::init::{
     HostEntry, INIT_MODE, INIT_PATH, InterfaceSpec, NETWORK_CONFIG_PATH, NetworkSpec,
     SERVICE_CONFIG_PATH, ServiceSpec,
 };
+
+use atlas_test_support::busybox::is_static_elf;
+use atlas_test_support::free_port;
+use atlas_test_support::incus::ProjectGuard;
 
 use crate::common::{prerequisites, require_all, run_ok, wait_until};
 
@@ -28,24 +31,16 @@ struct Net {
 }
 
 /// Chosen once per process by looking at every route, address and Incus network of the host
-/// (not hoping 10.231.0.0/24 is free). The installer's tests pick theirs the same way
-/// (installer/tests/it/common/hermetic.rs); a shared test-support crate is to hold one copy.
+/// (not hoping a fixed /24 is free), as the installer's tests choose theirs.
 fn net() -> &'static Net {
     static NET: std::sync::OnceLock<Net> = std::sync::OnceLock::new();
     NET.get_or_init(|| {
-        let text = |cmd: &mut Command| {
-            String::from_utf8_lossy(&cmd.output().expect("run").stdout).into_owned()
-        };
-        let used = text(Command::new("ip").args(["-4", "route"]))
-            + &text(Command::new("ip").args(["-4", "addr"]))
-            + &text(Command::new("incus").args(["network", "list", "-f", "csv"]));
-        let third = (0..=255u8)
-            .map(|i| i.wrapping_add((std::process::id() % 256) as u8))
-            .find(|t| !used.contains(&format!("10.231.{t}.")))
-            .expect("a free /24 in 10.231.0.0/16");
+        let o = atlas_test_support::net::free_subnets(1)[0]
+            .network()
+            .octets();
         Net {
-            gateway: std::net::Ipv4Addr::new(10, 231, third, 1),
-            ip: std::net::Ipv4Addr::new(10, 231, third, 10),
+            gateway: std::net::Ipv4Addr::new(o[0], o[1], o[2], 1),
+            ip: std::net::Ipv4Addr::new(o[0], o[1], o[2], 10),
         }
     })
 }
@@ -61,37 +56,6 @@ fn incus(args: &[&str]) -> Output {
 
 fn incus_ok(args: &[&str]) -> String {
     run_ok(Command::new("incus").args(args))
-}
-
-/// Everything this test creates, removed in reverse order even when an assertion fails.
-struct IncusObjects {
-    project: String,
-    bridge_created: bool,
-}
-
-impl Drop for IncusObjects {
-    fn drop(&mut self) {
-        let p = self.project.as_str();
-        let _ = incus(&["delete", "--force", INSTANCE, "--project", p]);
-        let _ = incus(&["image", "delete", ALIAS, "--project", p]);
-        let _ = incus(&["project", "delete", p]);
-        if self.bridge_created {
-            let _ = incus(&["network", "delete", BRIDGE]);
-        }
-    }
-}
-
-/// True when the busybox binary has no PT_INTERP, i.e. runs in a rootfs without a libc.
-fn is_static_elf(b: &[u8]) -> bool {
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
-        return false;
-    }
-    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
-    let (entsize, num) = (u16_at(54), u16_at(56));
-    (0..num).all(|i| {
-        b.get(phoff + i * entsize..phoff + i * entsize + 4) != Some(&3u32.to_le_bytes()[..])
-    })
 }
 
 fn service_spec() -> ServiceSpec {
@@ -199,14 +163,6 @@ fn write_image(path: &Path) {
     tar.into_inner().unwrap().flush().unwrap();
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(url: &str) -> Option<String> {
     let out = Command::new("curl")
         .args(["-s", "--max-time", "2", "-w", "\n%{http_code}", url])
@@ -266,10 +222,8 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
 
     let project = format!("t-init-{}", std::process::id());
     let p = project.as_str();
-    let mut objects = IncusObjects {
-        project: project.clone(),
-        bridge_created: false,
-    };
+    // Everything this test creates, removed in reverse order even when an assertion fails.
+    let mut objects = ProjectGuard::new(&project);
     incus_ok(&[
         "project",
         "create",
@@ -323,7 +277,7 @@ fn init_incus_container_serves_through_proxy_and_restarts_fast() {
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    objects.bridge_created = true;
+    objects.network(BRIDGE);
 
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.tar");

@@ -18,7 +18,9 @@ use atlas_install::progress::NoProgress;
 use atlas_install::state::record::{self, InstallRecord, RecordError, ServiceRecord};
 use sha2::{Digest, Sha256};
 
-use crate::common::{atlas, client_or_skip, require_all, stderr, stdout};
+use atlas_test_support::busybox::{self, BusyboxImage};
+
+use crate::common::{atlas, client_or_skip, have_busybox, stderr, stdout};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
@@ -140,75 +142,11 @@ async fn cleanup(c: Client, project: String) {
     }
 }
 
-fn have_busybox() -> bool {
-    let ok = Path::new("/bin/busybox").exists();
-    assert!(
-        ok || !require_all(),
-        "/bin/busybox (busybox-static) is required (ATLAS_TEST_REQUIRE_ALL=1)"
-    );
-    if !ok {
-        eprintln!("skipping: /bin/busybox missing (apt-get install busybox-static)");
-    }
-    ok
-}
-
 /// Unified tarball: static busybox and atlas-init running `sleep` (it stops on SIGPWR).
 fn image_tarball(dir: &Path) -> PathBuf {
-    let root = dir.join("image");
-    let rootfs = root.join("rootfs");
-    for d in [
-        "bin",
-        "sbin",
-        "etc/atlas",
-        "dev",
-        "proc",
-        "sys",
-        "tmp",
-        "run",
-        "root",
-    ] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
-    }
-    std::fs::write(
-        root.join("metadata.yaml"),
-        format!(
-            "architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: atlas backup test\n  os: atlas-test\n",
-            std::env::consts::ARCH
-        ),
-    )
-    .expect("metadata");
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
-    let spec = atlas_image::init::ServiceSpec {
-        entrypoint: vec![],
-        cmd: vec!["/bin/busybox".into(), "sleep".into(), "2147483647".into()],
-        env: vec![],
-        working_dir: None,
-        user: None,
-        stop_grace_period: 2,
-    };
-    for f in
-        atlas_image::init::rootfs_files(&spec, Some(&atlas_image::init::NetworkSpec::default()))
-            .expect("init files")
-    {
-        let p = rootfs.join(f.path);
-        std::fs::write(&p, f.contents.as_ref()).expect("write init file");
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
-            .expect("chmod");
-    }
-    let tarball = dir.join("image.tar");
-    let st = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&root)
-        .args(["metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    tarball
+    BusyboxImage::new(&dir.join("image"), "atlas backup test")
+        .service(busybox::service(&["/bin/busybox", "sleep", "2147483647"]))
+        .tarball(&dir.join("image.tar"))
 }
 
 fn data_disk() -> BTreeMap<String, String> {

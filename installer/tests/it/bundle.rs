@@ -12,12 +12,12 @@ use std::process::{Command, Output, Stdio};
 
 use atlas_image::layer::deterministic::LayerBuilder;
 use atlas_image::lock::ImagesLock;
-use atlas_image::manifest::{self, Descriptor};
 use atlas_image::oci_layout::OciLayoutWriter;
 use atlas_image::progress::NoProgress;
 use atlas_image::source::{PullOptions, Source, pull};
 use atlas_install::bundle::{self, BundleError, CreateSpec, Expect};
 use atlas_install::signing::Trust;
+use atlas_test_support::oci::{Layer, umoci_stat, write_image};
 use sha2::{Digest as _, Sha256};
 
 use crate::common::{atlas, cyclonedx, have_tool, require_all, run, stderr, stdout};
@@ -41,31 +41,15 @@ pub(crate) fn small_layout(dir: &Path) {
     l2.file("etc/two", 0o644, "only in two\n").unwrap();
     let (l1, l2) = (l1.build().unwrap(), l2.build().unwrap());
     let mut w = OciLayoutWriter::create(dir).unwrap();
-    for (tag, layers) in [("one", vec![&l1]), ("two", vec![&l1, &l2])] {
-        let descs: Vec<Descriptor> = layers
-            .iter()
-            .map(|l| {
-                let d = w.add_bytes(&l.gzip).unwrap();
-                Descriptor::new(manifest::OCI_LAYER_GZIP, d, l.gzip.len() as u64)
-            })
-            .collect();
-        let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "config": {"Cmd": ["/bin/true"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }))
-        .unwrap();
-        let cd = w.add_bytes(&config).unwrap();
-        let m = serde_json::json!({
-            "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
-            "config": Descriptor::new(manifest::OCI_CONFIG, cd, config.len() as u64),
-            "layers": descs,
-        });
-        let bytes = serde_json::to_vec(&m).unwrap();
-        w.add_manifest(&bytes, manifest::OCI_MANIFEST, Some(tag), None)
-            .unwrap();
-    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/true"]},
+    });
+    let layer = |l: &atlas_image::layer::deterministic::BuiltLayer| {
+        Layer::gzip(l.gzip.clone(), l.diff_id.clone())
+    };
+    write_image(&mut w, &[layer(&l1)], config.clone(), "one");
+    write_image(&mut w, &[layer(&l1), layer(&l2)], config, "two");
     w.finish().unwrap();
 }
 
@@ -693,17 +677,7 @@ fn bundle_from_fixture_registry_is_readable_by_skopeo_and_umoci() {
         tags.lines().any(|l| l == "node-exporter"),
         "umoci ls: {tags}"
     );
-    let stat = Command::new("umoci")
-        .args(["stat", "--image"])
-        .arg(format!("{}:prometheus", dir.display()))
-        .output()
-        .unwrap();
-    assert!(
-        stat.status.success(),
-        "umoci stat: {}",
-        String::from_utf8_lossy(&stat.stderr)
-    );
-    assert!(String::from_utf8_lossy(&stat.stdout).contains("atlas layer"));
+    assert!(umoci_stat(dir, "prometheus").contains("atlas layer"));
 }
 
 /// Handing over to another version: the bundle's binary comes out byte for byte, executable;

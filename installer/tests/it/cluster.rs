@@ -22,6 +22,7 @@ use atlas_install::incus::{
 };
 use atlas_install::progress::NoProgress;
 use atlas_install::state::keys::PLACEMENT_MEMBER as KEY_PLACEMENT_MEMBER;
+use atlas_test_support::busybox::BusyboxImage;
 
 /// One member as `up.sh` recorded it.
 #[derive(Debug, Clone)]
@@ -535,28 +536,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
 
 /// A busybox image (unified tarball) small enough to copy between members quickly.
 fn tiny_image(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
-    std::fs::write(
-        dir.join("metadata.yaml"),
-        format!(
-            "architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: atlas cluster test\n",
-            std::env::consts::ARCH
-        ),
-    )
-    .expect("metadata");
-    let tarball = dir.join("image.tar");
-    let st = Command::new("tar")
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(dir)
-        .args(["metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    tarball
+    BusyboxImage::bare(dir, "atlas cluster test").tarball(&dir.join("image.tar"))
 }
 
 /// The engine itself on the cluster: networks the cluster way, every instance and its

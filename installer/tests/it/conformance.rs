@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use atlas_install::incus::{Client, FileMeta, OptionalExt as _, StateAction};
 use serde_json::Value;
 
-use crate::common::{client_or_skip, stderr, stdout};
-use crate::stack::{Cleanup, REGISTRY, Stack, fixtures_ready, has_tools};
+use atlas_test_support::step::{self, step};
+
+use crate::common::{stderr, stdout};
+use crate::stack::{Cleanup, REGISTRY, Stack, fixture_stack};
 
 /// Scrape jobs whose `up` depends on work not done here, and why. Remove an entry when that
 /// work lands: the claim then covers it.
@@ -43,8 +45,14 @@ struct Claims {
 }
 
 impl Claims {
+    /// Checks one claim; a claim that panics fails under its own name, like one that errs.
     async fn check<F: Future<Output = Result<(), String>>>(&mut self, claim: &str, f: F) {
-        match f.await {
+        use futures_util::FutureExt as _;
+        let outcome = std::panic::AssertUnwindSafe(f)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(format!("panicked: {}", step::message(p.as_ref()))));
+        match outcome {
             Ok(()) => {
                 eprintln!("claim holds: {claim}");
                 self.held.push(claim.to_string());
@@ -80,17 +88,17 @@ fn configure(stack: &Stack) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_stack_does_what_it_was_configured_to_do() {
-    let client = client_or_skip!();
-    if !has_tools() || !fixtures_ready() {
+    let Some((_turn, stack)) = fixture_stack('c').await else {
         return;
-    }
-    let _turn = crate::engine::STACKS.lock().await;
-    let stack = Stack::new(client, 'c').await;
+    };
     configure(&stack);
     let _cleanup = Cleanup(&stack);
-    let o = stack.install();
-    assert!(o.status.success(), "install failed:\n{}", stderr(&o));
+    step("install", || {
+        let o = stack.install();
+        assert!(o.status.success(), "install failed:\n{}", stderr(&o));
+    });
 
+    // Each claim is checked and named on its own; all of them are reported at the end.
     let mut claims = Claims::default();
     claims
         .check("a second install writes nothing", second_install(&stack))

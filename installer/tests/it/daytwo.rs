@@ -32,7 +32,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::common::free_port;
-use crate::common::{client_or_skip, have_path, have_tool, stderr, stdout};
+use crate::common::{client_or_skip, have_path, have_tool, stderr, stdout, step_async};
 use crate::stack::{Cleanup, Stack, caddy_status, fixtures_ready, has_tools};
 // The server keys the wiring sets: unset before (else someone else's), unset again after.
 use crate::wiring::SERVER_KEYS;
@@ -123,22 +123,26 @@ receivers = ["hook"]
     let mut keys = ServerKeys(client.clone(), Vec::new(), before.clone());
     let _cleanup = Cleanup(&stack);
 
-    let o = stack.install();
-    // The certificate the wiring trusted, recorded in the project (read even if install
-    // failed, so the guard can remove it).
-    if let Ok(p) = client.get_project(&stack.project).await {
-        keys.1 = p
-            .value
-            .config
-            .get(atlas_install::state::keys::METRICS_CERTS)
-            .map(|v| v.split(',').map(String::from).collect())
-            .unwrap_or_default();
-    }
-    assert!(o.status.success(), "install failed:\n{}", stderr(&o));
-    assert!(
-        !wired || !keys.1.is_empty(),
-        "the metrics certificate is recorded"
-    );
+    // The install, then steps in order over it: a failure names its step.
+    step_async("install", async {
+        let o = stack.install();
+        // The certificate the wiring trusted, recorded in the project (read even if install
+        // failed, so the guard can remove it).
+        if let Ok(p) = client.get_project(&stack.project).await {
+            keys.1 = p
+                .value
+                .config
+                .get(atlas_install::state::keys::METRICS_CERTS)
+                .map(|v| v.split(',').map(String::from).collect())
+                .unwrap_or_default();
+        }
+        assert!(o.status.success(), "install failed:\n{}", stderr(&o));
+        assert!(
+            !wired || !keys.1.is_empty(),
+            "the metrics certificate is recorded"
+        );
+    })
+    .await;
     let sink = Sink::start(&stack.nets[4], sink_ip, 24);
     let cfg = load_config(&stack);
     let pc = stack.project();
@@ -148,8 +152,14 @@ receivers = ["hook"]
     };
     let am_ip = stack.address("alertmanager01", "eth0").await;
 
-    // Every target is scraped, Incus' own /1.0/metrics included.
-    let jobs: Vec<&str> = [
+    let boards = atlas_install::render::dashboards::dashboards(
+        &atlas_install::deployment::Deployment::standalone(&cfg),
+    );
+    let queries: Vec<PanelQuery> = promql_queries(&boards)
+        .into_iter()
+        .filter(|q| wired || !needs_wiring(&q.expr))
+        .collect();
+    let jobs: Vec<&'static str> = [
         "prometheus",
         "node-exporter",
         "alertmanager",
@@ -162,12 +172,61 @@ receivers = ["hook"]
     .into_iter()
     .filter(|j| wired || *j != "incus")
     .collect();
-    prom.wait_up(&jobs).await;
+    let d = Day2 {
+        stack: &stack,
+        pc,
+        prom,
+        jobs,
+        wired,
+        cfg,
+        boards,
+        queries,
+    };
+    step_async("targets up", every_target_scraped(&d)).await;
+    step_async("status before", status_names_the_routes(&d)).await;
+    step_async("ServiceDown fires", service_down_fires(&d)).await;
+    step_async("notifications delivered", notifications_delivered(&sink)).await;
+    step_async("ServiceDown resolves", service_down_resolves(&d, &sink)).await;
+    step_async("panels have data", panels_have_data(&d)).await;
+    step_async("inhibition", inhibition(&stack, am_ip, &sink)).await;
+    step_async("logql", async { logs_dashboard_parses(&d) }).await;
+    step_async("grafana's dashboards", grafana_has_the_dashboards(&d)).await;
+    drop(sink);
+    step_async(
+        "destroy",
+        destroy_restores_the_server(&client, &before, &keys.1, &stack),
+    )
+    .await;
+}
+
+/// What the steps of the day-two scenario share: the installed stack and what was read of it.
+struct Day2<'a> {
+    stack: &'a Stack,
+    pc: Client,
+    prom: Prom,
+    /// The jobs every scrape must have up (Incus' own only when wired).
+    jobs: Vec<&'static str>,
+    /// Whether the shared daemon's logging and metrics are this stack's (see the test).
+    wired: bool,
+    cfg: atlas_install::config::Config,
+    boards: Vec<Value>,
+    queries: Vec<PanelQuery>,
+}
+
+/// Every target is scraped, Incus' own /1.0/metrics included.
+async fn every_target_scraped(d: &Day2<'_>) {
+    let Day2 {
+        stack, prom, jobs, ..
+    } = d;
+    prom.wait_up(jobs).await;
     // A request through Caddy, as an operator opening Grafana makes.
     assert_eq!(caddy_status(stack.https_port).await, 200);
+}
 
-    // `status` before: where notifications go, and no ServiceDown.
-    let s = status_json(&stack);
+/// `status` before: where notifications go, and no ServiceDown.
+async fn status_names_the_routes(d: &Day2<'_>) {
+    let Day2 { stack, .. } = d;
+    let s = status_json(stack);
     let routes = &s["alerts"]["routes"];
     assert_eq!(routes[0]["severity"], "critical", "{routes}");
     assert_eq!(
@@ -182,24 +241,26 @@ receivers = ["hook"]
         s["alerts"]
     );
     assert!(service_down(&s).is_none(), "{}", s["alerts"]);
+}
 
-    // ServiceDown, the real way: node-exporter01 stops; pending first, then firing.
-    let boards = atlas_install::render::dashboards::dashboards(
-        &atlas_install::deployment::Deployment::standalone(&cfg),
-    );
-    let queries: Vec<PanelQuery> = promql_queries(&boards)
-        .into_iter()
-        .filter(|q| wired || !needs_wiring(&q.expr))
-        .collect();
-    crate::engine::stop(&pc, "node-exporter01").await;
+/// ServiceDown, the real way: node-exporter01 stops; pending first, then firing.
+async fn service_down_fires(d: &Day2<'_>) {
+    let Day2 {
+        stack,
+        pc,
+        prom,
+        queries,
+        ..
+    } = d;
+    crate::engine::stop(pc, "node-exporter01").await;
     let t0 = Instant::now();
     prom.wait_for(
         r#"ALERTS{alertname="ServiceDown", alertstate="pending", job="node-exporter"}"#,
         Duration::from_secs(90),
     )
     .await;
-    check_queries(&prom, &queries, Phase::Pending).await;
-    let firing = wait_status(&stack, Duration::from_secs(240), |s| {
+    check_queries(prom, queries, Phase::Pending).await;
+    let firing = wait_status(stack, Duration::from_secs(240), |s| {
         service_down(s).is_some_and(|a| a["state"] == "active")
     })
     .await;
@@ -229,9 +290,11 @@ receivers = ["hook"]
         ),
         "{text}"
     );
-    check_queries(&prom, &queries, Phase::Firing).await;
+    check_queries(prom, queries, Phase::Firing).await;
+}
 
-    // Delivered: the webhook with its bearer token, the email after SMTP AUTH.
+/// Delivered: the webhook with its bearer token, the email after SMTP AUTH.
+async fn notifications_delivered(sink: &Sink) {
     let hook = sink
         .wait_webhook(Duration::from_secs(60), |h| {
             h.body["status"] == "firing" && has_alert(&h.body, "ServiceDown")
@@ -248,12 +311,15 @@ receivers = ["hook"]
     assert_eq!(mail.auth, Some(format!("atlas:{SMTP_PASSWORD}")));
     assert_eq!(mail.rcpt, ["<oncall@stack.test>"]);
     assert!(sink.refused_logins() == 0, "a login was refused");
+}
 
-    // Resolved: node-exporter01 back; status lists no ServiceDown, the webhook hears it.
+/// Resolved: node-exporter01 back; status lists no ServiceDown, the webhook hears it.
+async fn service_down_resolves(d: &Day2<'_>, sink: &Sink) {
+    let Day2 { stack, pc, .. } = d;
     pc.set_instance_state("node-exporter01", StateAction::Start, 30, false)
         .await
         .expect("start node-exporter01");
-    wait_status(&stack, Duration::from_secs(120), |s| {
+    wait_status(stack, Duration::from_secs(120), |s| {
         s["alerts"]["alerts"].is_array() && service_down(s).is_none()
     })
     .await;
@@ -263,29 +329,39 @@ receivers = ["hook"]
     .await;
     let text = stdout(&stack.atlas(&["status"]));
     assert!(!text.contains("ServiceDown on"), "{text}");
+}
 
-    // Every other panel query returns data (node-exporter scraped again; Loki has taken
-    // Incus' lifecycle events of the stop and start).
-    prom.wait_up(&jobs).await;
+/// Every other panel query returns data (node-exporter scraped again; Loki has taken
+/// Incus' lifecycle events of the stop and start).
+async fn panels_have_data(d: &Day2<'_>) {
+    let Day2 {
+        prom,
+        jobs,
+        wired,
+        queries,
+        ..
+    } = d;
+    prom.wait_up(jobs).await;
     // rate() needs two samples of the restarted exporter.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    if wired {
+    if *wired {
         prom.wait_for(
             "loki_distributor_lines_received_total",
             Duration::from_secs(60),
         )
         .await;
     }
-    check_queries(&prom, &queries, Phase::Healthy).await;
+    check_queries(prom, queries, Phase::Healthy).await;
+}
 
-    // Inhibition: a warning with its critical (same family and target) is muted; the same
-    // warning for another container is not.
-    inhibition(&stack, am_ip, &sink).await;
-
-    // LogQL: Grafana's grammar accepts every query of the Logs dashboard. An unwired run
-    // has no Logs dashboard; parsing needs no Loki, so it checks the one a wired stack gets.
-    if wired {
-        check_logql(&boards);
+/// LogQL: Grafana's grammar accepts every query of the Logs dashboard. An unwired run
+/// has no Logs dashboard; parsing needs no Loki, so it checks the one a wired stack gets.
+fn logs_dashboard_parses(d: &Day2<'_>) {
+    let Day2 {
+        wired, cfg, boards, ..
+    } = d;
+    if *wired {
+        check_logql(boards);
     } else {
         let mut as_wired = cfg.clone();
         as_wired.integrations.incus_loki = true;
@@ -293,14 +369,17 @@ receivers = ["hook"]
             &atlas_install::deployment::Deployment::standalone(&as_wired),
         ));
     }
+}
 
-    // What Grafana finds in its container: the provider and the dashboards it points at.
+/// What Grafana finds in its container: the provider and the dashboards it points at.
+async fn grafana_has_the_dashboards(d: &Day2<'_>) {
+    let Day2 { pc, boards, .. } = d;
     let provider = pc
         .pull_file("grafana01", atlas_install::render::dashboards::PROVIDER)
         .await
         .expect("provider in grafana01");
     assert!(String::from_utf8_lossy(&provider).contains("/etc/grafana/dashboards/atlas"));
-    for b in &boards {
+    for b in boards {
         let path = format!(
             "{}/{}.json",
             atlas_install::render::dashboards::DIR,
@@ -311,9 +390,15 @@ receivers = ["hook"]
                 .expect("dashboard JSON");
         assert_eq!(&pushed, b, "{path}");
     }
+}
 
-    // destroy leaves the server as it was: no wiring key set, our certificate gone.
-    drop(sink);
+/// destroy leaves the server as it was: no wiring key set, our certificate gone.
+async fn destroy_restores_the_server(
+    client: &Client,
+    before: &BTreeMap<String, String>,
+    certs: &[String],
+    stack: &Stack,
+) {
     let o = stack.atlas(&["destroy", "--delete-volumes", "--yes"]);
     assert!(o.status.success(), "destroy: {}", stderr(&o));
     let after = client.server().await.expect("server").value.config;
@@ -322,7 +407,7 @@ receivers = ["hook"]
     }
     let trusted = client.certificates().await.expect("certificates");
     assert!(
-        !trusted.iter().any(|t| keys.1.contains(&t.fingerprint)),
+        !trusted.iter().any(|t| certs.contains(&t.fingerprint)),
         "the metrics certificate is still trusted"
     );
 }

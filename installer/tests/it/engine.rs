@@ -21,9 +21,11 @@ use atlas_install::incus::{Client, ImageImport, Network, OptionalExt, StateActio
 use atlas_install::progress::NoProgress;
 use atlas_install::render::{Credentials, MqttCredential};
 
+use atlas_test_support::busybox::{self, BusyboxImage};
+
 use crate::common::client_or_skip;
 use crate::common::hermetic::AtlasNames;
-use crate::common::{atlas, free_port, require_all, stderr, stdout};
+use crate::common::{atlas, free_port, stderr, stdout};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
@@ -369,106 +371,43 @@ pub(crate) fn image_tarball_variant(service: &str, ports: &[u16], variant: &str)
     if tarball.exists() {
         return tarball;
     }
-    let root = dir.path().join(format!("{service}-{variant}"));
-    let rootfs = root.join("rootfs");
-    for d in [
-        "bin",
-        "sbin",
-        "etc/atlas",
-        "dev",
-        "proc",
-        "sys",
-        "tmp",
-        "run",
-        "root",
-        "www",
-        "mosquitto/data",
-    ] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
-    }
-    std::fs::write(
-        root.join("metadata.yaml"),
-        format!("architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: atlas engine test {service} {variant}\n  os: atlas-test\n", std::env::consts::ARCH),
+    // httpd without -f daemonizes: all ports but the last in the background.
+    let serve = if variant == "broken" {
+        "echo 'broken test image: exits at once' >&2; exit 3".to_string()
+    } else {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let fg = if i + 1 == ports.len() { "exec " } else { "" };
+                let f = if fg.is_empty() { "" } else { " -f" };
+                format!("{fg}/bin/busybox httpd{f} -p {p} -h /www")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut image = BusyboxImage::new(
+        &dir.path().join(format!("{service}-{variant}")),
+        &format!("atlas engine test {service} {variant}"),
     )
-    .expect("metadata");
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
-    std::fs::write(
-        rootfs.join("www/metrics"),
-        format!("up{{service=\"{service}\"}} 1\n"),
-    )
-    .expect("www");
-    std::fs::write(rootfs.join("www/version"), format!("{variant}\n")).expect("www");
-    // Every health path the engine probes, so any service's gate can pass.
-    for path in ["-/ready", "ready", "health", "api/health"] {
-        let f = rootfs.join("www").join(path);
-        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
-        std::fs::write(f, "ok\n").expect("www");
-    }
-    std::fs::write(
-        rootfs.join("etc/passwd"),
+    .dir("www")
+    .dir("mosquitto/data")
+    .file("www/metrics", format!("up{{service=\"{service}\"}} 1\n"))
+    .file("www/version", format!("{variant}\n"))
+    .file(
+        "etc/passwd",
         "root:x:0:0:root:/root:/bin/sh\nmosquitto:x:1883:1883::/:/bin/false\n",
     )
-    .expect("passwd");
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nmosquitto:x:1883:\n").expect("group");
-    let spec = atlas_image::init::ServiceSpec {
-        entrypoint: vec![],
-        // httpd without -f daemonizes: all ports but the last in the background.
-        cmd: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            if variant == "broken" {
-                "echo 'broken test image: exits at once' >&2; exit 3".to_string()
-            } else {
-                ports
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        let fg = if i + 1 == ports.len() { "exec " } else { "" };
-                        let f = if fg.is_empty() { "" } else { " -f" };
-                        format!("{fg}/bin/busybox httpd{f} -p {p} -h /www")
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            },
-        ],
-        env: vec![],
-        working_dir: None,
-        user: None,
-        stop_grace_period: 2,
-    };
-    for f in
-        atlas_image::init::rootfs_files(&spec, Some(&atlas_image::init::NetworkSpec::default()))
-            .expect("init files")
-    {
-        let p = rootfs.join(f.path);
-        std::fs::write(&p, f.contents.as_ref()).expect("write init file");
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
-            .expect("chmod");
+    .file("etc/group", "root:x:0:\nmosquitto:x:1883:\n")
+    .service(busybox::service(&["/bin/sh", "-c", &serve]));
+    // Every health path the engine probes, so any service's gate can pass.
+    for path in ["-/ready", "ready", "health", "api/health"] {
+        image = image.file(&format!("www/{path}"), "ok\n");
     }
-    let st = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&root)
-        .args(["metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    tarball
+    image.tarball(&tarball)
 }
 
-pub(crate) fn have_busybox() -> bool {
-    let ok = Path::new("/bin/busybox").exists();
-    assert!(
-        ok || !require_all(),
-        "/bin/busybox (busybox-static) is required (ATLAS_TEST_REQUIRE_ALL=1)"
-    );
-    if !ok {
-        eprintln!("skipping: /bin/busybox missing (apt-get install busybox-static)");
-    }
-    ok
-}
+pub(crate) use crate::common::have_busybox;
 
 /// Forced stop; a busy daemon may time out the request while the instance does stop.
 pub(crate) async fn stop(pc: &Client, name: &str) {

@@ -5,61 +5,24 @@
 //! under 5 s. A guard removes everything (through the incus CLI: a fresh client).
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use atlas_image::layer::deterministic::LayerBuilder;
-use atlas_image::manifest::{self, Descriptor};
 use atlas_image::oci_layout::OciLayoutWriter;
 use sha2::{Digest as _, Sha256};
 
 use crate::common::{atlas, have_path, have_tool, require_all, run, stderr, stdout};
+use atlas_test_support::free_port;
+use atlas_test_support::incus::{ProjectGuard, incus, incus_ok};
+use atlas_test_support::oci::{Layer, write_image};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
 const BRIDGE: &str = "t-img-br";
 const PAGE: &str = "hello from an atlas image\n";
-
-fn incus(args: &[&str]) -> Output {
-    Command::new("incus")
-        .args(args)
-        .output()
-        .expect("run incus")
-}
-
-fn incus_ok(args: &[&str]) -> String {
-    let o = incus(args);
-    assert!(o.status.success(), "incus {args:?}: {}", stderr(&o));
-    stdout(&o)
-}
-
-/// Removes what the test made, in dependency order, also on panic. Uses the incus CLI, so
-/// nothing of the (possibly panicked) test's state is reused.
-struct Guard {
-    project: String,
-    bridge: bool,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let p = self.project.as_str();
-        let list = incus(&["list", "--project", p, "-c", "n", "-f", "csv"]);
-        for name in stdout(&list).lines().filter(|l| !l.is_empty()) {
-            let _ = incus(&["delete", "--force", "--project", p, name]);
-        }
-        let imgs = incus(&["image", "list", "--project", p, "-c", "F", "-f", "csv"]);
-        for fp in stdout(&imgs).lines().filter(|l| !l.is_empty()) {
-            let _ = incus(&["image", "delete", "--project", p, fp]);
-        }
-        let _ = incus(&["project", "delete", p]);
-        if self.bridge {
-            let _ = incus(&["network", "delete", BRIDGE]);
-        }
-    }
-}
 
 fn ready() -> bool {
     let tools = ["incus", "skopeo", "umoci", "tar", "curl"]
@@ -117,34 +80,12 @@ fn base_layout(dir: &Path) {
     let (l1, l2) = (l1.build().unwrap(), l2.build().unwrap());
 
     let mut w = OciLayoutWriter::create(dir).unwrap();
-    let mut descs = Vec::new();
-    for l in [&l1, &l2] {
-        let d = w.add_bytes(&l.gzip).unwrap();
-        descs.push(Descriptor::new(
-            manifest::OCI_LAYER_GZIP,
-            d,
-            l.gzip.len() as u64,
-        ));
-    }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
         "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [l1.diff_id, l2.diff_id]},
     });
-    let config = serde_json::to_vec(&config).unwrap();
-    let cd = w.add_bytes(&config).unwrap();
-    let m = serde_json::json!({
-        "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
-        "config": Descriptor::new(manifest::OCI_CONFIG, cd, config.len() as u64),
-        "layers": descs,
-    });
-    w.add_manifest(
-        &serde_json::to_vec(&m).unwrap(),
-        manifest::OCI_MANIFEST,
-        Some("1"),
-        None,
-    )
-    .unwrap();
+    let layers = [l1, l2].map(|l| Layer::gzip(l.gzip, l.diff_id));
+    write_image(&mut w, &layers, config, "1");
     w.finish().unwrap();
 }
 
@@ -196,14 +137,6 @@ fn free_subnet() -> String {
         .network()
         .octets();
     format!("{}.{}.{}", o[0], o[1], o[2])
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn curl(port: u16) -> (String, String) {
@@ -433,10 +366,9 @@ fn image_build_convert_import_launch_restart() {
         "{names}"
     );
 
-    let guard = Guard {
-        project: project.clone(),
-        bridge: true,
-    };
+    // Removes what the test made, in dependency order, also on panic.
+    let mut guard = ProjectGuard::new(&project);
+    guard.network(BRIDGE);
     incus_ok(&["project", "create", &project]);
 
     phase("convert done");
@@ -1170,10 +1102,9 @@ fn image_shapes_from_a_token_registry_run_with_links_and_capabilities() {
     assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
     reg.token_requests.lock().unwrap().clear();
 
-    let guard = Guard {
-        project: project.clone(),
-        bridge: true,
-    };
+    // Removes what the test made, in dependency order, also on panic.
+    let mut guard = ProjectGuard::new(&project);
+    guard.network(BRIDGE);
     incus_ok(&["project", "create", &project]);
     let o = run(atlas()
         .args([

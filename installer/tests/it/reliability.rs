@@ -474,14 +474,7 @@ impl Drop for LockKeyGone {
 }
 
 /// A child process killed (-9) and reaped on drop.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use atlas_test_support::process::Reaped as KilledOnDrop;
 
 /// Writes a lock record for `project` as another host would (renewed `age` seconds ago).
 async fn foreign_lock(c: &atlas_install::incus::Client, project: &str, age: u64) {

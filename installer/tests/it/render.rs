@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
-use std::net::{Ipv6Addr, TcpListener, TcpStream};
+use std::net::{Ipv6Addr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +17,7 @@ use atlas_install::render::{
 };
 
 use crate::common::{atlas, have_path, have_tool, run, stderr, stdout};
+use atlas_test_support::free_port;
 
 // Fixed test secrets: the snapshots show exactly what these produce.
 const GRAFANA_PW: &str = "test-grafana-admin-pw";
@@ -948,14 +949,6 @@ fn caddyfile_keeps_secrets_out_and_guards_every_site() {
     assert!(text.contains("zone grafana01_login"));
     assert!(text.contains("events 10\n"), "login limit of the seed");
     assert!(text.contains("events 100\n"), "general limit of the seed");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn uid_gid_of(user: &str) -> Option<(u32, u32)> {

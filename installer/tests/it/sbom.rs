@@ -9,41 +9,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use atlas_image::sbom::gobuild::{ElfScan, GoBuildInfo};
 
 use crate::common::{atlas, cyclonedx, have_tool, require_all, run, stderr, stdout};
+use atlas_test_support::incus::{ProjectGuard, incus_ok};
 
 const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
-
-fn incus(args: &[&str]) -> Output {
-    Command::new("incus")
-        .args(args)
-        .output()
-        .expect("run incus")
-}
-
-fn incus_ok(args: &[&str]) -> String {
-    let o = incus(args);
-    assert!(o.status.success(), "incus {args:?}: {}", stderr(&o));
-    stdout(&o)
-}
-
-/// Removes the test's instance, images and project, also on panic.
-struct Guard(String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let p = self.0.as_str();
-        let _ = incus(&["delete", "--force", "--project", p, "sbom"]);
-        let imgs = incus(&["image", "list", "--project", p, "-c", "F", "-f", "csv"]);
-        for fp in stdout(&imgs).lines().filter(|l| !l.is_empty()) {
-            let _ = incus(&["image", "delete", "--project", p, fp]);
-        }
-        let _ = incus(&["project", "delete", p]);
-    }
-}
 
 /// `go version -m FILE`: the toolchain, then (kind, fields) of every indented line.
 fn go_version_m(file: &Path) -> (String, Vec<(String, Vec<String>)>) {
@@ -229,7 +202,8 @@ fn fixture_image_sbom_matches_dpkg_query_and_go_version_m() {
     let project = format!("t-sbom-{}", std::process::id());
     let tmp = tempfile::tempdir().unwrap();
     incus_ok(&["project", "create", &project]);
-    let _guard = Guard(project.clone());
+    // Removes the test's instance, images and project, also on panic.
+    let _guard = ProjectGuard::new(&project);
     let src = format!(
         "docker://{REGISTRY}/{}",
         crate::common::fixture_of("prometheus")

@@ -16,8 +16,8 @@ use atlas_install::incus::{Client, FileMeta, OptionalExt, StateAction};
 use serde_json::Value;
 
 use crate::common::{
-    atlas, client_or_skip, fixture_of, free_port, have_tool, recipe_base, require_all, stderr,
-    stdout,
+    atlas, fixture_of, free_port, have_tool, recipe_base, require_all, stderr, stdout, step,
+    step_async,
 };
 
 pub(crate) const REGISTRY: crate::common::FixtureRegistry = crate::common::FixtureRegistry;
@@ -373,6 +373,19 @@ async fn read_marker(pc: &Client) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The daemon's turn for one stack and a fresh stack named by `tag` (see [`Stack::new`]);
+/// None, and the test skips, when incusd, a tool or the fixture images are missing.
+pub(crate) async fn fixture_stack(
+    tag: char,
+) -> Option<(tokio::sync::MutexGuard<'static, ()>, Stack)> {
+    let client = crate::common::incus_client().await?;
+    if !has_tools() || !fixtures_ready() {
+        return None;
+    }
+    let turn = crate::engine::STACKS.lock().await;
+    Some((turn, Stack::new(client, tag).await))
+}
+
 pub(crate) fn has_tools() -> bool {
     ["curl", "mosquitto_pub", "incus"]
         .iter()
@@ -381,16 +394,42 @@ pub(crate) fn has_tools() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_stack_from_fixture_images_works_end_to_end() {
-    let client = client_or_skip!();
-    if !has_tools() || !fixtures_ready() {
+    let Some((_turn, stack)) = fixture_stack('a').await else {
         return;
-    }
-    let _turn = crate::engine::STACKS.lock().await;
-    let stack = Stack::new(client, 'a').await;
+    };
     stack.config("\"127.0.0.1/32\"");
     let _cleanup = Cleanup(&stack);
 
-    // 1. Install: every image built from its recipe, every service healthy.
+    // One install, then steps in order over it: a failure names its step.
+    step_async("1 install", first_install(&stack)).await;
+    step_async(
+        "2 prometheus scrapes",
+        prometheus_scrapes_and_alerts(&stack),
+    )
+    .await;
+    step_async("3 caddy allows", async {
+        assert_eq!(caddy_status(stack.https_port).await, 200, "allowed source");
+    })
+    .await;
+    step_async("4 mosquitto credentials", mosquitto_credentials(&stack)).await;
+    let marker = step_async("5 data survives restarts", data_survives_restarts(&stack)).await;
+    step_async(
+        "6 reinstall",
+        second_install_changes_nothing(&stack, &marker),
+    )
+    .await;
+    step_async("7 allowlist", allowlist_refuses(&stack)).await;
+    let before = step_async("8a rotation refused", rotation_refused(&stack)).await;
+    step_async("8b rotation", rotation_changes_every_secret(&stack, before)).await;
+    step_async(
+        "9 refused inputs",
+        refused_inputs_fail_the_health_gate(&stack),
+    )
+    .await;
+}
+
+/// Install: every image built from its recipe, every service healthy.
+async fn first_install(stack: &Stack) {
     let o = stack.install();
     assert!(o.status.success(), "install failed:\n{}", stderr(&o));
     let log = stderr(&o);
@@ -424,10 +463,12 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
             "{i} not health-gated: {log}"
         );
     }
-    layouts_kept(&stack).await;
-    grafana_serves_the_provisioned_datasources(&stack).await;
+    layouts_kept(stack).await;
+    grafana_serves_the_provisioned_datasources(stack).await;
+}
 
-    // 2. The real Prometheus scrapes the real exporters and has the ten alert rules.
+/// The real Prometheus scrapes the real exporters and has the ten alert rules.
+async fn prometheus_scrapes_and_alerts(stack: &Stack) {
     let prom = stack.address("prometheus01", "eth0").await;
     // step-ca's metrics are on because the installer wrote metricsAddress into its ca.json.
     let jobs = [
@@ -456,11 +497,10 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         .map(|g| g["rules"].as_array().map_or(0, Vec::len))
         .sum();
     assert_eq!(n, 10, "alert rules loaded: {rules}");
+}
 
-    // 3. Caddy serves the Grafana route to an allowed source.
-    assert_eq!(caddy_status(stack.https_port).await, 200, "allowed source");
-
-    // 4. Mosquitto takes the generated credentials and refuses wrong ones.
+/// Mosquitto takes the generated credentials and refuses wrong ones.
+async fn mosquitto_credentials(stack: &Stack) {
     let pw = stack
         .secret("user.atlas.secret.mosquitto.atlas.password")
         .await;
@@ -472,8 +512,10 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     );
     let bad = mqtt_pub(stack.mqtt_port, "atlas", "wrong-password");
     assert!(!bad.status.success(), "a wrong password must be refused");
+}
 
-    // 5. Volumes at the seed's paths; data survives a restart.
+/// Volumes at the seed's paths; data survives a restart. Returns the marker written.
+async fn data_survives_restarts(stack: &Stack) -> String {
     let pc = stack.project();
     let marker = format!("atlas-stack-{}", std::process::id());
     // The image has no shell: write with the service's own files API.
@@ -511,20 +553,25 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     );
     let read = read_marker(&pc).await;
     assert_eq!(read, marker, "data kept over restart");
+    marker
+}
 
-    // 6. A second install changes nothing, and plan agrees.
+/// A second install changes nothing, and plan agrees.
+async fn second_install_changes_nothing(stack: &Stack, marker: &str) {
     let o = stack.install();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
     let o = stack.atlas(&["plan", "--detailed-exitcode", "--ignore-preflight"]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert_eq!(
-        read_marker(&pc).await,
+        read_marker(&stack.project()).await,
         marker,
         "data kept over a second install"
     );
+}
 
-    // 7. An allowlist without this source: Caddy refuses it.
+/// An allowlist without this source: Caddy refuses it.
+async fn allowlist_refuses(stack: &Stack) {
     stack.config("\"192.0.2.0/24\"");
     let o = stack.install();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -534,39 +581,53 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         "source outside allowed_ip_range"
     );
     assert!(
-        pc.get_instance("caddy01")
+        stack
+            .project()
+            .get_instance("caddy01")
             .await
             .optional()
             .expect("get")
             .is_some(),
         "caddy01 kept"
     );
+}
 
-    // 8. upgrade --rotate-secrets: every generated secret changes, each the service's way.
-    // Grafana (which ignores its env var after the first start) takes the new admin password
-    // through its API; Mosquitto gets a new password file; step-ca's keys are re-encrypted
-    // with `step crypto change-pass` and the password file it starts with is replaced (the
-    // stand-in, like step-ca, will not start when that file does not open its keys).
-    let step_keys = |c: Client| async move {
-        let mut keys = Vec::new();
-        for k in ["root_ca_key", "intermediate_ca_key"] {
-            let path = format!("/home/step/secrets/{k}");
-            let key = c.pull_file("step-ca01", &path).await;
-            keys.push(key.unwrap_or_else(|e| panic!("step-ca key {path}: {e}")));
-        }
-        keys
-    };
-    let keys_before = step_keys(stack.project()).await;
-    let key_grafana = "user.atlas.secret.grafana-admin-password";
-    let key_mqtt = "user.atlas.secret.mosquitto.atlas.password";
-    let key_step = "user.atlas.secret.step-ca-password";
-    let key_cert = "user.atlas.secret.metrics-certificate";
-    let before: Vec<String> = futures_util::future::join_all(
-        [key_grafana, key_mqtt, key_step, key_cert].map(|k| stack.secret(k)),
-    )
-    .await;
-    // step-ca's keys are re-encrypted inside it: with step-ca stopped, the rotation is
-    // refused before anything changes, and says why.
+/// The generated secrets `upgrade --rotate-secrets` changes: Grafana's admin password, the
+/// Mosquitto user's, step-ca's key password and the metrics certificate.
+const ROTATED: [&str; 4] = [
+    "user.atlas.secret.grafana-admin-password",
+    "user.atlas.secret.mosquitto.atlas.password",
+    "user.atlas.secret.step-ca-password",
+    "user.atlas.secret.metrics-certificate",
+];
+
+/// The secrets of [`ROTATED`], in its order.
+async fn rotated_secrets(stack: &Stack) -> Vec<String> {
+    futures_util::future::join_all(ROTATED.map(|k| stack.secret(k))).await
+}
+
+/// step-ca's two encrypted keys as they are on its data volume (mounted while it runs).
+async fn step_ca_keys(c: Client) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    for k in ["root_ca_key", "intermediate_ca_key"] {
+        let path = format!("/home/step/secrets/{k}");
+        let key = c.pull_file("step-ca01", &path).await;
+        keys.push(key.unwrap_or_else(|e| panic!("step-ca key {path}: {e}")));
+    }
+    keys
+}
+
+/// The secrets and step-ca keys before a rotation.
+struct BeforeRotation {
+    secrets: Vec<String>,
+    step_keys: Vec<Vec<u8>>,
+}
+
+/// Step-ca's keys are re-encrypted inside it: with step-ca stopped, the rotation is
+/// refused before anything changes, and says why.
+async fn rotation_refused(stack: &Stack) -> BeforeRotation {
+    let keys_before = step_ca_keys(stack.project()).await;
+    let before = rotated_secrets(stack).await;
     let pc = stack.project();
     crate::engine::stop(&pc, "step-ca01").await;
     let o = stack.atlas(&[
@@ -587,10 +648,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         log.contains("step-ca01 must be running") && log.contains("Nothing was changed"),
         "{log}"
     );
-    let unchanged: Vec<String> = futures_util::future::join_all(
-        [key_grafana, key_mqtt, key_step, key_cert].map(|k| stack.secret(k)),
-    )
-    .await;
+    let unchanged = rotated_secrets(stack).await;
     assert_eq!(unchanged, before, "a refused rotation changes no secret");
     let project = stack
         .client
@@ -607,25 +665,35 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         .await
         .expect("start step-ca01 again");
     assert!(
-        wait_healthy(&stack).await,
+        wait_healthy(stack).await,
         "step-ca back on its unchanged password"
     );
     // Read while running: the keys are on step-ca's data volume, mounted only then.
     assert_eq!(
-        step_keys(stack.project()).await,
+        step_ca_keys(stack.project()).await,
         keys_before,
         "keys untouched"
     );
+    BeforeRotation {
+        secrets: before,
+        step_keys: keys_before,
+    }
+}
+
+/// Upgrade --rotate-secrets: every generated secret changes, each the service's way.
+/// Grafana (which ignores its env var after the first start) takes the new admin password
+/// through its API; Mosquitto gets a new password file; step-ca's keys are re-encrypted
+/// with `step crypto change-pass` and the password file it starts with is replaced (the
+/// stand-in, like step-ca, will not start when that file does not open its keys).
+async fn rotation_changes_every_secret(stack: &Stack, was: BeforeRotation) {
+    let (before, keys_before) = (was.secrets, was.step_keys);
     let o = stack.upgrade_rotating();
     assert!(
         o.status.success(),
         "upgrade --rotate-secrets: {}",
         stderr(&o)
     );
-    let after: Vec<String> = futures_util::future::join_all(
-        [key_grafana, key_mqtt, key_step, key_cert].map(|k| stack.secret(k)),
-    )
-    .await;
+    let after = rotated_secrets(stack).await;
     assert_ne!(before[0], after[0], "grafana admin password rotated");
     assert_ne!(before[1], after[1], "mosquitto password rotated");
     assert_ne!(before[2], after[2], "step-ca password rotated");
@@ -648,7 +716,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         401,
         "old one refused"
     );
-    let keys_after = step_keys(stack.project()).await;
+    let keys_after = step_ca_keys(stack.project()).await;
     assert!(
         keys_before.iter().zip(&keys_after).all(|(b, a)| b != a),
         "both step-ca keys re-encrypted"
@@ -667,7 +735,7 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
     // step-ca runs on the new password: restarted, it must open its keys with it again.
     restart_seconds(&stack.project(), "step-ca01").await;
     assert!(
-        wait_healthy(&stack).await,
+        wait_healthy(stack).await,
         "step-ca healthy after a restart on the rotated password"
     );
     let ok = mqtt_pub(stack.mqtt_port, "atlas", &after[1]);
@@ -677,9 +745,6 @@ async fn whole_stack_from_fixture_images_works_end_to_end() {
         !old.status.success(),
         "the old mqtt password must be refused"
     );
-
-    // 9. What the real services refuse stops them, and the install's health gate says which.
-    refused_inputs_fail_the_health_gate(&stack).await;
 }
 
 /// Pushes `bytes` to `path` in `instance` with `meta`.
@@ -926,18 +991,57 @@ async fn pool_too_small_is_refused(stack: &Stack, bundle: &str, trust_key: &str)
 /// the registries the config names included); a re-run changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_stack_from_a_bundle() {
-    let client = client_or_skip!();
-    if !has_tools() || !fixtures_ready() {
+    let Some((_turn, stack)) = fixture_stack('b').await else {
         return;
-    }
-    let _turn = crate::engine::STACKS.lock().await;
-    let stack = Stack::new(client, 'b').await;
+    };
     stack.config("\"127.0.0.1/32\"");
     let _cleanup = Cleanup(&stack);
     let bundle = stack.dir.path().join("atlas.bundle");
-    let bundle_arg = bundle.to_str().expect("utf-8 path");
-    // Signed by the operator's own key (a throwaway one), trusted at install.
-    let key = crate::common::throwaway_key(stack.dir.path(), "operator");
+    let b = Bundle {
+        stack: &stack,
+        path: bundle.to_str().expect("utf-8 path"),
+        // Signed by the operator's own key (a throwaway one), trusted at install.
+        key: crate::common::throwaway_key(stack.dir.path(), "operator"),
+    };
+    // One bundle, one install, then steps in order over them: a failure names its step.
+    step("bundle create", || bundle_create(&b));
+    step_async(
+        "pool too small",
+        pool_too_small_is_refused(&stack, b.path, &b.key.base64),
+    )
+    .await;
+    step("offline namespace", || offline_has_no_registry(&stack));
+    step("install --bundle", || bundle_installs_offline(&b));
+    step("reinstall", || bundle_reinstall_changes_nothing(&b));
+    step("upgrade --bundle", || bundle_upgrade_changes_nothing(&b));
+}
+
+/// What the steps of the bundle scenario share: the stack, the bundle, the key it is signed
+/// with.
+struct Bundle<'a> {
+    stack: &'a Stack,
+    path: &'a str,
+    key: crate::common::TestKey,
+}
+
+impl Bundle<'_> {
+    /// `install --bundle` in the namespace without a network, trusting the bundle's key.
+    fn install(&self) -> Output {
+        self.stack.atlas_offline(&[
+            "install",
+            "--yes",
+            "--ignore-preflight",
+            "--trust-key",
+            &self.key.base64,
+            "--bundle",
+            self.path,
+        ])
+    }
+}
+
+/// `bundle create` from the fixture registry and download mirror, signed.
+fn bundle_create(b: &Bundle<'_>) {
+    let (stack, bundle_arg, key) = (b.stack, b.path, &b.key);
     let o = stack.atlas(&[
         "bundle",
         "create",
@@ -951,10 +1055,11 @@ async fn whole_stack_from_a_bundle() {
         key.secret.to_str().expect("utf-8 path"),
     ]);
     assert!(o.status.success(), "bundle create:\n{}", stderr(&o));
-    pool_too_small_is_refused(&stack, bundle_arg, &key.base64).await;
+}
 
-    // First prove the namespace really has no network: the same registry that served `bundle
-    // create` a moment ago is unreachable from it.
+/// First prove the namespace really has no network: the same registry that served `bundle
+/// create` a moment ago is unreachable from it.
+fn offline_has_no_registry(stack: &Stack) {
     let o = stack.atlas_offline(&[
         "image",
         "convert",
@@ -969,18 +1074,12 @@ async fn whole_stack_from_a_bundle() {
         "the registry must be unreachable without a network: {}",
         stderr(&o)
     );
-    let install = || {
-        stack.atlas_offline(&[
-            "install",
-            "--yes",
-            "--ignore-preflight",
-            "--trust-key",
-            &key.base64,
-            "--bundle",
-            bundle_arg,
-        ])
-    };
-    let o = install();
+}
+
+/// The install from the bundle alone: verified, signer named, images from its layout.
+fn bundle_installs_offline(b: &Bundle<'_>) {
+    let key = &b.key;
+    let o = b.install();
     let log = stderr(&o);
     assert!(o.status.success(), "install --bundle failed:\n{log}");
     assert!(
@@ -1012,10 +1111,18 @@ async fn whole_stack_from_a_bundle() {
             "{i} not health-gated: {log}"
         );
     }
-    let o = install();
+}
+
+/// A second install from the bundle changes nothing.
+fn bundle_reinstall_changes_nothing(b: &Bundle<'_>) {
+    let o = b.install();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
-    // The same bundle through `upgrade --bundle`: verified again, nothing to replace.
+}
+
+/// The same bundle through `upgrade --bundle`: verified again, nothing to replace.
+fn bundle_upgrade_changes_nothing(b: &Bundle<'_>) {
+    let (stack, bundle_arg, key) = (b.stack, b.path, &b.key);
     let o = stack.atlas_offline(&[
         "upgrade",
         "--yes",

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use atlas_install::incus::{Client, FileMeta, StateAction};
 
-use crate::common::{client_or_skip, have_tool, stderr, stdout};
+use crate::common::{client_or_skip, have_tool, stderr, stdout, step_async};
 use crate::stack::{Cleanup, Stack, fixtures_ready};
 
 const ROOT: &str = "/home/step/certs/root_ca.crt";
@@ -388,9 +388,49 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     );
     let _cleanup = Cleanup(&stack);
     let work = tempfile::tempdir().expect("tempdir");
-    let pc = stack.project();
+    let t = Tls {
+        stack: &stack,
+        pc: stack.project(),
+        work: work.path(),
+        root: work.path().join("root.crt"),
+        other: work.path().join("other.crt"),
+    };
+    // One install, then steps in order over it: a failure names its step.
+    step_async("1 first install", first_install(&t)).await;
+    step_async("2 certificates verify", certificates_verify(&t)).await;
+    let (ips, ns) = step_async("3 client namespace", client_namespace(&t)).await;
+    step_async("3 clients over TLS", clients_reach_services(&t, &ns, &ips)).await;
+    step_async(
+        "4 prometheus over HTTPS",
+        prometheus_scrapes_over_https(&t, &ns),
+    )
+    .await;
+    step_async("5 re-run", rerun_writes_nothing(&t)).await;
+    step_async("6 renewal", aged_certificate_is_renewed(&t, &ns, &ips)).await;
+    let (before, after) = step_async("7 rotation", rotation_keeps_the_root(&t, &ns)).await;
+    step_async(
+        "8 old password",
+        old_password_is_refused(&t, &before, &after),
+    )
+    .await;
+}
 
-    // 1. A first install: each TLS service starts with a certificate step-ca signed.
+/// What the steps of the TLS scenario share: the installed stack, its project client, and
+/// the work directory with the Atlas root (`root`) and the system's CAs (`other`) in it.
+struct Tls<'a> {
+    stack: &'a Stack,
+    pc: Client,
+    work: &'a Path,
+    root: PathBuf,
+    other: PathBuf,
+}
+
+/// The stack's services by instance name, with their addresses.
+type Ips = std::collections::BTreeMap<&'static str, Ipv4Addr>;
+
+/// A first install: each TLS service starts with a certificate step-ca signed.
+async fn first_install(t: &Tls<'_>) {
+    let Tls { stack, .. } = t;
     let o = stack.atlas(&["plan", "--ignore-preflight"]);
     let plan = format!("{}{}", stdout(&o), stderr(&o));
     assert!(
@@ -413,15 +453,23 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
             "{name}: {log}"
         );
     }
+}
 
-    // 2. The root, and every certificate verifying against it alone (openssl). The key is the
-    // service user's, 0600; the chain is leaf + intermediate, for 90 days.
-    let root = work.path().join("root.crt");
-    std::fs::write(&root, pull(&pc, "step-ca01", ROOT).await).unwrap();
-    let fp = in_step_ca(&pc, &["step", "certificate", "fingerprint", ROOT]).await;
+/// The root, and every certificate verifying against it alone (openssl). The key is the
+/// service user's, 0600; the chain is leaf + intermediate, for 90 days.
+async fn certificates_verify(t: &Tls<'_>) {
+    let Tls {
+        pc,
+        work,
+        root,
+        other,
+        ..
+    } = t;
+    std::fs::write(root, pull(pc, "step-ca01", ROOT).await).unwrap();
+    let fp = in_step_ca(pc, &["step", "certificate", "fingerprint", ROOT]).await;
     let der = sh(Command::new("openssl")
         .args(["x509", "-outform", "DER", "-in"])
-        .arg(&root));
+        .arg(root));
     use sha2::Digest as _;
     assert_eq!(
         fp.stdout_str().trim(),
@@ -429,9 +477,9 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         "step certificate fingerprint is the SHA-256 of the root's DER"
     );
     for (name, cert, key, owner) in tls_services() {
-        let chain = work.path().join(format!("{name}.crt"));
-        std::fs::write(&chain, pull(&pc, name, cert).await).unwrap();
-        let v = openssl_verify(&root, &chain);
+        let chain = work.join(format!("{name}.crt"));
+        std::fs::write(&chain, pull(pc, name, cert).await).unwrap();
+        let v = openssl_verify(root, &chain);
         assert!(v.status.success(), "{name}: {}{}", stdout(&v), stderr(&v));
         assert_eq!(lifetime_days(&chain), 90, "{name}: {}", dates(&chain));
         let (_, meta) = pc.pull_file_with_meta(name, key).await.expect("key");
@@ -448,26 +496,28 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         ("prometheus01", "/etc/prometheus/step-ca/root_ca.crt"),
     ] {
         assert_eq!(
-            pull(&pc, name, path).await,
-            std::fs::read(&root).unwrap(),
+            pull(pc, name, path).await,
+            std::fs::read(root).unwrap(),
             "{name}"
         );
     }
-    let other = work.path().join("other.crt");
     std::fs::write(
-        &other,
+        other,
         std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap(),
     )
     .unwrap();
-    let chain = work.path().join("loki01.crt");
+    let chain = work.join("loki01.crt");
     assert!(
-        !openssl_verify(&other, &chain).status.success(),
+        !openssl_verify(other, &chain).status.success(),
         "the system's CAs do not vouch for it"
     );
+}
 
-    // 3. Clients in a namespace of their own on the management and production bridges,
-    // trusting the Atlas root only, reach the services by name over TLS.
-    let mut ips = std::collections::BTreeMap::new();
+/// Clients in a namespace of their own on the management and production bridges,
+/// trusting the Atlas root only, reach the services by name over TLS.
+async fn client_namespace(t: &Tls<'_>) -> (Ips, Netns) {
+    let Tls { stack, .. } = t;
+    let mut ips = Ips::new();
     for name in [
         "grafana01",
         "loki01",
@@ -494,41 +544,51 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         &[leg(4, "grafana01"), leg(3, "mosquitto01")],
         &hosts,
     );
-    curl_200(&ns, &root, "https://grafana01.incus:3000/api/health").await;
-    curl_200(&ns, &root, "https://loki01.incus:3100/ready").await;
-    curl_200(&ns, &root, "https://prometheus01.incus:9090/-/ready").await;
+    (ips, ns)
+}
+
+async fn clients_reach_services(t: &Tls<'_>, ns: &Netns, ips: &Ips) {
+    let Tls {
+        stack, root, other, ..
+    } = t;
+    curl_200(ns, root, "https://grafana01.incus:3000/api/health").await;
+    curl_200(ns, root, "https://loki01.incus:3100/ready").await;
+    curl_200(ns, root, "https://prometheus01.incus:9090/-/ready").await;
     // By address too: Incus ships logs to Loki by address.
-    curl_200(&ns, &root, &format!("https://{}:3100/ready", ips["loki01"])).await;
+    curl_200(ns, root, &format!("https://{}:3100/ready", ips["loki01"])).await;
     // Caddy proxies its Grafana route to https://grafana01.incus:3000, trusting the root.
     assert_eq!(
         crate::stack::caddy_status(stack.https_port).await,
         200,
         "Grafana through Caddy, upstream over HTTPS"
     );
-    let refused = curl(&ns, None, "https://grafana01.incus:3000/api/health");
+    let refused = curl(ns, None, "https://grafana01.incus:3000/api/health");
     assert!(
         refused.is_err(),
         "a client that trusts other CAs only: {refused:?}"
     );
     let mqtt_pw = stack.secret(KEY_MQTT).await;
-    let got = mqtts_roundtrip(&ns, &root, 8883, &mqtt_pw);
+    let got = mqtts_roundtrip(ns, root, 8883, &mqtt_pw);
     assert_eq!(
         got.as_deref().map(str::trim),
         Ok("hello over tls"),
         "MQTT over TLS on 8883"
     );
-    let wrong = mqtts_roundtrip(&ns, &other, 8883, &mqtt_pw);
+    let wrong = mqtts_roundtrip(ns, other, 8883, &mqtt_pw);
     assert!(
         wrong.is_err(),
         "a client that trusts other CAs only: {wrong:?}"
     );
-    let wrong = mqtts_roundtrip(&ns, &root, 8883, "wrong-password");
+    let wrong = mqtts_roundtrip(ns, root, 8883, "wrong-password");
     assert!(wrong.is_err(), "a wrong MQTT password over TLS");
+}
 
-    // 4. Prometheus (itself over HTTPS now) scrapes step-ca's metrics (metricsAddress written
-    // by the installer), itself, Grafana and Loki over HTTPS, trusting the root it was given.
+/// Prometheus (itself over HTTPS now) scrapes step-ca's metrics (metricsAddress written
+/// by the installer), itself, Grafana and Loki over HTTPS, trusting the root it was given.
+async fn prometheus_scrapes_over_https(t: &Tls<'_>, ns: &Netns) {
+    let Tls { pc, root, .. } = t;
     let jobs = ["step-ca", "prometheus", "grafana", "loki"];
-    let ups = up_over_https(&ns, &root, &jobs).await;
+    let ups = up_over_https(ns, root, &jobs).await;
     for job in jobs {
         assert!(
             ups.iter().any(|(j, v)| j == job && v == "1"),
@@ -536,20 +596,32 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         );
     }
     let ca_json: serde_json::Value =
-        serde_json::from_slice(&pull(&pc, "step-ca01", "/home/step/config/ca.json").await)
+        serde_json::from_slice(&pull(pc, "step-ca01", "/home/step/config/ca.json").await)
             .expect("ca.json");
     assert_eq!(ca_json["metricsAddress"], ":9290");
+}
 
-    // 5. A re-run with fresh certificates writes nothing, and plan agrees.
+/// A re-run with fresh certificates writes nothing, and plan agrees.
+async fn rerun_writes_nothing(t: &Tls<'_>) {
+    let Tls { stack, .. } = t;
     let o = stack.install();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
     let o = stack.atlas(&["plan", "--detailed-exitcode", "--ignore-preflight"]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+}
 
-    // 6. A certificate with less than a third of its life left: plan says so, install
-    // re-issues it (90 days again) and restarts Loki, which then serves the new one.
-    age_lokis_certificate(&stack, work.path(), ips["loki01"]).await;
+/// A certificate with less than a third of its life left: plan says so, install
+/// re-issues it (90 days again) and restarts Loki, which then serves the new one.
+async fn aged_certificate_is_renewed(t: &Tls<'_>, ns: &Netns, ips: &Ips) {
+    let Tls {
+        stack,
+        pc,
+        work,
+        root,
+        ..
+    } = t;
+    age_lokis_certificate(stack, work, ips["loki01"]).await;
     let o = stack.atlas(&["plan", "--detailed-exitcode", "--ignore-preflight"]);
     let plan = format!("{}{}", stdout(&o), stderr(&o));
     assert_eq!(o.status.code(), Some(2), "{plan}");
@@ -563,10 +635,10 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     let log = stderr(&o);
     assert!(o.status.success(), "{log}");
     assert!(log.contains("loki01 renewed and restarted"), "{log}");
-    let renewed = work.path().join("loki01-renewed.crt");
-    std::fs::write(&renewed, pull(&pc, "loki01", "/etc/loki/tls/tls.crt").await).unwrap();
+    let renewed = work.join("loki01-renewed.crt");
+    std::fs::write(&renewed, pull(pc, "loki01", "/etc/loki/tls/tls.crt").await).unwrap();
     assert_eq!(lifetime_days(&renewed), 90, "{}", dates(&renewed));
-    curl_200(&ns, &root, "https://loki01.incus:3100/ready").await;
+    curl_200(ns, root, "https://loki01.incus:3100/ready").await;
     let served = stdout(&sh(ns
         .cmd("sh")
         .arg("-c")
@@ -581,9 +653,18 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
     );
     let o = stack.install();
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
+}
 
-    // 7. upgrade --rotate-secrets re-encrypts the CA keys and the provisioner key: step-ca
-    // restarts on the new password, and a certificate issued after it still verifies.
+/// Upgrade --rotate-secrets re-encrypts the CA keys and the provisioner key: step-ca
+/// restarts on the new password, and a certificate issued after it still verifies.
+async fn rotation_keeps_the_root(t: &Tls<'_>, ns: &Netns) -> (String, String) {
+    let Tls {
+        stack,
+        pc,
+        work,
+        root,
+        ..
+    } = t;
     let before = stack.secret(KEY_STEP).await;
     let o = stack.upgrade_rotating();
     let log = stderr(&o);
@@ -595,7 +676,7 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         "no password in the output"
     );
     assert_eq!(
-        String::from_utf8_lossy(&pull(&pc, "step-ca01", PASSWORD_FILE).await),
+        String::from_utf8_lossy(&pull(pc, "step-ca01", PASSWORD_FILE).await),
         after
     );
     let _ = pc
@@ -608,32 +689,31 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         log.contains("grafana01: certificate issued by step-ca01"),
         "{log}"
     );
-    let chain = work.path().join("grafana01-after.crt");
+    let chain = work.join("grafana01-after.crt");
     std::fs::write(
         &chain,
-        pull(&pc, "grafana01", "/etc/grafana/tls/tls.crt").await,
+        pull(pc, "grafana01", "/etc/grafana/tls/tls.crt").await,
     )
     .unwrap();
     assert!(
-        openssl_verify(&root, &chain).status.success(),
+        openssl_verify(root, &chain).status.success(),
         "same root after the rotation"
     );
-    curl_200(&ns, &root, "https://grafana01.incus:3000/api/health").await;
+    curl_200(ns, root, "https://grafana01.incus:3000/api/health").await;
+    (before, after)
+}
 
-    // 8. step-ca refuses to start on a password that does not open its keys: the old one
-    // (last: the file lives on step-ca's volume, which is mounted only while it runs).
+/// Step-ca refuses to start on a password that does not open its keys: the old one
+/// (last: the file lives on step-ca's volume, which is mounted only while it runs).
+async fn old_password_is_refused(t: &Tls<'_>, before: &str, after: &str) {
+    let Tls { stack, pc, .. } = t;
     let (_, meta) = pc
         .pull_file_with_meta("step-ca01", PASSWORD_FILE)
         .await
         .unwrap();
-    pc.push_file(
-        "step-ca01",
-        PASSWORD_FILE,
-        before.clone().into_bytes(),
-        meta,
-    )
-    .await
-    .unwrap();
+    pc.push_file("step-ca01", PASSWORD_FILE, before.as_bytes().to_vec(), meta)
+        .await
+        .unwrap();
     pc.set_instance_state("step-ca01", StateAction::Stop, 30, false)
         .await
         .expect("stop step-ca01");
@@ -643,13 +723,13 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         .set_instance_state("step-ca01", StateAction::Start, 30, false)
         .await;
     assert!(
-        stopped_within(&pc, "step-ca01", 60).await,
+        stopped_within(pc, "step-ca01", 60).await,
         "step-ca must not run on the old password"
     );
     // Incus may still be writing the console log of the run that just ended.
     let mut console = String::new();
     for _ in 0..10 {
-        console = atlas_install::engine::health::console_log(&pc, "step-ca01")
+        console = atlas_install::engine::health::console_log(pc, "step-ca01")
             .await
             .unwrap_or_else(|e| format!("(console log: {e})"));
         if console.contains("decryption password incorrect") {
@@ -662,7 +742,7 @@ async fn tls_services_verify_against_the_atlas_root_and_renew() {
         "step-ca says why: {console}"
     );
     assert!(
-        !console.contains(&after),
+        !console.contains(after),
         "no password on the console after the first start"
     );
     let o = stack.atlas(&["status"]);

@@ -9,7 +9,7 @@ use std::process::{Output, Stdio};
 
 use atlas_install::incus::{Client, ImageImport};
 
-use crate::common::{client_or_skip, stderr};
+use crate::common::{client_or_skip, stderr, step_async};
 use crate::engine::{Env, SERVICES, STACKS, have_busybox, image_tarball_variant, sh};
 
 const DATA: &str = "/mosquitto/data";
@@ -71,9 +71,35 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         return;
     }
     let (env, pc) = prepared(&c, 5).await;
+    let s = Scenario {
+        c: &c,
+        env: &env,
+        pc: &pc,
+        pid: std::process::id(),
+    };
+    // One install, steps in order over it: a failure names its step.
+    step_async("1 upgrade without an install", nothing_to_upgrade(&s)).await;
+    step_async("2 install v1", install_v1_with_data(&s)).await;
+    step_async("3 upgrade to v2", upgrade_to_v2(&s)).await;
+    step_async("4 broken mosquitto", broken_service_is_returned(&s)).await;
+    step_async("5 kill -9 midway", killed_upgrade_converges(&s)).await;
+    step_async("6 rollback", rollback_returns_v2(&s)).await;
+    step_async("7 second rollback", second_rollback_is_refused(&s)).await;
+}
 
-    // Nothing installed: upgrade refuses and changes nothing.
-    let o = run(&env, &["upgrade", "--yes"]);
+/// What the steps of the upgrade scenario share: the daemon, the test's install and project
+/// client, and the pid that tells this run's data from another's.
+struct Scenario<'a> {
+    c: &'a Client,
+    env: &'a Env,
+    pc: &'a Client,
+    pid: u32,
+}
+
+/// Nothing installed: upgrade refuses and changes nothing.
+async fn nothing_to_upgrade(s: &Scenario<'_>) {
+    let Scenario { env, pc, .. } = *s;
+    let o = run(env, &["upgrade", "--yes"]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("no install to upgrade from"),
@@ -81,35 +107,35 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         stderr(&o)
     );
     assert!(pc.instances().await.expect("instances").is_empty());
+}
 
-    // v1, with data written through the service into its volume.
-    let o = run(&env, &["install", "--yes"]);
+/// v1, with data written through the service into its volume.
+async fn install_v1_with_data(s: &Scenario<'_>) {
+    let Scenario { env, pc, pid, .. } = *s;
+    let o = run(env, &["install", "--yes"]);
     assert!(o.status.success(), "install v1: {}", stderr(&o));
-    assert_eq!(version(&pc, "mosquitto01").await, "v1");
-    let pid = std::process::id();
-    sh(
-        &pc,
-        "mosquitto01",
-        &format!("echo note-{pid} > {DATA}/note"),
-    )
-    .await;
+    assert_eq!(version(pc, "mosquitto01").await, "v1");
+    sh(pc, "mosquitto01", &format!("echo note-{pid} > {DATA}/note")).await;
+}
 
-    // v2 everywhere: every service runs v2, the data is there, the snapshots exist.
-    point_aliases(&pc, &env, "v2", None).await;
-    let o = run(&env, &["upgrade", "--yes", "--health-timeout", "60"]);
+/// v2 everywhere: every service runs v2, the data is there, the snapshots exist.
+async fn upgrade_to_v2(s: &Scenario<'_>) {
+    let Scenario { c, env, pc, pid } = *s;
+    point_aliases(pc, env, "v2", None).await;
+    let o = run(env, &["upgrade", "--yes", "--health-timeout", "60"]);
     assert!(o.status.success(), "upgrade to v2: {}", stderr(&o));
     for (service, _) in SERVICES {
         assert_eq!(
-            version(&pc, &format!("{service}01")).await,
+            version(pc, &format!("{service}01")).await,
             "v2",
             "{service}"
         );
     }
     assert_eq!(
-        sh(&pc, "mosquitto01", &format!("cat {DATA}/note")).await,
+        sh(pc, "mosquitto01", &format!("cat {DATA}/note")).await,
         format!("note-{pid}\n")
     );
-    let snaps = volume_snapshots(&pc, "mosquitto01-data").await;
+    let snaps = volume_snapshots(pc, "mosquitto01-data").await;
     let pre: Vec<&String> = snaps
         .iter()
         .filter(|s| s.starts_with("pre-upgrade-"))
@@ -129,19 +155,22 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         "what caddy01 was is saved in the project: {saved:?}"
     );
     // Converged: a second upgrade has nothing to do.
-    let o = run(&env, &["upgrade", "--yes"]);
+    let o = run(env, &["upgrade", "--yes"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("No changes"), "{}", stderr(&o));
+}
 
-    // A broken mosquitto: the upgrade fails its health gate and returns it, data included.
+/// A broken mosquitto: the upgrade fails its health gate and returns it, data included.
+async fn broken_service_is_returned(s: &Scenario<'_>) {
+    let Scenario { env, pc, pid, .. } = *s;
     sh(
-        &pc,
+        pc,
         "mosquitto01",
         &format!("echo v2-data-{pid} > {DATA}/note"),
     )
     .await;
-    point_aliases(&pc, &env, "broken", Some("mosquitto")).await;
-    let o = run(&env, &["upgrade", "--yes", "--health-timeout", "15"]);
+    point_aliases(pc, env, "broken", Some("mosquitto")).await;
+    let o = run(env, &["upgrade", "--yes", "--health-timeout", "15"]);
     assert!(!o.status.success(), "a broken image must not pass");
     let err = stderr(&o);
     assert!(
@@ -157,15 +186,18 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
             .status,
         "Running"
     );
-    assert_eq!(version(&pc, "mosquitto01").await, "v2");
+    assert_eq!(version(pc, "mosquitto01").await, "v2");
     assert_eq!(
-        sh(&pc, "mosquitto01", &format!("cat {DATA}/note")).await,
+        sh(pc, "mosquitto01", &format!("cat {DATA}/note")).await,
         format!("v2-data-{pid}\n")
     );
+}
 
-    // kill -9 in the middle of replacing mosquitto (snapshots taken, image not yet in
-    // place), then upgrade again: it converges on v3 and keeps the first attempt's snapshots.
-    point_aliases(&pc, &env, "v3", Some("mosquitto")).await;
+/// kill -9 in the middle of replacing mosquitto (snapshots taken, image not yet in
+/// place), then upgrade again: it converges on v3 and keeps the first attempt's snapshots.
+async fn killed_upgrade_converges(s: &Scenario<'_>) {
+    let Scenario { env, pc, pid, .. } = *s;
+    point_aliases(pc, env, "v3", Some("mosquitto")).await;
     let mut child = env
         .atlas(&["upgrade", "--yes", "--health-timeout", "60"])
         .env("ATLAS_TEST_PAUSE_AT", "upgrade-guarded")
@@ -183,32 +215,35 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         }
     }
     assert!(!child.wait().expect("wait").success(), "killed: {seen:?}");
-    let o = run(&env, &["upgrade", "--yes", "--health-timeout", "60"]);
+    let o = run(env, &["upgrade", "--yes", "--health-timeout", "60"]);
     assert!(o.status.success(), "upgrade after kill -9: {}", stderr(&o));
-    assert_eq!(version(&pc, "mosquitto01").await, "v3");
+    assert_eq!(version(pc, "mosquitto01").await, "v3");
     assert_eq!(
-        sh(&pc, "mosquitto01", &format!("cat {DATA}/note")).await,
+        sh(pc, "mosquitto01", &format!("cat {DATA}/note")).await,
         format!("v2-data-{pid}\n"),
         "nothing lost"
     );
+}
 
-    // rollback: mosquitto back on v2 with the data of before the v3 upgrade; what it held
-    // just before the rollback is kept in a pre-rollback snapshot.
+/// rollback: mosquitto back on v2 with the data of before the v3 upgrade; what it held
+/// just before the rollback is kept in a pre-rollback snapshot.
+async fn rollback_returns_v2(s: &Scenario<'_>) {
+    let Scenario { env, pc, pid, .. } = *s;
     sh(
-        &pc,
+        pc,
         "mosquitto01",
         &format!("echo v3-data-{pid} > {DATA}/note"),
     )
     .await;
     let o = run(
-        &env,
+        env,
         &["--yes", "--json", "rollback", "--health-timeout", "60"],
     );
     assert!(o.status.success(), "rollback: {}", stderr(&o));
     let report: serde_json::Value =
         serde_json::from_slice(&o.stdout).expect("rollback --json on stdout");
     assert_eq!(report["instances"], serde_json::json!(["mosquitto01"]));
-    assert_eq!(version(&pc, "mosquitto01").await, "v2");
+    assert_eq!(version(pc, "mosquitto01").await, "v2");
     // Its alias points at the v2 image again, so the next install keeps it there.
     let runs = pc
         .get_instance("mosquitto01")
@@ -225,7 +260,7 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         alias.value.target, runs,
         "the alias is back on the v2 image"
     );
-    let o = run(&env, &["plan", "--detailed-exitcode"]);
+    let o = run(env, &["plan", "--detailed-exitcode"]);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -233,12 +268,12 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         crate::common::stdout(&o)
     );
     assert_eq!(
-        version(&pc, "caddy01").await,
+        version(pc, "caddy01").await,
         "v2",
         "unchanged services stay"
     );
     assert_eq!(
-        sh(&pc, "mosquitto01", &format!("cat {DATA}/note")).await,
+        sh(pc, "mosquitto01", &format!("cat {DATA}/note")).await,
         format!("v2-data-{pid}\n")
     );
     let safety = report["safety_snapshots"]["mosquitto01-data"]
@@ -247,21 +282,25 @@ async fn upgrade_keeps_data_rolls_back_a_failing_service_survives_kill_and_rolls
         .to_string();
     assert!(safety.starts_with("pre-rollback-"), "{safety}");
     assert!(
-        volume_snapshots(&pc, "mosquitto01-data")
+        volume_snapshots(pc, "mosquitto01-data")
             .await
             .contains(&safety)
     );
-    // The record is back on the v2 install: a second rollback has no snapshots to use.
-    let o = run(&env, &["--yes", "rollback"]);
+}
+
+/// The record is back on the v2 install: a second rollback has no snapshots to use.
+async fn second_rollback_is_refused(s: &Scenario<'_>) {
+    let Scenario { env, pc, pid, .. } = *s;
+    let o = run(env, &["--yes", "rollback"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Nothing was changed"), "{}", stderr(&o));
     assert_eq!(
-        version(&pc, "mosquitto01").await,
+        version(pc, "mosquitto01").await,
         "v2",
         "the refused rollback changed nothing"
     );
     assert_eq!(
-        sh(&pc, "mosquitto01", &format!("cat {DATA}/note")).await,
+        sh(pc, "mosquitto01", &format!("cat {DATA}/note")).await,
         format!("v2-data-{pid}\n")
     );
 }

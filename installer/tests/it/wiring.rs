@@ -19,6 +19,8 @@ use atlas_install::incus::{
 use atlas_install::progress::NoProgress;
 use atlas_install::state::keys::{self, secrets as name};
 
+use atlas_test_support::busybox::{BusyboxImage, is_static_elf};
+
 use crate::common::client_or_skip;
 use crate::common::require_all;
 
@@ -822,54 +824,10 @@ async fn https_address_set_by_the_operator_is_left_alone() {
 const BUSYBOX: &str = "/bin/busybox";
 const MARKER: &str = "t-wir-marker: service starting";
 
-fn is_static_elf(b: &[u8]) -> bool {
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
-        return false;
-    }
-    let phoff = u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")) as usize;
-    let (entsize, num) = (u16_at(54), u16_at(56));
-    (0..num).all(|i| {
-        b.get(phoff + i * entsize..phoff + i * entsize + 4) != Some(&3u32.to_le_bytes()[..])
-    })
-}
-
 /// A unified image: busybox, atlas-init as /sbin/init, and a service that prints a marker
 /// and serves /www (with a `ready` file) on port `port`.
 fn build_image(dir: &Path, port: u16) -> std::path::PathBuf {
-    use atlas_image::init::ServiceSpec;
-    use std::os::unix::fs::PermissionsExt;
-    let root = dir.join("img");
-    let rootfs = root.join("rootfs");
-    for d in [
-        "bin",
-        "sbin",
-        "etc/atlas",
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "tmp",
-        "root",
-        "www",
-    ] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("time")
-        .as_secs();
-    std::fs::write(
-        root.join("metadata.yaml"),
-        format!("architecture: x86_64\ncreation_date: {now}\nproperties:\n  description: t-wir health test\n  os: busybox\n"),
-    )
-    .expect("metadata");
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("busybox");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
-    std::fs::write(rootfs.join("www/ready"), "ready\n").expect("ready");
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
-    let service = ServiceSpec {
+    let service = atlas_image::init::ServiceSpec {
         entrypoint: vec![],
         cmd: vec![
             "/bin/busybox".into(),
@@ -882,22 +840,11 @@ fn build_image(dir: &Path, port: u16) -> std::path::PathBuf {
         user: None,
         stop_grace_period: 3,
     };
-    for f in atlas_image::init::rootfs_files(&service, None).expect("init files") {
-        let path = rootfs.join(f.path);
-        std::fs::write(&path, f.contents.as_ref()).expect("write init file");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).expect("mode");
-    }
-    let tarball = dir.join("image.tar");
-    let st = std::process::Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&root)
-        .args(["metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar failed");
-    tarball
+    BusyboxImage::new(&dir.join("img"), "t-wir health test")
+        .file("www/ready", "ready\n")
+        .service(service)
+        .no_network()
+        .tarball(&dir.join("image.tar"))
 }
 
 #[tokio::test]

@@ -14,15 +14,17 @@ fn get(addr: &str, path: &str) -> String {
 }
 
 /// Kills the child if an assertion fails first, so no stand-in outlives the test.
-struct Reap(Child);
+use atlas_test_support::process::Reaped as Reap;
 
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+/// Starts the stand-in, its stderr piped (where it says it listens), killed when the test
+/// ends.
+fn spawn(cmd: &mut Command) -> Reap {
+    Reap(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A Loki config like the installer's, its data under `dir`.
@@ -42,12 +44,7 @@ fn loki_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
 
 /// Runs the stand-in to its exit (it must exit within 5 s): status and stderr.
 fn run_to_exit(cmd: &mut Command) -> (Option<i32>, String) {
-    let mut child = Reap(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn(cmd);
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
@@ -94,15 +91,11 @@ fn listening(child: &mut Child) -> String {
 fn loki_role_serves_and_exits_zero_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let config = loki_config(tmp.path(), "");
-    let mut child = Reap(
+    let mut child = spawn(
         Command::new(env!("CARGO_BIN_EXE_atlas-standin"))
             .args(["--role", "loki"])
             .arg(format!("-config.file={}", config.display()))
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .env_clear(),
     );
     let addr = listening(&mut child.0);
     let ready = get(&addr, "/ready");
@@ -127,12 +120,7 @@ fn loki_role_serves_and_exits_zero_on_sigterm() {
 fn loki_refuses_an_unknown_key_and_retention_without_a_delete_store() {
     let tmp = tempfile::tempdir().unwrap();
     let config = loki_config(tmp.path(), "limits_config:\n  retention_periods: 720h\n");
-    let (code, err) = run_to_exit(
-        Command::new(env!("CARGO_BIN_EXE_atlas-standin"))
-            .args(["--role", "loki"])
-            .arg(format!("-config.file={}", config.display()))
-            .env_clear(),
-    );
+    let (code, err) = loki_exit(&config);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("field retention_periods not found in type validation.Limits"),
@@ -143,17 +131,22 @@ fn loki_refuses_an_unknown_key_and_retention_without_a_delete_store() {
         .replace("  delete_request_store: filesystem\n", "")
         .replace("limits_config:\n  retention_periods: 720h\n", "");
     std::fs::write(&config, text).unwrap();
-    let (code, err) = run_to_exit(
-        Command::new(env!("CARGO_BIN_EXE_atlas-standin"))
-            .args(["--role", "loki"])
-            .arg(format!("-config.file={}", config.display()))
-            .env_clear(),
-    );
+    let (code, err) = loki_exit(&config);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("compactor.delete-request-store should be configured"),
         "{err}"
     );
+}
+
+/// Runs the Loki stand-in on `config` until it exits: (exit code, stderr).
+fn loki_exit(config: &std::path::Path) -> (Option<i32>, String) {
+    run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_atlas-standin"))
+            .args(["--role", "loki"])
+            .arg(format!("-config.file={}", config.display()))
+            .env_clear(),
+    )
 }
 
 /// Sends SIGTERM and waits at most 2 s; returns the exit code.
@@ -184,7 +177,7 @@ const FIXTURE_TOKEN: &str = "eyJhIjoiYXRsYXMtZml4dHVyZSIsInQiOiI2YTllMmQ3ZS05YzQ
 #[test]
 fn sigterm_exits_zero_even_when_stderr_is_gone() {
     // The parent that read our log died: writing the exit line must not stop the exit.
-    let mut child = Reap(
+    let mut child = spawn(
         Command::new(env!("CARGO_BIN_EXE_atlas-standin"))
             .args([
                 "--role",
@@ -195,11 +188,7 @@ fn sigterm_exits_zero_even_when_stderr_is_gone() {
                 "run",
             ])
             .env_clear()
-            .env("TUNNEL_TOKEN", FIXTURE_TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .env("TUNNEL_TOKEN", FIXTURE_TOKEN),
     );
     let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut line = String::new();
@@ -232,7 +221,7 @@ fn cloudflared_needs_a_token_and_is_ready_once_connected() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("token");
     std::fs::write(&file, format!("{FIXTURE_TOKEN}\n")).unwrap();
-    let mut child = Reap(
+    let mut child = spawn(
         Command::new(env!("CARGO_BIN_EXE_atlas-standin"))
             .args([
                 "--role",
@@ -245,11 +234,7 @@ fn cloudflared_needs_a_token_and_is_ready_once_connected() {
                 "--token-file",
             ])
             .arg(&file)
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .env_clear(),
     );
     let addr = listening(&mut child.0);
     let first = get(&addr, "/ready");

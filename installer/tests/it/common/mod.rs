@@ -20,13 +20,7 @@ pub fn atlas() -> Command {
 }
 
 /// A TCP port on 127.0.0.1 free right now (for host ports a test's stack publishes).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use atlas_test_support::free_port;
 
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("failed to spawn atlas-install")
@@ -40,39 +34,8 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Whether a missing external dependency must fail the test (CI) or only skip it (a laptop).
-pub fn require_all() -> bool {
-    std::env::var_os("ATLAS_TEST_REQUIRE_ALL").is_some_and(|v| v == "1")
-}
-
-/// Returns false (and says why) when `tool` is not on PATH; panics instead under CI.
-pub fn have_tool(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            !require_all(),
-            "{tool} is required (ATLAS_TEST_REQUIRE_ALL=1); run tests/setup-host.sh"
-        );
-        eprintln!("skipping: {tool} not installed (run tests/setup-host.sh)");
-    }
-    found
-}
-
-/// Whether a path exists; panics under CI when it does not.
-pub fn have_path(path: &Path, what: &str) -> bool {
-    let ok = path.exists();
-    if !ok {
-        assert!(
-            !require_all(),
-            "{what} ({}) is required (ATLAS_TEST_REQUIRE_ALL=1)",
-            path.display()
-        );
-        eprintln!("skipping: {what} not found at {}", path.display());
-    }
-    ok
-}
+// Skip or fail (ATLAS_TEST_REQUIRE_ALL=1): one rule for every crate's tests.
+pub use atlas_test_support::{have_busybox, have_path, have_tool, require_all, step, step_async};
 
 /// Socket of the shared incusd the integration tests talk to.
 pub const INCUS_SOCKET: &str = "/var/lib/incus/unix.socket";

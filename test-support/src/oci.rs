@@ -1,8 +1,10 @@
 //! Small, real OCI test images written to a layout: tar layers built with the tar crate,
-//! compressed with gzip or zstd, content derived from a seed so each test gets its own blobs.
+//! compressed with gzip or zstd, content derived from a seed so each test gets its own blobs;
+//! images of layers a test made itself ([`write_image`]); and a layout unpacked by umoci.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
 use atlas_image::digest::Digest;
 use atlas_image::manifest::{self, Descriptor};
@@ -68,7 +70,7 @@ fn tar_layer(seed: &str, n: usize, big: usize) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn compress(raw: &[u8], c: Comp) -> Vec<u8> {
+pub fn compress(raw: &[u8], c: Comp) -> Vec<u8> {
     match c {
         Comp::Gzip => {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -267,4 +269,102 @@ pub fn attested_layout(dir: &Path, seed: &str, tag: &str) -> (Digest, BuiltImage
         .unwrap();
     w.finish().unwrap();
     (desc.digest, amd)
+}
+
+/// One layer of an image a test writes: its blob, media type and diff ID.
+pub struct Layer {
+    pub blob: Vec<u8>,
+    pub media_type: &'static str,
+    pub diff_id: String,
+}
+
+impl Layer {
+    /// The tar stream `raw` compressed as `c`.
+    pub fn compress(raw: &[u8], c: Comp) -> Layer {
+        Layer {
+            blob: compress(raw, c),
+            media_type: match c {
+                Comp::Gzip => manifest::OCI_LAYER_GZIP,
+                Comp::Zstd => manifest::OCI_LAYER_ZSTD,
+            },
+            diff_id: Digest::of_bytes(raw).to_string(),
+        }
+    }
+
+    /// A gzip blob already made, with the diff ID of its tar stream.
+    pub fn gzip(blob: Vec<u8>, diff_id: String) -> Layer {
+        Layer {
+            blob,
+            media_type: manifest::OCI_LAYER_GZIP,
+            diff_id,
+        }
+    }
+}
+
+/// Writes an image of `layers` into `w` tagged `tag`: `config` is the image config (the
+/// layers' `rootfs` is added), the manifest an OCI one. Returns the manifest's digest.
+pub fn write_image(
+    w: &mut OciLayoutWriter,
+    layers: &[Layer],
+    mut config: serde_json::Value,
+    tag: &str,
+) -> Digest {
+    let mut descs = Vec::new();
+    for l in layers {
+        let d = w.add_bytes(&l.blob).unwrap();
+        descs.push(Descriptor::new(l.media_type, d, l.blob.len() as u64));
+    }
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
+    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
+    let config = serde_json::to_vec(&config).unwrap();
+    let cd = w.add_bytes(&config).unwrap();
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+        "config": Descriptor::new(manifest::OCI_CONFIG, cd, config.len() as u64),
+        "layers": descs,
+    });
+    w.add_manifest(
+        &serde_json::to_vec(&m).unwrap(),
+        manifest::OCI_MANIFEST,
+        Some(tag),
+        None,
+    )
+    .unwrap()
+    .digest
+}
+
+/// Unpacks `layout:tag` with umoci into the bundle `bundle` (its rootfs at `bundle/rootfs`),
+/// `--rootless` or as root (which may set file capabilities); panics with umoci's stderr.
+pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path, rootless: bool) {
+    let mut cmd = Command::new("umoci");
+    cmd.arg("unpack");
+    if rootless {
+        cmd.arg("--rootless");
+    }
+    let o = cmd
+        .arg("--image")
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(bundle)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `umoci stat` of `layout:tag` (its history), panicking with umoci's stderr.
+pub fn umoci_stat(layout: &Path, tag: &str) -> String {
+    let stat = Command::new("umoci")
+        .args(["stat", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        stat.status.success(),
+        "umoci stat: {}",
+        String::from_utf8_lossy(&stat.stderr)
+    );
+    String::from_utf8_lossy(&stat.stdout).into_owned()
 }

@@ -3,7 +3,6 @@
 //! service this module runs (anonymous pull; push only with credentials), signed ES256 with
 //! a key whose certificate the registry trusts.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -28,14 +27,6 @@ impl Drop for AuthRegistry {
             t.abort();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A bcrypt htpasswd hash made with perl's crypt(3) (libxcrypt knows $2b$).
@@ -84,19 +75,19 @@ fn wait_up(reg: &AuthRegistry) {
 
 /// Basic auth with one user; None (after saying why) when a tool is missing.
 pub fn start(user: &str, password: &str) -> Option<AuthRegistry> {
-    if !super::have_tool("docker-registry") || !super::have_tool("perl") {
+    if !crate::skip::have_tool("docker-registry") || !crate::skip::have_tool("perl") {
         return None;
     }
     let Some(hash) = bcrypt(password) else {
         assert!(
-            !super::require_all(),
+            !crate::skip::require_all(),
             "perl crypt() cannot make bcrypt hashes"
         );
         eprintln!("skipping: perl crypt() cannot make bcrypt hashes");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", super::free_port());
     std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
     let auth = format!(
         "  htpasswd: {{realm: atlas-test, path: {}}}\n",
@@ -119,7 +110,7 @@ const ISSUER: &str = "atlas-test-token-issuer";
 
 /// Token auth: anyone gets a pull token, `user:password` also gets push.
 pub async fn start_token(user: &str, password: &str) -> Option<AuthRegistry> {
-    if !super::have_tool("docker-registry") {
+    if !crate::skip::have_tool("docker-registry") {
         return None;
     }
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -151,7 +142,7 @@ pub async fn start_token(user: &str, password: &str) -> Option<AuthRegistry> {
         }
     });
 
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", super::free_port());
     let auth = format!(
         "  token:\n    realm: http://{token_addr}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
         dir.path().join("token.pem").display()
