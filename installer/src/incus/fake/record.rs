@@ -113,14 +113,30 @@ impl Recorder {
         got
     }
 
-    fn save(&self, name: &str, request: Value, got: &Got, n: &Names) {
+    /// What a write finally answered: an async answer's operation, waited for.
+    async fn settled(&self, got: Got) -> Got {
+        if got.body["type"] != "async" {
+            return got;
+        }
+        let op = got.body["operation"].as_str().unwrap_or_default();
+        self.ask(Method::GET, &format!("{op}/wait?timeout=60"), None)
+            .await
+    }
+
+    /// A GET of `path`, stored under `name` as a GET of `shown` (the path without this
+    /// recording's names and query).
+    async fn read(&self, name: &str, shown: &str, path: &str) {
+        let got = self.ask(Method::GET, path, None).await;
+        self.save(name, json!({"method": "GET", "path": shown}), &got);
+    }
+
+    fn save(&self, name: &str, request: Value, got: &Got) {
         let v = json!({
             "request": request,
             "status": got.status,
             "etag": got.etag.as_ref().map(|_| "\"<sha256>\""),
             "body": got.body,
         });
-        let _ = n;
         let v = self.scrub.borrow_mut().value(v);
         let text = serde_json::to_string_pretty(&v).expect("json");
         std::fs::write(self.dir.join(format!("{name}.json")), text + "\n").expect("write");
@@ -229,15 +245,14 @@ async fn record_all(rec: &Recorder, n: &Names) {
     record_storage(rec, n, &q).await;
     record_image(rec, n, &q).await;
     record_instance(rec, n, &q).await;
-    record_instance_reads(rec, n, &q).await;
+    record_instance_reads(rec, &q).await;
     record_certificate_and_host(rec, n).await;
 }
 
 /// The server, a project, its duplicate and missing ones.
 async fn record_project(rec: &Recorder, n: &Names) {
     // The server.
-    let got = rec.ask(Method::GET, "/1.0", None).await;
-    rec.save("server", json!({"method": "GET", "path": "/1.0"}), &got, n);
+    rec.read("server", "/1.0", "/1.0").await;
     // A project, its duplicate, and a missing one.
     let body = json!({"name": n.project, "description": "recorder", "config": {
         "features.images": "true", "features.profiles": "true",
@@ -249,14 +264,12 @@ async fn record_project(rec: &Recorder, n: &Names) {
         "project_post",
         json!({"method": "POST", "path": "/1.0/projects", "body": body}),
         &got,
-        n,
     );
     let got = rec.json(Method::POST, "/1.0/projects", &body).await;
     rec.save(
         "error_409_project",
         json!({"method": "POST", "path": "/1.0/projects", "body": body}),
         &got,
-        n,
     );
     let path = format!("/1.0/projects/{}", n.project);
     let got = rec.ask(Method::GET, &path, None).await;
@@ -264,39 +277,25 @@ async fn record_project(rec: &Recorder, n: &Names) {
         "project",
         json!({"method": "GET", "path": path, "posted": body}),
         &got,
-        n,
     );
-    let got = rec
-        .ask(Method::GET, "/1.0/projects/rec-missing", None)
-        .await;
-    rec.save(
+    rec.read(
         "error_404_project",
-        json!({"method": "GET", "path": "/1.0/projects/rec-missing"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(Method::GET, "/1.0/instances?project=rec-missing", None)
-        .await;
-    rec.save(
+        "/1.0/projects/rec-missing",
+        "/1.0/projects/rec-missing",
+    )
+    .await;
+    rec.read(
         "error_404_in_missing_project",
-        json!({"method": "GET", "path": "/1.0/instances?project=rec-missing"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(
-            Method::GET,
-            "/1.0/profiles/default?project=rec-missing",
-            None,
-        )
-        .await;
-    rec.save(
+        "/1.0/instances?project=rec-missing",
+        "/1.0/instances?project=rec-missing",
+    )
+    .await;
+    rec.read(
         "error_get_in_missing_project",
-        json!({"method": "GET", "path": "/1.0/profiles/default?project=rec-missing"}),
-        &got,
-        n,
-    );
+        "/1.0/profiles/default?project=rec-missing",
+        "/1.0/profiles/default?project=rec-missing",
+    )
+    .await;
     let missing = json!({"name": "rec-nowhere", "config": {}, "devices": {}});
     let got = rec
         .json(Method::POST, "/1.0/profiles?project=rec-missing", &missing)
@@ -305,7 +304,6 @@ async fn record_project(rec: &Recorder, n: &Names) {
         "error_create_in_missing_project",
         json!({"method": "POST", "path": "/1.0/profiles?project=rec-missing"}),
         &got,
-        n,
     );
     let mut got = rec
         .ask(Method::GET, "/1.0/projects?recursion=1", None)
@@ -317,7 +315,6 @@ async fn record_project(rec: &Recorder, n: &Names) {
         "projects_list",
         json!({"method": "GET", "path": "/1.0/projects?recursion=1"}),
         &got,
-        n,
     );
 }
 
@@ -343,7 +340,6 @@ async fn record_network(rec: &Recorder, n: &Names) {
         "networks_list",
         json!({"method": "GET", "path": "/1.0/networks?recursion=1"}),
         &got,
-        n,
     );
     // A bridge in the default project.
     let body = json!({"name": n.bridge, "type": "bridge", "description": "", "config": {
@@ -356,7 +352,6 @@ async fn record_network(rec: &Recorder, n: &Names) {
         "network_post",
         json!({"method": "POST", "path": "/1.0/networks?project=default", "body": body}),
         &got,
-        n,
     );
     let got = rec
         .json(Method::POST, "/1.0/networks?project=default", &body)
@@ -365,7 +360,6 @@ async fn record_network(rec: &Recorder, n: &Names) {
         "error_409_network",
         json!({"method": "POST", "path": "/1.0/networks"}),
         &got,
-        n,
     );
     let path = format!("/1.0/networks/{}?project=default", n.bridge);
     let got = rec.ask(Method::GET, &path, None).await;
@@ -373,7 +367,6 @@ async fn record_network(rec: &Recorder, n: &Names) {
         "network",
         json!({"method": "GET", "path": path, "posted": body}),
         &got,
-        n,
     );
     let path = format!("/1.0/networks/{}/leases?project=default", n.bridge);
     let got = rec.ask(Method::GET, &path, None).await;
@@ -381,21 +374,13 @@ async fn record_network(rec: &Recorder, n: &Names) {
         "network_leases",
         json!({"method": "GET", "path": "/1.0/networks/<name>/leases"}),
         &got,
-        n,
     );
-    let got = rec
-        .ask(
-            Method::GET,
-            "/1.0/networks/recbr-missing?project=default",
-            None,
-        )
-        .await;
-    rec.save(
+    rec.read(
         "error_404_network",
-        json!({"method": "GET", "path": "/1.0/networks/recbr-missing"}),
-        &got,
-        n,
-    );
+        "/1.0/networks/recbr-missing",
+        "/1.0/networks/recbr-missing?project=default",
+    )
+    .await;
 }
 
 /// A profile in the project, a write with a stale ETag, the lists.
@@ -411,7 +396,6 @@ async fn record_profile(rec: &Recorder, n: &Names, q: &str) {
         "profile_post",
         json!({"method": "POST", "path": "/1.0/profiles", "body": body}),
         &got,
-        n,
     );
     let got = rec
         .json(Method::POST, &format!("/1.0/profiles?{q}"), &body)
@@ -420,7 +404,6 @@ async fn record_profile(rec: &Recorder, n: &Names, q: &str) {
         "error_409_profile",
         json!({"method": "POST", "path": "/1.0/profiles"}),
         &got,
-        n,
     );
     let path = format!("/1.0/profiles/{}?{q}", n.profile);
     let got = rec.ask(Method::GET, &path, None).await;
@@ -428,7 +411,6 @@ async fn record_profile(rec: &Recorder, n: &Names, q: &str) {
         "profile",
         json!({"method": "GET", "path": path, "posted": body}),
         &got,
-        n,
     );
     let stale = rec
         .http
@@ -450,26 +432,19 @@ async fn record_profile(rec: &Recorder, n: &Names, q: &str) {
         "error_412_profile",
         json!({"method": "PUT", "path": path}),
         &got,
-        n,
     );
-    let got = rec
-        .ask(Method::GET, &format!("/1.0/profiles?{q}"), None)
-        .await;
-    rec.save(
+    rec.read(
         "profiles_urls",
-        json!({"method": "GET", "path": "/1.0/profiles"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(Method::GET, &format!("/1.0/profiles?{q}&recursion=1"), None)
-        .await;
-    rec.save(
+        "/1.0/profiles",
+        &format!("/1.0/profiles?{q}"),
+    )
+    .await;
+    rec.read(
         "profiles_list",
-        json!({"method": "GET", "path": "/1.0/profiles?recursion=1"}),
-        &got,
-        n,
-    );
+        "/1.0/profiles?recursion=1",
+        &format!("/1.0/profiles?{q}&recursion=1"),
+    )
+    .await;
 }
 
 /// A metrics certificate (PEM refused, base64 DER taken), then what the host says of itself.
@@ -482,7 +457,6 @@ async fn record_certificate_and_host(rec: &Recorder, n: &Names) {
         "error_certificate_pem",
         json!({"method": "POST", "path": "/1.0/certificates"}),
         &got,
-        n,
     );
     let mut body = body;
     body["certificate"] = json!(n.cert_b64);
@@ -492,7 +466,6 @@ async fn record_certificate_and_host(rec: &Recorder, n: &Names) {
         "certificate_post",
         json!({"method": "POST", "path": "/1.0/certificates"}),
         &got,
-        n,
     );
     let path = format!("/1.0/certificates/{}", n.cert_fp);
     let got = rec.ask(Method::GET, &path, None).await;
@@ -501,7 +474,6 @@ async fn record_certificate_and_host(rec: &Recorder, n: &Names) {
         json!({"method": "GET", "path": "/1.0/certificates/<fingerprint>",
         "posted": {"name": body["name"], "type": "metrics", "restricted": false, "projects": []}}),
         &got,
-        n,
     );
     rec.ask(Method::DELETE, &path, None).await;
     for (name, path) in [
@@ -512,7 +484,7 @@ async fn record_certificate_and_host(rec: &Recorder, n: &Names) {
         ("certificates_list", "/1.0/certificates?recursion=1"),
     ] {
         let got = rec.ask(Method::GET, path, None).await;
-        rec.save(name, json!({"method": "GET", "path": path}), &got, n);
+        rec.save(name, json!({"method": "GET", "path": path}), &got);
     }
 }
 
@@ -524,30 +496,16 @@ async fn record_storage(rec: &Recorder, n: &Names, q: &str) {
         "volume_post",
         json!({"method": "POST", "path": vols, "body": body}),
         &got,
-        n,
     );
     if got.body["type"] == "async" {
         rec.wait(&got).await;
     }
     let got = rec.json(Method::POST, &vols, &body).await;
-    let dup = if got.body["type"] == "async" {
-        rec.ask(
-            Method::GET,
-            &format!(
-                "{}/wait?timeout=60",
-                got.body["operation"].as_str().unwrap_or_default()
-            ),
-            None,
-        )
-        .await
-    } else {
-        got
-    };
+    let dup = rec.settled(got).await;
     rec.save(
         "error_409_volume",
         json!({"method": "POST", "path": vols, "body": body}),
         &dup,
-        n,
     );
     let path = format!(
         "/1.0/storage-pools/{}/volumes/custom/{}?{q}",
@@ -558,43 +516,28 @@ async fn record_storage(rec: &Recorder, n: &Names, q: &str) {
         "volume",
         json!({"method": "GET", "path": path, "posted": body}),
         &got,
-        n,
     );
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!(
-                "/1.0/storage-pools/{}/volumes/custom?{q}&recursion=1",
-                n.pool
-            ),
-            None,
-        )
-        .await;
-    rec.save(
+    rec.read(
         "volumes_list",
-        json!({"method": "GET", "path": "/1.0/storage-pools/default/volumes/custom?recursion=1"}),
-        &got,
-        n,
-    );
+        "/1.0/storage-pools/default/volumes/custom?recursion=1",
+        &format!(
+            "/1.0/storage-pools/{}/volumes/custom?{q}&recursion=1",
+            n.pool
+        ),
+    )
+    .await;
     record_buckets(rec, n, q).await;
 }
 
 /// Buckets: 6.0 on a dir pool needs MinIO on the host; what it says without.
 async fn record_buckets(rec: &Recorder, n: &Names, q: &str) {
     // Buckets: 6.0 on a dir pool needs MinIO on the host; what it says without.
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!("/1.0/storage-pools/{}/buckets/rec-missing?{q}", n.pool),
-            None,
-        )
-        .await;
-    rec.save(
+    rec.read(
         "error_404_bucket",
-        json!({"method": "GET", "path": "/1.0/storage-pools/default/buckets/<missing>"}),
-        &got,
-        n,
-    );
+        "/1.0/storage-pools/default/buckets/<missing>",
+        &format!("/1.0/storage-pools/{}/buckets/rec-missing?{q}", n.pool),
+    )
+    .await;
     let bucket = json!({"name": "rec-bucket", "description": "", "config": {}});
     let got = rec
         .json(
@@ -603,24 +546,11 @@ async fn record_buckets(rec: &Recorder, n: &Names, q: &str) {
             &bucket,
         )
         .await;
-    let got = if got.body["type"] == "async" {
-        rec.ask(
-            Method::GET,
-            &format!(
-                "{}/wait?timeout=60",
-                got.body["operation"].as_str().unwrap_or_default()
-            ),
-            None,
-        )
-        .await
-    } else {
-        got
-    };
+    let got = rec.settled(got).await;
     rec.save(
         "bucket_post",
         json!({"method": "POST", "path": "/1.0/storage-pools/default/buckets", "body": bucket}),
         &got,
-        n,
     );
     if got.status < 400 && got.body["type"] != "error" {
         rec.ask(
@@ -644,14 +574,12 @@ async fn record_image(rec: &Recorder, n: &Names, q: &str) {
         "image_post_async",
         json!({"method": "POST", "path": "/1.0/images"}),
         &got,
-        n,
     );
     let done = rec.wait(&got).await;
     rec.save(
         "operation_wait",
         json!({"method": "GET", "path": "/1.0/operations/<id>/wait"}),
         &done,
-        n,
     );
     let fp = done.body["metadata"]["metadata"]["fingerprint"]
         .as_str()
@@ -663,7 +591,6 @@ async fn record_image(rec: &Recorder, n: &Names, q: &str) {
         "image",
         json!({"method": "GET", "path": "/1.0/images/<fingerprint>"}),
         &got,
-        n,
     );
     let body = json!({"name": n.alias, "description": "", "target": fp});
     let got = rec
@@ -673,7 +600,6 @@ async fn record_image(rec: &Recorder, n: &Names, q: &str) {
         "alias_post",
         json!({"method": "POST", "path": "/1.0/images/aliases", "body": body}),
         &got,
-        n,
     );
     let got = rec
         .json(Method::POST, &format!("/1.0/images/aliases?{q}"), &body)
@@ -682,7 +608,6 @@ async fn record_image(rec: &Recorder, n: &Names, q: &str) {
         "error_409_alias",
         json!({"method": "POST", "path": "/1.0/images/aliases"}),
         &got,
-        n,
     );
     let path = format!("/1.0/images/aliases/{}?{q}", n.alias.replace('/', "%2F"));
     let got = rec.ask(Method::GET, &path, None).await;
@@ -690,21 +615,13 @@ async fn record_image(rec: &Recorder, n: &Names, q: &str) {
         "alias",
         json!({"method": "GET", "path": "/1.0/images/aliases/<name>", "posted": body}),
         &got,
-        n,
     );
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!("/1.0/images/aliases/rec%2Fmissing?{q}"),
-            None,
-        )
-        .await;
-    rec.save(
+    rec.read(
         "error_404_alias",
-        json!({"method": "GET", "path": "/1.0/images/aliases/<missing>"}),
-        &got,
-        n,
-    );
+        "/1.0/images/aliases/<missing>",
+        &format!("/1.0/images/aliases/rec%2Fmissing?{q}"),
+    )
+    .await;
 }
 
 /// A stopped instance: refused without a root disk, made with one, its duplicate.
@@ -716,24 +633,11 @@ async fn record_instance(rec: &Recorder, n: &Names, q: &str) {
     let got = rec
         .json(Method::POST, &format!("/1.0/instances?{q}"), &body)
         .await;
-    let got = if got.body["type"] == "async" {
-        rec.ask(
-            Method::GET,
-            &format!(
-                "{}/wait?timeout=60",
-                got.body["operation"].as_str().unwrap_or_default()
-            ),
-            None,
-        )
-        .await
-    } else {
-        got
-    };
+    let got = rec.settled(got).await;
     rec.save(
         "error_instance_no_root",
         json!({"method": "POST", "path": "/1.0/instances"}),
         &got,
-        n,
     );
     let mut body = body;
     body["devices"] = json!({"root": {"type": "disk", "path": "/", "pool": n.pool}});
@@ -744,30 +648,16 @@ async fn record_instance(rec: &Recorder, n: &Names, q: &str) {
         "instance_post_async",
         json!({"method": "POST", "path": "/1.0/instances", "body": body}),
         &got,
-        n,
     );
     rec.wait(&got).await;
     let got = rec
         .json(Method::POST, &format!("/1.0/instances?{q}"), &body)
         .await;
-    let dup = if got.body["type"] == "async" {
-        rec.ask(
-            Method::GET,
-            &format!(
-                "{}/wait?timeout=60",
-                got.body["operation"].as_str().unwrap_or_default()
-            ),
-            None,
-        )
-        .await
-    } else {
-        got
-    };
+    let dup = rec.settled(got).await;
     rec.save(
         "error_409_instance",
         json!({"method": "POST", "path": "/1.0/instances"}),
         &dup,
-        n,
     );
     let path = format!("/1.0/instances/{}?{q}", n.instance);
     let got = rec.ask(Method::GET, &path, None).await;
@@ -775,93 +665,50 @@ async fn record_instance(rec: &Recorder, n: &Names, q: &str) {
         "instance",
         json!({"method": "GET", "path": "/1.0/instances/<name>", "posted": body}),
         &got,
-        n,
     );
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!("/1.0/instances/{}/state?{q}", n.instance),
-            None,
-        )
-        .await;
-    rec.save(
+    rec.read(
         "instance_state",
-        json!({"method": "GET", "path": "/1.0/instances/<name>/state"}),
-        &got,
-        n,
-    );
+        "/1.0/instances/<name>/state",
+        &format!("/1.0/instances/{}/state?{q}", n.instance),
+    )
+    .await;
 }
 
 /// The instance read back, lists, and missing objects.
-async fn record_instance_reads(rec: &Recorder, n: &Names, q: &str) {
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!("/1.0/instances?{q}&recursion=1"),
-            None,
-        )
-        .await;
-    rec.save(
-        "instances_list",
-        json!({"method": "GET", "path": "/1.0/instances?recursion=1"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(Method::GET, &format!("/1.0/operations?{q}"), None)
-        .await;
-    rec.save(
-        "operations_list",
-        json!({"method": "GET", "path": "/1.0/operations"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!("/1.0/instances/rec-missing?{q}"),
-            None,
-        )
-        .await;
-    rec.save(
-        "error_404_instance",
-        json!({"method": "GET", "path": "/1.0/instances/<missing>"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(Method::GET, &format!("/1.0/profiles/rec-missing?{q}"), None)
-        .await;
-    rec.save(
-        "error_404_profile",
-        json!({"method": "GET", "path": "/1.0/profiles/<missing>"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(
-            Method::GET,
-            &format!("/1.0/storage-pools/default/volumes/custom/rec-missing?{q}"),
-            None,
-        )
-        .await;
-    rec.save(
-        "error_404_volume",
-        json!({"method": "GET", "path": "/1.0/storage-pools/default/volumes/custom/<missing>"}),
-        &got,
-        n,
-    );
-    let got = rec
-        .ask(
-            Method::GET,
-            "/1.0/operations/00000000-0000-0000-0000-000000000000",
-            None,
-        )
-        .await;
-    rec.save(
-        "error_404_operation",
-        json!({"method": "GET", "path": "/1.0/operations/<missing>"}),
-        &got,
-        n,
-    );
+async fn record_instance_reads(rec: &Recorder, q: &str) {
+    let reads = [
+        (
+            "instances_list",
+            "/1.0/instances?recursion=1",
+            format!("/1.0/instances?{q}&recursion=1"),
+        ),
+        (
+            "operations_list",
+            "/1.0/operations",
+            format!("/1.0/operations?{q}"),
+        ),
+        (
+            "error_404_instance",
+            "/1.0/instances/<missing>",
+            format!("/1.0/instances/rec-missing?{q}"),
+        ),
+        (
+            "error_404_profile",
+            "/1.0/profiles/<missing>",
+            format!("/1.0/profiles/rec-missing?{q}"),
+        ),
+        (
+            "error_404_volume",
+            "/1.0/storage-pools/default/volumes/custom/<missing>",
+            format!("/1.0/storage-pools/default/volumes/custom/rec-missing?{q}"),
+        ),
+        (
+            "error_404_operation",
+            "/1.0/operations/<missing>",
+            "/1.0/operations/00000000-0000-0000-0000-000000000000".to_string(),
+        ),
+    ];
+    for (name, shown, path) in &reads {
+        rec.read(name, shown, path).await;
+    }
 }
