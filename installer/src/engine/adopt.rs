@@ -89,7 +89,7 @@ pub async fn create_with_contents(
     project
         .import_volume_backup(pool, r.name(), reqwest::Body::from(tarball))
         .await
-        .map_err(|e| EngineError::object(format!("volume {}", r.name()), e))?;
+        .map_err(|e| EngineError::incus_at(format!("volume {}", r.name()), e))?;
     Ok(adopted)
 }
 

@@ -691,7 +691,7 @@ impl<'a> Issuer<'a> {
         if project.instance_is_running(name).await? {
             super::converge::change_state(&project, name, StateAction::Restart, false)
                 .await
-                .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
+                .map_err(|e| EngineError::incus_at(format!("instance {name}"), e))?;
         }
         Ok(true)
     }

@@ -248,7 +248,7 @@ pub(crate) async fn look<T: IncusObject>(
     let have = T::get(at, &addr.name)
         .await
         .optional()
-        .map_err(|e| EngineError::object(addr, e))?;
+        .map_err(|e| EngineError::incus_at(addr, e))?;
     Ok(match have {
         None => Found::Absent,
         Some(h) if keys::is_owned(h.value.config()) => Found::Ours(h),
@@ -294,7 +294,7 @@ async fn update_as<T: Desired>(
     want.laid_over(&have.value)
         .put(at, have.etag.as_deref())
         .await
-        .map_err(|e| EngineError::object(addr, e))
+        .map_err(|e| EngineError::incus_at(addr, e))
 }
 
 /// Deletes the object at `addr` when atlas owns it. Already gone is fine.

@@ -171,7 +171,7 @@ async fn clear_project(project: &Client, config: &Config) -> Result<(), EngineEr
         project
             .delete_image(&img.fingerprint)
             .await
-            .map_err(|e| EngineError::object(format!("image {}", img.fingerprint), e))?;
+            .map_err(|e| EngineError::incus_at(format!("image {}", img.fingerprint), e))?;
     }
     let leftovers: Vec<String> = project
         .instances()

@@ -49,6 +49,13 @@ pub enum EngineError {
     /// A step could not converge an object; says which.
     #[error("{object}: {message}")]
     Object { object: String, message: String },
+    /// Incus refused or failed a call on an object; the client's error stays typed (a
+    /// stale ETag is [`IncusError::PreconditionFailed`], a vanished object `NotFound`).
+    #[error("{object}: {source}")]
+    IncusAt {
+        object: String,
+        source: Box<IncusError>,
+    },
     /// An upgrade stopped at a service that failed; says what became of that service.
     #[error(
         "upgrade stopped at {instance}: {cause}\n{state}\nServices replaced before it keep the new version, the others the old one; the install record still names the old install. Fix the cause and run `atlas-install upgrade` again: it goes on from here."
@@ -71,6 +78,16 @@ impl EngineError {
         EngineError::Object {
             object: object.to_string(),
             message: message.to_string(),
+        }
+    }
+}
+
+impl EngineError {
+    /// Incus' error `source` on `object`, kept typed.
+    pub(crate) fn incus_at(object: impl std::fmt::Display, source: IncusError) -> EngineError {
+        EngineError::IncusAt {
+            object: object.to_string(),
+            source: Box::new(source),
         }
     }
 }

@@ -105,7 +105,7 @@ pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, Engi
     }
     super::converge::change_state(project, &i.name, StateAction::Start, false)
         .await
-        .map_err(|e| EngineError::object(format!("instance {}", i.name), e))?;
+        .map_err(|e| EngineError::incus_at(format!("instance {}", i.name), e))?;
     Ok(true)
 }
 
@@ -132,7 +132,7 @@ async fn create(
             let i = project
                 .get_instance(name)
                 .await
-                .map_err(|e| EngineError::object(format!("instance {name}"), e))?;
+                .map_err(|e| EngineError::incus_at(format!("instance {name}"), e))?;
             if !keys::is_owned(&i.value.config) {
                 return Err(EngineError::object(
                     format!("instance {name}"),

@@ -378,15 +378,17 @@ async fn apply_over_a_concurrent_change_stops_at_the_refused_write() {
         .apply(&report)
         .await
         .expect_err("the write with the stale ETag is refused");
-    // The engine reports the object with the client's typed error (in words: converge
-    // keeps errors as `EngineError::Object`).
-    let want = IncusError::PreconditionFailed {
-        method: "PUT".into(),
-        path: format!("/1.0/networks/{net}?project=default"),
-        message: String::new(),
-    };
-    let text = e.to_string();
-    assert!(text.contains(&want.to_string()), "{text}");
+    // The engine names the object and keeps the client's typed error.
+    match &e {
+        EngineError::IncusAt { object, source } => {
+            assert!(object.contains(&net), "{object}");
+            assert!(
+                matches!(**source, IncusError::PreconditionFailed { ref method, .. } if method == "PUT"),
+                "{source:?}"
+            );
+        }
+        other => panic!("want IncusAt with PreconditionFailed, got {other:?}"),
+    }
     let now = w.fake.get(Kind::Network, "default", &net).expect("network");
     assert_eq!(now["config"]["user.someone"], "was here", "not overwritten");
 }

@@ -214,7 +214,7 @@ pub(crate) async fn restore(
             project
                 .restore_volume_snapshot(&vols.pool, &v.volume, snap)
                 .await
-                .map_err(|e| EngineError::object(format!("volume {}", v.volume), e))?;
+                .map_err(|e| EngineError::incus_at(format!("volume {}", v.volume), e))?;
         }
     }
     super::converge::change_state(&project, instance, StateAction::Start, false)
