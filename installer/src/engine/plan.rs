@@ -333,9 +333,20 @@ mod tests {
             text.contains("! network management (exists but is not managed"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "Plan: 1 to create, 1 to update, 2 to delete, 1 kept, 1 in conflict, 1 unchanged."
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_name_another_atlas_project_manages_is_named_as_theirs() {
         // The same name, managed by atlas-install for another Atlas project: named as
         // that install's, not as something to remove.
-        let mut other = observed.clone();
+        let net = res(ResourceKind::Network, "management");
+        let mut other = BTreeMap::new();
         other.insert(
             net.address(),
             Observed::OtherProject {
@@ -347,12 +358,6 @@ mod tests {
             theirs.contains("! network management (atlas-install manages it for the Atlas project atlas-demo, whose install uses it: leave it")
                 && !theirs.contains("remove it"),
             "{theirs}"
-        );
-        assert!(
-            text.contains(
-                "Plan: 1 to create, 1 to update, 2 to delete, 1 kept, 1 in conflict, 1 unchanged."
-            ),
-            "{text}"
         );
     }
 }
