@@ -13,6 +13,7 @@
 //! - [`registry`]: the local registry, and registries with authentication started per test.
 
 pub mod busybox;
+pub mod http;
 pub mod incus;
 pub mod net;
 pub mod oci;

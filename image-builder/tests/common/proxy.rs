@@ -96,30 +96,15 @@ async fn serve(
     let (r, mut w) = conn.into_split();
     let mut r = BufReader::new(r);
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await? == 0 {
+        let Some(head) = atlas_test_support::http::read_head(&mut r).await? else {
             return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_owned();
-        let path = parts.next().unwrap_or("").to_owned();
-        let mut headers = Vec::new();
-        let mut content_length = 0usize;
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).await?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_owned(), v.trim().to_owned());
-                if k.eq_ignore_ascii_case("content-length") {
-                    content_length = v.parse().unwrap_or(0);
-                }
-                headers.push((k, v));
-            }
-        }
+        };
+        let content_length = head.content_length();
+        let atlas_test_support::http::Head {
+            method,
+            target: path,
+            headers,
+        } = head;
         let mut body = vec![0u8; content_length];
         r.read_exact(&mut body).await?;
 

@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use atlas_image::init::{
@@ -17,9 +17,9 @@ use atlas_image::init::{
 
 use atlas_test_support::busybox::is_static_elf;
 use atlas_test_support::free_port;
-use atlas_test_support::incus::ProjectGuard;
+use atlas_test_support::incus::{ProjectGuard, incus, incus_ok};
 
-use crate::common::{prerequisites, require_all, run_ok, wait_until};
+use crate::common::{prerequisites, require_all, wait_until};
 
 const BRIDGE: &str = "t-init-br";
 const INSTANCE: &str = "t-init-web";
@@ -46,17 +46,6 @@ fn net() -> &'static Net {
 }
 const ALIAS: &str = "t-init-busybox";
 const BUSYBOX: &str = "/bin/busybox";
-
-fn incus(args: &[&str]) -> Output {
-    Command::new("incus")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run incus: {e}"))
-}
-
-fn incus_ok(args: &[&str]) -> String {
-    run_ok(Command::new("incus").args(args))
-}
 
 fn service_spec() -> ServiceSpec {
     ServiceSpec {

@@ -166,26 +166,13 @@ async fn serve_token(
     x5c: &str,
     basic: &str,
 ) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncWriteExt, BufReader};
     let (r, mut w) = conn.into_split();
-    let mut r = BufReader::new(r);
-    let mut line = String::new();
-    r.read_line(&mut line).await?;
-    let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let mut authorized = false;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).await?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") && v.trim() == basic {
-                authorized = true;
-            }
-        }
-    }
+    let Some(head) = crate::http::read_head(&mut BufReader::new(r)).await? else {
+        return Ok(());
+    };
+    let target = head.target.as_str();
+    let authorized = head.values("authorization").any(|v| v == basic);
     let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
     let mut scopes = Vec::new();
     for pair in query.split('&') {
