@@ -49,10 +49,7 @@ pub async fn converge(
         Some(i) if i.config.get("volatile.base_image").is_some_and(|b| b != fp) => {
             // A new image: the root filesystem is rebuilt from it. The instance itself stays,
             // with its addresses, devices and snapshots (an upgrade's way back).
-            if i.status != InstanceStatus::Stopped {
-                super::converge::stop(project, name).await.map_err(err)?;
-            }
-            project.rebuild_instance(name, fp).await.map_err(err)?;
+            rebuild(project, name, fp).await.map_err(err)?;
         }
         Some(_) => {}
         None => {
@@ -64,27 +61,25 @@ pub async fn converge(
         push(project, name, f).await?;
     }
     checkpoint("files-pushed")?;
-    let current = project.get_instance(name).await.map_err(err)?;
     let mut want_config = want.config.clone();
     want_config.insert(keys::HASH.to_string(), PENDING.to_string());
-    let config = merged(&current.value.config, &want_config);
-    if !fresh
-        && (current.value.config != config
-            || current.value.devices != want.devices
-            || current.value.profiles != want.profiles)
-    {
-        let next = Instance {
-            config,
-            devices: want.devices.clone(),
-            profiles: want.profiles.clone(),
-            description: want.description.clone(),
-            ..current.value.clone()
-        };
-        project
-            .update_instance(&next, current.etag.as_deref())
-            .await
-            .map_err(err)?;
+    if !fresh {
+        edit(project, name, |cur| {
+            let config = merged(&cur.config, &want_config);
+            let same = cur.config == config
+                && cur.devices == want.devices
+                && cur.profiles == want.profiles;
+            (!same).then(|| Instance {
+                config,
+                devices: want.devices.clone(),
+                profiles: want.profiles.clone(),
+                description: want.description.clone(),
+                ..cur.clone()
+            })
+        })
+        .await?;
     }
+    let current = project.get_instance(name).await.map_err(err)?;
     let action = if current.value.is_running() {
         StateAction::Restart
     } else {
@@ -206,31 +201,76 @@ async fn mkdir_parents(project: &Client, instance: &str, path: &str) -> Result<(
     Ok(())
 }
 
-/// How often the stamp is read and written again when Incus changed the instance in between.
-const STAMP_ATTEMPTS: usize = 5;
-
-/// Writes the final content hash: the instance is complete. Incus changes the instance on
-/// its own right after a start (`volatile.*`, and again each time `boot.autorestart` restarts
-/// a service that exits), so a write that finds it changed reads it again: a service that
-/// fails at start is reported by the health gate, naming it, not as an ETag conflict here.
+/// Writes the final content hash: the instance is complete.
 async fn stamp(project: &Client, name: &str, hash: &str) -> Result<(), EngineError> {
-    let err = |e: IncusError| EngineError::object(format!("instance {name}"), e);
+    edit(project, name, |cur| {
+        let mut next = cur.clone();
+        next.config.insert(keys::HASH.to_string(), hash.to_string());
+        Some(next)
+    })
+    .await
+}
+
+/// How often an instance is read and written again when Incus changed it in between.
+pub(crate) const WRITE_ATTEMPTS: usize = 5;
+
+/// Reads the instance, lets `change` say what it should be (`None`: nothing to write) and
+/// writes that with the ETag read. Incus changes an instance on its own (`volatile.*` after
+/// each start and stop, and again each time `boot.autorestart` restarts a service that
+/// exits), so a write refused for a stale ETag reads again and changes the fresh copy: a
+/// service that fails at start is then reported by the health gate, naming it, not as an
+/// ETag conflict here. What someone else changed is kept, since `change` starts from it.
+pub(crate) async fn edit(
+    project: &Client,
+    name: &str,
+    change: impl Fn(&Instance) -> Option<Instance>,
+) -> Result<(), EngineError> {
+    let err = |e: IncusError| EngineError::incus_at(format!("instance {name}"), e);
     let mut attempt = 1;
     loop {
         let Some(cur) = project.get_instance(name).await.optional().map_err(err)? else {
             return Err(EngineError::object(
                 format!("instance {name}"),
-                "vanished while being installed",
+                "vanished while being changed",
             ));
         };
-        let mut next = cur.value.clone();
-        next.config.insert(keys::HASH.to_string(), hash.to_string());
+        let Some(next) = change(&cur.value) else {
+            return Ok(());
+        };
         match project.update_instance(&next, cur.etag.as_deref()).await {
-            Err(IncusError::PreconditionFailed { .. }) if attempt < STAMP_ATTEMPTS => {
+            Err(IncusError::PreconditionFailed { .. }) if attempt < WRITE_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             other => return other.map_err(err),
+        }
+    }
+}
+
+/// How often a stop and rebuild is tried while the instance keeps being restarted.
+const REBUILD_ATTEMPTS: usize = 3;
+
+/// Stops the instance and rebuilds its root filesystem from `fingerprint`. The stop is
+/// asked for whatever status an earlier read gave: a service that exits at once is Stopped
+/// one moment and restarted by `boot.autorestart` the next, and Incus rebuilds only a
+/// stopped instance. Stopping a stopped instance is no error ([`super::converge::stop`]).
+pub(crate) async fn rebuild(
+    project: &Client,
+    name: &str,
+    fingerprint: &str,
+) -> Result<(), IncusError> {
+    let mut attempt = 1;
+    loop {
+        super::converge::stop(project, name).await?;
+        match project.rebuild_instance(name, fingerprint).await {
+            Err(e) if attempt < REBUILD_ATTEMPTS => {
+                let status = project.get_instance(name).await?.value.status;
+                if status == InstanceStatus::Stopped {
+                    return Err(e);
+                }
+                attempt += 1;
+            }
+            other => return other,
         }
     }
 }

@@ -392,3 +392,99 @@ async fn apply_over_a_concurrent_change_stops_at_the_refused_write() {
     let now = w.fake.get(Kind::Network, "default", &net).expect("network");
     assert_eq!(now["config"]["user.someone"], "was here", "not overwritten");
 }
+
+/// An instance `svc01` in the project, from a seeded image, as Atlas leaves it.
+async fn with_instance(w: &World) -> String {
+    w.with_images().await;
+    let project = w.config.incus.project.clone();
+    let fp = w.fake.seed_image(&project, "svc-image", &[]);
+    w.fake.create(
+        Kind::Instance,
+        &project,
+        json!({
+            "name": "svc01",
+            "source": {"type": "image", "fingerprint": fp},
+            "devices": {"root": {"type": "disk", "path": "/", "pool": "default"}},
+            "config": {"user.atlas.hash": "old"},
+        }),
+    );
+    project
+}
+
+#[tokio::test]
+async fn an_instance_write_raced_by_incus_itself_reads_again_and_keeps_both() {
+    let w = World::new();
+    let project = with_instance(&w).await;
+    // Incus rewrites volatile keys after each start and stop, and on every restart of a
+    // service that exits: the engine's write then carries a stale ETag.
+    w.fake
+        .change_before_next_write(Kind::Instance, &project, "svc01", |i| {
+            i["config"]["volatile.last_state.power"] = json!("STOPPED");
+        });
+    super::instances::edit(&w.client, "svc01", |cur| {
+        let mut next = cur.clone();
+        next.config.insert("user.atlas.hash".into(), "new".into());
+        Some(next)
+    })
+    .await
+    .expect("read again and written");
+    let now = w
+        .fake
+        .get(Kind::Instance, &project, "svc01")
+        .expect("instance");
+    assert_eq!(now["config"]["user.atlas.hash"], "new");
+    assert_eq!(
+        now["config"]["volatile.last_state.power"], "STOPPED",
+        "Incus' own change is kept"
+    );
+    let puts = w
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PUT /1.0/instances/svc01?"))
+        .count();
+    assert_eq!(puts, 2, "{:?}", w.fake.requests());
+}
+
+#[tokio::test]
+async fn an_instance_that_never_settles_gives_the_typed_refusal_after_a_few_tries() {
+    let w = World::new();
+    let project = with_instance(&w).await;
+    for n in 0..super::instances::WRITE_ATTEMPTS {
+        w.fake
+            .change_before_next_write(Kind::Instance, &project, "svc01", move |i| {
+                i["config"]["volatile.restarts"] = json!(n.to_string());
+            });
+    }
+    let e = super::instances::edit(&w.client, "svc01", |cur| {
+        let mut next = cur.clone();
+        next.config.insert("user.atlas.hash".into(), "new".into());
+        Some(next)
+    })
+    .await
+    .expect_err("gives up");
+    match &e {
+        EngineError::IncusAt { object, source } => {
+            assert_eq!(object, "instance svc01");
+            assert!(
+                matches!(**source, IncusError::PreconditionFailed { .. }),
+                "{source:?}"
+            );
+        }
+        other => panic!("want IncusAt with PreconditionFailed, got {other:?}"),
+    }
+    let now = w
+        .fake
+        .get(Kind::Instance, &project, "svc01")
+        .expect("instance");
+    assert_eq!(
+        now["config"]["user.atlas.hash"], "old",
+        "nothing overwritten"
+    );
+    // No change wanted: no write at all.
+    let before = w.client.writes();
+    super::instances::edit(&w.client, "svc01", |_| None)
+        .await
+        .expect("nothing to do");
+    assert_eq!(w.client.writes(), before);
+}

@@ -171,26 +171,25 @@ pub(crate) async fn restore(
             )
         })?;
     let current = project.get_instance(instance).await.map_err(err)?;
-    if current.value.status != crate::incus::InstanceStatus::Stopped {
+    if current.value.config.get("volatile.base_image") != Some(&saved.image) {
+        super::instances::rebuild(&project, instance, &saved.image)
+            .await
+            .map_err(err)?;
+    } else {
+        // Whatever status was read: a failing service may be between two restarts.
         super::converge::stop(&project, instance)
             .await
             .map_err(err)?;
     }
-    if current.value.config.get("volatile.base_image") != Some(&saved.image) {
-        project
-            .rebuild_instance(instance, &saved.image)
-            .await
-            .map_err(err)?;
-    }
-    let current = project.get_instance(instance).await.map_err(err)?;
-    let mut next = current.value.clone();
-    next.config = super::converge::merged(&current.value.config, &saved.config);
-    next.devices = saved.devices.clone();
-    next.profiles = saved.profiles.clone();
-    project
-        .update_instance(&next, current.etag.as_deref())
-        .await
-        .map_err(err)?;
+    super::instances::edit(&project, instance, |cur| {
+        Some(crate::incus::Instance {
+            config: super::converge::merged(&cur.config, &saved.config),
+            devices: saved.devices.clone(),
+            profiles: saved.profiles.clone(),
+            ..cur.clone()
+        })
+    })
+    .await?;
     for f in &saved.files {
         let contents =
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &f.base64).map_err(
