@@ -672,6 +672,16 @@ async fn record_instance(rec: &Recorder, n: &Names, q: &str) {
         &format!("/1.0/instances/{}/state?{q}", n.instance),
     )
     .await;
+    // Stopping it although it is stopped: how the daemon refuses what a stale read asks.
+    let stop = json!({"action": "stop", "timeout": 30, "force": true});
+    let path = format!("/1.0/instances/{}/state?{q}", n.instance);
+    let got = rec.json(Method::PUT, &path, &stop).await;
+    let got = rec.settled(got).await;
+    rec.save(
+        "error_stop_stopped",
+        json!({"method": "PUT", "path": "/1.0/instances/<name>/state", "body": stop}),
+        &got,
+    );
 }
 
 /// The instance read back, lists, and missing objects.

@@ -28,6 +28,10 @@ impl Exchange {
     pub(crate) fn posted(&self) -> &Value {
         &self.0["request"]["posted"]
     }
+    /// The body the recorder sent with this request.
+    pub(crate) fn posted_body(&self) -> Value {
+        self.0["request"]["body"].clone()
+    }
     /// Config keys the daemon added to the posted ones.
     pub(crate) fn added_config(&self) -> Map<String, Value> {
         let mut out = self.metadata()["config"]
@@ -104,6 +108,7 @@ recorded!(
     instance,
     instance_post_async,
     instance_state,
+    error_stop_stopped,
     instances_list,
     cluster,
     resources,

@@ -414,7 +414,8 @@ fn operation(s: &mut State, a: &Asked<'_>, id: &str, wait: bool) -> Option<Answe
     })
 }
 
-/// `GET` and `PUT /1.0/instances/<name>/state`: start, stop, restart take effect at once.
+/// `GET` and `PUT /1.0/instances/<name>/state`: start, stop, restart take effect at once;
+/// stopping a stopped instance is refused as the daemon refuses it.
 fn state(s: &mut State, a: &Asked<'_>, name: &str) -> Option<Answer> {
     let project = a.project();
     let Some(inst) = s.object(Kind::Instance, &project, name).cloned() else {
@@ -438,6 +439,11 @@ fn state(s: &mut State, a: &Asked<'_>, name: &str) -> Option<Answer> {
                 Some("stop") => false,
                 other => return Some(Answer::error(400, format!("Unknown action {other:?}"))),
             };
+            // A stale read asks to stop what is stopped: refused when the operation runs.
+            if !running && inst["status"] == "Stopped" {
+                let refused = recorded().error_stop_stopped.error_about("", "");
+                return Some(s.failed_operation("Stopping instance", refused));
+            }
             if let Some(o) = s.object_mut(Kind::Instance, &project, name) {
                 set_status(o, running);
             }

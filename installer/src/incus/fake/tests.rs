@@ -235,3 +235,30 @@ async fn refusals_are_the_recorded_ones() {
         assert_eq!((status, &got), (e.status(), e.envelope()), "{path}");
     }
 }
+
+#[tokio::test]
+async fn stopping_a_stopped_instance_fails_as_the_recorded_operation_does() {
+    let fake = replay().await;
+    let r = recorded();
+    let path = format!(
+        "/1.0/instances/{}/state?project={}",
+        names::INSTANCE,
+        names::PROJECT
+    );
+    let (status, started) = ask(
+        &fake,
+        Method::PUT,
+        &path,
+        Some(&r.error_stop_stopped.posted_body()),
+    )
+    .await;
+    assert_eq!(
+        (status, started["type"].as_str()),
+        (202, Some("async")),
+        "{started}"
+    );
+    let op = started["operation"].as_str().expect("an operation");
+    let (status, got) = ask(&fake, Method::GET, &format!("{op}/wait?timeout=60"), None).await;
+    let e = &r.error_stop_stopped;
+    assert_eq!((status, &got), (e.status(), e.envelope()));
+}
