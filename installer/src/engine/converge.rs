@@ -223,10 +223,9 @@ impl IncusObject for Instance {
     async fn put(&self, at: &Place<'_>, etag: Option<&str>) -> Result<(), IncusError> {
         at.project.update_instance(self, etag).await
     }
-    async fn delete(at: &Place<'_>, have: &Self, name: &str, _: bool) -> Result<(), IncusError> {
-        if have.status != InstanceStatus::Stopped {
-            stop(at.project, name).await?;
-        }
+    async fn delete(at: &Place<'_>, _: &Self, name: &str, _: bool) -> Result<(), IncusError> {
+        // Stopped whatever status was read: a failing service may be between two restarts.
+        stop(at.project, name).await?;
         at.project.delete_instance(name).await
     }
 }

@@ -488,3 +488,30 @@ async fn an_instance_that_never_settles_gives_the_typed_refusal_after_a_few_trie
         .expect("nothing to do");
     assert_eq!(w.client.writes(), before);
 }
+
+#[tokio::test]
+async fn stopping_a_stopped_instance_is_no_error() {
+    let w = World::new();
+    let project = with_instance(&w).await;
+    // Incus refuses it ("already stopped"); what counts is the state reached.
+    super::converge::stop(&w.client, "svc01")
+        .await
+        .expect("stopped is what was asked");
+    let now = w
+        .fake
+        .get(Kind::Instance, &project, "svc01")
+        .expect("instance");
+    assert_eq!(now["status"], "Stopped");
+    let stops = w
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PUT /1.0/instances/svc01/state"))
+        .count();
+    assert_eq!(
+        stops,
+        1,
+        "refused once, then the state read: {:?}",
+        w.fake.requests()
+    );
+}
