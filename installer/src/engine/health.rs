@@ -42,11 +42,13 @@ pub enum HealthError {
     #[error(transparent)]
     Incus(#[from] IncusError),
     #[error(
-        "{instance} did not become healthy within {waited:?}: {reason}\nlast log lines:\n{log_tail}"
+        "{instance} did not become healthy (waited {waited:?} of {timeout:?}): {reason}\nlast log lines:\n{log_tail}"
     )]
     Unhealthy {
         instance: String,
+        /// Less than `timeout` when waiting could not help (the instance stopped or gone).
         waited: Duration,
+        timeout: Duration,
         reason: String,
         log_tail: String,
     },
@@ -103,7 +105,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(4);
-const LOG_LINES: usize = 30;
+pub(crate) const LOG_LINES: usize = 30;
 
 /// The probe of every enabled instance, in dependency order.
 pub fn probes(d: &Deployment) -> Vec<Probe> {
@@ -272,6 +274,7 @@ impl HealthError {
             HealthError::Unhealthy {
                 instance,
                 waited,
+                timeout,
                 reason,
                 log_tail,
             } => HealthError::Unhealthy {
@@ -279,6 +282,7 @@ impl HealthError {
                 log_tail: super::redact::excerpt(client, config, &log_tail).await,
                 instance,
                 waited,
+                timeout,
             },
             other => other,
         }
@@ -330,6 +334,7 @@ async fn wait_healthy(
     Err(HealthError::Unhealthy {
         instance: probe.instance.clone(),
         waited: round(start.elapsed()),
+        timeout,
         reason: format!("{} ({}): {reason}", probe.service.as_str(), probe.check),
         log_tail: log_tail(client, &probe.instance, LOG_LINES).await,
     })

@@ -1002,7 +1002,12 @@ async fn health_gate_passes_on_a_serving_instance_and_names_a_stopped_one_with_i
     );
     let msg = e.to_string();
     assert!(
-        msg.starts_with(&format!("{name} did not become healthy")),
+        msg.starts_with(&format!("{name} did not become healthy (waited")),
+        "{msg}"
+    );
+    // A stopped instance is not waited for: the time taken, and the time it had.
+    assert!(
+        msg.contains(" of 8s): ") && msg.contains("Stopped"),
         "{msg}"
     );
     assert!(msg.contains("loki") && msg.contains("/ready"), "{msg}");
