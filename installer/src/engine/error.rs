@@ -56,6 +56,14 @@ pub enum EngineError {
         object: String,
         source: Box<IncusError>,
     },
+    /// An instance did not start. Incus' words ("starting proxy device") seldom say that the
+    /// service exited at once, so its last console lines (cut of secrets) come with them.
+    #[error("instance {instance} did not start: {source}\nlast log lines:\n{log_tail}")]
+    NotStarted {
+        instance: String,
+        source: Box<IncusError>,
+        log_tail: String,
+    },
     /// An upgrade stopped at a service that failed; says what became of that service.
     #[error(
         "upgrade stopped at {instance}: {cause}\n{state}\nServices replaced before it keep the new version, the others the old one; the install record still names the old install. Fix the cause and run `atlas-install upgrade` again: it goes on from here."

@@ -927,7 +927,13 @@ impl Engine<'_> {
                 (Change::Conflict, _) => {
                     Err(EngineError::Conflicts(run.report.plan.conflict_details()))
                 }
-                (Change::Unchanged, Some(i)) => instances::ensure_running(&run.project, i).await,
+                (Change::Unchanged, Some(i)) => {
+                    let started = instances::ensure_running(&run.project, i).await;
+                    match started {
+                        Err(e) => Err(instances::with_log_tail(&run.project, self.cfg(), e).await),
+                        ok => ok,
+                    }
+                }
                 _ => Ok(false),
             };
         };
@@ -950,7 +956,10 @@ impl Engine<'_> {
             }
             None => {
                 let checkpoint = |name: &str| self.checkpoint(name);
-                instances::converge(&project, r, payload, existing, &checkpoint).await?
+                let done = instances::converge(&project, r, payload, existing, &checkpoint).await;
+                if let Err(e) = done {
+                    return Err(instances::with_log_tail(&project, self.cfg(), e).await);
+                }
             }
         }
         Ok(true)
@@ -1106,7 +1115,9 @@ impl Engine<'_> {
             self.checkpoint("upgrade-guarded")?;
         }
         let replaced = async {
-            instances::converge(project, r, payload, existing, &checkpoint).await?;
+            if let Err(e) = instances::converge(project, r, payload, existing, &checkpoint).await {
+                return Err(instances::with_log_tail(project, self.cfg(), e).await);
+            }
             super::upgrade::gate_one(
                 &self.client,
                 &self.deployment,

@@ -87,7 +87,7 @@ pub async fn converge(
     };
     super::converge::change_state(project, name, action, false)
         .await
-        .map_err(err)?;
+        .map_err(|e| not_started(name, e))?;
     checkpoint("instance-started")?;
     stamp(project, name, &r.hash).await
 }
@@ -100,8 +100,38 @@ pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, Engi
     }
     super::converge::change_state(project, &i.name, StateAction::Start, false)
         .await
-        .map_err(|e| EngineError::incus_at(format!("instance {}", i.name), e))?;
+        .map_err(|e| not_started(&i.name, e))?;
     Ok(true)
+}
+
+/// A failed start, its log tail still to be read ([`with_log_tail`]).
+fn not_started(name: &str, e: IncusError) -> EngineError {
+    EngineError::NotStarted {
+        instance: name.to_string(),
+        source: Box::new(e),
+        log_tail: String::new(),
+    }
+}
+
+/// A failed start with the instance's last console lines, cut of the stored secrets.
+pub(crate) async fn with_log_tail(
+    project: &Client,
+    config: &crate::config::Config,
+    e: EngineError,
+) -> EngineError {
+    match e {
+        EngineError::NotStarted {
+            instance, source, ..
+        } => {
+            let tail = super::health::log_tail(project, &instance, super::health::LOG_LINES).await;
+            EngineError::NotStarted {
+                log_tail: super::redact::excerpt(project, config, &tail).await,
+                instance,
+                source,
+            }
+        }
+        other => other,
+    }
 }
 
 /// Creates the instance stopped, from the image `fingerprint` (the one its hash names, not
