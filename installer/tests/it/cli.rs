@@ -49,3 +49,40 @@ fn completions_are_generated() {
         "completion lacks commands/flags"
     );
 }
+
+/// A stdout nobody reads (the reader went away before the first write): the result is an
+/// error that names stdout, never a panic. Shell completions count as delivered, since a
+/// reader that stops early (`| head`) got what it wanted.
+#[test]
+fn a_closed_stdout_is_a_clear_error_not_a_panic() {
+    let closed = || {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        // With no reader left, every write fails with EPIPE.
+        drop(read);
+        std::process::Stdio::from(write)
+    };
+    let empty = tempfile::tempdir().expect("tempdir");
+    // A document (TOML) and a JSON result: the printer's two ways out.
+    for args in [&["config", "show"][..], &["config", "show", "--json"]] {
+        let o = atlas()
+            .current_dir(empty.path())
+            .args(args)
+            .stdout(closed())
+            .output()
+            .expect("spawn");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: writing to stdout") && err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let o = atlas()
+        .args(["completions", "bash"])
+        .stdout(closed())
+        .output()
+        .expect("spawn");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "nothing to say about a reader that stopped");
+}
