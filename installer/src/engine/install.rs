@@ -929,10 +929,7 @@ impl Engine<'_> {
                 }
                 (Change::Unchanged, Some(i)) => {
                     let started = instances::ensure_running(&run.project, i).await;
-                    match started {
-                        Err(e) => Err(instances::with_log_tail(&run.project, self.cfg(), e).await),
-                        ok => ok,
-                    }
+                    instances::explained(&run.project, self.cfg(), started).await
                 }
                 _ => Ok(false),
             };
@@ -957,9 +954,7 @@ impl Engine<'_> {
             None => {
                 let checkpoint = |name: &str| self.checkpoint(name);
                 let done = instances::converge(&project, r, payload, existing, &checkpoint).await;
-                if let Err(e) = done {
-                    return Err(instances::with_log_tail(&project, self.cfg(), e).await);
-                }
+                instances::explained(&project, self.cfg(), done).await?
             }
         }
         Ok(true)
@@ -1115,9 +1110,8 @@ impl Engine<'_> {
             self.checkpoint("upgrade-guarded")?;
         }
         let replaced = async {
-            if let Err(e) = instances::converge(project, r, payload, existing, &checkpoint).await {
-                return Err(instances::with_log_tail(project, self.cfg(), e).await);
-            }
+            let done = instances::converge(project, r, payload, existing, &checkpoint).await;
+            instances::explained(project, self.cfg(), done).await?;
             super::upgrade::gate_one(
                 &self.client,
                 &self.deployment,

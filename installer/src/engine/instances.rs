@@ -104,7 +104,7 @@ pub async fn ensure_running(project: &Client, i: &Instance) -> Result<bool, Engi
     Ok(true)
 }
 
-/// A failed start, its log tail still to be read ([`with_log_tail`]).
+/// A failed start, its log tail still to be read ([`explained`]).
 fn not_started(name: &str, e: IncusError) -> EngineError {
     EngineError::NotStarted {
         instance: name.to_string(),
@@ -113,25 +113,25 @@ fn not_started(name: &str, e: IncusError) -> EngineError {
     }
 }
 
-/// A failed start with the instance's last console lines, cut of the stored secrets.
-pub(crate) async fn with_log_tail(
+/// `result`, with a failed start given the instance's last console lines, cut of the
+/// stored secrets.
+pub(crate) async fn explained<T>(
     project: &Client,
     config: &crate::config::Config,
-    e: EngineError,
-) -> EngineError {
-    match e {
-        EngineError::NotStarted {
-            instance, source, ..
-        } => {
-            let tail = super::health::log_tail(project, &instance, super::health::LOG_LINES).await;
-            EngineError::NotStarted {
-                log_tail: super::redact::excerpt(project, config, &tail).await,
-                instance,
-                source,
-            }
-        }
-        other => other,
-    }
+    result: Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let Err(EngineError::NotStarted {
+        instance, source, ..
+    }) = result
+    else {
+        return result;
+    };
+    let tail = super::health::log_tail(project, &instance, super::health::LOG_LINES).await;
+    Err(EngineError::NotStarted {
+        log_tail: super::redact::excerpt(project, config, &tail).await,
+        instance,
+        source,
+    })
 }
 
 /// Creates the instance stopped, from the image `fingerprint` (the one its hash names, not
