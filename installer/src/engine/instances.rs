@@ -179,38 +179,22 @@ pub(crate) async fn push(
     let err =
         |e: IncusError| EngineError::object(format!("instance {instance}: file {}", f.path), e);
     let meta = FileMeta::new(f.uid, f.gid, f.mode);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let res = match project
-            .push_file(instance, &f.path, f.contents.clone(), meta)
-            .await
-        {
-            Err(e) if e.is_not_found() => match mkdir_parents(project, instance, &f.path).await {
-                Ok(()) => {
-                    project
-                        .push_file(instance, &f.path, f.contents.clone(), meta)
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-            other => other,
-        };
-        match res {
-            Err(e) if attempt < 3 && file_server_hiccup(&e) => {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            other => return other.map_err(err),
+    // A broken file server is sent again by the client (`is_file_server_hiccup`).
+    match project
+        .push_file(instance, &f.path, f.contents.clone(), meta)
+        .await
+    {
+        Err(e) if e.is_not_found() => {
+            mkdir_parents(project, instance, &f.path)
+                .await
+                .map_err(err)?;
+            project
+                .push_file(instance, &f.path, f.contents.clone(), meta)
+                .await
         }
+        other => other,
     }
-}
-
-/// Incus serves files through a per-instance file server; a client that vanished mid-transfer
-/// (a killed run) leaves it broken for the next request, which then succeeds when retried.
-fn file_server_hiccup(e: &IncusError) -> bool {
-    let m = e.to_string();
-    matches!(e, IncusError::Api { status: 500, .. })
-        && (m.contains("forkfile") || m.contains("connection reset") || m.contains("EOF"))
+    .map_err(err)
 }
 
 async fn mkdir_parents(project: &Client, instance: &str, path: &str) -> Result<(), IncusError> {

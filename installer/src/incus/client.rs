@@ -261,6 +261,10 @@ const WAIT_CHUNK: Duration = Duration::from_secs(30);
 /// is 30 s before it kills), so a little more than that.
 const BUSY_WAIT: Duration = Duration::from_secs(45);
 const BUSY_PAUSE: Duration = Duration::from_millis(500);
+/// How often a request is sent in all when an instance's file server broke under it, and
+/// the pause before sending it again.
+const FILE_SERVER_TRIES: usize = 3;
+const FILE_SERVER_PAUSE: Duration = Duration::from_secs(1);
 
 impl Client {
     pub(crate) fn from_parts(http: reqwest::Client, base: Url, endpoint: Endpoint) -> Client {
@@ -620,31 +624,38 @@ impl Client {
         .await
     }
 
-    /// Sends a writing call and finishes it with `then`; while Incus answers that the
-    /// instance is busy with another operation (a stop or an autorestart still running,
-    /// [`IncusError::is_instance_busy`]), which changed nothing, sends it again after a pause,
-    /// up to [`BUSY_WAIT`] in all. A streamed body is sent once.
+    /// Sends a writing call and finishes it with `then`. Two refusals changed nothing and
+    /// pass, so the same request is sent again after a pause: the instance busy with another
+    /// operation (a stop or an autorestart still running, [`IncusError::is_instance_busy`]),
+    /// for up to [`BUSY_WAIT`] in all; and its file server broken under the request
+    /// ([`IncusError::is_file_server_hiccup`]), [`FILE_SERVER_TRIES`] sends in all. A streamed
+    /// body is sent once.
     async fn busy_retried<T, F, Fut>(&self, req: Req, then: F) -> Result<T, IncusError>
     where
         F: Fn(Answer, String, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, IncusError>>,
     {
         let start = Instant::now();
+        let mut sends = 0;
         let mut next = Some(req);
         loop {
             let req = next.take().expect("a request to send");
             let again = req.resendable();
+            sends += 1;
             let result = match self.call(req).await {
                 Ok((answer, method, path)) => then(answer, method, path).await,
                 Err(e) => Err(e),
             };
-            match (result, again) {
-                (Err(e), Some(again)) if e.is_instance_busy() && start.elapsed() < BUSY_WAIT => {
-                    tokio::time::sleep(BUSY_PAUSE).await;
-                    next = Some(again);
+            let pause = match &result {
+                Err(e) if e.is_instance_busy() && start.elapsed() < BUSY_WAIT => BUSY_PAUSE,
+                Err(e) if e.is_file_server_hiccup() && sends < FILE_SERVER_TRIES => {
+                    FILE_SERVER_PAUSE
                 }
-                (result, _) => return result,
-            }
+                _ => return result,
+            };
+            let Some(again) = again else { return result };
+            tokio::time::sleep(pause).await;
+            next = Some(again);
         }
     }
 

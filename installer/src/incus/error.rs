@@ -158,6 +158,25 @@ impl IncusError {
         };
         message.contains("Instance is busy running a")
     }
+
+    /// Incus serves an instance's files through a file server of its own (`forkfile`). One
+    /// that broke under a request (a client that vanished mid-transfer, the instance starting
+    /// or stopping under it, as `boot.autorestart` does to a service that exits) fails it
+    /// with a 500; nothing was written, and the same request succeeds when sent again.
+    pub fn is_file_server_hiccup(&self) -> bool {
+        let IncusError::Api {
+            status: 500,
+            message,
+            path,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        message.contains("forkfile")
+            || (path.contains("/files")
+                && (message.contains("connection reset") || message.contains("EOF")))
+    }
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

@@ -337,6 +337,62 @@ async fn a_write_refused_while_the_instance_is_busy_is_sent_again() {
     assert_eq!(broken, 1, "sent once");
 }
 
+/// An instance's file server (`forkfile`) that breaks under a push, as the stack test saw
+/// while `boot.autorestart` restarted a service that exits: "read unix
+/// @->/proc/self/fd/77/forkfile.sock: read: connection reset by peer", HTTP 500, nothing
+/// written. The client sends the push again, three sends in all; another 500 is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_push_the_file_server_dropped_is_sent_again_three_times_at_most() {
+    use crate::common::scripted::{ScriptedIncus, error, sync};
+    use atlas_install::incus::FileMeta;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const DROPPED: &str =
+        "read unix @->/proc/self/fd/77/forkfile.sock: read: connection reset by peer";
+    let pushes = AtomicUsize::new(0);
+    let incus = ScriptedIncus::start(move |method, path| match method {
+        // Two drops, then written.
+        "POST" if path.starts_with("/1.0/instances/flaky/files?") => {
+            match pushes.fetch_add(1, SeqCst) {
+                0 | 1 => error(500, DROPPED),
+                _ => sync(serde_json::Value::Null),
+            }
+        }
+        "POST" if path.starts_with("/1.0/instances/gone/files?") => error(500, DROPPED),
+        "POST" if path.starts_with("/1.0/instances/full/files?") => {
+            error(500, "Failed to write file: no space left on device")
+        }
+        _ => error(404, "not found"),
+    });
+    let c = atlas_install::incus::Client::unix_at(&incus.socket)
+        .expect("client")
+        .in_project("p");
+    let sent = |name: &str| {
+        incus
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with(&format!("POST /1.0/instances/{name}/files")))
+            .count()
+    };
+    let push = |name: &'static str| {
+        c.push_file(
+            name,
+            "/etc/a.conf",
+            b"a = 1\n".to_vec(),
+            FileMeta::new(0, 0, 0o644),
+        )
+    };
+    push("flaky").await.expect("written on the third send");
+    assert_eq!(sent("flaky"), 3);
+    let e = push("gone").await.expect_err("still dropped");
+    assert!(e.is_file_server_hiccup(), "{e}");
+    assert_eq!(sent("gone"), 3, "three sends in all");
+    let e = push("full").await.expect_err("a full disk stays full");
+    assert!(e.to_string().contains("no space left"), "{e}");
+    assert_eq!(sent("full"), 1, "sent once");
+}
+
 /// A certificate named like ours that no Atlas project records: what `destroy` of earlier
 /// versions left behind. Removed on drop.
 struct LeftoverCert {
