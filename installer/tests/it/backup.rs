@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use atlas_test_support::busybox::{self, BusyboxImage};
 
-use crate::common::{atlas, client_or_skip, have_busybox, stderr, stdout};
+use crate::common::{atlas, client_or_skip, have_busybox, stderr, stdout, step_async};
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
@@ -278,11 +278,59 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         return;
     }
     let t0 = std::time::Instant::now();
+    // Deletes the project and everything in it at the end of the test, also on panic.
     let g = Guard::new(1);
+    let (set, pc, before) = step_async("1 stack with data", stack_with_data(&c, &g)).await;
+    let s = Scenario {
+        c: &c,
+        g: &g,
+        set,
+        pc,
+        before,
+        t0,
+    };
+    s.done("stack up");
+    // One stack, steps in order over it: a failure names its step.
+    step_async("2 snapshot and list", snapshot_and_list(&s)).await;
+    step_async("3 same name again", same_name_is_refused_or_kept(&s)).await;
+    let snaps = step_async("4 CLI list and snapshot", cli_list_and_snapshot(&s)).await;
+    let file = step_async("5 export", export_while_running(&s, snaps)).await;
+    step_async("6 export again", second_export_is_refused(&s)).await;
+    step_async("7 corrupt export", corrupt_export_is_refused(&s, &file)).await;
+    step_async("8 restore via CLI", restore_via_cli(&s)).await;
+    step_async("9 restore into a new volume", restore_into_a_new_volume(&s)).await;
+}
+
+/// What the steps of the backup scenario share: the daemon, the guard (project, temporary
+/// directory, CLI), the volume set, the project client, the data's fingerprint as written,
+/// and the start of the test for the timing lines.
+struct Scenario<'a> {
+    c: &'a Client,
+    g: &'a Guard,
+    set: VolumeSet,
+    pc: Client,
+    before: String,
+    t0: std::time::Instant,
+}
+
+impl Scenario<'_> {
+    /// Where step 5 exports to.
+    fn out(&self) -> PathBuf {
+        self.g.dir.path().join("export")
+    }
+
+    fn done(&self, what: &str) {
+        eprintln!("[{:?}] {what}", self.t0.elapsed());
+    }
+}
+
+/// The config's one data volume, the stack using it, data written into it (an owner other
+/// than root, a random blob); returns the set, the project client and the data's fingerprint.
+async fn stack_with_data(c: &Client, g: &Guard) -> (VolumeSet, Client, String) {
     let cfg = g.config();
     let set = VolumeSet::from_config(&cfg);
     assert_eq!(set.volumes.len(), 1, "{set:?}");
-    let pc = stack(&c, &g).await;
+    let pc = stack(c, g).await;
     let pid = std::process::id();
     sh(
         &pc,
@@ -298,10 +346,13 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         before.contains(&format!("note-{pid}")) && before.contains("./note.txt 1883"),
         "{before}"
     );
+    (set, pc, before)
+}
 
-    eprintln!("[{:?}] stack up", t0.elapsed());
-    // snapshot -> list shows it; the same name again is refused and changes nothing.
-    let taken = backup::snapshot(&c, &set, Some("t-snap"), &NoProgress)
+/// snapshot -> list shows it.
+async fn snapshot_and_list(s: &Scenario<'_>) {
+    let Scenario { c, set, .. } = s;
+    let taken = backup::snapshot(c, set, Some("t-snap"), &NoProgress)
         .await
         .expect("snapshot");
     assert_eq!(taken.len(), 1);
@@ -309,7 +360,7 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         (taken[0].volume.as_str(), taken[0].snapshot.as_str()),
         (VOLUME, "t-snap")
     );
-    let listing = backup::list(&c, &set).await.expect("list");
+    let listing = backup::list(c, set).await.expect("list");
     assert_eq!(listing.len(), 1);
     assert!(listing[0].exists);
     assert_eq!(
@@ -321,8 +372,14 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         vec!["t-snap"]
     );
     assert!(listing[0].snapshots[0].created_at.is_some());
+}
+
+/// The same name again is refused and changes nothing; kept if asked; a set without data
+/// volumes takes nothing.
+async fn same_name_is_refused_or_kept(s: &Scenario<'_>) {
+    let Scenario { c, set, .. } = s;
     let w0 = c.writes();
-    let e = backup::snapshot(&c, &set, Some("t-snap"), &NoProgress)
+    let e = backup::snapshot(c, set, Some("t-snap"), &NoProgress)
         .await
         .expect_err("duplicate name");
     assert!(
@@ -330,7 +387,7 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         "{e}"
     );
     assert_eq!(c.writes(), w0, "a refused snapshot sends no write");
-    let kept = backup::snapshot_with(&c, &set, "t-snap", IfExists::Keep, &NoProgress)
+    let kept = backup::snapshot_with(c, set, "t-snap", IfExists::Keep, &NoProgress)
         .await
         .expect("keep existing");
     assert_eq!(kept.len(), 1);
@@ -339,18 +396,17 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         w0,
         "an existing snapshot is kept, not rewritten"
     );
-    let none = backup::snapshot_with(
-        &c,
-        &set.only(&["caddy01"]),
-        "x",
-        IfExists::Keep,
-        &NoProgress,
-    )
-    .await
-    .expect("no data volumes");
+    let none = backup::snapshot_with(c, &set.only(&["caddy01"]), "x", IfExists::Keep, &NoProgress)
+        .await
+        .expect("no data volumes");
     assert!(none.is_empty());
     assert_eq!(c.writes(), w0);
-    // The CLI lists it too.
+}
+
+/// The CLI lists it too, and snapshots with its default name; returns the volume's
+/// snapshots, sorted.
+async fn cli_list_and_snapshot(s: &Scenario<'_>) -> Vec<String> {
+    let g = s.g;
     let o = g
         .atlas(&["--json", "backup", "list"])
         .output()
@@ -359,7 +415,6 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(v["volumes"][0]["volume"], VOLUME);
     assert_eq!(v["volumes"][0]["snapshots"][0]["name"], "t-snap");
-    // The CLI snapshot with its default name.
     let o = g
         .atlas(&["--json", "backup", "snapshot"])
         .output()
@@ -374,21 +429,21 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
     assert_eq!(v["snapshots"][0]["volume"], VOLUME);
     let mut snaps = vec![auto, "t-snap".to_string()];
     snaps.sort();
+    s.done("snapshot+list");
+    snaps
+}
 
-    eprintln!("[{:?}] snapshot+list", t0.elapsed());
-    // export (CLI): the container keeps running; manifest sums are those of the files.
-    let out = g.dir.path().join("export");
+/// export (CLI): the container keeps running; manifest sums are those of the files; only
+/// the `snaps` stay. Returns the volume's file in the export.
+async fn export_while_running(s: &Scenario<'_>, snaps: Vec<String>) -> String {
+    let (g, pc, out) = (s.g, &s.pc, s.out());
     let o = g
         .atlas(&["--json", "backup", "export", "--out"])
         .arg(&out)
         .output()
         .expect("run");
     assert!(o.status.success(), "export failed: {}", stderr(&o));
-    assert_eq!(
-        status(&pc).await,
-        "Running",
-        "export does not stop services"
-    );
+    assert_eq!(status(pc).await, "Running", "export does not stop services");
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
     )
@@ -399,7 +454,8 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
     );
     let entry = &manifest["volumes"][0];
     assert_eq!(entry["volume"], VOLUME);
-    let file = out.join(entry["file"].as_str().expect("file"));
+    let name = entry["file"].as_str().expect("file").to_string();
+    let file = out.join(&name);
     assert_eq!(entry["sha256"], sha256_file(&file));
     assert_eq!(entry["size"], std::fs::metadata(&file).expect("stat").len());
     let listed = Command::new("tar")
@@ -413,39 +469,37 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         "{names}"
     );
     assert_eq!(
-        volumes(&pc).await,
+        volumes(pc).await,
         BTreeMap::from([(VOLUME.to_string(), snaps)]),
         "the export's snapshot and temporary volume are gone"
     );
-    // A second export into the same directory is refused.
-    let o = g
-        .atlas(&["backup", "export", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run");
+    name
+}
+
+/// A second export into the same directory is refused.
+async fn second_export_is_refused(s: &Scenario<'_>) {
+    let o =
+        s.g.atlas(&["backup", "export", "--out"])
+            .arg(s.out())
+            .output()
+            .expect("run");
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("already holds an export"),
         "{}",
         stderr(&o)
     );
+    s.done("export");
+}
 
-    eprintln!("[{:?}] export", t0.elapsed());
-    // A flipped byte: refused before Incus is touched, naming the file.
-    let bad = g.dir.path().join("bad");
-    std::fs::create_dir(&bad).expect("mkdir");
-    for f in std::fs::read_dir(&out).expect("ls") {
-        let f = f.expect("entry").path();
-        std::fs::copy(&f, bad.join(f.file_name().expect("name"))).expect("copy");
-    }
-    let bad_file = bad.join(entry["file"].as_str().expect("file"));
-    let mut bytes = std::fs::read(&bad_file).expect("read");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&bad_file, bytes).expect("write");
-    let before_vols = volumes(&pc).await;
+/// A flipped byte in the export's `file`: refused before Incus is touched, naming the file,
+/// by the library and the CLI alike; nothing changed.
+async fn corrupt_export_is_refused(s: &Scenario<'_>, file: &str) {
+    let Scenario { c, g, set, pc, .. } = s;
+    let (bad, bad_file) = corrupt_copy(&s.out(), &g.dir.path().join("bad"), file);
+    let before_vols = volumes(pc).await;
     let w0 = c.writes();
-    let e = backup::restore(&c, &set, &bad, &NoProgress)
+    let e = backup::restore(c, set, &bad, &NoProgress)
         .await
         .expect_err("corrupt export");
     assert!(matches!(e, BackupError::Corrupt { .. }), "{e}");
@@ -465,21 +519,41 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         err.contains(&bad_file.display().to_string()) && err.contains("Nothing was restored"),
         "{err}"
     );
-    assert_eq!(volumes(&pc).await, before_vols);
-    assert_eq!(status(&pc).await, "Running");
-    assert_eq!(fingerprint(&pc).await, before);
+    assert_eq!(volumes(pc).await, before_vols);
+    assert_eq!(status(pc).await, "Running");
+    assert_eq!(fingerprint(pc).await, s.before);
+    s.done("corrupt refused");
+}
 
-    eprintln!("[{:?}] corrupt refused", t0.elapsed());
-    // Data deleted and replaced -> restore (CLI) -> data back, instance running again.
+/// Copies the export `out` into `bad` with a byte of its `file` flipped; returns `bad` and
+/// the flipped file's path.
+fn corrupt_copy(out: &Path, bad: &Path, file: &str) -> (PathBuf, PathBuf) {
+    std::fs::create_dir(bad).expect("mkdir");
+    for f in std::fs::read_dir(out).expect("ls") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, bad.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let bad_file = bad.join(file);
+    let mut bytes = std::fs::read(&bad_file).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&bad_file, bytes).expect("write");
+    (bad.to_path_buf(), bad_file)
+}
+
+/// Data deleted and replaced -> restore (CLI) -> data back, instance running again, a
+/// safety snapshot kept, no temporary volume left.
+async fn restore_via_cli(s: &Scenario<'_>) {
+    let (g, pc) = (s.g, &s.pc);
     sh(
-        &pc,
+        pc,
         &format!("cd {MOUNT} && /bin/busybox rm -rf note.txt sub && echo junk > junk.txt"),
     )
     .await;
-    assert_ne!(fingerprint_or_empty(&pc).await, before);
+    assert_ne!(fingerprint_or_empty(pc).await, s.before);
     let o = g
         .atlas(&["--yes", "--json", "backup", "restore"])
-        .arg(&out)
+        .arg(s.out())
         .output()
         .expect("run");
     assert!(o.status.success(), "restore failed: {}", stderr(&o));
@@ -491,31 +565,38 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
         .expect("safety snapshot")
         .to_string();
     assert!(safety.starts_with("pre-restore-"), "{safety}");
-    assert_eq!(status(&pc).await, "Running");
-    assert_eq!(fingerprint(&pc).await, before, "data back, owners included");
-    let vols = volumes(&pc).await;
+    assert_eq!(status(pc).await, "Running");
+    assert_eq!(
+        fingerprint(pc).await,
+        s.before,
+        "data back, owners included"
+    );
+    let vols = volumes(pc).await;
     assert_eq!(
         vols.keys().collect::<Vec<_>>(),
         vec![VOLUME],
         "no temporary volume left"
     );
     assert!(vols[VOLUME].contains(&safety), "{vols:?}");
+    s.done("restore via CLI");
+}
 
-    eprintln!("[{:?}] restore via CLI", t0.elapsed());
-    // Whole volume gone (instance detached from it) -> restore creates it from the backup.
-    stop(&pc).await;
+/// Whole volume gone (instance detached from it) -> restore creates it from the backup.
+async fn restore_into_a_new_volume(s: &Scenario<'_>) {
+    let Scenario { c, set, pc, .. } = s;
+    stop(pc).await;
     let mut inst = pc.get_instance(INSTANCE).await.expect("instance");
     inst.value.devices.remove("data");
     pc.update_instance(&inst.value, inst.etag.as_deref())
         .await
         .expect("detach");
-    for s in pc.volume_snapshots(POOL, VOLUME).await.expect("snapshots") {
-        pc.delete_volume_snapshot(POOL, VOLUME, &s.name)
+    for snap in pc.volume_snapshots(POOL, VOLUME).await.expect("snapshots") {
+        pc.delete_volume_snapshot(POOL, VOLUME, &snap.name)
             .await
             .expect("delete snapshot");
     }
     pc.delete_volume(POOL, VOLUME).await.expect("delete volume");
-    let report = backup::restore(&c, &set, &out, &NoProgress)
+    let report = backup::restore(c, set, &s.out(), &NoProgress)
         .await
         .expect("restore into a missing volume");
     assert!(report.volumes[0].created, "{report:?}");
@@ -524,9 +605,9 @@ async fn snapshot_list_export_and_restore_bring_the_data_back() {
     pc.update_instance(&inst.value, inst.etag.as_deref())
         .await
         .expect("attach");
-    start(&pc).await;
-    assert_eq!(fingerprint(&pc).await, before, "data back in a new volume");
-    eprintln!("[{:?}] restore into a new volume", t0.elapsed());
+    start(pc).await;
+    assert_eq!(fingerprint(pc).await, s.before, "data back in a new volume");
+    s.done("restore into a new volume");
 }
 
 async fn fingerprint_or_empty(pc: &Client) -> String {

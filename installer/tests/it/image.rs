@@ -14,7 +14,7 @@ use atlas_image::layer::deterministic::LayerBuilder;
 use atlas_image::oci_layout::OciLayoutWriter;
 use sha2::{Digest as _, Sha256};
 
-use crate::common::{atlas, have_path, have_tool, require_all, run, stderr, stdout};
+use crate::common::{atlas, have_path, have_tool, require_all, run, stderr, stdout, step};
 use atlas_test_support::free_port;
 use atlas_test_support::incus::{ProjectGuard, incus, incus_ok};
 use atlas_test_support::oci::{Layer, write_image};
@@ -235,29 +235,106 @@ fn image_build_convert_import_launch_restart() {
     if !ready() {
         return;
     }
-    let pid = std::process::id();
-    let t0 = Instant::now();
-    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
-    let project = format!("t-img-{pid}");
     let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let s = Scenario::new(tmp.path());
+    // One scenario, steps in order over it: a failure names its step.
+    let recipe = step("1 base image", || push_base(&s));
+    step("2 build", || builds_agree(&s, &recipe));
+    step("3 umoci unpack", || umoci_reads_the_oci_output(&s));
+    let fingerprint = step("4 convert", || convert_to_a_file(&s));
+    step("5 convert to stdout", || convert_to_stdout(&s));
 
-    // Base image: written here, pushed by skopeo.
+    // Removes what the test made, in dependency order, also on panic.
+    let mut guard = ProjectGuard::new(&s.project);
+    guard.network(BRIDGE);
+    incus_ok(&["project", "create", &s.project]);
+
+    s.phase("convert done");
+    step("6 incus image import", || {
+        incus_imports_the_file(&s, &fingerprint)
+    });
+    step("7 import into a missing project", || {
+        missing_project_is_named(&s)
+    });
+    step("8 corrupt layer", || corrupt_layer_imports_nothing(&s));
+    step("9 streaming import", || streaming_import(&s, &fingerprint));
+    let (net, port) = step("10 launch", || launch_behind_a_proxy(&s));
+    step("11 inside", || address_and_pid_1(&s, &net));
+    step("12 restart", || restart_is_quick(&s, port));
+    drop(guard);
+    s.phase("cleaned up");
+    step("13 cleaned up", || {
+        assert!(
+            !stdout(&incus(&["project", "list", "-f", "csv"])).contains(&s.project),
+            "cleaned up"
+        )
+    });
+}
+
+/// What the steps of the image scenario share: the test's pid and project, its temporary
+/// directory, the base image's reference in the registry, the OCI layout the first build
+/// writes, and the start of the test for the phase lines.
+struct Scenario<'a> {
+    pid: u32,
+    project: String,
+    t: &'a Path,
+    base_ref: String,
+    src: String,
+    t0: Instant,
+}
+
+/// The instance the scenario launches.
+const INSTANCE: &str = "t-img-c1";
+
+impl<'a> Scenario<'a> {
+    fn new(t: &'a Path) -> Scenario<'a> {
+        let pid = std::process::id();
+        Scenario {
+            pid,
+            project: format!("t-img-{pid}"),
+            t,
+            base_ref: format!("{REGISTRY}/t-img-{pid}/base:1"),
+            src: format!("oci:{}:web", t.join("oci").display()),
+            t0: Instant::now(),
+        }
+    }
+
+    fn phase(&self, what: &str) {
+        eprintln!("[{:>6.1}s] {what}", self.t0.elapsed().as_secs_f64());
+    }
+
+    /// The instance's console log, for a failure's message.
+    fn log(&self) -> String {
+        stdout(&incus(&[
+            "console",
+            "--project",
+            &self.project,
+            INSTANCE,
+            "--show-log",
+        ]))
+    }
+}
+
+/// Base image: written here, pushed by skopeo; returns the recipe built on it.
+fn push_base(s: &Scenario<'_>) -> PathBuf {
+    let t = s.t;
     base_layout(&t.join("base"));
-    let base_ref = format!("{REGISTRY}/t-img-{pid}/base:1");
     let o = Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:1", t.join("base").display()))
-        .arg(format!("docker://{base_ref}"))
+        .arg(format!("docker://{}", s.base_ref))
         .output()
         .unwrap();
     assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
-    let recipe = recipe(t, &base_ref);
+    recipe(t, &s.base_ref)
+}
 
-    // Build twice with one cache (the second uses the pin), once with another: one digest.
+/// Build twice with one cache (the second uses the pin), once with another: one digest.
+fn builds_agree(s: &Scenario<'_>, recipe: &Path) {
+    let (t, base_ref) = (s.t, &s.base_ref);
     let started = Instant::now();
     let first = build(
-        &recipe,
+        recipe,
         &t.join("cache-a"),
         &["--oci", t.join("oci").to_str().unwrap()],
     );
@@ -276,19 +353,22 @@ fn image_build_convert_import_launch_restart() {
         std::fs::metadata(&pins).unwrap().permissions().mode() & 0o777,
         0o644
     );
-    assert!(std::fs::read_to_string(&pins).unwrap().contains(&base_ref));
-    let second = build(&recipe, &t.join("cache-a"), &[]);
+    assert!(std::fs::read_to_string(&pins).unwrap().contains(base_ref));
+    let second = build(recipe, &t.join("cache-a"), &[]);
     assert_eq!(json_of(&second)["images"][0]["digest"], d1.as_str());
     assert!(!stderr(&second).contains("pinned"), "{}", stderr(&second));
-    let other = build(&recipe, &t.join("cache-b"), &[]);
+    let other = build(recipe, &t.join("cache-b"), &[]);
     assert_eq!(
         json_of(&other)["images"][0]["digest"],
         d1.as_str(),
         "another cache, same digest"
     );
+    s.phase("builds done");
+}
 
-    phase("builds done");
-    // The OCI output, read by umoci.
+/// The OCI output, read by umoci: our init, the service, the whiteout applied.
+fn umoci_reads_the_oci_output(s: &Scenario<'_>) {
+    let t = s.t;
     let bundle = t.join("bundle");
     let o = Command::new("umoci")
         .args(["unpack", "--rootless", "--image"])
@@ -310,13 +390,15 @@ fn image_build_convert_import_launch_restart() {
         !bundle.join("rootfs/junk/old.txt").exists(),
         "whiteout applied"
     );
+    s.phase("umoci done");
+}
 
-    phase("umoci done");
-    // convert: a file GNU tar lists.
+/// convert: a file GNU tar lists; returns its sha256 (the fingerprint Incus gives it).
+fn convert_to_a_file(s: &Scenario<'_>) -> String {
+    let t = s.t;
     let tarball = t.join("web.tar");
-    let src = format!("oci:{}:web", t.join("oci").display());
     let o = run(atlas()
-        .args(["--progress", "none", "image", "convert", &src, "--out"])
+        .args(["--progress", "none", "image", "convert", &s.src, "--out"])
         .arg(&tarball)
         .arg("--cache-dir")
         .arg(t.join("cache-a")));
@@ -342,15 +424,19 @@ fn image_build_convert_import_launch_restart() {
         !names.contains("rootfs/junk/old.txt") && !names.contains(".wh."),
         "{names}"
     );
-    let fingerprint = sha256_file(&tarball);
-    // `--out -` streams to stdout; the docker:// transport from the registry.
+    sha256_file(&tarball)
+}
+
+/// `--out -` streams to stdout; the docker:// transport from the registry.
+fn convert_to_stdout(s: &Scenario<'_>) {
+    let t = s.t;
     let o = run(atlas()
         .args([
             "--progress",
             "none",
             "image",
             "convert",
-            &format!("docker://{base_ref}"),
+            &format!("docker://{}", s.base_ref),
             "--out",
             "-",
         ])
@@ -365,59 +451,90 @@ fn image_build_convert_import_launch_restart() {
             && names.lines().any(|l| l == "rootfs/bin/sh"),
         "{names}"
     );
+}
 
-    // Removes what the test made, in dependency order, also on panic.
-    let mut guard = ProjectGuard::new(&project);
-    guard.network(BRIDGE);
-    incus_ok(&["project", "create", &project]);
-
-    phase("convert done");
-    // The file is accepted by `incus image import`; then removed for our own import.
+/// The file is accepted by `incus image import`; then removed for our own import.
+fn incus_imports_the_file(s: &Scenario<'_>, fingerprint: &str) {
+    let project = &s.project;
     incus_ok(&[
         "image",
         "import",
         "--project",
-        &project,
-        tarball.to_str().unwrap(),
+        project,
+        s.t.join("web.tar").to_str().unwrap(),
     ]);
     assert!(
         stdout(&incus(&[
             "image",
             "list",
             "--project",
-            &project,
+            project,
             "-c",
             "F",
             "-f",
             "csv"
         ]))
-        .contains(&fingerprint)
+        .contains(fingerprint)
     );
-    incus_ok(&["image", "delete", "--project", &project, &fingerprint]);
+    incus_ok(&["image", "delete", "--project", project, fingerprint]);
+    s.phase("incus image import done");
+}
 
-    phase("incus image import done");
-    // A project that does not exist: said before any pull, with the fix.
+/// A project that does not exist: said before any pull, with the fix.
+fn missing_project_is_named(s: &Scenario<'_>) {
     let o = run(atlas()
         .args(["--progress", "none", "--incus-socket", SOCKET])
         .args([
             "--project",
-            &format!("t-img-none-{pid}"),
+            &format!("t-img-none-{}", s.pid),
             "image",
             "import",
-            &src,
+            &s.src,
         ])
         .arg("--cache-dir")
-        .arg(t.join("cache-a")));
+        .arg(s.t.join("cache-a")));
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("incus project create"),
         "{}",
         stderr(&o)
     );
+}
 
-    // Bad input: a layer whose bytes do not match its digest; nothing imported.
+/// Bad input: a layer whose bytes do not match its digest; nothing imported.
+fn corrupt_layer_imports_nothing(s: &Scenario<'_>) {
+    let (t, project) = (s.t, &s.project);
     let bad = t.join("bad");
-    copy_dir(&t.join("base"), &bad);
+    let layer = corrupt_second_layer(&t.join("base"), &bad);
+    let before = image_count(project);
+    let o = run(atlas()
+        .args([
+            "--progress",
+            "none",
+            "--incus-socket",
+            SOCKET,
+            "--project",
+            project,
+            "image",
+            "import",
+        ])
+        .arg(format!("oci:{}:1", bad.display()))
+        .args(["--alias", "bad", "--cache-dir"])
+        .arg(t.join("cache-a")));
+    assert!(!o.status.success(), "a corrupt layer must fail the import");
+    assert!(
+        stderr(&o).contains(&layer),
+        "the error names the layer {layer}: {}",
+        stderr(&o)
+    );
+    assert_eq!(image_count(project), before, "nothing imported");
+    s.phase("bad input done");
+}
+
+/// Copies the OCI layout `base` to `bad` with a byte of its second layer flipped; returns
+/// that layer's digest.
+fn corrupt_second_layer(base: &Path, bad: &Path) -> String {
+    copy_dir(base, bad);
     let idx: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bad.join("index.json")).unwrap()).unwrap();
     let mdig = idx["manifests"][0]["digest"]
@@ -436,31 +553,13 @@ fn image_build_convert_import_launch_restart() {
     let n = bytes.len();
     bytes[n / 2] ^= 0x55;
     std::fs::write(&lpath, bytes).unwrap();
-    let before = image_count(&project);
-    let o = run(atlas()
-        .args([
-            "--progress",
-            "none",
-            "--incus-socket",
-            SOCKET,
-            "--project",
-            &project,
-            "image",
-            "import",
-        ])
-        .arg(format!("oci:{}:1", bad.display()))
-        .args(["--alias", "bad", "--cache-dir"])
-        .arg(t.join("cache-a")));
-    assert!(!o.status.success(), "a corrupt layer must fail the import");
-    assert!(
-        stderr(&o).contains(&layer),
-        "the error names the layer {layer}: {}",
-        stderr(&o)
-    );
-    assert_eq!(image_count(&project), before, "nothing imported");
+    layer
+}
 
-    phase("bad input done");
-    // Our streaming import: same bytes as the file (same fingerprint), alias created.
+/// Our streaming import: same bytes as the file (same fingerprint), alias created; again,
+/// the image is reused.
+fn streaming_import(s: &Scenario<'_>, fingerprint: &str) {
+    let project = &s.project;
     let import = |alias: &str| {
         run(atlas()
             .args([
@@ -470,63 +569,75 @@ fn image_build_convert_import_launch_restart() {
                 "--incus-socket",
                 SOCKET,
                 "--project",
-                &project,
+                project,
             ])
-            .args(["image", "import", &src, "--alias", alias, "--cache-dir"])
-            .arg(t.join("cache-a")))
+            .args(["image", "import", &s.src, "--alias", alias, "--cache-dir"])
+            .arg(s.t.join("cache-a")))
     };
     let started = Instant::now();
     let v = json_of(&import("web"));
     eprintln!("streamed import: {:?}", started.elapsed());
-    assert_eq!(v["fingerprint"], fingerprint.as_str());
+    assert_eq!(v["fingerprint"], fingerprint);
     assert_eq!(v["created"], true);
     assert_eq!(v["aliases"][0]["change"], "created");
     let again = json_of(&import("web"));
     assert_eq!(
-        again["fingerprint"],
-        fingerprint.as_str(),
+        again["fingerprint"], fingerprint,
         "re-import reuses the image"
     );
     assert_eq!(again["created"], false);
     assert_eq!(again["aliases"][0]["change"], "unchanged");
-    assert_eq!(image_count(&project), 1);
+    assert_eq!(image_count(project), 1);
     let props = incus_ok(&[
         "image",
         "get-property",
         "--project",
-        &project,
+        project,
         "web",
         "atlas.service",
     ]);
     assert_eq!(props.trim(), "web");
+    s.phase("imports done");
+}
 
-    phase("imports done");
-    // Launch on our own bridge with a static address, reached through a proxy device.
-    let c = "t-img-c1";
-    let net = on_own_bridge(&project, "web", c);
+/// Launch on our own bridge with a static address, reached through a proxy device; returns
+/// the bridge's network (first three octets) and the proxy's port.
+fn launch_behind_a_proxy(s: &Scenario<'_>) -> (String, u16) {
+    let project = &s.project;
+    let net = on_own_bridge(project, "web", INSTANCE);
     let port = free_port();
     incus_ok(&[
         "config",
         "device",
         "add",
         "--project",
-        &project,
-        c,
+        project,
+        INSTANCE,
         "web",
         "proxy",
         &format!("listen=tcp:127.0.0.1:{port}"),
         "connect=tcp:127.0.0.1:8080",
     ]);
-    incus_ok(&["start", "--project", &project, c]);
+    incus_ok(&["start", "--project", project, INSTANCE]);
     let (code, body) = wait_for_200(port, Duration::from_secs(30));
-    let log = || stdout(&incus(&["console", "--project", &project, c, "--show-log"]));
-    assert_eq!(code, "200", "service through the proxy; console: {}", log());
+    assert_eq!(
+        code,
+        "200",
+        "service through the proxy; console: {}",
+        s.log()
+    );
     assert_eq!(body, PAGE);
+    (net, port)
+}
+
+/// Inside: the static address from network.json, atlas-init as PID 1.
+fn address_and_pid_1(s: &Scenario<'_>, net: &str) {
+    let project = &s.project;
     let addr = incus_ok(&[
         "exec",
         "--project",
-        &project,
-        c,
+        project,
+        INSTANCE,
         "--",
         "/bin/ip",
         "-4",
@@ -541,33 +652,30 @@ fn image_build_convert_import_launch_restart() {
     let ps = incus_ok(&[
         "exec",
         "--project",
-        &project,
-        c,
+        project,
+        INSTANCE,
         "--",
         "/bin/cat",
         "/proc/1/cmdline",
     ]);
     assert!(ps.starts_with("/sbin/init"), "PID 1 is atlas-init: {ps:?}");
+    s.phase("serving");
+}
 
-    phase("serving");
+/// `incus restart` takes under 5 s and the service answers again.
+fn restart_is_quick(s: &Scenario<'_>, port: u16) {
     let started = Instant::now();
-    incus_ok(&["restart", "--project", &project, c]);
+    incus_ok(&["restart", "--project", &s.project, INSTANCE]);
     let restart = started.elapsed();
     eprintln!("incus restart took {restart:?}");
     assert!(
         restart < Duration::from_secs(5),
         "restart took {restart:?}; console: {}",
-        log()
+        s.log()
     );
     let (code, _) = wait_for_200(port, Duration::from_secs(30));
     assert_eq!(code, "200", "answers again after restart");
-    phase("answers after restart");
-    drop(guard);
-    phase("cleaned up");
-    assert!(
-        !stdout(&incus(&["project", "list", "-f", "csv"])).contains(&project),
-        "cleaned up"
-    );
+    s.phase("answers after restart");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
