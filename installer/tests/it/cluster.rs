@@ -24,6 +24,8 @@ use atlas_install::progress::NoProgress;
 use atlas_install::state::keys::PLACEMENT_MEMBER as KEY_PLACEMENT_MEMBER;
 use atlas_test_support::busybox::BusyboxImage;
 
+use crate::common::step_async;
+
 /// One member as `up.sh` recorded it.
 #[derive(Debug, Clone)]
 struct Member {
@@ -214,40 +216,97 @@ async fn wait_for(
 }
 
 /// One scenario, in order: the phases share the cluster (pausing a member in parallel with
-/// a create would fail the create).
+/// a create would fail the create). Each phase is a step: a failure names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_cluster_detection_creation_offline_member_and_join() {
     let Some(state) = cluster_or_skip() else {
         return;
     };
-    let t0 = Instant::now();
-    let first = &state.members[0];
-    let client = Client::unix_at(&first.socket).expect("client");
-    let names: Vec<String> = state.members.iter().map(|m| m.name.clone()).collect();
-    let pool_name = format!("{}-tpool", state.prefix);
-    let half_pool = format!("{}-thalf", state.prefix);
-    let net_name = format!("{}tbr", state.prefix.replace('-', ""));
-    let engine_net = format!("{}tbe", state.prefix.replace('-', ""));
-    let project = format!("{}-tatlas", state.prefix);
+    let s = Scenario::new(state);
+    // Lives here, not in a step, so that it cleans up on a panic in any step; the offline
+    // step records in it the member it stops.
     let mut guard = Guard {
-        socket: first.socket.clone(),
+        socket: s.first().socket.clone(),
         stopped: None,
-        pools: vec![pool_name.clone(), half_pool.clone()],
-        networks: vec![net_name.clone(), engine_net.clone()],
-        projects: vec![project.clone()],
+        pools: vec![s.pool_name.clone(), s.half_pool.clone()],
+        networks: vec![s.net_name.clone(), s.engine_net.clone()],
+        projects: vec![s.project.clone()],
     };
+    step_async("1 detection", detection(&s)).await;
+    step_async("2 pool the cluster way", pool_the_cluster_way(&s)).await;
+    step_async("3 global key per member", global_key_is_refused(&s)).await;
+    step_async("4 pending pool", pending_pool_is_completed(&s)).await;
+    step_async("5 bridge the cluster way", bridge_the_cluster_way(&s)).await;
+    step_async("6 engine network", engine_network_takes_the_cluster_way(&s)).await;
+    step_async("7 placement", placement_is_recorded_and_kept(&s)).await;
+    let stack = step_async("8 engine install", engine_install(&s)).await;
+    let monitoring = step_async("9 monitoring", whole_cluster_monitoring(&s)).await;
+    let victim = step_async("10 member offline", member_down(&s, &mut guard, &stack)).await;
+    step_async("11 member back", member_up(&s, &mut guard, &victim, stack)).await;
+    let grown = step_async("12 member joins", member_joins(&s)).await;
+    step_async("13 newcomer", newcomer_monitored(&s, monitoring, &grown)).await;
+    step_async("14 placement stays", placement_stays(&s)).await;
+    step_async("15 cleanup", guard_removes_what_was_made(&s, guard)).await;
+}
 
-    // Detection: every member of the state file, ONLINE, with roles.
-    let info = wait_for(
-        &client,
-        Duration::from_secs(30),
-        "all members online",
-        |i| i.members.iter().all(|m| m.is_online()),
-    )
+/// What the steps of the cluster scenario share: the cluster as `up.sh` recorded it, a
+/// client on its first member, the member names, the names of what the test creates, and
+/// the start (for the timings it prints).
+struct Scenario {
+    state: ClusterState,
+    client: Client,
+    names: Vec<String>,
+    pool_name: String,
+    half_pool: String,
+    net_name: String,
+    engine_net: String,
+    project: String,
+    t0: Instant,
+}
+
+impl Scenario {
+    fn new(state: ClusterState) -> Scenario {
+        let t0 = Instant::now();
+        let client = Client::unix_at(&state.members[0].socket).expect("client");
+        let names: Vec<String> = state.members.iter().map(|m| m.name.clone()).collect();
+        Scenario {
+            client,
+            names,
+            pool_name: format!("{}-tpool", state.prefix),
+            half_pool: format!("{}-thalf", state.prefix),
+            net_name: format!("{}tbr", state.prefix.replace('-', "")),
+            engine_net: format!("{}tbe", state.prefix.replace('-', "")),
+            project: format!("{}-tatlas", state.prefix),
+            state,
+            t0,
+        }
+    }
+
+    fn first(&self) -> &Member {
+        &self.state.members[0]
+    }
+
+    /// The config the checks read: the test's project on the test's (complete) pool.
+    fn config(&self) -> Config {
+        let mut config = Config::builtin();
+        config.incus.storage_pool = self.pool_name.clone();
+        config.incus.project = self.project.clone();
+        config
+    }
+}
+
+/// Detection: every member of the state file, ONLINE, with roles; then each member's
+/// metrics address.
+async fn detection(s: &Scenario) {
+    let Scenario { client, names, .. } = s;
+    let first = s.first();
+    let info = wait_for(client, Duration::from_secs(30), "all members online", |i| {
+        i.members.iter().all(|m| m.is_online())
+    })
     .await;
     assert!(info.clustered);
     assert_eq!(info.local, first.name);
-    assert_eq!(info.member_names(), names);
+    assert_eq!(info.member_names(), *names);
     assert!(names.len() >= 3, "{names:?}");
     assert!(
         info.members
@@ -259,37 +318,50 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     assert!(
         info.groups
             .iter()
-            .any(|g| g.name == "default" && g.members == names)
+            .any(|g| g.name == "default" && g.members == *names)
     );
-    eprintln!("detection ok after {:?}", t0.elapsed());
-    member_addresses(&client, &state, &info).await;
-    eprintln!("member addresses ok after {:?}", t0.elapsed());
+    eprintln!("detection ok after {:?}", s.t0.elapsed());
+    member_addresses(client, &s.state, &info).await;
+    eprintln!("member addresses ok after {:?}", s.t0.elapsed());
+}
 
-    // A dir pool the cluster way, then again: the second run only reads.
-    let pool = StoragePool {
-        name: pool_name.clone(),
+/// A dir pool named `name`, nothing else set (as the steps create their pools).
+fn test_pool(name: &str) -> StoragePool {
+    StoragePool {
+        name: name.to_string(),
         driver: "dir".into(),
         ..StoragePool::default()
-    };
+    }
+}
+
+/// A dir pool the cluster way, then again: the second run only reads.
+async fn pool_the_cluster_way(s: &Scenario) {
+    let Scenario {
+        client,
+        names,
+        pool_name,
+        ..
+    } = s;
+    let pool = test_pool(pool_name);
     let done = client
-        .create_storage_pool_clustered(&pool, &names, &BTreeMap::new())
+        .create_storage_pool_clustered(&pool, names, &BTreeMap::new())
         .await
         .expect("pool, cluster way");
-    assert_eq!(done.defined_on, names);
+    assert_eq!(done.defined_on, *names);
     assert!(done.created);
     let got = client
-        .get_storage_pool(&pool_name)
+        .get_storage_pool(pool_name)
         .await
         .expect("pool")
         .value;
     assert_eq!(got.status, "Created");
     let mut locs = got.locations.clone();
     locs.sort();
-    assert_eq!(locs, names);
-    for m in &names {
+    assert_eq!(locs, *names);
+    for m in names {
         let per = client
             .on_target(Some(m))
-            .get_storage_pool(&pool_name)
+            .get_storage_pool(pool_name)
             .await
             .expect("pool on member")
             .value;
@@ -301,7 +373,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     }
     let writes = client.writes();
     let again = client
-        .create_storage_pool_clustered(&pool, &names, &BTreeMap::new())
+        .create_storage_pool_clustered(&pool, names, &BTreeMap::new())
         .await
         .expect("pool again");
     assert!(again.defined_on.is_empty() && !again.created, "{again:?}");
@@ -310,12 +382,16 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         writes,
         "a converged pool must cost no write"
     );
+}
 
-    // A global key where only member keys may go is refused before anything is sent.
+/// A global key where only member keys may go is refused before anything is sent.
+async fn global_key_is_refused(s: &Scenario) {
+    let Scenario { client, names, .. } = s;
+    let writes = client.writes();
     let bad = client
         .create_storage_pool_clustered(
-            &pool,
-            &names,
+            &test_pool(&s.pool_name),
+            names,
             &[(names[0].clone(), map(&[("rsync.bwlimit", "1MB")]))].into(),
         )
         .await
@@ -326,23 +402,26 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         "{bad}"
     );
     assert_eq!(client.writes(), writes);
+}
 
-    // A pool left pending on one member (an interrupted create): preflight names the members
-    // without it; the cluster-way create completes it on exactly those.
-    let half = StoragePool {
-        name: half_pool.clone(),
-        driver: "dir".into(),
-        ..StoragePool::default()
-    };
+/// A pool left pending on one member (an interrupted create): preflight names the members
+/// without it; the cluster-way create completes it on exactly those.
+async fn pending_pool_is_completed(s: &Scenario) {
+    let Scenario {
+        client,
+        names,
+        half_pool,
+        ..
+    } = s;
+    let half = test_pool(half_pool);
     client
         .on_target(Some(&names[0]))
         .create_storage_pool(&half)
         .await
         .expect("pending on the first member");
-    let mut config = Config::builtin();
+    let mut config = s.config();
     config.incus.storage_pool = half_pool.clone();
-    config.incus.project = project.clone();
-    let problems = check(&client, &config).await;
+    let problems = check(client, &config).await;
     for m in &names[1..] {
         assert!(
             problems.iter().any(|p| p.contains(&format!(
@@ -353,20 +432,27 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     }
     assert_eq!(problems.len(), names.len() - 1, "{problems:?}");
     let done = client
-        .create_storage_pool_clustered(&half, &names, &BTreeMap::new())
+        .create_storage_pool_clustered(&half, names, &BTreeMap::new())
         .await
         .expect("finish the pending pool");
     assert_eq!(done.defined_on, names[1..].to_vec());
     assert!(done.created);
-    config.incus.storage_pool = pool_name.clone();
-    let problems = check(&client, &config).await;
+    let problems = check(client, &s.config()).await;
     assert!(problems.is_empty(), "{problems:?}");
-    eprintln!("pools ok after {:?}", t0.elapsed());
+    eprintln!("pools ok after {:?}", s.t0.elapsed());
+}
 
-    // A bridge the cluster way; its address is global, so every member has the same gateway
-    // (on its own bridge, inside its own namespace).
+/// A bridge the cluster way; its address is global, so every member has the same gateway
+/// (on its own bridge, inside its own namespace). Again: the second run only reads.
+async fn bridge_the_cluster_way(s: &Scenario) {
+    let Scenario {
+        client,
+        names,
+        net_name,
+        ..
+    } = s;
     let net = Network::bridge(
-        &net_name,
+        net_name,
         map(&[
             ("ipv4.address", "10.231.77.1/24"),
             ("ipv4.nat", "false"),
@@ -374,13 +460,13 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         ]),
     );
     let done = client
-        .create_network_clustered(&net, &names, &BTreeMap::new())
+        .create_network_clustered(&net, names, &BTreeMap::new())
         .await
         .expect("network, cluster way");
-    assert_eq!(done.defined_on, names);
+    assert_eq!(done.defined_on, *names);
     let got = client
         .in_project("default")
-        .get_network(&net_name)
+        .get_network(net_name)
         .await
         .expect("network")
         .value;
@@ -389,7 +475,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
     assert_eq!(got.locations.len(), names.len());
     let writes = client.writes();
     let again = client
-        .create_network_clustered(&net, &names, &BTreeMap::new())
+        .create_network_clustered(&net, names, &BTreeMap::new())
         .await
         .expect("network again");
     assert!(again.defined_on.is_empty() && !again.created, "{again:?}");
@@ -398,9 +484,18 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         writes,
         "a converged network must cost no write"
     );
-    // The engine's network create takes the cluster way by itself on a cluster.
+}
+
+/// The engine's network create takes the cluster way by itself on a cluster.
+async fn engine_network_takes_the_cluster_way(s: &Scenario) {
+    let Scenario {
+        client,
+        names,
+        engine_net,
+        ..
+    } = s;
     let plain = Network::bridge(
-        &engine_net,
+        engine_net,
         map(&[("ipv4.address", "10.231.78.1/24"), ("ipv6.address", "none")]),
     );
     cluster::create_network(&client.in_project("default"), &plain)
@@ -408,7 +503,7 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         .expect("engine network create on a cluster");
     let got = client
         .in_project("default")
-        .get_network(&engine_net)
+        .get_network(engine_net)
         .await
         .expect("engine network")
         .value;
@@ -416,18 +511,23 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         got.status == "Created" && got.locations.len() == names.len(),
         "{got:?}"
     );
-    eprintln!("networks ok after {:?}", t0.elapsed());
+    eprintln!("networks ok after {:?}", s.t0.elapsed());
+}
 
-    // Placement: chosen once, recorded in the project, read back on the next run.
+/// Placement: chosen once, recorded in the project, read back on the next run, also when
+/// asked through another member; instances then land where it says.
+async fn placement_is_recorded_and_kept(s: &Scenario) {
+    let Scenario { client, state, .. } = s;
+    let (first, config) = (s.first(), s.config());
     client
-        .create_project(&Project::new(&project))
+        .create_project(&Project::new(&s.project))
         .await
         .expect("project");
-    let p = placement(&client, &config).await;
+    let p = placement(client, &config).await;
     assert_eq!(p.default_member.as_deref(), Some(first.name.as_str()));
     assert!(p.record);
-    cluster::record(&client, &config, &p).await.expect("record");
-    let stored = client.get_project(&project).await.expect("project").value;
+    cluster::record(client, &config, &p).await.expect("record");
+    let stored = client.get_project(&s.project).await.expect("project").value;
     assert_eq!(stored.config[KEY_PLACEMENT_MEMBER], first.name);
     // Asked through another member now: the stack stays where it was put.
     let other = Client::unix_at(&state.members[1].socket).expect("second member client");
@@ -444,23 +544,44 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         .await
         .expect("record again");
     assert_eq!(other.writes(), writes);
-    instances_land_where_placed(&client, &state.prefix, &project, &pool_name, &names).await;
-    eprintln!("placement ok after {:?}", t0.elapsed());
-    let stack = engine_install_on_the_cluster(&client, &pool_name, &net_name, &names).await;
-    eprintln!("engine install on the cluster ok after {:?}", t0.elapsed());
-    let monitoring = Monitoring::install(&client, &pool_name, &net_name, &state.members[0]).await;
-    monitoring.every_member_is_up(&names).await;
-    monitoring.every_member_logs_to_loki(&client, &names).await;
-    eprintln!("whole-cluster monitoring ok after {:?}", t0.elapsed());
+    instances_land_where_placed(client, &state.prefix, &s.project, &s.pool_name, &s.names).await;
+    eprintln!("placement ok after {:?}", s.t0.elapsed());
+}
 
-    // One member goes down: the cluster marks it OFFLINE and preflight names it. A clean
-    // shutdown, not SIGSTOP: after a SIGCONT the other members' API stalled for ~2.5 min in
-    // 3 of 7 runs (see tests/cluster/README.md).
+/// The engine installs a stack on the cluster (see [`engine_install_on_the_cluster`]); it
+/// stays for the offline-member steps.
+async fn engine_install(s: &Scenario) -> ClusterStack {
+    let stack = engine_install_on_the_cluster(&s.client, &s.pool_name, &s.net_name, &s.names).await;
+    eprintln!(
+        "engine install on the cluster ok after {:?}",
+        s.t0.elapsed()
+    );
+    stack
+}
+
+/// Monitoring of the whole cluster: an exporter per member, every member up and logging to
+/// Loki. It stays for the join.
+async fn whole_cluster_monitoring(s: &Scenario) -> Monitoring {
+    let monitoring = Monitoring::install(&s.client, &s.pool_name, &s.net_name, s.first()).await;
+    monitoring.every_member_is_up(&s.names).await;
+    monitoring
+        .every_member_logs_to_loki(&s.client, &s.names)
+        .await;
+    eprintln!("whole-cluster monitoring ok after {:?}", s.t0.elapsed());
+    monitoring
+}
+
+/// One member goes down: the cluster marks it OFFLINE and preflight names it (and the
+/// stack's instance on it). A clean shutdown, not SIGSTOP: after a SIGCONT the other
+/// members' API stalled for ~2.5 min in 3 of 7 runs (see tests/cluster/README.md).
+/// Records the stopped member in `guard`, which starts it again if a later step fails.
+async fn member_down(s: &Scenario, guard: &mut Guard, stack: &ClusterStack) -> Member {
+    let Scenario { client, state, .. } = s;
     let victim = state.members.last().expect("a member").clone();
     run_script("member.sh", &[&state.prefix, "stop", &victim.name]);
     guard.stopped = Some((state.prefix.clone(), victim.name.clone()));
     let stopped_at = Instant::now();
-    wait_for(&client, Duration::from_secs(60), "member offline", |i| {
+    wait_for(client, Duration::from_secs(60), "member offline", |i| {
         i.member(&victim.name).is_some_and(|m| !m.is_online())
     })
     .await;
@@ -469,64 +590,90 @@ async fn real_cluster_detection_creation_offline_member_and_join() {
         victim.name,
         stopped_at.elapsed()
     );
-    let problems = check(&client, &config).await;
+    let problems = check(client, &s.config()).await;
     assert!(
         problems.iter().any(|p| p
             .starts_with(&format!("cluster member {} is OFFLINE", victim.name))
             && p.contains("start its incusd again")),
         "{problems:?}"
     );
-    stack.while_member_is_down(&client, &victim.name).await;
-    run_script("member.sh", &[&state.prefix, "start", &victim.name]);
-    guard.stopped = None;
-    wait_for(
-        &client,
-        Duration::from_secs(60),
-        "member back online",
-        |i| i.members.iter().all(|m| m.is_online()),
-    )
-    .await;
-    stack.after_member_is_back(&client).await;
-    eprintln!("offline member ok after {:?}", t0.elapsed());
+    stack.while_member_is_down(client, &victim.name).await;
+    victim
+}
 
-    // A member joins later: it shows up ONLINE and got the pool and the bridge on joining.
-    run_script("add-member.sh", &[&state.prefix]);
-    let grown = read_state(&state.path);
-    let newcomer = grown.members.last().expect("new member").name.clone();
+/// The member is started again: every member ONLINE, the stack converges with its data and
+/// is destroyed.
+async fn member_up(s: &Scenario, guard: &mut Guard, victim: &Member, stack: ClusterStack) {
+    let client = &s.client;
+    run_script("member.sh", &[&s.state.prefix, "start", &victim.name]);
+    guard.stopped = None;
+    wait_for(client, Duration::from_secs(60), "member back online", |i| {
+        i.members.iter().all(|m| m.is_online())
+    })
+    .await;
+    stack.after_member_is_back(client).await;
+    eprintln!("offline member ok after {:?}", s.t0.elapsed());
+}
+
+/// The member `add-member.sh` added last.
+fn newcomer(grown: &ClusterState) -> &str {
+    &grown.members.last().expect("new member").name
+}
+
+/// A member joins later: it shows up ONLINE and got the pool and the bridge on joining;
+/// preflight has nothing to say. Returns the grown cluster.
+async fn member_joins(s: &Scenario) -> ClusterState {
+    let Scenario { client, names, .. } = s;
+    run_script("add-member.sh", &[&s.state.prefix]);
+    let grown = read_state(&s.state.path);
+    let newcomer = newcomer(&grown).to_string();
     assert_eq!(grown.members.len(), names.len() + 1);
-    let info = wait_for(&client, Duration::from_secs(30), "new member online", |i| {
+    let info = wait_for(client, Duration::from_secs(30), "new member online", |i| {
         i.members.len() == names.len() + 1 && i.members.iter().all(|m| m.is_online())
     })
     .await;
     assert!(info.member(&newcomer).is_some());
     let got = client
-        .get_storage_pool(&pool_name)
+        .get_storage_pool(&s.pool_name)
         .await
         .expect("pool")
         .value;
     assert!(got.locations.contains(&newcomer), "{:?}", got.locations);
     let got = client
         .in_project("default")
-        .get_network(&net_name)
+        .get_network(&s.net_name)
         .await
         .expect("network")
         .value;
     assert!(got.locations.contains(&newcomer), "{:?}", got.locations);
-    assert!(check(&client, &config).await.is_empty());
-    // Monitoring follows: a re-run adds the newcomer's exporter and its scrape target, and
-    // changes nothing else.
-    monitoring.member_added(&client, &newcomer, &grown).await;
-    eprintln!("new member monitored after {:?}", t0.elapsed());
-    // The recorded placement does not move because a member arrived.
-    let p3 = placement(&client, &config).await;
-    assert_eq!(p3.default_member.as_deref(), Some(first.name.as_str()));
-    assert!(!p3.record);
-    eprintln!("join ok after {:?}", t0.elapsed());
+    assert!(check(client, &s.config()).await.is_empty());
+    grown
+}
 
+/// Monitoring follows: a re-run adds the newcomer's exporter and its scrape target, and
+/// changes nothing else.
+async fn newcomer_monitored(s: &Scenario, monitoring: Monitoring, grown: &ClusterState) {
+    monitoring
+        .member_added(&s.client, newcomer(grown), grown)
+        .await;
+    eprintln!("new member monitored after {:?}", s.t0.elapsed());
+}
+
+/// The recorded placement does not move because a member arrived.
+async fn placement_stays(s: &Scenario) {
+    let p3 = placement(&s.client, &s.config()).await;
+    assert_eq!(p3.default_member.as_deref(), Some(s.first().name.as_str()));
+    assert!(!p3.record);
+    eprintln!("join ok after {:?}", s.t0.elapsed());
+}
+
+/// The guard, dropped, deletes what the test made: the pool is gone (asked with a fresh
+/// client).
+async fn guard_removes_what_was_made(s: &Scenario, guard: Guard) {
     drop(guard);
-    let c = Client::unix_at(&first.socket).expect("client");
+    let c = Client::unix_at(&s.first().socket).expect("client");
     assert!(
-        c.get_storage_pool(&pool_name)
+        c.get_storage_pool(&s.pool_name)
             .await
             .optional()
             .expect("get")

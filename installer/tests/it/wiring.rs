@@ -23,6 +23,7 @@ use atlas_test_support::busybox::{BusyboxImage, is_static_elf};
 
 use crate::common::client_or_skip;
 use crate::common::require_all;
+use crate::common::step_async;
 
 const SOCKET: &str = "/var/lib/incus/unix.socket";
 const POOL: &str = "default";
@@ -456,6 +457,8 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         eprintln!("{:>7.2}s {m} {p}", t0.elapsed().as_secs_f32())
     })));
     let _serial = SERVER_LOCK.lock().await;
+    // Lives here, not in a step, so that it restores the server keys and deletes what the
+    // steps made on a panic in any step; the first step records in it what it creates.
     let mut g = Guard::default();
     g.remember_server_keys(&c).await;
     let before = c.server().await.expect("server").value;
@@ -466,47 +469,120 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         eprintln!("skipping: server keys {busy:?} are set on the shared daemon");
         return;
     }
-    let project = g.project(&c, "wire").await;
-    let cfg = test_config(&project, &["atlas"]);
-    let s = secrets::load_or_generate(&c, &cfg).await.expect("secrets");
-    let fp = s.metrics_fingerprint().expect("fingerprint");
-    g.certificates.push(fp.clone());
+    let s = step_async("1 set up", Scenario::set_up(&c, &mut g, &before, t0)).await;
+    step_async("2 unready Loki", unready_loki_is_refused(&s)).await;
+    let planned = step_async("3 plan", plan_lists_every_change(&s)).await;
+    let server_fp = step_async("4 apply", apply_does_what_plan_said(&s, planned)).await;
+    step_async("5 converged", converged_apply_writes_nothing(&s)).await;
+    step_async("6 metrics", metrics_need_the_cert(&s, &server_fp)).await;
+    step_async("7 logging", logging_reaches_loki(&s)).await;
+    let operator_url = step_async("8 operator edit", operator_edit_is_refused(&s)).await;
+    step_async("9 remove", remove_resets_atlas_keys(&s, &operator_url)).await;
+    step_async("10 remove again", remove_again_writes_nothing(&s)).await;
+    step_async("11 restored", guard_restores(&s, g, &before)).await;
+}
 
-    // A certificate with our name that atlas did not add: must survive everything below.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
-    let foreign_der = rcgen::CertificateParams::new(vec!["foreign".to_string()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert")
-        .der()
-        .to_vec();
-    let foreign = c
-        .add_certificate(wiring::METRICS_CERT_NAME, "metrics", &foreign_der)
-        .await
-        .expect("foreign cert");
-    g.certificates.push(foreign.clone());
+/// What the steps of the wiring scenario share: the daemon's client, the test's project,
+/// config and secrets, the certificates (ours and a foreign one with our name), the fake
+/// Loki and what it saw, the metrics port and the wiring options, and which logging scheme
+/// the server has.
+struct Scenario<'a> {
+    c: &'a Client,
+    t0: Instant,
+    project: String,
+    cfg: Config,
+    s: secrets::Secrets,
+    fp: String,
+    foreign: String,
+    loki: SocketAddr,
+    loki_seen: Arc<Mutex<Vec<String>>>,
+    port: u16,
+    opts: wiring::WiringOptions,
+    new_scheme: bool,
+}
 
-    let (loki, loki_seen) = fake_loki().await;
-    let port = free_port();
-    let opts = wiring::WiringOptions {
-        metrics_endpoint: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
-        cluster_metrics: false,
-        loki_url: Some(format!("http://{loki}")),
-        loki_instance: None,
-        loki_ca_pem: None,
-        loki_ready_timeout: Duration::from_secs(5),
-    };
-    let new_scheme = before.supports_server_logging();
+impl<'a> Scenario<'a> {
+    /// The test's project and secrets, and a certificate with our name that atlas did not
+    /// add (it must survive everything after); both certificates recorded in `g`.
+    async fn set_up(
+        c: &'a Client,
+        g: &mut Guard,
+        before: &atlas_install::incus::Server,
+        t0: Instant,
+    ) -> Scenario<'a> {
+        let project = g.project(c, "wire").await;
+        let cfg = test_config(&project, &["atlas"]);
+        let s = secrets::load_or_generate(c, &cfg).await.expect("secrets");
+        let fp = s.metrics_fingerprint().expect("fingerprint");
+        g.certificates.push(fp.clone());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        let foreign_der = rcgen::CertificateParams::new(vec!["foreign".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert")
+            .der()
+            .to_vec();
+        let foreign = c
+            .add_certificate(wiring::METRICS_CERT_NAME, "metrics", &foreign_der)
+            .await
+            .expect("foreign cert");
+        g.certificates.push(foreign.clone());
+        let (loki, loki_seen) = fake_loki().await;
+        let port = free_port();
+        let opts = wiring::WiringOptions {
+            metrics_endpoint: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+            cluster_metrics: false,
+            loki_url: Some(format!("http://{loki}")),
+            loki_instance: None,
+            loki_ca_pem: None,
+            loki_ready_timeout: Duration::from_secs(5),
+        };
+        Scenario {
+            c,
+            t0,
+            project,
+            cfg,
+            s,
+            fp,
+            foreign,
+            loki,
+            loki_seen,
+            port,
+            opts,
+            new_scheme: before.supports_server_logging(),
+        }
+    }
 
-    // A Loki that does not answer: refused before anything is written (Incus would block).
+    /// The server key that holds the Loki URL, in the server's logging scheme.
+    fn url_server_key(&self) -> &'static str {
+        if self.new_scheme {
+            "logging.atlas.target.address"
+        } else {
+            "loki.api.url"
+        }
+    }
+
+    /// The server key that holds the log types, in the server's logging scheme.
+    fn types_key(&self) -> &'static str {
+        if self.new_scheme {
+            "logging.atlas.types"
+        } else {
+            "loki.types"
+        }
+    }
+}
+
+/// A Loki that does not answer: refused before anything is written (Incus would block).
+async fn unready_loki_is_refused(sc: &Scenario<'_>) {
+    let Scenario { c, cfg, s, .. } = sc;
     let closed = free_port();
     let unready = wiring::WiringOptions {
         loki_url: Some(format!("http://127.0.0.1:{closed}")),
         loki_ready_timeout: Duration::from_secs(1),
-        ..opts.clone()
+        ..sc.opts.clone()
     };
     let w0 = c.writes();
-    let e = wiring::apply_with(&c, &cfg, &s, &unready, &NoProgress)
+    let e = wiring::apply_with(c, cfg, s, &unready, &NoProgress)
         .await
         .expect_err("unready Loki");
     assert!(
@@ -514,18 +590,19 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         "{e}"
     );
     assert_eq!(c.writes(), w0, "refused before any write");
+}
 
-    // Plan: read-only, lists every change.
+/// Plan: read-only, lists every change.
+async fn plan_lists_every_change(sc: &Scenario<'_>) -> Vec<wiring::WiringChange> {
+    let Scenario {
+        c, cfg, s, opts, ..
+    } = sc;
     let w0 = c.writes();
-    let planned = wiring::plan_with(&c, &cfg, &s, &opts).await.expect("plan");
+    let planned = wiring::plan_with(c, cfg, s, opts).await.expect("plan");
     assert_eq!(c.writes(), w0, "plan must not write");
     let whats: Vec<&str> = planned.iter().map(|x| x.what.as_str()).collect();
-    let url_key = if new_scheme {
-        "server config logging.atlas.target.address"
-    } else {
-        "server config loki.api.url"
-    };
-    assert!(whats.contains(&url_key), "{whats:?}");
+    let url_key = format!("server config {}", sc.url_server_key());
+    assert!(whats.contains(&url_key.as_str()), "{whats:?}");
     assert!(
         whats.contains(&"server config core.https_address"),
         "{whats:?}"
@@ -535,30 +612,38 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         "{whats:?}"
     );
     assert!(planned.iter().all(|x| !x.is_conflict()), "{planned:?}");
+    planned
+}
 
-    let applied = wiring::apply_with(&c, &cfg, &s, &opts, &NoProgress)
+/// Apply does what plan said: the Loki keys, the metrics address, our certificate trusted,
+/// and what atlas set recorded in the project. Returns the server's certificate fingerprint.
+async fn apply_does_what_plan_said(
+    sc: &Scenario<'_>,
+    planned: Vec<wiring::WiringChange>,
+) -> String {
+    let Scenario {
+        c,
+        cfg,
+        s,
+        opts,
+        fp,
+        ..
+    } = sc;
+    let applied = wiring::apply_with(c, cfg, s, opts, &NoProgress)
         .await
         .expect("apply");
     assert_eq!(applied, planned, "apply does what plan said");
     let now = c.server().await.expect("server").value;
-    if new_scheme {
-        assert_eq!(
-            now.config["logging.atlas.target.address"],
-            format!("http://{loki}")
-        );
-        assert_eq!(now.config["logging.atlas.target.type"], "loki");
-    } else {
-        assert_eq!(now.config["loki.api.url"], format!("http://{loki}"));
-        assert!(!now.config["loki.instance"].is_empty());
-    }
+    loki_keys_point_at_the_fake(sc, &now);
     // `lifecycle,logging` is the server's default for the types key: 6.0.4 stores nothing for
     // it, and atlas records that it set it anyway (so a re-run is converged).
-    let types_key = if new_scheme {
-        "logging.atlas.types"
-    } else {
-        "loki.types"
-    };
-    let records = c.get_project(&project).await.expect("project").value.config;
+    let types_key = sc.types_key();
+    let records = c
+        .get_project(&sc.project)
+        .await
+        .expect("project")
+        .value
+        .config;
     match now.config.get(types_key).map(String::as_str) {
         Some(v) if !v.is_empty() => assert_eq!(v, "lifecycle,logging"),
         _ => assert!(
@@ -570,12 +655,12 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
     }
     assert_eq!(
         now.config["core.https_address"],
-        format!("127.0.0.1:{port}")
+        format!("127.0.0.1:{}", sc.port)
     );
     let certs = c.certificates().await.expect("certificates");
     let mine = certs
         .iter()
-        .find(|x| x.fingerprint == fp)
+        .find(|x| x.fingerprint == *fp)
         .expect("metrics certificate trusted");
     assert_eq!(
         (mine.name.as_str(), mine.kind.as_str()),
@@ -586,16 +671,37 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         "{:?}",
         records.get(keys::SERVER_KEYS)
     );
-    assert_eq!(records[keys::METRICS_CERTS], fp);
+    assert_eq!(records[keys::METRICS_CERTS], *fp);
+    now.environment.certificate_fingerprint.clone()
+}
 
-    // Converged: no write, nothing planned.
+/// The server sends its logs to the fake Loki, in the server's logging scheme.
+fn loki_keys_point_at_the_fake(sc: &Scenario<'_>, now: &atlas_install::incus::Server) {
+    let loki = sc.loki;
+    if sc.new_scheme {
+        assert_eq!(
+            now.config["logging.atlas.target.address"],
+            format!("http://{loki}")
+        );
+        assert_eq!(now.config["logging.atlas.target.type"], "loki");
+    } else {
+        assert_eq!(now.config["loki.api.url"], format!("http://{loki}"));
+        assert!(!now.config["loki.instance"].is_empty());
+    }
+}
+
+/// Converged: no write, nothing planned.
+async fn converged_apply_writes_nothing(sc: &Scenario<'_>) {
+    let Scenario {
+        c, cfg, s, opts, ..
+    } = sc;
     let w1 = c.writes();
-    let again = wiring::apply_with(&c, &cfg, &s, &opts, &NoProgress)
+    let again = wiring::apply_with(c, cfg, s, opts, &NoProgress)
         .await
         .expect("apply again");
     assert!(again.is_empty(), "{again:?}");
     assert!(
-        wiring::plan_with(&c, &cfg, &s, &opts)
+        wiring::plan_with(c, cfg, s, opts)
             .await
             .expect("plan")
             .is_empty()
@@ -605,13 +711,15 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         w1,
         "a converged apply must send no writing request"
     );
+}
 
-    // The certificate works: Incus serves /1.0/metrics to it on the address atlas set, and
-    // refuses a client without it.
-    let server_fp = now.environment.certificate_fingerprint.clone();
+/// The certificate works: Incus serves /1.0/metrics to it on the address atlas set, and
+/// refuses a client without it.
+async fn metrics_need_the_cert(sc: &Scenario<'_>, server_fp: &str) {
+    let (s, port) = (&sc.s, sc.port);
     let mut last = Err(String::from("not tried"));
     for _ in 0..20 {
-        last = scrape(&s, &server_fp, port, true).await;
+        last = scrape(s, server_fp, port, true).await;
         if matches!(&last, Ok((200, body)) if body.contains("# TYPE")) {
             break;
         }
@@ -625,22 +733,24 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         &body[..body.len().min(200)]
     );
     // A refused handshake (Err) is refusal too.
-    if let Ok((status, _)) = scrape(&s, &server_fp, port, false).await {
+    if let Ok((status, _)) = scrape(s, server_fp, port, false).await {
         assert!(
             status == 403 || status == 401,
             "no client cert must be refused, got {status}"
         );
     }
+}
 
-    // Logging works: a lifecycle event in our project reaches the Loki push path.
-    let pc = c.in_project(&project);
+/// Logging works: a lifecycle event in our project reaches the Loki push path.
+async fn logging_reaches_loki(sc: &Scenario<'_>) {
+    let pc = sc.c.in_project(&sc.project);
     pc.create_profile(&atlas_install::incus::Profile::new("t-wir-event"))
         .await
         .expect("profile");
     let start = Instant::now();
     let mut pushes = Vec::new();
     while start.elapsed() < Duration::from_secs(20) {
-        pushes = loki_seen.lock().unwrap().clone();
+        pushes = sc.loki_seen.lock().unwrap().clone();
         if pushes
             .iter()
             .any(|l| l.starts_with("POST /loki/api/v1/push"))
@@ -655,23 +765,24 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
             .any(|l| l.starts_with("POST /loki/api/v1/push")),
         "Incus pushed nothing to Loki: {pushes:?}"
     );
+}
 
-    // The operator changes an atlas key: it is theirs now; apply refuses and changes nothing.
-    // Another live listener: pointed at an unreachable URL, Incus 6.0.4 retries queued events
-    // with a backoff of minutes, and the PATCH that changes the key waits for that.
+/// The operator changes an atlas key: it is theirs now; apply refuses and changes nothing.
+/// Another live listener: pointed at an unreachable URL, Incus 6.0.4 retries queued events
+/// with a backoff of minutes, and the PATCH that changes the key waits for that. Returns the
+/// operator's URL.
+async fn operator_edit_is_refused(sc: &Scenario<'_>) -> String {
+    let Scenario {
+        c, cfg, s, opts, ..
+    } = sc;
     let (operator_loki, _) = fake_loki().await;
     let operator_url = format!("http://{operator_loki}");
-    let operator_url = operator_url.as_str();
-    let url_server_key = if new_scheme {
-        "logging.atlas.target.address"
-    } else {
-        "loki.api.url"
-    };
-    c.patch_server_config(&map(&[(url_server_key, operator_url)]), None)
+    let url_server_key = sc.url_server_key();
+    c.patch_server_config(&map(&[(url_server_key, operator_url.as_str())]), None)
         .await
         .expect("operator edit");
     let w2 = c.writes();
-    let e = wiring::apply_with(&c, &cfg, &s, &opts, &NoProgress)
+    let e = wiring::apply_with(c, cfg, s, opts, &NoProgress)
         .await
         .expect_err("operator value");
     let msg = e.to_string();
@@ -686,40 +797,51 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
         c.server().await.expect("server").value.config[url_server_key],
         operator_url
     );
+    operator_url
+}
 
-    // remove: atlas' keys reset, the operator's key stays, our certificate goes, the foreign one stays.
-    wiring::remove(&c, &cfg).await.expect("remove");
+/// remove: atlas' keys reset, the operator's key stays, our certificate goes, the foreign
+/// one stays, nothing is left recorded in the project.
+async fn remove_resets_atlas_keys(sc: &Scenario<'_>, operator_url: &str) {
+    let Scenario {
+        c,
+        cfg,
+        fp,
+        foreign,
+        ..
+    } = sc;
+    wiring::remove(c, cfg).await.expect("remove");
     let after = c.server().await.expect("server").value;
-    assert_eq!(
+    let unset = |k: &str| {
         after
             .config
-            .get("core.https_address")
+            .get(k)
             .map(String::as_str)
-            .unwrap_or(""),
-        ""
-    );
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(unset("core.https_address"), "");
+    assert_eq!(unset(sc.types_key()), "");
     assert_eq!(
-        after
-            .config
-            .get(types_key)
-            .map(String::as_str)
-            .unwrap_or(""),
-        ""
-    );
-    assert_eq!(
-        after.config[url_server_key], operator_url,
+        after.config[sc.url_server_key()],
+        operator_url,
         "remove must not reset what the operator set"
     );
     let certs = c.certificates().await.expect("certificates");
     assert!(
-        !certs.iter().any(|x| x.fingerprint == fp),
+        !certs.iter().any(|x| x.fingerprint == *fp),
         "metrics certificate removed"
     );
     assert!(
-        certs.iter().any(|x| x.fingerprint == foreign),
+        certs.iter().any(|x| x.fingerprint == *foreign),
         "the foreign certificate with our name stays"
     );
-    let records = c.get_project(&project).await.expect("project").value.config;
+    let records = c
+        .get_project(&sc.project)
+        .await
+        .expect("project")
+        .value
+        .config;
     for k in [
         keys::SERVER_KEYS,
         keys::METRICS_CERTS,
@@ -730,12 +852,23 @@ async fn wiring_sets_logging_trusts_the_metrics_cert_converges_and_is_removed() 
             "{k} left in the project after remove"
         );
     }
+}
+
+/// Nothing recorded any more: a second remove writes nothing. Then the operator's edit is
+/// undone.
+async fn remove_again_writes_nothing(sc: &Scenario<'_>) {
+    let Scenario { c, cfg, .. } = sc;
     let w3 = c.writes();
-    wiring::remove(&c, &cfg).await.expect("remove again");
+    wiring::remove(c, cfg).await.expect("remove again");
     assert_eq!(c.writes(), w3, "nothing recorded: remove writes nothing");
-    c.patch_server_config(&map(&[(url_server_key, "")]), None)
+    c.patch_server_config(&map(&[(sc.url_server_key(), "")]), None)
         .await
         .expect("undo operator edit");
+}
+
+/// The guard, dropped, puts back every server key the test touched, as it was before.
+async fn guard_restores(sc: &Scenario<'_>, g: Guard, before: &atlas_install::incus::Server) {
+    let (c, t0) = (sc.c, sc.t0);
     eprintln!("{:>7.2}s cleanup starts", t0.elapsed().as_secs_f32());
     drop(g);
     eprintln!("{:>7.2}s cleanup done", t0.elapsed().as_secs_f32());
