@@ -63,8 +63,10 @@ pub async fn converge(
     checkpoint("files-pushed")?;
     let mut want_config = want.config.clone();
     want_config.insert(keys::HASH.to_string(), PENDING.to_string());
-    if !fresh {
-        edit(project, name, |cur| {
+    // A fresh instance was made stopped with its config; an existing one gets the config and
+    // is restarted if it ran (the status as `edit` read it).
+    let running = !fresh
+        && edit(project, name, |cur| {
             let config = merged(&cur.config, &want_config);
             let same = cur.config == config
                 && cur.devices == want.devices
@@ -77,10 +79,9 @@ pub async fn converge(
                 ..cur.clone()
             })
         })
-        .await?;
-    }
-    let current = project.get_instance(name).await.map_err(err)?;
-    let action = if current.value.is_running() {
+        .await?
+        .is_running();
+    let action = if running {
         StateAction::Restart
     } else {
         StateAction::Start
@@ -223,6 +224,7 @@ async fn stamp(project: &Client, name: &str, hash: &str) -> Result<(), EngineErr
         Some(next)
     })
     .await
+    .map(|_| ())
 }
 
 /// How often an instance is read and written again when Incus changed it in between.
@@ -234,11 +236,12 @@ pub(crate) const WRITE_ATTEMPTS: usize = 5;
 /// exits), so a write refused for a stale ETag reads again and changes the fresh copy: a
 /// service that fails at start is then reported by the health gate, naming it, not as an
 /// ETag conflict here. What someone else changed is kept, since `change` starts from it.
+/// Gives the instance as last read, before the write (its status, for the caller).
 pub(crate) async fn edit(
     project: &Client,
     name: &str,
     change: impl Fn(&Instance) -> Option<Instance>,
-) -> Result<(), EngineError> {
+) -> Result<Instance, EngineError> {
     let err = |e: IncusError| EngineError::incus_at(format!("instance {name}"), e);
     let mut attempt = 1;
     loop {
@@ -249,14 +252,14 @@ pub(crate) async fn edit(
             ));
         };
         let Some(next) = change(&cur.value) else {
-            return Ok(());
+            return Ok(cur.value);
         };
         match project.update_instance(&next, cur.etag.as_deref()).await {
             Err(IncusError::PreconditionFailed { .. }) if attempt < WRITE_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            other => return other.map_err(err),
+            other => return other.map(|()| cur.value).map_err(err),
         }
     }
 }
