@@ -261,8 +261,8 @@ const WAIT_CHUNK: Duration = Duration::from_secs(30);
 /// is 30 s before it kills), so a little more than that.
 const BUSY_WAIT: Duration = Duration::from_secs(45);
 const BUSY_PAUSE: Duration = Duration::from_millis(500);
-/// How often a request is sent in all when an instance's file server broke under it, and
-/// the pause before sending it again.
+/// How often a request is sent at most while an instance's file server breaks under it,
+/// and the pause before sending it again.
 const FILE_SERVER_TRIES: usize = 3;
 const FILE_SERVER_PAUSE: Duration = Duration::from_secs(1);
 
@@ -596,7 +596,7 @@ impl Client {
     /// A writing call: sync answers give their metadata, async ones are waited for and give
     /// the finished operation's metadata.
     pub(crate) async fn write(&self, req: Req) -> Result<Value, IncusError> {
-        self.busy_retried(req, |answer, method, path| async move {
+        self.resent_while_transient(req, |answer, method, path| async move {
             if answer.envelope.kind != "async" {
                 return Ok(answer.envelope.metadata);
             }
@@ -608,7 +608,7 @@ impl Client {
 
     /// Like [`Client::write`] but returns the finished operation itself.
     pub(crate) async fn write_op(&self, req: Req) -> Result<Operation, IncusError> {
-        self.busy_retried(req, |answer, method, path| async move {
+        self.resent_while_transient(req, |answer, method, path| async move {
             if answer.envelope.kind != "async" {
                 return Err(IncusError::Decode {
                     method,
@@ -628,27 +628,28 @@ impl Client {
     /// pass, so the same request is sent again after a pause: the instance busy with another
     /// operation (a stop or an autorestart still running, [`IncusError::is_instance_busy`]),
     /// for up to [`BUSY_WAIT`] in all; and its file server broken under the request
-    /// ([`IncusError::is_file_server_hiccup`]), [`FILE_SERVER_TRIES`] sends in all. A streamed
-    /// body is sent once.
-    async fn busy_retried<T, F, Fut>(&self, req: Req, then: F) -> Result<T, IncusError>
+    /// ([`IncusError::is_file_server_hiccup`]), up to [`FILE_SERVER_TRIES`] sends while it
+    /// keeps breaking. A streamed body is sent once.
+    async fn resent_while_transient<T, F, Fut>(&self, req: Req, then: F) -> Result<T, IncusError>
     where
         F: Fn(Answer, String, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, IncusError>>,
     {
         let start = Instant::now();
-        let mut sends = 0;
+        // Hiccups so far: the file server's bound counts its own refusals, not busy ones.
+        let mut hiccups = 0;
         let mut next = Some(req);
         loop {
             let req = next.take().expect("a request to send");
             let again = req.resendable();
-            sends += 1;
             let result = match self.call(req).await {
                 Ok((answer, method, path)) => then(answer, method, path).await,
                 Err(e) => Err(e),
             };
             let pause = match &result {
                 Err(e) if e.is_instance_busy() && start.elapsed() < BUSY_WAIT => BUSY_PAUSE,
-                Err(e) if e.is_file_server_hiccup() && sends < FILE_SERVER_TRIES => {
+                Err(e) if e.is_file_server_hiccup() && hiccups + 1 < FILE_SERVER_TRIES => {
+                    hiccups += 1;
                     FILE_SERVER_PAUSE
                 }
                 _ => return result,
