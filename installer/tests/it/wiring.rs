@@ -502,6 +502,16 @@ struct Scenario<'a> {
 }
 
 impl<'a> Scenario<'a> {
+    /// What atlas records in the test's project config.
+    async fn records(&self) -> BTreeMap<String, String> {
+        self.c
+            .get_project(&self.project)
+            .await
+            .expect("project")
+            .value
+            .config
+    }
+
     /// The test's project and secrets, and a certificate with our name that atlas did not
     /// add (it must survive everything after); both certificates recorded in `g`.
     async fn set_up(
@@ -638,12 +648,7 @@ async fn apply_does_what_plan_said(
     // `lifecycle,logging` is the server's default for the types key: 6.0.4 stores nothing for
     // it, and atlas records that it set it anyway (so a re-run is converged).
     let types_key = sc.types_key();
-    let records = c
-        .get_project(&sc.project)
-        .await
-        .expect("project")
-        .value
-        .config;
+    let records = sc.records().await;
     match now.config.get(types_key).map(String::as_str) {
         Some(v) if !v.is_empty() => assert_eq!(v, "lifecycle,logging"),
         _ => assert!(
@@ -836,12 +841,7 @@ async fn remove_resets_atlas_keys(sc: &Scenario<'_>, operator_url: &str) {
         certs.iter().any(|x| x.fingerprint == *foreign),
         "the foreign certificate with our name stays"
     );
-    let records = c
-        .get_project(&sc.project)
-        .await
-        .expect("project")
-        .value
-        .config;
+    let records = sc.records().await;
     for k in [
         keys::SERVER_KEYS,
         keys::METRICS_CERTS,
